@@ -1,0 +1,151 @@
+"""Audio I/O and level-controlled mixing.
+
+* ``load_wav``: any file librosa can read -> float32 mono at ``sr`` (16 kHz by
+  default; resampled by librosa, channels averaged).
+* ``write_wav``: float waveform -> WAV via soundfile. The default subtype is
+  16-bit PCM: compact, what the DCASE data sets use, and byte-for-byte
+  reproducible (libsndfile writes a time-stamped PEAK chunk into float WAVs,
+  never into PCM ones). ``subtype="FLOAT"`` keeps full precision.
+* ``mix_at_ratio``: ``base + alpha * other`` at a requested power ratio, the
+  paper's eq. (8) ``x_n = x_n^(u) + alpha a_n`` with alpha set by the
+  anomaly-to-normal ratio (ANR). The same function mixes noise at a given SNR
+  (``ratio_db = -snr_db``).
+
+Every failure to read a file raises ``AudioError`` (a ``ValueError``) whose
+message names the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import librosa
+import numpy as np
+import soundfile
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+  """A file that cannot be used as audio; the message names the file."""
+
+
+def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
+  """Loads an audio file as a float32 mono waveform at ``sr`` Hz.
+
+  Args:
+    path: audio file (WAV, FLAC, ... anything librosa can decode).
+    sr: target sampling rate; other rates are resampled by librosa.
+
+  Returns:
+    1-D float32 array, channels averaged (``librosa.load(mono=True)``).
+
+  Raises:
+    AudioError: the file is missing, not a regular file, zero bytes long, not
+      decodable as audio, holds no samples, or holds NaN/inf samples.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise AudioError(f"{path}: no such file")
+  if not os.path.isfile(path):
+    raise AudioError(f"{path}: not a regular file")
+  if os.path.getsize(path) == 0:
+    raise AudioError(f"{path}: empty file (0 bytes)")
+  try:
+    with warnings.catch_warnings():
+      # librosa warns before falling back from soundfile to audioread; the
+      # outcome (a wave or an exception) is what matters here.
+      warnings.simplefilter("ignore")
+      wave, _ = librosa.load(path, sr=sr, mono=True)
+  except Exception as error:  # pylint: disable=broad-except
+    raise AudioError(
+        f"{path}: cannot be read as audio ({type(error).__name__}: {error})"
+    ) from error
+  wave = np.ascontiguousarray(wave, dtype=np.float32)
+  if wave.size == 0:
+    raise AudioError(f"{path}: audio file holds no samples")
+  if not np.all(np.isfinite(wave)):
+    raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples")
+  return wave
+
+
+def write_wav(
+    path: str | os.PathLike,
+    wave: np.ndarray,
+    *,
+    sr: int = SAMPLE_RATE,
+    subtype: str = "PCM_16",
+) -> None:
+  """Writes a mono waveform to a WAV file.
+
+  Args:
+    path: destination; parent directories must exist.
+    wave: 1-D float array in [-1, 1].
+    sr: sampling rate stored in the header.
+    subtype: soundfile subtype, "PCM_16" (default, reproducible bytes) or
+      "FLOAT".
+
+  Raises:
+    ValueError: ``wave`` is not 1-D, has non-finite samples, or (for PCM)
+      exceeds [-1, 1], which would clip silently.
+  """
+  wave = np.asarray(wave)
+  if wave.ndim != 1:
+    raise ValueError(f"{os.fspath(path)}: expected a 1-D wave, got shape {wave.shape}")
+  if not np.all(np.isfinite(wave)):
+    raise ValueError(f"{os.fspath(path)}: wave holds non-finite samples")
+  if subtype.upper().startswith("PCM") and wave.size and np.max(np.abs(wave)) > 1.0:
+    raise ValueError(
+        f"{os.fspath(path)}: peak {np.max(np.abs(wave)):.3f} > 1 would clip in {subtype}"
+    )
+  soundfile.write(os.fspath(path), wave.astype(np.float32), sr, subtype=subtype, format="WAV")
+
+
+def power(wave: np.ndarray) -> float:
+  """Mean square of ``wave`` (float64 accumulation)."""
+  wave = np.asarray(wave, dtype=np.float64)
+  return float(np.mean(wave * wave)) if wave.size else 0.0
+
+
+def mix_at_ratio(base: np.ndarray, other: np.ndarray, *, ratio_db: float) -> np.ndarray:
+  """Adds ``other`` to ``base`` at a given power ratio (paper eq. 8).
+
+  Returns ``base + alpha * other`` with ``alpha`` chosen so that
+
+      10 log10( mean((alpha * other)^2) / mean(base^2) ) = ratio_db,
+
+  i.e. ``ratio_db`` is the anomaly-to-normal ratio (ANR) when ``other`` is an
+  anomalous or something-else sound, and minus the SNR when ``other`` is noise.
+  Powers are taken over the whole arrays; to mix a short event into part of a
+  longer clip, pass the matching slice of the clip as ``base``.
+
+  Args:
+    base: 1-D array (the normal sound x^(u)).
+    other: 1-D array with the same length (a_n in eq. 8).
+    ratio_db: target power ratio in dB (finite).
+
+  Returns:
+    The mixture, float32, same shape as ``base``.
+
+  Raises:
+    ValueError: shapes differ, ``ratio_db`` is not finite, or either input has
+      zero power (the ratio would be undefined).
+  """
+  base = np.asarray(base)
+  other = np.asarray(other)
+  if base.ndim != 1 or base.shape != other.shape:
+    raise ValueError(
+        f"mix_at_ratio needs two 1-D arrays of equal length, got {base.shape} and {other.shape}"
+    )
+  if not np.isfinite(ratio_db):
+    raise ValueError(f"ratio_db must be finite, got {ratio_db}")
+  base_power = power(base)
+  other_power = power(other)
+  if base_power <= 0.0:
+    raise ValueError("mix_at_ratio: base has zero power; the ratio is undefined")
+  if other_power <= 0.0:
+    raise ValueError("mix_at_ratio: other has zero power; it cannot be scaled to a ratio")
+  alpha = np.sqrt(base_power / other_power * 10.0 ** (ratio_db / 10.0))
+  mixed = base.astype(np.float64) + alpha * other.astype(np.float64)
+  return mixed.astype(np.float32)

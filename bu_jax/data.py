@@ -1,0 +1,494 @@
+"""Data set loaders: three directory layouts, one ``Dataset`` structure.
+
+Layouts (``<dir>`` is one machine type, e.g. ``dev_data/ToyCar``)::
+
+  "dcase2020"  DCASE 2020 Task 2
+    <dir>/train/normal_id_00_00000000.wav ...
+    <dir>/test/normal_id_00_00000000.wav, anomaly_id_00_00000000.wav ...
+    condition = machine id, "id_00"
+
+  "dcase2021"  DCASE 2021 Task 2 and later (attribute suffixes allowed)
+    <dir>/train/section_00_source_train_normal_0000.wav ...
+    <dir>/test/section_00_target_test_anomaly_0000.wav ...
+    (the domain part is optional: section_00_test_normal_0000.wav)
+    condition = "section_00_source" / "section_00_target" / "section_00"
+
+  "mixing"  the paper's protocol (section 4.2.1)
+    <dir>/train/*.wav     clean normal machine recordings
+    <dir>/test/*.wav      clean normal machine recordings
+    <dir>/metadata.json   optional: {"rare_test_clips": ["<name>.wav", ...]}
+    noise_dir/*.wav       mixed into every train and test clip at snr_db
+                          (default <dir>/noise if it exists)
+    anomaly_dir/*.wav     mixed into the (noisy) normal test clips at each ANR
+                          (default <dir>/anomaly)
+    condition = "anr_-10dB", ...: every test clip appears in every condition,
+    once normal (label 0) and once with an anomaly added (label 1).
+
+Determinism of the "mixing" layout: the noise clip and its (circular) offset,
+and the anomaly sound and its position, are drawn from
+``np.random.default_rng([seed, split, index])``, so they depend only on the
+seed and the clip's index in sorted order. The same anomaly and position are
+used at every ANR, so conditions differ only in level. The ANR is measured
+over the anomaly's extent: power of the scaled anomaly over power of the noisy
+normal clip on the same samples.
+
+Files unrelated to a DCASE layout (names that do not parse) are skipped with a
+logged warning; everything else that is wrong raises ``DataError`` (or
+``audio.AudioError`` for a bad file), naming the path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Sequence
+
+from absl import logging
+import numpy as np
+
+from bu_jax import audio
+
+LAYOUTS = ("dcase2020", "dcase2021", "mixing")
+
+_DCASE2020 = re.compile(r"^(?P<label>normal|anomaly)_(?P<id>id_\d+)_")
+_DCASE2021 = re.compile(
+    r"^(?P<section>section_\d+)_(?:(?P<domain>source|target)_)?"
+    r"(?P<split>train|test)_(?P<label>normal|anomaly)_"
+)
+_LABELS = {"normal": 0, "anomaly": 1}
+
+
+class DataError(ValueError):
+  """A data directory that cannot be loaded; the message names the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TestClip:
+  """One labelled test clip.
+
+  Attributes:
+    path: the clip's file (for the "mixing" layout: the normal clip).
+    wave: float32 mono waveform at the loader's sampling rate.
+    label: 0 normal, 1 anomalous.
+    condition: evaluation group, e.g. "id_00", "section_01_source", "anr_-10dB".
+    rare: whether the normal content contains the rare operating mode; None
+      when unknown (DCASE layouts, or no metadata.json).
+    anomaly_path: for a synthesized anomalous clip, the anomaly file mixed in.
+  """
+
+  __test__ = False  # not a pytest test class, despite the name
+
+  path: str
+  wave: np.ndarray
+  label: int
+  condition: str
+  rare: bool | None = None
+  anomaly_path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Training waves (normal only) and labelled test clips."""
+
+  train: list[np.ndarray]
+  train_paths: list[str]
+  test: list[TestClip]
+  layout: str
+
+
+# ----------------------------------------------------------------------------
+# Directory helpers
+# ----------------------------------------------------------------------------
+
+
+def _require_dir(path: str, what: str) -> str:
+  if not os.path.exists(path):
+    raise DataError(f"{path}: {what} directory does not exist")
+  if not os.path.isdir(path):
+    raise DataError(f"{path}: {what} is not a directory")
+  return path
+
+
+def list_wavs(directory: str | os.PathLike) -> list[str]:
+  """Sorted paths of the ``*.wav`` files (any case) directly in ``directory``."""
+  directory = _require_dir(os.fspath(directory), "audio")
+  names = sorted(
+      name for name in os.listdir(directory)
+      if name.lower().endswith(".wav") and os.path.isfile(os.path.join(directory, name))
+  )
+  return [os.path.join(directory, name) for name in names]
+
+
+def detect_layout(data_dir: str | os.PathLike) -> str:
+  """Guesses the layout of ``data_dir`` from the names in ``data_dir/train``.
+
+  Returns "dcase2021" if every training file name parses as
+  ``section_XX_...``, "dcase2020" if every one parses as ``normal_id_XX_...``,
+  and "mixing" if none parses as either.
+
+  Raises:
+    DataError: missing directories, no training WAVs, or a mixture of naming
+      schemes (pass ``layout=`` explicitly then).
+  """
+  data_dir = _require_dir(os.fspath(data_dir), "data")
+  train_dir = _require_dir(os.path.join(data_dir, "train"), "training")
+  names = [os.path.basename(p) for p in list_wavs(train_dir)]
+  if not names:
+    raise DataError(f"{train_dir}: no training clips (*.wav)")
+  n2021 = sum(bool(_DCASE2021.match(n)) for n in names)
+  n2020 = sum(bool(_DCASE2020.match(n)) for n in names)
+  if n2021 == len(names):
+    return "dcase2021"
+  if n2020 == len(names):
+    return "dcase2020"
+  if n2021 == 0 and n2020 == 0:
+    return "mixing"
+  raise DataError(
+      f"{train_dir}: cannot detect the layout ({n2020} DCASE 2020 names, {n2021} DCASE 2021+"
+      f" names, {len(names)} files); pass layout= explicitly"
+  )
+
+
+# ----------------------------------------------------------------------------
+# DCASE layouts
+# ----------------------------------------------------------------------------
+
+
+def _parse_dcase(name: str, layout: str) -> tuple[int, str] | None:
+  """(label, condition) from a DCASE file name, or None if it does not parse."""
+  if layout == "dcase2020":
+    match = _DCASE2020.match(name)
+    return (_LABELS[match["label"]], match["id"]) if match else None
+  match = _DCASE2021.match(name)
+  if not match:
+    return None
+  condition = match["section"] + (f"_{match['domain']}" if match["domain"] else "")
+  return _LABELS[match["label"]], condition
+
+
+def _load_dcase(data_dir: str, layout: str, sr: int) -> Dataset:
+  train_paths, train, skipped = [], [], []
+  for path in list_wavs(_require_dir(os.path.join(data_dir, "train"), "training")):
+    parsed = _parse_dcase(os.path.basename(path), layout)
+    if parsed is None or parsed[0] != 0:
+      skipped.append(path)
+      continue
+    train_paths.append(path)
+    train.append(audio.load_wav(path, sr=sr))
+  if not train:
+    raise DataError(f"{os.path.join(data_dir, 'train')}: no normal training clips ({layout} names)")
+  test = []
+  for path in list_wavs(_require_dir(os.path.join(data_dir, "test"), "test")):
+    parsed = _parse_dcase(os.path.basename(path), layout)
+    if parsed is None:
+      skipped.append(path)
+      continue
+    label, condition = parsed
+    test.append(TestClip(path=path, wave=audio.load_wav(path, sr=sr), label=label,
+                         condition=condition))
+  if not test:
+    raise DataError(f"{os.path.join(data_dir, 'test')}: no labelled test clips ({layout} names)")
+  if skipped:
+    logging.warning("%s: skipped %d files whose names are not %s normal/anomaly clips, e.g. %s",
+                    data_dir, len(skipped), layout, skipped[0])
+  return Dataset(train=train, train_paths=train_paths, test=test, layout=layout)
+
+
+# ----------------------------------------------------------------------------
+# The paper's mixing protocol
+# ----------------------------------------------------------------------------
+
+_TRAIN, _TEST = 0, 1
+
+
+def _circular_excerpt(wave: np.ndarray, start: int, length: int) -> np.ndarray:
+  """``length`` samples of ``wave`` from ``start``, wrapping around (tiling)."""
+  return wave[(start + np.arange(length)) % wave.size]
+
+
+def _add_noise(clean: np.ndarray, noises: Sequence[np.ndarray], *, snr_db: float,
+               seed: int, split: int, index: int, path: str) -> np.ndarray:
+  rng = np.random.default_rng([seed, split, index])
+  noise = noises[rng.integers(len(noises))]
+  excerpt = _circular_excerpt(noise, int(rng.integers(noise.size)), clean.size)
+  try:
+    return audio.mix_at_ratio(clean, excerpt, ratio_db=-snr_db)
+  except ValueError as error:
+    raise DataError(f"{path}: cannot mix noise ({error})") from error
+
+
+def _read_rare_list(data_dir: str, test_paths: Sequence[str]) -> set[str] | None:
+  """File names listed as rare in ``metadata.json``, or None without one."""
+  meta_path = os.path.join(data_dir, "metadata.json")
+  if not os.path.exists(meta_path):
+    return None
+  try:
+    with open(meta_path, encoding="utf-8") as f:
+      rare = json.load(f).get("rare_test_clips", [])
+  except (OSError, ValueError, AttributeError) as error:
+    raise DataError(f"{meta_path}: unreadable metadata ({error})") from error
+  if not isinstance(rare, list) or not all(isinstance(n, str) for n in rare):
+    raise DataError(f"{meta_path}: rare_test_clips must be a list of file names")
+  unknown = set(rare) - {os.path.basename(p) for p in test_paths}
+  if unknown:
+    raise DataError(f"{meta_path}: rare_test_clips names clips not in test/: {sorted(unknown)[:5]}")
+  return set(rare)
+
+
+def _condition_name(anr_db: float) -> str:
+  return f"anr_{anr_db:g}dB"
+
+
+def _load_mixing(data_dir: str, *, noise_dir: str | None, anomaly_dir: str | None,
+                 snr_db: float, anrs_db: Sequence[float], seed: int, sr: int) -> Dataset:
+  train_dir = _require_dir(os.path.join(data_dir, "train"), "training")
+  test_dir = _require_dir(os.path.join(data_dir, "test"), "test")
+  if noise_dir is None and os.path.isdir(os.path.join(data_dir, "noise")):
+    noise_dir = os.path.join(data_dir, "noise")
+  if anomaly_dir is None:
+    anomaly_dir = os.path.join(data_dir, "anomaly")
+    if not os.path.isdir(anomaly_dir):
+      raise DataError(f"{data_dir}: layout 'mixing' needs anomaly_dir (no {anomaly_dir})")
+  if not anrs_db:
+    raise DataError("layout 'mixing' needs at least one ANR in anrs_db")
+
+  train_paths = list_wavs(train_dir)
+  test_paths = list_wavs(test_dir)
+  if not train_paths:
+    raise DataError(f"{train_dir}: no training clips (*.wav)")
+  if not test_paths:
+    raise DataError(f"{test_dir}: no test clips (*.wav)")
+  anomaly_paths = list_wavs(anomaly_dir)
+  if not anomaly_paths:
+    raise DataError(f"{anomaly_dir}: no anomalous sounds (*.wav)")
+  anomalies = [audio.load_wav(p, sr=sr) for p in anomaly_paths]
+  noises = None
+  if noise_dir is not None:
+    noise_paths = list_wavs(noise_dir)
+    if not noise_paths:
+      raise DataError(f"{noise_dir}: no noise clips (*.wav)")
+    noises = [audio.load_wav(p, sr=sr) for p in noise_paths]
+    logging.info("%s: %d noise clips, mixed at %g dB SNR", noise_dir, len(noises), snr_db)
+  else:
+    logging.warning("%s: no noise_dir and no noise/ directory; clips are used clean", data_dir)
+
+  def observed(path: str, split: int, index: int) -> np.ndarray:
+    clean = audio.load_wav(path, sr=sr)
+    if noises is None:
+      return clean
+    return _add_noise(clean, noises, snr_db=snr_db, seed=seed, split=split, index=index,
+                      path=path)
+
+  train = [observed(p, _TRAIN, i) for i, p in enumerate(train_paths)]
+  rare_names = _read_rare_list(data_dir, test_paths)
+  test = []
+  for index, path in enumerate(test_paths):
+    normal = observed(path, _TEST, index)
+    rare = None if rare_names is None else os.path.basename(path) in rare_names
+    # Which anomaly, and where: fixed per clip, shared by all ANRs.
+    rng = np.random.default_rng([seed, _TEST, index, 1])
+    choice = int(rng.integers(len(anomalies)))
+    anomaly = anomalies[choice][: normal.size]
+    start = int(rng.integers(normal.size - anomaly.size + 1))
+    segment = slice(start, start + anomaly.size)
+    for anr_db in anrs_db:
+      condition = _condition_name(anr_db)
+      anomalous = normal.copy()
+      try:
+        anomalous[segment] = audio.mix_at_ratio(normal[segment], anomaly, ratio_db=anr_db)
+      except ValueError as error:
+        raise DataError(f"{path} + {anomaly_paths[choice]}: cannot mix ({error})") from error
+      test.append(TestClip(path=path, wave=normal, label=0, condition=condition, rare=rare))
+      test.append(TestClip(path=path, wave=anomalous, label=1, condition=condition, rare=rare,
+                           anomaly_path=anomaly_paths[choice]))
+  logging.info("%s: %d anomalous sounds, ANRs %s dB", anomaly_dir, len(anomalies),
+               list(anrs_db))
+  return Dataset(train=train, train_paths=train_paths, test=test, layout="mixing")
+
+
+# ----------------------------------------------------------------------------
+# Public loaders
+# ----------------------------------------------------------------------------
+
+
+def load_dataset(
+    data_dir: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    noise_dir: str | os.PathLike | None = None,
+    anomaly_dir: str | os.PathLike | None = None,
+    snr_db: float = 0.0,
+    anrs_db: Sequence[float] = (-10.0, -15.0, -20.0),
+    seed: int = 0,
+    sr: int = audio.SAMPLE_RATE,
+) -> Dataset:
+  """Loads training and test clips of one machine type.
+
+  Args:
+    data_dir: directory holding ``train/`` and ``test/`` (see module docstring).
+    layout: "auto" (``detect_layout``), "dcase2020", "dcase2021" or "mixing".
+    noise_dir: "mixing" only; noise WAVs (default ``<data_dir>/noise`` if it
+      exists, else the clips are used clean).
+    anomaly_dir: "mixing" only; anomalous sounds (default ``<data_dir>/anomaly``).
+    snr_db: "mixing" only; signal-to-noise ratio of machine sound to noise
+      (paper: 0 dB).
+    anrs_db: "mixing" only; anomaly-to-normal ratios, one condition each
+      (paper: -10, -15, -20 dB).
+    seed: "mixing" only; selects noise clips/offsets and anomaly sounds/positions.
+    sr: sampling rate of the returned waves.
+
+  Returns:
+    A ``Dataset``. Training clips keep their sorted file order; test clips
+    are in sorted file order (for "mixing": per clip, per ANR, normal then
+    anomalous).
+
+  Raises:
+    DataError: missing directories, no clips, undetectable layout, bad
+      metadata, or mixing options given for a DCASE layout.
+    audio.AudioError: an unreadable, empty or non-finite audio file.
+  """
+  data_dir = _require_dir(os.fspath(data_dir), "data")
+  if layout == "auto":
+    layout = detect_layout(data_dir)
+  if layout not in LAYOUTS:
+    raise DataError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
+  if layout == "mixing":
+    dataset = _load_mixing(
+        data_dir,
+        noise_dir=None if noise_dir is None else os.fspath(noise_dir),
+        anomaly_dir=None if anomaly_dir is None else os.fspath(anomaly_dir),
+        snr_db=snr_db, anrs_db=tuple(anrs_db), seed=seed, sr=sr)
+  else:
+    if noise_dir is not None or anomaly_dir is not None:
+      raise DataError(f"{data_dir}: noise_dir/anomaly_dir apply only to layout 'mixing', "
+                      f"not {layout!r}")
+    dataset = _load_dcase(data_dir, layout, sr)
+  labels = np.array([clip.label for clip in dataset.test])
+  logging.info(
+      "%s (%s): %d training clips (%.1f s), %d test clips (%d normal, %d anomalous) in %d"
+      " conditions", data_dir, layout, len(dataset.train),
+      sum(w.size for w in dataset.train) / sr, len(dataset.test), np.sum(labels == 0),
+      np.sum(labels == 1), len({clip.condition for clip in dataset.test}))
+  return dataset
+
+
+def load_something_else(
+    directory: str | os.PathLike,
+    *,
+    max_seconds: float = 5.0,
+    sr: int = audio.SAMPLE_RATE,
+) -> list[np.ndarray]:
+  """Loads the something-else sounds a_n of eq. (8) (paper: clips < 5 s).
+
+  Clips longer than ``max_seconds`` are SKIPPED (not cropped), as the paper
+  selected short files; the number skipped is logged.
+
+  Args:
+    directory: directory of WAVs (sorted by name).
+    max_seconds: longest clip kept.
+    sr: sampling rate of the returned waves.
+
+  Returns:
+    List of float32 mono waves, each at most ``max_seconds * sr`` samples.
+
+  Raises:
+    DataError: missing directory, no WAVs, or none short enough.
+    audio.AudioError: an unreadable, empty or non-finite file.
+  """
+  directory = os.fspath(directory)
+  paths = list_wavs(directory)
+  if not paths:
+    raise DataError(f"{directory}: no something-else sounds (*.wav)")
+  max_len = int(round(max_seconds * sr))
+  waves = [audio.load_wav(p, sr=sr) for p in paths]
+  kept = [w for w in waves if w.size <= max_len]
+  skipped = len(waves) - len(kept)
+  if skipped:
+    logging.info("%s: skipped %d of %d something-else clips longer than %g s", directory,
+                 skipped, len(waves), max_seconds)
+  if not kept:
+    raise DataError(f"{directory}: every something-else clip is longer than {max_seconds} s")
+  logging.info("%s: loaded %d something-else clips", directory, len(kept))
+  return kept
+
+
+def training_corpus(
+    train_waves: Sequence[np.ndarray],
+    *,
+    segment_seconds: float = 3.0,
+    sr: int = audio.SAMPLE_RATE,
+) -> np.ndarray:
+  """Cuts every training clip into consecutive segments (paper: 3 s).
+
+  Each clip gives ``len // segment_len`` non-overlapping segments from its
+  start; the remainder (shorter than a segment) is dropped, and a clip
+  shorter than one segment is SKIPPED (zero padding would teach the model
+  that silence is normal). Both are logged.
+
+  Args:
+    train_waves: 1-D waves.
+    segment_seconds: segment length in seconds.
+    sr: sampling rate of the waves.
+
+  Returns:
+    float32 array (S, segment_seconds * sr), clip order then time order.
+
+  Raises:
+    DataError: no clip is long enough for a single segment.
+  """
+  segment_len = int(round(segment_seconds * sr))
+  if segment_len <= 0:
+    raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
+  segments, too_short, dropped = [], 0, 0
+  for wave in train_waves:
+    wave = np.asarray(wave, dtype=np.float32)
+    count = wave.size // segment_len
+    if count == 0:
+      too_short += 1
+      continue
+    dropped += wave.size - count * segment_len
+    segments.append(wave[: count * segment_len].reshape(count, segment_len))
+  if too_short:
+    logging.warning("training_corpus: skipped %d clips shorter than %g s", too_short,
+                    segment_seconds)
+  if not segments:
+    raise DataError(f"training_corpus: none of {len(train_waves)} clips is at least "
+                    f"{segment_seconds} s long")
+  corpus = np.concatenate(segments, axis=0)
+  logging.info("training_corpus: %d segments of %g s (%.1f s of remainders dropped)",
+               corpus.shape[0], segment_seconds, dropped / sr)
+  return corpus
+
+
+def pad_clips(clips: Sequence[np.ndarray], *, max_len: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """Stacks variable-length clips into a zero-padded array with lengths.
+
+  Args:
+    clips: 1-D waves (e.g. the something-else sounds).
+    max_len: padded length; default the longest clip.
+
+  Returns:
+    ``(waves, lengths)``: float32 (E, max_len), zeros after each clip's end,
+    and int32 (E,) true lengths.
+
+  Raises:
+    ValueError: no clips, an empty clip, or a clip longer than ``max_len``.
+  """
+  if not clips:
+    raise ValueError("pad_clips: no clips")
+  lengths = np.array([np.asarray(c).size for c in clips], dtype=np.int32)
+  if np.any(lengths == 0):
+    raise ValueError(f"pad_clips: clip {int(np.argmin(lengths))} is empty")
+  if max_len is None:
+    max_len = int(lengths.max())
+  too_long = np.flatnonzero(lengths > max_len)
+  if too_long.size:
+    raise ValueError(f"pad_clips: clip {int(too_long[0])} has {lengths[too_long[0]]} samples"
+                     f" > max_len={max_len}")
+  waves = np.zeros((len(clips), max_len), dtype=np.float32)
+  for row, clip in enumerate(clips):
+    waves[row, : lengths[row]] = clip
+  return waves, lengths

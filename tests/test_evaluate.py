@@ -1,0 +1,357 @@
+"""Tests for bu_jax.evaluate: metrics, threshold, per-condition report, files."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+
+from hypothesis import given, settings, strategies as st
+import numpy as np
+import pytest
+import scipy.stats
+from sklearn import metrics as sk_metrics
+
+from bu_jax import evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """Stand-in for bu_jax.data.TestClip (duck-typed by evaluate)."""
+
+  path: str
+  label: int
+  condition: str
+  rare: bool | None
+
+
+def _png_ok(path):
+  assert os.path.getsize(path) > 1000
+  with open(path, "rb") as file:
+    assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- clip_score
+
+
+def test_clip_score_max_and_mean():
+  frames = np.array([0.5, 3.0, 1.0, 0.5])
+  assert evaluate.clip_score(frames) == 3.0
+  assert evaluate.clip_score(frames, reduce="mean") == pytest.approx(1.25)
+  assert evaluate.clip_score(frames[:, None]) == 3.0  # any shape
+
+
+@pytest.mark.parametrize("frames, message", [
+    ([], "empty"),
+    ([1.0, np.nan], "non-finite"),
+    ([np.inf], "non-finite"),
+])
+def test_clip_score_bad_input(frames, message):
+  with pytest.raises(ValueError, match=message):
+    evaluate.clip_score(frames)
+
+
+def test_clip_score_unknown_reduce():
+  with pytest.raises(ValueError, match="reduce"):
+    evaluate.clip_score([1.0], reduce="median")
+
+
+# ------------------------------------------------------------------- metrics
+
+
+def test_metrics_perfect_separation():
+  result = evaluate.metrics([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.9])
+  assert result == pytest.approx({"auc": 1.0, "pauc": 1.0, "pauc_dcase": 1.0})
+
+
+def test_metrics_reversed():
+  result = evaluate.metrics([0, 0, 0, 1, 1], [0.8, 0.9, 0.7, 0.1, 0.2])
+  assert result["auc"] == pytest.approx(0.0)
+  assert result["pauc_dcase"] == pytest.approx(0.0)
+  # McClish standardization maps the worst partial curve to 0.5 * (1 - 1/19)
+  # for p = 0.1: min((0 - p²/2) / (p - p²/2)) = -0.05 / 0.95.
+  assert result["pauc"] == pytest.approx(0.5 * (1 - 0.005 / 0.095))
+
+
+def test_metrics_ties_are_chance():
+  result = evaluate.metrics([0, 1, 0, 1], [2.0, 2.0, 2.0, 2.0])
+  assert result["auc"] == pytest.approx(0.5)
+  assert result["pauc"] == pytest.approx(0.5)  # McClish: chance level = 0.5
+  assert result["pauc_dcase"] == pytest.approx(0.05)  # raw: p / 2
+
+
+def test_metrics_hand_checked_partial_auc():
+  # Ten normals scored 1..10 (each one is an FPR step of 0.1) and two
+  # anomalies: 11 (above every normal) and 5.5 (above five normals).
+  labels = [0] * 10 + [1, 1]
+  scores = list(range(1, 11)) + [11.0, 5.5]
+  result = evaluate.metrics(labels, scores, max_fpr=0.1)
+  # AUC = (10 + 5) pairs won / 20 pairs.
+  assert result["auc"] == pytest.approx(0.75)
+  # TPR = 0.5 on FPR in [0, 0.1]: raw area 0.05, normalized 0.5.
+  assert result["pauc_dcase"] == pytest.approx(0.5)
+  # McClish: 0.5 * (1 + (0.05 - 0.005) / (0.1 - 0.005)).
+  assert result["pauc"] == pytest.approx(0.5 * (1 + 0.045 / 0.095))
+
+
+def test_metrics_partial_auc_interpolates_inside_a_step():
+  # Five normals: the first FP step goes to FPR 0.2; max_fpr 0.1 cuts it.
+  # Anomaly at 10 beats all; the other (0.5) beats none. The first normal
+  # (score 5) brings FPR 0 -> 0.2 at TPR 0.5: area on [0, 0.1] = 0.05.
+  result = evaluate.metrics([0, 0, 0, 0, 0, 1, 1],
+                            [1, 2, 3, 4, 5, 10, 0.5], max_fpr=0.1)
+  assert result["pauc_dcase"] == pytest.approx(0.5)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 6), min_size=8, max_size=8),
+       st.floats(0.05, 1.0))
+def test_metrics_match_pairwise_reference(raw_scores, max_fpr):
+  labels = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+  scores = np.asarray(raw_scores, dtype=float)  # small ints: many ties
+  result = evaluate.metrics(labels, scores, max_fpr=max_fpr)
+  # AUC = P(anomalous > normal) + 0.5 P(tie), a NumPy loop over pairs.
+  diff = scores[labels == 1][:, None] - scores[labels == 0][None, :]
+  assert result["auc"] == pytest.approx(
+      np.mean((diff > 0) + 0.5 * (diff == 0)))
+  # Raw and McClish-standardized pAUC describe the same area.
+  area = result["pauc_dcase"] * max_fpr
+  if max_fpr < 1.0:
+    min_area, max_area = 0.5 * max_fpr**2, max_fpr
+    assert result["pauc"] == pytest.approx(
+        0.5 * (1 + (area - min_area) / (max_area - min_area)))
+  else:
+    assert result["pauc_dcase"] == pytest.approx(result["auc"])
+
+
+@pytest.mark.parametrize("labels, scores, message", [
+    ([0, 0, 0], [0.1, 0.2, 0.3], "only normal"),
+    ([1, 1], [0.1, 0.2], "only anomalous"),
+    ([0, 1], [0.1, np.nan], "non-finite"),
+    ([], [], "empty"),
+    ([0, 1, 1], [0.1, 0.2], "differ in length"),
+    ([0, 2], [0.1, 0.2], "only 0"),
+])
+def test_metrics_bad_input(labels, scores, message):
+  with pytest.raises(ValueError, match=message):
+    evaluate.metrics(labels, scores)
+
+
+# ------------------------------------------------------------- fit_threshold
+
+
+def test_fit_threshold_recovers_gamma_quantile():
+  rng = np.random.default_rng(0)
+  shape, loc, scale = 3.0, 1.0, 0.5
+  samples = scipy.stats.gamma.rvs(shape, loc=loc, scale=scale, size=2000,
+                                  random_state=rng)
+  expected = scipy.stats.gamma.ppf(0.9, shape, loc=loc, scale=scale)
+  assert evaluate.fit_threshold(samples, quantile=0.9) == pytest.approx(
+      expected, rel=0.05)
+
+
+@pytest.mark.parametrize("scores", [[2.0] * 50, [2.0], [1.0, 3.0]])
+def test_fit_threshold_degenerate_falls_back(scores, caplog):
+  with caplog.at_level(logging.WARNING):
+    threshold = evaluate.fit_threshold(scores, quantile=0.9)
+  assert threshold == pytest.approx(np.quantile(scores, 0.9))
+  assert "empirical" in caplog.text
+
+
+def test_fit_threshold_failed_fit_falls_back(monkeypatch, caplog):
+  def broken_fit(data):
+    raise RuntimeError("optimizer diverged")
+  monkeypatch.setattr(scipy.stats.gamma, "fit", broken_fit)
+  scores = np.linspace(0.0, 1.0, 11)
+  with caplog.at_level(logging.WARNING):
+    threshold = evaluate.fit_threshold(scores, quantile=0.9)
+  assert threshold == pytest.approx(0.9)
+  assert "optimizer diverged" in caplog.text
+
+
+@pytest.mark.parametrize("scores, kwargs, message", [
+    ([], {}, "empty"),
+    ([1.0, np.nan, 2.0], {}, "non-finite"),
+    ([1.0, 2.0, 3.0], {"quantile": 1.0}, "quantile"),
+])
+def test_fit_threshold_bad_input(scores, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    evaluate.fit_threshold(scores, **kwargs)
+
+
+# ------------------------------------------------------ false_positive_rates
+
+
+def test_false_positive_rates_by_name_and_by_mask():
+  scores = np.array([0.1, 0.5, 1.0, 2.0, 3.0])
+  names = ["frequent", "frequent", "frequent", "rare", None]
+  assert evaluate.false_positive_rates(scores, 1.0, names) == pytest.approx(
+      {"frequent": 1 / 3, "rare": 1.0})  # score == φ counts as anomalous
+  masks = {"low": scores < 1, "high": scores >= 1, "none": np.zeros(5, bool)}
+  assert evaluate.false_positive_rates(scores, 1.5, masks) == pytest.approx(
+      {"low": 0.0, "high": 2 / 3})
+
+
+# ------------------------------------------------------- evaluate_conditions
+
+
+def _synthetic_set():
+  """Two ANR conditions sharing one pool of normal clips.
+
+  Normals: 8 frequent (scores 0.1..0.8) and 2 rare (scores 0.95, 2.0 - high,
+  as a model trained on the average would give). Anomalies: at -10 dB all
+  above every normal; at -20 dB two of three below the rare normals.
+  """
+  clips, scores = [], []
+  for i in range(8):
+    clips.append(Clip(f"/d/normal_{i}.wav", 0, "normal", False))
+    scores.append(0.1 * (i + 1))
+  for i, score in enumerate([0.95, 2.0]):
+    clips.append(Clip(f"/d/rare_{i}.wav", 0, "normal", True))
+    scores.append(score)
+  for i, score in enumerate([3.0, 4.0, 5.0]):
+    clips.append(Clip(f"/d/-10dB/anomaly_{i}.wav", 1, "-10dB", None))
+    scores.append(score)
+  for i, score in enumerate([0.9, 0.92, 5.0]):
+    clips.append(Clip(f"/d/-20dB/anomaly_{i}.wav", 1, "-20dB", None))
+    scores.append(score)
+  return clips, np.asarray(scores)
+
+
+def test_evaluate_conditions_synthetic():
+  clips, scores = _synthetic_set()
+  result = evaluate.evaluate_conditions(clips, scores, threshold=0.9)
+  assert list(result["auc"]) == ["-10dB", "-20dB", "mean"]
+  assert result["auc"]["-10dB"] == pytest.approx(1.0)
+  # -20 dB: 0.9 and 0.92 beat the 8 frequent normals, 5.0 beats all 10.
+  assert result["auc"]["-20dB"] == pytest.approx((8 + 8 + 10) / 30)
+  assert result["auc"]["mean"] == pytest.approx((1.0 + 26 / 30) / 2)
+  for key in ("pauc", "pauc_dcase"):
+    assert set(result[key]) == {"-10dB", "-20dB", "mean"}
+  rare = result["rare_normal"]
+  assert rare["auc_vs_rare"]["-10dB"] == pytest.approx(1.0)
+  assert rare["auc_vs_rare"]["-20dB"] == pytest.approx(2 / 6)
+  assert rare["fpr_frequent"] == pytest.approx(0.0)
+  assert rare["fpr_rare"] == pytest.approx(1.0)
+  assert rare["fpr_rare"] > rare["fpr_frequent"]
+  assert result["threshold"] == 0.9
+  # The report is JSON-ready.
+  json.dumps(result, allow_nan=False)
+
+
+def test_evaluate_conditions_own_normals_and_no_rare():
+  clips = [Clip("a.wav", 0, "c1", None), Clip("b.wav", 1, "c1", None),
+           Clip("c.wav", 0, "c2", False), Clip("d.wav", 1, "c2", None)]
+  result = evaluate.evaluate_conditions(clips, [0.0, 1.0, 1.0, 0.0],
+                                        threshold=None)
+  assert result["auc"] == pytest.approx({"c1": 1.0, "c2": 0.0, "mean": 0.5})
+  assert result["rare_normal"] == {"auc_vs_rare": {}, "fpr_frequent": None,
+                                   "fpr_rare": None}
+
+
+def test_evaluate_conditions_errors():
+  clips, scores = _synthetic_set()
+  with pytest.raises(ValueError, match="non-finite"):
+    evaluate.evaluate_conditions(clips, np.where(scores > 4, np.nan, scores),
+                                 threshold=1.0)
+  with pytest.raises(ValueError, match="clip scores"):
+    evaluate.evaluate_conditions(clips, scores[:-1], threshold=1.0)
+  only_anomalous = [Clip("x.wav", 1, "c", None), Clip("y.wav", 1, "c", None)]
+  with pytest.raises(ValueError, match="condition 'c'.*only anomalous"):
+    evaluate.evaluate_conditions(only_anomalous, [1.0, 2.0], threshold=1.0)
+  with pytest.raises(TypeError, match="label"):
+    evaluate.evaluate_conditions([object()], [1.0], threshold=1.0)
+
+
+# ----------------------------------------------------------------- CSV files
+
+
+def _read_csv(path):
+  with open(path, newline="") as file:
+    return list(csv.reader(file))
+
+
+def test_write_dcase_csvs(tmp_path):
+  clips, scores = _synthetic_set()
+  written = evaluate.write_dcase_csvs(tmp_path / "out", clips, scores,
+                                      threshold=0.9, prefix="bu_")
+  names = sorted(p.name for p in written)
+  assert names == sorted([
+      "bu_anomaly_score_-10dB.csv", "bu_decision_result_-10dB.csv",
+      "bu_anomaly_score_-20dB.csv", "bu_decision_result_-20dB.csv"])
+  rows = _read_csv(tmp_path / "out" / "bu_anomaly_score_-20dB.csv")
+  # The 10 shared normals, then the 3 anomalies of the condition.
+  assert [r[0] for r in rows] == (
+      [f"normal_{i}.wav" for i in range(8)] + ["rare_0.wav", "rare_1.wav"]
+      + [f"anomaly_{i}.wav" for i in range(3)])
+  np.testing.assert_allclose([float(r[1]) for r in rows],
+                             np.concatenate([scores[:10], scores[13:]]))
+  decisions = _read_csv(tmp_path / "out" / "bu_decision_result_-20dB.csv")
+  assert [int(r[1]) for r in decisions] == (
+      [0] * 8 + [1, 1] + [1, 1, 1])  # 0.9 >= φ = 0.9 counts (eq. 4)
+
+
+# --------------------------------------------------------------------- plots
+
+
+def test_plots_write_png(tmp_path):
+  rng = np.random.default_rng(1)
+  labels = np.array([0] * 20 + [1] * 10)
+  roc = {"AE": (labels, rng.normal(size=30) + labels),
+         "BU": (labels, rng.normal(size=30) + 3 * labels)}
+  _png_ok(evaluate.plot_roc(tmp_path / "roc.png", roc, max_fpr=0.1))
+
+  times = np.arange(50) * 0.016
+  over_time = {
+      method: [("normal", times, rng.random(50)),
+               ("rare normal", times, rng.random(50) + 1),
+               ("anomalous", times, rng.random(50) * 3, [(0.2, 0.4)])]
+      for method in ("RE", "SNP", "BU")}
+  thresholds = {"RE": 0.8, "SNP": 1.2, "BU": 1.5}
+  _png_ok(evaluate.plot_scores_over_time(tmp_path / "time.png", over_time,
+                                         thresholds=thresholds))
+  _png_ok(evaluate.plot_scores_over_time(tmp_path / "overlay.png", over_time,
+                                         thresholds=thresholds, overlay=True))
+
+  histograms = {m: {"normal": rng.random(40), "rare": rng.random(5) + 1,
+                    "anomalous": rng.random(20) + 2}
+                for m in ("SNP", "BU")}
+  histograms["BU"]["rare"] = []  # empty groups are skipped
+  _png_ok(evaluate.plot_score_histogram(tmp_path / "sub" / "hist.png",
+                                        histograms, thresholds=thresholds))
+
+
+def test_plot_scores_over_time_rejects_mismatched_clips(tmp_path):
+  t = np.arange(3.0)
+  with pytest.raises(ValueError, match="same"):
+    evaluate.plot_scores_over_time(
+        tmp_path / "x.png", {"A": [("a", t, t)], "B": []})
+
+
+# ---------------------------------------------------------------------- JSON
+
+
+def test_write_json_converts_numpy_and_is_atomic(tmp_path):
+  path = tmp_path / "nested" / "report.json"
+  obj = {"auc": np.float32(0.75), "n": np.int64(3), "flag": np.bool_(True),
+         "scores": np.arange(3, dtype=np.float64), "bad": float("nan"),
+         np.int64(7): (1, 2), "where": tmp_path}
+  assert evaluate.write_json(path, obj) == str(path)
+  loaded = json.loads(path.read_text())
+  assert loaded == {"auc": 0.75, "n": 3, "flag": True,
+                    "scores": [0.0, 1.0, 2.0], "bad": None, "7": [1, 2],
+                    "where": str(tmp_path)}
+  evaluate.write_json(path, {"again": 1})
+  assert json.loads(path.read_text()) == {"again": 1}
+  assert os.listdir(path.parent) == ["report.json"]  # no leftover tmp files
+
+
+def test_write_json_failure_keeps_old_file(tmp_path):
+  path = tmp_path / "report.json"
+  evaluate.write_json(path, {"ok": 1})
+  with pytest.raises(TypeError):
+    evaluate.write_json(path, {"bad": object()})
+  assert json.loads(path.read_text()) == {"ok": 1}
+  assert os.listdir(tmp_path) == ["report.json"]
