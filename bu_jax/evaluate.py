@@ -352,8 +352,9 @@ def evaluate_conditions(
 
   Args:
     clips: records with attributes label (0/1), condition (str), rare
-      (bool | None: True for rare-normal clips such as warm-up sounds) and
-      path (str).
+      (bool | None: True for clips whose normal content is a rare operating
+      mode, such as warm-up sounds; only read on normal clips) and path (str,
+      identifies a normal clip that is repeated in several conditions).
     clip_scores: 1-D array of clip anomaly scores A_θ(X) (eq. 11), one per
       clip.
     threshold: decision threshold φ (eq. 4), e.g. from `fit_threshold`; None
@@ -374,13 +375,14 @@ def evaluate_conditions(
       },  (an FPR is None without threshold or without such clips)
       "threshold": φ,
     }
-    False-positive rates count every normal clip once.
+    False-positive rates count every normal clip (path) once, the first
+    time it occurs in `clips`.
 
   Raises:
     ValueError: for mismatched lengths, non-finite scores, or a condition with
       a single class (the message names the condition).
   """
-  labels, conditions, rares, _ = _clip_fields(clips)
+  labels, conditions, rares, paths = _clip_fields(clips)
   scores = _as_finite_1d(clip_scores, "clip_scores")
   if scores.size != labels.size:
     raise ValueError(
@@ -402,7 +404,13 @@ def evaluate_conditions(
   for key in ("auc", "pauc", "pauc_dcase"):
     _with_mean(results[key])
 
-  normal = labels == 0
+  # Each normal clip once: the "mixing" layout repeats them per condition.
+  normal = np.zeros(labels.size, dtype=bool)
+  seen = set()
+  for index in np.flatnonzero(labels == 0):
+    if paths[index] not in seen:
+      seen.add(paths[index])
+      normal[index] = True
   fpr_frequent = fpr_rare = None
   if threshold is not None:
     group = np.where(is_rare, "rare", "frequent")
@@ -437,8 +445,11 @@ def write_dcase_csvs(
     <prefix>anomaly_score_<condition>.csv    rows: file basename, clip score
     <prefix>decision_result_<condition>.csv  rows: file basename, 1 if
         score ≥ threshold else 0 (eq. 4)
-  without header, in the order of `clips`. Characters other than letters,
-  digits and ``._+-`` in the condition are replaced by "_".
+  without header, in the order of `clips`. A basename that occurs more than
+  once in a condition (the "mixing" layout uses the same file for a clip's
+  normal and anomalous versions) is written as "normal_<basename>" or
+  "anomaly_<basename>". Characters other than letters, digits and ``._+-``
+  in the condition are replaced by "_".
 
   Args:
     workdir: output directory (created if missing).
@@ -460,6 +471,9 @@ def write_dcase_csvs(
   for condition, index in _condition_groups(labels, conditions).items():
     index = np.sort(index)
     names = [os.path.basename(paths[i]) for i in index]
+    counts = collections.Counter(names)
+    names = [(f"{'anomaly' if labels[i] else 'normal'}_{name}"
+              if counts[name] > 1 else name) for name, i in zip(names, index)]
     suffix = _safe_filename_part(condition)
     score_rows = [(name, repr(float(scores[i]))) for name, i in zip(names, index)]
     decision_rows = [(name, int(scores[i] >= threshold))

@@ -251,6 +251,47 @@ def test_evaluate_conditions_own_normals_and_no_rare():
                                    "fpr_rare": None}
 
 
+def _mixing_layout_set():
+  """As bu_jax.data's "mixing" layout: every test file appears in every ANR
+  condition, once normal and once anomalous, with the same path; `rare` is
+  set on both versions."""
+  normal_scores = {"f0.wav": 0.1, "f1.wav": 0.2, "f2.wav": 0.3, "r0.wav": 2.0}
+  clips, scores = [], []
+  for condition, boost in (("anr_-10dB", 5.0), ("anr_-20dB", 1.0)):
+    for name, score in normal_scores.items():
+      rare = name.startswith("r")
+      clips.append(Clip(f"/t/{name}", 0, condition, rare))
+      scores.append(score)
+      clips.append(Clip(f"/t/{name}", 1, condition, rare))
+      scores.append(score + boost)
+  return clips, np.asarray(scores)
+
+
+def test_evaluate_conditions_mixing_layout():
+  clips, scores = _mixing_layout_set()
+  result = evaluate.evaluate_conditions(clips, scores, threshold=1.0)
+  assert result["auc"]["anr_-10dB"] == pytest.approx(1.0)
+  # -20 dB anomalies 1.1, 1.2, 1.3, 3.0 vs normals 0.1, 0.2, 0.3, 2.0.
+  assert result["auc"]["anr_-20dB"] == pytest.approx((3 + 3 + 3 + 4) / 16)
+  rare = result["rare_normal"]
+  assert rare["auc_vs_rare"] == pytest.approx(
+      {"anr_-10dB": 1.0, "anr_-20dB": 0.25, "mean": 0.625})
+  assert rare["fpr_frequent"] == pytest.approx(0.0)
+  assert rare["fpr_rare"] == pytest.approx(1.0)
+
+
+def test_evaluate_conditions_counts_each_normal_path_once(monkeypatch):
+  clips, scores = _mixing_layout_set()
+  seen = {}
+
+  def spy(normal_scores, threshold, groups):
+    seen["n"] = len(normal_scores)
+    return {}
+  monkeypatch.setattr(evaluate, "false_positive_rates", spy)
+  evaluate.evaluate_conditions(clips, scores, threshold=1.0)
+  assert seen["n"] == 4
+
+
 def test_evaluate_conditions_errors():
   clips, scores = _synthetic_set()
   with pytest.raises(ValueError, match="non-finite"):
@@ -291,6 +332,17 @@ def test_write_dcase_csvs(tmp_path):
   decisions = _read_csv(tmp_path / "out" / "bu_decision_result_-20dB.csv")
   assert [int(r[1]) for r in decisions] == (
       [0] * 8 + [1, 1] + [1, 1, 1])  # 0.9 >= φ = 0.9 counts (eq. 4)
+
+
+def test_write_dcase_csvs_disambiguates_repeated_files(tmp_path):
+  clips, scores = _mixing_layout_set()
+  evaluate.write_dcase_csvs(tmp_path, clips, scores, threshold=1.0)
+  rows = _read_csv(tmp_path / "anomaly_score_anr_-20dB.csv")
+  assert [r[0] for r in rows] == [
+      "normal_f0.wav", "anomaly_f0.wav", "normal_f1.wav", "anomaly_f1.wav",
+      "normal_f2.wav", "anomaly_f2.wav", "normal_r0.wav", "anomaly_r0.wav"]
+  decisions = _read_csv(tmp_path / "decision_result_anr_-20dB.csv")
+  assert [int(r[1]) for r in decisions] == [0, 1, 0, 1, 0, 1, 1, 1]
 
 
 # --------------------------------------------------------------------- plots

@@ -1,0 +1,94 @@
+"""Log-mel features: parity with librosa, context stacking, bad input."""
+
+import jax
+import jax.numpy as jnp
+import librosa
+import numpy as np
+import pytest
+
+from bu_jax import features
+
+SR = 16000
+
+
+def _signal(seconds=1.0, seed=0):
+  rng = np.random.default_rng(seed)
+  t = np.arange(int(seconds * SR)) / SR
+  chirp = 0.3 * np.sin(2 * np.pi * (200 * t + 900 * t**2))
+  harm = sum(0.1 / k * np.sin(2 * np.pi * 120 * k * t) for k in range(1, 8))
+  return (chirp + harm + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("config", [features.FCN40, features.FCN64])
+def test_log_mel_matches_librosa(config):
+  wave = _signal()
+  mag = np.abs(librosa.stft(wave, n_fft=512, hop_length=256, window="hann",
+                            center=True, pad_mode="constant"))
+  mel = librosa.filters.mel(sr=SR, n_fft=512, n_mels=config.n_mels)
+  ref = np.log(mel @ mag + config.floor).T  # (T, M)
+  got = np.asarray(features.log_mel(wave, config=config))
+  assert got.shape == ref.shape == (config.num_frames(wave.size), config.n_mels)
+  above_floor = (mel @ mag).T > 100 * config.floor
+  assert above_floor.mean() > 0.9  # the comparison is on real signal content
+  np.testing.assert_allclose(got[above_floor], ref[above_floor], rtol=1e-4)
+  np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
+def test_stft_magnitude_matches_librosa_exactly_shaped():
+  wave = _signal(0.37, seed=3)  # odd length, not a multiple of the hop
+  ref = np.abs(librosa.stft(wave, n_fft=512, hop_length=256)).T
+  got = np.asarray(features.stft_magnitude(wave))
+  assert got.shape == ref.shape
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.max())
+
+
+def test_context_stacking_order_and_edges():
+  t, m, c = 6, 3, 2
+  psi = jnp.arange(t * m, dtype=jnp.float32).reshape(t, m)
+  x = np.asarray(features.stack_context(psi, context=c))
+  assert x.shape == (t, m * (2 * c + 1))
+  blocks = x.reshape(t, 2 * c + 1, m)
+  for ti in range(t):
+    for k, off in enumerate(range(-c, c + 1)):
+      src = min(max(ti + off, 0), t - 1)  # edge frames repeat
+      np.testing.assert_array_equal(blocks[ti, k], np.asarray(psi[src]))
+  # The centre block is the frame itself.
+  np.testing.assert_array_equal(blocks[:, c], np.asarray(psi))
+
+
+@pytest.mark.parametrize("name,dim", [("fcn40", 440), ("fcn64", 1344)])
+def test_presets_dimension(name, dim):
+  cfg = features.PRESETS[name]
+  assert cfg.dim == dim
+  x = features.extract(_signal(0.5), config=cfg)
+  assert x.shape == (cfg.num_frames(8000), dim)
+
+
+def test_batched_and_vmapped_equal_single():
+  cfg = features.FCN40
+  waves = np.stack([_signal(0.5, seed=s) for s in range(3)])
+  batched = features.features(waves, config=cfg)
+  vmapped = jax.vmap(lambda w: features.features(w, config=cfg))(waves)
+  single = features.features(waves[1], config=cfg)
+  np.testing.assert_allclose(batched, vmapped, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(batched[1], single, rtol=1e-6, atol=1e-6)
+
+
+def test_silence_is_finite_floor():
+  cfg = features.FCN40
+  x = np.asarray(features.extract(np.zeros(4000, np.float32), config=cfg))
+  assert np.isfinite(x).all()
+  np.testing.assert_allclose(x, np.log(cfg.floor), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_raises_clear_error(bad):
+  wave = _signal(0.2)
+  wave[100] = bad
+  with pytest.raises(features.FeatureInputError, match=r"clip\.wav.*non-finite"):
+    features.extract(wave, config=features.FCN40, name="clip.wav")
+
+
+def test_empty_input_raises():
+  with pytest.raises(features.FeatureInputError, match="empty"):
+    features.extract(np.zeros(0, np.float32), config=features.FCN40)

@@ -1,0 +1,286 @@
+"""RE / SNP / BU losses and KDE weights: exactness, invariants, data parallelism."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bu_jax import kde, losses, models
+
+M, D = 24, 5
+SIGMA = 1.0 / (2 * D)
+LAM = 4.0
+PROPS = settings(deadline=None, derandomize=True, max_examples=25)
+
+finite = st.floats(-10, 10, allow_nan=False, width=32)
+feats = hnp.arrays(np.float32, (M, D), elements=finite)
+
+
+@functools.partial(jax.jit, static_argnames=("standardize",))
+def _weights(x, standardize=True):
+  return kde.kde_weights(x, sigma=SIGMA, standardize_features=standardize)
+
+
+def _np_weights(x, *, sigma, eps=1e-6, standardize=True):
+  """Reference: float64 double loop over frames."""
+  x = np.asarray(x, np.float64)
+  if standardize:
+    std = x.std(0)
+    x = np.where(std > 0, (x - x.mean(0)) / np.where(std > 0, std, 1), 0.0)
+  m = len(x)
+  k = np.zeros(m)
+  for i in range(m):
+    for j in range(m):
+      k[i] += np.exp(-sigma * np.sum((x[i] - x[j]) ** 2)) / m
+  return 1.0 / (k + eps)
+
+
+# ---------------------------------------------------------------- exactness
+
+def test_pairwise_distances_exact_against_double_loop():
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((7, 11)).astype(np.float32)
+  b = rng.standard_normal((5, 11)).astype(np.float32) * 3
+  ref = np.array([[np.sum((ai.astype(np.float64) - bj) ** 2) for bj in b] for ai in a])
+  got = np.asarray(kde.pairwise_sq_distances(a, b))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  assert (np.asarray(kde.pairwise_sq_distances(a, a)) >= 0).all()
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_kde_weights_match_numpy_reference(standardize):
+  x = np.random.default_rng(1).standard_normal((M, D)).astype(np.float32) * [1, 2, 3, 4, 5]
+  sigma = SIGMA if standardize else 0.05
+  got = kde.kde_weights(x, sigma=sigma, standardize_features=standardize)
+  np.testing.assert_allclose(got, _np_weights(x, sigma=sigma, standardize=standardize),
+                             rtol=1e-5)
+
+
+def test_kde_never_builds_m_by_m_by_d_tensor():
+  m, d = 64, 48
+  jaxpr = jax.make_jaxpr(lambda x: kde.kde_weights(x, sigma=0.1))(jnp.zeros((m, d)))
+  sizes = [int(np.prod(v.aval.shape)) for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars]
+  assert max(sizes) < m * m * d / 4  # largest intermediate is the M x M block
+  assert m * m in sizes
+
+
+def test_masked_frames_are_excluded():
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((M, D)).astype(np.float32)
+  mask = np.arange(M) % 3 != 0
+  w = np.asarray(kde.kde_weights(x, sigma=SIGMA, mask=mask))
+  assert (w[~mask] == 0).all()
+  np.testing.assert_allclose(w[mask], _np_weights(x[mask], sigma=SIGMA), rtol=1e-5)
+  # garbage (even NaN) in masked rows does not leak into the valid ones
+  x_bad = x.copy()
+  x_bad[~mask] = np.nan
+  w_bad = np.asarray(kde.kde_weights(x_bad, sigma=SIGMA, mask=mask))
+  np.testing.assert_allclose(w_bad, w, rtol=1e-6)
+
+
+def test_losses_against_hand_formulas():
+  rng = np.random.default_rng(3)
+  au = rng.uniform(0, 10, M).astype(np.float32)
+  aa = rng.uniform(0, 30, 9).astype(np.float32)
+  x = rng.standard_normal((M, D)).astype(np.float32)
+  la = np.mean(LAM * np.tanh(aa / LAM))
+  np.testing.assert_allclose(losses.re_loss(au), au.mean(), rtol=1e-6)
+  np.testing.assert_allclose(losses.anomaly_term(aa, lam=LAM), la, rtol=1e-6)
+  np.testing.assert_allclose(losses.snp_loss(au, aa, lam=LAM), au.mean() - la, rtol=1e-5)
+  w = _np_weights(x, sigma=SIGMA)
+  np.testing.assert_allclose(losses.bu_loss(au, aa, x, lam=LAM, sigma=SIGMA),
+                             np.sum(w * au) / np.sum(w) - la, rtol=1e-5)
+  # sigma defaults to 1 / (2D)
+  np.testing.assert_allclose(losses.bu_loss(au, aa, x, lam=LAM),
+                             losses.bu_loss(au, aa, x, lam=LAM, sigma=SIGMA), rtol=1e-6)
+
+
+def test_paper_hyperparameters():
+  assert losses.paper_hyperparameters(dim=1344, n_mels=64) == {"sigma": 1 / 2688, "lam": 128.0}
+  assert losses.paper_hyperparameters(dim=2) == {"sigma": 4.0, "lam": 4.0}
+
+
+# ---------------------------------------------------------- property tests
+
+@PROPS
+@given(x=feats, seed=st.integers(0, 2**16))
+def test_weights_and_loss_permutation_invariant(x, seed):
+  perm = np.random.default_rng(seed).permutation(M)
+  scores = np.linspace(0, 5, M, dtype=np.float32)
+  w, wp = _weights(x), _weights(x[perm])
+  np.testing.assert_allclose(np.asarray(w)[perm], wp, rtol=1e-4)
+  loss = losses.bu_loss(scores, scores[:4], x, lam=LAM)
+  loss_p = losses.bu_loss(scores[perm], scores[:4][::-1], x[perm], lam=LAM)
+  np.testing.assert_allclose(loss, loss_p, rtol=1e-4, atol=1e-5)
+
+
+@PROPS
+@given(x=hnp.arrays(np.float32, (M, D), elements=st.floats(-1, 1, width=32)),
+       log_scale=hnp.arrays(np.float64, (D,), elements=st.floats(-3, 3)),
+       sign=hnp.arrays(np.float64, (D,), elements=st.sampled_from([-1.0, 1.0])),
+       shift=hnp.arrays(np.float64, (D,), elements=st.floats(-5, 5)))
+def test_weights_invariant_to_per_dimension_affine_rescaling(x, log_scale, sign, shift):
+  scale = sign * 10.0 ** log_scale  # |scale| from 1e-3 to 1e3
+  y = (x * scale + shift * np.abs(scale)).astype(np.float32)
+  np.testing.assert_allclose(_weights(x), _weights(y), rtol=2e-3)
+
+
+@PROPS
+@given(row=hnp.arrays(np.float32, (D,), elements=finite),
+       scores=hnp.arrays(np.float32, (M,), elements=st.floats(0, 50, width=32)),
+       scores_a=hnp.arrays(np.float32, (6,), elements=st.floats(0, 50, width=32)))
+def test_bu_equals_re_when_all_normal_frames_identical(row, scores, scores_a):
+  x = np.tile(row, (M, 1))
+  w = np.asarray(_weights(x))
+  np.testing.assert_allclose(w, w[0])  # uniform weights
+  np.testing.assert_allclose(losses.bu_loss(scores, scores_a, x, lam=LAM),
+                             losses.snp_loss(scores, scores_a, lam=LAM), rtol=1e-5, atol=1e-5)
+
+
+@PROPS
+@given(x=feats, log_scale=st.floats(-3, 3), n_dup=st.integers(0, M - 1),
+       n_const=st.integers(0, D))
+def test_weights_positive_finite_with_duplicates_constants_and_scales(
+    x, log_scale, n_dup, n_const):
+  x = x * np.float32(10.0 ** log_scale)
+  x[:n_dup] = x[n_dup]  # duplicated points
+  x[:, :n_const] = x[0, :n_const]  # constant dimensions
+  for standardize in (True, False):
+    w = np.asarray(_weights(x, standardize=standardize))
+    assert np.isfinite(w).all() and (w > 0).all()
+    assert (w <= M * (1 + 1e-4)).all()  # K(x_i) >= 1/M: own kernel term
+
+
+@PROPS
+@given(seed=st.integers(0, 2**16), n_sparse=st.integers(1, 4))
+def test_sparse_frames_get_larger_weights_than_dense_cluster(seed, n_sparse):
+  rng = np.random.default_rng(seed)
+  dense = rng.normal(0, 0.1, (M - n_sparse, D))
+  sparse = rng.normal(0, 1, (n_sparse, D)) + 4 * rng.choice([-1, 1], (n_sparse, D))
+  x = np.concatenate([dense, sparse]).astype(np.float32)
+  w = np.asarray(_weights(x))
+  assert w[-n_sparse:].min() > w[:-n_sparse].max()
+
+
+@PROPS
+@given(a=hnp.arrays(np.float32, (8,), elements=st.floats(0, 1e6, width=32)),
+       lam=st.floats(0.1, 100))
+def test_anomaly_term_bounded_and_monotone(a, lam):
+  la = float(losses.anomaly_term(a, lam=lam))
+  assert 0 <= la <= lam * (1 + 1e-6)
+  assert float(losses.anomaly_term(a + 1.0, lam=lam)) >= la - 1e-6 * lam
+
+
+# ------------------------------------------------------ gradients and jit
+
+class _Tiny(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(D)(nn.relu(nn.Dense(3)(x)))
+
+
+def _loss_fn(name, axis_name=None):
+  score = models.score_fn(_Tiny())
+
+  def f(params, xu, xa, mu, ma):
+    su, sa = score(params, xu), score(params, xa)
+    if name == "re":
+      return losses.re_loss(su, mask_u=mu, axis_name=axis_name)
+    if name == "snp":
+      return losses.snp_loss(su, sa, lam=LAM, mask_u=mu, mask_a=ma, axis_name=axis_name)
+    return losses.bu_loss(su, sa, xu, lam=LAM, mask_u=mu, mask_a=ma, axis_name=axis_name)
+
+  return f
+
+
+def _batch(seed=0, m=M):
+  rng = np.random.default_rng(seed)
+  xu = rng.standard_normal((m, D)).astype(np.float32)
+  xa = (3 * rng.standard_normal((m, D))).astype(np.float32)
+  mu = rng.random(m) > 0.2
+  return xu, xa, mu, ~mu
+
+
+def _params():
+  return _Tiny().init(jax.random.key(0), jnp.zeros((1, D)))["params"]
+
+
+@PROPS
+@given(x=hnp.arrays(np.float32, (M, D), elements=st.floats(-1e3, 1e3, width=32)))
+def test_gradients_finite(x):
+  x[:3] = x[3]
+  _, xa, mu, ma = _batch()
+  grads = jax.grad(_loss_fn("bu"))(_params(), x, xa, mu, ma)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("name", losses.LOSSES)
+def test_jit_equals_no_jit(name):
+  f = jax.value_and_grad(_loss_fn(name))
+  eager = f(_params(), *_batch())
+  jitted = jax.jit(f)(_params(), *_batch())
+  chex_tol = dict(rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(eager[0], jitted[0], **chex_tol)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **chex_tol), eager[1], jitted[1])
+
+
+def test_jitted_loss_traced_once_per_shape():
+  traces = []
+
+  def f(su, sa, xu):
+    traces.append(1)
+    return losses.bu_loss(su, sa, xu, lam=LAM)
+
+  g = jax.jit(f)
+  for seed in range(4):
+    xu, xa, _, _ = _batch(seed)
+    g(xu[:, 0] ** 2, xa[:, 0] ** 2, xu).block_until_ready()
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("n_dev", [2, 4, 8])
+@pytest.mark.parametrize("name", losses.LOSSES)
+def test_sharded_loss_and_grads_equal_single_device(n_dev, name):
+  assert len(jax.devices()) >= n_dev, "conftest sets 8 fake CPU devices"
+  mesh = jax.make_mesh((n_dev,), ("data",), devices=jax.devices()[:n_dev])
+  batch = _batch(seed=n_dev, m=4 * 8)
+  params = _params()
+  single = jax.jit(jax.value_and_grad(_loss_fn(name)))(params, *batch)
+
+  local = _loss_fn(name, axis_name="data")
+  sharded_loss = lambda p, *b: jax.shard_map(
+      local, mesh=mesh, in_specs=(P(),) + (P("data"),) * 4, out_specs=P())(p, *b)
+  rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  sharded = jax.jit(jax.value_and_grad(sharded_loss))(
+      jax.device_put(params, rep), *(jax.device_put(b, shard) for b in batch))
+  np.testing.assert_allclose(sharded[0], single[0], rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               sharded[1], single[1])
+
+
+def test_bu_composes_with_a_plain_function_model():
+  """One BU training step for a model that is not a Flax module at all."""
+  rng = np.random.default_rng(5)
+  xu, xa, _, _ = _batch(5)
+  params = {"w": jnp.asarray(rng.standard_normal((D, 2)) * 0.3, jnp.float32),
+            "v": jnp.asarray(rng.standard_normal((2, D)) * 0.3, jnp.float32)}
+
+  def loss(p):
+    recon = lambda x: jnp.tanh(x @ p["w"]) @ p["v"]  # a linear-tanh autoencoder
+    su = models.anomaly_score(xu, recon(xu))
+    sa = models.anomaly_score(xa, recon(xa))
+    return losses.bu_loss(su, sa, xu, lam=LAM)
+
+  opt = optax.amsgrad(1e-2)
+  state = opt.init(params)
+  before, grads = jax.value_and_grad(loss)(params)
+  updates, state = opt.update(grads, state, params)
+  after = loss(optax.apply_updates(params, updates))
+  assert np.isfinite(before) and after < before
