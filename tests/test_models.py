@@ -1,0 +1,72 @@
+"""Autoencoder architectures of sections 4.1.1 and 4.2.2, and the score of eq. (5)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bu_jax import models
+
+
+def _kernel_shapes(params):
+  return [tuple(params[k]["kernel"].shape) for k in sorted(params, key=lambda n: (n[:3] != "enc", int(n.split("_")[1])))]
+
+
+@pytest.mark.parametrize("name,dims", [
+    ("fcn40-small", [(440, 128), (128, 128), (128, 128), (128, 40),
+                     (40, 128), (128, 128), (128, 128), (128, 440)]),
+    ("fcn64-large", [(1344, 512)] + [(512, 512)] * 4 + [(512, 128), (128, 512)]
+     + [(512, 512)] * 4 + [(512, 1344)]),
+])
+def test_fcn_preset_layer_sizes(name, dims):
+  p = models.preset(name)
+  params = p.build().init(jax.random.key(0), jnp.zeros((1, p.features.dim)))["params"]
+  assert _kernel_shapes(params) == dims
+
+
+def test_relu_everywhere_except_decoder_output():
+  model = models.FCNAutoencoder(dim=6, hidden_layers=1, units=8, bottleneck=3)
+  params = model.init(jax.random.key(1), jnp.zeros((1, 6)))["params"]
+  x = jax.random.normal(jax.random.key(2), (64, 6))
+  z = model.apply({"params": params}, x, method=model.encode)
+  assert (z >= 0).all()  # encoder output passes a ReLU
+  # The decoder output is linear: it takes negative values.
+  y = model.apply({"params": params}, x)
+  assert (y < 0).any()
+  # Bias-only check: negating the output layer negates the output exactly.
+  flipped = jax.tree_util.tree_map(lambda a: a, params)
+  flipped["dec_2"] = {k: -v for k, v in params["dec_2"].items()}
+  np.testing.assert_allclose(model.apply({"params": flipped}, x), -y, rtol=1e-6)
+
+
+def test_glorot_uniform_init():
+  p = models.preset("fcn64-large")
+  params = p.build().init(jax.random.key(0), jnp.zeros((1, 1344)))["params"]
+  k = np.asarray(params["enc_0"]["kernel"])
+  limit = np.sqrt(6.0 / (1344 + 512))
+  assert np.abs(k).max() <= limit
+  assert np.abs(k).max() > 0.95 * limit  # uniform fills the range
+  np.testing.assert_allclose(k.std(), limit / np.sqrt(3), rtol=0.02)
+  assert not np.asarray(params["enc_0"]["bias"]).any()
+
+
+def test_verification_ae():
+  model = models.VerificationAE()
+  params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
+  assert [tuple(params[f"dense_{i}"]["kernel"].shape) for i in range(4)] == [
+      (2, 20), (20, 10), (10, 20), (20, 2)]
+  y = model.apply({"params": params}, 100 * jax.random.normal(jax.random.key(1), (32, 2)))
+  # sigmoid hidden layers bound the output by sum |W_out| + |b|
+  bound = np.abs(np.asarray(params["dense_3"]["kernel"])).sum(0) + 1e-6
+  assert (np.abs(np.asarray(y)) <= bound).all()
+
+
+def test_anomaly_score_is_squared_l2():
+  x = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+  r = jnp.array([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+  np.testing.assert_allclose(models.anomaly_score(x, r), [13.0, 3.0])
+
+
+def test_unknown_preset_error_lists_choices():
+  with pytest.raises(ValueError, match="fcn64-large"):
+    models.preset("fcn128")
