@@ -28,9 +28,13 @@ Determinism of the "mixing" layout: the noise clip and its (circular) offset,
 and the anomaly sound and its position, are drawn from
 ``np.random.default_rng([seed, split, index])``, so they depend only on the
 seed and the clip's index in sorted order. The same anomaly and position are
-used at every ANR, so conditions differ only in level. The ANR is measured
-over the anomaly's extent: power of the scaled anomaly over power of the noisy
-normal clip on the same samples.
+used at every ANR, so conditions differ only in level. The ANR is eq. (8)
+taken literally over the whole clip: the anomaly is zero-padded to the clip's
+length at its position, and 10 log10(P(alpha a) / P(x_normal)) = ANR with
+both powers averaged over all samples of the (noisy) normal clip. (A short
+event is therefore locally louder than the ANR; a 0.5 s event in a 10 s clip
+at -20 dB is ~-7 dB over its own extent. An anomaly longer than the clip is
+cropped.)
 
 Files unrelated to a DCASE layout (names that do not parse) are skipped with a
 logged warning; everything else that is wrong raises ``DataError`` (or
@@ -292,12 +296,12 @@ def _load_mixing(data_dir: str, *, noise_dir: str | None, anomaly_dir: str | Non
     choice = int(rng.integers(len(anomalies)))
     anomaly = anomalies[choice][: normal.size]
     start = int(rng.integers(normal.size - anomaly.size + 1))
-    segment = slice(start, start + anomaly.size)
+    placed = np.zeros_like(normal)
+    placed[start: start + anomaly.size] = anomaly
     for anr_db in anrs_db:
       condition = _condition_name(anr_db)
-      anomalous = normal.copy()
       try:
-        anomalous[segment] = audio.mix_at_ratio(normal[segment], anomaly, ratio_db=anr_db)
+        anomalous = audio.mix_at_ratio(normal, placed, ratio_db=anr_db)
       except ValueError as error:
         raise DataError(f"{path} + {anomaly_paths[choice]}: cannot mix ({error})") from error
       test.append(TestClip(path=path, wave=normal, label=0, condition=condition, rare=rare))

@@ -1,0 +1,395 @@
+"""Tests for bu_jax.audio, bu_jax.data and bu_jax.synthetic (small, CPU, seconds)."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile
+
+from bu_jax import audio
+from bu_jax import data
+from bu_jax import synthetic
+
+SR = audio.SAMPLE_RATE
+
+
+def _tone(seconds=0.25, *, sr=SR, freq=440.0, amp=0.3, seed=0):
+  """A tone plus a little noise (never silent, so every mixing ratio is defined)."""
+  t = np.arange(int(seconds * sr)) / sr
+  noise = 0.01 * np.random.default_rng(seed).standard_normal(t.size)
+  return (amp * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def _write(path, wave=None, *, sr=SR, seed=0, seconds=0.25):
+  path = str(path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  soundfile.write(path, _tone(seconds, sr=sr, seed=seed) if wave is None else wave, sr)
+  return path
+
+
+def _ratio_db(other, base):
+  other, base = np.asarray(other, np.float64), np.asarray(base, np.float64)
+  return 10 * np.log10(np.mean(other**2) / np.mean(base**2))
+
+
+# ----------------------------------------------------------------------------
+# audio
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source_sr", [8000, 22050])
+def test_load_wav_resamples_to_16k(tmp_path, source_sr):
+  path = _write(tmp_path / "a.wav", _tone(0.5, sr=source_sr), sr=source_sr)
+  wave = audio.load_wav(path)
+  assert wave.dtype == np.float32 and wave.ndim == 1
+  assert abs(wave.size - 8000) <= 1
+  assert 0.25 < np.max(np.abs(wave[100:-100])) < 0.35  # amplitude kept
+
+
+def test_load_wav_averages_stereo(tmp_path):
+  tone = _tone(0.25)
+  path = _write(tmp_path / "stereo.wav", np.stack([tone, 0.5 * tone], axis=1))
+  np.testing.assert_allclose(audio.load_wav(path), 0.75 * tone, atol=1e-4)
+
+
+def test_write_wav_round_trip_and_guards(tmp_path):
+  tone = _tone(0.1)
+  path = tmp_path / "w.wav"
+  audio.write_wav(path, tone)
+  assert soundfile.info(str(path)).subtype == "PCM_16"
+  np.testing.assert_allclose(audio.load_wav(path), tone, atol=1e-4)
+  with pytest.raises(ValueError, match="clip"):
+    audio.write_wav(tmp_path / "loud.wav", 2 * np.ones(10))
+  with pytest.raises(ValueError, match="non-finite"):
+    audio.write_wav(tmp_path / "nan.wav", np.array([0.0, np.nan]))
+
+
+def _bad_file(tmp_path, kind):
+  path = tmp_path / f"{kind}.wav"
+  if kind == "zero_bytes":
+    path.write_bytes(b"")
+  elif kind == "text":
+    path.write_text("this is not audio\n" * 20)
+  elif kind == "no_samples":
+    soundfile.write(str(path), np.zeros(0, np.float32), SR)
+  elif kind == "nan":
+    wave = _tone(0.1)
+    wave[10] = np.nan
+    soundfile.write(str(path), wave, SR, subtype="FLOAT")
+  elif kind == "directory":
+    path.mkdir()
+  return path  # kind == "missing": not created
+
+
+@pytest.mark.parametrize("kind", ["missing", "zero_bytes", "text", "no_samples", "nan",
+                                  "directory"])
+def test_load_wav_bad_files_name_the_path(tmp_path, kind):
+  path = _bad_file(tmp_path, kind)
+  with pytest.raises(audio.AudioError, match=str(path)):
+    audio.load_wav(path)
+
+
+@pytest.mark.parametrize("ratio_db", [-30.0, -20.0, -15.0, -10.0, 0.0, 7.5])
+def test_mix_at_ratio_hits_requested_ratio(ratio_db):
+  rng = np.random.default_rng(1)
+  base = rng.standard_normal(4000).astype(np.float32)
+  other = (3.0 * rng.standard_normal(4000)).astype(np.float32)
+  mixed = audio.mix_at_ratio(base, other, ratio_db=ratio_db)
+  assert mixed.dtype == np.float32
+  added = mixed.astype(np.float64) - base
+  assert abs(_ratio_db(added, base) - ratio_db) < 0.01
+
+
+def test_mix_at_ratio_rejects_zero_power_and_bad_shapes():
+  ones = np.ones(10, np.float32)
+  with pytest.raises(ValueError, match="base has zero power"):
+    audio.mix_at_ratio(np.zeros(10), ones, ratio_db=0.0)
+  with pytest.raises(ValueError, match="other has zero power"):
+    audio.mix_at_ratio(ones, np.zeros(10), ratio_db=0.0)
+  with pytest.raises(ValueError, match="equal length"):
+    audio.mix_at_ratio(ones, np.ones(11), ratio_db=0.0)
+
+
+# ----------------------------------------------------------------------------
+# DCASE layouts
+# ----------------------------------------------------------------------------
+
+
+def test_dcase2020_layout(tmp_path):
+  for i, name in enumerate(["normal_id_00_00000000", "normal_id_00_00000001",
+                            "normal_id_02_00000000"]):
+    _write(tmp_path / "train" / f"{name}.wav", seed=i)
+  for i, name in enumerate(["normal_id_00_00000000", "anomaly_id_00_00000000",
+                            "anomaly_id_02_00000000", "normal_id_02_00000001"]):
+    _write(tmp_path / "test" / f"{name}.wav", seed=10 + i)
+  _write(tmp_path / "test" / "id_00_00000009.wav")  # unlabelled (eval set): skipped
+  assert data.detect_layout(tmp_path) == "dcase2020"
+  ds = data.load_dataset(tmp_path)
+  assert ds.layout == "dcase2020"
+  assert len(ds.train) == len(ds.train_paths) == 3
+  assert [os.path.basename(p) for p in ds.train_paths][0] == "normal_id_00_00000000.wav"
+  got = sorted((c.condition, c.label) for c in ds.test)
+  assert got == [("id_00", 0), ("id_00", 1), ("id_02", 0), ("id_02", 1)]
+  assert all(c.rare is None and c.wave.dtype == np.float32 for c in ds.test)
+
+
+def test_dcase2021_layout_with_and_without_domain(tmp_path):
+  for i, name in enumerate(["section_00_source_train_normal_0000",
+                            "section_00_target_train_normal_0000",
+                            "section_01_train_normal_0000"]):
+    _write(tmp_path / "train" / f"{name}.wav", seed=i)
+  for i, name in enumerate(["section_00_source_test_normal_0000",
+                            "section_00_source_test_anomaly_0000",
+                            "section_00_target_test_anomaly_0001_car_A1_spd_28V",
+                            "section_01_test_normal_0000"]):
+    _write(tmp_path / "test" / f"{name}.wav", seed=10 + i)
+  ds = data.load_dataset(tmp_path)
+  assert ds.layout == "dcase2021" and len(ds.train) == 3
+  got = sorted((c.condition, c.label) for c in ds.test)
+  assert got == [("section_00_source", 0), ("section_00_source", 1),
+                 ("section_00_target", 1), ("section_01", 0)]
+
+
+def test_dcase_layout_rejects_mixing_options(tmp_path):
+  _write(tmp_path / "train" / "normal_id_00_00000000.wav")
+  _write(tmp_path / "test" / "anomaly_id_00_00000000.wav")
+  with pytest.raises(data.DataError, match="only to layout 'mixing'"):
+    data.load_dataset(tmp_path, noise_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------
+# The paper's mixing layout
+# ----------------------------------------------------------------------------
+
+
+def _mixing_tree(root, *, metadata=True):
+  for i in range(3):
+    _write(root / "train" / f"clip_{i}.wav", seed=i, seconds=0.5)
+  for i in range(2):
+    _write(root / "test" / f"clip_{i}.wav", seed=10 + i, seconds=0.5)
+  rng = np.random.default_rng(0)
+  # Noise shorter than a clip (it is tiled) at 8 kHz (resampled).
+  _write(root / "noise" / "n0.wav", (0.1 * rng.standard_normal(1600)).astype(np.float32),
+         sr=8000)
+  _write(root / "anomaly" / "a0.wav", (0.5 * rng.standard_normal(800)).astype(np.float32))
+  _write(root / "anomaly" / "a1.wav", _tone(0.1, freq=3000.0))
+  if metadata:
+    (root / "metadata.json").write_text(json.dumps({"rare_test_clips": ["clip_1.wav"]}))
+  return root
+
+
+def test_mixing_layout_counts_labels_conditions_rare(tmp_path):
+  root = _mixing_tree(tmp_path)
+  assert data.detect_layout(root) == "mixing"
+  ds = data.load_dataset(root, seed=3)
+  assert ds.layout == "mixing" and len(ds.train) == 3
+  assert len(ds.test) == 2 * 3 * 2  # clips x ANRs x (normal, anomalous)
+  assert {c.condition for c in ds.test} == {"anr_-10dB", "anr_-15dB", "anr_-20dB"}
+  for condition in ("anr_-10dB", "anr_-15dB", "anr_-20dB"):
+    clips = [c for c in ds.test if c.condition == condition]
+    assert sorted(c.label for c in clips) == [0, 0, 1, 1]
+  for clip in ds.test:
+    assert clip.rare == (os.path.basename(clip.path) == "clip_1.wav")
+    assert (clip.anomaly_path is not None) == (clip.label == 1)
+
+
+def test_mixing_layout_levels_match_snr_and_anr(tmp_path):
+  root = _mixing_tree(tmp_path)
+  ds = data.load_dataset(root, snr_db=5.0, anrs_db=(-10.0, -20.0), seed=1)
+  for path, noisy in zip(ds.train_paths, ds.train):
+    clean = audio.load_wav(path)
+    assert abs(_ratio_db(noisy.astype(np.float64) - clean, clean) - (-5.0)) < 0.01
+  normals = {(c.path, c.condition): c.wave for c in ds.test if c.label == 0}
+  for clip in (c for c in ds.test if c.label == 1):
+    normal = normals[(clip.path, clip.condition)]
+    added = clip.wave.astype(np.float64) - normal
+    anr = float(clip.condition[len("anr_"):-len("dB")])
+    assert abs(_ratio_db(added, normal) - anr) < 0.01  # eq. (8), powers over the clip
+
+
+def test_mixing_layout_is_deterministic_in_seed(tmp_path):
+  root = _mixing_tree(tmp_path)
+  first = data.load_dataset(root, seed=0)
+  again = data.load_dataset(root, seed=0)
+  other = data.load_dataset(root, seed=1)
+  for a, b in zip(first.train + [c.wave for c in first.test],
+                  again.train + [c.wave for c in again.test]):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(first.train, other.train))
+
+
+def test_mixing_layout_without_metadata_or_noise(tmp_path):
+  root = _mixing_tree(tmp_path, metadata=False)
+  (root / "noise" / "n0.wav").unlink()
+  (root / "noise").rmdir()
+  ds = data.load_dataset(root, anrs_db=(-15,))
+  assert all(c.rare is None for c in ds.test)
+  assert {c.condition for c in ds.test} == {"anr_-15dB"}
+  np.testing.assert_array_equal(ds.train[0], audio.load_wav(ds.train_paths[0]))  # clean
+
+
+def test_mixing_layout_rejects_unknown_rare_names(tmp_path):
+  root = _mixing_tree(tmp_path)
+  (root / "metadata.json").write_text(json.dumps({"rare_test_clips": ["nope.wav"]}))
+  with pytest.raises(data.DataError, match="metadata.json"):
+    data.load_dataset(root)
+
+
+# ----------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------
+
+
+def test_missing_and_empty_directories_name_the_path(tmp_path):
+  missing = tmp_path / "nowhere"
+  with pytest.raises(data.DataError, match=str(missing)):
+    data.load_dataset(missing)
+  with pytest.raises(data.DataError, match=str(tmp_path / "train")):
+    data.load_dataset(tmp_path)  # no train/
+  (tmp_path / "train").mkdir()
+  with pytest.raises(data.DataError, match="no training clips"):
+    data.load_dataset(tmp_path)  # empty train/
+  with pytest.raises(data.DataError, match=str(tmp_path / "x")):
+    data.load_something_else(tmp_path / "x")
+
+
+@pytest.mark.parametrize("kind", ["zero_bytes", "text", "nan"])
+def test_bad_training_file_names_the_file(tmp_path, kind):
+  root = _mixing_tree(tmp_path)
+  bad = _bad_file(root / "train", kind)
+  with pytest.raises(audio.AudioError, match=str(bad)):
+    data.load_dataset(root)
+
+
+def test_unknown_layout_and_mixed_names(tmp_path):
+  root = _mixing_tree(tmp_path)
+  with pytest.raises(data.DataError, match="unknown layout"):
+    data.load_dataset(root, layout="dcase2099")
+  _write(root / "train" / "normal_id_00_00000000.wav")
+  with pytest.raises(data.DataError, match="layout= explicitly"):
+    data.detect_layout(root)
+
+
+# ----------------------------------------------------------------------------
+# Something-else sounds, segmentation, padding
+# ----------------------------------------------------------------------------
+
+
+def test_load_something_else_skips_long_clips(tmp_path):
+  _write(tmp_path / "short.wav", seconds=0.25)
+  _write(tmp_path / "long.wav", seconds=1.0)
+  waves = data.load_something_else(tmp_path, max_seconds=0.5)
+  assert [w.size for w in waves] == [4000]
+  with pytest.raises(data.DataError, match="longer than"):
+    data.load_something_else(tmp_path, max_seconds=0.1)
+
+
+def test_training_corpus_cuts_segments_and_skips_short_clips():
+  waves = [np.arange(7000, dtype=np.float32), np.ones(2000, np.float32),
+           np.full(3000, 2.0, np.float32)]
+  corpus = data.training_corpus(waves, segment_seconds=3.0, sr=1000)
+  assert corpus.shape == (3, 3000) and corpus.dtype == np.float32
+  np.testing.assert_array_equal(corpus[1], np.arange(3000, 6000))
+  np.testing.assert_array_equal(corpus[2], 2.0)
+  with pytest.raises(data.DataError, match="at least"):
+    data.training_corpus([np.ones(10)], segment_seconds=3.0, sr=1000)
+
+
+def test_pad_clips():
+  waves, lengths = data.pad_clips([np.ones(3), 2 * np.ones(5)], max_len=6)
+  assert waves.shape == (2, 6) and waves.dtype == np.float32
+  assert lengths.dtype == np.int32 and list(lengths) == [3, 5]
+  np.testing.assert_array_equal(waves[0], [1, 1, 1, 0, 0, 0])
+  assert data.pad_clips([np.ones(3), np.ones(5)])[0].shape == (2, 5)
+  with pytest.raises(ValueError, match="max_len"):
+    data.pad_clips([np.ones(7)], max_len=6)
+
+
+# ----------------------------------------------------------------------------
+# Synthetic data set
+# ----------------------------------------------------------------------------
+
+SMALL = dict(num_train=3, num_test=4, clip_seconds=2.0, num_noise=1, noise_seconds=1.0,
+             num_anomaly=5, num_something_else=4, rare_fraction=0.3, rare_seconds=1.0,
+             rare_test_fraction=0.5)
+
+
+def _all_files(root):
+  return sorted(os.path.relpath(os.path.join(d, f), root)
+                for d, _, files in os.walk(root) for f in files)
+
+
+def test_synthetic_is_deterministic(tmp_path):
+  a = synthetic.generate(tmp_path / "a", seed=0, **SMALL)
+  b = synthetic.generate(tmp_path / "b", seed=0, **SMALL)
+  c = synthetic.generate(tmp_path / "c", seed=1, **SMALL)
+  files = _all_files(a)
+  assert files == _all_files(b) and len(files) == 3 + 4 + 1 + 5 + 4 + 1
+  for name in files:
+    assert filecmp.cmp(os.path.join(a, name), os.path.join(b, name), shallow=False), name
+  assert not filecmp.cmp(os.path.join(a, "train", "normal_0000.wav"),
+                         os.path.join(c, "train", "normal_0000.wav"), shallow=False)
+
+
+def test_synthetic_set_loads_and_is_well_formed(tmp_path):
+  root = synthetic.generate(tmp_path / "s", **SMALL)
+  meta = json.loads((tmp_path / "s" / "metadata.json").read_text())
+  assert len(meta["rare_test_clips"]) == 2
+  assert 0.0 < meta["rare_train_fraction"] <= 0.5
+  ds = data.load_dataset(root)
+  assert ds.layout == "mixing" and len(ds.train) == 3 and len(ds.test) == 4 * 3 * 2
+  assert {os.path.basename(c.path) for c in ds.test if c.rare} == set(meta["rare_test_clips"])
+  something_else = data.load_something_else(os.path.join(root, "something_else"))
+  assert len(something_else) == 4
+  for name in _all_files(root):
+    if name.endswith(".wav"):
+      wave, sr = soundfile.read(os.path.join(root, name))
+      assert sr == SR and 0.0 < np.max(np.abs(wave)) <= 0.9 + 1e-4, name
+      if name.startswith(("something_else", "anomaly")):
+        assert wave.size < 5 * SR, name
+  families = {name.split(os.sep)[1].rsplit("_", 1)[0] for name in _all_files(root)
+              if name.startswith("anomaly")}
+  assert families == set(synthetic.ANOMALY_FAMILIES)
+  assert not families & set(synthetic.SOMETHING_ELSE_FAMILIES)
+
+
+def _mean_log_spectrum(wave, n_fft=512):
+  frames = wave[: wave.size // n_fft * n_fft].reshape(-1, n_fft) * np.hanning(n_fft)
+  return np.log(np.mean(np.abs(np.fft.rfft(frames)) ** 2, axis=0) + 1e-10)
+
+
+def test_rare_mode_is_spectrally_different():
+  freqs = np.fft.rfftfreq(512, 1 / SR)
+  centroid = lambda log_spec: np.sum(freqs * np.exp(log_spec)) / np.sum(np.exp(log_spec))
+  for seed in range(3):
+    wave = synthetic.machine_sound(np.random.default_rng(seed), num_samples=6 * SR, sr=SR,
+                                   rare_spans=[(4 * SR, 6 * SR)])
+    frequent_a = _mean_log_spectrum(wave[: 2 * SR])
+    frequent_b = _mean_log_spectrum(wave[2 * SR: 4 * SR])
+    rare = _mean_log_spectrum(wave[4 * SR + 2400: 6 * SR - 2400])  # inside the ramps
+    within = np.mean(np.abs(frequent_a - frequent_b))
+    between = np.mean(np.abs(rare - frequent_b))
+    assert between > 3 * within, (seed, between, within)
+    assert centroid(rare) > 1.1 * centroid(frequent_b), seed
+
+
+def test_ensure_generates_once_atomically(tmp_path, monkeypatch):
+  monkeypatch.setenv("BU_JAX_DATA", str(tmp_path / "cache"))
+  assert synthetic.default_cache_dir(3) == str(tmp_path / "cache" / "synthetic-v1-seed3")
+  with pytest.raises(ValueError, match="root="):
+    synthetic.ensure(0, num_train=2)
+  root = tmp_path / "cache" / "small"
+  path = synthetic.ensure(0, root=root, **SMALL)
+  assert path == str(root) and (root / "metadata.json").exists()
+  assert os.listdir(tmp_path / "cache") == ["small"]  # no temporary directory left
+  stamp = os.path.getmtime(root / "metadata.json")
+  assert synthetic.ensure(0, root=root, **SMALL) == str(root)
+  assert os.path.getmtime(root / "metadata.json") == stamp  # not regenerated
+  with pytest.raises(ValueError, match="other arguments"):
+    synthetic.ensure(0, root=root, **{**SMALL, "num_train": 4})
+  with pytest.raises(ValueError, match="not an empty directory"):
+    synthetic.generate(root)
