@@ -73,29 +73,37 @@ def _hann(n_fft: int) -> np.ndarray:
   return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)).astype(np.float32)
 
 
-def stft_magnitude(wave: jax.Array, *, n_fft: int = 512,
-                   hop_length: int = 256) -> jax.Array:
+def stft_magnitude(wave: jax.Array, *, n_fft: int = 512, hop_length: int = 256,
+                   center: bool = True) -> jax.Array:
   """|STFT| of ``wave`` (..., N) -> (..., 1 + N // hop_length, n_fft // 2 + 1).
 
   Matches ``np.abs(librosa.stft(wave, n_fft=n_fft, hop_length=hop_length))``
   (centered frames, zero padding of n_fft // 2 on both sides, periodic Hann),
-  transposed to time-major.
+  transposed to time-major. With ``center=False`` frame t is
+  ``wave[t hop : t hop + n_fft]`` and there are 1 + (N - n_fft) // hop frames
+  (used to compute a long clip's frames chunk by chunk).
   """
   wave = jnp.asarray(wave, jnp.float32)
   n = wave.shape[-1]
-  pad = n_fft // 2
-  widths = [(0, 0)] * (wave.ndim - 1) + [(pad, pad)]
-  padded = jnp.pad(wave, widths)
-  num_frames = 1 + n // hop_length
+  if center:
+    pad = n_fft // 2
+    widths = [(0, 0)] * (wave.ndim - 1) + [(pad, pad)]
+    padded = jnp.pad(wave, widths)
+    num_frames = 1 + n // hop_length
+  else:
+    padded = wave
+    num_frames = 1 + (n - n_fft) // hop_length
   idx = (np.arange(num_frames)[:, None] * hop_length
          + np.arange(n_fft)[None, :])
   frames = padded[..., idx] * _hann(n_fft)
   return jnp.abs(jnp.fft.rfft(frames, n=n_fft, axis=-1))
 
 
-def log_mel(wave: jax.Array, *, config: FeatureConfig) -> jax.Array:
+def log_mel(wave: jax.Array, *, config: FeatureConfig,
+            center: bool = True) -> jax.Array:
   """psi = ln(Mel_M(|X|) + floor) (section 4.2.2); shape (..., T, M)."""
-  mag = stft_magnitude(wave, n_fft=config.n_fft, hop_length=config.hop_length)
+  mag = stft_magnitude(wave, n_fft=config.n_fft, hop_length=config.hop_length,
+                       center=center)
   mel = mel_matrix(sample_rate=config.sample_rate, n_fft=config.n_fft,
                    n_mels=config.n_mels)
   mel_amp = jnp.einsum("...tf,mf->...tm", mag, mel,

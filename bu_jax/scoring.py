@@ -1,0 +1,75 @@
+"""Frame-wise anomaly scores of whole recordings, chunked with bounded memory.
+
+``FrameScorer(model, config)(params, wave)`` returns A(x_t) (eq. 5) for every
+frame t of ``wave``: the same values as ``anomaly_score(features(wave), AE(...))``
+on the whole clip (edge-padded context at the clip's ends), but computed in
+chunks of at most ``chunk_frames`` frames, so an hour-long recording never
+materializes its (T, D) feature matrix. Each chunk is one jitted call on a
+static shape (chunk sizes are rounded up to a multiple of 256 frames, so few
+shapes are compiled).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bu_jax import features as features_lib
+from bu_jax import models
+
+
+def _round_up(n: int, k: int) -> int:
+  return -(-n // k) * k
+
+
+class FrameScorer:
+  """Chunked, jitted frame scores for one model and feature configuration."""
+
+  def __init__(self, model: nn.Module, config: features_lib.FeatureConfig, *,
+               chunk_frames: int = 4096):
+    if chunk_frames < 1:
+      raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    self.model = model
+    self.config = config
+    self.chunk_frames = chunk_frames
+    self._score = jax.jit(functools.partial(self._score_chunk, model, config))
+
+  @staticmethod
+  def _score_chunk(model, config, params, window, gather):
+    psi = features_lib.log_mel(window, config=config, center=False)  # (P, M)
+    x = psi[gather].reshape(gather.shape[0], -1)  # (F, (2C+1) M)
+    return models.anomaly_score(x, model.apply({"params": params}, x))
+
+  def frames(self, num_samples: int) -> int:
+    return self.config.num_frames(num_samples)
+
+  def __call__(self, params, wave, *, name: str = "waveform") -> np.ndarray:
+    """A(x_t) for t = 0 .. T-1, float32 numpy (T,)."""
+    wave = features_lib.check_waveform(wave, name=name)
+    if wave.ndim != 1:
+      raise ValueError(f"{name}: expected a mono waveform (N,), got shape {wave.shape}")
+    cfg = self.config
+    hop, n_fft, c = cfg.hop_length, cfg.n_fft, cfg.context
+    t_total = cfg.num_frames(wave.size)
+    f = min(self.chunk_frames, _round_up(t_total, 256))
+    p = f + 2 * c  # psi frames per chunk window
+    win_len = (p - 1) * hop + n_fft
+    # Centered-STFT padding, plus zeros so that the last window fits.
+    last_lo = max(0, ((t_total - 1) // f) * f - c)
+    tail = max(0, last_lo * hop + win_len - (wave.size + n_fft))
+    padded = np.pad(wave, (n_fft // 2, n_fft // 2 + tail))
+    offsets = np.arange(-c, c + 1)
+    out = np.empty(t_total, np.float32)
+    for a in range(0, t_total, f):
+      b = min(a + f, t_total)
+      lo = max(0, a - c)
+      t = np.minimum(np.arange(a, a + f), t_total - 1)
+      gather = np.clip(t[:, None] + offsets[None, :], 0, t_total - 1) - lo
+      window = padded[lo * hop: lo * hop + win_len]
+      scores = self._score(params, window, gather.astype(np.int32))
+      out[a:b] = np.asarray(scores)[: b - a]
+    return out
