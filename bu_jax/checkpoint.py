@@ -1,0 +1,453 @@
+"""Checkpoints and resume: Orbax ``CheckpointManager`` around a generic train state.
+
+A checkpoint holds the whole train state (any pytree of arrays: parameters,
+optimizer state, step counter) and a small JSON metadata item (model preset,
+feature config, loss, later the calibrated threshold φ of eq. 4). They live in
+``<workdir>/checkpoints/<step>/{state,metadata}``. Saves are asynchronous: the
+arrays are copied off the device before ``maybe_save`` returns, so the caller
+may donate the state to the next step, and the files are written in the
+background. Orbax commits a checkpoint atomically (a ``*.orbax-checkpoint-tmp-*``
+directory renamed to ``<step>`` when complete), so a run killed mid-save leaves
+an uncommitted directory that is never restored and is removed on the next start.
+
+Because every random key of the training step is ``fold_in(seed_key, step)``,
+state + step is all that resuming needs: N steps straight equal k steps, a
+restart, then N - k steps.
+
+The training loop::
+
+  with checkpoint.Checkpointer(workdir, metadata=config) as checkpointer, \\
+       checkpoint.GracefulStop() as stop:
+    state, restored_step = checkpointer.restore_or_init(init_state)
+    step = restored_step or 0
+    while step < num_steps and not stop.requested:
+      state, metrics = train_step(state, batch(step))
+      step += 1
+      checkpointer.maybe_save(step, state)
+    checkpointer.maybe_save(step, state, force=True)  # final, or on SIGTERM
+  # leaving the block waits for the asynchronous saves
+
+A checkpoint that does not fit the state (another model size, a different
+optimizer) or whose files are damaged raises ``CheckpointError`` naming the
+directory, the step and the problem; it is never replaced by a fresh start.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import threading
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = "checkpoints"
+_STATE = "state"
+_METADATA = "metadata"
+_METADATA_FILE = "metadata.json"
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be used (incompatible or damaged)."""
+
+
+def checkpoint_dir(workdir: os.PathLike | str) -> epath.Path:
+  """The folder holding the step directories of ``workdir``."""
+  return epath.Path(workdir) / CHECKPOINT_SUBDIR
+
+
+def _item_handlers():
+  return {
+      _STATE: ocp.StandardCheckpointHandler(),
+      _METADATA: ocp.JsonCheckpointHandler(filename=_METADATA_FILE),
+  }
+
+
+def _check_json(metadata: Mapping[str, Any]) -> dict[str, Any]:
+  metadata = dict(metadata)
+  try:
+    json.dumps(metadata, allow_nan=False)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"checkpoint metadata must be JSON-serializable: {e}") from e
+  return metadata
+
+
+def _key_name(key) -> str:
+  for attribute in ("key", "name", "idx"):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _leaf_paths(tree) -> dict[str, Any]:
+  """``{'params/dense_0/kernel': leaf, ...}`` in flattening order."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _shape_dtype(leaf) -> tuple[tuple[int, ...] | None, np.dtype | None]:
+  shape = getattr(leaf, "shape", None)
+  dtype = getattr(leaf, "dtype", None)
+  if shape is None and isinstance(leaf, (int, float, bool)):
+    return (), None  # Python scalars: any dtype.
+  try:
+    dtype = None if dtype is None else np.dtype(dtype)
+  except TypeError:  # e.g. typed PRNG keys: compared by name.
+    dtype = str(dtype)
+  return None if shape is None else tuple(shape), dtype
+
+
+def _step_dirs(directory: epath.Path) -> list[epath.Path]:
+  if not directory.exists():
+    return []
+  return [p for p in directory.iterdir() if p.is_dir()]
+
+
+class Checkpointer:
+  """Periodic asynchronous checkpoints of a train state in ``<workdir>/checkpoints``.
+
+  Args:
+    workdir: run folder; checkpoints go to ``<workdir>/checkpoints``.
+    max_to_keep: number of most recent checkpoints kept (older ones deleted).
+    save_interval_steps: ``maybe_save`` saves when ``step`` reaches or passes a
+      multiple of it since the last checkpoint (or when forced).
+    async_save: write in a background thread (``maybe_save`` returns once the
+      arrays are off the device). ``False`` writes before returning.
+    metadata: JSON-serializable dict stored with every checkpoint; see
+      ``read_metadata`` and ``update_metadata``.
+  """
+
+  def __init__(self, workdir: os.PathLike | str, *, max_to_keep: int = 3,
+               save_interval_steps: int = 500, async_save: bool = True,
+               metadata: Mapping[str, Any] | None = None):
+    if max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+    if save_interval_steps < 1:
+      raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
+    self.workdir = epath.Path(workdir)
+    self.directory = checkpoint_dir(workdir)
+    self.save_interval_steps = int(save_interval_steps)
+    self._metadata = _check_json(metadata or {})
+    self._restore_failed: str | None = None
+    self._closed = False
+    self._last_step = 0  # Of the newest checkpoint; decides when the next is due.
+
+    leftovers = [p.name for p in _step_dirs(self.directory) if _TMP_MARKER in p.name]
+    if leftovers:
+      logging.warning(
+          "%s: removing %d incomplete checkpoint(s) of an interrupted save: %s",
+          self.directory, len(leftovers), ", ".join(sorted(leftovers)))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save,
+    )
+    self._manager = ocp.CheckpointManager(
+        self.directory.resolve(), options=options, item_handlers=_item_handlers())
+    steps = self.all_steps()
+    self._last_step = steps[-1] if steps else 0
+    logging.info("Checkpoints in %s: %s (keep %d, every %d steps, %s)",
+                 self.directory, steps or "none", max_to_keep,
+                 save_interval_steps, "async" if async_save else "sync")
+
+  # ------------------------------------------------------------------ queries
+
+  def latest_step(self) -> int | None:
+    """The newest committed checkpoint step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """Committed checkpoint steps, ascending."""
+    return sorted(self._manager.all_steps())
+
+  @property
+  def metadata(self) -> dict[str, Any]:
+    """A copy of the metadata written with the next checkpoint."""
+    return copy.deepcopy(self._metadata)
+
+  def update_metadata(self, **entries: Any) -> None:
+    """Merges ``entries`` into the metadata written with later checkpoints.
+
+    To attach a value computed after training (e.g. the threshold φ) to the
+    final checkpoint, call this and then ``maybe_save(step, state, force=True)``
+    (it rewrites the metadata of an already saved ``step``).
+    """
+    self._metadata = _check_json({**self._metadata, **entries})
+
+  # ------------------------------------------------------------------ restore
+
+  def restore_or_init(self, init_state, *, shardings=None):
+    """Restores the latest checkpoint, or returns ``init_state`` if there is none.
+
+    Args:
+      init_state: a freshly initialized state (pytree of ``jax.Array``; leaves
+        may also be ``jax.ShapeDtypeStruct`` with a sharding). It fixes the tree
+        structure, shapes and dtypes that the checkpoint must match, and where
+        the restored arrays go: each leaf is restored onto the sharding of the
+        corresponding ``init_state`` leaf, so a checkpoint saved on 4 devices
+        restores onto a 1- or 2-device mesh.
+      shardings: optional override, either one ``jax.sharding.Sharding`` for
+        every array or a pytree of shardings matching ``init_state``.
+
+    Returns:
+      ``(state, restored_step)``; ``restored_step`` is None for a fresh start.
+
+    Raises:
+      CheckpointError: the latest checkpoint does not match ``init_state`` or
+        cannot be read. The checkpoint is left untouched and later saves of this
+        ``Checkpointer`` are refused.
+    """
+    step = self.latest_step()
+    if step is None:
+      logging.info("No checkpoint in %s: starting from the initial state.",
+                   self.directory)
+      return init_state, None
+    try:
+      self._check_compatible(step, init_state)
+      target = self._restore_target(init_state, shardings)
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))
+        state = restored[_STATE]
+      except Exception as e:  # Orbax/TensorStore raise many types.
+        raise self._error(step, f"reading the arrays failed ({type(e).__name__}: "
+                          f"{_first_line(e)}); files are missing or damaged") from e
+    except CheckpointError as e:
+      self._restore_failed = str(e)
+      raise
+    self._last_step = step
+    logging.info("Resuming from the checkpoint of step %d in %s.", step,
+                 self.directory)
+    self._warn_on_metadata_change(step)
+    return state, step
+
+  def _error(self, step: int, problem: str) -> CheckpointError:
+    others = [s for s in self.all_steps() if s != step]
+    hint = (f" Other checkpoints: steps {others}; deleting "
+            f"{self.directory / str(step)} resumes from the newest of them." if others
+            else "")
+    return CheckpointError(
+        f"Checkpoint of step {step} in {self.directory} cannot be restored: "
+        f"{problem}.{hint} To start afresh, use another workdir. Nothing was "
+        "changed on disk.")
+
+  def _check_compatible(self, step: int, init_state) -> None:
+    """Compares the stored tree (paths, shapes, dtypes) with ``init_state``."""
+    try:
+      item_metadata = self._manager.item_metadata(step)[_STATE]
+    except Exception as e:
+      raise self._error(step, f"its metadata cannot be read ({type(e).__name__}: "
+                        f"{_first_line(e)})") from e
+    if item_metadata is None:
+      raise self._error(step, "the state's metadata (_METADATA) is missing or "
+                        "unreadable")
+    stored = _leaf_paths(getattr(item_metadata, "tree", item_metadata))
+    expected = _leaf_paths(init_state)
+    missing = [p for p in expected if p not in stored]
+    if missing:
+      raise self._error(step, f"the state has {len(missing)} leaf/leaves that the "
+                        f"checkpoint lacks, first '{missing[0]}' (a different "
+                        "model or optimizer?)")
+    unexpected = [p for p in stored if p not in expected]
+    if unexpected:
+      raise self._error(step, f"the checkpoint has {len(unexpected)} leaf/leaves "
+                        f"that the state lacks, first '{unexpected[0]}' (a "
+                        "different model or optimizer?)")
+    for path, leaf in expected.items():
+      want_shape, want_dtype = _shape_dtype(leaf)
+      have_shape, have_dtype = _shape_dtype(stored[path])
+      if want_shape is not None and have_shape is not None and want_shape != have_shape:
+        raise self._error(step, f"shape mismatch at '{path}': checkpoint "
+                          f"{have_shape}, state {want_shape} (another model size?)")
+      if want_dtype is not None and have_dtype is not None and want_dtype != have_dtype:
+        raise self._error(step, f"dtype mismatch at '{path}': checkpoint "
+                          f"{have_dtype}, state {want_dtype}")
+
+  @staticmethod
+  def _restore_target(init_state, shardings):
+    if shardings is None:
+      shardings = jax.tree.map(lambda leaf: getattr(leaf, "sharding", None), init_state)
+    elif isinstance(shardings, jax.sharding.Sharding):
+      shardings = jax.tree.map(lambda _: shardings, init_state)
+
+    def target(leaf, sharding):
+      if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+      return leaf  # NumPy arrays and Python scalars restore as such.
+
+    return jax.tree.map(target, init_state, shardings,
+                        is_leaf=lambda x: x is None)
+
+  def _warn_on_metadata_change(self, step: int) -> None:
+    try:
+      stored = read_metadata(self.workdir, step=step)
+    except CheckpointError as e:
+      logging.warning("%s", e)
+      return
+    changed = sorted(k for k in set(stored) | set(self._metadata)
+                     if k in self._metadata and stored.get(k) != self._metadata[k])
+    if changed:
+      logging.warning("Checkpoint metadata of step %d differs from this run's in %s; "
+                      "the run's values are written with later checkpoints.",
+                      step, changed)
+
+  # --------------------------------------------------------------------- save
+
+  def maybe_save(self, step: int, state, *, force: bool = False) -> bool:
+    """Saves ``state`` as checkpoint ``step`` if it is due (or ``force``).
+
+    Due means that a multiple of ``save_interval_steps`` lies in (last
+    checkpoint step, ``step``], so a loop that advances several steps per call
+    still saves about every interval. Returns True if a save was started;
+    with ``async_save`` it completes in the background (see ``wait``). A step
+    that is already saved is not saved again; with ``force`` its JSON metadata
+    is brought up to date (see ``update_metadata``).
+
+    Raises:
+      CheckpointError: ``restore_or_init`` failed on this workdir, or ``step``
+        is older than the newest checkpoint (the run did not resume from it).
+    """
+    step = int(step)
+    if self._restore_failed is not None:
+      raise CheckpointError(f"Refusing to save step {step}: the existing "
+                            f"checkpoint could not be restored. {self._restore_failed}")
+    if step < self._last_step:
+      raise CheckpointError(
+          f"Refusing to save step {step} in {self.directory}: it already holds "
+          f"step {self._last_step}. Call restore_or_init before training, or use "
+          "another workdir.")
+    interval = self.save_interval_steps
+    if not force and step // interval <= self._last_step // interval:
+      return False
+    if step == self.latest_step():
+      if force:
+        self._rewrite_metadata(step)
+      return False
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardSave(state),
+            _METADATA: ocp.args.JsonSave(self._metadata),
+        }),
+        force=True,  # The interval is decided above.
+    )
+    self._last_step = step
+    logging.info("Saving checkpoint of step %d to %s.", step, self.directory)
+    return True
+
+  def _rewrite_metadata(self, step: int) -> None:
+    self._manager.wait_until_finished()
+    path = self.directory / str(step) / _METADATA / _METADATA_FILE
+    if not path.exists():
+      logging.warning("%s: no metadata file to update for step %d.", self.directory, step)
+      return
+    if json.loads(path.read_text()) == self._metadata or jax.process_index() != 0:
+      return
+    tmp = path.parent / (_METADATA_FILE + ".tmp")
+    tmp.write_text(json.dumps(self._metadata))
+    tmp.replace(path)  # Atomic on local disks: readers see the old or the new file.
+    logging.info("Updated the metadata of checkpoint step %d in %s.", step,
+                 self.directory)
+
+  def wait(self) -> None:
+    """Blocks until the asynchronous saves are committed (raises their errors)."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager. Idempotent."""
+    if not self._closed:
+      self._closed = True
+      try:
+        self._manager.wait_until_finished()
+      finally:
+        self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:500] if text else repr(error)
+
+
+def read_metadata(workdir: os.PathLike | str, *, step: int | None = None) -> dict[str, Any]:
+  """The JSON metadata stored with checkpoint ``step`` (default: the latest).
+
+  Reads one small file; needs neither the model nor the devices.
+
+  Raises:
+    CheckpointError: no checkpoint, or its metadata is missing or not JSON.
+  """
+  directory = checkpoint_dir(workdir)
+  if step is None:
+    steps = [int(p.name) for p in _step_dirs(directory) if p.name.isdigit()]
+    if not steps:
+      raise CheckpointError(f"No checkpoint in {directory}.")
+    step = max(steps)
+  path = directory / str(step) / _METADATA / _METADATA_FILE
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"Metadata of checkpoint step {step} in {directory} "
+                          f"cannot be read: {type(e).__name__}: {e}") from e
+
+
+class GracefulStop:
+  """Context manager turning SIGTERM / Ctrl-C into a stop request.
+
+  Inside the block the first signal sets ``requested`` (the loop then stops
+  after its current step and saves); a second one of the same kind acts as it
+  would without this guard (KeyboardInterrupt for SIGINT, exit for SIGTERM).
+  Outside the main thread, signal handlers cannot be set: it logs a warning and
+  ``requested`` stays False.
+  """
+
+  def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
+    self._signals = tuple(signals)
+    self._previous: dict[int, Any] = {}
+    self.signal_name: str | None = None
+
+  @property
+  def requested(self) -> bool:
+    return self.signal_name is not None
+
+  def _handle(self, signum, frame) -> None:
+    if self.requested:
+      previous = self._previous.get(signum, signal.SIG_DFL)
+      self._restore()
+      if callable(previous):
+        previous(signum, frame)
+      elif previous != signal.SIG_IGN:
+        signal.raise_signal(signum)
+      return
+    self.signal_name = signal.Signals(signum).name
+    logging.warning("Received %s: stopping after the current step and saving a "
+                    "checkpoint (send it again to stop at once).", self.signal_name)
+
+  def _restore(self) -> None:
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
+
+  def __enter__(self) -> "GracefulStop":
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning("GracefulStop: not in the main thread; signals are not caught.")
+      return self
+    for signum in self._signals:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self._restore()
