@@ -1,0 +1,157 @@
+"""Tests for bu_jax.ring (section 4.1) and the entry point experiments/ring."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bu_jax import ring
+
+# Shared by the end-to-end tests so the jitted training chunk compiles once.
+_SHORT = dict(updates=200, log_every=100, grid_cells=60)
+
+
+def _png_ok(path):
+  assert os.path.getsize(path) > 1000
+  with open(path, "rb") as file:
+    assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_outputs(workdir, results, *, methods, seeds):
+  with open(os.path.join(workdir, "results.json")) as file:
+    on_disk = json.load(file)
+  assert on_disk == json.loads(json.dumps(results))
+  assert set(on_disk) >= {"methods", "paper", "settings", "seeds"}
+  assert list(on_disk["methods"]) == list(methods)
+  assert on_disk["seeds"] == list(range(seeds))
+  for m in methods:
+    entry = on_disk["methods"][m]
+    assert on_disk["paper"][m] == ring.PAPER_TABLE1[m]
+    for key in ("kld_p_q", "kld_u_q", "kld_p_q_std", "kld_u_q_std"):
+      assert math.isfinite(entry[key]), (m, key)
+    assert entry["kld_p_q"] > 0 and entry["kld_u_q"] > 0
+    assert [r["seed"] for r in entry["per_seed"]] == list(range(seeds))
+    values = [r["kld_u_q"] for r in entry["per_seed"]]
+    assert entry["kld_u_q"] == pytest.approx(np.mean(values))
+  for name in ("fig2_pdf.png", "fig3_scores.png"):
+    _png_ok(os.path.join(workdir, name))
+  assert not [f for f in os.listdir(workdir) if f.endswith(".tmp")]
+
+
+# ------------------------------------------------------------ KL divergences
+
+
+def test_kld_of_p_with_itself_is_near_zero():
+  grid = ring.evaluation_grid(cells=200)
+  with np.errstate(divide="ignore"):
+    scores_p = -np.log(grid.p_mass / grid.cell_area)  # A = -ln p, q = p
+    scores_u = -np.log(grid.u_mass / grid.cell_area)
+  assert 0.0 <= ring.kl_divergences(scores_p, grid)["kld_p_q"] < 0.015
+  assert 0.0 <= ring.kl_divergences(scores_u, grid)["kld_u_q"] < 0.015
+
+
+@pytest.mark.parametrize("cells", [60, 201])
+@pytest.mark.parametrize("score", [0.0, 7.5])
+def test_kld_against_uniform_square(cells, score):
+  # q uniform on [-3, 3]^2: D(U||q) = ln(36 / 4 pi),
+  # D(p||q) = 1 - ln(8 pi) + ln 36.
+  grid = ring.evaluation_grid(cells=cells)
+  kld = ring.kl_divergences(np.full((cells, cells), score), grid)
+  assert kld["kld_u_q"] == pytest.approx(math.log(36 / (4 * math.pi)), abs=1e-9)
+  assert kld["kld_p_q"] == pytest.approx(
+      1 - math.log(8 * math.pi) + math.log(36), abs=1e-9)
+
+
+def test_kld_p_against_u_on_the_disc():
+  # q = U: D(p||U) = 1 - ln 2 up to the cells that the circle r = 2 crosses.
+  grid = ring.evaluation_grid(cells=400)
+  with np.errstate(divide="ignore"):
+    scores = np.where(grid.u_mass > 0, -np.log(grid.u_mass / grid.cell_area),
+                      np.inf)
+  inside = np.linalg.norm(grid.centers, axis=-1) < 1.9
+  lq = ring.log_q(scores, cell_area=grid.cell_area)
+  np.testing.assert_allclose(lq[inside], -math.log(4 * math.pi), atol=2e-3)
+
+
+def test_grid_cell_masses_are_exact():
+  grid = ring.evaluation_grid(cells=60)
+  h = grid.edges[1] - grid.edges[0]
+  assert grid.p_mass.sum() == pytest.approx(1.0)
+  assert grid.u_mass.sum() == pytest.approx(1.0)
+  # The four cells at the origin: int over [0, h]^2 of 1/r = 2 h asinh(1).
+  c = 30
+  np.testing.assert_allclose(grid.p_mass[c - 1:c + 1, c - 1:c + 1],
+                             2 * h * math.asinh(1) / (4 * math.pi), rtol=1e-4)
+  # Any other cell inside the disc against a fine midpoint rule.
+  i, j = 34, 41
+  t = (np.arange(400) + 0.5) / 400 * h
+  s1, s2 = np.meshgrid(grid.edges[j] + t, grid.edges[i] + t)
+  expected = np.mean(1 / np.hypot(s1, s2)) * h * h / (4 * math.pi)
+  assert grid.p_mass[i, j] == pytest.approx(expected, rel=1e-4)
+  # Cells outside the disc have no mass; a quadrant has a quarter.
+  assert grid.p_mass[0, 0] == 0 and grid.u_mass[0, 0] == 0
+  assert grid.p_mass[c:, c:].sum() == pytest.approx(0.25, abs=1e-5)
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_data_radii():
+  data = ring.make_dataset(jax.random.PRNGKey(0), num_samples=10_000)
+  r_u = np.linalg.norm(np.asarray(data["normal"]), axis=-1)
+  r_a = np.linalg.norm(np.asarray(data["anomalous"]), axis=-1)
+  assert r_u.max() <= 2.0 + 1e-6 and r_a.min() > 2.0 - 1e-6
+  assert r_a.max() <= 3.0 + 1e-6
+  assert np.mean(r_u) == pytest.approx(1.0, abs=0.03)  # r ~ U[0, 2]
+
+
+def test_chunk_batches_match_minibatch_across_epochs():
+  key = jax.random.PRNGKey(3)
+  data = ring.make_dataset(key, num_samples=10_000)
+  first, num_steps = 7, 25  # 10 mini-batches per epoch: crosses 2 epochs
+  batches = jax.jit(functools.partial(ring.chunk_batches, num_steps=num_steps,
+                                      batch_size=1000))(data, key, first)
+  reference = jax.jit(jax.vmap(
+      lambda s: ring.minibatch(data, key, s, batch_size=1000)))(
+          first + jnp.arange(num_steps))
+  for name in ("normal", "anomalous"):
+    np.testing.assert_array_equal(batches[name], reference[name])
+    # Epoch 1 (steps 10..19) visits every sample exactly once.
+    epoch = np.asarray(batches[name][3:13]).reshape(-1, 2)
+    np.testing.assert_array_equal(np.unique(epoch, axis=0),
+                                  np.unique(np.asarray(data[name]), axis=0))
+  assert not np.array_equal(batches["normal"][3], batches["normal"][13])
+
+
+def test_train_and_evaluate_end_to_end(tmp_path):
+  config = ring.RingConfig(**_SHORT)
+  results = ring.train_and_evaluate(config, tmp_path, seeds=(0, 1))
+  _check_outputs(tmp_path, results, methods=ring.METHODS, seeds=2)
+  assert results["settings"]["updates"] == 200
+  assert results["methods"]["bu"]["kld_u_q_std"] > 0
+  table = ring.format_table(results)
+  for text in ("RE", "SNP", "BU", "1.395", "0.083"):
+    assert text in table
+
+
+def test_entry_point(tmp_path, capsys):
+  from experiments import ring as entry  # pylint: disable=g-import-not-at-top
+  argv = ["ring", "--loss=all", f"--workdir={tmp_path}", "--seeds=1",
+          *(f"--{k}={v}" for k, v in _SHORT.items())]
+  flags.FLAGS(argv)
+  try:
+    entry.main(argv[:1])
+  finally:
+    flags.FLAGS.unparse_flags()
+  _check_outputs(tmp_path, json.load(open(tmp_path / "results.json")),
+                 methods=ring.METHODS, seeds=1)
+  out = capsys.readouterr().out
+  assert "D(U||q)" in out and "0.913" in out
