@@ -1,0 +1,697 @@
+"""Frame-wise anomaly detection in new recordings with a trained autoencoder.
+
+``load_detector(workdir)`` restores the parameters of a model trained by
+``bu_jax.toycar`` (any loss) together with its feature settings and its
+calibrated threshold φ from the latest checkpoint; ``Detector.score(wave)``
+then gives, for one recording of any length,
+
+- the frame scores A(x_t) (eq. 5), computed in chunks with bounded memory
+  (``bu_jax.scoring.FrameScorer``);
+- the clip decision: anomalous if any frame's score reaches φ (eq. 4), i.e. if
+  the clip score max_t A(x_t) (eq. 11) is >= φ (or the mean over frames, if the
+  model was calibrated with ``reduce="mean"``);
+- the time ranges of the frames whose score reaches φ, merged into events
+  (``events_from_scores``).
+
+``run(ScoreSettings(...))`` is the whole ``experiments.score`` job: it scores
+files and folders of WAVs, skips (and reports) unreadable ones, and writes
+``scores.csv`` and optionally one plot per recording.
+
+Frame t is centred at t * hop / sr seconds (centred STFT, ``features``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import pathlib
+import re
+import tempfile
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+from absl import logging
+from etils import epath
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from bu_jax import audio
+from bu_jax import checkpoint as checkpoint_lib
+from bu_jax import evaluate
+from bu_jax import features as features_lib
+from bu_jax import models
+from bu_jax import scoring
+
+CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
+               "threshold", "duration_s")
+AUDIO_SUFFIXES = (".wav",)
+_STATE_ITEM = "state"  # The train-state item of a checkpoint step (bu_jax.checkpoint).
+_PLOT_POINTS = 4000  # Longer score curves are max-pooled to about this many points.
+
+
+class DetectorError(checkpoint_lib.CheckpointError):
+  """No usable trained model: no checkpoint, an ambiguous choice, or a mismatch."""
+
+
+class Event(NamedTuple):
+  """A time range [start_s, end_s] of frames whose score reaches φ."""
+
+  start_s: float
+  end_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameResult:
+  """Detection result of one recording.
+
+  Attributes:
+    frame_scores: A(x_t) for every frame t (eq. 5), float32 (T,).
+    times_s: the centre of each frame, t * hop / sr, float64 (T,).
+    clip_score: max_t A(x_t) (eq. 11), or the mean for ``reduce="mean"``.
+    decision: True if anomalous, clip_score >= threshold (eq. 4).
+    events: merged time ranges of the frames with A(x_t) >= threshold.
+    threshold: the φ used.
+    max_score: max_t A(x_t).
+    duration_s: length of the recording in seconds.
+  """
+
+  frame_scores: np.ndarray
+  times_s: np.ndarray
+  clip_score: float
+  decision: bool
+  events: tuple[Event, ...]
+  threshold: float
+  max_score: float
+  duration_s: float
+
+  @property
+  def label(self) -> str:
+    return "anomalous" if self.decision else "normal"
+
+
+# ------------------------------------------------------------------ events
+
+
+def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
+                       merge_gap_s: float = 0.1,
+                       duration_s: Optional[float] = None) -> list[Event]:
+  """Merged time ranges of the frames whose score reaches ``threshold`` (eq. 4).
+
+  Frame t is centred at ``t * hop_s``. A run of consecutive flagged frames
+  a..b spans [a hop_s - hop_s/2, b hop_s + hop_s/2]; runs separated by a gap
+  shorter than ``merge_gap_s`` seconds are merged into one event. Ranges are
+  clipped to [0, duration_s] (the end only if ``duration_s`` is given).
+
+  Args:
+    scores: frame scores A(x_t), shape (T,). NaN never counts as flagged.
+    threshold: φ; a frame is anomalous when its score is >= φ.
+    hop_s: frame hop in seconds (hop_length / sample_rate).
+    merge_gap_s: runs closer than this (end to start) are merged; 0 merges
+      nothing but touching runs cannot occur, so 0 keeps every run.
+    duration_s: length of the recording, to clip the last event.
+
+  Returns:
+    Events (start_s, end_s), in time order, non-overlapping.
+  """
+  scores = np.asarray(scores, dtype=np.float64).ravel()
+  if not math.isfinite(threshold):
+    raise ValueError(f"threshold must be finite, got {threshold}")
+  if not hop_s > 0:
+    raise ValueError(f"hop_s must be > 0, got {hop_s}")
+  if not merge_gap_s >= 0:
+    raise ValueError(f"merge_gap_s must be >= 0, got {merge_gap_s}")
+  flagged = np.zeros(scores.size + 2, np.int8)
+  flagged[1:-1] = scores >= threshold
+  edges = np.diff(flagged)
+  first = np.flatnonzero(edges == 1)  # first frame of each run
+  last = np.flatnonzero(edges == -1) - 1  # last frame of each run
+  if first.size == 0:
+    return []
+  starts = np.maximum(first * hop_s - hop_s / 2, 0.0)
+  ends = last * hop_s + hop_s / 2
+  if duration_s is not None:
+    ends = np.minimum(ends, max(float(duration_s), 0.0))
+  separate = starts[1:] - ends[:-1] >= merge_gap_s
+  starts = starts[np.concatenate([[True], separate])]
+  ends = ends[np.concatenate([separate, [True]])]
+  return [Event(float(s), float(e)) for s, e in zip(starts, ends)]
+
+
+def format_events(events: Iterable[Event], *, decimals: int = 3) -> str:
+  """``"start-end;start-end"`` in seconds (empty string for no events)."""
+  return ";".join(f"{s:.{decimals}f}-{e:.{decimals}f}" for s, e in events)
+
+
+def parse_events(text: str) -> list[Event]:
+  """Inverse of ``format_events``."""
+  if not text.strip():
+    return []
+  return [Event(*map(float, part.split("-"))) for part in text.split(";")]
+
+
+# ------------------------------------------------------------------ model loading
+
+
+def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) -> str:
+  """The model directory (holding ``checkpoints/``) of ``workdir``.
+
+  ``workdir`` is either a model directory itself or a ``bu_jax.toycar``
+  workdir with one model directory per loss (``<workdir>/<loss>/checkpoints``);
+  then ``loss`` picks one, and may be omitted if there is exactly one.
+
+  Raises:
+    DetectorError: no such directory, no checkpoint, or an ambiguous/unknown
+      ``loss``; the message says what exists.
+  """
+  workdir = os.fspath(workdir)
+  if not os.path.isdir(workdir):
+    raise DetectorError(f"{workdir}: no such directory")
+  if os.path.isdir(checkpoint_lib.checkpoint_dir(workdir)):
+    return workdir
+  found = sorted(name for name in os.listdir(workdir)
+                 if os.path.isdir(checkpoint_lib.checkpoint_dir(os.path.join(workdir, name))))
+  if loss is not None:
+    if loss in found:
+      return os.path.join(workdir, loss)
+    raise DetectorError(
+        f"No checkpoint for loss {loss!r} in {workdir}: "
+        + (f"it holds models for {found}." if found else
+           f"expected {os.path.join(workdir, loss, checkpoint_lib.CHECKPOINT_SUBDIR)}."))
+  if len(found) == 1:
+    return os.path.join(workdir, found[0])
+  if found:
+    raise DetectorError(f"{workdir} holds models for several losses {found}; choose one "
+                        "with --loss.")
+  raise DetectorError(
+      f"No checkpoint in {workdir}: expected {checkpoint_lib.checkpoint_dir(workdir)} "
+      f"or <loss>/{checkpoint_lib.CHECKPOINT_SUBDIR} below it (train a model with "
+      f"`python -m experiments.toycar --workdir={workdir}`).")
+
+
+def latest_step(model_dir: os.PathLike | str) -> int:
+  """The newest committed checkpoint step of ``model_dir`` (read only)."""
+  directory = checkpoint_lib.checkpoint_dir(model_dir)
+  steps = [int(p.name) for p in directory.iterdir()
+           if p.is_dir() and p.name.isdigit()] if directory.exists() else []
+  if not steps:
+    raise DetectorError(f"No checkpoint in {directory} (no committed step directory).")
+  return max(steps)
+
+
+def model_preset_from_metadata(metadata: Mapping[str, Any]) -> models.ModelPreset:
+  """The ``ModelPreset`` (features + AE size) a checkpoint was trained with.
+
+  Uses the metadata's ``features`` (the ``FeatureConfig`` fields) and the AE
+  size of the preset named by ``model`` (or, for a custom preset, of the
+  ``train_config["model"]`` dict).
+
+  Raises:
+    DetectorError: missing or inconsistent entries.
+  """
+  try:
+    feature_config = features_lib.FeatureConfig(**metadata["features"])
+  except (KeyError, TypeError) as e:
+    raise DetectorError(f"checkpoint metadata lacks valid 'features' "
+                        f"({type(e).__name__}: {e})") from e
+  name = metadata.get("model")
+  if name in models.PRESETS:
+    preset = models.PRESETS[name]
+    if preset.features != feature_config:
+      raise DetectorError(
+          f"checkpoint metadata is inconsistent: model {name!r} uses features "
+          f"{preset.features}, but the metadata's features are {feature_config}")
+    return preset
+  custom = (metadata.get("train_config") or {}).get("model")
+  if isinstance(custom, Mapping):
+    try:
+      return models.ModelPreset(name=str(custom.get("name", name)), features=feature_config,
+                                hidden_layers=int(custom["hidden_layers"]),
+                                units=int(custom["units"]),
+                                bottleneck=int(custom["bottleneck"]))
+    except (KeyError, TypeError, ValueError) as e:
+      raise DetectorError(f"checkpoint metadata: unusable custom model {custom!r}") from e
+  raise DetectorError(f"checkpoint metadata names an unknown model {name!r}; known presets: "
+                      f"{sorted(models.PRESETS)}")
+
+
+def _key_name(key) -> str:
+  for attribute in ("key", "name", "idx"):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+          for path, leaf in leaves}
+
+
+def restore_params(model_dir: os.PathLike | str, step: int, model: nn.Module, dim: int,
+                   *, device: Optional[jax.Device] = None) -> Any:
+  """Restores only the parameters of a train-state checkpoint, read only.
+
+  The optimizer state is not read, no directory is created or cleaned (so a
+  training run may keep writing checkpoints next to it), and the arrays land on
+  one device whatever mesh they were saved from.
+
+  Raises:
+    DetectorError: the checkpoint's parameters do not fit ``model`` (names the
+      first differing leaf and both shapes) or cannot be read.
+  """
+  state_dir = checkpoint_lib.checkpoint_dir(model_dir).resolve() / str(step) / _STATE_ITEM
+  where = f"checkpoint step {step} in {checkpoint_lib.checkpoint_dir(model_dir)}"
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               jnp.zeros((1, dim), jnp.float32))["params"])
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    try:
+      stored_tree = handler.metadata(epath.Path(state_dir))
+    except Exception as e:  # Orbax/TensorStore raise many types.
+      raise DetectorError(f"{where}: its state cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    stored_tree = getattr(stored_tree, "tree", stored_tree)
+    if not isinstance(stored_tree, Mapping) or "params" not in stored_tree:
+      raise DetectorError(f"{where}: the state has no 'params'")
+    stored, want = _shapes(stored_tree["params"]), _shapes(expected)
+    for path in sorted(set(stored) | set(want)):
+      if stored.get(path) != want.get(path):
+        raise DetectorError(
+            f"{where} does not match the model in its metadata: parameter '{path}' is "
+            f"{stored.get(path, 'missing')} in the checkpoint but "
+            f"{want.get(path, 'absent')} in the model (shape, dtype)")
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+    target = {"params": jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), expected)}
+    try:
+      restored = handler.restore(epath.Path(state_dir), args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+    except Exception as e:
+      raise DetectorError(f"{where}: reading the parameters failed ({type(e).__name__}); "
+                          "files are missing or damaged") from e
+  finally:
+    handler.close()
+  return restored["params"]
+
+
+# ------------------------------------------------------------------ detector
+
+
+@dataclasses.dataclass
+class Detector:
+  """A trained autoencoder with its features and calibration, ready to score.
+
+  Attributes:
+    preset: features and AE size (``models.ModelPreset``).
+    params: the AE parameters.
+    metadata: the checkpoint's metadata (``threshold``, ``reduce``,
+      ``heldout_clip_scores``, ...); may be empty for an uncalibrated model.
+    model_dir: where it was loaded from (None if built in memory).
+    step: the checkpoint step.
+    chunk_frames: frames scored per device call (bounds memory).
+  """
+
+  preset: models.ModelPreset
+  params: Any
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  model_dir: Optional[str] = None
+  step: Optional[int] = None
+  chunk_frames: int = 4096
+
+  def __post_init__(self):
+    self.model = self.preset.build()
+    self.scorer = scoring.FrameScorer(self.model, self.preset.features,
+                                      chunk_frames=self.chunk_frames)
+
+  @property
+  def feature_config(self) -> features_lib.FeatureConfig:
+    return self.preset.features
+
+  @property
+  def sample_rate(self) -> int:
+    return self.feature_config.sample_rate
+
+  @property
+  def hop_s(self) -> float:
+    return self.feature_config.hop_length / self.feature_config.sample_rate
+
+  @property
+  def loss(self) -> Optional[str]:
+    return self.metadata.get("loss")
+
+  @property
+  def reduce(self) -> str:
+    return self.metadata.get("reduce", "max")
+
+  @property
+  def threshold(self) -> Optional[float]:
+    """The stored φ (calibrated on held-out normal clips), or None."""
+    value = self.metadata.get("threshold")
+    return None if value is None else float(value)
+
+  def describe(self) -> str:
+    where = f"{self.model_dir} (step {self.step})" if self.model_dir else "in memory"
+    return f"{self.loss or '?'} / {self.preset.name}, {where}"
+
+  def resolve_threshold(self, *, threshold: Optional[float] = None,
+                        fpr: Optional[float] = None) -> tuple[float, str]:
+    """φ to use, and where it comes from.
+
+    Args:
+      threshold: an explicit φ (overrides the stored one).
+      fpr: recalibrate φ as the (1 - fpr) quantile of a gamma distribution
+        fitted to the stored held-out normal clip scores
+        (``evaluate.fit_threshold``), for a target false-positive rate.
+
+    Raises:
+      ValueError: both given, or values out of range.
+      DetectorError: the checkpoint lacks what is needed (no stored φ, or no
+        held-out scores for ``fpr``).
+    """
+    if threshold is not None and fpr is not None:
+      raise ValueError("give either a threshold or a false-positive rate (fpr), not both")
+    if threshold is not None:
+      if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+      return float(threshold), "given"
+    if fpr is not None:
+      if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
+      held = self.metadata.get("heldout_clip_scores")
+      if not held:
+        raise DetectorError(f"{self.describe()}: no held-out normal clip scores stored, "
+                            "cannot recalibrate for a false-positive rate; give a threshold")
+      held = np.asarray(held, np.float64)
+      phi = evaluate.fit_threshold(held, quantile=1.0 - fpr)
+      fit = ("gamma fit" if held.size >= 3 and np.ptp(held) > 0 else
+             "empirical: too few for a gamma fit")  # as fit_threshold decides
+      return phi, (f"recalibrated: {1.0 - fpr:g} quantile of {held.size} held-out normal "
+                   f"clip scores, {fit}")
+    if self.threshold is None:
+      raise DetectorError(f"{self.describe()}: the checkpoint holds no calibrated threshold "
+                          "(training stopped before calibration?); give a threshold or "
+                          "an fpr")
+    quantile = self.metadata.get("threshold_quantile")
+    return self.threshold, ("stored" + (f": {quantile:g} gamma quantile of held-out normal "
+                                        "clip scores" if quantile is not None else ""))
+
+  def frame_scores(self, wave: Any, *, name: str = "waveform") -> np.ndarray:
+    """A(x_t) (eq. 5) of every frame of a mono waveform at ``sample_rate``."""
+    return self.scorer(self.params, wave, name=name)
+
+  def score(self, wave: Any, *, name: str = "waveform", threshold: Optional[float] = None,
+            merge_gap_s: float = 0.1) -> FrameResult:
+    """Frame scores, clip decision (eqs. 4, 11) and events of one recording.
+
+    Args:
+      wave: mono float waveform at ``sample_rate`` Hz, any length.
+      name: names the recording in error messages.
+      threshold: φ; default the stored one.
+      merge_gap_s: see ``events_from_scores``.
+
+    Raises:
+      ValueError: an unusable waveform (the message includes ``name``).
+      DetectorError: no threshold given and none stored.
+    """
+    phi = self.resolve_threshold(threshold=threshold)[0]
+    wave = np.asarray(wave)
+    scores = self.frame_scores(wave, name=name)
+    clip = evaluate.clip_score(scores, reduce=self.reduce)
+    duration = wave.shape[-1] / self.sample_rate
+    return FrameResult(
+        frame_scores=scores,
+        times_s=np.arange(scores.size) * self.hop_s,
+        clip_score=clip,
+        decision=bool(clip >= phi),
+        events=tuple(events_from_scores(scores, phi, hop_s=self.hop_s,
+                                        merge_gap_s=merge_gap_s, duration_s=duration)),
+        threshold=float(phi),
+        max_score=float(np.max(scores)),
+        duration_s=float(duration))
+
+
+def load_detector(workdir: os.PathLike | str, *, loss: Optional[str] = None,
+                  chunk_frames: int = 4096) -> Detector:
+  """Loads the latest checkpoint of a trained model for scoring.
+
+  Args:
+    workdir: a model directory (with ``checkpoints/``) or a ``bu_jax.toycar``
+      workdir holding ``<loss>/checkpoints``; see ``find_model_dir``.
+    loss: picks the model of a toycar workdir ("re", "snp", "bu").
+    chunk_frames: frames per scoring call (memory bound; results don't change).
+
+  Returns:
+    A ``Detector`` with the parameters, the features and the metadata of the
+    latest checkpoint.
+
+  Raises:
+    DetectorError: no checkpoint, an ambiguous choice, or metadata that does
+      not match the stored parameters.
+  """
+  model_dir = find_model_dir(workdir, loss=loss)
+  step = latest_step(model_dir)
+  metadata = checkpoint_lib.read_metadata(model_dir, step=step)
+  if loss is not None and metadata.get("loss") not in (None, loss):
+    raise DetectorError(f"{model_dir} holds a model trained with loss "
+                        f"{metadata.get('loss')!r}, not {loss!r}")
+  preset = model_preset_from_metadata(metadata)
+  params = restore_params(model_dir, step, preset.build(), preset.features.dim)
+  logging.info("Loaded %s / %s from step %d of %s.", metadata.get("loss"), preset.name, step,
+               model_dir)
+  return Detector(preset=preset, params=params, metadata=metadata, model_dir=model_dir,
+                  step=step, chunk_frames=chunk_frames)
+
+
+# ------------------------------------------------------------------ many files
+
+
+def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Files to score, and (path, problem) for paths that give none.
+
+  A directory contributes its ``*.wav`` files (any case, recursively, sorted);
+  a file is taken as given (``audio.load_wav`` decides whether it is audio).
+  Duplicates are scored once.
+  """
+  files, failures, seen = [], [], set()
+  for path in map(os.fspath, paths):
+    if os.path.isdir(path):
+      found = sorted(
+          os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+          if name.lower().endswith(AUDIO_SUFFIXES))
+      if not found:
+        failures.append((path, f"{path}: directory holds no {'/'.join(AUDIO_SUFFIXES)} files"))
+      candidates = found
+    elif os.path.exists(path):
+      candidates = [path]
+    else:
+      failures.append((path, f"{path}: no such file or directory"))
+      candidates = []
+    for file in candidates:
+      key = os.path.realpath(file)
+      if key not in seen:
+        seen.add(key)
+        files.append(file)
+  return files, failures
+
+
+def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
+                threshold: Optional[float] = None, merge_gap_s: float = 0.1,
+                ) -> tuple[list[tuple[str, FrameResult]], list[tuple[str, str]]]:
+  """Scores WAV files and folders of them; unreadable ones are skipped.
+
+  Args:
+    detector: from ``load_detector``.
+    paths: files and directories (see ``expand_paths``).
+    threshold: φ (default: the detector's stored one).
+    merge_gap_s: see ``events_from_scores``.
+
+  Returns:
+    ``(results, failures)``: ``[(path, FrameResult)]`` of the scored files in
+    order, and ``[(path, message)]`` of the missing, unreadable or unusable
+    ones (each also logged as a warning).
+  """
+  phi = detector.resolve_threshold(threshold=threshold)[0]
+  files, failures = expand_paths(paths)
+  for path, message in failures:
+    logging.warning("Skipping %s", message)
+  results = []
+  for path in files:
+    try:
+      wave = audio.load_wav(path, sr=detector.sample_rate)
+      result = detector.score(wave, name=path, threshold=phi, merge_gap_s=merge_gap_s)
+    except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
+      message = str(e) if path in str(e) else f"{path}: {e}"
+      logging.warning("Skipping %s", message)
+      failures.append((path, message))
+      continue
+    logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
+                 len(result.events))
+    results.append((path, result))
+  return results, failures
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def write_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]]) -> str:
+  """One row per recording: ``CSV_COLUMNS`` (events as "start-end;start-end" s).
+
+  Written atomically (temporary file + rename); parent folders are created.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as file:
+      writer = csv.writer(file, lineterminator="\n")
+      writer.writerow(CSV_COLUMNS)
+      for name, r in results:
+        writer.writerow([name, repr(r.max_score), repr(r.clip_score), r.label,
+                         format_events(r.events), repr(r.threshold), f"{r.duration_s:.3f}"])
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return str(path)
+
+
+def read_csv(path: os.PathLike | str) -> list[dict[str, str]]:
+  """The rows of a ``write_csv`` file as dicts."""
+  with open(path, newline="", encoding="utf-8") as file:
+    return list(csv.DictReader(file))
+
+
+def format_table(results: Sequence[tuple[str, FrameResult]],
+                 failures: Sequence[tuple[str, str]] = (), *, max_events: int = 4) -> str:
+  """A terminal table: path, max score, decision, events (the first few)."""
+  rows = []
+  for name, r in results:
+    shown = format_events(r.events[:max_events], decimals=2).replace(";", ", ")
+    if len(r.events) > max_events:
+      shown += f", ... (+{len(r.events) - max_events} more)"
+    rows.append((name, f"{r.max_score:.4g}", r.label, shown or "-"))
+  rows += [(name, "-", "FAILED", "-") for name, _ in failures]
+  head = ("path", "max score", "decision", "events [s]")
+  widths = [max(len(row[i]) for row in [head, *rows]) for i in range(3)]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(head[:3], widths)) + "  " + head[3]]
+  lines.append("-" * len(lines[0]))
+  lines += ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3]
+            for row in rows]
+  return "\n".join(lines)
+
+
+def _pooled(times: np.ndarray, scores: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+  """Max-pools a long curve to about ``points`` points (peaks stay visible)."""
+  if scores.size <= points:
+    return times, scores
+  block = -(-scores.size // points)
+  n = -(-scores.size // block) * block
+  padded = np.pad(scores, (0, n - scores.size), constant_values=-np.inf)
+  return times[::block], padded.reshape(-1, block).max(axis=1)
+
+
+def plot_result(path: os.PathLike | str, title: str, result: FrameResult) -> str:
+  """PNG of the frame scores over time, the threshold φ and the events (shaded).
+
+  ``title`` is usually the recording's path; its base name is shown.
+  """
+  times, scores = _pooled(result.times_s, result.frame_scores, _PLOT_POINTS)
+  return evaluate.plot_scores_over_time(
+      path, {"A(x_t)": [(f"{os.path.basename(title)}: {result.label}, "
+                         f"{len(result.events)} event(s)", times, scores, list(result.events))]},
+      thresholds={"A(x_t)": result.threshold})
+
+
+def write_plots(directory: os.PathLike | str,
+                results: Sequence[tuple[str, FrameResult]]) -> list[str]:
+  """One ``<stem>.png`` per recording in ``directory`` (names made unique)."""
+  written, used = [], set()
+  for name, result in results:
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", pathlib.Path(name).stem) or "recording"
+    candidate, k = stem, 1
+    while candidate in used:
+      k += 1
+      candidate = f"{stem}_{k}"
+    used.add(candidate)
+    written.append(plot_result(pathlib.Path(directory) / f"{candidate}.png", name, result))
+  return written
+
+
+# ------------------------------------------------------------------ the job
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+  """What ``run`` does (the flags of ``experiments.score``)."""
+
+  workdir: str
+  paths: Sequence[str]
+  loss: Optional[str] = None
+  threshold: Optional[float] = None
+  fpr: Optional[float] = None
+  out: Optional[str] = None  # default <workdir>/scores.csv
+  plots: bool = False
+  merge_gap_s: float = 0.1
+  chunk_frames: int = 4096
+
+
+@dataclasses.dataclass
+class Report:
+  """Outcome of ``run``."""
+
+  detector: Detector
+  threshold: float
+  threshold_source: str
+  results: list[tuple[str, FrameResult]]
+  failures: list[tuple[str, str]]
+  csv_path: str
+  plot_paths: list[str]
+
+  @property
+  def exit_status(self) -> int:
+    """0 if every path was scored, 1 if some failed."""
+    return 1 if self.failures else 0
+
+  def summary(self) -> str:
+    """Model, threshold, the table and where the outputs are."""
+    lines = [f"Model: {self.detector.describe()}",
+             f"Threshold phi = {self.threshold:.6g} ({self.threshold_source}); "
+             f"clip score: {self.detector.reduce} over frames",
+             format_table(self.results, self.failures),
+             f"{len(self.results)} recording(s) scored, "
+             f"{sum(r.decision for _, r in self.results)} anomalous, "
+             f"{len(self.failures)} failed. Scores: {self.csv_path}"]
+    if self.plot_paths:
+      lines.append(f"Plots: {os.path.dirname(self.plot_paths[0])}")
+    return "\n".join(lines)
+
+
+def run(settings: ScoreSettings) -> Report:
+  """Loads the model, scores every path, writes the CSV (and plots).
+
+  Raises:
+    DetectorError: no usable model in ``settings.workdir``.
+    ValueError: both ``threshold`` and ``fpr`` given, or bad values.
+  """
+  if not settings.paths:
+    raise ValueError("no recordings given")
+  if not settings.merge_gap_s >= 0:
+    raise ValueError(f"merge_gap_s must be >= 0, got {settings.merge_gap_s}")
+  if settings.threshold is not None and settings.fpr is not None:
+    raise ValueError("give either --threshold or --fpr, not both")
+  detector = load_detector(settings.workdir, loss=settings.loss,
+                           chunk_frames=settings.chunk_frames)
+  phi, source = detector.resolve_threshold(threshold=settings.threshold, fpr=settings.fpr)
+  results, failures = score_paths(detector, settings.paths, threshold=phi,
+                                  merge_gap_s=settings.merge_gap_s)
+  csv_path = write_csv(settings.out or os.path.join(settings.workdir, "scores.csv"), results)
+  plot_paths = (write_plots(os.path.join(os.path.dirname(csv_path), "plots"), results)
+                if settings.plots else [])
+  return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
+                failures=failures, csv_path=csv_path, plot_paths=plot_paths)

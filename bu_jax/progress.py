@@ -1,0 +1,152 @@
+"""Run reporting: a JSON-lines metrics writer and a terminal progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping, Optional, TextIO
+
+import numpy as np
+
+
+def _json_value(value: Any) -> Any:
+  """Plain JSON for numpy / JAX scalars; non-finite floats become null."""
+  if isinstance(value, (str, bool)) or value is None:
+    return value
+  arr = np.asarray(value)
+  if arr.ndim:
+    return [_json_value(v) for v in arr.tolist()]
+  item = arr.item()
+  if isinstance(item, float) and not math.isfinite(item):
+    return None
+  return item
+
+
+class MetricsWriter:
+  """Appends one JSON object per step to a file: ``{"step": s, "loss": ...}``.
+
+  Values are converted to plain numbers; NaN and infinities are written as
+  ``null`` (strict JSON). Each line is flushed, so a killed run keeps its log.
+  Use as a context manager or call ``close``.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, append: bool = True):
+    self.path = os.fspath(path)
+    directory = os.path.dirname(self.path)
+    if directory:
+      os.makedirs(directory, exist_ok=True)
+    self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    record = {"step": int(step)}
+    record.update({k: _json_value(v) for k, v in metrics.items()})
+    self._file.write(json.dumps(record, allow_nan=False) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    if not self._file.closed:
+      self._file.close()
+
+  def __enter__(self) -> "MetricsWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The records written by ``MetricsWriter``."""
+  with open(path, encoding="utf-8") as file:
+    return [json.loads(line) for line in file if line.strip()]
+
+
+def format_duration(seconds: float) -> str:
+  """``1:02:03`` / ``2:03`` style; ``?`` when unknown."""
+  if not math.isfinite(seconds) or seconds < 0:
+    return "?"
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _si(value: float) -> str:
+  for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if abs(value) >= scale:
+      return f"{value / scale:.1f}{unit}"
+  return f"{value:.1f}"
+
+
+class ProgressBar:
+  """``step 1200/100000 [##-----] 1.2% 3.4 steps/s 10.2k frames/s ETA 8:12:40 loss 12.3``.
+
+  Rates and ETA are measured from the first ``update`` (which usually follows
+  compilation), so start-up does not distort them. On a terminal the line is
+  redrawn in place at most every ``min_interval_s``; on a file or pipe a full
+  line is written at most every ``file_interval_s``.
+  """
+
+  def __init__(self, total: int, *, initial: int = 0, stream: Optional[TextIO] = None,
+               width: int = 24, min_interval_s: float = 0.5,
+               file_interval_s: float = 30.0):
+    self.total = int(total)
+    self.stream = sys.stderr if stream is None else stream
+    self.width = width
+    self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+    self._interval = min_interval_s if self._tty else file_interval_s
+    self._step = int(initial)
+    self._t0: Optional[float] = None
+    self._step0 = int(initial)
+    self._frames = 0.0
+    self._last_draw = -math.inf
+    self.last_line = ""
+
+  def rates(self) -> tuple[float, float]:
+    """(steps/s, frames/s) since the first update; NaN before two updates."""
+    if self._t0 is None:
+      return math.nan, math.nan
+    elapsed = time.perf_counter() - self._t0
+    if elapsed <= 0 or self._step == self._step0:
+      return math.nan, math.nan
+    return (self._step - self._step0) / elapsed, self._frames / elapsed
+
+  def update(self, step: int, *, frames: float = 0.0, force: bool = False,
+             **postfix: float) -> None:
+    """Reports that ``step`` steps are done, ``frames`` of them since the last call."""
+    now = time.perf_counter()
+    if self._t0 is None:
+      # The first report starts the clock; what it reports is not timed.
+      self._t0, self._step0, self._step = now, int(step), int(step)
+    else:
+      self._step = int(step)
+      self._frames += float(frames)
+    if not force and now - self._last_draw < self._interval and self._step < self.total:
+      return
+    self._last_draw = now
+    self.last_line = self._render(postfix)
+    if self._tty:
+      self.stream.write("\r" + self.last_line + "\x1b[K")
+    else:
+      self.stream.write(self.last_line + "\n")
+    self.stream.flush()
+
+  def _render(self, postfix: Mapping[str, float]) -> str:
+    frac = min(max(self._step / self.total, 0.0), 1.0) if self.total > 0 else 1.0
+    filled = int(round(frac * self.width))
+    bar = "#" * filled + "-" * (self.width - filled)
+    steps_s, frames_s = self.rates()
+    eta = (self.total - self._step) / steps_s if steps_s > 0 else math.nan
+    parts = [f"step {self._step}/{self.total}", f"[{bar}]", f"{100 * frac:.1f}%"]
+    if math.isfinite(steps_s):
+      parts += [f"{steps_s:.2f} steps/s", f"{_si(frames_s)} frames/s"]
+    parts.append(f"ETA {format_duration(eta)}")
+    parts += [f"{k} {float(v):.4g}" for k, v in postfix.items()]
+    return " ".join(parts)
+
+  def close(self) -> None:
+    if self._tty and self.last_line:
+      self.stream.write("\n")
+      self.stream.flush()

@@ -1,0 +1,402 @@
+"""The toy-car objective experiment (paper section 4.2), end to end.
+
+``run(settings)`` loads the data (a real layout of ``bu_jax.data`` or the
+embedded synthetic set), trains one autoencoder per loss (RE, SNP, BU) from the
+same initial parameters with the data-parallel step of ``bu_jax.train``,
+checkpoints and resumes each of them in ``<workdir>/<loss>/``, then scores the
+test clips and writes, into the workdir:
+
+- ``results.json``: for each loss L, ``results[L]["auc"][condition]``,
+  ``["pauc"]``, ``["pauc_dcase"]``, the rare-normal metrics
+  (``["rare_normal"]``: AUC of anomalous clips against the rare-normal clips
+  only, and the false-positive rates on frequent- and rare-normal clips at the
+  calibrated threshold), ``["threshold"]``; plus ``settings`` and ``data``;
+- per loss, DCASE-style ``<loss>/anomaly_score_<condition>.csv`` and
+  ``<loss>/decision_result_<condition>.csv``, ``<loss>/metrics.jsonl`` (per
+  step) and ``<loss>/checkpoints/``;
+- ``roc.png``, ``scores_over_time.png`` and ``score_histogram.png``.
+
+Clip scores are the maximum of the frame scores (eq. 11; ``reduce="mean"`` as
+an option). The threshold phi of eq. (4) is the 0.9 quantile of a gamma
+distribution fitted to the clip scores of held-out normal *training* clips
+(never seen in training, nor in the test set), as the DCASE baselines do; it
+is stored with the final checkpoint for ``experiments.score``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from bu_jax import audio
+from bu_jax import checkpoint as checkpoint_lib
+from bu_jax import data as data_lib
+from bu_jax import evaluate
+from bu_jax import losses as losses_lib
+from bu_jax import parallel
+from bu_jax import progress as progress_lib
+from bu_jax import scoring
+from bu_jax import synthetic
+from bu_jax import train as train_lib
+
+# Section 4.2.2: FCN64-large, 200 epochs of 500 mini-batches, AMSGrad 1e-4
+# constant for 100 epochs then linear decay to 1/100.
+PRESETS = {
+    "paper": dict(model="fcn64-large", epochs=200, steps_per_epoch=500,
+                  decay_start_epoch=100, learning_rate=1e-4,
+                  segments_per_mixture=10, steps_per_call=1),
+    # Small enough for a 2-core laptop CPU (all three losses in < 10 min).
+    "demo": dict(model="fcn40-small", epochs=12, steps_per_epoch=100,
+                 decay_start_epoch=6, learning_rate=1e-3,
+                 segments_per_mixture=10, steps_per_call=10),
+}
+
+PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
+                 "AUC ordered BU > SNP > RE; its values are only given as a bar chart.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What ``run`` does; ``None`` fields take the preset's value."""
+
+  workdir: str
+  losses: Sequence[str] = ("bu",)
+  preset: str = "paper"
+  model: Optional[str] = None
+  data_dir: Optional[str] = None
+  something_else_dir: Optional[str] = None
+  anomaly_dir: Optional[str] = None
+  noise_dir: Optional[str] = None
+  layout: str = "auto"
+  snr_db: float = 0.0
+  anrs_db: Sequence[float] = (-10.0, -15.0, -20.0)
+  data_seed: int = 0
+  seed: int = 0
+  epochs: Optional[int] = None
+  steps_per_epoch: Optional[int] = None
+  decay_start_epoch: Optional[int] = None
+  learning_rate: Optional[float] = None
+  segments_per_mixture: Optional[int] = None
+  mixtures_per_step: Optional[int] = None  # None: one per device
+  num_devices: Optional[int] = None  # None: all devices
+  steps_per_call: Optional[int] = None
+  checkpoint_every: int = 500
+  heldout_fraction: float = 0.1
+  threshold_quantile: float = 0.9
+  reduce: str = "max"
+  progress: bool = True
+
+  def __post_init__(self):
+    if self.preset not in PRESETS:
+      raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+    bad = [l for l in self.losses if l not in losses_lib.LOSSES]
+    if bad or not self.losses:
+      raise ValueError(f"--loss must be one of {losses_lib.LOSSES} or 'all', got {bad}")
+    if not 0 < self.heldout_fraction < 1:
+      raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+
+  def resolved(self, name: str):
+    value = getattr(self, name)
+    return PRESETS[self.preset][name] if value is None else value
+
+  def train_config(self, loss: str) -> train_lib.TrainConfig:
+    return train_lib.TrainConfig(
+        loss=loss, model=self.resolved("model"), learning_rate=self.resolved("learning_rate"),
+        epochs=self.resolved("epochs"), steps_per_epoch=self.resolved("steps_per_epoch"),
+        decay_start_epoch=self.resolved("decay_start_epoch"),
+        segments_per_mixture=self.resolved("segments_per_mixture"),
+        mixtures_per_step=self.mixtures_per_step or jax.device_count(),
+        steps_per_call=self.resolved("steps_per_call"), seed=self.seed)
+
+
+@dataclasses.dataclass
+class Data:
+  dataset: data_lib.Dataset
+  fit_waves: list
+  heldout_waves: list
+  heldout_paths: list
+  something_else: list
+  description: dict
+
+
+def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
+  if path is not None and not os.path.isdir(path):
+    raise data_lib.DataError(f"{flag}={path}: no such directory")
+  return path
+
+
+def load_data(settings: Settings) -> Data:
+  """Loads (or generates) the data set and splits off held-out normal clips."""
+  data_dir = _need_dir(settings.data_dir, "--data_dir")
+  something_else_dir = _need_dir(settings.something_else_dir, "--something_else_dir")
+  noise_dir = _need_dir(settings.noise_dir, "--noise_dir")
+  anomaly_dir = _need_dir(settings.anomaly_dir, "--anomaly_dir")
+  if data_dir is None:
+    t0 = time.perf_counter()
+    data_dir = synthetic.ensure(seed=settings.data_seed)
+    print(f"Embedded synthetic data set (seed {settings.data_seed}): {data_dir} "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    if something_else_dir is None:
+      something_else_dir = os.path.join(data_dir, "something_else")
+  needs_clips = any(l != "re" for l in settings.losses)
+  if needs_clips and something_else_dir is None:
+    raise data_lib.DataError(
+        "--something_else_dir is required for --loss=snp/bu/all with --data_dir "
+        "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
+  dataset = data_lib.load_dataset(
+      data_dir, layout=settings.layout, noise_dir=noise_dir, anomaly_dir=anomaly_dir,
+      snr_db=settings.snr_db, anrs_db=tuple(settings.anrs_db), seed=settings.data_seed)
+  n = len(dataset.train)
+  if n < 2:
+    raise data_lib.DataError(f"{data_dir}: {n} training clip(s); need at least 2 "
+                             "(some are held out to calibrate the threshold)")
+  order = np.random.default_rng(settings.data_seed).permutation(n)
+  n_held = min(n - 1, max(1, int(round(settings.heldout_fraction * n))))
+  held, fit = sorted(order[:n_held]), sorted(order[n_held:])
+  something_else = (data_lib.load_something_else(something_else_dir)
+                    if something_else_dir else [])
+  if needs_clips and not something_else:
+    raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s)")
+  labels = [c.label for c in dataset.test]
+  description = {
+      "data_dir": os.path.abspath(data_dir), "layout": dataset.layout,
+      "something_else_dir": something_else_dir and os.path.abspath(something_else_dir),
+      "train_clips": len(fit), "heldout_clips": n_held,
+      "test_clips": len(dataset.test), "test_anomalous": int(np.sum(labels)),
+      "test_rare_normal": int(sum(1 for c in dataset.test if c.label == 0 and c.rare)),
+      "conditions": sorted({c.condition for c in dataset.test}),
+      "something_else_clips": len(something_else),
+  }
+  logging.info("data: %s", description)
+  return Data(dataset=dataset, fit_waves=[dataset.train[i] for i in fit],
+              heldout_waves=[dataset.train[i] for i in held],
+              heldout_paths=[dataset.train_paths[i] for i in held],
+              something_else=something_else, description=description)
+
+
+class _Stopped(Exception):
+  pass
+
+
+def train_one(settings: Settings, loss: str, corpus, *, mesh) -> tuple[Any, train_lib.TrainConfig]:
+  """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>."""
+  config = settings.train_config(loss)
+  model_dir = os.path.join(settings.workdir, loss)
+  preset = config.model_preset
+  metadata = {"loss": loss, "model": preset.name,
+              "features": dataclasses.asdict(preset.features),
+              "train_config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
+  init = train_lib.create_state(config, mesh=mesh)
+  total = config.total_steps
+  with checkpoint_lib.Checkpointer(model_dir, metadata=metadata,
+                                   save_interval_steps=settings.checkpoint_every) as ckpt, \
+       checkpoint_lib.GracefulStop() as stop:
+    state, restored = ckpt.restore_or_init(init)
+    start = 0 if restored is None else restored
+    if restored is not None:
+      print(f"[{loss}] resuming from the checkpoint of step {restored} in {ckpt.directory}",
+            flush=True)
+    metrics_path = os.path.join(model_dir, "metrics.jsonl")
+    _truncate_metrics(metrics_path, start)
+    if start >= total:
+      print(f"[{loss}] already trained ({total} steps)", flush=True)
+      return state, config
+
+    def on_step(step, new_state, _):
+      ckpt.maybe_save(step, new_state)
+      if stop.requested:
+        ckpt.maybe_save(step, new_state, force=True)
+        raise _Stopped(step)
+
+    print(f"[{loss}] training {preset.name} for {total} steps "
+          f"({config.epochs} epochs x {config.steps_per_epoch}) from step {start}", flush=True)
+    bar = progress_lib.ProgressBar(total, initial=start) if settings.progress else False
+    try:
+      with progress_lib.MetricsWriter(metrics_path) as writer:
+        state = train_lib.train(config, corpus, mesh=mesh, state=state, on_step=on_step,
+                                metrics_writer=writer, progress=bar)
+    except _Stopped as e:
+      ckpt.wait()
+      raise KeyboardInterrupt(
+          f"stopped by {stop.signal_name} after step {e.args[0]}; the checkpoint is "
+          f"in {ckpt.directory}: run the same command again to resume") from None
+    ckpt.maybe_save(total, state, force=True)
+  return state, config
+
+
+def _truncate_metrics(path: str, start: int) -> None:
+  """Drops metric lines of steps >= start (written after the last checkpoint)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) < start]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(lines)
+
+
+def _score_clips(scorer, params, waves_and_names):
+  cache = {}
+  out = []
+  for wave, name in waves_and_names:
+    key = id(wave)
+    if key not in cache:
+      cache[key] = scorer(params, wave, name=name)
+    out.append(cache[key])
+  return out
+
+
+def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainConfig,
+                 data: Data) -> tuple[dict, dict]:
+  """Scores held-out and test clips; returns (results, plot material)."""
+  preset = config.model_preset
+  params = jax.device_get(state.params)
+  scorer = scoring.FrameScorer(preset.build(), preset.features)
+  held_frames = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths))
+  held_scores = np.array([evaluate.clip_score(f, reduce=settings.reduce) for f in held_frames])
+  threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
+  test = data.dataset.test
+  frames = _score_clips(scorer, params, ((c.wave, c.path) for c in test))
+  clip_scores = np.array([evaluate.clip_score(f, reduce=settings.reduce) for f in frames])
+  results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
+  results["threshold"] = float(threshold)
+  results["heldout_clip_scores"] = held_scores.tolist()
+  model_dir = os.path.join(settings.workdir, loss)
+  evaluate.write_dcase_csvs(model_dir, test, clip_scores, threshold=threshold)
+  material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
+              "frames": frames, "threshold": threshold}
+  return results, material
+
+
+def _store_threshold(settings: Settings, loss: str, state, config, results: dict,
+                     data: Data) -> None:
+  """Attaches phi and the held-out scores to the final checkpoint's metadata."""
+  with checkpoint_lib.Checkpointer(os.path.join(settings.workdir, loss),
+                                   save_interval_steps=settings.checkpoint_every,
+                                   metadata=checkpoint_lib.read_metadata(
+                                       os.path.join(settings.workdir, loss))) as ckpt:
+    ckpt.update_metadata(threshold=results["threshold"], reduce=settings.reduce,
+                         threshold_quantile=settings.threshold_quantile,
+                         heldout_clip_scores=results["heldout_clip_scores"],
+                         heldout_paths=list(data.heldout_paths))
+    ckpt.maybe_save(config.total_steps, state, force=True)
+
+
+def _plots(workdir: str, data: Data, material: dict) -> list[str]:
+  test = data.dataset.test
+  conds = sorted({c.condition for c in test})
+  hardest = conds[-1] if conds else None  # e.g. "anr_-20dB" sorts last
+  roc = {}
+  for loss, m in material.items():
+    sel = np.array([c.condition == hardest for c in test])
+    roc[f"{loss} ({hardest})"] = (m["labels"][sel], m["scores"][sel])
+  paths = [evaluate.plot_roc(os.path.join(workdir, "roc.png"), roc)]
+  # A frequent-normal, a rare-normal and an anomalous clip of the hardest condition.
+  picks = []
+  for want in ("frequent", "rare", "anomalous"):
+    for i, c in enumerate(test):
+      if c.condition != hardest:
+        continue
+      kind = "anomalous" if c.label else ("rare" if c.rare else "frequent")
+      if kind == want:
+        picks.append((i, f"{want} normal" if want != "anomalous" else "anomalous"))
+        break
+  hop = 256 / audio.SAMPLE_RATE
+  over_time = {
+      loss: [(f"{title}: {os.path.basename(test[i].path)}",
+              np.arange(len(m["frames"][i])) * hop, m["frames"][i]) for i, title in picks]
+      for loss, m in material.items()}
+  thresholds = {loss: m["threshold"] for loss, m in material.items()}
+  paths.append(evaluate.plot_scores_over_time(
+      os.path.join(workdir, "scores_over_time.png"), over_time, thresholds=thresholds))
+  hist = {}
+  for loss, m in material.items():
+    groups = {"normal": [], "rare": [], "anomalous": []}
+    for c, s in zip(test, m["scores"]):
+      groups["anomalous" if c.label else ("rare" if c.rare else "normal")].append(s)
+    hist[loss] = {k: np.array(v) for k, v in groups.items() if v}
+  paths.append(evaluate.plot_score_histogram(
+      os.path.join(workdir, "score_histogram.png"), hist, thresholds=thresholds))
+  return paths
+
+
+def format_table(results: dict, losses: Sequence[str]) -> str:
+  """AUC / pAUC per condition and method, like the paper's Figure 4."""
+  conds = [c for c in results[losses[0]]["auc"] if c != "mean"] + ["mean"]
+  head = f"{'condition':<22}" + "".join(f"{l.upper() + ' AUC':>10}{l.upper() + ' pAUC':>11}"
+                                         for l in losses)
+  lines = [head, "-" * len(head)]
+  for cond in conds:
+    lines.append(f"{cond:<22}" + "".join(
+        f"{results[l]['auc'].get(cond, float('nan')):>10.3f}"
+        f"{results[l]['pauc'].get(cond, float('nan')):>11.3f}" for l in losses))
+  rare = [results[l].get("rare_normal", {}) for l in losses]
+  if any(r.get("auc_vs_rare") for r in rare):
+    lines.append(f"{'AUC vs rare normals':<22}" + "".join(
+        f"{r.get('auc_vs_rare', {}).get('mean', float('nan')):>10.3f}{'':>11}" for r in rare))
+  lines.append(f"{'FPR frequent@phi':<22}" + "".join(
+      f"{_num(r.get('fpr_frequent')):>10}{'':>11}" for r in rare))
+  lines.append(f"{'FPR rare@phi':<22}" + "".join(
+      f"{_num(r.get('fpr_rare')):>10}{'':>11}" for r in rare))
+  return "\n".join(lines)
+
+
+def _num(v) -> str:
+  return "n/a" if v is None else f"{v:.3f}"
+
+
+def run(settings: Settings) -> dict:
+  """Trains and evaluates every loss of ``settings``; returns the results dict."""
+  os.makedirs(settings.workdir, exist_ok=True)
+  devices = jax.devices()
+  if settings.num_devices is not None:
+    if not 1 <= settings.num_devices <= len(devices):
+      raise ValueError(f"--num_devices={settings.num_devices}: this machine has "
+                       f"{len(devices)} devices")
+    devices = devices[:settings.num_devices]
+  mesh = parallel.data_mesh(devices)
+  if settings.mixtures_per_step is None:
+    settings = dataclasses.replace(settings, mixtures_per_step=len(devices))
+  info = parallel.log_devices(mesh)
+  data = load_data(settings)
+  cfg0 = settings.train_config(settings.losses[0])
+  segments = data_lib.training_corpus(data.fit_waves, segment_seconds=cfg0.segment_seconds)
+  if data.something_else:
+    clips, lengths = data_lib.pad_clips(data.something_else)
+  else:
+    clips, lengths = None, None
+  corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)
+  results_path = os.path.join(settings.workdir, "results.json")
+  results: dict[str, Any] = {}
+  if os.path.exists(results_path):
+    with open(results_path, encoding="utf-8") as f:
+      results = {k: v for k, v in json.load(f).items() if k in losses_lib.LOSSES}
+  results["settings"] = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
+  results["data"] = data.description
+  results["devices"] = info
+  results["paper"] = PAPER_FIGURE4
+  material = {}
+  for loss in settings.losses:
+    t0 = time.perf_counter()
+    state, config = train_one(settings, loss, corpus, mesh=mesh)
+    t_train = time.perf_counter() - t0
+    res, material[loss] = evaluate_one(settings, loss, state, config, data)
+    res["train_seconds"] = round(t_train, 1)
+    res["train_config"] = results["settings"] and json.loads(
+        json.dumps(dataclasses.asdict(config), default=str))
+    results[loss] = res
+    _store_threshold(settings, loss, state, config, res, data)
+    evaluate.write_json(results_path, results)
+    print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g} "
+          f"(train {t_train:.0f} s)", flush=True)
+  results["plots"] = [os.path.basename(p) for p in _plots(settings.workdir, data, material)]
+  evaluate.write_json(results_path, results)
+  print(format_table(results, list(settings.losses)), flush=True)
+  print(f"Results in {results_path}", flush=True)
+  return results

@@ -1,0 +1,554 @@
+"""The training step of section 4.2: in-step batch synthesis, RE/SNP/BU loss, AMSGrad.
+
+One pure step ``(state, corpus) -> (state, metrics)``, jitted once with the
+state donated:
+
+1. keys: ``step_key = fold_in(seed_key, step)`` and, for global mixture ``i``,
+   ``fold_in(step_key, i)`` (``bu_jax.batch``), so the batch does not depend
+   on the number of devices and a resumed run draws the same batches;
+2. ``mixtures_per_step`` mixtures of ``segments_per_mixture`` normal segments
+   with one something-else clip each at a random ANR (section 4.2.1, eq. 8),
+   featurized, with a mask of the anomalous frames;
+3. per-frame scores A(x) (eq. 5) of all frames, and the loss chosen by name:
+   ``re`` (eq. 7), ``snp`` (eq. 9) or ``bu`` (eq. 16);
+4. gradients and an AMSGrad update (section 4.2.2).
+
+Data parallel: ``jax.jit`` of a ``jax.shard_map`` over the ``'data'`` axis of a
+1-D mesh. Each device synthesizes and scores its share of the mixtures; the
+parameters, optimizer state and corpus are replicated; every mean, the KDE and
+the BU normalizer run over the global batch (``axis_name``), so loss, gradients
+and parameters equal the single-device ones up to floating-point rounding.
+
+RE (the conventional AE of Fig. 1) trains on the concatenated normal segments
+without an added clip: every frame is normal. SNP and BU use the mixtures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Mapping, Optional, Union
+
+from absl import logging
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import numpy as np
+import optax
+
+from bu_jax import batch as batch_lib
+from bu_jax import kde
+from bu_jax import losses
+from bu_jax import models
+from bu_jax import parallel
+from bu_jax import progress as progress_lib
+
+LOSSES = losses.LOSSES  # ("re", "snp", "bu")
+CompilerOptions = Optional[Mapping[str, Any]]
+
+
+# ------------------------------------------------------------------ config
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Training hyperparameters; the defaults are the paper's (sections 4.2.1-4.2.2).
+
+  Attributes:
+    loss: "re" (eq. 7), "snp" (eq. 9) or "bu" (eq. 16).
+    model: a preset name of ``models.PRESETS`` or a ``models.ModelPreset``.
+    learning_rate: initial AMSGrad learning rate (1e-4).
+    epochs: training length in epochs (200).
+    steps_per_epoch: mini-batches per epoch (500).
+    decay_start_epoch: the rate is constant for this many epochs (100), then
+      decays linearly to ``final_lr_factor`` times itself at ``epochs``.
+    final_lr_factor: 1/100.
+    segment_seconds: length of a normal segment (3 s); the corpus must match.
+    segments_per_mixture: normal segments concatenated per mixture (10).
+    mixtures_per_step: mixtures per global mini-batch (1); a multiple of the
+      number of devices.
+    max_clip_seconds: longest something-else clip (5 s); longer ones are
+      rejected.
+    anr_range_db: the uniform ANR range of the added clip, dB ((-30, 10)).
+    sigma: KDE band-width sigma of eq. (15); None: 1/(2D).
+    lam: clipping parameter lambda of eq. (10); None: 2M (M mel bands).
+    eps: epsilon of the BU weight 1/(K + eps) (eq. 16).
+    seed: seeds the parameter initialization and every batch.
+    steps_per_call: steps run per device call by ``train`` (``lax.scan``); it
+      changes the speed, not the results.
+  """
+
+  loss: str = "bu"
+  model: Union[str, models.ModelPreset] = "fcn64-large"
+  learning_rate: float = 1e-4
+  epochs: int = 200
+  steps_per_epoch: int = 500
+  decay_start_epoch: int = 100
+  final_lr_factor: float = 0.01
+  segment_seconds: float = 3.0
+  segments_per_mixture: int = 10
+  mixtures_per_step: int = 1
+  max_clip_seconds: float = 5.0
+  anr_range_db: tuple[float, float] = (-30.0, 10.0)
+  sigma: Optional[float] = None
+  lam: Optional[float] = None
+  eps: float = 1e-6
+  seed: int = 0
+  steps_per_call: int = 1
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+    if isinstance(self.model, str):
+      models.preset(self.model)  # raises for an unknown name
+    for name in ("epochs", "steps_per_epoch", "segments_per_mixture", "mixtures_per_step",
+                 "steps_per_call"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if not 0 <= self.decay_start_epoch <= self.epochs:
+      raise ValueError(f"decay_start_epoch must lie in [0, epochs={self.epochs}], got "
+                       f"{self.decay_start_epoch}")
+    low, high = self.anr_range_db
+    if not low <= high:
+      raise ValueError(f"anr_range_db must be (low, high) with low <= high, got "
+                       f"{self.anr_range_db}")
+    if self.segment_length < 1:
+      raise ValueError(f"segment_seconds={self.segment_seconds} gives no samples")
+    object.__setattr__(self, "anr_range_db", (float(low), float(high)))
+
+  @property
+  def model_preset(self) -> models.ModelPreset:
+    return models.preset(self.model) if isinstance(self.model, str) else self.model
+
+  @property
+  def feature_config(self):
+    return self.model_preset.features
+
+  @property
+  def sample_rate(self) -> int:
+    return self.feature_config.sample_rate
+
+  @property
+  def segment_length(self) -> int:
+    """Samples per normal segment."""
+    return int(round(self.segment_seconds * self.feature_config.sample_rate))
+
+  @property
+  def mixture_length(self) -> int:
+    return self.segments_per_mixture * self.segment_length
+
+  @property
+  def frames_per_mixture(self) -> int:
+    return self.feature_config.num_frames(self.mixture_length)
+
+  @property
+  def total_steps(self) -> int:
+    return self.epochs * self.steps_per_epoch
+
+  @property
+  def loss_hyperparameters(self) -> dict[str, float]:
+    """sigma and lambda, with the paper's values where not set."""
+    feat = self.feature_config
+    paper = losses.paper_hyperparameters(dim=feat.dim, n_mels=feat.n_mels)
+    return {"sigma": paper["sigma"] if self.sigma is None else float(self.sigma),
+            "lam": paper["lam"] if self.lam is None else float(self.lam)}
+
+
+# ------------------------------------------------------------------ optimizer and state
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+  """Constant for ``decay_start_epoch`` epochs, then linear to ``final_lr_factor`` x.
+
+  Paper: 1e-4 for epochs 0-100, linear decay to 1e-6 at epoch 200 (and 1e-6
+  after that).
+  """
+  lr = config.learning_rate
+  boundary = config.decay_start_epoch * config.steps_per_epoch
+  decay_steps = (config.epochs - config.decay_start_epoch) * config.steps_per_epoch
+  return optax.join_schedules(
+      [optax.constant_schedule(lr),
+       optax.linear_schedule(lr, lr * config.final_lr_factor, max(decay_steps, 1))],
+      boundaries=[boundary])
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """AMSGrad (section 4.2.2) with ``learning_rate_schedule``."""
+  return optax.flatten(optax.amsgrad(learning_rate_schedule(config)))
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that evolves during training; the RNG is derived from seed and step."""
+
+  step: jax.Array  # int32 scalar: number of updates applied
+  params: Any
+  opt_state: Any
+
+
+def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(initialization key, seed key of the batches) of ``seed``."""
+  init_key, seed_key = jax.random.split(jax.random.key(seed))
+  return init_key, seed_key
+
+
+def step_key(seed: int, step) -> jax.Array:
+  """The key of a step's batch, ``fold_in(seed_key, step)``."""
+  return jax.random.fold_in(_keys(seed)[1], step)
+
+
+def init_params(config: TrainConfig) -> Any:
+  """Glorot-initialized parameters of the configured autoencoder."""
+  model = config.model_preset.build()
+  dummy = jnp.zeros((1, config.feature_config.dim), jnp.float32)
+  return model.init(_keys(config.seed)[0], dummy)["params"]
+
+
+def create_state(config: TrainConfig, *, mesh: Mesh,
+                 compiler_options: CompilerOptions = None) -> TrainState:
+  """The initial state (step 0), built by one jitted call, replicated on ``mesh``."""
+  config = dataclasses.replace(config, steps_per_call=1)  # one compiled init per setup
+  return _init_fn(config, mesh, _frozen(compiler_options))()
+
+
+@functools.lru_cache(maxsize=8)
+def _init_fn(config: TrainConfig, mesh: Mesh, compiler_options: Optional[tuple]) -> Callable:
+
+  def init():
+    params = init_params(config)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=make_optimizer(config).init(params))
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh),
+                 compiler_options=None if compiler_options is None else dict(compiler_options))
+
+
+def place_corpus(segments, clips=None, clip_lengths=None, *, mesh: Mesh,
+                 config: Optional[TrainConfig] = None) -> batch_lib.Corpus:
+  """Checks the training corpus and replicates it on ``mesh`` (once per run).
+
+  Args:
+    segments: (S, L) normal segments.
+    clips: (E, Lmax) zero-padded something-else clips (None: RE only).
+    clip_lengths: (E,) their lengths.
+    mesh: the 'data' mesh.
+    config: when given, also checks L against ``config.segment_seconds`` and
+      Lmax against ``config.max_clip_seconds``.
+  """
+  corpus = batch_lib.make_corpus(segments, clips, clip_lengths,
+                                 sharding=parallel.replicated(mesh))
+  if config is not None:
+    check_corpus(config, corpus)
+  return corpus
+
+
+def check_corpus(config: TrainConfig, corpus: batch_lib.Corpus) -> None:
+  """Static checks of ``corpus`` against ``config``; raises ValueError."""
+  seg_len = int(corpus.segments.shape[1])
+  if seg_len != config.segment_length:
+    raise ValueError(f"corpus segments have {seg_len} samples, but segment_seconds="
+                     f"{config.segment_seconds} means {config.segment_length}")
+  num_clips, max_len = corpus.clips.shape
+  if config.loss != "re":
+    if num_clips == 0:
+      raise ValueError(f"loss {config.loss!r} needs something-else clips; the corpus has none")
+    limit = int(round(config.max_clip_seconds * config.sample_rate))
+    if max_len > limit:
+      raise ValueError(f"something-else clips are padded to {max_len} samples > "
+                       f"max_clip_seconds={config.max_clip_seconds} ({limit} samples)")
+    if max_len > config.mixture_length:
+      raise ValueError(f"something-else clips of {max_len} samples do not fit in a mixture of "
+                       f"{config.mixture_length} samples")
+
+
+# ------------------------------------------------------------------ the loss
+
+
+def _local_loss(params, step, corpus: batch_lib.Corpus, *, config: TrainConfig,
+                mixtures_per_device: int):
+  """Loss and metrics inside ``shard_map``: this device's mixtures, global reductions."""
+  axis = parallel.DATA_AXIS
+  feat = config.feature_config
+  hyper = config.loss_hyperparameters
+  model = config.model_preset.build()
+
+  first = jax.lax.axis_index(axis) * mixtures_per_device
+  keys = batch_lib.mixture_keys(step_key(config.seed, step),
+                                first + jnp.arange(mixtures_per_device))
+  batch = batch_lib.make_batch(
+      keys, corpus, feature_config=feat, segments_per_mixture=config.segments_per_mixture,
+      anr_range_db=config.anr_range_db, simulate_anomaly=config.loss != "re")
+  num_frames = batch.frames.shape[-2]
+  x = batch.frames.reshape(-1, feat.dim)
+  anomalous = batch.anomalous.reshape(-1)
+  normal = ~anomalous
+  scores = models.score_fn(model)(params, x)
+
+  count_u = jax.lax.psum(jnp.sum(normal, dtype=jnp.float32), axis)
+  count_a = jax.lax.psum(jnp.sum(anomalous, dtype=jnp.float32), axis)
+  la = losses.anomaly_term(scores, lam=hyper["lam"], mask_a=anomalous, axis_name=axis)
+  if config.loss == "bu":
+    # The KDE runs on a buffer of the normal frames only (static size: the most
+    # normal frames a mixture can have), not on all frames with a mask.
+    fewest_anomalous = batch_lib.min_anomalous_frames(
+        config.mixture_length, corpus.min_clip_length, config=feat)
+    capacity = mixtures_per_device * (num_frames - fewest_anomalous)
+    (rows,) = jnp.nonzero(normal, size=capacity, fill_value=0)
+    valid = jnp.arange(capacity) < jnp.sum(normal)
+    loss, aux = losses.bu_loss(
+        scores[rows], scores, x[rows], lam=hyper["lam"], sigma=hyper["sigma"],
+        eps=config.eps, mask_u=valid, mask_a=anomalous, axis_name=axis, has_aux=True)
+    normal_term = aux["normal"]
+    stats = kde.weight_stats(aux["weights"], mask=valid, axis_name=axis)
+  else:
+    if config.loss == "re":
+      loss = losses.re_loss(scores, mask_u=normal, axis_name=axis)
+    else:
+      loss = losses.snp_loss(scores, scores, lam=hyper["lam"], mask_u=normal,
+                             mask_a=anomalous, axis_name=axis)
+    normal_term = losses.re_loss(scores, mask_u=normal, axis_name=axis)
+    one = jnp.ones((), jnp.float32)
+    stats = {"w_max": one, "w_min": one, "ess": count_u}
+  metrics = {"loss": loss, "normal": normal_term, "la": la, **stats,
+             "frames_normal": count_u, "frames_anomalous": count_a}
+  return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
+
+
+def _loss_and_grad_fn(config: TrainConfig, mesh: Mesh) -> Callable:
+  """Unjitted ``(params, step, corpus) -> ((loss, metrics), grads)`` on ``mesh``."""
+  per_device = parallel.check_divisible(config.mixtures_per_step, mesh)
+  local = functools.partial(_local_loss, config=config, mixtures_per_device=per_device)
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P()), out_specs=(P(), P()))
+  return jax.value_and_grad(sharded, has_aux=True)
+
+
+def _check_inputs(config: TrainConfig, corpus: batch_lib.Corpus) -> None:
+  if not isinstance(corpus, batch_lib.Corpus):
+    raise TypeError(f"corpus must be a batch.Corpus (see place_corpus), got {type(corpus)}")
+  check_corpus(config, corpus)
+
+
+def _train_step_fn(config: TrainConfig, mesh: Mesh) -> Callable:
+  """The pure step ``(state, corpus) -> (state, metrics)`` (unjitted)."""
+  loss_and_grad = _loss_and_grad_fn(config, mesh)
+  optimizer = make_optimizer(config)
+  schedule = learning_rate_schedule(config)
+
+  def train_step(state: TrainState, corpus: batch_lib.Corpus):
+    _check_inputs(config, corpus)
+    (_, metrics), grads = loss_and_grad(state.params, state.step, corpus)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def _frozen(options: CompilerOptions) -> Optional[tuple]:
+  return None if options is None else tuple(sorted(options.items()))
+
+
+def make_grad_fn(config: TrainConfig, *, mesh: Mesh,
+                 compiler_options: CompilerOptions = None) -> Callable:
+  """Jitted ``(params, step, corpus) -> ((loss, metrics), grads)``, no update.
+
+  The global loss, metrics (as in ``make_train_step``, without ``grad_norm``
+  and ``learning_rate``) and gradient for the batch of ``step``; for tests
+  and diagnostics. Inputs must be replicated on ``mesh``.
+
+  Raises:
+    ValueError: ``mixtures_per_step`` is not divisible by the device count.
+  """
+  return _jitted(config, mesh, "grad", 1, _frozen(compiler_options))
+
+
+def make_train_step(config: TrainConfig, *, mesh: Mesh,
+                    compiler_options: CompilerOptions = None) -> Callable:
+  """Jitted ``step_fn(state, corpus) -> (state, metrics)``, state donated.
+
+  ``state`` and ``corpus`` must be replicated on ``mesh`` (``create_state``,
+  ``place_corpus``). ``metrics`` is a dict of global float32 scalars: ``loss``,
+  ``normal`` (the normal term: the mean, or for BU the weighted mean, of the
+  normal frames' scores), ``la`` (L_a, eq. 10; 0 for RE), ``w_max``,
+  ``w_min``, ``ess`` (BU weight statistics; uniform weights 1, 1, M_u for
+  RE/SNP), ``frames_normal``, ``frames_anomalous``, ``grad_norm`` and
+  ``learning_rate`` (the rate used by this update).
+
+  Built once per (config, mesh, compiler_options) and cached, so it compiles
+  once. ``compiler_options`` go to ``jax.jit`` (e.g. tests use
+  ``{"xla_backend_optimization_level": 0}`` to compile faster).
+
+  Raises:
+    ValueError: ``mixtures_per_step`` is not divisible by the device count.
+  """
+  return _jitted(config, mesh, "step", 1, _frozen(compiler_options))
+
+
+def make_train_steps(config: TrainConfig, *, mesh: Mesh, num_steps: int,
+                     compiler_options: CompilerOptions = None) -> Callable:
+  """Like ``make_train_step`` but ``num_steps`` steps per call (``lax.scan``).
+
+  Returns ``(state, metrics)`` with every metric stacked to shape (num_steps,).
+  Results equal ``num_steps`` calls of the single step.
+  """
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  return _jitted(config, mesh, "steps", int(num_steps), _frozen(compiler_options))
+
+
+def _jitted(config: TrainConfig, mesh: Mesh, kind: str, num_steps: int,
+            compiler_options: Optional[tuple]) -> Callable:
+  # steps_per_call only matters to ``train``: one compiled step serves all.
+  return _jitted_cached(dataclasses.replace(config, steps_per_call=1), mesh, kind, num_steps,
+                        compiler_options)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_cached(config: TrainConfig, mesh: Mesh, kind: str, num_steps: int,
+                   compiler_options: Optional[tuple]) -> Callable:
+  rep = parallel.replicated(mesh)
+  options = None if compiler_options is None else dict(compiler_options)
+  if kind == "grad":
+    fn = _loss_and_grad_fn(config, mesh)
+
+    def grad_fn(params, step, corpus):
+      _check_inputs(config, corpus)
+      return fn(params, step, corpus)
+
+    return jax.jit(grad_fn, in_shardings=(rep, rep, rep), out_shardings=rep,
+                   compiler_options=options)
+  step = _train_step_fn(config, mesh)
+  if kind == "steps":
+    one_step = step
+
+    def step(state, corpus):  # pylint: disable=function-redefined
+      return jax.lax.scan(lambda s, _: one_step(s, corpus), state, None, length=num_steps)
+
+  return jax.jit(step, in_shardings=(rep, rep), out_shardings=(rep, rep), donate_argnums=0,
+                 compiler_options=options)
+
+
+# ------------------------------------------------------------------ guard rails
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss of step ``step`` is NaN or infinite.
+
+  ``step`` is the 0-based index of the failing update: the state with
+  ``state.step == step`` (and any checkpoint at or before it) is the last good
+  one; states returned by the failing call are not.
+  """
+
+  def __init__(self, step: int, loss: float):
+    self.step = int(step)
+    self.loss = loss
+    super().__init__(f"non-finite loss {loss} at step {self.step}; resume from the last "
+                     f"checkpoint at or before step {self.step}")
+
+
+def raise_if_non_finite(metrics: Mapping[str, Any], *, first_step: int) -> None:
+  """Raises ``NonFiniteLossError`` for the first non-finite ``metrics["loss"]``.
+
+  ``metrics["loss"]`` is a scalar (one step) or a (k,) array (k steps starting
+  at ``first_step``); host values (``jax.device_get``) avoid one transfer per
+  check.
+  """
+  loss = np.atleast_1d(np.asarray(metrics["loss"]))
+  bad = np.flatnonzero(~np.isfinite(loss))
+  if bad.size:
+    raise NonFiniteLossError(first_step + int(bad[0]), float(loss[bad[0]]))
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _rows(metrics: Mapping[str, np.ndarray], count: int) -> list[dict[str, float]]:
+  if count == 1 and all(np.ndim(v) == 0 for v in metrics.values()):
+    return [{k: float(v) for k, v in metrics.items()}]
+  return [{k: float(v[i]) for k, v in metrics.items()} for i in range(count)]
+
+
+def train(config: TrainConfig, corpus: batch_lib.Corpus, *, mesh: Optional[Mesh] = None,
+          state: Optional[TrainState] = None, until_step: Optional[int] = None,
+          on_step: Optional[Callable[[int, TrainState, Mapping[str, float]], None]] = None,
+          metrics_writer: Optional[progress_lib.MetricsWriter] = None,
+          progress: Union[bool, progress_lib.ProgressBar] = False,
+          compiler_options: CompilerOptions = None) -> TrainState:
+  """Runs the training step from ``state.step`` to ``until_step``.
+
+  Args:
+    config: the configuration.
+    corpus: the replicated corpus (``place_corpus``).
+    mesh: the 'data' mesh; default all devices.
+    state: the state to continue (e.g. restored from a checkpoint; it is
+      donated); default ``create_state``.
+    until_step: stop when ``state.step`` reaches it; default
+      ``config.total_steps``.
+    on_step: called after every device call (every ``config.steps_per_call``
+      steps) as ``on_step(step, state, metrics)`` with the number of completed
+      steps, the new state and the last step's metrics (floats). The state is
+      donated to the next call: read or copy it before returning (e.g. an
+      Orbax save that fetches to host first). Checkpointing belongs here.
+    metrics_writer: receives one record per step, keyed by the 0-based index
+      of the step that produced it.
+    progress: True for a progress bar on stderr, or a ``ProgressBar``.
+    compiler_options: passed to ``jax.jit`` (see ``make_train_step``).
+
+  Returns:
+    The final state.
+
+  Raises:
+    NonFiniteLossError: a step's loss is not finite (raised after its call;
+      ``on_step`` is not called for that call).
+    ValueError: ``mixtures_per_step`` not divisible by the device count, or a
+      corpus that does not fit ``config``.
+  """
+  mesh = parallel.data_mesh() if mesh is None else mesh
+  parallel.log_devices(mesh)
+  _check_inputs(config, corpus)
+  parallel.check_divisible(config.mixtures_per_step, mesh)
+  if state is None:
+    state = create_state(config, mesh=mesh, compiler_options=compiler_options)
+  step = int(jax.device_get(state.step))
+  until = config.total_steps if until_step is None else int(until_step)
+  logging.info("training %s (%s) from step %d to %d: %d mixtures of %d x %g s per step, "
+               "%d steps per call", config.loss, config.model_preset.name, step, until,
+               config.mixtures_per_step, config.segments_per_mixture, config.segment_seconds,
+               config.steps_per_call)
+  bar = progress if isinstance(progress, progress_lib.ProgressBar) else (
+      progress_lib.ProgressBar(until, initial=step) if progress else None)
+  k = config.steps_per_call
+  single = make_train_step(config, mesh=mesh, compiler_options=compiler_options)
+  multi = (make_train_steps(config, mesh=mesh, num_steps=k, compiler_options=compiler_options)
+           if k > 1 else None)
+  if bar is not None:
+    bar.update(step)
+  started = time.perf_counter()
+  first_step = step
+  while step < until:
+    count = k if multi is not None and until - step >= k else 1
+    state, metrics = (multi if count > 1 else single)(state, corpus)
+    host = jax.device_get(metrics)
+    raise_if_non_finite(host, first_step=step)
+    rows = _rows(host, count)
+    if metrics_writer is not None:
+      for i, row in enumerate(rows):
+        metrics_writer.write(step + i, row)
+    step += count
+    if bar is not None:
+      frames = sum(r["frames_normal"] + r["frames_anomalous"] for r in rows)
+      bar.update(step, frames=frames, loss=rows[-1]["loss"])
+    if on_step is not None:
+      on_step(step, state, rows[-1])
+  if bar is not None:
+    bar.close()
+  elapsed = time.perf_counter() - started
+  if step > first_step:
+    logging.info("trained %d steps in %.1f s (%.2f steps/s, including compilation)",
+                 step - first_step, elapsed, (step - first_step) / max(elapsed, 1e-9))
+  return state

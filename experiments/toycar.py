@@ -1,0 +1,74 @@
+"""Toy-car experiment (paper section 4.2): train RE / SNP / BU and evaluate.
+
+  python -m experiments.toycar --loss=bu --workdir=runs/toycar           # paper settings
+  python -m experiments.toycar --loss=all --preset=demo --workdir=runs/demo   # 2-core CPU
+
+Without --data_dir the embedded synthetic data set is generated (once, into a
+cache directory that is printed) and used. Re-running on a workdir resumes
+from its checkpoints. See bu_jax/toycar.py for what is written to --workdir.
+"""
+
+from absl import app
+from absl import flags
+import jax
+
+from bu_jax import losses
+from bu_jax import models
+from bu_jax import toycar
+
+_LOSS = flags.DEFINE_enum("loss", "bu", [*losses.LOSSES, "all"], "Loss to train; 'all' trains "
+                          "RE, SNP and BU from the same initial parameters.")
+_MODEL = flags.DEFINE_enum("model", None, sorted(models.PRESETS),
+                           "Autoencoder (default: the preset's; paper: fcn64-large).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, results).",
+                               required=True)
+_PRESET = flags.DEFINE_enum("preset", "paper", sorted(toycar.PRESETS),
+                            "paper: section 4.2.2 schedule; demo: < 10 min on a 2-core CPU.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data set root (DCASE 2020, DCASE 2021+ or "
+                                "the paper's mixing layout); default: embedded synthetic set.")
+_LAYOUT = flags.DEFINE_enum("layout", "auto", ["auto", "dcase2020", "dcase2021", "mixing"],
+                            "Layout of --data_dir.")
+_SE_DIR = flags.DEFINE_string("something_else_dir", None,
+                              "Something-else WAVs (< 5 s) for the simulated anomalies, eq. (8).")
+_ANOMALY_DIR = flags.DEFINE_string("anomaly_dir", None,
+                                   "Anomaly WAVs mixed into normal test clips (mixing layout).")
+_NOISE_DIR = flags.DEFINE_string("noise_dir", None, "Noise WAVs mixed at --snr_db (mixing layout).")
+_SNR = flags.DEFINE_float("snr_db", 0.0, "SNR of the noise mixed into machine clips (mixing).")
+_SEED = flags.DEFINE_integer("seed", 0, "Training seed (initialization and mini-batches).")
+_DATA_SEED = flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic set and data splits.")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "Override the preset's number of epochs.")
+_STEPS = flags.DEFINE_integer("steps_per_epoch", None, "Override mini-batches per epoch.")
+_DECAY = flags.DEFINE_integer("decay_start_epoch", None, "Override the epoch where decay starts.")
+_LR = flags.DEFINE_float("learning_rate", None, "Override the initial learning rate.")
+_SEGMENTS = flags.DEFINE_integer("segments_per_mixture", None, "3-s segments per mixture (10).")
+_MIXTURES = flags.DEFINE_integer("mixtures_per_step", None, "Mixtures per global mini-batch "
+                                 "(paper: 1); a multiple of the device count. Default: one "
+                                 "per device.")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "Use the first N devices (default all).")
+_STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", None, "Steps scanned per device call.")
+_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint interval in steps.")
+_REDUCE = flags.DEFINE_enum("reduce", "max", ["max", "mean"], "Clip score: max (eq. 11) or mean.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() first (multi-host).")
+
+
+def main(argv):
+  del argv
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  settings = toycar.Settings(
+      workdir=_WORKDIR.value,
+      losses=losses.LOSSES if _LOSS.value == "all" else (_LOSS.value,),
+      preset=_PRESET.value, model=_MODEL.value, data_dir=_DATA_DIR.value,
+      something_else_dir=_SE_DIR.value, anomaly_dir=_ANOMALY_DIR.value,
+      noise_dir=_NOISE_DIR.value, layout=_LAYOUT.value, snr_db=_SNR.value,
+      data_seed=_DATA_SEED.value, seed=_SEED.value, epochs=_EPOCHS.value,
+      steps_per_epoch=_STEPS.value, decay_start_epoch=_DECAY.value,
+      learning_rate=_LR.value, segments_per_mixture=_SEGMENTS.value,
+      mixtures_per_step=_MIXTURES.value, num_devices=_NUM_DEVICES.value, steps_per_call=_STEPS_PER_CALL.value,
+      checkpoint_every=_CKPT_EVERY.value, reduce=_REDUCE.value)
+  toycar.run(settings)
+
+
+if __name__ == "__main__":
+  app.run(main)

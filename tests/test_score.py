@@ -1,0 +1,287 @@
+"""Tests for bu_jax.detect and its entry point experiments/score.py.
+
+The model is built so that its scores do not depend on training: every weight
+is zero and the decoder's output bias is the mean feature vector mu of a quiet
+stationary tone, so A(x_t) = ||x_t - mu||^2 (eq. 5) is small on the tone and
+large on a loud broadband burst. It is saved as a real checkpoint (train state
+of ``bu_jax.train``, metadata as ``bu_jax.toycar`` writes it) in a toycar-like
+workdir ``run/bu/checkpoints``.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import librosa
+import numpy as np
+import pytest
+
+from bu_jax import audio, checkpoint, detect, evaluate, features, parallel, scoring, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SR = 16000
+HOP_S = 256 / SR
+BURST = (1.0, 1.3)  # seconds
+
+
+def _tone(seconds, seed=0):
+  t = np.arange(int(seconds * SR)) / SR
+  noise = np.random.default_rng(seed).standard_normal(t.size)
+  return (0.05 * np.sin(2 * np.pi * 1000 * t) + 0.002 * noise).astype(np.float32)
+
+
+def _with_burst(wave, start_s, end_s, seed=1):
+  wave = wave.copy()
+  a, b = int(start_s * SR), int(end_s * SR)
+  wave[a:b] += 0.5 * np.random.default_rng(seed).standard_normal(b - a).astype(np.float32)
+  return np.clip(wave, -1, 1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A toycar-like workdir with one 'bu' model, and the files to score."""
+  root = tmp_path_factory.mktemp("score")
+  normal, burst = _tone(3.0), _with_burst(_tone(3.0), *BURST)
+  files = {"normal": str(root / "rec" / "normal.wav"), "burst": str(root / "rec" / "burst.wav")}
+  os.makedirs(root / "rec")
+  audio.write_wav(files["normal"], normal)
+  audio.write_wav(files["burst"], burst)
+  # The burst recording at 22.05 kHz (load_wav resamples it to 16 kHz).
+  files["burst_22k"] = str(root / "burst_22k.wav")
+  audio.write_wav(files["burst_22k"], np.clip(librosa.resample(
+      burst, orig_sr=SR, target_sr=22050), -1, 1), sr=22050)
+  bad = root / "bad.wav"
+  bad.write_text("not audio")
+
+  config = train.TrainConfig(loss="bu", model="fcn40-small", epochs=1, steps_per_epoch=2,
+                             decay_start_epoch=0)
+  preset = config.model_preset
+  mesh = parallel.data_mesh()
+  state = train.create_state(config, mesh=mesh)
+  params = jax.tree.map(np.zeros_like, jax.device_get(state.params))
+  mu = np.asarray(features.features(audio.load_wav(files["normal"]), config=preset.features))
+  params["dec_3"]["bias"] = mu.mean(axis=0)
+  state = state.replace(params=parallel.replicate(params, mesh))
+  normal_max = float(scoring.FrameScorer(preset.build(), preset.features)(
+      params, audio.load_wav(files["normal"])).max())
+  heldout = (normal_max * (0.5 + 0.1 * np.random.default_rng(0).gamma(4.0, size=20))).tolist()
+  metadata = {
+      "loss": "bu", "model": preset.name, "features": dataclasses.asdict(preset.features),
+      "train_config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+      "threshold": 2.0 * normal_max, "reduce": "max", "threshold_quantile": 0.9,
+      "heldout_clip_scores": heldout, "heldout_paths": [f"h{i}.wav" for i in range(20)]}
+  workdir = root / "run"
+  with checkpoint.Checkpointer(workdir / "bu", metadata=metadata) as ckpt:
+    ckpt.maybe_save(2, state, force=True)
+  return dict(workdir=str(workdir), model_dir=str(workdir / "bu"), files=files, bad=str(bad),
+              root=root, params=params, metadata=metadata)
+
+
+# ------------------------------------------------------------------ events
+
+
+def _events_reference(scores, threshold, hop_s, gap, duration):
+  """A plain loop over frames."""
+  runs, start = [], None
+  for t, s in enumerate(list(scores) + [-np.inf]):
+    if s >= threshold and start is None:
+      start = t
+    elif not s >= threshold and start is not None:
+      runs.append([max(0.0, start * hop_s - hop_s / 2), min(duration, (t - 1) * hop_s + hop_s / 2)])
+      start = None
+  merged = []
+  for run in runs:
+    if merged and run[0] - merged[-1][1] < gap:
+      merged[-1][1] = run[1]
+    else:
+      merged.append(run)
+  return [tuple(r) for r in merged]
+
+
+def test_events_from_scores():
+  scores = np.zeros(24)
+  scores[[0, 8, 9, 11, 23]] = [5, 3, 3, 3, 4]
+  hop = 0.016
+  events = detect.events_from_scores(scores, 3.0, hop_s=hop, merge_gap_s=0.1, duration_s=0.37)
+  # Frame 0 clipped at 0 s; frames 8-11 merged across a one-frame gap; frame 23 clipped at 0.37.
+  np.testing.assert_allclose(events, [(0, 0.008), (8 * hop - hop / 2, 11 * hop + hop / 2),
+                                      (23 * hop - hop / 2, 0.37)])
+  assert detect.events_from_scores(scores, 3.0, hop_s=hop, merge_gap_s=1.0,
+                                   duration_s=0.37) == [(0.0, 0.37)]
+  assert detect.events_from_scores(scores, 10.0, hop_s=hop) == []
+  assert detect.events_from_scores([np.nan, 1.0], 0.5, hop_s=hop) == [(hop / 2, 1.5 * hop)]
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    s = rng.random(200) ** 4
+    gap = rng.choice([0.0, 0.02, 0.05, 0.2])
+    got = detect.events_from_scores(s, 0.5, hop_s=hop, merge_gap_s=gap, duration_s=3.19)
+    np.testing.assert_allclose(np.reshape(got, (-1, 2)),
+                               np.reshape(_events_reference(s, 0.5, hop, gap, 3.19), (-1, 2)))
+  text = detect.format_events(events)
+  np.testing.assert_allclose(detect.parse_events(text), events, atol=5e-4)
+
+
+# ------------------------------------------------------------------ library
+
+
+def test_load_detector_restores_params_and_scores_the_burst(trained):
+  detector = detect.load_detector(trained["workdir"])  # the only loss present: bu
+  assert detector.model_dir == trained["model_dir"] and detector.step == 2
+  for got, want in zip(jax.tree.leaves(detector.params), jax.tree.leaves(trained["params"])):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  phi = trained["metadata"]["threshold"]
+  normal = detector.score(audio.load_wav(trained["files"]["normal"]))
+  burst = detector.score(audio.load_wav(trained["files"]["burst"]))
+  assert not normal.decision and normal.events == () and normal.max_score < phi
+  assert burst.decision and burst.clip_score == burst.max_score >= phi
+  assert len(burst.events) == 1
+  start, end = burst.events[0]
+  assert 0.8 <= start <= BURST[0] and BURST[1] <= end <= 1.5
+  assert burst.times_s[1] == pytest.approx(HOP_S) and burst.duration_s == pytest.approx(3.0)
+
+
+def test_chunked_scoring_equals_whole_file(trained, tmp_path):
+  # 10 s with a burst across the chunk boundary at frame 256 (4.096 s).
+  path = str(tmp_path / "long.wav")
+  audio.write_wav(path, _with_burst(_tone(10.0, seed=3), 3.9, 4.3))
+  wave = audio.load_wav(path)
+  whole = detect.load_detector(trained["model_dir"]).score(wave, name=path)
+  chunked = detect.load_detector(trained["model_dir"], chunk_frames=256).score(wave, name=path)
+  assert whole.frame_scores.size == 626
+  np.testing.assert_allclose(chunked.frame_scores, whole.frame_scores, rtol=2e-5, atol=1e-3)
+  assert chunked.events == whole.events and len(whole.events) == 1
+  assert whole.events[0].start_s <= 3.9 and whole.events[0].end_s >= 4.3
+
+
+def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
+  missing = str(tmp_path / "missing.wav")
+  report = detect.run(detect.ScoreSettings(
+      workdir=trained["workdir"], loss="bu", plots=True, out=str(tmp_path / "out" / "s.csv"),
+      paths=[trained["files"]["normal"], trained["bad"], trained["files"]["burst"], missing,
+             trained["files"]["burst_22k"]]))
+  assert report.exit_status == 1
+  assert [p for p, _ in report.failures] == [missing, trained["bad"]]
+  assert all(p in m for p, m in report.failures)
+  rows = detect.read_csv(tmp_path / "out" / "s.csv")
+  assert [r["path"] for r in rows] == [trained["files"][k] for k in ("normal", "burst", "burst_22k")]
+  assert [r["decision"] for r in rows] == ["normal", "anomalous", "anomalous"]
+  assert rows[0]["events"] == ""
+  for row in rows[1:]:
+    (start, end), = detect.parse_events(row["events"])
+    assert 0.8 <= start <= BURST[0] and BURST[1] <= end <= 1.5
+  assert float(rows[2]["duration_s"]) == pytest.approx(3.0)
+  assert float(rows[1]["max_score"]) == float(rows[1]["clip_score"]) >= float(rows[1]["threshold"])
+  assert float(rows[0]["threshold"]) == pytest.approx(trained["metadata"]["threshold"])
+  assert sorted(os.listdir(tmp_path / "out" / "plots")) == ["burst.png", "burst_22k.png",
+                                                             "normal.png"]
+  table = report.summary()
+  assert "FAILED" in table and "anomalous" in table
+  assert detect.format_events(report.results[1][1].events, decimals=2) in table
+
+  # A folder, all readable: exit status 0; --threshold overrides the stored phi.
+  report = detect.run(detect.ScoreSettings(
+      workdir=trained["model_dir"], paths=[os.path.dirname(trained["files"]["normal"])],
+      threshold=1e9, out=str(tmp_path / "t.csv")))
+  assert report.exit_status == 0 and report.threshold_source == "given"
+  rows = detect.read_csv(tmp_path / "t.csv")
+  assert sorted(os.path.basename(r["path"]) for r in rows) == ["burst.wav", "normal.wav"]
+  assert {r["decision"] for r in rows} == {"normal"} and {r["events"] for r in rows} == {""}
+  assert {float(r["threshold"]) for r in rows} == {1e9}
+
+
+def test_threshold_options(trained):
+  detector = detect.load_detector(trained["model_dir"])
+  held = trained["metadata"]["heldout_clip_scores"]
+  phi, source = detector.resolve_threshold(fpr=0.1)
+  assert phi == pytest.approx(evaluate.fit_threshold(held, quantile=0.9))
+  assert "recalibrated" in source
+  assert detector.resolve_threshold(fpr=0.01)[0] > phi > detector.resolve_threshold(fpr=0.5)[0]
+  stored, source = detector.resolve_threshold()
+  assert stored == trained["metadata"]["threshold"] and source.startswith("stored")
+  assert detector.resolve_threshold(threshold=7.0) == (7.0, "given")
+  with pytest.raises(ValueError, match="not both"):
+    detector.resolve_threshold(threshold=7.0, fpr=0.1)
+  with pytest.raises(ValueError, match="not both"):
+    detect.run(detect.ScoreSettings(workdir=trained["workdir"], paths=["x.wav"],
+                                    threshold=1.0, fpr=0.1))
+  with pytest.raises(ValueError, match="fpr"):
+    detector.resolve_threshold(fpr=1.5)
+  bare = dataclasses.replace(detector, metadata={"loss": "bu"})
+  with pytest.raises(detect.DetectorError, match="no calibrated threshold"):
+    bare.resolve_threshold()
+  with pytest.raises(detect.DetectorError, match="held-out"):
+    bare.resolve_threshold(fpr=0.1)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _metadata_file(model_dir, step=2):
+  return os.path.join(model_dir, "checkpoints", str(step), "metadata", "metadata.json")
+
+
+def test_model_dir_choice_and_mismatch(trained, tmp_path):
+  workdir = tmp_path / "two"
+  shutil.copytree(trained["model_dir"], workdir / "bu")
+  shutil.copytree(trained["model_dir"], workdir / "re")
+  with pytest.raises(detect.DetectorError, match=r"several losses \['bu', 're'\].*--loss"):
+    detect.find_model_dir(workdir)
+  assert detect.find_model_dir(workdir, loss="re") == str(workdir / "re")
+  with pytest.raises(detect.DetectorError, match="loss 'snp'.*'bu', 're'"):
+    detect.find_model_dir(workdir, loss="snp")
+  with pytest.raises(detect.DetectorError, match="trained with loss 'bu', not 're'"):
+    detect.load_detector(workdir, loss="re")  # a copy of the bu model
+
+  # Metadata naming a larger model than the stored parameters.
+  path = _metadata_file(workdir / "bu")
+  meta = json.load(open(path))
+  meta["model"] = "fcn40-large"
+  json.dump(meta, open(path, "w"))
+  with pytest.raises(detect.DetectorError, match="does not match the model.*dec_0"):
+    detect.load_detector(workdir / "bu")
+  meta["features"]["n_mels"] = 64
+  json.dump(meta, open(path, "w"))
+  with pytest.raises(detect.DetectorError, match="inconsistent"):
+    detect.load_detector(workdir / "bu")
+
+
+def test_no_checkpoint_is_a_clear_error(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(detect.DetectorError, match="No checkpoint in"):
+    detect.load_detector(tmp_path / "empty")
+  (tmp_path / "empty" / "checkpoints").mkdir()
+  with pytest.raises(detect.DetectorError, match="No checkpoint in"):
+    detect.load_detector(tmp_path / "empty")
+  with pytest.raises(detect.DetectorError, match="no such directory"):
+    detect.load_detector(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.run([sys.executable, "-m", "experiments.score", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_entry_point(trained, tmp_path):
+  proc = _cli(f"--workdir={tmp_path}", "a.wav")
+  assert proc.returncode != 0
+  assert "No checkpoint in" in proc.stderr and "Traceback" not in proc.stderr
+
+  proc = _cli(f"--workdir={trained['workdir']}", "--fpr=0.1", trained["files"]["burst"],
+              trained["bad"])
+  assert proc.returncode == 1, proc.stderr
+  assert f"FAILED {trained['bad']}" in proc.stderr and "Traceback" not in proc.stderr
+  assert "anomalous" in proc.stdout and "recalibrated" in proc.stdout
+  rows = detect.read_csv(os.path.join(trained["workdir"], "scores.csv"))
+  assert [r["path"] for r in rows] == [trained["files"]["burst"]]
+  assert float(rows[0]["threshold"]) == pytest.approx(evaluate.fit_threshold(
+      trained["metadata"]["heldout_clip_scores"], quantile=0.9), rel=1e-6)
+  (start, end), = detect.parse_events(rows[0]["events"])
+  assert start <= BURST[0] and end >= BURST[1]

@@ -1,0 +1,98 @@
+"""The toy-car experiment end to end on a tiny synthetic data set (shortened)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bu_jax import checkpoint, data, synthetic, toycar
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("synth") / "set")
+  synthetic.generate(root, seed=1, num_train=6, num_test=6, clip_seconds=4.0,
+                     num_noise=1, noise_seconds=5.0, num_anomaly=5,
+                     num_something_else=5, rare_seconds=1.5)
+  return root
+
+
+def _settings(workdir, data_dir, **kw):
+  base = dict(workdir=str(workdir), losses=("re", "bu"), preset="demo", data_dir=data_dir,
+              something_else_dir=os.path.join(data_dir, "something_else"), epochs=1,
+              steps_per_epoch=4, decay_start_epoch=0, segments_per_mixture=2,
+              steps_per_call=2, checkpoint_every=2, progress=False, num_devices=1)
+  base.update(kw)
+  return toycar.Settings(**base)
+
+
+@pytest.mark.slow
+def test_run_writes_well_formed_outputs_and_resumes(tmp_path, tiny_data, capsys):
+  settings = _settings(tmp_path / "run", tiny_data)
+  results = toycar.run(settings)
+  out = capsys.readouterr().out
+  assert "condition" in out and "anr_-20dB" in out  # the Figure-4-like table
+
+  stored = json.loads((tmp_path / "run" / "results.json").read_text())
+  for loss in ("re", "bu"):
+    res = stored[loss]
+    assert set(res["auc"]) == {"anr_-10dB", "anr_-15dB", "anr_-20dB", "mean"}
+    for key in ("auc", "pauc"):
+      assert all(0.0 <= v <= 1.0 for v in res[key].values())
+    assert np.isfinite(res["threshold"])
+    assert set(res["rare_normal"]) >= {"auc_vs_rare", "fpr_frequent", "fpr_rare"}
+    model_dir = tmp_path / "run" / loss
+    rows = list(csv.reader(open(model_dir / "anomaly_score_anr_-20dB.csv")))
+    assert len(rows) == 12 and all(np.isfinite(float(r[1])) for r in rows)
+    decisions = list(csv.reader(open(model_dir / "decision_result_anr_-20dB.csv")))
+    assert {r[1] for r in decisions} <= {"0", "1"}
+    meta = checkpoint.read_metadata(str(model_dir))
+    assert meta["threshold"] == pytest.approx(res["threshold"])
+    assert meta["model"] == "fcn40-small" and len(meta["heldout_clip_scores"]) >= 1
+    steps = [json.loads(l)["step"] for l in open(model_dir / "metrics.jsonl")]
+    assert steps == list(range(4))
+  for png in ("roc.png", "scores_over_time.png", "score_histogram.png"):
+    assert (tmp_path / "run" / png).stat().st_size > 1000
+  assert stored["data"]["test_rare_normal"] > 0
+
+  # Same command again: both losses are found finished, nothing retrained.
+  again = toycar.run(settings)
+  assert "already trained" in capsys.readouterr().out
+  assert again["bu"]["auc"] == pytest.approx(results["bu"]["auc"])
+
+
+@pytest.mark.slow
+def test_entry_point_runs(tmp_path, tiny_data):
+  cmd = [sys.executable, "-m", "experiments.toycar", "--loss=snp", "--preset=demo",
+         f"--workdir={tmp_path / 'w'}", f"--data_dir={tiny_data}",
+         f"--something_else_dir={os.path.join(tiny_data, 'something_else')}",
+         "--epochs=1", "--steps_per_epoch=2", "--decay_start_epoch=0",
+         "--segments_per_mixture=2", "--steps_per_call=1", "--num_devices=2",
+         "--mixtures_per_step=2"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "SNP AUC" in proc.stdout
+  assert (tmp_path / "w" / "results.json").exists()
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+  with pytest.raises(data.DataError, match="--data_dir=.*no such directory"):
+    toycar.load_data(_settings(tmp_path, str(tmp_path / "nope")))
+
+
+def test_something_else_required_with_real_data(tmp_path, tiny_data):
+  with pytest.raises(data.DataError, match="--something_else_dir is required"):
+    toycar.load_data(_settings(tmp_path, tiny_data, something_else_dir=None))
+
+
+def test_unknown_preset_and_loss():
+  with pytest.raises(ValueError, match="--preset"):
+    toycar.Settings(workdir="x", preset="huge")
+  with pytest.raises(ValueError, match="--loss"):
+    toycar.Settings(workdir="x", losses=("mse",))

@@ -1,0 +1,383 @@
+"""Tests for bu_jax.train / batch / parallel / progress: a tiny model on 8 fake CPU devices.
+
+Compilation dominates the run time, so every compiled function is built with
+XLA's backend optimization level 0 (same results up to rounding) and shared
+through the builders' cache: one config, a handful of programs.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bu_jax import batch as batch_lib
+from bu_jax import features
+from bu_jax import models
+from bu_jax import parallel
+from bu_jax import progress
+from bu_jax import train
+
+
+
+def _fast_compiler_options():
+  """XLA options that compile these tiny programs 2-4x faster; {} if unsupported.
+
+  Compilation, not run time, dominates this file. The options change speed, not
+  results (up to rounding); a newer XLA that drops one falls back to the next.
+  """
+  candidates = ({"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
+                {"xla_backend_optimization_level": 0}, {})
+  for options in candidates:
+    try:
+      jax.jit(lambda x: x + 1, compiler_options=options)(1.0)
+      return options
+    except Exception:  # pylint: disable=broad-except
+      continue
+  return {}
+
+
+FAST = _fast_compiler_options()
+TINY = models.ModelPreset("tiny", features.FeatureConfig(n_mels=8, context=1),
+                          hidden_layers=1, units=16, bottleneck=4)
+SEGMENT = 2048  # samples (0.128 s); 4 per mixture -> 8192 samples, 33 frames
+CLIP_LENGTHS = (700, 1500, 3000)
+
+
+def _config(loss="bu", **overrides):
+  kwargs = dict(loss=loss, model=TINY, segment_seconds=SEGMENT / 16000,
+                segments_per_mixture=4, mixtures_per_step=8, epochs=2, steps_per_epoch=3,
+                decay_start_epoch=1, max_clip_seconds=0.25)
+  kwargs.update(overrides)
+  return train.TrainConfig(**kwargs)
+
+
+def _host_corpus():
+  rng = np.random.default_rng(0)
+  t = np.arange(SEGMENT) / 16000
+  # Tones of a few pitches plus noise: a corpus with frequent and rare frames.
+  freqs = [300, 300, 300, 300, 300, 1200, 3000]
+  segments = np.stack([0.3 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(SEGMENT)
+                       for f in freqs]).astype(np.float32)
+  clips = np.zeros((len(CLIP_LENGTHS), max(CLIP_LENGTHS)), np.float32)
+  for i, n in enumerate(CLIP_LENGTHS):
+    clips[i, :n] = rng.standard_normal(n)
+  return segments, clips, np.asarray(CLIP_LENGTHS, np.int32)
+
+
+HOST = _host_corpus()
+
+
+def _mesh(n):
+  return parallel.data_mesh(jax.devices()[:n])
+
+
+def _run(config, n, steps=2):
+  """Gradients at step 0, then ``steps`` updates (one scanned call) on n devices."""
+  mesh = _mesh(n)
+  corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
+  state = train.create_state(config, mesh=mesh, compiler_options=FAST)
+  (loss0, _), grads = train.make_grad_fn(config, mesh=mesh, compiler_options=FAST)(
+      state.params, state.step, corpus)
+  state, metrics = train.make_train_steps(config, mesh=mesh, num_steps=steps,
+                                          compiler_options=FAST)(state, corpus)
+  return jax.device_get((loss0, grads, state, metrics))
+
+
+_REFERENCE = {}
+
+
+def _reference(loss):
+  if loss not in _REFERENCE:
+    _REFERENCE[loss] = _run(_config(loss), 1)
+  return _REFERENCE[loss]
+
+
+def _assert_trees_close(a, b, rtol, atol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+# ---------------------------------------------------------------- data parallel equivalence
+
+
+def _assert_same_gradients(loss0_n, grads_n, loss0, grads):
+  np.testing.assert_allclose(loss0_n, loss0, rtol=1e-5)
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads))
+  _assert_trees_close(grads_n, grads, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("devices", [2, 4, 8])
+def test_bu_same_loss_gradients_and_parameters_on_any_device_count(devices):
+  loss0, grads, state, metrics = _reference("bu")
+  loss0_n, grads_n, state_n, metrics_n = _run(_config("bu"), devices)
+  _assert_same_gradients(loss0_n, grads_n, loss0, grads)
+  for key in ("loss", "normal", "la", "ess", "w_max", "frames_normal", "grad_norm"):
+    np.testing.assert_allclose(metrics_n[key], metrics[key], rtol=1e-4, err_msg=key)
+  # AMSGrad moves every parameter by about lr whatever the gradient's size, so
+  # rounding in a near-zero gradient entry shows up as a fraction of lr (1e-4).
+  _assert_trees_close(state_n.params, state.params, rtol=1e-5, atol=2e-6)
+  assert int(state_n.step) == int(state.step) == 2
+
+
+def test_snp_same_loss_and_gradients_on_8_devices():
+  config = _config("snp")
+  results = {}
+  for n in (1, 8):
+    mesh = _mesh(n)
+    corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
+    state = train.create_state(config, mesh=mesh, compiler_options=FAST)
+    results[n] = jax.device_get(train.make_grad_fn(config, mesh=mesh, compiler_options=FAST)(
+        state.params, state.step, corpus))
+  (loss8, metrics8), grads8 = results[8]
+  (loss1, metrics1), grads1 = results[1]
+  _assert_same_gradients(loss8, grads8, loss1, grads1)
+  np.testing.assert_allclose(loss1, metrics1["normal"] - metrics1["la"], rtol=1e-5)
+  # SNP reports uniform weights.
+  assert metrics1["w_max"] == metrics1["w_min"] == 1.0
+  assert metrics1["ess"] == metrics1["frames_normal"] == metrics8["frames_normal"]
+
+
+def test_reference_run_is_sane():
+  loss0, _, state, metrics = _reference("bu")
+  assert np.all(np.isfinite(metrics["loss"]))
+  np.testing.assert_allclose(metrics["loss"][0], loss0, rtol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], metrics["normal"] - metrics["la"], rtol=1e-5)
+  # Every frame is normal or anomalous; both sets are non-empty.
+  frames = _config().mixtures_per_step * _config().frames_per_mixture
+  np.testing.assert_array_equal(metrics["frames_normal"] + metrics["frames_anomalous"], frames)
+  assert np.all(metrics["frames_anomalous"] > 0)
+  # BU weights are non-uniform here; ESS between 1 and M_u.
+  assert np.all(metrics["w_max"] > metrics["w_min"])
+  assert np.all((metrics["ess"] > 1) & (metrics["ess"] < metrics["frames_normal"]))
+  np.testing.assert_allclose(metrics["learning_rate"], 1e-4)
+  # The two steps used different batches.
+  assert metrics["frames_normal"][0] != metrics["frames_normal"][1] or (
+      metrics["loss"][0] != metrics["loss"][1])
+
+
+def test_indivisible_mixtures_per_step_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"--mixtures_per_step=3 .*number of devices \(2\)"):
+    train.make_train_step(_config(mixtures_per_step=3), mesh=_mesh(2))
+
+
+def test_corpus_that_does_not_fit_the_config_is_rejected():
+  mesh = _mesh(1)
+  segments, clips, lengths = HOST
+  with pytest.raises(ValueError, match="segment_seconds"):
+    train.place_corpus(segments[:, :1000], clips, lengths, mesh=mesh, config=_config())
+  with pytest.raises(ValueError, match="max_clip_seconds"):
+    train.place_corpus(segments, clips, lengths, mesh=mesh,
+                       config=_config(max_clip_seconds=0.1))
+  with pytest.raises(ValueError, match="non-finite"):
+    train.place_corpus(np.full_like(segments, np.nan), clips, lengths, mesh=mesh)
+
+
+# ---------------------------------------------------------------- loop, scan, guard rails
+
+
+def test_loop_matches_scan_compiles_once_and_stops_on_nan(tmp_path):
+  config = _config(steps_per_call=2)
+  mesh = _mesh(1)
+  corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
+  calls = []
+  log = tmp_path / "metrics.jsonl"
+  with progress.MetricsWriter(log) as writer:
+    state = train.train(config, corpus, mesh=mesh, until_step=2, metrics_writer=writer,
+                        on_step=lambda s, st, m: calls.append((s, m["loss"])),
+                        compiler_options=FAST)
+    # Same program, same data: identical to the scanned reference.
+    _, _, reference, ref_metrics = _reference("bu")
+    _assert_trees_close(jax.device_get(state.params), reference.params, rtol=0, atol=0)
+    assert calls == [(2, pytest.approx(float(ref_metrics["loss"][1])))]
+
+    # One single step (the remainder of steps_per_call), then a NaN corpus.
+    state = train.train(config, corpus, mesh=mesh, state=state, until_step=3,
+                        metrics_writer=writer, compiler_options=FAST)
+    bad = train.place_corpus(*HOST, mesh=mesh)
+    bad = bad.replace(segments=bad.segments * jnp.nan)
+    with pytest.raises(train.NonFiniteLossError, match="step 3") as error:
+      train.train(config, bad, mesh=mesh, state=state, until_step=5, metrics_writer=writer,
+                  compiler_options=FAST)
+    assert error.value.step == 3
+  records = progress.read_metrics(log)
+  assert [r["step"] for r in records] == [0, 1, 2]  # the failing step is not logged
+  assert records[1]["loss"] == pytest.approx(float(ref_metrics["loss"][1]))
+  # The single step and the 2-step scan each compiled once.
+  step_fn = train.make_train_step(config, mesh=mesh, compiler_options=FAST)
+  steps_fn = train.make_train_steps(config, mesh=mesh, num_steps=2, compiler_options=FAST)
+  for fn in (step_fn, steps_fn):
+    if hasattr(fn, "_cache_size"):
+      assert fn._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_raise_if_non_finite_names_the_step_inside_a_scanned_call():
+  train.raise_if_non_finite({"loss": np.array([1.0, 2.0])}, first_step=10)
+  with pytest.raises(train.NonFiniteLossError) as error:
+    train.raise_if_non_finite({"loss": np.array([1.0, np.inf, np.nan])}, first_step=10)
+  assert error.value.step == 11
+  with pytest.raises(train.NonFiniteLossError, match="step 7"):
+    train.raise_if_non_finite({"loss": np.float32(np.nan)}, first_step=7)
+
+
+def test_learning_rate_schedule_of_the_paper():
+  config = train.TrainConfig()
+  schedule = train.learning_rate_schedule(config)
+  at_epoch = lambda e: float(schedule(e * config.steps_per_epoch))
+  assert at_epoch(0) == pytest.approx(1e-4)
+  assert at_epoch(100) == pytest.approx(1e-4)
+  assert at_epoch(150) == pytest.approx((1e-4 + 1e-6) / 2)
+  assert at_epoch(200) == pytest.approx(1e-6)
+  assert at_epoch(99.998) == pytest.approx(1e-4)
+  assert at_epoch(250) == pytest.approx(1e-6)
+
+
+def test_config_defaults_are_the_papers():
+  config = train.TrainConfig()
+  assert (config.loss, config.model_preset.name) == ("bu", "fcn64-large")
+  assert config.total_steps == 100_000
+  assert config.segment_length == 48000 and config.segments_per_mixture == 10
+  assert config.mixtures_per_step == 1 and config.anr_range_db == (-30.0, 10.0)
+  hyper = config.loss_hyperparameters
+  assert hyper["sigma"] == pytest.approx(1 / (2 * 1344)) and hyper["lam"] == 128
+  with pytest.raises(ValueError, match="loss"):
+    train.TrainConfig(loss="mse")
+
+
+# ---------------------------------------------------------------- batch synthesis
+
+
+@functools.partial(jax.jit, static_argnames="simulate_anomaly", compiler_options=FAST)
+def _synthesize_jit(keys, corpus, simulate_anomaly):
+  kwargs = dict(segments_per_mixture=4, anr_range_db=(-30.0, 10.0),
+                simulate_anomaly=simulate_anomaly)
+  mixtures = jax.vmap(lambda k: batch_lib.synthesize_mixture(k, corpus, **kwargs))(keys)
+  batch = batch_lib.make_batch(keys, corpus, feature_config=TINY.features, **kwargs)
+  clean = features.features(mixtures.normal, config=TINY.features)
+  return mixtures, batch, clean
+
+
+def _synthesize(keys, simulate_anomaly=True):
+  """Mixtures, their batch and the features of their normal parts alone."""
+  return jax.device_get(_synthesize_jit(keys, batch_lib.make_corpus(*HOST), simulate_anomaly))
+
+
+def _reference_mask(start, length, num_frames, config):
+  """A frame is anomalous iff a context frame's nonzero window covers a clip sample."""
+  half, hop, ctx = config.n_fft // 2, config.hop_length, config.context
+  window_nonzero = np.zeros(num_frames, bool)
+  for t in range(num_frames):
+    lo, hi = t * hop - half + 1, t * hop + half - 1  # periodic Hann: w[0] == 0
+    window_nonzero[t] = length > 0 and lo <= start + length - 1 and hi >= start
+  return np.array([window_nonzero[np.clip(np.arange(t - ctx, t + ctx + 1), 0, num_frames - 1)]
+                   .any() for t in range(num_frames)])
+
+
+KEYS = jax.random.split(jax.random.key(42), 12)
+
+
+def test_mask_covers_exactly_the_frames_that_hear_the_clip():
+  mixtures, batch, clean = _synthesize(KEYS)
+  num_frames = batch.frames.shape[1]
+  assert num_frames == 1 + 4 * SEGMENT // 256
+  for i in range(len(KEYS)):
+    start, length = int(mixtures.start[i]), int(mixtures.length[i])
+    expected = _reference_mask(start, length, num_frames, TINY.features)
+    np.testing.assert_array_equal(batch.anomalous[i], expected)
+    # Normal frames are bit for bit the features of the normal sound alone.
+    np.testing.assert_array_equal(batch.frames[i][~expected], clean[i][~expected])
+    # Frames whose centre lies inside the clip hear it.
+    centres = np.arange(num_frames) * 256
+    inside = (centres >= start) & (centres < start + length)
+    assert inside.any()
+    assert np.all(np.any(batch.frames[i][inside] != clean[i][inside], axis=-1))
+
+
+def test_clip_is_mixed_at_the_drawn_anr():
+  mixtures, _, _ = _synthesize(KEYS)
+  segments, clips, lengths = HOST
+  assert len(set(np.asarray(mixtures.clip_index).tolist())) > 1
+  for i in range(len(KEYS)):
+    start, length = int(mixtures.start[i]), int(mixtures.length[i])
+    clip = int(mixtures.clip_index[i])
+    assert length == lengths[clip] and 0 <= start <= 4 * SEGMENT - length
+    np.testing.assert_array_equal(mixtures.normal[i],
+                                  segments[mixtures.segment_indices[i]].reshape(-1))
+    part = slice(start, start + length)
+    anomaly = mixtures.anomaly[i].astype(np.float64)
+    assert not np.any(np.delete(anomaly, np.arange(start, start + length)))
+    np.testing.assert_allclose(anomaly[part], mixtures.alpha[i] * clips[clip, :length],
+                               rtol=1e-6)
+    anr = 10 * np.log10(np.sum(anomaly[part] ** 2)
+                        / np.sum(mixtures.normal[i][part].astype(np.float64) ** 2))
+    assert -30 <= mixtures.anr_db[i] < 10
+    assert anr == pytest.approx(float(mixtures.anr_db[i]), abs=1e-3)
+    np.testing.assert_allclose(mixtures.wave[i], mixtures.normal[i] + mixtures.anomaly[i],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_same_key_same_batch_whatever_its_position():
+  _, batch, _ = _synthesize(KEYS)
+  _, again, _ = _synthesize(KEYS)
+  _, rolled, _ = _synthesize(jnp.roll(KEYS, 5, axis=0))
+  np.testing.assert_array_equal(batch.frames, again.frames)
+  np.testing.assert_array_equal(np.roll(batch.frames, 5, axis=0), rolled.frames)
+  np.testing.assert_array_equal(np.roll(batch.anomalous, 5, axis=0), rolled.anomalous)
+  assert not np.array_equal(batch.frames[0], batch.frames[1])
+
+
+def test_re_batches_have_no_anomaly():
+  mixtures, batch, clean = _synthesize(KEYS, simulate_anomaly=False)
+  assert not batch.anomalous.any()
+  np.testing.assert_array_equal(mixtures.wave, mixtures.normal)
+  np.testing.assert_array_equal(batch.frames, clean)
+
+
+@pytest.mark.parametrize("clip_length", [1, 255, 256, 257, 700, 3000, 8192])
+def test_min_anomalous_frames_is_the_minimum_over_positions(clip_length):
+  config, n = TINY.features, 4 * SEGMENT
+  num_frames = config.num_frames(n)
+  counts = [_reference_mask(s, clip_length, num_frames, config).sum()
+            for s in range(0, n - clip_length + 1, 37)] + [
+                _reference_mask(n - clip_length, clip_length, num_frames, config).sum()]
+  fewest = batch_lib.min_anomalous_frames(n, clip_length, config=config)
+  assert fewest <= min(counts)
+  starts = np.arange(n - clip_length + 1)
+  lo, hi = batch_lib.anomalous_frame_range(starts, clip_length, num_frames=num_frames,
+                                           config=config, xp=np)
+  assert fewest == int(np.min(hi - lo + 1))
+  assert min(counts) - fewest <= 1  # the sampled starts come within a frame of it
+
+
+# ---------------------------------------------------------------- parallel and progress
+
+
+def test_shard_batch_and_replicate():
+  mesh = _mesh(4)
+  x = parallel.shard_batch(jnp.arange(8.0), mesh)
+  assert x.sharding.spec == jax.sharding.PartitionSpec("data")
+  assert len(x.addressable_shards) == 4 and x.addressable_shards[0].data.shape == (2,)
+  y = parallel.replicate({"a": jnp.ones(3)}, mesh)
+  assert y["a"].sharding.is_fully_replicated
+  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+    parallel.shard_batch(jnp.arange(6.0), mesh)
+  assert parallel.log_devices(mesh)["mesh_devices"] == 4
+
+
+def test_progress_bar_and_metrics_writer(tmp_path):
+  stream = io.StringIO()
+  bar = progress.ProgressBar(100, initial=10, stream=stream, file_interval_s=0.0)
+  bar.update(10)
+  bar.update(20, frames=1000.0, loss=1.5)
+  line = bar.last_line
+  assert line.startswith("step 20/100") and "steps/s" in line and "frames/s" in line
+  assert "ETA" in line and "loss 1.5" in line
+  assert progress.format_duration(3723) == "1:02:03"
+  with progress.MetricsWriter(tmp_path / "m.jsonl") as writer:
+    writer.write(0, {"loss": np.float32(1.5), "bad": np.float32(np.nan)})
+  assert progress.read_metrics(tmp_path / "m.jsonl") == [{"step": 0, "loss": 1.5, "bad": None}]
+  assert math.isnan(bar.rates()[0]) is False
