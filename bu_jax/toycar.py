@@ -35,7 +35,6 @@ from absl import logging
 import jax
 import numpy as np
 
-from bu_jax import audio
 from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import data as data_lib
 from bu_jax import evaluate
@@ -270,7 +269,7 @@ def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainCo
   model_dir = os.path.join(settings.workdir, loss)
   evaluate.write_dcase_csvs(model_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
-              "frames": frames, "threshold": threshold}
+              "frames": frames, "threshold": threshold, "features": preset.features}
   return results, material
 
 
@@ -307,7 +306,8 @@ def _plots(workdir: str, data: Data, material: dict) -> list[str]:
       if kind == want:
         picks.append((i, f"{want} normal" if want != "anomalous" else "anomalous"))
         break
-  hop = 256 / audio.SAMPLE_RATE
+  feat = next(iter(material.values()))["features"]
+  hop = feat.hop_length / feat.sample_rate
   over_time = {
       loss: [(f"{title}: {os.path.basename(test[i].path)}",
               np.arange(len(m["frames"][i])) * hop, m["frames"][i]) for i, title in picks]
