@@ -421,17 +421,23 @@ class Detector:
     phi = self.resolve_threshold(threshold=threshold)[0]
     wave = np.asarray(wave)
     scores = self.frame_scores(wave, name=name)
-    clip = evaluate.clip_score(scores, reduce=self.reduce)
+    # Frames whose STFT window or context reaches past the recording's ends see
+    # zero padding and score high on every recording: clip score and events
+    # use the interior frames only (features.FeatureConfig.interior).
+    inner = self.preset.features.interior(wave.shape[-1])
+    clip = evaluate.clip_score(scores[inner], reduce=self.reduce)
+    flagged = np.full_like(scores, -np.inf)
+    flagged[inner] = scores[inner]
     duration = wave.shape[-1] / self.sample_rate
     return FrameResult(
         frame_scores=scores,
         times_s=np.arange(scores.size) * self.hop_s,
         clip_score=clip,
         decision=bool(clip >= phi),
-        events=tuple(events_from_scores(scores, phi, hop_s=self.hop_s,
+        events=tuple(events_from_scores(flagged, phi, hop_s=self.hop_s,
                                         merge_gap_s=merge_gap_s, duration_s=duration)),
         threshold=float(phi),
-        max_score=float(np.max(scores)),
+        max_score=float(np.max(scores[inner])),
         duration_s=float(duration))
 
 

@@ -47,6 +47,26 @@ class FeatureConfig:
     """Number of (centered) STFT frames for a clip of ``num_samples``."""
     return 1 + num_samples // self.hop_length
 
+  def interior(self, num_samples: int) -> slice:
+    """The feature frames that see only the clip's own samples.
+
+    Frame t is interior when every STFT window of its context t-C .. t+C lies
+    wholly inside the clip: no zero padding of the centered STFT and no
+    edge-replicated context. The frames outside (about C + 1 at each end)
+    have attenuated, padded spectra that no training frame resembles and
+    score high on every clip, so clip scores (eq. 11) and detected events
+    use interior frames only. Falls back to all frames for a clip too short
+    to have any.
+    """
+    total = self.num_frames(num_samples)
+    half = self.n_fft // 2
+    first_full = -(-half // self.hop_length)  # first STFT frame with t hop - n_fft/2 >= 0
+    last_full = (num_samples - half) // self.hop_length  # t hop + n_fft/2 <= N
+    start, stop = first_full + self.context, last_full - self.context + 1
+    if stop <= start:
+      return slice(0, total)
+    return slice(start, min(stop, total))
+
 
 FCN40 = FeatureConfig(n_mels=40, context=5)   # D = 440
 FCN64 = FeatureConfig(n_mels=64, context=10)  # D = 1344

@@ -246,9 +246,15 @@ def _score_clips(scorer, params, waves_and_names):
   for wave, name in waves_and_names:
     key = id(wave)
     if key not in cache:
-      cache[key] = scorer(params, wave, name=name)
+      frames = scorer(params, wave, name=name)
+      cache[key] = (frames, frames[scorer.config.interior(len(wave))])
     out.append(cache[key])
   return out
+
+
+def _clip_scores(scored, reduce: str) -> np.ndarray:
+  """Eq. (11) over each clip's interior frames (``FeatureConfig.interior``)."""
+  return np.array([evaluate.clip_score(inner, reduce=reduce) for _, inner in scored])
 
 
 def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainConfig,
@@ -258,18 +264,18 @@ def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainCo
   params = jax.device_get(state.params)
   scorer = scoring.FrameScorer(preset.build(), preset.features)
   held_frames = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths))
-  held_scores = np.array([evaluate.clip_score(f, reduce=settings.reduce) for f in held_frames])
+  held_scores = _clip_scores(held_frames, settings.reduce)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
   frames = _score_clips(scorer, params, ((c.wave, c.path) for c in test))
-  clip_scores = np.array([evaluate.clip_score(f, reduce=settings.reduce) for f in frames])
+  clip_scores = _clip_scores(frames, settings.reduce)
   results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
   model_dir = os.path.join(settings.workdir, loss)
   evaluate.write_dcase_csvs(model_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
-              "frames": frames, "threshold": threshold, "features": preset.features}
+              "frames": [f for f, _ in frames], "threshold": threshold, "features": preset.features}
   return results, material
 
 

@@ -92,3 +92,23 @@ def test_non_finite_input_raises_clear_error(bad):
 def test_empty_input_raises():
   with pytest.raises(features.FeatureInputError, match="empty"):
     features.extract(np.zeros(0, np.float32), config=features.FCN40)
+
+
+@pytest.mark.parametrize("num_samples", [16000, 16000 + 100, 16000 + 255])
+def test_interior_frames_depend_only_on_the_clip(num_samples):
+  """Interior frames equal those of the same clip embedded in a longer signal."""
+  cfg = features.FeatureConfig(n_mels=16, context=3)
+  rng = np.random.default_rng(num_samples)
+  clip = (0.3 * rng.standard_normal(num_samples)).astype(np.float32)
+  pad = 256 * 8
+  longer = np.concatenate([rng.standard_normal(pad), clip,
+                           rng.standard_normal(pad)]).astype(np.float32)
+  inner = cfg.interior(num_samples)
+  assert 0 < inner.start <= cfg.context + 1 and inner.stop < cfg.num_frames(num_samples)
+  x = np.asarray(features.features(clip, config=cfg))[inner]
+  y = np.asarray(features.features(longer, config=cfg))[inner.start + 8: inner.stop + 8]
+  np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
+  # and the frames just outside the interior do not (they see the padding)
+  x_out = np.asarray(features.features(clip, config=cfg))[inner.start - 1]
+  y_out = np.asarray(features.features(longer, config=cfg))[inner.start - 1 + 8]
+  assert np.abs(x_out - y_out).max() > 1e-2
