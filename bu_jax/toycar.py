@@ -86,6 +86,9 @@ class Settings:
   mixtures_per_step: Optional[int] = None  # None: one per device
   num_devices: Optional[int] = None  # None: all devices
   steps_per_call: Optional[int] = None
+  sigma: Optional[float] = None  # None: 1/(2D)
+  lam: Optional[float] = None  # None: 2M
+  eps: float = 1e-6
   checkpoint_every: int = 500
   heldout_fraction: float = 0.1
   threshold_quantile: float = 0.9
@@ -112,7 +115,8 @@ class Settings:
         decay_start_epoch=self.resolved("decay_start_epoch"),
         segments_per_mixture=self.resolved("segments_per_mixture"),
         mixtures_per_step=self.mixtures_per_step or jax.device_count(),
-        steps_per_call=self.resolved("steps_per_call"), seed=self.seed)
+        steps_per_call=self.resolved("steps_per_call"), seed=self.seed,
+        sigma=self.sigma, lam=self.lam, eps=self.eps)
 
 
 @dataclasses.dataclass
