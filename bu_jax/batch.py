@@ -28,7 +28,9 @@ counted as normal.
 
 Everything is a pure function of the key and the corpus, so a batch built from
 ``fold_in(step_key, global_mixture_index)`` keys is the same on any number of
-devices.
+devices. All random choices of a mixture come from one ``jax.random.bits``
+draw (integers by modulo: bias below bound / 2^32; the ANR with 24-bit
+resolution), which keeps the step quick to compile.
 """
 
 from __future__ import annotations

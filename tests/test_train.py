@@ -18,6 +18,7 @@ import pytest
 
 from bu_jax import batch as batch_lib
 from bu_jax import features
+from bu_jax import losses
 from bu_jax import models
 from bu_jax import parallel
 from bu_jax import progress
@@ -124,22 +125,67 @@ def test_bu_same_loss_gradients_and_parameters_on_any_device_count(devices):
   assert int(state_n.step) == int(state.step) == 2
 
 
-def test_snp_same_loss_and_gradients_on_8_devices():
-  config = _config("snp")
-  results = {}
-  for n in (1, 8):
-    mesh = _mesh(n)
+_GRADS = {}
+
+
+def _grads(loss, n):
+  """((loss, metrics), grads) of step 0 on n devices (cached)."""
+  if (loss, n) not in _GRADS:
+    config, mesh = _config(loss), _mesh(n)
     corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
     state = train.create_state(config, mesh=mesh, compiler_options=FAST)
-    results[n] = jax.device_get(train.make_grad_fn(config, mesh=mesh, compiler_options=FAST)(
-        state.params, state.step, corpus))
-  (loss8, metrics8), grads8 = results[8]
-  (loss1, metrics1), grads1 = results[1]
+    _GRADS[loss, n] = jax.device_get(train.make_grad_fn(
+        config, mesh=mesh, compiler_options=FAST)(state.params, state.step, corpus))
+  return _GRADS[loss, n]
+
+
+def test_snp_same_loss_and_gradients_on_8_devices():
+  (loss8, metrics8), grads8 = _grads("snp", 8)
+  (loss1, metrics1), grads1 = _grads("snp", 1)
   _assert_same_gradients(loss8, grads8, loss1, grads1)
   np.testing.assert_allclose(loss1, metrics1["normal"] - metrics1["la"], rtol=1e-5)
   # SNP reports uniform weights.
   assert metrics1["w_max"] == metrics1["w_min"] == 1.0
   assert metrics1["ess"] == metrics1["frames_normal"] == metrics8["frames_normal"]
+
+
+@functools.partial(jax.jit, compiler_options=FAST)
+def _direct_losses(params, corpus):
+  """The three losses of step 0 computed directly: one device, masks, no KDE buffer."""
+  config = _config()
+  hyper = config.loss_hyperparameters
+  keys = batch_lib.mixture_keys(train.step_key(config.seed, 0),
+                                jnp.arange(config.mixtures_per_step))
+  score = models.score_fn(TINY.build())
+  out = {}
+  for simulate in (False, True):
+    b = batch_lib.make_batch(keys, corpus, feature_config=TINY.features,
+                             segments_per_mixture=config.segments_per_mixture,
+                             anr_range_db=config.anr_range_db, simulate_anomaly=simulate)
+    x = b.frames.reshape(-1, TINY.features.dim)
+    anomalous = b.anomalous.reshape(-1)
+    scores = score(params, x)
+    if not simulate:
+      out["re"] = losses.re_loss(scores)
+    else:
+      out["snp"] = losses.snp_loss(scores, scores, lam=hyper["lam"], mask_u=~anomalous,
+                                   mask_a=anomalous)
+      out["bu"] = losses.bu_loss(scores, scores, x, lam=hyper["lam"], sigma=hyper["sigma"],
+                                 eps=config.eps, mask_u=~anomalous, mask_a=anomalous)
+  return out
+
+
+def test_step_losses_match_a_direct_computation():
+  mesh = _mesh(1)
+  state = train.create_state(_config(), mesh=mesh, compiler_options=FAST)
+  direct = jax.device_get(_direct_losses(state.params, train.place_corpus(*HOST, mesh=mesh)))
+  (re_loss, re_metrics), _ = _grads("re", 2)
+  np.testing.assert_allclose(re_loss, direct["re"], rtol=1e-5)
+  assert re_metrics["frames_anomalous"] == re_metrics["la"] == 0
+  assert re_metrics["frames_normal"] == 8 * _config().frames_per_mixture
+  np.testing.assert_allclose(_grads("snp", 1)[0][0], direct["snp"], rtol=1e-5)
+  # BU's KDE on the compacted buffer of normal frames equals the masked KDE on all frames.
+  np.testing.assert_allclose(_reference("bu")[0], direct["bu"], rtol=1e-5)
 
 
 def test_reference_run_is_sane():
