@@ -264,11 +264,27 @@ class Batch:
 
   Attributes:
     frames: (..., T, D) features x_t.
-    anomalous: (..., T) True for {x^(a)}, False for {x^(u)}.
+    anomalous: (..., T) True for frames that the something-else clip touches.
+    interior: (..., T) True for frames that see only the mixture's own samples
+      (``FeatureConfig.interior``): the first and last C + 1 frames see the
+      centered STFT's zero padding and edge-replicated context, so they are
+      neither normal nor anomalous training frames (and are not scored at test
+      time either).
   """
 
   frames: jax.Array
   anomalous: jax.Array
+  interior: jax.Array
+
+  @property
+  def normal_mask(self) -> jax.Array:
+    """{x^(u)}: interior frames that the clip does not touch."""
+    return self.interior & ~self.anomalous
+
+  @property
+  def anomalous_mask(self) -> jax.Array:
+    """{x^(a)}: interior frames that the clip touches."""
+    return self.interior & self.anomalous
 
 
 def mixture_keys(step_key: jax.Array, indices: jax.Array) -> jax.Array:
@@ -288,4 +304,7 @@ def make_batch(keys: jax.Array, corpus: Corpus, *,
   num_frames = frames.shape[-2]
   anomalous = jax.vmap(lambda s, n: anomalous_frames(
       s, n, num_frames=num_frames, config=feature_config))(mixtures.start, mixtures.length)
-  return Batch(frames=frames, anomalous=anomalous)
+  inner = feature_config.interior(mixtures.wave.shape[-1])
+  interior = jnp.zeros((num_frames,), jnp.bool_).at[inner].set(True)
+  interior = jnp.broadcast_to(interior, anomalous.shape)
+  return Batch(frames=frames, anomalous=anomalous, interior=interior)

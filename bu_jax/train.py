@@ -287,8 +287,8 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, *, config: TrainConfig,
       anr_range_db=config.anr_range_db, simulate_anomaly=config.loss != "re")
   num_frames = batch.frames.shape[-2]
   x = batch.frames.reshape(-1, feat.dim)
-  anomalous = batch.anomalous.reshape(-1)
-  normal = ~anomalous
+  anomalous = batch.anomalous_mask.reshape(-1)
+  normal = batch.normal_mask.reshape(-1)
   scores = models.score_fn(model)(params, x)
 
   count_u = jax.lax.psum(jnp.sum(normal, dtype=jnp.float32), axis)

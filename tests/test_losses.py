@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -17,7 +17,7 @@ from bu_jax import kde, losses, models
 M, D = 24, 5
 SIGMA = 1.0 / (2 * D)
 LAM = 4.0
-PROPS = settings(deadline=None, derandomize=True, max_examples=25)
+PROPS = settings(deadline=None, derandomize=True, max_examples=25, database=None)
 
 finite = st.floats(-10, 10, allow_nan=False, width=32)
 feats = hnp.arrays(np.float32, (M, D), elements=finite)
@@ -127,6 +127,10 @@ def test_weights_and_loss_permutation_invariant(x, seed):
        sign=hnp.arrays(np.float64, (D,), elements=st.sampled_from([-1.0, 1.0])),
        shift=hnp.arrays(np.float64, (D,), elements=st.floats(-5, 5)))
 def test_weights_invariant_to_per_dimension_affine_rescaling(x, log_scale, sign, shift):
+  # Invariance is claimed for dimensions with a real spread: a column whose
+  # values differ by a few float32 ulps is rounding noise in one scaling and
+  # (after the shift) below resolution in another.
+  assume(np.ptp(x, axis=0).min() > 1e-2)
   scale = sign * 10.0 ** log_scale  # |scale| from 1e-3 to 1e3
   y = (x * scale + shift * np.abs(scale)).astype(np.float32)
   np.testing.assert_allclose(_weights(x), _weights(y), rtol=2e-3)

@@ -163,15 +163,16 @@ def _direct_losses(params, corpus):
                              segments_per_mixture=config.segments_per_mixture,
                              anr_range_db=config.anr_range_db, simulate_anomaly=simulate)
     x = b.frames.reshape(-1, TINY.features.dim)
-    anomalous = b.anomalous.reshape(-1)
+    anomalous = b.anomalous_mask.reshape(-1)
+    normal = b.normal_mask.reshape(-1)
     scores = score(params, x)
     if not simulate:
-      out["re"] = losses.re_loss(scores)
+      out["re"] = losses.re_loss(scores, mask_u=normal)
     else:
-      out["snp"] = losses.snp_loss(scores, scores, lam=hyper["lam"], mask_u=~anomalous,
+      out["snp"] = losses.snp_loss(scores, scores, lam=hyper["lam"], mask_u=normal,
                                    mask_a=anomalous)
       out["bu"] = losses.bu_loss(scores, scores, x, lam=hyper["lam"], sigma=hyper["sigma"],
-                                 eps=config.eps, mask_u=~anomalous, mask_a=anomalous)
+                                 eps=config.eps, mask_u=normal, mask_a=anomalous)
   return out
 
 
@@ -182,7 +183,10 @@ def test_step_losses_match_a_direct_computation():
   (re_loss, re_metrics), _ = _grads("re", 2)
   np.testing.assert_allclose(re_loss, direct["re"], rtol=1e-5)
   assert re_metrics["frames_anomalous"] == re_metrics["la"] == 0
-  assert re_metrics["frames_normal"] == 8 * _config().frames_per_mixture
+  cfg = _config()
+  inner = cfg.feature_config.interior(cfg.mixture_length)
+  assert 0 < inner.stop - inner.start < cfg.frames_per_mixture  # edge frames excluded
+  assert re_metrics["frames_normal"] == 8 * (inner.stop - inner.start)
   np.testing.assert_allclose(_grads("snp", 1)[0][0], direct["snp"], rtol=1e-5)
   # BU's KDE on the compacted buffer of normal frames equals the masked KDE on all frames.
   np.testing.assert_allclose(_reference("bu")[0], direct["bu"], rtol=1e-5)
@@ -193,8 +197,10 @@ def test_reference_run_is_sane():
   assert np.all(np.isfinite(metrics["loss"]))
   np.testing.assert_allclose(metrics["loss"][0], loss0, rtol=1e-6)
   np.testing.assert_allclose(metrics["loss"], metrics["normal"] - metrics["la"], rtol=1e-5)
-  # Every frame is normal or anomalous; both sets are non-empty.
-  frames = _config().mixtures_per_step * _config().frames_per_mixture
+  # Every interior frame is normal or anomalous; both sets are non-empty.
+  cfg = _config()
+  inner = cfg.feature_config.interior(cfg.mixture_length)
+  frames = cfg.mixtures_per_step * (inner.stop - inner.start)
   np.testing.assert_array_equal(metrics["frames_normal"] + metrics["frames_anomalous"], frames)
   assert np.all(metrics["frames_anomalous"] > 0)
   # BU weights are non-uniform here; ESS between 1 and M_u.
