@@ -306,21 +306,27 @@ def _plots(workdir: str, data: Data, material: dict) -> list[str]:
     sel = np.array([c.condition == hardest for c in test])
     roc[f"{loss} ({hardest})"] = (m["labels"][sel], m["scores"][sel])
   paths = [evaluate.plot_roc(os.path.join(workdir, "roc.png"), roc)]
-  # A frequent-normal, a rare-normal and an anomalous clip of the hardest condition.
+  # A frequent-normal and a rare-normal clip, and an anomalous clip of the
+  # easiest condition (where the anomaly is visible), interior frames only.
+  easiest = conds[0] if conds else None
   picks = []
-  for want in ("frequent", "rare", "anomalous"):
+  for want, cond in (("frequent", hardest), ("rare", hardest), ("anomalous", easiest)):
     for i, c in enumerate(test):
-      if c.condition != hardest:
-        continue
       kind = "anomalous" if c.label else ("rare" if c.rare else "frequent")
-      if kind == want:
-        picks.append((i, f"{want} normal" if want != "anomalous" else "anomalous"))
+      if kind == want and c.condition == cond:
+        title = f"{want} normal" if want != "anomalous" else f"anomalous ({cond})"
+        picks.append((i, title))
         break
   feat = next(iter(material.values()))["features"]
   hop = feat.hop_length / feat.sample_rate
+
+  def curve(frames, i):
+    inner = feat.interior(len(test[i].wave))
+    return np.arange(len(frames))[inner] * hop, frames[inner]
+
   over_time = {
-      loss: [(f"{title}: {os.path.basename(test[i].path)}",
-              np.arange(len(m["frames"][i])) * hop, m["frames"][i]) for i, title in picks]
+      loss: [(f"{title}: {os.path.basename(test[i].path)}", *curve(m["frames"][i], i))
+             for i, title in picks]
       for loss, m in material.items()}
   thresholds = {loss: m["threshold"] for loss, m in material.items()}
   paths.append(evaluate.plot_scores_over_time(
@@ -398,8 +404,7 @@ def run(settings: Settings) -> dict:
     t_train = time.perf_counter() - t0
     res, material[loss] = evaluate_one(settings, loss, state, config, data)
     res["train_seconds"] = round(t_train, 1)
-    res["train_config"] = results["settings"] and json.loads(
-        json.dumps(dataclasses.asdict(config), default=str))
+    res["train_config"] = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     results[loss] = res
     _store_threshold(settings, loss, state, config, res, data)
     evaluate.write_json(results_path, results)
