@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bu_jax import features as features_lib
+from bu_jax import parallel
 
 
 # ------------------------------------------------------------------ corpus
@@ -110,7 +111,8 @@ def make_corpus(segments, clips=None, clip_lengths=None, *,
     raise ValueError("clips contain non-finite samples")
   min_len = int(clip_lengths.min()) if clip_lengths.size else 1
   arrays = (segments, clips, clip_lengths)
-  arrays = jax.device_put(arrays, sharding) if sharding is not None else jax.device_put(arrays)
+  arrays = (parallel.put(arrays, sharding) if sharding is not None
+            else jax.device_put(arrays))
   return Corpus(*arrays, min_clip_length=min_len)
 
 

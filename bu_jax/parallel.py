@@ -39,9 +39,24 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def put(tree: Any, sharding: NamedSharding) -> Any:
+  """Places host (or single-device) arrays as global arrays with ``sharding``.
+
+  In one process this is ``jax.device_put``. With several processes
+  (``jax.distributed.initialize``) every process passes its own share of the
+  data, and ``jax.make_array_from_process_local_data`` assembles the global
+  array: for a replicated sharding the share is the whole array (each process
+  loads the same corpus); for ``batch_sharded`` it is this process's rows.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places every array of ``tree`` whole on every device of ``mesh``."""
-  return jax.device_put(tree, replicated(mesh))
+  return put(tree, replicated(mesh))
 
 
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
@@ -57,7 +72,7 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
       raise ValueError(
           f"shard_batch: leading axis {size} of an array with shape {np.shape(leaf)} "
           f"is not divisible by the {n} devices of the 'data' mesh axis")
-  return jax.device_put(tree, batch_sharded(mesh))
+  return put(tree, batch_sharded(mesh))
 
 
 def num_data_devices(mesh: Mesh) -> int:
