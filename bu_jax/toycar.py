@@ -188,8 +188,12 @@ class _Stopped(Exception):
   pass
 
 
-def train_one(settings: Settings, loss: str, corpus, *, mesh) -> tuple[Any, train_lib.TrainConfig]:
-  """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>."""
+def train_one(settings: Settings, loss: str, corpus, *,
+              mesh) -> tuple[Any, train_lib.TrainConfig, int]:
+  """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>.
+
+  Returns the final state, its config and the number of steps trained now.
+  """
   config = settings.train_config(loss)
   model_dir = os.path.join(settings.workdir, loss)
   preset = config.model_preset
@@ -210,7 +214,7 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh) -> tuple[Any, trai
     _truncate_metrics(metrics_path, start)
     if start >= total:
       print(f"[{loss}] already trained ({total} steps)", flush=True)
-      return state, config
+      return state, config, 0
 
     def on_step(step, new_state, _):
       ckpt.maybe_save(step, new_state)
@@ -231,7 +235,7 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh) -> tuple[Any, trai
           f"stopped by {stop.signal_name} after step {e.args[0]}; the checkpoint is "
           f"in {ckpt.directory}: run the same command again to resume") from None
     ckpt.maybe_save(total, state, force=True)
-  return state, config
+  return state, config, total - start
 
 
 def _truncate_metrics(path: str, start: int) -> None:
@@ -400,10 +404,14 @@ def run(settings: Settings) -> dict:
   material = {}
   for loss in settings.losses:
     t0 = time.perf_counter()
-    state, config = train_one(settings, loss, corpus, mesh=mesh)
+    state, config, trained_steps = train_one(settings, loss, corpus, mesh=mesh)
     t_train = time.perf_counter() - t0
     res, material[loss] = evaluate_one(settings, loss, state, config, data)
-    res["train_seconds"] = round(t_train, 1)
+    previous = results.get(loss, {})
+    if trained_steps or "train_seconds" not in previous:
+      res["train_seconds"] = round(t_train, 1)
+    else:  # found finished: keep the time of the run that trained it
+      res["train_seconds"] = previous["train_seconds"]
     res["train_config"] = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     results[loss] = res
     _store_threshold(settings, loss, state, config, res, data)
