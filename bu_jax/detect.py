@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from absl import logging
@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from bu_jax import audio
 from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import evaluate
+from bu_jax import fileio
 from bu_jax import features as features_lib
 from bu_jax import models
 from bu_jax import scoring
@@ -549,22 +550,13 @@ def write_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]
 
   Written atomically (temporary file + rename); parent folders are created.
   """
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as file:
-      writer = csv.writer(file, lineterminator="\n")
-      writer.writerow(CSV_COLUMNS)
-      for name, r in results:
-        writer.writerow([name, repr(r.max_score), repr(r.clip_score), r.label,
-                         format_events(r.events), repr(r.threshold), f"{r.duration_s:.3f}"])
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return str(path)
+  buffer = io.StringIO(newline="")
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(CSV_COLUMNS)
+  for name, r in results:
+    writer.writerow([name, repr(r.max_score), repr(r.clip_score), r.label,
+                     format_events(r.events), repr(r.threshold), f"{r.duration_s:.3f}"])
+  return fileio.atomic_write(path, buffer.getvalue())
 
 
 def read_csv(path: os.PathLike | str) -> list[dict[str, str]]:

@@ -39,7 +39,6 @@ import math
 import os
 import pathlib
 import re
-import tempfile
 import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -47,6 +46,8 @@ from absl import logging
 import numpy as np
 import scipy.stats
 from sklearn import metrics as sk_metrics
+
+from bu_jax import fileio
 
 PathLike = str | os.PathLike
 
@@ -700,19 +701,5 @@ def write_json(path: PathLike, obj: Any) -> str:
   Returns:
     `path` as a string.
   """
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   text = json.dumps(_to_json(obj), indent=2, sort_keys=False, allow_nan=False)
-  fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                  suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as file:
-      file.write(text + "\n")
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(tmp_name, path)
-  except BaseException:
-    if os.path.exists(tmp_name):
-      os.remove(tmp_name)
-    raise
-  return str(path)
+  return fileio.atomic_write(path, text + "\n")

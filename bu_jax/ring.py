@@ -44,7 +44,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
@@ -55,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bu_jax import fileio
 from bu_jax import losses
 from bu_jax import models
 
@@ -500,20 +500,7 @@ def score_summary(scores: np.ndarray,
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> str:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as file:
-      file.write(data)
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return str(path)
+  return fileio.atomic_write(path, data)
 
 
 def _save_figure(figure, path: pathlib.Path) -> str:

@@ -12,7 +12,6 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 import scipy.stats
-from sklearn import metrics as sk_metrics
 
 from bu_jax import evaluate
 

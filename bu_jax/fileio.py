@@ -1,0 +1,30 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+
+def atomic_write(path: os.PathLike | str, data: bytes | str) -> str:
+  """Writes ``data`` to ``path`` via a temporary file, fsync and ``os.replace``.
+
+  Parent folders are created. On any error the temporary file is removed and
+  an existing ``path`` is left as it was. Returns ``path`` as a string.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  payload = data.encode("utf-8") if isinstance(data, str) else data
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as file:
+      file.write(payload)
+      file.flush()
+      os.fsync(file.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return str(path)
