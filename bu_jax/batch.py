@@ -10,9 +10,13 @@ One *mixture* is built from one PRNG key:
 3. The ANR drawn uniformly from ``anr_range_db`` (paper: [-30, 10] dB) and
    x_a = x_u + alpha a (eq. 8). **ANR convention**: the power of alpha a over
    its own extent divided by the power of x_u over the *same samples* (the
-   overlapped part), i.e. alpha = sqrt(P_u / P_a 10^(ANR / 10)). This is how
-   ``bu_jax.data`` mixes the test anomalies, so training and test ANRs mean
-   the same thing. A silent clip or a silent overlapped part gives alpha = 0.
+   overlapped part), i.e. alpha = sqrt(P_u / P_a 10^(ANR / 10)): a local
+   ANR, independent of the mixture's length. NB: ``bu_jax.data`` states the
+   *test* ANRs of the mixing layout over the whole test clip instead (eq. 8
+   on the clip), so a short test anomaly is locally louder than its nominal
+   ANR (a 0.5-s event at -20 dB in a 10-s clip is about -7 dB locally); the
+   training range [-30, 10] dB covers those local levels. A silent clip or a
+   silent overlapped part gives alpha = 0.
 4. Features of x_a (``bu_jax.features``) and a boolean mask of the frames whose
    feature vector x_t depends on any sample of the clip (the anomalous set
    {x^(a)}); the other frames are the normal set {x^(u)}.
