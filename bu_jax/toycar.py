@@ -188,6 +188,10 @@ class _Stopped(Exception):
   pass
 
 
+class Interrupted(Exception):
+  """Training stopped on SIGTERM / Ctrl-C after saving a checkpoint."""
+
+
 def train_one(settings: Settings, loss: str, corpus, *,
               mesh) -> tuple[Any, train_lib.TrainConfig, int]:
   """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>.
@@ -231,7 +235,7 @@ def train_one(settings: Settings, loss: str, corpus, *,
                                 metrics_writer=writer, progress=bar)
     except _Stopped as e:
       ckpt.wait()
-      raise KeyboardInterrupt(
+      raise Interrupted(
           f"stopped by {stop.signal_name} after step {e.args[0]}; the checkpoint is "
           f"in {ckpt.directory}: run the same command again to resume") from None
     ckpt.maybe_save(total, state, force=True)

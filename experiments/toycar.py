@@ -8,13 +8,19 @@ cache directory that is printed) and used. Re-running on a workdir resumes
 from its checkpoints. See bu_jax/toycar.py for what is written to --workdir.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 import jax
 
+from bu_jax import audio
+from bu_jax import checkpoint
+from bu_jax import data
 from bu_jax import losses
 from bu_jax import models
 from bu_jax import toycar
+from bu_jax import train
 
 _LOSS = flags.DEFINE_enum("loss", "bu", [*losses.LOSSES, "all"], "Loss to train; 'all' trains "
                           "RE, SNP and BU from the same initial parameters.")
@@ -55,11 +61,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() first (multi-host).")
 
 
-def main(argv):
-  del argv
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  settings = toycar.Settings(
+def _settings() -> toycar.Settings:
+  return toycar.Settings(
       workdir=_WORKDIR.value,
       losses=losses.LOSSES if _LOSS.value == "all" else (_LOSS.value,),
       preset=_PRESET.value, model=_MODEL.value, data_dir=_DATA_DIR.value,
@@ -68,10 +71,28 @@ def main(argv):
       data_seed=_DATA_SEED.value, seed=_SEED.value, epochs=_EPOCHS.value,
       steps_per_epoch=_STEPS.value, decay_start_epoch=_DECAY.value,
       learning_rate=_LR.value, segments_per_mixture=_SEGMENTS.value,
-      mixtures_per_step=_MIXTURES.value, num_devices=_NUM_DEVICES.value, steps_per_call=_STEPS_PER_CALL.value,
-      sigma=_SIGMA.value, lam=_LAM.value, eps=_EPS.value,
-      checkpoint_every=_CKPT_EVERY.value, reduce=_REDUCE.value)
-  toycar.run(settings)
+      mixtures_per_step=_MIXTURES.value, num_devices=_NUM_DEVICES.value,
+      steps_per_call=_STEPS_PER_CALL.value, sigma=_SIGMA.value, lam=_LAM.value,
+      eps=_EPS.value, checkpoint_every=_CKPT_EVERY.value, reduce=_REDUCE.value)
+
+
+def main(argv):
+  del argv
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  try:
+    settings = _settings()
+  except ValueError as e:  # an invalid flag combination
+    raise app.UsageError(str(e)) from None
+  try:
+    toycar.run(settings)
+  except toycar.Interrupted as e:  # SIGTERM / Ctrl-C, after saving a checkpoint
+    print(f"Interrupted: {e}", file=sys.stderr)
+    sys.exit(130)
+  except (data.DataError, audio.AudioError, checkpoint.CheckpointError,
+          train.NonFiniteLossError) as e:  # bad input: the message names it
+    print(f"Error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -96,3 +96,49 @@ def test_unknown_preset_and_loss():
     toycar.Settings(workdir="x", preset="huge")
   with pytest.raises(ValueError, match="--loss"):
     toycar.Settings(workdir="x", losses=("mse",))
+
+
+def _entry(tmp_path, tiny_data, *extra):
+  return [sys.executable, "-m", "experiments.toycar", "--preset=demo", "--num_devices=1",
+          f"--data_dir={tiny_data}",
+          f"--something_else_dir={os.path.join(tiny_data, 'something_else')}",
+          "--segments_per_mixture=2", "--steps_per_call=1", *extra]
+
+
+def test_entry_point_bad_input_is_one_clear_line(tmp_path, tiny_data):
+  cmd = _entry(tmp_path, tiny_data, f"--workdir={tmp_path / 'w'}", "--noise_dir=/no/such/dir")
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert "Error: --noise_dir=/no/such/dir: no such directory" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path, tiny_data):
+  import signal
+  import time
+  workdir = tmp_path / "w"
+  cmd = _entry(tmp_path, tiny_data, f"--workdir={workdir}", "--loss=re", "--epochs=1",
+               "--steps_per_epoch=100000", "--decay_start_epoch=0", "--checkpoint_every=1000")
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  metrics = workdir / "re" / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and (not metrics.exists() or
+                                    len(metrics.read_text().splitlines()) < 5):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  assert "Interrupted: stopped by SIGTERM after step" in err and "Traceback" not in err
+  saved = checkpoint.Checkpointer(str(workdir / "re")).latest_step()
+  assert saved is not None and saved >= 5  # saved on the signal, not only every 1000 steps
+  # The same command (now with a short schedule) finds the checkpoint: a longer run resumes,
+  # so give it a length just past the saved step.
+  cmd2 = [c for c in cmd if not c.startswith("--steps_per_epoch")] + [
+      f"--steps_per_epoch={saved + 2}"]
+  proc2 = subprocess.run(cmd2, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc2.returncode == 0, proc2.stderr[-2000:]
+  assert f"resuming from the checkpoint of step {saved}" in proc2.stdout
+  steps = [json.loads(l)["step"] for l in open(metrics)]
+  assert steps == list(range(saved + 2))  # nothing lost, nothing repeated
