@@ -7,6 +7,9 @@ Writes results.json, fig2_pdf.png and fig3_scores.png to --workdir and prints
 the table beside the paper's Table 1. The logic is in ``bu_jax.ring``.
 """
 
+import os
+import sys
+
 from absl import app
 from absl import flags
 
@@ -36,10 +39,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   methods = ring.METHODS if _LOSS.value == "all" else (_LOSS.value,)
-  config = ring.RingConfig(methods=methods, updates=_UPDATES.value,
-                           standardize=_STANDARDIZE.value, eps=_EPS.value,
-                           grid_cells=_GRID_CELLS.value,
-                           log_every=_LOG_EVERY.value)
+  if _SEEDS.value < 1:
+    raise app.UsageError(f"--seeds must be >= 1, got {_SEEDS.value}")
+  try:
+    config = ring.RingConfig(methods=methods, updates=_UPDATES.value,
+                             standardize=_STANDARDIZE.value, eps=_EPS.value,
+                             grid_cells=_GRID_CELLS.value,
+                             log_every=_LOG_EVERY.value)
+  except ValueError as e:  # --updates, --log_every, --grid_cells, --eps
+    raise app.UsageError(str(e)) from None
+  try:
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+  except OSError as e:
+    print(f"Error: --workdir={_WORKDIR.value}: {e.strerror}", file=sys.stderr)
+    sys.exit(1)
   results = ring.train_and_evaluate(config, _WORKDIR.value,
                                     seeds=range(_SEEDS.value))
   print(ring.format_table(results))
