@@ -43,6 +43,16 @@ class FrameScorer:
     x = psi[gather].reshape(gather.shape[0], -1)  # (F, (2C+1) M)
     return models.anomaly_score(x, model.apply({"params": params}, x))
 
+  @staticmethod
+  def _window(wave: np.ndarray, start: int, length: int) -> np.ndarray:
+    """wave[start : start + length], zero outside the clip (the centered-STFT
+    padding), without copying the whole recording."""
+    window = np.zeros(length, np.float32)
+    a, b = max(start, 0), min(start + length, wave.size)
+    if b > a:
+      window[a - start:b - start] = wave[a:b]
+    return window
+
   def frames(self, num_samples: int) -> int:
     return self.config.num_frames(num_samples)
 
@@ -57,10 +67,6 @@ class FrameScorer:
     f = min(self.chunk_frames, _round_up(t_total, 256))
     p = f + 2 * c  # psi frames per chunk window
     win_len = (p - 1) * hop + n_fft
-    # Centered-STFT padding, plus zeros so that the last window fits.
-    last_lo = max(0, ((t_total - 1) // f) * f - c)
-    tail = max(0, last_lo * hop + win_len - (wave.size + n_fft))
-    padded = np.pad(wave, (n_fft // 2, n_fft // 2 + tail))
     offsets = np.arange(-c, c + 1)
     out = np.empty(t_total, np.float32)
     for a in range(0, t_total, f):
@@ -68,7 +74,7 @@ class FrameScorer:
       lo = max(0, a - c)
       t = np.minimum(np.arange(a, a + f), t_total - 1)
       gather = np.clip(t[:, None] + offsets[None, :], 0, t_total - 1) - lo
-      window = padded[lo * hop: lo * hop + win_len]
+      window = self._window(wave, lo * hop - n_fft // 2, win_len)
       scores = self._score(params, window, gather.astype(np.int32))
       out[a:b] = np.asarray(scores)[: b - a]
     return out

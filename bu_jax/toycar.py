@@ -129,6 +129,11 @@ class Data:
   description: dict
 
 
+def _as_json(dataclass_obj) -> dict:
+  """A dataclass as plain JSON values (tuples -> lists, other objects -> str)."""
+  return json.loads(json.dumps(dataclasses.asdict(dataclass_obj), default=str))
+
+
 def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
   if path is not None and not os.path.isdir(path):
     raise data_lib.DataError(f"{flag}={path}: no such directory")
@@ -203,7 +208,7 @@ def train_one(settings: Settings, loss: str, corpus, *,
   preset = config.model_preset
   metadata = {"loss": loss, "model": preset.name,
               "features": dataclasses.asdict(preset.features),
-              "train_config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
+              "train_config": _as_json(config)}
   init = train_lib.create_state(config, mesh=mesh)
   total = config.total_steps
   with checkpoint_lib.Checkpointer(model_dir, metadata=metadata,
@@ -401,7 +406,7 @@ def run(settings: Settings) -> dict:
   if os.path.exists(results_path):
     with open(results_path, encoding="utf-8") as f:
       results = {k: v for k, v in json.load(f).items() if k in losses_lib.LOSSES}
-  results["settings"] = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
+  results["settings"] = _as_json(settings)
   results["data"] = data.description
   results["devices"] = info
   results["paper"] = PAPER_FIGURE4
@@ -416,7 +421,7 @@ def run(settings: Settings) -> dict:
       res["train_seconds"] = round(t_train, 1)
     else:  # found finished: keep the time of the run that trained it
       res["train_seconds"] = previous["train_seconds"]
-    res["train_config"] = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    res["train_config"] = _as_json(config)
     results[loss] = res
     _store_threshold(settings, loss, state, config, res, data)
     evaluate.write_json(results_path, results)
