@@ -112,3 +112,40 @@ def test_interior_frames_depend_only_on_the_clip(num_samples):
   x_out = np.asarray(features.features(clip, config=cfg))[inner.start - 1]
   y_out = np.asarray(features.features(longer, config=cfg))[inner.start - 1 + 8]
   assert np.abs(x_out - y_out).max() > 1e-2
+
+
+@pytest.mark.parametrize("shape,frames_per_block", [
+    ((5, 4000), 7),        # 5 clips (not a multiple of the CPU streams), each cut in segments
+    ((2, 3, 2600), 64),    # nested leading axes, whole clips per block
+    ((9000,), 5),          # one long clip in many segments; last segment padded
+    ((3, 700), 1),         # one frame per block
+])
+@pytest.mark.parametrize("center", [True, False])
+def test_blocked_log_mel_equals_one_pass_and_librosa(shape, frames_per_block, center):
+  """The CPU path (clip by clip, long clips in segments) changes no values."""
+  cfg = features.FeatureConfig(n_mels=16, context=0)
+  rng = np.random.default_rng(sum(shape))
+  waves = (0.2 * rng.standard_normal(shape)).astype(np.float32)
+  blocked = np.asarray(features.log_mel(waves, config=cfg, center=center,
+                                        frames_per_block=frames_per_block))
+  one_pass = np.asarray(features.log_mel(waves, config=cfg, center=center,
+                                         frames_per_block=None))
+  assert blocked.shape == one_pass.shape
+  np.testing.assert_allclose(blocked, one_pass, rtol=1e-5, atol=1e-5)
+  flat = waves.reshape(-1, shape[-1])
+  mel = librosa.filters.mel(sr=SR, n_fft=512, n_mels=16)
+  for i in (0, flat.shape[0] - 1):
+    mag = np.abs(librosa.stft(flat[i], n_fft=512, hop_length=256, center=center,
+                              pad_mode="constant"))
+    ref = np.log(mel @ mag + cfg.floor).T
+    np.testing.assert_allclose(blocked.reshape(-1, *blocked.shape[-2:])[i], ref,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_frames_per_block_default_and_bad_values():
+  expected = features.CPU_FRAMES_PER_BLOCK if jax.default_backend() == "cpu" else None
+  assert features.default_frames_per_block() == expected
+  with pytest.raises(ValueError, match="frames_per_block"):
+    features.log_mel(np.zeros(4000, np.float32), config=features.FCN40, frames_per_block=0)
+  with pytest.raises(ValueError, match="n_fft=512"):
+    features.log_mel(np.zeros(300, np.float32), config=features.FCN40, center=False)
