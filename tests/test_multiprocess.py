@@ -1,4 +1,5 @@
-"""Two local CPU processes (jax.distributed + gloo) train exactly like one process."""
+"""Two local CPU processes (jax.distributed + gloo) train exactly like one process,
+and the checkpoint they write together restores in one process on another mesh."""
 
 import os
 import socket
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from bu_jax import parallel, train
+from bu_jax import checkpoint, parallel, train
 
 import multiprocess_case as case  # tests/ is on sys.path (rootdir conftest)
 
@@ -45,3 +46,12 @@ def test_two_processes_equal_one_process(tmp_path):
   np.testing.assert_allclose(got["losses"], losses, rtol=1e-5)
   for i, leaf in enumerate(jax.tree.leaves(jax.device_get(state.params))):
     np.testing.assert_allclose(got[f"arr_{i}"], leaf, rtol=1e-5, atol=1e-6)
+
+  # The 2-process checkpoint (4 devices) restores here on a 2-device mesh.
+  small = parallel.data_mesh(jax.devices()[:2])
+  with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+    restored, step = ckpt.restore_or_init(train.create_state(config, mesh=small))
+  assert step == int(state.step) == config.total_steps
+  for want, have in zip(jax.tree.leaves(jax.device_get(state)),
+                        jax.tree.leaves(jax.device_get(restored))):
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
