@@ -86,6 +86,7 @@ class Settings:
   mixtures_per_step: Optional[int] = None  # None: one per device
   num_devices: Optional[int] = None  # None: all devices
   steps_per_call: Optional[int] = None
+  compute_dtype: str = "float32"
   sigma: Optional[float] = None  # None: 1/(2D)
   lam: Optional[float] = None  # None: 2M
   eps: float = 1e-6
@@ -116,7 +117,7 @@ class Settings:
         segments_per_mixture=self.resolved("segments_per_mixture"),
         mixtures_per_step=self.mixtures_per_step or jax.device_count(),
         steps_per_call=self.resolved("steps_per_call"), seed=self.seed,
-        sigma=self.sigma, lam=self.lam, eps=self.eps)
+        sigma=self.sigma, lam=self.lam, eps=self.eps, compute_dtype=self.compute_dtype)
 
 
 @dataclasses.dataclass

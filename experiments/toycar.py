@@ -52,6 +52,9 @@ _MIXTURES = flags.DEFINE_integer("mixtures_per_step", None, "Mixtures per global
                                  "per device.")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "Use the first N devices (default all).")
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", None, "Steps scanned per device call.")
+_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", list(train.COMPUTE_DTYPES),
+                           "The AE's matrix products in training (bfloat16: GPU/TPU); "
+                           "parameters, features, scores and the KDE stay float32.")
 _SIGMA = flags.DEFINE_float("sigma", None, "KDE band-width of eq. (15) (default 1/(2D)).")
 _LAM = flags.DEFINE_float("lam", None, "Clipping parameter lambda of eq. (10) (default 2M).")
 _EPS = flags.DEFINE_float("eps", 1e-6, "eps of the BU weight 1/(K + eps), eq. (16).")
@@ -72,7 +75,8 @@ def _settings() -> toycar.Settings:
       steps_per_epoch=_STEPS.value, decay_start_epoch=_DECAY.value,
       learning_rate=_LR.value, segments_per_mixture=_SEGMENTS.value,
       mixtures_per_step=_MIXTURES.value, num_devices=_NUM_DEVICES.value,
-      steps_per_call=_STEPS_PER_CALL.value, sigma=_SIGMA.value, lam=_LAM.value,
+      steps_per_call=_STEPS_PER_CALL.value, compute_dtype=_DTYPE.value,
+      sigma=_SIGMA.value, lam=_LAM.value,
       eps=_EPS.value, checkpoint_every=_CKPT_EVERY.value, reduce=_REDUCE.value)
 
 
