@@ -1,6 +1,7 @@
 """Projected wall time of the paper's full protocol (section 4.2.2) on this machine.
 
     python -m benchmarks.paper_projection [--losses re,snp,bu] [--steps 200] [--steps_per_call 50]
+        [--compute_dtypes float32,bfloat16]
 
 The paper trains FCN64-large for 200 epochs x 500 mini-batches (100,000 steps)
 of one mixture (10 x 3-s segments, about 1,870 frames) and reports about 4
@@ -43,13 +44,18 @@ def main():
   parser.add_argument("--model", default="fcn64-large")
   parser.add_argument("--steps", type=int, default=200, help="timed steps per loss")
   parser.add_argument("--steps_per_call", type=int, default=50)
+  parser.add_argument("--compute_dtypes", default="float32",
+                      help='comma-separated TrainConfig.compute_dtype values, e.g. '
+                           '"float32,bfloat16" on a GPU/TPU')
   args = parser.parse_args()
   mesh = parallel.data_mesh()
   devices = jax.devices()
-  for loss in args.losses.split(","):
+  runs = [(loss, dtype) for dtype in args.compute_dtypes.split(",")
+          for loss in args.losses.split(",")]
+  for loss, dtype in runs:
     config = train.TrainConfig(loss=loss, model=args.model,
                                mixtures_per_step=len(devices),
-                               steps_per_call=args.steps_per_call)
+                               steps_per_call=args.steps_per_call, compute_dtype=dtype)
     corpus = train.place_corpus(*_corpus(config), mesh=mesh, config=config)
     state = train.create_state(config, mesh=mesh)
     steps = train.make_train_steps(config, mesh=mesh, num_steps=args.steps_per_call)
@@ -65,7 +71,7 @@ def main():
       frames += float(np.sum(metrics["frames_normal"]) + np.sum(metrics["frames_anomalous"]))
     elapsed = time.perf_counter() - t0
     steps_per_s = calls * args.steps_per_call / elapsed
-    emit(loss=loss, model=args.model, devices=len(devices), platform=devices[0].platform,
+    emit(loss=loss, model=args.model, compute_dtype=dtype, devices=len(devices), platform=devices[0].platform,
          device_kind=devices[0].device_kind, mixtures_per_step=config.mixtures_per_step,
          steps_timed=calls * args.steps_per_call, steps_per_s=round(steps_per_s, 3),
          frames_per_s=round(frames / elapsed, 1), compile_s=round(compile_s, 1),
