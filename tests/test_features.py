@@ -149,3 +149,14 @@ def test_frames_per_block_default_and_bad_values():
     features.log_mel(np.zeros(4000, np.float32), config=features.FCN40, frames_per_block=0)
   with pytest.raises(ValueError, match="n_fft=512"):
     features.log_mel(np.zeros(300, np.float32), config=features.FCN40, center=False)
+
+
+@pytest.mark.parametrize("streams", [1, 3, 4])
+def test_blocked_log_mel_any_number_of_chains(monkeypatch, streams):
+  """Clips per loop step (CPU_STREAMS follows the core count) change no values."""
+  monkeypatch.setattr(features, "CPU_STREAMS", streams)
+  cfg = features.FeatureConfig(n_mels=16, context=0)
+  waves = (0.2 * np.random.default_rng(streams).standard_normal((5, 3000))).astype(np.float32)
+  blocked = features.log_mel(waves, config=cfg, frames_per_block=4)
+  one_pass = features.log_mel(waves, config=cfg, frames_per_block=None)
+  np.testing.assert_allclose(blocked, one_pass, rtol=1e-5, atol=1e-5)
