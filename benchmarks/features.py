@@ -43,10 +43,9 @@ def main():
                       help='features.log_mel\'s frames_per_block: "auto", "none" '
                            '(one vectorized pass) or a number of frames')
   args = parser.parse_args()
-  fpb = {"auto": features.default_frames_per_block(), "none": None}.get(
-      args.frames_per_block.lower())
-  if fpb is None and args.frames_per_block.lower() not in ("auto", "none"):
-    fpb = int(args.frames_per_block)
+  choice = args.frames_per_block.lower()
+  fpb = (features.default_frames_per_block() if choice == "auto"
+         else None if choice == "none" else int(choice))
   cfg = features.PRESETS[args.preset]
   rng = np.random.default_rng(0)
   n = int(args.seconds * cfg.sample_rate)

@@ -71,8 +71,8 @@ def main():
       frames += float(np.sum(metrics["frames_normal"]) + np.sum(metrics["frames_anomalous"]))
     elapsed = time.perf_counter() - t0
     steps_per_s = calls * args.steps_per_call / elapsed
-    emit(loss=loss, model=args.model, compute_dtype=dtype, devices=len(devices), platform=devices[0].platform,
-         device_kind=devices[0].device_kind, mixtures_per_step=config.mixtures_per_step,
+    emit(loss=loss, model=args.model, compute_dtype=dtype, devices=len(devices),
+         platform=devices[0].platform, device_kind=devices[0].device_kind, mixtures_per_step=config.mixtures_per_step,
          steps_timed=calls * args.steps_per_call, steps_per_s=round(steps_per_s, 3),
          frames_per_s=round(frames / elapsed, 1), compile_s=round(compile_s, 1),
          projected_minutes=round(config.total_steps / steps_per_s / 60, 1),

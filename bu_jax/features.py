@@ -156,13 +156,13 @@ def _blockwise(per_segment, wave: jax.Array, *, center: bool, n_fft: int,
                             center=center)
   x = wave.reshape(-1, wave.shape[-1])
   clips = x.shape[0]
-  pad = functools.partial(_center_pad, n_fft=n_fft) if center else (lambda r: r)
+  identity = lambda r: r  # pylint: disable=unnecessary-lambda-assignment
+  pad = functools.partial(_center_pad, n_fft=n_fft) if center else identity
   if frames_per_block is None or clips == 1 and num_frames <= frames_per_block:
     out = jax.vmap(lambda r: per_segment(r, num_frames))(pad(x))
     return out.reshape(*lead, num_frames, out.shape[-1])
   if num_frames > frames_per_block:
-    x = pad(x)
-    pad = lambda r: r  # pylint: disable=unnecessary-lambda-assignment
+    x, pad = pad(x), identity  # segments are cut from the padded clips
     segs_per_clip = -(-num_frames // frames_per_block)
     f = -(-num_frames // segs_per_clip)  # balanced: fewer than segs_per_clip wasted frames
     seg_len = (f - 1) * hop_length + n_fft
@@ -221,8 +221,10 @@ def log_mel(wave: jax.Array, *, config: FeatureConfig, center: bool = True,
   """
   if frames_per_block == "auto":
     frames_per_block = default_frames_per_block()
-  elif frames_per_block is not None and frames_per_block < 1:
-    raise ValueError(f"frames_per_block must be >= 1 or None, got {frames_per_block}")
+  elif frames_per_block is not None and (
+      isinstance(frames_per_block, str) or frames_per_block < 1):
+    raise ValueError(f'frames_per_block must be "auto", None or >= 1, got '
+                     f"{frames_per_block!r}")
   mel = mel_matrix(sample_rate=config.sample_rate, n_fft=config.n_fft,
                    n_mels=config.n_mels)
 

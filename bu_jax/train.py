@@ -220,7 +220,7 @@ def step_key(seed: int, step) -> jax.Array:
 
 def init_params(config: TrainConfig) -> Any:
   """Glorot-initialized parameters of the configured autoencoder."""
-  model = config.model_preset.build()
+  model = config.build_model()  # parameters are float32 whatever the compute dtype
   dummy = jnp.zeros((1, config.feature_config.dim), jnp.float32)
   return model.init(_keys(config.seed)[0], dummy)["params"]
 
