@@ -17,12 +17,29 @@ over the *global* batch, so the result equals the single-device computation.
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+import numbers
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) -> None:
+  """Raises ValueError naming ``name`` unless ``value`` is finite and > 0 (>= 0).
+
+  Only Python / NumPy numbers are checked; arrays and traced values pass
+  through unchanged (they cannot be inspected under ``jax.jit``).
+  """
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    return
+  value = float(value)
+  ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+  if not ok:
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
 
 
 def _all_gather(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
@@ -47,7 +64,20 @@ def _as_mask(mask: Optional[jax.Array], m: int) -> jax.Array:
 
 
 def pairwise_sq_distances(a: jax.Array, b: jax.Array) -> jax.Array:
-  """||a_i - b_j||^2 for a (Ma, D), b (Mb, D) -> (Ma, Mb), via the Gram matrix, >= 0."""
+  """Squared Euclidean distances ||a_i - b_j||^2, the exponent of eq. (15).
+
+  Computed through the Gram matrix ``||a||^2 + ||b||^2 - 2 a b^T`` in float32
+  at ``Precision.HIGHEST`` and clamped at 0. Centre the data first when they
+  share a large common offset (``kde_density`` does): the Gram form cancels
+  terms of the size of ||a||^2.
+
+  Args:
+    a: (Ma, D) array.
+    b: (Mb, D) array.
+
+  Returns:
+    (Ma, Mb) float32 array, >= 0.
+  """
   a = a.astype(jnp.float32)
   b = b.astype(jnp.float32)
   aa = jnp.sum(a * a, axis=-1)
@@ -60,12 +90,25 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
                 rel_tol: float = 1e-5) -> jax.Array:
   """Zero mean, unit variance per dimension over the rows where ``mask``.
 
-  Dimensions whose spread is below ``rel_tol`` of their magnitude (constant
-  dimensions, or differences at float32 rounding level) map to 0 instead of
-  dividing by ~0. The data are first shifted by a valid row, so a constant
-  dimension has exactly zero variance. Masked-out rows are returned as 0.
+  The per-dimension standardization of the normal frames before eq. (15)
+  (section 4.2.2). Dimensions whose spread is below ``rel_tol`` of their
+  magnitude (constant dimensions, or differences at float32 rounding level)
+  map to 0 instead of dividing by ~0. The data are first shifted by a valid
+  row, so a constant dimension has exactly zero variance.
+
+  Args:
+    x: (M, D) features.
+    mask: optional (M,) booleans, True for the rows that define the statistics.
+      Masked-out rows may hold anything (NaN, inf): they never enter a sum.
+    rel_tol: relative spread below which a dimension counts as constant.
+
+  Returns:
+    (M, D) float32 array; masked-out rows are 0. An empty batch (M = 0) is
+    returned as is.
   """
-  x = x.astype(jnp.float32)
+  x = jnp.asarray(x, jnp.float32)
+  if x.shape[0] == 0:
+    return x
   valid = _as_mask(mask, x.shape[0])
   w = valid.astype(jnp.float32)[:, None]
   n = jnp.maximum(jnp.sum(w), 1.0)
@@ -80,22 +123,53 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
   return centered * inv
 
 
+def _center(x: jax.Array, valid: jax.Array) -> jax.Array:
+  """x minus the mean of its valid rows; masked-out rows set to 0."""
+  if x.shape[0] == 0:
+    return x
+  w = valid[:, None]
+  n = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+  mean = jnp.sum(jnp.where(w, x, 0.0), axis=0) / n
+  return jnp.where(w, x - mean, 0.0)
+
+
 def kde_density(x: jax.Array, *, sigma: float,
                 mask: Optional[jax.Array] = None,
                 axis_name: Optional[str] = None,
                 standardize_features: bool = True) -> jax.Array:
-  """Eq. (15) for every local row of ``x`` (M_local, D) -> (M_local,).
+  """Eq. (15), K(x_i) = 1/M sum_j exp(-sigma ||x_i - x_j||^2), for every local row.
 
   The sum runs over the valid rows of the global batch (all devices along
-  ``axis_name``) and is divided by their number. Rows where ``mask`` is False
-  are excluded from the estimate and get density 0.
+  ``axis_name``) and is divided by their number M. With
+  ``standardize_features`` the features are standardized per dimension over
+  the global batch first (section 4.2.2); without it they are only centred
+  (their global masked mean subtracted), which leaves every distance unchanged
+  but keeps the Gram-form distances exact when all frames share a large offset.
+
+  Args:
+    x: (M_local, D) features of this device's frames.
+    sigma: kernel parameter sigma > 0 (finite). Checked when a Python number.
+    mask: optional (M_local,) booleans, True for valid rows. Masked-out rows
+      may hold anything (NaN, inf) and never enter the estimate.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+    standardize_features: standardize (True, the paper) or only centre.
+
+  Returns:
+    (M_local,) float32 densities, 1/M <= K <= 1 for valid rows, 0 for
+    masked-out rows.
+
+  Raises:
+    ValueError: ``sigma`` is a number that is not finite and > 0.
   """
+  _check_hyperparameter("sigma", sigma)
   m_local = x.shape[0]
   valid_local = _as_mask(mask, m_local)
-  x_all = _all_gather(x.astype(jnp.float32), axis_name)
+  x_all = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
   valid_all = _all_gather(valid_local, axis_name)
   if standardize_features:
     x_all = standardize(x_all, mask=valid_all)
+  else:
+    x_all = _center(x_all, valid_all)
   x_loc, offset = _local_rows(x_all, m_local, axis_name)
   dist = pairwise_sq_distances(x_loc, x_all)  # (M_local, M)
   # A frame's distance to itself is exactly 0 (the Gram form leaves rounding).
@@ -111,12 +185,29 @@ def kde_weights(x: jax.Array, *, sigma: float, eps: float = 1e-6,
                 mask: Optional[jax.Array] = None,
                 axis_name: Optional[str] = None,
                 standardize_features: bool = True) -> jax.Array:
-  """w_i = 1 / (K(x_i) + eps) (eqs. 15-16), 0 for masked rows; no gradient.
+  """Batch-uniformization weights w_i = 1 / (K(x_i) + eps) (eqs. 15-16).
 
   K(x_i) >= 1/M for a valid row (its own kernel term), so weights are finite
   and at most M for any input, including duplicated frames and constant
-  dimensions.
+  dimensions. The weights carry no gradient (``stop_gradient``).
+
+  Args:
+    x: (M_local, D) features of this device's normal frames.
+    sigma: kernel parameter sigma > 0 (finite) of eq. (15).
+    eps: epsilon >= 0 (finite) of eq. (16).
+    mask: optional (M_local,) booleans, True for valid rows.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+    standardize_features: see ``kde_density``.
+
+  Returns:
+    (M_local,) float32 weights, 0 for masked-out rows.
+
+  Raises:
+    ValueError: ``sigma`` or ``eps`` is a number out of range (the message
+      names the argument).
   """
+  _check_hyperparameter("sigma", sigma)
+  _check_hyperparameter("eps", eps, allow_zero=True)
   density = kde_density(x, sigma=sigma, mask=mask, axis_name=axis_name,
                         standardize_features=standardize_features)
   valid = _as_mask(mask, x.shape[0])
@@ -126,12 +217,23 @@ def kde_weights(x: jax.Array, *, sigma: float, eps: float = 1e-6,
 
 def weight_stats(weights: jax.Array, *, mask: Optional[jax.Array] = None,
                  axis_name: Optional[str] = None) -> dict[str, jax.Array]:
-  """Max / min weight and effective sample size (sum w)^2 / sum w^2 (global)."""
+  """Diagnostics of the weights of eq. (16): max, min, effective sample size.
+
+  Args:
+    weights: (M_local,) weights from ``kde_weights``.
+    mask: optional (M_local,) booleans, True for valid rows.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+
+  Returns:
+    dict with ``w_max``, ``w_min`` (over the valid rows of the global batch;
+    -inf / inf when there are none) and ``ess`` = (sum w)^2 / sum w^2 (0 when
+    there are none).
+  """
   valid = _as_mask(mask, weights.shape[0])
   w = jnp.where(valid, weights, 0.0)
   s1, s2 = jnp.sum(w), jnp.sum(w * w)
-  wmax = jnp.max(jnp.where(valid, weights, -jnp.inf))
-  wmin = jnp.min(jnp.where(valid, weights, jnp.inf))
+  wmax = jnp.max(jnp.where(valid, weights, -jnp.inf), initial=-jnp.inf)
+  wmin = jnp.min(jnp.where(valid, weights, jnp.inf), initial=jnp.inf)
   if axis_name is not None:
     s1, s2 = jax.lax.psum(s1, axis_name), jax.lax.psum(s2, axis_name)
     wmax = jax.lax.pmax(wmax, axis_name)

@@ -10,7 +10,15 @@ model) and, for BU, the normal frames' features. Every function takes:
   the returned loss is the global loss on every device (equal to the
   single-device value on the concatenated batch).
 
-Hyperparameters are keyword-only. Paper defaults (see ``paper_hyperparameters``):
+Masks are applied to the scores before any nonlinearity (``jnp.where``), so
+garbage in a masked-out row (NaN, inf, huge values) changes neither the loss
+nor any gradient. With no valid normal frame (M_u = 0: an empty array or an
+all-False ``mask_u``) the normal term of every loss is 0, and with no valid
+anomalous frame L_a is 0; the losses are then finite (RE: 0; SNP and BU: -L_a).
+
+Hyperparameters are keyword-only and, when given as Python numbers, checked
+(lambda and sigma finite and > 0, eps finite and >= 0; a ValueError names the
+argument); traced values are not checked. Paper defaults (see ``paper_hyperparameters``):
 sigma = 1/(2D) on standardized features and lambda = 2M (M mel bands) for audio
 (section 4.2.2); sigma = 2D and lambda = 2D for the verification experiment
 (section 4.1.1).
@@ -18,6 +26,7 @@ sigma = 1/(2D) on standardized features and lambda = 2M (M mel bands) for audio
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import jax
@@ -43,22 +52,62 @@ def _masked_sum_count(values: jax.Array, mask: Optional[jax.Array],
 
 def masked_mean(values: jax.Array, *, mask: Optional[jax.Array] = None,
                 axis_name: Optional[str] = None) -> jax.Array:
-  """Mean over the valid entries of the (global) batch; 0 if there are none."""
+  """Mean over the valid entries of the (global) batch, as in eqs. (7) and (10).
+
+  Args:
+    values: (M,) values.
+    mask: optional (M,) booleans, True for valid entries; the others may hold
+      anything and get zero gradient.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+
+  Returns:
+    float32 scalar; 0 if there is no valid entry.
+  """
   total, count = _masked_sum_count(values, mask, axis_name)
   return total / jnp.maximum(count, 1.0)
 
 
 def re_loss(scores_u: jax.Array, *, mask_u: Optional[jax.Array] = None,
             axis_name: Optional[str] = None) -> jax.Array:
-  """J_RE = 1/M_u sum_i A(x_i^(u)) (eq. 7)."""
+  """Reconstruction-error loss J_RE = 1/M_u sum_i A(x_i^(u)) (eq. 7).
+
+  Args:
+    scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames.
+    mask_u: optional (M_u,) booleans, True for valid normal frames.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+
+  Returns:
+    float32 scalar; 0 when there is no valid normal frame.
+  """
   return masked_mean(scores_u, mask=mask_u, axis_name=axis_name)
 
 
 def anomaly_term(scores_a: jax.Array, *, lam: float,
                  mask_a: Optional[jax.Array] = None,
                  axis_name: Optional[str] = None) -> jax.Array:
-  """L_a = 1/M_a sum_j lambda tanh(A(x_j^(a)) / lambda) (eq. 10); 0 <= L_a < lambda."""
-  clipped = lam * jnp.tanh(scores_a.astype(jnp.float32) / lam)
+  """L_a = 1/M_a sum_j lambda tanh(A(x_j^(a)) / lambda) (eq. 10).
+
+  The mask is applied before the tanh, so a NaN or inf score in a masked-out
+  row gives neither a NaN loss nor a NaN gradient.
+
+  Args:
+    scores_a: (M_a,) anomaly scores of the (simulated) anomalous frames.
+    lam: lambda > 0 (finite), the clipping level; paper: 2M (M mel bands).
+    mask_a: optional (M_a,) booleans, True for valid anomalous frames.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+
+  Returns:
+    float32 scalar, 0 <= L_a < lambda for non-negative scores; 0 when there is
+    no valid anomalous frame.
+
+  Raises:
+    ValueError: ``lam`` is a number that is not finite and > 0.
+  """
+  kde._check_hyperparameter("lam", lam)
+  scores_a = scores_a.astype(jnp.float32)
+  if mask_a is not None:
+    scores_a = jnp.where(mask_a.astype(jnp.bool_), scores_a, 0.0)
+  clipped = lam * jnp.tanh(scores_a / lam)
   return masked_mean(clipped, mask=mask_a, axis_name=axis_name)
 
 
@@ -66,7 +115,22 @@ def snp_loss(scores_u: jax.Array, scores_a: jax.Array, *, lam: float,
              mask_u: Optional[jax.Array] = None,
              mask_a: Optional[jax.Array] = None,
              axis_name: Optional[str] = None) -> jax.Array:
-  """J_SNP = J_RE - L_a (eq. 9)."""
+  """Simulated-negative-prior loss J_SNP = J_RE - L_a (eq. 9).
+
+  Args:
+    scores_u: (M_u,) anomaly scores of the normal frames.
+    scores_a: (M_a,) anomaly scores of the simulated anomalous frames.
+    lam: lambda > 0 (finite) of eq. (10).
+    mask_u: optional (M_u,) booleans, True for valid normal frames.
+    mask_a: optional (M_a,) booleans, True for valid anomalous frames.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+
+  Returns:
+    float32 scalar; -L_a when there is no valid normal frame.
+
+  Raises:
+    ValueError: ``lam`` is a number that is not finite and > 0.
+  """
   return (re_loss(scores_u, mask_u=mask_u, axis_name=axis_name)
           - anomaly_term(scores_a, lam=lam, mask_a=mask_a, axis_name=axis_name))
 
@@ -74,7 +138,18 @@ def snp_loss(scores_u: jax.Array, scores_a: jax.Array, *, lam: float,
 def weighted_mean(scores: jax.Array, weights: jax.Array, *,
                   mask: Optional[jax.Array] = None,
                   axis_name: Optional[str] = None) -> jax.Array:
-  """sum_i w_i A_i / sum_i w_i over the valid entries of the (global) batch."""
+  """The normal term of eq. (16): sum_i w_i A_i / sum_i w_i over valid entries.
+
+  Args:
+    scores: (M,) anomaly scores.
+    weights: (M,) non-negative weights (``kde.kde_weights``).
+    mask: optional (M,) booleans, True for valid entries; the scores of the
+      others are replaced by 0 before any arithmetic (zero gradient).
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+
+  Returns:
+    float32 scalar; 0 when no valid entry has a positive weight.
+  """
   w = weights.astype(jnp.float32)
   if mask is not None:
     w = jnp.where(mask, w, 0.0)
@@ -91,34 +166,100 @@ def bu_loss(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.Array,
             mask_a: Optional[jax.Array] = None,
             axis_name: Optional[str] = None,
             standardize_features: bool = True,
-            has_aux: bool = False):
-  """J_BU = sum_i w_i A(x_i^(u)) / sum_i w_i - L_a (eq. 16).
+            has_aux: bool = False) -> jax.Array:
+  """Batch-uniformization loss J_BU = sum_i w_i A(x_i^(u)) / sum_i w_i - L_a (eq. 16).
 
   w_i = 1 / (K(x_i^(u)) + eps) with the Gaussian KDE of eq. (15) over the
-  normal frames ``features_u`` (M_u, D) of the batch, standardized per
-  dimension unless ``standardize_features=False``. ``sigma`` defaults to
-  1/(2D). The weights carry no gradient. With ``has_aux`` also returns a dict
-  with the weights, the weighted normal term and L_a.
+  normal frames of the batch (``kde.kde_weights``); the weights carry no
+  gradient. ``bu_loss_with_aux`` also returns the weights and both terms.
+
+  Args:
+    scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames.
+    scores_a: (M_a,) anomaly scores of the simulated anomalous frames.
+    features_u: (M_u, D) features of the normal frames (the KDE's input).
+    lam: lambda > 0 (finite) of eq. (10); paper: 2M (M mel bands).
+    sigma: sigma > 0 (finite) of eq. (15); None for the paper's 1/(2D).
+    eps: epsilon >= 0 (finite) of eq. (16).
+    mask_u: optional (M_u,) booleans, True for valid normal frames.
+    mask_a: optional (M_a,) booleans, True for valid anomalous frames.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+    standardize_features: standardize the features per dimension before the
+      KDE (True, the paper's section 4.2.2) or only centre them.
+    has_aux: deprecated; use ``bu_loss_with_aux``. When True, warns and returns
+      what ``bu_loss_with_aux`` returns.
+
+  Returns:
+    float32 scalar; -L_a when there is no valid normal frame (M_u = 0).
+
+  Raises:
+    ValueError: ``lam``, ``sigma`` or ``eps`` is a number out of range.
   """
+  kwargs = dict(lam=lam, sigma=sigma, eps=eps, mask_u=mask_u, mask_a=mask_a,
+                axis_name=axis_name, standardize_features=standardize_features)
+  if has_aux:
+    warnings.warn("bu_loss(..., has_aux=True) is deprecated; use bu_loss_with_aux(...)",
+                  DeprecationWarning, stacklevel=2)
+    return bu_loss_with_aux(scores_u, scores_a, features_u, **kwargs)
+  return bu_loss_with_aux(scores_u, scores_a, features_u, **kwargs)[0]
+
+
+def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.Array,
+                     *, lam: float, sigma: Optional[float] = None, eps: float = 1e-6,
+                     mask_u: Optional[jax.Array] = None,
+                     mask_a: Optional[jax.Array] = None,
+                     axis_name: Optional[str] = None,
+                     standardize_features: bool = True,
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """J_BU (eq. 16) and its parts, for logging and ``value_and_grad(has_aux=True)``.
+
+  Args:
+    scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames.
+    scores_a: (M_a,) anomaly scores of the simulated anomalous frames.
+    features_u: (M_u, D) features of the normal frames (the KDE's input).
+    lam: lambda > 0 (finite) of eq. (10); paper: 2M (M mel bands).
+    sigma: sigma > 0 (finite) of eq. (15); None for the paper's 1/(2D).
+    eps: epsilon >= 0 (finite) of eq. (16).
+    mask_u: optional (M_u,) booleans, True for valid normal frames.
+    mask_a: optional (M_a,) booleans, True for valid anomalous frames.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+    standardize_features: standardize the features per dimension before the
+      KDE (True, the paper's section 4.2.2) or only centre them.
+
+  Returns:
+    ``(loss, aux)``: the float32 scalar of ``bu_loss`` and a dict with
+    ``weights`` ((M_u,) w_i of eq. 16, 0 for masked-out frames), ``normal``
+    (the weighted normal term, 0 when M_u = 0) and ``la`` (L_a of eq. 10).
+
+  Raises:
+    ValueError: ``lam``, ``sigma`` or ``eps`` is a number out of range.
+  """
+  kde._check_hyperparameter("lam", lam)
+  kde._check_hyperparameter("eps", eps, allow_zero=True)
   if sigma is None:
-    sigma = 1.0 / (2.0 * features_u.shape[-1])
+    sigma = 1.0 / (2.0 * max(features_u.shape[-1], 1))
+  kde._check_hyperparameter("sigma", sigma)
   weights = kde.kde_weights(features_u, sigma=sigma, eps=eps, mask=mask_u,
                             axis_name=axis_name,
                             standardize_features=standardize_features)
   normal = weighted_mean(scores_u, weights, mask=mask_u, axis_name=axis_name)
   la = anomaly_term(scores_a, lam=lam, mask_a=mask_a, axis_name=axis_name)
-  loss = normal - la
-  if has_aux:
-    return loss, {"weights": weights, "normal": normal, "la": la}
-  return loss
+  return normal - la, {"weights": weights, "normal": normal, "la": la}
 
 
 def paper_hyperparameters(*, dim: int, n_mels: Optional[int] = None) -> dict:
-  """sigma and lambda as in the paper.
+  """sigma (eq. 15) and lambda (eq. 10) as in the paper.
 
   Audio (section 4.2.2, ``n_mels`` given): sigma = 1/(2D), lambda = 2M.
   Verification experiment (section 4.1.1, ``n_mels`` None): sigma = 2D,
   lambda = 2D.
+
+  Args:
+    dim: feature dimension D (the autoencoder's input size).
+    n_mels: number of mel bands M for audio, or None for the verification
+      experiment.
+
+  Returns:
+    ``{"sigma": float, "lam": float}``.
   """
   if n_mels is None:
     return {"sigma": 2.0 * dim, "lam": 2.0 * dim}

@@ -316,9 +316,9 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, *, config: TrainConfig,
     capacity = mixtures_per_device * (num_frames - fewest_anomalous)
     (rows,) = jnp.nonzero(normal, size=capacity, fill_value=0)
     valid = jnp.arange(capacity) < jnp.sum(normal)
-    loss, aux = losses.bu_loss(
+    loss, aux = losses.bu_loss_with_aux(
         scores[rows], scores, x[rows], lam=hyper["lam"], sigma=hyper["sigma"],
-        eps=config.eps, mask_u=valid, mask_a=anomalous, axis_name=axis, has_aux=True)
+        eps=config.eps, mask_u=valid, mask_a=anomalous, axis_name=axis)
     normal_term = aux["normal"]
     stats = kde.weight_stats(aux["weights"], mask=valid, axis_name=axis)
   else:

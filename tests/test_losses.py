@@ -288,3 +288,173 @@ def test_bu_composes_with_a_plain_function_model():
   updates, state = opt.update(grads, state, params)
   after = loss(optax.apply_updates(params, updates))
   assert np.isfinite(before) and after < before
+
+
+# ------------------------------------------- API edges: masks, empty batch, checks
+
+GARBAGE = st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38])
+M_VALID, M_PAD, M_A = 10, 6, 7
+
+
+def _loss_of(name, su, sa, xu, mu=None, ma=None, standardize=True):
+  if name == "re":
+    return losses.re_loss(su, mask_u=mu)
+  if name == "snp":
+    return losses.snp_loss(su, sa, lam=LAM, mask_u=mu, mask_a=ma)
+  return losses.bu_loss(su, sa, xu, lam=LAM, mask_u=mu, mask_a=ma,
+                        standardize_features=standardize)
+
+
+def _grads(name, su, sa, xu, mu=None, ma=None, standardize=True):
+  f = lambda su, sa, xu: _loss_of(name, su, sa, xu, mu, ma, standardize)
+  return jax.value_and_grad(f, argnums=(0, 1, 2))(su, sa, xu)
+
+
+@PROPS
+@given(name=st.sampled_from(losses.LOSSES), standardize=st.booleans(),
+       garbage=GARBAGE, seed=st.integers(0, 2**16))
+def test_garbage_in_masked_rows_gives_finite_loss_and_grads(name, standardize, garbage, seed):
+  rng = np.random.default_rng(seed)
+  su = rng.uniform(0, 5, M_VALID + M_PAD).astype(np.float32)
+  sa = rng.uniform(0, 50, M_A).astype(np.float32)
+  xu = rng.standard_normal((M_VALID + M_PAD, D)).astype(np.float32)
+  mu = np.arange(M_VALID + M_PAD) < M_VALID
+  ma = np.arange(M_A) < M_A - 2
+  su[~mu], xu[~mu], sa[~ma] = garbage, garbage, garbage
+  loss, grads = _grads(name, su, sa, xu, mu, ma, standardize)
+  assert np.isfinite(loss)
+  for g in grads:
+    assert np.isfinite(np.asarray(g)).all()
+  np.testing.assert_array_equal(np.asarray(grads[0])[~mu], 0.0)
+  np.testing.assert_array_equal(np.asarray(grads[1])[~ma], 0.0)
+
+
+@PROPS
+@given(name=st.sampled_from(losses.LOSSES), standardize=st.booleans(),
+       su=hnp.arrays(np.float32, (M_VALID,), elements=st.floats(0, 50, width=32)),
+       sa=hnp.arrays(np.float32, (M_A,), elements=st.floats(0, 1e4, width=32)),
+       xu=hnp.arrays(np.float32, (M_VALID, D), elements=finite),
+       pad_u=hnp.arrays(np.float32, (M_PAD,), elements=GARBAGE),
+       pad_a=hnp.arrays(np.float32, (3,), elements=GARBAGE),
+       pad_x=hnp.arrays(np.float32, (M_PAD, D), elements=GARBAGE),
+       perm_seed=st.integers(0, 2**16))
+def test_masked_padding_equals_unpadded_loss_and_gradient(
+    name, standardize, su, sa, xu, pad_u, pad_a, pad_x, perm_seed):
+  # padding rows interleaved at random positions among the valid ones
+  rng = np.random.default_rng(perm_seed)
+  order_u = rng.permutation(M_VALID + M_PAD)
+  order_a = rng.permutation(M_A + 3)
+  su_p = np.concatenate([su, pad_u])[order_u]
+  xu_p = np.concatenate([xu, pad_x])[order_u]
+  mu = (np.arange(M_VALID + M_PAD) < M_VALID)[order_u]
+  sa_p = np.concatenate([sa, pad_a])[order_a]
+  ma = (np.arange(M_A + 3) < M_A)[order_a]
+  loss, (gu, ga, gx) = _grads(name, su, sa, xu, standardize=standardize)
+  loss_p, (gu_p, ga_p, gx_p) = _grads(name, su_p, sa_p, xu_p, mu, ma, standardize)
+  tol = dict(rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(loss_p, loss, **tol)
+  np.testing.assert_allclose(np.asarray(gu_p)[mu], np.asarray(gu)[order_u[mu]], **tol)
+  np.testing.assert_allclose(np.asarray(ga_p)[ma], np.asarray(ga)[order_a[ma]], **tol)
+  np.testing.assert_array_equal(np.asarray(gu_p)[~mu], 0.0)
+  np.testing.assert_array_equal(np.asarray(ga_p)[~ma], 0.0)
+  np.testing.assert_array_equal(np.asarray(gx_p), 0.0)  # weights carry no gradient
+  np.testing.assert_array_equal(np.asarray(gx), 0.0)
+
+
+@settings(deadline=None, derandomize=True, max_examples=10, database=None)
+@given(base=hnp.arrays(np.float32, (16, 440), elements=st.floats(-2, 2, width=32)),
+       sign=st.sampled_from([-1.0, 1.0]))
+def test_raw_kde_weights_invariant_to_a_large_common_offset(base, sign):
+  sigma = 1.0 / (2 * 440)
+  shifted = (base.astype(np.float64) + sign * 1e4).astype(np.float32)
+  exact = _np_weights(shifted.astype(np.float64) - sign * 1e4, sigma=sigma, standardize=False)
+  w0 = kde.kde_weights(base, sigma=sigma, standardize_features=False)
+  w = kde.kde_weights(shifted, sigma=sigma, standardize_features=False)
+  np.testing.assert_allclose(w, exact, rtol=1e-3)
+  np.testing.assert_allclose(w, w0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("empty", ["zero_rows", "all_masked"])
+def test_empty_normal_batch_gives_minus_la_for_every_loss(empty, jit):
+  sa = np.array([0.5, 3.0, 40.0], np.float32)
+  la = float(np.mean(LAM * np.tanh(sa / LAM)))
+  if empty == "zero_rows":
+    su, xu, mu = np.zeros((0,), np.float32), np.zeros((0, D), np.float32), None
+  else:
+    su, xu, mu = np.full((4,), np.nan, np.float32), np.ones((4, D), np.float32), np.zeros(4, bool)
+  expected = {"re": 0.0, "snp": -la, "bu": -la}
+  for name in losses.LOSSES:
+    for standardize in (True, False):
+      f = jax.value_and_grad(
+          lambda su, sa, xu: _loss_of(name, su, sa, xu, mu, None, standardize),
+          argnums=(0, 1, 2))
+      loss, grads = (jax.jit(f) if jit else f)(su, sa, xu)
+      np.testing.assert_allclose(loss, expected[name], rtol=1e-6, atol=1e-7)
+      assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+  loss, aux = losses.bu_loss_with_aux(su, sa, xu, lam=LAM, mask_u=mu)
+  assert float(aux["normal"]) == 0.0 and aux["weights"].shape == su.shape
+  assert float(kde.weight_stats(aux["weights"], mask=mu)["ess"]) == 0.0
+  # an empty anomalous set: L_a = 0
+  np.testing.assert_allclose(losses.anomaly_term(np.zeros((0,), np.float32), lam=LAM), 0.0)
+
+
+_BAD = [("lam", 0.0), ("lam", -5), ("lam", float("nan")), ("lam", float("inf")),
+        ("sigma", 0.0), ("sigma", -1.0), ("sigma", float("nan")), ("sigma", float("inf")),
+        ("eps", -1e-6), ("eps", float("nan")), ("eps", float("inf"))]
+
+
+@pytest.mark.parametrize("arg,value", _BAD)
+def test_hyperparameters_out_of_range_raise_value_error_naming_them(arg, value):
+  su, sa, xu, _ = _batch()
+  su, sa = su[:, 0] ** 2, sa[:, 0] ** 2
+  kwargs = {"lam": LAM, "sigma": SIGMA, "eps": 1e-6, arg: value}
+  calls = [lambda: losses.bu_loss(su, sa, xu, **kwargs),
+           lambda: losses.bu_loss_with_aux(su, sa, xu, **kwargs)]
+  if arg == "lam":
+    calls += [lambda: losses.anomaly_term(sa, lam=value),
+              lambda: losses.snp_loss(su, sa, lam=value)]
+  else:
+    kde_kwargs = {"sigma": SIGMA, "eps": 1e-6, arg: value}
+    calls += [lambda: kde.kde_weights(xu, **kde_kwargs)]
+    if arg == "sigma":
+      calls += [lambda: kde.kde_density(xu, sigma=value)]
+  for call in calls:
+    with pytest.raises(ValueError, match=arg):
+      call()
+
+
+def test_hyperparameter_edges_accepted_and_traced_values_not_checked():
+  su, sa, xu, _ = _batch()
+  su, sa = su[:, 0] ** 2, sa[:, 0] ** 2
+  assert np.isfinite(losses.bu_loss(su, sa, xu, lam=np.float32(LAM), sigma=1, eps=0))
+  f = jax.jit(lambda lam, sigma, eps: losses.bu_loss(su, sa, xu, lam=lam, sigma=sigma, eps=eps))
+  np.testing.assert_allclose(f(LAM, SIGMA, 1e-6),
+                             losses.bu_loss(su, sa, xu, lam=LAM, sigma=SIGMA), rtol=1e-6)
+  f(-1.0, SIGMA, 1e-6)  # traced: not checked (no error)
+
+
+def test_bu_loss_return_types_and_deprecated_has_aux():
+  su, sa, xu, _ = _batch()
+  su, sa = su[:, 0] ** 2, sa[:, 0] ** 2
+  loss = losses.bu_loss(su, sa, xu, lam=LAM)
+  assert isinstance(loss, jax.Array) and loss.shape == ()
+  loss2, aux = losses.bu_loss_with_aux(su, sa, xu, lam=LAM)
+  assert float(loss2) == float(loss)
+  assert set(aux) == {"weights", "normal", "la"}
+  np.testing.assert_allclose(aux["normal"] - aux["la"], loss, rtol=1e-6)
+  with pytest.warns(DeprecationWarning, match="bu_loss_with_aux"):
+    loss3, aux3 = losses.bu_loss(su, sa, xu, lam=LAM, has_aux=True)
+  assert float(loss3) == float(loss)
+  jax.tree.map(np.testing.assert_array_equal, aux3, aux)
+
+
+def test_public_loss_and_kde_functions_document_args_returns_and_equation():
+  import inspect
+  for module in (losses, kde):
+    for fname, fn in inspect.getmembers(module, inspect.isfunction):
+      if fname.startswith("_") or fn.__module__ != module.__name__:
+        continue
+      doc = inspect.getdoc(fn) or ""
+      assert "Args:" in doc and "Returns:" in doc, fname
+      assert "eq" in doc.lower(), fname
