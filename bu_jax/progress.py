@@ -150,3 +150,17 @@ class ProgressBar:
     if self._tty and self.last_line:
       self.stream.write("\n")
       self.stream.flush()
+
+
+def quiet_library_logs() -> None:
+  """Hides INFO logs (Orbax, JAX, absl) unless ``--verbosity`` was given.
+
+  ``absl.app.run`` turns INFO logs on by default, which floods the terminal
+  with hundreds of Orbax / JAX lines around the progress bar. Entry points call
+  this first thing in ``main()``: warnings and errors still show, and
+  ``--verbosity=0`` (or ``-v 0``) brings the INFO lines back.
+  """
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present:
+    return
+  logging.set_verbosity(logging.WARNING)

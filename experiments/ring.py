@@ -13,6 +13,7 @@ import sys
 from absl import app
 from absl import flags
 
+from bu_jax import progress
 from bu_jax import ring
 
 _LOSS = flags.DEFINE_enum("loss", "all", ["re", "snp", "bu", "all"],
@@ -36,6 +37,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
+  progress.quiet_library_logs()  # third-party INFO logs only with --verbosity
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   methods = ring.METHODS if _LOSS.value == "all" else (_LOSS.value,)

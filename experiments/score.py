@@ -18,6 +18,7 @@ from absl import flags
 from bu_jax import checkpoint
 from bu_jax import detect
 from bu_jax import losses
+from bu_jax import progress
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Model dir or toycar workdir.", required=True)
 _LOSS = flags.DEFINE_enum("loss", None, list(losses.LOSSES),
@@ -32,6 +33,7 @@ _CHUNK = flags.DEFINE_integer("chunk_frames", 4096, "Frames per scoring call (me
 
 
 def main(argv):
+  progress.quiet_library_logs()  # third-party INFO logs only with --verbosity
   if len(argv) < 2:
     raise app.UsageError("give one or more WAV files or directories to score")
   settings = detect.ScoreSettings(

@@ -19,6 +19,7 @@ from bu_jax import checkpoint
 from bu_jax import data
 from bu_jax import losses
 from bu_jax import models
+from bu_jax import progress
 from bu_jax import toycar
 from bu_jax import train
 
@@ -81,6 +82,7 @@ def _settings() -> toycar.Settings:
 
 
 def main(argv):
+  progress.quiet_library_logs()  # third-party INFO logs only with --verbosity
   del argv
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
