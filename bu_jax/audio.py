@@ -12,7 +12,10 @@
   (``ratio_db = -snr_db``).
 
 Every failure to read a file raises ``AudioError`` (a ``ValueError``) whose
-message names the file.
+message names the file and the reason; a WAV file cut short (its data chunk
+smaller than its header declares) raises the subclass ``TruncatedAudioError``,
+which the data loaders catch to skip that clip with a warning. A file whose
+peak amplitude exceeds ``LOUD_PEAK`` is loaded with a warning naming it.
 """
 
 from __future__ import annotations
@@ -20,15 +23,43 @@ from __future__ import annotations
 import os
 import warnings
 
+from absl import logging
 import librosa
 import numpy as np
 import soundfile
 
 SAMPLE_RATE = 16000
+LOUD_PEAK = 1e3  # a peak amplitude above this is almost surely a scaling error
 
 
 class AudioError(ValueError):
   """A file that cannot be used as audio; the message names the file."""
+
+
+class TruncatedAudioError(AudioError):
+  """A WAV file whose data chunk is shorter than its header declares."""
+
+
+def _truncated_wav_bytes(path: str) -> tuple[int, int] | None:
+  """(declared, present) bytes of the data chunk of a RIFF WAV cut short, else None."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+      return None
+    pos = 12
+    while pos + 8 <= size:
+      f.seek(pos)
+      chunk = f.read(8)
+      chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
+      if chunk_id == b"data":
+        present = size - pos - 8
+        # 0 and 0xFFFFFFFF: sizes left unset by streaming writers.
+        if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > present:
+          return chunk_size, present
+        return None
+      pos += 8 + chunk_size + (chunk_size & 1)
+  return None
 
 
 def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -43,7 +74,9 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
 
   Raises:
     AudioError: the file is missing, not a regular file, zero bytes long, not
-      decodable as audio, holds no samples, or holds NaN/inf samples.
+      decodable as audio (the message gives the decoder's reason), holds no
+      samples, or holds NaN/inf samples.
+    TruncatedAudioError: a WAV file whose data chunk was cut short.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -52,6 +85,18 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     raise AudioError(f"{path}: not a regular file")
   if os.path.getsize(path) == 0:
     raise AudioError(f"{path}: empty file (0 bytes)")
+  truncated = _truncated_wav_bytes(path)
+  if truncated is not None:
+    declared, present = truncated
+    raise TruncatedAudioError(
+        f"{path}: truncated WAV file (its header declares {declared} bytes of samples, "
+        f"the file holds {present})")
+  try:
+    soundfile.info(path)
+    sndfile_reason = None
+  except Exception as error:  # pylint: disable=broad-except
+    # e.g. "Error opening 'x.wav': Format not recognised." -> the reason only.
+    sndfile_reason = str(error).split("': ", 1)[-1] or type(error).__name__
   try:
     with warnings.catch_warnings():
       # librosa warns before falling back from soundfile to audioread; the
@@ -59,14 +104,23 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
       warnings.simplefilter("ignore")
       wave, _ = librosa.load(path, sr=sr, mono=True)
   except Exception as error:  # pylint: disable=broad-except
-    raise AudioError(
-        f"{path}: cannot be read as audio ({type(error).__name__}: {error})"
-    ) from error
+    if sndfile_reason is not None:  # audioread's NoBackendError has no message
+      with open(path, "rb") as f:
+        start = f.read(4)
+      reason = (f"not a recognised audio format: {sndfile_reason} "
+                f"(the file starts with {start!r})")
+    else:
+      reason = f"{type(error).__name__}: {error or 'no decoder succeeded'}"
+    raise AudioError(f"{path}: cannot be read as audio ({reason})") from error
   wave = np.ascontiguousarray(wave, dtype=np.float32)
   if wave.size == 0:
     raise AudioError(f"{path}: audio file holds no samples")
   if not np.all(np.isfinite(wave)):
     raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples")
+  peak = float(np.max(np.abs(wave)))
+  if peak > LOUD_PEAK:
+    logging.warning("%s: peak amplitude %.3g > %g (audio is expected in [-1, 1]); "
+                    "check how it was written", path, peak, LOUD_PEAK)
   return wave
 
 

@@ -213,14 +213,32 @@ def _circular_excerpt(wave: np.ndarray, start: int, length: int) -> np.ndarray:
 
 
 def _add_noise(clean: np.ndarray, noises: Sequence[np.ndarray], *, snr_db: float,
-               seed: int, split: int, index: int, path: str) -> np.ndarray:
+               seed: int, split: int, index: int, path: str,
+               noise_paths: Sequence[str]) -> np.ndarray:
   rng = np.random.default_rng([seed, split, index])
-  noise = noises[rng.integers(len(noises))]
+  choice = rng.integers(len(noises))
+  noise = noises[choice]
   excerpt = _circular_excerpt(noise, int(rng.integers(noise.size)), clean.size)
+  # Name the file that is at fault: the clip, or the noise (a silent stretch).
+  if audio.power(clean) <= 0.0:
+    raise DataError(f"{path}: silent clip (every sample is 0); noise cannot be mixed into it "
+                    f"at an SNR")
+  if audio.power(excerpt) <= 0.0:
+    raise DataError(f"{noise_paths[choice]}: the noise excerpt mixed into {path} is silent "
+                    "(every sample 0); remove the silent stretch or the file")
   try:
     return audio.mix_at_ratio(clean, excerpt, ratio_db=-snr_db)
   except ValueError as error:
-    raise DataError(f"{path}: cannot mix noise ({error})") from error
+    raise DataError(f"{path} + noise {noise_paths[choice]}: cannot mix ({error})") from error
+
+
+def _load_or_skip(path: str, sr: int, what: str) -> np.ndarray | None:
+  """The wave of ``path``, or None (with a warning naming it) if it is truncated."""
+  try:
+    return audio.load_wav(path, sr=sr)
+  except audio.TruncatedAudioError as error:
+    logging.warning("skipped %s: %s", what, error)
+    return None
 
 
 def _read_rare_list(data_dir: str, test_paths: Sequence[str]) -> set[str] | None:
@@ -267,29 +285,44 @@ def _load_mixing(data_dir: str, *, noise_dir: str | None, anomaly_dir: str | Non
   anomaly_paths = list_wavs(anomaly_dir)
   if not anomaly_paths:
     raise DataError(f"{anomaly_dir}: no anomalous sounds (*.wav)")
-  anomalies = [audio.load_wav(p, sr=sr) for p in anomaly_paths]
+  loaded = [(p, _load_or_skip(p, sr, "anomalous sound")) for p in anomaly_paths]
+  anomaly_paths = [p for p, w in loaded if w is not None]
+  anomalies = [w for _, w in loaded if w is not None]
+  if not anomalies:
+    raise DataError(f"{anomaly_dir}: no usable anomalous sounds (every file is truncated)")
   noises = None
   if noise_dir is not None:
     noise_paths = list_wavs(noise_dir)
     if not noise_paths:
       raise DataError(f"{noise_dir}: no noise clips (*.wav)")
     noises = [audio.load_wav(p, sr=sr) for p in noise_paths]
+    for noise_path, noise in zip(noise_paths, noises):
+      if audio.power(noise) <= 0.0:
+        raise DataError(f"{noise_path}: silent noise clip (every sample is 0); it cannot be "
+                        "mixed at an SNR (remove it from the noise directory)")
     logging.info("%s: %d noise clips, mixed at %g dB SNR", noise_dir, len(noises), snr_db)
   else:
     logging.warning("%s: no noise_dir and no noise/ directory; clips are used clean", data_dir)
 
-  def observed(path: str, split: int, index: int) -> np.ndarray:
-    clean = audio.load_wav(path, sr=sr)
-    if noises is None:
+  def observed(path: str, split: int, index: int) -> np.ndarray | None:
+    clean = _load_or_skip(path, sr, "training clip" if split == _TRAIN else "test clip")
+    if noises is None or clean is None:
       return clean
     return _add_noise(clean, noises, snr_db=snr_db, seed=seed, split=split, index=index,
-                      path=path)
+                      path=path, noise_paths=noise_paths)
 
-  train = [observed(p, _TRAIN, i) for i, p in enumerate(train_paths)]
+  # Indices are file positions, so a skipped clip changes no other clip's noise.
+  loaded = [(p, observed(p, _TRAIN, i)) for i, p in enumerate(train_paths)]
+  train_paths = [p for p, w in loaded if w is not None]
+  train = [w for _, w in loaded if w is not None]
+  if not train:
+    raise DataError(f"{train_dir}: no usable training clips (every file is truncated)")
   rare_names = _read_rare_list(data_dir, test_paths)
   test = []
   for index, path in enumerate(test_paths):
     normal = observed(path, _TEST, index)
+    if normal is None:
+      continue
     rare = None if rare_names is None else os.path.basename(path) in rare_names
     # Which anomaly, and where: fixed per clip, shared by all ANRs.
     rng = np.random.default_rng([seed, _TEST, index, 1])
@@ -350,9 +383,17 @@ def load_dataset(
 
   Raises:
     DataError: missing directories, no clips, undetectable layout, bad
-      metadata, or mixing options given for a DCASE layout.
-    audio.AudioError: an unreadable, empty or non-finite audio file.
+      metadata, mixing options given for a DCASE layout, a non-finite
+      ``snr_db`` or ANR, or a silent noise clip or clip (the message names
+      the file at fault).
+    audio.AudioError: an unreadable, empty or non-finite audio file. In the
+      mixing layout a truncated WAV is skipped with a warning naming it.
   """
+  if not np.isfinite(snr_db):
+    raise DataError(f"--snr_db must be a finite number of dB, got {snr_db}")
+  bad_anrs = [a for a in anrs_db if not np.isfinite(a)]
+  if bad_anrs:
+    raise DataError(f"the ANRs must be finite numbers of dB, got {list(anrs_db)}")
   data_dir = _require_dir(os.fspath(data_dir), "data")
   if layout == "auto":
     layout = detect_layout(data_dir)
@@ -387,7 +428,9 @@ def load_something_else(
   """Loads the something-else sounds a_n of eq. (8) (paper: clips < 5 s).
 
   Clips longer than ``max_seconds`` are SKIPPED (not cropped), as the paper
-  selected short files; the number skipped is logged.
+  selected short files; the number skipped is logged. Silent clips (their
+  frames would count as anomalous while holding no sound) and truncated WAVs
+  are skipped with a warning naming each file.
 
   Args:
     directory: directory of WAVs (sorted by name).
@@ -406,14 +449,23 @@ def load_something_else(
   if not paths:
     raise DataError(f"{directory}: no something-else sounds (*.wav)")
   max_len = int(round(max_seconds * sr))
-  waves = [audio.load_wav(p, sr=sr) for p in paths]
+  waves = []
+  for path in paths:
+    wave = _load_or_skip(path, sr, "something-else clip")
+    if wave is None:
+      continue
+    if audio.power(wave) <= 0.0:
+      logging.warning("skipped something-else clip %s: silent (every sample is 0)", path)
+      continue
+    waves.append(wave)
   kept = [w for w in waves if w.size <= max_len]
   skipped = len(waves) - len(kept)
   if skipped:
     logging.info("%s: skipped %d of %d something-else clips longer than %g s", directory,
                  skipped, len(waves), max_seconds)
   if not kept:
-    raise DataError(f"{directory}: every something-else clip is longer than {max_seconds} s")
+    raise DataError(f"{directory}: no usable something-else clip (each is longer than "
+                    f"{max_seconds} s, silent or truncated)")
   logging.info("%s: loaded %d something-else clips", directory, len(kept))
   return kept
 
@@ -423,6 +475,7 @@ def training_corpus(
     *,
     segment_seconds: float = 3.0,
     sr: int = audio.SAMPLE_RATE,
+    paths: Sequence[str] | None = None,
 ) -> np.ndarray:
   """Cuts every training clip into consecutive segments (paper: 3 s).
 
@@ -435,6 +488,8 @@ def training_corpus(
     train_waves: 1-D waves.
     segment_seconds: segment length in seconds.
     sr: sampling rate of the waves.
+    paths: optional file of each wave, to name the skipped clips in the
+      warning (without it they are named by position).
 
   Returns:
     float32 array (S, segment_seconds * sr), clip order then time order.
@@ -445,18 +500,22 @@ def training_corpus(
   segment_len = int(round(segment_seconds * sr))
   if segment_len <= 0:
     raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
-  segments, too_short, dropped = [], 0, 0
-  for wave in train_waves:
+  if paths is not None and len(paths) != len(train_waves):
+    raise ValueError(f"training_corpus: {len(paths)} paths for {len(train_waves)} waves")
+  segments, too_short, dropped = [], [], 0
+  for index, wave in enumerate(train_waves):
     wave = np.asarray(wave, dtype=np.float32)
     count = wave.size // segment_len
     if count == 0:
-      too_short += 1
+      name = paths[index] if paths is not None else f"clip #{index}"
+      too_short.append(f"{name} ({wave.size / sr:.2f} s)")
       continue
     dropped += wave.size - count * segment_len
     segments.append(wave[: count * segment_len].reshape(count, segment_len))
   if too_short:
-    logging.warning("training_corpus: skipped %d clips shorter than %g s", too_short,
-                    segment_seconds)
+    logging.warning("training_corpus: skipped %d clip(s) shorter than a %g-s segment: %s%s",
+                    len(too_short), segment_seconds, ", ".join(too_short[:10]),
+                    ", ..." if len(too_short) > 10 else "")
   if not segments:
     raise DataError(f"training_corpus: none of {len(train_waves)} clips is at least "
                     f"{segment_seconds} s long")

@@ -393,3 +393,125 @@ def test_ensure_generates_once_atomically(tmp_path, monkeypatch):
     synthetic.ensure(0, root=root, **{**SMALL, "num_train": 4})
   with pytest.raises(ValueError, match="not an empty directory"):
     synthetic.generate(root)
+
+
+# ----------------------------------------------------------------------------
+# Bad audio is named rightly
+# ----------------------------------------------------------------------------
+
+
+def _truncated(path, seconds=0.5):
+  """A valid WAV cut to a third of its bytes (the header still declares the whole)."""
+  full = _write(path, seconds=seconds)
+  raw = open(full, "rb").read()
+  with open(full, "wb") as f:
+    f.write(raw[: len(raw) // 3])
+  return full
+
+
+def test_text_file_named_wav_gives_a_real_reason(tmp_path):
+  path = tmp_path / "notes.wav"
+  path.write_text("this is not audio\n" * 20)
+  with pytest.raises(audio.AudioError) as info:
+    audio.load_wav(path)
+  message = str(info.value)
+  assert str(path) in message and "not a recognised audio format" in message
+  assert "NoBackendError: )" not in message and "b'this'" in message
+
+
+def test_truncated_wav_is_its_own_error_naming_the_file(tmp_path):
+  path = _truncated(tmp_path / "cut.wav")
+  with pytest.raises(audio.TruncatedAudioError, match=f"{path}: truncated WAV"):
+    audio.load_wav(path)
+  assert audio.load_wav(_write(tmp_path / "whole.wav")).size == 4000  # untouched
+
+
+def test_very_loud_file_is_loaded_with_a_warning_naming_it(tmp_path, caplog):
+  path = str(tmp_path / "loud.wav")
+  soundfile.write(path, np.full(800, 1e6, np.float32), SR, subtype="FLOAT")
+  with caplog.at_level("WARNING"):
+    wave = audio.load_wav(path)
+  assert wave.max() == pytest.approx(1e6)
+  assert path in caplog.text and "peak amplitude" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    audio.load_wav(_write(tmp_path / "quiet.wav"))
+  assert "peak amplitude" not in caplog.text
+
+
+def test_silent_noise_file_is_named_not_the_clip(tmp_path):
+  root = _mixing_tree(tmp_path)
+  silent = _write(root / "noise" / "n1.wav", np.zeros(1600, np.float32))
+  with pytest.raises(data.DataError, match=f"{silent}: silent noise clip") as info:
+    data.load_dataset(root)
+  assert "train" not in str(info.value)
+
+
+def test_silent_stretch_of_noise_names_the_noise_file(tmp_path):
+  root = _mixing_tree(tmp_path)
+  os.remove(root / "noise" / "n0.wav")
+  noise = np.zeros(SR * 4, np.float32)
+  noise[:80] = 0.1  # almost all silent: every 0.5-s excerpt but one is silent
+  path = _write(root / "noise" / "n0.wav", noise)
+  with pytest.raises(data.DataError, match=f"{path}: the noise excerpt mixed into"):
+    data.load_dataset(root)
+
+
+def test_silent_training_clip_is_named(tmp_path):
+  root = _mixing_tree(tmp_path)
+  silent = _write(root / "train" / "clip_9.wav", np.zeros(8000, np.float32))
+  with pytest.raises(data.DataError, match=f"{silent}: silent clip"):
+    data.load_dataset(root)
+
+
+@pytest.mark.parametrize("snr_db", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_snr_names_the_flag(tmp_path, snr_db):
+  root = _mixing_tree(tmp_path)
+  with pytest.raises(data.DataError, match="--snr_db must be a finite"):
+    data.load_dataset(root, snr_db=snr_db)
+
+
+def test_truncated_clips_are_skipped_with_their_name(tmp_path, caplog):
+  root = _mixing_tree(tmp_path)
+  reference = data.load_dataset(root, seed=3)
+  train_cut = _truncated(root / "train" / "clip_1b.wav")
+  test_cut = _truncated(root / "test" / "clip_0b.wav")
+  anomaly_cut = _truncated(root / "anomaly" / "a0b.wav")
+  with caplog.at_level("WARNING"):
+    ds = data.load_dataset(root, seed=3)
+  for path in (train_cut, test_cut, anomaly_cut):
+    assert path in caplog.text
+  assert "truncated" in caplog.text
+  assert ds.train_paths == reference.train_paths and len(ds.train) == 3
+  # the other clips get the noise they got before (indices are file positions)
+  np.testing.assert_array_equal(ds.train[0], reference.train[0])
+  assert [c.path for c in ds.test] == [c.path for c in reference.test]
+
+
+def test_something_else_silent_and_truncated_clips_skipped_with_their_name(tmp_path, caplog):
+  _write(tmp_path / "good.wav", seconds=0.25)
+  silent = _write(tmp_path / "silent.wav", np.zeros(2000, np.float32))
+  cut = _truncated(tmp_path / "cut.wav")
+  with caplog.at_level("WARNING"):
+    waves = data.load_something_else(tmp_path)
+  assert [w.size for w in waves] == [4000]
+  assert silent in caplog.text and cut in caplog.text
+  os.remove(tmp_path / "good.wav")
+  with pytest.raises(data.DataError, match="silent or truncated"):
+    data.load_something_else(tmp_path)
+
+
+def test_training_corpus_names_the_short_clips(caplog):
+  waves = [np.ones(7000, np.float32), np.ones(100, np.float32), np.ones(2999, np.float32)]
+  paths = ["train/long.wav", "train/tiny.wav", "train/almost.wav"]
+  with caplog.at_level("WARNING"):
+    corpus = data.training_corpus(waves, segment_seconds=3.0, sr=1000, paths=paths)
+  assert corpus.shape == (2, 3000)
+  assert "train/tiny.wav (0.10 s)" in caplog.text and "train/almost.wav" in caplog.text
+  assert "train/long.wav" not in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    data.training_corpus(waves, segment_seconds=3.0, sr=1000)
+  assert "clip #1" in caplog.text and "clip #2" in caplog.text
+  with pytest.raises(ValueError, match="paths"):
+    data.training_corpus(waves, segment_seconds=3.0, sr=1000, paths=paths[:2])
