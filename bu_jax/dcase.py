@@ -1,0 +1,315 @@
+"""DCASE Task 2 data sets (2020 to 2025): file names, loader, ground truth.
+
+Layout: ``<root>/<machine_type>/{train,test}/*.wav`` (the development set;
+the organisers' ``dev_data/raw/<machine_type>`` or ``dev_data/<machine_type>``
+folders are both such roots). File-name grammars, by year:
+
+==========  ===================================================================
+2020        ``{normal,anomaly}_id_00_00000000.wav``; evaluation test set:
+            ``id_00_00000000.wav``. The machine id plays the role of a section.
+2021        ``section_00_{source,target}_{train,test}_{normal,anomaly}_0000``
+            ``[_<anything>].wav`` (the domain part may be missing).
+2022-2025   ``section_00_{source,target}_{train,test}_{normal,anomaly}_0000``
+            ``_<key>_<value>[_<key>_<value>...].wav`` or ``..._noAttribute.wav``;
+            attributes are parsed into a dict.
+eval sets   ``section_00_0000.wav`` (2021-2025): no label, no domain; scored
+            and written, evaluated only with ``--ground_truth_dir``.
+==========  ===================================================================
+
+``parse_name`` returns a ``ClipName`` or ``None`` (a name that fits no
+grammar); ``load_machine_type`` logs every skipped file by name and never
+guesses. Ground truth of evaluation sets uses the organisers' layout
+(``<dir>/ground_truth_data/ground_truth_<machine>_section_<XX>_test.csv`` with
+rows ``wavname,0|1`` and ``<dir>/ground_truth_domain/...`` with rows
+``wavname,0|1`` for source / target).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+from typing import Optional, Sequence
+
+from absl import logging
+import numpy as np
+
+from bu_jax import audio
+from bu_jax import data as data_lib
+
+YEARS = ("2020", "2021", "2022", "2023", "2024", "2025")
+DataError = data_lib.DataError
+
+_LABELS = {"normal": 0, "anomaly": 1}
+_RE_2020 = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<section>\d+)_(?P<index>\d+)$")
+_RE_2020_EVAL = re.compile(r"^id_(?P<section>\d+)_(?P<index>\d+)$")
+_RE_SECTION = re.compile(
+    r"^section_(?P<section>\d+)_(?:(?P<domain>source|target)_)?(?P<split>train|test)_"
+    r"(?P<label>normal|anomaly)_(?P<index>\d+)(?:_(?P<rest>.+))?$")
+_RE_SECTION_EVAL = re.compile(
+    r"^section_(?P<section>\d+)_(?:(?P<domain>source|target)_)?(?:(?P<split>train|test)_)?"
+    r"(?P<index>\d+)(?:_(?P<rest>.+))?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipName:
+  """What a DCASE file name says.
+
+  Attributes:
+    name: the base name, e.g. ``section_00_target_test_anomaly_0003_car_A1.wav``.
+    section: two-digit section (or, for 2020, machine id), e.g. "00".
+    domain: "source", "target" or None (2020, evaluation names).
+    split: "train", "test" or None (not in the name).
+    label: 0 normal, 1 anomalous, None (evaluation set).
+    index: the clip number as written.
+    attributes: {key: value} of 2022+ names ({} for ``noAttribute`` or none).
+    grammar: "2020", "2021", "2022+" or "eval".
+  """
+
+  name: str
+  section: str
+  domain: Optional[str]
+  split: Optional[str]
+  label: Optional[int]
+  index: str
+  attributes: dict
+  grammar: str
+
+
+def parse_attributes(text: Optional[str]) -> Optional[dict]:
+  """``car_A1_spd_28V`` -> {"car": "A1", "spd": "28V"}; ``noAttribute`` -> {}.
+
+  Returns None for text that is not key/value pairs (an odd number of parts).
+  """
+  if not text or text == "noAttribute":
+    return {}
+  parts = text.split("_")
+  if len(parts) % 2:
+    return None
+  return dict(zip(parts[0::2], parts[1::2]))
+
+
+def parse_name(name: str, *, year: str = "auto") -> Optional[ClipName]:
+  """Parses one file name (with or without directory) by the grammar of ``year``.
+
+  Args:
+    name: a file name ending in ``.wav`` (any case).
+    year: "auto" (any grammar) or one of ``YEARS``: 2020 accepts only 2020
+      names; 2021 section names with any suffix; 2022+ section names whose
+      suffix is key/value attribute pairs or ``noAttribute``. Evaluation-set
+      names (no label) are accepted for every year.
+
+  Returns:
+    A ``ClipName``, or None if the name fits no grammar of ``year``.
+  """
+  base = os.path.basename(name)
+  stem, ext = os.path.splitext(base)
+  if ext.lower() != ".wav":
+    return None
+  if year not in ("auto", *YEARS):
+    raise ValueError(f"year must be 'auto' or one of {YEARS}, got {year!r}")
+  if year in ("auto", "2020"):
+    m = _RE_2020.match(stem)
+    if m:
+      return ClipName(base, f"{int(m['section']):02d}", None, None, _LABELS[m["label"]],
+                      m["index"], {}, "2020")
+    m = _RE_2020_EVAL.match(stem)
+    if m:
+      return ClipName(base, f"{int(m['section']):02d}", None, None, None, m["index"], {}, "eval")
+    if year == "2020":
+      return None
+  m = _RE_SECTION.match(stem)
+  if m:
+    rest = m["rest"]
+    attributes = parse_attributes(rest)
+    if year == "2021" or (year == "auto" and rest is None):
+      grammar = "2021"
+      attributes = attributes or {}
+    else:  # 2022+: the suffix must be attribute pairs or noAttribute
+      if rest is None or attributes is None:
+        if year != "auto":
+          return None
+        grammar, attributes = "2021", {}  # auto: a free-form 2021 suffix
+      else:
+        grammar = "2022+"
+    return ClipName(base, m["section"], m["domain"], m["split"], _LABELS[m["label"]],
+                    m["index"], attributes, grammar)
+  m = _RE_SECTION_EVAL.match(stem)
+  if m:
+    attributes = parse_attributes(m["rest"]) or {}
+    return ClipName(base, m["section"], m["domain"], m["split"], None, m["index"], attributes,
+                    "eval")
+  return None
+
+
+def detect_year(names: Sequence[ClipName]) -> str:
+  """The metric convention that fits parsed names: "2020", "2021" or "2022".
+
+  2022 stands for 2022-2025 (same metrics and official score).
+  """
+  grammars = {n.grammar for n in names}
+  if "2020" in grammars or (grammars == {"eval"} and all(n.domain is None and
+                                                         n.name.startswith("id_")
+                                                         for n in names)):
+    return "2020"
+  if "2022+" in grammars:
+    return "2022"
+  return "2021"
+
+
+def metric_year(year: str) -> str:
+  """The metric convention of a year: "2020", "2021" or "2022" (for 2022-2025)."""
+  if year in ("2020", "2021"):
+    return year
+  if year in YEARS[2:]:
+    return "2022"
+  raise ValueError(f"year must be one of {YEARS}, got {year!r}")
+
+
+@dataclasses.dataclass
+class Clip:
+  """One clip of a machine type: its parsed name, path and (lazily) its wave."""
+
+  path: str
+  meta: ClipName
+  label: Optional[int]
+  domain: Optional[str]
+  wave: Optional[np.ndarray] = None
+
+  @property
+  def name(self) -> str:
+    return self.meta.name
+
+  @property
+  def section(self) -> str:
+    return self.meta.section
+
+
+@dataclasses.dataclass
+class MachineData:
+  """Training and test clips of one machine type."""
+
+  machine_type: str
+  directory: str
+  train: list
+  test: list
+  skipped: list
+
+  @property
+  def sections(self) -> list[str]:
+    return sorted({c.section for c in self.test} | {c.section for c in self.train})
+
+
+def discover_machine_types(root: str) -> list[str]:
+  """Sub-folders of ``root`` that hold a ``train`` or ``test`` folder, sorted."""
+  if not os.path.isdir(root):
+    raise DataError(f"{root}: no such directory (--data_root)")
+  found = sorted(d for d in os.listdir(root)
+                 if os.path.isdir(os.path.join(root, d, "train"))
+                 or os.path.isdir(os.path.join(root, d, "test")))
+  if not found:
+    raise DataError(f"{root}: no machine-type folders (<root>/<machine_type>/train, test)")
+  return found
+
+
+def _parse_folder(folder: str, split: str, year: str) -> tuple[list, list]:
+  clips, skipped = [], []
+  for path in data_lib.list_wavs(folder):
+    meta = parse_name(path, year=year)
+    if meta is None or (meta.split is not None and meta.split != split):
+      reason = "does not fit the DCASE file-name grammar" + (
+          "" if year == "auto" else f" of {year}") if meta is None else (
+              f"is a {meta.split} clip in the {split} folder")
+      logging.warning("skipped %s: its name %s", path, reason)
+      skipped.append(path)
+      continue
+    if split == "train" and meta.label == 1:
+      logging.warning("skipped %s: an anomalous clip in the training folder", path)
+      skipped.append(path)
+      continue
+    clips.append(Clip(path=path, meta=meta, label=meta.label, domain=meta.domain))
+  return clips, skipped
+
+
+def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
+                      load_audio: bool = True, need_train: bool = True,
+                      sr: int = audio.SAMPLE_RATE) -> MachineData:
+  """Lists (and loads) the clips of ``<root>/<machine_type>/{train,test}``.
+
+  Files whose names fit no grammar are logged (each by path) and skipped.
+
+  Raises:
+    DataError: a missing folder, or no usable clip, naming the folder.
+    audio.AudioError: an unreadable file, naming it.
+  """
+  directory = os.path.join(root, machine_type)
+  if not os.path.isdir(directory):
+    raise DataError(f"{directory}: no such machine-type directory")
+  train, test, skipped = [], [], []
+  train_dir, test_dir = os.path.join(directory, "train"), os.path.join(directory, "test")
+  if need_train or os.path.isdir(train_dir):
+    if not os.path.isdir(train_dir):
+      raise DataError(f"{train_dir}: training directory does not exist")
+    train, sk = _parse_folder(train_dir, "train", year)
+    skipped += sk
+    if need_train and not train:
+      raise DataError(f"{train_dir}: no normal training clips with DCASE names")
+  if os.path.isdir(test_dir):
+    test, sk = _parse_folder(test_dir, "test", year)
+    skipped += sk
+  if load_audio:
+    for clip in train + test:
+      clip.wave = audio.load_wav(clip.path, sr=sr)
+  if skipped:
+    logging.warning("%s: skipped %d file(s) with unusable names", directory, len(skipped))
+  return MachineData(machine_type, directory, train, test, skipped)
+
+
+def _read_two_column_csv(path: str) -> dict[str, int]:
+  out = {}
+  with open(path, encoding="utf-8", newline="") as f:
+    for line_no, row in enumerate(csv.reader(f), 1):
+      if not row:
+        continue
+      if len(row) < 2:
+        raise DataError(f"{path}:{line_no}: expected 'wavname,value', got {row}")
+      try:
+        out[row[0].strip()] = int(float(row[1]))
+      except ValueError:
+        raise DataError(f"{path}:{line_no}: not a number: {row[1]!r}") from None
+  return out
+
+
+def apply_ground_truth(machine: MachineData, ground_truth_dir: str) -> int:
+  """Fills label and domain of unlabelled test clips from the organisers' CSVs.
+
+  Reads ``ground_truth_data/ground_truth_<machine>_section_<XX>_test.csv``
+  (``wavname,0|1``: normal / anomalous) and ``ground_truth_domain/...``
+  (``wavname,0|1``: source / target) under ``ground_truth_dir``. Returns the
+  number of clips that received a label.
+
+  Raises:
+    DataError: a missing directory or file, or a clip missing from a file.
+  """
+  if not os.path.isdir(ground_truth_dir):
+    raise DataError(f"{ground_truth_dir}: no such directory (--ground_truth_dir)")
+  count = 0
+  for section in sorted({c.section for c in machine.test if c.label is None}):
+    fname = f"ground_truth_{machine.machine_type}_section_{section}_test.csv"
+    label_path = os.path.join(ground_truth_dir, "ground_truth_data", fname)
+    domain_path = os.path.join(ground_truth_dir, "ground_truth_domain", fname)
+    if not os.path.isfile(label_path):
+      raise DataError(f"{label_path}: no such ground-truth file")
+    labels = _read_two_column_csv(label_path)
+    domains = _read_two_column_csv(domain_path) if os.path.isfile(domain_path) else {}
+    for clip in machine.test:
+      if clip.section != section or clip.label is not None:
+        continue
+      if clip.name not in labels:
+        raise DataError(f"{label_path}: no row for {clip.name}")
+      clip.label = labels[clip.name]
+      if clip.name in domains:
+        clip.domain = ("source", "target")[domains[clip.name]]
+      count += 1
+  return count

@@ -1,0 +1,486 @@
+"""DCASE Task 2 benchmark mode: every machine type, source and target domains.
+
+``run(settings)`` trains one autoencoder per machine type (the baselines'
+convention; one per section with ``per="section"``) and per loss (RE, SNP,
+BU, from the same initial parameters) on all of that type's normal training
+clips with the data-parallel step of ``bu_jax.train``, checkpoints and resumes
+each model in ``<workdir>/<loss>/models/<machine_type>[/section_XX]``, scores
+every test clip (eq. 11: max of the interior frame scores), and writes:
+
+- ``<workdir>/<loss>/anomaly_score_<machine_type>_section_<XX>_test.csv``
+  (rows ``wavname,score``, no header) and
+  ``decision_result_<machine_type>_section_<XX>_test.csv`` (``wavname,0|1``):
+  the challenge's submission files; the evaluation set's (``eval_root``) go
+  to ``<workdir>/<loss>/eval/``;
+- ``<workdir>/<loss>/result.csv``: the baselines' result layout (per machine
+  type: one row per section, arithmetic and harmonic means; the official
+  score);
+- ``<workdir>/summary.csv`` (every loss, machine type and section in one
+  table) and ``<workdir>/results.json``;
+- ``<workdir>/score_histogram_<machine_type>.png``: clip scores by domain and
+  label, one panel per loss.
+
+The decision threshold is the 0.9 quantile of a gamma distribution fitted to
+the clip scores of the model's own training clips, as the baselines do.
+Metrics and the official score: ``bu_jax.dcase_metrics``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from typing import Any, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from bu_jax import checkpoint as checkpoint_lib
+from bu_jax import data as data_lib
+from bu_jax import dcase
+from bu_jax import dcase_metrics
+from bu_jax import evaluate
+from bu_jax import fileio
+from bu_jax import losses as losses_lib
+from bu_jax import parallel
+from bu_jax import progress as progress_lib
+from bu_jax import scoring
+from bu_jax import synthetic_dcase
+from bu_jax import train as train_lib
+
+PRESETS = {
+    # Section 4.2.2 of the paper, per machine type.
+    "paper": dict(model="fcn64-large", epochs=200, steps_per_epoch=500,
+                  decay_start_epoch=100, learning_rate=1e-4, segments_per_mixture=10,
+                  steps_per_call=1),
+    # The embedded set on a 2-core CPU: 3 machine types x 3 losses in ~5 min.
+    "demo": dict(model="fcn40-small", epochs=4, steps_per_epoch=100, decay_start_epoch=2,
+                 learning_rate=1e-3, segments_per_mixture=10, steps_per_call=10),
+}
+PER = ("machine_type", "section")
+
+
+class Interrupted(Exception):
+  """Training stopped on SIGTERM / Ctrl-C after saving a checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What ``run`` does; ``None`` fields take the preset's value."""
+
+  workdir: str
+  losses: Sequence[str] = ("bu",)
+  data_root: Optional[str] = None
+  machines: Optional[Sequence[str]] = None
+  year: str = "auto"
+  per: str = "machine_type"
+  preset: str = "demo"
+  seed: int = 0
+  data_seed: int = 0
+  something_else_dir: Optional[str] = None
+  ground_truth_dir: Optional[str] = None
+  eval_root: Optional[str] = None
+  model: Optional[str] = None
+  epochs: Optional[int] = None
+  steps_per_epoch: Optional[int] = None
+  decay_start_epoch: Optional[int] = None
+  learning_rate: Optional[float] = None
+  segments_per_mixture: Optional[int] = None
+  mixtures_per_step: Optional[int] = None  # None: one per device
+  num_devices: Optional[int] = None  # None: all devices
+  steps_per_call: Optional[int] = None
+  sigma: Optional[float] = None
+  lam: Optional[float] = None
+  eps: float = 1e-6
+  checkpoint_every: int = 500
+  threshold_quantile: float = 0.9
+  reduce: str = "max"
+  progress: bool = True
+  synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
+
+  def __post_init__(self):
+    if self.preset not in PRESETS:
+      raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+    bad = [l for l in self.losses if l not in losses_lib.LOSSES]
+    if bad or not self.losses:
+      raise ValueError(f"--loss must be one of {losses_lib.LOSSES} or 'all', got {bad}")
+    if self.year not in ("auto", *dcase.YEARS):
+      raise ValueError(f"--year must be auto or one of {dcase.YEARS}, got {self.year!r}")
+    if self.per not in PER:
+      raise ValueError(f"--per must be one of {PER}, got {self.per!r}")
+    if self.reduce not in ("max", "mean"):
+      raise ValueError(f"--reduce must be max or mean, got {self.reduce!r}")
+
+  def resolved(self, name: str):
+    value = getattr(self, name)
+    return PRESETS[self.preset][name] if value is None else value
+
+  def train_config(self, loss: str, num_devices: int) -> train_lib.TrainConfig:
+    return train_lib.TrainConfig(
+        loss=loss, model=self.resolved("model"), learning_rate=self.resolved("learning_rate"),
+        epochs=self.resolved("epochs"), steps_per_epoch=self.resolved("steps_per_epoch"),
+        decay_start_epoch=self.resolved("decay_start_epoch"),
+        segments_per_mixture=self.resolved("segments_per_mixture"),
+        mixtures_per_step=self.mixtures_per_step or num_devices,
+        steps_per_call=self.resolved("steps_per_call"), seed=self.seed,
+        sigma=self.sigma, lam=self.lam, eps=self.eps)
+
+
+def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
+  if path is not None and not os.path.isdir(path):
+    raise data_lib.DataError(f"{flag}={path}: no such directory")
+  return path
+
+
+# ------------------------------------------------------------------ training
+
+
+def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, mesh,
+                model_dir: str, tag: str) -> tuple[Any, int]:
+  """Trains (or resumes, or finds finished) one model in ``model_dir``.
+
+  Returns the final state and the number of steps trained now.
+  """
+  preset = config.model_preset
+  metadata = {"tag": tag, "loss": config.loss, "model": preset.name,
+              "features": dataclasses.asdict(preset.features),
+              "train_config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
+  init = train_lib.create_state(config, mesh=mesh)
+  total = config.total_steps
+  with checkpoint_lib.Checkpointer(model_dir, metadata=metadata,
+                                   save_interval_steps=settings.checkpoint_every) as ckpt, \
+       checkpoint_lib.GracefulStop() as stop:
+    state, restored = ckpt.restore_or_init(init)
+    start = 0 if restored is None else restored
+    if start >= total:
+      print(f"[{tag}] already trained ({total} steps)", flush=True)
+      return state, 0
+    if restored is not None:
+      print(f"[{tag}] resuming from step {restored}", flush=True)
+
+    class _Stopped(Exception):
+      pass
+
+    def on_step(step, new_state, _):
+      ckpt.maybe_save(step, new_state)
+      if stop.requested:
+        ckpt.maybe_save(step, new_state, force=True)
+        raise _Stopped(step)
+
+    print(f"[{tag}] training {preset.name} for {total} steps from step {start}", flush=True)
+    bar = progress_lib.ProgressBar(total, initial=start) if settings.progress else False
+    try:
+      with progress_lib.MetricsWriter(os.path.join(model_dir, "metrics.jsonl")) as writer:
+        state = train_lib.train(config, corpus, mesh=mesh, state=state, on_step=on_step,
+                                metrics_writer=writer, progress=bar)
+    except _Stopped as e:
+      ckpt.wait()
+      raise Interrupted(f"stopped by {stop.signal_name} after step {e.args[0]}; the "
+                        f"checkpoint is in {ckpt.directory}: run the same command again "
+                        "to resume") from None
+    ckpt.maybe_save(total, state, force=True)
+  return state, total - start
+
+
+def clip_scores(scorer: scoring.FrameScorer, params, clips, *, reduce: str) -> np.ndarray:
+  """Eq. (11) over each clip's interior frames."""
+  out = []
+  for clip in clips:
+    frames = scorer(params, clip.wave, name=clip.path)
+    out.append(evaluate.clip_score(frames[scorer.config.interior(len(clip.wave))],
+                                   reduce=reduce))
+  return np.asarray(out, dtype=np.float64)
+
+
+# ------------------------------------------------------------------ files
+
+
+def _csv_text(rows) -> str:
+  buffer = io.StringIO()
+  csv.writer(buffer, lineterminator="\n").writerows(rows)
+  return buffer.getvalue()
+
+
+def write_submission(directory: str, machine_type: str, section: str, names: Sequence[str],
+                     scores: Sequence[float], decisions: Sequence[int]) -> list[str]:
+  """Writes the challenge's two files of one section (atomically).
+
+  ``anomaly_score_<machine_type>_section_<XX>_test.csv``: ``wavname,score``;
+  ``decision_result_<machine_type>_section_<XX>_test.csv``: ``wavname,0|1``;
+  no header, ``\\n`` line ends, in the order given.
+  """
+  stem = f"{machine_type}_section_{section}_test.csv"
+  score_path = os.path.join(directory, f"anomaly_score_{stem}")
+  decision_path = os.path.join(directory, f"decision_result_{stem}")
+  fileio.atomic_write(score_path, _csv_text(
+      [(n, repr(float(s))) for n, s in zip(names, scores)]))
+  fileio.atomic_write(decision_path, _csv_text(
+      [(n, int(d)) for n, d in zip(names, decisions)]))
+  return [score_path, decision_path]
+
+
+def _plot_histogram(path: str, groups_by_loss: dict, thresholds: dict) -> str:
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp.png")
+  try:
+    evaluate.plot_score_histogram(tmp, groups_by_loss, thresholds=thresholds)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def _group_name(clip) -> str:
+  if clip.label is None:
+    return "unlabelled"
+  kind = "anomaly" if clip.label else "normal"
+  return f"{clip.domain} {kind}" if clip.domain else kind
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def _section_results(clips, scores, decisions, year: str) -> dict:
+  """{section: metrics} for the sections whose clips are all labelled (and have
+  domains, from 2021 on); other sections are left out (scored, not evaluated)."""
+  out = {}
+  for section in sorted({c.section for c in clips}):
+    idx = [i for i, c in enumerate(clips) if c.section == section]
+    sel = [clips[i] for i in idx]
+    if any(c.label is None for c in sel) or (year != "2020" and any(c.domain is None
+                                                                   for c in sel)):
+      continue
+    out[section] = dcase_metrics.section_metrics(
+        [c.label for c in sel], scores[idx], decisions[idx], [c.domain for c in sel],
+        year=year)
+  return out
+
+
+def _fmt(v) -> str:
+  return "   n/a" if v is None or not np.isfinite(v) else f"{v:6.3f}"
+
+
+def format_result(summary: dict, *, year: str, title: str) -> str:
+  """The baselines' result summary as text: per machine type, sections and means."""
+  cols = dcase_metrics.COLUMNS[year]
+  short = [c.replace("precision", "prec").replace("recall", "rec").replace(" score", "")
+           .replace("(source)", "(s)").replace("(target)", "(t)") for c in cols]
+  head = f"{'':<18}" + "".join(f"{s:>10}" for s in short)
+  lines = [title, head]
+  for machine, m in summary["machine_types"].items():
+    lines.append(machine)
+    for section, v in m["sections"].items():
+      lines.append(f"  section {section:<8}" + "".join(f"{_fmt(v[c]):>10}" for c in cols))
+    for kind, label in (("arithmetic mean", "  a-mean"), ("harmonic mean", "  h-mean")):
+      lines.append(f"{label:<18}" + "".join(f"{_fmt(m[kind][c]):>10}" for c in cols))
+  if summary.get("overall"):
+    for kind, label in (("arithmetic mean", "all: a-mean"), ("harmonic mean", "all: h-mean")):
+      lines.append(f"{label:<18}" + "".join(f"{_fmt(summary['overall'][kind][c]):>10}"
+                                             for c in cols))
+  lines.append(f"official score: {_fmt(summary['official_score']).strip()}")
+  return "\n".join(lines)
+
+
+def format_comparison(results: dict, losses: Sequence[str], *, year: str) -> str:
+  """One line per headline number, one column per loss."""
+  rows = ([("h-mean AUC (source)", "hmean_auc_source"), ("h-mean AUC (target)", "hmean_auc_target"),
+           ("h-mean pAUC", "hmean_pauc")] if year != "2020" else
+          [("h-mean AUC", "hmean_auc"), ("h-mean pAUC", "hmean_pauc")])
+  rows.append(("official score", "official_score"))
+  head = f"{'':<22}" + "".join(f"{l.upper():>8}" for l in losses)
+  lines = [head, "-" * len(head)]
+  for label, key in rows:
+    lines.append(f"{label:<22}" + "".join(
+        f"{_fmt(results[l]['dev'].get(key)):>8}" for l in losses))
+  return "\n".join(lines)
+
+
+def _summary_rows(results: dict, losses: Sequence[str], year: str) -> list[list[str]]:
+  cols = dcase_metrics.COLUMNS[year]
+  rows = [["loss", "set", "machine_type", "section", *cols, "official score"]]
+  num = lambda v: "" if v is None or not np.isfinite(v) else repr(float(v))
+  for loss in losses:
+    for set_name in ("dev", "eval"):
+      summary = results[loss].get(set_name)
+      if not summary or not summary.get("machine_types"):
+        continue
+      for machine, m in summary["machine_types"].items():
+        for section, v in m["sections"].items():
+          rows.append([loss, set_name, machine, section, *(num(v[c]) for c in cols), ""])
+        for kind in ("arithmetic mean", "harmonic mean"):
+          rows.append([loss, set_name, machine, kind, *(num(m[kind][c]) for c in cols), ""])
+      for kind in ("arithmetic mean", "harmonic mean"):
+        rows.append([loss, set_name, "all", kind,
+                     *(num(summary["overall"][kind][c]) for c in cols),
+                     num(summary["official_score"]) if kind == "harmonic mean" else ""])
+  return rows
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
+  root = _need_dir(settings.data_root, "--data_root")
+  se_dir = _need_dir(settings.something_else_dir, "--something_else_dir")
+  _need_dir(settings.ground_truth_dir, "--ground_truth_dir")
+  _need_dir(settings.eval_root, "--eval_root")
+  if root is None:
+    t0 = time.perf_counter()
+    kwargs = dict(settings.synthetic_kwargs or {})
+    root = (synthetic_dcase.ensure(seed=settings.data_seed, **kwargs) if not kwargs else
+            synthetic_dcase.ensure(seed=settings.data_seed,
+                                   root=os.path.join(settings.workdir, "synthetic_data"),
+                                   **kwargs))
+    print(f"Embedded DCASE-style data set (seed {settings.data_seed}): {root} "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    if se_dir is None:
+      se_dir = os.path.join(root, "something_else")
+  if any(l != "re" for l in settings.losses) and se_dir is None:
+    raise data_lib.DataError(
+        "--something_else_dir is required for --loss=snp/bu/all with --data_root "
+        "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
+  return root, se_dir
+
+
+def run(settings: Settings) -> dict:
+  """Trains and evaluates every loss on every machine type; returns the results."""
+  os.makedirs(settings.workdir, exist_ok=True)
+  devices = jax.devices()
+  if settings.num_devices is not None:
+    if not 1 <= settings.num_devices <= len(devices):
+      raise ValueError(f"--num_devices={settings.num_devices}: this machine has "
+                       f"{len(devices)} devices")
+    devices = devices[:settings.num_devices]
+  mesh = parallel.data_mesh(devices)
+  num_devices = len(devices)
+  device_info = parallel.log_devices(mesh)
+  root, se_dir = _resolve_data(settings)
+  machine_types = list(settings.machines or dcase.discover_machine_types(root))
+  needs_clips = any(l != "re" for l in settings.losses)
+  clips = lengths = None
+  if needs_clips:
+    something_else = data_lib.load_something_else(se_dir)
+    clips, lengths = data_lib.pad_clips(something_else)
+  configs = {l: settings.train_config(l, num_devices) for l in settings.losses}
+  cfg0 = configs[settings.losses[0]]
+  preset = cfg0.model_preset
+  scorer = scoring.FrameScorer(preset.build(), preset.features)
+
+  per_section = {set_name: {l: {} for l in settings.losses} for set_name in ("dev", "eval")}
+  thresholds = {l: {} for l in settings.losses}
+  train_seconds = {l: {} for l in settings.losses}
+  years = set()
+  data_info = {"data_root": os.path.abspath(root), "something_else_dir": se_dir and
+               os.path.abspath(se_dir), "machine_types": {}}
+  for machine in machine_types:
+    md = dcase.load_machine_type(root, machine, year=settings.year)
+    year = (dcase.metric_year(settings.year) if settings.year != "auto"
+            else dcase.detect_year([c.meta for c in md.train + md.test]))
+    years.add(year)
+    test_sets = {"dev": md.test}
+    if settings.eval_root:
+      ev = dcase.load_machine_type(settings.eval_root, machine, year=settings.year,
+                                   need_train=False)
+      test_sets["eval"] = ev.test
+    if settings.ground_truth_dir:
+      for clips_ in test_sets.values():
+        holder = dcase.MachineData(machine, root, [], clips_, [])
+        if any(c.label is None for c in clips_):
+          dcase.apply_ground_truth(holder, settings.ground_truth_dir)
+    data_info["machine_types"][machine] = {
+        "train_clips": len(md.train), "test_clips": len(md.test), "sections": md.sections,
+        "train_target_clips": sum(c.domain == "target" for c in md.train),
+        "skipped_files": md.skipped, "metric_year": year}
+    if settings.per == "machine_type":
+      groups = {"all": (md.train, None)}
+    else:
+      groups = {f"section_{s}": ([c for c in md.train if c.section == s], s)
+                for s in sorted({c.section for c in md.train})}
+    scores = {l: {s: {} for s in test_sets} for l in settings.losses}
+    for group, (train_clips, section) in groups.items():
+      segments = data_lib.training_corpus([c.wave for c in train_clips],
+                                          segment_seconds=cfg0.segment_seconds)
+      corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)
+      for loss in settings.losses:
+        tag = f"{loss}/{machine}" + ("" if section is None else f"/section_{section}")
+        model_dir = os.path.join(settings.workdir, loss, "models", machine,
+                                 *([] if section is None else [f"section_{section}"]))
+        t0 = time.perf_counter()
+        state, trained = train_model(settings, configs[loss], corpus, mesh=mesh,
+                                     model_dir=model_dir, tag=tag)
+        params = jax.device_get(state.params)
+        if trained:
+          train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
+        train_scores = clip_scores(scorer, params, train_clips, reduce=settings.reduce)
+        phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
+        thresholds[loss][tag] = phi
+        for set_name, test_clips in test_sets.items():
+          chosen = [c for c in test_clips if section is None or c.section == section]
+          s = clip_scores(scorer, params, chosen, reduce=settings.reduce)
+          for clip, value in zip(chosen, s):
+            scores[loss][set_name][clip.path] = (value, int(value >= phi))
+    # Files and metrics of this machine type.
+    hist, hist_thresholds = {}, {}
+    for loss in settings.losses:
+      for set_name, test_clips in test_sets.items():
+        out_dir = os.path.join(settings.workdir, loss, *([] if set_name == "dev" else ["eval"]))
+        done = [c for c in test_clips if c.path in scores[loss][set_name]]
+        values = np.array([scores[loss][set_name][c.path][0] for c in done])
+        decisions = np.array([scores[loss][set_name][c.path][1] for c in done], dtype=int)
+        for sec in sorted({c.section for c in done}):
+          idx = [i for i, c in enumerate(done) if c.section == sec]
+          write_submission(out_dir, machine, sec, [done[i].name for i in idx], values[idx],
+                           decisions[idx])
+        sections = _section_results(done, values, decisions, year)
+        if sections:
+          per_section[set_name][loss][machine] = sections
+        if set_name == "dev":
+          groups_ = {}
+          for c, v in zip(done, values):
+            groups_.setdefault(_group_name(c), []).append(v)
+          hist[loss.upper()] = {k: np.array(v) for k, v in sorted(groups_.items())}
+          phis = [v for k, v in thresholds[loss].items() if k.split("/")[1] == machine]
+          if len(phis) == 1:
+            hist_thresholds[loss.upper()] = phis[0]
+    if any(len(h) for h in hist.values()):
+      _plot_histogram(os.path.join(settings.workdir, f"score_histogram_{machine}.png"), hist,
+                      hist_thresholds)
+    print(f"[{machine}] done", flush=True)
+
+  if len(years) > 1:
+    logging.warning("machine types follow different metric conventions %s; using %s",
+                    sorted(years), max(years))
+  year = max(years)
+  results: dict[str, Any] = {
+      "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
+      "data": data_info, "devices": device_info, "metric_year": year,
+      "official_score_formula": dcase_metrics.__doc__.split("Official score")[1].split(
+          "References")[0].strip() if dcase_metrics.__doc__ else ""}
+  for loss in settings.losses:
+    entry = {"thresholds": thresholds[loss], "train_seconds": train_seconds[loss]}
+    for set_name in ("dev", "eval"):
+      if per_section[set_name][loss]:
+        entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)
+    if "dev" not in entry:
+      entry["dev"] = {"machine_types": {}, "official_score": None}
+    results[loss] = entry
+    if entry["dev"].get("machine_types"):
+      fileio.atomic_write(os.path.join(settings.workdir, loss, "result.csv"),
+                          _csv_text(dcase_metrics.result_rows(entry["dev"], year=year)))
+      print(format_result(entry["dev"], year=year, title=f"== {loss.upper()} (development "
+                          f"test set, DCASE {year}{'+' if year == '2022' else ''} metrics) =="),
+            flush=True)
+  fileio.atomic_write(os.path.join(settings.workdir, "summary.csv"),
+                      _csv_text(_summary_rows(results, settings.losses, year)))
+  evaluate.write_json(os.path.join(settings.workdir, "results.json"), results)
+  if any(results[l]["dev"].get("machine_types") for l in settings.losses):
+    print(format_comparison(results, settings.losses, year=year), flush=True)
+  else:
+    print("No labelled test clips: scores and decisions written, nothing evaluated "
+          "(pass --ground_truth_dir for an evaluation set).", flush=True)
+  print(f"Results in {os.path.join(settings.workdir, 'results.json')}", flush=True)
+  return results

@@ -1,0 +1,230 @@
+"""DCASE Task 2 mode: file-name grammars, loader, ground truth, metrics, files."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import scipy.stats
+from sklearn import metrics as sk_metrics
+import soundfile
+
+from bu_jax import dcase, dcase_metrics, dcase_run
+
+
+def _write_tree(root, machine, files, *, seconds=0.2, sr=16000):
+  """Writes tiny WAVs: files = {"train": [names], "test": [names]}."""
+  for split, names in files.items():
+    folder = os.path.join(root, machine, split)
+    os.makedirs(folder, exist_ok=True)
+    for i, name in enumerate(names):
+      wave = 0.1 * np.sin(2 * np.pi * (200 + 10 * i) * np.arange(int(seconds * sr)) / sr)
+      soundfile.write(os.path.join(folder, name), wave.astype(np.float32), sr, subtype="PCM_16")
+
+
+# ------------------------------------------------------------------ names
+
+
+@pytest.mark.parametrize("name, want", [
+    ("normal_id_00_00000000.wav", ("2020", "00", None, 0, {})),
+    ("anomaly_id_04_00000123.wav", ("2020", "04", None, 1, {})),
+    ("id_02_00000005.wav", ("eval", "02", None, None, {})),
+    ("section_00_source_train_normal_0000.wav", ("2021", "00", "source", 0, {})),
+    ("section_01_target_test_anomaly_0003.wav", ("2021", "01", "target", 1, {})),
+    ("section_02_test_normal_0001.wav", ("2021", "02", None, 0, {})),
+    ("section_00_source_train_normal_0000_car_A1_spd_28V_mic_1.wav",
+     ("2022+", "00", "source", 0, {"car": "A1", "spd": "28V", "mic": "1"})),
+    ("section_00_target_test_anomaly_0049_vel_6_loc_A_noise_1.wav",
+     ("2022+", "00", "target", 1, {"vel": "6", "loc": "A", "noise": "1"})),
+    ("section_00_source_train_normal_0007_noAttribute.wav",
+     ("2022+", "00", "source", 0, {})),
+    ("section_03_0000.wav", ("eval", "03", None, None, {})),
+    ("section_00_0199.WAV", ("eval", "00", None, None, {})),
+])
+def test_parse_name_every_grammar(name, want):
+  got = dcase.parse_name(name)
+  assert (got.grammar, got.section, got.domain, got.label, got.attributes) == want
+  assert got.name == name
+
+
+@pytest.mark.parametrize("name", [
+    "normal_00000000.wav", "section_xx_source_train_normal_0000.wav", "readme.txt",
+    "section_00_source_train_broken_0000.wav", "clip.wav", "section_00_source.wav"])
+def test_malformed_names_do_not_parse(name):
+  assert dcase.parse_name(name) is None
+
+
+def test_year_restricts_the_grammar():
+  assert dcase.parse_name("normal_id_00_00000000.wav", year="2022") is None
+  assert dcase.parse_name("section_00_source_train_normal_0000.wav", year="2020") is None
+  # 2022+ requires attribute pairs or noAttribute; 2021 allows any suffix.
+  assert dcase.parse_name("section_00_source_train_normal_0000.wav", year="2023") is None
+  assert dcase.parse_name("section_00_source_train_normal_0000_odd.wav", year="2024") is None
+  assert dcase.parse_name("section_00_source_train_normal_0000_odd.wav", year="2021") is not None
+  assert dcase.parse_name("section_00_0000.wav", year="2025").grammar == "eval"
+  with pytest.raises(ValueError, match="year"):
+    dcase.parse_name("x.wav", year="1999")
+
+
+def test_detect_and_metric_year():
+  names = lambda *ns: [dcase.parse_name(n) for n in ns]
+  assert dcase.detect_year(names("normal_id_00_00000000.wav")) == "2020"
+  assert dcase.detect_year(names("section_00_source_train_normal_0000.wav")) == "2021"
+  assert dcase.detect_year(names("section_00_source_train_normal_0000_a_1.wav")) == "2022"
+  assert [dcase.metric_year(y) for y in dcase.YEARS] == ["2020", "2021"] + ["2022"] * 4
+
+
+# ------------------------------------------------------------------ loader
+
+
+@pytest.mark.parametrize("year, train, test", [
+    ("2020", ["normal_id_00_00000000.wav", "normal_id_02_00000000.wav"],
+     ["normal_id_00_00000000.wav", "anomaly_id_00_00000000.wav", "normal_id_02_00000001.wav"]),
+    ("2021", ["section_00_source_train_normal_0000.wav", "section_00_target_train_normal_0000.wav"],
+     ["section_00_source_test_normal_0000.wav", "section_00_target_test_anomaly_0000.wav"]),
+    ("2023", ["section_00_source_train_normal_0000_a_1.wav",
+              "section_00_target_train_normal_0000_noAttribute.wav"],
+     ["section_00_source_test_normal_0000_a_1.wav", "section_00_target_test_anomaly_0000_a_2.wav"]),
+])
+def test_loader_reads_each_year(tmp_path, year, train, test):
+  _write_tree(tmp_path, "fan", {"train": train, "test": test})
+  md = dcase.load_machine_type(str(tmp_path), "fan", year=year)
+  assert [c.name for c in md.train] == sorted(train)
+  assert [c.name for c in md.test] == sorted(test)
+  assert all(c.wave is not None and c.wave.dtype == np.float32 for c in md.train + md.test)
+  assert {c.label for c in md.test} == {0, 1} or year == "2020"
+  assert dcase.detect_year([c.meta for c in md.train]) == dcase.metric_year(year)
+  assert dcase.discover_machine_types(str(tmp_path)) == ["fan"]
+
+
+def test_malformed_name_is_reported_with_the_file_and_skipped(tmp_path, caplog):
+  _write_tree(tmp_path, "pump", {
+      "train": ["section_00_source_train_normal_0000_a_1.wav", "garbage_0000.wav",
+                "section_00_source_train_anomaly_0001_a_1.wav"],
+      "test": ["section_00_source_test_normal_0000_a_1.wav", "section_00_oops_test.wav"]})
+  with caplog.at_level("WARNING"):
+    md = dcase.load_machine_type(str(tmp_path), "pump")
+  assert [c.name for c in md.train] == ["section_00_source_train_normal_0000_a_1.wav"]
+  assert [c.name for c in md.test] == ["section_00_source_test_normal_0000_a_1.wav"]
+  assert len(md.skipped) == 3
+  text = caplog.text
+  assert "garbage_0000.wav" in text and "section_00_oops_test.wav" in text
+  assert "anomalous clip in the training folder" in text
+
+
+def test_loader_errors_name_the_folder(tmp_path):
+  with pytest.raises(dcase.DataError, match="no such directory"):
+    dcase.discover_machine_types(str(tmp_path / "nope"))
+  with pytest.raises(dcase.DataError, match="no machine-type folders"):
+    dcase.discover_machine_types(str(tmp_path))
+  _write_tree(tmp_path, "fan", {"test": ["section_00_0000.wav"]})
+  with pytest.raises(dcase.DataError, match="fan/train: training directory does not exist"):
+    dcase.load_machine_type(str(tmp_path), "fan")
+  _write_tree(tmp_path, "fan", {"train": ["junk.wav"]})
+  with pytest.raises(dcase.DataError, match="no normal training clips"):
+    dcase.load_machine_type(str(tmp_path), "fan")
+
+
+def test_evaluation_names_and_ground_truth(tmp_path):
+  names = ["section_00_0000.wav", "section_00_0001.wav", "section_00_0002.wav"]
+  _write_tree(tmp_path / "eval", "ToyDrone", {"test": names})
+  md = dcase.load_machine_type(str(tmp_path / "eval"), "ToyDrone", need_train=False,
+                               load_audio=False)
+  assert [c.label for c in md.test] == [None] * 3 and md.test[0].meta.grammar == "eval"
+  gt = tmp_path / "gt"
+  for sub, values in (("ground_truth_data", (0, 1, 1)), ("ground_truth_domain", (1, 0, 1))):
+    os.makedirs(gt / sub)
+    with open(gt / sub / "ground_truth_ToyDrone_section_00_test.csv", "w") as f:
+      f.writelines(f"{n},{v}\n" for n, v in zip(names, values))
+  assert dcase.apply_ground_truth(md, str(gt)) == 3
+  assert [(c.label, c.domain) for c in md.test] == [(0, "target"), (1, "source"), (1, "target")]
+  with pytest.raises(dcase.DataError, match="no such ground-truth file"):
+    other = dcase.MachineData("fan", "", [], [dcase.Clip("x", md.test[0].meta, None, None)], [])
+    dcase.apply_ground_truth(other, str(gt))
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_section_metrics_by_hand():
+  # 2 source normals, 2 target normals, 1 source and 1 target anomaly.
+  labels = [0, 0, 0, 0, 1, 1]
+  domains = ["source", "source", "target", "target", "source", "target"]
+  scores = [0.1, 0.4, 0.5, 0.9, 0.6, 0.3]
+  decisions = [0, 0, 1, 1, 1, 0]
+  m = dcase_metrics.section_metrics(labels, scores, decisions, domains, year="2022")
+  # AUC source: normals {0.1, 0.4} vs anomalies {0.6, 0.3}: pairs won 2 + 1 = 3 of 4.
+  assert m["AUC (source)"] == pytest.approx(0.75)
+  # AUC target: normals {0.5, 0.9} vs {0.6, 0.3}: only 0.6 > 0.5 wins: 1 of 4.
+  assert m["AUC (target)"] == pytest.approx(0.25)
+  assert m["pAUC"] == pytest.approx(sk_metrics.roc_auc_score(labels, scores, max_fpr=0.1))
+  # Source decisions: clips 0, 1, 4 -> tp 1, fp 0, fn 0; target: clips 2, 3, 5 -> tp 0, fp 2, fn 1.
+  assert (m["precision (source)"], m["recall (source)"], m["F1 score (source)"]) == (1, 1, 1)
+  assert m["precision (target)"] == 0 and m["recall (target)"] == 0
+  assert m["F1 score (target)"] == 0
+  assert list(m) == list(dcase_metrics.COLUMNS["2022"])
+
+  m21 = dcase_metrics.section_metrics(labels, scores, decisions, domains, year="2021")
+  assert m21["AUC (source)"] == pytest.approx(1.0)  # {0.1, 0.4} vs {0.6}
+  assert m21["AUC (target)"] == pytest.approx(0.0)  # {0.5, 0.9} vs {0.3}
+  m20 = dcase_metrics.section_metrics(labels, scores, decisions, [None] * 6, year="2020")
+  assert m20["AUC"] == pytest.approx(sk_metrics.roc_auc_score(labels, scores))
+
+
+def test_official_score_worked_example():
+  # Two machine types, three sections: Omega = hmean of the 3 x 3 values.
+  per_machine = {
+      "fan": {"00": {"AUC (source)": 0.8, "AUC (target)": 0.5, "pAUC": 0.6},
+              "01": {"AUC (source)": 0.9, "AUC (target)": 0.6, "pAUC": 0.7}},
+      "pump": {"00": {"AUC (source)": 0.7, "AUC (target)": 0.4, "pAUC": 0.55}},
+  }
+  values = [0.8, 0.5, 0.6, 0.9, 0.6, 0.7, 0.7, 0.4, 0.55]
+  want = len(values) / sum(1 / v for v in values)
+  assert want == pytest.approx(0.60525, abs=1e-4)
+  assert dcase_metrics.official_score(per_machine, year="2022") == pytest.approx(want)
+  assert want == pytest.approx(scipy.stats.hmean(values))
+  # 2021: AUC and pAUC of both domains.
+  per21 = {"fan": {"00": {"AUC (source)": 0.8, "AUC (target)": 0.5,
+                          "pAUC (source)": 0.6, "pAUC (target)": 0.5}}}
+  assert dcase_metrics.official_score(per21, year="2021") == pytest.approx(
+      4 / (1 / 0.8 + 1 / 0.5 + 1 / 0.6 + 1 / 0.5))
+  # A zero is floored at float eps, as the evaluator does (the score collapses).
+  zero = {"fan": {"00": {"AUC (source)": 0.0, "AUC (target)": 0.5, "pAUC": 0.6}}}
+  assert 0 < dcase_metrics.official_score(zero, year="2022") < 1e-15
+
+
+def test_summary_means_and_result_rows():
+  sections = {"00": {c: 0.5 for c in dcase_metrics.COLUMNS["2022"]},
+              "01": {c: 1.0 for c in dcase_metrics.COLUMNS["2022"]}}
+  summary = dcase_metrics.summarize({"fan": sections}, year="2022")
+  fan = summary["machine_types"]["fan"]
+  assert fan["arithmetic mean"]["AUC (source)"] == pytest.approx(0.75)
+  assert fan["harmonic mean"]["AUC (source)"] == pytest.approx(2 / 3)
+  assert summary["official_score"] == pytest.approx(2 / 3)
+  rows = dcase_metrics.result_rows(summary, year="2022")
+  assert rows[0] == ["fan"] and rows[1][0] == "section" and rows[2][0] == "00"
+  assert rows[-1][0] == "official score"
+
+
+# ------------------------------------------------------------------ files
+
+
+def test_submission_files_exact_format(tmp_path):
+  names = ["section_00_0000.wav", "section_00_0001.wav"]
+  paths = dcase_run.write_submission(str(tmp_path), "ToyCar", "00", names,
+                                     np.array([1.5, 0.25]), np.array([1, 0]))
+  assert [os.path.basename(p) for p in paths] == [
+      "anomaly_score_ToyCar_section_00_test.csv", "decision_result_ToyCar_section_00_test.csv"]
+  assert open(paths[0], "rb").read() == b"section_00_0000.wav,1.5\nsection_00_0001.wav,0.25\n"
+  assert open(paths[1], "rb").read() == b"section_00_0000.wav,1\nsection_00_0001.wav,0\n"
+  rows = list(csv.reader(open(paths[0])))  # what the evaluator reads back
+  assert [float(r[1]) for r in rows] == [1.5, 0.25]
+
+
+def test_settings_reject_bad_flags():
+  with pytest.raises(ValueError, match="--year"):
+    dcase_run.Settings(workdir="w", year="1999")
+  with pytest.raises(ValueError, match="--per"):
+    dcase_run.Settings(workdir="w", per="clip")
+  with pytest.raises(ValueError, match="--loss"):
+    dcase_run.Settings(workdir="w", losses=("mse",))

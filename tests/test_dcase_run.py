@@ -1,0 +1,100 @@
+"""DCASE benchmark mode end to end on a tiny embedded DCASE-style set (shortened)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bu_jax import dcase, dcase_metrics, dcase_run, synthetic_dcase
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(num_source_train=6, num_target_train=2, num_test_per_group=3,
+            num_something_else=4, machines=("SynthFan",))
+
+
+def _settings(workdir, **kw):
+  base = dict(workdir=str(workdir), losses=("re", "bu"), preset="demo", epochs=1,
+              steps_per_epoch=4, decay_start_epoch=0, segments_per_mixture=2,
+              steps_per_call=2, checkpoint_every=2, progress=False, num_devices=1,
+              synthetic_kwargs=TINY)
+  base.update(kw)
+  return dcase_run.Settings(**base)
+
+
+def test_embedded_set_is_deterministic_and_loads(tmp_path):
+  a = synthetic_dcase.generate(str(tmp_path / "a"), **{**TINY, "num_source_train": 2})
+  b = synthetic_dcase.generate(str(tmp_path / "b"), **{**TINY, "num_source_train": 2})
+  md = dcase.load_machine_type(a, "SynthFan", year="2023")
+  assert md.sections == ["00", "01"] and not md.skipped
+  assert sum(c.domain == "target" for c in md.train) == 4  # 2 per section
+  assert md.train[0].meta.attributes.keys() == {"spd", "noise"}
+  assert {c.label for c in md.test} == {0, 1}
+  for clip in md.train + md.test:
+    rel = os.path.relpath(clip.path, a)
+    assert open(clip.path, "rb").read() == open(os.path.join(b, rel), "rb").read()
+  assert len(os.listdir(os.path.join(a, "something_else"))) == 4
+
+
+@pytest.mark.slow
+def test_run_writes_challenge_files_and_resumes(tmp_path, capsys):
+  settings = _settings(tmp_path / "run")
+  results = dcase_run.run(settings)
+  out = capsys.readouterr().out
+  assert "official score" in out and "h-mean AUC (target)" in out
+  run = tmp_path / "run"
+  stored = json.loads((run / "results.json").read_text())
+  assert stored["metric_year"] == "2022"
+  for loss in ("re", "bu"):
+    dev = stored[loss]["dev"]
+    assert set(dev["machine_types"]["SynthFan"]["sections"]) == {"00", "01"}
+    for values in dev["machine_types"]["SynthFan"]["sections"].values():
+      assert list(values) == list(dcase_metrics.COLUMNS["2022"])
+      assert all(0.0 <= v <= 1.0 for v in values.values())
+    assert 0.0 < dev["official_score"] <= 1.0
+    for section in ("00", "01"):
+      scores = list(csv.reader(open(run / loss / f"anomaly_score_SynthFan_section_{section}_test.csv")))
+      decisions = list(csv.reader(open(run / loss / f"decision_result_SynthFan_section_{section}_test.csv")))
+      assert len(scores) == len(decisions) == 12
+      assert [r[0] for r in scores] == [r[0] for r in decisions]
+      assert all(r[0].startswith(f"section_{section}_") and np.isfinite(float(r[1]))
+                 for r in scores)
+      assert {r[1] for r in decisions} <= {"0", "1"}
+    rows = list(csv.reader(open(run / loss / "result.csv")))
+    assert rows[0] == ["SynthFan"] and rows[-1][0] == "official score"
+    assert float(rows[-1][1]) == pytest.approx(dev["official_score"])
+  summary = list(csv.reader(open(run / "summary.csv")))
+  assert summary[0][:4] == ["loss", "set", "machine_type", "section"]
+  assert (run / "score_histogram_SynthFan.png").stat().st_size > 1000
+
+  again = dcase_run.run(settings)  # same command: found finished, only re-evaluated
+  assert "already trained" in capsys.readouterr().out
+  assert again["bu"]["dev"]["official_score"] == pytest.approx(
+      results["bu"]["dev"]["official_score"])
+
+
+@pytest.mark.slow
+def test_per_section_models(tmp_path):
+  results = dcase_run.run(_settings(tmp_path / "sec", losses=("re",), per="section",
+                                    steps_per_epoch=2))
+  assert set(results["re"]["thresholds"]) == {"re/SynthFan/section_00", "re/SynthFan/section_01"}
+  assert (tmp_path / "sec" / "re" / "models" / "SynthFan" / "section_01").is_dir()
+
+
+def test_entry_point_bad_input_is_one_clear_line(tmp_path):
+  cmd = [sys.executable, "-m", "experiments.dcase", "--loss=re", "--preset=demo",
+         f"--workdir={tmp_path / 'w'}", "--data_root=/no/such/dir"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert "Error: --data_root=/no/such/dir: no such directory" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_something_else_required_with_real_data(tmp_path):
+  root = synthetic_dcase.generate(str(tmp_path / "d"), **{**TINY, "num_source_train": 1,
+                                                         "num_test_per_group": 1})
+  with pytest.raises(dcase.DataError, match="--something_else_dir is required"):
+    dcase_run.run(_settings(tmp_path / "w", data_root=root))
