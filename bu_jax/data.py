@@ -6,6 +6,8 @@ Layouts (``<dir>`` is one machine type, e.g. ``dev_data/ToyCar``)::
     <dir>/train/normal_id_00_00000000.wav ...
     <dir>/test/normal_id_00_00000000.wav, anomaly_id_00_00000000.wav ...
     condition = machine id, "id_00"
+    (several test folders <dir>/test*/, e.g. test_anr-10dB/ and test_anr-20dB/,
+    give one condition each: "test_anr-10dB_id_00", ...; also for dcase2021)
 
   "dcase2021"  DCASE 2021 Task 2 and later (attribute suffixes allowed)
     <dir>/train/section_00_source_train_normal_0000.wav ...
@@ -160,6 +162,22 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------
 
 
+def test_folders(data_dir: str) -> list[str]:
+  """The test folders of a DCASE-layout ``data_dir``: ``test`` or ``test*`` (sorted).
+
+  A data set may hold several test folders, e.g. ``test_anr-10dB``,
+  ``test_anr-15dB``, ``test_anr-20dB``: each gives its own conditions, named
+  ``<folder>_<id or section>``, so one training is evaluated on all of them.
+  A plain ``test/`` alone keeps the conditions' plain names.
+  """
+  names = sorted(n for n in os.listdir(data_dir)
+                 if n.startswith("test") and os.path.isdir(os.path.join(data_dir, n)))
+  if not names:
+    raise DataError(f"{os.path.join(data_dir, 'test')}: test directory does not exist "
+                    "(expected test/ or test*/ folders)")
+  return names
+
+
 def _parse_dcase(name: str, layout: str) -> tuple[int, str] | None:
   """(label, condition) from a DCASE file name, or None if it does not parse."""
   if layout == "dcase2020":
@@ -184,16 +202,21 @@ def _load_dcase(data_dir: str, layout: str, sr: int) -> Dataset:
   if not train:
     raise DataError(f"{os.path.join(data_dir, 'train')}: no normal training clips ({layout} names)")
   test = []
-  for path in list_wavs(_require_dir(os.path.join(data_dir, "test"), "test")):
-    parsed = _parse_dcase(os.path.basename(path), layout)
-    if parsed is None:
-      skipped.append(path)
-      continue
-    label, condition = parsed
-    test.append(TestClip(path=path, wave=audio.load_wav(path, sr=sr), label=label,
-                         condition=condition))
+  folders = test_folders(data_dir)
+  for folder in folders:
+    for path in list_wavs(os.path.join(data_dir, folder)):
+      parsed = _parse_dcase(os.path.basename(path), layout)
+      if parsed is None:
+        skipped.append(path)
+        continue
+      label, condition = parsed
+      if folders != ["test"]:
+        condition = f"{folder}_{condition}"
+      test.append(TestClip(path=path, wave=audio.load_wav(path, sr=sr), label=label,
+                           condition=condition))
   if not test:
-    raise DataError(f"{os.path.join(data_dir, 'test')}: no labelled test clips ({layout} names)")
+    raise DataError(f"{os.path.join(data_dir, folders[0] if len(folders) == 1 else 'test*')}: "
+                    f"no labelled test clips ({layout} names)")
   if skipped:
     logging.warning("%s: skipped %d files whose names are not %s normal/anomaly clips, e.g. %s",
                     data_dir, len(skipped), layout, skipped[0])
@@ -555,3 +578,108 @@ def pad_clips(clips: Sequence[np.ndarray], *, max_len: int | None = None
   for row, clip in enumerate(clips):
     waves[row, : lengths[row]] = clip
   return waves, lengths
+
+
+# ----------------------------------------------------------------------------
+# Rare-normal labels for evaluation (--rare_clips)
+# ----------------------------------------------------------------------------
+
+
+def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
+  """Reads which clips hold a rare operating mode, for evaluation only.
+
+  Two formats:
+
+  * a CSV with a header, a file-name column (``file``, ``filename``, ``name``,
+    ``path`` or ``wav``) and a 0/1 column ``rare`` (e.g. realaudio-dev's
+    ``metadata.csv``, whose ``file`` column holds paths relative to the set);
+  * a plain list of file names (or relative paths), one per line: the listed
+    clips are rare; every other clip is not.
+
+  Returns:
+    {path components: rare}. An entry ``test_anr-10dB/normal_id_00_0.wav``
+    matches a clip whose path ends with these components; a bare name matches
+    by file name (see ``mark_rare``). For a plain list the dict holds only
+    True values and the key ``()`` -> False (the default for other clips).
+
+  Raises:
+    DataError: a missing or unreadable file, a CSV without the needed
+      columns, or a ``rare`` value that is not 0/1 (naming the line).
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise DataError(f"--rare_clips={path}: no such file")
+  try:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"--rare_clips={path}: cannot read ({e})") from None
+  lines = [l for l in text.splitlines() if l.strip()]
+  if not lines:
+    raise DataError(f"--rare_clips={path}: empty file")
+  import csv  # pylint: disable=g-import-not-at-top
+  header = next(csv.reader([lines[0]]))
+  lowered = [h.strip().lower() for h in header]
+  labels: dict[tuple[str, ...], bool] = {}
+  if "rare" in lowered and len(header) > 1:
+    name_col = next((lowered.index(c) for c in ("file", "filename", "file_name", "name",
+                                                 "path", "wav") if c in lowered), None)
+    if name_col is None:
+      raise DataError(f"--rare_clips={path}: the CSV has a 'rare' column but no file-name "
+                      "column (file, filename, name, path or wav)")
+    rare_col = lowered.index("rare")
+    for number, row in enumerate(csv.reader(lines[1:]), start=2):
+      if len(row) <= max(name_col, rare_col):
+        raise DataError(f"--rare_clips={path}, line {number}: too few columns")
+      value = row[rare_col].strip().lower()
+      if value not in ("0", "1", "true", "false"):
+        raise DataError(f"--rare_clips={path}, line {number}: rare must be 0 or 1, "
+                        f"got {row[rare_col]!r}")
+      labels[_components(row[name_col])] = value in ("1", "true")
+  else:
+    labels[()] = False
+    for line in lines:
+      labels[_components(line)] = True
+  return labels
+
+
+def _components(name: str) -> tuple[str, ...]:
+  return tuple(p for p in name.strip().replace("\\", "/").split("/") if p not in ("", "."))
+
+
+def mark_rare(dataset: Dataset, labels: dict[tuple[str, ...], bool], *,
+              source: str = "--rare_clips") -> Dataset:
+  """The dataset with ``TestClip.rare`` set from ``read_rare_clips`` labels.
+
+  A clip takes the label of the longest entry whose path components end its
+  own path (so ``train/x.wav`` and ``test/x.wav`` stay apart when the file
+  lists them with their folders, and a bare ``x.wav`` matches by name).
+  Clips that no entry matches keep ``rare=None`` ("unknown"), unless the
+  labels come from a plain list (then they are not rare). Only evaluation
+  reads these labels; training never sees them.
+
+  Raises:
+    DataError: when no test clip matches any entry (a wrong file).
+  """
+  default = labels.get((), None)
+  longest = max((len(k) for k in labels), default=0)
+  out, matched = [], 0
+  for clip in dataset.test:
+    parts = _components(os.path.abspath(clip.path))
+    rare = None
+    for n in range(min(longest, len(parts)), 0, -1):
+      if parts[-n:] in labels:
+        rare = labels[parts[-n:]]
+        matched += 1
+        break
+    if rare is None:
+      rare = default
+    out.append(dataclasses.replace(clip, rare=rare))
+  if not matched:
+    raise DataError(f"{source}: none of its {len(labels)} entries names a test clip of "
+                    f"this data set (e.g. {os.path.basename(dataset.test[0].path)})")
+  unmatched = sum(c.rare is None for c in out)
+  if unmatched:
+    logging.warning("%s: %d of %d test clips are not listed (rare unknown)", source,
+                    unmatched, len(out))
+  return dataclasses.replace(dataset, test=out)

@@ -232,7 +232,8 @@ def model_preset_from_metadata(metadata: Mapping[str, Any]) -> models.ModelPrese
       return models.ModelPreset(name=str(custom.get("name", name)), features=feature_config,
                                 hidden_layers=int(custom["hidden_layers"]),
                                 units=int(custom["units"]),
-                                bottleneck=int(custom["bottleneck"]))
+                                bottleneck=int(custom["bottleneck"]),
+                                standardize_input=bool(custom.get("standardize_input", False)))
     except (KeyError, TypeError, ValueError) as e:
       raise DetectorError(f"checkpoint metadata: unusable custom model {custom!r}") from e
   raise DetectorError(f"checkpoint metadata names an unknown model {name!r}; known presets: "

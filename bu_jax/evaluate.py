@@ -331,6 +331,12 @@ def _condition_groups(labels: np.ndarray,
   return groups
 
 
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+  """AUC of ``positive`` scores above ``negative`` ones (sklearn); ties count 1/2."""
+  labels = np.r_[np.ones(positive.size), np.zeros(negative.size)]
+  return float(sk_metrics.roc_auc_score(labels, np.r_[positive, negative]))
+
+
 def _with_mean(values: dict[str, float]) -> dict[str, float]:
   if values:
     values["mean"] = float(np.mean(list(values.values())))
@@ -371,6 +377,14 @@ def evaluate_conditions(
         "auc_vs_rare": {condition: AUC of the anomalous clips against only the
           rare-normal clips (rare=True), "mean": ...}, for the conditions that
           have rare-normal clips ({} if none);
+        "auc_vs_frequent": the same against only the frequent-normal clips
+          (rare=False), for the conditions that have rare-normal clips too;
+        "rare_vs_frequent": {condition: AUC of the rare-normal clips against
+          the frequent-normal ones, "mean": ...}: 0.5 means rare normals score
+          like frequent ones, 1.0 that every rare normal outscores every
+          frequent one (the false alarms BU is meant to remove);
+        "fpr_rare_by_condition", "fpr_frequent_by_condition": the FPRs at
+          the threshold per condition;
         "fpr_frequent": FPR on normal clips with rare False or None,
         "fpr_rare": FPR on normal clips with rare True,
       },  (an FPR is None without threshold or without such clips)
@@ -390,7 +404,9 @@ def evaluate_conditions(
         f"{labels.size} clips but {scores.size} clip scores.")
   is_rare = np.asarray([r is True for r in rares])
   results = {"auc": {}, "pauc": {}, "pauc_dcase": {}}
-  auc_vs_rare = {}
+  is_frequent = np.asarray([r is False for r in rares])
+  auc_vs_rare, auc_vs_frequent, rare_vs_frequent = {}, {}, {}
+  fpr_rare_by, fpr_frequent_by = {}, {}
   for condition, index in _condition_groups(labels, conditions).items():
     try:
       values = metrics(labels[index], scores[index], max_fpr=max_fpr)
@@ -398,10 +414,18 @@ def evaluate_conditions(
       raise ValueError(f"condition {condition!r}: {error}") from error
     for key, value in values.items():
       results[key][condition] = value
-    versus_rare = index[(labels[index] == 1) | is_rare[index]]
-    if is_rare[versus_rare].any():
-      auc_vs_rare[condition] = float(sk_metrics.roc_auc_score(
-          labels[versus_rare], scores[versus_rare]))
+    normal = index[labels[index] == 0]
+    rare_n, frequent_n = normal[is_rare[normal]], normal[is_frequent[normal]]
+    anomalous = index[labels[index] == 1]
+    if rare_n.size:
+      auc_vs_rare[condition] = _auc(scores[anomalous], scores[rare_n])
+      if threshold is not None:
+        fpr_rare_by[condition] = float(np.mean(scores[rare_n] >= threshold))
+    if frequent_n.size and rare_n.size:
+      auc_vs_frequent[condition] = _auc(scores[anomalous], scores[frequent_n])
+      if threshold is not None:
+        fpr_frequent_by[condition] = float(np.mean(scores[frequent_n] >= threshold))
+      rare_vs_frequent[condition] = _auc(scores[rare_n], scores[frequent_n])
   for key in ("auc", "pauc", "pauc_dcase"):
     _with_mean(results[key])
 
@@ -420,6 +444,10 @@ def evaluate_conditions(
     fpr_rare = rates.get("rare")
   results["rare_normal"] = {
       "auc_vs_rare": _with_mean(auc_vs_rare),
+      "auc_vs_frequent": _with_mean(auc_vs_frequent),
+      "rare_vs_frequent": _with_mean(rare_vs_frequent),
+      "fpr_rare_by_condition": _with_mean(fpr_rare_by),
+      "fpr_frequent_by_condition": _with_mean(fpr_frequent_by),
       "fpr_frequent": fpr_frequent,
       "fpr_rare": fpr_rare,
   }
@@ -658,6 +686,68 @@ def plot_score_histogram(
       axes.axvline(thresholds[method], color="black", linestyle="--",
                    linewidth=1.0, label="threshold φ")
     axes.set(title=method, xlabel="clip anomaly score", ylabel="clips")
+    axes.legend(fontsize="small")
+  return _save_figure(figure, path)
+
+
+def _read_metrics(path: PathLike) -> list[dict]:
+  rows = []
+  if not os.path.exists(path):
+    return rows
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:  # a damaged (e.g. half-written) line: skip it
+        continue
+  return rows
+
+
+def plot_training(path: PathLike, metrics_files: Mapping[str, PathLike], *,
+                  smooth: int = 50) -> str | None:
+  """Training curves per loss from ``metrics.jsonl`` files (``train.train``'s rows).
+
+  Four panels: the loss; the normal term and L_a (eq. 10); the BU weights'
+  effective sample size as a fraction of the normal frames, (sum w)^2 /
+  (M_u sum w^2), and their max/min ratio (log scale) -- 1 and 1 for RE/SNP,
+  whose weights are uniform. Curves are moving averages over ``smooth`` steps.
+  Returns ``path``, or None when no file has rows.
+  """
+  data = {name: _read_metrics(p) for name, p in metrics_files.items()}
+  data = {name: rows for name, rows in data.items() if rows}
+  if not data:
+    return None
+
+  def series(rows, fn):
+    steps = np.array([r.get("step", i) for i, r in enumerate(rows)], np.float64)
+    values = np.array([fn(r) for r in rows], np.float64)
+    k = max(1, min(smooth, values.size))
+    kernel = np.ones(k) / k
+    valid = np.convolve(values, kernel, mode="valid")
+    return steps[k - 1:], valid
+
+  figure = _new_figure((11.0, 6.5))
+  grid = figure.subplots(2, 2, squeeze=False)
+  panels = [
+      (grid[0][0], "loss", [("", lambda r: r["loss"])], "linear"),
+      (grid[0][1], "normal term / L_a", [("normal", lambda r: r["normal"]),
+                                         ("L_a", lambda r: r["la"])], "linear"),
+      (grid[1][0], "BU weights: ESS / normal frames",
+       [("", lambda r: r["ess"] / max(r["frames_normal"], 1.0))], "linear"),
+      (grid[1][1], "BU weights: max / min", [("", lambda r: r["w_max"] / max(r["w_min"],
+                                                                              1e-30))], "log"),
+  ]
+  colors = dict(zip(data, _colors(len(data))))
+  for axes, title, curves, scale in panels:
+    for name, rows in data.items():
+      for (label, fn), style in zip(curves, ("-", "--")):
+        try:
+          x, y = series(rows, fn)
+        except (KeyError, TypeError, ZeroDivisionError):
+          continue
+        axes.plot(x, y, style, color=colors[name], linewidth=1.0,
+                  label=f"{name} {label}".strip())
+    axes.set(title=title, xlabel="step", yscale=scale)
     axes.legend(fontsize="small")
   return _save_figure(figure, path)
 

@@ -280,3 +280,29 @@ def _features_jit(wave, config):
 def extract(wave, *, config: FeatureConfig, name: str = "waveform") -> jax.Array:
   """Checked, jitted ``features`` for concrete (host) input; see check_waveform."""
   return _features_jit(check_waveform(wave, name=name), config)
+
+
+def statistics(waves, *, config: FeatureConfig,
+               names=None) -> tuple[np.ndarray, np.ndarray]:
+  """Per-dimension mean and standard deviation of the interior feature frames.
+
+  Over all clips of ``waves`` (normal training clips), float64 accumulation;
+  used to standardize an autoencoder's input with training statistics.
+  """
+  if not waves:
+    raise ValueError("statistics needs at least one clip")
+  names = names or [f"clip {i}" for i in range(len(waves))]
+  total = np.zeros(config.dim)
+  total_sq = np.zeros(config.dim)
+  count = 0
+  for wave, name in zip(waves, names):
+    x = np.asarray(extract(wave, config=config, name=name), np.float64)
+    x = x[config.interior(len(wave))]
+    total += x.sum(axis=0)
+    total_sq += np.square(x).sum(axis=0)
+    count += x.shape[0]
+  if count < 2:
+    raise ValueError(f"statistics: {count} frame(s); need at least 2")
+  mean = total / count
+  var = np.maximum(total_sq / count - np.square(mean), 0.0)
+  return mean, np.sqrt(var)

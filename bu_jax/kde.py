@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -240,3 +241,70 @@ def weight_stats(weights: jax.Array, *, mask: Optional[jax.Array] = None,
     wmin = jax.lax.pmin(wmin, axis_name)
   return {"w_max": wmax, "w_min": wmin,
           "ess": s1 * s1 / jnp.maximum(s2, 1e-30)}
+
+
+# ----------------------------------------------------------------------------
+# Band-width chosen from the batch itself (no labels)
+# ----------------------------------------------------------------------------
+
+CONTRAST_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def contrast_sigma(x: jax.Array, *, base_sigma: float,
+                   factors: Sequence[float] = CONTRAST_FACTORS,
+                   mask: Optional[jax.Array] = None,
+                   axis_name: Optional[str] = None,
+                   probe_rows: int = 256,
+                   standardize_features: bool = True) -> jax.Array:
+  """The band-width of eq. (15) at which the batch's densities differ most.
+
+  Eq. (15)'s weights are uniform at both ends of the band-width scale: for a
+  small sigma every kernel is ~1, for a large one every frame sees only itself
+  (K = 1/M). The paper's sigma = 1/(2D) sits near the first end on audio
+  features (weights max/min ~2-4). This picks, per batch and without labels,
+  sigma = f * ``base_sigma`` with the factor f of ``factors`` that maximizes
+  the variance of ln K(x_i) over the batch: the scale at which the estimate
+  tells dense regions (frequent-normal frames) from sparse ones (rare-normal
+  frames) most clearly. The variance is taken over ``probe_rows`` evenly
+  spaced rows of the global batch (each against all M rows), so the cost is
+  len(factors) x probe_rows x M kernels, small next to the M x M of eq. (15).
+
+  Args:
+    x: (M_local, D) features of this device's frames.
+    base_sigma: the reference band-width, e.g. the paper's 1/(2D).
+    factors: candidate multipliers of ``base_sigma`` (positive).
+    mask: optional (M_local,) booleans, True for valid rows.
+    axis_name: mesh axis inside ``jax.shard_map``; the choice is global
+      (every device picks the same sigma).
+    probe_rows: rows whose densities are compared (at most M).
+    standardize_features: as in ``kde_density``.
+
+  Returns:
+    A float32 scalar sigma (no gradient).
+  """
+  _check_hyperparameter("base_sigma", base_sigma)
+  if not factors or any(not (math.isfinite(f) and f > 0) for f in factors):
+    raise ValueError(f"factors must be positive finite numbers, got {factors}")
+  m_local = x.shape[0]
+  valid_all = _all_gather(_as_mask(mask, m_local), axis_name)
+  x_all = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
+  x_all = (standardize(x_all, mask=valid_all) if standardize_features
+           else _center(x_all, valid_all))
+  m = x_all.shape[0]
+  probe = jnp.asarray(np.unique(np.linspace(0, m - 1, min(probe_rows, m)).astype(np.int32)))
+  dist = pairwise_sq_distances(x_all[probe], x_all)  # (P, M)
+  dist = jnp.where(probe[:, None] == jnp.arange(m)[None, :], 0.0, dist)
+  probe_valid = valid_all[probe].astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32)), 1.0)
+  n_probe = jnp.maximum(jnp.sum(probe_valid), 1.0)
+  spreads = []
+  for f in factors:
+    kern = jnp.where(valid_all[None, :], jnp.exp(-(f * base_sigma) * dist), 0.0)
+    log_k = jnp.log(jnp.maximum(jnp.sum(kern, axis=1) / count, 1e-30))
+    mean = jnp.sum(probe_valid * log_k) / n_probe
+    spreads.append(jnp.sum(probe_valid * jnp.square(log_k - mean)) / n_probe)
+  best = jnp.argmax(jnp.stack(spreads))
+  sigma = jnp.asarray(factors, jnp.float32)[best] * jnp.float32(base_sigma)
+  if axis_name is not None:  # equal on every device; pmax marks it replicated
+    sigma = jax.lax.pmax(sigma, axis_name)
+  return jax.lax.stop_gradient(sigma)

@@ -8,6 +8,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bu_jax import features as features_lib
 
@@ -20,6 +21,14 @@ class FCNAutoencoder(nn.Module):
   Encoder: input dense layer (U) -> H hidden dense layers (U) -> output dense
   layer (Z). The decoder mirrors it back to D. ReLU after every layer except
   the decoder's output; Glorot-uniform weights, zero biases.
+
+  With ``standardize_input`` the AE works on standardized features
+  z = (x - mean) * scale, with per-dimension statistics of the normal
+  training frames held in the parameters ``input_mean`` and ``input_scale``
+  (set by ``set_input_statistics``; they receive no gradient, so the
+  optimizer never moves them, and they travel with every checkpoint). The
+  anomaly score (eq. 5) is then the reconstruction error of z, i.e. every
+  feature dimension counts in units of its normal spread.
   """
 
   dim: int  # D
@@ -27,6 +36,7 @@ class FCNAutoencoder(nn.Module):
   units: int = 512  # U
   bottleneck: int = 128  # Z
   dtype: jnp.dtype | None = None  # computation dtype (e.g. bfloat16)
+  standardize_input: bool = False
 
   def setup(self):
     dense = lambda n, name: nn.Dense(n, kernel_init=_glorot, dtype=self.dtype,
@@ -35,6 +45,22 @@ class FCNAutoencoder(nn.Module):
     dec = [self.units] * (self.hidden_layers + 1) + [self.dim]
     self.encoder = [dense(n, f"enc_{i}") for i, n in enumerate(enc)]
     self.decoder = [dense(n, f"dec_{i}") for i, n in enumerate(dec)]
+    if self.standardize_input:
+      self.input_mean = self.param("input_mean", nn.initializers.zeros, (self.dim,))
+      self.input_scale = self.param("input_scale", nn.initializers.ones, (self.dim,))
+
+  def normalize(self, x):
+    """The AE's input space: x, or (x - mean) * scale with ``standardize_input``."""
+    if not self.standardize_input:
+      return x
+    mean = jax.lax.stop_gradient(self.input_mean)
+    scale = jax.lax.stop_gradient(self.input_scale)
+    return (x.astype(jnp.float32) - mean) * scale
+
+  def score(self, x):
+    """A(x) = ||z - D(E(z))||^2 with z = ``normalize(x)`` (eq. 5), float32."""
+    z = self.normalize(x)
+    return anomaly_score(z, self.decode(self.encode(z)))
 
   def encode(self, x):
     for layer in self.encoder:
@@ -47,7 +73,32 @@ class FCNAutoencoder(nn.Module):
     return self.decoder[-1](z)
 
   def __call__(self, x):
-    return self.decode(self.encode(x))
+    """The reconstruction of ``normalize(x)`` (of x itself by default)."""
+    z = self.normalize(x)
+    return self.decode(self.encode(z))
+
+
+def set_input_statistics(params, mean, std, *, floor: float = 1e-3):
+  """``params`` of a ``standardize_input`` AE with the training statistics set.
+
+  ``scale = 1 / max(std, floor * max(std))``: a constant dimension is not
+  blown up. Returns a new params dict; raises ValueError on a shape mismatch
+  or non-finite statistics, or for an AE without ``standardize_input``.
+  """
+  if "input_mean" not in params:
+    raise ValueError("the model has no input statistics (standardize_input=False)")
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+  dim = params["input_mean"].shape
+  if mean.shape != dim or std.shape != dim:
+    raise ValueError(f"input statistics of shape {mean.shape}/{std.shape}, expected {dim}")
+  if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0)):
+    raise ValueError("input statistics must be finite with std >= 0")
+  scale = 1.0 / np.maximum(std, floor * max(float(std.max()), 1e-12))
+  out = dict(params)
+  out["input_mean"] = jnp.asarray(mean)
+  out["input_scale"] = jnp.asarray(scale, jnp.float32)
+  return out
 
 
 class VerificationAE(nn.Module):
@@ -71,10 +122,18 @@ def anomaly_score(x: jax.Array, reconstruction: jax.Array) -> jax.Array:
 
 
 def score_fn(model: nn.Module) -> Callable[..., jax.Array]:
-  """Returns ``f(params, x) -> A(x)`` for a Flax autoencoder ``model``."""
+  """Returns ``f(params, x) -> A(x)`` for a Flax autoencoder ``model``.
 
-  def f(params, x):
-    return anomaly_score(x, model.apply({"params": params}, x))
+  Uses the model's own ``score`` method where it has one (the FCN AE, which
+  may standardize its input first), else ``anomaly_score(x, model(x))``.
+  """
+
+  if hasattr(model, "score"):
+    def f(params, x):
+      return model.apply({"params": params}, x, method="score")
+  else:
+    def f(params, x):
+      return anomaly_score(x, model.apply({"params": params}, x))
 
   return f
 
@@ -88,11 +147,12 @@ class ModelPreset:
   hidden_layers: int
   units: int
   bottleneck: int
+  standardize_input: bool = False
 
   def build(self, dtype=None) -> FCNAutoencoder:
     return FCNAutoencoder(dim=self.features.dim, hidden_layers=self.hidden_layers,
                           units=self.units, bottleneck=self.bottleneck,
-                          dtype=dtype)
+                          dtype=dtype, standardize_input=self.standardize_input)
 
 
 _SIZES = {"large": (4, 512, 128), "small": (2, 128, 40)}

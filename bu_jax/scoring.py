@@ -41,7 +41,7 @@ class FrameScorer:
   def _score_chunk(model, config, params, window, gather):
     psi = features_lib.log_mel(window, config=config, center=False)  # (P, M)
     x = psi[gather].reshape(gather.shape[0], -1)  # (F, (2C+1) M)
-    return models.anomaly_score(x, model.apply({"params": params}, x))
+    return models.score_fn(model)(params, x)
 
   @staticmethod
   def _window(wave: np.ndarray, start: int, length: int) -> np.ndarray:

@@ -47,6 +47,7 @@ from bu_jax import progress as progress_lib
 
 LOSSES = losses.LOSSES  # ("re", "snp", "bu")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+BANDWIDTHS = ("fixed", "contrast")
 CompilerOptions = Optional[Mapping[str, Any]]
 
 
@@ -74,6 +75,10 @@ class TrainConfig:
       rejected.
     anr_range_db: the uniform ANR range of the added clip, dB ((-30, 10)).
     sigma: KDE band-width sigma of eq. (15); None: 1/(2D).
+    bandwidth: "fixed" (the paper: ``sigma`` in every batch) or "contrast":
+      per batch, ``sigma`` times the factor of ``kde.CONTRAST_FACTORS`` at
+      which the batch's log-densities vary most (``kde.contrast_sigma``; no
+      labels involved). BU only.
     lam: clipping parameter lambda of eq. (10); None: 2M (M mel bands).
     eps: epsilon of the BU weight 1/(K + eps) (eq. 16).
     seed: seeds the parameter initialization and every batch.
@@ -98,6 +103,7 @@ class TrainConfig:
   max_clip_seconds: float = 5.0
   anr_range_db: tuple[float, float] = (-30.0, 10.0)
   sigma: Optional[float] = None
+  bandwidth: str = "fixed"
   lam: Optional[float] = None
   eps: float = 1e-6
   seed: int = 0
@@ -109,6 +115,8 @@ class TrainConfig:
       raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
     if isinstance(self.model, str):
       models.preset(self.model)  # raises for an unknown name
+    if self.bandwidth not in BANDWIDTHS:
+      raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {self.bandwidth!r}")
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got "
                        f"{self.compute_dtype!r}")
@@ -316,11 +324,15 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, *, config: TrainConfig,
     capacity = mixtures_per_device * (num_frames - fewest_anomalous)
     (rows,) = jnp.nonzero(normal, size=capacity, fill_value=0)
     valid = jnp.arange(capacity) < jnp.sum(normal)
+    sigma = hyper["sigma"]
+    if config.bandwidth == "contrast":
+      sigma = kde.contrast_sigma(x[rows], base_sigma=sigma, mask=valid, axis_name=axis)
     loss, aux = losses.bu_loss_with_aux(
-        scores[rows], scores, x[rows], lam=hyper["lam"], sigma=hyper["sigma"],
+        scores[rows], scores, x[rows], lam=hyper["lam"], sigma=sigma,
         eps=config.eps, mask_u=valid, mask_a=anomalous, axis_name=axis)
     normal_term = aux["normal"]
     stats = kde.weight_stats(aux["weights"], mask=valid, axis_name=axis)
+    stats["sigma"] = jnp.asarray(sigma, jnp.float32)
   else:
     if config.loss == "re":
       loss = losses.re_loss(scores, mask_u=normal, axis_name=axis)
@@ -329,7 +341,7 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, *, config: TrainConfig,
                              mask_a=anomalous, axis_name=axis)
     normal_term = losses.re_loss(scores, mask_u=normal, axis_name=axis)
     one = jnp.ones((), jnp.float32)
-    stats = {"w_max": one, "w_min": one, "ess": count_u}
+    stats = {"w_max": one, "w_min": one, "ess": count_u, "sigma": jnp.zeros((), jnp.float32)}
   metrics = {"loss": loss, "normal": normal_term, "la": la, **stats,
              "frames_normal": count_u, "frames_anomalous": count_a}
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -246,8 +247,10 @@ def test_evaluate_conditions_own_normals_and_no_rare():
   result = evaluate.evaluate_conditions(clips, [0.0, 1.0, 1.0, 0.0],
                                         threshold=None)
   assert result["auc"] == pytest.approx({"c1": 1.0, "c2": 0.0, "mean": 0.5})
-  assert result["rare_normal"] == {"auc_vs_rare": {}, "fpr_frequent": None,
-                                   "fpr_rare": None}
+  assert result["rare_normal"] == {
+      "auc_vs_rare": {}, "auc_vs_frequent": {}, "rare_vs_frequent": {},
+      "fpr_rare_by_condition": {}, "fpr_frequent_by_condition": {},
+      "fpr_frequent": None, "fpr_rare": None}
 
 
 def _mixing_layout_set():
@@ -406,3 +409,25 @@ def test_write_json_failure_keeps_old_file(tmp_path):
     evaluate.write_json(path, {"bad": object()})
   assert json.loads(path.read_text()) == {"ok": 1}
   assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_rare_normal_metrics_per_condition():
+  """auc_vs_rare / auc_vs_frequent / rare_vs_frequent and FPRs, hand-computed."""
+  Clip = collections.namedtuple("Clip", "path label condition rare")
+  clips = [Clip("n0", 0, "c", False), Clip("n1", 0, "c", False), Clip("r0", 0, "c", True),
+           Clip("r1", 0, "c", True), Clip("a0", 1, "c", False), Clip("a1", 1, "c", True)]
+  scores = [0.1, 0.5, 0.9, 0.3, 0.6, 0.95]
+  out = evaluate.evaluate_conditions(clips, scores, threshold=0.55)["rare_normal"]
+  # anomalies {0.6, 0.95} vs rare {0.9, 0.3}: pairs won 1 + 2 = 3 of 4
+  assert out["auc_vs_rare"]["c"] == pytest.approx(0.75)
+  # vs frequent {0.1, 0.5}: 4 of 4
+  assert out["auc_vs_frequent"]["c"] == pytest.approx(1.0)
+  # rare {0.9, 0.3} vs frequent {0.1, 0.5}: 0.9 beats both, 0.3 beats 0.1 -> 3/4
+  assert out["rare_vs_frequent"]["c"] == pytest.approx(0.75)
+  assert out["fpr_rare_by_condition"]["c"] == pytest.approx(0.5)
+  assert out["fpr_frequent_by_condition"]["c"] == pytest.approx(0.0)
+  # rare unknown (None) on a clip: it counts in neither group
+  clips[1] = Clip("n1", 0, "c", None)
+  out = evaluate.evaluate_conditions(clips, scores, threshold=None)["rare_normal"]
+  assert out["rare_vs_frequent"]["c"] == pytest.approx(1.0)
+  assert out["fpr_rare_by_condition"] == {}

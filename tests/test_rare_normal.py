@@ -1,0 +1,189 @@
+"""Rare-normal evaluation: several test folders, --rare_clips files, the PCA reference,
+input standardization and the contrast band-width (issue: rare normals on real recordings)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile
+
+from bu_jax import data
+from bu_jax import features
+from bu_jax import kde
+from bu_jax import models
+from bu_jax import reference
+
+SR = 16000
+
+
+def _write(path, seed, seconds=0.5, freq=440.0):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  t = np.arange(int(seconds * SR)) / SR
+  rng = np.random.default_rng(seed)
+  wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)
+  soundfile.write(path, wave.astype(np.float32), SR)
+  return path
+
+
+def _dcase_tree(root, folders=("test_anr-10dB", "test_anr-20dB")):
+  for i in range(3):
+    _write(os.path.join(root, "train", f"normal_id_00_{i:08d}.wav"), i)
+  for folder in folders:
+    for i in range(2):
+      _write(os.path.join(root, folder, f"normal_id_00_{i:08d}.wav"), 10 + i)
+      _write(os.path.join(root, folder, f"anomaly_id_00_{i:08d}.wav"), 20 + i, freq=900.0)
+  return root
+
+
+def test_several_test_folders_give_one_condition_each(tmp_path):
+  root = _dcase_tree(str(tmp_path / "m"))
+  ds = data.load_dataset(root)
+  conds = sorted({c.condition for c in ds.test})
+  assert conds == ["test_anr-10dB_id_00", "test_anr-20dB_id_00"]
+  assert len(ds.test) == 8
+  # a single plain test/ keeps the plain names
+  root2 = _dcase_tree(str(tmp_path / "p"), folders=("test",))
+  assert {c.condition for c in data.load_dataset(root2).test} == {"id_00"}
+
+
+def test_missing_test_folder_is_named(tmp_path):
+  root = str(tmp_path / "m")
+  _write(os.path.join(root, "train", "normal_id_00_00000000.wav"), 0)
+  with pytest.raises(data.DataError, match="test"):
+    data.load_dataset(root)
+
+
+def test_rare_clips_csv_matches_by_relative_path(tmp_path):
+  root = _dcase_tree(str(tmp_path / "set" / "dev_data" / "m"))
+  csv_path = tmp_path / "set" / "metadata.csv"
+  # train/ and test folders share file names: the folder tells them apart
+  csv_path.write_text(
+      "file,split,rare\n"
+      "dev_data/m/train/normal_id_00_00000000.wav,train,0\n"
+      "dev_data/m/test_anr-10dB/normal_id_00_00000000.wav,test,1\n"
+      "dev_data/m/test_anr-10dB/normal_id_00_00000001.wav,test,0\n"
+      "dev_data/m/test_anr-20dB/normal_id_00_00000000.wav,test,1\n"
+      "dev_data/m/test_anr-20dB/normal_id_00_00000001.wav,test,0\n")
+  ds = data.mark_rare(data.load_dataset(root), data.read_rare_clips(str(csv_path)))
+  rare = {(c.condition, os.path.basename(c.path), c.label): c.rare for c in ds.test}
+  assert rare[("test_anr-10dB_id_00", "normal_id_00_00000000.wav", 0)] is True
+  assert rare[("test_anr-20dB_id_00", "normal_id_00_00000001.wav", 0)] is False
+  assert rare[("test_anr-10dB_id_00", "anomaly_id_00_00000000.wav", 1)] is None  # not listed
+
+
+def test_rare_clips_plain_list_and_bad_files(tmp_path):
+  root = _dcase_tree(str(tmp_path / "m"))
+  listing = tmp_path / "rare.txt"
+  listing.write_text("normal_id_00_00000001.wav\n")
+  ds = data.mark_rare(data.load_dataset(root), data.read_rare_clips(str(listing)))
+  normals = {(c.condition, os.path.basename(c.path)): c.rare for c in ds.test if c.label == 0}
+  assert normals[("test_anr-10dB_id_00", "normal_id_00_00000001.wav")] is True
+  assert normals[("test_anr-10dB_id_00", "normal_id_00_00000000.wav")] is False
+  with pytest.raises(data.DataError, match="no such file"):
+    data.read_rare_clips(str(tmp_path / "missing.csv"))
+  bad = tmp_path / "bad.csv"
+  bad.write_text("file,rare\nx.wav,maybe\n")
+  with pytest.raises(data.DataError, match="line 2"):
+    data.read_rare_clips(str(bad))
+  nocol = tmp_path / "nocol.csv"
+  nocol.write_text("clip,rare\nx.wav,1\n")
+  with pytest.raises(data.DataError, match="file-name column"):
+    data.read_rare_clips(str(nocol))
+  other = tmp_path / "other.txt"
+  other.write_text("somewhere_else.wav\n")
+  with pytest.raises(data.DataError, match="names a test clip"):
+    data.mark_rare(data.load_dataset(root), data.read_rare_clips(str(other)))
+
+
+def test_pca_detector_scores_the_unseen_direction():
+  """A tone-only training set: white noise scores far higher than the tone."""
+  cfg = models.preset("fcn40-small").features
+  t = np.arange(SR) / SR
+  rng = np.random.default_rng(0)
+  train = [(0.3 * np.sin(2 * np.pi * 300 * t) + 0.01 * rng.standard_normal(t.size))
+           .astype(np.float32) for _ in range(3)]
+  det = reference.PCADetector(cfg, components=4).fit(train)
+  normal = det.frame_scores(train[0])
+  noisy = det.frame_scores((train[0] + 0.3 * rng.standard_normal(t.size)).astype(np.float32))
+  assert normal.shape == (cfg.num_frames(t.size),)
+  assert np.all(np.isfinite(normal))
+  assert np.median(noisy) > 10 * np.median(normal)
+  assert 0 < det.explained_variance <= 1
+  with pytest.raises(ValueError, match="components"):
+    reference.PCADetector(cfg, components=0)
+  with pytest.raises(RuntimeError, match="fit"):
+    reference.PCADetector(cfg, components=2).frame_scores(train[0])
+
+
+def test_standardized_input_ae_scores_in_standard_units():
+  """score(x) = ||z - AE(z)||^2 with z = (x - mean) * scale; the stats get no gradient."""
+  preset = models.ModelPreset("tiny", models.preset("fcn40-small").features, 1, 8, 4,
+                              standardize_input=True)
+  model = preset.build()
+  d = preset.features.dim
+  params = model.init(jax.random.key(0), jnp.zeros((1, d)))["params"]
+  mean = np.linspace(-10, 0, d).astype(np.float32)
+  std = np.linspace(0.5, 2, d).astype(np.float32)
+  params = models.set_input_statistics(params, mean, std)
+  x = jnp.asarray(mean + std * np.random.default_rng(0).standard_normal((5, d)), jnp.float32)
+  z = (x - mean) / std
+  want = models.anomaly_score(z, model.apply({"params": params}, x))
+  got = models.score_fn(model)(params, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  grads = jax.grad(lambda p: jnp.sum(models.score_fn(model)(p, x)))(params)
+  assert not np.any(grads["input_mean"]) and not np.any(grads["input_scale"])
+  assert np.any(grads["enc_0"]["kernel"])
+  with pytest.raises(ValueError, match="finite"):
+    models.set_input_statistics(params, mean, std * np.nan)
+  plain = models.preset("fcn40-small").build()
+  plain_params = plain.init(jax.random.key(0), jnp.zeros((1, d)))["params"]
+  with pytest.raises(ValueError, match="standardize_input"):
+    models.set_input_statistics(plain_params, mean, std)
+
+
+def _clusters(n_dense=400, n_sparse=40, dim=16, seed=0):
+  rng = np.random.default_rng(seed)
+  dense = 0.2 * rng.standard_normal((n_dense, dim))
+  sparse = 3.0 + 2.0 * rng.standard_normal((n_sparse, dim))
+  return jnp.asarray(np.concatenate([dense, sparse]), jnp.float32), n_dense
+
+
+def test_contrast_sigma_gives_rare_frames_more_weight_than_the_paper_sigma():
+  x, n_dense = _clusters()
+  base = 1.0 / (2 * x.shape[1])
+  sigma = float(kde.contrast_sigma(x, base_sigma=base))
+  assert sigma in [f * base for f in kde.CONTRAST_FACTORS]
+
+  def ratio(s):
+    w = np.asarray(kde.kde_weights(x, sigma=s))
+    return w[n_dense:].mean() / w[:n_dense].mean()
+
+  spread = lambda s: np.var(np.log(np.asarray(kde.kde_density(x, sigma=s))))
+  # it maximizes the spread of ln K over the candidates (all rows probed here)
+  assert spread(sigma) >= max(spread(f * base) for f in kde.CONTRAST_FACTORS) - 1e-6
+  assert ratio(sigma) > ratio(base)
+
+
+def test_contrast_sigma_mask_and_sharding_invariance():
+  x, _ = _clusters(n_dense=60, n_sparse=4, dim=8)
+  base = 1.0 / 16
+  want = kde.contrast_sigma(x, base_sigma=base)
+  padded = jnp.concatenate([x, jnp.full((8, 8), jnp.nan)])
+  mask = jnp.arange(72) < 64
+  got = kde.contrast_sigma(padded, base_sigma=base, mask=mask, probe_rows=64)
+  assert np.isfinite(float(got))
+  mesh = jax.make_mesh((8,), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.P("data"))
+  sharded = jax.jit(jax.shard_map(
+      lambda a: kde.contrast_sigma(a, base_sigma=base, axis_name="data"),
+      mesh=mesh, in_specs=jax.P("data"), out_specs=jax.P()))(jax.device_put(x, sharding))
+  np.testing.assert_allclose(float(sharded), float(want))
+  # duplicates and a constant batch stay finite
+  same = jnp.ones((32, 8))
+  assert np.isfinite(float(kde.contrast_sigma(same, base_sigma=base)))
+  with pytest.raises(ValueError, match="factors"):
+    kde.contrast_sigma(x, base_sigma=base, factors=(1.0, -2.0))
