@@ -206,14 +206,17 @@ def _csv_text(rows) -> str:
 
 
 def write_submission(directory: str, machine_type: str, section: str, names: Sequence[str],
-                     scores: Sequence[float], decisions: Sequence[int]) -> list[str]:
+                     scores: Sequence[float], decisions: Sequence[int], *,
+                     year: str = "2022") -> list[str]:
   """Writes the challenge's two files of one section (atomically).
 
   ``anomaly_score_<machine_type>_section_<XX>_test.csv``: ``wavname,score``;
   ``decision_result_<machine_type>_section_<XX>_test.csv``: ``wavname,0|1``;
-  no header, ``\\n`` line ends, in the order given.
+  no header, ``\\n`` line ends, in the order given. For 2020 (machine ids):
+  ``anomaly_score_<machine_type>_id_<XX>.csv`` and ``decision_result_...``.
   """
-  stem = f"{machine_type}_section_{section}_test.csv"
+  stem = (f"{machine_type}_id_{section}.csv" if year == "2020"
+          else f"{machine_type}_section_{section}_test.csv")
   score_path = os.path.join(directory, f"anomaly_score_{stem}")
   decision_path = os.path.join(directory, f"decision_result_{stem}")
   fileio.atomic_write(score_path, _csv_text(
@@ -434,7 +437,7 @@ def run(settings: Settings) -> dict:
         for sec in sorted({c.section for c in done}):
           idx = [i for i, c in enumerate(done) if c.section == sec]
           write_submission(out_dir, machine, sec, [done[i].name for i in idx], values[idx],
-                           decisions[idx])
+                           decisions[idx], year=year)
         sections = _section_results(done, values, decisions, year)
         if sections:
           per_section[set_name][loss][machine] = sections

@@ -219,6 +219,11 @@ def test_submission_files_exact_format(tmp_path):
   assert open(paths[1], "rb").read() == b"section_00_0000.wav,1\nsection_00_0001.wav,0\n"
   rows = list(csv.reader(open(paths[0])))  # what the evaluator reads back
   assert [float(r[1]) for r in rows] == [1.5, 0.25]
+  paths = dcase_run.write_submission(str(tmp_path), "fan", "02", ["normal_id_02_00000000.wav"],
+                                     [3.0], [0], year="2020")
+  assert [os.path.basename(p) for p in paths] == ["anomaly_score_fan_id_02.csv",
+                                                 "decision_result_fan_id_02.csv"]
+  assert open(paths[0]).read() == "normal_id_02_00000000.wav,3.0\n"
 
 
 def test_settings_reject_bad_flags():
