@@ -1,8 +1,10 @@
 """DCASE benchmark mode end to end on a tiny embedded DCASE-style set (shortened)."""
 
 import csv
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,10 +72,31 @@ def test_run_writes_challenge_files_and_resumes(tmp_path, capsys):
   assert summary[0][:4] == ["loss", "set", "machine_type", "section"]
   assert (run / "score_histogram_SynthFan.png").stat().st_size > 1000
 
-  again = dcase_run.run(settings)  # same command: found finished, only re-evaluated
-  assert "already trained" in capsys.readouterr().out
+  # An evaluation set (unlabelled names) with the organisers' ground truth: the
+  # dev test clips renamed, so its metrics must equal the dev ones.
+  eval_root, gt = tmp_path / "eval", tmp_path / "gt"
+  os.makedirs(eval_root / "SynthFan" / "test")
+  for sub in ("ground_truth_data", "ground_truth_domain"):
+    os.makedirs(gt / sub)
+  md = dcase.load_machine_type(stored["data"]["data_root"], "SynthFan", load_audio=False)
+  for section in ("00", "01"):
+    rows = []
+    for i, clip in enumerate(c for c in md.test if c.section == section):
+      name = f"section_{section}_{i:04d}.wav"
+      shutil.copy(clip.path, eval_root / "SynthFan" / "test" / name)
+      rows.append((name, clip.label, int(clip.domain == "target")))
+    for sub, col in (("ground_truth_data", 1), ("ground_truth_domain", 2)):
+      with open(gt / sub / f"ground_truth_SynthFan_section_{section}_test.csv", "w") as f:
+        f.writelines(f"{r[0]},{r[col]}\n" for r in rows)
+  again = dcase_run.run(dataclasses.replace(settings, eval_root=str(eval_root),
+                                            ground_truth_dir=str(gt)))
+  assert "already trained" in capsys.readouterr().out  # found finished, only re-evaluated
   assert again["bu"]["dev"]["official_score"] == pytest.approx(
       results["bu"]["dev"]["official_score"])
+  assert again["bu"]["eval"]["official_score"] == pytest.approx(
+      results["bu"]["dev"]["official_score"])
+  rows = list(csv.reader(open(run / "bu" / "eval" / "anomaly_score_SynthFan_section_00_test.csv")))
+  assert [r[0] for r in rows] == [f"section_00_{i:04d}.wav" for i in range(12)]
 
 
 @pytest.mark.slow
