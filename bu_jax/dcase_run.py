@@ -376,6 +376,15 @@ def run(settings: Settings) -> dict:
   per_section = {set_name: {l: {} for l in settings.losses} for set_name in ("dev", "eval")}
   thresholds = {l: {} for l in settings.losses}
   train_seconds = {l: {} for l in settings.losses}
+  previous_path = os.path.join(settings.workdir, "results.json")
+  if os.path.exists(previous_path):  # keep the training times of models found finished
+    try:
+      with open(previous_path, encoding="utf-8") as f:
+        previous = json.load(f)
+      for l in settings.losses:
+        train_seconds[l].update(previous.get(l, {}).get("train_seconds", {}))
+    except (OSError, ValueError):
+      pass
   years = set()
   data_info = {"data_root": os.path.abspath(root), "something_else_dir": se_dir and
                os.path.abspath(se_dir), "machine_types": {}}
@@ -403,6 +412,12 @@ def run(settings: Settings) -> dict:
     else:
       groups = {f"section_{s}": ([c for c in md.train if c.section == s], s)
                 for s in sorted({c.section for c in md.train})}
+    if settings.per == "section":
+      orphans = sorted({c.section for t in test_sets.values() for c in t} - {
+          s for _, s in groups.values()})
+      if orphans:
+        logging.warning("%s: test sections %s have no training clips and no model "
+                        "(--per=section); they are not scored", machine, orphans)
     scores = {l: {s: {} for s in test_sets} for l in settings.losses}
     for group, (train_clips, section) in groups.items():
       segments = data_lib.training_corpus([c.wave for c in train_clips],
