@@ -721,7 +721,7 @@ def plot_training(path: PathLike, metrics_files: Mapping[str, PathLike], *,
   def series(rows, fn):
     steps = np.array([r.get("step", i) for i, r in enumerate(rows)], np.float64)
     values = np.array([fn(r) for r in rows], np.float64)
-    k = max(1, min(smooth, values.size))
+    k = max(1, min(smooth, values.size // 20))  # at least ~20 points per curve
     kernel = np.ones(k) / k
     valid = np.convolve(values, kernel, mode="valid")
     return steps[k - 1:], valid

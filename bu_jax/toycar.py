@@ -38,7 +38,10 @@ import numpy as np
 from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import data as data_lib
 from bu_jax import evaluate
+from bu_jax import features as features_lib
 from bu_jax import losses as losses_lib
+from bu_jax import models as models_lib
+from bu_jax import reference as reference_lib
 from bu_jax import parallel
 from bu_jax import progress as progress_lib
 from bu_jax import scoring
@@ -47,6 +50,7 @@ from bu_jax import train as train_lib
 
 # Section 4.2.2: FCN64-large, 200 epochs of 500 mini-batches, AMSGrad 1e-4
 # constant for 100 epochs then linear decay to 1/100.
+CPU_EPOCHS = 48
 PRESETS = {
     "paper": dict(model="fcn64-large", epochs=200, steps_per_epoch=500,
                   decay_start_epoch=100, learning_rate=1e-4,
@@ -55,7 +59,16 @@ PRESETS = {
     "demo": dict(model="fcn40-small", epochs=12, steps_per_epoch=100,
                  decay_start_epoch=6, learning_rate=1e-3,
                  segments_per_mixture=10, steps_per_call=10),
+    # Real recordings on a 2-core CPU (< 8 min per loss): the AE on inputs
+    # standardized with training statistics, a longer schedule, and BU's
+    # band-width chosen per batch (kde.contrast_sigma).
+    "cpu": dict(model="fcn40-small", epochs=CPU_EPOCHS, steps_per_epoch=100,
+                decay_start_epoch=CPU_EPOCHS // 2, learning_rate=1e-3,
+                segments_per_mixture=10, steps_per_call=10,
+                standardize_input=True, bandwidth="contrast"),
 }
+# Settings a preset may leave out (then these defaults hold).
+PRESET_DEFAULTS = dict(standardize_input=False, bandwidth="fixed")
 
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
                  "AUC ordered BU > SNP > RE; its values are only given as a bar chart.")
@@ -88,12 +101,16 @@ class Settings:
   steps_per_call: Optional[int] = None
   compute_dtype: str = "float32"
   sigma: Optional[float] = None  # None: 1/(2D)
+  bandwidth: Optional[str] = None  # None: the preset's ("fixed" unless set)
+  standardize_input: Optional[bool] = None  # None: the preset's
   lam: Optional[float] = None  # None: 2M
   eps: float = 1e-6
   checkpoint_every: int = 500
   heldout_fraction: float = 0.1
   threshold_quantile: float = 0.9
   reduce: str = "max"
+  rare_clips: Optional[str] = None  # CSV / list of rare-normal test clips (evaluation only)
+  reference_components: int = 16  # PCA reference next to the AEs (0: none)
   progress: bool = True
 
   def __post_init__(self):
@@ -102,22 +119,34 @@ class Settings:
     bad = [l for l in self.losses if l not in losses_lib.LOSSES]
     if bad or not self.losses:
       raise ValueError(f"--loss must be one of {losses_lib.LOSSES} or 'all', got {bad}")
+    if self.reference_components < 0:
+      raise ValueError(f"--reference_components must be >= 0, got {self.reference_components}")
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
 
   def resolved(self, name: str):
     value = getattr(self, name)
-    return PRESETS[self.preset][name] if value is None else value
+    if value is not None:
+      return value
+    return PRESETS[self.preset].get(name, PRESET_DEFAULTS.get(name))
+
+  def model_preset(self) -> models_lib.ModelPreset:
+    """The AE preset, with input standardization when configured."""
+    preset = models_lib.preset(self.resolved("model"))
+    if self.resolved("standardize_input"):
+      preset = dataclasses.replace(preset, name=preset.name + "+std", standardize_input=True)
+    return preset
 
   def train_config(self, loss: str) -> train_lib.TrainConfig:
     return train_lib.TrainConfig(
-        loss=loss, model=self.resolved("model"), learning_rate=self.resolved("learning_rate"),
+        loss=loss, model=self.model_preset(), learning_rate=self.resolved("learning_rate"),
         epochs=self.resolved("epochs"), steps_per_epoch=self.resolved("steps_per_epoch"),
         decay_start_epoch=self.resolved("decay_start_epoch"),
         segments_per_mixture=self.resolved("segments_per_mixture"),
         mixtures_per_step=self.mixtures_per_step or jax.device_count(),
         steps_per_call=self.resolved("steps_per_call"), seed=self.seed,
-        sigma=self.sigma, lam=self.lam, eps=self.eps, compute_dtype=self.compute_dtype)
+        sigma=self.sigma, bandwidth=self.resolved("bandwidth"), lam=self.lam, eps=self.eps,
+        compute_dtype=self.compute_dtype)
 
 
 @dataclasses.dataclass
@@ -162,6 +191,8 @@ def load_data(settings: Settings) -> Data:
   dataset = data_lib.load_dataset(
       data_dir, layout=settings.layout, noise_dir=noise_dir, anomaly_dir=anomaly_dir,
       snr_db=settings.snr_db, anrs_db=tuple(settings.anrs_db), seed=settings.data_seed)
+  if settings.rare_clips:
+    dataset = data_lib.mark_rare(dataset, data_lib.read_rare_clips(settings.rare_clips))
   n = len(dataset.train)
   if n < 2:
     raise data_lib.DataError(f"{data_dir}: {n} training clip(s); need at least 2 "
@@ -198,11 +229,14 @@ class Interrupted(Exception):
   """Training stopped on SIGTERM / Ctrl-C after saving a checkpoint."""
 
 
-def train_one(settings: Settings, loss: str, corpus, *,
-              mesh) -> tuple[Any, train_lib.TrainConfig, int]:
+def train_one(settings: Settings, loss: str, corpus, *, mesh,
+              input_stats=None) -> tuple[Any, train_lib.TrainConfig, int]:
   """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>.
 
-  Returns the final state, its config and the number of steps trained now.
+  ``input_stats`` (mean, std of the training features) initialize the
+  standardization of an AE with ``standardize_input``; a resumed run takes
+  them from its checkpoint. Returns the final state, its config and the
+  number of steps trained now.
   """
   config = settings.train_config(loss)
   model_dir = os.path.join(settings.workdir, loss)
@@ -211,6 +245,11 @@ def train_one(settings: Settings, loss: str, corpus, *,
               "features": dataclasses.asdict(preset.features),
               "train_config": _as_json(config)}
   init = train_lib.create_state(config, mesh=mesh)
+  if preset.standardize_input:
+    if input_stats is None:
+      raise ValueError("standardize_input needs the training feature statistics")
+    params = models_lib.set_input_statistics(jax.device_get(init.params), *input_stats)
+    init = init.replace(params=parallel.replicate(params, mesh))
   total = config.total_steps
   with checkpoint_lib.Checkpointer(model_dir, metadata=metadata,
                                    save_interval_steps=settings.checkpoint_every) as ckpt, \
@@ -297,6 +336,53 @@ def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainCo
   return results, material
 
 
+REFERENCE = "pca"
+
+
+def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[dict, dict]:
+  """The PCA reference detector (``reference.PCADetector``) on the AEs' features.
+
+  Fitted on the same training clips, scored, thresholded and evaluated exactly
+  like an AE (interior frames, eq. 11, gamma threshold on held-out clips);
+  writes ``<workdir>/pca/anomaly_score_*.csv`` and ``decision_result_*.csv``.
+  """
+  t0 = time.perf_counter()
+  detector = reference_lib.PCADetector(feature_config,
+                                       components=settings.reference_components)
+  detector.fit(data.fit_waves)
+  scorer = _ReferenceScorer(detector)
+  held_frames = _score_clips(scorer, None, zip(data.heldout_waves, data.heldout_paths))
+  held_scores = _clip_scores(held_frames, settings.reduce)
+  threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
+  test = data.dataset.test
+  frames = _score_clips(scorer, None, ((c.wave, c.path) for c in test))
+  clip_scores = _clip_scores(frames, settings.reduce)
+  results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
+  results["threshold"] = float(threshold)
+  results["components"] = settings.reference_components
+  results["explained_variance"] = detector.explained_variance
+  results["train_seconds"] = round(time.perf_counter() - t0, 1)
+  out_dir = os.path.join(settings.workdir, REFERENCE)
+  os.makedirs(out_dir, exist_ok=True)
+  evaluate.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
+  material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
+              "frames": [f for f, _ in frames], "threshold": threshold,
+              "features": feature_config}
+  return results, material
+
+
+class _ReferenceScorer:
+  """``FrameScorer``'s calling convention for the PCA detector."""
+
+  def __init__(self, detector: reference_lib.PCADetector):
+    self.detector = detector
+    self.config = detector.config
+
+  def __call__(self, params, wave, *, name: str = "waveform") -> np.ndarray:
+    del params
+    return self.detector.frame_scores(wave, name=name)
+
+
 def _store_threshold(settings: Settings, loss: str, state, config, results: dict,
                      data: Data) -> None:
   """Attaches phi and the held-out scores to the final checkpoint's metadata."""
@@ -356,23 +442,29 @@ def _plots(workdir: str, data: Data, material: dict) -> list[str]:
   return paths
 
 
-def format_table(results: dict, losses: Sequence[str]) -> str:
-  """AUC / pAUC per condition and method, like the paper's Figure 4."""
-  conds = [c for c in results[losses[0]]["auc"] if c != "mean"] + ["mean"]
-  head = f"{'condition':<22}" + "".join(f"{l.upper() + ' AUC':>10}{l.upper() + ' pAUC':>11}"
-                                         for l in losses)
+def format_table(results: dict, methods: Sequence[str]) -> str:
+  """AUC / pAUC per condition and method (like the paper's Figure 4), then the
+  rare-normal rows: AUC against rare / frequent normals, rare-vs-frequent AUC
+  (0.5: no bias) and the false-positive rates at phi."""
+  conds = [c for c in results[methods[0]]["auc"] if c != "mean"] + ["mean"]
+  width = max([22] + [len(c) + 2 for c in conds])
+  head = f"{'condition':<{width}}" + "".join(
+      f"{m.upper() + ' AUC':>10}{m.upper() + ' pAUC':>11}" for m in methods)
   lines = [head, "-" * len(head)]
   for cond in conds:
-    lines.append(f"{cond:<22}" + "".join(
-        f"{results[l]['auc'].get(cond, float('nan')):>10.3f}"
-        f"{results[l]['pauc'].get(cond, float('nan')):>11.3f}" for l in losses))
-  rare = [results[l].get("rare_normal", {}) for l in losses]
-  if any(r.get("auc_vs_rare") for r in rare):
-    lines.append(f"{'AUC vs rare normals':<22}" + "".join(
-        f"{r.get('auc_vs_rare', {}).get('mean', float('nan')):>10.3f}{'':>11}" for r in rare))
-  lines.append(f"{'FPR frequent@phi':<22}" + "".join(
+    lines.append(f"{cond:<{width}}" + "".join(
+        f"{results[m]['auc'].get(cond, float('nan')):>10.3f}"
+        f"{results[m]['pauc'].get(cond, float('nan')):>11.3f}" for m in methods))
+  rare = [results[m].get("rare_normal", {}) for m in methods]
+  for key, label in (("auc_vs_rare", "AUC vs rare normals"),
+                     ("auc_vs_frequent", "AUC vs frequent"),
+                     ("rare_vs_frequent", "rare vs frequent AUC")):
+    if any(r.get(key) for r in rare):
+      lines.append(f"{label:<{width}}" + "".join(
+          f"{r.get(key, {}).get('mean', float('nan')):>10.3f}{'':>11}" for r in rare))
+  lines.append(f"{'FPR frequent@phi':<{width}}" + "".join(
       f"{_num(r.get('fpr_frequent')):>10}{'':>11}" for r in rare))
-  lines.append(f"{'FPR rare@phi':<22}" + "".join(
+  lines.append(f"{'FPR rare@phi':<{width}}" + "".join(
       f"{_num(r.get('fpr_rare')):>10}{'':>11}" for r in rare))
   return "\n".join(lines)
 
@@ -407,14 +499,22 @@ def run(settings: Settings) -> dict:
   if os.path.exists(results_path):
     with open(results_path, encoding="utf-8") as f:
       results = {k: v for k, v in json.load(f).items() if k in losses_lib.LOSSES}
+  results.pop(REFERENCE, None)
   results["settings"] = _as_json(settings)
   results["data"] = data.description
   results["devices"] = info
   results["paper"] = PAPER_FIGURE4
+  input_stats = None
+  if cfg0.model_preset.standardize_input:
+    t0 = time.perf_counter()
+    input_stats = features_lib.statistics(data.fit_waves, config=cfg0.feature_config)
+    print(f"Input statistics of {len(data.fit_waves)} training clips "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
   material = {}
   for loss in settings.losses:
     t0 = time.perf_counter()
-    state, config, trained_steps = train_one(settings, loss, corpus, mesh=mesh)
+    state, config, trained_steps = train_one(settings, loss, corpus, mesh=mesh,
+                                             input_stats=input_stats)
     t_train = time.perf_counter() - t0
     res, material[loss] = evaluate_one(settings, loss, state, config, data)
     previous = results.get(loss, {})
@@ -428,8 +528,22 @@ def run(settings: Settings) -> dict:
     evaluate.write_json(results_path, results)
     print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g} "
           f"(train {t_train:.0f} s)", flush=True)
-  results["plots"] = [os.path.basename(p) for p in _plots(settings.workdir, data, material)]
+  methods = list(settings.losses)
+  if settings.reference_components and len(settings.losses) > 1:
+    res, material[REFERENCE] = evaluate_reference(settings, cfg0.feature_config, data)
+    results[REFERENCE] = res
+    methods.append(REFERENCE)
+    evaluate.write_json(results_path, results)
+    print(f"[{REFERENCE}] PCA, {settings.reference_components} components: AUC mean "
+          f"{res['auc']['mean']:.3f}", flush=True)
+  plots = _plots(settings.workdir, data, material)
+  training = evaluate.plot_training(
+      os.path.join(settings.workdir, "training.png"),
+      {loss: os.path.join(settings.workdir, loss, "metrics.jsonl") for loss in settings.losses})
+  if training:
+    plots.append(training)
+  results["plots"] = [os.path.basename(p) for p in plots]
   evaluate.write_json(results_path, results)
-  print(format_table(results, list(settings.losses)), flush=True)
+  print(format_table(results, methods), flush=True)
   print(f"Results in {results_path}", flush=True)
   return results

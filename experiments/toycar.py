@@ -30,7 +30,9 @@ _MODEL = flags.DEFINE_enum("model", None, sorted(models.PRESETS),
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, results).",
                                required=True)
 _PRESET = flags.DEFINE_enum("preset", "paper", sorted(toycar.PRESETS),
-                            "paper: section 4.2.2 schedule; demo: < 10 min on a 2-core CPU.")
+                            "paper: section 4.2.2 schedule (GPU/TPU); demo: < 10 min on a "
+                            "2-core CPU (embedded set); cpu: real recordings on a 2-core CPU "
+                            "(standardized AE input, longer schedule, contrast band-width).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data set root (DCASE 2020, DCASE 2021+ or "
                                 "the paper's mixing layout); default: embedded synthetic set.")
 _LAYOUT = flags.DEFINE_enum("layout", "auto", ["auto", "dcase2020", "dcase2021", "mixing"],
@@ -57,6 +59,20 @@ _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", list(train.COMPUTE_DTYPES
                            "The AE's matrix products in training (bfloat16: GPU/TPU); "
                            "parameters, features, scores and the KDE stay float32.")
 _SIGMA = flags.DEFINE_float("sigma", None, "KDE band-width of eq. (15) (default 1/(2D)).")
+_BANDWIDTH = flags.DEFINE_enum("bandwidth", None, list(train.BANDWIDTHS),
+                               "BU's KDE band-width: fixed (--sigma, the paper) or contrast "
+                               "(per batch, --sigma times the factor at which the batch's "
+                               "densities differ most). Default: the preset's.")
+_STANDARDIZE = flags.DEFINE_bool("standardize_input", None,
+                                 "Standardize the AE's input with training statistics "
+                                 "(stored with the model). Default: the preset's.")
+_RARE = flags.DEFINE_string("rare_clips", None,
+                            "CSV (file-name column and 0/1 'rare' column, e.g. realaudio-dev's "
+                            "metadata.csv) or list of rare-normal test clips: adds rare-normal "
+                            "metrics. Used for evaluation only.")
+_REF = flags.DEFINE_integer("reference_components", 16,
+                            "Components of the PCA reference detector reported next to the "
+                            "AEs by --loss=all (0: none).")
 _LAM = flags.DEFINE_float("lam", None, "Clipping parameter lambda of eq. (10) (default 2M).")
 _EPS = flags.DEFINE_float("eps", 1e-6, "eps of the BU weight 1/(K + eps), eq. (16).")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint interval in steps.")
@@ -77,7 +93,8 @@ def _settings() -> toycar.Settings:
       learning_rate=_LR.value, segments_per_mixture=_SEGMENTS.value,
       mixtures_per_step=_MIXTURES.value, num_devices=_NUM_DEVICES.value,
       steps_per_call=_STEPS_PER_CALL.value, compute_dtype=_DTYPE.value,
-      sigma=_SIGMA.value, lam=_LAM.value,
+      sigma=_SIGMA.value, bandwidth=_BANDWIDTH.value, standardize_input=_STANDARDIZE.value,
+      rare_clips=_RARE.value, reference_components=_REF.value, lam=_LAM.value,
       eps=_EPS.value, checkpoint_every=_CKPT_EVERY.value, reduce=_REDUCE.value)
 
 

@@ -144,3 +144,73 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, tiny_data):
   assert f"resuming from the checkpoint of step {saved}" in proc2.stdout
   steps = [json.loads(l)["step"] for l in open(metrics)]
   assert steps == list(range(saved + 2))  # nothing lost, nothing repeated
+
+
+def _dcase_real_like(root):
+  """A DCASE-2020 tree with two test folders, a rare-clip CSV and something-else clips."""
+  import soundfile  # pylint: disable=g-import-not-at-top
+  sr = 16000
+  rng = np.random.default_rng(3)
+
+  def tone(seconds, freq, noise=0.02):
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t) + noise * rng.standard_normal(t.size)).astype(
+        np.float32)
+
+  def write(rel, wave):
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    soundfile.write(path, wave, sr)
+
+  for i in range(6):
+    write(f"m/train/normal_id_00_{i:08d}.wav", tone(3.5, 300 + 5 * i))
+  rows = ["file,split,rare"]
+  for folder in ("test_anr-10dB", "test_anr-20dB"):
+    for i in range(3):
+      write(f"m/{folder}/normal_id_00_{i:08d}.wav", tone(3.5, 300 + (200 if i == 2 else 7 * i)))
+      write(f"m/{folder}/anomaly_id_00_{i:08d}.wav", tone(3.5, 300, noise=0.3))
+      rows.append(f"m/{folder}/normal_id_00_{i:08d}.wav,test,{int(i == 2)}")
+  for i in range(3):
+    write(f"se/clip_{i}.wav", tone(0.5, 1000 + 100 * i))
+  with open(os.path.join(root, "metadata.csv"), "w") as f:
+    f.write("\n".join(rows) + "\n")
+  return root
+
+
+@pytest.mark.slow
+def test_cpu_preset_rare_clips_reference_and_scoring_agree(tmp_path, capsys):
+  """--preset=cpu on a DCASE tree with test*/ folders and --rare_clips: rare-normal
+  metrics per folder, the PCA reference, training.png, and experiments.score's
+  clip scores equal to the results' (the standardized input travels with the model)."""
+  from bu_jax import detect  # pylint: disable=g-import-not-at-top
+  root = _dcase_real_like(str(tmp_path / "set"))
+  settings = toycar.Settings(
+      workdir=str(tmp_path / "run"), losses=("re", "bu"), preset="cpu",
+      data_dir=os.path.join(root, "m"), something_else_dir=os.path.join(root, "se"),
+      rare_clips=os.path.join(root, "metadata.csv"), epochs=1, steps_per_epoch=4,
+      decay_start_epoch=0, segments_per_mixture=2, steps_per_call=2, checkpoint_every=2,
+      progress=False, num_devices=1, reference_components=4)
+  results = toycar.run(settings)
+  out = capsys.readouterr().out
+  assert "rare vs frequent AUC" in out and "PCA AUC" in out
+  conds = {"test_anr-10dB_id_00", "test_anr-20dB_id_00", "mean"}
+  for method in ("re", "bu", "pca"):
+    rare = results[method]["rare_normal"]
+    assert set(results[method]["auc"]) == conds
+    for key in ("auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent"):
+      assert set(rare[key]) == conds and all(0 <= v <= 1 for v in rare[key].values())
+    assert (tmp_path / "run" / method / "anomaly_score_test_anr-20dB_id_00.csv").exists()
+  assert results["bu"]["train_config"]["bandwidth"] == "contrast"
+  assert results["bu"]["train_config"]["model"]["standardize_input"] is True
+  assert (tmp_path / "run" / "training.png").stat().st_size > 1000
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "bu" / "metrics.jsonl")]
+  base = 1.0 / (2 * 440)
+  assert all(any(abs(r["sigma"] - f * base) < 1e-9 for f in (0.5, 1, 2, 4, 8, 16, 32))
+             for r in rows)
+  # The scorer restores the standardization with the parameters: same clip scores.
+  det = detect.load_detector(str(tmp_path / "run"), loss="bu")
+  stored = {r[0]: float(r[1]) for r in csv.reader(
+      open(tmp_path / "run" / "bu" / "anomaly_score_test_anr-10dB_id_00.csv"))}
+  path = os.path.join(root, "m", "test_anr-10dB", "anomaly_id_00_00000001.wav")
+  wave = data.audio.load_wav(path)
+  assert det.score(wave).clip_score == pytest.approx(stored[os.path.basename(path)], rel=1e-4)

@@ -1,0 +1,105 @@
+"""RE, SNP, BU and the PCA reference on a real-recording set, over several seeds.
+
+    bash ../shared/realaudio-dev/build.sh /tmp/realaudio-dev     # once, ~2 min
+    python -m benchmarks.realaudio --root=/tmp/realaudio-dev [--seeds=0,1,2] \
+        [--preset=cpu] [--machine=engine_b] [--workdir=runs/realaudio]
+
+For every seed this runs the toy-car experiment exactly as
+``python -m experiments.toycar --loss=all --preset=<preset>
+--data_dir=<root>/dev_data/<machine> --something_else_dir=<root>/something_else
+--rare_clips=<root>/metadata.csv --workdir=<workdir>/seed<N> --seed=<N>`` would
+(a finished seed is only re-evaluated), then prints one JSON line per
+(method, condition, seed) with ``auc``, ``pauc``, ``auc_vs_rare``,
+``auc_vs_frequent``, ``rare_vs_frequent`` and the training seconds, and at the
+end one line per (method, condition) with the mean and standard deviation over
+the seeds, and a Markdown table of the means for the README.
+
+The rare-normal labels (``metadata.csv``) are read for evaluation only; no
+setting is chosen from them.
+"""
+
+import argparse
+import os
+
+import numpy as np
+
+from benchmarks._common import emit
+from bu_jax import toycar
+
+METRICS = ("auc", "pauc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")
+
+
+def _rows(results: dict, method: str) -> dict[str, dict[str, float]]:
+  res = results[method]
+  rare = res.get("rare_normal", {})
+  table = {"auc": res["auc"], "pauc": res["pauc"], "auc_vs_rare": rare.get("auc_vs_rare", {}),
+           "auc_vs_frequent": rare.get("auc_vs_frequent", {}),
+           "rare_vs_frequent": rare.get("rare_vs_frequent", {})}
+  conditions = [c for c in res["auc"] if c != "mean"] + ["mean"]
+  return {c: {k: table[k].get(c) for k in METRICS} for c in conditions}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--root", default="/tmp/realaudio-dev", help="built realaudio-dev set")
+  parser.add_argument("--machine", default="engine_b")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--preset", default="cpu", choices=sorted(toycar.PRESETS))
+  parser.add_argument("--workdir", default="runs/realaudio")
+  parser.add_argument("--sigma", type=float, default=None)
+  parser.add_argument("--bandwidth", default=None)
+  parser.add_argument("--standardize_input", default=None, choices=["true", "false"])
+  parser.add_argument("--epochs", type=int, default=None)
+  args = parser.parse_args()
+  data_dir = os.path.join(args.root, "dev_data", args.machine)
+  if not os.path.isdir(data_dir):
+    parser.error(f"--root={args.root}: no {data_dir}; build the set first "
+                 "(bash ../shared/realaudio-dev/build.sh /tmp/realaudio-dev)")
+  seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  collected: dict[tuple[str, str], dict[str, list[float]]] = {}
+  methods = None
+  for seed in seeds:
+    workdir = os.path.join(args.workdir, args.preset, f"seed{seed}")
+    settings = toycar.Settings(
+        workdir=workdir, losses=("re", "snp", "bu"), preset=args.preset, data_dir=data_dir,
+        something_else_dir=os.path.join(args.root, "something_else"),
+        rare_clips=os.path.join(args.root, "metadata.csv"), seed=seed, sigma=args.sigma,
+        bandwidth=args.bandwidth, epochs=args.epochs,
+        decay_start_epoch=None if args.epochs is None else args.epochs // 2,
+        standardize_input=(None if args.standardize_input is None
+                           else args.standardize_input == "true"))
+    results = toycar.run(settings)
+    methods = [m for m in ("re", "snp", "bu", toycar.REFERENCE) if m in results]
+    for method in methods:
+      for condition, values in _rows(results, method).items():
+        emit(method=method, condition=condition, seed=seed, preset=args.preset,
+             train_seconds=results[method].get("train_seconds"), **values)
+        store = collected.setdefault((method, condition), {k: [] for k in METRICS})
+        for k in METRICS:
+          if values[k] is not None:
+            store[k].append(values[k])
+  summary = {}
+  for (method, condition), store in collected.items():
+    record = {}
+    for k, v in store.items():
+      if v:
+        record[k] = round(float(np.mean(v)), 3)
+        record[k + "_std"] = round(float(np.std(v)), 3)
+    summary[(method, condition)] = record
+    emit(method=method, condition=condition, seeds=len(seeds), summary=True, **record)
+  if methods:
+    print(f"\n| condition (mean ± std over {len(seeds)} seeds) | " + " | ".join(
+        m.upper() for m in methods) + " |")
+    print("|---|" + "---|" * len(methods))
+    conditions = list(dict.fromkeys(c for (_, c) in summary))
+    for k in ("auc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent"):
+      for condition in conditions:
+        cells = []
+        for m in methods:
+          rec = summary.get((m, condition), {})
+          cells.append(f"{rec[k]:.3f} ± {rec[k + '_std']:.3f}" if k in rec else "")
+        print(f"| {k}, {condition} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+  main()
