@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any, Optional, Sequence
@@ -114,15 +115,63 @@ class Settings:
   progress: bool = True
 
   def __post_init__(self):
+    """Checks every setting once; a ``ValueError`` names the flag (the entry
+    point turns it into a usage error)."""
     if self.preset not in PRESETS:
       raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
     bad = [l for l in self.losses if l not in losses_lib.LOSSES]
     if bad or not self.losses:
       raise ValueError(f"--loss must be one of {losses_lib.LOSSES} or 'all', got {bad}")
+    model = self.resolved("model")
+    if model not in models_lib.PRESETS:
+      raise ValueError(f"--model must be one of {sorted(models_lib.PRESETS)}, got {model!r}")
+    for name, allowed in (("compute_dtype", train_lib.COMPUTE_DTYPES),
+                          ("bandwidth", train_lib.BANDWIDTHS), ("reduce", ("max", "mean"))):
+      if self.resolved(name) not in allowed:
+        raise ValueError(f"--{name} must be one of {list(allowed)}, got "
+                         f"{self.resolved(name)!r}")
+    for name in ("epochs", "steps_per_epoch", "segments_per_mixture", "steps_per_call",
+                 "mixtures_per_step", "num_devices", "checkpoint_every"):
+      value = self.resolved(name)
+      if value is not None and value < 1:
+        raise ValueError(f"--{name} must be >= 1, got {value}")
+    epochs, decay = self.resolved("epochs"), self.resolved("decay_start_epoch")
+    if not 0 <= decay <= epochs:
+      given = ("" if self.decay_start_epoch is not None else
+               f" (the {self.preset} preset's value; set --decay_start_epoch too, "
+               f"e.g. --decay_start_epoch={epochs // 2})")
+      raise ValueError(f"--decay_start_epoch={decay} must lie in [0, --epochs={epochs}]"
+                       + given)
+    lr = self.resolved("learning_rate")
+    if not (math.isfinite(lr) and lr > 0):
+      raise ValueError(f"--learning_rate must be finite and > 0, got {lr}")
+    for name in ("sigma", "lam"):
+      value = getattr(self, name)
+      if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--{name} must be finite and > 0, got {value}")
+    if not (math.isfinite(self.eps) and self.eps >= 0):
+      raise ValueError(f"--eps must be finite and >= 0, got {self.eps}")
+    if not math.isfinite(self.snr_db):
+      raise ValueError(f"--snr_db must be finite, got {self.snr_db}")
     if self.reference_components < 0:
       raise ValueError(f"--reference_components must be >= 0, got {self.reference_components}")
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+    if not 0 < self.threshold_quantile < 1:
+      raise ValueError(f"--threshold_quantile must lie in (0, 1), got "
+                       f"{self.threshold_quantile}")
+    if self.num_devices is not None and self.num_devices > jax.device_count():
+      raise ValueError(f"--num_devices={self.num_devices}: this machine has "
+                       f"{jax.device_count()} device(s)")
+    if self.mixtures_per_step is not None:
+      devices = self.num_devices or jax.device_count()
+      if self.mixtures_per_step % devices:
+        lower = max(devices, self.mixtures_per_step - self.mixtures_per_step % devices)
+        raise ValueError(
+            f"--mixtures_per_step={self.mixtures_per_step} is not divisible by the number "
+            f"of devices ({devices}): each device must get the same number of mixtures. "
+            f"Use a multiple of {devices} (e.g. --mixtures_per_step={lower}) or set "
+            "--num_devices.")
 
   def resolved(self, name: str):
     value = getattr(self, name)
@@ -143,7 +192,8 @@ class Settings:
         epochs=self.resolved("epochs"), steps_per_epoch=self.resolved("steps_per_epoch"),
         decay_start_epoch=self.resolved("decay_start_epoch"),
         segments_per_mixture=self.resolved("segments_per_mixture"),
-        mixtures_per_step=self.mixtures_per_step or jax.device_count(),
+        mixtures_per_step=(jax.device_count() if self.mixtures_per_step is None
+                           else self.mixtures_per_step),
         steps_per_call=self.resolved("steps_per_call"), seed=self.seed,
         sigma=self.sigma, bandwidth=self.resolved("bandwidth"), lam=self.lam, eps=self.eps,
         compute_dtype=self.compute_dtype)
@@ -477,10 +527,7 @@ def run(settings: Settings) -> dict:
   """Trains and evaluates every loss of ``settings``; returns the results dict."""
   os.makedirs(settings.workdir, exist_ok=True)
   devices = jax.devices()
-  if settings.num_devices is not None:
-    if not 1 <= settings.num_devices <= len(devices):
-      raise ValueError(f"--num_devices={settings.num_devices}: this machine has "
-                       f"{len(devices)} devices")
+  if settings.num_devices is not None:  # checked against the device count by Settings
     devices = devices[:settings.num_devices]
   mesh = parallel.data_mesh(devices)
   if settings.mixtures_per_step is None:

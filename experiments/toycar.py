@@ -104,9 +104,10 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   try:
-    settings = _settings()
-  except ValueError as e:  # an invalid flag combination
-    raise app.UsageError(str(e)) from None
+    settings = _settings()  # toycar.Settings checks every value once
+  except ValueError as e:  # a flag out of range or an invalid combination
+    print(f"Usage error: {e} (see --helpshort)", file=sys.stderr)
+    sys.exit(1)
   try:
     toycar.run(settings)
   except toycar.Interrupted as e:  # SIGTERM / Ctrl-C, after saving a checkpoint

@@ -1,0 +1,73 @@
+"""The toy-car experiment's contracts under bad input: flags, resume, run directories."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from bu_jax import toycar
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ flag validation
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(epochs=0), r"--epochs must be >= 1, got 0"),
+    (dict(epochs=2), r"--decay_start_epoch=6 must lie in \[0, --epochs=2\].*demo preset"),
+    (dict(epochs=4, decay_start_epoch=5), r"--decay_start_epoch=5 must lie in \[0, --epochs=4\]"),
+    (dict(steps_per_epoch=0), r"--steps_per_epoch must be >= 1"),
+    (dict(checkpoint_every=0), r"--checkpoint_every must be >= 1, got 0"),
+    (dict(segments_per_mixture=0), r"--segments_per_mixture must be >= 1, got 0"),
+    (dict(steps_per_call=0), r"--steps_per_call must be >= 1, got 0"),
+    (dict(mixtures_per_step=0), r"--mixtures_per_step must be >= 1, got 0"),
+    (dict(num_devices=0), r"--num_devices must be >= 1, got 0"),
+    (dict(num_devices=jax.device_count() + 1), r"--num_devices=\d+: this machine has"),
+    (dict(num_devices=2, mixtures_per_step=3), r"--mixtures_per_step=3 is not divisible .*\(2\)"),
+    (dict(sigma=float("nan")), r"--sigma must be finite and > 0, got nan"),
+    (dict(sigma=-1.0), r"--sigma must be finite and > 0, got -1"),
+    (dict(sigma=float("inf")), r"--sigma must be finite"),
+    (dict(eps=-1.0), r"--eps must be finite and >= 0, got -1"),
+    (dict(eps=float("nan")), r"--eps must be finite"),
+    (dict(learning_rate=-0.001), r"--learning_rate must be finite and > 0, got -0.001"),
+    (dict(learning_rate=0.0), r"--learning_rate must be finite and > 0"),
+    (dict(lam=-5.0), r"--lam must be finite and > 0, got -5"),
+    (dict(lam=0.0), r"--lam must be finite and > 0, got 0"),
+    (dict(reference_components=-1), r"--reference_components must be >= 0, got -1"),
+    (dict(snr_db=float("nan")), r"--snr_db must be finite"),
+    (dict(model="fcn99"), r"--model must be one of"),
+    (dict(reduce="median"), r"--reduce must be one of"),
+    (dict(threshold_quantile=1.0), r"--threshold_quantile must lie in \(0, 1\)"),
+])
+def test_every_range_check_names_the_flag(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    toycar.Settings(workdir="unused", preset="demo", **overrides)
+
+
+def test_valid_edge_values_are_accepted():
+  toycar.Settings(workdir="unused", preset="demo", epochs=1, decay_start_epoch=0, eps=0.0,
+                  reference_components=0, checkpoint_every=1)
+  toycar.Settings(workdir="unused", preset="demo", epochs=6)  # decay_start_epoch == epochs
+
+
+def test_explicit_mixtures_per_step_is_kept():
+  settings = toycar.Settings(workdir="unused", preset="demo", mixtures_per_step=2,
+                             num_devices=2)
+  assert settings.train_config("re").mixtures_per_step == 2
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--epochs=2", "--decay_start_epoch=6 must lie in [0, --epochs=2]"),
+    ("--sigma=nan", "--sigma must be finite and > 0, got nan"),
+])
+def test_entry_point_usage_error_is_one_line(tmp_path, flag, message):
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-m", "experiments.toycar", "--preset=demo",
+         f"--workdir={workdir}", flag]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(f"Usage error: {message}")
+  assert "Traceback" not in proc.stderr and not workdir.exists()
