@@ -279,6 +279,92 @@ class Interrupted(Exception):
   """Training stopped on SIGTERM / Ctrl-C after saving a checkpoint."""
 
 
+class SettingsMismatchError(checkpoint_lib.CheckpointError):
+  """A workdir holds a model trained with other training settings."""
+
+
+# TrainConfig fields that change only the speed, not what is trained.
+_SPEED_ONLY = ("steps_per_call",)
+
+
+def _training_metadata(settings: Settings, loss: str) -> dict:
+  """What the checkpoints of ``loss`` record about how the model is trained.
+
+  ``train_config`` and ``data`` hold every setting that changes the trained
+  model; evaluation settings (``reduce``, ``rare_clips``, the threshold
+  quantile, the reference detector, the test anomalies) are not among them.
+  """
+  config = settings.train_config(loss)
+  preset = config.model_preset
+  path = lambda p: None if p is None else os.path.abspath(p)
+  data = {"data_dir": path(settings.data_dir), "noise_dir": path(settings.noise_dir),
+          "layout": settings.layout, "data_seed": settings.data_seed,
+          "snr_db": settings.snr_db, "heldout_fraction": settings.heldout_fraction}
+  if loss != "re":  # RE trains without the something-else clips
+    data["something_else_dir"] = path(settings.something_else_dir)
+  return {"loss": loss, "model": preset.name, "features": dataclasses.asdict(preset.features),
+          "train_config": _as_json(config), "data": data}
+
+
+def _flag(key: str) -> str:
+  """The flag of a stored setting (``train_config.seed`` -> ``--seed``)."""
+  name = key.split(".", 1)[1] if "." in key else key
+  return f"--{name}" if name in _FLAG_NAMES else name
+
+
+_FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
+
+
+def check_resumable(settings: Settings, loss: str) -> None:
+  """Refuses to resume or re-evaluate a model trained with other settings.
+
+  If ``<workdir>/<loss>`` holds a checkpoint, the training settings stored in
+  its metadata (``_training_metadata``) must equal this run's: loss, model,
+  seed, schedule, batch shape, sigma, band-width, lambda, eps, compute dtype
+  and the training data. Settings that only change evaluation may differ.
+  Checkpoints written before the data settings were stored are compared on
+  what they hold.
+
+  Raises:
+    SettingsMismatchError: the differing settings, with both values and how
+      to proceed.
+    checkpoint.CheckpointError: the checkpoint's metadata cannot be read.
+  """
+  model_dir = os.path.join(settings.workdir, loss)
+  directory = checkpoint_lib.checkpoint_dir(model_dir)
+  steps = [p.name for p in directory.iterdir()
+           if p.is_dir() and p.name.isdigit()] if directory.is_dir() else []
+  if not steps:
+    return
+  stored = checkpoint_lib.read_metadata(model_dir)
+  wanted = _training_metadata(settings, loss)
+  differ = []
+  if stored.get("loss", loss) != loss:
+    differ.append(("--loss", stored["loss"], loss))
+  for group in ("train_config", "data"):
+    have, want = stored.get(group), wanted[group]
+    if not isinstance(have, dict):
+      continue
+    for key in want:
+      if key in _SPEED_ONLY or key not in have or key == "loss":
+        continue
+      if have[key] != want[key]:
+        old, new = have[key], want[key]
+        if key == "model":  # the preset's name says it (e.g. "fcn40-small+std")
+          old, new = old.get("name", old) if isinstance(old, dict) else old, \
+              new.get("name", new) if isinstance(new, dict) else new
+        differ.append((_flag(f"{group}.{key}"), old, new))
+  if differ:
+    listed = "; ".join(f"{flag}: {old!r} in the checkpoint, {new!r} now"
+                       for flag, old, new in differ)
+    raise SettingsMismatchError(
+        f"{model_dir} holds a model (step {max(map(int, steps))}) trained with other "
+        f"settings: {listed}. Training settings cannot change on a resume: repeat the "
+        "stored values to resume or re-evaluate it (evaluation settings such as --reduce, "
+        "--rare_clips, --reference_components may differ), or use a new --workdir to "
+        "train with the new ones.")
+
+
 def train_one(settings: Settings, loss: str, corpus, *, mesh,
               input_stats=None) -> tuple[Any, train_lib.TrainConfig, int]:
   """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>.
@@ -291,9 +377,8 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh,
   config = settings.train_config(loss)
   model_dir = os.path.join(settings.workdir, loss)
   preset = config.model_preset
-  metadata = {"loss": loss, "model": preset.name,
-              "features": dataclasses.asdict(preset.features),
-              "train_config": _as_json(config)}
+  metadata = _training_metadata(settings, loss)
+  check_resumable(settings, loss)
   init = train_lib.create_state(config, mesh=mesh)
   if preset.standardize_input:
     if input_stats is None:
@@ -532,6 +617,8 @@ def run(settings: Settings) -> dict:
   mesh = parallel.data_mesh(devices)
   if settings.mixtures_per_step is None:
     settings = dataclasses.replace(settings, mixtures_per_step=len(devices))
+  for loss in settings.losses:  # before the (slow) data loading
+    check_resumable(settings, loss)
   info = parallel.log_devices(mesh)
   data = load_data(settings)
   cfg0 = settings.train_config(settings.losses[0])

@@ -71,3 +71,78 @@ def test_entry_point_usage_error_is_one_line(tmp_path, flag, message):
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(f"Usage error: {message}")
   assert "Traceback" not in proc.stderr and not workdir.exists()
+
+
+# ------------------------------------------------------------------ resume with other settings
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  from bu_jax import synthetic  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp("synth") / "set")
+  synthetic.generate(root, seed=1, num_train=6, num_test=6, clip_seconds=4.0,
+                     num_noise=1, noise_seconds=5.0, num_anomaly=5,
+                     num_something_else=5, rare_seconds=1.5)
+  return root
+
+
+def _settings(workdir, data_dir, **kw):
+  base = dict(workdir=str(workdir), losses=("re",), preset="demo", data_dir=data_dir,
+              something_else_dir=os.path.join(data_dir, "something_else"), epochs=1,
+              steps_per_epoch=2, decay_start_epoch=0, segments_per_mixture=2,
+              steps_per_call=2, checkpoint_every=2, progress=False, num_devices=1)
+  base.update(kw)
+  return toycar.Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_data):
+  """A finished tiny RE run (2 steps); tests copy it before changing it."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  toycar.run(_settings(workdir, tiny_data))
+  return workdir
+
+
+def _copy(run_dir, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  return shutil.copytree(run_dir, tmp_path / "run")
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (dict(seed=1), "--seed: 0 in the checkpoint, 1 now"),
+    (dict(learning_rate=1e-2, sigma=0.5), "--learning_rate: 0.001 in the checkpoint, 0.01 now"),
+    (dict(epochs=2), "--epochs: 1 in the checkpoint, 2 now"),
+    (dict(model="fcn40-large"), "--model: 'fcn40-small' in the checkpoint, 'fcn40-large' now"),
+    (dict(data_seed=3), "--data_seed: 0 in the checkpoint, 3 now"),
+])
+def test_resume_with_other_training_settings_is_refused(finished_run, tiny_data, tmp_path,
+                                                       overrides, named):
+  from bu_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = _copy(finished_run, tmp_path)
+  before = (workdir / "results.json").read_text()
+  with pytest.raises(toycar.SettingsMismatchError, match=r"holds a model .*trained with other"):
+    toycar.run(_settings(workdir, tiny_data, **overrides))
+  with pytest.raises(checkpoint.CheckpointError) as info:  # the CLI's "Error:" class
+    toycar.run(_settings(workdir, tiny_data, **overrides))
+  assert named in str(info.value) and "new --workdir" in str(info.value)
+  assert (workdir / "results.json").read_text() == before  # nothing rewritten
+
+
+def test_model_of_another_loss_is_refused(finished_run, tiny_data, tmp_path):
+  """A model trained with RE, placed where the BU model belongs."""
+  workdir = _copy(finished_run, tmp_path)
+  os.rename(workdir / "re", workdir / "bu")
+  with pytest.raises(toycar.SettingsMismatchError, match=r"--loss: 're' in the checkpoint"):
+    toycar.check_resumable(_settings(workdir, tiny_data, losses=("bu",)), "bu")
+
+
+def test_evaluation_settings_may_change(finished_run, tiny_data, tmp_path, capsys):
+  from bu_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = _copy(finished_run, tmp_path)
+  results = toycar.run(_settings(workdir, tiny_data, reduce="mean", steps_per_call=1,
+                                 threshold_quantile=0.8))
+  assert "already trained" in capsys.readouterr().out
+  assert results["settings"]["reduce"] == "mean"
+  meta = checkpoint.read_metadata(str(workdir / "re"))
+  assert meta["reduce"] == "mean" and meta["threshold_quantile"] == 0.8
+  assert meta["train_config"]["seed"] == 0
