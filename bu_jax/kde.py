@@ -308,3 +308,96 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
   if axis_name is not None:  # equal on every device; pmax marks it replicated
     sigma = jax.lax.pmax(sigma, axis_name)
   return jax.lax.stop_gradient(sigma)
+
+
+# ----------------------------------------------------------------------------
+# Density against a memory of normal frames from earlier steps
+# ----------------------------------------------------------------------------
+
+
+def kde_weights_with_memory(x: jax.Array, memory: jax.Array, *, sigma,
+                            eps: float = 1e-6,
+                            mask: Optional[jax.Array] = None,
+                            memory_mask: Optional[jax.Array] = None,
+                            axis_name: Optional[str] = None) -> jax.Array:
+  """Eq. (16)'s weights with eq. (15)'s sum over the batch *and* a memory.
+
+  K(x_i) = 1/N sum_j exp(-sigma ||z_i - z_j||^2), where j runs over the valid
+  rows of the global batch and the valid rows of ``memory`` (normal frames
+  kept from recent steps, e.g. by ``memory_update``), N is their number, and
+  z are the features standardized per dimension over all of them. A
+  mini-batch holds only a few segments, so a rare operating mode may fill a
+  large part of one batch and be absent from the next; against the memory a
+  rare frame is measured against many batches. With an empty memory this
+  equals ``kde_weights``.
+
+  Args:
+    x: (M_local, D) features of this device's normal frames.
+    memory: (B, D) remembered frames, the same on every device.
+    sigma: kernel parameter (> 0; may be a traced scalar).
+    eps: epsilon of w = 1 / (K + eps), >= 0.
+    mask: optional (M_local,) valid rows of ``x``.
+    memory_mask: optional (B,) valid rows of ``memory`` (e.g. not yet filled).
+    axis_name: mesh axis inside ``jax.shard_map``.
+
+  Returns:
+    (M_local,) weights, 0 for masked rows; no gradient.
+  """
+  _check_hyperparameter("sigma", sigma)
+  _check_hyperparameter("eps", eps, allow_zero=True)
+  m_local = x.shape[0]
+  valid_local = _as_mask(mask, m_local)
+  x_all = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
+  valid_all = _all_gather(valid_local, axis_name)
+  memory = jnp.asarray(memory, jnp.float32)
+  mem_valid = _as_mask(memory_mask, memory.shape[0])
+  m = x_all.shape[0]
+  z = standardize(jnp.concatenate([x_all, memory]), mask=jnp.concatenate([valid_all, mem_valid]))
+  z_batch, z_mem = z[:m], z[m:]
+  z_loc, offset = _local_rows(z_batch, m_local, axis_name)
+  d_batch = pairwise_sq_distances(z_loc, z_batch)
+  cols = jnp.arange(m)[None, :]
+  rows = jnp.arange(m_local)[:, None] + offset
+  d_batch = jnp.where(cols == rows, 0.0, d_batch)
+  k_batch = jnp.where(valid_all[None, :], jnp.exp(-sigma * d_batch), 0.0)
+  k_mem = jnp.where(mem_valid[None, :], jnp.exp(-sigma * pairwise_sq_distances(z_loc, z_mem)),
+                    0.0)
+  count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32))
+                      + jnp.sum(mem_valid.astype(jnp.float32)), 1.0)
+  density = (jnp.sum(k_batch, axis=1) + jnp.sum(k_mem, axis=1)) / count
+  w = jnp.where(valid_local, 1.0 / (density + eps), 0.0)
+  return jax.lax.stop_gradient(w)
+
+
+def memory_update(memory: jax.Array, memory_mask: jax.Array, x: jax.Array, *,
+                  slot, rows_per_slot: int, mask: Optional[jax.Array] = None,
+                  axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
+  """Writes ``rows_per_slot`` valid rows of the global batch into ring slot ``slot``.
+
+  The memory (B, D), B a multiple of ``rows_per_slot``, is a ring of
+  B / rows_per_slot slots; slot ``slot`` (e.g. the step modulo the number of
+  slots) is overwritten with rows spread evenly over the valid rows of the
+  global batch (all devices), in batch order, so every device computes the
+  same memory and it does not depend on the number of devices.
+
+  Returns:
+    (memory, memory_mask), no gradient.
+  """
+  if rows_per_slot < 1 or memory.shape[0] % rows_per_slot:
+    raise ValueError(f"memory of {memory.shape[0]} rows is not a multiple of "
+                     f"rows_per_slot={rows_per_slot}")
+  x_all = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
+  valid_all = _all_gather(_as_mask(mask, x.shape[0]), axis_name)
+  count = jnp.sum(valid_all.astype(jnp.int32))
+  (order,) = jnp.nonzero(valid_all, size=valid_all.shape[0], fill_value=0)  # valid rows, in order
+  pick = order[(jnp.arange(rows_per_slot) * count) // rows_per_slot]
+  rows = x_all[pick]
+  rows_valid = jnp.arange(rows_per_slot) < count
+  start = (jnp.asarray(slot, jnp.int32) % (memory.shape[0] // rows_per_slot)) * rows_per_slot
+  memory = jax.lax.dynamic_update_slice_in_dim(memory, rows.astype(memory.dtype), start, 0)
+  memory_mask = jax.lax.dynamic_update_slice_in_dim(memory_mask.astype(jnp.bool_), rows_valid,
+                                                    start, 0)
+  if axis_name is not None:  # equal on every device; pmax marks them replicated
+    memory = jax.lax.pmax(memory, axis_name)
+    memory_mask = jax.lax.pmax(memory_mask.astype(jnp.int32), axis_name).astype(jnp.bool_)
+  return jax.lax.stop_gradient(memory), memory_mask

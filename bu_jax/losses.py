@@ -267,3 +267,31 @@ def paper_hyperparameters(*, dim: int, n_mels: Optional[int] = None) -> dict:
 
 
 LOSSES = ("re", "snp", "bu")
+
+
+def bu_loss_from_weights(scores_u: jax.Array, scores_a: jax.Array, weights: jax.Array, *,
+                         lam: float, mask_u: Optional[jax.Array] = None,
+                         mask_a: Optional[jax.Array] = None,
+                         axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
+  """J_BU (eq. 16) with weights computed elsewhere: sum w A / sum w - L_a.
+
+  For weightings other than eq. (15) on the batch alone, e.g.
+  ``kde.kde_weights`` at a band-width from ``kde.contrast_sigma``, or
+  ``kde.kde_weights_with_memory``. The weights get no gradient.
+
+  Args:
+    scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames.
+    scores_a: (M_a,) anomaly scores of the simulated anomalous frames.
+    weights: (M_u,) non-negative weights w_i.
+    lam: lambda > 0 (finite) of eq. (10).
+    mask_u, mask_a: optional validity masks.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+
+  Returns:
+    ``(loss, normal)``: the float32 scalar J_BU and its weighted normal term.
+  """
+  kde._check_hyperparameter("lam", lam)
+  weights = jax.lax.stop_gradient(weights)
+  normal = weighted_mean(scores_u, weights, mask=mask_u, axis_name=axis_name)
+  la = anomaly_term(scores_a, lam=lam, mask_a=mask_a, axis_name=axis_name)
+  return normal - la, normal

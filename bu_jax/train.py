@@ -79,6 +79,11 @@ class TrainConfig:
       per batch, ``sigma`` times the factor of ``kde.CONTRAST_FACTORS`` at
       which the batch's log-densities vary most (``kde.contrast_sigma``; no
       labels involved). BU only.
+    kde_memory: BU only; 0 (the paper) or the number of recent steps whose
+      normal frames (``kde_memory_rows`` evenly spaced ones per step) the KDE
+      also sums over (``kde.kde_weights_with_memory``); kept in the train
+      state (and its checkpoints), the same on every device.
+    kde_memory_rows: rows remembered per step.
     lam: clipping parameter lambda of eq. (10); None: 2M (M mel bands).
     eps: epsilon of the BU weight 1/(K + eps) (eq. 16).
     seed: seeds the parameter initialization and every batch.
@@ -104,6 +109,8 @@ class TrainConfig:
   anr_range_db: tuple[float, float] = (-30.0, 10.0)
   sigma: Optional[float] = None
   bandwidth: str = "fixed"
+  kde_memory: int = 0
+  kde_memory_rows: int = 256
   lam: Optional[float] = None
   eps: float = 1e-6
   seed: int = 0
@@ -120,8 +127,10 @@ class TrainConfig:
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got "
                        f"{self.compute_dtype!r}")
+    if self.kde_memory < 0:
+      raise ValueError(f"kde_memory must be >= 0, got {self.kde_memory}")
     for name in ("epochs", "steps_per_epoch", "segments_per_mixture", "mixtures_per_step",
-                 "steps_per_call"):
+                 "steps_per_call", "kde_memory_rows"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if not 0 <= self.decay_start_epoch <= self.epochs:
@@ -213,6 +222,7 @@ class TrainState:
   step: jax.Array  # int32 scalar: number of updates applied
   params: Any
   opt_state: Any
+  memory: Any = None  # BU with kde_memory: recent normal frames (``init_memory``)
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -246,7 +256,8 @@ def _init_fn(config: TrainConfig, mesh: Mesh, compiler_options: Optional[tuple])
   def init():
     params = init_params(config)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=make_optimizer(config).init(params))
+                      opt_state=make_optimizer(config).init(params),
+                      memory=init_memory(config))
 
   return jax.jit(init, out_shardings=parallel.replicated(mesh),
                  compiler_options=None if compiler_options is None else dict(compiler_options))
@@ -293,9 +304,10 @@ def check_corpus(config: TrainConfig, corpus: batch_lib.Corpus) -> None:
 # ------------------------------------------------------------------ the loss
 
 
-def _local_loss(params, step, corpus: batch_lib.Corpus, *, config: TrainConfig,
+def _local_loss(params, step, corpus: batch_lib.Corpus, memory, *, config: TrainConfig,
                 mixtures_per_device: int):
-  """Loss and metrics inside ``shard_map``: this device's mixtures, global reductions."""
+  """Loss, metrics and the next KDE memory (None without one) inside ``shard_map``:
+  this device's mixtures, global reductions."""
   axis = parallel.DATA_AXIS
   feat = config.feature_config
   hyper = config.loss_hyperparameters
@@ -327,11 +339,23 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, *, config: TrainConfig,
     sigma = hyper["sigma"]
     if config.bandwidth == "contrast":
       sigma = kde.contrast_sigma(x[rows], base_sigma=sigma, mask=valid, axis_name=axis)
-    loss, aux = losses.bu_loss_with_aux(
-        scores[rows], scores, x[rows], lam=hyper["lam"], sigma=sigma,
-        eps=config.eps, mask_u=valid, mask_a=anomalous, axis_name=axis)
-    normal_term = aux["normal"]
-    stats = kde.weight_stats(aux["weights"], mask=valid, axis_name=axis)
+    if memory is None:
+      loss, aux = losses.bu_loss_with_aux(
+          scores[rows], scores, x[rows], lam=hyper["lam"], sigma=sigma,
+          eps=config.eps, mask_u=valid, mask_a=anomalous, axis_name=axis)
+      weights, normal_term = aux["weights"], aux["normal"]
+    else:
+      weights = kde.kde_weights_with_memory(
+          x[rows], memory["frames"], sigma=sigma, eps=config.eps, mask=valid,
+          memory_mask=memory["valid"], axis_name=axis)
+      loss, normal_term = losses.bu_loss_from_weights(
+          scores[rows], scores, weights, lam=hyper["lam"], mask_u=valid, mask_a=anomalous,
+          axis_name=axis)
+      frames, mem_valid = kde.memory_update(
+          memory["frames"], memory["valid"], x[rows], slot=step,
+          rows_per_slot=config.kde_memory_rows, mask=valid, axis_name=axis)
+      memory = {"frames": frames, "valid": mem_valid}
+    stats = kde.weight_stats(weights, mask=valid, axis_name=axis)
     stats["sigma"] = jnp.asarray(sigma, jnp.float32)
   else:
     if config.loss == "re":
@@ -344,15 +368,25 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, *, config: TrainConfig,
     stats = {"w_max": one, "w_min": one, "ess": count_u, "sigma": jnp.zeros((), jnp.float32)}
   metrics = {"loss": loss, "normal": normal_term, "la": la, **stats,
              "frames_normal": count_u, "frames_anomalous": count_a}
-  return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
+  return loss, (jax.tree.map(jax.lax.stop_gradient, metrics), memory)
 
 
 def _loss_and_grad_fn(config: TrainConfig, mesh: Mesh) -> Callable:
-  """Unjitted ``(params, step, corpus) -> ((loss, metrics), grads)`` on ``mesh``."""
+  """Unjitted ``(params, step, corpus, memory) -> ((loss, (metrics, memory)), grads)``."""
   per_device = parallel.check_divisible(config.mixtures_per_step, mesh)
   local = functools.partial(_local_loss, config=config, mixtures_per_device=per_device)
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P()), out_specs=(P(), P()))
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P()),
+                          out_specs=(P(), (P(), P())))
   return jax.value_and_grad(sharded, has_aux=True)
+
+
+def init_memory(config: TrainConfig) -> Optional[dict]:
+  """An empty KDE memory ({"frames": (B, D), "valid": (B,)}) or None without one."""
+  if config.loss != "bu" or not config.kde_memory:
+    return None
+  rows = config.kde_memory * config.kde_memory_rows
+  return {"frames": jnp.zeros((rows, config.feature_config.dim), jnp.float32),
+          "valid": jnp.zeros((rows,), jnp.bool_)}
 
 
 def _check_inputs(config: TrainConfig, corpus: batch_lib.Corpus) -> None:
@@ -369,12 +403,14 @@ def _train_step_fn(config: TrainConfig, mesh: Mesh) -> Callable:
 
   def train_step(state: TrainState, corpus: batch_lib.Corpus):
     _check_inputs(config, corpus)
-    (_, metrics), grads = loss_and_grad(state.params, state.step, corpus)
+    (_, (metrics, memory)), grads = loss_and_grad(state.params, state.step, corpus,
+                                                  state.memory)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
                "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              memory=memory)
     return new_state, metrics
 
   return train_step
@@ -449,7 +485,8 @@ def _jitted_cached(config: TrainConfig, mesh: Mesh, kind: str, num_steps: int,
 
     def grad_fn(params, step, corpus):
       _check_inputs(config, corpus)
-      return fn(params, step, corpus)
+      (loss, (metrics, _)), grads = fn(params, step, corpus, init_memory(config))
+      return (loss, metrics), grads
 
     return jax.jit(grad_fn, in_shardings=(rep, rep, rep), out_shardings=rep,
                    compiler_options=options)
