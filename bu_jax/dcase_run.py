@@ -191,8 +191,8 @@ def clip_scores(scorer: scoring.FrameScorer, params, clips, *, reduce: str) -> n
   out = []
   for clip in clips:
     frames = scorer(params, clip.wave, name=clip.path)
-    out.append(evaluate.clip_score(frames[scorer.config.interior(len(clip.wave))],
-                                   reduce=reduce))
+    out.append(evaluate.interior_clip_score(frames, num_samples=len(clip.wave),
+                                            feature_config=scorer.config, reduce=reduce))
   return np.asarray(out, dtype=np.float64)
 
 
@@ -440,7 +440,7 @@ def run(settings: Settings) -> dict:
           chosen = [c for c in test_clips if section is None or c.section == section]
           s = clip_scores(scorer, params, chosen, reduce=settings.reduce)
           for clip, value in zip(chosen, s):
-            scores[loss][set_name][clip.path] = (value, int(value >= phi))
+            scores[loss][set_name][clip.path] = (value, int(evaluate.decide(value, phi)))
     # Files and metrics of this machine type.
     hist, hist_thresholds = {}, {}
     for loss in settings.losses:

@@ -427,7 +427,9 @@ class Detector:
     # zero padding and score high on every recording: clip score and events
     # use the interior frames only (features.FeatureConfig.interior).
     inner = self.preset.features.interior(wave.shape[-1])
-    clip = evaluate.clip_score(scores[inner], reduce=self.reduce)
+    clip = evaluate.interior_clip_score(scores, num_samples=wave.shape[-1],
+                                        feature_config=self.preset.features,
+                                        reduce=self.reduce)
     flagged = np.full_like(scores, -np.inf)
     flagged[inner] = scores[inner]
     duration = wave.shape[-1] / self.sample_rate
@@ -435,7 +437,7 @@ class Detector:
         frame_scores=scores,
         times_s=np.arange(scores.size) * self.hop_s,
         clip_score=clip,
-        decision=bool(clip >= phi),
+        decision=evaluate.decide(clip, phi),
         events=tuple(events_from_scores(flagged, phi, hop_s=self.hop_s,
                                         merge_gap_s=merge_gap_s, duration_s=duration)),
         threshold=float(phi),

@@ -123,6 +123,51 @@ def clip_score(frame_scores: Any, *, reduce: str = "max") -> float:
   raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}.")
 
 
+def interior_clip_score(frame_scores: Any, *, num_samples: int, feature_config: Any,
+                        reduce: str = "max") -> float:
+  """Eq. (11) over the interior frames of a clip: the clip score that eq. (4) thresholds.
+
+  Frames whose STFT window or context reaches past the clip's ends see zero
+  padding and score high on every clip, so the clip score uses only the
+  frames ``feature_config.interior(num_samples)`` (``features.FeatureConfig``).
+  Evaluation (``bu_jax.toycar``, ``bu_jax.dcase_run``) and scoring
+  (``bu_jax.detect``) both call this.
+
+  Args:
+    frame_scores: A(x_t) of every frame of the clip, shape (T,).
+    num_samples: the clip's length in samples.
+    feature_config: its ``FeatureConfig``.
+    reduce: "max" (eq. 11) or "mean"; see ``clip_score``.
+
+  Returns:
+    The clip score as a Python float.
+
+  Raises:
+    ValueError: ``frame_scores`` does not have the clip's number of frames,
+      or see ``clip_score``.
+  """
+  frame_scores = np.ravel(np.asarray(frame_scores))
+  expected = feature_config.num_frames(num_samples)
+  if frame_scores.size != expected:
+    raise ValueError(f"a clip of {num_samples} samples has {expected} frames, got "
+                     f"{frame_scores.size} frame scores.")
+  return clip_score(frame_scores[feature_config.interior(num_samples)], reduce=reduce)
+
+
+def decide(clip_scores: Any, threshold: float) -> Any:
+  """Eq. (4): a clip is anomalous when its score reaches φ, A(X) >= φ.
+
+  Args:
+    clip_scores: one clip score (from ``interior_clip_score``) or an array.
+    threshold: φ.
+
+  Returns:
+    A Python bool for a scalar score, else a boolean array of the same shape.
+  """
+  decision = np.asarray(clip_scores, dtype=np.float64) >= float(threshold)
+  return bool(decision) if decision.ndim == 0 else decision
+
+
 def _raw_partial_auc(labels: np.ndarray, scores: np.ndarray,
                      max_fpr: float) -> float:
   """Area under the ROC curve for FPR in [0, max_fpr], not standardized."""
@@ -262,7 +307,7 @@ def false_positive_rates(
     {group: FPR}; a group with no clips is left out.
   """
   scores = _as_finite_1d(scores, "scores")
-  flagged = scores >= threshold
+  flagged = decide(scores, threshold)
   if isinstance(groups, Mapping):
     selections = {name: np.asarray(sel) for name, sel in groups.items()}
   else:
@@ -420,11 +465,11 @@ def evaluate_conditions(
     if rare_n.size:
       auc_vs_rare[condition] = _auc(scores[anomalous], scores[rare_n])
       if threshold is not None:
-        fpr_rare_by[condition] = float(np.mean(scores[rare_n] >= threshold))
+        fpr_rare_by[condition] = float(np.mean(decide(scores[rare_n], threshold)))
     if frequent_n.size and rare_n.size:
       auc_vs_frequent[condition] = _auc(scores[anomalous], scores[frequent_n])
       if threshold is not None:
-        fpr_frequent_by[condition] = float(np.mean(scores[frequent_n] >= threshold))
+        fpr_frequent_by[condition] = float(np.mean(decide(scores[frequent_n], threshold)))
       rare_vs_frequent[condition] = _auc(scores[rare_n], scores[frequent_n])
   for key in ("auc", "pauc", "pauc_dcase"):
     _with_mean(results[key])
@@ -473,7 +518,7 @@ def write_dcase_csvs(
   `workdir`:
     <prefix>anomaly_score_<condition>.csv    rows: file basename, clip score
     <prefix>decision_result_<condition>.csv  rows: file basename, 1 if
-        score ≥ threshold else 0 (eq. 4)
+        score ≥ threshold else 0 (eq. 4, ``decide``)
   without header, in the order of `clips`. A basename that occurs more than
   once in a condition (the "mixing" layout uses the same file for a clip's
   normal and anomalous versions) is written as "normal_<basename>" or
@@ -505,7 +550,7 @@ def write_dcase_csvs(
               if counts[name] > 1 else name) for name, i in zip(names, index)]
     suffix = _safe_filename_part(condition)
     score_rows = [(name, repr(float(scores[i]))) for name, i in zip(names, index)]
-    decision_rows = [(name, int(scores[i] >= threshold))
+    decision_rows = [(name, int(decide(scores[i], threshold)))
                      for name, i in zip(names, index)]
     for kind, rows in (("anomaly_score", score_rows),
                        ("decision_result", decision_rows)):

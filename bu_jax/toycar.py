@@ -432,21 +432,20 @@ def _truncate_metrics(path: str, start: int) -> None:
     f.writelines(lines)
 
 
-def _score_clips(scorer, params, waves_and_names):
+def _score_clips(scorer, params, waves_and_names, *, reduce: str) -> tuple[list, np.ndarray]:
+  """Frame scores of each clip, and its clip score: eq. (11) over the interior
+  frames (``evaluate.interior_clip_score``, as ``experiments.score`` uses)."""
   cache = {}
-  out = []
+  frames, scores = [], []
   for wave, name in waves_and_names:
     key = id(wave)
     if key not in cache:
-      frames = scorer(params, wave, name=name)
-      cache[key] = (frames, frames[scorer.config.interior(len(wave))])
-    out.append(cache[key])
-  return out
-
-
-def _clip_scores(scored, reduce: str) -> np.ndarray:
-  """Eq. (11) over each clip's interior frames (``FeatureConfig.interior``)."""
-  return np.array([evaluate.clip_score(inner, reduce=reduce) for _, inner in scored])
+      f = scorer(params, wave, name=name)
+      cache[key] = (f, evaluate.interior_clip_score(
+          f, num_samples=len(wave), feature_config=scorer.config, reduce=reduce))
+    frames.append(cache[key][0])
+    scores.append(cache[key][1])
+  return frames, np.asarray(scores, dtype=np.float64)
 
 
 def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainConfig,
@@ -455,19 +454,19 @@ def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainCo
   preset = config.model_preset
   params = jax.device_get(state.params)
   scorer = scoring.FrameScorer(preset.build(), preset.features)
-  held_frames = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths))
-  held_scores = _clip_scores(held_frames, settings.reduce)
+  _, held_scores = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths),
+                                reduce=settings.reduce)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
-  frames = _score_clips(scorer, params, ((c.wave, c.path) for c in test))
-  clip_scores = _clip_scores(frames, settings.reduce)
+  frames, clip_scores = _score_clips(scorer, params, ((c.wave, c.path) for c in test),
+                                     reduce=settings.reduce)
   results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
   model_dir = os.path.join(settings.workdir, loss)
   evaluate.write_dcase_csvs(model_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
-              "frames": [f for f, _ in frames], "threshold": threshold, "features": preset.features}
+              "frames": frames, "threshold": threshold, "features": preset.features}
   return results, material
 
 
@@ -486,12 +485,12 @@ def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[
                                        components=settings.reference_components)
   detector.fit(data.fit_waves)
   scorer = _ReferenceScorer(detector)
-  held_frames = _score_clips(scorer, None, zip(data.heldout_waves, data.heldout_paths))
-  held_scores = _clip_scores(held_frames, settings.reduce)
+  _, held_scores = _score_clips(scorer, None, zip(data.heldout_waves, data.heldout_paths),
+                                reduce=settings.reduce)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
-  frames = _score_clips(scorer, None, ((c.wave, c.path) for c in test))
-  clip_scores = _clip_scores(frames, settings.reduce)
+  frames, clip_scores = _score_clips(scorer, None, ((c.wave, c.path) for c in test),
+                                     reduce=settings.reduce)
   results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
   results["threshold"] = float(threshold)
   results["components"] = settings.reference_components
@@ -501,7 +500,7 @@ def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[
   os.makedirs(out_dir, exist_ok=True)
   evaluate.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
-              "frames": [f for f, _ in frames], "threshold": threshold,
+              "frames": frames, "threshold": threshold,
               "features": feature_config}
   return results, material
 

@@ -146,3 +146,56 @@ def test_evaluation_settings_may_change(finished_run, tiny_data, tmp_path, capsy
   meta = checkpoint.read_metadata(str(workdir / "re"))
   assert meta["reduce"] == "mean" and meta["threshold_quantile"] == 0.8
   assert meta["train_config"]["seed"] == 0
+
+
+# ------------------------------------------------------------------ one decision rule (eq. 4)
+
+
+def test_results_and_experiments_score_decide_alike(finished_run, tiny_data, tmp_path):
+  """The toy-car run's decision CSVs (results.json's phi) and experiments.score's job,
+  on the same test clips written as WAV files, give the same clip scores and decisions."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import soundfile  # pylint: disable=g-import-not-at-top
+  from bu_jax import detect, evaluate  # pylint: disable=g-import-not-at-top
+  settings = _settings(finished_run, tiny_data)
+  test = toycar.load_data(settings).dataset.test
+  clips_dir = tmp_path / "clips"
+  clips_dir.mkdir()
+  for i, clip in enumerate(test):
+    soundfile.write(clips_dir / f"{i:03d}.wav", np.asarray(clip.wave, np.float32), 16000,
+                    subtype="FLOAT")
+  report = detect.run(detect.ScoreSettings(workdir=str(finished_run), paths=[str(clips_dir)],
+                                           loss="re", out=str(tmp_path / "scores.csv")))
+  assert not report.failures
+  rows = detect.read_csv(tmp_path / "scores.csv")
+  scored = {os.path.basename(r["path"]): r for r in rows}
+  results = json.loads((finished_run / "results.json").read_text())
+  assert float(rows[0]["threshold"]) == pytest.approx(results["re"]["threshold"])
+  for cond in sorted({c.condition for c in test}):
+    index = [i for i, c in enumerate(test) if c.condition == cond]
+    decisions = list(csv.reader(open(finished_run / "re" / f"decision_result_{cond}.csv")))
+    stored = list(csv.reader(open(finished_run / "re" / f"anomaly_score_{cond}.csv")))
+    assert len(decisions) == len(index)
+    for i, (_, decision), (_, score) in zip(index, decisions, stored):
+      row = scored[f"{i:03d}.wav"]
+      assert float(row["clip_score"]) == pytest.approx(float(score), rel=1e-4)
+      assert (row["decision"] == "anomalous") == (decision == "1")
+      assert evaluate.decide(float(score), results["re"]["threshold"]) == (decision == "1")
+
+
+def test_decision_rule_and_interior_clip_score():
+  from bu_jax import evaluate, features  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert evaluate.decide(1.0, 1.0) is True and evaluate.decide(0.999, 1.0) is False
+  np.testing.assert_array_equal(evaluate.decide([0.5, 1.0, 2.0], 1.0), [False, True, True])
+  config = features.FeatureConfig(n_mels=40, context=5)
+  n = 16000
+  frames = np.zeros(config.num_frames(n))
+  inner = config.interior(n)
+  frames[: inner.start] = 100.0  # edge frames (zero padding) never count
+  frames[inner.start + 3] = 2.0
+  assert evaluate.interior_clip_score(frames, num_samples=n, feature_config=config) == 2.0
+  with pytest.raises(ValueError, match="frames"):
+    evaluate.interior_clip_score(frames[:-1], num_samples=n, feature_config=config)
