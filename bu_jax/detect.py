@@ -29,6 +29,7 @@ import math
 import os
 import pathlib
 import re
+import tempfile
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from absl import logging
@@ -673,12 +674,32 @@ class Report:
     return "\n".join(lines)
 
 
+def check_writable(path: os.PathLike | str) -> None:
+  """Raises ``ValueError`` naming ``path`` if a file cannot be written there.
+
+  Creates the missing parent folders and a temporary file in them (removed).
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    raise ValueError(f"cannot write the scores file {path}: it is a directory; give a file "
+                     "name with --out")
+  parent = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+      pass
+  except OSError as e:
+    raise ValueError(f"cannot write the scores file {path} ({e.strerror or e}); choose "
+                     "another --out") from e
+
+
 def run(settings: ScoreSettings) -> Report:
   """Loads the model, scores every path, writes the CSV (and plots).
 
   Raises:
     DetectorError: no usable model in ``settings.workdir``.
-    ValueError: both ``threshold`` and ``fpr`` given, or bad values.
+    ValueError: both ``threshold`` and ``fpr`` given, bad values, or an output
+      path that cannot be written (checked before scoring).
   """
   if not settings.paths:
     raise ValueError("no recordings given")
@@ -688,10 +709,12 @@ def run(settings: ScoreSettings) -> Report:
     raise ValueError("give either --threshold or --fpr, not both")
   detector = load_detector(settings.workdir, loss=settings.loss,
                            chunk_frames=settings.chunk_frames)
+  csv_path = settings.out or os.path.join(settings.workdir, "scores.csv")
+  check_writable(csv_path)  # before the scoring work, not after it
   phi, source = detector.resolve_threshold(threshold=settings.threshold, fpr=settings.fpr)
   results, failures = score_paths(detector, settings.paths, threshold=phi,
                                   merge_gap_s=settings.merge_gap_s)
-  csv_path = write_csv(settings.out or os.path.join(settings.workdir, "scores.csv"), results)
+  csv_path = write_csv(csv_path, results)
   plot_paths = (write_plots(os.path.join(os.path.dirname(csv_path), "plots"), results)
                 if settings.plots else [])
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,

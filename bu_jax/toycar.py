@@ -40,6 +40,7 @@ from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import data as data_lib
 from bu_jax import evaluate
 from bu_jax import features as features_lib
+from bu_jax import fileio
 from bu_jax import losses as losses_lib
 from bu_jax import models as models_lib
 from bu_jax import reference as reference_lib
@@ -423,13 +424,57 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh,
 
 
 def _truncate_metrics(path: str, start: int) -> None:
-  """Drops metric lines of steps >= start (written after the last checkpoint)."""
+  """Drops metric lines of steps >= start (written after the last checkpoint).
+
+  A damaged line (e.g. half-written when the run was killed) is dropped with
+  a warning naming the file and the line. The file is rewritten (atomically)
+  only if a line is dropped, so a finished run re-evaluates without writing it.
+  """
   if not os.path.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) < start]
-  with open(path, "w", encoding="utf-8") as f:
-    f.writelines(lines)
+  with open(path, encoding="utf-8", errors="replace") as f:
+    lines = f.readlines()
+  kept, damaged = [], []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      step = record["step"] if isinstance(record, dict) else None
+    except ValueError:
+      step = None
+    if not isinstance(step, int):
+      damaged.append(number)
+    elif step < start:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if damaged:
+    logging.warning("%s: dropping %d damaged line(s) (line %s): not a JSON record with a "
+                    "step, e.g. half-written when a run was killed", path, len(damaged),
+                    ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else ""))
+  if kept != lines:
+    fileio.atomic_write(path, "".join(kept))
+
+
+def _read_results(path: str) -> dict[str, Any]:
+  """The per-loss entries of an earlier ``results.json``; a damaged file is
+  moved aside to ``results.json.damaged`` with a warning, and results start afresh."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+    if not isinstance(stored, dict):
+      raise ValueError(f"a JSON {type(stored).__name__}, not an object")
+  except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    aside = path + ".damaged"
+    logging.warning("%s cannot be read (%s: %s); moved to %s, starting fresh results.", path,
+                    type(e).__name__, e, aside)
+    try:
+      os.replace(path, aside)
+    except OSError as e2:
+      logging.warning("could not move %s aside: %s", path, e2)
+    return {}
+  return {k: v for k, v in stored.items() if k in losses_lib.LOSSES}
 
 
 def _score_clips(scorer, params, waves_and_names, *, reduce: str) -> tuple[list, np.ndarray]:
@@ -607,9 +652,23 @@ def _num(v) -> str:
   return "n/a" if v is None else f"{v:.3f}"
 
 
+class WorkdirError(data_lib.DataError):
+  """--workdir cannot be used (a file, or not creatable / writable)."""
+
+
+def _make_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir}: is a file, not a directory; give a directory "
+                       "(it is created if missing)")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir}: cannot be created ({e.strerror or e})") from e
+
+
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss of ``settings``; returns the results dict."""
-  os.makedirs(settings.workdir, exist_ok=True)
+  _make_workdir(settings.workdir)
   devices = jax.devices()
   if settings.num_devices is not None:  # checked against the device count by Settings
     devices = devices[:settings.num_devices]
@@ -628,10 +687,7 @@ def run(settings: Settings) -> dict:
     clips, lengths = None, None
   corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)
   results_path = os.path.join(settings.workdir, "results.json")
-  results: dict[str, Any] = {}
-  if os.path.exists(results_path):
-    with open(results_path, encoding="utf-8") as f:
-      results = {k: v for k, v in json.load(f).items() if k in losses_lib.LOSSES}
+  results = _read_results(results_path)
   results.pop(REFERENCE, None)
   results["settings"] = _as_json(settings)
   results["data"] = data.description

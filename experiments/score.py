@@ -44,6 +44,9 @@ def main(argv):
     report = detect.run(settings)
   except (checkpoint.CheckpointError, ValueError) as e:  # DetectorError included.
     sys.exit(f"score: error: {e}")
+  except KeyboardInterrupt:
+    print("Interrupted: stopped by Ctrl-C; nothing was written", file=sys.stderr)
+    sys.exit(130)
   print(report.summary(), flush=True)
   for _, message in report.failures:
     print(f"score: FAILED {message}", file=sys.stderr)

@@ -8,6 +8,7 @@ cache directory that is printed) and used. Re-running on a workdir resumes
 from its checkpoints. See bu_jax/toycar.py for what is written to --workdir.
 """
 
+import signal
 import sys
 
 from absl import app
@@ -98,9 +99,17 @@ def _settings() -> toycar.Settings:
       eps=_EPS.value, checkpoint_every=_CKPT_EVERY.value, reduce=_REDUCE.value)
 
 
+def _interrupt(signum, frame):
+  """SIGTERM outside training (loading, evaluation): stop like Ctrl-C. During
+  training, checkpoint.GracefulStop handles both and saves first."""
+  del frame
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv):
   progress.quiet_library_logs()  # third-party INFO logs only with --verbosity
   del argv
+  signal.signal(signal.SIGTERM, _interrupt)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   try:
@@ -112,6 +121,10 @@ def main(argv):
     toycar.run(settings)
   except toycar.Interrupted as e:  # SIGTERM / Ctrl-C, after saving a checkpoint
     print(f"Interrupted: {e}", file=sys.stderr)
+    sys.exit(130)
+  except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM while loading or evaluating
+    print(f"Interrupted: stopped by {e.args[0] if e.args else 'SIGINT'}; the checkpoints "
+          "saved so far are kept: run the same command again to resume", file=sys.stderr)
     sys.exit(130)
   except (data.DataError, audio.AudioError, checkpoint.CheckpointError,
           train.NonFiniteLossError) as e:  # bad input: the message names it

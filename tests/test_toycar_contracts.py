@@ -1,5 +1,6 @@
 """The toy-car experiment's contracts under bad input: flags, resume, run directories."""
 
+import json
 import os
 import subprocess
 import sys
@@ -155,7 +156,6 @@ def test_results_and_experiments_score_decide_alike(finished_run, tiny_data, tmp
   """The toy-car run's decision CSVs (results.json's phi) and experiments.score's job,
   on the same test clips written as WAV files, give the same clip scores and decisions."""
   import csv  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import soundfile  # pylint: disable=g-import-not-at-top
   from bu_jax import detect, evaluate  # pylint: disable=g-import-not-at-top
@@ -199,3 +199,91 @@ def test_decision_rule_and_interior_clip_score():
   assert evaluate.interior_clip_score(frames, num_samples=n, feature_config=config) == 2.0
   with pytest.raises(ValueError, match="frames"):
     evaluate.interior_clip_score(frames[:-1], num_samples=n, feature_config=config)
+
+
+# ------------------------------------------------------------------ unusable run directories
+
+
+def test_workdir_that_is_a_file_is_an_error(tmp_path, tiny_data):
+  from bu_jax import data  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "afile"
+  path.write_text("not a directory")
+  with pytest.raises(data.DataError, match=r"--workdir=.*afile: is a file"):
+    toycar.run(_settings(path, tiny_data))
+  assert path.read_text() == "not a directory"
+
+
+def test_damaged_metrics_lines_are_dropped_with_a_warning(tmp_path, monkeypatch):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.5}\n7\n'
+                  '{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+  toycar._truncate_metrics(str(path), 3)  # pylint: disable=protected-access
+  assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [0, 1, 2]
+  assert len(warnings) == 1 and "2 damaged line(s) (line 3, 5)" in warnings[0]
+  before = path.stat().st_mtime_ns
+  toycar._truncate_metrics(str(path), 3)  # pylint: disable=protected-access
+  assert path.stat().st_mtime_ns == before  # nothing to drop: not rewritten
+
+
+def test_half_written_metrics_line_does_not_stop_a_resume(finished_run, tiny_data, tmp_path):
+  workdir = _copy(finished_run, tmp_path)
+  metrics = workdir / "re" / "metrics.jsonl"
+  metrics.write_text(metrics.read_text() + '{"step": 2, "loss": 0.')
+  (workdir / "results.json").write_text("{ this is not JSON")
+  results = toycar.run(_settings(workdir, tiny_data))
+  assert [json.loads(l)["step"] for l in metrics.read_text().splitlines()] == [0, 1]
+  assert (workdir / "results.json.damaged").read_text() == "{ this is not JSON"
+  assert json.loads((workdir / "results.json").read_text())["re"]["auc"] == results["re"]["auc"]
+
+
+def test_score_output_that_cannot_be_written_fails_before_scoring(finished_run, tmp_path,
+                                                                  monkeypatch):
+  from bu_jax import detect  # pylint: disable=g-import-not-at-top
+  scored = []
+  monkeypatch.setattr(detect, "score_paths", lambda *a, **k: scored.append(1) or ([], []))
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  for out, message in ((blocker / "scores.csv", r"cannot write the scores file .*file/scores"),
+                       (tmp_path, r"it is a directory")):
+    with pytest.raises(ValueError, match=message):
+      detect.run(detect.ScoreSettings(workdir=str(finished_run), paths=[str(tmp_path)],
+                                      loss="re", out=str(out)))
+  assert not scored
+
+
+_INTERRUPTED = """
+import os, signal, sys, time
+from absl import app
+from experiments import toycar as entry
+from bu_jax import toycar
+def stop(*args, **kwargs):
+  if {sigterm}:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+  raise KeyboardInterrupt
+setattr(toycar, {where!r}, stop)
+sys.argv = ["toycar"] + sys.argv[1:]
+app.run(entry.main)
+"""
+
+
+@pytest.mark.parametrize("where, sigterm, by", [
+    ("load_data", False, "SIGINT"),        # Ctrl-C while loading
+    ("evaluate_one", False, "SIGINT"),     # Ctrl-C while evaluating
+    ("load_data", True, "SIGTERM"),        # SIGTERM outside training
+])
+def test_interrupt_outside_training_is_one_line_and_130(finished_run, tiny_data, tmp_path,
+                                                        where, sigterm, by):
+  workdir = _copy(finished_run, tmp_path)
+  code = _INTERRUPTED.format(where=where, sigterm=sigterm)
+  cmd = [sys.executable, "-c", code, "--preset=demo", "--loss=re", f"--workdir={workdir}",
+         f"--data_dir={tiny_data}", "--epochs=1", "--steps_per_epoch=2",
+         "--decay_start_epoch=0", "--segments_per_mixture=2", "--steps_per_call=2",
+         "--checkpoint_every=2", "--num_devices=1"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 130, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(f"Interrupted: stopped by {by}")
