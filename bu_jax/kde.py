@@ -137,7 +137,8 @@ def _center(x: jax.Array, valid: jax.Array) -> jax.Array:
 def kde_density(x: jax.Array, *, sigma: float,
                 mask: Optional[jax.Array] = None,
                 axis_name: Optional[str] = None,
-                standardize_features: bool = True) -> jax.Array:
+                standardize_features: bool = True,
+                groups: Optional[jax.Array] = None) -> jax.Array:
   """Eq. (15), K(x_i) = 1/M sum_j exp(-sigma ||x_i - x_j||^2), for every local row.
 
   The sum runs over the valid rows of the global batch (all devices along
@@ -154,6 +155,12 @@ def kde_density(x: jax.Array, *, sigma: float,
       may hold anything (NaN, inf) and never enter the estimate.
     axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
     standardize_features: standardize (True, the paper) or only centre.
+    groups: optional (M_local,) integer ids, e.g. the normal segment each
+      frame comes from ("leave one segment out"): a frame's sum then skips
+      the other frames of its own group, which share its recording and
+      context, and K(x_i) is the mean over its own term and the valid frames
+      of other groups. A rare sound then counts as common only if it recurs
+      in other recordings of the batch. None: eq. (15) as in the paper.
 
   Returns:
     (M_local,) float32 densities, 1/M <= K <= 1 for valid rows, 0 for
@@ -177,15 +184,24 @@ def kde_density(x: jax.Array, *, sigma: float,
   cols = jnp.arange(x_all.shape[0])[None, :]
   rows = jnp.arange(m_local)[:, None] + offset
   dist = jnp.where(cols == rows, 0.0, dist)
-  kern = jnp.where(valid_all[None, :], jnp.exp(-sigma * dist), 0.0)
-  count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32)), 1.0)
+  use = valid_all[None, :]
+  if groups is not None:
+    g_all = _all_gather(jnp.asarray(groups), axis_name)
+    g_loc, _ = _local_rows(g_all, m_local, axis_name)
+    use = use & ((g_loc[:, None] != g_all[None, :]) | (cols == rows))
+  kern = jnp.where(use, jnp.exp(-sigma * dist), 0.0)
+  if groups is None:
+    count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32)), 1.0)
+  else:
+    count = jnp.maximum(jnp.sum(use.astype(jnp.float32), axis=1), 1.0)
   return jnp.where(valid_local, jnp.sum(kern, axis=1) / count, 0.0)
 
 
 def kde_weights(x: jax.Array, *, sigma: float, eps: float = 1e-6,
                 mask: Optional[jax.Array] = None,
                 axis_name: Optional[str] = None,
-                standardize_features: bool = True) -> jax.Array:
+                standardize_features: bool = True,
+                groups: Optional[jax.Array] = None) -> jax.Array:
   """Batch-uniformization weights w_i = 1 / (K(x_i) + eps) (eqs. 15-16).
 
   K(x_i) >= 1/M for a valid row (its own kernel term), so weights are finite
@@ -199,6 +215,7 @@ def kde_weights(x: jax.Array, *, sigma: float, eps: float = 1e-6,
     mask: optional (M_local,) booleans, True for valid rows.
     axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
     standardize_features: see ``kde_density``.
+    groups: see ``kde_density`` (None: the paper's eq. 15).
 
   Returns:
     (M_local,) float32 weights, 0 for masked-out rows.
@@ -210,7 +227,7 @@ def kde_weights(x: jax.Array, *, sigma: float, eps: float = 1e-6,
   _check_hyperparameter("sigma", sigma)
   _check_hyperparameter("eps", eps, allow_zero=True)
   density = kde_density(x, sigma=sigma, mask=mask, axis_name=axis_name,
-                        standardize_features=standardize_features)
+                        standardize_features=standardize_features, groups=groups)
   valid = _as_mask(mask, x.shape[0])
   w = jnp.where(valid, 1.0 / (density + eps), 0.0)
   return jax.lax.stop_gradient(w)
@@ -255,7 +272,8 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
                    mask: Optional[jax.Array] = None,
                    axis_name: Optional[str] = None,
                    probe_rows: int = 256,
-                   standardize_features: bool = True) -> jax.Array:
+                   standardize_features: bool = True,
+                   groups: Optional[jax.Array] = None) -> jax.Array:
   """The band-width of eq. (15) at which the batch's densities differ most.
 
   Eq. (15)'s weights are uniform at both ends of the band-width scale: for a
@@ -278,6 +296,8 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
       (every device picks the same sigma).
     probe_rows: rows whose densities are compared (at most M).
     standardize_features: as in ``kde_density``.
+    groups: as in ``kde_density`` (the densities compared are then the
+      leave-one-group-out ones).
 
   Returns:
     A float32 scalar sigma (no gradient).
@@ -295,11 +315,18 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
   dist = pairwise_sq_distances(x_all[probe], x_all)  # (P, M)
   dist = jnp.where(probe[:, None] == jnp.arange(m)[None, :], 0.0, dist)
   probe_valid = valid_all[probe].astype(jnp.float32)
-  count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32)), 1.0)
+  use = valid_all[None, :]
+  if groups is not None:
+    g_all = _all_gather(jnp.asarray(groups), axis_name)
+    use = use & ((g_all[probe][:, None] != g_all[None, :])
+                 | (probe[:, None] == jnp.arange(m)[None, :]))
+    count = jnp.maximum(jnp.sum(use.astype(jnp.float32), axis=1), 1.0)
+  else:
+    count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32)), 1.0)
   n_probe = jnp.maximum(jnp.sum(probe_valid), 1.0)
   spreads = []
   for f in factors:
-    kern = jnp.where(valid_all[None, :], jnp.exp(-(f * base_sigma) * dist), 0.0)
+    kern = jnp.where(use, jnp.exp(-(f * base_sigma) * dist), 0.0)
     log_k = jnp.log(jnp.maximum(jnp.sum(kern, axis=1) / count, 1e-30))
     mean = jnp.sum(probe_valid * log_k) / n_probe
     spreads.append(jnp.sum(probe_valid * jnp.square(log_k - mean)) / n_probe)
@@ -378,7 +405,17 @@ def memory_update(memory: jax.Array, memory_mask: jax.Array, x: jax.Array, *,
   B / rows_per_slot slots; slot ``slot`` (e.g. the step modulo the number of
   slots) is overwritten with rows spread evenly over the valid rows of the
   global batch (all devices), in batch order, so every device computes the
-  same memory and it does not depend on the number of devices.
+  same memory and it does not depend on the number of devices. The memory
+  feeds eq. (15)'s sum in ``kde_weights_with_memory``.
+
+  Args:
+    memory: (B, D) remembered frames.
+    memory_mask: (B,) booleans, True for filled rows.
+    x: (M_local, D) features of this device's normal frames.
+    slot: the ring slot to overwrite (taken modulo B / rows_per_slot).
+    rows_per_slot: rows written per call; B must be a multiple of it.
+    mask: optional (M_local,) valid rows of ``x``.
+    axis_name: mesh axis inside ``jax.shard_map``.
 
   Returns:
     (memory, memory_mask), no gradient.

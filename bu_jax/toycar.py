@@ -70,7 +70,8 @@ PRESETS = {
                 standardize_input=True, bandwidth="contrast"),
 }
 # Settings a preset may leave out (then these defaults hold).
-PRESET_DEFAULTS = dict(standardize_input=False, bandwidth="fixed")
+PRESET_DEFAULTS = dict(standardize_input=False, bandwidth="fixed", kde_memory=0,
+                       kde_exclude="none")
 
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
                  "AUC ordered BU > SNP > RE; its values are only given as a bar chart.")
@@ -104,6 +105,8 @@ class Settings:
   compute_dtype: str = "float32"
   sigma: Optional[float] = None  # None: 1/(2D)
   bandwidth: Optional[str] = None  # None: the preset's ("fixed" unless set)
+  kde_memory: Optional[int] = None  # None: the preset's (0 unless set)
+  kde_exclude: Optional[str] = None  # None: the preset's ("none" unless set)
   standardize_input: Optional[bool] = None  # None: the preset's
   lam: Optional[float] = None  # None: 2M
   eps: float = 1e-6
@@ -196,7 +199,9 @@ class Settings:
         mixtures_per_step=(jax.device_count() if self.mixtures_per_step is None
                            else self.mixtures_per_step),
         steps_per_call=self.resolved("steps_per_call"), seed=self.seed,
-        sigma=self.sigma, bandwidth=self.resolved("bandwidth"), lam=self.lam, eps=self.eps,
+        sigma=self.sigma, bandwidth=self.resolved("bandwidth"),
+        kde_memory=self.resolved("kde_memory"), kde_exclude=self.resolved("kde_exclude"),
+        lam=self.lam, eps=self.eps,
         compute_dtype=self.compute_dtype)
 
 

@@ -48,6 +48,7 @@ from bu_jax import progress as progress_lib
 LOSSES = losses.LOSSES  # ("re", "snp", "bu")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BANDWIDTHS = ("fixed", "contrast")
+KDE_EXCLUDE = ("none", "segment")
 CompilerOptions = Optional[Mapping[str, Any]]
 
 
@@ -84,6 +85,9 @@ class TrainConfig:
       also sums over (``kde.kde_weights_with_memory``); kept in the train
       state (and its checkpoints), the same on every device.
     kde_memory_rows: rows remembered per step.
+    kde_exclude: BU only; "none" (eq. 15) or "segment": a frame's KDE sum
+      skips the other frames of its own 3-s normal segment (``kde_density``'s
+      ``groups``), so only recurrence in other recordings makes it common.
     lam: clipping parameter lambda of eq. (10); None: 2M (M mel bands).
     eps: epsilon of the BU weight 1/(K + eps) (eq. 16).
     seed: seeds the parameter initialization and every batch.
@@ -111,6 +115,7 @@ class TrainConfig:
   bandwidth: str = "fixed"
   kde_memory: int = 0
   kde_memory_rows: int = 256
+  kde_exclude: str = "none"
   lam: Optional[float] = None
   eps: float = 1e-6
   seed: int = 0
@@ -127,6 +132,8 @@ class TrainConfig:
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got "
                        f"{self.compute_dtype!r}")
+    if self.kde_exclude not in KDE_EXCLUDE:
+      raise ValueError(f"kde_exclude must be one of {KDE_EXCLUDE}, got {self.kde_exclude!r}")
     if self.kde_memory < 0:
       raise ValueError(f"kde_memory must be >= 0, got {self.kde_memory}")
     for name in ("epochs", "steps_per_epoch", "segments_per_mixture", "mixtures_per_step",
@@ -337,13 +344,21 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, memory, *, config: Train
     (rows,) = jnp.nonzero(normal, size=capacity, fill_value=0)
     valid = jnp.arange(capacity) < jnp.sum(normal)
     sigma = hyper["sigma"]
+    groups = None
+    if config.kde_exclude == "segment":  # the normal segment each frame comes from
+      mixture = first + rows // num_frames
+      segment = jnp.minimum((rows % num_frames) * feat.hop_length // config.segment_length,
+                            config.segments_per_mixture - 1)
+      groups = mixture * config.segments_per_mixture + segment
     if config.bandwidth == "contrast":
-      sigma = kde.contrast_sigma(x[rows], base_sigma=sigma, mask=valid, axis_name=axis)
+      sigma = kde.contrast_sigma(x[rows], base_sigma=sigma, mask=valid, axis_name=axis,
+                                 groups=groups)
     if memory is None:
-      loss, aux = losses.bu_loss_with_aux(
-          scores[rows], scores, x[rows], lam=hyper["lam"], sigma=sigma,
-          eps=config.eps, mask_u=valid, mask_a=anomalous, axis_name=axis)
-      weights, normal_term = aux["weights"], aux["normal"]
+      weights = kde.kde_weights(x[rows], sigma=sigma, eps=config.eps, mask=valid,
+                                axis_name=axis, groups=groups)
+      loss, normal_term = losses.bu_loss_from_weights(
+          scores[rows], scores, weights, lam=hyper["lam"], mask_u=valid, mask_a=anomalous,
+          axis_name=axis)
     else:
       weights = kde.kde_weights_with_memory(
           x[rows], memory["frames"], sigma=sigma, eps=config.eps, mask=valid,

@@ -64,6 +64,14 @@ _BANDWIDTH = flags.DEFINE_enum("bandwidth", None, list(train.BANDWIDTHS),
                                "BU's KDE band-width: fixed (--sigma, the paper) or contrast "
                                "(per batch, --sigma times the factor at which the batch's "
                                "densities differ most). Default: the preset's.")
+_MEMORY = flags.DEFINE_integer("kde_memory", None,
+                               "BU: also sum the KDE over the normal frames of this many "
+                               "recent steps (256 per step; 0: the batch only, the paper). "
+                               "Default: the preset's.")
+_EXCLUDE = flags.DEFINE_enum("kde_exclude", None, list(train.KDE_EXCLUDE),
+                              "BU: 'segment' leaves a frame's own 3-s normal segment out of "
+                              "its KDE sum (only recurrence in other recordings makes it "
+                              "common); 'none': eq. (15). Default: the preset's.")
 _STANDARDIZE = flags.DEFINE_bool("standardize_input", None,
                                  "Standardize the AE's input with training statistics "
                                  "(stored with the model). Default: the preset's.")
@@ -94,7 +102,8 @@ def _settings() -> toycar.Settings:
       learning_rate=_LR.value, segments_per_mixture=_SEGMENTS.value,
       mixtures_per_step=_MIXTURES.value, num_devices=_NUM_DEVICES.value,
       steps_per_call=_STEPS_PER_CALL.value, compute_dtype=_DTYPE.value,
-      sigma=_SIGMA.value, bandwidth=_BANDWIDTH.value, standardize_input=_STANDARDIZE.value,
+      sigma=_SIGMA.value, bandwidth=_BANDWIDTH.value, kde_memory=_MEMORY.value,
+      kde_exclude=_EXCLUDE.value, standardize_input=_STANDARDIZE.value,
       rare_clips=_RARE.value, reference_components=_REF.value, lam=_LAM.value,
       eps=_EPS.value, checkpoint_every=_CKPT_EVERY.value, reduce=_REDUCE.value)
 

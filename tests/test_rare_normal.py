@@ -225,14 +225,15 @@ def test_memory_update_is_a_ring_of_slots():
 
 
 def test_bu_training_with_memory_fills_it_and_matches_across_devices():
-  """Two BU steps with a KDE memory: the memory fills slot by slot, and the
-  result on 1 device equals the result on 2 (global KDE, replicated memory)."""
+  """Two BU steps with a KDE memory, the contrast band-width and leave-one-segment-out
+  sums: the memory fills slot by slot, and the result on 1 device equals the result on
+  2 (global KDE, replicated memory, global segment ids)."""
   from bu_jax import parallel, train  # pylint: disable=g-import-not-at-top
   preset = models.ModelPreset("tiny", models.preset("fcn40-small").features, 1, 8, 4)
   cfg = train.TrainConfig(loss="bu", model=preset, epochs=1, steps_per_epoch=2,
                           decay_start_epoch=0, segments_per_mixture=1, mixtures_per_step=2,
                           segment_seconds=0.5, kde_memory=3, kde_memory_rows=16,
-                          bandwidth="contrast", learning_rate=1e-3)
+                          bandwidth="contrast", kde_exclude="segment", learning_rate=1e-3)
   rng = np.random.default_rng(0)
   segs = (0.1 * rng.standard_normal((4, cfg.segment_length))).astype(np.float32)
   clips = (0.1 * rng.standard_normal((2, 2000))).astype(np.float32)
@@ -248,3 +249,37 @@ def test_bu_training_with_memory_fills_it_and_matches_across_devices():
   np.testing.assert_allclose(out[0].memory["frames"], out[1].memory["frames"], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
                out[0].params, out[1].params)
+
+
+def test_leave_one_group_out_density():
+  """groups: a frame's sum skips its own group's other frames, against a NumPy loop."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((12, 3)).astype(np.float32)
+  g = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3])
+  sigma = 0.3
+  got = np.asarray(kde.kde_density(jnp.asarray(x), sigma=sigma, groups=jnp.asarray(g),
+                                   standardize_features=False))
+  want = []
+  for i in range(12):
+    terms = [np.exp(-sigma * np.sum((x[i] - x[j]) ** 2)) for j in range(12)
+             if j == i or g[j] != g[i]]
+    want.append(np.mean(terms))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # all in distinct groups: eq. (15) exactly
+  np.testing.assert_allclose(
+      kde.kde_density(jnp.asarray(x), sigma=sigma, groups=jnp.arange(12)),
+      kde.kde_density(jnp.asarray(x), sigma=sigma), rtol=1e-6)
+  # one group: only the self term -> K = 1, uniform weights
+  np.testing.assert_allclose(
+      kde.kde_density(jnp.asarray(x), sigma=sigma, groups=jnp.zeros(12, jnp.int32)), 1.0)
+  # sharded = single device
+  mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
+  shard = jax.sharding.NamedSharding(mesh, jax.P("data"))
+  f = jax.jit(jax.shard_map(
+      lambda a, b: kde.kde_weights(a, sigma=sigma, groups=b, axis_name="data"),
+      mesh=mesh, in_specs=(jax.P("data"), jax.P("data")), out_specs=jax.P("data")))
+  np.testing.assert_allclose(
+      f(jax.device_put(jnp.asarray(x), shard), jax.device_put(jnp.asarray(g), shard)),
+      kde.kde_weights(jnp.asarray(x), sigma=sigma, groups=jnp.asarray(g)), rtol=1e-5)
+  s = kde.contrast_sigma(jnp.asarray(x), base_sigma=0.1, groups=jnp.asarray(g))
+  assert np.isfinite(float(s))
