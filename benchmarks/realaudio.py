@@ -50,6 +50,8 @@ def main():
   parser.add_argument("--bandwidth", default=None)
   parser.add_argument("--standardize_input", default=None, choices=["true", "false"])
   parser.add_argument("--epochs", type=int, default=None)
+  parser.add_argument("--kde_memory", type=int, default=None)
+  parser.add_argument("--kde_exclude", default=None, choices=["none", "segment"])
   args = parser.parse_args()
   data_dir = os.path.join(args.root, "dev_data", args.machine)
   if not os.path.isdir(data_dir):
@@ -64,7 +66,8 @@ def main():
         workdir=workdir, losses=("re", "snp", "bu"), preset=args.preset, data_dir=data_dir,
         something_else_dir=os.path.join(args.root, "something_else"),
         rare_clips=os.path.join(args.root, "metadata.csv"), seed=seed, sigma=args.sigma,
-        bandwidth=args.bandwidth, epochs=args.epochs,
+        bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
+        epochs=args.epochs,
         decay_start_epoch=None if args.epochs is None else args.epochs // 2,
         standardize_input=(None if args.standardize_input is None
                            else args.standardize_input == "true"))
