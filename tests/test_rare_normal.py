@@ -283,3 +283,46 @@ def test_leave_one_group_out_density():
       kde.kde_weights(jnp.asarray(x), sigma=sigma, groups=jnp.asarray(g)), rtol=1e-5)
   s = kde.contrast_sigma(jnp.asarray(x), base_sigma=0.1, groups=jnp.asarray(g))
   assert np.isfinite(float(s))
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(deadline=None, derandomize=True, max_examples=15)
+@given(seed=st.integers(0, 10_000), n_groups=st.integers(1, 6),
+       sigma=st.floats(0.01, 2.0), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_grouped_density_properties(seed, n_groups, sigma, scale):
+  """Leave-one-group-out K: in [1/M, 1], finite for any scale and duplicates, equal to
+  a NumPy loop, invariant to a joint permutation of rows and group ids."""
+  rng = np.random.default_rng(seed)
+  x = scale * rng.standard_normal((10, 4))
+  x[3] = x[2]  # a duplicate frame
+  g = rng.integers(0, n_groups, 10)
+  k = np.asarray(kde.kde_density(jnp.asarray(x, jnp.float32), sigma=sigma,
+                                 groups=jnp.asarray(g)))
+  assert np.all(np.isfinite(k)) and np.all(k <= 1 + 1e-6) and np.all(k >= 1 / 10 - 1e-6)
+  z = (x - x.mean(0)) / x.std(0)
+  want = [np.mean([np.exp(-sigma * np.sum((z[i] - z[j]) ** 2)) for j in range(10)
+                   if j == i or g[j] != g[i]]) for i in range(10)]
+  np.testing.assert_allclose(k, want, rtol=2e-3, atol=1e-6)
+  perm = rng.permutation(10)
+  kp = np.asarray(kde.kde_density(jnp.asarray(x[perm], jnp.float32), sigma=sigma,
+                                  groups=jnp.asarray(g[perm])))
+  np.testing.assert_allclose(kp, k[perm], rtol=1e-4, atol=1e-7)
+
+
+@settings(deadline=None, derandomize=True, max_examples=10)
+@given(seed=st.integers(0, 10_000), scale=st.sampled_from([1e-2, 1.0, 1e2]))
+def test_contrast_sigma_properties(seed, scale):
+  """One of the candidates; the same for a row permutation (all rows probed) and for a
+  rescaled batch (the features are standardized first)."""
+  rng = np.random.default_rng(seed)
+  x = np.concatenate([0.3 * rng.standard_normal((40, 6)), 2 + rng.standard_normal((6, 6))])
+  base = 1.0 / 12
+  s = float(kde.contrast_sigma(jnp.asarray(scale * x, jnp.float32), base_sigma=base))
+  assert any(abs(s - f * base) < 1e-7 for f in kde.CONTRAST_FACTORS)
+  perm = rng.permutation(len(x))
+  assert float(kde.contrast_sigma(jnp.asarray(x[perm], jnp.float32), base_sigma=base)) == \
+      pytest.approx(float(kde.contrast_sigma(jnp.asarray(x, jnp.float32), base_sigma=base)))
+  assert float(kde.contrast_sigma(jnp.asarray(x, jnp.float32), base_sigma=base)) == \
+      pytest.approx(s)
