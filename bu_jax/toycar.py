@@ -130,7 +130,8 @@ class Settings:
     if model not in models_lib.PRESETS:
       raise ValueError(f"--model must be one of {sorted(models_lib.PRESETS)}, got {model!r}")
     for name, allowed in (("compute_dtype", train_lib.COMPUTE_DTYPES),
-                          ("bandwidth", train_lib.BANDWIDTHS), ("reduce", ("max", "mean"))):
+                          ("bandwidth", train_lib.BANDWIDTHS),
+                          ("kde_exclude", train_lib.KDE_EXCLUDE), ("reduce", ("max", "mean"))):
       if self.resolved(name) not in allowed:
         raise ValueError(f"--{name} must be one of {list(allowed)}, got "
                          f"{self.resolved(name)!r}")
@@ -157,6 +158,8 @@ class Settings:
       raise ValueError(f"--eps must be finite and >= 0, got {self.eps}")
     if not math.isfinite(self.snr_db):
       raise ValueError(f"--snr_db must be finite, got {self.snr_db}")
+    if self.resolved("kde_memory") < 0:
+      raise ValueError(f"--kde_memory must be >= 0, got {self.resolved('kde_memory')}")
     if self.reference_components < 0:
       raise ValueError(f"--reference_components must be >= 0, got {self.reference_components}")
     if not 0 < self.heldout_fraction < 1:

@@ -24,3 +24,15 @@ def test_readme_has_exactly_two_setup_commands():
   assert commands[1].strip() == "pip install -e '.[test]' && python -m pytest -q"
   ci = (README.parent / ".ci" / "run").read_text()
   assert "pip install -e '.[test]'" in ci and "python -m pytest -q" in ci
+
+
+def test_readme_documents_every_toycar_flag():
+  """The README's toy-car flag list is checked against the flags the entry point defines."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  import experiments.toycar  # pylint: disable=g-import-not-at-top,unused-import
+  defined = {f.name for f in flags.FLAGS.get_key_flags_for_module(experiments.toycar)}
+  assert {"loss", "preset", "rare_clips", "bandwidth"} <= defined
+  text = README.read_text().split("## The toy-car experiment", 1)[1].split("\n## ", 1)[0]
+  missing = sorted(name for name in defined if f"--{name}" not in text
+                   and not re.search(rf"`--{name}[=`]", text))
+  assert not missing, f"flags not documented in the README's toy-car section: {missing}"
