@@ -247,11 +247,14 @@ def load_data(settings: Settings) -> Data:
     raise data_lib.DataError(
         "--something_else_dir is required for --loss=snp/bu/all with --data_dir "
         "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
+  # Read first, so a wrong path fails before minutes of loading.
+  rare_labels = data_lib.read_rare_clips(settings.rare_clips) if settings.rare_clips else None
   dataset = data_lib.load_dataset(
       data_dir, layout=settings.layout, noise_dir=noise_dir, anomaly_dir=anomaly_dir,
       snr_db=settings.snr_db, anrs_db=tuple(settings.anrs_db), seed=settings.data_seed)
-  if settings.rare_clips:
-    dataset = data_lib.mark_rare(dataset, data_lib.read_rare_clips(settings.rare_clips))
+  if rare_labels is not None:
+    dataset = data_lib.mark_rare(dataset, rare_labels,
+                                 source=f"--rare_clips={settings.rare_clips}")
   n = len(dataset.train)
   if n < 2:
     raise data_lib.DataError(f"{data_dir}: {n} training clip(s); need at least 2 "

@@ -220,3 +220,16 @@ def test_cpu_preset_rare_clips_reference_and_scoring_agree(tmp_path, capsys):
   path = os.path.join(root, "m", "test_anr-10dB", "anomaly_id_00_00000001.wav")
   wave = data.audio.load_wav(path)
   assert det.score(wave).clip_score == pytest.approx(stored[os.path.basename(path)], rel=1e-4)
+
+
+def test_bad_rare_clips_file_is_named(tmp_path):
+  root = _dcase_real_like(str(tmp_path / "set"))
+  (tmp_path / "other.csv").write_text("file,rare\nsomewhere/else.wav,1\n")
+  for path, match in ((tmp_path / "missing.csv", "no such file"),
+                      (tmp_path / "other.csv", "names a test clip")):
+    settings = toycar.Settings(
+        workdir=str(tmp_path / "run"), losses=("re",), preset="cpu",
+        data_dir=os.path.join(root, "m"), rare_clips=str(path), progress=False,
+        num_devices=1)
+    with pytest.raises(data.DataError, match=f"--rare_clips=.*{match}"):
+      toycar.load_data(settings)
