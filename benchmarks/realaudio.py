@@ -15,10 +15,12 @@ end one line per (method, condition) with the mean and standard deviation over
 the seeds, and a Markdown table of the means for the README.
 
 The rare-normal labels (``metadata.csv``) are read for evaluation only; no
-setting is chosen from them.
+setting is chosen from them. ``--from_results`` only reads the seeds'
+finished ``results.json`` files and prints the lines and the table.
 """
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -50,6 +52,8 @@ def main():
   parser.add_argument("--bandwidth", default=None)
   parser.add_argument("--standardize_input", default=None, choices=["true", "false"])
   parser.add_argument("--epochs", type=int, default=None)
+  parser.add_argument("--from_results", action="store_true",
+                      help="only summarize the seeds' finished results.json files")
   parser.add_argument("--kde_memory", type=int, default=None)
   parser.add_argument("--kde_exclude", default=None, choices=["none", "segment"])
   args = parser.parse_args()
@@ -71,7 +75,11 @@ def main():
         decay_start_epoch=None if args.epochs is None else args.epochs // 2,
         standardize_input=(None if args.standardize_input is None
                            else args.standardize_input == "true"))
-    results = toycar.run(settings)
+    if args.from_results:
+      with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    else:
+      results = toycar.run(settings)
     methods = [m for m in ("re", "snp", "bu", toycar.REFERENCE) if m in results]
     for method in methods:
       for condition, values in _rows(results, method).items():

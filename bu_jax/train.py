@@ -229,7 +229,20 @@ class TrainState:
   step: jax.Array  # int32 scalar: number of updates applied
   params: Any
   opt_state: Any
-  memory: Any = None  # BU with kde_memory: recent normal frames (``init_memory``)
+
+
+@flax.struct.dataclass
+class MemoryTrainState:
+  """``TrainState`` plus BU's KDE memory (``TrainConfig.kde_memory`` > 0).
+
+  A separate class, so that states (and checkpoints) of every other
+  configuration keep exactly the fields they always had.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  memory: Any  # recent normal frames (``init_memory``)
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -262,9 +275,12 @@ def _init_fn(config: TrainConfig, mesh: Mesh, compiler_options: Optional[tuple])
 
   def init():
     params = init_params(config)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=make_optimizer(config).init(params),
-                      memory=init_memory(config))
+    step = jnp.zeros((), jnp.int32)
+    opt_state = make_optimizer(config).init(params)
+    memory = init_memory(config)
+    if memory is None:
+      return TrainState(step=step, params=params, opt_state=opt_state)
+    return MemoryTrainState(step=step, params=params, opt_state=opt_state, memory=memory)
 
   return jax.jit(init, out_shardings=parallel.replicated(mesh),
                  compiler_options=None if compiler_options is None else dict(compiler_options))
@@ -419,13 +435,14 @@ def _train_step_fn(config: TrainConfig, mesh: Mesh) -> Callable:
   def train_step(state: TrainState, corpus: batch_lib.Corpus):
     _check_inputs(config, corpus)
     (_, (metrics, memory)), grads = loss_and_grad(state.params, state.step, corpus,
-                                                  state.memory)
+                                                  getattr(state, "memory", None))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
                "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
+    extra = {} if memory is None else {"memory": memory}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              memory=memory)
+                              **extra)
     return new_state, metrics
 
   return train_step

@@ -326,3 +326,16 @@ def test_contrast_sigma_properties(seed, scale):
       pytest.approx(float(kde.contrast_sigma(jnp.asarray(x, jnp.float32), base_sigma=base)))
   assert float(kde.contrast_sigma(jnp.asarray(x, jnp.float32), base_sigma=base)) == \
       pytest.approx(s)
+
+
+def test_train_state_fields_stay_those_of_existing_checkpoints():
+  """Checkpoints store the state's fields: without a KDE memory the state must keep
+  exactly (step, params, opt_state), or earlier checkpoints stop restoring."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from bu_jax import parallel, train  # pylint: disable=g-import-not-at-top
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  preset = models.ModelPreset("tiny", models.preset("fcn40-small").features, 1, 8, 4)
+  for loss, memory in (("re", 0), ("bu", 0), ("bu", 2)):
+    cfg = train.TrainConfig(loss=loss, model=preset, kde_memory=memory, kde_memory_rows=4)
+    names = [f.name for f in dataclasses.fields(train.create_state(cfg, mesh=mesh))]
+    assert names == ["step", "params", "opt_state"] + (["memory"] if memory else [])
