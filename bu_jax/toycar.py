@@ -504,12 +504,10 @@ def _score_clips(scorer, params, waves_and_names, *, reduce: str) -> tuple[list,
   return frames, np.asarray(scores, dtype=np.float64)
 
 
-def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainConfig,
-                 data: Data) -> tuple[dict, dict]:
-  """Scores held-out and test clips; returns (results, plot material)."""
-  preset = config.model_preset
-  params = jax.device_get(state.params)
-  scorer = scoring.FrameScorer(preset.build(), preset.features)
+def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: str,
+                     feature_config) -> tuple[dict, dict]:
+  """Held-out threshold (eq. 4), test clip scores (eq. 11), metrics and CSVs of one
+  detector: an AE's ``FrameScorer`` or the PCA reference, evaluated the same way."""
   _, held_scores = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths),
                                 reduce=settings.reduce)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
@@ -519,11 +517,20 @@ def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainCo
   results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
-  model_dir = os.path.join(settings.workdir, loss)
-  evaluate.write_dcase_csvs(model_dir, test, clip_scores, threshold=threshold)
+  os.makedirs(out_dir, exist_ok=True)
+  evaluate.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
-              "frames": frames, "threshold": threshold, "features": preset.features}
+              "frames": frames, "threshold": threshold, "features": feature_config}
   return results, material
+
+
+def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainConfig,
+                 data: Data) -> tuple[dict, dict]:
+  """Scores held-out and test clips; returns (results, plot material)."""
+  preset = config.model_preset
+  scorer = scoring.FrameScorer(preset.build(), preset.features)
+  return _evaluate_scorer(settings, scorer, jax.device_get(state.params), data,
+                          os.path.join(settings.workdir, loss), preset.features)
 
 
 REFERENCE = "pca"
@@ -540,24 +547,12 @@ def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[
   detector = reference_lib.PCADetector(feature_config,
                                        components=settings.reference_components)
   detector.fit(data.fit_waves)
-  scorer = _ReferenceScorer(detector)
-  _, held_scores = _score_clips(scorer, None, zip(data.heldout_waves, data.heldout_paths),
-                                reduce=settings.reduce)
-  threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
-  test = data.dataset.test
-  frames, clip_scores = _score_clips(scorer, None, ((c.wave, c.path) for c in test),
-                                     reduce=settings.reduce)
-  results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
-  results["threshold"] = float(threshold)
+  results, material = _evaluate_scorer(settings, _ReferenceScorer(detector), None, data,
+                                       os.path.join(settings.workdir, REFERENCE),
+                                       feature_config)
   results["components"] = settings.reference_components
   results["explained_variance"] = detector.explained_variance
   results["train_seconds"] = round(time.perf_counter() - t0, 1)
-  out_dir = os.path.join(settings.workdir, REFERENCE)
-  os.makedirs(out_dir, exist_ok=True)
-  evaluate.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
-  material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
-              "frames": frames, "threshold": threshold,
-              "features": feature_config}
   return results, material
 
 
