@@ -49,6 +49,7 @@ def main():
   parser.add_argument("--preset", default="cpu", choices=sorted(toycar.PRESETS))
   parser.add_argument("--workdir", default="runs/realaudio")
   parser.add_argument("--sigma", type=float, default=None)
+  parser.add_argument("--lam", type=float, default=None)
   parser.add_argument("--bandwidth", default=None)
   parser.add_argument("--standardize_input", default=None, choices=["true", "false"])
   parser.add_argument("--epochs", type=int, default=None)
@@ -70,6 +71,7 @@ def main():
         workdir=workdir, losses=("re", "snp", "bu"), preset=args.preset, data_dir=data_dir,
         something_else_dir=os.path.join(args.root, "something_else"),
         rare_clips=os.path.join(args.root, "metadata.csv"), seed=seed, sigma=args.sigma,
+        lam=args.lam,
         bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
         epochs=args.epochs,
         decay_start_epoch=None if args.epochs is None else args.epochs // 2,
