@@ -339,12 +339,3 @@ def test_train_state_fields_stay_those_of_existing_checkpoints():
     cfg = train.TrainConfig(loss=loss, model=preset, kde_memory=memory, kde_memory_rows=4)
     names = [f.name for f in dataclasses.fields(train.create_state(cfg, mesh=mesh))]
     assert names == ["step", "params", "opt_state"] + (["memory"] if memory else [])
-
-
-def test_lambda_defaults_to_d_for_standardized_input():
-  from bu_jax import train  # pylint: disable=g-import-not-at-top
-  base = models.preset("fcn40-small")
-  std = models.ModelPreset("s", base.features, 1, 8, 4, standardize_input=True)
-  assert train.TrainConfig(model=base).loss_hyperparameters["lam"] == 2 * 40  # paper: 2M
-  assert train.TrainConfig(model=std).loss_hyperparameters["lam"] == 440.0  # D
-  assert train.TrainConfig(model=std, lam=7.0).loss_hyperparameters["lam"] == 7.0
