@@ -241,9 +241,17 @@ def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.A
   weights = kde.kde_weights(features_u, sigma=sigma, eps=eps, mask=mask_u,
                             axis_name=axis_name,
                             standardize_features=standardize_features)
-  normal = weighted_mean(scores_u, weights, mask=mask_u, axis_name=axis_name)
+  loss, normal, la = _weighted_loss_parts(scores_u, scores_a, weights, lam=lam, mask_u=mask_u,
+                                          mask_a=mask_a, axis_name=axis_name)
+  return loss, {"weights": weights, "normal": normal, "la": la}
+
+
+def _weighted_loss_parts(scores_u, scores_a, weights, *, lam, mask_u, mask_a, axis_name):
+  """Eq. (16) from given weights: (J_BU, weighted normal term, L_a)."""
+  normal = weighted_mean(scores_u, jax.lax.stop_gradient(weights), mask=mask_u,
+                         axis_name=axis_name)
   la = anomaly_term(scores_a, lam=lam, mask_a=mask_a, axis_name=axis_name)
-  return normal - la, {"weights": weights, "normal": normal, "la": la}
+  return normal - la, normal, la
 
 
 def paper_hyperparameters(*, dim: int, n_mels: Optional[int] = None) -> dict:
@@ -291,7 +299,6 @@ def bu_loss_from_weights(scores_u: jax.Array, scores_a: jax.Array, weights: jax.
     ``(loss, normal)``: the float32 scalar J_BU and its weighted normal term.
   """
   kde._check_hyperparameter("lam", lam)
-  weights = jax.lax.stop_gradient(weights)
-  normal = weighted_mean(scores_u, weights, mask=mask_u, axis_name=axis_name)
-  la = anomaly_term(scores_a, lam=lam, mask_a=mask_a, axis_name=axis_name)
-  return normal - la, normal
+  loss, normal, _ = _weighted_loss_parts(scores_u, scores_a, weights, lam=lam, mask_u=mask_u,
+                                         mask_a=mask_a, axis_name=axis_name)
+  return loss, normal
