@@ -27,9 +27,7 @@ Metrics and the official score: ``bu_jax.dcase_metrics``.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import time
@@ -47,6 +45,7 @@ from bu_jax import evaluate
 from bu_jax import fileio
 from bu_jax import losses as losses_lib
 from bu_jax import parallel
+from bu_jax import plots
 from bu_jax import progress as progress_lib
 from bu_jax import scoring
 from bu_jax import synthetic_dcase
@@ -148,7 +147,7 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
   preset = config.model_preset
   metadata = {"tag": tag, "loss": config.loss, "model": preset.name,
               "features": dataclasses.asdict(preset.features),
-              "train_config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
+              "train_config": fileio.to_json(config, default=str)}
   init = train_lib.create_state(config, mesh=mesh)
   total = config.total_steps
   with checkpoint_lib.Checkpointer(model_dir, metadata=metadata,
@@ -174,7 +173,9 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
     print(f"[{tag}] training {preset.name} for {total} steps from step {start}", flush=True)
     bar = progress_lib.ProgressBar(total, initial=start) if settings.progress else False
     try:
-      with progress_lib.MetricsWriter(os.path.join(model_dir, "metrics.jsonl")) as writer:
+      metrics_path = os.path.join(model_dir, "metrics.jsonl")
+      fileio.truncate_metrics(metrics_path, start)
+      with fileio.MetricsWriter(metrics_path) as writer:
         state = train_lib.train(config, corpus, mesh=mesh, state=state, on_step=on_step,
                                 metrics_writer=writer, progress=bar)
     except _Stopped as e:
@@ -199,12 +200,6 @@ def clip_scores(scorer: scoring.FrameScorer, params, clips, *, reduce: str) -> n
 # ------------------------------------------------------------------ files
 
 
-def _csv_text(rows) -> str:
-  buffer = io.StringIO()
-  csv.writer(buffer, lineterminator="\n").writerows(rows)
-  return buffer.getvalue()
-
-
 def write_submission(directory: str, machine_type: str, section: str, names: Sequence[str],
                      scores: Sequence[float], decisions: Sequence[int], *,
                      year: str = "2022") -> list[str]:
@@ -219,22 +214,9 @@ def write_submission(directory: str, machine_type: str, section: str, names: Seq
           else f"{machine_type}_section_{section}_test.csv")
   score_path = os.path.join(directory, f"anomaly_score_{stem}")
   decision_path = os.path.join(directory, f"decision_result_{stem}")
-  fileio.atomic_write(score_path, _csv_text(
-      [(n, repr(float(s))) for n, s in zip(names, scores)]))
-  fileio.atomic_write(decision_path, _csv_text(
-      [(n, int(d)) for n, d in zip(names, decisions)]))
+  fileio.write_csv(score_path, [(n, repr(float(s))) for n, s in zip(names, scores)])
+  fileio.write_csv(decision_path, [(n, int(d)) for n, d in zip(names, decisions)])
   return [score_path, decision_path]
-
-
-def _plot_histogram(path: str, groups_by_loss: dict, thresholds: dict) -> str:
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp.png")
-  try:
-    evaluate.plot_score_histogram(tmp, groups_by_loss, thresholds=thresholds)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
 
 
 def _group_name(clip) -> str:
@@ -465,8 +447,9 @@ def run(settings: Settings) -> dict:
           if len(phis) == 1:
             hist_thresholds[loss.upper()] = phis[0]
     if any(len(h) for h in hist.values()):
-      _plot_histogram(os.path.join(settings.workdir, f"score_histogram_{machine}.png"), hist,
-                      hist_thresholds)
+      plots.plot_score_histogram(
+          os.path.join(settings.workdir, f"score_histogram_{machine}.png"), hist,
+          thresholds=hist_thresholds)
     print(f"[{machine}] done", flush=True)
 
   if len(years) > 1:
@@ -474,7 +457,7 @@ def run(settings: Settings) -> dict:
                     sorted(years), max(years))
   year = max(years)
   results: dict[str, Any] = {
-      "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
+      "settings": fileio.to_json(settings, default=str),
       "data": data_info, "devices": device_info, "metric_year": year,
       "official_score_formula": dcase_metrics.__doc__.split("Official score")[1].split(
           "References")[0].strip() if dcase_metrics.__doc__ else ""}
@@ -487,14 +470,14 @@ def run(settings: Settings) -> dict:
       entry["dev"] = {"machine_types": {}, "official_score": None}
     results[loss] = entry
     if entry["dev"].get("machine_types"):
-      fileio.atomic_write(os.path.join(settings.workdir, loss, "result.csv"),
-                          _csv_text(dcase_metrics.result_rows(entry["dev"], year=year)))
+      fileio.write_csv(os.path.join(settings.workdir, loss, "result.csv"),
+                       dcase_metrics.result_rows(entry["dev"], year=year))
       print(format_result(entry["dev"], year=year, title=f"== {loss.upper()} (development "
                           f"test set, DCASE {year}{'+' if year == '2022' else ''} metrics) =="),
             flush=True)
-  fileio.atomic_write(os.path.join(settings.workdir, "summary.csv"),
-                      _csv_text(_summary_rows(results, settings.losses, year)))
-  evaluate.write_json(os.path.join(settings.workdir, "results.json"), results)
+  fileio.write_csv(os.path.join(settings.workdir, "summary.csv"),
+                   _summary_rows(results, settings.losses, year))
+  fileio.write_json(os.path.join(settings.workdir, "results.json"), results)
   if any(results[l]["dev"].get("machine_types") for l in settings.losses):
     print(format_comparison(results, settings.losses, year=year), flush=True)
   else:

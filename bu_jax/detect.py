@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import math
 import os
-import pathlib
-import re
 import tempfile
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
@@ -46,13 +43,13 @@ from bu_jax import evaluate
 from bu_jax import fileio
 from bu_jax import features as features_lib
 from bu_jax import models
+from bu_jax import plots
 from bu_jax import scoring
 
 CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
                "threshold", "duration_s")
 AUDIO_SUFFIXES = (".wav",)
 _STATE_ITEM = "state"  # The train-state item of a checkpoint step (bu_jax.checkpoint).
-_PLOT_POINTS = 4000  # Longer score curves are max-pooled to about this many points.
 
 
 class DetectorError(checkpoint_lib.CheckpointError):
@@ -554,13 +551,9 @@ def write_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]
 
   Written atomically (temporary file + rename); parent folders are created.
   """
-  buffer = io.StringIO(newline="")
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(CSV_COLUMNS)
-  for name, r in results:
-    writer.writerow([name, repr(r.max_score), repr(r.clip_score), r.label,
-                     format_events(r.events), repr(r.threshold), f"{r.duration_s:.3f}"])
-  return fileio.atomic_write(path, buffer.getvalue())
+  return fileio.write_csv(path, [
+      [name, repr(r.max_score), repr(r.clip_score), r.label, format_events(r.events),
+       repr(r.threshold), f"{r.duration_s:.3f}"] for name, r in results], header=CSV_COLUMNS)
 
 
 def read_csv(path: os.PathLike | str) -> list[dict[str, str]]:
@@ -586,43 +579,6 @@ def format_table(results: Sequence[tuple[str, FrameResult]],
   lines += ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3]
             for row in rows]
   return "\n".join(lines)
-
-
-def _pooled(times: np.ndarray, scores: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
-  """Max-pools a long curve to about ``points`` points (peaks stay visible)."""
-  if scores.size <= points:
-    return times, scores
-  block = -(-scores.size // points)
-  n = -(-scores.size // block) * block
-  padded = np.pad(scores, (0, n - scores.size), constant_values=-np.inf)
-  return times[::block], padded.reshape(-1, block).max(axis=1)
-
-
-def plot_result(path: os.PathLike | str, title: str, result: FrameResult) -> str:
-  """PNG of the frame scores over time, the threshold φ and the events (shaded).
-
-  ``title`` is usually the recording's path; its base name is shown.
-  """
-  times, scores = _pooled(result.times_s, result.frame_scores, _PLOT_POINTS)
-  return evaluate.plot_scores_over_time(
-      path, {"A(x_t)": [(f"{os.path.basename(title)}: {result.label}, "
-                         f"{len(result.events)} event(s)", times, scores, list(result.events))]},
-      thresholds={"A(x_t)": result.threshold})
-
-
-def write_plots(directory: os.PathLike | str,
-                results: Sequence[tuple[str, FrameResult]]) -> list[str]:
-  """One ``<stem>.png`` per recording in ``directory`` (names made unique)."""
-  written, used = [], set()
-  for name, result in results:
-    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", pathlib.Path(name).stem) or "recording"
-    candidate, k = stem, 1
-    while candidate in used:
-      k += 1
-      candidate = f"{stem}_{k}"
-    used.add(candidate)
-    written.append(plot_result(pathlib.Path(directory) / f"{candidate}.png", name, result))
-  return written
 
 
 # ------------------------------------------------------------------ the job
@@ -715,7 +671,8 @@ def run(settings: ScoreSettings) -> Report:
   results, failures = score_paths(detector, settings.paths, threshold=phi,
                                   merge_gap_s=settings.merge_gap_s)
   csv_path = write_csv(csv_path, results)
-  plot_paths = (write_plots(os.path.join(os.path.dirname(csv_path), "plots"), results)
+  plot_paths = (plots.write_frame_score_plots(os.path.join(os.path.dirname(csv_path), "plots"),
+                                              results)
                 if settings.plots else [])
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
                 failures=failures, csv_path=csv_path, plot_paths=plot_paths)

@@ -11,13 +11,12 @@ computed elsewhere:
 * ``false_positive_rates`` and ``evaluate_conditions``: per-condition AUC/pAUC
   and the false-positive rates on frequent- and rare-normal clips, the failure
   mode that batch uniformization addresses (sec. 2.3 of the paper).
-* ``write_dcase_csvs``: ``anomaly_score_*.csv`` and ``decision_result_*.csv``
-  files in the layout of the DCASE baseline.
-* ``plot_roc``, ``plot_scores_over_time``, ``plot_score_histogram``: PNG figures
-  drawn with matplotlib's Agg canvas (no display, no pyplot global state).
-* ``write_json``: atomic JSON writer that understands NumPy values.
+* ``decide``: the decision of eq. 4, clip score >= φ.
 
-Clip records passed to ``evaluate_conditions`` and ``write_dcase_csvs`` are
+Figures are in ``bu_jax.plots``, the files a run writes (JSON, the DCASE CSV
+files, ``metrics.jsonl``) in ``bu_jax.fileio``.
+
+Clip records passed to ``evaluate_conditions`` are
 duck-typed: any object with the attributes ``path`` (str), ``label`` (0 normal,
 1 anomalous), ``condition`` (str) and ``rare`` (bool or None) works, e.g.
 ``bu_jax.data.TestClip``.
@@ -33,23 +32,14 @@ References:
 from __future__ import annotations
 
 import collections
-import csv
-import json
 import math
-import os
-import pathlib
-import re
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 import numpy as np
 import scipy.stats
 from sklearn import metrics as sk_metrics
-
-from bu_jax import fileio
-
-PathLike = str | os.PathLike
 
 
 # --------------------------------------------------------------------------
@@ -330,12 +320,13 @@ def false_positive_rates(
 
 
 # --------------------------------------------------------------------------
-# Per-condition evaluation and DCASE-style CSV files.
+# Per-condition evaluation.
 # --------------------------------------------------------------------------
 
 
-def _clip_fields(clips: Sequence[Any]) -> tuple[np.ndarray, list[str],
-                                                 list[bool | None], list[str]]:
+def _clip_fields(clips: Sequence[Any], clip_scores: Any) -> tuple[
+    np.ndarray, list[str], list[bool | None], list[str], np.ndarray]:
+  """The clips' labels, conditions, rare flags and paths, and their scores."""
   labels, conditions, rares, paths = [], [], [], []
   for index, clip in enumerate(clips):
     try:
@@ -347,8 +338,11 @@ def _clip_fields(clips: Sequence[Any]) -> tuple[np.ndarray, list[str],
       raise TypeError(
           f"clip {index} ({type(clip).__name__}) lacks a field needed for"
           f" evaluation (label, condition, rare, path): {error}") from error
-  return (_as_binary_labels(np.asarray(labels, dtype=np.int64), "clip labels"),
-          conditions, rares, paths)
+  labels = _as_binary_labels(np.asarray(labels, dtype=np.int64), "clip labels")
+  scores = _as_finite_1d(clip_scores, "clip_scores")
+  if scores.size != labels.size:
+    raise ValueError(f"{labels.size} clips but {scores.size} clip scores.")
+  return labels, conditions, rares, paths, scores
 
 
 def _condition_groups(labels: np.ndarray,
@@ -374,6 +368,18 @@ def _condition_groups(labels: np.ndarray,
       own = np.concatenate([own, shared])
     groups[condition] = own
   return groups
+
+
+def condition_groups(clips: Sequence[Any], clip_scores: Any
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+  """(labels, scores, {condition: clip indices}) as ``evaluate_conditions`` groups them.
+
+  Raises:
+    ValueError: mismatched lengths or non-finite scores.
+    TypeError: a clip without label, condition, rare or path.
+  """
+  labels, conditions, _, _, scores = _clip_fields(clips, clip_scores)
+  return labels, scores, _condition_groups(labels, conditions)
 
 
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -442,11 +448,7 @@ def evaluate_conditions(
     ValueError: for mismatched lengths, non-finite scores, or a condition with
       a single class (the message names the condition).
   """
-  labels, conditions, rares, paths = _clip_fields(clips)
-  scores = _as_finite_1d(clip_scores, "clip_scores")
-  if scores.size != labels.size:
-    raise ValueError(
-        f"{labels.size} clips but {scores.size} clip scores.")
+  labels, conditions, rares, paths, scores = _clip_fields(clips, clip_scores)
   is_rare = np.asarray([r is True for r in rares])
   results = {"auc": {}, "pauc": {}, "pauc_dcase": {}}
   is_frequent = np.asarray([r is False for r in rares])
@@ -498,343 +500,3 @@ def evaluate_conditions(
   }
   results["threshold"] = None if threshold is None else float(threshold)
   return results
-
-
-def _safe_filename_part(text: str) -> str:
-  return re.sub(r"[^A-Za-z0-9._+-]+", "_", text) or "_"
-
-
-def write_dcase_csvs(
-    workdir: PathLike,
-    clips: Sequence[Any],
-    clip_scores: Any,
-    *,
-    threshold: float,
-    prefix: str = "",
-) -> list[pathlib.Path]:
-  """Writes DCASE-baseline-style score and decision CSV files per condition.
-
-  For each condition (grouped as in `evaluate_conditions`), writes to
-  `workdir`:
-    <prefix>anomaly_score_<condition>.csv    rows: file basename, clip score
-    <prefix>decision_result_<condition>.csv  rows: file basename, 1 if
-        score ≥ threshold else 0 (eq. 4, ``decide``)
-  without header, in the order of `clips`. A basename that occurs more than
-  once in a condition (the "mixing" layout uses the same file for a clip's
-  normal and anomalous versions) is written as "normal_<basename>" or
-  "anomaly_<basename>". Characters other than letters, digits and ``._+-``
-  in the condition are replaced by "_".
-
-  Args:
-    workdir: output directory (created if missing).
-    clips: records with attributes path, label, condition, rare.
-    clip_scores: 1-D array of clip scores, one per clip.
-    threshold: the decision threshold φ.
-    prefix: prepended to every file name.
-
-  Returns:
-    The paths written, two per condition.
-  """
-  labels, conditions, _, paths = _clip_fields(clips)
-  scores = _as_finite_1d(clip_scores, "clip_scores")
-  if scores.size != labels.size:
-    raise ValueError(f"{labels.size} clips but {scores.size} clip scores.")
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  written = []
-  for condition, index in _condition_groups(labels, conditions).items():
-    index = np.sort(index)
-    names = [os.path.basename(paths[i]) for i in index]
-    counts = collections.Counter(names)
-    names = [(f"{'anomaly' if labels[i] else 'normal'}_{name}"
-              if counts[name] > 1 else name) for name, i in zip(names, index)]
-    suffix = _safe_filename_part(condition)
-    score_rows = [(name, repr(float(scores[i]))) for name, i in zip(names, index)]
-    decision_rows = [(name, int(decide(scores[i], threshold)))
-                     for name, i in zip(names, index)]
-    for kind, rows in (("anomaly_score", score_rows),
-                       ("decision_result", decision_rows)):
-      path = workdir / f"{prefix}{kind}_{suffix}.csv"
-      with open(path, "w", newline="") as file:
-        csv.writer(file, lineterminator="\n").writerows(rows)
-      written.append(path)
-  logging.info("Wrote %d DCASE CSV files to %s.", len(written), workdir)
-  return written
-
-
-# --------------------------------------------------------------------------
-# Figures (matplotlib Agg canvas; no pyplot, no display).
-# --------------------------------------------------------------------------
-
-
-def _new_figure(figsize: tuple[float, float]):
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  return Figure(figsize=figsize, layout="constrained")
-
-
-def _save_figure(figure, path: PathLike) -> str:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(path, dpi=100, format="png")
-  return str(path)
-
-
-def _colors(count: int) -> list[Any]:
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-  cmap = colormaps["tab10"]
-  return [cmap(i % 10) for i in range(count)]
-
-
-def plot_roc(path: PathLike,
-             curves: Mapping[str, tuple[Any, Any]],
-             *,
-             max_fpr: float | None = None) -> str:
-  """ROC curves of several methods in one PNG.
-
-  Args:
-    path: output PNG path.
-    curves: {method: (labels, scores)}; labels 0/1, scores higher = anomalous.
-    max_fpr: if given, a vertical line marks the pAUC range.
-
-  Returns:
-    `path` as a string.
-  """
-  if not curves:
-    raise ValueError("plot_roc needs at least one method.")
-  figure = _new_figure((5.0, 5.0))
-  axes = figure.add_subplot()
-  axes.plot([0, 1], [0, 1], color="gray", linestyle=":", label="chance")
-  for (method, (labels, scores)), color in zip(curves.items(),
-                                               _colors(len(curves))):
-    auc = metrics(labels, scores)["auc"]
-    fpr, tpr, _ = sk_metrics.roc_curve(_as_binary_labels(labels),
-                                       _as_finite_1d(scores, "scores"))
-    axes.plot(fpr, tpr, color=color, label=f"{method} (AUC={auc:.3f})")
-  if max_fpr is not None:
-    axes.axvline(max_fpr, color="gray", linestyle="--", linewidth=0.8)
-  axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate",
-           ylabel="true-positive rate", title="ROC")
-  axes.set_aspect("equal")
-  axes.legend(loc="lower right", fontsize="small")
-  return _save_figure(figure, path)
-
-
-def plot_scores_over_time(
-    path: PathLike,
-    clips_by_method: Mapping[str, Sequence[tuple]],
-    *,
-    thresholds: Mapping[str, float] | None = None,
-    overlay: bool = False,
-) -> str:
-  """Frame anomaly scores A_θ(x_t) over time, as in the paper's Figure 3.
-
-  One row per clip (e.g. a normal, a rare-normal and an anomalous clip); one
-  column per method (default, each with its own y scale), or, with
-  `overlay=True`, one line per method in a single column.
-
-  Args:
-    path: output PNG path.
-    clips_by_method: {method: [(title, times_s, frame_scores), ...]}; every
-      method lists the same clips in the same order. A tuple may have a fourth
-      element, a list of (start_s, end_s) anomalous spans, shaded yellow.
-    thresholds: optional {method: φ}, drawn as horizontal dashed lines.
-    overlay: draw all methods in one column.
-
-  Returns:
-    `path` as a string.
-  """
-  if not clips_by_method:
-    raise ValueError("plot_scores_over_time needs at least one method.")
-  methods = list(clips_by_method)
-  counts = {len(clips_by_method[m]) for m in methods}
-  if len(counts) != 1 or 0 in counts:
-    raise ValueError(
-        "every method must list the same, non-zero number of clips; got"
-        f" { {m: len(clips_by_method[m]) for m in methods} }.")
-  rows = counts.pop()
-  columns = 1 if overlay else len(methods)
-  thresholds = thresholds or {}
-  figure = _new_figure((4.0 * columns + 1.0, 2.2 * rows))
-  grid = figure.subplots(rows, columns, squeeze=False, sharex="row",
-                         sharey=False if overlay else "col")
-  for method, color, column in zip(methods, _colors(len(methods)),
-                                   range(len(methods))):
-    for row, entry in enumerate(clips_by_method[method]):
-      title, times, frame_scores = entry[:3]
-      spans = entry[3] if len(entry) > 3 else ()
-      axes = grid[row, 0 if overlay else column]
-      times = np.asarray(times, dtype=np.float64)
-      frame_scores = np.asarray(frame_scores, dtype=np.float64)
-      if times.shape != frame_scores.shape:
-        raise ValueError(
-            f"{method}, clip {row}: times_s shape {times.shape} differs from"
-            f" frame_scores shape {frame_scores.shape}.")
-      if column == 0 or not overlay:
-        for start, end in spans:
-          axes.axvspan(start, end, color="yellow", alpha=0.3, linewidth=0)
-      axes.plot(times, frame_scores, color=color, linewidth=1.0, label=method)
-      if method in thresholds:
-        axes.axhline(thresholds[method], color=color, linestyle="--",
-                     linewidth=0.8)
-      if overlay:
-        axes.set_title(str(title), fontsize="small")
-      else:
-        axes.set_title(f"{method}: {title}", fontsize="small")
-      if row == rows - 1:
-        axes.set_xlabel("time [s]")
-      if column == 0 or overlay:
-        axes.set_ylabel("anomaly score")
-  if overlay:
-    grid[0, 0].legend(fontsize="small")
-  return _save_figure(figure, path)
-
-
-def plot_score_histogram(
-    path: PathLike,
-    scores_by_method: Mapping[str, Mapping[str, Any]],
-    *,
-    thresholds: Mapping[str, float] | None = None,
-    bins: int = 30,
-) -> str:
-  """Histograms of clip scores of normal, rare-normal and anomalous clips.
-
-  One panel per method; groups that are missing or empty are skipped.
-
-  Args:
-    path: output PNG path.
-    scores_by_method: {method: {"normal": s, "rare": s, "anomalous": s}}
-      (any group names work).
-    thresholds: optional {method: φ}, drawn as vertical dashed lines.
-    bins: number of bins, shared by the groups of one method.
-
-  Returns:
-    `path` as a string.
-  """
-  if not scores_by_method:
-    raise ValueError("plot_score_histogram needs at least one method.")
-  thresholds = thresholds or {}
-  methods = list(scores_by_method)
-  figure = _new_figure((4.0 * len(methods) + 0.5, 3.2))
-  grid = figure.subplots(1, len(methods), squeeze=False)
-  for axes, method in zip(grid[0], methods):
-    groups = {name: np.asarray(s, dtype=np.float64).ravel()
-              for name, s in scores_by_method[method].items()}
-    groups = {name: s[np.isfinite(s)] for name, s in groups.items()}
-    groups = {name: s for name, s in groups.items() if s.size}
-    if groups:
-      edges = np.histogram_bin_edges(np.concatenate(list(groups.values())),
-                                     bins=bins)
-      for (name, values), color in zip(groups.items(), _colors(len(groups))):
-        axes.hist(values, bins=edges, color=color, alpha=0.5,
-                  label=f"{name} (n={values.size})")
-    if method in thresholds:
-      axes.axvline(thresholds[method], color="black", linestyle="--",
-                   linewidth=1.0, label="threshold φ")
-    axes.set(title=method, xlabel="clip anomaly score", ylabel="clips")
-    axes.legend(fontsize="small")
-  return _save_figure(figure, path)
-
-
-def _read_metrics(path: PathLike) -> list[dict]:
-  rows = []
-  if not os.path.exists(path):
-    return rows
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except ValueError:  # a damaged (e.g. half-written) line: skip it
-        continue
-  return rows
-
-
-def plot_training(path: PathLike, metrics_files: Mapping[str, PathLike], *,
-                  smooth: int = 50) -> str | None:
-  """Training curves per loss from ``metrics.jsonl`` files (``train.train``'s rows).
-
-  Four panels: the loss; the normal term and L_a (eq. 10); the BU weights'
-  effective sample size as a fraction of the normal frames, (sum w)^2 /
-  (M_u sum w^2), and their max/min ratio (log scale) -- 1 and 1 for RE/SNP,
-  whose weights are uniform. Curves are moving averages over ``smooth`` steps.
-  Returns ``path``, or None when no file has rows.
-  """
-  data = {name: _read_metrics(p) for name, p in metrics_files.items()}
-  data = {name: rows for name, rows in data.items() if rows}
-  if not data:
-    return None
-
-  def series(rows, fn):
-    steps = np.array([r.get("step", i) for i, r in enumerate(rows)], np.float64)
-    values = np.array([fn(r) for r in rows], np.float64)
-    k = max(1, min(smooth, values.size // 20))  # at least ~20 points per curve
-    kernel = np.ones(k) / k
-    valid = np.convolve(values, kernel, mode="valid")
-    return steps[k - 1:], valid
-
-  figure = _new_figure((11.0, 6.5))
-  grid = figure.subplots(2, 2, squeeze=False)
-  panels = [
-      (grid[0][0], "loss", [("", lambda r: r["loss"])], "linear"),
-      (grid[0][1], "normal term / L_a", [("normal", lambda r: r["normal"]),
-                                         ("L_a", lambda r: r["la"])], "linear"),
-      (grid[1][0], "BU weights: ESS / normal frames",
-       [("", lambda r: r["ess"] / max(r["frames_normal"], 1.0))], "linear"),
-      (grid[1][1], "BU weights: max / min", [("", lambda r: r["w_max"] / max(r["w_min"],
-                                                                              1e-30))], "log"),
-  ]
-  colors = dict(zip(data, _colors(len(data))))
-  for axes, title, curves, scale in panels:
-    for name, rows in data.items():
-      for (label, fn), style in zip(curves, ("-", "--")):
-        try:
-          x, y = series(rows, fn)
-        except (KeyError, TypeError, ZeroDivisionError):
-          continue
-        axes.plot(x, y, style, color=colors[name], linewidth=1.0,
-                  label=f"{name} {label}".strip())
-    axes.set(title=title, xlabel="step", yscale=scale)
-    axes.legend(fontsize="small")
-  return _save_figure(figure, path)
-
-
-# --------------------------------------------------------------------------
-# JSON.
-# --------------------------------------------------------------------------
-
-
-def _to_json(obj: Any) -> Any:
-  """Recursively converts NumPy and path values to JSON-compatible ones.
-
-  Non-finite floats become None so that the output is strict JSON.
-  """
-  if isinstance(obj, Mapping):
-    return {str(_to_json(k)) if not isinstance(k, str) else k: _to_json(v)
-            for k, v in obj.items()}
-  if isinstance(obj, np.ndarray):
-    return _to_json(obj.tolist())
-  if isinstance(obj, np.generic):
-    return _to_json(obj.item())
-  if isinstance(obj, float):
-    return obj if math.isfinite(obj) else None
-  if isinstance(obj, (str, int, bool)) or obj is None:
-    return obj
-  if isinstance(obj, os.PathLike):
-    return os.fspath(obj)
-  if isinstance(obj, (list, tuple, set, frozenset)) or (
-      isinstance(obj, Iterable) and not isinstance(obj, (bytes, bytearray))):
-    return [_to_json(v) for v in obj]
-  raise TypeError(f"cannot convert {type(obj).__name__} to JSON: {obj!r}")
-
-
-def write_json(path: PathLike, obj: Any) -> str:
-  """Writes `obj` as JSON atomically (temporary file + `os.replace`).
-
-  NumPy scalars and arrays become Python numbers and lists, paths become
-  strings, non-string keys are converted with `str`, and NaN / inf become
-  null. Parent directories are created.
-
-  Returns:
-    `path` as a string.
-  """
-  text = json.dumps(_to_json(obj), indent=2, sort_keys=False, allow_nan=False)
-  return fileio.atomic_write(path, text + "\n")

@@ -1,66 +1,14 @@
-"""Run reporting: a JSON-lines metrics writer and a terminal progress bar."""
+"""Run reporting on the terminal: a progress bar and quiet library logs.
+
+The per-step ``metrics.jsonl`` file is written by ``bu_jax.fileio.MetricsWriter``.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
-from typing import Any, Mapping, Optional, TextIO
-
-import numpy as np
-
-
-def _json_value(value: Any) -> Any:
-  """Plain JSON for numpy / JAX scalars; non-finite floats become null."""
-  if isinstance(value, (str, bool)) or value is None:
-    return value
-  arr = np.asarray(value)
-  if arr.ndim:
-    return [_json_value(v) for v in arr.tolist()]
-  item = arr.item()
-  if isinstance(item, float) and not math.isfinite(item):
-    return None
-  return item
-
-
-class MetricsWriter:
-  """Appends one JSON object per step to a file: ``{"step": s, "loss": ...}``.
-
-  Values are converted to plain numbers; NaN and infinities are written as
-  ``null`` (strict JSON). Each line is flushed, so a killed run keeps its log.
-  Use as a context manager or call ``close``.
-  """
-
-  def __init__(self, path: str | os.PathLike, *, append: bool = True):
-    self.path = os.fspath(path)
-    directory = os.path.dirname(self.path)
-    if directory:
-      os.makedirs(directory, exist_ok=True)
-    self._file = open(self.path, "a" if append else "w", encoding="utf-8")
-
-  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-    record = {"step": int(step)}
-    record.update({k: _json_value(v) for k, v in metrics.items()})
-    self._file.write(json.dumps(record, allow_nan=False) + "\n")
-    self._file.flush()
-
-  def close(self) -> None:
-    if not self._file.closed:
-      self._file.close()
-
-  def __enter__(self) -> "MetricsWriter":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """The records written by ``MetricsWriter``."""
-  with open(path, encoding="utf-8") as file:
-    return [json.loads(line) for line in file if line.strip()]
+from typing import Mapping, Optional, TextIO
 
 
 def format_duration(seconds: float) -> str:

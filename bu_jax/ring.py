@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
-import json
 import math
 import os
 import pathlib
@@ -57,6 +55,7 @@ import optax
 from bu_jax import fileio
 from bu_jax import losses
 from bu_jax import models
+from bu_jax import plots
 
 DIM = 2  # D
 NORMAL_RADIUS = 2.0
@@ -499,59 +498,6 @@ def score_summary(scores: np.ndarray,
 # --------------------------------------------------------------------------
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> str:
-  return fileio.atomic_write(path, data)
-
-
-def _save_figure(figure, path: pathlib.Path) -> str:
-  buffer = io.BytesIO()
-  figure.savefig(buffer, dpi=100, format="png")
-  return _atomic_write(path, buffer.getvalue())
-
-
-_STYLE = {"re": dict(color="tab:green", linestyle=":", label="RE"),
-          "snp": dict(color="tab:blue", linestyle="--", label="SNP"),
-          "bu": dict(color="tab:red", linestyle="-", label="BU")}
-
-
-def plot_pdfs(path: pathlib.Path, scores: Mapping[str, np.ndarray],
-              grid: EvaluationGrid) -> str:
-  """Fig. 2: q_theta on the grid for each method, circle r = 2 dotted."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  from matplotlib.patches import Circle  # pylint: disable=g-import-not-at-top
-  q = {m: np.exp(log_q(s, cell_area=grid.cell_area)) for m, s in scores.items()}
-  vmax = max(v.max() for v in q.values())
-  lo, hi = grid.edges[0], grid.edges[-1]
-  figure = Figure(figsize=(4.0 * len(q) + 1.0, 4.0), layout="constrained")
-  axes = figure.subplots(1, len(q), squeeze=False)[0]
-  for ax, (m, values) in zip(axes, q.items()):
-    image = ax.imshow(values, origin="lower", extent=(lo, hi, lo, hi),
-                      vmin=0.0, vmax=vmax, cmap="viridis")
-    ax.add_patch(Circle((0, 0), NORMAL_RADIUS, fill=False, color="white",
-                        linestyle=":", linewidth=1.5))
-    ax.set(title=f"{_STYLE[m]['label']}: $q_\\theta(x)$", xlabel="$x_1$",
-           ylabel="$x_2$")
-  figure.colorbar(image, ax=list(axes), shrink=0.9)
-  return _save_figure(figure, path)
-
-
-def plot_line_scores(path: pathlib.Path, x1: np.ndarray,
-                     scores: Mapping[str, np.ndarray]) -> str:
-  """Fig. 3: A(x) on x2 = 0 for each method; anomalous areas shaded."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  figure = Figure(figsize=(6.0, 3.5), layout="constrained")
-  ax = figure.subplots()
-  for side in (-1, 1):
-    ax.axvspan(side * NORMAL_RADIUS, side * ANOMALOUS_RADIUS, color="gold",
-               alpha=0.35, linewidth=0)
-  for m, values in scores.items():
-    ax.plot(x1, values, **_STYLE[m])
-  ax.set(xlim=(x1[0], x1[-1]), xlabel="$x_1$ ($x_2 = 0$)",
-         ylabel="anomaly score $A(x)$")
-  ax.legend()
-  return _save_figure(figure, path)
-
-
 def format_table(results: Mapping[str, Any]) -> str:
   """Table 1 of the run (mean +- std over seeds) beside the paper's."""
   seeds = len(results["seeds"])
@@ -621,11 +567,14 @@ def train_and_evaluate(config: RingConfig, workdir: str | os.PathLike, *,
                    for k, v in dataclasses.asdict(config).items()},
       "wall_time_s": time.perf_counter() - start,
   }
-  _atomic_write(workdir / "results.json",
-                (json.dumps(results, indent=2) + "\n").encode())
-  plot_pdfs(workdir / "fig2_pdf.png", first_scores, grid)
+  fileio.write_json(workdir / "results.json", results)
+  plots.plot_ring_densities(
+      workdir / "fig2_pdf.png",
+      {m: np.exp(log_q(s, cell_area=grid.cell_area)) for m, s in first_scores.items()},
+      extent=(grid.edges[0], grid.edges[-1]), normal_radius=NORMAL_RADIUS)
   x1 = np.linspace(-ANOMALOUS_RADIUS, ANOMALOUS_RADIUS, 601)
-  plot_line_scores(workdir / "fig3_scores.png", x1,
-                   {m: line_scores(first_params[m], x1) for m in config.methods})
+  plots.plot_ring_line_scores(workdir / "fig3_scores.png", x1,
+                              {m: line_scores(first_params[m], x1) for m in config.methods},
+                              anomalous_band=(NORMAL_RADIUS, ANOMALOUS_RADIUS))
   logging.info("wrote %s in %.1f s", workdir, time.perf_counter() - start)
   return results

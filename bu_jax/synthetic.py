@@ -50,6 +50,7 @@ from absl import logging
 import numpy as np
 
 from bu_jax import audio
+from bu_jax import fileio
 
 VERSION = 1
 PEAK = 0.9
@@ -493,9 +494,7 @@ def generate(
       "families": {"anomaly": list(_ANOMALY_MAKERS),
                    "something_else": list(_SOMETHING_ELSE_MAKERS)},
   }
-  with open(os.path.join(root, "metadata.json"), "w", encoding="utf-8") as f:
-    json.dump(metadata, f, indent=1, sort_keys=True)
-    f.write("\n")
+  fileio.write_json(os.path.join(root, "metadata.json"), metadata, indent=1, sort_keys=True)
   logging.info("synthetic: wrote %d train, %d test, %d noise, %d anomaly, %d something-else"
                " clips to %s in %.1f s", num_train, num_test, num_noise, num_anomaly,
                num_something_else, root, time.perf_counter() - began)

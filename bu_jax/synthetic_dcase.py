@@ -30,7 +30,6 @@ index])``: equal arguments give byte-identical files (16-bit PCM).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -40,6 +39,7 @@ from absl import logging
 import numpy as np
 
 from bu_jax import audio
+from bu_jax import fileio
 from bu_jax import synthetic
 
 VERSION = 1
@@ -172,9 +172,7 @@ def generate(root: str | os.PathLike, *, seed: int = 0, num_source_train: int = 
                 machines=list(machines), sr=sr)
   metadata = {"description": "bu_jax synthetic DCASE-style data set (2022+ names)",
               "version": VERSION, "params": params, "faults": faults}
-  with open(os.path.join(root, "metadata.json"), "w", encoding="utf-8") as f:
-    json.dump(metadata, f, indent=1, sort_keys=True)
-    f.write("\n")
+  fileio.write_json(os.path.join(root, "metadata.json"), metadata, indent=1, sort_keys=True)
   logging.info("synthetic_dcase: wrote %s in %.1f s", root, time.perf_counter() - began)
   return root
 

@@ -45,6 +45,7 @@ from bu_jax import losses as losses_lib
 from bu_jax import models as models_lib
 from bu_jax import reference as reference_lib
 from bu_jax import parallel
+from bu_jax import plots
 from bu_jax import progress as progress_lib
 from bu_jax import scoring
 from bu_jax import synthetic
@@ -220,7 +221,7 @@ class Data:
 
 def _as_json(dataclass_obj) -> dict:
   """A dataclass as plain JSON values (tuples -> lists, other objects -> str)."""
-  return json.loads(json.dumps(dataclasses.asdict(dataclass_obj), default=str))
+  return fileio.to_json(dataclass_obj, default=str)
 
 
 def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
@@ -407,7 +408,7 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh,
       print(f"[{loss}] resuming from the checkpoint of step {restored} in {ckpt.directory}",
             flush=True)
     metrics_path = os.path.join(model_dir, "metrics.jsonl")
-    _truncate_metrics(metrics_path, start)
+    fileio.truncate_metrics(metrics_path, start)
     if start >= total:
       print(f"[{loss}] already trained ({total} steps)", flush=True)
       return state, config, 0
@@ -422,7 +423,7 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh,
           f"({config.epochs} epochs x {config.steps_per_epoch}) from step {start}", flush=True)
     bar = progress_lib.ProgressBar(total, initial=start) if settings.progress else False
     try:
-      with progress_lib.MetricsWriter(metrics_path) as writer:
+      with fileio.MetricsWriter(metrics_path) as writer:
         state = train_lib.train(config, corpus, mesh=mesh, state=state, on_step=on_step,
                                 metrics_writer=writer, progress=bar)
     except _Stopped as e:
@@ -432,38 +433,6 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh,
           f"in {ckpt.directory}: run the same command again to resume") from None
     ckpt.maybe_save(total, state, force=True)
   return state, config, total - start
-
-
-def _truncate_metrics(path: str, start: int) -> None:
-  """Drops metric lines of steps >= start (written after the last checkpoint).
-
-  A damaged line (e.g. half-written when the run was killed) is dropped with
-  a warning naming the file and the line. The file is rewritten (atomically)
-  only if a line is dropped, so a finished run re-evaluates without writing it.
-  """
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8", errors="replace") as f:
-    lines = f.readlines()
-  kept, damaged = [], []
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-      step = record["step"] if isinstance(record, dict) else None
-    except ValueError:
-      step = None
-    if not isinstance(step, int):
-      damaged.append(number)
-    elif step < start:
-      kept.append(line if line.endswith("\n") else line + "\n")
-  if damaged:
-    logging.warning("%s: dropping %d damaged line(s) (line %s): not a JSON record with a "
-                    "step, e.g. half-written when a run was killed", path, len(damaged),
-                    ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else ""))
-  if kept != lines:
-    fileio.atomic_write(path, "".join(kept))
 
 
 def _read_results(path: str) -> dict[str, Any]:
@@ -518,7 +487,7 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
   os.makedirs(out_dir, exist_ok=True)
-  evaluate.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
+  fileio.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
               "frames": frames, "threshold": threshold, "features": feature_config}
   return results, material
@@ -590,7 +559,7 @@ def _plots(workdir: str, data: Data, material: dict) -> list[str]:
   for loss, m in material.items():
     sel = np.array([c.condition == hardest for c in test])
     roc[f"{loss} ({hardest})"] = (m["labels"][sel], m["scores"][sel])
-  paths = [evaluate.plot_roc(os.path.join(workdir, "roc.png"), roc)]
+  paths = [plots.plot_roc(os.path.join(workdir, "roc.png"), roc)]
   # A frequent-normal and a rare-normal clip, and an anomalous clip of the
   # easiest condition (where the anomaly is visible), interior frames only.
   easiest = conds[0] if conds else None
@@ -614,7 +583,7 @@ def _plots(workdir: str, data: Data, material: dict) -> list[str]:
              for i, title in picks]
       for loss, m in material.items()}
   thresholds = {loss: m["threshold"] for loss, m in material.items()}
-  paths.append(evaluate.plot_scores_over_time(
+  paths.append(plots.plot_scores_over_time(
       os.path.join(workdir, "scores_over_time.png"), over_time, thresholds=thresholds))
   hist = {}
   for loss, m in material.items():
@@ -622,7 +591,7 @@ def _plots(workdir: str, data: Data, material: dict) -> list[str]:
     for c, s in zip(test, m["scores"]):
       groups["anomalous" if c.label else ("rare" if c.rare else "normal")].append(s)
     hist[loss] = {k: np.array(v) for k, v in groups.items() if v}
-  paths.append(evaluate.plot_score_histogram(
+  paths.append(plots.plot_score_histogram(
       os.path.join(workdir, "score_histogram.png"), hist, thresholds=thresholds))
   return paths
 
@@ -720,7 +689,7 @@ def run(settings: Settings) -> dict:
     res["train_config"] = _as_json(config)
     results[loss] = res
     _store_threshold(settings, loss, state, config, res, data)
-    evaluate.write_json(results_path, results)
+    fileio.write_json(results_path, results)
     print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g} "
           f"(train {t_train:.0f} s)", flush=True)
   methods = list(settings.losses)
@@ -728,17 +697,17 @@ def run(settings: Settings) -> dict:
     res, material[REFERENCE] = evaluate_reference(settings, cfg0.feature_config, data)
     results[REFERENCE] = res
     methods.append(REFERENCE)
-    evaluate.write_json(results_path, results)
+    fileio.write_json(results_path, results)
     print(f"[{REFERENCE}] PCA, {settings.reference_components} components: AUC mean "
           f"{res['auc']['mean']:.3f}", flush=True)
   plots = _plots(settings.workdir, data, material)
-  training = evaluate.plot_training(
+  training = plots.plot_training(
       os.path.join(settings.workdir, "training.png"),
       {loss: os.path.join(settings.workdir, loss, "metrics.jsonl") for loss in settings.losses})
   if training:
     plots.append(training)
   results["plots"] = [os.path.basename(p) for p in plots]
-  evaluate.write_json(results_path, results)
+  fileio.write_json(results_path, results)
   print(format_table(results, methods), flush=True)
   print(f"Results in {results_path}", flush=True)
   return results

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from bu_jax import batch as batch_lib
+from bu_jax import fileio
 from bu_jax import kde
 from bu_jax import losses
 from bu_jax import models
@@ -583,7 +584,7 @@ def _rows(metrics: Mapping[str, np.ndarray], count: int) -> list[dict[str, float
 def train(config: TrainConfig, corpus: batch_lib.Corpus, *, mesh: Optional[Mesh] = None,
           state: Optional[TrainState] = None, until_step: Optional[int] = None,
           on_step: Optional[Callable[[int, TrainState, Mapping[str, float]], None]] = None,
-          metrics_writer: Optional[progress_lib.MetricsWriter] = None,
+          metrics_writer: Optional[fileio.MetricsWriter] = None,
           progress: Union[bool, progress_lib.ProgressBar] = False,
           compiler_options: CompilerOptions = None) -> TrainState:
   """Runs the training step from ``state.step`` to ``until_step``.

@@ -1,4 +1,4 @@
-"""Tests for bu_jax.evaluate: metrics, threshold, per-condition report, files."""
+"""Tests for bu_jax.evaluate: metrics, threshold, per-condition report, DCASE CSV files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 
 from hypothesis import given, settings, strategies as st
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 import scipy.stats
 
 from bu_jax import evaluate
+from bu_jax import fileio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,12 +25,6 @@ class Clip:
   label: int
   condition: str
   rare: bool | None
-
-
-def _png_ok(path):
-  assert os.path.getsize(path) > 1000
-  with open(path, "rb") as file:
-    assert file.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------- clip_score
@@ -318,8 +312,8 @@ def _read_csv(path):
 
 def test_write_dcase_csvs(tmp_path):
   clips, scores = _synthetic_set()
-  written = evaluate.write_dcase_csvs(tmp_path / "out", clips, scores,
-                                      threshold=0.9, prefix="bu_")
+  written = fileio.write_dcase_csvs(tmp_path / "out", clips, scores,
+                                    threshold=0.9, prefix="bu_")
   names = sorted(p.name for p in written)
   assert names == sorted([
       "bu_anomaly_score_-10dB.csv", "bu_decision_result_-10dB.csv",
@@ -338,77 +332,13 @@ def test_write_dcase_csvs(tmp_path):
 
 def test_write_dcase_csvs_disambiguates_repeated_files(tmp_path):
   clips, scores = _mixing_layout_set()
-  evaluate.write_dcase_csvs(tmp_path, clips, scores, threshold=1.0)
+  fileio.write_dcase_csvs(tmp_path, clips, scores, threshold=1.0)
   rows = _read_csv(tmp_path / "anomaly_score_anr_-20dB.csv")
   assert [r[0] for r in rows] == [
       "normal_f0.wav", "anomaly_f0.wav", "normal_f1.wav", "anomaly_f1.wav",
       "normal_f2.wav", "anomaly_f2.wav", "normal_r0.wav", "anomaly_r0.wav"]
   decisions = _read_csv(tmp_path / "decision_result_anr_-20dB.csv")
   assert [int(r[1]) for r in decisions] == [0, 1, 0, 1, 0, 1, 1, 1]
-
-
-# --------------------------------------------------------------------- plots
-
-
-def test_plots_write_png(tmp_path):
-  rng = np.random.default_rng(1)
-  labels = np.array([0] * 20 + [1] * 10)
-  roc = {"AE": (labels, rng.normal(size=30) + labels),
-         "BU": (labels, rng.normal(size=30) + 3 * labels)}
-  _png_ok(evaluate.plot_roc(tmp_path / "roc.png", roc, max_fpr=0.1))
-
-  times = np.arange(50) * 0.016
-  over_time = {
-      method: [("normal", times, rng.random(50)),
-               ("rare normal", times, rng.random(50) + 1),
-               ("anomalous", times, rng.random(50) * 3, [(0.2, 0.4)])]
-      for method in ("RE", "SNP", "BU")}
-  thresholds = {"RE": 0.8, "SNP": 1.2, "BU": 1.5}
-  _png_ok(evaluate.plot_scores_over_time(tmp_path / "time.png", over_time,
-                                         thresholds=thresholds))
-  _png_ok(evaluate.plot_scores_over_time(tmp_path / "overlay.png", over_time,
-                                         thresholds=thresholds, overlay=True))
-
-  histograms = {m: {"normal": rng.random(40), "rare": rng.random(5) + 1,
-                    "anomalous": rng.random(20) + 2}
-                for m in ("SNP", "BU")}
-  histograms["BU"]["rare"] = []  # empty groups are skipped
-  _png_ok(evaluate.plot_score_histogram(tmp_path / "sub" / "hist.png",
-                                        histograms, thresholds=thresholds))
-
-
-def test_plot_scores_over_time_rejects_mismatched_clips(tmp_path):
-  t = np.arange(3.0)
-  with pytest.raises(ValueError, match="same"):
-    evaluate.plot_scores_over_time(
-        tmp_path / "x.png", {"A": [("a", t, t)], "B": []})
-
-
-# ---------------------------------------------------------------------- JSON
-
-
-def test_write_json_converts_numpy_and_is_atomic(tmp_path):
-  path = tmp_path / "nested" / "report.json"
-  obj = {"auc": np.float32(0.75), "n": np.int64(3), "flag": np.bool_(True),
-         "scores": np.arange(3, dtype=np.float64), "bad": float("nan"),
-         np.int64(7): (1, 2), "where": tmp_path}
-  assert evaluate.write_json(path, obj) == str(path)
-  loaded = json.loads(path.read_text())
-  assert loaded == {"auc": 0.75, "n": 3, "flag": True,
-                    "scores": [0.0, 1.0, 2.0], "bad": None, "7": [1, 2],
-                    "where": str(tmp_path)}
-  evaluate.write_json(path, {"again": 1})
-  assert json.loads(path.read_text()) == {"again": 1}
-  assert os.listdir(path.parent) == ["report.json"]  # no leftover tmp files
-
-
-def test_write_json_failure_keeps_old_file(tmp_path):
-  path = tmp_path / "report.json"
-  evaluate.write_json(path, {"ok": 1})
-  with pytest.raises(TypeError):
-    evaluate.write_json(path, {"bad": object()})
-  assert json.loads(path.read_text()) == {"ok": 1}
-  assert os.listdir(tmp_path) == ["report.json"]
 
 
 def test_rare_normal_metrics_per_condition():

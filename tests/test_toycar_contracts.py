@@ -213,21 +213,6 @@ def test_workdir_that_is_a_file_is_an_error(tmp_path, tiny_data):
   assert path.read_text() == "not a directory"
 
 
-def test_damaged_metrics_lines_are_dropped_with_a_warning(tmp_path, monkeypatch):
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  warnings = []
-  monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
-  path = tmp_path / "metrics.jsonl"
-  path.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.5}\n7\n'
-                  '{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
-  toycar._truncate_metrics(str(path), 3)  # pylint: disable=protected-access
-  assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [0, 1, 2]
-  assert len(warnings) == 1 and "2 damaged line(s) (line 3, 5)" in warnings[0]
-  before = path.stat().st_mtime_ns
-  toycar._truncate_metrics(str(path), 3)  # pylint: disable=protected-access
-  assert path.stat().st_mtime_ns == before  # nothing to drop: not rewritten
-
-
 def test_half_written_metrics_line_does_not_stop_a_resume(finished_run, tiny_data, tmp_path):
   workdir = _copy(finished_run, tmp_path)
   metrics = workdir / "re" / "metrics.jsonl"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 
 import jax
@@ -18,6 +19,7 @@ import pytest
 
 from bu_jax import batch as batch_lib
 from bu_jax import features
+from bu_jax import fileio
 from bu_jax import losses
 from bu_jax import models
 from bu_jax import parallel
@@ -256,7 +258,7 @@ def test_loop_matches_scan_compiles_once_and_stops_on_nan(tmp_path):
   corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
   calls = []
   log = tmp_path / "metrics.jsonl"
-  with progress.MetricsWriter(log) as writer:
+  with fileio.MetricsWriter(log) as writer:
     state = train.train(config, corpus, mesh=mesh, until_step=2, metrics_writer=writer,
                         on_step=lambda s, st, m: calls.append((s, m["loss"])),
                         compiler_options=FAST)
@@ -274,7 +276,7 @@ def test_loop_matches_scan_compiles_once_and_stops_on_nan(tmp_path):
       train.train(config, bad, mesh=mesh, state=state, until_step=5, metrics_writer=writer,
                   compiler_options=FAST)
     assert error.value.step == 3
-  records = progress.read_metrics(log)
+  records = fileio.read_metrics(log)
   assert [r["step"] for r in records] == [0, 1, 2]  # the failing step is not logged
   assert records[1]["loss"] == pytest.approx(float(ref_metrics["loss"][1]))
   # The single step and the 2-step scan each compiled once.
@@ -283,6 +285,24 @@ def test_loop_matches_scan_compiles_once_and_stops_on_nan(tmp_path):
   for fn in (step_fn, steps_fn):
     if hasattr(fn, "_cache_size"):
       assert fn._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_training_resumes_after_a_half_written_metrics_line(tmp_path):
+  """A run killed while writing a metrics line appends cleanly when it resumes."""
+  config = _config(steps_per_call=1)
+  mesh = _mesh(1)
+  corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
+  log = tmp_path / "metrics.jsonl"
+  with fileio.MetricsWriter(log) as writer:
+    state = train.train(config, corpus, mesh=mesh, until_step=2, metrics_writer=writer,
+                        compiler_options=FAST)
+  with open(log, "a", encoding="utf-8") as file:
+    file.write('{"step": 2, "loss": 0.')  # killed in the middle of a line
+  with fileio.MetricsWriter(log) as writer:
+    train.train(config, corpus, mesh=mesh, state=state, until_step=3, metrics_writer=writer,
+                compiler_options=FAST)
+  lines = log.read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
 
 
 def test_raise_if_non_finite_names_the_step_inside_a_scanned_call():
@@ -447,7 +467,7 @@ def test_progress_bar_and_metrics_writer(tmp_path):
   assert line.startswith("step 20/100") and "steps/s" in line and "frames/s" in line
   assert "ETA" in line and "loss 1.5" in line
   assert progress.format_duration(3723) == "1:02:03"
-  with progress.MetricsWriter(tmp_path / "m.jsonl") as writer:
+  with fileio.MetricsWriter(tmp_path / "m.jsonl") as writer:
     writer.write(0, {"loss": np.float32(1.5), "bad": np.float32(np.nan)})
-  assert progress.read_metrics(tmp_path / "m.jsonl") == [{"step": 0, "loss": 1.5, "bad": None}]
+  assert fileio.read_metrics(tmp_path / "m.jsonl") == [{"step": 0, "loss": 1.5, "bad": None}]
   assert math.isnan(bar.rates()[0]) is False

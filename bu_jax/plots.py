@@ -1,0 +1,371 @@
+"""Every figure the experiments draw, and the one atomic figure writer.
+
+Figures are drawn on matplotlib's Agg canvas (no display, no pyplot global
+state) and written by ``save_figure``: the PNG is rendered in memory and then
+written via a temporary file in the same folder and ``os.replace``, so a
+failure while drawing or saving leaves no partial file (and an older figure
+in place).
+
+* ``plot_roc``, ``plot_scores_over_time``, ``plot_score_histogram``: the
+  evaluation figures (ROC, frame scores over time as in the paper's Fig. 3,
+  clip-score histograms).
+* ``plot_training``: training curves from ``metrics.jsonl`` files.
+* ``plot_ring_densities``, ``plot_ring_line_scores``: the ring experiment's
+  Figs. 2 and 3 (``bu_jax.ring``).
+* ``plot_frame_scores``, ``write_frame_score_plots``: one figure per recording
+  scored by ``experiments.score`` (``bu_jax.detect``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from bu_jax import evaluate
+from bu_jax import fileio
+
+PathLike = str | os.PathLike
+
+_DPI = 100
+
+
+def new_figure(figsize: tuple[float, float]):
+  """A matplotlib ``Figure`` on an Agg canvas, constrained layout."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  figure = Figure(figsize=figsize, layout="constrained")
+  FigureCanvasAgg(figure)
+  return figure
+
+
+def save_figure(figure, path: PathLike) -> str:
+  """Writes ``figure`` as a PNG to ``path`` atomically; returns ``path`` as a string.
+
+  Parent folders are created. If rendering fails, nothing is written and an
+  existing file at ``path`` is left as it was.
+  """
+  buffer = io.BytesIO()
+  figure.savefig(buffer, dpi=_DPI, format="png")
+  return fileio.atomic_write(path, buffer.getvalue())
+
+
+def _colors(count: int) -> list[Any]:
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  cmap = colormaps["tab10"]
+  return [cmap(i % 10) for i in range(count)]
+
+
+# --------------------------------------------------------------------------
+# Evaluation figures.
+# --------------------------------------------------------------------------
+
+
+def plot_roc(path: PathLike,
+             curves: Mapping[str, tuple[Any, Any]],
+             *,
+             max_fpr: float | None = None) -> str:
+  """ROC curves of several methods in one PNG.
+
+  Args:
+    path: output PNG path.
+    curves: {method: (labels, scores)}; labels 0/1, scores higher = anomalous.
+    max_fpr: if given, a vertical line marks the pAUC range.
+
+  Returns:
+    `path` as a string.
+  """
+  if not curves:
+    raise ValueError("plot_roc needs at least one method.")
+  figure = new_figure((5.0, 5.0))
+  axes = figure.add_subplot()
+  axes.plot([0, 1], [0, 1], color="gray", linestyle=":", label="chance")
+  for (method, (labels, scores)), color in zip(curves.items(),
+                                               _colors(len(curves))):
+    auc = evaluate.metrics(labels, scores)["auc"]  # also checks the inputs
+    fpr, tpr, _ = sk_metrics.roc_curve(np.asarray(labels).ravel(),
+                                       np.asarray(scores, np.float64).ravel())
+    axes.plot(fpr, tpr, color=color, label=f"{method} (AUC={auc:.3f})")
+  if max_fpr is not None:
+    axes.axvline(max_fpr, color="gray", linestyle="--", linewidth=0.8)
+  axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate",
+           ylabel="true-positive rate", title="ROC")
+  axes.set_aspect("equal")
+  axes.legend(loc="lower right", fontsize="small")
+  return save_figure(figure, path)
+
+
+def plot_scores_over_time(
+    path: PathLike,
+    clips_by_method: Mapping[str, Sequence[tuple]],
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    overlay: bool = False,
+) -> str:
+  """Frame anomaly scores A_θ(x_t) over time, as in the paper's Figure 3.
+
+  One row per clip (e.g. a normal, a rare-normal and an anomalous clip); one
+  column per method (default, each with its own y scale), or, with
+  `overlay=True`, one line per method in a single column.
+
+  Args:
+    path: output PNG path.
+    clips_by_method: {method: [(title, times_s, frame_scores), ...]}; every
+      method lists the same clips in the same order. A tuple may have a fourth
+      element, a list of (start_s, end_s) anomalous spans, shaded yellow.
+    thresholds: optional {method: φ}, drawn as horizontal dashed lines.
+    overlay: draw all methods in one column.
+
+  Returns:
+    `path` as a string.
+  """
+  if not clips_by_method:
+    raise ValueError("plot_scores_over_time needs at least one method.")
+  methods = list(clips_by_method)
+  counts = {len(clips_by_method[m]) for m in methods}
+  if len(counts) != 1 or 0 in counts:
+    raise ValueError(
+        "every method must list the same, non-zero number of clips; got"
+        f" { {m: len(clips_by_method[m]) for m in methods} }.")
+  rows = counts.pop()
+  columns = 1 if overlay else len(methods)
+  thresholds = thresholds or {}
+  figure = new_figure((4.0 * columns + 1.0, 2.2 * rows))
+  grid = figure.subplots(rows, columns, squeeze=False, sharex="row",
+                         sharey=False if overlay else "col")
+  for method, color, column in zip(methods, _colors(len(methods)),
+                                   range(len(methods))):
+    for row, entry in enumerate(clips_by_method[method]):
+      title, times, frame_scores = entry[:3]
+      spans = entry[3] if len(entry) > 3 else ()
+      axes = grid[row, 0 if overlay else column]
+      times = np.asarray(times, dtype=np.float64)
+      frame_scores = np.asarray(frame_scores, dtype=np.float64)
+      if times.shape != frame_scores.shape:
+        raise ValueError(
+            f"{method}, clip {row}: times_s shape {times.shape} differs from"
+            f" frame_scores shape {frame_scores.shape}.")
+      if column == 0 or not overlay:
+        for start, end in spans:
+          axes.axvspan(start, end, color="yellow", alpha=0.3, linewidth=0)
+      axes.plot(times, frame_scores, color=color, linewidth=1.0, label=method)
+      if method in thresholds:
+        axes.axhline(thresholds[method], color=color, linestyle="--",
+                     linewidth=0.8)
+      if overlay:
+        axes.set_title(str(title), fontsize="small")
+      else:
+        axes.set_title(f"{method}: {title}", fontsize="small")
+      if row == rows - 1:
+        axes.set_xlabel("time [s]")
+      if column == 0 or overlay:
+        axes.set_ylabel("anomaly score")
+  if overlay:
+    grid[0, 0].legend(fontsize="small")
+  return save_figure(figure, path)
+
+
+def plot_score_histogram(
+    path: PathLike,
+    scores_by_method: Mapping[str, Mapping[str, Any]],
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    bins: int = 30,
+) -> str:
+  """Histograms of clip scores of normal, rare-normal and anomalous clips.
+
+  One panel per method; groups that are missing or empty are skipped.
+
+  Args:
+    path: output PNG path.
+    scores_by_method: {method: {"normal": s, "rare": s, "anomalous": s}}
+      (any group names work).
+    thresholds: optional {method: φ}, drawn as vertical dashed lines.
+    bins: number of bins, shared by the groups of one method.
+
+  Returns:
+    `path` as a string.
+  """
+  if not scores_by_method:
+    raise ValueError("plot_score_histogram needs at least one method.")
+  thresholds = thresholds or {}
+  methods = list(scores_by_method)
+  figure = new_figure((4.0 * len(methods) + 0.5, 3.2))
+  grid = figure.subplots(1, len(methods), squeeze=False)
+  for axes, method in zip(grid[0], methods):
+    groups = {name: np.asarray(s, dtype=np.float64).ravel()
+              for name, s in scores_by_method[method].items()}
+    groups = {name: s[np.isfinite(s)] for name, s in groups.items()}
+    groups = {name: s for name, s in groups.items() if s.size}
+    if groups:
+      edges = np.histogram_bin_edges(np.concatenate(list(groups.values())),
+                                     bins=bins)
+      for (name, values), color in zip(groups.items(), _colors(len(groups))):
+        axes.hist(values, bins=edges, color=color, alpha=0.5,
+                  label=f"{name} (n={values.size})")
+    if method in thresholds:
+      axes.axvline(thresholds[method], color="black", linestyle="--",
+                   linewidth=1.0, label="threshold φ")
+    axes.set(title=method, xlabel="clip anomaly score", ylabel="clips")
+    axes.legend(fontsize="small")
+  return save_figure(figure, path)
+
+
+def plot_training(path: PathLike, metrics_files: Mapping[str, PathLike], *,
+                  smooth: int = 50) -> str | None:
+  """Training curves per loss from ``metrics.jsonl`` files (``train.train``'s rows).
+
+  Four panels: the loss; the normal term and L_a (eq. 10); the BU weights'
+  effective sample size as a fraction of the normal frames, (sum w)^2 /
+  (M_u sum w^2), and their max/min ratio (log scale) -- 1 and 1 for RE/SNP,
+  whose weights are uniform. Curves are moving averages over ``smooth`` steps.
+  Returns ``path``, or None when no file has rows.
+  """
+  data = {name: fileio.read_metrics(p) for name, p in metrics_files.items()}
+  data = {name: rows for name, rows in data.items() if rows}
+  if not data:
+    return None
+
+  def series(rows, fn):
+    steps = np.array([r.get("step", i) for i, r in enumerate(rows)], np.float64)
+    values = np.array([fn(r) for r in rows], np.float64)
+    k = max(1, min(smooth, values.size // 20))  # at least ~20 points per curve
+    kernel = np.ones(k) / k
+    valid = np.convolve(values, kernel, mode="valid")
+    return steps[k - 1:], valid
+
+  figure = new_figure((11.0, 6.5))
+  grid = figure.subplots(2, 2, squeeze=False)
+  panels = [
+      (grid[0][0], "loss", [("", lambda r: r["loss"])], "linear"),
+      (grid[0][1], "normal term / L_a", [("normal", lambda r: r["normal"]),
+                                         ("L_a", lambda r: r["la"])], "linear"),
+      (grid[1][0], "BU weights: ESS / normal frames",
+       [("", lambda r: r["ess"] / max(r["frames_normal"], 1.0))], "linear"),
+      (grid[1][1], "BU weights: max / min", [("", lambda r: r["w_max"] / max(r["w_min"],
+                                                                              1e-30))], "log"),
+  ]
+  colors = dict(zip(data, _colors(len(data))))
+  for axes, title, curves, scale in panels:
+    for name, rows in data.items():
+      for (label, fn), style in zip(curves, ("-", "--")):
+        try:
+          x, y = series(rows, fn)
+        except (KeyError, TypeError, ZeroDivisionError):
+          continue
+        axes.plot(x, y, style, color=colors[name], linewidth=1.0,
+                  label=f"{name} {label}".strip())
+    axes.set(title=title, xlabel="step", yscale=scale)
+    axes.legend(fontsize="small")
+  return save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------
+# The ring experiment (paper section 4.1).
+# --------------------------------------------------------------------------
+
+_METHOD_STYLE = {"re": dict(color="tab:green", linestyle=":", label="RE"),
+                 "snp": dict(color="tab:blue", linestyle="--", label="SNP"),
+                 "bu": dict(color="tab:red", linestyle="-", label="BU")}
+
+
+def plot_ring_densities(path: PathLike, densities: Mapping[str, np.ndarray], *,
+                        extent: tuple[float, float], normal_radius: float) -> str:
+  """Fig. 2: the model density q_theta on a square grid per method.
+
+  Args:
+    path: output PNG path.
+    densities: {method ("re", "snp" or "bu"): q_theta on the grid, rows x2}.
+    extent: (low, high) of both axes.
+    normal_radius: radius of the dotted circle (the normal data's ring).
+  """
+  from matplotlib.patches import Circle  # pylint: disable=g-import-not-at-top
+  vmax = max(v.max() for v in densities.values())
+  lo, hi = extent
+  figure = new_figure((4.0 * len(densities) + 1.0, 4.0))
+  axes = figure.subplots(1, len(densities), squeeze=False)[0]
+  for ax, (method, values) in zip(axes, densities.items()):
+    image = ax.imshow(values, origin="lower", extent=(lo, hi, lo, hi),
+                      vmin=0.0, vmax=vmax, cmap="viridis")
+    ax.add_patch(Circle((0, 0), normal_radius, fill=False, color="white",
+                        linestyle=":", linewidth=1.5))
+    ax.set(title=f"{_METHOD_STYLE[method]['label']}: $q_\\theta(x)$", xlabel="$x_1$",
+           ylabel="$x_2$")
+  figure.colorbar(image, ax=list(axes), shrink=0.9)
+  return save_figure(figure, path)
+
+
+def plot_ring_line_scores(path: PathLike, x1: np.ndarray, scores: Mapping[str, np.ndarray], *,
+                          anomalous_band: tuple[float, float]) -> str:
+  """Fig. 3: the anomaly score A(x) on the line x2 = 0 per method.
+
+  Args:
+    path: output PNG path.
+    x1: the points on the line.
+    scores: {method ("re", "snp" or "bu"): A(x) at ``x1``}.
+    anomalous_band: (inner, outer) radius of the anomalous ring, shaded on
+      both sides of 0.
+  """
+  figure = new_figure((6.0, 3.5))
+  ax = figure.subplots()
+  inner, outer = anomalous_band
+  for side in (-1, 1):
+    ax.axvspan(side * inner, side * outer, color="gold", alpha=0.35, linewidth=0)
+  for method, values in scores.items():
+    ax.plot(x1, values, **_METHOD_STYLE[method])
+  ax.set(xlim=(x1[0], x1[-1]), xlabel="$x_1$ ($x_2 = 0$)",
+         ylabel="anomaly score $A(x)$")
+  ax.legend()
+  return save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------
+# Recordings scored by experiments.score (bu_jax.detect).
+# --------------------------------------------------------------------------
+
+_PLOT_POINTS = 4000  # Longer score curves are max-pooled to about this many points.
+
+
+def _pooled(times: np.ndarray, scores: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+  """Max-pools a long curve to about ``points`` points (peaks stay visible)."""
+  if scores.size <= points:
+    return times, scores
+  block = -(-scores.size // points)
+  n = -(-scores.size // block) * block
+  padded = np.pad(scores, (0, n - scores.size), constant_values=-np.inf)
+  return times[::block], padded.reshape(-1, block).max(axis=1)
+
+
+def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
+  """PNG of one recording's frame scores over time, the threshold φ and the events.
+
+  Args:
+    path: output PNG path.
+    title: usually the recording's path; its base name is shown.
+    result: a ``detect.FrameResult`` (times_s, frame_scores, events, label,
+      threshold).
+  """
+  times, scores = _pooled(result.times_s, result.frame_scores, _PLOT_POINTS)
+  return plot_scores_over_time(
+      path, {"A(x_t)": [(f"{os.path.basename(title)}: {result.label}, "
+                         f"{len(result.events)} event(s)", times, scores, list(result.events))]},
+      thresholds={"A(x_t)": result.threshold})
+
+
+def write_frame_score_plots(directory: PathLike, results: Sequence[tuple[str, Any]]) -> list[str]:
+  """One ``<stem>.png`` per ``(path, FrameResult)`` in ``directory`` (names made unique)."""
+  written, used = [], set()
+  for name, result in results:
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", pathlib.Path(name).stem) or "recording"
+    candidate, k = stem, 1
+    while candidate in used:
+      k += 1
+      candidate = f"{stem}_{k}"
+    used.add(candidate)
+    written.append(plot_frame_scores(pathlib.Path(directory) / f"{candidate}.png", name, result))
+  return written

@@ -1,0 +1,104 @@
+"""Tests for bu_jax.plots: every figure is a PNG, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+
+from bu_jax import plots
+
+
+def _png_ok(path):
+  assert os.path.getsize(path) > 1000
+  with open(path, "rb") as file:
+    assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluation_plots_write_png(tmp_path):
+  rng = np.random.default_rng(1)
+  labels = np.array([0] * 20 + [1] * 10)
+  roc = {"AE": (labels, rng.normal(size=30) + labels),
+         "BU": (labels, rng.normal(size=30) + 3 * labels)}
+  _png_ok(plots.plot_roc(tmp_path / "roc.png", roc, max_fpr=0.1))
+
+  times = np.arange(50) * 0.016
+  over_time = {
+      method: [("normal", times, rng.random(50)),
+               ("rare normal", times, rng.random(50) + 1),
+               ("anomalous", times, rng.random(50) * 3, [(0.2, 0.4)])]
+      for method in ("RE", "SNP", "BU")}
+  thresholds = {"RE": 0.8, "SNP": 1.2, "BU": 1.5}
+  _png_ok(plots.plot_scores_over_time(tmp_path / "time.png", over_time,
+                                      thresholds=thresholds))
+  _png_ok(plots.plot_scores_over_time(tmp_path / "overlay.png", over_time,
+                                      thresholds=thresholds, overlay=True))
+
+  histograms = {m: {"normal": rng.random(40), "rare": rng.random(5) + 1,
+                    "anomalous": rng.random(20) + 2}
+                for m in ("SNP", "BU")}
+  histograms["BU"]["rare"] = []  # empty groups are skipped
+  _png_ok(plots.plot_score_histogram(tmp_path / "sub" / "hist.png",
+                                     histograms, thresholds=thresholds))
+
+
+def test_plot_scores_over_time_rejects_mismatched_clips(tmp_path):
+  t = np.arange(3.0)
+  with pytest.raises(ValueError, match="same"):
+    plots.plot_scores_over_time(tmp_path / "x.png", {"A": [("a", t, t)], "B": []})
+
+
+def test_plot_training_reads_metrics_files_and_skips_damaged_lines(tmp_path):
+  rows = [{"step": s, "loss": 1.0 / (s + 1), "normal": 0.5, "la": 0.1, "ess": 8.0,
+           "frames_normal": 10.0, "w_max": 2.0, "w_min": 0.5} for s in range(40)]
+  path = tmp_path / "bu" / "metrics.jsonl"
+  path.parent.mkdir()
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 40, "lo')
+  _png_ok(plots.plot_training(tmp_path / "training.png", {"bu": path}))
+  assert plots.plot_training(tmp_path / "none.png", {"re": tmp_path / "missing"}) is None
+  assert not (tmp_path / "none.png").exists()
+
+
+def test_ring_and_recording_plots_write_png(tmp_path):
+  edges = np.linspace(-3, 3, 9)
+  densities = {m: np.random.default_rng(0).random((8, 8)) for m in ("re", "bu")}
+  _png_ok(plots.plot_ring_densities(tmp_path / "fig2.png", densities,
+                                    extent=(edges[0], edges[-1]), normal_radius=2.0))
+  x1 = np.linspace(-3, 3, 31)
+  _png_ok(plots.plot_ring_line_scores(tmp_path / "fig3.png", x1, {"snp": x1**2},
+                                      anomalous_band=(2.0, 3.0)))
+  # A long recording is max-pooled to about 4000 points: the peak stays.
+  scores = np.zeros(10_001)
+  scores[7777] = 5.0
+  result = types.SimpleNamespace(times_s=np.arange(scores.size) * 0.01, frame_scores=scores,
+                                 events=[(77.0, 78.0)], label="anomalous", threshold=1.0)
+  times, pooled = plots._pooled(result.times_s, scores, 4000)  # pylint: disable=protected-access
+  assert pooled.size <= 4000 and pooled.max() == 5.0 and times.size == pooled.size
+  written = plots.write_frame_score_plots(tmp_path / "plots", [("a/x y.wav", result),
+                                                               ("b/x y.wav", result)])
+  assert [os.path.basename(p) for p in written] == ["x_y.png", "x_y_2.png"]
+  for path in written:
+    _png_ok(path)
+
+
+def test_save_figure_leaves_no_partial_file_when_rendering_fails(tmp_path, monkeypatch):
+  figure = plots.new_figure((2.0, 2.0))
+  figure.subplots().plot([0, 1], [0, 1])
+  path = tmp_path / "figure.png"
+  plots.save_figure(figure, path)
+  before = path.read_bytes()
+
+  def broken_savefig(target, **kwargs):
+    target.write(b"\x89PNG half a figure")
+    raise RuntimeError("renderer failed")
+
+  monkeypatch.setattr(figure, "savefig", broken_savefig)
+  with pytest.raises(RuntimeError, match="renderer failed"):
+    plots.save_figure(figure, path)
+  with pytest.raises(RuntimeError, match="renderer failed"):
+    plots.save_figure(figure, tmp_path / "new.png")
+  assert path.read_bytes() == before  # the old figure is intact
+  assert sorted(os.listdir(tmp_path)) == ["figure.png"]  # no partial or temporary file
