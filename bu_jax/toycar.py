@@ -700,13 +700,13 @@ def run(settings: Settings) -> dict:
     fileio.write_json(results_path, results)
     print(f"[{REFERENCE}] PCA, {settings.reference_components} components: AUC mean "
           f"{res['auc']['mean']:.3f}", flush=True)
-  plots = _plots(settings.workdir, data, material)
+  figures = _plots(settings.workdir, data, material)
   training = plots.plot_training(
       os.path.join(settings.workdir, "training.png"),
       {loss: os.path.join(settings.workdir, loss, "metrics.jsonl") for loss in settings.losses})
   if training:
-    plots.append(training)
-  results["plots"] = [os.path.basename(p) for p in plots]
+    figures.append(training)
+  results["plots"] = [os.path.basename(p) for p in figures]
   fileio.write_json(results_path, results)
   print(format_table(results, methods), flush=True)
   print(f"Results in {results_path}", flush=True)
