@@ -1,0 +1,128 @@
+"""Where the rare-normal clips' scores come from: frame scores inside and outside the rare segment.
+
+    python -m benchmarks.rare_frames --workdir=runs/realaudio/seed0 [--root=/tmp/realaudio-dev]
+
+For every trained loss of a toy-car workdir on the realaudio-dev set (see
+``benchmarks.realaudio``), scores the normal clips of ``train/`` and of one
+test folder with the saved model and prints one JSON line per (loss, split):
+the mean over clips of the clip score (max over interior frames, eq. 11) of
+frequent-mode and rare-mode clips, their ratio, the median frame score inside
+the rare segment and outside it, and the fraction of rare clips whose
+highest frame lies inside the rare segment (``metadata.csv``'s
+``rare_start_s`` / ``rare_dur_s``). It says whether a rare-vs-frequent AUC
+comes from the rare mode itself (max inside the segment) or from scores that
+are high everywhere, and whether the gap is one of fit (``train``) or of
+generalization (the test folder).
+
+``--weights`` adds one line per batch of 10 random 3-s training segments: the
+share of the BU weights (eq. 16) that falls on rare-segment frames, with the
+paper's band-width and with ``kde.contrast_sigma``, on the standardized frames.
+"""
+
+import argparse
+import csv
+import os
+
+import numpy as np
+
+from benchmarks._common import emit
+from bu_jax import audio
+from bu_jax import detect
+from bu_jax import features as features_lib
+from bu_jax import kde
+from bu_jax import models
+
+
+def _rare_mask(row: dict, times_s: np.ndarray) -> np.ndarray:
+  if row["rare"] != "1":
+    return np.zeros(len(times_s), bool)
+  start, duration = float(row["rare_start_s"]), float(row["rare_dur_s"])
+  return (times_s >= start) & (times_s <= start + duration)
+
+
+def frame_summary(detector, rows, root: str, machine: str) -> dict:
+  """Clip and frame statistics of one split's normal clips (see the module doc)."""
+  feat = detector.preset.features
+  out = {"frequent_max": [], "rare_max": [], "rare_in_median": [], "rare_out_median": [],
+         "frequent_median": [], "rare_max_in_segment": []}
+  for row in rows:
+    wave = audio.load_wav(os.path.join(root, "dev_data", machine, row["file"]),
+                          sr=feat.sample_rate)
+    result = detector.score(wave, name=row["file"])
+    inner = feat.interior(len(wave))
+    scores, times = np.asarray(result.frame_scores)[inner], np.asarray(result.times_s)[inner]
+    rare = _rare_mask(row, times)
+    if rare.any():
+      out["rare_max"].append(scores.max())
+      out["rare_in_median"].append(np.median(scores[rare]))
+      out["rare_out_median"].append(np.median(scores[~rare]))
+      out["rare_max_in_segment"].append(float(rare[np.argmax(scores)]))
+    else:
+      out["frequent_max"].append(scores.max())
+      out["frequent_median"].append(np.median(scores))
+  summary = {k: round(float(np.mean(v)), 3) for k, v in out.items() if v}
+  if "rare_max" in summary and "frequent_max" in summary:
+    summary["rare_over_frequent_max"] = round(summary["rare_max"] / summary["frequent_max"], 3)
+  return summary
+
+
+def weight_shares(rows, root: str, machine: str, *, batches: int, seed: int = 0):
+  """Share of eq. (16)'s weights on rare-segment frames, per random training batch."""
+  feat = models.preset("fcn40-small").features
+  frames, rare = [], []
+  for row in rows:
+    wave = audio.load_wav(os.path.join(root, "dev_data", machine, row["file"]),
+                          sr=feat.sample_rate)
+    x = np.asarray(features_lib.extract(wave, config=feat))
+    inner = feat.interior(len(wave))
+    times = np.arange(x.shape[0]) * feat.hop_length / feat.sample_rate
+    frames.append(x[inner])
+    rare.append(_rare_mask(row, times[inner]))
+  stacked = np.concatenate(frames)
+  mean, std = stacked.mean(0), stacked.std(0)
+  rng = np.random.default_rng(seed)
+  length = int(round(3.0 * feat.sample_rate / feat.hop_length))
+  for batch in range(batches):
+    xs, rs = [], []
+    for i in rng.choice(len(frames), 10, replace=False):
+      start = rng.integers(0, len(frames[i]) - length)
+      xs.append(frames[i][start:start + length])
+      rs.append(rare[i][start:start + length])
+    x, r = (np.concatenate(xs) - mean) / std, np.concatenate(rs)
+    if not r.any():
+      continue
+    base = 1.0 / (2 * feat.dim)
+    for name, sigma in (("paper", base), ("contrast", float(kde.contrast_sigma(x, base_sigma=base)))):
+      w = np.asarray(kde.kde_weights(x.astype(np.float32), sigma=sigma, eps=1e-6))
+      emit(benchmark="rare_frames", batch=batch, bandwidth=name, sigma_times_2d=sigma * 2 * feat.dim,
+           rare_frame_fraction=round(float(r.mean()), 3),
+           rare_weight_share=round(float(w[r].sum() / w.sum()), 3),
+           weight_max_over_min=round(float(w.max() / w.min()), 1),
+           ess_fraction=round(float(w.sum() ** 2 / (w ** 2).sum() / len(w)), 3))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True, help="a toy-car workdir trained on the set")
+  parser.add_argument("--root", default="/tmp/realaudio-dev", help="built realaudio-dev set")
+  parser.add_argument("--machine", default="engine_b")
+  parser.add_argument("--test_folder", default="test_anr-10dB")
+  parser.add_argument("--losses", default="re,snp,bu")
+  parser.add_argument("--weights", type=int, default=0, help="batches for the weight shares")
+  args = parser.parse_args()
+  with open(os.path.join(args.root, "metadata.csv"), newline="") as f:
+    meta = [r for r in csv.DictReader(f) if r["label"] == "normal"]
+  splits = {split: [r for r in meta if r["split"] == split] for split in ("train", args.test_folder)}
+  for loss in args.losses.split(","):
+    if not os.path.isdir(os.path.join(args.workdir, loss)):
+      continue
+    detector = detect.load_detector(args.workdir, loss=loss)
+    for split, rows in splits.items():
+      emit(benchmark="rare_frames", workdir=args.workdir, loss=loss, split=split,
+           **frame_summary(detector, rows, args.root, args.machine))
+  if args.weights:
+    weight_shares(splits["train"], args.root, args.machine, batches=args.weights)
+
+
+if __name__ == "__main__":
+  main()
