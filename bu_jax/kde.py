@@ -49,13 +49,11 @@ def _all_gather(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
   return jax.lax.all_gather(x, axis_name, tiled=True)
 
 
-def _local_rows(x_global: jax.Array, m_local: int,
-                axis_name: Optional[str]) -> tuple[jax.Array, jax.Array]:
-  """This device's rows of an all-gathered array, and their global offset."""
+def _local_index(m_local: int, axis_name: Optional[str]) -> jax.Array:
+  """Global indices of this device's rows in an all-gathered array."""
   if axis_name is None:
-    return x_global, jnp.zeros((), jnp.int32)
-  offset = jax.lax.axis_index(axis_name) * m_local
-  return jax.lax.dynamic_slice_in_dim(x_global, offset, m_local), offset
+    return jnp.arange(m_local)
+  return jax.lax.axis_index(axis_name) * m_local + jnp.arange(m_local)
 
 
 def _as_mask(mask: Optional[jax.Array], m: int) -> jax.Array:
@@ -134,6 +132,67 @@ def _center(x: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.where(w, x - mean, 0.0)
 
 
+def _global_rows(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[str], *,
+                 standardize_features: bool, groups: Optional[jax.Array] = None,
+                 memory: Optional[jax.Array] = None,
+                 memory_mask: Optional[jax.Array] = None):
+  """The reference rows of eq. (15)'s sum, ready for the distances.
+
+  All-gathers ``x``, its mask and ``groups`` along ``axis_name``, appends the
+  ``memory`` rows (the same on every device; a group of their own), then
+  standardizes (section 4.2.2) or only centres all of them over the valid rows.
+
+  Returns:
+    ``(z, valid, groups, valid_local)``: (N, D) float32 rows, (N,) booleans,
+    (N,) group ids or None, and this device's (M_local,) mask.
+  """
+  valid_local = _as_mask(mask, x.shape[0])
+  z = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
+  valid = _all_gather(valid_local, axis_name)
+  if groups is not None:
+    groups = _all_gather(jnp.asarray(groups), axis_name)
+  if memory is not None:
+    z = jnp.concatenate([z, jnp.asarray(memory, jnp.float32)])
+    valid = jnp.concatenate([valid, _as_mask(memory_mask, memory.shape[0])])
+    if groups is not None:  # one id no batch row has
+      own = jnp.max(groups, initial=0) + 1
+      groups = jnp.concatenate([groups, jnp.full((memory.shape[0],), own, groups.dtype)])
+  z = standardize(z, mask=valid) if standardize_features else _center(z, valid)
+  return z, valid, groups, valid_local
+
+
+def _mean_kernels(z: jax.Array, valid: jax.Array, probe: jax.Array, *,
+                  sigmas: Sequence[Any],
+                  groups: Optional[jax.Array] = None) -> list[jax.Array]:
+  """Eq. (15)'s K(z_p) for the probe rows ``z[probe]`` against the valid rows of ``z``.
+
+  The one computation behind ``kde_density``, ``contrast_sigma`` and
+  ``kde_weights_with_memory``: the (P, N) distances once, then one kernel
+  mean per band-width. A probe row's distance to itself is exactly 0 (the
+  Gram form leaves rounding). With ``groups`` a probe row skips the other
+  rows of its own group and K is the mean over the rows it keeps; without,
+  the mean over all valid rows.
+
+  Returns:
+    One (P,) float32 array per entry of ``sigmas``.
+  """
+  is_self = probe[:, None] == jnp.arange(z.shape[0])[None, :]
+  dist = jnp.where(is_self, 0.0, pairwise_sq_distances(z[probe], z))  # (P, N)
+  use = valid[None, :]
+  if groups is None:
+    count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+  else:
+    use = use & ((groups[probe][:, None] != groups[None, :]) | is_self)
+    count = jnp.maximum(jnp.sum(use.astype(jnp.float32), axis=1), 1.0)
+  return [jnp.sum(jnp.where(use, jnp.exp(-sigma * dist), 0.0), axis=1) / count
+          for sigma in sigmas]
+
+
+def _weights_from_density(density: jax.Array, valid: jax.Array, eps) -> jax.Array:
+  """w = 1 / (K + eps) of eq. (16) for the valid rows, 0 elsewhere; no gradient."""
+  return jax.lax.stop_gradient(jnp.where(valid, 1.0 / (density + eps), 0.0))
+
+
 def kde_density(x: jax.Array, *, sigma: float,
                 mask: Optional[jax.Array] = None,
                 axis_name: Optional[str] = None,
@@ -170,31 +229,11 @@ def kde_density(x: jax.Array, *, sigma: float,
     ValueError: ``sigma`` is a number that is not finite and > 0.
   """
   _check_hyperparameter("sigma", sigma)
-  m_local = x.shape[0]
-  valid_local = _as_mask(mask, m_local)
-  x_all = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
-  valid_all = _all_gather(valid_local, axis_name)
-  if standardize_features:
-    x_all = standardize(x_all, mask=valid_all)
-  else:
-    x_all = _center(x_all, valid_all)
-  x_loc, offset = _local_rows(x_all, m_local, axis_name)
-  dist = pairwise_sq_distances(x_loc, x_all)  # (M_local, M)
-  # A frame's distance to itself is exactly 0 (the Gram form leaves rounding).
-  cols = jnp.arange(x_all.shape[0])[None, :]
-  rows = jnp.arange(m_local)[:, None] + offset
-  dist = jnp.where(cols == rows, 0.0, dist)
-  use = valid_all[None, :]
-  if groups is not None:
-    g_all = _all_gather(jnp.asarray(groups), axis_name)
-    g_loc, _ = _local_rows(g_all, m_local, axis_name)
-    use = use & ((g_loc[:, None] != g_all[None, :]) | (cols == rows))
-  kern = jnp.where(use, jnp.exp(-sigma * dist), 0.0)
-  if groups is None:
-    count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32)), 1.0)
-  else:
-    count = jnp.maximum(jnp.sum(use.astype(jnp.float32), axis=1), 1.0)
-  return jnp.where(valid_local, jnp.sum(kern, axis=1) / count, 0.0)
+  z, valid, groups, valid_local = _global_rows(
+      x, mask, axis_name, standardize_features=standardize_features, groups=groups)
+  (density,) = _mean_kernels(z, valid, _local_index(x.shape[0], axis_name), sigmas=[sigma],
+                             groups=groups)
+  return jnp.where(valid_local, density, 0.0)
 
 
 def kde_weights(x: jax.Array, *, sigma: float, eps: float = 1e-6,
@@ -228,9 +267,7 @@ def kde_weights(x: jax.Array, *, sigma: float, eps: float = 1e-6,
   _check_hyperparameter("eps", eps, allow_zero=True)
   density = kde_density(x, sigma=sigma, mask=mask, axis_name=axis_name,
                         standardize_features=standardize_features, groups=groups)
-  valid = _as_mask(mask, x.shape[0])
-  w = jnp.where(valid, 1.0 / (density + eps), 0.0)
-  return jax.lax.stop_gradient(w)
+  return _weights_from_density(density, _as_mask(mask, x.shape[0]), eps)
 
 
 def weight_stats(weights: jax.Array, *, mask: Optional[jax.Array] = None,
@@ -305,29 +342,17 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
   _check_hyperparameter("base_sigma", base_sigma)
   if not factors or any(not (math.isfinite(f) and f > 0) for f in factors):
     raise ValueError(f"factors must be positive finite numbers, got {factors}")
-  m_local = x.shape[0]
-  valid_all = _all_gather(_as_mask(mask, m_local), axis_name)
-  x_all = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
-  x_all = (standardize(x_all, mask=valid_all) if standardize_features
-           else _center(x_all, valid_all))
-  m = x_all.shape[0]
+  z, valid, groups, _ = _global_rows(x, mask, axis_name,
+                                     standardize_features=standardize_features, groups=groups)
+  m = z.shape[0]
   probe = jnp.asarray(np.unique(np.linspace(0, m - 1, min(probe_rows, m)).astype(np.int32)))
-  dist = pairwise_sq_distances(x_all[probe], x_all)  # (P, M)
-  dist = jnp.where(probe[:, None] == jnp.arange(m)[None, :], 0.0, dist)
-  probe_valid = valid_all[probe].astype(jnp.float32)
-  use = valid_all[None, :]
-  if groups is not None:
-    g_all = _all_gather(jnp.asarray(groups), axis_name)
-    use = use & ((g_all[probe][:, None] != g_all[None, :])
-                 | (probe[:, None] == jnp.arange(m)[None, :]))
-    count = jnp.maximum(jnp.sum(use.astype(jnp.float32), axis=1), 1.0)
-  else:
-    count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32)), 1.0)
+  densities = _mean_kernels(z, valid, probe, sigmas=[f * base_sigma for f in factors],
+                            groups=groups)
+  probe_valid = valid[probe].astype(jnp.float32)
   n_probe = jnp.maximum(jnp.sum(probe_valid), 1.0)
   spreads = []
-  for f in factors:
-    kern = jnp.where(use, jnp.exp(-(f * base_sigma) * dist), 0.0)
-    log_k = jnp.log(jnp.maximum(jnp.sum(kern, axis=1) / count, 1e-30))
+  for density in densities:
+    log_k = jnp.log(jnp.maximum(density, 1e-30))
     mean = jnp.sum(probe_valid * log_k) / n_probe
     spreads.append(jnp.sum(probe_valid * jnp.square(log_k - mean)) / n_probe)
   best = jnp.argmax(jnp.stack(spreads))
@@ -342,11 +367,13 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
 # ----------------------------------------------------------------------------
 
 
-def kde_weights_with_memory(x: jax.Array, memory: jax.Array, *, sigma,
+def kde_weights_with_memory(x: jax.Array, memory: jax.Array, *, sigma: float,
                             eps: float = 1e-6,
                             mask: Optional[jax.Array] = None,
                             memory_mask: Optional[jax.Array] = None,
-                            axis_name: Optional[str] = None) -> jax.Array:
+                            axis_name: Optional[str] = None,
+                            standardize_features: bool = True,
+                            groups: Optional[jax.Array] = None) -> jax.Array:
   """Eq. (16)'s weights with eq. (15)'s sum over the batch *and* a memory.
 
   K(x_i) = 1/N sum_j exp(-sigma ||z_i - z_j||^2), where j runs over the valid
@@ -361,39 +388,29 @@ def kde_weights_with_memory(x: jax.Array, memory: jax.Array, *, sigma,
   Args:
     x: (M_local, D) features of this device's normal frames.
     memory: (B, D) remembered frames, the same on every device.
-    sigma: kernel parameter (> 0; may be a traced scalar).
-    eps: epsilon of w = 1 / (K + eps), >= 0.
+    sigma: kernel parameter sigma > 0 (finite) of eq. (15); may be traced.
+    eps: epsilon >= 0 (finite) of eq. (16).
     mask: optional (M_local,) valid rows of ``x``.
     memory_mask: optional (B,) valid rows of ``memory`` (e.g. not yet filled).
     axis_name: mesh axis inside ``jax.shard_map``.
+    standardize_features: see ``kde_density``.
+    groups: see ``kde_density``; a batch frame's sum skips the other batch
+      frames of its group, never a memory row.
 
   Returns:
     (M_local,) weights, 0 for masked rows; no gradient.
+
+  Raises:
+    ValueError: ``sigma`` or ``eps`` is a number out of range.
   """
   _check_hyperparameter("sigma", sigma)
   _check_hyperparameter("eps", eps, allow_zero=True)
-  m_local = x.shape[0]
-  valid_local = _as_mask(mask, m_local)
-  x_all = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
-  valid_all = _all_gather(valid_local, axis_name)
-  memory = jnp.asarray(memory, jnp.float32)
-  mem_valid = _as_mask(memory_mask, memory.shape[0])
-  m = x_all.shape[0]
-  z = standardize(jnp.concatenate([x_all, memory]), mask=jnp.concatenate([valid_all, mem_valid]))
-  z_batch, z_mem = z[:m], z[m:]
-  z_loc, offset = _local_rows(z_batch, m_local, axis_name)
-  d_batch = pairwise_sq_distances(z_loc, z_batch)
-  cols = jnp.arange(m)[None, :]
-  rows = jnp.arange(m_local)[:, None] + offset
-  d_batch = jnp.where(cols == rows, 0.0, d_batch)
-  k_batch = jnp.where(valid_all[None, :], jnp.exp(-sigma * d_batch), 0.0)
-  k_mem = jnp.where(mem_valid[None, :], jnp.exp(-sigma * pairwise_sq_distances(z_loc, z_mem)),
-                    0.0)
-  count = jnp.maximum(jnp.sum(valid_all.astype(jnp.float32))
-                      + jnp.sum(mem_valid.astype(jnp.float32)), 1.0)
-  density = (jnp.sum(k_batch, axis=1) + jnp.sum(k_mem, axis=1)) / count
-  w = jnp.where(valid_local, 1.0 / (density + eps), 0.0)
-  return jax.lax.stop_gradient(w)
+  z, valid, groups, valid_local = _global_rows(
+      x, mask, axis_name, standardize_features=standardize_features, groups=groups,
+      memory=memory, memory_mask=memory_mask)
+  (density,) = _mean_kernels(z, valid, _local_index(x.shape[0], axis_name), sigmas=[sigma],
+                             groups=groups)
+  return _weights_from_density(density, valid_local, eps)
 
 
 def memory_update(memory: jax.Array, memory_mask: jax.Array, x: jax.Array, *,

@@ -46,16 +46,17 @@ import time
 from typing import Any, Mapping, Sequence
 
 from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from bu_jax import fileio
+from bu_jax import kde
 from bu_jax import losses
 from bu_jax import models
 from bu_jax import plots
+from bu_jax import train as train_lib
 
 DIM = 2  # D
 NORMAL_RADIUS = 2.0
@@ -118,6 +119,9 @@ class RingConfig:
                        f"batch_size={self.batch_size}")
     if self.updates < 1 or self.log_every < 1 or self.grid_cells < 2:
       raise ValueError("updates, log_every must be >= 1 and grid_cells >= 2")
+    for name in ("learning_rate", "sigma", "lam"):  # finite and > 0
+      kde._check_hyperparameter(name, getattr(self, name))
+    kde._check_hyperparameter("eps", self.eps, allow_zero=True)
 
 
 # --------------------------------------------------------------------------
@@ -187,47 +191,42 @@ def minibatch(data: Mapping[str, jax.Array], key: jax.Array, step: jax.Array,
 # --------------------------------------------------------------------------
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Parameters and AMSGrad state of every method; ``step`` is shared."""
-
-  step: jax.Array
-  params: dict[str, Any]
-  opt_state: dict[str, Any]
-
-
 def _optimizer(config: RingConfig) -> optax.GradientTransformation:
   return optax.amsgrad(config.learning_rate)
 
 
 def method_loss(method: str, params, batch: Mapping[str, jax.Array], *,
                 config: RingConfig) -> jax.Array:
-  """J_RE (eq. 7), J_SNP (eq. 9) or J_BU (eq. 16) of ``VerificationAE``."""
+  """J_RE (eq. 7), J_SNP (eq. 9) or J_BU (eq. 16) of ``VerificationAE``.
+
+  The loss comes from the training engine's dispatch (``train.loss_by_name``);
+  BU's weights are eq. (15)'s KDE over the normal mini-batch.
+  """
   score = models.score_fn(models.VerificationAE())
   scores_u = score(params, batch["normal"])
-  if method == "re":
-    return losses.re_loss(scores_u)
-  scores_a = score(params, batch["anomalous"])
-  if method == "snp":
-    return losses.snp_loss(scores_u, scores_a, lam=config.lam)
-  return losses.bu_loss(scores_u, scores_a, batch["normal"], lam=config.lam,
-                        sigma=config.sigma, eps=config.eps,
-                        standardize_features=config.standardize)
+  scores_a = None if method == "re" else score(params, batch["anomalous"])
+  weights = None
+  if method == "bu":
+    weights = kde.kde_weights(batch["normal"], sigma=config.sigma, eps=config.eps,
+                              standardize_features=config.standardize)
+  loss, _ = train_lib.loss_by_name(method, scores_u, scores_a, lam=config.lam,
+                                   weights=weights)
+  return loss
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def init_state(key: jax.Array, *, config: RingConfig) -> TrainState:
+def init_state(key: jax.Array, *, config: RingConfig) -> train_lib.TrainState:
   """The same Glorot-initialized parameters for every method (sec. 4.1.1)."""
   params = models.VerificationAE().init(key, jnp.zeros((1, DIM)))["params"]
   tx = _optimizer(config)
-  return TrainState(
+  return train_lib.TrainState(
       step=jnp.zeros((), jnp.int32),
       params={m: params for m in config.methods},
       opt_state={m: tx.init(params) for m in config.methods})
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
-               config: RingConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: train_lib.TrainState, batch: Mapping[str, jax.Array], *,
+               config: RingConfig) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
   """One AMSGrad update of every method on the same mini-batch."""
   tx = _optimizer(config)
   params, opt_state, metrics = {}, {}, {}
@@ -238,7 +237,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
                                       state.params[m])
     params[m] = optax.apply_updates(state.params[m], updates)
     metrics[m] = loss
-  return TrainState(step=state.step + 1, params=params,
+  return train_lib.TrainState(step=state.step + 1, params=params,
                     opt_state=opt_state), metrics
 
 
@@ -266,9 +265,9 @@ def chunk_batches(data: Mapping[str, jax.Array], key: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_steps"))
-def train_chunk(state: TrainState, data: Mapping[str, jax.Array],
+def train_chunk(state: train_lib.TrainState, data: Mapping[str, jax.Array],
                 data_key: jax.Array, *, config: RingConfig, num_steps: int
-                ) -> tuple[TrainState, dict[str, jax.Array]]:
+                ) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
   """``num_steps`` updates with ``lax.scan``; metrics have a leading step axis.
 
   The mini-batches are those of ``minibatch`` (see ``chunk_batches``), so a
@@ -278,15 +277,6 @@ def train_chunk(state: TrainState, data: Mapping[str, jax.Array],
                           batch_size=config.batch_size)
   return jax.lax.scan(functools.partial(train_step, config=config), state,
                       batches)
-
-
-def _check_finite(metrics: Mapping[str, np.ndarray], first_step: int):
-  for method, values in metrics.items():
-    bad = ~np.isfinite(values)
-    if bad.any():
-      step = first_step + int(np.flatnonzero(bad)[0])
-      raise FloatingPointError(
-          f"non-finite {method} loss at update {step + 1}: {values[bad][0]}")
 
 
 def train(seed: int, *, config: RingConfig, progress: tuple[int, int] = (0, 1)
@@ -314,7 +304,9 @@ def train(seed: int, *, config: RingConfig, progress: tuple[int, int] = (0, 1)
     state, metrics = train_chunk(state, data, data_key, config=config,
                                  num_steps=n)
     metrics = jax.tree.map(np.asarray, metrics)
-    _check_finite(metrics, done)
+    for m, values in metrics.items():  # the training engine's guard
+      train_lib.raise_if_non_finite({"loss": values}, first_step=done, what=f"J_{m.upper()}",
+                                    checkpoints=False)
     done += n
     last = {m: float(v[-1]) for m, v in metrics.items()}
     elapsed = time.perf_counter() - start

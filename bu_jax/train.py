@@ -335,6 +335,48 @@ def check_corpus(config: TrainConfig, corpus: batch_lib.Corpus) -> None:
 # ------------------------------------------------------------------ the loss
 
 
+def loss_by_name(loss: str, scores_u: jax.Array, scores_a: Optional[jax.Array] = None, *,
+                 lam: float, weights: Optional[jax.Array] = None,
+                 mask_u: Optional[jax.Array] = None, mask_a: Optional[jax.Array] = None,
+                 axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
+  """The loss chosen by name, with its normal term: eqs. (7), (9) or (16).
+
+  The one dispatch of every training loop (this module's step and
+  ``bu_jax.ring``'s). BU takes its weights w_i from the caller (eq. 15's
+  ``kde.kde_weights`` or a variant: contrast band-width, memory, groups).
+
+  Args:
+    loss: "re" (eq. 7), "snp" (eq. 9) or "bu" (eq. 16).
+    scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames.
+    scores_a: (M_a,) scores of the (simulated) anomalous frames; unused
+      (may be None) for "re".
+    lam: lambda of eq. (10); unused for "re".
+    weights: (M_u,) BU weights w_i (eq. 16); required for "bu".
+    mask_u, mask_a: optional validity masks of the normal / anomalous frames.
+    axis_name: mesh axis inside ``jax.shard_map``, or None.
+
+  Returns:
+    ``(loss, normal)``: float32 scalars, the loss and its normal term (the
+    mean, or for BU the weighted mean, of the normal frames' scores).
+
+  Raises:
+    ValueError: an unknown ``loss``, "bu" without ``weights``, or an
+      out-of-range ``lam``.
+  """
+  if loss not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+  if loss == "bu":
+    if weights is None:
+      raise ValueError("loss 'bu' needs weights (kde.kde_weights)")
+    return losses.bu_loss_from_weights(scores_u, scores_a, weights, lam=lam, mask_u=mask_u,
+                                       mask_a=mask_a, axis_name=axis_name)
+  normal = losses.re_loss(scores_u, mask_u=mask_u, axis_name=axis_name)
+  if loss == "re":
+    return normal, normal
+  return losses.snp_loss(scores_u, scores_a, lam=lam, mask_u=mask_u, mask_a=mask_a,
+                         axis_name=axis_name), normal
+
+
 def _local_loss(params, step, corpus: batch_lib.Corpus, memory, *, config: TrainConfig,
                 mixtures_per_device: int):
   """Loss, metrics and the next KDE memory (None without one) inside ``shard_map``:
@@ -380,29 +422,22 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, memory, *, config: Train
     if memory is None:
       weights = kde.kde_weights(x[rows], sigma=sigma, eps=config.eps, mask=valid,
                                 axis_name=axis, groups=groups)
-      loss, normal_term = losses.bu_loss_from_weights(
-          scores[rows], scores, weights, lam=hyper["lam"], mask_u=valid, mask_a=anomalous,
-          axis_name=axis)
     else:
       weights = kde.kde_weights_with_memory(
           x[rows], memory["frames"], sigma=sigma, eps=config.eps, mask=valid,
-          memory_mask=memory["valid"], axis_name=axis)
-      loss, normal_term = losses.bu_loss_from_weights(
-          scores[rows], scores, weights, lam=hyper["lam"], mask_u=valid, mask_a=anomalous,
-          axis_name=axis)
+          memory_mask=memory["valid"], axis_name=axis, groups=groups)
       frames, mem_valid = kde.memory_update(
           memory["frames"], memory["valid"], x[rows], slot=step,
           rows_per_slot=config.kde_memory_rows, mask=valid, axis_name=axis)
       memory = {"frames": frames, "valid": mem_valid}
+    loss, normal_term = loss_by_name("bu", scores[rows], scores, lam=hyper["lam"],
+                                     weights=weights, mask_u=valid, mask_a=anomalous,
+                                     axis_name=axis)
     stats = kde.weight_stats(weights, mask=valid, axis_name=axis)
     stats["sigma"] = jnp.asarray(sigma, jnp.float32)
   else:
-    if config.loss == "re":
-      loss = losses.re_loss(scores, mask_u=normal, axis_name=axis)
-    else:
-      loss = losses.snp_loss(scores, scores, lam=hyper["lam"], mask_u=normal,
-                             mask_a=anomalous, axis_name=axis)
-    normal_term = losses.re_loss(scores, mask_u=normal, axis_name=axis)
+    loss, normal_term = loss_by_name(config.loss, scores, scores, lam=hyper["lam"],
+                                     mask_u=normal, mask_a=anomalous, axis_name=axis)
     one = jnp.ones((), jnp.float32)
     stats = {"w_max": one, "w_min": one, "ess": count_u, "sigma": jnp.zeros((), jnp.float32)}
   metrics = {"loss": loss, "normal": normal_term, "la": la, **stats,
@@ -552,24 +587,29 @@ class NonFiniteLossError(FloatingPointError):
   one; states returned by the failing call are not.
   """
 
-  def __init__(self, step: int, loss: float):
+  def __init__(self, step: int, loss: float, *, what: str = "loss",
+               checkpoints: bool = True):
     self.step = int(step)
     self.loss = loss
-    super().__init__(f"non-finite loss {loss} at step {self.step}; resume from the last "
-                     f"checkpoint at or before step {self.step}")
+    hint = (f"; resume from the last checkpoint at or before step {self.step}"
+            if checkpoints else "")
+    super().__init__(f"non-finite {what} {loss} at step {self.step}{hint}")
 
 
-def raise_if_non_finite(metrics: Mapping[str, Any], *, first_step: int) -> None:
+def raise_if_non_finite(metrics: Mapping[str, Any], *, first_step: int, what: str = "loss",
+                        checkpoints: bool = True) -> None:
   """Raises ``NonFiniteLossError`` for the first non-finite ``metrics["loss"]``.
 
   ``metrics["loss"]`` is a scalar (one step) or a (k,) array (k steps starting
   at ``first_step``); host values (``jax.device_get``) avoid one transfer per
-  check.
+  check. ``what`` names the loss in the message; ``checkpoints=False`` drops
+  the hint to resume from a checkpoint, for loops that write none.
   """
   loss = np.atleast_1d(np.asarray(metrics["loss"]))
   bad = np.flatnonzero(~np.isfinite(loss))
   if bad.size:
-    raise NonFiniteLossError(first_step + int(bad[0]), float(loss[bad[0]]))
+    raise NonFiniteLossError(first_step + int(bad[0]), float(loss[bad[0]]), what=what,
+                             checkpoints=checkpoints)
 
 
 # ------------------------------------------------------------------ the loop

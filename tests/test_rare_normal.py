@@ -211,6 +211,27 @@ def test_memory_weights_reduce_to_batch_weights_and_count_the_memory():
       kde.kde_weights_with_memory(x, junk, sigma=sigma, memory_mask=mask), both, rtol=1e-4)
 
 
+def test_memory_weights_with_groups_skip_own_group_in_the_batch_only():
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((10, 3)).astype(np.float32)
+  mem = rng.standard_normal((5, 3)).astype(np.float32)
+  g = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+  sigma = 0.4
+  # an empty memory: kde_weights with the same groups
+  np.testing.assert_allclose(
+      kde.kde_weights_with_memory(x, mem, sigma=sigma, groups=g, memory_mask=np.zeros(5, bool)),
+      kde.kde_weights(x, sigma=sigma, groups=g), rtol=1e-6)
+  # against a NumPy loop: own group skipped among the batch rows, every memory row kept
+  both = np.concatenate([x, mem]).astype(np.float64)
+  z = (both - both.mean(0)) / both.std(0)
+  want = []
+  for i in range(10):
+    keep = [j for j in range(15) if j >= 10 or j == i or g[j] != g[i]]
+    want.append(1 / (np.mean([np.exp(-sigma * np.sum((z[i] - z[j]) ** 2)) for j in keep]) + 1e-6))
+  np.testing.assert_allclose(kde.kde_weights_with_memory(x, mem, sigma=sigma, groups=g), want,
+                             rtol=1e-4)
+
+
 def test_memory_update_is_a_ring_of_slots():
   mem = jnp.zeros((6, 2))
   valid = jnp.zeros(6, bool)

@@ -155,3 +155,29 @@ def test_entry_point(tmp_path, capsys):
                  methods=ring.METHODS, seeds=1)
   out = capsys.readouterr().out
   assert "D(U||q)" in out and "0.913" in out
+
+
+# --------------------------------------------- shared engine: guard and checks
+
+
+@pytest.mark.parametrize("name,value", [("sigma", 0.0), ("lam", -4.0), ("eps", -1e-6),
+                                        ("eps", float("nan")), ("learning_rate", 0.0)])
+def test_config_rejects_out_of_range_hyperparameters_naming_them(name, value):
+  with pytest.raises(ValueError, match=name):
+    ring.RingConfig(**{name: value})
+
+
+def test_non_finite_loss_raises_the_training_engines_error(monkeypatch):
+  from bu_jax import train  # pylint: disable=g-import-not-at-top
+  config = ring.RingConfig(methods=("re",), updates=4, log_every=2, num_samples=20,
+                           batch_size=10, grid_cells=2)
+  make = ring.make_dataset
+
+  def poisoned(key, *, num_samples):
+    data = make(key, num_samples=num_samples)
+    return {**data, "normal": data["normal"].at[:].set(jnp.nan)}
+
+  monkeypatch.setattr(ring, "make_dataset", poisoned)
+  with pytest.raises(train.NonFiniteLossError, match="J_RE nan at step 0$") as error:
+    ring.train(0, config=config)
+  assert error.value.step == 0

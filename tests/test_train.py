@@ -314,6 +314,28 @@ def test_raise_if_non_finite_names_the_step_inside_a_scanned_call():
     train.raise_if_non_finite({"loss": np.float32(np.nan)}, first_step=7)
 
 
+  with pytest.raises(train.NonFiniteLossError, match="non-finite J_BU inf at step 2$"):
+    train.raise_if_non_finite({"loss": np.array([np.inf])}, first_step=2, what="J_BU",
+                              checkpoints=False)
+
+
+def test_loss_by_name_is_the_losses_of_the_paper():
+  rng = np.random.default_rng(0)
+  su, sa = rng.uniform(0, 5, 6).astype(np.float32), rng.uniform(0, 50, 4).astype(np.float32)
+  w = rng.uniform(1, 3, 6).astype(np.float32)
+  mu, ma = np.arange(6) < 5, np.arange(4) < 3
+  kw = dict(lam=4.0, mask_u=mu, mask_a=ma)
+  re_ = losses.re_loss(su, mask_u=mu)
+  assert train.loss_by_name("re", su, None, **kw) == (re_, re_)
+  assert train.loss_by_name("snp", su, sa, **kw) == (losses.snp_loss(su, sa, **kw), re_)
+  assert train.loss_by_name("bu", su, sa, weights=w, **kw) == \
+      losses.bu_loss_from_weights(su, sa, w, **kw)
+  with pytest.raises(ValueError, match="weights"):
+    train.loss_by_name("bu", su, sa, **kw)
+  with pytest.raises(ValueError, match="loss must be one of"):
+    train.loss_by_name("pca", su, sa, **kw)
+
+
 def test_learning_rate_schedule_of_the_paper():
   config = train.TrainConfig()
   schedule = train.learning_rate_schedule(config)
