@@ -26,7 +26,6 @@ sigma = 1/(2D) on standardized features and lambda = 2M (M mel bands) for audio
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import jax
@@ -165,8 +164,7 @@ def bu_loss(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.Array,
             mask_u: Optional[jax.Array] = None,
             mask_a: Optional[jax.Array] = None,
             axis_name: Optional[str] = None,
-            standardize_features: bool = True,
-            has_aux: bool = False) -> jax.Array:
+            standardize_features: bool = True) -> jax.Array:
   """Batch-uniformization loss J_BU = sum_i w_i A(x_i^(u)) / sum_i w_i - L_a (eq. 16).
 
   w_i = 1 / (K(x_i^(u)) + eps) with the Gaussian KDE of eq. (15) over the
@@ -185,8 +183,6 @@ def bu_loss(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.Array,
     axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
     standardize_features: standardize the features per dimension before the
       KDE (True, the paper's section 4.2.2) or only centre them.
-    has_aux: deprecated; use ``bu_loss_with_aux``. When True, warns and returns
-      what ``bu_loss_with_aux`` returns.
 
   Returns:
     float32 scalar; -L_a when there is no valid normal frame (M_u = 0).
@@ -194,13 +190,9 @@ def bu_loss(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.Array,
   Raises:
     ValueError: ``lam``, ``sigma`` or ``eps`` is a number out of range.
   """
-  kwargs = dict(lam=lam, sigma=sigma, eps=eps, mask_u=mask_u, mask_a=mask_a,
-                axis_name=axis_name, standardize_features=standardize_features)
-  if has_aux:
-    warnings.warn("bu_loss(..., has_aux=True) is deprecated; use bu_loss_with_aux(...)",
-                  DeprecationWarning, stacklevel=2)
-    return bu_loss_with_aux(scores_u, scores_a, features_u, **kwargs)
-  return bu_loss_with_aux(scores_u, scores_a, features_u, **kwargs)[0]
+  return bu_loss_with_aux(scores_u, scores_a, features_u, lam=lam, sigma=sigma, eps=eps,
+                          mask_u=mask_u, mask_a=mask_a, axis_name=axis_name,
+                          standardize_features=standardize_features)[0]
 
 
 def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.Array,
@@ -254,6 +246,38 @@ def _weighted_loss_parts(scores_u, scores_a, weights, *, lam, mask_u, mask_a, ax
   return normal - la, normal, la
 
 
+def bu_loss_from_weights(scores_u: jax.Array, scores_a: jax.Array, weights: jax.Array, *,
+                         lam: float, mask_u: Optional[jax.Array] = None,
+                         mask_a: Optional[jax.Array] = None,
+                         axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
+  """J_BU (eq. 16) with weights computed elsewhere: sum w A / sum w - L_a.
+
+  For weightings other than eq. (15) on the batch alone, e.g.
+  ``kde.kde_weights`` at a band-width from ``kde.contrast_sigma``, or
+  ``kde.kde_weights_with_memory``. The weights get no gradient.
+
+  Args:
+    scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames.
+    scores_a: (M_a,) anomaly scores of the simulated anomalous frames.
+    weights: (M_u,) non-negative weights w_i.
+    lam: lambda > 0 (finite) of eq. (10).
+    mask_u, mask_a: optional validity masks.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
+
+  Returns:
+    ``(loss, normal)``: the float32 scalar J_BU and its weighted normal term;
+    ``normal`` is 0 and ``loss`` is -L_a when no valid normal frame has a
+    positive weight (M_u = 0).
+
+  Raises:
+    ValueError: ``lam`` is a number that is not finite and > 0.
+  """
+  kde._check_hyperparameter("lam", lam)
+  loss, normal, _ = _weighted_loss_parts(scores_u, scores_a, weights, lam=lam, mask_u=mask_u,
+                                         mask_a=mask_a, axis_name=axis_name)
+  return loss, normal
+
+
 def paper_hyperparameters(*, dim: int, n_mels: Optional[int] = None) -> dict:
   """sigma (eq. 15) and lambda (eq. 10) as in the paper.
 
@@ -275,30 +299,3 @@ def paper_hyperparameters(*, dim: int, n_mels: Optional[int] = None) -> dict:
 
 
 LOSSES = ("re", "snp", "bu")
-
-
-def bu_loss_from_weights(scores_u: jax.Array, scores_a: jax.Array, weights: jax.Array, *,
-                         lam: float, mask_u: Optional[jax.Array] = None,
-                         mask_a: Optional[jax.Array] = None,
-                         axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
-  """J_BU (eq. 16) with weights computed elsewhere: sum w A / sum w - L_a.
-
-  For weightings other than eq. (15) on the batch alone, e.g.
-  ``kde.kde_weights`` at a band-width from ``kde.contrast_sigma``, or
-  ``kde.kde_weights_with_memory``. The weights get no gradient.
-
-  Args:
-    scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames.
-    scores_a: (M_a,) anomaly scores of the simulated anomalous frames.
-    weights: (M_u,) non-negative weights w_i.
-    lam: lambda > 0 (finite) of eq. (10).
-    mask_u, mask_a: optional validity masks.
-    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
-
-  Returns:
-    ``(loss, normal)``: the float32 scalar J_BU and its weighted normal term.
-  """
-  kde._check_hyperparameter("lam", lam)
-  loss, normal, _ = _weighted_loss_parts(scores_u, scores_a, weights, lam=lam, mask_u=mask_u,
-                                         mask_a=mask_a, axis_name=axis_name)
-  return loss, normal

@@ -294,6 +294,8 @@ def test_bu_composes_with_a_plain_function_model():
 
 GARBAGE = st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38])
 M_VALID, M_PAD, M_A = 10, 6, 7
+# every public loss: eqs. (7), (9) and (16) three ways
+ALL_LOSSES = ("re", "snp", "bu", "bu_with_aux", "bu_from_weights")
 
 
 def _loss_of(name, su, sa, xu, mu=None, ma=None, standardize=True):
@@ -301,8 +303,14 @@ def _loss_of(name, su, sa, xu, mu=None, ma=None, standardize=True):
     return losses.re_loss(su, mask_u=mu)
   if name == "snp":
     return losses.snp_loss(su, sa, lam=LAM, mask_u=mu, mask_a=ma)
-  return losses.bu_loss(su, sa, xu, lam=LAM, mask_u=mu, mask_a=ma,
-                        standardize_features=standardize)
+  kwargs = dict(lam=LAM, mask_u=mu, mask_a=ma)
+  if name == "bu_from_weights":
+    w = kde.kde_weights(xu, sigma=SIGMA, mask=mu, standardize_features=standardize)
+    if mu is not None:  # garbage weights in the masked-out rows, too
+      w = jnp.where(mu, w, jnp.nan)
+    return losses.bu_loss_from_weights(su, sa, w, **kwargs)[0]
+  fn = losses.bu_loss if name == "bu" else lambda *a, **k: losses.bu_loss_with_aux(*a, **k)[0]
+  return fn(su, sa, xu, standardize_features=standardize, **kwargs)
 
 
 def _grads(name, su, sa, xu, mu=None, ma=None, standardize=True):
@@ -311,7 +319,7 @@ def _grads(name, su, sa, xu, mu=None, ma=None, standardize=True):
 
 
 @PROPS
-@given(name=st.sampled_from(losses.LOSSES), standardize=st.booleans(),
+@given(name=st.sampled_from(ALL_LOSSES), standardize=st.booleans(),
        garbage=GARBAGE, seed=st.integers(0, 2**16))
 def test_garbage_in_masked_rows_gives_finite_loss_and_grads(name, standardize, garbage, seed):
   rng = np.random.default_rng(seed)
@@ -330,7 +338,7 @@ def test_garbage_in_masked_rows_gives_finite_loss_and_grads(name, standardize, g
 
 
 @PROPS
-@given(name=st.sampled_from(losses.LOSSES), standardize=st.booleans(),
+@given(name=st.sampled_from(ALL_LOSSES), standardize=st.booleans(),
        su=hnp.arrays(np.float32, (M_VALID,), elements=st.floats(0, 50, width=32)),
        sa=hnp.arrays(np.float32, (M_A,), elements=st.floats(0, 1e4, width=32)),
        xu=hnp.arrays(np.float32, (M_VALID, D), elements=finite),
@@ -363,15 +371,21 @@ def test_masked_padding_equals_unpadded_loss_and_gradient(
 
 @settings(deadline=None, derandomize=True, max_examples=10, database=None)
 @given(base=hnp.arrays(np.float32, (16, 440), elements=st.floats(-2, 2, width=32)),
-       sign=st.sampled_from([-1.0, 1.0]))
-def test_raw_kde_weights_invariant_to_a_large_common_offset(base, sign):
+       offset=st.sampled_from([1e3, -1e3, 1e4, -1e4]))
+def test_raw_kde_weights_invariant_to_a_large_common_offset(base, offset):
+  # Raw features are centred before the Gram product: with an offset of 1e3
+  # or 1e4 on D = 440 the weights equal those of the same points without it.
   sigma = 1.0 / (2 * 440)
-  shifted = (base.astype(np.float64) + sign * 1e4).astype(np.float32)
-  exact = _np_weights(shifted.astype(np.float64) - sign * 1e4, sigma=sigma, standardize=False)
-  w0 = kde.kde_weights(base, sigma=sigma, standardize_features=False)
+  shifted = (base.astype(np.float64) + offset).astype(np.float32)
+  same_points = (shifted.astype(np.float64) - offset).astype(np.float32)  # exact in float32
+  exact = _np_weights(same_points, sigma=sigma, standardize=False)
   w = kde.kde_weights(shifted, sigma=sigma, standardize_features=False)
-  np.testing.assert_allclose(w, exact, rtol=1e-3)
-  np.testing.assert_allclose(w, w0, rtol=1e-3)
+  np.testing.assert_allclose(w, exact, rtol=1e-4)
+  np.testing.assert_allclose(
+      w, kde.kde_weights(same_points, sigma=sigma, standardize_features=False), rtol=1e-4)
+  # against the unshifted input only float32 rounding of base + offset remains
+  np.testing.assert_allclose(w, kde.kde_weights(base, sigma=sigma, standardize_features=False),
+                             rtol=1e-3)
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -383,8 +397,8 @@ def test_empty_normal_batch_gives_minus_la_for_every_loss(empty, jit):
     su, xu, mu = np.zeros((0,), np.float32), np.zeros((0, D), np.float32), None
   else:
     su, xu, mu = np.full((4,), np.nan, np.float32), np.ones((4, D), np.float32), np.zeros(4, bool)
-  expected = {"re": 0.0, "snp": -la, "bu": -la}
-  for name in losses.LOSSES:
+  expected = {"re": 0.0, "snp": -la, "bu": -la, "bu_with_aux": -la, "bu_from_weights": -la}
+  for name in ALL_LOSSES:
     for standardize in (True, False):
       f = jax.value_and_grad(
           lambda su, sa, xu: _loss_of(name, su, sa, xu, mu, None, standardize),
@@ -413,12 +427,15 @@ def test_hyperparameters_out_of_range_raise_value_error_naming_them(arg, value):
            lambda: losses.bu_loss_with_aux(su, sa, xu, **kwargs)]
   if arg == "lam":
     calls += [lambda: losses.anomaly_term(sa, lam=value),
-              lambda: losses.snp_loss(su, sa, lam=value)]
+              lambda: losses.snp_loss(su, sa, lam=value),
+              lambda: losses.bu_loss_from_weights(su, sa, np.ones_like(su), lam=value)]
   else:
     kde_kwargs = {"sigma": SIGMA, "eps": 1e-6, arg: value}
-    calls += [lambda: kde.kde_weights(xu, **kde_kwargs)]
+    calls += [lambda: kde.kde_weights(xu, **kde_kwargs),
+              lambda: kde.kde_weights_with_memory(xu, xu[:4], **kde_kwargs)]
     if arg == "sigma":
-      calls += [lambda: kde.kde_density(xu, sigma=value)]
+      calls += [lambda: kde.kde_density(xu, sigma=value),
+                lambda: kde.contrast_sigma(xu, base_sigma=value)]
   for call in calls:
     with pytest.raises(ValueError, match=arg):
       call()
@@ -434,7 +451,7 @@ def test_hyperparameter_edges_accepted_and_traced_values_not_checked():
   f(-1.0, SIGMA, 1e-6)  # traced: not checked (no error)
 
 
-def test_bu_loss_return_types_and_deprecated_has_aux():
+def test_bu_loss_return_types_are_stable():
   su, sa, xu, _ = _batch()
   su, sa = su[:, 0] ** 2, sa[:, 0] ** 2
   loss = losses.bu_loss(su, sa, xu, lam=LAM)
@@ -443,10 +460,10 @@ def test_bu_loss_return_types_and_deprecated_has_aux():
   assert float(loss2) == float(loss)
   assert set(aux) == {"weights", "normal", "la"}
   np.testing.assert_allclose(aux["normal"] - aux["la"], loss, rtol=1e-6)
-  with pytest.warns(DeprecationWarning, match="bu_loss_with_aux"):
-    loss3, aux3 = losses.bu_loss(su, sa, xu, lam=LAM, has_aux=True)
-  assert float(loss3) == float(loss)
-  jax.tree.map(np.testing.assert_array_equal, aux3, aux)
+  loss3, normal = losses.bu_loss_from_weights(su, sa, aux["weights"], lam=LAM)
+  assert float(loss3) == float(loss) and float(normal) == float(aux["normal"])
+  with pytest.raises(TypeError):  # one return type: no flag switches it to a tuple
+    losses.bu_loss(su, sa, xu, lam=LAM, has_aux=True)  # pylint: disable=unexpected-keyword-arg
 
 
 def test_public_loss_and_kde_functions_document_args_returns_and_equation():
