@@ -13,6 +13,12 @@ Data parallelism: with ``axis_name`` set (inside ``jax.shard_map``), each
 device holds a shard of the batch. The features (and mask) are all-gathered,
 the standardization statistics and the density of every local frame are taken
 over the *global* batch, so the result equals the single-device computation.
+
+Every density here (``kde_density``, ``contrast_sigma``,
+``kde_weights_with_memory``) is one computation: the global reference rows
+(``_global_rows``: gathered, masked, grouped, optionally with a memory,
+standardized or centred) and the kernel means of some probe rows against them
+(``_mean_kernels``).
 """
 
 from __future__ import annotations
@@ -338,6 +344,10 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
 
   Returns:
     A float32 scalar sigma (no gradient).
+
+  Raises:
+    ValueError: ``base_sigma`` is a number that is not finite and > 0, or a
+      factor is not positive and finite.
   """
   _check_hyperparameter("base_sigma", base_sigma)
   if not factors or any(not (math.isfinite(f) and f > 0) for f in factors):
