@@ -28,6 +28,7 @@ import optax
 import pytest
 
 from bu_jax import checkpoint
+from bu_jax import signals
 
 # After a failed read of a damaged checkpoint, a TensorStore callback may reach
 # Orbax's already closed asyncio loop from a background thread (harmless).
@@ -288,31 +289,6 @@ def test_saving_behind_an_existing_checkpoint_is_refused(saved_workdir):
       ckpt.maybe_save(1, init_state())  # Forgot to restore: a fresh start.
 
 
-# ---------------------------------------------------------------- signals
-
-
-def test_graceful_stop_turns_sigterm_into_a_request():
-  previous = signal.getsignal(signal.SIGTERM)
-  with checkpoint.GracefulStop() as stop:
-    assert not stop.requested
-    os.kill(os.getpid(), signal.SIGTERM)
-    for _ in range(100):
-      if stop.requested:
-        break
-      time.sleep(0.01)
-    assert stop.requested and stop.signal_name == "SIGTERM"
-  assert signal.getsignal(signal.SIGTERM) is previous
-
-
-def test_graceful_stop_second_ctrl_c_interrupts():
-  with pytest.raises(KeyboardInterrupt):
-    with checkpoint.GracefulStop() as stop:
-      signal.raise_signal(signal.SIGINT)
-      assert stop.requested
-      signal.raise_signal(signal.SIGINT)
-      time.sleep(1)
-
-
 # ------------------------------------- killed run (subprocesses on 4 and 2 devices)
 
 
@@ -395,7 +371,7 @@ def _training_loop(workdir, wait_for=None):
       sys.exit("timed out waiting for " + str(wait_for))
     time.sleep(0.02)
   with checkpoint.Checkpointer(workdir, save_interval_steps=3) as ckpt, \
-       checkpoint.GracefulStop() as stop:
+       signals.GracefulStop() as stop:
     state, restored = ckpt.restore_or_init(initial)
     print(f"restored {restored}", flush=True)
     step = restored or 0
