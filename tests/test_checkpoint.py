@@ -256,6 +256,24 @@ def test_other_tree_structure_is_reported(saved_workdir):
       ckpt.restore_or_init(jax.eval_shape(_init(8, 3)))
 
 
+def test_read_only_restores_a_part_and_changes_nothing(saved_workdir):
+  # What a training run killed mid-save leaves behind: kept for that run to clean up.
+  shutil.copytree(saved_workdir / "checkpoints" / "3",
+                  saved_workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1")
+  before = _files(saved_workdir)
+  expected = _straight(3)
+  with checkpoint.Checkpointer(saved_workdir, read_only=True) as ckpt:
+    assert ckpt.all_steps() == [3] == checkpoint.committed_steps(saved_workdir)
+    params = ckpt.restore_part(3, init_state().params, key="params")
+    assert_states_equal(params, expected.params)
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match=r"'params/hidden_0/bias': checkpoint \(8,\), state \(16,\)"):
+      ckpt.restore_part(3, jax.eval_shape(_init(16, 2)).params, key="params")
+    with pytest.raises(checkpoint.CheckpointError, match="read-only"):
+      ckpt.maybe_save(4, init_state(), force=True)
+  assert _files(saved_workdir) == before
+
+
 def _damage(step_dir: pathlib.Path, how: str):
   state_dir = step_dir / "state"
   data = [p for p in state_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
