@@ -179,9 +179,8 @@ class ModelMetadata:
       if calibration.reduce not in REDUCTIONS:
         raise field.error("reduce", f"must be one of {REDUCTIONS}, got {calibration.reduce!r}")
     return cls(loss=loss, preset=_preset(field, train_config), train_config=dict(train_config),
-               data=field.get("data", Mapping, default=None), tag=field.get("tag", str,
-                                                                            default=None),
-               calibration=calibration, version=version,
+               data=field.get("data", Mapping, default=None),
+               tag=field.get("tag", str, default=None), calibration=calibration, version=version,
                extra={k: v for k, v in entries.items() if k not in _KNOWN_KEYS})
 
   def training_differences(self, wanted: "ModelMetadata", *,
