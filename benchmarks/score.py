@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._common import emit
+from bu_jax import artifact
 from bu_jax import detect
 from bu_jax import models
 
@@ -45,8 +46,9 @@ def main():
   cfg = preset.features
   params = preset.build().init(jax.random.key(args.seed),
                                jnp.zeros((1, cfg.dim), jnp.float32))["params"]
-  detector = detect.Detector(preset=preset, params=params, metadata={"threshold": 1e30},
-                             chunk_frames=args.chunk_frames)
+  metadata = artifact.ModelMetadata(loss="re", preset=preset,  # untrained: any loss
+                                    calibration=artifact.Calibration(threshold=1e30))
+  detector = detect.Detector(metadata=metadata, params=params, chunk_frames=args.chunk_frames)
   rng = np.random.default_rng(args.seed)
   num_samples = int(round(args.minutes * 60 * cfg.sample_rate))
   wave = 0.1 * rng.standard_normal(num_samples, dtype=np.float32)

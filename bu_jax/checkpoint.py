@@ -1,8 +1,8 @@
 """Checkpoints and resume: Orbax ``CheckpointManager`` around a generic train state.
 
 A checkpoint holds the whole train state (any pytree of arrays: parameters,
-optimizer state, step counter) and a small JSON metadata item (model preset,
-feature config, loss, later the calibrated threshold φ of eq. 4). They live in
+optimizer state, step counter) and a small JSON metadata item (what it holds for
+a trained autoencoder is decided by ``bu_jax.artifact``). They live in
 ``<workdir>/checkpoints/<step>/{state,metadata}``. Saves are asynchronous: the
 arrays are copied off the device before ``maybe_save`` returns, so the caller
 may donate the state to the next step, and the files are written in the
@@ -17,7 +17,7 @@ restart, then N - k steps.
 The training loop::
 
   with checkpoint.Checkpointer(workdir, metadata=config) as checkpointer, \\
-       checkpoint.GracefulStop() as stop:
+       signals.GracefulStop() as stop:
     state, restored_step = checkpointer.restore_or_init(init_state)
     step = restored_step or 0
     while step < num_steps and not stop.requested:
@@ -30,6 +30,10 @@ The training loop::
 A checkpoint that does not fit the state (another model size, a different
 optimizer) or whose files are damaged raises ``CheckpointError`` naming the
 directory, the step and the problem; it is never replaced by a fresh start.
+
+``Checkpointer(workdir, read_only=True)`` reads a run that may still be
+training (nothing is created, cleaned or saved) and can restore a part of the
+state (``restore_part``), e.g. only the parameters for scoring.
 """
 
 from __future__ import annotations
@@ -37,9 +41,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from absl import logging
 from etils import epath
@@ -58,14 +60,19 @@ class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be used (incompatible or damaged)."""
 
 
+class CheckpointMismatchError(CheckpointError):
+  """A checkpoint's tree (leaf paths, shapes, dtypes) differs from the expected one."""
+
+
 def checkpoint_dir(workdir: os.PathLike | str) -> epath.Path:
   """The folder holding the step directories of ``workdir``."""
   return epath.Path(workdir) / CHECKPOINT_SUBDIR
 
 
-def _item_handlers():
+def _item_handlers(read_only: bool = False):
+  # Reading, the state is a plain PyTree so that a part of it can be restored.
   return {
-      _STATE: ocp.StandardCheckpointHandler(),
+      _STATE: ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler(),
       _METADATA: ocp.JsonCheckpointHandler(filename=_METADATA_FILE),
   }
 
@@ -110,6 +117,15 @@ def _step_dirs(directory: epath.Path) -> list[epath.Path]:
   return [p for p in directory.iterdir() if p.is_dir()]
 
 
+def committed_steps(workdir: os.PathLike | str) -> list[int]:
+  """The committed checkpoint steps of ``workdir``, ascending; reads the folder only.
+
+  Orbax renames a step's directory to ``<step>`` when its save is complete, so
+  interrupted saves (``<step>.orbax-checkpoint-tmp-*``) are not listed.
+  """
+  return sorted(int(p.name) for p in _step_dirs(checkpoint_dir(workdir)) if p.name.isdigit())
+
+
 class Checkpointer:
   """Periodic asynchronous checkpoints of a train state in ``<workdir>/checkpoints``.
 
@@ -122,11 +138,13 @@ class Checkpointer:
       arrays are off the device). ``False`` writes before returning.
     metadata: JSON-serializable dict stored with every checkpoint; see
       ``read_metadata`` and ``update_metadata``.
+    read_only: only read: no folder is created, no incomplete save removed
+      (a training run may be writing next to it), and saving is refused.
   """
 
   def __init__(self, workdir: os.PathLike | str, *, max_to_keep: int = 3,
                save_interval_steps: int = 500, async_save: bool = True,
-               metadata: Mapping[str, Any] | None = None):
+               metadata: Mapping[str, Any] | None = None, read_only: bool = False):
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
     if save_interval_steps < 1:
@@ -138,20 +156,23 @@ class Checkpointer:
     self._restore_failed: str | None = None
     self._closed = False
     self._last_step = 0  # Of the newest checkpoint; decides when the next is due.
+    self.read_only = read_only
 
     leftovers = [p.name for p in _step_dirs(self.directory) if _TMP_MARKER in p.name]
-    if leftovers:
+    if leftovers and not read_only:
       logging.warning(
           "%s: removing %d incomplete checkpoint(s) of an interrupted save: %s",
           self.directory, len(leftovers), ", ".join(sorted(leftovers)))
+    # Orbax's own read_only option logs warnings on every use; not creating,
+    # not cleaning and refusing saves here is the same for a reader.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
-        create=True,
-        cleanup_tmp_directories=True,
-        enable_async_checkpointing=async_save,
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=async_save and not read_only,
     )
     self._manager = ocp.CheckpointManager(
-        self.directory.resolve(), options=options, item_handlers=_item_handlers())
+        self.directory.resolve(), options=options, item_handlers=_item_handlers(read_only))
     steps = self.all_steps()
     self._last_step = steps[-1] if steps else 0
     logging.info("Checkpoints in %s: %s (keep %d, every %d steps, %s)",
@@ -205,6 +226,9 @@ class Checkpointer:
         cannot be read. The checkpoint is left untouched and later saves of this
         ``Checkpointer`` are refused.
     """
+    if self.read_only:
+      raise ValueError("restore_or_init resumes training; a read-only Checkpointer "
+                       "restores with restore_part")
     step = self.latest_step()
     if step is None:
       logging.info("No checkpoint in %s: starting from the initial state.",
@@ -229,15 +253,45 @@ class Checkpointer:
     self._warn_on_metadata_change(step)
     return state, step
 
-  def _error(self, step: int, problem: str) -> CheckpointError:
+  def restore_part(self, step: int, target, *, key: str):
+    """Restores only ``state[key]`` of checkpoint ``step`` (read-only Checkpointers).
+
+    Args:
+      step: a committed step (see ``all_steps``).
+      target: the expected subtree (``jax.Array`` or ``jax.ShapeDtypeStruct``
+        leaves, restored onto their shardings), e.g. freshly initialized
+        parameters; the rest of the state (optimizer moments) is not read.
+      key: the field of the saved state, e.g. ``"params"``.
+
+    Raises:
+      CheckpointError: the stored ``state[key]`` does not match ``target``
+        (names the first differing leaf and both shapes), or cannot be read.
+    """
+    if not self.read_only:
+      raise ValueError("restore_part needs Checkpointer(..., read_only=True)")
+    self._check_compatible(step, {key: target})
+    target = {key: self._restore_target(target, None)}
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          _STATE: ocp.args.PyTreeRestore(
+              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True)}))
+    except Exception as e:  # Orbax/TensorStore raise many types.
+      raise self._error(step, f"reading '{key}' failed ({type(e).__name__}: "
+                        f"{_first_line(e)}); files are missing or damaged") from e
+    return restored[_STATE][key]
+
+  def _error(self, step: int, problem: str, *,
+             kind: type[CheckpointError] = CheckpointError) -> CheckpointError:
+    message = f"Checkpoint of step {step} in {self.directory} cannot be restored: {problem}."
+    if self.read_only:
+      return kind(message)
     others = [s for s in self.all_steps() if s != step]
     hint = (f" Other checkpoints: steps {others}; deleting "
             f"{self.directory / str(step)} resumes from the newest of them." if others
             else "")
-    return CheckpointError(
-        f"Checkpoint of step {step} in {self.directory} cannot be restored: "
-        f"{problem}.{hint} To start afresh, use another workdir. Nothing was "
-        "changed on disk.")
+    return kind(f"{message}{hint} To start afresh, use another workdir. Nothing was "
+                "changed on disk.")
 
   def _check_compatible(self, step: int, init_state) -> None:
     """Compares the stored tree (paths, shapes, dtypes) with ``init_state``."""
@@ -251,25 +305,33 @@ class Checkpointer:
                         "unreadable")
     stored = _leaf_paths(getattr(item_metadata, "tree", item_metadata))
     expected = _leaf_paths(init_state)
-    missing = [p for p in expected if p not in stored]
-    if missing:
-      raise self._error(step, f"the state has {len(missing)} leaf/leaves that the "
-                        f"checkpoint lacks, first '{missing[0]}' (a different "
-                        "model or optimizer?)")
-    unexpected = [p for p in stored if p not in expected]
-    if unexpected:
-      raise self._error(step, f"the checkpoint has {len(unexpected)} leaf/leaves "
-                        f"that the state lacks, first '{unexpected[0]}' (a "
-                        "different model or optimizer?)")
+    if self.read_only:  # restore_part: compare the part only
+      prefixes = tuple(p.split("/", 1)[0] + "/" for p in expected)
+      stored = {p: leaf for p, leaf in stored.items() if p.startswith(prefixes)}
+    # Differing shapes first: they say the most (another model size).
     for path, leaf in expected.items():
+      if path not in stored:
+        continue
       want_shape, want_dtype = _shape_dtype(leaf)
       have_shape, have_dtype = _shape_dtype(stored[path])
       if want_shape is not None and have_shape is not None and want_shape != have_shape:
         raise self._error(step, f"shape mismatch at '{path}': checkpoint "
-                          f"{have_shape}, state {want_shape} (another model size?)")
+                          f"{have_shape}, state {want_shape} (another model size?)",
+                          kind=CheckpointMismatchError)
       if want_dtype is not None and have_dtype is not None and want_dtype != have_dtype:
         raise self._error(step, f"dtype mismatch at '{path}': checkpoint "
-                          f"{have_dtype}, state {want_dtype}")
+                          f"{have_dtype}, state {want_dtype}",
+                          kind=CheckpointMismatchError)
+    missing = [p for p in expected if p not in stored]
+    if missing:
+      raise self._error(step, f"the state has {len(missing)} leaf/leaves that the "
+                        f"checkpoint lacks, first '{missing[0]}' (a different "
+                        "model or optimizer?)", kind=CheckpointMismatchError)
+    unexpected = [p for p in stored if p not in expected]
+    if unexpected:
+      raise self._error(step, f"the checkpoint has {len(unexpected)} leaf/leaves "
+                        f"that the state lacks, first '{unexpected[0]}' (a "
+                        "different model or optimizer?)", kind=CheckpointMismatchError)
 
   @staticmethod
   def _restore_target(init_state, shardings):
@@ -316,6 +378,9 @@ class Checkpointer:
         is older than the newest checkpoint (the run did not resume from it).
     """
     step = int(step)
+    if self.read_only:
+      raise CheckpointError(f"Refusing to save step {step} in {self.directory}: opened "
+                            "read-only.")
     if self._restore_failed is not None:
       raise CheckpointError(f"Refusing to save step {step}: the existing "
                             f"checkpoint could not be restored. {self._restore_failed}")
@@ -392,62 +457,13 @@ def read_metadata(workdir: os.PathLike | str, *, step: int | None = None) -> dic
   """
   directory = checkpoint_dir(workdir)
   if step is None:
-    steps = [int(p.name) for p in _step_dirs(directory) if p.name.isdigit()]
+    steps = committed_steps(workdir)
     if not steps:
       raise CheckpointError(f"No checkpoint in {directory}.")
-    step = max(steps)
+    step = steps[-1]
   path = directory / str(step) / _METADATA / _METADATA_FILE
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise CheckpointError(f"Metadata of checkpoint step {step} in {directory} "
                           f"cannot be read: {type(e).__name__}: {e}") from e
-
-
-class GracefulStop:
-  """Context manager turning SIGTERM / Ctrl-C into a stop request.
-
-  Inside the block the first signal sets ``requested`` (the loop then stops
-  after its current step and saves); a second one of the same kind acts as it
-  would without this guard (KeyboardInterrupt for SIGINT, exit for SIGTERM).
-  Outside the main thread, signal handlers cannot be set: it logs a warning and
-  ``requested`` stays False.
-  """
-
-  def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
-    self._signals = tuple(signals)
-    self._previous: dict[int, Any] = {}
-    self.signal_name: str | None = None
-
-  @property
-  def requested(self) -> bool:
-    return self.signal_name is not None
-
-  def _handle(self, signum, frame) -> None:
-    if self.requested:
-      previous = self._previous.get(signum, signal.SIG_DFL)
-      self._restore()
-      if callable(previous):
-        previous(signum, frame)
-      elif previous != signal.SIG_IGN:
-        signal.raise_signal(signum)
-      return
-    self.signal_name = signal.Signals(signum).name
-    logging.warning("Received %s: stopping after the current step and saving a "
-                    "checkpoint (send it again to stop at once).", self.signal_name)
-
-  def _restore(self) -> None:
-    for signum, previous in self._previous.items():
-      signal.signal(signum, previous)
-    self._previous = {}
-
-  def __enter__(self) -> "GracefulStop":
-    if threading.current_thread() is not threading.main_thread():
-      logging.warning("GracefulStop: not in the main thread; signals are not caught.")
-      return self
-    for signum in self._signals:
-      self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self._restore()

@@ -37,7 +37,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from bu_jax import checkpoint as checkpoint_lib
+from bu_jax import artifact
 from bu_jax import data as data_lib
 from bu_jax import dcase
 from bu_jax import dcase_metrics
@@ -48,6 +48,7 @@ from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import progress as progress_lib
 from bu_jax import scoring
+from bu_jax import signals
 from bu_jax import synthetic_dcase
 from bu_jax import train as train_lib
 
@@ -145,14 +146,12 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
   Returns the final state and the number of steps trained now.
   """
   preset = config.model_preset
-  metadata = {"tag": tag, "loss": config.loss, "model": preset.name,
-              "features": dataclasses.asdict(preset.features),
-              "train_config": fileio.to_json(config, default=str)}
+  metadata = artifact.ModelMetadata.for_training(config, tag=tag)
   init = train_lib.create_state(config, mesh=mesh)
   total = config.total_steps
-  with checkpoint_lib.Checkpointer(model_dir, metadata=metadata,
-                                   save_interval_steps=settings.checkpoint_every) as ckpt, \
-       checkpoint_lib.GracefulStop() as stop:
+  with artifact.open_for_training(model_dir, metadata,
+                                 save_interval_steps=settings.checkpoint_every) as ckpt, \
+       signals.GracefulStop() as stop:
     state, restored = ckpt.restore_or_init(init)
     start = 0 if restored is None else restored
     if start >= total:

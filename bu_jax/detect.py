@@ -2,7 +2,8 @@
 
 ``load_detector(workdir)`` restores the parameters of a model trained by
 ``bu_jax.toycar`` (any loss) together with its feature settings and its
-calibrated threshold φ from the latest checkpoint; ``Detector.score(wave)``
+calibrated threshold φ from the latest checkpoint (``bu_jax.artifact``);
+``Detector.score(wave)``
 then gives, for one recording of any length,
 
 - the frame scores A(x_t) (eq. 5), computed in chunks with bounded memory
@@ -27,18 +28,13 @@ import dataclasses
 import math
 import os
 import tempfile
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from absl import logging
-from etils import epath
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
+from bu_jax import artifact
 from bu_jax import audio
-from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import evaluate
 from bu_jax import fileio
 from bu_jax import features as features_lib
@@ -49,11 +45,10 @@ from bu_jax import scoring
 CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
                "threshold", "duration_s")
 AUDIO_SUFFIXES = (".wav",)
-_STATE_ITEM = "state"  # The train-state item of a checkpoint step (bu_jax.checkpoint).
 
-
-class DetectorError(checkpoint_lib.CheckpointError):
-  """No usable trained model: no checkpoint, an ambiguous choice, or a mismatch."""
+# No usable trained model: no checkpoint, an ambiguous choice, bad metadata, a
+# mismatch, or no threshold to decide with.
+DetectorError = artifact.ArtifactError
 
 
 class Event(NamedTuple):
@@ -152,153 +147,6 @@ def parse_events(text: str) -> list[Event]:
   return [Event(*map(float, part.split("-"))) for part in text.split(";")]
 
 
-# ------------------------------------------------------------------ model loading
-
-
-def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) -> str:
-  """The model directory (holding ``checkpoints/``) of ``workdir``.
-
-  ``workdir`` is either a model directory itself or a ``bu_jax.toycar``
-  workdir with one model directory per loss (``<workdir>/<loss>/checkpoints``);
-  then ``loss`` picks one, and may be omitted if there is exactly one.
-
-  Raises:
-    DetectorError: no such directory, no checkpoint, or an ambiguous/unknown
-      ``loss``; the message says what exists.
-  """
-  workdir = os.fspath(workdir)
-  if not os.path.isdir(workdir):
-    raise DetectorError(f"{workdir}: no such directory")
-  if os.path.isdir(checkpoint_lib.checkpoint_dir(workdir)):
-    return workdir
-  found = sorted(name for name in os.listdir(workdir)
-                 if os.path.isdir(checkpoint_lib.checkpoint_dir(os.path.join(workdir, name))))
-  if loss is not None:
-    if loss in found:
-      return os.path.join(workdir, loss)
-    raise DetectorError(
-        f"No checkpoint for loss {loss!r} in {workdir}: "
-        + (f"it holds models for {found}." if found else
-           f"expected {os.path.join(workdir, loss, checkpoint_lib.CHECKPOINT_SUBDIR)}."))
-  if len(found) == 1:
-    return os.path.join(workdir, found[0])
-  if found:
-    raise DetectorError(f"{workdir} holds models for several losses {found}; choose one "
-                        "with --loss.")
-  raise DetectorError(
-      f"No checkpoint in {workdir}: expected {checkpoint_lib.checkpoint_dir(workdir)} "
-      f"or <loss>/{checkpoint_lib.CHECKPOINT_SUBDIR} below it (train a model with "
-      f"`python -m experiments.toycar --workdir={workdir}`).")
-
-
-def latest_step(model_dir: os.PathLike | str) -> int:
-  """The newest committed checkpoint step of ``model_dir`` (read only)."""
-  directory = checkpoint_lib.checkpoint_dir(model_dir)
-  steps = [int(p.name) for p in directory.iterdir()
-           if p.is_dir() and p.name.isdigit()] if directory.exists() else []
-  if not steps:
-    raise DetectorError(f"No checkpoint in {directory} (no committed step directory).")
-  return max(steps)
-
-
-def model_preset_from_metadata(metadata: Mapping[str, Any]) -> models.ModelPreset:
-  """The ``ModelPreset`` (features + AE size) a checkpoint was trained with.
-
-  Uses the metadata's ``features`` (the ``FeatureConfig`` fields) and the AE
-  size of the preset named by ``model`` (or, for a custom preset, of the
-  ``train_config["model"]`` dict).
-
-  Raises:
-    DetectorError: missing or inconsistent entries.
-  """
-  try:
-    feature_config = features_lib.FeatureConfig(**metadata["features"])
-  except (KeyError, TypeError) as e:
-    raise DetectorError(f"checkpoint metadata lacks valid 'features' "
-                        f"({type(e).__name__}: {e})") from e
-  name = metadata.get("model")
-  if name in models.PRESETS:
-    preset = models.PRESETS[name]
-    if preset.features != feature_config:
-      raise DetectorError(
-          f"checkpoint metadata is inconsistent: model {name!r} uses features "
-          f"{preset.features}, but the metadata's features are {feature_config}")
-    return preset
-  custom = (metadata.get("train_config") or {}).get("model")
-  if isinstance(custom, Mapping):
-    try:
-      return models.ModelPreset(name=str(custom.get("name", name)), features=feature_config,
-                                hidden_layers=int(custom["hidden_layers"]),
-                                units=int(custom["units"]),
-                                bottleneck=int(custom["bottleneck"]),
-                                standardize_input=bool(custom.get("standardize_input", False)))
-    except (KeyError, TypeError, ValueError) as e:
-      raise DetectorError(f"checkpoint metadata: unusable custom model {custom!r}") from e
-  raise DetectorError(f"checkpoint metadata names an unknown model {name!r}; known presets: "
-                      f"{sorted(models.PRESETS)}")
-
-
-def _key_name(key) -> str:
-  for attribute in ("key", "name", "idx"):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
-
-
-def _shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
-  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
-          for path, leaf in leaves}
-
-
-def restore_params(model_dir: os.PathLike | str, step: int, model: nn.Module, dim: int,
-                   *, device: Optional[jax.Device] = None) -> Any:
-  """Restores only the parameters of a train-state checkpoint, read only.
-
-  The optimizer state is not read, no directory is created or cleaned (so a
-  training run may keep writing checkpoints next to it), and the arrays land on
-  one device whatever mesh they were saved from.
-
-  Raises:
-    DetectorError: the checkpoint's parameters do not fit ``model`` (names the
-      first differing leaf and both shapes) or cannot be read.
-  """
-  state_dir = checkpoint_lib.checkpoint_dir(model_dir).resolve() / str(step) / _STATE_ITEM
-  where = f"checkpoint step {step} in {checkpoint_lib.checkpoint_dir(model_dir)}"
-  expected = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               jnp.zeros((1, dim), jnp.float32))["params"])
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    try:
-      stored_tree = handler.metadata(epath.Path(state_dir))
-    except Exception as e:  # Orbax/TensorStore raise many types.
-      raise DetectorError(f"{where}: its state cannot be read ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    stored_tree = getattr(stored_tree, "tree", stored_tree)
-    if not isinstance(stored_tree, Mapping) or "params" not in stored_tree:
-      raise DetectorError(f"{where}: the state has no 'params'")
-    stored, want = _shapes(stored_tree["params"]), _shapes(expected)
-    for path in sorted(set(stored) | set(want)):
-      if stored.get(path) != want.get(path):
-        raise DetectorError(
-            f"{where} does not match the model in its metadata: parameter '{path}' is "
-            f"{stored.get(path, 'missing')} in the checkpoint but "
-            f"{want.get(path, 'absent')} in the model (shape, dtype)")
-    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-    target = {"params": jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), expected)}
-    try:
-      restored = handler.restore(epath.Path(state_dir), args=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))
-    except Exception as e:
-      raise DetectorError(f"{where}: reading the parameters failed ({type(e).__name__}); "
-                          "files are missing or damaged") from e
-  finally:
-    handler.close()
-  return restored["params"]
-
-
 # ------------------------------------------------------------------ detector
 
 
@@ -307,18 +155,17 @@ class Detector:
   """A trained autoencoder with its features and calibration, ready to score.
 
   Attributes:
-    preset: features and AE size (``models.ModelPreset``).
+    metadata: the checkpoint's record (``artifact.ModelMetadata``: loss,
+      features and AE size, and the calibration φ, ``reduce``, held-out clip
+      scores, which is None for an uncalibrated model).
     params: the AE parameters.
-    metadata: the checkpoint's metadata (``threshold``, ``reduce``,
-      ``heldout_clip_scores``, ...); may be empty for an uncalibrated model.
     model_dir: where it was loaded from (None if built in memory).
     step: the checkpoint step.
     chunk_frames: frames scored per device call (bounds memory).
   """
 
-  preset: models.ModelPreset
+  metadata: artifact.ModelMetadata
   params: Any
-  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   model_dir: Optional[str] = None
   step: Optional[int] = None
   chunk_frames: int = 4096
@@ -327,6 +174,11 @@ class Detector:
     self.model = self.preset.build()
     self.scorer = scoring.FrameScorer(self.model, self.preset.features,
                                       chunk_frames=self.chunk_frames)
+
+  @property
+  def preset(self) -> models.ModelPreset:
+    """Features and AE size."""
+    return self.metadata.preset
 
   @property
   def feature_config(self) -> features_lib.FeatureConfig:
@@ -341,22 +193,26 @@ class Detector:
     return self.feature_config.hop_length / self.feature_config.sample_rate
 
   @property
-  def loss(self) -> Optional[str]:
-    return self.metadata.get("loss")
+  def loss(self) -> str:
+    return self.metadata.loss
+
+  @property
+  def calibration(self) -> Optional[artifact.Calibration]:
+    """The stored φ and how it was set (None for an uncalibrated model)."""
+    return self.metadata.calibration
 
   @property
   def reduce(self) -> str:
-    return self.metadata.get("reduce", "max")
+    return self.calibration.reduce if self.calibration else "max"
 
   @property
   def threshold(self) -> Optional[float]:
     """The stored φ (calibrated on held-out normal clips), or None."""
-    value = self.metadata.get("threshold")
-    return None if value is None else float(value)
+    return self.calibration.threshold if self.calibration else None
 
   def describe(self) -> str:
     where = f"{self.model_dir} (step {self.step})" if self.model_dir else "in memory"
-    return f"{self.loss or '?'} / {self.preset.name}, {where}"
+    return f"{self.loss} / {self.preset.name}, {where}"
 
   def resolve_threshold(self, *, threshold: Optional[float] = None,
                         fpr: Optional[float] = None) -> tuple[float, str]:
@@ -382,7 +238,7 @@ class Detector:
     if fpr is not None:
       if not 0.0 < fpr < 1.0:
         raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
-      held = self.metadata.get("heldout_clip_scores")
+      held = self.calibration.heldout_clip_scores if self.calibration else ()
       if not held:
         raise DetectorError(f"{self.describe()}: no held-out normal clip scores stored, "
                             "cannot recalibrate for a false-positive rate; give a threshold")
@@ -396,9 +252,8 @@ class Detector:
       raise DetectorError(f"{self.describe()}: the checkpoint holds no calibrated threshold "
                           "(training stopped before calibration?); give a threshold or "
                           "an fpr")
-    quantile = self.metadata.get("threshold_quantile")
-    return self.threshold, ("stored" + (f": {quantile:g} gamma quantile of held-out normal "
-                                        "clip scores" if quantile is not None else ""))
+    how = self.calibration.describe()
+    return self.threshold, "stored" + (f": {how}" if how else "")
 
   def frame_scores(self, wave: Any, *, name: str = "waveform") -> np.ndarray:
     """A(x_t) (eq. 5) of every frame of a mono waveform at ``sample_rate``."""
@@ -449,7 +304,7 @@ def load_detector(workdir: os.PathLike | str, *, loss: Optional[str] = None,
 
   Args:
     workdir: a model directory (with ``checkpoints/``) or a ``bu_jax.toycar``
-      workdir holding ``<loss>/checkpoints``; see ``find_model_dir``.
+      workdir holding ``<loss>/checkpoints``; see ``artifact.find_model_dir``.
     loss: picks the model of a toycar workdir ("re", "snp", "bu").
     chunk_frames: frames per scoring call (memory bound; results don't change).
 
@@ -461,18 +316,11 @@ def load_detector(workdir: os.PathLike | str, *, loss: Optional[str] = None,
     DetectorError: no checkpoint, an ambiguous choice, or metadata that does
       not match the stored parameters.
   """
-  model_dir = find_model_dir(workdir, loss=loss)
-  step = latest_step(model_dir)
-  metadata = checkpoint_lib.read_metadata(model_dir, step=step)
-  if loss is not None and metadata.get("loss") not in (None, loss):
-    raise DetectorError(f"{model_dir} holds a model trained with loss "
-                        f"{metadata.get('loss')!r}, not {loss!r}")
-  preset = model_preset_from_metadata(metadata)
-  params = restore_params(model_dir, step, preset.build(), preset.features.dim)
-  logging.info("Loaded %s / %s from step %d of %s.", metadata.get("loss"), preset.name, step,
-               model_dir)
-  return Detector(preset=preset, params=params, metadata=metadata, model_dir=model_dir,
-                  step=step, chunk_frames=chunk_frames)
+  trained = artifact.load_for_scoring(artifact.find_model_dir(workdir, loss=loss), loss=loss)
+  logging.info("Loaded %s / %s from step %d of %s.", trained.metadata.loss, trained.preset.name,
+               trained.step, trained.model_dir)
+  return Detector(metadata=trained.metadata, params=trained.params,
+                  model_dir=trained.model_dir, step=trained.step, chunk_frames=chunk_frames)
 
 
 # ------------------------------------------------------------------ many files

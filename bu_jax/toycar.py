@@ -36,6 +36,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from bu_jax import artifact
 from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import data as data_lib
 from bu_jax import evaluate
@@ -48,6 +49,7 @@ from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import progress as progress_lib
 from bu_jax import scoring
+from bu_jax import signals
 from bu_jax import synthetic
 from bu_jax import train as train_lib
 
@@ -219,11 +221,6 @@ class Data:
   description: dict
 
 
-def _as_json(dataclass_obj) -> dict:
-  """A dataclass as plain JSON values (tuples -> lists, other objects -> str)."""
-  return fileio.to_json(dataclass_obj, default=str)
-
-
 def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
   if path is not None and not os.path.isdir(path):
     raise data_lib.DataError(f"{flag}={path}: no such directory")
@@ -300,23 +297,20 @@ class SettingsMismatchError(checkpoint_lib.CheckpointError):
 _SPEED_ONLY = ("steps_per_call",)
 
 
-def _training_metadata(settings: Settings, loss: str) -> dict:
+def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
   """What the checkpoints of ``loss`` record about how the model is trained.
 
   ``train_config`` and ``data`` hold every setting that changes the trained
   model; evaluation settings (``reduce``, ``rare_clips``, the threshold
   quantile, the reference detector, the test anomalies) are not among them.
   """
-  config = settings.train_config(loss)
-  preset = config.model_preset
   path = lambda p: None if p is None else os.path.abspath(p)
   data = {"data_dir": path(settings.data_dir), "noise_dir": path(settings.noise_dir),
           "layout": settings.layout, "data_seed": settings.data_seed,
           "snr_db": settings.snr_db, "heldout_fraction": settings.heldout_fraction}
   if loss != "re":  # RE trains without the something-else clips
     data["something_else_dir"] = path(settings.something_else_dir)
-  return {"loss": loss, "model": preset.name, "features": dataclasses.asdict(preset.features),
-          "train_config": _as_json(config), "data": data}
+  return artifact.ModelMetadata.for_training(settings.train_config(loss), data=data)
 
 
 def _flag(key: str) -> str:
@@ -344,34 +338,17 @@ def check_resumable(settings: Settings, loss: str) -> None:
     checkpoint.CheckpointError: the checkpoint's metadata cannot be read.
   """
   model_dir = os.path.join(settings.workdir, loss)
-  directory = checkpoint_lib.checkpoint_dir(model_dir)
-  steps = [p.name for p in directory.iterdir()
-           if p.is_dir() and p.name.isdigit()] if directory.is_dir() else []
+  steps = checkpoint_lib.committed_steps(model_dir)
   if not steps:
     return
-  stored = checkpoint_lib.read_metadata(model_dir)
-  wanted = _training_metadata(settings, loss)
-  differ = []
-  if stored.get("loss", loss) != loss:
-    differ.append(("--loss", stored["loss"], loss))
-  for group in ("train_config", "data"):
-    have, want = stored.get(group), wanted[group]
-    if not isinstance(have, dict):
-      continue
-    for key in want:
-      if key in _SPEED_ONLY or key not in have or key == "loss":
-        continue
-      if have[key] != want[key]:
-        old, new = have[key], want[key]
-        if key == "model":  # the preset's name says it (e.g. "fcn40-small+std")
-          old, new = old.get("name", old) if isinstance(old, dict) else old, \
-              new.get("name", new) if isinstance(new, dict) else new
-        differ.append((_flag(f"{group}.{key}"), old, new))
+  stored = artifact.read_metadata(model_dir, step=steps[-1])
+  differ = stored.training_differences(_training_metadata(settings, loss),
+                                       ignore=_SPEED_ONLY)
   if differ:
-    listed = "; ".join(f"{flag}: {old!r} in the checkpoint, {new!r} now"
-                       for flag, old, new in differ)
+    listed = "; ".join(f"{_flag(key)}: {old!r} in the checkpoint, {new!r} now"
+                       for key, old, new in differ)
     raise SettingsMismatchError(
-        f"{model_dir} holds a model (step {max(map(int, steps))}) trained with other "
+        f"{model_dir} holds a model (step {steps[-1]}) trained with other "
         f"settings: {listed}. Training settings cannot change on a resume: repeat the "
         "stored values to resume or re-evaluate it (evaluation settings such as --reduce, "
         "--rare_clips, --reference_components may differ), or use a new --workdir to "
@@ -399,9 +376,9 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh,
     params = models_lib.set_input_statistics(jax.device_get(init.params), *input_stats)
     init = init.replace(params=parallel.replicate(params, mesh))
   total = config.total_steps
-  with checkpoint_lib.Checkpointer(model_dir, metadata=metadata,
-                                   save_interval_steps=settings.checkpoint_every) as ckpt, \
-       checkpoint_lib.GracefulStop() as stop:
+  with artifact.open_for_training(model_dir, metadata,
+                                 save_interval_steps=settings.checkpoint_every) as ckpt, \
+       signals.GracefulStop() as stop:
     state, restored = ckpt.restore_or_init(init)
     start = 0 if restored is None else restored
     if restored is not None:
@@ -540,15 +517,13 @@ class _ReferenceScorer:
 def _store_threshold(settings: Settings, loss: str, state, config, results: dict,
                      data: Data) -> None:
   """Attaches phi and the held-out scores to the final checkpoint's metadata."""
-  with checkpoint_lib.Checkpointer(os.path.join(settings.workdir, loss),
-                                   save_interval_steps=settings.checkpoint_every,
-                                   metadata=checkpoint_lib.read_metadata(
-                                       os.path.join(settings.workdir, loss))) as ckpt:
-    ckpt.update_metadata(threshold=results["threshold"], reduce=settings.reduce,
-                         threshold_quantile=settings.threshold_quantile,
-                         heldout_clip_scores=results["heldout_clip_scores"],
-                         heldout_paths=list(data.heldout_paths))
-    ckpt.maybe_save(config.total_steps, state, force=True)
+  calibration = artifact.Calibration(
+      threshold=results["threshold"], reduce=settings.reduce,
+      quantile=settings.threshold_quantile,
+      heldout_clip_scores=tuple(results["heldout_clip_scores"]),
+      heldout_paths=tuple(data.heldout_paths))
+  artifact.store_calibration(os.path.join(settings.workdir, loss), calibration,
+                             step=config.total_steps, state=state)
 
 
 def _plots(workdir: str, data: Data, material: dict) -> list[str]:
@@ -664,7 +639,7 @@ def run(settings: Settings) -> dict:
   results_path = os.path.join(settings.workdir, "results.json")
   results = _read_results(results_path)
   results.pop(REFERENCE, None)
-  results["settings"] = _as_json(settings)
+  results["settings"] = artifact.config_json(settings)
   results["data"] = data.description
   results["devices"] = info
   results["paper"] = PAPER_FIGURE4
@@ -686,7 +661,7 @@ def run(settings: Settings) -> dict:
       res["train_seconds"] = round(t_train, 1)
     else:  # found finished: keep the time of the run that trained it
       res["train_seconds"] = previous["train_seconds"]
-    res["train_config"] = _as_json(config)
+    res["train_config"] = artifact.config_json(config)
     results[loss] = res
     _store_threshold(settings, loss, state, config, res, data)
     fileio.write_json(results_path, results)

@@ -110,7 +110,7 @@ def _settings() -> toycar.Settings:
 
 def _interrupt(signum, frame):
   """SIGTERM outside training (loading, evaluation): stop like Ctrl-C. During
-  training, checkpoint.GracefulStop handles both and saves first."""
+  training, signals.GracefulStop handles both and saves first."""
   del frame
   raise KeyboardInterrupt(signal.Signals(signum).name)
 

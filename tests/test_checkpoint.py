@@ -28,6 +28,7 @@ import optax
 import pytest
 
 from bu_jax import checkpoint
+from bu_jax import signals
 
 # After a failed read of a damaged checkpoint, a TensorStore callback may reach
 # Orbax's already closed asyncio loop from a background thread (harmless).
@@ -255,6 +256,24 @@ def test_other_tree_structure_is_reported(saved_workdir):
       ckpt.restore_or_init(jax.eval_shape(_init(8, 3)))
 
 
+def test_read_only_restores_a_part_and_changes_nothing(saved_workdir):
+  # What a training run killed mid-save leaves behind: kept for that run to clean up.
+  shutil.copytree(saved_workdir / "checkpoints" / "3",
+                  saved_workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1")
+  before = _files(saved_workdir)
+  expected = _straight(3)
+  with checkpoint.Checkpointer(saved_workdir, read_only=True) as ckpt:
+    assert ckpt.all_steps() == [3] == checkpoint.committed_steps(saved_workdir)
+    params = ckpt.restore_part(3, init_state().params, key="params")
+    assert_states_equal(params, expected.params)
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match=r"'params/hidden_0/bias': checkpoint \(8,\), state \(16,\)"):
+      ckpt.restore_part(3, jax.eval_shape(_init(16, 2)).params, key="params")
+    with pytest.raises(checkpoint.CheckpointError, match="read-only"):
+      ckpt.maybe_save(4, init_state(), force=True)
+  assert _files(saved_workdir) == before
+
+
 def _damage(step_dir: pathlib.Path, how: str):
   state_dir = step_dir / "state"
   data = [p for p in state_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
@@ -286,31 +305,6 @@ def test_saving_behind_an_existing_checkpoint_is_refused(saved_workdir):
   with checkpoint.Checkpointer(saved_workdir, save_interval_steps=1) as ckpt:
     with pytest.raises(checkpoint.CheckpointError, match="restore_or_init"):
       ckpt.maybe_save(1, init_state())  # Forgot to restore: a fresh start.
-
-
-# ---------------------------------------------------------------- signals
-
-
-def test_graceful_stop_turns_sigterm_into_a_request():
-  previous = signal.getsignal(signal.SIGTERM)
-  with checkpoint.GracefulStop() as stop:
-    assert not stop.requested
-    os.kill(os.getpid(), signal.SIGTERM)
-    for _ in range(100):
-      if stop.requested:
-        break
-      time.sleep(0.01)
-    assert stop.requested and stop.signal_name == "SIGTERM"
-  assert signal.getsignal(signal.SIGTERM) is previous
-
-
-def test_graceful_stop_second_ctrl_c_interrupts():
-  with pytest.raises(KeyboardInterrupt):
-    with checkpoint.GracefulStop() as stop:
-      signal.raise_signal(signal.SIGINT)
-      assert stop.requested
-      signal.raise_signal(signal.SIGINT)
-      time.sleep(1)
 
 
 # ------------------------------------- killed run (subprocesses on 4 and 2 devices)
@@ -395,7 +389,7 @@ def _training_loop(workdir, wait_for=None):
       sys.exit("timed out waiting for " + str(wait_for))
     time.sleep(0.02)
   with checkpoint.Checkpointer(workdir, save_interval_steps=3) as ckpt, \
-       checkpoint.GracefulStop() as stop:
+       signals.GracefulStop() as stop:
     state, restored = ckpt.restore_or_init(initial)
     print(f"restored {restored}", flush=True)
     step = restored or 0

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from bu_jax import dcase, dcase_metrics, dcase_run, synthetic_dcase
+from bu_jax import dcase, dcase_metrics, dcase_run, detect, synthetic_dcase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(num_source_train=6, num_target_train=2, num_test_per_group=3,
@@ -71,6 +71,16 @@ def test_run_writes_challenge_files_and_resumes(tmp_path, capsys):
   summary = list(csv.reader(open(run / "summary.csv")))
   assert summary[0][:4] == ["loss", "set", "machine_type", "section"]
   assert (run / "score_histogram_SynthFan.png").stat().st_size > 1000
+
+  # experiments.score's loader reads a dcase_run model (bu_jax.artifact) and scores alike.
+  detector = detect.load_detector(run / "bu" / "models" / "SynthFan")
+  assert detector.metadata.tag == "bu/SynthFan" and detector.threshold is None
+  clip = next(c for c in dcase.load_machine_type(stored["data"]["data_root"], "SynthFan").test
+              if c.section == "00")
+  scores = {r[0]: float(r[1]) for r in csv.reader(
+      open(run / "bu" / "anomaly_score_SynthFan_section_00_test.csv"))}
+  assert detector.score(clip.wave, threshold=1.0).clip_score == pytest.approx(
+      scores[os.path.basename(clip.path)], rel=1e-4)
 
   # An evaluation set (unlabelled names) with the organisers' ground truth: the
   # dev test clips renamed, so its metrics must equal the dev ones.

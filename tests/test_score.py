@@ -20,7 +20,7 @@ import librosa
 import numpy as np
 import pytest
 
-from bu_jax import audio, checkpoint, detect, evaluate, features, parallel, scoring, train
+from bu_jax import artifact, audio, checkpoint, detect, evaluate, features, parallel, scoring, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 16000
@@ -210,7 +210,8 @@ def test_threshold_options(trained):
                                     threshold=1.0, fpr=0.1))
   with pytest.raises(ValueError, match="fpr"):
     detector.resolve_threshold(fpr=1.5)
-  bare = dataclasses.replace(detector, metadata={"loss": "bu"})
+  bare = dataclasses.replace(detector,
+                             metadata=dataclasses.replace(detector.metadata, calibration=None))
   with pytest.raises(detect.DetectorError, match="no calibrated threshold"):
     bare.resolve_threshold()
   with pytest.raises(detect.DetectorError, match="held-out"):
@@ -229,10 +230,10 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
   shutil.copytree(trained["model_dir"], workdir / "bu")
   shutil.copytree(trained["model_dir"], workdir / "re")
   with pytest.raises(detect.DetectorError, match=r"several losses \['bu', 're'\].*--loss"):
-    detect.find_model_dir(workdir)
-  assert detect.find_model_dir(workdir, loss="re") == str(workdir / "re")
+    artifact.find_model_dir(workdir)
+  assert artifact.find_model_dir(workdir, loss="re") == str(workdir / "re")
   with pytest.raises(detect.DetectorError, match="loss 'snp'.*'bu', 're'"):
-    detect.find_model_dir(workdir, loss="snp")
+    artifact.find_model_dir(workdir, loss="snp")
   with pytest.raises(detect.DetectorError, match="trained with loss 'bu', not 're'"):
     detect.load_detector(workdir, loss="re")  # a copy of the bu model
 

@@ -1,0 +1,480 @@
+"""The trained-model artifact: what a checkpoint of an autoencoder holds, written and read here.
+
+A model directory (``<workdir>/<loss>`` of ``bu_jax.toycar``,
+``<workdir>/<loss>/models/<machine_type>`` of ``bu_jax.dcase_run``) holds the
+checkpoints of ``bu_jax.checkpoint``: ``checkpoints/<step>/state`` is the whole
+train state (``train.TrainState`` or ``train.MemoryTrainState``: step,
+parameters, optimizer state, BU's KDE memory), and
+``checkpoints/<step>/metadata/metadata.json`` is a ``ModelMetadata`` record:
+
+=======================  ====================================================
+JSON key                 meaning
+=======================  ====================================================
+``loss``                 "re", "snp" or "bu"
+``model``                the ``models.ModelPreset`` name (AE size)
+``features``             the ``features.FeatureConfig`` fields
+``train_config``         ``train.TrainConfig`` as JSON (a custom preset's AE
+                         size and ``standardize_input`` are in its ``model``)
+``data``                 toycar: the training data settings (optional)
+``tag``                  dcase: ``<machine_type>[/section_XX]`` (optional)
+``threshold``            φ of eq. (4), after calibration (optional), with
+``reduce``               the clip score it applies to (eq. 11: "max"/"mean"),
+``threshold_quantile``   the gamma quantile it was fitted at, and the
+``heldout_clip_scores``  held-out normal clip scores and their
+``heldout_paths``        paths it was fitted to
+``version``              ``VERSION``; absent in checkpoints written before it
+                         (read as version 1: the same keys)
+=======================  ====================================================
+
+Writing: ``open_for_training`` (the ``Checkpointer`` of a training run, whose
+``restore_or_init`` restores the train state to resume) and
+``store_calibration`` (φ, once evaluated). Reading: ``read_metadata`` (the
+typed record, without the model) and ``load_for_scoring`` (parameters, model
+and features, read only, on one device). A missing or malformed entry raises
+``ArtifactError`` (a ``checkpoint.CheckpointError``) naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from bu_jax import checkpoint
+from bu_jax import fileio
+from bu_jax import features as features_lib
+from bu_jax import losses as losses_lib
+from bu_jax import models as models_lib
+
+VERSION = 1
+REDUCTIONS = ("max", "mean")
+_METADATA_FILE = os.path.join("metadata", "metadata.json")  # below checkpoints/<step>/
+_CALIBRATION_KEYS = ("threshold", "reduce", "threshold_quantile", "heldout_clip_scores",
+                     "heldout_paths")
+_KNOWN_KEYS = ("loss", "model", "features", "train_config", "data", "tag", "version",
+               *_CALIBRATION_KEYS)
+
+
+class ArtifactError(checkpoint.CheckpointError):
+  """No usable trained model: no checkpoint, an ambiguous choice, bad metadata or a mismatch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """The decision threshold φ of eq. (4) and how it was set.
+
+  Attributes:
+    threshold: φ; a clip is anomalous if its clip score is >= φ.
+    reduce: the clip score φ applies to: "max" (eq. 11) or "mean" over the
+      interior frame scores.
+    quantile: φ is this quantile of a gamma distribution fitted to
+      ``heldout_clip_scores`` (``evaluate.fit_threshold``); None if unknown.
+    heldout_clip_scores: clip scores of held-out normal training clips.
+    heldout_paths: their files.
+  """
+
+  threshold: float
+  reduce: str = "max"
+  quantile: Optional[float] = None
+  heldout_clip_scores: tuple[float, ...] = ()
+  heldout_paths: tuple[str, ...] = ()
+
+  def describe(self) -> str:
+    """How φ was set, e.g. "0.9 gamma quantile of held-out normal clip scores"."""
+    if self.quantile is None:
+      return ""
+    return f"{self.quantile:g} gamma quantile of held-out normal clip scores"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata:
+  """The metadata of a trained model's checkpoints (the table of the module docstring).
+
+  Attributes:
+    loss: "re", "snp" or "bu".
+    preset: features and AE size (``models.ModelPreset``); the JSON holds its
+      name (``model``) and ``features``.
+    train_config: ``train.TrainConfig`` as JSON values (``config_json``).
+    data: toycar's training data settings, or None.
+    tag: dcase's model tag, or None.
+    calibration: φ and how it was set, or None before evaluation.
+    version: ``VERSION`` of the format.
+    extra: other JSON entries, kept as they are.
+  """
+
+  loss: str
+  preset: models_lib.ModelPreset
+  train_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  data: Optional[Mapping[str, Any]] = None
+  tag: Optional[str] = None
+  calibration: Optional[Calibration] = None
+  version: int = VERSION
+  extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def feature_config(self) -> features_lib.FeatureConfig:
+    return self.preset.features
+
+  @classmethod
+  def for_training(cls, config, *, data: Optional[Mapping[str, Any]] = None,
+                   tag: Optional[str] = None) -> "ModelMetadata":
+    """The record of a model trained with ``config`` (a ``train.TrainConfig``)."""
+    return cls(loss=config.loss, preset=config.model_preset, train_config=config_json(config),
+               data=None if data is None else dict(data), tag=tag)
+
+  def to_json(self) -> dict[str, Any]:
+    """JSON values under the keys of the module docstring (``from_json`` reads them)."""
+    out = dict(self.extra)
+    out.update(loss=self.loss, model=self.preset.name,
+               features=dataclasses.asdict(self.preset.features),
+               train_config=dict(self.train_config))
+    if self.data is not None:
+      out["data"] = dict(self.data)
+    if self.tag is not None:
+      out["tag"] = self.tag
+    if self.calibration is not None:
+      c = self.calibration
+      out.update(threshold=float(c.threshold), reduce=c.reduce, threshold_quantile=c.quantile,
+                 heldout_clip_scores=[float(s) for s in c.heldout_clip_scores],
+                 heldout_paths=list(c.heldout_paths))
+    out["version"] = self.version
+    return out
+
+  @classmethod
+  def from_json(cls, entries: Any, *, where: str = "checkpoint metadata") -> "ModelMetadata":
+    """Reads ``to_json``'s values (and those of checkpoints written before ``version``).
+
+    Args:
+      entries: the parsed JSON object.
+      where: names the file in error messages.
+
+    Raises:
+      ArtifactError: a missing or malformed entry, naming ``where`` and the key.
+    """
+    if not isinstance(entries, Mapping):
+      raise ArtifactError(f"{where}: not a JSON object but {type(entries).__name__}")
+    field = _FieldReader(entries, where)
+    version = field.get("version", int, default=VERSION)
+    if version < 1:
+      raise field.error("version", f"must be >= 1, got {version}")
+    if version > VERSION:
+      raise field.error("version", f"is {version}: written by a newer bu_jax (this one reads "
+                        f"up to {VERSION}); update bu_jax")
+    loss = field.get("loss", str)
+    if loss not in losses_lib.LOSSES:
+      raise field.error("loss", f"must be one of {losses_lib.LOSSES}, got {loss!r}")
+    train_config = field.get("train_config", Mapping, default={})
+    calibration = None
+    if "threshold" in entries:
+      calibration = Calibration(
+          threshold=field.number("threshold"),
+          reduce=field.get("reduce", str, default="max"),
+          quantile=field.number("threshold_quantile", default=None),
+          heldout_clip_scores=tuple(field.numbers("heldout_clip_scores")),
+          heldout_paths=tuple(field.strings("heldout_paths")))
+      if calibration.reduce not in REDUCTIONS:
+        raise field.error("reduce", f"must be one of {REDUCTIONS}, got {calibration.reduce!r}")
+    return cls(loss=loss, preset=_preset(field, train_config), train_config=dict(train_config),
+               data=field.get("data", Mapping, default=None),
+               tag=field.get("tag", str, default=None), calibration=calibration, version=version,
+               extra={k: v for k, v in entries.items() if k not in _KNOWN_KEYS})
+
+  def training_differences(self, wanted: "ModelMetadata", *,
+                           ignore: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """The training settings in which ``wanted`` differs from this (stored) record.
+
+    Compares the loss and every entry of ``wanted``'s ``train_config`` and
+    ``data`` except those named in ``ignore``; entries that this record lacks
+    (a checkpoint written before they were stored) are not compared.
+
+    Returns:
+      ``[(key, stored, wanted)]`` with keys "loss", "train_config.<name>" or
+      "data.<name>"; a preset is shown by its name (e.g. "fcn40-small+std").
+    """
+    differ = [("loss", self.loss, wanted.loss)] if self.loss != wanted.loss else []
+    for group in ("train_config", "data"):
+      have, want = getattr(self, group) or {}, getattr(wanted, group) or {}
+      for key, value in want.items():
+        if key in ignore or key == "loss" or key not in have or have[key] == value:
+          continue
+        named = lambda v: v.get("name", v) if isinstance(v, Mapping) else v
+        differ.append((f"{group}.{key}", named(have[key]), named(value)))
+    return differ
+
+
+def config_json(config) -> dict[str, Any]:
+  """A settings dataclass (e.g. ``train.TrainConfig``) as JSON values: tuples ->
+  lists, nested dataclasses (the preset) -> dicts, other objects -> strings."""
+  return fileio.to_json(config, default=str)
+
+
+# ------------------------------------------------------------------ reading JSON
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               Mapping: "a JSON object", list: "a JSON list"}
+
+
+class _FieldReader:
+  """Typed access to the entries of a metadata object; errors name the file and key."""
+
+  def __init__(self, entries: Mapping[str, Any], where: str):
+    self.entries = entries
+    self.where = where
+
+  def error(self, key: str, problem: str) -> ArtifactError:
+    return ArtifactError(f"{self.where}: entry {key!r} {problem}")
+
+  def get(self, key: str, kind, *, default: Any = ...):
+    if key not in self.entries or (self.entries[key] is None and default is not ...):
+      if default is ...:
+        raise self.error(key, "is missing (not a checkpoint of a bu_jax model, or damaged)")
+      return default
+    return _check_type(self.entries[key], kind, lambda p: self.error(key, p))
+
+  def number(self, key: str, *, default: Any = ...) -> Optional[float]:
+    value = self.get(key, float, default=default)
+    return None if value is None else float(value)
+
+  def numbers(self, key: str) -> list[float]:
+    values = self.get(key, list, default=[])
+    for value in values:
+      _check_type(value, float, lambda p: self.error(key, f"holds a bad value: {p}"))
+    return [float(v) for v in values]
+
+  def strings(self, key: str) -> list[str]:
+    values = self.get(key, list, default=[])
+    for value in values:
+      _check_type(value, str, lambda p: self.error(key, f"holds a bad value: {p}"))
+    return list(values)
+
+
+def _check_type(value: Any, kind, error):
+  """``value`` if it is of ``kind`` (``float``: any finite number), else raises ``error(...)``."""
+  if kind is float:
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+  elif kind is int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  else:
+    ok = isinstance(value, kind)
+  if not ok:
+    raise error(f"must be {_TYPE_NAMES[kind]}, got {value!r}")
+  return value
+
+
+def _dataclass_from(cls, entries: Mapping[str, Any], error, *, skip=()):
+  """``cls(**entries)`` with each field checked against its annotation."""
+  kinds = {"int": int, "float": float, "bool": bool, "str": str}
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+  unknown = sorted(set(entries) - set(fields) - set(skip))
+  if unknown:
+    raise error(f"has unknown entries {unknown} (written by another version of bu_jax?)")
+  values = {}
+  for f in fields.values():
+    if f.name not in entries:
+      if f.default is dataclasses.MISSING:
+        raise error(f"lacks {f.name!r}")
+      continue
+    kind = kinds.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+    values[f.name] = (entries[f.name] if kind is None else
+                      _check_type(entries[f.name], kind, lambda p, n=f.name: error(f"{n!r} {p}")))
+  return values
+
+
+def _preset(field: _FieldReader, train_config: Mapping[str, Any]) -> models_lib.ModelPreset:
+  """The preset named by ``model`` (a custom one from ``train_config["model"]``)."""
+  name = field.get("model", str)
+  features = _dataclass_from(features_lib.FeatureConfig, field.get("features", Mapping),
+                             lambda p: field.error("features", p))
+  try:
+    feature_config = features_lib.FeatureConfig(**features)
+  except (TypeError, ValueError) as e:
+    raise field.error("features", f"is not a valid feature configuration: {e}") from e
+  if name in models_lib.PRESETS:
+    preset = models_lib.PRESETS[name]
+    if preset.features != feature_config:
+      raise field.error("features", f"is inconsistent with model {name!r}: the preset uses "
+                        f"{preset.features}, the metadata {feature_config}")
+    return preset
+  custom = train_config.get("model")
+  if not isinstance(custom, Mapping):
+    raise field.error("model", f"names an unknown preset {name!r} and 'train_config' holds no "
+                      f"custom model; known presets: {sorted(models_lib.PRESETS)}")
+  size = _dataclass_from(models_lib.ModelPreset, custom,
+                         lambda p: field.error("train_config.model", p),
+                         skip=("name", "features"))
+  return models_lib.ModelPreset(name=name, features=feature_config, **size)
+
+
+# ------------------------------------------------------------------ model directories
+
+
+def latest_step(model_dir: os.PathLike | str) -> int:
+  """The newest committed checkpoint step of ``model_dir`` (reads the folder only).
+
+  Raises:
+    ArtifactError: no committed checkpoint.
+  """
+  steps = checkpoint.committed_steps(model_dir)
+  if not steps:
+    raise ArtifactError(f"No checkpoint in {checkpoint.checkpoint_dir(model_dir)} (no "
+                        "committed step directory).")
+  return steps[-1]
+
+
+def metadata_path(model_dir: os.PathLike | str, step: int) -> str:
+  """The metadata file of checkpoint ``step``."""
+  return os.path.join(os.fspath(checkpoint.checkpoint_dir(model_dir)), str(step),
+                      _METADATA_FILE)
+
+
+def read_metadata(model_dir: os.PathLike | str, *, step: Optional[int] = None) -> ModelMetadata:
+  """The typed metadata of checkpoint ``step`` (default: the latest); needs no model.
+
+  Raises:
+    ArtifactError: no checkpoint, or its metadata is missing or malformed
+      (the message names the file).
+  """
+  step = latest_step(model_dir) if step is None else step
+  try:
+    entries = checkpoint.read_metadata(model_dir, step=step)
+  except checkpoint.CheckpointError as e:
+    raise ArtifactError(str(e)) from e
+  return ModelMetadata.from_json(entries, where=metadata_path(model_dir, step))
+
+
+def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) -> str:
+  """The model directory (holding ``checkpoints/``) of ``workdir``.
+
+  ``workdir`` is either a model directory itself or a ``bu_jax.toycar``
+  workdir with one model directory per loss (``<workdir>/<loss>/checkpoints``);
+  then ``loss`` picks one, and may be omitted if there is exactly one.
+
+  Raises:
+    ArtifactError: no such directory, no checkpoint, or an ambiguous/unknown
+      ``loss``; the message says what exists.
+  """
+  workdir = os.fspath(workdir)
+  if not os.path.isdir(workdir):
+    raise ArtifactError(f"{workdir}: no such directory")
+  if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    return workdir
+  found = sorted(name for name in os.listdir(workdir)
+                 if os.path.isdir(checkpoint.checkpoint_dir(os.path.join(workdir, name))))
+  if loss is not None:
+    if loss in found:
+      return os.path.join(workdir, loss)
+    raise ArtifactError(
+        f"No checkpoint for loss {loss!r} in {workdir}: "
+        + (f"it holds models for {found}." if found else
+           f"expected {os.path.join(workdir, loss, checkpoint.CHECKPOINT_SUBDIR)}."))
+  if len(found) == 1:
+    return os.path.join(workdir, found[0])
+  if found:
+    raise ArtifactError(f"{workdir} holds models for several losses {found}; choose one "
+                        "with --loss.")
+  raise ArtifactError(
+      f"No checkpoint in {workdir}: expected {checkpoint.checkpoint_dir(workdir)} "
+      f"or <loss>/{checkpoint.CHECKPOINT_SUBDIR} below it (train a model with "
+      f"`python -m experiments.toycar --workdir={workdir}`).")
+
+
+# ------------------------------------------------------------------ training
+
+
+def open_for_training(model_dir: os.PathLike | str, metadata: ModelMetadata, *,
+                      save_interval_steps: int) -> checkpoint.Checkpointer:
+  """The ``Checkpointer`` a training run saves its train state with.
+
+  Its ``restore_or_init(init_state)`` restores the latest train state of
+  ``model_dir`` (a ``train.TrainState`` or ``train.MemoryTrainState`` like
+  ``init_state``) to resume; every checkpoint it saves carries ``metadata``.
+  """
+  return checkpoint.Checkpointer(model_dir, metadata=metadata.to_json(),
+                                 save_interval_steps=save_interval_steps)
+
+
+def store_calibration(model_dir: os.PathLike | str, calibration: Calibration, *, step: int,
+                      state) -> ModelMetadata:
+  """Attaches φ (``calibration``) to the metadata of checkpoint ``step``, the final one.
+
+  ``state`` is that checkpoint's train state (saved again only if ``step`` is
+  not yet a checkpoint). Returns the stored record.
+  """
+  metadata = dataclasses.replace(read_metadata(model_dir), calibration=calibration)
+  with checkpoint.Checkpointer(model_dir, metadata=metadata.to_json()) as ckpt:
+    ckpt.maybe_save(step, state, force=True)
+  return metadata
+
+
+# ------------------------------------------------------------------ scoring
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  """What scoring needs of a checkpoint: parameters, the record, where it came from."""
+
+  params: Any
+  metadata: ModelMetadata
+  model_dir: str
+  step: int
+
+  @property
+  def preset(self) -> models_lib.ModelPreset:
+    return self.metadata.preset
+
+
+def restore_params(model_dir: os.PathLike | str, step: int, preset: models_lib.ModelPreset,
+                   *, device: Optional[jax.Device] = None) -> Any:
+  """Restores only the parameters of checkpoint ``step``, read only, onto one device.
+
+  The optimizer state is not read, nothing is created or cleaned (a training
+  run may keep writing checkpoints next to it), and the arrays land on
+  ``device`` (default: the first) whatever mesh they were saved from.
+
+  Raises:
+    ArtifactError: the stored parameters do not fit ``preset``'s model (names
+      the first differing leaf and both shapes) or cannot be read.
+  """
+  model = preset.build()
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  expected = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, preset.features.dim), jnp.float32))["params"])
+  target = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), expected)
+  with checkpoint.Checkpointer(model_dir, read_only=True) as ckpt:
+    try:
+      return ckpt.restore_part(step, target, key="params")
+    except checkpoint.CheckpointMismatchError as e:
+      raise ArtifactError(f"The checkpoint does not match the model in its metadata "
+                          f"({preset.name}): {e}") from e
+    except checkpoint.CheckpointError as e:
+      raise ArtifactError(str(e)) from e
+
+
+def load_for_scoring(model_dir: os.PathLike | str, *, loss: Optional[str] = None,
+                     device: Optional[jax.Device] = None) -> TrainedModel:
+  """The parameters and metadata of the latest checkpoint of ``model_dir``, read only.
+
+  Args:
+    model_dir: a model directory (holding ``checkpoints/``).
+    loss: if given, the loss the model must have been trained with.
+    device: where the parameters go (default: the first device).
+
+  Raises:
+    ArtifactError: no checkpoint, malformed metadata, another loss, or
+      parameters that do not match the model of the metadata.
+  """
+  model_dir = os.fspath(model_dir)
+  step = latest_step(model_dir)
+  metadata = read_metadata(model_dir, step=step)
+  if loss is not None and metadata.loss != loss:
+    raise ArtifactError(f"{model_dir} holds a model trained with loss {metadata.loss!r}, "
+                        f"not {loss!r}")
+  params = restore_params(model_dir, step, metadata.preset, device=device)
+  return TrainedModel(params=params, metadata=metadata, model_dir=model_dir, step=step)
