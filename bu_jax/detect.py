@@ -42,9 +42,11 @@ import orbax.checkpoint as ocp
 
 from bu_jax import audio
 from bu_jax import checkpoint as checkpoint_lib
+from bu_jax import cli
 from bu_jax import evaluate
 from bu_jax import fileio
 from bu_jax import features as features_lib
+from bu_jax import losses as losses_lib
 from bu_jax import models
 from bu_jax import scoring
 
@@ -630,17 +632,33 @@ def write_plots(directory: os.PathLike | str,
 
 @dataclasses.dataclass(frozen=True)
 class ScoreSettings:
-  """What ``run`` does (the flags of ``experiments.score``)."""
+  """What ``run`` does, and the flags of ``experiments.score`` (``cli.define_flags``);
+  ``paths`` are its arguments."""
 
-  workdir: str
-  paths: Sequence[str]
-  loss: Optional[str] = None
-  threshold: Optional[float] = None
-  fpr: Optional[float] = None
-  out: Optional[str] = None  # default <workdir>/scores.csv
-  plots: bool = False
-  merge_gap_s: float = 0.1
-  chunk_frames: int = 4096
+  workdir: str = cli.setting(help="Model dir or toycar workdir.")
+  paths: Sequence[str] = ()
+  loss: Optional[str] = cli.setting(None, choices=losses_lib.LOSSES,
+                                    help="Model of a toycar workdir (needed if it holds several).")
+  threshold: Optional[float] = cli.setting(None,
+                                           help="Threshold phi (default: the stored one).")
+  fpr: Optional[float] = cli.setting(
+      None, help="Recalibrate phi for this false-positive rate on the stored "
+      "held-out normal clip scores (gamma fit).")
+  out: Optional[str] = cli.setting(None, help="CSV path (default: <workdir>/scores.csv).")
+  plots: bool = cli.setting(False, help="One PNG per recording in plots/ next to the CSV.")
+  merge_gap_s: float = cli.setting(0.1, minimum=0, help="Merge events closer than this (s).")
+  chunk_frames: int = cli.setting(4096, minimum=1,
+                                  help="Frames per scoring call (memory bound).")
+
+  def __post_init__(self):
+    """Checks every setting once; a ``ValueError`` names the flag."""
+    if not self.paths:
+      raise ValueError("give one or more WAV files or directories to score")
+    cli.check(self)
+    if self.fpr is not None and not 0 < self.fpr < 1:
+      raise ValueError(f"--fpr must lie in (0, 1), got {self.fpr}")
+    if self.threshold is not None and self.fpr is not None:
+      raise ValueError("give either --threshold or --fpr, not both")
 
 
 @dataclasses.dataclass
@@ -698,15 +716,8 @@ def run(settings: ScoreSettings) -> Report:
 
   Raises:
     DetectorError: no usable model in ``settings.workdir``.
-    ValueError: both ``threshold`` and ``fpr`` given, bad values, or an output
-      path that cannot be written (checked before scoring).
+    ValueError: an output path that cannot be written (checked before scoring).
   """
-  if not settings.paths:
-    raise ValueError("no recordings given")
-  if not settings.merge_gap_s >= 0:
-    raise ValueError(f"merge_gap_s must be >= 0, got {settings.merge_gap_s}")
-  if settings.threshold is not None and settings.fpr is not None:
-    raise ValueError("give either --threshold or --fpr, not both")
   detector = load_detector(settings.workdir, loss=settings.loss,
                            chunk_frames=settings.chunk_frames)
   csv_path = settings.out or os.path.join(settings.workdir, "scores.csv")
