@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import errno
 import math
+import os
 import signal
 import sys
+import tempfile
 import types
 import typing
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
@@ -36,6 +39,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
 from absl import flags
 import jax
 
+from bu_jax import data as data_lib
 from bu_jax import losses as losses_lib
 from bu_jax import models as models_lib
 from bu_jax import train as train_lib
@@ -269,6 +273,33 @@ class TrainingSettings:
     return train_lib.TrainConfig(**{name: self.resolved(name) for name in shared}, **fixed)
 
 
+# ------------------------------------------------------------------ run directories
+
+
+class WorkdirError(data_lib.DataError):
+  """--workdir cannot be used (a file, or not creatable / writable)."""
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates ``workdir`` if missing and checks that files can be written there,
+  before any work; a ``WorkdirError`` names the flag and the reason."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir}: is a file, not a directory; give a directory "
+                       "(it is created if missing)")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir}: cannot be created ({e.strerror or e})") from e
+  try:
+    with tempfile.TemporaryFile(dir=workdir, prefix=".write-test-"):
+      pass
+  except OSError as e:
+    raise WorkdirError(
+        f"--workdir={workdir}: cannot be written ({e.strerror or e}); a run, even a finished "
+        "one that is only re-evaluated, writes its results there: copy the folder to a "
+        "writable place and run on the copy") from e
+
+
 # ------------------------------------------------------------------ endings
 
 
@@ -315,8 +346,20 @@ def exit_on_errors(job: Callable[[], T], *, errors: tuple[type[BaseException], .
           file=sys.stderr)
     sys.exit(130)
   except errors as e:
-    print(f"Error: {e}", file=sys.stderr)
+    print(f"Error: {_describe(e)}", file=sys.stderr)
     sys.exit(1)
+
+
+def _describe(error: BaseException) -> str:
+  """The message of an error; for an ``OSError`` the path, the reason and, for a
+  full disk, that the work done so far is kept."""
+  if not isinstance(error, OSError) or not error.filename:
+    return str(error)
+  message = f"{error.filename}: {error.strerror or error}"
+  if error.errno == errno.ENOSPC:
+    message += ("; the files written so far are kept: free some space and run the same "
+                "command again")
+  return message
 
 
 def usage_error(build: Callable[[], T]) -> T:

@@ -320,7 +320,7 @@ def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
 
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss on every machine type; returns the results."""
-  os.makedirs(settings.workdir, exist_ok=True)
+  cli.make_workdir(settings.workdir)
   devices = jax.devices()
   if settings.num_devices is not None:  # checked against the device count by Settings
     devices = devices[:settings.num_devices]
@@ -349,8 +349,9 @@ def run(settings: Settings) -> dict:
         previous = json.load(f)
       for l in settings.losses:
         train_seconds[l].update(previous.get(l, {}).get("train_seconds", {}))
-    except (OSError, ValueError):
-      pass
+    except (OSError, ValueError, AttributeError, TypeError) as e:  # damaged: rewritten below
+      logging.warning("%s cannot be read (%s: %s); its training times are not kept",
+                      previous_path, type(e).__name__, e)
   years = set()
   data_info = {"data_root": os.path.abspath(root), "something_else_dir": se_dir and
                os.path.abspath(se_dir), "machine_types": {}}

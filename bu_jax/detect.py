@@ -692,14 +692,15 @@ class Report:
     return "\n".join(lines)
 
 
-def check_writable(path: os.PathLike | str) -> None:
+def check_writable(path: os.PathLike | str, *, what: str = "the scores file") -> None:
   """Raises ``ValueError`` naming ``path`` if a file cannot be written there.
 
   Creates the missing parent folders and a temporary file in them (removed).
+  ``what`` says what the file is for in the message.
   """
   path = os.fspath(path)
   if os.path.isdir(path):
-    raise ValueError(f"cannot write the scores file {path}: it is a directory; give a file "
+    raise ValueError(f"cannot write {what} {path}: it is a directory; give a file "
                      "name with --out")
   parent = os.path.dirname(os.path.abspath(path))
   try:
@@ -707,7 +708,7 @@ def check_writable(path: os.PathLike | str) -> None:
     with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
       pass
   except OSError as e:
-    raise ValueError(f"cannot write the scores file {path} ({e.strerror or e}); choose "
+    raise ValueError(f"cannot write {what} {path} ({e.strerror or e}); choose "
                      "another --out") from e
 
 
@@ -722,11 +723,13 @@ def run(settings: ScoreSettings) -> Report:
                            chunk_frames=settings.chunk_frames)
   csv_path = settings.out or os.path.join(settings.workdir, "scores.csv")
   check_writable(csv_path)  # before the scoring work, not after it
+  plot_dir = os.path.join(os.path.dirname(csv_path), "plots")
+  if settings.plots:
+    check_writable(os.path.join(plot_dir, "plot.png"), what="the plots")
   phi, source = detector.resolve_threshold(threshold=settings.threshold, fpr=settings.fpr)
   results, failures = score_paths(detector, settings.paths, threshold=phi,
                                   merge_gap_s=settings.merge_gap_s)
   csv_path = write_csv(csv_path, results)
-  plot_paths = (write_plots(os.path.join(os.path.dirname(csv_path), "plots"), results)
-                if settings.plots else [])
+  plot_paths = write_plots(plot_dir, results) if settings.plots else []
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
                 failures=failures, csv_path=csv_path, plot_paths=plot_paths)

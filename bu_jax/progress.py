@@ -43,8 +43,11 @@ class MetricsWriter:
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     record = {"step": int(step)}
     record.update({k: _json_value(v) for k, v in metrics.items()})
-    self._file.write(json.dumps(record, allow_nan=False) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record, allow_nan=False) + "\n")
+      self._file.flush()
+    except OSError as e:  # e.g. a full disk: name the file
+      raise OSError(e.errno, e.strerror, self.path) from e
 
   def close(self) -> None:
     if not self._file.closed:

@@ -589,23 +589,9 @@ def _num(v) -> str:
   return "n/a" if v is None else f"{v:.3f}"
 
 
-class WorkdirError(data_lib.DataError):
-  """--workdir cannot be used (a file, or not creatable / writable)."""
-
-
-def _make_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f"--workdir={workdir}: is a file, not a directory; give a directory "
-                       "(it is created if missing)")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise WorkdirError(f"--workdir={workdir}: cannot be created ({e.strerror or e})") from e
-
-
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss of ``settings``; returns the results dict."""
-  _make_workdir(settings.workdir)
+  cli.make_workdir(settings.workdir)
   devices = jax.devices()
   if settings.num_devices is not None:  # checked against the device count by Settings
     devices = devices[:settings.num_devices]

@@ -31,7 +31,7 @@ def main(argv):
   cli.exit_on_errors(
       lambda: dcase_run.run(settings), interrupted=(dcase_run.Interrupted,),
       errors=(data.DataError, audio.AudioError, checkpoint.CheckpointError,
-              train.NonFiniteLossError),
+              train.NonFiniteLossError, OSError),  # the message names the flag or path
       on_interrupt="the checkpoints saved so far are kept: run the same command again "
       "to resume")
 

@@ -35,7 +35,7 @@ def main(argv):
   cli.exit_on_errors(
       lambda: toycar.run(settings), interrupted=(toycar.Interrupted,),
       errors=(data.DataError, audio.AudioError, checkpoint.CheckpointError,
-              train.NonFiniteLossError),
+              train.NonFiniteLossError, OSError),  # the message names the flag or path
       on_interrupt="the checkpoints saved so far are kept: run the same command again "
       "to resume")
 
