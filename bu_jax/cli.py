@@ -17,9 +17,12 @@ whose ``__post_init__`` validates every value once. Fields made without
   cli.define_flags(Settings)          # at import time of the entry point
   settings = cli.settings_from_flags(Settings)   # in main()
 
-``exit_on_errors`` gives every entry point the same endings: one ``Error:``
-line and status 1 for bad input, one ``Interrupted:`` line and status 130 for
-Ctrl-C or SIGTERM (``sigterm_as_interrupt``).
+``TrainingSettings`` holds the settings both training entry points share, the
+presets, and the one mapping to ``train.TrainConfig``. ``make_workdir`` checks
+``--workdir`` before any work. ``exit_on_errors`` (and ``run_training``) gives
+every entry point the same endings: one ``Error:`` line and status 1 for bad
+input, one ``Interrupted:`` line and status 130 for Ctrl-C or SIGTERM
+(``sigterm_as_interrupt``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
 from absl import flags
 import jax
 
+from bu_jax import audio
+from bu_jax import checkpoint
 from bu_jax import data as data_lib
 from bu_jax import losses as losses_lib
 from bu_jax import models as models_lib
@@ -360,6 +365,26 @@ def _describe(error: BaseException) -> str:
     message += ("; the files written so far are kept: free some space and run the same "
                 "command again")
   return message
+
+
+def run_training(run: Callable[[Any], T], settings_class: type, *,
+                 interrupted: type[BaseException]) -> T:
+  """The ``main`` of a training entry point (``experiments.toycar``, ``.dcase``).
+
+  Builds ``settings_class`` from the flags (a bad value: one ``Usage error:``
+  line naming the flag, status 1) and calls ``run(settings)``; bad input (data,
+  audio, checkpoints, a non-finite loss, a file that cannot be written) ends in
+  one ``Error:`` line and status 1; ``interrupted`` (training stopped after a
+  checkpoint), Ctrl-C and SIGTERM in one ``Interrupted:`` line and status 130.
+  """
+  sigterm_as_interrupt()  # outside training; during it checkpoint.GracefulStop saves first
+  settings = usage_error(lambda: settings_from_flags(settings_class))
+  return exit_on_errors(
+      lambda: run(settings), interrupted=(interrupted,),
+      errors=(data_lib.DataError, audio.AudioError, checkpoint.CheckpointError,
+              train_lib.NonFiniteLossError, OSError),
+      on_interrupt="the checkpoints saved so far are kept: run the same command again "
+      "to resume")
 
 
 def usage_error(build: Callable[[], T]) -> T:

@@ -46,7 +46,6 @@ from bu_jax import dcase
 from bu_jax import dcase_metrics
 from bu_jax import evaluate
 from bu_jax import fileio
-from bu_jax import losses as losses_lib
 from bu_jax import parallel
 from bu_jax import progress as progress_lib
 from bu_jax import scoring

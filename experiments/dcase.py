@@ -12,13 +12,9 @@ bu_jax/dcase_run.py for what is written to --workdir.
 
 from absl import app
 
-from bu_jax import audio
-from bu_jax import checkpoint
 from bu_jax import cli
-from bu_jax import data
 from bu_jax import dcase_run
 from bu_jax import progress
-from bu_jax import train
 
 cli.define_flags(dcase_run.Settings)  # every setting's flag, help and default
 
@@ -26,14 +22,7 @@ cli.define_flags(dcase_run.Settings)  # every setting's flag, help and default
 def main(argv):
   progress.quiet_library_logs()  # third-party INFO logs only with --verbosity
   del argv
-  cli.sigterm_as_interrupt()  # outside training; during it GracefulStop saves first
-  settings = cli.usage_error(lambda: cli.settings_from_flags(dcase_run.Settings))
-  cli.exit_on_errors(
-      lambda: dcase_run.run(settings), interrupted=(dcase_run.Interrupted,),
-      errors=(data.DataError, audio.AudioError, checkpoint.CheckpointError,
-              train.NonFiniteLossError, OSError),  # the message names the flag or path
-      on_interrupt="the checkpoints saved so far are kept: run the same command again "
-      "to resume")
+  cli.run_training(dcase_run.run, dcase_run.Settings, interrupted=dcase_run.Interrupted)
 
 
 if __name__ == "__main__":
