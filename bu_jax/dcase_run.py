@@ -38,12 +38,12 @@ import jax
 import numpy as np
 
 from bu_jax import artifact
+from bu_jax import cli
 from bu_jax import data as data_lib
 from bu_jax import dcase
 from bu_jax import dcase_metrics
 from bu_jax import evaluate
 from bu_jax import fileio
-from bu_jax import losses as losses_lib
 from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import progress as progress_lib
@@ -52,14 +52,13 @@ from bu_jax import signals
 from bu_jax import synthetic_dcase
 from bu_jax import train as train_lib
 
+# Presets: values of Settings fields; what a preset leaves out is
+# TrainConfig's default, the paper's (section 4.2.2, per machine type).
 PRESETS = {
-    # Section 4.2.2 of the paper, per machine type.
-    "paper": dict(model="fcn64-large", epochs=200, steps_per_epoch=500,
-                  decay_start_epoch=100, learning_rate=1e-4, segments_per_mixture=10,
-                  steps_per_call=1),
+    "paper": {},
     # The embedded set on a 2-core CPU: 3 machine types x 3 losses in ~5 min.
     "demo": dict(model="fcn40-small", epochs=4, steps_per_epoch=100, decay_start_epoch=2,
-                 learning_rate=1e-3, segments_per_mixture=10, steps_per_call=10),
+                 learning_rate=1e-3, steps_per_call=10),
 }
 PER = ("machine_type", "section")
 
@@ -68,66 +67,35 @@ class Interrupted(Exception):
   """Training stopped on SIGTERM / Ctrl-C after saving a checkpoint."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """What ``run`` does; ``None`` fields take the preset's value."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings(cli.TrainingSettings):
+  """What ``run`` does, and the flags of ``experiments.dcase`` (``cli.define_flags``):
+  the training settings of ``cli.TrainingSettings`` and these."""
 
-  workdir: str
-  losses: Sequence[str] = ("bu",)
-  data_root: Optional[str] = None
-  machines: Optional[Sequence[str]] = None
-  year: str = "auto"
-  per: str = "machine_type"
-  preset: str = "demo"
-  seed: int = 0
-  data_seed: int = 0
-  something_else_dir: Optional[str] = None
-  ground_truth_dir: Optional[str] = None
-  eval_root: Optional[str] = None
-  model: Optional[str] = None
-  epochs: Optional[int] = None
-  steps_per_epoch: Optional[int] = None
-  decay_start_epoch: Optional[int] = None
-  learning_rate: Optional[float] = None
-  segments_per_mixture: Optional[int] = None
-  mixtures_per_step: Optional[int] = None  # None: one per device
-  num_devices: Optional[int] = None  # None: all devices
-  steps_per_call: Optional[int] = None
-  sigma: Optional[float] = None
-  lam: Optional[float] = None
-  eps: float = 1e-6
-  checkpoint_every: int = 500
-  threshold_quantile: float = 0.9
-  reduce: str = "max"
-  progress: bool = True
+  PRESETS = PRESETS
+
+  preset: str = cli.setting("paper", choices=sorted(PRESETS),
+                            help="paper: section 4.2.2 schedule; demo: embedded set, 2-core CPU.")
+  data_root: Optional[str] = cli.setting(
+      None, help="Folder of machine types (<root>/<machine_type>/{train,test}); default: the "
+      "embedded synthetic DCASE-style set.")
+  machines: Optional[Sequence[str]] = cli.setting(
+      None, help="Machine types (default: every folder).")
+  year: str = cli.setting("auto", choices=("auto", *dcase.YEARS),
+                          help="File-name grammar and metric convention (auto: from the names).")
+  per: str = cli.setting("machine_type", choices=PER,
+                         help="One model per machine type (baselines) or per section.")
+  data_seed: int = cli.setting(0, help="Seed of the embedded data set.")
+  ground_truth_dir: Optional[str] = cli.setting(
+      None, help="Organisers' ground truth (ground_truth_data/, ground_truth_domain/) for "
+      "unlabelled evaluation-set test clips.")
+  eval_root: Optional[str] = cli.setting(
+      None, help="Evaluation set (<root>/<machine_type>/test): scored with the trained "
+      "models, files in <workdir>/<loss>/eval/.")
   synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
 
-  def __post_init__(self):
-    if self.preset not in PRESETS:
-      raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-    bad = [l for l in self.losses if l not in losses_lib.LOSSES]
-    if bad or not self.losses:
-      raise ValueError(f"--loss must be one of {losses_lib.LOSSES} or 'all', got {bad}")
-    if self.year not in ("auto", *dcase.YEARS):
-      raise ValueError(f"--year must be auto or one of {dcase.YEARS}, got {self.year!r}")
-    if self.per not in PER:
-      raise ValueError(f"--per must be one of {PER}, got {self.per!r}")
-    if self.reduce not in ("max", "mean"):
-      raise ValueError(f"--reduce must be max or mean, got {self.reduce!r}")
-
-  def resolved(self, name: str):
-    value = getattr(self, name)
-    return PRESETS[self.preset][name] if value is None else value
-
   def train_config(self, loss: str, num_devices: int) -> train_lib.TrainConfig:
-    return train_lib.TrainConfig(
-        loss=loss, model=self.resolved("model"), learning_rate=self.resolved("learning_rate"),
-        epochs=self.resolved("epochs"), steps_per_epoch=self.resolved("steps_per_epoch"),
-        decay_start_epoch=self.resolved("decay_start_epoch"),
-        segments_per_mixture=self.resolved("segments_per_mixture"),
-        mixtures_per_step=self.mixtures_per_step or num_devices,
-        steps_per_call=self.resolved("steps_per_call"), seed=self.seed,
-        sigma=self.sigma, lam=self.lam, eps=self.eps)
+    return super().train_config(loss, mixtures_per_step=self.mixtures_per_step or num_devices)
 
 
 def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
@@ -332,12 +300,9 @@ def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
 
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss on every machine type; returns the results."""
-  os.makedirs(settings.workdir, exist_ok=True)
+  cli.make_workdir(settings.workdir)
   devices = jax.devices()
-  if settings.num_devices is not None:
-    if not 1 <= settings.num_devices <= len(devices):
-      raise ValueError(f"--num_devices={settings.num_devices}: this machine has "
-                       f"{len(devices)} devices")
+  if settings.num_devices is not None:  # checked against the device count by Settings
     devices = devices[:settings.num_devices]
   mesh = parallel.data_mesh(devices)
   num_devices = len(devices)
@@ -364,8 +329,9 @@ def run(settings: Settings) -> dict:
         previous = json.load(f)
       for l in settings.losses:
         train_seconds[l].update(previous.get(l, {}).get("train_seconds", {}))
-    except (OSError, ValueError):
-      pass
+    except (OSError, ValueError, AttributeError, TypeError) as e:  # damaged: rewritten below
+      logging.warning("%s cannot be read (%s: %s); its training times are not kept",
+                      previous_path, type(e).__name__, e)
   years = set()
   data_info = {"data_root": os.path.abspath(root), "something_else_dir": se_dir and
                os.path.abspath(se_dir), "machine_types": {}}

@@ -35,9 +35,11 @@ import numpy as np
 
 from bu_jax import artifact
 from bu_jax import audio
+from bu_jax import cli
 from bu_jax import evaluate
 from bu_jax import fileio
 from bu_jax import features as features_lib
+from bu_jax import losses as losses_lib
 from bu_jax import models
 from bu_jax import plots
 from bu_jax import scoring
@@ -434,17 +436,33 @@ def format_table(results: Sequence[tuple[str, FrameResult]],
 
 @dataclasses.dataclass(frozen=True)
 class ScoreSettings:
-  """What ``run`` does (the flags of ``experiments.score``)."""
+  """What ``run`` does, and the flags of ``experiments.score`` (``cli.define_flags``);
+  ``paths`` are its arguments."""
 
-  workdir: str
-  paths: Sequence[str]
-  loss: Optional[str] = None
-  threshold: Optional[float] = None
-  fpr: Optional[float] = None
-  out: Optional[str] = None  # default <workdir>/scores.csv
-  plots: bool = False
-  merge_gap_s: float = 0.1
-  chunk_frames: int = 4096
+  workdir: str = cli.setting(help="Model dir or toycar workdir.")
+  paths: Sequence[str] = ()
+  loss: Optional[str] = cli.setting(None, choices=losses_lib.LOSSES,
+                                    help="Model of a toycar workdir (needed if it holds several).")
+  threshold: Optional[float] = cli.setting(None,
+                                           help="Threshold phi (default: the stored one).")
+  fpr: Optional[float] = cli.setting(
+      None, help="Recalibrate phi for this false-positive rate on the stored "
+      "held-out normal clip scores (gamma fit).")
+  out: Optional[str] = cli.setting(None, help="CSV path (default: <workdir>/scores.csv).")
+  plots: bool = cli.setting(False, help="One PNG per recording in plots/ next to the CSV.")
+  merge_gap_s: float = cli.setting(0.1, minimum=0, help="Merge events closer than this (s).")
+  chunk_frames: int = cli.setting(4096, minimum=1,
+                                  help="Frames per scoring call (memory bound).")
+
+  def __post_init__(self):
+    """Checks every setting once; a ``ValueError`` names the flag."""
+    if not self.paths:
+      raise ValueError("give one or more WAV files or directories to score")
+    cli.check(self)
+    if self.fpr is not None and not 0 < self.fpr < 1:
+      raise ValueError(f"--fpr must lie in (0, 1), got {self.fpr}")
+    if self.threshold is not None and self.fpr is not None:
+      raise ValueError("give either --threshold or --fpr, not both")
 
 
 @dataclasses.dataclass
@@ -478,14 +496,15 @@ class Report:
     return "\n".join(lines)
 
 
-def check_writable(path: os.PathLike | str) -> None:
+def check_writable(path: os.PathLike | str, *, what: str = "the scores file") -> None:
   """Raises ``ValueError`` naming ``path`` if a file cannot be written there.
 
   Creates the missing parent folders and a temporary file in them (removed).
+  ``what`` says what the file is for in the message.
   """
   path = os.fspath(path)
   if os.path.isdir(path):
-    raise ValueError(f"cannot write the scores file {path}: it is a directory; give a file "
+    raise ValueError(f"cannot write {what} {path}: it is a directory; give a file "
                      "name with --out")
   parent = os.path.dirname(os.path.abspath(path))
   try:
@@ -493,7 +512,7 @@ def check_writable(path: os.PathLike | str) -> None:
     with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
       pass
   except OSError as e:
-    raise ValueError(f"cannot write the scores file {path} ({e.strerror or e}); choose "
+    raise ValueError(f"cannot write {what} {path} ({e.strerror or e}); choose "
                      "another --out") from e
 
 
@@ -502,25 +521,19 @@ def run(settings: ScoreSettings) -> Report:
 
   Raises:
     DetectorError: no usable model in ``settings.workdir``.
-    ValueError: both ``threshold`` and ``fpr`` given, bad values, or an output
-      path that cannot be written (checked before scoring).
+    ValueError: an output path that cannot be written (checked before scoring).
   """
-  if not settings.paths:
-    raise ValueError("no recordings given")
-  if not settings.merge_gap_s >= 0:
-    raise ValueError(f"merge_gap_s must be >= 0, got {settings.merge_gap_s}")
-  if settings.threshold is not None and settings.fpr is not None:
-    raise ValueError("give either --threshold or --fpr, not both")
   detector = load_detector(settings.workdir, loss=settings.loss,
                            chunk_frames=settings.chunk_frames)
   csv_path = settings.out or os.path.join(settings.workdir, "scores.csv")
   check_writable(csv_path)  # before the scoring work, not after it
+  plot_dir = os.path.join(os.path.dirname(csv_path), "plots")
+  if settings.plots:
+    check_writable(os.path.join(plot_dir, "plot.png"), what="the plots")
   phi, source = detector.resolve_threshold(threshold=settings.threshold, fpr=settings.fpr)
   results, failures = score_paths(detector, settings.paths, threshold=phi,
                                   merge_gap_s=settings.merge_gap_s)
   csv_path = write_csv(csv_path, results)
-  plot_paths = (plots.write_frame_score_plots(os.path.join(os.path.dirname(csv_path), "plots"),
-                                              results)
-                if settings.plots else [])
+  plot_paths = plots.write_frame_score_plots(plot_dir, results) if settings.plots else []
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
                 failures=failures, csv_path=csv_path, plot_paths=plot_paths)

@@ -37,21 +37,25 @@ def atomic_write(path: PathLike, data: bytes | str) -> str:
   """Writes ``data`` to ``path`` via a temporary file, fsync and ``os.replace``.
 
   Parent folders are created. On any error the temporary file is removed and
-  an existing ``path`` is left as it was. Returns ``path`` as a string.
+  an existing ``path`` is left as it was; an ``OSError`` (a full disk, a
+  read-only folder) names ``path``. Returns ``path`` as a string.
   """
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   payload = data.encode("utf-8") if isinstance(data, str) else data
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  tmp = None
   try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as file:
       file.write(payload)
       file.flush()
       os.fsync(file.fileno())
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError):  # name the file meant, not the temporary one
+      raise OSError(e.errno, e.strerror, str(path)) from e
     raise
   return str(path)
 
@@ -299,17 +303,27 @@ class MetricsWriter:
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Appends ``{"step": step, **metrics}`` as one line."""
     record = {"step": int(step), **to_json(dict(metrics))}
-    self._file.write((json.dumps(record, allow_nan=False) + "\n").encode("utf-8"))
-    self._file.flush()
-    if time.monotonic() - self._last_fsync >= self._fsync_interval_s:
-      os.fsync(self._file.fileno())
-      self._last_fsync = time.monotonic()
+    try:
+      self._file.write((json.dumps(record, allow_nan=False) + "\n").encode("utf-8"))
+      self._file.flush()
+      if time.monotonic() - self._last_fsync >= self._fsync_interval_s:
+        os.fsync(self._file.fileno())
+        self._last_fsync = time.monotonic()
+    except OSError as e:  # e.g. a full disk: name the file
+      raise OSError(e.errno, e.strerror, self.path) from e
 
   def close(self) -> None:
     if not self._file.closed:
-      self._file.flush()
-      os.fsync(self._file.fileno())
-      self._file.close()
+      try:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+      except OSError as e:
+        raise OSError(e.errno, e.strerror, self.path) from e
+      finally:
+        try:
+          self._file.close()
+        except OSError:  # the same failure again; the first one is raised
+          pass
 
   def __enter__(self) -> "MetricsWriter":
     return self

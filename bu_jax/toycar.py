@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Optional, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 
 from bu_jax import artifact
 from bu_jax import checkpoint as checkpoint_lib
+from bu_jax import cli
 from bu_jax import data as data_lib
 from bu_jax import evaluate
 from bu_jax import features as features_lib
@@ -53,141 +53,83 @@ from bu_jax import signals
 from bu_jax import synthetic
 from bu_jax import train as train_lib
 
-# Section 4.2.2: FCN64-large, 200 epochs of 500 mini-batches, AMSGrad 1e-4
-# constant for 100 epochs then linear decay to 1/100.
+# Presets: values of Settings fields; what a preset leaves out is
+# TrainConfig's default, the paper's (section 4.2.2: FCN64-large, 200 epochs
+# of 500 mini-batches, AMSGrad 1e-4 constant for 100 epochs then linear decay
+# to 1/100, 10 segments per mixture).
 CPU_EPOCHS = 48
 PRESETS = {
-    "paper": dict(model="fcn64-large", epochs=200, steps_per_epoch=500,
-                  decay_start_epoch=100, learning_rate=1e-4,
-                  segments_per_mixture=10, steps_per_call=1),
+    "paper": {},
     # Small enough for a 2-core laptop CPU (all three losses in < 10 min).
     "demo": dict(model="fcn40-small", epochs=12, steps_per_epoch=100,
-                 decay_start_epoch=6, learning_rate=1e-3,
-                 segments_per_mixture=10, steps_per_call=10),
+                 decay_start_epoch=6, learning_rate=1e-3, steps_per_call=10),
     # Real recordings on a 2-core CPU (< 8 min per loss): the AE on inputs
     # standardized with training statistics, a longer schedule, and BU's
     # band-width chosen per batch (kde.contrast_sigma).
     "cpu": dict(model="fcn40-small", epochs=CPU_EPOCHS, steps_per_epoch=100,
-                decay_start_epoch=CPU_EPOCHS // 2, learning_rate=1e-3,
-                segments_per_mixture=10, steps_per_call=10,
+                decay_start_epoch=CPU_EPOCHS // 2, learning_rate=1e-3, steps_per_call=10,
                 standardize_input=True, bandwidth="contrast"),
 }
-# Settings a preset may leave out (then these defaults hold).
-PRESET_DEFAULTS = dict(standardize_input=False, bandwidth="fixed", kde_memory=0,
-                       kde_exclude="none")
 
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
                  "AUC ordered BU > SNP > RE; its values are only given as a bar chart.")
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings(cli.TrainingSettings):
+  """What ``run`` does, and the flags of ``experiments.toycar`` (``cli.define_flags``):
+  the training settings of ``cli.TrainingSettings`` and these."""
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """What ``run`` does; ``None`` fields take the preset's value."""
+  PRESETS = PRESETS
 
-  workdir: str
-  losses: Sequence[str] = ("bu",)
-  preset: str = "paper"
-  model: Optional[str] = None
-  data_dir: Optional[str] = None
-  something_else_dir: Optional[str] = None
-  anomaly_dir: Optional[str] = None
-  noise_dir: Optional[str] = None
-  layout: str = "auto"
-  snr_db: float = 0.0
+  preset: str = cli.setting(
+      "paper", choices=sorted(PRESETS),
+      help="paper: section 4.2.2 schedule (GPU/TPU); demo: < 10 min on a 2-core CPU "
+      "(embedded set); cpu: real recordings on a 2-core CPU (standardized AE input, longer "
+      "schedule, contrast band-width).")
+  data_dir: Optional[str] = cli.setting(
+      None, help="Data set root (DCASE 2020, DCASE 2021+ or the paper's mixing layout); "
+      "default: embedded synthetic set.")
+  anomaly_dir: Optional[str] = cli.setting(
+      None, help="Anomaly WAVs mixed into normal test clips (mixing layout).")
+  noise_dir: Optional[str] = cli.setting(
+      None, help="Noise WAVs mixed at --snr_db (mixing layout).")
+  layout: str = cli.setting("auto", choices=("auto", *data_lib.LAYOUTS),
+                            help="Layout of --data_dir.")
+  snr_db: float = cli.setting(0.0, help="SNR of the noise mixed into machine clips (mixing).")
   anrs_db: Sequence[float] = (-10.0, -15.0, -20.0)
-  data_seed: int = 0
-  seed: int = 0
-  epochs: Optional[int] = None
-  steps_per_epoch: Optional[int] = None
-  decay_start_epoch: Optional[int] = None
-  learning_rate: Optional[float] = None
-  segments_per_mixture: Optional[int] = None
-  mixtures_per_step: Optional[int] = None  # None: one per device
-  num_devices: Optional[int] = None  # None: all devices
-  steps_per_call: Optional[int] = None
-  compute_dtype: str = "float32"
-  sigma: Optional[float] = None  # None: 1/(2D)
-  bandwidth: Optional[str] = None  # None: the preset's ("fixed" unless set)
-  kde_memory: Optional[int] = None  # None: the preset's (0 unless set)
-  kde_exclude: Optional[str] = None  # None: the preset's ("none" unless set)
-  standardize_input: Optional[bool] = None  # None: the preset's
-  lam: Optional[float] = None  # None: 2M
-  eps: float = 1e-6
-  checkpoint_every: int = 500
+  data_seed: int = cli.setting(0, help="Seed of the synthetic set and data splits.")
+  compute_dtype: str = cli.setting(
+      train_lib.TrainConfig.compute_dtype, choices=train_lib.COMPUTE_DTYPES,
+      help="The AE's matrix products in training (bfloat16: GPU/TPU); parameters, features, "
+      "scores and the KDE stay float32.")
+  bandwidth: Optional[str] = cli.setting(
+      None, choices=train_lib.BANDWIDTHS,
+      help="BU's KDE band-width: fixed (--sigma, the paper) or contrast (per batch, --sigma "
+      "times the factor at which the batch's densities differ most). Default: the preset's.")
+  kde_memory: Optional[int] = cli.setting(
+      None, minimum=0, help="BU: also sum the KDE over the normal frames of this many recent "
+      "steps (256 per step; 0: the batch only, the paper). Default: the preset's.")
+  kde_exclude: Optional[str] = cli.setting(
+      None, choices=train_lib.KDE_EXCLUDE,
+      help="BU: 'segment' leaves a frame's own 3-s normal segment out of its KDE sum (only "
+      "recurrence in other recordings makes it common); 'none': eq. (15). Default: the "
+      "preset's.")
+  standardize_input: Optional[bool] = cli.setting(
+      None, help="Standardize the AE's input with training statistics (stored with the "
+      "model). Default: the preset's.")
   heldout_fraction: float = 0.1
-  threshold_quantile: float = 0.9
-  reduce: str = "max"
-  rare_clips: Optional[str] = None  # CSV / list of rare-normal test clips (evaluation only)
-  reference_components: int = 16  # PCA reference next to the AEs (0: none)
-  progress: bool = True
+  rare_clips: Optional[str] = cli.setting(
+      None, help="CSV (file-name column and 0/1 'rare' column, e.g. realaudio-dev's "
+      "metadata.csv) or list of rare-normal test clips: adds rare-normal metrics. Used for "
+      "evaluation only.")
+  reference_components: int = cli.setting(
+      16, minimum=0, help="Components of the PCA reference detector reported next to the "
+      "AEs by --loss=all (0: none).")
 
   def __post_init__(self):
-    """Checks every setting once; a ``ValueError`` names the flag (the entry
-    point turns it into a usage error)."""
-    if self.preset not in PRESETS:
-      raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-    bad = [l for l in self.losses if l not in losses_lib.LOSSES]
-    if bad or not self.losses:
-      raise ValueError(f"--loss must be one of {losses_lib.LOSSES} or 'all', got {bad}")
-    model = self.resolved("model")
-    if model not in models_lib.PRESETS:
-      raise ValueError(f"--model must be one of {sorted(models_lib.PRESETS)}, got {model!r}")
-    for name, allowed in (("compute_dtype", train_lib.COMPUTE_DTYPES),
-                          ("bandwidth", train_lib.BANDWIDTHS),
-                          ("kde_exclude", train_lib.KDE_EXCLUDE), ("reduce", ("max", "mean"))):
-      if self.resolved(name) not in allowed:
-        raise ValueError(f"--{name} must be one of {list(allowed)}, got "
-                         f"{self.resolved(name)!r}")
-    for name in ("epochs", "steps_per_epoch", "segments_per_mixture", "steps_per_call",
-                 "mixtures_per_step", "num_devices", "checkpoint_every"):
-      value = self.resolved(name)
-      if value is not None and value < 1:
-        raise ValueError(f"--{name} must be >= 1, got {value}")
-    epochs, decay = self.resolved("epochs"), self.resolved("decay_start_epoch")
-    if not 0 <= decay <= epochs:
-      given = ("" if self.decay_start_epoch is not None else
-               f" (the {self.preset} preset's value; set --decay_start_epoch too, "
-               f"e.g. --decay_start_epoch={epochs // 2})")
-      raise ValueError(f"--decay_start_epoch={decay} must lie in [0, --epochs={epochs}]"
-                       + given)
-    lr = self.resolved("learning_rate")
-    if not (math.isfinite(lr) and lr > 0):
-      raise ValueError(f"--learning_rate must be finite and > 0, got {lr}")
-    for name in ("sigma", "lam"):
-      value = getattr(self, name)
-      if value is not None and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"--{name} must be finite and > 0, got {value}")
-    if not (math.isfinite(self.eps) and self.eps >= 0):
-      raise ValueError(f"--eps must be finite and >= 0, got {self.eps}")
-    if not math.isfinite(self.snr_db):
-      raise ValueError(f"--snr_db must be finite, got {self.snr_db}")
-    if self.resolved("kde_memory") < 0:
-      raise ValueError(f"--kde_memory must be >= 0, got {self.resolved('kde_memory')}")
-    if self.reference_components < 0:
-      raise ValueError(f"--reference_components must be >= 0, got {self.reference_components}")
+    super().__post_init__()
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
-    if not 0 < self.threshold_quantile < 1:
-      raise ValueError(f"--threshold_quantile must lie in (0, 1), got "
-                       f"{self.threshold_quantile}")
-    if self.num_devices is not None and self.num_devices > jax.device_count():
-      raise ValueError(f"--num_devices={self.num_devices}: this machine has "
-                       f"{jax.device_count()} device(s)")
-    if self.mixtures_per_step is not None:
-      devices = self.num_devices or jax.device_count()
-      if self.mixtures_per_step % devices:
-        lower = max(devices, self.mixtures_per_step - self.mixtures_per_step % devices)
-        raise ValueError(
-            f"--mixtures_per_step={self.mixtures_per_step} is not divisible by the number "
-            f"of devices ({devices}): each device must get the same number of mixtures. "
-            f"Use a multiple of {devices} (e.g. --mixtures_per_step={lower}) or set "
-            "--num_devices.")
-
-  def resolved(self, name: str):
-    value = getattr(self, name)
-    if value is not None:
-      return value
-    return PRESETS[self.preset].get(name, PRESET_DEFAULTS.get(name))
 
   def model_preset(self) -> models_lib.ModelPreset:
     """The AE preset, with input standardization when configured."""
@@ -197,18 +139,7 @@ class Settings:
     return preset
 
   def train_config(self, loss: str) -> train_lib.TrainConfig:
-    return train_lib.TrainConfig(
-        loss=loss, model=self.model_preset(), learning_rate=self.resolved("learning_rate"),
-        epochs=self.resolved("epochs"), steps_per_epoch=self.resolved("steps_per_epoch"),
-        decay_start_epoch=self.resolved("decay_start_epoch"),
-        segments_per_mixture=self.resolved("segments_per_mixture"),
-        mixtures_per_step=(jax.device_count() if self.mixtures_per_step is None
-                           else self.mixtures_per_step),
-        steps_per_call=self.resolved("steps_per_call"), seed=self.seed,
-        sigma=self.sigma, bandwidth=self.resolved("bandwidth"),
-        kde_memory=self.resolved("kde_memory"), kde_exclude=self.resolved("kde_exclude"),
-        lam=self.lam, eps=self.eps,
-        compute_dtype=self.compute_dtype)
+    return super().train_config(loss, model=self.model_preset())
 
 
 @dataclasses.dataclass
@@ -602,23 +533,9 @@ def _num(v) -> str:
   return "n/a" if v is None else f"{v:.3f}"
 
 
-class WorkdirError(data_lib.DataError):
-  """--workdir cannot be used (a file, or not creatable / writable)."""
-
-
-def _make_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f"--workdir={workdir}: is a file, not a directory; give a directory "
-                       "(it is created if missing)")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise WorkdirError(f"--workdir={workdir}: cannot be created ({e.strerror or e})") from e
-
-
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss of ``settings``; returns the results dict."""
-  _make_workdir(settings.workdir)
+  cli.make_workdir(settings.workdir)
   devices = jax.devices()
   if settings.num_devices is not None:  # checked against the device count by Settings
     devices = devices[:settings.num_devices]

@@ -13,40 +13,23 @@ it. Exits with status 1 if some recording could not be scored.
 import sys
 
 from absl import app
-from absl import flags
 
 from bu_jax import checkpoint
+from bu_jax import cli
 from bu_jax import detect
-from bu_jax import losses
 from bu_jax import progress
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Model dir or toycar workdir.", required=True)
-_LOSS = flags.DEFINE_enum("loss", None, list(losses.LOSSES),
-                          "Model of a toycar workdir (needed if it holds several).")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "Threshold phi (default: the stored one).")
-_FPR = flags.DEFINE_float("fpr", None, "Recalibrate phi for this false-positive rate on the "
-                          "stored held-out normal clip scores (gamma fit).")
-_OUT = flags.DEFINE_string("out", None, "CSV path (default: <workdir>/scores.csv).")
-_PLOTS = flags.DEFINE_bool("plots", False, "One PNG per recording in plots/ next to the CSV.")
-_MERGE_GAP = flags.DEFINE_float("merge_gap_s", 0.1, "Merge events closer than this (s).")
-_CHUNK = flags.DEFINE_integer("chunk_frames", 4096, "Frames per scoring call (memory bound).")
+cli.define_flags(detect.ScoreSettings)  # every setting's flag, help and default
 
 
 def main(argv):
   progress.quiet_library_logs()  # third-party INFO logs only with --verbosity
-  if len(argv) < 2:
-    raise app.UsageError("give one or more WAV files or directories to score")
-  settings = detect.ScoreSettings(
-      workdir=_WORKDIR.value, paths=argv[1:], loss=_LOSS.value, threshold=_THRESHOLD.value,
-      fpr=_FPR.value, out=_OUT.value, plots=_PLOTS.value, merge_gap_s=_MERGE_GAP.value,
-      chunk_frames=_CHUNK.value)
-  try:
-    report = detect.run(settings)
-  except (checkpoint.CheckpointError, ValueError) as e:  # DetectorError included.
-    sys.exit(f"score: error: {e}")
-  except KeyboardInterrupt:
-    print("Interrupted: stopped by Ctrl-C; nothing was written", file=sys.stderr)
-    sys.exit(130)
+  cli.sigterm_as_interrupt()
+  settings = cli.usage_error(lambda: cli.settings_from_flags(detect.ScoreSettings,
+                                                             paths=argv[1:]))
+  report = cli.exit_on_errors(lambda: detect.run(settings),
+                              errors=(checkpoint.CheckpointError, ValueError, OSError),
+                              on_interrupt="no file is left half-written")
   print(report.summary(), flush=True)
   for _, message in report.failures:
     print(f"score: FAILED {message}", file=sys.stderr)

@@ -131,3 +131,11 @@ def test_something_else_required_with_real_data(tmp_path):
                                                          "num_test_per_group": 1})
   with pytest.raises(dcase.DataError, match="--something_else_dir is required"):
     dcase_run.run(_settings(tmp_path / "w", data_root=root))
+
+
+def test_workdir_that_is_a_file_is_an_error_before_loading(tmp_path):
+  path = tmp_path / "afile"
+  path.write_text("not a directory")
+  with pytest.raises(dcase.DataError, match=r"--workdir=.*afile: is a file"):
+    dcase_run.run(_settings(path))
+  assert path.read_text() == "not a directory"

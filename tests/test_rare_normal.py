@@ -12,7 +12,6 @@ import pytest
 import soundfile
 
 from bu_jax import data
-from bu_jax import features
 from bu_jax import kde
 from bu_jax import models
 from bu_jax import reference

@@ -1,9 +1,14 @@
 """The README's API example runs as written and trains."""
 
+import importlib
 import pathlib
 import re
 
+from absl import flags
 import numpy as np
+import pytest
+
+from bu_jax import cli
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -26,14 +31,24 @@ def test_readme_has_exactly_two_setup_commands():
   assert "pip install -e '.[test]'" in ci and "python -m pytest -q" in ci
 
 
-def test_readme_documents_every_toycar_flag():
-  """The README's toy-car flag list is checked against the flags the entry point defines."""
-  # Read from the source: importing the entry point would register its absl
-  # flags in this process, where other tests import other entry points.
-  source = (README.parent / "experiments" / "toycar.py").read_text()
-  defined = set(re.findall(r"flags\.DEFINE_\w+\(\s*\"(\w+)\"", source))
-  assert {"loss", "preset", "rare_clips", "bandwidth"} <= defined
-  text = README.read_text().split("## The toy-car experiment", 1)[1].split("\n## ", 1)[0]
-  missing = sorted(name for name in defined if f"--{name}" not in text
-                   and not re.search(rf"`--{name}[=`]", text))
-  assert not missing, f"flags not documented in the README's toy-car section: {missing}"
+@pytest.mark.parametrize("entry, settings, section", [
+    ("toycar", "bu_jax.toycar:Settings", "## The toy-car experiment"),
+    ("dcase", "bu_jax.dcase_run:Settings", "## DCASE benchmark"),
+    ("score", "bu_jax.detect:ScoreSettings", "## Scoring new recordings"),
+])
+def test_readme_documents_every_flag(entry, settings, section):
+  """Each entry point's README section names every flag of its settings dataclass
+  (the single definition the flags are made from) and of the entry point itself."""
+  module, name = settings.split(":")
+  cls = getattr(importlib.import_module(module), name)
+  fresh = flags.FlagValues()  # the flags as the entry point defines them, not registered here
+  cli.define_flags(cls, fresh)
+  defined = set(fresh)
+  assert defined == set(cli.flag_names(cls)) and "workdir" in defined
+  assert all(fresh[n].help for n in defined), "every flag has a help text"
+  # Flags the entry point defines besides its settings (e.g. --distributed).
+  source = (README.parent / "experiments" / f"{entry}.py").read_text()
+  defined |= set(re.findall(r"flags\.DEFINE_\w+\(\s*\"(\w+)\"", source))
+  text = README.read_text().split(section, 1)[1].split("\n## ", 1)[0]
+  missing = sorted(n for n in defined if not re.search(rf"--{n}(?![\w])", text))
+  assert not missing, f"flags not documented in the README's {section[3:]!r} section: {missing}"

@@ -239,20 +239,67 @@ def test_score_output_that_cannot_be_written_fails_before_scoring(finished_run, 
   assert not scored
 
 
+def test_read_only_workdir_is_one_error_before_any_work(finished_run, tiny_data, tmp_path,
+                                                        monkeypatch):
+  """Where files cannot be written (root ignores permissions, so the probe fails here as
+  on a read-only mount), even a finished run stops before loading, naming --workdir."""
+  import errno, tempfile  # pylint: disable=g-import-not-at-top,multiple-imports
+  from bu_jax import cli  # pylint: disable=g-import-not-at-top
+  workdir = _copy(finished_run, tmp_path)
+  before = (workdir / "results.json").read_text()
+
+  def read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(workdir))
+  monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+  monkeypatch.setattr(toycar, "load_data", lambda *a: pytest.fail("loaded data"))
+  with pytest.raises(cli.WorkdirError, match=r"--workdir=.*/run: cannot be written "
+                     r"\(Read-only file system\).*copy the folder"):
+    toycar.run(_settings(workdir, tiny_data))
+  assert (workdir / "results.json").read_text() == before
+
+
+def test_full_disk_is_one_error_naming_the_file_and_loses_nothing(finished_run, tiny_data,
+                                                                  tmp_path, monkeypatch, capsys):
+  import errno  # pylint: disable=g-import-not-at-top
+  from bu_jax import cli  # pylint: disable=g-import-not-at-top
+  workdir = _copy(finished_run, tmp_path)
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(os, "fsync", full)  # every atomic write fails at its fsync
+  with pytest.raises(SystemExit) as info:
+    cli.exit_on_errors(lambda: toycar.run(_settings(workdir, tiny_data)), errors=(OSError,))
+  assert info.value.code == 1
+  line = capsys.readouterr().err.strip()
+  assert line.startswith(f"Error: {workdir}/") and "No space left on device" in line
+  assert "run the same command again" in line and "\n" not in line
+  after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before  # no temporary file left, nothing half-written
+
+
 _INTERRUPTED = """
 import os, signal, sys, time
 from absl import app
-from experiments import toycar as entry
-from bu_jax import toycar
+from experiments import {entry} as entry
+from bu_jax import {module} as module
 def stop(*args, **kwargs):
   if {sigterm}:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(5)
   raise KeyboardInterrupt
-setattr(toycar, {where!r}, stop)
-sys.argv = ["toycar"] + sys.argv[1:]
+setattr(module, {where!r}, stop)
+sys.argv = [{entry!r}] + sys.argv[1:]
 app.run(entry.main)
 """
+
+
+def _interrupted(entry, module, where, sigterm, *args):
+  """Runs ``python -m experiments.<entry> args`` with ``bu_jax.<module>.<where>`` replaced
+  by a Ctrl-C (or a SIGTERM)."""
+  code = _INTERRUPTED.format(entry=entry, module=module, where=where, sigterm=sigterm)
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
 
 
 @pytest.mark.parametrize("where, sigterm, by", [
@@ -263,12 +310,29 @@ app.run(entry.main)
 def test_interrupt_outside_training_is_one_line_and_130(finished_run, tiny_data, tmp_path,
                                                         where, sigterm, by):
   workdir = _copy(finished_run, tmp_path)
-  code = _INTERRUPTED.format(where=where, sigterm=sigterm)
-  cmd = [sys.executable, "-c", code, "--preset=demo", "--loss=re", f"--workdir={workdir}",
-         f"--data_dir={tiny_data}", "--epochs=1", "--steps_per_epoch=2",
-         "--decay_start_epoch=0", "--segments_per_mixture=2", "--steps_per_call=2",
-         "--checkpoint_every=2", "--num_devices=1"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = _interrupted(
+      "toycar", "toycar", where, sigterm, "--preset=demo", "--loss=re", f"--workdir={workdir}",
+      f"--data_dir={tiny_data}", "--epochs=1", "--steps_per_epoch=2", "--decay_start_epoch=0",
+      "--segments_per_mixture=2", "--steps_per_call=2", "--checkpoint_every=2",
+      "--num_devices=1")
   assert proc.returncode == 130, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(f"Interrupted: stopped by {by}")
+
+
+@pytest.mark.parametrize("entry, module, where, sigterm, by", [
+    ("score", "detect", "load_detector", False, "SIGINT"),   # while loading the model
+    ("score", "detect", "score_paths", True, "SIGTERM"),     # while scoring
+    ("dcase", "dcase_run", "_resolve_data", False, "SIGINT"),  # while loading the data
+    ("dcase", "dcase_run", "_resolve_data", True, "SIGTERM"),
+])
+def test_interrupted_score_and_dcase_are_one_line_and_130(finished_run, tmp_path, entry,
+                                                          module, where, sigterm, by):
+  args = ([f"--workdir={finished_run}", "--loss=re", f"--out={tmp_path / 's.csv'}",
+           str(tmp_path)] if entry == "score" else
+          [f"--workdir={tmp_path / 'w'}", "--loss=re", "--preset=demo"])
+  proc = _interrupted(entry, module, where, sigterm, *args)
+  assert proc.returncode == 130, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(f"Interrupted: stopped by {by}")
+  assert not (tmp_path / "s.csv").exists()

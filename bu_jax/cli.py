@@ -1,0 +1,401 @@
+"""Command-line flags made from a settings dataclass, and the entry points' exits.
+
+A setting is defined once, as a field of a frozen settings dataclass
+(``toycar.Settings``, ``dcase_run.Settings``, ``detect.ScoreSettings``) made
+with ``setting(default, help=..., choices=...)``. ``define_flags(Settings)``
+makes one absl flag per such field (same name, default, help and choices;
+a field without a default is a required flag), and
+``settings_from_flags(Settings)`` builds the dataclass from the parsed flags,
+whose ``__post_init__`` validates every value once. Fields made without
+``setting`` (library-only knobs such as ``progress``) get no flag.
+
+  @dataclasses.dataclass(frozen=True)
+  class Settings:
+    workdir: str = cli.setting(help="Output folder.")
+    epochs: int = cli.setting(10, help="Number of epochs.")
+
+  cli.define_flags(Settings)          # at import time of the entry point
+  settings = cli.settings_from_flags(Settings)   # in main()
+
+``TrainingSettings`` holds the settings both training entry points share, the
+presets, and the one mapping to ``train.TrainConfig``. ``make_workdir`` checks
+``--workdir`` before any work. ``exit_on_errors`` (and ``run_training``) gives
+every entry point the same endings: one ``Error:`` line and status 1 for bad
+input, one ``Interrupted:`` line and status 130 for Ctrl-C or SIGTERM
+(``sigterm_as_interrupt``).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import errno
+import math
+import os
+import signal
+import sys
+import tempfile
+import types
+import typing
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
+
+from absl import flags
+import jax
+
+from bu_jax import audio
+from bu_jax import checkpoint
+from bu_jax import data as data_lib
+from bu_jax import losses as losses_lib
+from bu_jax import models as models_lib
+from bu_jax import train as train_lib
+
+T = TypeVar("T")
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str,  # pylint: disable=redefined-builtin
+            choices: Optional[Sequence[str]] = None, flag: Optional[str] = None,
+            from_flag: Optional[Callable[[Any], Any]] = None,
+            to_flag: Optional[Callable[[Any], Any]] = None,
+            minimum: Optional[float] = None, positive: bool = False) -> Any:
+  """A dataclass field that is also a command-line flag.
+
+  Args:
+    default: the default of the field and of the flag (none: a required flag).
+    help: the flag's help text.
+    choices: the allowed values (an enum flag); ``check_choices`` enforces them.
+    flag: the flag's name when it differs from the field's.
+    from_flag: converts the flag's value to the field's (e.g. "all" -> a tuple).
+    to_flag: converts the field's default to the flag's.
+    minimum: the smallest allowed value; ``positive``: the value must be > 0.
+      A float setting must also be finite (``check``); ``None`` is not checked.
+
+  Returns:
+    A ``dataclasses.field`` carrying the above in its ``metadata``.
+  """
+  metadata = {"help": help, "choices": None if choices is None else tuple(choices),
+              "flag": flag, "from_flag": from_flag, "to_flag": to_flag,
+              "minimum": minimum, "positive": positive}
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_fields(cls) -> list[dataclasses.Field]:
+  """The fields of ``cls`` that are flags (made with ``setting``)."""
+  return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def flag_name(field: dataclasses.Field) -> str:
+  return field.metadata["flag"] or field.name
+
+
+def flag_names(cls) -> list[str]:
+  """The flag names of ``cls``'s settings."""
+  return [flag_name(f) for f in flag_fields(cls)]
+
+
+def _value_type(annotation) -> Any:
+  """``Optional[X]`` -> X; ``Sequence[str]`` -> list."""
+  args = [a for a in typing.get_args(annotation) if a is not type(None)]
+  if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+    return _value_type(args[0])
+  if typing.get_origin(annotation) in (list, tuple, collections.abc.Sequence):
+    return list
+  return annotation
+
+
+def define_flags(cls, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines an absl flag for every ``setting`` field of the dataclass ``cls``."""
+  hints = typing.get_type_hints(cls)
+  for field in flag_fields(cls):
+    meta = field.metadata
+    required = field.default is dataclasses.MISSING
+    default = None if required else field.default
+    if meta["to_flag"] is not None:
+      default = meta["to_flag"](default)
+    kind = _value_type(hints[field.name])
+    common = dict(help=meta["help"], flag_values=flag_values, required=required)
+    name = flag_name(field)
+    if meta["choices"] is not None:
+      flags.DEFINE_enum(name, default, list(meta["choices"]), **common)
+    elif kind is bool:
+      flags.DEFINE_bool(name, default, **common)
+    elif kind is int:
+      flags.DEFINE_integer(name, default, **common)
+    elif kind is float:
+      flags.DEFINE_float(name, default, **common)
+    elif kind is str:
+      flags.DEFINE_string(name, default, **common)
+    elif kind is list:
+      flags.DEFINE_list(name, None if default is None else list(default), **common)
+    else:
+      raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {hints[field.name]}")
+
+
+def settings_from_flags(cls: type[T], flag_values: flags.FlagValues = flags.FLAGS,
+                        **values) -> T:
+  """``cls`` from the parsed flags (plus ``values`` of fields that are not flags).
+
+  Raises:
+    ValueError: from ``cls.__post_init__``: a value out of range, naming the flag.
+  """
+  for field in flag_fields(cls):
+    value = flag_values[flag_name(field)].value
+    convert = field.metadata["from_flag"]
+    values[field.name] = convert(value) if convert is not None and value is not None else value
+  return cls(**values)
+
+
+def check(settings, resolve: Optional[Callable[[str], Any]] = None) -> None:
+  """Checks every flag field of ``settings`` against its choices and range.
+
+  ``resolve(name)`` gives the value to check (e.g. the preset's for ``None``);
+  ``None`` values are not checked.
+
+  Raises:
+    ValueError: naming the flag, the rule and the value.
+  """
+  hints = typing.get_type_hints(type(settings))
+  for field in flag_fields(type(settings)):
+    meta, flag = field.metadata, f"--{flag_name(field)}"
+    value = resolve(field.name) if resolve else getattr(settings, field.name)
+    if value is None or meta["from_flag"] is not None:
+      continue
+    if meta["choices"] is not None and value not in meta["choices"]:
+      raise ValueError(f"{flag} must be one of {list(meta['choices'])}, got {value!r}")
+    rules = []
+    if _value_type(hints[field.name]) is float:
+      rules.append(("finite", math.isfinite(value)))
+    if meta["minimum"] is not None:
+      rules.append((f">= {meta['minimum']}", value >= meta["minimum"]))
+    if meta["positive"]:
+      rules.append(("> 0", value > 0))
+    if not all(ok for _, ok in rules):
+      raise ValueError(f"{flag} must be {' and '.join(r for r, _ in rules)}, got {value}")
+
+
+# ------------------------------------------------------------------ training settings
+
+_TRAIN = train_lib.TrainConfig  # the library's defaults (the paper's)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingSettings:
+  """The settings that the training entry points share (``toycar.Settings``,
+  ``dcase_run.Settings`` add their own), presets and the ``TrainConfig``.
+
+  A subclass has a ``preset`` field and a class attribute ``PRESETS`` (name
+  -> {field: value}). ``None`` fields take the preset's value, else
+  ``TrainConfig``'s default (the paper's): no default is stated twice.
+  """
+
+  PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+  workdir: str = setting(help="Output folder (checkpoints, results).")
+  losses: Sequence[str] = setting(
+      ("bu",), flag="loss", choices=(*losses_lib.LOSSES, "all"),
+      help="Loss to train; 'all' trains RE, SNP and BU from the same initial parameters.",
+      from_flag=lambda v: losses_lib.LOSSES if v == "all" else (v,),
+      to_flag=lambda v: "all" if tuple(v) == losses_lib.LOSSES else v[0])
+  model: Optional[str] = setting(
+      None, choices=sorted(models_lib.PRESETS),
+      help="Autoencoder (default: the preset's; paper: fcn64-large).")
+  something_else_dir: Optional[str] = setting(
+      None, help="Something-else WAVs (< 5 s) for the simulated anomalies of SNP and BU, "
+      "eq. (8).")
+  seed: int = setting(_TRAIN.seed, help="Training seed (initialization and mini-batches).")
+  epochs: Optional[int] = setting(None, minimum=1,
+                                  help="Override the preset's number of epochs.")
+  steps_per_epoch: Optional[int] = setting(None, minimum=1,
+                                           help="Override mini-batches per epoch.")
+  decay_start_epoch: Optional[int] = setting(None,
+                                             help="Override the epoch where decay starts.")
+  learning_rate: Optional[float] = setting(None, positive=True,
+                                           help="Override the initial learning rate.")
+  segments_per_mixture: Optional[int] = setting(
+      None, minimum=1, help=f"3-s segments per mixture ({_TRAIN.segments_per_mixture}).")
+  mixtures_per_step: Optional[int] = setting(
+      None, minimum=1, help="Mixtures per global mini-batch (paper: 1); a multiple of the "
+      "device count. Default: one per device.")
+  num_devices: Optional[int] = setting(None, minimum=1,
+                                       help="Use the first N devices (default all).")
+  steps_per_call: Optional[int] = setting(None, minimum=1,
+                                          help="Steps scanned per device call.")
+  sigma: Optional[float] = setting(None, positive=True,
+                                   help="KDE band-width of eq. (15) (default 1/(2D)).")
+  lam: Optional[float] = setting(None, positive=True,
+                                 help="Clipping parameter lambda of eq. (10) (default 2M).")
+  eps: float = setting(_TRAIN.eps, minimum=0, help="eps of the BU weight 1/(K + eps), eq. (16).")
+  checkpoint_every: int = setting(500, minimum=1, help="Checkpoint interval in steps.")
+  threshold_quantile: float = 0.9
+  reduce: str = setting("max", choices=("max", "mean"), help="Clip score: max (eq. 11) or mean.")
+  progress: bool = True
+
+  def __post_init__(self):
+    """Checks every setting once; a ``ValueError`` names the flag (the entry
+    point turns it into a usage error)."""
+    bad = [l for l in self.losses if l not in losses_lib.LOSSES]
+    if bad or not self.losses:
+      raise ValueError(f"--loss must be one of {losses_lib.LOSSES} or 'all', got {bad}")
+    check(self, self.resolved)
+    epochs, decay = self.resolved("epochs"), self.resolved("decay_start_epoch")
+    if not 0 <= decay <= epochs:
+      given = ("" if self.decay_start_epoch is not None else
+               f" (the {self.preset} preset's value; set --decay_start_epoch too, "
+               f"e.g. --decay_start_epoch={epochs // 2})")
+      raise ValueError(f"--decay_start_epoch={decay} must lie in [0, --epochs={epochs}]"
+                       + given)
+    if not 0 < self.threshold_quantile < 1:
+      raise ValueError(f"--threshold_quantile must lie in (0, 1), got "
+                       f"{self.threshold_quantile}")
+    if self.num_devices is not None and self.num_devices > jax.device_count():
+      raise ValueError(f"--num_devices={self.num_devices}: this machine has "
+                       f"{jax.device_count()} device(s)")
+    if self.mixtures_per_step is not None:
+      devices = self.num_devices or jax.device_count()
+      if self.mixtures_per_step % devices:
+        lower = max(devices, self.mixtures_per_step - self.mixtures_per_step % devices)
+        raise ValueError(
+            f"--mixtures_per_step={self.mixtures_per_step} is not divisible by the number "
+            f"of devices ({devices}): each device must get the same number of mixtures. "
+            f"Use a multiple of {devices} (e.g. --mixtures_per_step={lower}) or set "
+            "--num_devices.")
+
+  def resolved(self, name: str) -> Any:
+    """The setting ``name``: its value, else the preset's, else TrainConfig's default."""
+    value = getattr(self, name)
+    if value is None:
+      value = self.PRESETS.get(self.preset, {}).get(name)
+    if value is None and name in _TRAIN.__dataclass_fields__:
+      value = _TRAIN.__dataclass_fields__[name].default
+    return value
+
+  def train_config(self, loss: str, **fixed) -> train_lib.TrainConfig:
+    """The one mapping to ``TrainConfig``: each of its fields that the settings
+    have takes ``resolved``'s value; ``fixed`` gives other values."""
+    fixed = {"loss": loss, "mixtures_per_step": self.mixtures_per_step or jax.device_count(),
+             **fixed}
+    shared = [name for name in _TRAIN.__dataclass_fields__
+              if name not in fixed and hasattr(self, name)]
+    return train_lib.TrainConfig(**{name: self.resolved(name) for name in shared}, **fixed)
+
+
+# ------------------------------------------------------------------ run directories
+
+
+class WorkdirError(data_lib.DataError):
+  """--workdir cannot be used (a file, or not creatable / writable)."""
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates ``workdir`` if missing and checks that files can be written there,
+  before any work; a ``WorkdirError`` names the flag and the reason."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir}: is a file, not a directory; give a directory "
+                       "(it is created if missing)")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir}: cannot be created ({e.strerror or e})") from e
+  try:
+    with tempfile.TemporaryFile(dir=workdir, prefix=".write-test-"):
+      pass
+  except OSError as e:
+    raise WorkdirError(
+        f"--workdir={workdir}: cannot be written ({e.strerror or e}); a run, even a finished "
+        "one that is only re-evaluated, writes its results there: copy the folder to a "
+        "writable place and run on the copy") from e
+
+
+# ------------------------------------------------------------------ endings
+
+
+def _raise_interrupt(signum, frame):
+  del frame
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def sigterm_as_interrupt() -> None:
+  """SIGTERM raises ``KeyboardInterrupt("SIGTERM")``, so it stops a job like Ctrl-C.
+
+  Outside training (loading, evaluation, scoring); during training
+  ``checkpoint.GracefulStop`` handles both signals and saves first.
+  """
+  signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def exit_on_errors(job: Callable[[], T], *, errors: tuple[type[BaseException], ...],
+                   interrupted: tuple[type[BaseException], ...] = (),
+                   on_interrupt: str = "") -> T:
+  """Runs ``job``; bad input and interruptions end in one line and an exit status.
+
+  Args:
+    job: the work of the entry point.
+    errors: exception types of bad input (their message names the path or the
+      flag): ``Error: <message>``, status 1.
+    interrupted: exception types of a training stopped after saving:
+      ``Interrupted: <message>``, status 130.
+    on_interrupt: what a ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM with
+      ``sigterm_as_interrupt``) leaves behind, for ``Interrupted: stopped by
+      SIGINT; <on_interrupt>``, status 130.
+
+  Returns:
+    What ``job`` returns.
+  """
+  try:
+    return job()
+  except interrupted as e:
+    print(f"Interrupted: {e}", file=sys.stderr)
+    sys.exit(130)
+  except KeyboardInterrupt as e:
+    by = e.args[0] if e.args else "SIGINT"
+    print(f"Interrupted: stopped by {by}" + (f"; {on_interrupt}" if on_interrupt else ""),
+          file=sys.stderr)
+    sys.exit(130)
+  except errors as e:
+    print(f"Error: {_describe(e)}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _describe(error: BaseException) -> str:
+  """The message of an error; for an ``OSError`` the path, the reason and, for a
+  full disk, that the work done so far is kept."""
+  if not isinstance(error, OSError) or not error.filename:
+    return str(error)
+  message = f"{error.filename}: {error.strerror or error}"
+  if error.errno == errno.ENOSPC:
+    message += ("; the files written so far are kept: free some space and run the same "
+                "command again")
+  return message
+
+
+def run_training(run: Callable[[Any], T], settings_class: type, *,
+                 interrupted: type[BaseException]) -> T:
+  """The ``main`` of a training entry point (``experiments.toycar``, ``.dcase``).
+
+  Builds ``settings_class`` from the flags (a bad value: one ``Usage error:``
+  line naming the flag, status 1) and calls ``run(settings)``; bad input (data,
+  audio, checkpoints, a non-finite loss, a file that cannot be written) ends in
+  one ``Error:`` line and status 1; ``interrupted`` (training stopped after a
+  checkpoint), Ctrl-C and SIGTERM in one ``Interrupted:`` line and status 130.
+  """
+  sigterm_as_interrupt()  # outside training; during it checkpoint.GracefulStop saves first
+  settings = usage_error(lambda: settings_from_flags(settings_class))
+  return exit_on_errors(
+      lambda: run(settings), interrupted=(interrupted,),
+      errors=(data_lib.DataError, audio.AudioError, checkpoint.CheckpointError,
+              train_lib.NonFiniteLossError, OSError),
+      on_interrupt="the checkpoints saved so far are kept: run the same command again "
+      "to resume")
+
+
+def usage_error(build: Callable[[], T]) -> T:
+  """``build()`` (the settings); a ``ValueError`` ends in one ``Usage error:`` line, status 1."""
+  try:
+    return build()
+  except ValueError as e:  # a flag out of range or an invalid combination
+    print(f"Usage error: {e} (see --helpshort)", file=sys.stderr)
+    sys.exit(1)
+
+
+# Flags defined by define_flags belong to the entry point that calls it
+# (so that --helpshort lists them), not to this module.
+flags.disclaim_key_flags()

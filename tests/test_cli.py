@@ -1,0 +1,115 @@
+"""Flags made from the settings dataclasses (bu_jax.cli): one definition per setting."""
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Optional, Sequence
+
+from absl import flags
+import pytest
+
+from bu_jax import cli, dcase_run, detect, losses, toycar
+
+ENTRY_SETTINGS = [(toycar.Settings, {}), (dcase_run.Settings, {}),
+                  (detect.ScoreSettings, {"paths": ("a.wav",)})]
+
+
+def _parse(cls, *argv, **values):
+  fresh = flags.FlagValues()
+  cli.define_flags(cls, fresh)
+  fresh(["prog", *argv])
+  return cli.settings_from_flags(cls, fresh, **values)
+
+
+@pytest.mark.parametrize("cls, values", ENTRY_SETTINGS)
+def test_flag_defaults_are_the_dataclass_defaults(cls, values):
+  assert _parse(cls, "--workdir=w", **values) == cls(workdir="w", **values)
+
+
+def test_flag_values_reach_the_settings():
+  settings = _parse(toycar.Settings, "--workdir=w", "--loss=all", "--epochs=3",
+                    "--decay_start_epoch=1", "--kde_exclude=segment", "--nostandardize_input")
+  assert settings.losses == losses.LOSSES and settings.epochs == 3
+  assert settings.kde_exclude == "segment" and settings.standardize_input is False
+  dcase = _parse(dcase_run.Settings, "--workdir=w", "--loss=snp", "--machines=fan,pump")
+  assert dcase.losses == ("snp",) and list(dcase.machines) == ["fan", "pump"]
+
+
+def test_required_flag_and_choices():
+  fresh = flags.FlagValues()
+  cli.define_flags(toycar.Settings, fresh)
+  with pytest.raises(flags.IllegalFlagValueError, match="workdir"):
+    fresh(["prog"])
+  with pytest.raises(flags.IllegalFlagValueError, match="reduce"):
+    fresh(["prog", "--workdir=w", "--reduce=median"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Example:
+  name: str = cli.setting(help="A name.")
+  count: int = cli.setting(1, minimum=1, help="How many.")
+  rate: Optional[float] = cli.setting(None, positive=True, help="A rate.")
+  offset: float = cli.setting(0.0, help="Any finite offset.")
+  mode: str = cli.setting("a", choices=("a", "b"), help="A mode.")
+  names: Optional[Sequence[str]] = cli.setting(None, help="Names.")
+
+  def __post_init__(self):
+    cli.check(self)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(count=0), "--count must be >= 1, got 0"),
+    (dict(rate=0.0), "--rate must be finite and > 0, got 0.0"),
+    (dict(rate=float("inf")), "--rate must be finite and > 0, got inf"),
+    (dict(offset=float("nan")), "--offset must be finite, got nan"),
+    (dict(mode="c"), "--mode must be one of ['a', 'b'], got 'c'"),
+])
+def test_check_names_the_flag_and_the_rule(values, message):
+  with pytest.raises(ValueError) as info:
+    _Example(name="x", **values)
+  assert str(info.value) == message
+  _Example(name="x", rate=None, offset=-3.0)  # None is not checked; any finite offset
+
+
+def test_presets_hold_settings_and_fall_back_to_train_config():
+  fields = {f.name for f in dataclasses.fields(toycar.Settings)}
+  for presets in (toycar.PRESETS, dcase_run.PRESETS):
+    for preset in presets.values():
+      assert set(preset) <= fields
+  config = toycar.Settings(workdir="w").train_config("bu")  # the paper preset
+  assert (config.epochs, config.steps_per_epoch, config.segments_per_mixture) == (200, 500, 10)
+  demo = toycar.Settings(workdir="w", preset="demo", lam=3.0).train_config("re")
+  assert (demo.epochs, demo.learning_rate, demo.lam, demo.steps_per_call) == (12, 1e-3, 3.0, 10)
+  assert dcase_run.Settings(workdir="w", preset="demo").train_config("re", 2).epochs == 4
+
+
+def test_exit_on_errors_ends_in_one_line(capsys):
+  class Bad(Exception):
+    pass
+
+  def fail(exc):
+    def job():
+      raise exc
+    return job
+
+  for job, status, line in (
+      (fail(Bad("--x=1: no")), 1, "Error: --x=1: no"),
+      (fail(KeyboardInterrupt()), 130, "Interrupted: stopped by SIGINT; kept"),
+      (fail(KeyboardInterrupt("SIGTERM")), 130, "Interrupted: stopped by SIGTERM; kept")):
+    with pytest.raises(SystemExit) as info:
+      cli.exit_on_errors(job, errors=(Bad,), on_interrupt="kept")
+    assert info.value.code == status
+    assert capsys.readouterr().err.strip() == line
+  assert cli.exit_on_errors(lambda: 7, errors=(Bad,)) == 7
+
+
+def test_sigterm_as_interrupt():
+  previous = signal.getsignal(signal.SIGTERM)
+  try:
+    cli.sigterm_as_interrupt()
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(5)  # the handler raises before this returns
+  finally:
+    signal.signal(signal.SIGTERM, previous)
