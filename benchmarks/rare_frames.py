@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks._common import emit
 from bu_jax import audio
-from bu_jax import detect
+from bu_jax import detector as detector_lib
 from bu_jax import features as features_lib
 from bu_jax import kde
 from bu_jax import models
@@ -116,7 +116,7 @@ def main():
   for loss in args.losses.split(","):
     if not os.path.isdir(os.path.join(args.workdir, loss)):
       continue
-    detector = detect.load_detector(args.workdir, loss=loss)
+    detector = detector_lib.load_detector(args.workdir, loss=loss)
     for split, rows in splits.items():
       emit(benchmark="rare_frames", workdir=args.workdir, loss=loss, split=split,
            **frame_summary(detector, rows, args.root, args.machine))

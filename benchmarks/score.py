@@ -4,7 +4,7 @@
 
 Scores one synthetic recording of ``--minutes`` of 16 kHz audio (white noise;
 the cost does not depend on the content) with a randomly initialized model,
-through ``bu_jax.detect.Detector.score`` (log-mel features, context stacking,
+through ``bu_jax.detector_lib.Detector.score`` (log-mel features, context stacking,
 the autoencoder and eq. 5 in chunks of ``--chunk_frames`` frames, then the clip
 decision and the events). Compilation is done beforehand on a shorter
 recording with the same chunk shape and reported separately; reading the WAV
@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks._common import emit
 from bu_jax import artifact
-from bu_jax import detect
+from bu_jax import detector as detector_lib
 from bu_jax import models
 
 
@@ -48,7 +48,7 @@ def main():
                                jnp.zeros((1, cfg.dim), jnp.float32))["params"]
   metadata = artifact.ModelMetadata(loss="re", preset=preset,  # untrained: any loss
                                     calibration=artifact.Calibration(threshold=1e30))
-  detector = detect.Detector(metadata=metadata, params=params, chunk_frames=args.chunk_frames)
+  detector = detector_lib.Detector(metadata=metadata, params=params, chunk_frames=args.chunk_frames)
   rng = np.random.default_rng(args.seed)
   num_samples = int(round(args.minutes * 60 * cfg.sample_rate))
   wave = 0.1 * rng.standard_normal(num_samples, dtype=np.float32)

@@ -1,7 +1,7 @@
 """Command-line flags made from a settings dataclass, and the entry points' exits.
 
 A setting is defined once, as a field of a frozen settings dataclass
-(``toycar.Settings``, ``dcase_run.Settings``, ``detect.ScoreSettings``) made
+(``toycar.Settings``, ``dcase_run.Settings``, ``detector.ScoreSettings``) made
 with ``setting(default, help=..., choices=...)``. ``define_flags(Settings)``
 makes one absl flag per such field (same name, default, help and choices;
 a field without a default is a required flag), and

@@ -47,7 +47,7 @@ from bu_jax import fileio
 from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import progress as progress_lib
-from bu_jax import scoring
+from bu_jax import frame_scores
 from bu_jax import signals
 from bu_jax import synthetic_dcase
 from bu_jax import train as train_lib
@@ -154,7 +154,7 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
   return state, total - start
 
 
-def clip_scores(scorer: scoring.FrameScorer, params, clips, *, reduce: str) -> np.ndarray:
+def clip_scores(scorer: frame_scores.FrameScorer, params, clips, *, reduce: str) -> np.ndarray:
   """Eq. (11) over each clip's interior frames."""
   out = []
   for clip in clips:
@@ -317,7 +317,7 @@ def run(settings: Settings) -> dict:
   configs = {l: settings.train_config(l, num_devices) for l in settings.losses}
   cfg0 = configs[settings.losses[0]]
   preset = cfg0.model_preset
-  scorer = scoring.FrameScorer(preset.build(), preset.features)
+  scorer = frame_scores.FrameScorer(preset.build(), preset.features)
 
   per_section = {set_name: {l: {} for l in settings.losses} for set_name in ("dev", "eval")}
   thresholds = {l: {} for l in settings.losses}

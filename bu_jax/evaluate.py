@@ -121,7 +121,7 @@ def interior_clip_score(frame_scores: Any, *, num_samples: int, feature_config: 
   padding and score high on every clip, so the clip score uses only the
   frames ``feature_config.interior(num_samples)`` (``features.FeatureConfig``).
   Evaluation (``bu_jax.toycar``, ``bu_jax.dcase_run``) and scoring
-  (``bu_jax.detect``) both call this.
+  (``bu_jax.detector``) both call this.
 
   Args:
     frame_scores: A(x_t) of every frame of the clip, shape (T,).

@@ -13,7 +13,7 @@ in place).
 * ``plot_ring_densities``, ``plot_ring_line_scores``: the ring experiment's
   Figs. 2 and 3 (``bu_jax.ring``).
 * ``plot_frame_scores``, ``write_frame_score_plots``: one figure per recording
-  scored by ``experiments.score`` (``bu_jax.detect``).
+  scored by ``experiments.score`` (``bu_jax.detector``).
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def plot_ring_line_scores(path: PathLike, x1: np.ndarray, scores: Mapping[str, n
 
 
 # --------------------------------------------------------------------------
-# Recordings scored by experiments.score (bu_jax.detect).
+# Recordings scored by experiments.score (bu_jax.detector).
 # --------------------------------------------------------------------------
 
 _PLOT_POINTS = 4000  # Longer score curves are max-pooled to about this many points.
@@ -347,7 +347,7 @@ def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
   Args:
     path: output PNG path.
     title: usually the recording's path; its base name is shown.
-    result: a ``detect.FrameResult`` (times_s, frame_scores, events, label,
+    result: a ``detector.FrameResult`` (times_s, frame_scores, events, label,
       threshold).
   """
   times, scores = _pooled(result.times_s, result.frame_scores, _PLOT_POINTS)

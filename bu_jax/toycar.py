@@ -48,7 +48,7 @@ from bu_jax import reference as reference_lib
 from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import progress as progress_lib
-from bu_jax import scoring
+from bu_jax import frame_scores
 from bu_jax import signals
 from bu_jax import synthetic
 from bu_jax import train as train_lib
@@ -405,7 +405,7 @@ def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainCo
                  data: Data) -> tuple[dict, dict]:
   """Scores held-out and test clips; returns (results, plot material)."""
   preset = config.model_preset
-  scorer = scoring.FrameScorer(preset.build(), preset.features)
+  scorer = frame_scores.FrameScorer(preset.build(), preset.features)
   return _evaluate_scorer(settings, scorer, jax.device_get(state.params), data,
                           os.path.join(settings.workdir, loss), preset.features)
 

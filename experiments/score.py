@@ -16,18 +16,18 @@ from absl import app
 
 from bu_jax import checkpoint
 from bu_jax import cli
-from bu_jax import detect
+from bu_jax import detector
 from bu_jax import progress
 
-cli.define_flags(detect.ScoreSettings)  # every setting's flag, help and default
+cli.define_flags(detector.ScoreSettings)  # every setting's flag, help and default
 
 
 def main(argv):
   progress.quiet_library_logs()  # third-party INFO logs only with --verbosity
   cli.sigterm_as_interrupt()
-  settings = cli.usage_error(lambda: cli.settings_from_flags(detect.ScoreSettings,
+  settings = cli.usage_error(lambda: cli.settings_from_flags(detector.ScoreSettings,
                                                              paths=argv[1:]))
-  report = cli.exit_on_errors(lambda: detect.run(settings),
+  report = cli.exit_on_errors(lambda: detector.run(settings),
                               errors=(checkpoint.CheckpointError, ValueError, OSError),
                               on_interrupt="no file is left half-written")
   print(report.summary(), flush=True)

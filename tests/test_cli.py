@@ -9,10 +9,10 @@ from typing import Optional, Sequence
 from absl import flags
 import pytest
 
-from bu_jax import cli, dcase_run, detect, losses, toycar
+from bu_jax import cli, dcase_run, detector, losses, toycar
 
 ENTRY_SETTINGS = [(toycar.Settings, {}), (dcase_run.Settings, {}),
-                  (detect.ScoreSettings, {"paths": ("a.wav",)})]
+                  (detector.ScoreSettings, {"paths": ("a.wav",)})]
 
 
 def _parse(cls, *argv, **values):

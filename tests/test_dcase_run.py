@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from bu_jax import dcase, dcase_metrics, dcase_run, detect, synthetic_dcase
+from bu_jax import dcase, dcase_metrics, dcase_run, synthetic_dcase
+from bu_jax import detector as detector_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(num_source_train=6, num_target_train=2, num_test_per_group=3,
@@ -73,7 +74,7 @@ def test_run_writes_challenge_files_and_resumes(tmp_path, capsys):
   assert (run / "score_histogram_SynthFan.png").stat().st_size > 1000
 
   # experiments.score's loader reads a dcase_run model (bu_jax.artifact) and scores alike.
-  detector = detect.load_detector(run / "bu" / "models" / "SynthFan")
+  detector = detector_lib.load_detector(run / "bu" / "models" / "SynthFan")
   assert detector.metadata.tag == "bu/SynthFan" and detector.threshold is None
   clip = next(c for c in dcase.load_machine_type(stored["data"]["data_root"], "SynthFan").test
               if c.section == "00")

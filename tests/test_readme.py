@@ -34,7 +34,7 @@ def test_readme_has_exactly_two_setup_commands():
 @pytest.mark.parametrize("entry, settings, section", [
     ("toycar", "bu_jax.toycar:Settings", "## The toy-car experiment"),
     ("dcase", "bu_jax.dcase_run:Settings", "## DCASE benchmark"),
-    ("score", "bu_jax.detect:ScoreSettings", "## Scoring new recordings"),
+    ("score", "bu_jax.detector:ScoreSettings", "## Scoring new recordings"),
 ])
 def test_readme_documents_every_flag(entry, settings, section):
   """Each entry point's README section names every flag of its settings dataclass

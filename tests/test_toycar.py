@@ -188,7 +188,7 @@ def test_cpu_preset_rare_clips_reference_and_scoring_agree(tmp_path, capsys):
   """--preset=cpu on a DCASE tree with test*/ folders and --rare_clips: rare-normal
   metrics per folder, the PCA reference, training.png, and experiments.score's
   clip scores equal to the results' (the standardized input travels with the model)."""
-  from bu_jax import detect  # pylint: disable=g-import-not-at-top
+  from bu_jax import detector  # pylint: disable=g-import-not-at-top
   root = _dcase_real_like(str(tmp_path / "set"))
   settings = toycar.Settings(
       workdir=str(tmp_path / "run"), losses=("re", "bu"), preset="cpu",
@@ -214,7 +214,7 @@ def test_cpu_preset_rare_clips_reference_and_scoring_agree(tmp_path, capsys):
   assert all(any(abs(r["sigma"] - f * base) < 1e-9 for f in (0.5, 1, 2, 4, 8, 16, 32))
              for r in rows)
   # The scorer restores the standardization with the parameters: same clip scores.
-  det = detect.load_detector(str(tmp_path / "run"), loss="bu")
+  det = detector.load_detector(str(tmp_path / "run"), loss="bu")
   stored = {r[0]: float(r[1]) for r in csv.reader(
       open(tmp_path / "run" / "bu" / "anomaly_score_test_anr-10dB_id_00.csv"))}
   path = os.path.join(root, "m", "test_anr-10dB", "anomaly_id_00_00000001.wav")

@@ -158,7 +158,7 @@ def test_results_and_experiments_score_decide_alike(finished_run, tiny_data, tmp
   import csv  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import soundfile  # pylint: disable=g-import-not-at-top
-  from bu_jax import detect, evaluate  # pylint: disable=g-import-not-at-top
+  from bu_jax import detector, evaluate  # pylint: disable=g-import-not-at-top
   settings = _settings(finished_run, tiny_data)
   test = toycar.load_data(settings).dataset.test
   clips_dir = tmp_path / "clips"
@@ -166,10 +166,10 @@ def test_results_and_experiments_score_decide_alike(finished_run, tiny_data, tmp
   for i, clip in enumerate(test):
     soundfile.write(clips_dir / f"{i:03d}.wav", np.asarray(clip.wave, np.float32), 16000,
                     subtype="FLOAT")
-  report = detect.run(detect.ScoreSettings(workdir=str(finished_run), paths=[str(clips_dir)],
+  report = detector.run(detector.ScoreSettings(workdir=str(finished_run), paths=[str(clips_dir)],
                                            loss="re", out=str(tmp_path / "scores.csv")))
   assert not report.failures
-  rows = detect.read_csv(tmp_path / "scores.csv")
+  rows = detector.read_csv(tmp_path / "scores.csv")
   scored = {os.path.basename(r["path"]): r for r in rows}
   results = json.loads((finished_run / "results.json").read_text())
   assert float(rows[0]["threshold"]) == pytest.approx(results["re"]["threshold"])
@@ -226,15 +226,15 @@ def test_half_written_metrics_line_does_not_stop_a_resume(finished_run, tiny_dat
 
 def test_score_output_that_cannot_be_written_fails_before_scoring(finished_run, tmp_path,
                                                                   monkeypatch):
-  from bu_jax import detect  # pylint: disable=g-import-not-at-top
+  from bu_jax import detector  # pylint: disable=g-import-not-at-top
   scored = []
-  monkeypatch.setattr(detect, "score_paths", lambda *a, **k: scored.append(1) or ([], []))
+  monkeypatch.setattr(detector, "score_paths", lambda *a, **k: scored.append(1) or ([], []))
   blocker = tmp_path / "file"
   blocker.write_text("x")
   for out, message in ((blocker / "scores.csv", r"cannot write the scores file .*file/scores"),
                        (tmp_path, r"it is a directory")):
     with pytest.raises(ValueError, match=message):
-      detect.run(detect.ScoreSettings(workdir=str(finished_run), paths=[str(tmp_path)],
+      detector.run(detector.ScoreSettings(workdir=str(finished_run), paths=[str(tmp_path)],
                                       loss="re", out=str(out)))
   assert not scored
 
@@ -321,8 +321,8 @@ def test_interrupt_outside_training_is_one_line_and_130(finished_run, tiny_data,
 
 
 @pytest.mark.parametrize("entry, module, where, sigterm, by", [
-    ("score", "detect", "load_detector", False, "SIGINT"),   # while loading the model
-    ("score", "detect", "score_paths", True, "SIGTERM"),     # while scoring
+    ("score", "detector", "load_detector", False, "SIGINT"),   # while loading the model
+    ("score", "detector", "score_paths", True, "SIGTERM"),     # while scoring
     ("dcase", "dcase_run", "_resolve_data", False, "SIGINT"),  # while loading the data
     ("dcase", "dcase_run", "_resolve_data", True, "SIGTERM"),
 ])

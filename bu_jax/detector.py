@@ -7,7 +7,7 @@ calibrated threshold φ from the latest checkpoint (``bu_jax.artifact``);
 then gives, for one recording of any length,
 
 - the frame scores A(x_t) (eq. 5), computed in chunks with bounded memory
-  (``bu_jax.scoring.FrameScorer``);
+  (``bu_jax.frame_scores.FrameScorer``);
 - the clip decision: anomalous if any frame's score reaches φ (eq. 4), i.e. if
   the clip score max_t A(x_t) (eq. 11) is >= φ (or the mean over frames, if the
   model was calibrated with ``reduce="mean"``);
@@ -42,7 +42,7 @@ from bu_jax import features as features_lib
 from bu_jax import losses as losses_lib
 from bu_jax import models
 from bu_jax import plots
-from bu_jax import scoring
+from bu_jax import frame_scores
 
 CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
                "threshold", "duration_s")
@@ -174,7 +174,7 @@ class Detector:
 
   def __post_init__(self):
     self.model = self.preset.build()
-    self.scorer = scoring.FrameScorer(self.model, self.preset.features,
+    self.scorer = frame_scores.FrameScorer(self.model, self.preset.features,
                                       chunk_frames=self.chunk_frames)
 
   @property

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bu_jax import features, models, scoring
+from bu_jax import features, models, frame_scores
 
 CFG = features.FeatureConfig(n_mels=8, context=2)
 
@@ -28,7 +28,7 @@ def test_chunked_scores_equal_whole_clip(model_and_params, num_samples, chunk_fr
   rng = np.random.default_rng(num_samples)
   wave = (0.2 * rng.standard_normal(num_samples)).astype(np.float32)
   wave[num_samples // 2:] *= 5  # a level change inside the clip
-  got = scoring.FrameScorer(model, CFG, chunk_frames=chunk_frames)(params, wave)
+  got = frame_scores.FrameScorer(model, CFG, chunk_frames=chunk_frames)(params, wave)
   ref = _reference(model, params, wave)
   assert got.shape == (CFG.num_frames(num_samples),)
   np.testing.assert_allclose(got, ref, rtol=2e-5, atol=1e-4)
@@ -39,4 +39,4 @@ def test_bad_input_named(model_and_params):
   wave = np.zeros(1000, np.float32)
   wave[3] = np.nan
   with pytest.raises(ValueError, match="rec.wav"):
-    scoring.FrameScorer(model, CFG)(params, wave, name="rec.wav")
+    frame_scores.FrameScorer(model, CFG)(params, wave, name="rec.wav")

@@ -1,4 +1,4 @@
-"""Tests for bu_jax.detect and its entry point experiments/score.py.
+"""Tests for bu_jax.detector and its entry point experiments/score.py.
 
 The model is built so that its scores do not depend on training: every weight
 is zero and the decoder's output bias is the mean feature vector mu of a quiet
@@ -20,7 +20,8 @@ import librosa
 import numpy as np
 import pytest
 
-from bu_jax import artifact, audio, checkpoint, detect, evaluate, features, parallel, scoring, train
+from bu_jax import artifact, audio, checkpoint, evaluate, features, frame_scores, parallel, train
+from bu_jax import detector as detector_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 16000
@@ -66,7 +67,7 @@ def trained(tmp_path_factory):
   mu = np.asarray(features.features(audio.load_wav(files["normal"]), config=preset.features))
   params["dec_3"]["bias"] = mu.mean(axis=0)
   state = state.replace(params=parallel.replicate(params, mesh))
-  normal_max = float(scoring.FrameScorer(preset.build(), preset.features)(
+  normal_max = float(frame_scores.FrameScorer(preset.build(), preset.features)(
       params, audio.load_wav(files["normal"])).max())
   heldout = (normal_max * (0.5 + 0.1 * np.random.default_rng(0).gamma(4.0, size=20))).tolist()
   metadata = {
@@ -106,30 +107,30 @@ def test_events_from_scores():
   scores = np.zeros(24)
   scores[[0, 8, 9, 11, 23]] = [5, 3, 3, 3, 4]
   hop = 0.016
-  events = detect.events_from_scores(scores, 3.0, hop_s=hop, merge_gap_s=0.1, duration_s=0.37)
+  events = detector_lib.events_from_scores(scores, 3.0, hop_s=hop, merge_gap_s=0.1, duration_s=0.37)
   # Frame 0 clipped at 0 s; frames 8-11 merged across a one-frame gap; frame 23 clipped at 0.37.
   np.testing.assert_allclose(events, [(0, 0.008), (8 * hop - hop / 2, 11 * hop + hop / 2),
                                       (23 * hop - hop / 2, 0.37)])
-  assert detect.events_from_scores(scores, 3.0, hop_s=hop, merge_gap_s=1.0,
+  assert detector_lib.events_from_scores(scores, 3.0, hop_s=hop, merge_gap_s=1.0,
                                    duration_s=0.37) == [(0.0, 0.37)]
-  assert detect.events_from_scores(scores, 10.0, hop_s=hop) == []
-  assert detect.events_from_scores([np.nan, 1.0], 0.5, hop_s=hop) == [(hop / 2, 1.5 * hop)]
+  assert detector_lib.events_from_scores(scores, 10.0, hop_s=hop) == []
+  assert detector_lib.events_from_scores([np.nan, 1.0], 0.5, hop_s=hop) == [(hop / 2, 1.5 * hop)]
   rng = np.random.default_rng(0)
   for _ in range(20):
     s = rng.random(200) ** 4
     gap = rng.choice([0.0, 0.02, 0.05, 0.2])
-    got = detect.events_from_scores(s, 0.5, hop_s=hop, merge_gap_s=gap, duration_s=3.19)
+    got = detector_lib.events_from_scores(s, 0.5, hop_s=hop, merge_gap_s=gap, duration_s=3.19)
     np.testing.assert_allclose(np.reshape(got, (-1, 2)),
                                np.reshape(_events_reference(s, 0.5, hop, gap, 3.19), (-1, 2)))
-  text = detect.format_events(events)
-  np.testing.assert_allclose(detect.parse_events(text), events, atol=5e-4)
+  text = detector_lib.format_events(events)
+  np.testing.assert_allclose(detector_lib.parse_events(text), events, atol=5e-4)
 
 
 # ------------------------------------------------------------------ library
 
 
 def test_load_detector_restores_params_and_scores_the_burst(trained):
-  detector = detect.load_detector(trained["workdir"])  # the only loss present: bu
+  detector = detector_lib.load_detector(trained["workdir"])  # the only loss present: bu
   assert detector.model_dir == trained["model_dir"] and detector.step == 2
   for got, want in zip(jax.tree.leaves(detector.params), jax.tree.leaves(trained["params"])):
     np.testing.assert_array_equal(np.asarray(got), want)
@@ -149,8 +150,8 @@ def test_chunked_scoring_equals_whole_file(trained, tmp_path):
   path = str(tmp_path / "long.wav")
   audio.write_wav(path, _with_burst(_tone(10.0, seed=3), 3.9, 4.3))
   wave = audio.load_wav(path)
-  whole = detect.load_detector(trained["model_dir"]).score(wave, name=path)
-  chunked = detect.load_detector(trained["model_dir"], chunk_frames=256).score(wave, name=path)
+  whole = detector_lib.load_detector(trained["model_dir"]).score(wave, name=path)
+  chunked = detector_lib.load_detector(trained["model_dir"], chunk_frames=256).score(wave, name=path)
   assert whole.frame_scores.size == 626
   np.testing.assert_allclose(chunked.frame_scores, whole.frame_scores, rtol=2e-5, atol=1e-3)
   assert chunked.events == whole.events and len(whole.events) == 1
@@ -159,19 +160,19 @@ def test_chunked_scoring_equals_whole_file(trained, tmp_path):
 
 def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
   missing = str(tmp_path / "missing.wav")
-  report = detect.run(detect.ScoreSettings(
+  report = detector_lib.run(detector_lib.ScoreSettings(
       workdir=trained["workdir"], loss="bu", plots=True, out=str(tmp_path / "out" / "s.csv"),
       paths=[trained["files"]["normal"], trained["bad"], trained["files"]["burst"], missing,
              trained["files"]["burst_22k"]]))
   assert report.exit_status == 1
   assert [p for p, _ in report.failures] == [missing, trained["bad"]]
   assert all(p in m for p, m in report.failures)
-  rows = detect.read_csv(tmp_path / "out" / "s.csv")
+  rows = detector_lib.read_csv(tmp_path / "out" / "s.csv")
   assert [r["path"] for r in rows] == [trained["files"][k] for k in ("normal", "burst", "burst_22k")]
   assert [r["decision"] for r in rows] == ["normal", "anomalous", "anomalous"]
   assert rows[0]["events"] == ""
   for row in rows[1:]:
-    (start, end), = detect.parse_events(row["events"])
+    (start, end), = detector_lib.parse_events(row["events"])
     assert 0.8 <= start <= BURST[0] and BURST[1] <= end <= 1.5
   assert float(rows[2]["duration_s"]) == pytest.approx(3.0)
   assert float(rows[1]["max_score"]) == float(rows[1]["clip_score"]) >= float(rows[1]["threshold"])
@@ -180,21 +181,21 @@ def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
                                                              "normal.png"]
   table = report.summary()
   assert "FAILED" in table and "anomalous" in table
-  assert detect.format_events(report.results[1][1].events, decimals=2) in table
+  assert detector_lib.format_events(report.results[1][1].events, decimals=2) in table
 
   # A folder, all readable: exit status 0; --threshold overrides the stored phi.
-  report = detect.run(detect.ScoreSettings(
+  report = detector_lib.run(detector_lib.ScoreSettings(
       workdir=trained["model_dir"], paths=[os.path.dirname(trained["files"]["normal"])],
       threshold=1e9, out=str(tmp_path / "t.csv")))
   assert report.exit_status == 0 and report.threshold_source == "given"
-  rows = detect.read_csv(tmp_path / "t.csv")
+  rows = detector_lib.read_csv(tmp_path / "t.csv")
   assert sorted(os.path.basename(r["path"]) for r in rows) == ["burst.wav", "normal.wav"]
   assert {r["decision"] for r in rows} == {"normal"} and {r["events"] for r in rows} == {""}
   assert {float(r["threshold"]) for r in rows} == {1e9}
 
 
 def test_threshold_options(trained):
-  detector = detect.load_detector(trained["model_dir"])
+  detector = detector_lib.load_detector(trained["model_dir"])
   held = trained["metadata"]["heldout_clip_scores"]
   phi, source = detector.resolve_threshold(fpr=0.1)
   assert phi == pytest.approx(evaluate.fit_threshold(held, quantile=0.9))
@@ -206,15 +207,15 @@ def test_threshold_options(trained):
   with pytest.raises(ValueError, match="not both"):
     detector.resolve_threshold(threshold=7.0, fpr=0.1)
   with pytest.raises(ValueError, match="not both"):
-    detect.run(detect.ScoreSettings(workdir=trained["workdir"], paths=["x.wav"],
+    detector_lib.run(detector_lib.ScoreSettings(workdir=trained["workdir"], paths=["x.wav"],
                                     threshold=1.0, fpr=0.1))
   with pytest.raises(ValueError, match="fpr"):
     detector.resolve_threshold(fpr=1.5)
   bare = dataclasses.replace(detector,
                              metadata=dataclasses.replace(detector.metadata, calibration=None))
-  with pytest.raises(detect.DetectorError, match="no calibrated threshold"):
+  with pytest.raises(detector_lib.DetectorError, match="no calibrated threshold"):
     bare.resolve_threshold()
-  with pytest.raises(detect.DetectorError, match="held-out"):
+  with pytest.raises(detector_lib.DetectorError, match="held-out"):
     bare.resolve_threshold(fpr=0.1)
 
 
@@ -229,36 +230,36 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
   workdir = tmp_path / "two"
   shutil.copytree(trained["model_dir"], workdir / "bu")
   shutil.copytree(trained["model_dir"], workdir / "re")
-  with pytest.raises(detect.DetectorError, match=r"several losses \['bu', 're'\].*--loss"):
+  with pytest.raises(detector_lib.DetectorError, match=r"several losses \['bu', 're'\].*--loss"):
     artifact.find_model_dir(workdir)
   assert artifact.find_model_dir(workdir, loss="re") == str(workdir / "re")
-  with pytest.raises(detect.DetectorError, match="loss 'snp'.*'bu', 're'"):
+  with pytest.raises(detector_lib.DetectorError, match="loss 'snp'.*'bu', 're'"):
     artifact.find_model_dir(workdir, loss="snp")
-  with pytest.raises(detect.DetectorError, match="trained with loss 'bu', not 're'"):
-    detect.load_detector(workdir, loss="re")  # a copy of the bu model
+  with pytest.raises(detector_lib.DetectorError, match="trained with loss 'bu', not 're'"):
+    detector_lib.load_detector(workdir, loss="re")  # a copy of the bu model
 
   # Metadata naming a larger model than the stored parameters.
   path = _metadata_file(workdir / "bu")
   meta = json.load(open(path))
   meta["model"] = "fcn40-large"
   json.dump(meta, open(path, "w"))
-  with pytest.raises(detect.DetectorError, match="does not match the model.*dec_0"):
-    detect.load_detector(workdir / "bu")
+  with pytest.raises(detector_lib.DetectorError, match="does not match the model.*dec_0"):
+    detector_lib.load_detector(workdir / "bu")
   meta["features"]["n_mels"] = 64
   json.dump(meta, open(path, "w"))
-  with pytest.raises(detect.DetectorError, match="inconsistent"):
-    detect.load_detector(workdir / "bu")
+  with pytest.raises(detector_lib.DetectorError, match="inconsistent"):
+    detector_lib.load_detector(workdir / "bu")
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
   (tmp_path / "empty").mkdir()
-  with pytest.raises(detect.DetectorError, match="No checkpoint in"):
-    detect.load_detector(tmp_path / "empty")
+  with pytest.raises(detector_lib.DetectorError, match="No checkpoint in"):
+    detector_lib.load_detector(tmp_path / "empty")
   (tmp_path / "empty" / "checkpoints").mkdir()
-  with pytest.raises(detect.DetectorError, match="No checkpoint in"):
-    detect.load_detector(tmp_path / "empty")
-  with pytest.raises(detect.DetectorError, match="no such directory"):
-    detect.load_detector(tmp_path / "nowhere")
+  with pytest.raises(detector_lib.DetectorError, match="No checkpoint in"):
+    detector_lib.load_detector(tmp_path / "empty")
+  with pytest.raises(detector_lib.DetectorError, match="no such directory"):
+    detector_lib.load_detector(tmp_path / "nowhere")
 
 
 # ------------------------------------------------------------------ entry point
@@ -280,9 +281,9 @@ def test_entry_point(trained, tmp_path):
   assert proc.returncode == 1, proc.stderr
   assert f"FAILED {trained['bad']}" in proc.stderr and "Traceback" not in proc.stderr
   assert "anomalous" in proc.stdout and "recalibrated" in proc.stdout
-  rows = detect.read_csv(os.path.join(trained["workdir"], "scores.csv"))
+  rows = detector_lib.read_csv(os.path.join(trained["workdir"], "scores.csv"))
   assert [r["path"] for r in rows] == [trained["files"]["burst"]]
   assert float(rows[0]["threshold"]) == pytest.approx(evaluate.fit_threshold(
       trained["metadata"]["heldout_clip_scores"], quantile=0.9), rel=1e-6)
-  (start, end), = detect.parse_events(rows[0]["events"])
+  (start, end), = detector_lib.parse_events(rows[0]["events"])
   assert start <= BURST[0] and end >= BURST[1]
