@@ -17,6 +17,14 @@ generalization (the test folder).
 ``--weights`` adds one line per batch of 10 random 3-s training segments: the
 share of the BU weights (eq. 16) that falls on rare-segment frames, with the
 paper's band-width and with ``kde.contrast_sigma``, on the standardized frames.
+
+``--pca_sweep=16,40,160,300`` needs no trained model: it fits a PCA with all
+components to the standardized interior frames of the training clips and
+prints, per k, how much more squared reconstruction error (k components) the
+rare-segment frames keep than the frequent ones, *on the frames it was fitted
+to*, and the mel bands that hold the rare frames' excess. A ratio that stays
+above 1 as k grows says the rare mode is not under-trained but spread over
+more dimensions than the frequent one (more irreducible error per frame).
 """
 
 import argparse
@@ -24,6 +32,7 @@ import csv
 import os
 
 import numpy as np
+from sklearn import decomposition
 
 from benchmarks._common import emit
 from bu_jax import audio
@@ -66,9 +75,8 @@ def frame_summary(detector, rows, root: str, machine: str) -> dict:
   return summary
 
 
-def weight_shares(rows, root: str, machine: str, *, batches: int, seed: int = 0):
-  """Share of eq. (16)'s weights on rare-segment frames, per random training batch."""
-  feat = models.preset("fcn40-small").features
+def _training_frames(rows, root: str, machine: str, feat):
+  """Interior frames of each clip and the mask of its rare-segment frames."""
   frames, rare = [], []
   for row in rows:
     wave = audio.load_wav(os.path.join(root, "dev_data", machine, row["file"]),
@@ -78,6 +86,38 @@ def weight_shares(rows, root: str, machine: str, *, batches: int, seed: int = 0)
     times = np.arange(x.shape[0]) * feat.hop_length / feat.sample_rate
     frames.append(x[inner])
     rare.append(_rare_mask(row, times[inner]))
+  return frames, rare
+
+
+def pca_sweep(rows, root: str, machine: str, *, components: list[int]):
+  """Rare over frequent squared PCA residual, in-sample, per number of components."""
+  feat = models.preset("fcn40-small").features
+  frames, rare = _training_frames(rows, root, machine, feat)
+  x, r = np.concatenate(frames).astype(np.float64), np.concatenate(rare)
+  z = (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
+  pca = decomposition.PCA(svd_solver="full").fit(z)
+  coefficients = (z - pca.mean_) @ pca.components_.T  # all D components
+  energy = np.square(coefficients)
+  for k in components:
+    residual = energy[:, k:].sum(axis=1)
+    recon = coefficients[:, :k] @ pca.components_[:k]
+    per_band = np.square(z - pca.mean_ - recon).reshape(len(z), -1, feat.n_mels).mean(axis=1)
+    band_ratio = per_band[r].mean(0) / np.maximum(per_band[~r].mean(0), 1e-12)
+    emit(benchmark="rare_frames", pca_components=k,
+         explained_variance=round(float(pca.explained_variance_ratio_[:k].sum()), 3),
+         rare_frame_fraction=round(float(r.mean()), 3),
+         median_residual_rare=round(float(np.median(residual[r])), 1),
+         median_residual_frequent=round(float(np.median(residual[~r])), 1),
+         median_ratio=round(float(np.median(residual[r]) / np.median(residual[~r])), 2),
+         p99_ratio=round(float(np.percentile(residual[r], 99)
+                               / np.percentile(residual[~r], 99)), 2),
+         bands_with_2x_excess=[int(b) for b in np.flatnonzero(band_ratio >= 2)])
+
+
+def weight_shares(rows, root: str, machine: str, *, batches: int, seed: int = 0):
+  """Share of eq. (16)'s weights on rare-segment frames, per random training batch."""
+  feat = models.preset("fcn40-small").features
+  frames, rare = _training_frames(rows, root, machine, feat)
   stacked = np.concatenate(frames)
   mean, std = stacked.mean(0), stacked.std(0)
   rng = np.random.default_rng(seed)
@@ -103,17 +143,24 @@ def weight_shares(rows, root: str, machine: str, *, batches: int, seed: int = 0)
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="a toy-car workdir trained on the set")
+  parser.add_argument("--workdir", help="a toy-car workdir trained on the set")
   parser.add_argument("--root", default="/tmp/realaudio-dev", help="built realaudio-dev set")
   parser.add_argument("--machine", default="engine_b")
   parser.add_argument("--test_folder", default="test_anr-10dB")
   parser.add_argument("--losses", default="re,snp,bu")
   parser.add_argument("--weights", type=int, default=0, help="batches for the weight shares")
+  parser.add_argument("--pca_sweep", default="",
+                      help="comma-separated k: in-sample PCA residual, rare over frequent")
   args = parser.parse_args()
+  if not (args.workdir or args.pca_sweep):
+    parser.error("give --workdir (a trained run) or --pca_sweep")
   with open(os.path.join(args.root, "metadata.csv"), newline="") as f:
     meta = [r for r in csv.DictReader(f) if r["label"] == "normal"]
   splits = {split: [r for r in meta if r["split"] == split] for split in ("train", args.test_folder)}
-  for loss in args.losses.split(","):
+  if args.pca_sweep:
+    pca_sweep(splits["train"], args.root, args.machine,
+              components=[int(k) for k in args.pca_sweep.split(",")])
+  for loss in args.losses.split(",") if args.workdir else ():
     if not os.path.isdir(os.path.join(args.workdir, loss)):
       continue
     detector = detector_lib.load_detector(args.workdir, loss=loss)
