@@ -16,7 +16,9 @@ generalization (the test folder).
 
 ``--weights`` adds one line per batch of 10 random 3-s training segments: the
 share of the BU weights (eq. 16) that falls on rare-segment frames, with the
-paper's band-width and with ``kde.contrast_sigma``, on the standardized frames.
+paper's band-width and with ``kde.contrast_sigma``, on the standardized frames,
+and with the contrast band-width on the frames' first 16 principal components
+(whitened; the issue's "KDE in a lower-dimensional space").
 
 ``--pca_sweep=16,40,160,300`` needs no trained model: it fits a PCA with all
 components to the standardized interior frames of the training clips and
@@ -120,6 +122,7 @@ def weight_shares(rows, root: str, machine: str, *, batches: int, seed: int = 0)
   frames, rare = _training_frames(rows, root, machine, feat)
   stacked = np.concatenate(frames)
   mean, std = stacked.mean(0), stacked.std(0)
+  projection = decomposition.PCA(16, whiten=True).fit((stacked - mean) / std)
   rng = np.random.default_rng(seed)
   length = int(round(3.0 * feat.sample_rate / feat.hop_length))
   for batch in range(batches):
@@ -132,9 +135,15 @@ def weight_shares(rows, root: str, machine: str, *, batches: int, seed: int = 0)
     if not r.any():
       continue
     base = 1.0 / (2 * feat.dim)
-    for name, sigma in (("paper", base), ("contrast", float(kde.contrast_sigma(x, base_sigma=base)))):
-      w = np.asarray(kde.kde_weights(x.astype(np.float32), sigma=sigma, eps=1e-6))
-      emit(benchmark="rare_frames", batch=batch, bandwidth=name, sigma_times_2d=sigma * 2 * feat.dim,
+    low = projection.transform(x)  # the KDE in a 16-dimensional PCA space
+    variants = (("paper", x, base),
+                ("contrast", x, float(kde.contrast_sigma(x, base_sigma=base))),
+                ("pca16_contrast", low,
+                 float(kde.contrast_sigma(low, base_sigma=1.0 / (2 * low.shape[1])))))
+    for name, points, sigma in variants:
+      w = np.asarray(kde.kde_weights(points.astype(np.float32), sigma=sigma, eps=1e-6))
+      emit(benchmark="rare_frames", batch=batch, bandwidth=name,
+           sigma_times_2d=round(sigma * 2 * points.shape[1], 2),
            rare_frame_fraction=round(float(r.mean()), 3),
            rare_weight_share=round(float(w[r].sum() / w.sum()), 3),
            weight_max_over_min=round(float(w.max() / w.min()), 1),
@@ -152,8 +161,8 @@ def main():
   parser.add_argument("--pca_sweep", default="",
                       help="comma-separated k: in-sample PCA residual, rare over frequent")
   args = parser.parse_args()
-  if not (args.workdir or args.pca_sweep):
-    parser.error("give --workdir (a trained run) or --pca_sweep")
+  if not (args.workdir or args.pca_sweep or args.weights):
+    parser.error("give --workdir (a trained run), --weights or --pca_sweep")
   with open(os.path.join(args.root, "metadata.csv"), newline="") as f:
     meta = [r for r in csv.DictReader(f) if r["label"] == "normal"]
   splits = {split: [r for r in meta if r["split"] == split] for split in ("train", args.test_folder)}
