@@ -317,7 +317,8 @@ def sigterm_as_interrupt() -> None:
   """SIGTERM raises ``KeyboardInterrupt("SIGTERM")``, so it stops a job like Ctrl-C.
 
   Outside training (loading, evaluation, scoring); during training
-  ``checkpoint.GracefulStop`` handles both signals and saves first.
+  ``signals.GracefulStop`` (in ``runner.train_or_resume``) handles both
+  signals and saves first.
   """
   signal.signal(signal.SIGTERM, _raise_interrupt)
 
@@ -377,7 +378,7 @@ def run_training(run: Callable[[Any], T], settings_class: type, *,
   one ``Error:`` line and status 1; ``interrupted`` (training stopped after a
   checkpoint), Ctrl-C and SIGTERM in one ``Interrupted:`` line and status 130.
   """
-  sigterm_as_interrupt()  # outside training; during it checkpoint.GracefulStop saves first
+  sigterm_as_interrupt()  # outside training; during it signals.GracefulStop saves first
   settings = usage_error(lambda: settings_from_flags(settings_class))
   return exit_on_errors(
       lambda: run(settings), interrupted=(interrupted,),

@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from bu_jax import artifact
+from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import cli
 from bu_jax import data as data_lib
 from bu_jax import dcase
@@ -46,9 +47,8 @@ from bu_jax import evaluate
 from bu_jax import fileio
 from bu_jax import parallel
 from bu_jax import plots
-from bu_jax import progress as progress_lib
 from bu_jax import frame_scores
-from bu_jax import signals
+from bu_jax import runner
 from bu_jax import synthetic_dcase
 from bu_jax import train as train_lib
 
@@ -63,8 +63,9 @@ PRESETS = {
 PER = ("machine_type", "section")
 
 
-class Interrupted(Exception):
-  """Training stopped on SIGTERM / Ctrl-C after saving a checkpoint."""
+# Raised by ``run`` (``runner.train_or_resume``, ``runner.check_resumable``).
+Interrupted = runner.Interrupted
+SettingsMismatchError = runner.SettingsMismatchError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -107,51 +108,57 @@ def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
 # ------------------------------------------------------------------ training
 
 
+def _model_dirs(workdir: str, loss: str) -> list[str]:
+  """The model directories with a checkpoint below ``<workdir>/<loss>/models``."""
+  found = []
+  for path, subdirs, _ in os.walk(os.path.join(workdir, loss, "models")):
+    if checkpoint_lib.CHECKPOINT_SUBDIR in subdirs:
+      subdirs.remove(checkpoint_lib.CHECKPOINT_SUBDIR)
+      if checkpoint_lib.committed_steps(path):
+        found.append(path)
+    subdirs.sort()
+  return found
+
+
+_FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
+
+
+def _check_model_dir(model_dir: str, metadata: artifact.ModelMetadata) -> None:
+  runner.check_resumable(model_dir, metadata, flag_names=_FLAG_NAMES,
+                         evaluation_flags=("reduce", "eval_root", "ground_truth_dir"))
+
+
+def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig]) -> None:
+  """Refuses a workdir whose models were trained with other training settings.
+
+  Every model directory of every loss that holds a checkpoint must have been
+  trained with this run's ``configs[loss]`` (``runner.check_resumable``:
+  loss, model, seed, schedule, batch shape, sigma, lambda, eps, ...);
+  evaluation settings may differ.
+
+  Raises:
+    SettingsMismatchError: the differing settings, with both values and how
+      to proceed.
+    checkpoint.CheckpointError: a checkpoint's metadata cannot be read.
+  """
+  for loss, config in configs.items():
+    metadata = artifact.ModelMetadata.for_training(config)
+    for model_dir in _model_dirs(settings.workdir, loss):
+      _check_model_dir(model_dir, metadata)
+
+
 def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, mesh,
                 model_dir: str, tag: str) -> tuple[Any, int]:
   """Trains (or resumes, or finds finished) one model in ``model_dir``.
 
-  Returns the final state and the number of steps trained now.
+  Returns the final state and the number of steps trained now
+  (``runner.train_or_resume``).
   """
-  preset = config.model_preset
   metadata = artifact.ModelMetadata.for_training(config, tag=tag)
-  init = train_lib.create_state(config, mesh=mesh)
-  total = config.total_steps
-  with artifact.open_for_training(model_dir, metadata,
-                                 save_interval_steps=settings.checkpoint_every) as ckpt, \
-       signals.GracefulStop() as stop:
-    state, restored = ckpt.restore_or_init(init)
-    start = 0 if restored is None else restored
-    if start >= total:
-      print(f"[{tag}] already trained ({total} steps)", flush=True)
-      return state, 0
-    if restored is not None:
-      print(f"[{tag}] resuming from step {restored}", flush=True)
-
-    class _Stopped(Exception):
-      pass
-
-    def on_step(step, new_state, _):
-      ckpt.maybe_save(step, new_state)
-      if stop.requested:
-        ckpt.maybe_save(step, new_state, force=True)
-        raise _Stopped(step)
-
-    print(f"[{tag}] training {preset.name} for {total} steps from step {start}", flush=True)
-    bar = progress_lib.ProgressBar(total, initial=start) if settings.progress else False
-    try:
-      metrics_path = os.path.join(model_dir, "metrics.jsonl")
-      fileio.truncate_metrics(metrics_path, start)
-      with fileio.MetricsWriter(metrics_path) as writer:
-        state = train_lib.train(config, corpus, mesh=mesh, state=state, on_step=on_step,
-                                metrics_writer=writer, progress=bar)
-    except _Stopped as e:
-      ckpt.wait()
-      raise Interrupted(f"stopped by {stop.signal_name} after step {e.args[0]}; the "
-                        f"checkpoint is in {ckpt.directory}: run the same command again "
-                        "to resume") from None
-    ckpt.maybe_save(total, state, force=True)
-  return state, total - start
+  _check_model_dir(model_dir, metadata)
+  return runner.train_or_resume(config, corpus, mesh=mesh, model_dir=model_dir,
+                                metadata=metadata, checkpoint_every=settings.checkpoint_every,
+                                tag=tag, progress=settings.progress)
 
 
 def clip_scores(scorer: frame_scores.FrameScorer, params, clips, *, reduce: str) -> np.ndarray:
@@ -306,6 +313,8 @@ def run(settings: Settings) -> dict:
     devices = devices[:settings.num_devices]
   mesh = parallel.data_mesh(devices)
   num_devices = len(devices)
+  configs = {l: settings.train_config(l, num_devices) for l in settings.losses}
+  check_resumable(settings, configs)  # before the (slow) data loading
   device_info = parallel.log_devices(mesh)
   root, se_dir = _resolve_data(settings)
   machine_types = list(settings.machines or dcase.discover_machine_types(root))
@@ -314,7 +323,6 @@ def run(settings: Settings) -> dict:
   if needs_clips:
     something_else = data_lib.load_something_else(se_dir)
     clips, lengths = data_lib.pad_clips(something_else)
-  configs = {l: settings.train_config(l, num_devices) for l in settings.losses}
   cfg0 = configs[settings.losses[0]]
   preset = cfg0.model_preset
   scorer = frame_scores.FrameScorer(preset.build(), preset.features)

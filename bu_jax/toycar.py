@@ -36,7 +36,6 @@ import jax
 import numpy as np
 
 from bu_jax import artifact
-from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import cli
 from bu_jax import data as data_lib
 from bu_jax import evaluate
@@ -47,9 +46,8 @@ from bu_jax import models as models_lib
 from bu_jax import reference as reference_lib
 from bu_jax import parallel
 from bu_jax import plots
-from bu_jax import progress as progress_lib
 from bu_jax import frame_scores
-from bu_jax import signals
+from bu_jax import runner
 from bu_jax import synthetic
 from bu_jax import train as train_lib
 
@@ -212,20 +210,9 @@ def load_data(settings: Settings) -> Data:
               something_else=something_else, description=description)
 
 
-class _Stopped(Exception):
-  pass
-
-
-class Interrupted(Exception):
-  """Training stopped on SIGTERM / Ctrl-C after saving a checkpoint."""
-
-
-class SettingsMismatchError(checkpoint_lib.CheckpointError):
-  """A workdir holds a model trained with other training settings."""
-
-
-# TrainConfig fields that change only the speed, not what is trained.
-_SPEED_ONLY = ("steps_per_call",)
+# Raised by ``train_one`` (``runner.train_or_resume``, ``runner.check_resumable``).
+Interrupted = runner.Interrupted
+SettingsMismatchError = runner.SettingsMismatchError
 
 
 def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
@@ -244,12 +231,6 @@ def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
   return artifact.ModelMetadata.for_training(settings.train_config(loss), data=data)
 
 
-def _flag(key: str) -> str:
-  """The flag of a stored setting (``train_config.seed`` -> ``--seed``)."""
-  name = key.split(".", 1)[1] if "." in key else key
-  return f"--{name}" if name in _FLAG_NAMES else name
-
-
 _FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
 
 
@@ -261,29 +242,16 @@ def check_resumable(settings: Settings, loss: str) -> None:
   seed, schedule, batch shape, sigma, band-width, lambda, eps, compute dtype
   and the training data. Settings that only change evaluation may differ.
   Checkpoints written before the data settings were stored are compared on
-  what they hold.
+  what they hold (``runner.check_resumable``).
 
   Raises:
     SettingsMismatchError: the differing settings, with both values and how
       to proceed.
     checkpoint.CheckpointError: the checkpoint's metadata cannot be read.
   """
-  model_dir = os.path.join(settings.workdir, loss)
-  steps = checkpoint_lib.committed_steps(model_dir)
-  if not steps:
-    return
-  stored = artifact.read_metadata(model_dir, step=steps[-1])
-  differ = stored.training_differences(_training_metadata(settings, loss),
-                                       ignore=_SPEED_ONLY)
-  if differ:
-    listed = "; ".join(f"{_flag(key)}: {old!r} in the checkpoint, {new!r} now"
-                       for key, old, new in differ)
-    raise SettingsMismatchError(
-        f"{model_dir} holds a model (step {steps[-1]}) trained with other "
-        f"settings: {listed}. Training settings cannot change on a resume: repeat the "
-        "stored values to resume or re-evaluate it (evaluation settings such as --reduce, "
-        "--rare_clips, --reference_components may differ), or use a new --workdir to "
-        "train with the new ones.")
+  runner.check_resumable(os.path.join(settings.workdir, loss),
+                         _training_metadata(settings, loss), flag_names=_FLAG_NAMES,
+                         evaluation_flags=("reduce", "rare_clips", "reference_components"))
 
 
 def train_one(settings: Settings, loss: str, corpus, *, mesh,
@@ -293,54 +261,21 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh,
   ``input_stats`` (mean, std of the training features) initialize the
   standardization of an AE with ``standardize_input``; a resumed run takes
   them from its checkpoint. Returns the final state, its config and the
-  number of steps trained now.
+  number of steps trained now (``runner.train_or_resume``).
   """
   config = settings.train_config(loss)
-  model_dir = os.path.join(settings.workdir, loss)
-  preset = config.model_preset
-  metadata = _training_metadata(settings, loss)
   check_resumable(settings, loss)
   init = train_lib.create_state(config, mesh=mesh)
-  if preset.standardize_input:
+  if config.model_preset.standardize_input:
     if input_stats is None:
       raise ValueError("standardize_input needs the training feature statistics")
     params = models_lib.set_input_statistics(jax.device_get(init.params), *input_stats)
     init = init.replace(params=parallel.replicate(params, mesh))
-  total = config.total_steps
-  with artifact.open_for_training(model_dir, metadata,
-                                 save_interval_steps=settings.checkpoint_every) as ckpt, \
-       signals.GracefulStop() as stop:
-    state, restored = ckpt.restore_or_init(init)
-    start = 0 if restored is None else restored
-    if restored is not None:
-      print(f"[{loss}] resuming from the checkpoint of step {restored} in {ckpt.directory}",
-            flush=True)
-    metrics_path = os.path.join(model_dir, "metrics.jsonl")
-    fileio.truncate_metrics(metrics_path, start)
-    if start >= total:
-      print(f"[{loss}] already trained ({total} steps)", flush=True)
-      return state, config, 0
-
-    def on_step(step, new_state, _):
-      ckpt.maybe_save(step, new_state)
-      if stop.requested:
-        ckpt.maybe_save(step, new_state, force=True)
-        raise _Stopped(step)
-
-    print(f"[{loss}] training {preset.name} for {total} steps "
-          f"({config.epochs} epochs x {config.steps_per_epoch}) from step {start}", flush=True)
-    bar = progress_lib.ProgressBar(total, initial=start) if settings.progress else False
-    try:
-      with fileio.MetricsWriter(metrics_path) as writer:
-        state = train_lib.train(config, corpus, mesh=mesh, state=state, on_step=on_step,
-                                metrics_writer=writer, progress=bar)
-    except _Stopped as e:
-      ckpt.wait()
-      raise Interrupted(
-          f"stopped by {stop.signal_name} after step {e.args[0]}; the checkpoint is "
-          f"in {ckpt.directory}: run the same command again to resume") from None
-    ckpt.maybe_save(total, state, force=True)
-  return state, config, total - start
+  state, trained = runner.train_or_resume(
+      config, corpus, mesh=mesh, model_dir=os.path.join(settings.workdir, loss),
+      metadata=_training_metadata(settings, loss), init_state=init,
+      checkpoint_every=settings.checkpoint_every, tag=loss, progress=settings.progress)
+  return state, config, trained
 
 
 def _read_results(path: str) -> dict[str, Any]:

@@ -118,6 +118,52 @@ def test_per_section_models(tmp_path):
   assert (tmp_path / "sec" / "re" / "models" / "SynthFan" / "section_01").is_dir()
 
 
+@pytest.fixture(scope="module")
+def finished_dcase(tmp_path_factory):
+  """A finished tiny RE run (2 steps, one machine type)."""
+  settings = _settings(tmp_path_factory.mktemp("dcase") / "run", losses=("re",),
+                       steps_per_epoch=2)
+  dcase_run.run(settings)
+  return settings
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (dict(seed=1), "--seed: 0 in the checkpoint, 1 now"),
+    (dict(sigma=0.5), "--sigma: None in the checkpoint, 0.5 now"),
+    (dict(epochs=2, steps_per_epoch=1), "--epochs: 1 in the checkpoint, 2 now; "
+     "--steps_per_epoch: 2 in the checkpoint, 1 now"),
+])
+def test_resume_with_other_training_settings_is_refused(finished_dcase, overrides, named):
+  results = os.path.join(finished_dcase.workdir, "results.json")
+  before = open(results).read()
+  with pytest.raises(dcase_run.SettingsMismatchError,
+                     match=r"models/SynthFan holds a model \(step 2\) trained with other"):
+    dcase_run.run(dataclasses.replace(finished_dcase, **overrides))
+  with pytest.raises(dcase_run.SettingsMismatchError) as info:  # a CheckpointError
+    dcase_run.check_resumable(finished_dcase, {"re": dataclasses.replace(
+        finished_dcase, **overrides).train_config("re", 1)})
+  assert f"settings: {named}. " in str(info.value) and "new --workdir" in str(info.value)
+  assert open(results).read() == before  # nothing rewritten
+
+
+def test_entry_point_refuses_other_settings_in_one_line(finished_dcase):
+  cmd = [sys.executable, "-m", "experiments.dcase", "--loss=re", "--preset=demo",
+         f"--workdir={finished_dcase.workdir}", "--epochs=1", "--steps_per_epoch=2",
+         "--decay_start_epoch=0", "--segments_per_mixture=2", "--num_devices=1",
+         "--sigma=0.25"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith("Error: ") and "Traceback" not in proc.stderr
+  assert "trained with other settings: --sigma: None in the checkpoint, 0.25 now. " in line
+
+
+def test_evaluation_settings_may_change(finished_dcase, capsys):
+  results = dcase_run.run(dataclasses.replace(finished_dcase, reduce="mean", steps_per_call=1))
+  assert "[re/SynthFan] already trained (2 steps)" in capsys.readouterr().out
+  assert results["settings"]["reduce"] == "mean"
+
+
 def test_entry_point_bad_input_is_one_clear_line(tmp_path):
   cmd = [sys.executable, "-m", "experiments.dcase", "--loss=re", "--preset=demo",
          f"--workdir={tmp_path / 'w'}", "--data_root=/no/such/dir"]

@@ -1,0 +1,156 @@
+"""The training loop of a trained-model artifact: checkpoints, stop requests,
+metrics.jsonl, progress.
+
+``train_or_resume`` trains one model in its model directory (the
+``bu_jax.artifact`` format), resumes it from its newest checkpoint, or finds
+it finished; both experiments (``bu_jax.toycar``, ``bu_jax.dcase_run``) train
+every model with it. ``check_resumable`` refuses, before anything is loaded or
+written, a model directory whose model was trained with other training
+settings. The loop:
+
+- restores the newest checkpoint (``artifact.open_for_training``), or starts
+  from ``init_state``; says which;
+- keeps the records of ``<model_dir>/metrics.jsonl`` up to the step it resumes
+  from (``fileio.truncate_metrics``) and appends one per step;
+- saves every ``checkpoint_every`` steps and after the last one;
+- on SIGTERM / Ctrl-C (``signals.GracefulStop``) saves after the current
+  device call and raises ``Interrupted`` ("run the same command again to
+  resume"), which the entry points turn into one line and status 130.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Collection, Optional, Sequence
+
+from bu_jax import artifact
+from bu_jax import checkpoint as checkpoint_lib
+from bu_jax import fileio
+from bu_jax import progress as progress_lib
+from bu_jax import signals
+from bu_jax import train as train_lib
+
+# TrainConfig fields that change only the speed, not what is trained.
+SPEED_ONLY = ("steps_per_call",)
+
+
+class Interrupted(Exception):
+  """Training stopped on SIGTERM / Ctrl-C after saving a checkpoint."""
+
+
+class SettingsMismatchError(checkpoint_lib.CheckpointError):
+  """A model directory holds a model trained with other training settings."""
+
+
+class _Stopped(Exception):
+  """Raised from ``on_step`` once a stop is requested (after a forced save)."""
+
+
+def _flag(key: str, flag_names: Collection[str]) -> str:
+  """The flag of a stored setting (``train_config.seed`` -> ``--seed``)."""
+  name = key.split(".", 1)[1] if "." in key else key
+  return f"--{name}" if name in flag_names else name
+
+
+def check_resumable(model_dir: str, metadata: artifact.ModelMetadata, *,
+                    flag_names: Collection[str],
+                    evaluation_flags: Sequence[str] = ("reduce",)) -> None:
+  """Refuses to resume or re-evaluate a model trained with other settings.
+
+  If ``model_dir`` holds a checkpoint, the training settings stored in its
+  metadata (``ModelMetadata.training_differences``: the loss and every entry
+  of ``metadata``'s ``train_config`` and ``data``) must equal ``metadata``'s;
+  ``SPEED_ONLY`` settings and those the checkpoint lacks (written before they
+  were stored) are not compared.
+
+  Args:
+    model_dir: the model directory (holding ``checkpoints/``, or nothing yet).
+    metadata: this run's record (``ModelMetadata.for_training``).
+    flag_names: the entry point's flags: a differing setting of that name is
+      shown as ``--name``.
+    evaluation_flags: named in the message as settings that may differ.
+
+  Raises:
+    SettingsMismatchError: the differing settings, with both values and how
+      to proceed.
+    checkpoint.CheckpointError: the checkpoint's metadata cannot be read.
+  """
+  steps = checkpoint_lib.committed_steps(model_dir)
+  if not steps:
+    return
+  stored = artifact.read_metadata(model_dir, step=steps[-1])
+  differ = stored.training_differences(metadata, ignore=SPEED_ONLY)
+  if differ:
+    listed = "; ".join(f"{_flag(key, flag_names)}: {old!r} in the checkpoint, {new!r} now"
+                       for key, old, new in differ)
+    may_differ = ", ".join(f"--{name}" for name in evaluation_flags)
+    raise SettingsMismatchError(
+        f"{model_dir} holds a model (step {steps[-1]}) trained with other "
+        f"settings: {listed}. Training settings cannot change on a resume: repeat the "
+        f"stored values to resume or re-evaluate it (evaluation settings such as {may_differ} "
+        "may differ), or use a new --workdir to train with the new ones.")
+
+
+def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: str,
+                    metadata: artifact.ModelMetadata, checkpoint_every: int, tag: str,
+                    init_state: Optional[Any] = None,
+                    progress: bool = True) -> tuple[Any, int]:
+  """Trains (or resumes, or finds finished) the model of ``model_dir``.
+
+  Args:
+    config: the training configuration.
+    corpus: the placed training corpus (``train.place_corpus``).
+    mesh: the 'data' mesh.
+    model_dir: where the checkpoints and ``metrics.jsonl`` go.
+    metadata: stored with every checkpoint (``ModelMetadata.for_training``);
+      the caller checks it against a stored one first (``check_resumable``).
+    checkpoint_every: the checkpoint interval in steps.
+    tag: names the model in the printed lines (``[tag] ...``).
+    init_state: the state of a fresh start (default ``train.create_state``);
+      a resumed run restores its own.
+    progress: show a progress bar.
+
+  Returns:
+    The final state and the number of steps trained now (0: found finished).
+
+  Raises:
+    Interrupted: SIGTERM / Ctrl-C; the checkpoint of the last completed step
+      is saved.
+  """
+  if init_state is None:
+    init_state = train_lib.create_state(config, mesh=mesh)
+  total = config.total_steps
+  with artifact.open_for_training(model_dir, metadata,
+                                 save_interval_steps=checkpoint_every) as ckpt, \
+       signals.GracefulStop() as stop:
+    state, restored = ckpt.restore_or_init(init_state)
+    start = 0 if restored is None else restored
+    if restored is not None:
+      print(f"[{tag}] resuming from the checkpoint of step {restored} in {ckpt.directory}",
+            flush=True)
+    metrics_path = os.path.join(model_dir, "metrics.jsonl")
+    fileio.truncate_metrics(metrics_path, start)
+    if start >= total:
+      print(f"[{tag}] already trained ({total} steps)", flush=True)
+      return state, 0
+
+    def on_step(step, new_state, _):
+      ckpt.maybe_save(step, new_state)
+      if stop.requested:
+        ckpt.maybe_save(step, new_state, force=True)
+        raise _Stopped(step)
+
+    print(f"[{tag}] training {config.model_preset.name} for {total} steps "
+          f"({config.epochs} epochs x {config.steps_per_epoch}) from step {start}", flush=True)
+    bar = progress_lib.ProgressBar(total, initial=start) if progress else False
+    try:
+      with fileio.MetricsWriter(metrics_path) as writer:
+        state = train_lib.train(config, corpus, mesh=mesh, state=state, on_step=on_step,
+                                metrics_writer=writer, progress=bar)
+    except _Stopped as e:
+      ckpt.wait()
+      raise Interrupted(
+          f"stopped by {stop.signal_name} after step {e.args[0]}; the checkpoint is "
+          f"in {ckpt.directory}: run the same command again to resume") from None
+    ckpt.maybe_save(total, state, force=True)
+  return state, total - start

@@ -1,0 +1,77 @@
+"""bu_jax.runner: one tiny RE model stopped, resumed, found finished; the settings check."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from bu_jax import artifact, features, models, parallel, runner, train
+
+TINY = models.ModelPreset("tiny", features.FeatureConfig(n_mels=8, context=1),
+                          hidden_layers=1, units=16, bottleneck=4)
+SEGMENT = 2048  # samples
+
+
+def _config(**overrides):
+  kwargs = dict(loss="re", model=TINY, segment_seconds=SEGMENT / 16000, segments_per_mixture=2,
+                mixtures_per_step=1, epochs=1, steps_per_epoch=3, decay_start_epoch=0,
+                steps_per_call=1)
+  kwargs.update(overrides)
+  return train.TrainConfig(**kwargs)
+
+
+class _StopAtOnce:
+  """``signals.GracefulStop`` with a SIGTERM already received."""
+  requested = True
+  signal_name = "SIGTERM"
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    pass
+
+
+def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys):
+  config = _config()
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  segments = np.random.default_rng(0).standard_normal((4, SEGMENT)).astype(np.float32)
+  corpus = train.place_corpus(segments, mesh=mesh, config=config)
+  model_dir = str(tmp_path / "model")
+  metadata = artifact.ModelMetadata.for_training(config, tag="t")
+  kwargs = dict(mesh=mesh, model_dir=model_dir, metadata=metadata, checkpoint_every=100,
+                tag="t", progress=False)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(runner.signals, "GracefulStop", _StopAtOnce)
+    with pytest.raises(runner.Interrupted, match=r"^stopped by SIGTERM after step 1; the "
+                       r"checkpoint is in .*model/checkpoints: run the same command again"):
+      runner.train_or_resume(config, corpus, **kwargs)
+  assert artifact.latest_step(model_dir) == 1  # saved on the stop, not every 100 steps
+  assert "[t] training tiny for 3 steps (1 epochs x 3) from step 0" in capsys.readouterr().out
+
+  state, trained = runner.train_or_resume(config, corpus, **kwargs)
+  assert "[t] resuming from the checkpoint of step 1 in" in capsys.readouterr().out
+  assert trained == 2 and int(state.step) == 3 and artifact.latest_step(model_dir) == 3
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "model" / "metrics.jsonl")]
+  assert steps == [0, 1, 2]
+  assert artifact.read_metadata(model_dir).tag == "t"
+
+  _, trained = runner.train_or_resume(config, corpus, **kwargs)
+  assert trained == 0 and "[t] already trained (3 steps)" in capsys.readouterr().out
+
+  # The settings check against that checkpoint.
+  runner.check_resumable(model_dir, metadata, flag_names={"seed"})
+  runner.check_resumable(model_dir, artifact.ModelMetadata.for_training(
+      _config(steps_per_call=3)), flag_names={"seed"})  # speed only
+  runner.check_resumable(str(tmp_path / "empty"), metadata, flag_names=())
+  other = artifact.ModelMetadata.for_training(_config(seed=1, eps=0.5))
+  with pytest.raises(runner.SettingsMismatchError) as info:
+    runner.check_resumable(model_dir, other, flag_names={"seed"},
+                           evaluation_flags=("reduce", "rare_clips"))
+  message = str(info.value)
+  assert "(step 3) trained with other settings: " in message
+  assert "--seed: 0 in the checkpoint, 1 now" in message
+  assert "eps: 1e-06 in the checkpoint, 0.5 now" in message  # not a flag here: its field name
+  assert "such as --reduce, --rare_clips may differ" in message and "new --workdir" in message
