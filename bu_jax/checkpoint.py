@@ -49,6 +49,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bu_jax import fileio
+
 CHECKPOINT_SUBDIR = "checkpoints"
 _STATE = "state"
 _METADATA = "metadata"
@@ -416,9 +418,7 @@ class Checkpointer:
       return
     if json.loads(path.read_text()) == self._metadata or jax.process_index() != 0:
       return
-    tmp = path.parent / (_METADATA_FILE + ".tmp")
-    tmp.write_text(json.dumps(self._metadata))
-    tmp.replace(path)  # Atomic on local disks: readers see the old or the new file.
+    fileio.write_json(path, self._metadata)  # atomic: readers see the old or the new file
     logging.info("Updated the metadata of checkpoint step %d in %s.", step,
                  self.directory)
 

@@ -1,10 +1,10 @@
 """Command-line flags made from a settings dataclass, and the entry points' exits.
 
 A setting is defined once, as a field of a frozen settings dataclass
-(``toycar.Settings``, ``dcase_run.Settings``, ``detector.ScoreSettings``) made
-with ``setting(default, help=..., choices=...)``. ``define_flags(Settings)``
-makes one absl flag per such field (same name, default, help and choices;
-a field without a default is a required flag), and
+(``toycar.Settings``, ``dcase_run.Settings``, ``detector.ScoreSettings``,
+``ring.Settings``) made with ``setting(default, help=..., choices=...)``.
+``define_flags(Settings)`` makes one absl flag per such field (same name,
+default, help and choices; a field without a default is a required flag), and
 ``settings_from_flags(Settings)`` builds the dataclass from the parsed flags,
 whose ``__post_init__`` validates every value once. Fields made without
 ``setting`` (library-only knobs such as ``progress``) get no flag.

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bu_jax import cli
 from bu_jax import fileio
 from bu_jax import kde
 from bu_jax import losses
@@ -122,6 +123,50 @@ class RingConfig:
     for name in ("learning_rate", "sigma", "lam"):  # finite and > 0
       kde._check_hyperparameter(name, getattr(self, name))
     kde._check_hyperparameter("eps", self.eps, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+  """What ``run`` does, and the flags of ``experiments.ring`` (``cli.define_flags``).
+
+  The defaults are ``RingConfig``'s (the paper's), so none is stated twice;
+  ``ring_config`` is the one mapping to it.
+  """
+
+  workdir: str = cli.setting(
+      help="Output folder (results.json, fig2_pdf.png, fig3_scores.png; created if missing).")
+  methods: Sequence[str] = cli.setting(
+      RingConfig.methods, flag="loss", choices=(*METHODS, "all"),
+      help="Cost function to train; 'all' trains RE, SNP and BU from the same initial "
+      "parameters.",
+      from_flag=lambda v: METHODS if v == "all" else (v,),
+      to_flag=lambda v: "all" if tuple(v) == METHODS else v[0])
+  seeds: int = cli.setting(1, minimum=1, help="Number of seeds: runs seeds 0, 1, ..., N-1.")
+  updates: int = cli.setting(RingConfig.updates, minimum=1,
+                             help="Parameter updates per method.")
+  standardize: bool = cli.setting(
+      RingConfig.standardize, help="Standardize the normal mini-batch before the KDE of eq. 15.")
+  eps: float = cli.setting(RingConfig.eps, minimum=0,
+                           help="epsilon of the BU weights 1 / (K(x) + eps), eq. 16.")
+  grid_cells: int = cli.setting(RingConfig.grid_cells, minimum=2,
+                                help="Evaluation grid cells per side of [-3, 3].")
+  log_every: int = cli.setting(RingConfig.log_every, minimum=1,
+                               help="Updates between progress lines (one jitted chunk).")
+
+  def __post_init__(self):
+    """Checks every setting once; a ``ValueError`` names the flag (the entry
+    point turns it into a usage error)."""
+    bad = [m for m in self.methods if m not in METHODS]
+    if bad or not self.methods:
+      raise ValueError(f"--loss must be one of {METHODS} or 'all', got {list(self.methods)}")
+    cli.check(self)
+    self.ring_config()  # anything else RingConfig refuses, before any work
+
+  def ring_config(self) -> RingConfig:
+    """The experiment: these settings, ``RingConfig``'s defaults for the rest."""
+    return RingConfig(methods=tuple(self.methods), updates=self.updates,
+                      standardize=self.standardize, eps=self.eps,
+                      grid_cells=self.grid_cells, log_every=self.log_every)
 
 
 # --------------------------------------------------------------------------
@@ -570,3 +615,20 @@ def train_and_evaluate(config: RingConfig, workdir: str | os.PathLike, *,
                               anomalous_band=(NORMAL_RADIUS, ANOMALOUS_RADIUS))
   logging.info("wrote %s in %.1f s", workdir, time.perf_counter() - start)
   return results
+
+
+def run(settings: Settings) -> dict[str, Any]:
+  """Checks ``--workdir`` (created if missing) and runs ``train_and_evaluate``
+  for seeds 0 .. ``settings.seeds`` - 1.
+
+  Raises:
+    cli.WorkdirError: ``--workdir`` cannot be created or written.
+    train.NonFiniteLossError: a method's loss became NaN or infinite.
+    OSError: an output file could not be written (naming it).
+
+  Returns:
+    The content of ``results.json``.
+  """
+  cli.make_workdir(settings.workdir)
+  return train_and_evaluate(settings.ring_config(), settings.workdir,
+                            seeds=range(settings.seeds))

@@ -183,6 +183,12 @@ def test_metadata_is_stored_updated_and_readable_without_the_model(tmp_path):
     ckpt.maybe_save(1, state)
     ckpt.update_metadata(threshold=12.5)
     assert not ckpt.maybe_save(1, state, force=True)  # Rewrites step 1's metadata.
+    path = next((ckpt.directory / "1" / "metadata").glob("*.json"))
+    written = os.stat(path)
+    assert not ckpt.maybe_save(1, state, force=True)  # unchanged: not written again
+    assert (os.stat(path).st_ino, os.stat(path).st_mtime_ns) == (written.st_ino,
+                                                                 written.st_mtime_ns)
+    assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
   assert checkpoint.read_metadata(tmp_path) == {**config, "threshold": 12.5}
   assert checkpoint.read_metadata(tmp_path, step=1)["threshold"] == 12.5
 

@@ -9,10 +9,10 @@ from typing import Optional, Sequence
 from absl import flags
 import pytest
 
-from bu_jax import cli, dcase_run, detector, losses, toycar
+from bu_jax import cli, dcase_run, detector, losses, ring, toycar
 
 ENTRY_SETTINGS = [(toycar.Settings, {}), (dcase_run.Settings, {}),
-                  (detector.ScoreSettings, {"paths": ("a.wav",)})]
+                  (detector.ScoreSettings, {"paths": ("a.wav",)}), (ring.Settings, {})]
 
 
 def _parse(cls, *argv, **values):

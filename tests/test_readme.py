@@ -35,6 +35,7 @@ def test_readme_has_exactly_two_setup_commands():
     ("toycar", "bu_jax.toycar:Settings", "## The toy-car experiment"),
     ("dcase", "bu_jax.dcase_run:Settings", "## DCASE benchmark"),
     ("score", "bu_jax.detector:ScoreSettings", "## Scoring new recordings"),
+    ("ring", "bu_jax.ring:Settings", "## The verification experiment (section 4.1)"),
 ])
 def test_readme_documents_every_flag(entry, settings, section):
   """Each entry point's README section names every flag of its settings dataclass

@@ -6,6 +6,8 @@ import functools
 import json
 import math
 import os
+import signal
+import time
 
 from absl import flags
 import jax
@@ -142,19 +144,105 @@ def test_train_and_evaluate_end_to_end(tmp_path):
     assert text in table
 
 
-def test_entry_point(tmp_path, capsys):
-  from experiments import ring as entry  # pylint: disable=g-import-not-at-top
-  argv = ["ring", "--loss=all", f"--workdir={tmp_path}", "--seeds=1",
-          *(f"--{k}={v}" for k, v in _SHORT.items())]
+@pytest.fixture
+def entry():
+  """experiments.ring, run in-process; its SIGTERM handler is undone afterwards."""
+  from experiments import ring as module  # pylint: disable=g-import-not-at-top
+  previous = signal.getsignal(signal.SIGTERM)
+  yield module
+  signal.signal(signal.SIGTERM, previous)
+
+
+def _main(entry, *args):
+  """``python -m experiments.ring args`` in-process; returns the exit status."""
+  argv = ["ring", *args]
   flags.FLAGS(argv)
   try:
     entry.main(argv[:1])
+  except SystemExit as e:
+    return e.code
   finally:
     flags.FLAGS.unparse_flags()
+  return 0
+
+
+def test_entry_point(entry, tmp_path, capsys):
+  assert _main(entry, "--loss=all", f"--workdir={tmp_path}", "--seeds=1",
+               *(f"--{k}={v}" for k, v in _SHORT.items())) == 0
   _check_outputs(tmp_path, json.load(open(tmp_path / "results.json")),
                  methods=ring.METHODS, seeds=1)
   out = capsys.readouterr().out
   assert "D(U||q)" in out and "0.913" in out
+
+
+def test_settings_defaults_are_ring_configs():
+  settings = ring.Settings(workdir="w")
+  assert settings.ring_config() == ring.RingConfig()
+  assert settings.seeds == 1
+  one = ring.Settings(workdir="w", methods=("snp",), updates=7, eps=0.0, standardize=True,
+                      grid_cells=2, log_every=3).ring_config()
+  assert (one.methods, one.updates, one.eps, one.standardize, one.grid_cells,
+          one.log_every) == (("snp",), 7, 0.0, True, 2, 3)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--seeds=0", "--seeds must be >= 1, got 0"),
+    ("--updates=0", "--updates must be >= 1, got 0"),
+    ("--eps=-1", "--eps must be finite and >= 0, got -1.0"),
+    ("--eps=nan", "--eps must be finite and >= 0, got nan"),
+    ("--grid_cells=1", "--grid_cells must be >= 2, got 1"),
+    ("--log_every=0", "--log_every must be >= 1, got 0"),
+])
+def test_entry_point_bad_flag_is_one_usage_error(entry, tmp_path, capsys, flag, message):
+  workdir = tmp_path / "w"
+  assert _main(entry, f"--workdir={workdir}", flag) == 1
+  assert capsys.readouterr().err.strip() == f"Usage error: {message} (see --helpshort)"
+  assert not workdir.exists()
+
+
+def test_settings_reject_unknown_methods():
+  with pytest.raises(ValueError, match=r"--loss must be one of .* or 'all', got \['xx'\]"):
+    ring.Settings(workdir="w", methods=("xx",))
+
+
+def test_entry_point_non_finite_loss_is_one_error_line(entry, tmp_path, capsys, monkeypatch):
+  make = ring.make_dataset
+
+  def poisoned(key, *, num_samples):
+    data = make(key, num_samples=num_samples)
+    return {**data, "normal": data["normal"].at[:].set(jnp.nan)}
+
+  monkeypatch.setattr(ring, "make_dataset", poisoned)
+  assert _main(entry, "--loss=re", f"--workdir={tmp_path}", "--updates=2", "--log_every=2",
+               "--grid_cells=2") == 1
+  captured = capsys.readouterr()
+  assert captured.err.strip() == "Error: non-finite J_RE nan at step 0"
+  assert "Traceback" not in captured.err and not captured.out
+  assert not (tmp_path / "results.json").exists()
+
+
+def test_entry_point_workdir_that_is_a_file_is_one_error_line(entry, tmp_path, capsys,
+                                                               monkeypatch):
+  monkeypatch.setattr(ring, "train", lambda *a, **k: pytest.fail("trained"))
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  assert _main(entry, f"--workdir={blocker}") == 1
+  line = capsys.readouterr().err.strip()
+  assert line.startswith(f"Error: --workdir={blocker}: is a file") and "\n" not in line
+
+
+@pytest.mark.parametrize("by", ["SIGINT", "SIGTERM"])
+def test_entry_point_interrupt_is_one_line_and_130(entry, tmp_path, capsys, monkeypatch, by):
+  def stop(*args, **kwargs):
+    if by == "SIGTERM":
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(5)  # the handler raises before this returns
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(ring, "train", stop)
+  assert _main(entry, f"--workdir={tmp_path}") == 130
+  line = capsys.readouterr().err.strip()
+  assert line.startswith(f"Interrupted: stopped by {by}") and "\n" not in line
 
 
 # --------------------------------------------- shared engine: guard and checks
