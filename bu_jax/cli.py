@@ -288,6 +288,11 @@ class WorkdirError(data_lib.DataError):
 def make_workdir(workdir: str) -> None:
   """Creates ``workdir`` if missing and checks that files can be written there,
   before any work; a ``WorkdirError`` names the flag and the reason."""
+  if "://" in workdir:  # os.makedirs would silently create a local "gs:" folder
+    raise WorkdirError(
+        f"--workdir={workdir}: a URL; results, metrics.jsonl and plots are written with "
+        "local file I/O, so give a local or mounted path (e.g. a bucket mounted with "
+        "gcsfuse, or NFS)")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir={workdir}: is a file, not a directory; give a directory "
                        "(it is created if missing)")

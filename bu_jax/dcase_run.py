@@ -128,13 +128,32 @@ def _check_model_dir(model_dir: str, metadata: artifact.ModelMetadata) -> None:
                          evaluation_flags=("reduce", "eval_root", "ground_truth_dir"))
 
 
+def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
+                       tag: Optional[str] = None) -> artifact.ModelMetadata:
+  """What a model's checkpoints record about how it is trained: ``config`` and
+  the data settings (the data folder or the embedded set's seed and sizes, the
+  model grouping, the file-name grammar and, for SNP and BU, the something-else
+  clips). Evaluation settings (``reduce``, ``eval_root``, ``ground_truth_dir``)
+  are not among them."""
+  path = lambda p: None if p is None else os.path.abspath(p)
+  data = {"data_root": path(settings.data_root), "per": settings.per, "year": settings.year}
+  if settings.data_root is None:  # the embedded set
+    data["data_seed"] = settings.data_seed
+    if settings.synthetic_kwargs:
+      data["synthetic_kwargs"] = fileio.to_json(dict(settings.synthetic_kwargs), default=str)
+  if config.loss != "re":  # RE trains without the something-else clips
+    data["something_else_dir"] = path(settings.something_else_dir)
+  return artifact.ModelMetadata.for_training(config, data=data, tag=tag)
+
+
 def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig]) -> None:
   """Refuses a workdir whose models were trained with other training settings.
 
   Every model directory of every loss that holds a checkpoint must have been
-  trained with this run's ``configs[loss]`` (``runner.check_resumable``:
-  loss, model, seed, schedule, batch shape, sigma, lambda, eps, ...);
-  evaluation settings may differ.
+  trained with this run's ``configs[loss]`` and data settings
+  (``runner.check_resumable``: loss, model, seed, schedule, batch shape, sigma,
+  lambda, eps, ..., ``_training_metadata``'s data); evaluation settings may
+  differ.
 
   Raises:
     SettingsMismatchError: the differing settings, with both values and how
@@ -142,7 +161,7 @@ def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig
     checkpoint.CheckpointError: a checkpoint's metadata cannot be read.
   """
   for loss, config in configs.items():
-    metadata = artifact.ModelMetadata.for_training(config)
+    metadata = _training_metadata(settings, config)
     for model_dir in _model_dirs(settings.workdir, loss):
       _check_model_dir(model_dir, metadata)
 
@@ -154,7 +173,7 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
   Returns the final state and the number of steps trained now
   (``runner.train_or_resume``).
   """
-  metadata = artifact.ModelMetadata.for_training(config, tag=tag)
+  metadata = _training_metadata(settings, config, tag=tag)
   _check_model_dir(model_dir, metadata)
   return runner.train_or_resume(config, corpus, mesh=mesh, model_dir=model_dir,
                                 metadata=metadata, checkpoint_every=settings.checkpoint_every,

@@ -113,3 +113,15 @@ def test_sigterm_as_interrupt():
       time.sleep(5)  # the handler raises before this returns
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+def test_workdir_that_is_a_url_or_a_file_is_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(cli.WorkdirError, match=r"--workdir=gs://b/run: a URL.*mounted path"):
+    cli.make_workdir("gs://b/run")
+  assert not (tmp_path / "gs:").exists()  # no local "gs:" folder made silently
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(cli.WorkdirError, match="is a file, not a directory"):
+    cli.make_workdir(str(tmp_path / "f"))
+  cli.make_workdir(str(tmp_path / "new" / "run"))
+  assert (tmp_path / "new" / "run").is_dir()

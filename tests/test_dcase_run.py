@@ -132,6 +132,7 @@ def finished_dcase(tmp_path_factory):
     (dict(sigma=0.5), "--sigma: None in the checkpoint, 0.5 now"),
     (dict(epochs=2, steps_per_epoch=1), "--epochs: 1 in the checkpoint, 2 now; "
      "--steps_per_epoch: 2 in the checkpoint, 1 now"),
+    (dict(data_seed=3), "--data_seed: 0 in the checkpoint, 3 now"),  # other training data
 ])
 def test_resume_with_other_training_settings_is_refused(finished_dcase, overrides, named):
   results = os.path.join(finished_dcase.workdir, "results.json")
@@ -140,8 +141,8 @@ def test_resume_with_other_training_settings_is_refused(finished_dcase, override
                      match=r"models/SynthFan holds a model \(step 2\) trained with other"):
     dcase_run.run(dataclasses.replace(finished_dcase, **overrides))
   with pytest.raises(dcase_run.SettingsMismatchError) as info:  # a CheckpointError
-    dcase_run.check_resumable(finished_dcase, {"re": dataclasses.replace(
-        finished_dcase, **overrides).train_config("re", 1)})
+    changed = dataclasses.replace(finished_dcase, **overrides)
+    dcase_run.check_resumable(changed, {"re": changed.train_config("re", 1)})
   assert f"settings: {named}. " in str(info.value) and "new --workdir" in str(info.value)
   assert open(results).read() == before  # nothing rewritten
 

@@ -146,11 +146,14 @@ def test_train_and_evaluate_end_to_end(tmp_path):
 
 @pytest.fixture
 def entry():
-  """experiments.ring, run in-process; its SIGTERM handler is undone afterwards."""
+  """experiments.ring, run in-process; its SIGTERM handler and its quieting of the
+  INFO logs (progress.quiet_library_logs) are undone afterwards."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
   from experiments import ring as module  # pylint: disable=g-import-not-at-top
-  previous = signal.getsignal(signal.SIGTERM)
+  previous, level = signal.getsignal(signal.SIGTERM), logging.get_absl_logger().level
   yield module
   signal.signal(signal.SIGTERM, previous)
+  logging.get_absl_logger().setLevel(level)
 
 
 def _main(entry, *args):
