@@ -6,7 +6,9 @@ on the whole clip (edge-padded context at the clip's ends), but computed in
 chunks of at most ``chunk_frames`` frames, so an hour-long recording never
 materializes its (T, D) feature matrix. Each chunk is one jitted call on a
 static shape (chunk sizes are rounded up to a multiple of 256 frames, so few
-shapes are compiled).
+shapes are compiled). With ``with_codes=True`` it also returns each frame's
+code, the AE's encoder output E(z_t) (``models.FCNAutoencoder.score_and_code``),
+from a second jitted function; the default path is unchanged.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ class FrameScorer:
     self.model = model
     self.config = config
     self.chunk_frames = chunk_frames
-    self._score = jax.jit(functools.partial(self._score_chunk, model, config))
+    self._score = jax.jit(functools.partial(self._score_chunk, models.score_fn(model), config))
+    self._score_and_code = None  # jitted on the first call with codes
 
   @staticmethod
-  def _score_chunk(model, config, params, window, gather):
+  def _score_chunk(fn, config, params, window, gather):
     psi = features_lib.log_mel(window, config=config, center=False)  # (P, M)
     x = psi[gather].reshape(gather.shape[0], -1)  # (F, (2C+1) M)
-    return models.score_fn(model)(params, x)
+    return fn(params, x)
 
   @staticmethod
   def _window(wave: np.ndarray, start: int, length: int) -> np.ndarray:
@@ -56,8 +59,20 @@ class FrameScorer:
   def frames(self, num_samples: int) -> int:
     return self.config.num_frames(num_samples)
 
-  def __call__(self, params, wave, *, name: str = "waveform") -> np.ndarray:
-    """A(x_t) for t = 0 .. T-1, float32 numpy (T,)."""
+  def __call__(self, params, wave, *, name: str = "waveform", with_codes: bool = False):
+    """A(x_t) for t = 0 .. T-1.
+
+    Args:
+      params: the AE parameters.
+      wave: a mono waveform (N,) at the configured sample rate.
+      name: names the recording in error messages.
+      with_codes: also return each frame's code E(z_t) (the encoder's output
+        for the AE's normalized input).
+
+    Returns:
+      The scores, float32 numpy (T,); with ``with_codes`` the pair
+      ``(scores (T,), codes (T, Z))``, both float32.
+    """
     wave = features_lib.check_waveform(wave, name=name)
     if wave.ndim != 1:
       raise ValueError(f"{name}: expected a mono waveform (N,), got shape {wave.shape}")
@@ -68,13 +83,23 @@ class FrameScorer:
     p = f + 2 * c  # psi frames per chunk window
     win_len = (p - 1) * hop + n_fft
     offsets = np.arange(-c, c + 1)
+    if with_codes and self._score_and_code is None:
+      self._score_and_code = jax.jit(functools.partial(
+          self._score_chunk, models.score_and_code_fn(self.model), cfg))
     out = np.empty(t_total, np.float32)
+    codes = None
     for a in range(0, t_total, f):
       b = min(a + f, t_total)
       lo = max(0, a - c)
       t = np.minimum(np.arange(a, a + f), t_total - 1)
       gather = np.clip(t[:, None] + offsets[None, :], 0, t_total - 1) - lo
       window = self._window(wave, lo * hop - n_fft // 2, win_len)
-      scores = self._score(params, window, gather.astype(np.int32))
+      if not with_codes:
+        out[a:b] = np.asarray(self._score(params, window, gather.astype(np.int32)))[: b - a]
+        continue
+      scores, code = self._score_and_code(params, window, gather.astype(np.int32))
+      if codes is None:
+        codes = np.empty((t_total, code.shape[-1]), np.float32)
       out[a:b] = np.asarray(scores)[: b - a]
-    return out
+      codes[a:b] = np.asarray(code)[: b - a]
+    return (out, codes) if with_codes else out

@@ -62,6 +62,13 @@ class FCNAutoencoder(nn.Module):
     z = self.normalize(x)
     return anomaly_score(z, self.decode(self.encode(z)))
 
+  def score_and_code(self, x):
+    """(A(x), E(z)) with z = ``normalize(x)``: ``score``'s value and the code it passes
+    through (the encoder's output, (..., Z))."""
+    z = self.normalize(x)
+    code = self.encode(z)
+    return anomaly_score(z, self.decode(code)), code
+
   def encode(self, x):
     for layer in self.encoder:
       x = nn.relu(layer(x))
@@ -134,6 +141,23 @@ def score_fn(model: nn.Module) -> Callable[..., jax.Array]:
   else:
     def f(params, x):
       return anomaly_score(x, model.apply({"params": params}, x))
+
+  return f
+
+
+def score_and_code_fn(model: nn.Module) -> Callable[..., tuple[jax.Array, jax.Array]]:
+  """Returns ``f(params, x) -> (A(x), code)`` for a model with ``score_and_code``
+  (``FCNAutoencoder``): the anomaly score of eq. (5) and the encoder's output.
+
+  Raises:
+    TypeError: ``model`` has no encoder to take codes from.
+  """
+  if not hasattr(model, "score_and_code"):
+    raise TypeError(f"{type(model).__name__} has no score_and_code method (no encoder "
+                    "codes); use an FCNAutoencoder")
+
+  def f(params, x):
+    return model.apply({"params": params}, x, method="score_and_code")
 
   return f
 

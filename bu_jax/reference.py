@@ -67,10 +67,24 @@ class PCADetector:
     self.explained_variance = float(np.sum(self._pca.explained_variance_ratio_))
     return self
 
-  def frame_scores(self, wave: np.ndarray, *, name: str = "waveform") -> np.ndarray:
-    """||z_t - P P^T z_t||^2 for every frame t of ``wave`` (T,), float32."""
+  def frame_scores(self, wave: np.ndarray, *, name: str = "waveform",
+                   with_codes: bool = False):
+    """||z_t - P P^T z_t||^2 for every frame t of ``wave``.
+
+    Args:
+      wave: a mono waveform (N,).
+      name: names the recording in error messages.
+      with_codes: also return each frame's code, its k principal-component
+        coefficients P^T z_t.
+
+    Returns:
+      The scores, float32 (T,); with ``with_codes`` the pair ``(scores (T,),
+      codes (T, k))``, both float32.
+    """
     if self._pca is None:
       raise RuntimeError("PCADetector: call fit() first")
     z = (self._frames(wave, name, interior=False) - self.mean) * self.scale
-    recon = self._pca.inverse_transform(self._pca.transform(z))
-    return np.sum(np.square(z - recon), axis=-1).astype(np.float32)
+    coefficients = self._pca.transform(z)
+    recon = self._pca.inverse_transform(coefficients)
+    scores = np.sum(np.square(z - recon), axis=-1).astype(np.float32)
+    return (scores, coefficients.astype(np.float32)) if with_codes else scores

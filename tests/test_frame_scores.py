@@ -40,3 +40,26 @@ def test_bad_input_named(model_and_params):
   wave[3] = np.nan
   with pytest.raises(ValueError, match="rec.wav"):
     frame_scores.FrameScorer(model, CFG)(params, wave, name="rec.wav")
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_codes_are_the_encoder_output_and_scores_unchanged(standardize):
+  model = models.FCNAutoencoder(dim=CFG.dim, hidden_layers=1, units=16, bottleneck=4,
+                                standardize_input=standardize)
+  params = model.init(jax.random.key(1), jnp.zeros((1, CFG.dim)))["params"]
+  if standardize:
+    params = models.set_input_statistics(params, np.full(CFG.dim, -3.0), np.full(CFG.dim, 2.0))
+  rng = np.random.default_rng(3)
+  wave = (0.2 * rng.standard_normal(16000 + 123)).astype(np.float32)
+  x = features.features(wave, config=CFG)
+  want = np.asarray(model.apply({"params": params}, x,
+                                method=lambda m, v: m.encode(m.normalize(v))))
+  plain = frame_scores.FrameScorer(model, CFG)(params, wave)
+  for chunk_frames in (4096, 7):
+    scorer = frame_scores.FrameScorer(model, CFG, chunk_frames=chunk_frames)
+    scores, codes = scorer(params, wave, with_codes=True)
+    assert codes.shape == (CFG.num_frames(wave.size), 4) and codes.dtype == np.float32
+    np.testing.assert_allclose(codes, want, rtol=2e-5, atol=1e-5)
+    same_chunks = scorer(params, wave)  # the default path, same chunking
+    np.testing.assert_array_equal(scores, same_chunks)
+    np.testing.assert_allclose(scores, plain, rtol=2e-5, atol=1e-4)  # chunked == whole

@@ -112,6 +112,9 @@ def test_pca_detector_scores_the_unseen_direction():
   assert np.all(np.isfinite(normal))
   assert np.median(noisy) > 10 * np.median(normal)
   assert 0 < det.explained_variance <= 1
+  scores, codes = det.frame_scores(train[0], with_codes=True)  # the PCA coefficients
+  np.testing.assert_array_equal(scores, normal)
+  assert codes.shape == (normal.size, 4) and codes.dtype == np.float32
   with pytest.raises(ValueError, match="components"):
     reference.PCADetector(cfg, components=0)
   with pytest.raises(RuntimeError, match="fit"):
