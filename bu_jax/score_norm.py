@@ -1,0 +1,249 @@
+"""Local normalization of frame scores by the scores of the nearest training frames in code space.
+
+A rare operating mode of a machine keeps a higher reconstruction error than the
+frequent ones however its frames are weighted in training: they are spread over
+more dimensions. At scoring time, without labels, each frame's anomaly score
+A(x_t) is divided by the mean score of its k nearest *training* frames in the
+model's code space (the AE's encoder output, or the PCA coefficients):
+
+    A~(x_t) = A(x_t) / mean_{j in kNN(c_t)} A(x_j),
+
+so a frame scores about 1 when it reconstructs as well as the training frames
+that look like it, whatever their absolute level. The bank (codes and scores of
+at most ``max_frames`` training frames, evenly spaced) is fitted on the interior
+frames of the training clips (``fit_from_clips``), saved next to the model
+(``LocalNormalizer.save``, ``load_local_normalizer``) and applied by wrapping a
+scorer (``NormalizedScorer``), so evaluation and ``experiments.score`` compute
+the same normalized scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import os
+import zipfile
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from sklearn import neighbors as neighbors_lib
+
+from bu_jax import artifact
+from bu_jax import fileio
+
+KIND = "knn"
+FILE_NAME = "score_normalizer.npz"
+_RELATIVE_FLOOR = 1e-6  # times the median bank score
+_ABSOLUTE_FLOOR = 1e-12  # when every bank score is 0
+
+
+def _finite(array: np.ndarray, what: str, name: str) -> None:
+  """Raises ``ValueError`` naming ``what`` (and ``name``) if ``array`` holds NaN or inf."""
+  bad = ~np.isfinite(array)
+  if np.any(bad):
+    kind = "NaN" if np.any(np.isnan(array)) else "infinite"
+    raise ValueError(f"{name}: {what} hold {kind} values ({int(np.sum(bad))} entries)")
+
+
+def _check_bank(codes: np.ndarray, scores: np.ndarray, neighbors: int, *,
+                name: str) -> None:
+  """The shape and value rules of a bank of training codes and scores."""
+  if codes.ndim != 2 or scores.ndim != 1 or codes.shape[0] != scores.shape[0]:
+    raise ValueError(f"{name}: expected codes (N, Z) and scores (N,), got {codes.shape} "
+                     f"and {scores.shape}")
+  if codes.shape[0] < 2:
+    raise ValueError(f"{name}: {codes.shape[0]} training frame(s); need at least 2")
+  if isinstance(neighbors, bool) or not isinstance(neighbors, (int, np.integer)):
+    raise ValueError(f"{name}: neighbors must be an integer, got {neighbors!r}")
+  if not 1 <= neighbors <= codes.shape[0]:
+    raise ValueError(f"{name}: neighbors must lie in [1, {codes.shape[0]}] (the frames "
+                     f"kept), got {neighbors}")
+  _finite(codes, "the codes", name)
+  _finite(scores, "the scores", name)
+  if np.any(scores < 0):
+    raise ValueError(f"{name}: the scores must be >= 0 (squared errors), got min "
+                     f"{float(scores.min())}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LocalNormalizer:
+  """A bank of training frames: their codes and scores, and the k of the kNN mean.
+
+  Attributes:
+    codes: codes of the training frames, float32 (N, Z).
+    scores: their anomaly scores, float32 (N,).
+    neighbors: k, the number of nearest bank frames whose mean score divides
+      a frame's score.
+  """
+
+  codes: np.ndarray
+  scores: np.ndarray
+  neighbors: int
+
+  def __post_init__(self):
+    object.__setattr__(self, "codes", np.asarray(self.codes, np.float32))
+    object.__setattr__(self, "scores", np.asarray(self.scores, np.float32))
+    _check_bank(self.codes, self.scores, self.neighbors, name="LocalNormalizer")
+    object.__setattr__(self, "neighbors", int(self.neighbors))
+
+  @property
+  def frames(self) -> int:
+    """N, the number of bank frames."""
+    return int(self.scores.shape[0])
+
+  @property
+  def code_dim(self) -> int:
+    """Z, the dimension of the codes."""
+    return int(self.codes.shape[1])
+
+  @functools.cached_property
+  def floor(self) -> float:
+    """The smallest denominator: 1e-6 times the median bank score (> 0 always)."""
+    return max(_RELATIVE_FLOOR * float(np.median(self.scores)), _ABSOLUTE_FLOOR)
+
+  @functools.cached_property
+  def _index(self) -> neighbors_lib.NearestNeighbors:
+    """The Euclidean nearest-neighbour index of the bank codes (built once, on first use)."""
+    return neighbors_lib.NearestNeighbors(n_neighbors=self.neighbors).fit(self.codes)
+
+  def __call__(self, codes: Any, scores: Any, *, name: str = "frames") -> np.ndarray:
+    """Normalized scores: each score divided by the mean bank score of its k nearest codes.
+
+    Args:
+      codes: the frames' codes (T, Z), in the bank's code space.
+      scores: their anomaly scores (T,).
+      name: names the recording in error messages.
+
+    Returns:
+      ``scores / max(mean of the k nearest bank scores, floor)``, float32 (T,).
+
+    Raises:
+      ValueError: shapes that do not fit the bank, or NaN / infinite codes or
+        scores (naming which).
+    """
+    codes = np.asarray(codes, np.float32)
+    scores = np.asarray(scores, np.float64)
+    if codes.ndim != 2 or codes.shape[1] != self.code_dim or scores.shape != codes.shape[:1]:
+      raise ValueError(f"{name}: expected codes (T, {self.code_dim}) and scores (T,), got "
+                       f"{codes.shape} and {scores.shape}")
+    _finite(codes, "the codes", name)
+    _finite(scores, "the scores", name)
+    if not scores.size:
+      return np.zeros(0, np.float32)
+    index = self._index.kneighbors(codes, return_distance=False)  # (T, k)
+    local = np.mean(self.scores[index].astype(np.float64), axis=1)
+    return (scores / np.maximum(local, self.floor)).astype(np.float32)
+
+  def save(self, path: os.PathLike | str) -> str:
+    """Writes the bank to ``path`` (.npz) atomically (``fileio.atomic_write``); returns it."""
+    buffer = io.BytesIO()
+    np.savez(buffer, codes=self.codes, scores=self.scores, neighbors=np.int64(self.neighbors),
+             kind=np.str_(KIND))
+    return fileio.atomic_write(path, buffer.getvalue())
+
+  def describe(self) -> str:
+    """E.g. "knn normalization (10 neighbours, 16384 training frames)"."""
+    return f"{KIND} normalization ({self.neighbors} neighbours, {self.frames} training frames)"
+
+
+def fit_local_normalizer(codes: Any, scores: Any, *, neighbors: int = 10,
+                         max_frames: int = 16384) -> LocalNormalizer:
+  """The bank of at most ``max_frames`` training frames (evenly spaced, deterministic).
+
+  Args:
+    codes: codes of the training frames (N, Z).
+    scores: their anomaly scores (N,), >= 0.
+    neighbors: k of the kNN mean, in [1, frames kept].
+    max_frames: keep at most this many frames (``np.linspace`` indices, as
+      ``reference.PCADetector.fit``), to bound memory and time.
+
+  Returns:
+    A ``LocalNormalizer``.
+
+  Raises:
+    ValueError: fewer than 2 frames, mismatched shapes, NaN / infinite or
+      negative values, or ``neighbors`` out of range (naming the problem).
+  """
+  if max_frames < 2:
+    raise ValueError(f"max_frames must be >= 2, got {max_frames}")
+  codes = np.asarray(codes, np.float32)
+  scores = np.asarray(scores, np.float32)
+  if codes.ndim == 2 and scores.ndim == 1 and len(codes) == len(scores) > max_frames:
+    keep = np.linspace(0, codes.shape[0] - 1, max_frames).astype(np.int64)
+    codes, scores = codes[keep], scores[keep]
+  _check_bank(codes, scores, neighbors, name="fit_local_normalizer")
+  return LocalNormalizer(codes=codes, scores=scores, neighbors=neighbors)
+
+
+def load_local_normalizer(path: os.PathLike | str) -> LocalNormalizer:
+  """Reads a bank written by ``LocalNormalizer.save``.
+
+  Raises:
+    artifact.ArtifactError: the file is missing, unreadable or malformed (the
+      message names it).
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise artifact.ArtifactError(f"{path}: the score normalizer of this model is missing "
+                                 "(re-run the evaluation with --score_normalization=knn)")
+  try:
+    with np.load(path, allow_pickle=False) as stored:
+      entries = {key: stored[key] for key in ("codes", "scores", "neighbors")}
+    neighbors = entries["neighbors"]
+    if neighbors.shape != () or neighbors.dtype.kind not in "iu":
+      raise ValueError(f"'neighbors' must be an integer, got {neighbors!r}")
+    return LocalNormalizer(codes=entries["codes"], scores=entries["scores"],
+                           neighbors=int(neighbors))
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise artifact.ArtifactError(f"{path}: not a usable score normalizer ({e}); re-run the "
+                                 "evaluation with --score_normalization=knn") from e
+
+
+class NormalizedScorer:
+  """A frame scorer whose scores are normalized by a ``LocalNormalizer``.
+
+  Has ``FrameScorer``'s calling convention (``scorer(params, wave, *, name)``
+  -> (T,), and ``.config``); the wrapped scorer must accept ``with_codes=True``
+  (``frame_scores.FrameScorer``, or a PCA scorer of ``toycar``).
+  """
+
+  def __init__(self, scorer, normalizer: LocalNormalizer):
+    self.scorer = scorer
+    self.normalizer = normalizer
+    self.config = scorer.config
+
+  def __call__(self, params, wave, *, name: str = "waveform") -> np.ndarray:
+    """The normalized frame scores of ``wave``, float32 (T,)."""
+    scores, codes = self.scorer(params, wave, name=name, with_codes=True)
+    return self.normalizer(codes, scores, name=name)
+
+
+def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: int,
+                   max_frames: int = 16384,
+                   names: Optional[Sequence[str]] = None) -> LocalNormalizer:
+  """The bank of the interior frames of training clips, as evaluation scores them.
+
+  Args:
+    scorer: a scorer accepting ``with_codes=True`` (``frame_scores.FrameScorer``).
+    params: its parameters.
+    waves: the (normal) training clips.
+    neighbors: k of the kNN mean.
+    max_frames: see ``fit_local_normalizer``.
+    names: name the clips in error messages (default "training clip <i>").
+
+  Returns:
+    A ``LocalNormalizer`` fitted on the codes and scores of the interior
+    frames (``config.interior``) of every clip.
+  """
+  if not waves:
+    raise ValueError("fit_from_clips needs at least one training clip")
+  names = names or [f"training clip {i}" for i in range(len(waves))]
+  codes, scores = [], []
+  for wave, name in zip(waves, names):
+    s, c = scorer(params, wave, name=name, with_codes=True)
+    inner = scorer.config.interior(len(wave))
+    scores.append(s[inner])
+    codes.append(c[inner])
+  return fit_local_normalizer(np.concatenate(codes), np.concatenate(scores),
+                              neighbors=neighbors, max_frames=max_frames)
