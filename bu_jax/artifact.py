@@ -22,9 +22,19 @@ JSON key                 meaning
 ``threshold_quantile``   the gamma quantile it was fitted at, and the
 ``heldout_clip_scores``  held-out normal clip scores and their
 ``heldout_paths``        paths it was fitted to
+``score_normalization``  with a threshold on normalized scores (optional):
+                         ``{"kind": "knn", "neighbors": k, "file": name}``,
+                         the ``score_norm.LocalNormalizer`` bank ``file``
+                         (relative to the model directory) that divides
+                         every frame score before φ applies
 ``version``              ``VERSION``; absent in checkpoints written before it
-                         (read as version 1: the same keys)
+                         (read as version 1: the same keys, no
+                         ``score_normalization``)
 =======================  ====================================================
+
+Version 2 added ``score_normalization``: a reader of version 1 would ignore it
+and compare raw scores with a φ of normalized ones, so it refuses the newer
+format instead.
 
 Writing: ``open_for_training`` (the ``Checkpointer`` of a training run, whose
 ``restore_or_init`` restores the train state to resume) and
@@ -50,17 +60,39 @@ from bu_jax import features as features_lib
 from bu_jax import losses as losses_lib
 from bu_jax import models as models_lib
 
-VERSION = 1
+VERSION = 2
 REDUCTIONS = ("max", "mean")
+NORMALIZATIONS = ("knn",)
 _METADATA_FILE = os.path.join("metadata", "metadata.json")  # below checkpoints/<step>/
 _CALIBRATION_KEYS = ("threshold", "reduce", "threshold_quantile", "heldout_clip_scores",
-                     "heldout_paths")
+                     "heldout_paths", "score_normalization")
 _KNOWN_KEYS = ("loss", "model", "features", "train_config", "data", "tag", "version",
                *_CALIBRATION_KEYS)
 
 
 class ArtifactError(checkpoint.CheckpointError):
   """No usable trained model: no checkpoint, an ambiguous choice, bad metadata or a mismatch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreNormalization:
+  """How frame scores are normalized before φ applies (``bu_jax.score_norm``).
+
+  Attributes:
+    kind: "knn": each frame score is divided by the mean score of its
+      ``neighbors`` nearest training frames in code space.
+    neighbors: k.
+    file: the ``score_norm.LocalNormalizer`` bank, relative to the model
+      directory.
+  """
+
+  kind: str
+  neighbors: int
+  file: str
+
+  def describe(self) -> str:
+    """E.g. "knn-normalized scores (10 neighbours)"."""
+    return f"{self.kind}-normalized scores ({self.neighbors} neighbours)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +107,8 @@ class Calibration:
       ``heldout_clip_scores`` (``evaluate.fit_threshold``); None if unknown.
     heldout_clip_scores: clip scores of held-out normal training clips.
     heldout_paths: their files.
+    normalization: how the frame scores were normalized before φ was fitted
+      (and must be before it applies), or None for raw scores.
   """
 
   threshold: float
@@ -82,6 +116,7 @@ class Calibration:
   quantile: Optional[float] = None
   heldout_clip_scores: tuple[float, ...] = ()
   heldout_paths: tuple[str, ...] = ()
+  normalization: Optional[ScoreNormalization] = None
 
   def describe(self) -> str:
     """How φ was set, e.g. "0.9 gamma quantile of held-out normal clip scores"."""
@@ -141,6 +176,8 @@ class ModelMetadata:
       out.update(threshold=float(c.threshold), reduce=c.reduce, threshold_quantile=c.quantile,
                  heldout_clip_scores=[float(s) for s in c.heldout_clip_scores],
                  heldout_paths=list(c.heldout_paths))
+      if c.normalization is not None:
+        out["score_normalization"] = dataclasses.asdict(c.normalization)
     out["version"] = self.version
     return out
 
@@ -158,7 +195,7 @@ class ModelMetadata:
     if not isinstance(entries, Mapping):
       raise ArtifactError(f"{where}: not a JSON object but {type(entries).__name__}")
     field = _FieldReader(entries, where)
-    version = field.get("version", int, default=VERSION)
+    version = field.get("version", int, default=1)  # written before the key
     if version < 1:
       raise field.error("version", f"must be >= 1, got {version}")
     if version > VERSION:
@@ -175,7 +212,8 @@ class ModelMetadata:
           reduce=field.get("reduce", str, default="max"),
           quantile=field.number("threshold_quantile", default=None),
           heldout_clip_scores=tuple(field.numbers("heldout_clip_scores")),
-          heldout_paths=tuple(field.strings("heldout_paths")))
+          heldout_paths=tuple(field.strings("heldout_paths")),
+          normalization=_normalization(field))
       if calibration.reduce not in REDUCTIONS:
         raise field.error("reduce", f"must be one of {REDUCTIONS}, got {calibration.reduce!r}")
     return cls(loss=loss, preset=_preset(field, train_config), train_config=dict(train_config),
@@ -284,6 +322,23 @@ def _dataclass_from(cls, entries: Mapping[str, Any], error, *, skip=()):
     values[f.name] = (entries[f.name] if kind is None else
                       _check_type(entries[f.name], kind, lambda p, n=f.name: error(f"{n!r} {p}")))
   return values
+
+
+def _normalization(field: _FieldReader) -> Optional[ScoreNormalization]:
+  """The ``score_normalization`` entry, or None."""
+  entry = field.get("score_normalization", Mapping, default=None)
+  if entry is None:
+    return None
+  error = lambda p: field.error("score_normalization", p)
+  values = _dataclass_from(ScoreNormalization, entry, error)
+  if values["kind"] not in NORMALIZATIONS:
+    raise error(f"'kind' must be one of {NORMALIZATIONS}, got {values['kind']!r}")
+  if values["neighbors"] < 1:
+    raise error(f"'neighbors' must be >= 1, got {values['neighbors']}")
+  file = values["file"]
+  if not file or os.path.isabs(file) or ".." in file.replace("\\", "/").split("/"):
+    raise error(f"'file' must be a path inside the model directory, got {file!r}")
+  return ScoreNormalization(**values)
 
 
 def _preset(field: _FieldReader, train_config: Mapping[str, Any]) -> models_lib.ModelPreset:
@@ -404,9 +459,11 @@ def store_calibration(model_dir: os.PathLike | str, calibration: Calibration, *,
   """Attaches φ (``calibration``) to the metadata of checkpoint ``step``, the final one.
 
   ``state`` is that checkpoint's train state (saved again only if ``step`` is
-  not yet a checkpoint). Returns the stored record.
+  not yet a checkpoint). The record is rewritten in this ``VERSION``'s format.
+  Returns the stored record.
   """
-  metadata = dataclasses.replace(read_metadata(model_dir), calibration=calibration)
+  metadata = dataclasses.replace(read_metadata(model_dir), calibration=calibration,
+                                 version=VERSION)
   with checkpoint.Checkpointer(model_dir, metadata=metadata.to_json()) as ckpt:
     ckpt.maybe_save(step, state, force=True)
   return metadata

@@ -39,8 +39,13 @@ def _write_metadata(model_dir, entries, step=1):
   return path
 
 
+NORMALIZED = dataclasses.replace(CALIBRATION, normalization=artifact.ScoreNormalization(
+    kind="knn", neighbors=10, file="score_normalizer.npz"))
+
+
 @pytest.mark.parametrize("record", [
     _toycar_record(),
+    dataclasses.replace(_toycar_record(), calibration=NORMALIZED),
     artifact.ModelMetadata.for_training(_config(loss="re"), tag="SynthFan/section_00"),
 ])
 def test_json_round_trip(record, tmp_path):
@@ -62,6 +67,7 @@ def test_metadata_written_before_the_record_still_loads(tmp_path):
          "note": "kept"}
   record = artifact.ModelMetadata.from_json(old)
   assert record.preset == STD_PRESET and record.version == 1
+  assert record.calibration.normalization is None
   assert record.calibration.threshold == 3.5 and record.calibration.heldout_paths == ("x",)
   assert record.to_json() == {**old, "version": 1}
   dcase = {"tag": "SynthFan", "loss": "re", "model": "fcn40-small",
@@ -100,6 +106,14 @@ def _set_in(group, key, value):
     (_set("heldout_clip_scores", [1.0, "x"]), "'heldout_clip_scores' holds a bad value"),
     (_set("train_config", [1, 2]), "'train_config' must be a JSON object"),
     (_set("version", 99), "written by a newer bu_jax"),
+    (_set("score_normalization", "knn"), "'score_normalization' must be a JSON object"),
+    (_set("score_normalization", {"kind": "pca", "neighbors": 3, "file": "n.npz"}),
+     "'score_normalization' 'kind' must be one of ('knn',)"),
+    (_set("score_normalization", {"kind": "knn", "neighbors": 0, "file": "n.npz"}),
+     "'neighbors' must be >= 1"),
+    (_set("score_normalization", {"kind": "knn", "neighbors": 3}), "lacks 'file'"),
+    (_set("score_normalization", {"kind": "knn", "neighbors": 3, "file": "../n.npz"}),
+     "'file' must be a path inside the model directory"),
 ])
 def test_bad_entry_is_a_checkpoint_error_naming_the_file(tmp_path, damage, named):
   entries = _toycar_record().to_json()
