@@ -7,7 +7,10 @@ calibrated threshold φ from the latest checkpoint (``bu_jax.artifact``);
 then gives, for one recording of any length,
 
 - the frame scores A(x_t) (eq. 5), computed in chunks with bounded memory
-  (``bu_jax.frame_scores.FrameScorer``);
+  (``bu_jax.frame_scores.FrameScorer``); divided by the mean score of the k
+  nearest training frames in code space if the model was calibrated on such
+  normalized scores (``--score_normalization=knn``: ``bu_jax.score_norm``, the
+  bank ``score_normalizer.npz`` stored next to the checkpoints);
 - the clip decision: anomalous if any frame's score reaches φ (eq. 4), i.e. if
   the clip score max_t A(x_t) (eq. 11) is >= φ (or the mean over frames, if the
   model was calibrated with ``reduce="mean"``);
@@ -43,6 +46,7 @@ from bu_jax import losses as losses_lib
 from bu_jax import models
 from bu_jax import plots
 from bu_jax import frame_scores
+from bu_jax import score_norm
 
 CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
                "threshold", "duration_s")
@@ -164,6 +168,12 @@ class Detector:
     model_dir: where it was loaded from (None if built in memory).
     step: the checkpoint step.
     chunk_frames: frames scored per device call (bounds memory).
+    normalizer: the bank that normalizes the frame scores; required exactly
+      when the calibration records a score normalization (``load_detector``
+      reads it).
+
+  Raises:
+    DetectorError: a normalizer missing, unexpected or of another code size.
   """
 
   metadata: artifact.ModelMetadata
@@ -171,11 +181,24 @@ class Detector:
   model_dir: Optional[str] = None
   step: Optional[int] = None
   chunk_frames: int = 4096
+  normalizer: Optional[score_norm.LocalNormalizer] = None
 
   def __post_init__(self):
     self.model = self.preset.build()
     self.scorer = frame_scores.FrameScorer(self.model, self.preset.features,
-                                      chunk_frames=self.chunk_frames)
+                                           chunk_frames=self.chunk_frames)
+    wanted = self.normalization
+    if (wanted is None) != (self.normalizer is None):
+      raise DetectorError(
+          f"{self.describe()}: the calibration " + (
+              f"applies to {wanted.describe()}, but no normalizer was given" if wanted else
+              "applies to raw scores, but a score normalizer was given"))
+    if self.normalizer is not None:
+      if self.normalizer.code_dim != self.preset.bottleneck:
+        raise DetectorError(f"{self.describe()}: the score normalizer holds codes of size "
+                            f"{self.normalizer.code_dim}, the model's are "
+                            f"{self.preset.bottleneck}")
+      self.scorer = score_norm.NormalizedScorer(self.scorer, self.normalizer)
 
   @property
   def preset(self) -> models.ModelPreset:
@@ -204,6 +227,11 @@ class Detector:
     return self.metadata.calibration
 
   @property
+  def normalization(self) -> Optional[artifact.ScoreNormalization]:
+    """How the frame scores are normalized before φ applies (None: raw scores)."""
+    return self.calibration.normalization if self.calibration else None
+
+  @property
   def reduce(self) -> str:
     return self.calibration.reduce if self.calibration else "max"
 
@@ -214,7 +242,8 @@ class Detector:
 
   def describe(self) -> str:
     where = f"{self.model_dir} (step {self.step})" if self.model_dir else "in memory"
-    return f"{self.loss} / {self.preset.name}, {where}"
+    how = f", {self.normalization.describe()}" if self.normalization else ""
+    return f"{self.loss} / {self.preset.name}{how}, {where}"
 
   def resolve_threshold(self, *, threshold: Optional[float] = None,
                         fpr: Optional[float] = None) -> tuple[float, str]:
@@ -258,7 +287,8 @@ class Detector:
     return self.threshold, "stored" + (f": {how}" if how else "")
 
   def frame_scores(self, wave: Any, *, name: str = "waveform") -> np.ndarray:
-    """A(x_t) (eq. 5) of every frame of a mono waveform at ``sample_rate``."""
+    """A(x_t) (eq. 5) of every frame of a mono waveform at ``sample_rate``
+    (normalized, for a model calibrated on normalized scores)."""
     return self.scorer(self.params, wave, name=name)
 
   def score(self, wave: Any, *, name: str = "waveform", threshold: Optional[float] = None,
@@ -315,14 +345,40 @@ def load_detector(workdir: os.PathLike | str, *, loss: Optional[str] = None,
     latest checkpoint.
 
   Raises:
-    DetectorError: no checkpoint, an ambiguous choice, or metadata that does
-      not match the stored parameters.
+    DetectorError: no checkpoint, an ambiguous choice, metadata that does
+      not match the stored parameters, or a score normalizer (that the
+      calibration names) missing, damaged or not matching (naming the file).
   """
   trained = artifact.load_for_scoring(artifact.find_model_dir(workdir, loss=loss), loss=loss)
   logging.info("Loaded %s / %s from step %d of %s.", trained.metadata.loss, trained.preset.name,
                trained.step, trained.model_dir)
+  calibration = trained.metadata.calibration
+  normalizer = None
+  if calibration is not None and calibration.normalization is not None:
+    normalizer = _load_normalizer(trained.model_dir, calibration.normalization,
+                                  code_dim=trained.preset.bottleneck)
   return Detector(metadata=trained.metadata, params=trained.params,
-                  model_dir=trained.model_dir, step=trained.step, chunk_frames=chunk_frames)
+                  model_dir=trained.model_dir, step=trained.step, chunk_frames=chunk_frames,
+                  normalizer=normalizer)
+
+
+def _load_normalizer(model_dir: str, wanted: artifact.ScoreNormalization, *,
+                     code_dim: int) -> score_norm.LocalNormalizer:
+  """The bank the calibration names, checked against it and the model.
+
+  Raises:
+    DetectorError: the file is missing, damaged, or holds another k or code size.
+  """
+  path = os.path.join(model_dir, wanted.file)
+  normalizer = score_norm.load_local_normalizer(path)
+  if normalizer.neighbors != wanted.neighbors or normalizer.code_dim != code_dim:
+    raise DetectorError(
+        f"{path}: a score normalizer of {normalizer.neighbors} neighbours and codes of size "
+        f"{normalizer.code_dim}, but the calibration names {wanted.neighbors} neighbours and "
+        f"the model's codes have size {code_dim}; re-run the evaluation with "
+        "--score_normalization=knn")
+  logging.info("Loaded the score normalizer %s (%s).", path, normalizer.describe())
+  return normalizer
 
 
 # ------------------------------------------------------------------ many files
@@ -486,7 +542,9 @@ class Report:
     """Model, threshold, the table and where the outputs are."""
     lines = [f"Model: {self.detector.describe()}",
              f"Threshold phi = {self.threshold:.6g} ({self.threshold_source}); "
-             f"clip score: {self.detector.reduce} over frames",
+             f"clip score: {self.detector.reduce} over "
+             + (f"{self.detector.normalization.describe()} of the frames"
+                if self.detector.normalization else "frames"),
              format_table(self.results, self.failures),
              f"{len(self.results)} recording(s) scored, "
              f"{sum(r.decision for _, r in self.results)} anomalous, "

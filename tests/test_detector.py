@@ -20,7 +20,8 @@ import librosa
 import numpy as np
 import pytest
 
-from bu_jax import artifact, audio, checkpoint, evaluate, features, frame_scores, parallel, train
+from bu_jax import artifact, audio, checkpoint, evaluate, features, frame_scores, parallel
+from bu_jax import score_norm, train
 from bu_jax import detector as detector_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,6 +250,50 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
   json.dump(meta, open(path, "w"))
   with pytest.raises(detector_lib.DetectorError, match="inconsistent"):
     detector_lib.load_detector(workdir / "bu")
+
+
+def test_score_normalization_is_applied_and_its_file_checked(trained, tmp_path):
+  """A calibration on knn-normalized scores: load_detector reads the bank the metadata
+  names and Detector.score divides by it; a missing, damaged or mismatched bank is one
+  DetectorError naming the file (one Error: line from experiments.score)."""
+  model_dir = tmp_path / "bu"
+  shutil.copytree(trained["model_dir"], model_dir)
+  base = detector_lib.load_detector(model_dir)
+  normal = audio.load_wav(trained["files"]["normal"])
+  bank = score_norm.fit_from_clips(base.scorer, base.params, [normal], neighbors=3)
+  bank_path = str(model_dir / score_norm.FILE_NAME)
+  bank.save(bank_path)
+  meta_path = _metadata_file(model_dir)
+  meta = json.load(open(meta_path))
+  meta.update(version=2, score_normalization={"kind": "knn", "neighbors": 3,
+                                              "file": score_norm.FILE_NAME})
+  json.dump(meta, open(meta_path, "w"))
+
+  detector = detector_lib.load_detector(model_dir)
+  assert detector.normalization.neighbors == 3 and "knn-normalized" in detector.describe()
+  burst = audio.load_wav(trained["files"]["burst"])
+  scores, codes = base.scorer(base.params, burst, with_codes=True)
+  want = bank(codes, scores)
+  np.testing.assert_array_equal(detector.frame_scores(burst), want)
+  assert detector.score(burst).clip_score == evaluate.interior_clip_score(
+      want, num_samples=burst.size, feature_config=detector.feature_config)
+  with pytest.raises(detector_lib.DetectorError, match="no normalizer was given"):
+    dataclasses.replace(detector, normalizer=None)
+  with pytest.raises(detector_lib.DetectorError, match="raw scores, but a score normalizer"):
+    dataclasses.replace(base, normalizer=bank)
+
+  score_norm.fit_from_clips(base.scorer, base.params, [normal], neighbors=4).save(bank_path)
+  with pytest.raises(detector_lib.DetectorError, match=f"{bank_path}: .* of 4 neighbours"):
+    detector_lib.load_detector(model_dir)
+  with open(bank_path, "wb") as f:
+    f.write(b"not a bank")
+  with pytest.raises(detector_lib.DetectorError, match=f"{bank_path}: not a usable"):
+    detector_lib.load_detector(model_dir)
+  os.remove(bank_path)
+  proc = _cli(f"--workdir={model_dir}", trained["files"]["normal"])
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f"Error: {bank_path}: the score normalizer of this model is missing")
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
