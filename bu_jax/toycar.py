@@ -17,10 +17,15 @@ test clips and writes, into the workdir:
 - ``roc.png``, ``scores_over_time.png`` and ``score_histogram.png``.
 
 Clip scores are the maximum of the frame scores (eq. 11; ``reduce="mean"`` as
-an option). The threshold phi of eq. (4) is the 0.9 quantile of a gamma
-distribution fitted to the clip scores of held-out normal *training* clips
-(never seen in training, nor in the test set), as the DCASE baselines do; it
-is stored with the final checkpoint for ``experiments.score``.
+an option). With ``score_normalization="knn"`` every frame score is first
+divided by the mean score of its k nearest training frames in the model's code
+space (``bu_jax.score_norm``; the bank, fitted on the training clips that are
+not held out, is saved as ``<loss>/score_normalizer.npz`` and named in the
+calibration, so ``experiments.score`` applies it too). The threshold phi of
+eq. (4) is the 0.9 quantile of a gamma distribution fitted to the clip scores
+of held-out normal *training* clips (never seen in training, nor in the test
+set), as the DCASE baselines do; it is stored with the final checkpoint for
+``experiments.score``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import frame_scores
 from bu_jax import runner
+from bu_jax import score_norm
 from bu_jax import synthetic
 from bu_jax import train as train_lib
 
@@ -123,6 +129,14 @@ class Settings(cli.TrainingSettings):
   reference_components: int = cli.setting(
       16, minimum=0, help="Components of the PCA reference detector reported next to the "
       "AEs by --loss=all (0: none).")
+  score_normalization: str = cli.setting(
+      "none", choices=("none", score_norm.KIND),
+      help="knn: divide each frame score by the mean score of its --normalization_neighbors "
+      "nearest training frames in the model's code space (label-free; fitted on the "
+      "non-held-out training clips, stored with the model, applied by experiments.score). "
+      "Evaluation only.")
+  normalization_neighbors: int = cli.setting(
+      10, minimum=1, help="k of --score_normalization=knn. Evaluation only.")
 
   def __post_init__(self):
     super().__post_init__()
@@ -220,7 +234,8 @@ def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
 
   ``train_config`` and ``data`` hold every setting that changes the trained
   model; evaluation settings (``reduce``, ``rare_clips``, the threshold
-  quantile, the reference detector, the test anomalies) are not among them.
+  quantile, the reference detector, the score normalization, the test
+  anomalies) are not among them.
   """
   path = lambda p: None if p is None else os.path.abspath(p)
   data = {"data_dir": path(settings.data_dir), "noise_dir": path(settings.noise_dir),
@@ -232,6 +247,8 @@ def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
 
 
 _FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
+EVALUATION_FLAGS = ("reduce", "rare_clips", "reference_components", "score_normalization",
+                    "normalization_neighbors")
 
 
 def check_resumable(settings: Settings, loss: str) -> None:
@@ -251,7 +268,7 @@ def check_resumable(settings: Settings, loss: str) -> None:
   """
   runner.check_resumable(os.path.join(settings.workdir, loss),
                          _training_metadata(settings, loss), flag_names=_FLAG_NAMES,
-                         evaluation_flags=("reduce", "rare_clips", "reference_components"))
+                         evaluation_flags=EVALUATION_FLAGS)
 
 
 def train_one(settings: Settings, loss: str, corpus, *, mesh,
@@ -316,10 +333,42 @@ def _score_clips(scorer, params, waves_and_names, *, reduce: str) -> tuple[list,
   return frames, np.asarray(scores, dtype=np.float64)
 
 
+def _normalize(settings: Settings, scorer, params, data: Data, out_dir: str) -> tuple[Any, dict]:
+  """``scorer`` with ``settings.score_normalization`` applied, and its record.
+
+  "knn": fits a ``score_norm.LocalNormalizer`` on the interior frames of
+  ``data.fit_waves`` (the training clips that are not held out) and saves it
+  to ``<out_dir>/score_normalizer.npz``; "none": the scorer as it is (an
+  earlier run's bank in ``out_dir`` is removed, as no calibration names it).
+
+  Returns:
+    ``(scorer, record)``; the record, ``{"kind": "knn", "neighbors": k,
+    "frames": N, "file": name}`` or ``{"kind": "none"}``, goes into
+    results.json and (``_store_threshold``) the calibration.
+  """
+  path = os.path.join(out_dir, score_norm.FILE_NAME)
+  if settings.score_normalization == "none":
+    if os.path.exists(path):
+      os.remove(path)
+    return scorer, {"kind": "none"}
+  t0 = time.perf_counter()
+  normalizer = score_norm.fit_from_clips(scorer, params, data.fit_waves,
+                                         neighbors=settings.normalization_neighbors)
+  normalizer.save(path)
+  logging.info("%s fitted in %.1f s, saved to %s", normalizer.describe(),
+               time.perf_counter() - t0, path)
+  record = {"kind": score_norm.KIND, "neighbors": normalizer.neighbors,
+            "frames": normalizer.frames, "file": score_norm.FILE_NAME}
+  return score_norm.NormalizedScorer(scorer, normalizer), record
+
+
 def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: str,
                      feature_config) -> tuple[dict, dict]:
   """Held-out threshold (eq. 4), test clip scores (eq. 11), metrics and CSVs of one
-  detector: an AE's ``FrameScorer`` or the PCA reference, evaluated the same way."""
+  detector: an AE's ``FrameScorer`` or the PCA reference, evaluated the same way,
+  on scores normalized as ``settings.score_normalization`` says (``_normalize``)."""
+  os.makedirs(out_dir, exist_ok=True)
+  scorer, normalization = _normalize(settings, scorer, params, data, out_dir)
   _, held_scores = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths),
                                 reduce=settings.reduce)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
@@ -329,7 +378,7 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
-  os.makedirs(out_dir, exist_ok=True)
+  results["score_normalization"] = normalization
   fileio.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
               "frames": frames, "threshold": threshold, "features": feature_config}
@@ -369,25 +418,31 @@ def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[
 
 
 class _ReferenceScorer:
-  """``FrameScorer``'s calling convention for the PCA detector."""
+  """``FrameScorer``'s calling convention for the PCA detector (codes: the PCA
+  coefficients)."""
 
   def __init__(self, detector: reference_lib.PCADetector):
     self.detector = detector
     self.config = detector.config
 
-  def __call__(self, params, wave, *, name: str = "waveform") -> np.ndarray:
+  def __call__(self, params, wave, *, name: str = "waveform", with_codes: bool = False):
     del params
-    return self.detector.frame_scores(wave, name=name)
+    return self.detector.frame_scores(wave, name=name, with_codes=with_codes)
 
 
 def _store_threshold(settings: Settings, loss: str, state, config, results: dict,
                      data: Data) -> None:
-  """Attaches phi and the held-out scores to the final checkpoint's metadata."""
+  """Attaches phi, the held-out scores and the score normalization they were
+  computed with to the final checkpoint's metadata."""
+  normalization = results["score_normalization"]
   calibration = artifact.Calibration(
       threshold=results["threshold"], reduce=settings.reduce,
       quantile=settings.threshold_quantile,
       heldout_clip_scores=tuple(results["heldout_clip_scores"]),
-      heldout_paths=tuple(data.heldout_paths))
+      heldout_paths=tuple(data.heldout_paths),
+      normalization=None if normalization["kind"] == "none" else artifact.ScoreNormalization(
+          kind=normalization["kind"], neighbors=normalization["neighbors"],
+          file=normalization["file"]))
   artifact.store_calibration(os.path.join(settings.workdir, loss), calibration,
                              step=config.total_steps, state=state)
 
@@ -464,6 +519,13 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
   return "\n".join(lines)
 
 
+def _normalization_note(results: dict) -> str:
+  """The note ' on knn-normalized scores (k=10)' of a method evaluated so, else ''."""
+  how = results["score_normalization"]
+  return "" if how["kind"] == "none" else (
+      f" on {how['kind']}-normalized scores (k={how['neighbors']})")
+
+
 def _num(v) -> str:
   return "n/a" if v is None else f"{v:.3f}"
 
@@ -517,8 +579,8 @@ def run(settings: Settings) -> dict:
     results[loss] = res
     _store_threshold(settings, loss, state, config, res, data)
     fileio.write_json(results_path, results)
-    print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g} "
-          f"(train {t_train:.0f} s)", flush=True)
+    print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g}"
+          f"{_normalization_note(res)} (train {t_train:.0f} s)", flush=True)
   methods = list(settings.losses)
   if settings.reference_components and len(settings.losses) > 1:
     res, material[REFERENCE] = evaluate_reference(settings, cfg0.feature_config, data)
@@ -526,7 +588,7 @@ def run(settings: Settings) -> dict:
     methods.append(REFERENCE)
     fileio.write_json(results_path, results)
     print(f"[{REFERENCE}] PCA, {settings.reference_components} components: AUC mean "
-          f"{res['auc']['mean']:.3f}", flush=True)
+          f"{res['auc']['mean']:.3f}{_normalization_note(res)}", flush=True)
   figures = _plots(settings.workdir, data, material)
   training = plots.plot_training(
       os.path.join(settings.workdir, "training.png"),

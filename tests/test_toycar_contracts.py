@@ -38,6 +38,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (dict(lam=-5.0), r"--lam must be finite and > 0, got -5"),
     (dict(lam=0.0), r"--lam must be finite and > 0, got 0"),
     (dict(reference_components=-1), r"--reference_components must be >= 0, got -1"),
+    (dict(normalization_neighbors=0), r"--normalization_neighbors must be >= 1, got 0"),
+    (dict(score_normalization="pca"), r"--score_normalization must be one of"),
     (dict(snr_db=float("nan")), r"--snr_db must be finite"),
     (dict(model="fcn99"), r"--model must be one of"),
     (dict(reduce="median"), r"--reduce must be one of"),
@@ -109,6 +111,15 @@ def _copy(run_dir, tmp_path):
   return shutil.copytree(run_dir, tmp_path / "run")
 
 
+@pytest.fixture(scope="module")
+def knn_run(tmp_path_factory, finished_run, tiny_data):
+  """A copy of ``finished_run`` re-evaluated with --score_normalization=knn."""
+  workdir = _copy(finished_run, tmp_path_factory.mktemp("knn"))
+  toycar.run(_settings(workdir, tiny_data, score_normalization="knn",
+                       normalization_neighbors=5))
+  return workdir
+
+
 @pytest.mark.parametrize("overrides, named", [
     (dict(seed=1), "--seed: 0 in the checkpoint, 1 now"),
     (dict(learning_rate=1e-2, sigma=0.5), "--learning_rate: 0.001 in the checkpoint, 0.01 now"),
@@ -149,16 +160,67 @@ def test_evaluation_settings_may_change(finished_run, tiny_data, tmp_path, capsy
   assert meta["train_config"]["seed"] == 0
 
 
+def test_knn_normalization_is_an_evaluation_setting(knn_run, tiny_data, tmp_path):
+  """A finished run re-evaluated with knn (``knn_run``: no SettingsMismatchError) writes
+  the bank and records it in results.json and the calibration; back to "none" removes it."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bu_jax import checkpoint, score_norm  # pylint: disable=g-import-not-at-top
+  results = json.loads((knn_run / "results.json").read_text())
+  record = results["re"]["score_normalization"]
+  assert record["kind"] == "knn" and record["neighbors"] == 5 and record["frames"] > 100
+  assert results["settings"]["score_normalization"] == "knn"
+  bank = score_norm.load_local_normalizer(knn_run / "re" / "score_normalizer.npz")
+  assert bank.neighbors == 5 and bank.frames == record["frames"]
+  meta = checkpoint.read_metadata(str(knn_run / "re"))
+  assert meta["score_normalization"] == {"kind": "knn", "neighbors": 5,
+                                         "file": "score_normalizer.npz"}
+  # Held-out normalized clip scores sit near 1 (the frames look like their neighbours').
+  assert 0.5 < np.median(results["re"]["heldout_clip_scores"]) < 20
+  workdir = _copy(knn_run, tmp_path)
+  results = toycar.run(_settings(workdir, tiny_data))
+  assert results["re"]["score_normalization"] == {"kind": "none"}
+  assert not (workdir / "re" / "score_normalizer.npz").exists()
+  assert "score_normalization" not in checkpoint.read_metadata(str(workdir / "re"))
+
+
+def test_mismatch_message_lists_the_normalization_flags(finished_run, tiny_data, tmp_path):
+  workdir = _copy(finished_run, tmp_path)
+  with pytest.raises(toycar.SettingsMismatchError) as info:
+    toycar.check_resumable(_settings(workdir, tiny_data, seed=1), "re")
+  assert "--score_normalization, --normalization_neighbors may differ" in str(info.value)
+
+
+def test_pca_reference_with_knn_normalization(tiny_data, tmp_path):
+  """The PCA reference: the bank of its coefficients in pca/, its test scores normalized."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bu_jax import reference, score_norm  # pylint: disable=g-import-not-at-top
+  settings = _settings(tmp_path / "w", tiny_data, losses=("re", "snp"), reference_components=4,
+                       score_normalization="knn", normalization_neighbors=3)
+  data = toycar.load_data(settings)
+  config = settings.train_config("re").feature_config
+  results, material = toycar.evaluate_reference(settings, config, data)
+  assert results["score_normalization"]["kind"] == "knn"
+  bank = score_norm.load_local_normalizer(tmp_path / "w" / "pca" / "score_normalizer.npz")
+  assert bank.code_dim == 4 and bank.neighbors == 3
+  pca = reference.PCADetector(config, components=4).fit(data.fit_waves)
+  clip = data.dataset.test[0]
+  scores, codes = pca.frame_scores(clip.wave, with_codes=True)
+  np.testing.assert_allclose(material["frames"][0], bank(codes, scores), rtol=1e-5)
+
+
 # ------------------------------------------------------------------ one decision rule (eq. 4)
 
 
-def test_results_and_experiments_score_decide_alike(finished_run, tiny_data, tmp_path):
+@pytest.mark.parametrize("run", ["finished_run", "knn_run"])
+def test_results_and_experiments_score_decide_alike(run, tiny_data, tmp_path, request):
   """The toy-car run's decision CSVs (results.json's phi) and experiments.score's job,
-  on the same test clips written as WAV files, give the same clip scores and decisions."""
+  on the same test clips written as WAV files, give the same clip scores and decisions
+  (also on knn-normalized scores: the bank stored with the model is applied)."""
   import csv  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import soundfile  # pylint: disable=g-import-not-at-top
   from bu_jax import detector, evaluate  # pylint: disable=g-import-not-at-top
+  finished_run = request.getfixturevalue(run)
   settings = _settings(finished_run, tiny_data)
   test = toycar.load_data(settings).dataset.test
   clips_dir = tmp_path / "clips"
@@ -169,6 +231,7 @@ def test_results_and_experiments_score_decide_alike(finished_run, tiny_data, tmp
   report = detector.run(detector.ScoreSettings(workdir=str(finished_run), paths=[str(clips_dir)],
                                            loss="re", out=str(tmp_path / "scores.csv")))
   assert not report.failures
+  assert (report.detector.normalization is not None) == (run == "knn_run")
   rows = detector.read_csv(tmp_path / "scores.csv")
   scored = {os.path.basename(r["path"]): r for r in rows}
   results = json.loads((finished_run / "results.json").read_text())
