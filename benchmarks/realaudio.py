@@ -17,6 +17,12 @@ the seeds, and a Markdown table of the means for the README.
 The rare-normal labels (``metadata.csv``) are read for evaluation only; no
 setting is chosen from them. ``--from_results`` only reads the seeds'
 finished ``results.json`` files and prints the lines and the table.
+
+``--score_normalization=knn`` (with ``--normalization_neighbors``) is passed to
+every toy-car run: on a finished benchmark workdir the same command with it only
+re-evaluates every seed with knn-normalized scores (``bu_jax.score_norm``),
+rewriting each seed's ``results.json``; without it (``none``) they are
+re-evaluated on raw scores again.
 """
 
 import argparse
@@ -57,6 +63,10 @@ def main():
                       help="only summarize the seeds' finished results.json files")
   parser.add_argument("--kde_memory", type=int, default=None)
   parser.add_argument("--kde_exclude", default=None, choices=["none", "segment"])
+  parser.add_argument("--score_normalization", default="none", choices=["none", "knn"],
+                      help="toycar's --score_normalization (evaluation only)")
+  parser.add_argument("--normalization_neighbors", type=int, default=10,
+                      help="toycar's --normalization_neighbors (evaluation only)")
   args = parser.parse_args()
   data_dir = os.path.join(args.root, "dev_data", args.machine)
   if not os.path.isdir(data_dir):
@@ -73,7 +83,8 @@ def main():
         rare_clips=os.path.join(args.root, "metadata.csv"), seed=seed, sigma=args.sigma,
         lam=args.lam,
         bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
-        epochs=args.epochs,
+        epochs=args.epochs, score_normalization=args.score_normalization,
+        normalization_neighbors=args.normalization_neighbors,
         decay_start_epoch=None if args.epochs is None else args.epochs // 2,
         standardize_input=(None if args.standardize_input is None
                            else args.standardize_input == "true"))
@@ -86,7 +97,9 @@ def main():
     for method in methods:
       for condition, values in _rows(results, method).items():
         emit(method=method, condition=condition, seed=seed, preset=args.preset,
-             train_seconds=results[method].get("train_seconds"), **values)
+             train_seconds=results[method].get("train_seconds"),
+             score_normalization=results[method].get("score_normalization", {}).get("kind"),
+             **values)
         store = collected.setdefault((method, condition), {k: [] for k in METRICS})
         for k in METRICS:
           if values[k] is not None:

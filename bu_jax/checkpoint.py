@@ -356,8 +356,10 @@ class Checkpointer:
     except CheckpointError as e:
       logging.warning("%s", e)
       return
+    # "version" is the format of the record (bu_jax.artifact), not a setting of the run.
     changed = sorted(k for k in set(stored) | set(self._metadata)
-                     if k in self._metadata and stored.get(k) != self._metadata[k])
+                     if k in self._metadata and k != "version"
+                     and stored.get(k) != self._metadata[k])
     if changed:
       logging.warning("Checkpoint metadata of step %d differs from this run's in %s; "
                       "the run's values are written with later checkpoints.",
