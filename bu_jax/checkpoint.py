@@ -39,6 +39,7 @@ state (``restore_part``), e.g. only the parameters for scoring.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from typing import Any, Mapping
@@ -93,6 +94,11 @@ def _key_name(key) -> str:
     if hasattr(key, attribute):
       return str(getattr(key, attribute))
   return str(key)
+
+
+def _top_level_fields(state) -> dict[str, Any]:
+  """A dataclass state's fields, not converted further (Orbax stores them as keys)."""
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
 
 def _leaf_paths(tree) -> dict[str, Any]:
@@ -239,10 +245,16 @@ class Checkpointer:
     try:
       self._check_compatible(step, init_state)
       target = self._restore_target(init_state, shardings)
+      extra = self._stored_none_fields(step, init_state)
       try:
+        if extra:  # an earlier state version with fields that held None
+          target = {**_top_level_fields(target), **{k: None for k in extra}}
         restored = self._manager.restore(
             step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))
         state = restored[_STATE]
+        if extra:
+          state = dataclasses.replace(
+              init_state, **{k: v for k, v in state.items() if k not in extra})
       except Exception as e:  # Orbax/TensorStore raise many types.
         raise self._error(step, f"reading the arrays failed ({type(e).__name__}: "
                           f"{_first_line(e)}); files are missing or damaged") from e
@@ -294,6 +306,17 @@ class Checkpointer:
             else "")
     return kind(f"{message}{hint} To start afresh, use another workdir. Nothing was "
                 "changed on disk.")
+
+  def _stored_none_fields(self, step: int, init_state) -> list[str]:
+    """Top-level fields that checkpoint ``step`` stores as None and ``init_state``
+    lacks (e.g. a train state written before its KDE memory became optional):
+    they hold no array, so the checkpoint still restores."""
+    tree = self._manager.item_metadata(step)[_STATE]
+    tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, Mapping) or not dataclasses.is_dataclass(init_state):
+      return []
+    fields = _top_level_fields(init_state)
+    return [k for k, v in tree.items() if v is None and k not in fields]
 
   def _check_compatible(self, step: int, init_state) -> None:
     """Compares the stored tree (paths, shapes, dtypes) with ``init_state``."""
