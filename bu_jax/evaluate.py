@@ -276,6 +276,29 @@ def fit_threshold(normal_clip_scores: Any, *, quantile: float = 0.9) -> float:
   return threshold
 
 
+def heldout_spread(normal_clip_scores: Any) -> float:
+  """Max over median of held-out normal clip scores: a label-free check.
+
+  The paper's aim is to minimize the maximum anomaly score of normal data
+  (section 3); relative to the typical normal clip, a lower value means the
+  normal clips score more evenly, so fewer of them reach a threshold. Two
+  evaluations of the same model (e.g. raw or normalized scores) can be
+  compared with it without any test label.
+
+  Returns:
+    max / median, or NaN when there are no scores or the median is not > 0.
+
+  Raises:
+    ValueError: for non-finite scores.
+  """
+  scores = np.asarray(normal_clip_scores, dtype=np.float64).reshape(-1)
+  if scores.size == 0:
+    return float("nan")
+  scores = _as_finite_1d(scores, "normal_clip_scores")
+  median = float(np.median(scores))
+  return float(scores.max() / median) if median > 0 else float("nan")
+
+
 def false_positive_rates(
     scores: Any,
     threshold: float,

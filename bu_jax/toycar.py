@@ -378,6 +378,7 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
+  results["heldout_max_over_median"] = evaluate.heldout_spread(held_scores)
   results["score_normalization"] = normalization
   fileio.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
@@ -495,7 +496,8 @@ def _plots(workdir: str, data: Data, material: dict) -> list[str]:
 def format_table(results: dict, methods: Sequence[str]) -> str:
   """AUC / pAUC per condition and method (like the paper's Figure 4), then the
   rare-normal rows: AUC against rare / frequent normals, rare-vs-frequent AUC
-  (0.5: no bias) and the false-positive rates at phi."""
+  (0.5: no bias), the false-positive rates at phi, and the label-free
+  held-out max / median (``evaluate.heldout_spread``)."""
   conds = [c for c in results[methods[0]]["auc"] if c != "mean"] + ["mean"]
   width = max([22] + [len(c) + 2 for c in conds])
   head = f"{'condition':<{width}}" + "".join(
@@ -516,6 +518,8 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
       f"{_num(r.get('fpr_frequent')):>10}{'':>11}" for r in rare))
   lines.append(f"{'FPR rare@phi':<{width}}" + "".join(
       f"{_num(r.get('fpr_rare')):>10}{'':>11}" for r in rare))
+  lines.append(f"{'held-out max/median':<{width}}" + "".join(  # label-free, lower = more even
+      f"{_num(results[m].get('heldout_max_over_median')):>10}{'':>11}" for m in methods))
   return "\n".join(lines)
 
 

@@ -361,3 +361,13 @@ def test_rare_normal_metrics_per_condition():
   out = evaluate.evaluate_conditions(clips, scores, threshold=None)["rare_normal"]
   assert out["rare_vs_frequent"]["c"] == pytest.approx(1.0)
   assert out["fpr_rare_by_condition"] == {}
+
+
+def test_heldout_spread_is_max_over_median_and_label_free():
+  assert evaluate.heldout_spread([1.0, 2.0, 4.0]) == pytest.approx(2.0)
+  scores = np.array([3.0, 1.0, 2.0, 8.0])
+  assert evaluate.heldout_spread(scores * 7.5) == pytest.approx(evaluate.heldout_spread(scores))
+  assert np.isnan(evaluate.heldout_spread([]))
+  assert np.isnan(evaluate.heldout_spread([0.0, 0.0, 1.0]))  # median 0: undefined, not inf
+  with pytest.raises(ValueError, match="normal_clip_scores"):
+    evaluate.heldout_spread([1.0, np.nan])

@@ -38,6 +38,7 @@ def test_run_writes_well_formed_outputs_and_resumes(tmp_path, tiny_data, capsys)
   results = toycar.run(settings)
   out = capsys.readouterr().out
   assert "condition" in out and "anr_-20dB" in out  # the Figure-4-like table
+  assert "held-out max/median" in out
 
   stored = json.loads((tmp_path / "run" / "results.json").read_text())
   for loss in ("re", "bu"):
@@ -46,6 +47,8 @@ def test_run_writes_well_formed_outputs_and_resumes(tmp_path, tiny_data, capsys)
     for key in ("auc", "pauc"):
       assert all(0.0 <= v <= 1.0 for v in res[key].values())
     assert np.isfinite(res["threshold"])
+    held = np.asarray(res["heldout_clip_scores"])
+    assert res["heldout_max_over_median"] == pytest.approx(held.max() / np.median(held))
     assert set(res["rare_normal"]) >= {"auc_vs_rare", "fpr_frequent", "fpr_rare"}
     model_dir = tmp_path / "run" / loss
     rows = list(csv.reader(open(model_dir / "anomaly_score_anr_-20dB.csv")))
