@@ -101,6 +101,16 @@ def _top_level_fields(state) -> dict[str, Any]:
   return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
 
+def _stored_none_fields(stored_tree, init_state) -> list[str]:
+  """Top-level fields that a checkpoint's tree stores as None and ``init_state``
+  lacks (e.g. a train state written before its KDE memory became optional):
+  they hold no array, so the checkpoint still restores."""
+  if not isinstance(stored_tree, Mapping) or not dataclasses.is_dataclass(init_state):
+    return []
+  fields = _top_level_fields(init_state)
+  return [k for k, v in stored_tree.items() if v is None and k not in fields]
+
+
 def _leaf_paths(tree) -> dict[str, Any]:
   """``{'params/dense_0/kernel': leaf, ...}`` in flattening order."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
@@ -243,9 +253,9 @@ class Checkpointer:
                    self.directory)
       return init_state, None
     try:
-      self._check_compatible(step, init_state)
+      stored = self._check_compatible(step, init_state)
       target = self._restore_target(init_state, shardings)
-      extra = self._stored_none_fields(step, init_state)
+      extra = _stored_none_fields(stored, init_state)
       try:
         if extra:  # an earlier state version with fields that held None
           target = {**_top_level_fields(target), **{k: None for k in extra}}
@@ -307,19 +317,9 @@ class Checkpointer:
     return kind(f"{message}{hint} To start afresh, use another workdir. Nothing was "
                 "changed on disk.")
 
-  def _stored_none_fields(self, step: int, init_state) -> list[str]:
-    """Top-level fields that checkpoint ``step`` stores as None and ``init_state``
-    lacks (e.g. a train state written before its KDE memory became optional):
-    they hold no array, so the checkpoint still restores."""
-    tree = self._manager.item_metadata(step)[_STATE]
-    tree = getattr(tree, "tree", tree)
-    if not isinstance(tree, Mapping) or not dataclasses.is_dataclass(init_state):
-      return []
-    fields = _top_level_fields(init_state)
-    return [k for k, v in tree.items() if v is None and k not in fields]
-
-  def _check_compatible(self, step: int, init_state) -> None:
-    """Compares the stored tree (paths, shapes, dtypes) with ``init_state``."""
+  def _check_compatible(self, step: int, init_state) -> Any:
+    """Compares the stored tree (paths, shapes, dtypes) with ``init_state``;
+    returns the stored tree (its metadata)."""
     try:
       item_metadata = self._manager.item_metadata(step)[_STATE]
     except Exception as e:
@@ -328,7 +328,8 @@ class Checkpointer:
     if item_metadata is None:
       raise self._error(step, "the state's metadata (_METADATA) is missing or "
                         "unreadable")
-    stored = _leaf_paths(getattr(item_metadata, "tree", item_metadata))
+    tree = getattr(item_metadata, "tree", item_metadata)
+    stored = _leaf_paths(tree)
     expected = _leaf_paths(init_state)
     if self.read_only:  # restore_part: compare the part only
       prefixes = tuple(p.split("/", 1)[0] + "/" for p in expected)
@@ -357,6 +358,7 @@ class Checkpointer:
       raise self._error(step, f"the checkpoint has {len(unexpected)} leaf/leaves "
                         f"that the state lacks, first '{unexpected[0]}' (a "
                         "different model or optimizer?)", kind=CheckpointMismatchError)
+    return tree
 
   @staticmethod
   def _restore_target(init_state, shardings):

@@ -86,20 +86,15 @@ class FrameScorer:
     if with_codes and self._score_and_code is None:
       self._score_and_code = jax.jit(functools.partial(
           self._score_chunk, models.score_and_code_fn(self.model), cfg))
-    out = np.empty(t_total, np.float32)
-    codes = None
+    chunk_fn = self._score_and_code if with_codes else lambda *args: (self._score(*args),)
+    parts = []  # per chunk: (scores,) or (scores, codes)
     for a in range(0, t_total, f):
       b = min(a + f, t_total)
       lo = max(0, a - c)
       t = np.minimum(np.arange(a, a + f), t_total - 1)
       gather = np.clip(t[:, None] + offsets[None, :], 0, t_total - 1) - lo
       window = self._window(wave, lo * hop - n_fft // 2, win_len)
-      if not with_codes:
-        out[a:b] = np.asarray(self._score(params, window, gather.astype(np.int32)))[: b - a]
-        continue
-      scores, code = self._score_and_code(params, window, gather.astype(np.int32))
-      if codes is None:
-        codes = np.empty((t_total, code.shape[-1]), np.float32)
-      out[a:b] = np.asarray(scores)[: b - a]
-      codes[a:b] = np.asarray(code)[: b - a]
-    return (out, codes) if with_codes else out
+      parts.append([np.asarray(x, np.float32)[: b - a]
+                    for x in chunk_fn(params, window, gather.astype(np.int32))])
+    out = [np.concatenate(column) for column in zip(*parts)]
+    return tuple(out) if with_codes else out[0]
