@@ -62,7 +62,7 @@ from bu_jax import models as models_lib
 
 VERSION = 2
 REDUCTIONS = ("max", "mean")
-NORMALIZATIONS = ("knn",)
+NORMALIZATIONS = ("knn", "knn_z")  # score_norm.KINDS
 _METADATA_FILE = os.path.join("metadata", "metadata.json")  # below checkpoints/<step>/
 _CALIBRATION_KEYS = ("threshold", "reduce", "threshold_quantile", "heldout_clip_scores",
                      "heldout_paths", "score_normalization")
@@ -80,7 +80,8 @@ class ScoreNormalization:
 
   Attributes:
     kind: "knn": each frame score is divided by the mean score of its
-      ``neighbors`` nearest training frames in code space.
+      ``neighbors`` nearest training frames in code space; "knn_z": the local
+      z-score of its log score among them, on knn's scale (``score_norm``).
     neighbors: k.
     file: the ``score_norm.LocalNormalizer`` bank, relative to the model
       directory.

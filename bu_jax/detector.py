@@ -367,16 +367,17 @@ def _load_normalizer(model_dir: str, wanted: artifact.ScoreNormalization, *,
   """The bank the calibration names, checked against it and the model.
 
   Raises:
-    DetectorError: the file is missing, damaged, or holds another k or code size.
+    DetectorError: the file is missing, damaged, or holds another kind, k or code size.
   """
   path = os.path.join(model_dir, wanted.file)
   normalizer = score_norm.load_local_normalizer(path)
-  if normalizer.neighbors != wanted.neighbors or normalizer.code_dim != code_dim:
+  if (normalizer.kind != wanted.kind or normalizer.neighbors != wanted.neighbors
+      or normalizer.code_dim != code_dim):
     raise DetectorError(
-        f"{path}: a score normalizer of {normalizer.neighbors} neighbours and codes of size "
-        f"{normalizer.code_dim}, but the calibration names {wanted.neighbors} neighbours and "
-        f"the model's codes have size {code_dim}; re-run the evaluation with "
-        "--score_normalization=knn")
+        f"{path}: a {normalizer.kind} score normalizer of {normalizer.neighbors} neighbours "
+        f"and codes of size {normalizer.code_dim}, but the calibration names {wanted.kind} "
+        f"of {wanted.neighbors} neighbours and the model's codes have size {code_dim}; "
+        f"re-run the evaluation with --score_normalization={wanted.kind}")
   logging.info("Loaded the score normalizer %s (%s).", path, normalizer.describe())
   return normalizer
 

@@ -9,7 +9,22 @@ model's code space (the AE's encoder output, or the PCA coefficients):
     A~(x_t) = A(x_t) / mean_{j in kNN(c_t)} A(x_j),
 
 so a frame scores about 1 when it reconstructs as well as the training frames
-that look like it, whatever their absolute level. The bank (codes and scores of
+that look like it, whatever their absolute level (kind "knn").
+
+Kind "knn_z" also allows for the local *spread*: a rare operating mode's frames
+vary more in how well they reconstruct, so the mean alone leaves their maxima
+(eq. 11) above the frequent mode's. With g and sigma the mean and standard
+deviation of ln A over the k neighbours, z = (ln A(x_t) - g) / sigma is a
+local z-score of the log score, and
+
+    A~(x_t) = exp(sigma_ref * z) = (A(x_t) / e^g) ^ (sigma_ref / sigma),
+
+where sigma_ref is the median of sigma over the bank's own frames: the score
+of a frame whose neighbours spread as usual is its score over their geometric
+mean, as "knn" (on the same scale, so φ and the held-out spread read alike),
+and a frame among widely spread neighbours is pulled toward 1. Normal frames of
+every mode then get about the same distribution of scores, which is what
+batch uniformization aims at in training. The bank (codes and scores of
 at most ``max_frames`` training frames, evenly spaced) is fitted on the interior
 frames of the training clips (``fit_from_clips``), saved next to the model
 (``LocalNormalizer.save``, ``load_local_normalizer``) and applied by wrapping a
@@ -32,10 +47,14 @@ from sklearn import neighbors as neighbors_lib
 from bu_jax import artifact
 from bu_jax import fileio
 
-KIND = "knn"
+KIND = "knn"  # the score over the neighbours' mean
+KIND_Z = "knn_z"  # the local z-score of the log score (see the module doc)
+KINDS = (KIND, KIND_Z)
 FILE_NAME = "score_normalizer.npz"
 _RELATIVE_FLOOR = 1e-6  # times the median bank score
 _ABSOLUTE_FLOOR = 1e-12  # when every bank score is 0
+_SPREAD_FLOOR = 1e-3  # the smallest local sigma of ln A (neighbours of equal scores)
+_MAX_EXPONENT = 80.0  # |sigma_ref * z| is clipped here: exp stays finite in float32
 
 
 def _finite(array: np.ndarray, what: str, name: str) -> None:
@@ -47,8 +66,10 @@ def _finite(array: np.ndarray, what: str, name: str) -> None:
 
 
 def _check_bank(codes: np.ndarray, scores: np.ndarray, neighbors: int, *,
-                name: str) -> None:
+                name: str, kind: str = KIND) -> None:
   """The shape and value rules of a bank of training codes and scores."""
+  if kind not in KINDS:
+    raise ValueError(f"{name}: kind must be one of {KINDS}, got {kind!r}")
   if codes.ndim != 2 or scores.ndim != 1 or codes.shape[0] != scores.shape[0]:
     raise ValueError(f"{name}: expected codes (N, Z) and scores (N,), got {codes.shape} "
                      f"and {scores.shape}")
@@ -56,9 +77,10 @@ def _check_bank(codes: np.ndarray, scores: np.ndarray, neighbors: int, *,
     raise ValueError(f"{name}: {codes.shape[0]} training frame(s); need at least 2")
   if isinstance(neighbors, bool) or not isinstance(neighbors, (int, np.integer)):
     raise ValueError(f"{name}: neighbors must be an integer, got {neighbors!r}")
-  if not 1 <= neighbors <= codes.shape[0]:
-    raise ValueError(f"{name}: neighbors must lie in [1, {codes.shape[0]}] (the frames "
-                     f"kept), got {neighbors}")
+  lowest = 2 if kind == KIND_Z else 1  # a spread needs two neighbours
+  if not lowest <= neighbors <= codes.shape[0]:
+    raise ValueError(f"{name}: neighbors must lie in [{lowest}, {codes.shape[0]}] (the frames "
+                     f"kept) for kind {kind!r}, got {neighbors}")
   _finite(codes, "the codes", name)
   _finite(scores, "the scores", name)
   if np.any(scores < 0):
@@ -68,24 +90,29 @@ def _check_bank(codes: np.ndarray, scores: np.ndarray, neighbors: int, *,
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LocalNormalizer:
-  """A bank of training frames: their codes and scores, and the k of the kNN mean.
+  """A bank of training frames: their codes and scores, the k of the kNN and the kind.
 
   Attributes:
     codes: codes of the training frames, float32 (N, Z).
     scores: their anomaly scores, float32 (N,).
-    neighbors: k, the number of nearest bank frames whose mean score divides
-      a frame's score.
+    neighbors: k, the number of nearest bank frames that normalize a frame's
+      score (at least 2 for "knn_z").
+    kind: "knn" (the score over the neighbours' mean score) or "knn_z" (the
+      local z-score of the log score on knn's scale; see the module doc).
   """
 
   codes: np.ndarray
   scores: np.ndarray
   neighbors: int
+  kind: str = KIND
 
   def __post_init__(self):
     object.__setattr__(self, "codes", np.asarray(self.codes, np.float32))
     object.__setattr__(self, "scores", np.asarray(self.scores, np.float32))
-    _check_bank(self.codes, self.scores, self.neighbors, name="LocalNormalizer")
+    _check_bank(self.codes, self.scores, self.neighbors, name="LocalNormalizer",
+                kind=self.kind)
     object.__setattr__(self, "neighbors", int(self.neighbors))
+    object.__setattr__(self, "kind", str(self.kind))
 
   @property
   def frames(self) -> int:
@@ -107,6 +134,27 @@ class LocalNormalizer:
     """The Euclidean nearest-neighbour index of the bank codes (built once, on first use)."""
     return neighbors_lib.NearestNeighbors(n_neighbors=self.neighbors).fit(self.codes)
 
+  @functools.cached_property
+  def _log_scores(self) -> np.ndarray:
+    """ln max(score, floor) of the bank frames, float64 (N,)."""
+    return np.log(np.maximum(self.scores.astype(np.float64), self.floor))
+
+  def _log_spread(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (floored) of ln A over each row of bank ``index``."""
+    logs = self._log_scores[index]
+    return logs.mean(axis=1), np.maximum(logs.std(axis=1, ddof=1), _SPREAD_FLOOR)
+
+  @functools.cached_property
+  def reference_spread(self) -> float:
+    """sigma_ref of "knn_z": the median over the bank frames of the spread of ln A
+    over their k nearest *other* bank frames (computed once, on first use)."""
+    if self.frames <= self.neighbors:  # every frame's other frames are the whole rest
+      index = np.array([np.delete(np.arange(self.frames), i) for i in range(self.frames)])
+    else:
+      index = neighbors_lib.NearestNeighbors(n_neighbors=self.neighbors + 1).fit(
+          self.codes).kneighbors(self.codes, return_distance=False)[:, 1:]
+    return float(np.median(self._log_spread(index)[1]))
+
   def __call__(self, codes: Any, scores: Any, *, name: str = "frames") -> np.ndarray:
     """Normalized scores: each score divided by the mean bank score of its k nearest codes.
 
@@ -116,7 +164,9 @@ class LocalNormalizer:
       name: names the recording in error messages.
 
     Returns:
-      ``scores / max(mean of the k nearest bank scores, floor)``, float32 (T,).
+      "knn": ``scores / max(mean of the k nearest bank scores, floor)``;
+      "knn_z": ``exp(sigma_ref * z)`` with z the local z-score of ``ln scores``
+      (module doc; the exponent clipped to +-80); float32 (T,).
 
     Raises:
       ValueError: shapes that do not fit the bank, or NaN / infinite codes or
@@ -132,6 +182,11 @@ class LocalNormalizer:
     if not scores.size:
       return np.zeros(0, np.float32)
     index = self._index.kneighbors(codes, return_distance=False)  # (T, k)
+    if self.kind == KIND_Z:
+      mean, spread = self._log_spread(index)
+      z = (np.log(np.maximum(scores, self.floor)) - mean) / spread
+      exponent = np.clip(self.reference_spread * z, -_MAX_EXPONENT, _MAX_EXPONENT)
+      return np.exp(exponent).astype(np.float32)
     local = np.mean(self.scores[index].astype(np.float64), axis=1)
     return (scores / np.maximum(local, self.floor)).astype(np.float32)
 
@@ -139,24 +194,25 @@ class LocalNormalizer:
     """Writes the bank to ``path`` (.npz) atomically (``fileio.atomic_write``); returns it."""
     buffer = io.BytesIO()
     np.savez(buffer, codes=self.codes, scores=self.scores, neighbors=np.int64(self.neighbors),
-             kind=np.str_(KIND))
+             kind=np.str_(self.kind))
     return fileio.atomic_write(path, buffer.getvalue())
 
   def describe(self) -> str:
     """E.g. "knn normalization (10 neighbours, 16384 training frames)"."""
-    return f"{KIND} normalization ({self.neighbors} neighbours, {self.frames} training frames)"
+    return f"{self.kind} normalization ({self.neighbors} neighbours, {self.frames} training frames)"
 
 
 def fit_local_normalizer(codes: Any, scores: Any, *, neighbors: int = 10,
-                         max_frames: int = 16384) -> LocalNormalizer:
+                         max_frames: int = 16384, kind: str = KIND) -> LocalNormalizer:
   """The bank of at most ``max_frames`` training frames (evenly spaced, deterministic).
 
   Args:
     codes: codes of the training frames (N, Z).
     scores: their anomaly scores (N,), >= 0.
-    neighbors: k of the kNN mean, in [1, frames kept].
+    neighbors: k of the kNN, in [1, frames kept] ([2, ...] for "knn_z").
     max_frames: keep at most this many frames (``np.linspace`` indices, as
       ``reference.PCADetector.fit``), to bound memory and time.
+    kind: "knn" or "knn_z" (see ``LocalNormalizer``).
 
   Returns:
     A ``LocalNormalizer``.
@@ -172,8 +228,8 @@ def fit_local_normalizer(codes: Any, scores: Any, *, neighbors: int = 10,
   if codes.ndim == 2 and scores.ndim == 1 and len(codes) == len(scores) > max_frames:
     keep = np.linspace(0, codes.shape[0] - 1, max_frames).astype(np.int64)
     codes, scores = codes[keep], scores[keep]
-  _check_bank(codes, scores, neighbors, name="fit_local_normalizer")
-  return LocalNormalizer(codes=codes, scores=scores, neighbors=neighbors)
+  _check_bank(codes, scores, neighbors, name="fit_local_normalizer", kind=kind)
+  return LocalNormalizer(codes=codes, scores=scores, neighbors=neighbors, kind=kind)
 
 
 def load_local_normalizer(path: os.PathLike | str) -> LocalNormalizer:
@@ -190,11 +246,14 @@ def load_local_normalizer(path: os.PathLike | str) -> LocalNormalizer:
   try:
     with np.load(path, allow_pickle=False) as stored:
       entries = {key: stored[key] for key in ("codes", "scores", "neighbors")}
+      kind = stored["kind"] if "kind" in stored.files else np.str_(KIND)
     neighbors = entries["neighbors"]
     if neighbors.shape != () or neighbors.dtype.kind not in "iu":
       raise ValueError(f"'neighbors' must be an integer, got {neighbors!r}")
+    if kind.shape != () or kind.dtype.kind != "U":
+      raise ValueError(f"'kind' must be a string, got {kind!r}")
     return LocalNormalizer(codes=entries["codes"], scores=entries["scores"],
-                           neighbors=int(neighbors))
+                           neighbors=int(neighbors), kind=str(kind))
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     raise artifact.ArtifactError(f"{path}: not a usable score normalizer ({e}); re-run the "
                                  "evaluation with --score_normalization=knn") from e
@@ -220,7 +279,7 @@ class NormalizedScorer:
 
 
 def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: int,
-                   max_frames: int = 16384,
+                   max_frames: int = 16384, kind: str = KIND,
                    names: Optional[Sequence[str]] = None) -> LocalNormalizer:
   """The bank of the interior frames of training clips, as evaluation scores them.
 
@@ -228,8 +287,9 @@ def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: in
     scorer: a scorer accepting ``with_codes=True`` (``frame_scores.FrameScorer``).
     params: its parameters.
     waves: the (normal) training clips.
-    neighbors: k of the kNN mean.
+    neighbors: k of the kNN.
     max_frames: see ``fit_local_normalizer``.
+    kind: "knn" or "knn_z" (see ``LocalNormalizer``).
     names: name the clips in error messages (default "training clip <i>").
 
   Returns:
@@ -246,4 +306,4 @@ def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: in
     scores.append(s[inner])
     codes.append(c[inner])
   return fit_local_normalizer(np.concatenate(codes), np.concatenate(scores),
-                              neighbors=neighbors, max_frames=max_frames)
+                              neighbors=neighbors, max_frames=max_frames, kind=kind)

@@ -130,18 +130,22 @@ class Settings(cli.TrainingSettings):
       16, minimum=0, help="Components of the PCA reference detector reported next to the "
       "AEs by --loss=all (0: none).")
   score_normalization: str = cli.setting(
-      "none", choices=("none", score_norm.KIND),
+      "none", choices=("none",) + score_norm.KINDS,
       help="knn: divide each frame score by the mean score of its --normalization_neighbors "
-      "nearest training frames in the model's code space (label-free; fitted on the "
-      "non-held-out training clips, stored with the model, applied by experiments.score). "
+      "nearest training frames in the model's code space; knn_z: the local z-score of the "
+      "log score among them, on knn's scale (label-free; fitted on the non-held-out "
+      "training clips, stored with the model, applied by experiments.score). "
       "Evaluation only.")
   normalization_neighbors: int = cli.setting(
-      10, minimum=1, help="k of --score_normalization=knn. Evaluation only.")
+      10, minimum=1, help="k of --score_normalization (at least 2 for knn_z). Evaluation only.")
 
   def __post_init__(self):
     super().__post_init__()
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+    if self.score_normalization == score_norm.KIND_Z and self.normalization_neighbors < 2:
+      raise ValueError("--score_normalization=knn_z needs --normalization_neighbors >= 2 "
+                       f"(a spread of scores), got {self.normalization_neighbors}")
 
   def model_preset(self) -> models_lib.ModelPreset:
     """The AE preset, with input standardization when configured."""
@@ -336,13 +340,13 @@ def _score_clips(scorer, params, waves_and_names, *, reduce: str) -> tuple[list,
 def _normalize(settings: Settings, scorer, params, data: Data, out_dir: str) -> tuple[Any, dict]:
   """``scorer`` with ``settings.score_normalization`` applied, and its record.
 
-  "knn": fits a ``score_norm.LocalNormalizer`` on the interior frames of
+  "knn", "knn_z": fits a ``score_norm.LocalNormalizer`` on the interior frames of
   ``data.fit_waves`` (the training clips that are not held out) and saves it
   to ``<out_dir>/score_normalizer.npz``; "none": the scorer as it is (an
   earlier run's bank in ``out_dir`` is removed, as no calibration names it).
 
   Returns:
-    ``(scorer, record)``; the record, ``{"kind": "knn", "neighbors": k,
+    ``(scorer, record)``; the record, ``{"kind": "knn" | "knn_z", "neighbors": k,
     "frames": N, "file": name}`` or ``{"kind": "none"}``, goes into
     results.json and (``_store_threshold``) the calibration.
   """
@@ -353,11 +357,12 @@ def _normalize(settings: Settings, scorer, params, data: Data, out_dir: str) -> 
     return scorer, {"kind": "none"}
   t0 = time.perf_counter()
   normalizer = score_norm.fit_from_clips(scorer, params, data.fit_waves,
-                                         neighbors=settings.normalization_neighbors)
+                                         neighbors=settings.normalization_neighbors,
+                                         kind=settings.score_normalization)
   normalizer.save(path)
   logging.info("%s fitted in %.1f s, saved to %s", normalizer.describe(),
                time.perf_counter() - t0, path)
-  record = {"kind": score_norm.KIND, "neighbors": normalizer.neighbors,
+  record = {"kind": normalizer.kind, "neighbors": normalizer.neighbors,
             "frames": normalizer.frames, "file": score_norm.FILE_NAME}
   return score_norm.NormalizedScorer(scorer, normalizer), record
 

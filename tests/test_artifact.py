@@ -108,7 +108,7 @@ def _set_in(group, key, value):
     (_set("version", 99), "written by a newer bu_jax"),
     (_set("score_normalization", "knn"), "'score_normalization' must be a JSON object"),
     (_set("score_normalization", {"kind": "pca", "neighbors": 3, "file": "n.npz"}),
-     "'score_normalization' 'kind' must be one of ('knn',)"),
+     "'score_normalization' 'kind' must be one of ('knn', 'knn_z')"),
     (_set("score_normalization", {"kind": "knn", "neighbors": 0, "file": "n.npz"}),
      "'neighbors' must be >= 1"),
     (_set("score_normalization", {"kind": "knn", "neighbors": 3}), "lacks 'file'"),

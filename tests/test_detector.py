@@ -285,6 +285,17 @@ def test_score_normalization_is_applied_and_its_file_checked(trained, tmp_path):
   score_norm.fit_from_clips(base.scorer, base.params, [normal], neighbors=4).save(bank_path)
   with pytest.raises(detector_lib.DetectorError, match=f"{bank_path}: .* of 4 neighbours"):
     detector_lib.load_detector(model_dir)
+  score_norm.fit_from_clips(base.scorer, base.params, [normal], neighbors=3,
+                            kind="knn_z").save(bank_path)
+  with pytest.raises(detector_lib.DetectorError,
+                     match=f"{bank_path}: a knn_z score normalizer .* names knn of 3"):
+    detector_lib.load_detector(model_dir)
+  meta["score_normalization"]["kind"] = "knn_z"  # a knn_z calibration reads it
+  json.dump(meta, open(meta_path, "w"))
+  z_detector = detector_lib.load_detector(model_dir)
+  assert z_detector.normalizer.kind == "knn_z" and "knn_z-normalized" in z_detector.describe()
+  np.testing.assert_array_equal(z_detector.frame_scores(burst),
+                                z_detector.normalizer(codes, scores))
   with open(bank_path, "wb") as f:
     f.write(b"not a bank")
   with pytest.raises(detector_lib.DetectorError, match=f"{bank_path}: not a usable"):

@@ -148,3 +148,92 @@ def test_normalized_scorer_and_fit_from_clips():
   test = (0.3 * rng.standard_normal(9000)).astype(np.float32)
   scores, codes = scorer(params, test, with_codes=True)
   np.testing.assert_array_equal(wrapped(params, test, name="t.wav"), norm(codes, scores))
+
+
+# ------------------------------------------------------------------ knn_z
+
+
+def _knn_z_brute(bank_codes, bank_scores, codes, scores, k):
+  """exp(sigma_ref * z) by brute force (module doc of score_norm)."""
+  logs = np.log(bank_scores.astype(np.float64))
+
+  def spread(rows):
+    return np.mean(logs[rows], axis=1), np.std(logs[rows], axis=1, ddof=1)
+
+  d_self = np.sum(np.square(bank_codes[:, None] - bank_codes[None]), axis=-1)
+  np.fill_diagonal(d_self, np.inf)
+  reference = np.median(spread(np.argsort(d_self, axis=1, kind="stable")[:, :k])[1])
+  d = np.sum(np.square(codes[:, None, :] - bank_codes[None, :, :]), axis=-1)
+  mean, sd = spread(np.argsort(d, axis=1, kind="stable")[:, :k])
+  return np.exp(reference * (np.log(scores) - mean) / sd)
+
+
+def test_knn_z_is_the_local_z_score_of_the_log_score_on_the_reference_scale():
+  codes, scores = _bank()
+  norm = score_norm.fit_local_normalizer(codes, scores, neighbors=6, kind="knn_z")
+  rng = np.random.default_rng(3)
+  query, q_scores = rng.standard_normal((25, 3)), 1.0 + rng.gamma(2.0, size=25)
+  np.testing.assert_allclose(norm(query, q_scores),
+                             _knn_z_brute(codes, scores, query, q_scores, 6), rtol=1e-4)
+  # Scaling every score (a model with other units) changes nothing.
+  scaled = score_norm.fit_local_normalizer(codes, 40.0 * scores, neighbors=6, kind="knn_z")
+  np.testing.assert_allclose(scaled(query, 40.0 * q_scores), norm(query, q_scores), rtol=1e-4)
+
+
+def test_knn_z_evens_out_modes_of_different_spread_where_knn_does_not():
+  """Two modes: a frequent one whose scores vary little and a rare one whose scores
+  vary widely (in log units 0.1 against 0.5). New normal frames of each mode: under knn
+  the rare mode's upper quantile stays far above the frequent one's (its maxima are the
+  false alarms of eq. 11); under knn_z the two quantiles nearly agree."""
+  rng = np.random.default_rng(0)
+
+  def mode(n, centre, log_sd):
+    codes = centre + 0.3 * rng.standard_normal((n, 2))
+    return codes, np.exp(5.0 + log_sd * rng.standard_normal(n))
+
+  (fc, fs), (rc, rs) = mode(1800, 0.0, 0.1), mode(200, 10.0, 0.5)
+  codes, scores = np.concatenate([fc, rc]), np.concatenate([fs, rs])
+  (qfc, qfs), (qrc, qrs) = mode(3000, 0.0, 0.1), mode(3000, 10.0, 0.5)
+  for kind, lo, hi in (("knn", 1.4, np.inf), ("knn_z", 0.9, 1.1)):
+    norm = score_norm.fit_local_normalizer(codes, scores, neighbors=20, kind=kind)
+    ratio = np.quantile(norm(qrc, qrs), 0.99) / np.quantile(norm(qfc, qfs), 0.99)
+    assert lo < ratio < hi, (kind, ratio)
+
+
+def test_knn_z_is_finite_for_equal_zero_and_extreme_scores():
+  codes, _ = _bank(n=30)
+  equal = score_norm.fit_local_normalizer(codes, np.full(30, 3.0), neighbors=4, kind="knn_z")
+  got = equal(codes[:4], [3.0, 3.0 * (1 + 1e-9), 1e30, 0.0])
+  assert np.all(np.isfinite(got)) and got[0] == pytest.approx(1.0)
+  # Equal neighbours everywhere: both spreads are the floor, so knn_z is the ratio to
+  # the geometric mean (a zero score is floored, not log(0)).
+  np.testing.assert_allclose(got[2:], [1e30 / 3.0, 1e-6], rtol=1e-5)
+  # A cluster of equal scores (spread at the floor) in a bank whose usual spread is ~1:
+  # z of a deviating score is huge; the exponent is clipped at +-80, not inf or 0.
+  codes, scores = _bank(n=40)
+  codes[:10], scores[:10] = 100.0, 3.0
+  mixed = score_norm.fit_local_normalizer(codes, scores, neighbors=4, kind="knn_z")
+  huge = mixed(codes[:2], [1e30, 1e-30])
+  np.testing.assert_allclose(huge, np.exp([80.0, -80.0]).astype(np.float32), rtol=1e-5)
+  zeros = score_norm.fit_local_normalizer(codes, np.zeros(len(codes)), neighbors=4,
+                                          kind="knn_z")
+  assert np.all(np.isfinite(zeros(codes[:3], [0.0, 1.0, 1e-20])))
+
+
+def test_knn_z_bad_kind_and_neighbours():
+  codes, scores = _bank(n=20)
+  with pytest.raises(ValueError, match=r"neighbors must lie in \[2, 20\] .* 'knn_z', got 1"):
+    score_norm.fit_local_normalizer(codes, scores, neighbors=1, kind="knn_z")
+  with pytest.raises(ValueError, match="kind must be one of"):
+    score_norm.fit_local_normalizer(codes, scores, neighbors=3, kind="knn_max")
+
+
+def test_knn_z_save_load_and_old_files_without_kind(tmp_path):
+  codes, scores = _bank(n=50)
+  norm = score_norm.fit_local_normalizer(codes, scores, neighbors=4, kind="knn_z")
+  loaded = score_norm.load_local_normalizer(norm.save(tmp_path / "z.npz"))
+  assert loaded.kind == "knn_z" and "knn_z normalization" in loaded.describe()
+  np.testing.assert_array_equal(loaded(codes[:9], scores[:9]), norm(codes[:9], scores[:9]))
+  old = tmp_path / "old.npz"  # written before knn_z existed: no 'kind' entry
+  np.savez(old, codes=codes, scores=scores, neighbors=np.int64(4))
+  assert score_norm.load_local_normalizer(old).kind == "knn"
