@@ -18,11 +18,18 @@ The rare-normal labels (``metadata.csv``) are read for evaluation only; no
 setting is chosen from them. ``--from_results`` only reads the seeds'
 finished ``results.json`` files and prints the lines and the table.
 
-``--score_normalization=knn`` (with ``--normalization_neighbors``) is passed to
-every toy-car run: on a finished benchmark workdir the same command with it only
-re-evaluates every seed with knn-normalized scores (``bu_jax.score_norm``),
+``--score_normalization=knn`` or ``knn_z`` (with ``--normalization_neighbors``)
+is passed to every toy-car run: on a finished benchmark workdir the same command
+with it only re-evaluates every seed with normalized scores (``bu_jax.score_norm``),
 rewriting each seed's ``results.json``; without it (``none``) they are
 re-evaluated on raw scores again.
+
+``--select_from=W1,W2,...`` applies the README's label-free rule to finished
+benchmark workdirs (the same models evaluated with different settings, e.g.
+raw, knn and knn_z copies): per seed and method it keeps the evaluation whose
+held-out normal training clips score most evenly (lowest
+``heldout_max_over_median``) and summarizes those; each line names the kept
+workdir. No test label takes part in the choice.
 """
 
 import argparse
@@ -32,6 +39,7 @@ import os
 import numpy as np
 
 from benchmarks._common import emit
+from bu_jax import score_norm
 from bu_jax import toycar
 
 METRICS = ("auc", "pauc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")
@@ -45,6 +53,19 @@ def _rows(results: dict, method: str) -> dict[str, dict[str, float]]:
            "rare_vs_frequent": rare.get("rare_vs_frequent", {})}
   conditions = [c for c in res["auc"] if c != "mean"] + ["mean"]
   return {c: {k: table[k].get(c) for k in METRICS} for c in conditions}
+
+
+def select_by_heldout_spread(candidates: list[tuple[str, dict]]) -> dict:
+  """Per method, the results (of ``(name, results.json)`` pairs) whose held-out max /
+  median is lowest (the first on ties), with ``selected_from`` naming the pair."""
+  selected = {}
+  for method in ("re", "snp", "bu", toycar.REFERENCE):
+    have = [(res[method]["heldout_max_over_median"], i) for i, (_, res) in enumerate(candidates)
+            if method in res]
+    if have:
+      _, i = min(have)
+      selected[method] = dict(candidates[i][1][method], selected_from=candidates[i][0])
+  return selected
 
 
 def main():
@@ -63,10 +84,14 @@ def main():
                       help="only summarize the seeds' finished results.json files")
   parser.add_argument("--kde_memory", type=int, default=None)
   parser.add_argument("--kde_exclude", default=None, choices=["none", "segment"])
-  parser.add_argument("--score_normalization", default="none", choices=["none", "knn"],
+  parser.add_argument("--score_normalization", default="none",
+                      choices=["none", *score_norm.KINDS],
                       help="toycar's --score_normalization (evaluation only)")
   parser.add_argument("--normalization_neighbors", type=int, default=10,
                       help="toycar's --normalization_neighbors (evaluation only)")
+  parser.add_argument("--select_from", default=None,
+                      help="comma-separated finished benchmark workdirs: per seed and method, "
+                      "keep the one with the lowest held-out max / median (label-free)")
   args = parser.parse_args()
   data_dir = os.path.join(args.root, "dev_data", args.machine)
   if not os.path.isdir(data_dir):
@@ -88,7 +113,14 @@ def main():
         decay_start_epoch=None if args.epochs is None else args.epochs // 2,
         standardize_input=(None if args.standardize_input is None
                            else args.standardize_input == "true"))
-    if args.from_results:
+    if args.select_from:
+      candidates = []
+      for root in args.select_from.split(","):
+        path = os.path.join(root, args.preset, f"seed{seed}", "results.json")
+        with open(path, encoding="utf-8") as f:
+          candidates.append((root, json.load(f)))
+      results = select_by_heldout_spread(candidates)
+    elif args.from_results:
       with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
     else:
@@ -99,6 +131,8 @@ def main():
         emit(method=method, condition=condition, seed=seed, preset=args.preset,
              train_seconds=results[method].get("train_seconds"),
              score_normalization=results[method].get("score_normalization", {}).get("kind"),
+             heldout_max_over_median=results[method].get("heldout_max_over_median"),
+             **{k: results[method][k] for k in ("selected_from",) if k in results[method]},
              **values)
         store = collected.setdefault((method, condition), {k: [] for k in METRICS})
         for k in METRICS:
