@@ -39,6 +39,7 @@ import os
 import numpy as np
 
 from benchmarks._common import emit
+from bu_jax import evaluate
 from bu_jax import score_norm
 from bu_jax import toycar
 
@@ -58,13 +59,18 @@ def _rows(results: dict, method: str) -> dict[str, dict[str, float]]:
 def select_by_heldout_spread(candidates: list[tuple[str, dict]]) -> dict:
   """Per method, the results (of ``(name, results.json)`` pairs) whose held-out max /
   median is lowest (the first on ties), with ``selected_from`` naming the pair."""
+  def spread(res: dict) -> float:  # results.json files before the criterion lack the entry
+    if "heldout_max_over_median" in res:
+      return res["heldout_max_over_median"]
+    return evaluate.heldout_spread(res["heldout_clip_scores"])
+
   selected = {}
   for method in ("re", "snp", "bu", toycar.REFERENCE):
-    have = [(res[method]["heldout_max_over_median"], i) for i, (_, res) in enumerate(candidates)
-            if method in res]
+    have = [(spread(res[method]), i) for i, (_, res) in enumerate(candidates) if method in res]
     if have:
       _, i = min(have)
-      selected[method] = dict(candidates[i][1][method], selected_from=candidates[i][0])
+      selected[method] = dict(candidates[i][1][method], selected_from=candidates[i][0],
+                              heldout_max_over_median=have[[j for _, j in have].index(i)][0])
   return selected
 
 
