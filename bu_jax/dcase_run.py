@@ -22,6 +22,13 @@ every test clip (eq. 11: max of the interior frame scores), and writes:
 
 The decision threshold is the 0.9 quantile of a gamma distribution fitted to
 the clip scores of the model's own training clips, as the baselines do.
+
+With ``score_normalization`` ("knn" or "knn_z", ``bu_jax.score_norm``) every
+frame score is first normalized by the scores of its nearest training frames in
+code space. The bank is fitted on the training clips but every tenth
+(``<model dir>/score_normalizer.npz``), and the threshold on the normalized
+scores of those held-out tenth, since a clip in the bank would find its own
+frames as neighbours.
 Metrics and the official score: ``bu_jax.dcase_metrics``.
 """
 
@@ -49,6 +56,7 @@ from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import frame_scores
 from bu_jax import runner
+from bu_jax import score_norm
 from bu_jax import synthetic_dcase
 from bu_jax import train as train_lib
 
@@ -93,7 +101,19 @@ class Settings(cli.TrainingSettings):
   eval_root: Optional[str] = cli.setting(
       None, help="Evaluation set (<root>/<machine_type>/test): scored with the trained "
       "models, files in <workdir>/<loss>/eval/.")
+  score_normalization: str = cli.setting(
+      "none", choices=("none",) + score_norm.KINDS,
+      help="knn / knn_z: normalize each frame score by the scores of its "
+      "--normalization_neighbors nearest training frames in code space (as "
+      "experiments.toycar; the threshold is then fitted on every tenth training clip, "
+      "left out of the bank). Evaluation only.")
+  normalization_neighbors: int = cli.setting(
+      10, minimum=1, help="k of --score_normalization (at least 2 for knn_z). Evaluation only.")
   synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
+
+  def __post_init__(self):
+    super().__post_init__()
+    score_norm.check_setting(self.score_normalization, self.normalization_neighbors)
 
   def train_config(self, loss: str, num_devices: int) -> train_lib.TrainConfig:
     return super().train_config(loss, mixtures_per_step=self.mixtures_per_step or num_devices)
@@ -123,9 +143,13 @@ def _model_dirs(workdir: str, loss: str) -> list[str]:
 _FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
 
 
+EVALUATION_FLAGS = ("reduce", "eval_root", "ground_truth_dir", "score_normalization",
+                    "normalization_neighbors")
+
+
 def _check_model_dir(model_dir: str, metadata: artifact.ModelMetadata) -> None:
   runner.check_resumable(model_dir, metadata, flag_names=_FLAG_NAMES,
-                         evaluation_flags=("reduce", "eval_root", "ground_truth_dir"))
+                         evaluation_flags=EVALUATION_FLAGS)
 
 
 def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
@@ -133,8 +157,7 @@ def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
   """What a model's checkpoints record about how it is trained: ``config`` and
   the data settings (the data folder or the embedded set's seed and sizes, the
   model grouping, the file-name grammar and, for SNP and BU, the something-else
-  clips). Evaluation settings (``reduce``, ``eval_root``, ``ground_truth_dir``)
-  are not among them."""
+  clips). Evaluation settings (``EVALUATION_FLAGS``) are not among them."""
   path = lambda p: None if p is None else os.path.abspath(p)
   data = {"data_root": path(settings.data_root), "per": settings.per, "year": settings.year}
   if settings.data_root is None:  # the embedded set
@@ -180,7 +203,8 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
                                 tag=tag, progress=settings.progress)
 
 
-def clip_scores(scorer: frame_scores.FrameScorer, params, clips, *, reduce: str) -> np.ndarray:
+def clip_scores(scorer: frame_scores.FrameScorer | score_norm.NormalizedScorer, params, clips,
+                *, reduce: str) -> np.ndarray:
   """Eq. (11) over each clip's interior frames."""
   out = []
   for clip in clips:
@@ -188,6 +212,40 @@ def clip_scores(scorer: frame_scores.FrameScorer, params, clips, *, reduce: str)
     out.append(evaluate.interior_clip_score(frames, num_samples=len(clip.wave),
                                             feature_config=scorer.config, reduce=reduce))
   return np.asarray(out, dtype=np.float64)
+
+
+def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, params,
+                      train_clips: Sequence[Any], *, model_dir: str) -> tuple[Any, list]:
+  """The scorer to evaluate a model with, and the training clips to fit its φ to.
+
+  Without a score normalization: ``scorer`` and every training clip (the
+  baselines' convention; an earlier run's bank in ``model_dir`` is removed).
+  With one: a ``score_norm.NormalizedScorer`` whose bank holds the frames of
+  every training clip but each tenth (the 10th, 20th, ...; the last when there
+  are fewer than 10), saved to ``<model_dir>/score_normalizer.npz``, and those
+  left-out clips.
+
+  Raises:
+    data_lib.DataError: fewer than 2 training clips to split.
+  """
+  path = os.path.join(model_dir, score_norm.FILE_NAME)
+  if settings.score_normalization == "none":
+    if os.path.exists(path):
+      os.remove(path)
+    return scorer, list(train_clips)
+  n = len(train_clips)
+  if n < 2:
+    raise data_lib.DataError(f"{model_dir}: {n} training clip(s); --score_normalization="
+                             f"{settings.score_normalization} needs at least 2")
+  held = set(range(9, n, 10)) or {n - 1}
+  bank = [c for i, c in enumerate(train_clips) if i not in held]
+  normalizer = score_norm.fit_from_clips(
+      scorer, params, [c.wave for c in bank], neighbors=settings.normalization_neighbors,
+      kind=settings.score_normalization, names=[c.path for c in bank])
+  normalizer.save(path)
+  logging.info("%s: %s", model_dir, normalizer.describe())
+  return (score_norm.NormalizedScorer(scorer, normalizer),
+          [c for i, c in enumerate(train_clips) if i in held])
 
 
 # ------------------------------------------------------------------ files
@@ -407,12 +465,14 @@ def run(settings: Settings) -> dict:
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
-        train_scores = clip_scores(scorer, params, train_clips, reduce=settings.reduce)
+        eval_scorer, phi_clips = normalized_scorer(settings, scorer, params, train_clips,
+                                                   model_dir=model_dir)
+        train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce)
         phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
         thresholds[loss][tag] = phi
         for set_name, test_clips in test_sets.items():
           chosen = [c for c in test_clips if section is None or c.section == section]
-          s = clip_scores(scorer, params, chosen, reduce=settings.reduce)
+          s = clip_scores(eval_scorer, params, chosen, reduce=settings.reduce)
           for clip, value in zip(chosen, s):
             scores[loss][set_name][clip.path] = (value, int(evaluate.decide(value, phi)))
     # Files and metrics of this machine type.
@@ -454,7 +514,11 @@ def run(settings: Settings) -> dict:
       "official_score_formula": dcase_metrics.__doc__.split("Official score")[1].split(
           "References")[0].strip() if dcase_metrics.__doc__ else ""}
   for loss in settings.losses:
-    entry = {"thresholds": thresholds[loss], "train_seconds": train_seconds[loss]}
+    entry = {"thresholds": thresholds[loss], "train_seconds": train_seconds[loss],
+             "score_normalization": {"kind": settings.score_normalization} if
+             settings.score_normalization == "none" else {
+                 "kind": settings.score_normalization,
+                 "neighbors": settings.normalization_neighbors, "file": score_norm.FILE_NAME}}
     for set_name in ("dev", "eval"):
       if per_section[set_name][loss]:
         entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)

@@ -88,6 +88,18 @@ def _check_bank(codes: np.ndarray, scores: np.ndarray, neighbors: int, *,
                      f"{float(scores.min())}")
 
 
+def check_setting(kind: str, neighbors: int) -> None:
+  """The rule of ``--score_normalization`` and ``--normalization_neighbors`` that
+  the experiments' settings share ("none" or a kind; knn_z needs k >= 2).
+
+  Raises:
+    ValueError: naming both flags.
+  """
+  if kind == KIND_Z and neighbors < 2:
+    raise ValueError("--score_normalization=knn_z needs --normalization_neighbors >= 2 "
+                     f"(a spread of scores), got {neighbors}")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LocalNormalizer:
   """A bank of training frames: their codes and scores, the k of the kNN and the kind.

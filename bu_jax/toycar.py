@@ -143,9 +143,7 @@ class Settings(cli.TrainingSettings):
     super().__post_init__()
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
-    if self.score_normalization == score_norm.KIND_Z and self.normalization_neighbors < 2:
-      raise ValueError("--score_normalization=knn_z needs --normalization_neighbors >= 2 "
-                       f"(a spread of scores), got {self.normalization_neighbors}")
+    score_norm.check_setting(self.score_normalization, self.normalization_neighbors)
 
   def model_preset(self) -> models_lib.ModelPreset:
     """The AE preset, with input standardization when configured."""

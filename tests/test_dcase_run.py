@@ -187,3 +187,34 @@ def test_workdir_that_is_a_file_is_an_error_before_loading(tmp_path):
   with pytest.raises(dcase.DataError, match=r"--workdir=.*afile: is a file"):
     dcase_run.run(_settings(path))
   assert path.read_text() == "not a directory"
+
+
+def test_score_normalization_is_an_evaluation_setting(finished_dcase, tmp_path):
+  """A finished run re-evaluated with knn_z: no retraining, the bank of every training
+  clip but the held-out tenth in the model directory, φ from the held-out clip on
+  normalized scores; re-evaluated without it, the bank is gone."""
+  from bu_jax import score_norm  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_dcase.workdir, workdir)
+  settings = dataclasses.replace(finished_dcase, workdir=str(workdir),
+                                 score_normalization="knn_z", normalization_neighbors=3)
+  raw = dcase_run.run(dataclasses.replace(settings, score_normalization="none"))
+  results = dcase_run.run(settings)
+  model_dir = workdir / "re" / "models" / "SynthFan"
+  bank = score_norm.load_local_normalizer(model_dir / score_norm.FILE_NAME)
+  assert bank.kind == "knn_z" and bank.neighbors == 3
+  md = dcase.load_machine_type(str(workdir / "synthetic_data"), "SynthFan")
+  cfg = detector_lib.load_detector(model_dir).feature_config
+  frames = lambda c: len(range(cfg.num_frames(len(c.wave)))[cfg.interior(len(c.wave))])
+  assert len(md.train) == 16  # the 10th clip is held out for phi
+  assert bank.frames == sum(frames(c) for i, c in enumerate(md.train) if i != 9)
+  assert results["re"]["score_normalization"] == {"kind": "knn_z", "neighbors": 3,
+                                                  "file": score_norm.FILE_NAME}
+  assert raw["re"]["score_normalization"] == {"kind": "none"}
+  assert results["re"]["thresholds"] != raw["re"]["thresholds"]
+  assert results["re"]["dev"]["official_score"] is not None
+  again = dcase_run.run(dataclasses.replace(settings, score_normalization="none"))
+  assert not (model_dir / score_norm.FILE_NAME).exists()
+  assert again["re"]["thresholds"] == raw["re"]["thresholds"]  # raw scores: as before
+  with pytest.raises(ValueError, match="knn_z needs --normalization_neighbors >= 2"):
+    dataclasses.replace(settings, normalization_neighbors=1)
