@@ -7,10 +7,11 @@ calibrated threshold φ from the latest checkpoint (``bu_jax.artifact``);
 then gives, for one recording of any length,
 
 - the frame scores A(x_t) (eq. 5), computed in chunks with bounded memory
-  (``bu_jax.frame_scores.FrameScorer``); divided by the mean score of the k
+  (``bu_jax.frame_scores.FrameScorer``); normalized by the scores of the k
   nearest training frames in code space if the model was calibrated on such
-  normalized scores (``--score_normalization=knn``: ``bu_jax.score_norm``, the
-  bank ``score_normalizer.npz`` stored next to the checkpoints);
+  normalized scores (``--score_normalization=knn`` or ``knn_z``:
+  ``bu_jax.score_norm``, the bank ``score_normalizer.npz`` stored next to the
+  checkpoints);
 - the clip decision: anomalous if any frame's score reaches φ (eq. 4), i.e. if
   the clip score max_t A(x_t) (eq. 11) is >= φ (or the mean over frames, if the
   model was calibrated with ``reduce="mean"``);

@@ -19,7 +19,8 @@ test clips and writes, into the workdir:
 Clip scores are the maximum of the frame scores (eq. 11; ``reduce="mean"`` as
 an option). With ``score_normalization="knn"`` every frame score is first
 divided by the mean score of its k nearest training frames in the model's code
-space (``bu_jax.score_norm``; the bank, fitted on the training clips that are
+space; with "knn_z" it is the local z-score of its log score among them, on
+knn's scale (``bu_jax.score_norm``; the bank, fitted on the training clips that are
 not held out, is saved as ``<loss>/score_normalizer.npz`` and named in the
 calibration, so ``experiments.score`` applies it too). The threshold phi of
 eq. (4) is the 0.9 quantile of a gamma distribution fitted to the clip scores
