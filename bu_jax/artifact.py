@@ -106,7 +106,9 @@ class Calibration:
       interior frame scores.
     quantile: φ is this quantile of a gamma distribution fitted to
       ``heldout_clip_scores`` (``evaluate.fit_threshold``); None if unknown.
-    heldout_clip_scores: clip scores of held-out normal training clips.
+    heldout_clip_scores: the normal clip scores φ was fitted to: held-out
+      training clips (toycar; dcase with a score normalization) or every
+      training clip (dcase on raw scores, as the DCASE baselines).
     heldout_paths: their files.
     normalization: how the frame scores were normalized before φ was fitted
       (and must be before it applies), or None for raw scores.
@@ -120,10 +122,11 @@ class Calibration:
   normalization: Optional[ScoreNormalization] = None
 
   def describe(self) -> str:
-    """How φ was set, e.g. "0.9 gamma quantile of held-out normal clip scores"."""
+    """How φ was set, e.g. "0.9 gamma quantile of 10 normal clip scores"."""
     if self.quantile is None:
       return ""
-    return f"{self.quantile:g} gamma quantile of held-out normal clip scores"
+    return (f"{self.quantile:g} gamma quantile of {len(self.heldout_clip_scores)} normal clip "
+            "scores")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,9 @@ every test clip (eq. 11: max of the interior frame scores), and writes:
   label, one panel per loss.
 
 The decision threshold is the 0.9 quantile of a gamma distribution fitted to
-the clip scores of the model's own training clips, as the baselines do.
+the clip scores of the model's own training clips, as the baselines do; it is
+stored with the model's final checkpoint (``artifact.Calibration``), so
+``experiments.score`` on a model folder decides as the run did.
 
 With ``score_normalization`` ("knn" or "knn_z", ``bu_jax.score_norm``) every
 frame score is first normalized by the scores of its nearest training frames in
@@ -248,6 +250,19 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
           [c for i, c in enumerate(train_clips) if i in held])
 
 
+def _calibration(settings: Settings, phi: float, scores: Sequence[float],
+                 clips: Sequence[Any]) -> artifact.Calibration:
+  """φ, the clip scores and files it was fitted to, and the score normalization,
+  for the model's final checkpoint (so ``experiments.score`` decides as this run)."""
+  kind = settings.score_normalization
+  return artifact.Calibration(
+      threshold=float(phi), reduce=settings.reduce, quantile=settings.threshold_quantile,
+      heldout_clip_scores=tuple(float(v) for v in scores),
+      heldout_paths=tuple(c.path for c in clips),
+      normalization=None if kind == "none" else artifact.ScoreNormalization(
+          kind=kind, neighbors=settings.normalization_neighbors, file=score_norm.FILE_NAME))
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -470,6 +485,9 @@ def run(settings: Settings) -> dict:
         train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce)
         phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
         thresholds[loss][tag] = phi
+        artifact.store_calibration(model_dir, _calibration(settings, phi, train_scores,
+                                                           phi_clips),
+                                   step=configs[loss].total_steps, state=state)
         for set_name, test_clips in test_sets.items():
           chosen = [c for c in test_clips if section is None or c.section == section]
           s = clip_scores(eval_scorer, params, chosen, reduce=settings.reduce)

@@ -75,13 +75,17 @@ def test_run_writes_challenge_files_and_resumes(tmp_path, capsys):
 
   # experiments.score's loader reads a dcase_run model (bu_jax.artifact) and scores alike.
   detector = detector_lib.load_detector(run / "bu" / "models" / "SynthFan")
-  assert detector.metadata.tag == "bu/SynthFan" and detector.threshold is None
+  assert detector.metadata.tag == "bu/SynthFan"
+  assert detector.threshold == stored["bu"]["thresholds"]["bu/SynthFan"]  # phi travels along
   clip = next(c for c in dcase.load_machine_type(stored["data"]["data_root"], "SynthFan").test
               if c.section == "00")
   scores = {r[0]: float(r[1]) for r in csv.reader(
       open(run / "bu" / "anomaly_score_SynthFan_section_00_test.csv"))}
   assert detector.score(clip.wave, threshold=1.0).clip_score == pytest.approx(
       scores[os.path.basename(clip.path)], rel=1e-4)
+  decisions = {r[0]: int(r[1]) for r in csv.reader(
+      open(run / "bu" / "decision_result_SynthFan_section_00_test.csv"))}
+  assert int(detector.score(clip.wave).decision) == decisions[os.path.basename(clip.path)]
 
   # An evaluation set (unlabelled names) with the organisers' ground truth: the
   # dev test clips renamed, so its metrics must equal the dev ones.
@@ -213,8 +217,20 @@ def test_score_normalization_is_an_evaluation_setting(finished_dcase, tmp_path):
   assert raw["re"]["score_normalization"] == {"kind": "none"}
   assert results["re"]["thresholds"] != raw["re"]["thresholds"]
   assert results["re"]["dev"]["official_score"] is not None
+  # The model folder carries phi and the bank: experiments.score decides as the run did.
+  detector = detector_lib.load_detector(model_dir)
+  assert detector.threshold == results["re"]["thresholds"]["re/SynthFan"]
+  assert detector.normalizer.kind == "knn_z" and len(detector.calibration.heldout_paths) == 1
+  clip = md.test[0]
+  rows = dict(csv.reader(open(workdir / "re" /
+                              f"anomaly_score_SynthFan_section_{clip.section}_test.csv")))
+  assert detector.score(clip.wave).clip_score == pytest.approx(float(rows[clip.name]),
+                                                               rel=1e-5)
   again = dcase_run.run(dataclasses.replace(settings, score_normalization="none"))
   assert not (model_dir / score_norm.FILE_NAME).exists()
   assert again["re"]["thresholds"] == raw["re"]["thresholds"]  # raw scores: as before
+  detector = detector_lib.load_detector(model_dir)
+  assert detector.normalization is None and len(detector.calibration.heldout_paths) == 16
+  assert detector.threshold == raw["re"]["thresholds"]["re/SynthFan"]
   with pytest.raises(ValueError, match="knn_z needs --normalization_neighbors >= 2"):
     dataclasses.replace(settings, normalization_neighbors=1)
