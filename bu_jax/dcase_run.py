@@ -110,7 +110,8 @@ class Settings(cli.TrainingSettings):
       "experiments.toycar; the threshold is then fitted on every tenth training clip, "
       "left out of the bank). Evaluation only.")
   normalization_neighbors: int = cli.setting(
-      10, minimum=1, help="k of --score_normalization (at least 2 for knn_z). Evaluation only.")
+      10, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z: the "
+      "k under which the held-out tenth's frames are most likely). Evaluation only.")
   synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
 
   def __post_init__(self):
@@ -241,26 +242,28 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
                              f"{settings.score_normalization} needs at least 2")
   held = set(range(9, n, 10)) or {n - 1}
   bank = [c for i, c in enumerate(train_clips) if i not in held]
+  held_clips = [c for i, c in enumerate(train_clips) if i in held]
   normalizer = score_norm.fit_from_clips(
       scorer, params, [c.wave for c in bank], neighbors=settings.normalization_neighbors,
-      kind=settings.score_normalization, names=[c.path for c in bank])
+      kind=settings.score_normalization, names=[c.path for c in bank],
+      heldout_waves=[c.wave for c in held_clips])
   normalizer.save(path)
   logging.info("%s: %s", model_dir, normalizer.describe())
-  return (score_norm.NormalizedScorer(scorer, normalizer),
-          [c for i, c in enumerate(train_clips) if i in held])
+  return score_norm.NormalizedScorer(scorer, normalizer), held_clips
 
 
 def _calibration(settings: Settings, phi: float, scores: Sequence[float],
-                 clips: Sequence[Any]) -> artifact.Calibration:
-  """φ, the clip scores and files it was fitted to, and the score normalization,
-  for the model's final checkpoint (so ``experiments.score`` decides as this run)."""
-  kind = settings.score_normalization
+                 clips: Sequence[Any],
+                 normalizer: Optional[score_norm.LocalNormalizer]) -> artifact.Calibration:
+  """φ, the clip scores and files it was fitted to, and the score normalization
+  (``normalizer``, None for raw scores), for the model's final checkpoint (so
+  ``experiments.score`` decides as this run)."""
   return artifact.Calibration(
       threshold=float(phi), reduce=settings.reduce, quantile=settings.threshold_quantile,
       heldout_clip_scores=tuple(float(v) for v in scores),
       heldout_paths=tuple(c.path for c in clips),
-      normalization=None if kind == "none" else artifact.ScoreNormalization(
-          kind=kind, neighbors=settings.normalization_neighbors, file=score_norm.FILE_NAME))
+      normalization=None if normalizer is None else artifact.ScoreNormalization(
+          kind=normalizer.kind, neighbors=normalizer.neighbors, file=score_norm.FILE_NAME))
 
 
 # ------------------------------------------------------------------ files
@@ -421,6 +424,7 @@ def run(settings: Settings) -> dict:
 
   per_section = {set_name: {l: {} for l in settings.losses} for set_name in ("dev", "eval")}
   thresholds = {l: {} for l in settings.losses}
+  chosen_neighbors = {l: {} for l in settings.losses}  # --normalization_neighbors=0
   train_seconds = {l: {} for l in settings.losses}
   previous_path = os.path.join(settings.workdir, "results.json")
   if os.path.exists(previous_path):  # keep the training times of models found finished
@@ -485,8 +489,11 @@ def run(settings: Settings) -> dict:
         train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce)
         phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
         thresholds[loss][tag] = phi
+        normalizer = getattr(eval_scorer, "normalizer", None)
+        if normalizer is not None and normalizer.choice is not None:
+          chosen_neighbors[loss][tag] = normalizer.neighbors
         artifact.store_calibration(model_dir, _calibration(settings, phi, train_scores,
-                                                           phi_clips),
+                                                           phi_clips, normalizer),
                                    step=configs[loss].total_steps, state=state)
         for set_name, test_clips in test_sets.items():
           chosen = [c for c in test_clips if section is None or c.section == section]
@@ -537,6 +544,8 @@ def run(settings: Settings) -> dict:
              settings.score_normalization == "none" else {
                  "kind": settings.score_normalization,
                  "neighbors": settings.normalization_neighbors, "file": score_norm.FILE_NAME}}
+    if chosen_neighbors[loss]:
+      entry["score_normalization"]["neighbors_chosen"] = chosen_neighbors[loss]
     for set_name in ("dev", "eval"):
       if per_section[set_name][loss]:
         entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)

@@ -53,6 +53,8 @@ KINDS = (KIND, KIND_Z)
 FILE_NAME = "score_normalizer.npz"
 _RELATIVE_FLOOR = 1e-6  # times the median bank score
 _ABSOLUTE_FLOOR = 1e-12  # when every bank score is 0
+AUTO = 0  # --normalization_neighbors=0: k chosen by ``choose_neighbors``
+CANDIDATES = (5, 10, 20, 40, 80, 160)  # the k that ``choose_neighbors`` tries
 _SPREAD_FLOOR = 1e-3  # the smallest local sigma of ln A (neighbours of equal scores)
 _MAX_EXPONENT = 80.0  # |sigma_ref * z| is clipped here: exp stays finite in float32
 
@@ -90,14 +92,19 @@ def _check_bank(codes: np.ndarray, scores: np.ndarray, neighbors: int, *,
 
 def check_setting(kind: str, neighbors: int) -> None:
   """The rule of ``--score_normalization`` and ``--normalization_neighbors`` that
-  the experiments' settings share ("none" or a kind; knn_z needs k >= 2).
+  the experiments' settings share ("none" or a kind; knn_z needs k >= 2, or 0:
+  k chosen by ``choose_neighbors``).
 
   Raises:
     ValueError: naming both flags.
   """
-  if kind == KIND_Z and neighbors < 2:
+  if neighbors == AUTO:
+    if kind != KIND_Z:
+      raise ValueError("--normalization_neighbors=0 (chosen from the held-out clips) applies "
+                       f"to --score_normalization=knn_z only, got {kind}")
+  elif kind == KIND_Z and neighbors < 2:
     raise ValueError("--score_normalization=knn_z needs --normalization_neighbors >= 2 "
-                     f"(a spread of scores), got {neighbors}")
+                     f"(a spread of scores) or 0 (chosen), got {neighbors}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -111,12 +118,15 @@ class LocalNormalizer:
       score (at least 2 for "knn_z").
     kind: "knn" (the score over the neighbours' mean score) or "knn_z" (the
       local z-score of the log score on knn's scale; see the module doc).
+    choice: when k was chosen (``fit_from_clips`` with ``AUTO``), the mean
+      log density of the held-out frames for each k tried; else None.
   """
 
   codes: np.ndarray
   scores: np.ndarray
   neighbors: int
   kind: str = KIND
+  choice: Optional[dict] = None
 
   def __post_init__(self):
     object.__setattr__(self, "codes", np.asarray(self.codes, np.float32))
@@ -290,26 +300,12 @@ class NormalizedScorer:
     return self.normalizer(codes, scores, name=name)
 
 
-def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: int,
-                   max_frames: int = 16384, kind: str = KIND,
-                   names: Optional[Sequence[str]] = None) -> LocalNormalizer:
-  """The bank of the interior frames of training clips, as evaluation scores them.
-
-  Args:
-    scorer: a scorer accepting ``with_codes=True`` (``frame_scores.FrameScorer``).
-    params: its parameters.
-    waves: the (normal) training clips.
-    neighbors: k of the kNN.
-    max_frames: see ``fit_local_normalizer``.
-    kind: "knn" or "knn_z" (see ``LocalNormalizer``).
-    names: name the clips in error messages (default "training clip <i>").
-
-  Returns:
-    A ``LocalNormalizer`` fitted on the codes and scores of the interior
-    frames (``config.interior``) of every clip.
-  """
+def clip_frames(scorer, params, waves: Sequence[np.ndarray], *,
+                names: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+  """Codes and scores of the interior frames (``config.interior``) of ``waves``,
+  concatenated: ((N, Z), (N,)). ``scorer`` accepts ``with_codes=True``."""
   if not waves:
-    raise ValueError("fit_from_clips needs at least one training clip")
+    raise ValueError("at least one clip is needed")
   names = names or [f"training clip {i}" for i in range(len(waves))]
   codes, scores = [], []
   for wave, name in zip(waves, names):
@@ -317,5 +313,90 @@ def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: in
     inner = scorer.config.interior(len(wave))
     scores.append(s[inner])
     codes.append(c[inner])
-  return fit_local_normalizer(np.concatenate(codes), np.concatenate(scores),
-                              neighbors=neighbors, max_frames=max_frames, kind=kind)
+  return np.concatenate(codes), np.concatenate(scores)
+
+
+def choose_neighbors(bank: LocalNormalizer, codes: Any, scores: Any, *,
+                     candidates: Sequence[int] = CANDIDATES) -> tuple[int, dict[int, float]]:
+  """k of "knn_z" under which held-out normal frames are most likely.
+
+  "knn_z" models the log score of a frame as normal with the mean and
+  standard deviation of its k nearest bank frames' log scores. A small k
+  follows the modes closely but estimates the spread from few frames; a large
+  k blurs the modes. The k kept is the one of ``candidates`` (those <= the
+  bank's frames) that gives held-out normal frames (clips not in the bank)
+  the highest mean log density, sum(-z^2 / 2 - ln s) / T: no labels, only
+  normal training clips.
+
+  Args:
+    bank: the bank (its own ``neighbors`` is not used).
+    codes, scores: the held-out frames, (T, Z) and (T,).
+    candidates: the k to try.
+
+  Returns:
+    ``(k, {k: mean log density})`` (the first k on ties).
+
+  Raises:
+    ValueError: no candidate >= 2 fits the bank, or bad held-out frames.
+  """
+  codes = np.asarray(codes, np.float32)
+  scores = np.asarray(scores, np.float64)
+  if codes.ndim != 2 or codes.shape[1] != bank.code_dim or scores.shape != codes.shape[:1]:
+    raise ValueError(f"held-out frames: expected codes (T, {bank.code_dim}) and scores (T,), "
+                     f"got {codes.shape} and {scores.shape}")
+  _finite(codes, "the codes", "held-out frames")
+  _finite(scores, "the scores", "held-out frames")
+  usable = sorted({int(k) for k in candidates if 2 <= k <= bank.frames})
+  if not usable or not scores.size:
+    raise ValueError(f"choose_neighbors: no k in {tuple(candidates)} fits a bank of "
+                     f"{bank.frames} frames, or no held-out frames ({scores.size})")
+  index = neighbors_lib.NearestNeighbors(n_neighbors=usable[-1]).fit(bank.codes).kneighbors(
+      codes, return_distance=False)  # sorted by distance, so [:, :k] are the k nearest
+  logs = np.log(np.maximum(scores, bank.floor))
+  table = {}
+  for k in usable:
+    mean, spread = bank._log_spread(index[:, :k])  # pylint: disable=protected-access
+    z = (logs - mean) / spread
+    table[k] = float(np.mean(-0.5 * np.square(z) - np.log(spread)))
+  best = max(usable, key=lambda k: (table[k], -k))
+  return best, table
+
+
+def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: int,
+                   max_frames: int = 16384, kind: str = KIND,
+                   names: Optional[Sequence[str]] = None,
+                   heldout_waves: Sequence[np.ndarray] = ()) -> LocalNormalizer:
+  """The bank of the interior frames of training clips, as evaluation scores them.
+
+  Args:
+    scorer: a scorer accepting ``with_codes=True`` (``frame_scores.FrameScorer``).
+    params: its parameters.
+    waves: the (normal) training clips.
+    neighbors: k of the kNN; ``AUTO`` (0, "knn_z" only): chosen by
+      ``choose_neighbors`` on ``heldout_waves``.
+    max_frames: see ``fit_local_normalizer``.
+    kind: "knn" or "knn_z" (see ``LocalNormalizer``).
+    names: name the clips in error messages (default "training clip <i>").
+    heldout_waves: normal clips not in ``waves``, for ``neighbors=AUTO``.
+
+  Returns:
+    A ``LocalNormalizer`` fitted on the codes and scores of the interior
+    frames (``config.interior``) of every clip; with ``AUTO`` its
+    ``choice`` holds the mean log density of each k tried.
+  """
+  if not waves:
+    raise ValueError("fit_from_clips needs at least one training clip")
+  codes, scores = clip_frames(scorer, params, waves, names=names)
+  if neighbors != AUTO:
+    return fit_local_normalizer(codes, scores, neighbors=neighbors, max_frames=max_frames,
+                                kind=kind)
+  check_setting(kind, neighbors)
+  if not heldout_waves:
+    raise ValueError("--normalization_neighbors=0 needs held-out normal clips to choose k")
+  first = fit_local_normalizer(codes, scores, neighbors=2, max_frames=max_frames, kind=kind)
+  held_codes, held_scores = clip_frames(
+      scorer, params, heldout_waves,
+      names=[f"held-out clip {i}" for i in range(len(heldout_waves))])
+  k, table = choose_neighbors(first, held_codes, held_scores)
+  return LocalNormalizer(codes=first.codes, scores=first.scores, neighbors=k, kind=kind,
+                         choice=table)

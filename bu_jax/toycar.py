@@ -138,7 +138,9 @@ class Settings(cli.TrainingSettings):
       "training clips, stored with the model, applied by experiments.score). "
       "Evaluation only.")
   normalization_neighbors: int = cli.setting(
-      10, minimum=1, help="k of --score_normalization (at least 2 for knn_z). Evaluation only.")
+      10, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z: the "
+      "k of 5, 10, ..., 160 under which the held-out normal clips' frames are most likely). "
+      "Evaluation only.")
 
   def __post_init__(self):
     super().__post_init__()
@@ -357,12 +359,16 @@ def _normalize(settings: Settings, scorer, params, data: Data, out_dir: str) -> 
   t0 = time.perf_counter()
   normalizer = score_norm.fit_from_clips(scorer, params, data.fit_waves,
                                          neighbors=settings.normalization_neighbors,
-                                         kind=settings.score_normalization)
+                                         kind=settings.score_normalization,
+                                         heldout_waves=data.heldout_waves)
   normalizer.save(path)
   logging.info("%s fitted in %.1f s, saved to %s", normalizer.describe(),
                time.perf_counter() - t0, path)
   record = {"kind": normalizer.kind, "neighbors": normalizer.neighbors,
             "frames": normalizer.frames, "file": score_norm.FILE_NAME}
+  if normalizer.choice is not None:  # k chosen from the held-out clips
+    record["neighbors_heldout_log_density"] = {
+        str(k): round(v, 4) for k, v in normalizer.choice.items()}
   return score_norm.NormalizedScorer(scorer, normalizer), record
 
 

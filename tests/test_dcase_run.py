@@ -234,3 +234,9 @@ def test_score_normalization_is_an_evaluation_setting(finished_dcase, tmp_path):
   assert detector.threshold == raw["re"]["thresholds"]["re/SynthFan"]
   with pytest.raises(ValueError, match="knn_z needs --normalization_neighbors >= 2"):
     dataclasses.replace(settings, normalization_neighbors=1)
+  # k chosen on the held-out tenth: recorded per model, and the model folder carries it.
+  chosen = dcase_run.run(dataclasses.replace(settings, normalization_neighbors=0))
+  record = chosen["re"]["score_normalization"]
+  k = record["neighbors_chosen"]["re/SynthFan"]
+  assert record["neighbors"] == 0 and k in score_norm.CANDIDATES
+  assert detector_lib.load_detector(model_dir).normalizer.neighbors == k

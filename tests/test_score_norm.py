@@ -237,3 +237,63 @@ def test_knn_z_save_load_and_old_files_without_kind(tmp_path):
   old = tmp_path / "old.npz"  # written before knn_z existed: no 'kind' entry
   np.savez(old, codes=codes, scores=scores, neighbors=np.int64(4))
   assert score_norm.load_local_normalizer(old).kind == "knn"
+
+
+# ------------------------------------------------------------------ k chosen (AUTO)
+
+
+def _line_bank(n, log_scores_of, seed):
+  """Codes on a line (N, 1) and scores exp(log_scores_of(x) + noise)."""
+  rng = np.random.default_rng(seed)
+  x = np.sort(rng.uniform(0, 100, n))
+  return x[:, None].astype(np.float32), np.exp(log_scores_of(x, rng))
+
+
+def test_choose_neighbors_follows_the_structure_of_the_scores():
+  """Scores that are noise around one level: more neighbours estimate it better, so the
+  largest k wins. Scores that switch between two levels every ~3 units of code
+  (about 120 frames): a large k blurs the switches, so a small k wins."""
+  flat = lambda x, rng: 0.3 * rng.standard_normal(x.size)
+  steps = lambda x, rng: 2.0 * (np.sin(x) > 0) + 0.05 * rng.standard_normal(x.size)
+  chosen = {}
+  for name, fn in (("flat", flat), ("steps", steps)):
+    codes, scores = _line_bank(4000, fn, 0)
+    held_codes, held_scores = _line_bank(1000, fn, 1)
+    bank = score_norm.fit_local_normalizer(codes, scores, neighbors=2, kind="knn_z")
+    k, table = score_norm.choose_neighbors(bank, held_codes, held_scores)
+    assert sorted(table) == list(score_norm.CANDIDATES) and k in table
+    assert table[k] == max(table.values())
+    chosen[name] = k
+  assert chosen["flat"] == 160 and chosen["steps"] <= 40, chosen
+
+
+def test_choose_neighbors_bad_input():
+  codes, scores = _bank(n=30)
+  bank = score_norm.fit_local_normalizer(codes, scores, neighbors=2, kind="knn_z")
+  k, table = score_norm.choose_neighbors(bank, codes[:5], scores[:5])
+  assert sorted(table) == [5, 10, 20] and k in table  # the candidates <= 30 frames
+  with pytest.raises(ValueError, match="no k in"):
+    score_norm.choose_neighbors(bank, codes[:5], scores[:5], candidates=(40, 80))
+  with pytest.raises(ValueError, match=r"held-out frames: expected codes \(T, 3\)"):
+    score_norm.choose_neighbors(bank, codes[:5, :2], scores[:5])
+  with pytest.raises(ValueError, match="held-out frames: the scores hold NaN"):
+    score_norm.choose_neighbors(bank, codes[:2], [1.0, np.nan])
+
+
+def test_fit_from_clips_chooses_k_on_the_heldout_clips():
+  cfg = features.FeatureConfig(n_mels=8, context=2)
+  model = models.FCNAutoencoder(dim=cfg.dim, hidden_layers=1, units=16, bottleneck=4)
+  params = model.init(jax.random.key(0), jnp.zeros((1, cfg.dim)))["params"]
+  scorer = frame_scores.FrameScorer(model, cfg)
+  rng = np.random.default_rng(0)
+  waves = [(0.2 * rng.standard_normal(16000)).astype(np.float32) for _ in range(4)]
+  norm = score_norm.fit_from_clips(scorer, params, waves[:3], neighbors=score_norm.AUTO,
+                                   kind="knn_z", heldout_waves=waves[3:])
+  first = score_norm.fit_from_clips(scorer, params, waves[:3], neighbors=2, kind="knn_z")
+  held = score_norm.clip_frames(scorer, params, waves[3:])
+  assert (norm.neighbors, norm.choice) == score_norm.choose_neighbors(first, *held)
+  with pytest.raises(ValueError, match="needs held-out normal clips"):
+    score_norm.fit_from_clips(scorer, params, waves[:3], neighbors=0, kind="knn_z")
+  with pytest.raises(ValueError, match="applies to --score_normalization=knn_z only"):
+    score_norm.fit_from_clips(scorer, params, waves[:3], neighbors=0, kind="knn",
+                              heldout_waves=waves[3:])

@@ -38,7 +38,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (dict(lam=-5.0), r"--lam must be finite and > 0, got -5"),
     (dict(lam=0.0), r"--lam must be finite and > 0, got 0"),
     (dict(reference_components=-1), r"--reference_components must be >= 0, got -1"),
-    (dict(normalization_neighbors=0), r"--normalization_neighbors must be >= 1, got 0"),
+    (dict(normalization_neighbors=-1), r"--normalization_neighbors must be >= 0, got -1"),
+    (dict(normalization_neighbors=0, score_normalization="knn"),
+     r"--normalization_neighbors=0 \(chosen from the held-out clips\) applies to "
+     r"--score_normalization=knn_z only, got knn"),
     (dict(score_normalization="pca"), r"--score_normalization must be one of"),
     (dict(score_normalization="knn_z", normalization_neighbors=1),
      r"--score_normalization=knn_z needs --normalization_neighbors >= 2"),
@@ -192,19 +195,25 @@ def test_mismatch_message_lists_the_normalization_flags(finished_run, tiny_data,
   assert "--score_normalization, --normalization_neighbors may differ" in str(info.value)
 
 
-@pytest.mark.parametrize("kind", ["knn", "knn_z"])
-def test_pca_reference_with_knn_normalization(kind, tiny_data, tmp_path):
+@pytest.mark.parametrize("kind, neighbors", [("knn", 3), ("knn_z", 3), ("knn_z", 0)])
+def test_pca_reference_with_knn_normalization(kind, neighbors, tiny_data, tmp_path):
   """The PCA reference: the bank of its coefficients in pca/, its test scores normalized."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from bu_jax import reference, score_norm  # pylint: disable=g-import-not-at-top
   settings = _settings(tmp_path / "w", tiny_data, losses=("re", "snp"), reference_components=4,
-                       score_normalization=kind, normalization_neighbors=3)
+                       score_normalization=kind, normalization_neighbors=neighbors)
   data = toycar.load_data(settings)
   config = settings.train_config("re").feature_config
   results, material = toycar.evaluate_reference(settings, config, data)
-  assert results["score_normalization"]["kind"] == kind
+  record = results["score_normalization"]
+  assert record["kind"] == kind
   bank = score_norm.load_local_normalizer(tmp_path / "w" / "pca" / "score_normalizer.npz")
-  assert bank.code_dim == 4 and bank.neighbors == 3 and bank.kind == kind
+  assert bank.code_dim == 4 and bank.kind == kind and bank.neighbors == record["neighbors"]
+  if neighbors:
+    assert bank.neighbors == neighbors and "neighbors_heldout_log_density" not in record
+  else:  # chosen on the held-out clips: the k of the highest mean log density
+    density = record["neighbors_heldout_log_density"]
+    assert max(density, key=density.get) == str(bank.neighbors)
   pca = reference.PCADetector(config, components=4).fit(data.fit_waves)
   clip = data.dataset.test[0]
   scores, codes = pca.frame_scores(clip.wave, with_codes=True)
