@@ -68,9 +68,9 @@ def select_by_heldout_spread(candidates: list[tuple[str, dict]]) -> dict:
   for method in ("re", "snp", "bu", toycar.REFERENCE):
     have = [(spread(res[method]), i) for i, (_, res) in enumerate(candidates) if method in res]
     if have:
-      _, i = min(have)
+      value, i = min(have)
       selected[method] = dict(candidates[i][1][method], selected_from=candidates[i][0],
-                              heldout_max_over_median=have[[j for _, j in have].index(i)][0])
+                              heldout_max_over_median=value)
   return selected
 
 

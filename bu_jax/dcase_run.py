@@ -218,38 +218,36 @@ def clip_scores(scorer: frame_scores.FrameScorer | score_norm.NormalizedScorer, 
 
 
 def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, params,
-                      train_clips: Sequence[Any], *, model_dir: str) -> tuple[Any, list]:
-  """The scorer to evaluate a model with, and the training clips to fit its φ to.
+                      train_clips: Sequence[Any], *, model_dir: str
+                      ) -> tuple[Any, Optional[score_norm.LocalNormalizer], list]:
+  """The scorer to evaluate a model with, its bank, and the training clips to fit φ to.
 
-  Without a score normalization: ``scorer`` and every training clip (the
-  baselines' convention; an earlier run's bank in ``model_dir`` is removed).
-  With one: a ``score_norm.NormalizedScorer`` whose bank holds the frames of
-  every training clip but each tenth (the 10th, 20th, ...; the last when there
-  are fewer than 10), saved to ``<model_dir>/score_normalizer.npz``, and those
-  left-out clips.
+  Without a score normalization: ``scorer``, None and every training clip (the
+  baselines' convention). With one (``score_norm.prepare``): a
+  ``score_norm.NormalizedScorer`` whose bank holds the frames of every
+  training clip but each tenth (the 10th, 20th, ...; the last when there are
+  fewer than 10), saved to ``<model_dir>/score_normalizer.npz``, and those
+  left-out clips (which also choose k with ``--normalization_neighbors=0``).
 
   Raises:
     data_lib.DataError: fewer than 2 training clips to split.
   """
-  path = os.path.join(model_dir, score_norm.FILE_NAME)
-  if settings.score_normalization == "none":
-    if os.path.exists(path):
-      os.remove(path)
-    return scorer, list(train_clips)
+  kind = settings.score_normalization
   n = len(train_clips)
-  if n < 2:
+  if kind != "none" and n < 2:
     raise data_lib.DataError(f"{model_dir}: {n} training clip(s); --score_normalization="
-                             f"{settings.score_normalization} needs at least 2")
-  held = set(range(9, n, 10)) or {n - 1}
+                             f"{kind} needs at least 2")
+  held = set() if kind == "none" else (set(range(9, n, 10)) or {n - 1})
   bank = [c for i, c in enumerate(train_clips) if i not in held]
   held_clips = [c for i, c in enumerate(train_clips) if i in held]
-  normalizer = score_norm.fit_from_clips(
-      scorer, params, [c.wave for c in bank], neighbors=settings.normalization_neighbors,
-      kind=settings.score_normalization, names=[c.path for c in bank],
-      heldout_waves=[c.wave for c in held_clips])
-  normalizer.save(path)
+  scorer, normalizer = score_norm.prepare(
+      scorer, params, [c.wave for c in bank], kind=kind,
+      neighbors=settings.normalization_neighbors, directory=model_dir,
+      heldout_waves=[c.wave for c in held_clips], names=[c.path for c in bank])
+  if normalizer is None:
+    return scorer, None, list(train_clips)
   logging.info("%s: %s", model_dir, normalizer.describe())
-  return score_norm.NormalizedScorer(scorer, normalizer), held_clips
+  return scorer, normalizer, held_clips
 
 
 def _calibration(settings: Settings, phi: float, scores: Sequence[float],
@@ -484,12 +482,11 @@ def run(settings: Settings) -> dict:
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
-        eval_scorer, phi_clips = normalized_scorer(settings, scorer, params, train_clips,
-                                                   model_dir=model_dir)
+        eval_scorer, normalizer, phi_clips = normalized_scorer(
+            settings, scorer, params, train_clips, model_dir=model_dir)
         train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce)
         phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
         thresholds[loss][tag] = phi
-        normalizer = getattr(eval_scorer, "normalizer", None)
         if normalizer is not None and normalizer.choice is not None:
           chosen_neighbors[loss][tag] = normalizer.neighbors
         artifact.store_calibration(model_dir, _calibration(settings, phi, train_scores,

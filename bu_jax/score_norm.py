@@ -107,6 +107,15 @@ def check_setting(kind: str, neighbors: int) -> None:
                      f"(a spread of scores) or 0 (chosen), got {neighbors}")
 
 
+def _check_frames(codes: np.ndarray, scores: np.ndarray, code_dim: int, name: str) -> None:
+  """Frames to normalize (or to choose k on): codes (T, code_dim), scores (T,), finite."""
+  if codes.ndim != 2 or codes.shape[1] != code_dim or scores.shape != codes.shape[:1]:
+    raise ValueError(f"{name}: expected codes (T, {code_dim}) and scores (T,), got "
+                     f"{codes.shape} and {scores.shape}")
+  _finite(codes, "the codes", name)
+  _finite(scores, "the scores", name)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LocalNormalizer:
   """A bank of training frames: their codes and scores, the k of the kNN and the kind.
@@ -196,11 +205,7 @@ class LocalNormalizer:
     """
     codes = np.asarray(codes, np.float32)
     scores = np.asarray(scores, np.float64)
-    if codes.ndim != 2 or codes.shape[1] != self.code_dim or scores.shape != codes.shape[:1]:
-      raise ValueError(f"{name}: expected codes (T, {self.code_dim}) and scores (T,), got "
-                       f"{codes.shape} and {scores.shape}")
-    _finite(codes, "the codes", name)
-    _finite(scores, "the scores", name)
+    _check_frames(codes, scores, self.code_dim, name)
     if not scores.size:
       return np.zeros(0, np.float32)
     index = self._index.kneighbors(codes, return_distance=False)  # (T, k)
@@ -264,7 +269,7 @@ def load_local_normalizer(path: os.PathLike | str) -> LocalNormalizer:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise artifact.ArtifactError(f"{path}: the score normalizer of this model is missing "
-                                 "(re-run the evaluation with --score_normalization=knn)")
+                                 "(re-run the evaluation with its --score_normalization)")
   try:
     with np.load(path, allow_pickle=False) as stored:
       entries = {key: stored[key] for key in ("codes", "scores", "neighbors")}
@@ -278,7 +283,7 @@ def load_local_normalizer(path: os.PathLike | str) -> LocalNormalizer:
                            neighbors=int(neighbors), kind=str(kind))
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     raise artifact.ArtifactError(f"{path}: not a usable score normalizer ({e}); re-run the "
-                                 "evaluation with --score_normalization=knn") from e
+                                 "evaluation with its --score_normalization") from e
 
 
 class NormalizedScorer:
@@ -341,11 +346,7 @@ def choose_neighbors(bank: LocalNormalizer, codes: Any, scores: Any, *,
   """
   codes = np.asarray(codes, np.float32)
   scores = np.asarray(scores, np.float64)
-  if codes.ndim != 2 or codes.shape[1] != bank.code_dim or scores.shape != codes.shape[:1]:
-    raise ValueError(f"held-out frames: expected codes (T, {bank.code_dim}) and scores (T,), "
-                     f"got {codes.shape} and {scores.shape}")
-  _finite(codes, "the codes", "held-out frames")
-  _finite(scores, "the scores", "held-out frames")
+  _check_frames(codes, scores, bank.code_dim, "held-out frames")
   usable = sorted({int(k) for k in candidates if 2 <= k <= bank.frames})
   if not usable or not scores.size:
     raise ValueError(f"choose_neighbors: no k in {tuple(candidates)} fits a bank of "
@@ -400,3 +401,25 @@ def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: in
   k, table = choose_neighbors(first, held_codes, held_scores)
   return LocalNormalizer(codes=first.codes, scores=first.scores, neighbors=k, kind=kind,
                          choice=table)
+
+
+def prepare(scorer, params, waves: Sequence[np.ndarray], *, kind: str, neighbors: int,
+            directory: str, heldout_waves: Sequence[np.ndarray] = (),
+            names: Optional[Sequence[str]] = None) -> tuple[Any, Optional[LocalNormalizer]]:
+  """What the experiments do with ``--score_normalization``: the scorer to evaluate
+  with and its bank, saved as ``<directory>/score_normalizer.npz``.
+
+  "none": ``(scorer, None)``, and an earlier run's bank in ``directory`` is
+  removed (no calibration names it any more). "knn" / "knn_z": the bank of
+  ``waves`` (``fit_from_clips``; ``heldout_waves`` choose k when ``neighbors``
+  is ``AUTO``), saved atomically, and ``(NormalizedScorer, bank)``.
+  """
+  path = os.path.join(directory, FILE_NAME)
+  if kind == "none":
+    if os.path.exists(path):
+      os.remove(path)
+    return scorer, None
+  normalizer = fit_from_clips(scorer, params, waves, neighbors=neighbors, kind=kind,
+                              names=names, heldout_waves=heldout_waves)
+  normalizer.save(path)
+  return NormalizedScorer(scorer, normalizer), normalizer

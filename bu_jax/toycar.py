@@ -351,25 +351,20 @@ def _normalize(settings: Settings, scorer, params, data: Data, out_dir: str) -> 
     "frames": N, "file": name}`` or ``{"kind": "none"}``, goes into
     results.json and (``_store_threshold``) the calibration.
   """
-  path = os.path.join(out_dir, score_norm.FILE_NAME)
-  if settings.score_normalization == "none":
-    if os.path.exists(path):
-      os.remove(path)
-    return scorer, {"kind": "none"}
   t0 = time.perf_counter()
-  normalizer = score_norm.fit_from_clips(scorer, params, data.fit_waves,
-                                         neighbors=settings.normalization_neighbors,
-                                         kind=settings.score_normalization,
-                                         heldout_waves=data.heldout_waves)
-  normalizer.save(path)
-  logging.info("%s fitted in %.1f s, saved to %s", normalizer.describe(),
-               time.perf_counter() - t0, path)
+  scorer, normalizer = score_norm.prepare(
+      scorer, params, data.fit_waves, kind=settings.score_normalization,
+      neighbors=settings.normalization_neighbors, directory=out_dir,
+      heldout_waves=data.heldout_waves)
+  if normalizer is None:
+    return scorer, {"kind": "none"}
+  logging.info("%s fitted and saved in %.1f s", normalizer.describe(), time.perf_counter() - t0)
   record = {"kind": normalizer.kind, "neighbors": normalizer.neighbors,
             "frames": normalizer.frames, "file": score_norm.FILE_NAME}
   if normalizer.choice is not None:  # k chosen from the held-out clips
     record["neighbors_heldout_log_density"] = {
         str(k): round(v, 4) for k, v in normalizer.choice.items()}
-  return score_norm.NormalizedScorer(scorer, normalizer), record
+  return scorer, record
 
 
 def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: str,

@@ -131,11 +131,16 @@ def test_missing_or_corrupt_file_is_an_error_naming_it(tmp_path):
     score_norm.load_local_normalizer(lacking)
 
 
-def test_normalized_scorer_and_fit_from_clips():
+def _tiny_scorer():
+  """A small untrained FCN AE's feature config, FrameScorer and parameters."""
   cfg = features.FeatureConfig(n_mels=8, context=2)
   model = models.FCNAutoencoder(dim=cfg.dim, hidden_layers=1, units=16, bottleneck=4)
   params = model.init(jax.random.key(0), jnp.zeros((1, cfg.dim)))["params"]
-  scorer = frame_scores.FrameScorer(model, cfg)
+  return cfg, frame_scores.FrameScorer(model, cfg), params
+
+
+def test_normalized_scorer_and_fit_from_clips():
+  cfg, scorer, params = _tiny_scorer()
   rng = np.random.default_rng(0)
   waves = [(0.2 * rng.standard_normal(8000 + 100 * i)).astype(np.float32) for i in range(3)]
   norm = score_norm.fit_from_clips(scorer, params, waves, neighbors=5)
@@ -281,10 +286,7 @@ def test_choose_neighbors_bad_input():
 
 
 def test_fit_from_clips_chooses_k_on_the_heldout_clips():
-  cfg = features.FeatureConfig(n_mels=8, context=2)
-  model = models.FCNAutoencoder(dim=cfg.dim, hidden_layers=1, units=16, bottleneck=4)
-  params = model.init(jax.random.key(0), jnp.zeros((1, cfg.dim)))["params"]
-  scorer = frame_scores.FrameScorer(model, cfg)
+  _, scorer, params = _tiny_scorer()
   rng = np.random.default_rng(0)
   waves = [(0.2 * rng.standard_normal(16000)).astype(np.float32) for _ in range(4)]
   norm = score_norm.fit_from_clips(scorer, params, waves[:3], neighbors=score_norm.AUTO,
