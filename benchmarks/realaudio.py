@@ -18,11 +18,12 @@ The rare-normal labels (``metadata.csv``) are read for evaluation only; no
 setting is chosen from them. ``--from_results`` only reads the seeds'
 finished ``results.json`` files and prints the lines and the table.
 
-``--score_normalization=knn`` or ``knn_z`` (with ``--normalization_neighbors``)
-is passed to every toy-car run: on a finished benchmark workdir the same command
-with it only re-evaluates every seed with normalized scores (``bu_jax.score_norm``),
-rewriting each seed's ``results.json``; without it (``none``) they are
-re-evaluated on raw scores again.
+``--score_normalization=none``, ``knn``, ``knn_z`` or ``auto`` (with
+``--normalization_neighbors``) is passed to every toy-car run: on a finished
+benchmark workdir the same command with it only re-evaluates every seed
+(``bu_jax.score_norm``), rewriting each seed's ``results.json``; without it the
+preset's setting applies (``cpu``: auto, i.e. raw or knn_z scores by the
+pseudo-anomaly AUC).
 
 ``--select_from=W1,W2,...`` applies the README's label-free rule to finished
 benchmark workdirs (the same models evaluated with different settings, e.g.
@@ -90,11 +91,13 @@ def main():
                       help="only summarize the seeds' finished results.json files")
   parser.add_argument("--kde_memory", type=int, default=None)
   parser.add_argument("--kde_exclude", default=None, choices=["none", "segment"])
-  parser.add_argument("--score_normalization", default="none",
-                      choices=["none", *score_norm.KINDS],
-                      help="toycar's --score_normalization (evaluation only)")
-  parser.add_argument("--normalization_neighbors", type=int, default=10,
-                      help="toycar's --normalization_neighbors (evaluation only)")
+  parser.add_argument("--score_normalization", default=None,
+                      choices=["none", score_norm.AUTO_KIND, *score_norm.KINDS],
+                      help="toycar's --score_normalization (evaluation only; default: the "
+                      "preset's)")
+  parser.add_argument("--normalization_neighbors", type=int, default=None,
+                      help="toycar's --normalization_neighbors (evaluation only; default: "
+                      "the preset's)")
   parser.add_argument("--select_from", default=None,
                       help="comma-separated finished benchmark workdirs: per seed and method, "
                       "keep the one with the lowest held-out max / median (label-free)")
@@ -138,6 +141,7 @@ def main():
              train_seconds=results[method].get("train_seconds"),
              score_normalization=results[method].get("score_normalization", {}).get("kind"),
              heldout_max_over_median=results[method].get("heldout_max_over_median"),
+             pseudo_anomaly_auc=results[method].get("pseudo_anomaly_auc"),
              **{k: results[method][k] for k in ("selected_from",) if k in results[method]},
              **values)
         store = collected.setdefault((method, condition), {k: [] for k in METRICS})

@@ -109,14 +109,20 @@ class Settings(cli.TrainingSettings):
       "--normalization_neighbors nearest training frames in code space (as "
       "experiments.toycar; the threshold is then fitted on every tenth training clip, "
       "left out of the bank). Evaluation only.")
-  normalization_neighbors: int = cli.setting(
-      10, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z: the "
-      "k under which the held-out tenth's frames are most likely). Evaluation only.")
+  normalization_neighbors: Optional[int] = cli.setting(
+      None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z: "
+      "the k under which the held-out tenth's frames are most likely). Evaluation only. "
+      "Default: 0 for knn_z, 10 for knn.")
   synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
 
   def __post_init__(self):
     super().__post_init__()
-    score_norm.check_setting(self.score_normalization, self.normalization_neighbors)
+    score_norm.check_setting(self.score_normalization, self.neighbors)
+
+  @property
+  def neighbors(self) -> int:
+    """k of the normalization (``score_norm.resolve_neighbors``)."""
+    return score_norm.resolve_neighbors(self.score_normalization, self.normalization_neighbors)
 
   def train_config(self, loss: str, num_devices: int) -> train_lib.TrainConfig:
     return super().train_config(loss, mixtures_per_step=self.mixtures_per_step or num_devices)
@@ -242,7 +248,7 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
   held_clips = [c for i, c in enumerate(train_clips) if i in held]
   scorer, normalizer = score_norm.prepare(
       scorer, params, [c.wave for c in bank], kind=kind,
-      neighbors=settings.normalization_neighbors, directory=model_dir,
+      neighbors=settings.neighbors, directory=model_dir,
       heldout_waves=[c.wave for c in held_clips], names=[c.path for c in bank])
   if normalizer is None:
     return scorer, None, list(train_clips)
@@ -540,7 +546,7 @@ def run(settings: Settings) -> dict:
              "score_normalization": {"kind": settings.score_normalization} if
              settings.score_normalization == "none" else {
                  "kind": settings.score_normalization,
-                 "neighbors": settings.normalization_neighbors, "file": score_norm.FILE_NAME}}
+                 "neighbors": settings.neighbors, "file": score_norm.FILE_NAME}}
     if chosen_neighbors[loss]:
       entry["score_normalization"]["neighbors_chosen"] = chosen_neighbors[loss]
     for set_name in ("dev", "eval"):

@@ -54,6 +54,7 @@ FILE_NAME = "score_normalizer.npz"
 _RELATIVE_FLOOR = 1e-6  # times the median bank score
 _ABSOLUTE_FLOOR = 1e-12  # when every bank score is 0
 AUTO = 0  # --normalization_neighbors=0: k chosen by ``choose_neighbors``
+AUTO_KIND = "auto"  # experiments.toycar: "none" or KIND_Z, by the pseudo-anomaly AUC
 CANDIDATES = (5, 10, 20, 40, 80, 160)  # the k that ``choose_neighbors`` tries
 _SPREAD_FLOOR = 1e-3  # the smallest local sigma of ln A (neighbours of equal scores)
 _MAX_EXPONENT = 80.0  # |sigma_ref * z| is clipped here: exp stays finite in float32
@@ -90,20 +91,28 @@ def _check_bank(codes: np.ndarray, scores: np.ndarray, neighbors: int, *,
                      f"{float(scores.min())}")
 
 
+def resolve_neighbors(kind: str, neighbors: Optional[int]) -> int:
+  """``--normalization_neighbors`` as given, else its default: ``AUTO`` (k chosen on
+  the held-out clips) for knn_z and auto, 10 for knn (and unused "none")."""
+  if neighbors is not None:
+    return neighbors
+  return AUTO if kind in (KIND_Z, AUTO_KIND) else 10
+
+
 def check_setting(kind: str, neighbors: int) -> None:
   """The rule of ``--score_normalization`` and ``--normalization_neighbors`` that
-  the experiments' settings share ("none" or a kind; knn_z needs k >= 2, or 0:
-  k chosen by ``choose_neighbors``).
+  the experiments' settings share ("none", a kind or "auto"; knn_z and auto's
+  knn_z need k >= 2, or 0: k chosen by ``choose_neighbors``).
 
   Raises:
     ValueError: naming both flags.
   """
   if neighbors == AUTO:
-    if kind != KIND_Z:
+    if kind not in (KIND_Z, AUTO_KIND):
       raise ValueError("--normalization_neighbors=0 (chosen from the held-out clips) applies "
-                       f"to --score_normalization=knn_z only, got {kind}")
-  elif kind == KIND_Z and neighbors < 2:
-    raise ValueError("--score_normalization=knn_z needs --normalization_neighbors >= 2 "
+                       f"to --score_normalization=knn_z or auto only, got {kind}")
+  elif kind in (KIND_Z, AUTO_KIND) and neighbors < 2:
+    raise ValueError(f"--score_normalization={kind} needs --normalization_neighbors >= 2 "
                      f"(a spread of scores) or 0 (chosen), got {neighbors}")
 
 

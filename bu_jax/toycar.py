@@ -53,6 +53,7 @@ from bu_jax import reference as reference_lib
 from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import frame_scores
+from bu_jax import pseudo_anomaly
 from bu_jax import runner
 from bu_jax import score_norm
 from bu_jax import synthetic
@@ -73,7 +74,8 @@ PRESETS = {
     # band-width chosen per batch (kde.contrast_sigma).
     "cpu": dict(model="fcn40-small", epochs=CPU_EPOCHS, steps_per_epoch=100,
                 decay_start_epoch=CPU_EPOCHS // 2, learning_rate=1e-3, steps_per_call=10,
-                standardize_input=True, bandwidth="contrast"),
+                standardize_input=True, bandwidth="contrast",
+                score_normalization=score_norm.AUTO_KIND),
 }
 
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
@@ -130,23 +132,30 @@ class Settings(cli.TrainingSettings):
   reference_components: int = cli.setting(
       16, minimum=0, help="Components of the PCA reference detector reported next to the "
       "AEs by --loss=all (0: none).")
-  score_normalization: str = cli.setting(
-      "none", choices=("none",) + score_norm.KINDS,
+  score_normalization: Optional[str] = cli.setting(
+      None, choices=("none", score_norm.AUTO_KIND) + score_norm.KINDS,
       help="knn: divide each frame score by the mean score of its --normalization_neighbors "
       "nearest training frames in the model's code space; knn_z: the local z-score of the "
       "log score among them, on knn's scale (label-free; fitted on the non-held-out "
-      "training clips, stored with the model, applied by experiments.score). "
-      "Evaluation only.")
-  normalization_neighbors: int = cli.setting(
-      10, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z: the "
-      "k of 5, 10, ..., 160 under which the held-out normal clips' frames are most likely). "
-      "Evaluation only.")
+      "training clips, stored with the model, applied by experiments.score); auto: none or "
+      "knn_z, whichever gives the higher pseudo-anomaly AUC (held-out clips with "
+      "something-else sounds mixed in). Evaluation only. Default: the preset's, else none.")
+  normalization_neighbors: Optional[int] = cli.setting(
+      None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z "
+      "and auto: the k of 5, 10, ..., 160 under which the held-out normal clips' frames are "
+      "most likely). Evaluation only. Default: 0 for knn_z and auto, 10 for knn.")
 
   def __post_init__(self):
     super().__post_init__()
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
-    score_norm.check_setting(self.score_normalization, self.normalization_neighbors)
+    score_norm.check_setting(*self.normalization())
+
+  def normalization(self) -> tuple[str, int]:
+    """``(--score_normalization, --normalization_neighbors)``: the kind of the flag,
+    else the preset's, else "none"; k as ``score_norm.resolve_neighbors`` says."""
+    kind = self.resolved("score_normalization") or "none"
+    return kind, score_norm.resolve_neighbors(kind, self.normalization_neighbors)
 
   def model_preset(self) -> models_lib.ModelPreset:
     """The AE preset, with input standardization when configured."""
@@ -167,6 +176,7 @@ class Data:
   heldout_paths: list
   something_else: list
   description: dict
+  pseudo_waves: list = dataclasses.field(default_factory=list)  # pseudo_anomaly.mix
 
 
 def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
@@ -212,6 +222,13 @@ def load_data(settings: Settings) -> Data:
                     if something_else_dir else [])
   if needs_clips and not something_else:
     raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s)")
+  heldout_waves = [dataset.train[i] for i in held]
+  # Label-free: the held-out clips with something-else sounds mixed in.
+  pseudo = (pseudo_anomaly.mix(heldout_waves, something_else, seed=settings.data_seed)
+            if something_else else [])
+  if settings.normalization()[0] == score_norm.AUTO_KIND and not pseudo:
+    raise data_lib.DataError("--score_normalization=auto needs --something_else_dir (its "
+                             "sounds make the pseudo-anomalies that choose the normalization)")
   labels = [c.label for c in dataset.test]
   description = {
       "data_dir": os.path.abspath(data_dir), "layout": dataset.layout,
@@ -221,12 +238,14 @@ def load_data(settings: Settings) -> Data:
       "test_rare_normal": int(sum(1 for c in dataset.test if c.label == 0 and c.rare)),
       "conditions": sorted({c.condition for c in dataset.test}),
       "something_else_clips": len(something_else),
+      "pseudo_anomalies": {"clips": len(pseudo), "anr_db": pseudo_anomaly.ANR_DB,
+                           "per_heldout_clip": pseudo_anomaly.PER_CLIP} if pseudo else None,
   }
   logging.info("data: %s", description)
   return Data(dataset=dataset, fit_waves=[dataset.train[i] for i in fit],
-              heldout_waves=[dataset.train[i] for i in held],
+              heldout_waves=heldout_waves,
               heldout_paths=[dataset.train_paths[i] for i in held],
-              something_else=something_else, description=description)
+              something_else=something_else, description=description, pseudo_waves=pseudo)
 
 
 # Raised by ``train_one`` (``runner.train_or_resume``, ``runner.check_resumable``).
@@ -338,8 +357,9 @@ def _score_clips(scorer, params, waves_and_names, *, reduce: str) -> tuple[list,
   return frames, np.asarray(scores, dtype=np.float64)
 
 
-def _normalize(settings: Settings, scorer, params, data: Data, out_dir: str) -> tuple[Any, dict]:
-  """``scorer`` with ``settings.score_normalization`` applied, and its record.
+def _normalize(scorer, params, data: Data, out_dir: str, *, kind: str,
+               neighbors: int) -> tuple[Any, dict]:
+  """``scorer`` with score normalization ``kind`` applied, and its record.
 
   "knn", "knn_z": fits a ``score_norm.LocalNormalizer`` on the interior frames of
   ``data.fit_waves`` (the training clips that are not held out) and saves it
@@ -353,8 +373,7 @@ def _normalize(settings: Settings, scorer, params, data: Data, out_dir: str) -> 
   """
   t0 = time.perf_counter()
   scorer, normalizer = score_norm.prepare(
-      scorer, params, data.fit_waves, kind=settings.score_normalization,
-      neighbors=settings.normalization_neighbors, directory=out_dir,
+      scorer, params, data.fit_waves, kind=kind, neighbors=neighbors, directory=out_dir,
       heldout_waves=data.heldout_waves)
   if normalizer is None:
     return scorer, {"kind": "none"}
@@ -367,15 +386,50 @@ def _normalize(settings: Settings, scorer, params, data: Data, out_dir: str) -> 
   return scorer, record
 
 
+def _heldout_check(settings: Settings, scorer, params, data: Data) -> tuple[np.ndarray, Any]:
+  """The held-out normal clips' scores, and the pseudo-anomaly AUC (``pseudo_anomaly``;
+  None without something-else sounds): everything label-free a run knows of a scorer."""
+  _, held = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths),
+                         reduce=settings.reduce)
+  if not data.pseudo_waves:
+    return held, None
+  names = (f"pseudo-anomaly {i}" for i in range(len(data.pseudo_waves)))
+  _, pseudo = _score_clips(scorer, params, zip(data.pseudo_waves, names),
+                           reduce=settings.reduce)
+  return held, pseudo_anomaly.auc(held, pseudo)
+
+
+def _choose_normalization(settings: Settings, scorer, params, data: Data, out_dir: str
+                          ) -> tuple[Any, dict, np.ndarray, Any]:
+  """The scorer to evaluate, its normalization record, held-out scores and
+  pseudo-anomaly AUC. With "auto": raw scores or knn_z, whichever has the higher
+  pseudo-anomaly AUC (raw on ties); the record's ``pseudo_anomaly_auc`` holds both."""
+  kind, neighbors = settings.normalization()
+  if kind != score_norm.AUTO_KIND:
+    scorer, record = _normalize(scorer, params, data, out_dir, kind=kind, neighbors=neighbors)
+    return (scorer, record, *_heldout_check(settings, scorer, params, data))
+  tried = {}
+  for candidate in ("none", score_norm.KIND_Z):  # knn_z last: its bank stays if it wins
+    normalized, record = _normalize(scorer, params, data, out_dir, kind=candidate,
+                                    neighbors=neighbors)
+    tried[candidate] = (normalized, record, *_heldout_check(settings, normalized, params, data))
+  best = max(tried, key=lambda c: tried[c][3])  # the first maximum: "none" on ties
+  if best == "none":
+    _normalize(scorer, params, data, out_dir, kind="none", neighbors=neighbors)  # drop bank
+  normalized, record, held, pseudo = tried[best]
+  record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
+      c: round(t[3], 4) for c, t in tried.items()}})
+  return normalized, record, held, pseudo
+
+
 def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: str,
                      feature_config) -> tuple[dict, dict]:
   """Held-out threshold (eq. 4), test clip scores (eq. 11), metrics and CSVs of one
   detector: an AE's ``FrameScorer`` or the PCA reference, evaluated the same way,
-  on scores normalized as ``settings.score_normalization`` says (``_normalize``)."""
+  on scores normalized as ``settings.normalization()`` says (``_choose_normalization``)."""
   os.makedirs(out_dir, exist_ok=True)
-  scorer, normalization = _normalize(settings, scorer, params, data, out_dir)
-  _, held_scores = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths),
-                                reduce=settings.reduce)
+  scorer, normalization, held_scores, pseudo_auc = _choose_normalization(
+      settings, scorer, params, data, out_dir)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
   frames, clip_scores = _score_clips(scorer, params, ((c.wave, c.path) for c in test),
@@ -384,6 +438,7 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
   results["heldout_max_over_median"] = evaluate.heldout_spread(held_scores)
+  results["pseudo_anomaly_auc"] = pseudo_auc
   results["score_normalization"] = normalization
   fileio.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
@@ -525,6 +580,8 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
       f"{_num(r.get('fpr_rare')):>10}{'':>11}" for r in rare))
   lines.append(f"{'held-out max/median':<{width}}" + "".join(  # label-free, lower = more even
       f"{_num(results[m].get('heldout_max_over_median')):>10}{'':>11}" for m in methods))
+  lines.append(f"{'pseudo-anomaly AUC':<{width}}" + "".join(  # label-free, higher = better
+      f"{_num(results[m].get('pseudo_anomaly_auc')):>10}{'':>11}" for m in methods))
   return "\n".join(lines)
 
 

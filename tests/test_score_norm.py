@@ -296,6 +296,6 @@ def test_fit_from_clips_chooses_k_on_the_heldout_clips():
   assert (norm.neighbors, norm.choice) == score_norm.choose_neighbors(first, *held)
   with pytest.raises(ValueError, match="needs held-out normal clips"):
     score_norm.fit_from_clips(scorer, params, waves[:3], neighbors=0, kind="knn_z")
-  with pytest.raises(ValueError, match="applies to --score_normalization=knn_z only"):
+  with pytest.raises(ValueError, match="applies to --score_normalization=knn_z or auto only"):
     score_norm.fit_from_clips(scorer, params, waves[:3], neighbors=0, kind="knn",
                               heldout_waves=waves[3:])

@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (dict(normalization_neighbors=-1), r"--normalization_neighbors must be >= 0, got -1"),
     (dict(normalization_neighbors=0, score_normalization="knn"),
      r"--normalization_neighbors=0 \(chosen from the held-out clips\) applies to "
-     r"--score_normalization=knn_z only, got knn"),
+     r"--score_normalization=knn_z or auto only, got knn"),
     (dict(score_normalization="pca"), r"--score_normalization must be one of"),
     (dict(score_normalization="knn_z", normalization_neighbors=1),
      r"--score_normalization=knn_z needs --normalization_neighbors >= 2"),
@@ -186,6 +186,71 @@ def test_knn_normalization_is_an_evaluation_setting(knn_run, tiny_data, tmp_path
   assert results["re"]["score_normalization"] == {"kind": "none"}
   assert not (workdir / "re" / "score_normalizer.npz").exists()
   assert "score_normalization" not in checkpoint.read_metadata(str(workdir / "re"))
+
+
+@pytest.mark.parametrize("preset, overrides, expected", [
+    ("cpu", {}, ("auto", 0)),  # the preset's: raw or knn_z, k chosen
+    ("cpu", dict(score_normalization="knn"), ("knn", 10)),
+    ("cpu", dict(score_normalization="none"), ("none", 10)),
+    ("demo", {}, ("none", 10)),
+    ("demo", dict(score_normalization="knn_z"), ("knn_z", 0)),
+    ("demo", dict(score_normalization="auto", normalization_neighbors=7), ("auto", 7)),
+])
+def test_normalization_defaults(preset, overrides, expected):
+  assert toycar.Settings(workdir="unused", preset=preset, **overrides).normalization() == expected
+
+
+def test_auto_normalization_needs_something_else_sounds(tiny_data, tmp_path):
+  from bu_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  settings = _settings(tmp_path / "w", tiny_data, something_else_dir=None,
+                       score_normalization="auto")
+  with pytest.raises(data_lib.DataError, match="auto needs --something_else_dir"):
+    toycar.load_data(settings)
+
+
+def test_auto_normalization_keeps_the_higher_pseudo_anomaly_auc(finished_run, tiny_data,
+                                                               tmp_path):
+  """auto evaluates raw and knn_z scores (k chosen) and keeps the one whose pseudo-anomaly
+  AUC is higher, raw on ties; the record names both AUCs, as separate runs measure them."""
+  from bu_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = _copy(finished_run, tmp_path)
+  measured = {kind: toycar.run(_settings(workdir, tiny_data, score_normalization=kind))["re"]
+              for kind in ("none", "knn_z")}
+  results = toycar.run(_settings(workdir, tiny_data, score_normalization="auto"))["re"]
+  chosen_by = results["score_normalization"]["chosen_by"]
+  assert chosen_by == {"rule": "pseudo_anomaly_auc", **{
+      k: round(m["pseudo_anomaly_auc"], 4) for k, m in measured.items()}}
+  best = ("knn_z" if measured["knn_z"]["pseudo_anomaly_auc"] >
+          measured["none"]["pseudo_anomaly_auc"] else "none")
+  assert results["score_normalization"]["kind"] == best
+  assert results["auc"] == measured[best]["auc"]
+  assert results["pseudo_anomaly_auc"] == measured[best]["pseudo_anomaly_auc"]
+  assert (workdir / "re" / "score_normalizer.npz").exists() == (best == "knn_z")
+  meta = checkpoint.read_metadata(str(workdir / "re"))
+  assert meta.get("score_normalization", {"kind": "none"})["kind"] == best
+
+
+@pytest.mark.parametrize("winner", ["none", "knn_z"])
+def test_auto_normalization_stores_what_it_chose(winner, tiny_data, tmp_path, monkeypatch):
+  """Whichever candidate wins, its bank (or none) is what the run leaves for
+  experiments.score; a tie keeps raw scores."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  settings = _settings(tmp_path / "w", tiny_data, losses=("re", "snp"), reference_components=3,
+                       score_normalization="auto")
+  data = toycar.load_data(settings)
+  auc = {"none": 0.8, "knn_z": 0.9 if winner == "knn_z" else 0.8}
+
+  def check(settings, scorer, params, data):  # raw scorers have no normalizer
+    del settings, params, data
+    return np.ones(2), auc["knn_z" if hasattr(scorer, "normalizer") else "none"]
+
+  monkeypatch.setattr(toycar, "_heldout_check", check)
+  config = settings.train_config("re").feature_config
+  results, _ = toycar.evaluate_reference(settings, config, data)
+  assert results["score_normalization"]["kind"] == winner
+  assert results["score_normalization"]["chosen_by"] == {"rule": "pseudo_anomaly_auc", **auc}
+  assert results["pseudo_anomaly_auc"] == auc[winner]
+  assert (tmp_path / "w" / "pca" / "score_normalizer.npz").exists() == (winner == "knn_z")
 
 
 def test_mismatch_message_lists_the_normalization_flags(finished_run, tiny_data, tmp_path):
