@@ -108,6 +108,7 @@ def main():
                  "(bash ../shared/realaudio-dev/build.sh /tmp/realaudio-dev)")
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   collected: dict[tuple[str, str], dict[str, list[float]]] = {}
+  label_free: dict[str, dict[str, list]] = {}  # per method: pseudo-AUCs, kinds evaluated
   methods = None
   for seed in seeds:
     workdir = os.path.join(args.workdir, args.preset, f"seed{seed}")
@@ -136,6 +137,10 @@ def main():
       results = toycar.run(settings)
     methods = [m for m in ("re", "snp", "bu", toycar.REFERENCE) if m in results]
     for method in methods:
+      store = label_free.setdefault(method, {"pseudo": [], "kinds": []})
+      if results[method].get("pseudo_anomaly_auc") is not None:
+        store["pseudo"].append(results[method]["pseudo_anomaly_auc"])
+      store["kinds"].append(results[method].get("score_normalization", {}).get("kind", "none"))
       for condition, values in _rows(results, method).items():
         emit(method=method, condition=condition, seed=seed, preset=args.preset,
              train_seconds=results[method].get("train_seconds"),
@@ -169,6 +174,12 @@ def main():
           rec = summary.get((m, condition), {})
           cells.append(f"{rec[k]:.3f} ± {rec[k + '_std']:.3f}" if k in rec else "")
         print(f"| {k}, {condition} | " + " | ".join(cells) + " |")
+    print("| pseudo-anomaly AUC (label-free) | " + " | ".join(
+        f"{np.mean(label_free[m]['pseudo']):.3f}" if label_free[m]["pseudo"] else ""
+        for m in methods) + " |")
+    print("| scores evaluated | " + " | ".join(
+        ", ".join(f"{k} {label_free[m]['kinds'].count(k)}/{len(label_free[m]['kinds'])}"
+                  for k in dict.fromkeys(label_free[m]["kinds"])) for m in methods) + " |")
 
 
 if __name__ == "__main__":

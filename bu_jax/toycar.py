@@ -22,7 +22,9 @@ divided by the mean score of its k nearest training frames in the model's code
 space; with "knn_z" it is the local z-score of its log score among them, on
 knn's scale (``bu_jax.score_norm``; the bank, fitted on the training clips that are
 not held out, is saved as ``<loss>/score_normalizer.npz`` and named in the
-calibration, so ``experiments.score`` applies it too). The threshold phi of
+calibration, so ``experiments.score`` applies it too); "auto" keeps raw or
+knn_z scores, whichever gives the held-out clips' pseudo-anomalies
+(``bu_jax.pseudo_anomaly``) the higher AUC. The threshold phi of
 eq. (4) is the 0.9 quantile of a gamma distribution fitted to the clip scores
 of held-out normal *training* clips (never seen in training, nor in the test
 set), as the DCASE baselines do; it is stored with the final checkpoint for
@@ -557,7 +559,7 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
   """AUC / pAUC per condition and method (like the paper's Figure 4), then the
   rare-normal rows: AUC against rare / frequent normals, rare-vs-frequent AUC
   (0.5: no bias), the false-positive rates at phi, and the label-free
-  held-out max / median (``evaluate.heldout_spread``)."""
+  held-out max / median (``evaluate.heldout_spread``) and pseudo-anomaly AUC."""
   conds = [c for c in results[methods[0]]["auc"] if c != "mean"] + ["mean"]
   width = max([22] + [len(c) + 2 for c in conds])
   head = f"{'condition':<{width}}" + "".join(
