@@ -178,7 +178,8 @@ class Data:
   heldout_paths: list
   something_else: list
   description: dict
-  pseudo_waves: list = dataclasses.field(default_factory=list)  # pseudo_anomaly.mix
+  # ANR (dB) -> pseudo_anomaly.mix of the held-out clips at that ANR
+  pseudo_waves: dict = dataclasses.field(default_factory=dict)
 
 
 def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
@@ -226,8 +227,9 @@ def load_data(settings: Settings) -> Data:
     raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s)")
   heldout_waves = [dataset.train[i] for i in held]
   # Label-free: the held-out clips with something-else sounds mixed in.
-  pseudo = (pseudo_anomaly.mix(heldout_waves, something_else, seed=settings.data_seed)
-            if something_else else [])
+  pseudo = ({anr: pseudo_anomaly.mix(heldout_waves, something_else, anr_db=anr,
+                                     seed=settings.data_seed) for anr in settings.anrs_db}
+            if something_else else {})
   if settings.normalization()[0] == score_norm.AUTO_KIND and not pseudo:
     raise data_lib.DataError("--score_normalization=auto needs --something_else_dir (its "
                              "sounds make the pseudo-anomalies that choose the normalization)")
@@ -240,8 +242,8 @@ def load_data(settings: Settings) -> Data:
       "test_rare_normal": int(sum(1 for c in dataset.test if c.label == 0 and c.rare)),
       "conditions": sorted({c.condition for c in dataset.test}),
       "something_else_clips": len(something_else),
-      "pseudo_anomalies": {"clips": len(pseudo), "anr_db": pseudo_anomaly.ANR_DB,
-                           "per_heldout_clip": pseudo_anomaly.PER_CLIP} if pseudo else None,
+      "pseudo_anomalies": {"anrs_db": list(pseudo), "per_heldout_clip": pseudo_anomaly.PER_CLIP,
+                           "clips_per_anr": n_held * pseudo_anomaly.PER_CLIP} if pseudo else None,
   }
   logging.info("data: %s", description)
   return Data(dataset=dataset, fit_waves=[dataset.train[i] for i in fit],
@@ -388,17 +390,21 @@ def _normalize(scorer, params, data: Data, out_dir: str, *, kind: str,
   return scorer, record
 
 
-def _heldout_check(settings: Settings, scorer, params, data: Data) -> tuple[np.ndarray, Any]:
-  """The held-out normal clips' scores, and the pseudo-anomaly AUC (``pseudo_anomaly``;
-  None without something-else sounds): everything label-free a run knows of a scorer."""
+def _heldout_check(settings: Settings, scorer, params, data: Data
+                   ) -> tuple[np.ndarray, Optional[dict]]:
+  """The held-out normal clips' scores, and the pseudo-anomaly AUC per ANR and
+  their mean (``pseudo_anomaly``; None without something-else sounds):
+  everything label-free a run knows of a scorer."""
   _, held = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths),
                          reduce=settings.reduce)
   if not data.pseudo_waves:
     return held, None
-  names = (f"pseudo-anomaly {i}" for i in range(len(data.pseudo_waves)))
-  _, pseudo = _score_clips(scorer, params, zip(data.pseudo_waves, names),
-                           reduce=settings.reduce)
-  return held, pseudo_anomaly.auc(held, pseudo)
+  by_anr = {}
+  for anr, waves in data.pseudo_waves.items():
+    names = (f"pseudo-anomaly {i} at {anr:g} dB" for i in range(len(waves)))
+    _, pseudo = _score_clips(scorer, params, zip(waves, names), reduce=settings.reduce)
+    by_anr[f"{anr:g}dB"] = pseudo_anomaly.auc(held, pseudo)
+  return held, {"mean": float(np.mean(list(by_anr.values()))), **by_anr}
 
 
 def _choose_normalization(settings: Settings, scorer, params, data: Data, out_dir: str
@@ -415,12 +421,12 @@ def _choose_normalization(settings: Settings, scorer, params, data: Data, out_di
     normalized, record = _normalize(scorer, params, data, out_dir, kind=candidate,
                                     neighbors=neighbors)
     tried[candidate] = (normalized, record, *_heldout_check(settings, normalized, params, data))
-  best = max(tried, key=lambda c: tried[c][3])  # the first maximum: "none" on ties
+  best = max(tried, key=lambda c: tried[c][3]["mean"])  # the first maximum: "none" on ties
   if best == "none":
     _normalize(scorer, params, data, out_dir, kind="none", neighbors=neighbors)  # drop bank
   normalized, record, held, pseudo = tried[best]
   record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
-      c: round(t[3], 4) for c, t in tried.items()}})
+      c: round(t[3]["mean"], 4) for c, t in tried.items()}})
   return normalized, record, held, pseudo
 
 
@@ -440,7 +446,8 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
   results["heldout_max_over_median"] = evaluate.heldout_spread(held_scores)
-  results["pseudo_anomaly_auc"] = pseudo_auc
+  results["pseudo_anomaly_auc"] = None if pseudo_auc is None else pseudo_auc["mean"]
+  results["pseudo_anomaly_auc_by_anr"] = pseudo_auc
   results["score_normalization"] = normalization
   fileio.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,

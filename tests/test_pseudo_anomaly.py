@@ -49,4 +49,4 @@ def test_a_louder_mixture_is_found_by_an_energy_detector_and_auc_is_oriented():
 ])
 def test_bad_input_is_named(normals, sounds, kw, message):
   with pytest.raises(ValueError, match=message):
-    pseudo_anomaly.mix(normals, sounds, **kw)
+    pseudo_anomaly.mix(normals, sounds, anr_db=-20.0, **kw)

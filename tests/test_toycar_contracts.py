@@ -226,6 +226,9 @@ def test_auto_normalization_keeps_the_higher_pseudo_anomaly_auc(finished_run, ti
   assert results["auc"] == measured[best]["auc"]
   assert results["pseudo_anomaly_auc"] == measured[best]["pseudo_anomaly_auc"]
   assert (workdir / "re" / "score_normalizer.npz").exists() == (best == "knn_z")
+  by_anr = results["pseudo_anomaly_auc_by_anr"]  # one AUC per ANR of the run, and the mean
+  assert set(by_anr) == {"mean", "-10dB", "-15dB", "-20dB"}
+  assert by_anr["mean"] == pytest.approx(sum(v for k, v in by_anr.items() if k != "mean") / 3)
   meta = checkpoint.read_metadata(str(workdir / "re"))
   assert meta.get("score_normalization", {"kind": "none"})["kind"] == best
 
@@ -242,7 +245,7 @@ def test_auto_normalization_stores_what_it_chose(winner, tiny_data, tmp_path, mo
 
   def check(settings, scorer, params, data):  # raw scorers have no normalizer
     del settings, params, data
-    return np.ones(2), auc["knn_z" if hasattr(scorer, "normalizer") else "none"]
+    return np.ones(2), {"mean": auc["knn_z" if hasattr(scorer, "normalizer") else "none"]}
 
   monkeypatch.setattr(toycar, "_heldout_check", check)
   config = settings.train_config("re").feature_config
