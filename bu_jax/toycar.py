@@ -72,12 +72,11 @@ PRESETS = {
     "demo": dict(model="fcn40-small", epochs=12, steps_per_epoch=100,
                  decay_start_epoch=6, learning_rate=1e-3, steps_per_call=10),
     # Real recordings on a 2-core CPU (< 8 min per loss): the AE on inputs
-    # standardized with training statistics, a longer schedule, and BU's
-    # band-width chosen per batch (kde.contrast_sigma).
+    # standardized with training statistics, a longer schedule, the paper's
+    # band-width, and raw or knn_z scores by the pseudo-anomaly AUC ("auto").
     "cpu": dict(model="fcn40-small", epochs=CPU_EPOCHS, steps_per_epoch=100,
                 decay_start_epoch=CPU_EPOCHS // 2, learning_rate=1e-3, steps_per_call=10,
-                standardize_input=True, bandwidth="contrast",
-                score_normalization=score_norm.AUTO_KIND),
+                standardize_input=True, score_normalization=score_norm.AUTO_KIND),
 }
 
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
@@ -94,7 +93,7 @@ class Settings(cli.TrainingSettings):
       "paper", choices=sorted(PRESETS),
       help="paper: section 4.2.2 schedule (GPU/TPU); demo: < 10 min on a 2-core CPU "
       "(embedded set); cpu: real recordings on a 2-core CPU (standardized AE input, longer "
-      "schedule, contrast band-width).")
+      "schedule, scores chosen by --score_normalization=auto).")
   data_dir: Optional[str] = cli.setting(
       None, help="Data set root (DCASE 2020, DCASE 2021+ or the paper's mixing layout); "
       "default: embedded synthetic set.")

@@ -198,10 +198,11 @@ def test_cpu_preset_rare_clips_reference_and_scoring_agree(tmp_path, capsys):
       data_dir=os.path.join(root, "m"), something_else_dir=os.path.join(root, "se"),
       rare_clips=os.path.join(root, "metadata.csv"), epochs=1, steps_per_epoch=4,
       decay_start_epoch=0, segments_per_mixture=2, steps_per_call=2, checkpoint_every=2,
-      progress=False, num_devices=1, reference_components=4)
+      progress=False, num_devices=1, reference_components=4,
+      bandwidth="contrast")  # the option; the preset keeps the paper's
   results = toycar.run(settings)
   out = capsys.readouterr().out
-  assert "rare vs frequent AUC" in out and "PCA AUC" in out
+  assert "rare vs frequent AUC" in out and "PCA AUC" in out and "pseudo-anomaly AUC" in out
   conds = {"test_anr-10dB_id_00", "test_anr-20dB_id_00", "mean"}
   for method in ("re", "bu", "pca"):
     rare = results[method]["rare_normal"]
@@ -211,6 +212,9 @@ def test_cpu_preset_rare_clips_reference_and_scoring_agree(tmp_path, capsys):
     assert (tmp_path / "run" / method / "anomaly_score_test_anr-20dB_id_00.csv").exists()
   assert results["bu"]["train_config"]["bandwidth"] == "contrast"
   assert results["bu"]["train_config"]["model"]["standardize_input"] is True
+  for method in ("re", "bu", "pca"):  # the preset's auto: raw or knn_z, by pseudo-anomalies
+    record = results[method]["score_normalization"]
+    assert record["kind"] in ("none", "knn_z") and record["chosen_by"]["rule"] == "pseudo_anomaly_auc"
   assert (tmp_path / "run" / "training.png").stat().st_size > 1000
   rows = [json.loads(l) for l in open(tmp_path / "run" / "bu" / "metrics.jsonl")]
   base = 1.0 / (2 * 440)

@@ -200,6 +200,11 @@ def test_normalization_defaults(preset, overrides, expected):
   assert toycar.Settings(workdir="unused", preset=preset, **overrides).normalization() == expected
 
 
+def test_cpu_preset_trains_bu_with_the_papers_band_width():
+  config = toycar.Settings(workdir="unused", preset="cpu").train_config("bu")
+  assert config.bandwidth == "fixed" and config.model_preset.standardize_input
+
+
 def test_auto_normalization_needs_something_else_sounds(tiny_data, tmp_path):
   from bu_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   settings = _settings(tmp_path / "w", tiny_data, something_else_dir=None,
