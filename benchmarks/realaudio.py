@@ -137,10 +137,10 @@ def main():
       results = toycar.run(settings)
     methods = [m for m in ("re", "snp", "bu", toycar.REFERENCE) if m in results]
     for method in methods:
-      store = label_free.setdefault(method, {"pseudo": [], "kinds": []})
+      seen = label_free.setdefault(method, {"pseudo": [], "kinds": []})
       if results[method].get("pseudo_anomaly_auc") is not None:
-        store["pseudo"].append(results[method]["pseudo_anomaly_auc"])
-      store["kinds"].append(results[method].get("score_normalization", {}).get("kind", "none"))
+        seen["pseudo"].append(results[method]["pseudo_anomaly_auc"])
+      seen["kinds"].append(results[method].get("score_normalization", {}).get("kind", "none"))
       for condition, values in _rows(results, method).items():
         emit(method=method, condition=condition, seed=seed, preset=args.preset,
              train_seconds=results[method].get("train_seconds"),

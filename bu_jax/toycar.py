@@ -205,6 +205,9 @@ def load_data(settings: Settings) -> Data:
     raise data_lib.DataError(
         "--something_else_dir is required for --loss=snp/bu/all with --data_dir "
         "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
+  if settings.normalization()[0] == score_norm.AUTO_KIND and something_else_dir is None:
+    raise data_lib.DataError("--score_normalization=auto needs --something_else_dir (its "
+                             "sounds make the pseudo-anomalies that choose the normalization)")
   # Read first, so a wrong path fails before minutes of loading.
   rare_labels = data_lib.read_rare_clips(settings.rare_clips) if settings.rare_clips else None
   dataset = data_lib.load_dataset(
@@ -230,8 +233,8 @@ def load_data(settings: Settings) -> Data:
                                      seed=settings.data_seed) for anr in settings.anrs_db}
             if something_else else {})
   if settings.normalization()[0] == score_norm.AUTO_KIND and not pseudo:
-    raise data_lib.DataError("--score_normalization=auto needs --something_else_dir (its "
-                             "sounds make the pseudo-anomalies that choose the normalization)")
+    raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s) "
+                             "for the pseudo-anomalies of --score_normalization=auto")
   labels = [c.label for c in dataset.test]
   description = {
       "data_dir": os.path.abspath(data_dir), "layout": dataset.layout,
@@ -410,7 +413,7 @@ def _choose_normalization(settings: Settings, scorer, params, data: Data, out_di
                           ) -> tuple[Any, dict, np.ndarray, Any]:
   """The scorer to evaluate, its normalization record, held-out scores and
   pseudo-anomaly AUC. With "auto": raw scores or knn_z, whichever has the higher
-  pseudo-anomaly AUC (raw on ties); the record's ``pseudo_anomaly_auc`` holds both."""
+  pseudo-anomaly AUC (raw on ties); the record's ``chosen_by`` holds both AUCs."""
   kind, neighbors = settings.normalization()
   if kind != score_norm.AUTO_KIND:
     scorer, record = _normalize(scorer, params, data, out_dir, kind=kind, neighbors=neighbors)
