@@ -23,7 +23,8 @@ finished ``results.json`` files and prints the lines and the table.
 benchmark workdir the same command with it only re-evaluates every seed
 (``bu_jax.score_norm``), rewriting each seed's ``results.json``; without it the
 preset's setting applies (``cpu``: auto, i.e. raw or knn_z scores by the
-pseudo-anomaly AUC).
+pseudo-anomaly AUC). ``--score_window`` likewise (``cpu``: 0, the clip-score
+window chosen by the same AUC; 1: eq. 11).
 
 ``--select_from=W1,W2,...`` applies the README's label-free rule to finished
 benchmark workdirs (the same models evaluated with different settings, e.g.
@@ -98,6 +99,9 @@ def main():
   parser.add_argument("--normalization_neighbors", type=int, default=None,
                       help="toycar's --normalization_neighbors (evaluation only; default: "
                       "the preset's)")
+  parser.add_argument("--score_window", type=int, default=None,
+                      help="toycar's --score_window (frames per mean of the clip score; 0: "
+                      "chosen; evaluation only; default: the preset's)")
   parser.add_argument("--select_from", default=None,
                       help="comma-separated finished benchmark workdirs: per seed and method, "
                       "keep the one with the lowest held-out max / median (label-free)")
@@ -119,7 +123,7 @@ def main():
         lam=args.lam,
         bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
         epochs=args.epochs, score_normalization=args.score_normalization,
-        normalization_neighbors=args.normalization_neighbors,
+        normalization_neighbors=args.normalization_neighbors, score_window=args.score_window,
         decay_start_epoch=None if args.epochs is None else args.epochs // 2,
         standardize_input=(None if args.standardize_input is None
                            else args.standardize_input == "true"))
@@ -140,11 +144,12 @@ def main():
       seen = label_free.setdefault(method, {"pseudo": [], "kinds": []})
       if results[method].get("pseudo_anomaly_auc") is not None:
         seen["pseudo"].append(results[method]["pseudo_anomaly_auc"])
-      seen["kinds"].append(results[method].get("score_normalization", {}).get("kind", "none"))
+      seen["kinds"].append(toycar.scores_label(results[method]))
       for condition, values in _rows(results, method).items():
         emit(method=method, condition=condition, seed=seed, preset=args.preset,
              train_seconds=results[method].get("train_seconds"),
              score_normalization=results[method].get("score_normalization", {}).get("kind"),
+             score_window_s=results[method].get("clip_score", {}).get("window_s"),
              heldout_max_over_median=results[method].get("heldout_max_over_median"),
              pseudo_anomaly_auc=results[method].get("pseudo_anomaly_auc"),
              **{k: results[method][k] for k in ("selected_from",) if k in results[method]},

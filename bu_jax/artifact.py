@@ -27,6 +27,8 @@ JSON key                 meaning
                          the ``score_norm.LocalNormalizer`` bank ``file``
                          (relative to the model directory) that divides
                          every frame score before φ applies
+``score_window``         with a threshold: the frames per mean of the clip
+                         score (``evaluate.clip_score``); absent: 1 (eq. 11)
 ``version``              ``VERSION``; absent in checkpoints written before it
                          (read as version 1: the same keys, no
                          ``score_normalization``)
@@ -34,7 +36,8 @@ JSON key                 meaning
 
 Version 2 added ``score_normalization``: a reader of version 1 would ignore it
 and compare raw scores with a φ of normalized ones, so it refuses the newer
-format instead.
+format instead. Version 3 added ``score_window`` for the same reason; earlier
+versions are read as one frame (eq. 11).
 
 Writing: ``open_for_training`` (the ``Checkpointer`` of a training run, whose
 ``restore_or_init`` restores the train state to resume) and
@@ -60,12 +63,12 @@ from bu_jax import features as features_lib
 from bu_jax import losses as losses_lib
 from bu_jax import models as models_lib
 
-VERSION = 2
+VERSION = 3
 REDUCTIONS = ("max", "mean")
 NORMALIZATIONS = ("knn", "knn_z")  # score_norm.KINDS
 _METADATA_FILE = os.path.join("metadata", "metadata.json")  # below checkpoints/<step>/
 _CALIBRATION_KEYS = ("threshold", "reduce", "threshold_quantile", "heldout_clip_scores",
-                     "heldout_paths", "score_normalization")
+                     "heldout_paths", "score_normalization", "score_window")
 _KNOWN_KEYS = ("loss", "model", "features", "train_config", "data", "tag", "version",
                *_CALIBRATION_KEYS)
 
@@ -112,6 +115,8 @@ class Calibration:
     heldout_paths: their files.
     normalization: how the frame scores were normalized before φ was fitted
       (and must be before it applies), or None for raw scores.
+    window: frames per mean whose maximum is the clip score (1: eq. 11;
+      ``evaluate.clip_score``).
   """
 
   threshold: float
@@ -120,6 +125,7 @@ class Calibration:
   heldout_clip_scores: tuple[float, ...] = ()
   heldout_paths: tuple[str, ...] = ()
   normalization: Optional[ScoreNormalization] = None
+  window: int = 1
 
   def describe(self) -> str:
     """How φ was set, e.g. "0.9 gamma quantile of 10 normal clip scores"."""
@@ -180,6 +186,8 @@ class ModelMetadata:
       out.update(threshold=float(c.threshold), reduce=c.reduce, threshold_quantile=c.quantile,
                  heldout_clip_scores=[float(s) for s in c.heldout_clip_scores],
                  heldout_paths=list(c.heldout_paths))
+      if c.window != 1:  # absent: one frame (eq. 11), as in every earlier version
+        out["score_window"] = int(c.window)
       if c.normalization is not None:
         out["score_normalization"] = dataclasses.asdict(c.normalization)
     out["version"] = self.version
@@ -217,9 +225,13 @@ class ModelMetadata:
           quantile=field.number("threshold_quantile", default=None),
           heldout_clip_scores=tuple(field.numbers("heldout_clip_scores")),
           heldout_paths=tuple(field.strings("heldout_paths")),
-          normalization=_normalization(field))
+          normalization=_normalization(field),
+          window=field.get("score_window", int, default=1))
       if calibration.reduce not in REDUCTIONS:
         raise field.error("reduce", f"must be one of {REDUCTIONS}, got {calibration.reduce!r}")
+      if calibration.window < 1 or (calibration.reduce == "mean" and calibration.window != 1):
+        raise field.error("score_window", "must be >= 1 frames (1 with reduce 'mean'), got "
+                          f"{calibration.window!r}")
     return cls(loss=loss, preset=_preset(field, train_config), train_config=dict(train_config),
                data=field.get("data", Mapping, default=None),
                tag=field.get("tag", str, default=None), calibration=calibration, version=version,

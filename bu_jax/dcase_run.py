@@ -113,11 +113,18 @@ class Settings(cli.TrainingSettings):
       None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z: "
       "the k under which the held-out tenth's frames are most likely). Evaluation only. "
       "Default: 0 for knn_z, 10 for knn.")
+  score_window: int = cli.setting(
+      1, minimum=1, help="Clip score: the maximum over the mean scores of this many "
+      "consecutive frames (1: eq. 11; experiments.toycar can also choose it). Evaluation "
+      "only; applied by experiments.score.")
   synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
 
   def __post_init__(self):
     super().__post_init__()
     score_norm.check_setting(self.score_normalization, self.neighbors)
+    if self.reduce == "mean" and self.score_window != 1:
+      raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
+                       f"got {self.score_window}")
 
   @property
   def neighbors(self) -> int:
@@ -153,7 +160,7 @@ _FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
 
 
 EVALUATION_FLAGS = ("reduce", "eval_root", "ground_truth_dir", "score_normalization",
-                    "normalization_neighbors")
+                    "normalization_neighbors", "score_window")
 
 
 def _check_model_dir(model_dir: str, metadata: artifact.ModelMetadata) -> None:
@@ -213,13 +220,15 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
 
 
 def clip_scores(scorer: frame_scores.FrameScorer | score_norm.NormalizedScorer, params, clips,
-                *, reduce: str) -> np.ndarray:
-  """Eq. (11) over each clip's interior frames."""
+                *, reduce: str, window: int = 1) -> np.ndarray:
+  """Eq. (11) (or its ``window`` means, ``evaluate.clip_score``) over each clip's
+  interior frames."""
   out = []
   for clip in clips:
     frames = scorer(params, clip.wave, name=clip.path)
     out.append(evaluate.interior_clip_score(frames, num_samples=len(clip.wave),
-                                            feature_config=scorer.config, reduce=reduce))
+                                            feature_config=scorer.config, reduce=reduce,
+                                            window=window))
   return np.asarray(out, dtype=np.float64)
 
 
@@ -265,7 +274,7 @@ def _calibration(settings: Settings, phi: float, scores: Sequence[float],
   return artifact.Calibration(
       threshold=float(phi), reduce=settings.reduce, quantile=settings.threshold_quantile,
       heldout_clip_scores=tuple(float(v) for v in scores),
-      heldout_paths=tuple(c.path for c in clips),
+      heldout_paths=tuple(c.path for c in clips), window=settings.score_window,
       normalization=None if normalizer is None else artifact.ScoreNormalization(
           kind=normalizer.kind, neighbors=normalizer.neighbors, file=score_norm.FILE_NAME))
 
@@ -490,7 +499,8 @@ def run(settings: Settings) -> dict:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
         eval_scorer, normalizer, phi_clips = normalized_scorer(
             settings, scorer, params, train_clips, model_dir=model_dir)
-        train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce)
+        train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce,
+                                   window=settings.score_window)
         phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
         thresholds[loss][tag] = phi
         if normalizer is not None and normalizer.choice is not None:
@@ -500,7 +510,8 @@ def run(settings: Settings) -> dict:
                                    step=configs[loss].total_steps, state=state)
         for set_name, test_clips in test_sets.items():
           chosen = [c for c in test_clips if section is None or c.section == section]
-          s = clip_scores(eval_scorer, params, chosen, reduce=settings.reduce)
+          s = clip_scores(eval_scorer, params, chosen, reduce=settings.reduce,
+                          window=settings.score_window)
           for clip, value in zip(chosen, s):
             scores[loss][set_name][clip.path] = (value, int(evaluate.decide(value, phi)))
     # Files and metrics of this machine type.

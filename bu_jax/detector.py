@@ -14,9 +14,11 @@ then gives, for one recording of any length,
   checkpoints);
 - the clip decision: anomalous if any frame's score reaches φ (eq. 4), i.e. if
   the clip score max_t A(x_t) (eq. 11) is >= φ (or the mean over frames, if the
-  model was calibrated with ``reduce="mean"``);
-- the time ranges of the frames whose score reaches φ, merged into events
-  (``events_from_scores``).
+  model was calibrated with ``reduce="mean"``; or the mean of W consecutive
+  frames, if it was calibrated with a clip-score window of W frames,
+  ``evaluate.clip_score``);
+- the time ranges of the frames whose score (window mean) reaches φ, merged
+  into events (``events_from_scores``, ``window_flags``).
 
 ``run(ScoreSettings(...))`` is the whole ``experiments.score`` job: it scores
 files and folders of WAVs, skips (and reports) unreadable ones, and writes
@@ -72,9 +74,11 @@ class FrameResult:
   Attributes:
     frame_scores: A(x_t) for every frame t (eq. 5), float32 (T,).
     times_s: the centre of each frame, t * hop / sr, float64 (T,).
-    clip_score: max_t A(x_t) (eq. 11), or the mean for ``reduce="mean"``.
+    clip_score: max_t A(x_t) (eq. 11), the mean for ``reduce="mean"``, or the
+      maximum of the means of ``window`` consecutive frames.
     decision: True if anomalous, clip_score >= threshold (eq. 4).
-    events: merged time ranges of the frames with A(x_t) >= threshold.
+    events: merged time ranges of the frames with A(x_t) >= threshold (of the
+      windows whose mean is, with a clip-score window).
     threshold: the φ used.
     max_score: max_t A(x_t).
     duration_s: length of the recording in seconds.
@@ -97,9 +101,31 @@ class FrameResult:
 # ------------------------------------------------------------------ events
 
 
+def window_flags(scores: Any, threshold: float, *, window: int) -> np.ndarray:
+  """The frames of every window of ``window`` consecutive frames whose mean
+  score reaches ``threshold`` (the windows of ``evaluate.window_means``;
+  ``window=1``: the frames with A(x_t) >= threshold, eq. 4). A window holding a
+  NaN is never flagged.
+
+  Returns:
+    A boolean array of the scores' length.
+  """
+  scores = np.asarray(scores, dtype=np.float64).ravel()
+  if not math.isfinite(threshold):
+    raise ValueError(f"threshold must be finite, got {threshold}")
+  evaluate.check_window(window)
+  w = min(int(window), scores.size)
+  if w <= 1:
+    return scores >= threshold
+  with np.errstate(invalid="ignore"):  # +inf and -inf in one window: NaN, not flagged
+    means = np.convolve(scores, np.ones(w), mode="valid") / w
+    hit = means >= threshold
+  return np.convolve(hit.astype(np.float64), np.ones(w), mode="full") > 0
+
+
 def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
                        merge_gap_s: float = 0.1,
-                       duration_s: Optional[float] = None) -> list[Event]:
+                       duration_s: Optional[float] = None, window: int = 1) -> list[Event]:
   """Merged time ranges of the frames whose score reaches ``threshold`` (eq. 4).
 
   Frame t is centred at ``t * hop_s``. A run of consecutive flagged frames
@@ -108,25 +134,25 @@ def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
   clipped to [0, duration_s] (the end only if ``duration_s`` is given).
 
   Args:
-    scores: frame scores A(x_t), shape (T,). NaN never counts as flagged.
+    scores: frame scores A(x_t), shape (T,). NaN or -inf never counts as flagged.
     threshold: φ; a frame is anomalous when its score is >= φ.
     hop_s: frame hop in seconds (hop_length / sample_rate).
     merge_gap_s: runs closer than this (end to start) are merged; 0 merges
       nothing but touching runs cannot occur, so 0 keeps every run.
     duration_s: length of the recording, to clip the last event.
+    window: flag the frames of each window of this many frames whose mean
+      score reaches φ (``window_flags``; 1: each frame on its own).
 
   Returns:
     Events (start_s, end_s), in time order, non-overlapping.
   """
-  scores = np.asarray(scores, dtype=np.float64).ravel()
-  if not math.isfinite(threshold):
-    raise ValueError(f"threshold must be finite, got {threshold}")
   if not hop_s > 0:
     raise ValueError(f"hop_s must be > 0, got {hop_s}")
   if not merge_gap_s >= 0:
     raise ValueError(f"merge_gap_s must be >= 0, got {merge_gap_s}")
-  flagged = np.zeros(scores.size + 2, np.int8)
-  flagged[1:-1] = scores >= threshold
+  hits = window_flags(scores, threshold, window=window)
+  flagged = np.zeros(hits.size + 2, np.int8)
+  flagged[1:-1] = hits
   edges = np.diff(flagged)
   first = np.flatnonzero(edges == 1)  # first frame of each run
   last = np.flatnonzero(edges == -1) - 1  # last frame of each run
@@ -237,6 +263,11 @@ class Detector:
     return self.calibration.reduce if self.calibration else "max"
 
   @property
+  def window(self) -> int:
+    """Frames per mean of the clip score (1: eq. 11)."""
+    return self.calibration.window if self.calibration else 1
+
+  @property
   def threshold(self) -> Optional[float]:
     """The stored φ (calibrated on held-out normal clips), or None."""
     return self.calibration.threshold if self.calibration else None
@@ -315,16 +346,16 @@ class Detector:
     inner = self.preset.features.interior(wave.shape[-1])
     clip = evaluate.interior_clip_score(scores, num_samples=wave.shape[-1],
                                         feature_config=self.preset.features,
-                                        reduce=self.reduce)
-    flagged = np.full_like(scores, -np.inf)
-    flagged[inner] = scores[inner]
+                                        reduce=self.reduce, window=self.window)
+    flagged = np.full(scores.shape, -np.inf)
+    flagged[inner] = window_flags(scores[inner], phi, window=self.window) * 2.0 - 1.0
     duration = wave.shape[-1] / self.sample_rate
     return FrameResult(
         frame_scores=scores,
         times_s=np.arange(scores.size) * self.hop_s,
         clip_score=clip,
         decision=evaluate.decide(clip, phi),
-        events=tuple(events_from_scores(flagged, phi, hop_s=self.hop_s,
+        events=tuple(events_from_scores(flagged, 0.0, hop_s=self.hop_s,
                                         merge_gap_s=merge_gap_s, duration_s=duration)),
         threshold=float(phi),
         max_score=float(np.max(scores[inner])),
@@ -545,6 +576,9 @@ class Report:
     lines = [f"Model: {self.detector.describe()}",
              f"Threshold phi = {self.threshold:.6g} ({self.threshold_source}); "
              f"clip score: {self.detector.reduce} over "
+             + (f"means of {self.detector.window} consecutive "
+                f"({self.detector.window * self.detector.hop_s:g} s) "
+                if self.detector.window > 1 else "")
              + (f"{self.detector.normalization.describe()} of the frames"
                 if self.detector.normalization else "frames"),
              format_table(self.results, self.failures),

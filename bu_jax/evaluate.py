@@ -84,7 +84,44 @@ def _as_binary_labels(labels: Any, name: str = "labels") -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def clip_score(frame_scores: Any, *, reduce: str = "max") -> float:
+# Clip-score windows (seconds) that a run may choose from, besides one frame
+# (eq. 11): ``window_candidates``.
+WINDOW_CANDIDATES_S = (0.25, 0.5, 1.0, 2.0)
+
+
+def check_window(window: Any) -> None:
+  """Raises ValueError unless ``window`` is an integer >= 1 (frames)."""
+  if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+    raise ValueError(f"window must be an integer >= 1 (frames), got {window!r}")
+
+
+def window_means(frame_scores: Any, *, window: int) -> np.ndarray:
+  """Means of ``window`` consecutive frame scores: every full window, in time order.
+
+  Window i covers frames i .. i + window - 1; a clip shorter than ``window``
+  frames has one window, the whole clip. ``window=1`` returns the scores.
+
+  Raises:
+    ValueError: ``window`` < 1, an empty input or a non-finite score.
+  """
+  check_window(window)
+  scores = _as_finite_1d(np.ravel(np.asarray(frame_scores, dtype=np.float64)),
+                         "frame_scores")
+  window = min(int(window), scores.size)
+  if window == 1:
+    return scores
+  sums = np.cumsum(np.concatenate([[0.0], scores]))
+  return (sums[window:] - sums[:-window]) / window
+
+
+def window_candidates(feature_config: Any) -> tuple[int, ...]:
+  """Clip-score windows in frames: 1 (eq. 11) and ``WINDOW_CANDIDATES_S`` at the
+  hop of ``feature_config`` (distinct, ascending)."""
+  hop_s = feature_config.hop_length / feature_config.sample_rate
+  return tuple(sorted({1, *(max(1, int(round(s / hop_s))) for s in WINDOW_CANDIDATES_S)}))
+
+
+def clip_score(frame_scores: Any, *, reduce: str = "max", window: int = 1) -> float:
   """Clip-level anomaly score from per-frame anomaly scores.
 
   Frame-wise ADS declares a clip X = {x_t} anomalous as soon as one frame
@@ -92,29 +129,38 @@ def clip_score(frame_scores: Any, *, reduce: str = "max") -> float:
 
     A_θ(X) = max_t A_θ(x_t)                                      (eq. 11)
 
+  With ``window`` = W > 1 the clip is anomalous as soon as the *mean* score of
+  W consecutive frames exceeds φ: A_θ(X) = max_t (1/W) Σ_{s<W} A_θ(x_{t+s})
+  (``window_means``). A sound that lasts, as most machine faults do, keeps
+  its score; a single frame's spike (a transient of normal operation, or a
+  noisy frame score) is averaged with its neighbours. W = 1 is eq. (11).
+
   Args:
     frame_scores: per-frame anomaly scores A_θ(x_t) of one clip, any shape
       (flattened).
     reduce: "max" (eq. 11, default) or "mean" (the DCASE baselines' average
       over frames).
+    window: frames per mean for "max" (1: eq. 11); "mean" needs 1.
 
   Returns:
     The clip score as a Python float.
 
   Raises:
-    ValueError: for an empty input, a non-finite score, or an unknown `reduce`.
+    ValueError: for an empty input, a non-finite score, an unknown `reduce`,
+      or a window that is not a positive integer (or not 1 with "mean").
   """
-  scores = _as_finite_1d(np.ravel(np.asarray(frame_scores, dtype=np.float64)),
-                         "frame_scores")
   if reduce == "max":
-    return float(scores.max())
+    return float(window_means(frame_scores, window=window).max())
   if reduce == "mean":
-    return float(scores.mean())
+    if window != 1:
+      raise ValueError(f"reduce='mean' averages the whole clip; window must be 1, got {window!r}")
+    return float(_as_finite_1d(np.ravel(np.asarray(frame_scores, dtype=np.float64)),
+                               "frame_scores").mean())
   raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}.")
 
 
 def interior_clip_score(frame_scores: Any, *, num_samples: int, feature_config: Any,
-                        reduce: str = "max") -> float:
+                        reduce: str = "max", window: int = 1) -> float:
   """Eq. (11) over the interior frames of a clip: the clip score that eq. (4) thresholds.
 
   Frames whose STFT window or context reaches past the clip's ends see zero
@@ -128,6 +174,7 @@ def interior_clip_score(frame_scores: Any, *, num_samples: int, feature_config: 
     num_samples: the clip's length in samples.
     feature_config: its ``FeatureConfig``.
     reduce: "max" (eq. 11) or "mean"; see ``clip_score``.
+    window: frames per mean of the maximum; see ``clip_score``.
 
   Returns:
     The clip score as a Python float.
@@ -141,7 +188,8 @@ def interior_clip_score(frame_scores: Any, *, num_samples: int, feature_config: 
   if frame_scores.size != expected:
     raise ValueError(f"a clip of {num_samples} samples has {expected} frames, got "
                      f"{frame_scores.size} frame scores.")
-  return clip_score(frame_scores[feature_config.interior(num_samples)], reduce=reduce)
+  return clip_score(frame_scores[feature_config.interior(num_samples)], reduce=reduce,
+                    window=window)
 
 
 def decide(clip_scores: Any, threshold: float) -> Any:

@@ -24,7 +24,10 @@ knn's scale (``bu_jax.score_norm``; the bank, fitted on the training clips that 
 not held out, is saved as ``<loss>/score_normalizer.npz`` and named in the
 calibration, so ``experiments.score`` applies it too); "auto" keeps raw or
 knn_z scores, whichever gives the held-out clips' pseudo-anomalies
-(``bu_jax.pseudo_anomaly``) the higher AUC. The threshold phi of
+(``bu_jax.pseudo_anomaly``) the higher AUC. With ``score_window`` W > 1 the
+clip score is the maximum of the means of W consecutive frame scores
+(``evaluate.clip_score``); ``score_window=0`` chooses W among one frame and
+0.25-2 s by the same AUC (jointly with "auto"). The threshold phi of
 eq. (4) is the 0.9 quantile of a gamma distribution fitted to the clip scores
 of held-out normal *training* clips (never seen in training, nor in the test
 set), as the DCASE baselines do; it is stored with the final checkpoint for
@@ -73,11 +76,15 @@ PRESETS = {
                  decay_start_epoch=6, learning_rate=1e-3, steps_per_call=10),
     # Real recordings on a 2-core CPU (< 8 min per loss): the AE on inputs
     # standardized with training statistics, a longer schedule, the paper's
-    # band-width, and raw or knn_z scores by the pseudo-anomaly AUC ("auto").
+    # band-width, and raw or knn_z scores and the clip-score window by the
+    # pseudo-anomaly AUC ("auto", score_window=0).
     "cpu": dict(model="fcn40-small", epochs=CPU_EPOCHS, steps_per_epoch=100,
                 decay_start_epoch=CPU_EPOCHS // 2, learning_rate=1e-3, steps_per_call=10,
-                standardize_input=True, score_normalization=score_norm.AUTO_KIND),
+                standardize_input=True, score_normalization=score_norm.AUTO_KIND,
+                score_window=0),
 }
+
+CHOSEN_WINDOW = 0  # --score_window=0: chosen by the pseudo-anomaly AUC
 
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
                  "AUC ordered BU > SNP > RE; its values are only given as a bar chart.")
@@ -145,12 +152,30 @@ class Settings(cli.TrainingSettings):
       None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z "
       "and auto: the k of 5, 10, ..., 160 under which the held-out normal clips' frames are "
       "most likely). Evaluation only. Default: 0 for knn_z and auto, 10 for knn.")
+  score_window: Optional[int] = cli.setting(
+      None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
+      "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "
+      "0.25, 0.5, 1, 2 s by the pseudo-anomaly AUC, with the normalization under auto). "
+      "Evaluation only; applied by experiments.score. Default: the preset's, else 1.")
 
   def __post_init__(self):
     super().__post_init__()
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
     score_norm.check_setting(*self.normalization())
+    if self.reduce == "mean" and self.clip_window() != 1:
+      raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
+                       f"got {self.clip_window()} (the preset's unless given)")
+
+  def clip_window(self) -> int:
+    """``--score_window``, else the preset's, else 1; 0 = chosen (``CHOSEN_WINDOW``)."""
+    window = self.resolved("score_window")
+    return 1 if window is None else int(window)
+
+  def chooses_by_pseudo_anomalies(self) -> bool:
+    """Whether evaluation chooses the normalization or window by pseudo-anomalies."""
+    return (self.normalization()[0] == score_norm.AUTO_KIND
+            or self.clip_window() == CHOSEN_WINDOW)
 
   def normalization(self) -> tuple[str, int]:
     """``(--score_normalization, --normalization_neighbors)``: the kind of the flag,
@@ -187,6 +212,16 @@ def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
   return path
 
 
+def _choosing_flags(settings: Settings) -> str:
+  """The flags (with the values) that ask for a choice by pseudo-anomalies."""
+  flags = []
+  if settings.normalization()[0] == score_norm.AUTO_KIND:
+    flags.append("--score_normalization=auto")
+  if settings.clip_window() == CHOSEN_WINDOW:
+    flags.append(f"--score_window={CHOSEN_WINDOW}")
+  return " and ".join(flags) + " (the preset's unless given)" * (settings.preset == "cpu")
+
+
 def load_data(settings: Settings) -> Data:
   """Loads (or generates) the data set and splits off held-out normal clips."""
   data_dir = _need_dir(settings.data_dir, "--data_dir")
@@ -205,9 +240,9 @@ def load_data(settings: Settings) -> Data:
     raise data_lib.DataError(
         "--something_else_dir is required for --loss=snp/bu/all with --data_dir "
         "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
-  if settings.normalization()[0] == score_norm.AUTO_KIND and something_else_dir is None:
-    raise data_lib.DataError("--score_normalization=auto needs --something_else_dir (its "
-                             "sounds make the pseudo-anomalies that choose the normalization)")
+  if settings.chooses_by_pseudo_anomalies() and something_else_dir is None:
+    raise data_lib.DataError(f"{_choosing_flags(settings)} needs --something_else_dir (its "
+                             "sounds make the pseudo-anomalies that choose the scores)")
   # Read first, so a wrong path fails before minutes of loading.
   rare_labels = data_lib.read_rare_clips(settings.rare_clips) if settings.rare_clips else None
   dataset = data_lib.load_dataset(
@@ -232,9 +267,9 @@ def load_data(settings: Settings) -> Data:
   pseudo = ({anr: pseudo_anomaly.mix(heldout_waves, something_else, anr_db=anr,
                                      seed=settings.data_seed) for anr in settings.anrs_db}
             if something_else else {})
-  if settings.normalization()[0] == score_norm.AUTO_KIND and not pseudo:
+  if settings.chooses_by_pseudo_anomalies() and not pseudo:
     raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s) "
-                             "for the pseudo-anomalies of --score_normalization=auto")
+                             f"for the pseudo-anomalies of {_choosing_flags(settings)}")
   labels = [c.label for c in dataset.test]
   description = {
       "data_dir": os.path.abspath(data_dir), "layout": dataset.layout,
@@ -278,7 +313,7 @@ def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
 
 _FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
 EVALUATION_FLAGS = ("reduce", "rare_clips", "reference_components", "score_normalization",
-                    "normalization_neighbors")
+                    "normalization_neighbors", "score_window")
 
 
 def check_resumable(settings: Settings, loss: str) -> None:
@@ -347,20 +382,24 @@ def _read_results(path: str) -> dict[str, Any]:
   return {k: v for k, v in stored.items() if k in losses_lib.LOSSES}
 
 
-def _score_clips(scorer, params, waves_and_names, *, reduce: str) -> tuple[list, np.ndarray]:
-  """Frame scores of each clip, and its clip score: eq. (11) over the interior
-  frames (``evaluate.interior_clip_score``, as ``experiments.score`` uses)."""
+def _score_clips(scorer, params, waves_and_names, *, reduce: str,
+                 windows: Sequence[int] = (1,)) -> tuple[list, dict[int, np.ndarray]]:
+  """Frame scores of each clip, and its clip score for each window: eq. (11)
+  (or its window means, ``evaluate.clip_score``) over the interior frames, as
+  ``experiments.score`` computes it. Returns (frames, {window: clip scores})."""
   cache = {}
-  frames, scores = [], []
+  frames, scores = [], {w: [] for w in windows}
   for wave, name in waves_and_names:
     key = id(wave)
     if key not in cache:
       f = scorer(params, wave, name=name)
-      cache[key] = (f, evaluate.interior_clip_score(
-          f, num_samples=len(wave), feature_config=scorer.config, reduce=reduce))
+      cache[key] = (f, {w: evaluate.interior_clip_score(
+          f, num_samples=len(wave), feature_config=scorer.config, reduce=reduce, window=w)
+                        for w in windows})
     frames.append(cache[key][0])
-    scores.append(cache[key][1])
-  return frames, np.asarray(scores, dtype=np.float64)
+    for w in windows:
+      scores[w].append(cache[key][1][w])
+  return frames, {w: np.asarray(v, dtype=np.float64) for w, v in scores.items()}
 
 
 def _normalize(scorer, params, data: Data, out_dir: str, *, kind: str,
@@ -392,58 +431,87 @@ def _normalize(scorer, params, data: Data, out_dir: str, *, kind: str,
   return scorer, record
 
 
-def _heldout_check(settings: Settings, scorer, params, data: Data
-                   ) -> tuple[np.ndarray, Optional[dict]]:
-  """The held-out normal clips' scores, and the pseudo-anomaly AUC per ANR and
-  their mean (``pseudo_anomaly``; None without something-else sounds):
-  everything label-free a run knows of a scorer."""
+def _heldout_check(settings: Settings, scorer, params, data: Data, *,
+                   windows: Sequence[int]) -> dict[int, tuple[np.ndarray, Optional[dict]]]:
+  """Per clip-score window: the held-out normal clips' scores, and the
+  pseudo-anomaly AUC per ANR and their mean (``pseudo_anomaly``; None without
+  something-else sounds): everything label-free a run knows of a scorer."""
   _, held = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths),
-                         reduce=settings.reduce)
+                         reduce=settings.reduce, windows=windows)
   if not data.pseudo_waves:
-    return held, None
-  by_anr = {}
+    return {w: (held[w], None) for w in windows}
+  by_anr = {w: {} for w in windows}
   for anr, waves in data.pseudo_waves.items():
     names = (f"pseudo-anomaly {i} at {anr:g} dB" for i in range(len(waves)))
-    _, pseudo = _score_clips(scorer, params, zip(waves, names), reduce=settings.reduce)
-    by_anr[f"{anr:g}dB"] = pseudo_anomaly.auc(held, pseudo)
-  return held, {"mean": float(np.mean(list(by_anr.values()))), **by_anr}
+    _, pseudo = _score_clips(scorer, params, zip(waves, names), reduce=settings.reduce,
+                             windows=windows)
+    for w in windows:
+      by_anr[w][f"{anr:g}dB"] = pseudo_anomaly.auc(held[w], pseudo[w])
+  return {w: (held[w], {"mean": float(np.mean(list(by_anr[w].values()))), **by_anr[w]})
+          for w in windows}
 
 
-def _choose_normalization(settings: Settings, scorer, params, data: Data, out_dir: str
-                          ) -> tuple[Any, dict, np.ndarray, Any]:
-  """The scorer to evaluate, its normalization record, held-out scores and
-  pseudo-anomaly AUC. With "auto": raw scores or knn_z, whichever has the higher
-  pseudo-anomaly AUC (raw on ties); the record's ``chosen_by`` holds both AUCs."""
+def _window_record(window: int, config, tried: Optional[dict] = None) -> dict:
+  """results.json's ``clip_score`` entry: the window in frames and seconds, and
+  (chosen) the pseudo-anomaly AUC of each candidate."""
+  record = {"reduce_over_windows": "max", "window_frames": int(window),
+            "window_s": round(window * config.hop_length / config.sample_rate, 4)}
+  if tried is not None:
+    record["chosen_by"] = {"rule": "pseudo_anomaly_auc",
+                           **{str(w): round(auc, 4) for w, auc in tried.items()}}
+  return record
+
+
+def _choose_scoring(settings: Settings, scorer, params, data: Data, out_dir: str
+                    ) -> tuple[Any, dict, dict, np.ndarray, Any]:
+  """The scorer to evaluate, its normalization and clip-score records, held-out
+  scores and pseudo-anomaly AUC.
+
+  With "auto" the normalization is raw or knn_z, and with ``--score_window=0``
+  the window is one of ``evaluate.window_candidates``: the pair with the
+  highest pseudo-anomaly AUC (the first maximum: raw before knn_z, shorter
+  windows first). The records' ``chosen_by`` hold each candidate's best AUC.
+  """
   kind, neighbors = settings.normalization()
-  if kind != score_norm.AUTO_KIND:
-    scorer, record = _normalize(scorer, params, data, out_dir, kind=kind, neighbors=neighbors)
-    return (scorer, record, *_heldout_check(settings, scorer, params, data))
+  kinds = ("none", score_norm.KIND_Z) if kind == score_norm.AUTO_KIND else (kind,)
+  window = settings.clip_window()
+  windows = (evaluate.window_candidates(scorer.config) if window == CHOSEN_WINDOW
+             else (window,))
   tried = {}
-  for candidate in ("none", score_norm.KIND_Z):  # knn_z last: its bank stays if it wins
+  for candidate in kinds:  # knn_z last: its bank stays if it wins
     normalized, record = _normalize(scorer, params, data, out_dir, kind=candidate,
                                     neighbors=neighbors)
-    tried[candidate] = (normalized, record, *_heldout_check(settings, normalized, params, data))
-  best = max(tried, key=lambda c: tried[c][3]["mean"])  # the first maximum: "none" on ties
-  if best == "none":
-    _normalize(scorer, params, data, out_dir, kind="none", neighbors=neighbors)  # drop bank
-  normalized, record, held, pseudo = tried[best]
-  record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
-      c: round(t[3]["mean"], 4) for c, t in tried.items()}})
-  return normalized, record, held, pseudo
+    tried[candidate] = (normalized, record, _heldout_check(settings, normalized, params, data,
+                                                           windows=windows))
+  auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
+         for c, t in tried.items() for w in windows}
+  best_kind, best_window = max(auc, key=auc.get)  # the first maximum
+  if best_kind != kinds[-1]:
+    _normalize(scorer, params, data, out_dir, kind=best_kind, neighbors=neighbors)  # its bank
+  normalized, record, checks = tried[best_kind]
+  held, pseudo = checks[best_window]
+  if len(kinds) > 1:
+    record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
+        c: round(max(auc[c, w] for w in windows), 4) for c in kinds}})
+  window_record = _window_record(best_window, scorer.config, {
+      w: auc[best_kind, w] for w in windows} if len(windows) > 1 else None)
+  return normalized, record, window_record, held, pseudo
 
 
 def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: str,
                      feature_config) -> tuple[dict, dict]:
   """Held-out threshold (eq. 4), test clip scores (eq. 11), metrics and CSVs of one
   detector: an AE's ``FrameScorer`` or the PCA reference, evaluated the same way,
-  on scores normalized as ``settings.normalization()`` says (``_choose_normalization``)."""
+  on scores normalized as ``settings.normalization()`` says and the clip-score window ``settings.clip_window()`` (``_choose_scoring``)."""
   os.makedirs(out_dir, exist_ok=True)
-  scorer, normalization, held_scores, pseudo_auc = _choose_normalization(
+  scorer, normalization, clip_record, held_scores, pseudo_auc = _choose_scoring(
       settings, scorer, params, data, out_dir)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
+  window = clip_record["window_frames"]
   frames, clip_scores = _score_clips(scorer, params, ((c.wave, c.path) for c in test),
-                                     reduce=settings.reduce)
+                                     reduce=settings.reduce, windows=(window,))
+  clip_scores = clip_scores[window]
   results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
   results["threshold"] = float(threshold)
   results["heldout_clip_scores"] = held_scores.tolist()
@@ -451,9 +519,11 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   results["pseudo_anomaly_auc"] = None if pseudo_auc is None else pseudo_auc["mean"]
   results["pseudo_anomaly_auc_by_anr"] = pseudo_auc
   results["score_normalization"] = normalization
+  results["clip_score"] = clip_record
   fileio.write_dcase_csvs(out_dir, test, clip_scores, threshold=threshold)
   material = {"labels": np.array([c.label for c in test]), "scores": clip_scores,
-              "frames": frames, "threshold": threshold, "features": feature_config}
+              "frames": frames, "threshold": threshold, "features": feature_config,
+              "window": window}
   return results, material
 
 
@@ -512,6 +582,7 @@ def _store_threshold(settings: Settings, loss: str, state, config, results: dict
       quantile=settings.threshold_quantile,
       heldout_clip_scores=tuple(results["heldout_clip_scores"]),
       heldout_paths=tuple(data.heldout_paths),
+      window=results["clip_score"]["window_frames"],
       normalization=None if normalization["kind"] == "none" else artifact.ScoreNormalization(
           kind=normalization["kind"], neighbors=normalization["neighbors"],
           file=normalization["file"]))
@@ -542,17 +613,26 @@ def _plots(workdir: str, data: Data, material: dict) -> list[str]:
   feat = next(iter(material.values()))["features"]
   hop = feat.hop_length / feat.sample_rate
 
-  def curve(frames, i):
-    inner = feat.interior(len(test[i].wave))
-    return np.arange(len(frames))[inner] * hop, frames[inner]
+  def curve(frames, i, window):
+    """Interior frame scores, or their window means (the values phi applies to)
+    at each window's centre."""
+    inner = np.arange(len(frames))[feat.interior(len(test[i].wave))]
+    means = evaluate.window_means(frames[inner], window=window)
+    centres = inner[0] + (len(inner) - len(means)) / 2 + np.arange(len(means))
+    return centres * hop, means
+
+  def label(loss, m):  # a column of window means says so
+    w = m.get("window", 1)
+    return loss if w == 1 else f"{loss} ({w * hop:.2f}-s means)"
 
   over_time = {
-      loss: [(f"{title}: {os.path.basename(test[i].path)}", *curve(m["frames"][i], i))
-             for i, title in picks]
+      label(loss, m): [(f"{title}: {os.path.basename(test[i].path)}",
+                        *curve(m["frames"][i], i, m.get("window", 1))) for i, title in picks]
       for loss, m in material.items()}
-  thresholds = {loss: m["threshold"] for loss, m in material.items()}
   paths.append(plots.plot_scores_over_time(
-      os.path.join(workdir, "scores_over_time.png"), over_time, thresholds=thresholds))
+      os.path.join(workdir, "scores_over_time.png"), over_time,
+      thresholds={label(loss, m): m["threshold"] for loss, m in material.items()}))
+  thresholds = {loss: m["threshold"] for loss, m in material.items()}
   hist = {}
   for loss, m in material.items():
     groups = {"normal": [], "rare": [], "anomalous": []}
@@ -593,14 +673,30 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
       f"{_num(results[m].get('heldout_max_over_median')):>10}{'':>11}" for m in methods))
   lines.append(f"{'pseudo-anomaly AUC':<{width}}" + "".join(  # label-free, higher = better
       f"{_num(results[m].get('pseudo_anomaly_auc')):>10}{'':>11}" for m in methods))
+  lines.append(f"{'scores (window)':<{width}}" + "".join(
+      f"{scores_label(results[m]):>10}{'':>11}" for m in methods))
   return "\n".join(lines)
 
 
+def scores_label(results: dict) -> str:
+  """E.g. "knn_z 0.992s": the normalization and the clip-score window of a method
+  (none shown for one frame, eq. 11)."""
+  kind = results.get("score_normalization", {}).get("kind", "none")
+  window = results.get("clip_score", {})
+  how = "raw" if kind == "none" else kind
+  return how if window.get("window_frames", 1) == 1 else f"{how} {window['window_s']:g}s"
+
+
 def _normalization_note(results: dict) -> str:
-  """The note ' on knn-normalized scores (k=10)' of a method evaluated so, else ''."""
+  """The note ' on knn-normalized scores (k=10)' of a method evaluated so, else '';
+  then ', 1-s windows' when the clip score averages windows (else eq. 11)."""
   how = results["score_normalization"]
-  return "" if how["kind"] == "none" else (
+  note = "" if how["kind"] == "none" else (
       f" on {how['kind']}-normalized scores (k={how['neighbors']})")
+  window = results.get("clip_score", {})
+  if window.get("window_frames", 1) > 1:
+    note += f", {window['window_s']:g}-s windows"
+  return note
 
 
 def _num(v) -> str:

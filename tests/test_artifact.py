@@ -43,9 +43,13 @@ NORMALIZED = dataclasses.replace(CALIBRATION, normalization=artifact.ScoreNormal
     kind="knn", neighbors=10, file="score_normalizer.npz"))
 
 
+WINDOWED = dataclasses.replace(NORMALIZED, reduce="max", window=62)
+
+
 @pytest.mark.parametrize("record", [
     _toycar_record(),
     dataclasses.replace(_toycar_record(), calibration=NORMALIZED),
+    dataclasses.replace(_toycar_record(), calibration=WINDOWED),
     artifact.ModelMetadata.for_training(_config(loss="re"), tag="SynthFan/section_00"),
 ])
 def test_json_round_trip(record, tmp_path):
@@ -103,6 +107,9 @@ def _set_in(group, key, value):
     (_set("threshold", "high"), "'threshold' must be a number"),
     (_set("threshold", None), "'threshold' must be a number"),
     (_set("reduce", "median"), "'reduce' must be one of"),
+    (_set("score_window", 0), "'score_window' must be >= 1 frames"),
+    (_set("score_window", 1.5), "'score_window' must be an integer"),
+    (_set("score_window", 3), "'score_window' must be >= 1 frames (1 with reduce 'mean')"),
     (_set("heldout_clip_scores", [1.0, "x"]), "'heldout_clip_scores' holds a bad value"),
     (_set("train_config", [1, 2]), "'train_config' must be a JSON object"),
     (_set("version", 99), "written by a newer bu_jax"),

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from bu_jax import dcase, dcase_metrics, dcase_run, synthetic_dcase
+from bu_jax import dcase, dcase_metrics, dcase_run, evaluate, synthetic_dcase
 from bu_jax import detector as detector_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,3 +240,29 @@ def test_score_normalization_is_an_evaluation_setting(finished_dcase, tmp_path):
   k = record["neighbors_chosen"]["re/SynthFan"]
   assert record["neighbors"] == 0 and k in score_norm.CANDIDATES
   assert detector_lib.load_detector(model_dir).normalizer.neighbors == k
+
+
+def test_score_window_is_an_evaluation_setting(finished_dcase, tmp_path):
+  """--score_window=W: no retraining; phi and the test clip scores are maxima of
+  W-frame means, and the model folder carries W, so experiments.score agrees."""
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_dcase.workdir, workdir)
+  settings = dataclasses.replace(finished_dcase, workdir=str(workdir), score_window=8)
+  raw = dcase_run.run(dataclasses.replace(settings, score_window=1))
+  results = dcase_run.run(settings)
+  assert results["re"]["thresholds"] != raw["re"]["thresholds"]
+  model_dir = workdir / "re" / "models" / "SynthFan"
+  detector = detector_lib.load_detector(model_dir)
+  assert detector.window == 8
+  md = dcase.load_machine_type(str(workdir / "synthetic_data"), "SynthFan")
+  clip = md.test[0]
+  rows = dict(csv.reader(open(workdir / "re" /
+                              f"anomaly_score_SynthFan_section_{clip.section}_test.csv")))
+  scored = detector.score(clip.wave)
+  assert scored.clip_score == pytest.approx(float(rows[clip.name]), rel=1e-5)
+  inner = detector.feature_config.interior(len(clip.wave))
+  assert scored.clip_score < scored.max_score  # a mean of 8 frames, not eq. (11)
+  assert scored.clip_score == pytest.approx(
+      evaluate.window_means(scored.frame_scores[inner], window=8).max(), rel=1e-6)
+  with pytest.raises(ValueError, match="--reduce=mean .* takes --score_window=1"):
+    dataclasses.replace(settings, reduce="mean")

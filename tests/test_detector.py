@@ -127,6 +127,28 @@ def test_events_from_scores():
   np.testing.assert_allclose(detector_lib.parse_events(text), events, atol=5e-4)
 
 
+def test_events_with_a_window_flag_every_frame_of_each_window_that_reaches_phi():
+  scores = np.array([0, 9, 0, 0, 0, 0, 4, 4, 4, 4, 0, 0], float)
+  flags = detector_lib.window_flags(scores, 3.0, window=4)
+  # Windows 5-8 and 7-10 (mean 3) and 6-9 (mean 4) reach phi; the spike's (2.25) do not.
+  np.testing.assert_array_equal(np.flatnonzero(flags), [5, 6, 7, 8, 9, 10])
+  np.testing.assert_array_equal(detector_lib.window_flags(scores, 3.0, window=1),
+                                scores >= 3.0)
+  hop = 0.1
+  assert detector_lib.events_from_scores(scores, 3.0, hop_s=hop, window=4) == [
+      pytest.approx((4.5 * hop, 10.5 * hop))]
+  # Any frame flagged exactly when its clip's windowed score reaches phi.
+  rng = np.random.default_rng(1)
+  for _ in range(20):
+    s = rng.random(int(rng.integers(1, 60))) ** 3
+    w = int(rng.integers(1, 12))
+    phi = float(rng.uniform(0.05, 0.6))
+    assert detector_lib.window_flags(s, phi, window=w).any() == (
+        evaluate.clip_score(s, window=w) >= phi)
+  with np.errstate(invalid="ignore"):
+    assert not detector_lib.window_flags(np.array([np.nan, 5.0, 5.0]), 1.0, window=3).any()
+
+
 # ------------------------------------------------------------------ library
 
 

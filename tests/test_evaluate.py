@@ -52,6 +52,45 @@ def test_clip_score_unknown_reduce():
     evaluate.clip_score([1.0], reduce="median")
 
 
+def test_window_means_are_the_means_of_consecutive_frames():
+  frames = np.array([0.0, 6.0, 0.0, 2.0, 2.0, 2.0, 0.0])
+  np.testing.assert_allclose(evaluate.window_means(frames, window=3),
+                             [2, 8 / 3, 4 / 3, 2, 4 / 3])
+  np.testing.assert_array_equal(evaluate.window_means(frames, window=1), frames)
+  np.testing.assert_allclose(evaluate.window_means(frames, window=50), [frames.mean()])
+  rng = np.random.default_rng(0)
+  long = rng.gamma(2.0, size=1000) * 1e4
+  np.testing.assert_allclose(evaluate.window_means(long, window=62),
+                             np.convolve(long, np.ones(62) / 62, mode="valid"), rtol=1e-10)
+
+
+def test_clip_score_window_ranks_a_sustained_rise_above_a_spike():
+  spike = np.array([0.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+  rise = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 4.0, 4.0, 4.0, 4.0, 0.0])
+  assert evaluate.clip_score(spike) > evaluate.clip_score(rise)  # eq. (11)
+  assert evaluate.clip_score(spike, window=4) == pytest.approx(2.25)
+  assert evaluate.clip_score(rise, window=4) == pytest.approx(4.0)
+  assert evaluate.clip_score(rise, window=1) == evaluate.clip_score(rise)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(window=0), "window must be an integer >= 1"),
+    (dict(window=2.5), "window must be an integer >= 1"),
+    (dict(window=True), "window must be an integer >= 1"),
+    (dict(reduce="mean", window=3), "window must be 1"),
+])
+def test_clip_score_bad_window(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    evaluate.clip_score([1.0, 2.0, 3.0], **kwargs)
+
+
+def test_window_candidates_are_one_frame_and_quarter_to_two_seconds():
+  config = collections.namedtuple("Config", "hop_length sample_rate")
+  assert evaluate.window_candidates(config(256, 16000)) == (1, 16, 31, 62, 125)
+  assert evaluate.window_candidates(config(512, 16000)) == (1, 8, 16, 31, 62)
+  assert evaluate.window_candidates(config(16000, 16000)) == (1, 2)  # 1-s hop
+
+
 # ------------------------------------------------------------------- metrics
 
 

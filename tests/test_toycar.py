@@ -215,6 +215,9 @@ def test_cpu_preset_rare_clips_reference_and_scoring_agree(tmp_path, capsys):
   for method in ("re", "bu", "pca"):  # the preset's auto: raw or knn_z, by pseudo-anomalies
     record = results[method]["score_normalization"]
     assert record["kind"] in ("none", "knn_z") and record["chosen_by"]["rule"] == "pseudo_anomaly_auc"
+    window = results[method]["clip_score"]  # and the clip-score window, with it
+    assert window["window_frames"] in (1, 16, 31, 62, 125)
+    assert set(window["chosen_by"]) == {"rule", "1", "16", "31", "62", "125"}
   assert (tmp_path / "run" / "training.png").stat().st_size > 1000
   rows = [json.loads(l) for l in open(tmp_path / "run" / "bu" / "metrics.jsonl")]
   base = 1.0 / (2 * 440)
@@ -237,6 +240,7 @@ def test_bad_rare_clips_file_is_named(tmp_path):
     settings = toycar.Settings(
         workdir=str(tmp_path / "run"), losses=("re",), preset="cpu",
         data_dir=os.path.join(root, "m"), rare_clips=str(path), progress=False,
-        num_devices=1, score_normalization="none")  # auto would need something-else sounds
+        num_devices=1, score_normalization="none",  # auto would need something-else sounds,
+        score_window=1)  # and so would a chosen window
     with pytest.raises(data.DataError, match=f"--rare_clips=.*{match}"):
       toycar.load_data(settings)

@@ -213,6 +213,23 @@ def test_auto_normalization_needs_something_else_sounds(tiny_data, tmp_path):
     toycar.load_data(settings)
 
 
+def test_chosen_score_window_needs_something_else_sounds(tiny_data, tmp_path):
+  from bu_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  settings = _settings(tmp_path / "w", tiny_data, something_else_dir=None, score_window=0)
+  with pytest.raises(data_lib.DataError, match="--score_window=0 needs --something_else_dir"):
+    toycar.load_data(settings)
+
+
+def test_score_window_settings():
+  assert toycar.Settings(workdir="unused", preset="cpu").clip_window() == 0  # chosen
+  assert toycar.Settings(workdir="unused", preset="demo").clip_window() == 1  # eq. (11)
+  assert toycar.Settings(workdir="unused", preset="paper").clip_window() == 1
+  assert toycar.Settings(workdir="unused", preset="cpu", score_window=31).clip_window() == 31
+  with pytest.raises(ValueError, match="--reduce=mean .* takes --score_window=1, got 0"):
+    toycar.Settings(workdir="unused", preset="cpu", reduce="mean")
+  toycar.Settings(workdir="unused", preset="cpu", reduce="mean", score_window=1)
+
+
 def test_auto_normalization_keeps_the_higher_pseudo_anomaly_auc(finished_run, tiny_data,
                                                                tmp_path):
   """auto evaluates raw and knn_z scores (k chosen) and keeps the one whose pseudo-anomaly
@@ -248,9 +265,10 @@ def test_auto_normalization_stores_what_it_chose(winner, tiny_data, tmp_path, mo
   data = toycar.load_data(settings)
   auc = {"none": 0.8, "knn_z": 0.9 if winner == "knn_z" else 0.8}
 
-  def check(settings, scorer, params, data):  # raw scorers have no normalizer
+  def check(settings, scorer, params, data, *, windows):  # raw scorers have no normalizer
     del settings, params, data
-    return np.ones(2), {"mean": auc["knn_z" if hasattr(scorer, "normalizer") else "none"]}
+    assert windows == (1,)  # the default window: eq. (11)
+    return {1: (np.ones(2), {"mean": auc["knn_z" if hasattr(scorer, "normalizer") else "none"]})}
 
   monkeypatch.setattr(toycar, "_heldout_check", check)
   config = settings.train_config("re").feature_config
@@ -259,13 +277,62 @@ def test_auto_normalization_stores_what_it_chose(winner, tiny_data, tmp_path, mo
   assert results["score_normalization"]["chosen_by"] == {"rule": "pseudo_anomaly_auc", **auc}
   assert results["pseudo_anomaly_auc"] == auc[winner]
   assert (tmp_path / "w" / "pca" / "score_normalizer.npz").exists() == (winner == "knn_z")
+  assert results["clip_score"] == {"reduce_over_windows": "max", "window_frames": 1,
+                                   "window_s": 0.016}
+
+
+@pytest.mark.parametrize("best", [(("none", 1)), ("knn_z", 62), ("none", 125)])
+def test_score_window_zero_chooses_normalization_and_window_together(
+    best, tiny_data, tmp_path, monkeypatch):
+  """--score_window=0 with auto: the (normalization, window) pair of the highest
+  pseudo-anomaly AUC wins; the window goes into results.json, the clip scores of
+  the test clips and the stored calibration, which experiments.score applies."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bu_jax import detector  # pylint: disable=g-import-not-at-top
+  from bu_jax import evaluate  # pylint: disable=g-import-not-at-top
+  settings = _settings(tmp_path / "w", tiny_data, losses=("re",), reference_components=0,
+                       score_normalization="auto", score_window=0)
+  candidates = evaluate.window_candidates(settings.train_config("re").feature_config)
+  assert candidates == (1, 16, 31, 62, 125)  # 1 frame, 0.25, 0.5, 1, 2 s at a 16-ms hop
+
+  def check(settings, scorer, params, data, *, windows):
+    del settings, params, data
+    assert windows == candidates
+    kind = "knn_z" if hasattr(scorer, "normalizer") else "none"
+    return {w: (np.full(2, float(w)), {"mean": 0.9 if (kind, w) == best else 0.5})
+            for w in windows}
+
+  monkeypatch.setattr(toycar, "_heldout_check", check)
+  results = toycar.run(settings)["re"]
+  assert results["score_normalization"]["kind"] == best[0]
+  assert results["score_normalization"]["chosen_by"] == {
+      "rule": "pseudo_anomaly_auc", "none": 0.9 if best[0] == "none" else 0.5,
+      "knn_z": 0.9 if best[0] == "knn_z" else 0.5}
+  window = results["clip_score"]
+  assert window["window_frames"] == best[1]
+  assert window["window_s"] == pytest.approx(best[1] * 0.016)
+  assert window["chosen_by"] == {"rule": "pseudo_anomaly_auc",
+                                 **{str(w): 0.9 if w == best[1] else 0.5 for w in candidates}}
+  assert results["heldout_clip_scores"] == [float(best[1])] * 2
+  loaded = detector.load_detector(str(tmp_path / "w"), loss="re")
+  assert loaded.window == best[1]
+  assert (loaded.normalization is None) == (best[0] == "none")
+  # The stored calibration reproduces the run's test clip scores.
+  test = toycar.load_data(settings).dataset.test
+  condition = [c for c in test if c.condition == test[0].condition]
+  path = tmp_path / "w" / "re" / f"anomaly_score_{test[0].condition}.csv"
+  rows = [line.split(",") for line in path.read_text().splitlines()]
+  assert len(rows) == len(condition)  # one row per clip, in the clips' order
+  for clip, row in list(zip(condition, rows))[:2]:
+    assert loaded.score(clip.wave).clip_score == pytest.approx(float(row[1]), rel=1e-5)
 
 
 def test_mismatch_message_lists_the_normalization_flags(finished_run, tiny_data, tmp_path):
   workdir = _copy(finished_run, tmp_path)
   with pytest.raises(toycar.SettingsMismatchError) as info:
     toycar.check_resumable(_settings(workdir, tiny_data, seed=1), "re")
-  assert "--score_normalization, --normalization_neighbors may differ" in str(info.value)
+  assert ("--score_normalization, --normalization_neighbors, --score_window may differ"
+          in str(info.value))
 
 
 @pytest.mark.parametrize("kind, neighbors", [("knn", 3), ("knn_z", 3), ("knn_z", 0)])
