@@ -82,6 +82,10 @@ class FrameResult:
     threshold: the φ used.
     max_score: max_t A(x_t).
     duration_s: length of the recording in seconds.
+    window: frames per mean of the clip score (1: eq. 11).
+    window_times_s, window_means: with ``window`` > 1, the means of every
+      ``window`` consecutive interior frames (what φ applies to) and the
+      centre time of each window; None otherwise.
   """
 
   frame_scores: np.ndarray
@@ -92,6 +96,9 @@ class FrameResult:
   threshold: float
   max_score: float
   duration_s: float
+  window: int = 1
+  window_times_s: Optional[np.ndarray] = None
+  window_means: Optional[np.ndarray] = None
 
   @property
   def label(self) -> str:
@@ -350,6 +357,12 @@ class Detector:
     flagged = np.full(scores.shape, -np.inf)
     flagged[inner] = window_flags(scores[inner], phi, window=self.window) * 2.0 - 1.0
     duration = wave.shape[-1] / self.sample_rate
+    curve = {}
+    if self.window > 1:  # what phi applies to, at each window's centre
+      first = np.arange(scores.size)[inner]
+      means = evaluate.window_means(scores[inner], window=self.window)
+      centres = first[0] + (first.size - means.size) / 2 + np.arange(means.size)
+      curve = dict(window_times_s=centres * self.hop_s, window_means=means)
     return FrameResult(
         frame_scores=scores,
         times_s=np.arange(scores.size) * self.hop_s,
@@ -359,7 +372,7 @@ class Detector:
                                         merge_gap_s=merge_gap_s, duration_s=duration)),
         threshold=float(phi),
         max_score=float(np.max(scores[inner])),
-        duration_s=float(duration))
+        duration_s=float(duration), window=self.window, **curve)
 
 
 def load_detector(workdir: os.PathLike | str, *, loss: Optional[str] = None,

@@ -348,13 +348,23 @@ def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
     path: output PNG path.
     title: usually the recording's path; its base name is shown.
     result: a ``detector.FrameResult`` (times_s, frame_scores, events, label,
-      threshold).
+      threshold; with a clip-score window also its window means, drawn over
+      the frame scores with φ).
   """
   times, scores = _pooled(result.times_s, result.frame_scores, _PLOT_POINTS)
+  head = f"{os.path.basename(title)}: {result.label}, {len(result.events)} event(s)"
+  means = getattr(result, "window_means", None)
+  if means is None:
+    return plot_scores_over_time(
+        path, {"A(x_t)": [(head, times, scores, list(result.events))]},
+        thresholds={"A(x_t)": result.threshold})
+  # A clip-score window: phi applies to the window means, drawn over the frame scores.
+  label = f"mean of {result.window} frames"
+  mean_times, means = _pooled(np.asarray(result.window_times_s), np.asarray(means), _PLOT_POINTS)
   return plot_scores_over_time(
-      path, {"A(x_t)": [(f"{os.path.basename(title)}: {result.label}, "
-                         f"{len(result.events)} event(s)", times, scores, list(result.events))]},
-      thresholds={"A(x_t)": result.threshold})
+      path, {"A(x_t)": [(head, times, scores, list(result.events))],
+             label: [(head, mean_times, means, list(result.events))]},
+      thresholds={label: result.threshold}, overlay=True)
 
 
 def write_frame_score_plots(directory: PathLike, results: Sequence[tuple[str, Any]]) -> list[str]:

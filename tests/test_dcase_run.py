@@ -264,5 +264,12 @@ def test_score_window_is_an_evaluation_setting(finished_dcase, tmp_path):
   assert scored.clip_score < scored.max_score  # a mean of 8 frames, not eq. (11)
   assert scored.clip_score == pytest.approx(
       evaluate.window_means(scored.frame_scores[inner], window=8).max(), rel=1e-6)
+  assert scored.window == 8 and scored.window_means.max() == pytest.approx(scored.clip_score)
+  assert scored.window_times_s.shape == scored.window_means.shape
+  assert scored.window_times_s[0] == pytest.approx(
+      (inner.start + 3.5) * detector.hop_s)  # the first window's centre
+  from bu_jax import plots  # pylint: disable=g-import-not-at-top
+  png = plots.plot_frame_scores(tmp_path / "clip.png", clip.path, scored)
+  assert os.path.getsize(png) > 1000
   with pytest.raises(ValueError, match="--reduce=mean .* takes --score_window=1"):
     dataclasses.replace(settings, reduce="mean")
