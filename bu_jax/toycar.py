@@ -674,7 +674,7 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
   lines.append(f"{'pseudo-anomaly AUC':<{width}}" + "".join(  # label-free, higher = better
       f"{_num(results[m].get('pseudo_anomaly_auc')):>10}{'':>11}" for m in methods))
   lines.append(f"{'scores (window)':<{width}}" + "".join(
-      f"{scores_label(results[m]):>10}{'':>11}" for m in methods))
+      f"{scores_label(results[m]):>21}" for m in methods))
   return "\n".join(lines)
 
 
