@@ -516,15 +516,16 @@ def read_csv(path: os.PathLike | str) -> list[dict[str, str]]:
 
 def format_table(results: Sequence[tuple[str, FrameResult]],
                  failures: Sequence[tuple[str, str]] = (), *, max_events: int = 4) -> str:
-  """A terminal table: path, max score, decision, events (the first few)."""
+  """A terminal table: path, clip score (what φ applies to: eq. 11's max score,
+  or the maximum window mean), decision, events (the first few)."""
   rows = []
   for name, r in results:
     shown = format_events(r.events[:max_events], decimals=2).replace(";", ", ")
     if len(r.events) > max_events:
       shown += f", ... (+{len(r.events) - max_events} more)"
-    rows.append((name, f"{r.max_score:.4g}", r.label, shown or "-"))
+    rows.append((name, f"{r.clip_score:.4g}", r.label, shown or "-"))
   rows += [(name, "-", "FAILED", "-") for name, _ in failures]
-  head = ("path", "max score", "decision", "events [s]")
+  head = ("path", "clip score", "decision", "events [s]")
   widths = [max(len(row[i]) for row in [head, *rows]) for i in range(3)]
   lines = ["  ".join(c.ljust(w) for c, w in zip(head[:3], widths)) + "  " + head[3]]
   lines.append("-" * len(lines[0]))
@@ -579,6 +580,15 @@ class Report:
   csv_path: str
   plot_paths: list[str]
 
+  def _clip_score_note(self) -> str:
+    """E.g. "clip score: max over frames"."""
+    d = self.detector
+    how = d.normalization.describe() if d.normalization else None
+    if d.window > 1:
+      return (f"clip score: max over the means of {d.window} consecutive frames "
+              f"({d.window * d.hop_s:g} s) of the " + (how or "frame scores"))
+    return f"clip score: {d.reduce} over " + (f"{how} of the frames" if how else "frames")
+
   @property
   def exit_status(self) -> int:
     """0 if every path was scored, 1 if some failed."""
@@ -588,12 +598,7 @@ class Report:
     """Model, threshold, the table and where the outputs are."""
     lines = [f"Model: {self.detector.describe()}",
              f"Threshold phi = {self.threshold:.6g} ({self.threshold_source}); "
-             f"clip score: {self.detector.reduce} over "
-             + (f"means of {self.detector.window} consecutive "
-                f"({self.detector.window * self.detector.hop_s:g} s) "
-                if self.detector.window > 1 else "")
-             + (f"{self.detector.normalization.describe()} of the frames"
-                if self.detector.normalization else "frames"),
+             + self._clip_score_note(),
              format_table(self.results, self.failures),
              f"{len(self.results)} recording(s) scored, "
              f"{sum(r.decision for _, r in self.results)} anomalous, "

@@ -268,6 +268,8 @@ def test_score_window_is_an_evaluation_setting(finished_dcase, tmp_path):
   assert scored.window_times_s.shape == scored.window_means.shape
   assert scored.window_times_s[0] == pytest.approx(
       (inner.start + 3.5) * detector.hop_s)  # the first window's centre
+  table = detector_lib.format_table([(clip.path, scored)])
+  assert "clip score" in table and f"{scored.clip_score:.4g}" in table  # what phi applies to
   from bu_jax import plots  # pylint: disable=g-import-not-at-top
   png = plots.plot_frame_scores(tmp_path / "clip.png", clip.path, scored)
   assert os.path.getsize(png) > 1000
