@@ -241,8 +241,10 @@ def load_data(settings: Settings) -> Data:
         "--something_else_dir is required for --loss=snp/bu/all with --data_dir "
         "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
   if settings.chooses_by_pseudo_anomalies() and something_else_dir is None:
-    raise data_lib.DataError(f"{_choosing_flags(settings)} needs --something_else_dir (its "
-                             "sounds make the pseudo-anomalies that choose the scores)")
+    flags = _choosing_flags(settings)
+    raise data_lib.DataError(f"{flags} need{'' if ' and ' in flags else 's'} "
+                             "--something_else_dir (its sounds make the pseudo-anomalies that "
+                             "choose the scores)")
   # Read first, so a wrong path fails before minutes of loading.
   rare_labels = data_lib.read_rare_clips(settings.rare_clips) if settings.rare_clips else None
   dataset = data_lib.load_dataset(
