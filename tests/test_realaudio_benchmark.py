@@ -23,3 +23,30 @@ def test_results_without_the_criterion_get_it_from_their_heldout_scores():
   assert got["bu"]["selected_from"] == "new"
   got = realaudio.select_by_heldout_spread([("old", old), ("new", _res(bu=4.0))])
   assert got["bu"]["selected_from"] == "old" and got["bu"]["heldout_max_over_median"] == 3.6
+
+
+def test_from_results_prints_each_runs_scores_and_window(tmp_path, monkeypatch, capsys):
+  """--from_results: one JSON line per (method, condition, seed) naming the scores and
+  the clip-score window, and a summary row of what each method was evaluated on."""
+  import json  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "set"
+  (root / "dev_data" / "engine_b").mkdir(parents=True)
+  for seed, window in ((0, 62), (1, 1)):
+    res = {m: {"auc": {"c": 0.9, "mean": 0.9}, "pauc": {"c": 0.8, "mean": 0.8},
+               "rare_normal": {"rare_vs_frequent": {"c": 0.7, "mean": 0.7}},
+               "pseudo_anomaly_auc": 0.99, "score_normalization": {"kind": "knn_z"},
+               "clip_score": {"window_frames": window, "window_s": window * 0.016}}
+           for m in ("re", "snp", "bu", "pca")}
+    seed_dir = tmp_path / "w" / "cpu" / f"seed{seed}"
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "results.json").write_text(json.dumps(res))
+  monkeypatch.setattr(sys, "argv", ["realaudio", f"--root={root}", "--seeds=0,1",
+                                    f"--workdir={tmp_path / 'w'}", "--from_results"])
+  realaudio.main()
+  out = capsys.readouterr().out
+  lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  per_run = [l for l in lines if not l.get("summary")]
+  assert len(per_run) == 2 * 4 * 2  # seeds x methods x (condition c, mean)
+  assert {(l["seed"], l["score_window_s"]) for l in per_run} == {(0, 0.992), (1, 0.016)}
+  assert "| scores evaluated | knn_z 0.992s 1/2, knn_z 1/2 |" in out
