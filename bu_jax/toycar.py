@@ -132,7 +132,10 @@ class Settings(cli.TrainingSettings):
   standardize_input: Optional[bool] = cli.setting(
       None, help="Standardize the AE's input with training statistics (stored with the "
       "model). Default: the preset's.")
-  heldout_fraction: float = 0.1
+  heldout_fraction: float = cli.setting(
+      0.1, help="Fraction of the training clips held out of training (at least one): phi "
+      "(eq. 4) is fitted to their clip scores, and the pseudo-anomalies are made from them. "
+      "A training setting (the model trains on the rest).")
   rare_clips: Optional[str] = cli.setting(
       None, help="CSV (file-name column and 0/1 'rare' column, e.g. realaudio-dev's "
       "metadata.csv) or list of rare-normal test clips: adds rare-normal metrics. Used for "

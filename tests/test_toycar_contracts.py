@@ -327,6 +327,18 @@ def test_score_window_zero_chooses_normalization_and_window_together(
     assert loaded.score(clip.wave).clip_score == pytest.approx(float(row[1]), rel=1e-5)
 
 
+def test_heldout_fraction_is_a_training_flag(finished_run, tiny_data, tmp_path):
+  """More held-out clips for phi and the pseudo-anomalies means less training data: a
+  finished model refuses another fraction, naming the flag with both values."""
+  workdir = _copy(finished_run, tmp_path)
+  with pytest.raises(toycar.SettingsMismatchError) as info:
+    toycar.check_resumable(_settings(workdir, tiny_data, heldout_fraction=0.3), "re")
+  assert "--heldout_fraction" in str(info.value) and "0.3" in str(info.value)
+  data = toycar.load_data(_settings(tmp_path / "new", tiny_data, heldout_fraction=0.3))
+  total = len(data.fit_waves) + len(data.heldout_waves)
+  assert len(data.heldout_waves) == max(1, round(0.3 * total))
+
+
 def test_mismatch_message_lists_the_normalization_flags(finished_run, tiny_data, tmp_path):
   workdir = _copy(finished_run, tmp_path)
   with pytest.raises(toycar.SettingsMismatchError) as info:
