@@ -102,6 +102,8 @@ def main():
   parser.add_argument("--score_window", type=int, default=None,
                       help="toycar's --score_window (frames per mean of the clip score; 0: "
                       "chosen; evaluation only; default: the preset's)")
+  parser.add_argument("--heldout_fraction", type=float, default=None,
+                      help="toycar's --heldout_fraction (a training setting; default 0.1)")
   parser.add_argument("--select_from", default=None,
                       help="comma-separated finished benchmark workdirs: per seed and method, "
                       "keep the one with the lowest held-out max / median (label-free)")
@@ -124,6 +126,7 @@ def main():
         bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
         epochs=args.epochs, score_normalization=args.score_normalization,
         normalization_neighbors=args.normalization_neighbors, score_window=args.score_window,
+        **({} if args.heldout_fraction is None else {"heldout_fraction": args.heldout_fraction}),
         decay_start_epoch=None if args.epochs is None else args.epochs // 2,
         standardize_input=(None if args.standardize_input is None
                            else args.standardize_input == "true"))
