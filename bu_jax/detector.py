@@ -130,10 +130,9 @@ def window_flags(scores: Any, threshold: float, *, window: int) -> np.ndarray:
   return np.convolve(hit.astype(np.float64), np.ones(w), mode="full") > 0
 
 
-def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
-                       merge_gap_s: float = 0.1,
-                       duration_s: Optional[float] = None, window: int = 1) -> list[Event]:
-  """Merged time ranges of the frames whose score reaches ``threshold`` (eq. 4).
+def events_from_flags(flags: Any, *, hop_s: float, merge_gap_s: float = 0.1,
+                      duration_s: Optional[float] = None) -> list[Event]:
+  """Merged time ranges of the flagged frames.
 
   Frame t is centred at ``t * hop_s``. A run of consecutive flagged frames
   a..b spans [a hop_s - hop_s/2, b hop_s + hop_s/2]; runs separated by a gap
@@ -141,14 +140,11 @@ def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
   clipped to [0, duration_s] (the end only if ``duration_s`` is given).
 
   Args:
-    scores: frame scores A(x_t), shape (T,). NaN or -inf never counts as flagged.
-    threshold: φ; a frame is anomalous when its score is >= φ.
+    flags: booleans, one per frame, shape (T,).
     hop_s: frame hop in seconds (hop_length / sample_rate).
     merge_gap_s: runs closer than this (end to start) are merged; 0 merges
       nothing but touching runs cannot occur, so 0 keeps every run.
     duration_s: length of the recording, to clip the last event.
-    window: flag the frames of each window of this many frames whose mean
-      score reaches φ (``window_flags``; 1: each frame on its own).
 
   Returns:
     Events (start_s, end_s), in time order, non-overlapping.
@@ -157,7 +153,7 @@ def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
     raise ValueError(f"hop_s must be > 0, got {hop_s}")
   if not merge_gap_s >= 0:
     raise ValueError(f"merge_gap_s must be >= 0, got {merge_gap_s}")
-  hits = window_flags(scores, threshold, window=window)
+  hits = np.asarray(flags, dtype=bool).ravel()
   flagged = np.zeros(hits.size + 2, np.int8)
   flagged[1:-1] = hits
   edges = np.diff(flagged)
@@ -173,6 +169,26 @@ def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
   starts = starts[np.concatenate([[True], separate])]
   ends = ends[np.concatenate([separate, [True]])]
   return [Event(float(s), float(e)) for s, e in zip(starts, ends)]
+
+
+def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
+                       merge_gap_s: float = 0.1,
+                       duration_s: Optional[float] = None, window: int = 1) -> list[Event]:
+  """Merged time ranges of the frames whose score reaches ``threshold`` (eq. 4):
+  ``events_from_flags`` of ``window_flags``.
+
+  Args:
+    scores: frame scores A(x_t), shape (T,). NaN or -inf never counts as flagged.
+    threshold: φ; a frame is anomalous when its score is >= φ.
+    hop_s, merge_gap_s, duration_s: see ``events_from_flags``.
+    window: flag the frames of each window of this many frames whose mean
+      score reaches φ (``window_flags``; 1: each frame on its own).
+
+  Returns:
+    Events (start_s, end_s), in time order, non-overlapping.
+  """
+  return events_from_flags(window_flags(scores, threshold, window=window), hop_s=hop_s,
+                           merge_gap_s=merge_gap_s, duration_s=duration_s)
 
 
 def format_events(events: Iterable[Event], *, decimals: int = 3) -> str:
@@ -354,8 +370,8 @@ class Detector:
     clip = evaluate.interior_clip_score(scores, num_samples=wave.shape[-1],
                                         feature_config=self.preset.features,
                                         reduce=self.reduce, window=self.window)
-    flagged = np.full(scores.shape, -np.inf)
-    flagged[inner] = window_flags(scores[inner], phi, window=self.window) * 2.0 - 1.0
+    flagged = np.zeros(scores.shape, bool)  # interior frames only, as the clip score
+    flagged[inner] = window_flags(scores[inner], phi, window=self.window)
     duration = wave.shape[-1] / self.sample_rate
     curve = {}
     if self.window > 1:  # what phi applies to, at each window's centre
@@ -368,8 +384,8 @@ class Detector:
         times_s=np.arange(scores.size) * self.hop_s,
         clip_score=clip,
         decision=evaluate.decide(clip, phi),
-        events=tuple(events_from_scores(flagged, 0.0, hop_s=self.hop_s,
-                                        merge_gap_s=merge_gap_s, duration_s=duration)),
+        events=tuple(events_from_flags(flagged, hop_s=self.hop_s, merge_gap_s=merge_gap_s,
+                                       duration_s=duration)),
         threshold=float(phi),
         max_score=float(np.max(scores[inner])),
         duration_s=float(duration), window=self.window, **curve)

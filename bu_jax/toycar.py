@@ -215,14 +215,16 @@ def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
   return path
 
 
-def _choosing_flags(settings: Settings) -> str:
-  """The flags (with the values) that ask for a choice by pseudo-anomalies."""
+def _choosing_flags(settings: Settings) -> tuple[str, int]:
+  """The flags (with the values) that ask for a choice by pseudo-anomalies, as
+  text, and how many they are."""
   flags = []
   if settings.normalization()[0] == score_norm.AUTO_KIND:
     flags.append("--score_normalization=auto")
   if settings.clip_window() == CHOSEN_WINDOW:
     flags.append(f"--score_window={CHOSEN_WINDOW}")
-  return " and ".join(flags) + " (the preset's unless given)" * (settings.preset == "cpu")
+  text = " and ".join(flags) + " (the preset's unless given)" * (settings.preset == "cpu")
+  return text, len(flags)
 
 
 def load_data(settings: Settings) -> Data:
@@ -244,8 +246,8 @@ def load_data(settings: Settings) -> Data:
         "--something_else_dir is required for --loss=snp/bu/all with --data_dir "
         "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
   if settings.chooses_by_pseudo_anomalies() and something_else_dir is None:
-    flags = _choosing_flags(settings)
-    raise data_lib.DataError(f"{flags} need{'' if ' and ' in flags else 's'} "
+    flags, count = _choosing_flags(settings)
+    raise data_lib.DataError(f"{flags} need{'' if count > 1 else 's'} "
                              "--something_else_dir (its sounds make the pseudo-anomalies that "
                              "choose the scores)")
   # Read first, so a wrong path fails before minutes of loading.
@@ -274,7 +276,7 @@ def load_data(settings: Settings) -> Data:
             if something_else else {})
   if settings.chooses_by_pseudo_anomalies() and not pseudo:
     raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s) "
-                             f"for the pseudo-anomalies of {_choosing_flags(settings)}")
+                             f"for the pseudo-anomalies of {_choosing_flags(settings)[0]}")
   labels = [c.label for c in dataset.test]
   description = {
       "data_dir": os.path.abspath(data_dir), "layout": dataset.layout,
@@ -456,10 +458,10 @@ def _heldout_check(settings: Settings, scorer, params, data: Data, *,
           for w in windows}
 
 
-def _window_record(window: int, config, tried: Optional[dict] = None) -> dict:
-  """results.json's ``clip_score`` entry: the window in frames and seconds, and
-  (chosen) the pseudo-anomaly AUC of each candidate."""
-  record = {"reduce_over_windows": "max", "window_frames": int(window),
+def _window_record(window: int, config, *, reduce: str, tried: Optional[dict] = None) -> dict:
+  """results.json's ``clip_score`` entry: the reduction (``--reduce``), the window in
+  frames and seconds, and (chosen) the pseudo-anomaly AUC of each candidate."""
+  record = {"reduce_over_windows": reduce, "window_frames": int(window),
             "window_s": round(window * config.hop_length / config.sample_rate, 4)}
   if tried is not None:
     record["chosen_by"] = {"rule": "pseudo_anomaly_auc",
@@ -498,7 +500,7 @@ def _choose_scoring(settings: Settings, scorer, params, data: Data, out_dir: str
   if len(kinds) > 1:
     record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
         c: round(max(auc[c, w] for w in windows), 4) for c in kinds}})
-  window_record = _window_record(best_window, scorer.config, {
+  window_record = _window_record(best_window, scorer.config, reduce=settings.reduce, tried={
       w: auc[best_kind, w] for w in windows} if len(windows) > 1 else None)
   return normalized, record, window_record, held, pseudo
 
