@@ -18,7 +18,7 @@ then gives, for one recording of any length,
   frames, if it was calibrated with a clip-score window of W frames,
   ``evaluate.clip_score``);
 - the time ranges of the frames whose score (window mean) reaches φ, merged
-  into events (``events_from_scores``, ``window_flags``).
+  into events (``window_flags``, ``events_from_flags``).
 
 ``run(ScoreSettings(...))`` is the whole ``experiments.score`` job: it scores
 files and folders of WAVs, skips (and reports) unreadable ones, and writes
@@ -354,7 +354,7 @@ class Detector:
       wave: mono float waveform at ``sample_rate`` Hz, any length.
       name: names the recording in error messages.
       threshold: φ; default the stored one.
-      merge_gap_s: see ``events_from_scores``.
+      merge_gap_s: see ``events_from_flags``.
 
     Raises:
       ValueError: an unusable waveform (the message includes ``name``).
