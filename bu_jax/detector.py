@@ -484,7 +484,7 @@ def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
     detector: from ``load_detector``.
     paths: files and directories (see ``expand_paths``).
     threshold: φ (default: the detector's stored one).
-    merge_gap_s: see ``events_from_scores``.
+    merge_gap_s: see ``events_from_flags``.
 
   Returns:
     ``(results, failures)``: ``[(path, FrameResult)]`` of the scored files in
