@@ -58,6 +58,7 @@ from bu_jax import reference as reference_lib
 from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import frame_scores
+from bu_jax import heldout
 from bu_jax import pseudo_anomaly
 from bu_jax import runner
 from bu_jax import score_norm
@@ -84,7 +85,7 @@ PRESETS = {
                 score_window=0),
 }
 
-CHOSEN_WINDOW = 0  # --score_window=0: chosen by the pseudo-anomaly AUC
+CHOSEN_WINDOW = heldout.CHOSEN_WINDOW  # --score_window=0: chosen by the pseudo-anomaly AUC
 
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
                  "AUC ordered BU > SNP > RE; its values are only given as a bar chart.")
@@ -208,6 +209,12 @@ class Data:
   # ANR (dB) -> pseudo_anomaly.mix of the held-out clips at that ANR
   pseudo_waves: dict = dataclasses.field(default_factory=dict)
 
+  @property
+  def held(self) -> heldout.HeldOut:
+    """The clips the models train on, the held-out ones and their pseudo-anomalies."""
+    return heldout.HeldOut(fit_waves=self.fit_waves, waves=self.heldout_waves,
+                           names=self.heldout_paths, pseudo_waves=self.pseudo_waves)
+
 
 def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
   if path is not None and not os.path.isdir(path):
@@ -262,18 +269,16 @@ def load_data(settings: Settings) -> Data:
   if n < 2:
     raise data_lib.DataError(f"{data_dir}: {n} training clip(s); need at least 2 "
                              "(some are held out to calibrate the threshold)")
-  order = np.random.default_rng(settings.data_seed).permutation(n)
-  n_held = min(n - 1, max(1, int(round(settings.heldout_fraction * n))))
-  held, fit = sorted(order[:n_held]), sorted(order[n_held:])
+  held, fit = heldout.split(n, fraction=settings.heldout_fraction, seed=settings.data_seed)
+  n_held = len(held)
   something_else = (data_lib.load_something_else(something_else_dir)
                     if something_else_dir else [])
   if needs_clips and not something_else:
     raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s)")
   heldout_waves = [dataset.train[i] for i in held]
   # Label-free: the held-out clips with something-else sounds mixed in.
-  pseudo = ({anr: pseudo_anomaly.mix(heldout_waves, something_else, anr_db=anr,
-                                     seed=settings.data_seed) for anr in settings.anrs_db}
-            if something_else else {})
+  pseudo = heldout.make_pseudo(heldout_waves, something_else, anrs_db=settings.anrs_db,
+                               seed=settings.data_seed)
   if settings.chooses_by_pseudo_anomalies() and not pseudo:
     raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s) "
                              f"for the pseudo-anomalies of {_choosing_flags(settings)[0]}")
@@ -389,134 +394,20 @@ def _read_results(path: str) -> dict[str, Any]:
   return {k: v for k, v in stored.items() if k in losses_lib.LOSSES}
 
 
-def _score_clips(scorer, params, waves_and_names, *, reduce: str,
-                 windows: Sequence[int] = (1,)) -> tuple[list, dict[int, np.ndarray]]:
-  """Frame scores of each clip, and its clip score for each window: eq. (11)
-  (or its window means, ``evaluate.clip_score``) over the interior frames, as
-  ``experiments.score`` computes it. Returns (frames, {window: clip scores})."""
-  cache = {}
-  frames, scores = [], {w: [] for w in windows}
-  for wave, name in waves_and_names:
-    key = id(wave)
-    if key not in cache:
-      f = scorer(params, wave, name=name)
-      cache[key] = (f, {w: evaluate.interior_clip_score(
-          f, num_samples=len(wave), feature_config=scorer.config, reduce=reduce, window=w)
-                        for w in windows})
-    frames.append(cache[key][0])
-    for w in windows:
-      scores[w].append(cache[key][1][w])
-  return frames, {w: np.asarray(v, dtype=np.float64) for w, v in scores.items()}
-
-
-def _normalize(scorer, params, data: Data, out_dir: str, *, kind: str,
-               neighbors: int) -> tuple[Any, dict]:
-  """``scorer`` with score normalization ``kind`` applied, and its record.
-
-  "knn", "knn_z": fits a ``score_norm.LocalNormalizer`` on the interior frames of
-  ``data.fit_waves`` (the training clips that are not held out) and saves it
-  to ``<out_dir>/score_normalizer.npz``; "none": the scorer as it is (an
-  earlier run's bank in ``out_dir`` is removed, as no calibration names it).
-
-  Returns:
-    ``(scorer, record)``; the record, ``{"kind": "knn" | "knn_z", "neighbors": k,
-    "frames": N, "file": name}`` or ``{"kind": "none"}``, goes into
-    results.json and (``_store_threshold``) the calibration.
-  """
-  t0 = time.perf_counter()
-  scorer, normalizer = score_norm.prepare(
-      scorer, params, data.fit_waves, kind=kind, neighbors=neighbors, directory=out_dir,
-      heldout_waves=data.heldout_waves)
-  if normalizer is None:
-    return scorer, {"kind": "none"}
-  logging.info("%s fitted and saved in %.1f s", normalizer.describe(), time.perf_counter() - t0)
-  record = {"kind": normalizer.kind, "neighbors": normalizer.neighbors,
-            "frames": normalizer.frames, "file": score_norm.FILE_NAME}
-  if normalizer.choice is not None:  # k chosen from the held-out clips
-    record["neighbors_heldout_log_density"] = {
-        str(k): round(v, 4) for k, v in normalizer.choice.items()}
-  return scorer, record
-
-
-def _heldout_check(settings: Settings, scorer, params, data: Data, *,
-                   windows: Sequence[int]) -> dict[int, tuple[np.ndarray, Optional[dict]]]:
-  """Per clip-score window: the held-out normal clips' scores, and the
-  pseudo-anomaly AUC per ANR and their mean (``pseudo_anomaly``; None without
-  something-else sounds): everything label-free a run knows of a scorer."""
-  _, held = _score_clips(scorer, params, zip(data.heldout_waves, data.heldout_paths),
-                         reduce=settings.reduce, windows=windows)
-  if not data.pseudo_waves:
-    return {w: (held[w], None) for w in windows}
-  by_anr = {w: {} for w in windows}
-  for anr, waves in data.pseudo_waves.items():
-    names = (f"pseudo-anomaly {i} at {anr:g} dB" for i in range(len(waves)))
-    _, pseudo = _score_clips(scorer, params, zip(waves, names), reduce=settings.reduce,
-                             windows=windows)
-    for w in windows:
-      by_anr[w][f"{anr:g}dB"] = pseudo_anomaly.auc(held[w], pseudo[w])
-  return {w: (held[w], {"mean": float(np.mean(list(by_anr[w].values()))), **by_anr[w]})
-          for w in windows}
-
-
-def _window_record(window: int, config, *, reduce: str, tried: Optional[dict] = None) -> dict:
-  """results.json's ``clip_score`` entry: the reduction (``--reduce``), the window in
-  frames and seconds, and (chosen) the pseudo-anomaly AUC of each candidate."""
-  record = {"reduce_over_windows": reduce, "window_frames": int(window),
-            "window_s": round(window * config.hop_length / config.sample_rate, 4)}
-  if tried is not None:
-    record["chosen_by"] = {"rule": "pseudo_anomaly_auc",
-                           **{str(w): round(auc, 4) for w, auc in tried.items()}}
-  return record
-
-
-def _choose_scoring(settings: Settings, scorer, params, data: Data, out_dir: str
-                    ) -> tuple[Any, dict, dict, np.ndarray, Any]:
-  """The scorer to evaluate, its normalization and clip-score records, held-out
-  scores and pseudo-anomaly AUC.
-
-  With "auto" the normalization is raw or knn_z, and with ``--score_window=0``
-  the window is one of ``evaluate.window_candidates``: the pair with the
-  highest pseudo-anomaly AUC (the first maximum: raw before knn_z, shorter
-  windows first). The records' ``chosen_by`` hold each candidate's best AUC.
-  """
-  kind, neighbors = settings.normalization()
-  kinds = ("none", score_norm.KIND_Z) if kind == score_norm.AUTO_KIND else (kind,)
-  window = settings.clip_window()
-  windows = (evaluate.window_candidates(scorer.config) if window == CHOSEN_WINDOW
-             else (window,))
-  tried = {}
-  for candidate in kinds:  # knn_z last: its bank stays if it wins
-    normalized, record = _normalize(scorer, params, data, out_dir, kind=candidate,
-                                    neighbors=neighbors)
-    tried[candidate] = (normalized, record, _heldout_check(settings, normalized, params, data,
-                                                           windows=windows))
-  auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
-         for c, t in tried.items() for w in windows}
-  best_kind, best_window = max(auc, key=auc.get)  # the first maximum
-  if best_kind != kinds[-1]:
-    _normalize(scorer, params, data, out_dir, kind=best_kind, neighbors=neighbors)  # its bank
-  normalized, record, checks = tried[best_kind]
-  held, pseudo = checks[best_window]
-  if len(kinds) > 1:
-    record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
-        c: round(max(auc[c, w] for w in windows), 4) for c in kinds}})
-  window_record = _window_record(best_window, scorer.config, reduce=settings.reduce, tried={
-      w: auc[best_kind, w] for w in windows} if len(windows) > 1 else None)
-  return normalized, record, window_record, held, pseudo
-
-
 def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: str,
                      feature_config) -> tuple[dict, dict]:
   """Held-out threshold (eq. 4), test clip scores (eq. 11), metrics and CSVs of one
   detector: an AE's ``FrameScorer`` or the PCA reference, evaluated the same way,
-  on scores normalized as ``settings.normalization()`` says and the clip-score window ``settings.clip_window()`` (``_choose_scoring``)."""
+  on scores normalized as ``settings.normalization()`` says and the clip-score window ``settings.clip_window()`` (``heldout.choose_scoring``)."""
   os.makedirs(out_dir, exist_ok=True)
-  scorer, normalization, clip_record, held_scores, pseudo_auc = _choose_scoring(
-      settings, scorer, params, data, out_dir)
+  kind, neighbors = settings.normalization()
+  scorer, normalization, clip_record, held_scores, pseudo_auc = heldout.choose_scoring(
+      scorer, params, data.held, out_dir, kind=kind, neighbors=neighbors,
+      window=settings.clip_window(), reduce=settings.reduce)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
   window = clip_record["window_frames"]
-  frames, clip_scores = _score_clips(scorer, params, ((c.wave, c.path) for c in test),
+  frames, clip_scores = heldout.score_clips(scorer, params, ((c.wave, c.path) for c in test),
                                      reduce=settings.reduce, windows=(window,))
   clip_scores = clip_scores[window]
   results = evaluate.evaluate_conditions(test, clip_scores, threshold=threshold)
@@ -590,9 +481,7 @@ def _store_threshold(settings: Settings, loss: str, state, config, results: dict
       heldout_clip_scores=tuple(results["heldout_clip_scores"]),
       heldout_paths=tuple(data.heldout_paths),
       window=results["clip_score"]["window_frames"],
-      normalization=None if normalization["kind"] == "none" else artifact.ScoreNormalization(
-          kind=normalization["kind"], neighbors=normalization["neighbors"],
-          file=normalization["file"]))
+      normalization=heldout.calibration_normalization(normalization))
   artifact.store_calibration(os.path.join(settings.workdir, loss), calibration,
                              step=config.total_steps, state=state)
 

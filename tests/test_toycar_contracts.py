@@ -8,6 +8,7 @@ import sys
 import jax
 import pytest
 
+from bu_jax import heldout
 from bu_jax import toycar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,12 +266,12 @@ def test_auto_normalization_stores_what_it_chose(winner, tiny_data, tmp_path, mo
   data = toycar.load_data(settings)
   auc = {"none": 0.8, "knn_z": 0.9 if winner == "knn_z" else 0.8}
 
-  def check(settings, scorer, params, data, *, windows):  # raw scorers have no normalizer
-    del settings, params, data
+  def check(scorer, params, held, *, reduce, windows):  # raw scorers have no normalizer
+    del params, held, reduce
     assert windows == (1,)  # the default window: eq. (11)
     return {1: (np.ones(2), {"mean": auc["knn_z" if hasattr(scorer, "normalizer") else "none"]})}
 
-  monkeypatch.setattr(toycar, "_heldout_check", check)
+  monkeypatch.setattr(heldout, "check", check)
   config = settings.train_config("re").feature_config
   results, _ = toycar.evaluate_reference(settings, config, data)
   assert results["score_normalization"]["kind"] == winner
@@ -295,14 +296,14 @@ def test_score_window_zero_chooses_normalization_and_window_together(
   candidates = evaluate.window_candidates(settings.train_config("re").feature_config)
   assert candidates == (1, 16, 31, 62, 125)  # 1 frame, 0.25, 0.5, 1, 2 s at a 16-ms hop
 
-  def check(settings, scorer, params, data, *, windows):
-    del settings, params, data
+  def check(scorer, params, held, *, reduce, windows):
+    del params, held, reduce
     assert windows == candidates
     kind = "knn_z" if hasattr(scorer, "normalizer") else "none"
     return {w: (np.full(2, float(w)), {"mean": 0.9 if (kind, w) == best else 0.5})
             for w in windows}
 
-  monkeypatch.setattr(toycar, "_heldout_check", check)
+  monkeypatch.setattr(heldout, "check", check)
   results = toycar.run(settings)["re"]
   assert results["score_normalization"]["kind"] == best[0]
   assert results["score_normalization"]["chosen_by"] == {

@@ -1,0 +1,223 @@
+"""Held-out normal training clips: the threshold's clips and the label-free choice of the scoring.
+
+A run that holds some normal training clips out of training knows, without a
+test label, how a scorer treats normal sound it has not seen: their clip scores
+calibrate phi (eq. 4), and the same clips with something-else sounds mixed in
+(``bu_jax.pseudo_anomaly``) should score higher. The pseudo-anomaly AUC then
+chooses between evaluations of one trained model:
+
+* the score normalization: with ``kind="auto"``, raw scores or "knn_z"
+  (``bu_jax.score_norm``, its bank fitted on the clips the model trained on);
+* the clip score's window: with ``window=CHOSEN_WINDOW``, one of
+  ``evaluate.window_candidates`` (one frame, eq. 11, and 0.25 / 0.5 / 1 / 2 s).
+
+The pair with the highest mean pseudo-anomaly AUC over the ANRs wins (the first
+maximum: raw before knn_z, shorter windows first). Shared by
+``experiments.toycar`` and ``experiments.dcase``.
+
+* ``split``: which clips are held out (deterministic in a seed).
+* ``HeldOut``: the clips a model trains on, the held-out ones, their pseudo-anomalies.
+* ``score_clips``: frame scores and clip scores for several windows at once.
+* ``choose_scoring``: the scorer to evaluate with, its records and φ's clip scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, NamedTuple, Optional, Sequence
+
+from absl import logging
+import numpy as np
+
+from bu_jax import artifact
+from bu_jax import evaluate
+from bu_jax import pseudo_anomaly
+from bu_jax import score_norm
+
+CHOSEN_WINDOW = 0  # window=0: chosen by the pseudo-anomaly AUC
+
+
+def split(n: int, *, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+  """Indices of the held-out clips and of the rest, each sorted.
+
+  ``round(fraction * n)`` clips, at least one and at most ``n - 1``, drawn by
+  a permutation of ``numpy.random.default_rng(seed)``.
+
+  Raises:
+    ValueError: ``n`` < 2 or ``fraction`` outside (0, 1).
+  """
+  if n < 2:
+    raise ValueError(f"{n} training clip(s); need at least 2 to hold some out")
+  if not 0 < fraction < 1:
+    raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction}")
+  order = np.random.default_rng(seed).permutation(n)
+  n_held = min(n - 1, max(1, int(round(fraction * n))))
+  return sorted(int(i) for i in order[:n_held]), sorted(int(i) for i in order[n_held:])
+
+
+@dataclasses.dataclass
+class HeldOut:
+  """The clips of one model: those it trains on, the held-out ones and their pseudo-anomalies.
+
+  Attributes:
+    fit_waves: the training clips the model trains on (the knn bank's clips).
+    waves: the held-out normal clips (phi's clips).
+    names: their names (paths), for error messages and the calibration.
+    pseudo_waves: ANR (dB) -> ``pseudo_anomaly.mix`` of ``waves`` at that
+      ANR; empty without something-else sounds.
+  """
+
+  fit_waves: list
+  waves: list
+  names: list
+  pseudo_waves: dict = dataclasses.field(default_factory=dict)
+
+
+def make_pseudo(waves: Sequence[np.ndarray], something_else: Sequence[np.ndarray], *,
+                anrs_db: Sequence[float], seed: int) -> dict:
+  """ANR -> the held-out ``waves`` with something-else sounds mixed in at that
+  ANR (``pseudo_anomaly.mix``); {} without something-else sounds."""
+  if not something_else:
+    return {}
+  return {float(anr): pseudo_anomaly.mix(waves, something_else, anr_db=anr, seed=seed)
+          for anr in anrs_db}
+
+
+def score_clips(scorer, params, waves_and_names, *, reduce: str,
+                windows: Sequence[int] = (1,)) -> tuple[list, dict[int, np.ndarray]]:
+  """Frame scores of each clip, and its clip score for each window: eq. (11)
+  (or its window means, ``evaluate.clip_score``) over the interior frames, as
+  ``experiments.score`` computes it. Returns (frames, {window: clip scores})."""
+  cache = {}
+  frames, scores = [], {w: [] for w in windows}
+  for wave, name in waves_and_names:
+    key = id(wave)
+    if key not in cache:
+      f = scorer(params, wave, name=name)
+      cache[key] = (f, {w: evaluate.interior_clip_score(
+          f, num_samples=len(wave), feature_config=scorer.config, reduce=reduce, window=w)
+                        for w in windows})
+    frames.append(cache[key][0])
+    for w in windows:
+      scores[w].append(cache[key][1][w])
+  return frames, {w: np.asarray(v, dtype=np.float64) for w, v in scores.items()}
+
+
+def normalize(scorer, params, held: HeldOut, out_dir: str, *, kind: str,
+              neighbors: int) -> tuple[Any, dict]:
+  """``scorer`` with score normalization ``kind`` applied, and its record.
+
+  "knn", "knn_z": fits a ``score_norm.LocalNormalizer`` on the interior frames of
+  ``held.fit_waves`` and saves it to ``<out_dir>/score_normalizer.npz``;
+  "none": the scorer as it is (an earlier run's bank in ``out_dir`` is
+  removed, as no calibration names it).
+
+  Returns:
+    ``(scorer, record)``; the record, ``{"kind": "knn" | "knn_z", "neighbors": k,
+    "frames": N, "file": name}`` or ``{"kind": "none"}``, goes into
+    results.json and (``calibration_normalization``) the calibration.
+  """
+  t0 = time.perf_counter()
+  scorer, normalizer = score_norm.prepare(
+      scorer, params, held.fit_waves, kind=kind, neighbors=neighbors, directory=out_dir,
+      heldout_waves=held.waves)
+  if normalizer is None:
+    return scorer, {"kind": "none"}
+  logging.info("%s fitted and saved in %.1f s", normalizer.describe(), time.perf_counter() - t0)
+  record = {"kind": normalizer.kind, "neighbors": normalizer.neighbors,
+            "frames": normalizer.frames, "file": score_norm.FILE_NAME}
+  if normalizer.choice is not None:  # k chosen from the held-out clips
+    record["neighbors_heldout_log_density"] = {
+        str(k): round(v, 4) for k, v in normalizer.choice.items()}
+  return scorer, record
+
+
+def check(scorer, params, held: HeldOut, *, reduce: str, windows: Sequence[int]
+          ) -> dict[int, tuple[np.ndarray, Optional[dict]]]:
+  """Per clip-score window: the held-out normal clips' scores, and the
+  pseudo-anomaly AUC per ANR and their mean (None without pseudo-anomalies):
+  everything label-free a run knows of a scorer."""
+  _, scores = score_clips(scorer, params, zip(held.waves, held.names), reduce=reduce,
+                          windows=windows)
+  if not held.pseudo_waves:
+    return {w: (scores[w], None) for w in windows}
+  by_anr = {w: {} for w in windows}
+  for anr, waves in held.pseudo_waves.items():
+    names = (f"pseudo-anomaly {i} at {anr:g} dB" for i in range(len(waves)))
+    _, pseudo = score_clips(scorer, params, zip(waves, names), reduce=reduce, windows=windows)
+    for w in windows:
+      by_anr[w][f"{anr:g}dB"] = pseudo_anomaly.auc(scores[w], pseudo[w])
+  return {w: (scores[w], {"mean": float(np.mean(list(by_anr[w].values()))), **by_anr[w]})
+          for w in windows}
+
+
+def window_record(window: int, config, *, reduce: str, tried: Optional[dict] = None) -> dict:
+  """results.json's ``clip_score`` entry: the reduction (``--reduce``), the window in
+  frames and seconds, and (chosen) the pseudo-anomaly AUC of each candidate."""
+  record = {"reduce_over_windows": reduce, "window_frames": int(window),
+            "window_s": round(window * config.hop_length / config.sample_rate, 4)}
+  if tried is not None:
+    record["chosen_by"] = {"rule": "pseudo_anomaly_auc",
+                           **{str(w): round(auc, 4) for w, auc in tried.items()}}
+  return record
+
+
+class Choice(NamedTuple):
+  """What ``choose_scoring`` chose: the scorer, the records of its normalization
+  and clip score (results.json), the held-out clip scores (phi's) and the
+  pseudo-anomaly AUCs (None without pseudo-anomalies)."""
+  scorer: Any
+  normalization: dict
+  clip_score: dict
+  heldout_scores: np.ndarray
+  pseudo_auc: Optional[dict]
+
+
+def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, neighbors: int,
+                   window: int, reduce: str) -> Choice:
+  """The scorer to evaluate a model with, chosen on ``held`` without labels.
+
+  With ``kind="auto"`` the normalization is raw or knn_z, and with
+  ``window=CHOSEN_WINDOW`` the window is one of ``evaluate.window_candidates``:
+  the pair with the highest pseudo-anomaly AUC (the first maximum: raw before
+  knn_z, shorter windows first). The records' ``chosen_by`` hold each
+  candidate's best AUC. Otherwise ``kind`` and ``window`` are used as given.
+  The bank of the chosen normalization (if any) is left in ``out_dir``.
+
+  Raises:
+    ValueError: a choice is asked for but ``held`` has no pseudo-anomalies.
+  """
+  kinds = ("none", score_norm.KIND_Z) if kind == score_norm.AUTO_KIND else (kind,)
+  windows = (evaluate.window_candidates(scorer.config) if window == CHOSEN_WINDOW
+             else (window,))
+  if (len(kinds) > 1 or len(windows) > 1) and not held.pseudo_waves:
+    raise ValueError("choosing the scoring needs pseudo-anomalies (something-else sounds)")
+  tried = {}
+  for candidate in kinds:  # knn_z last: its bank stays if it wins
+    normalized, record = normalize(scorer, params, held, out_dir, kind=candidate,
+                                   neighbors=neighbors)
+    tried[candidate] = (normalized, record, check(normalized, params, held, reduce=reduce,
+                                                  windows=windows))
+  auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
+         for c, t in tried.items() for w in windows}
+  best_kind, best_window = max(auc, key=auc.get)  # the first maximum
+  if best_kind != kinds[-1]:
+    normalize(scorer, params, held, out_dir, kind=best_kind, neighbors=neighbors)  # its bank
+  normalized, record, checks = tried[best_kind]
+  scores, pseudo = checks[best_window]
+  if len(kinds) > 1:
+    record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
+        c: round(max(auc[c, w] for w in windows), 4) for c in kinds}})
+  clip_record = window_record(best_window, scorer.config, reduce=reduce, tried={
+      w: auc[best_kind, w] for w in windows} if len(windows) > 1 else None)
+  return Choice(normalized, record, clip_record, scores, pseudo)
+
+
+def calibration_normalization(record: dict) -> Optional[artifact.ScoreNormalization]:
+  """The calibration's ``artifact.ScoreNormalization`` of a normalization record
+  (None for raw scores)."""
+  if record["kind"] == "none":
+    return None
+  return artifact.ScoreNormalization(kind=record["kind"], neighbors=record["neighbors"],
+                                     file=record["file"])
