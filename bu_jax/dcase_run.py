@@ -31,6 +31,14 @@ code space. The bank is fitted on the training clips but every tenth
 (``<model dir>/score_normalizer.npz``), and the threshold on the normalized
 scores of those held-out tenth, since a clip in the bank would find its own
 frames as neighbours.
+
+With ``heldout_fraction`` > 0 that fraction of each model's training clips is
+held out of its training (``heldout.split``): φ is fitted to them, the bank
+holds the clips trained on, and ``score_normalization="auto"`` and
+``score_window=0`` choose raw or knn_z scores and the clip-score window per
+model by the AUC of the held-out clips with something-else sounds mixed in
+(``heldout.choose_scoring``, as ``experiments.toycar``), recorded under
+``results[loss]["scoring"][tag]``.
 Metrics and the official score: ``bu_jax.dcase_metrics``.
 """
 
@@ -57,6 +65,7 @@ from bu_jax import fileio
 from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import frame_scores
+from bu_jax import heldout
 from bu_jax import runner
 from bu_jax import score_norm
 from bu_jax import synthetic_dcase
@@ -71,6 +80,7 @@ PRESETS = {
                  learning_rate=1e-3, steps_per_call=10),
 }
 PER = ("machine_type", "section")
+PSEUDO_ANRS_DB = (-10.0, -15.0, -20.0)  # the pseudo-anomalies' ANRs (the paper's test ANRs)
 
 
 # Raised by ``run`` (``runner.train_or_resume``, ``runner.check_resumable``).
@@ -103,28 +113,56 @@ class Settings(cli.TrainingSettings):
   eval_root: Optional[str] = cli.setting(
       None, help="Evaluation set (<root>/<machine_type>/test): scored with the trained "
       "models, files in <workdir>/<loss>/eval/.")
+  heldout_fraction: float = cli.setting(
+      0.0, help="Fraction of each model's training clips held out of its training (at least "
+      "one): phi (eq. 4) is fitted to their clip scores, and with --score_normalization=auto "
+      "or --score_window=0 their pseudo-anomalies (something-else sounds mixed in) choose "
+      "the scoring, as in experiments.toycar. 0: train on every clip (the baselines'). A "
+      "training setting.")
   score_normalization: str = cli.setting(
-      "none", choices=("none",) + score_norm.KINDS,
+      "none", choices=("none", score_norm.AUTO_KIND) + score_norm.KINDS,
       help="knn / knn_z: normalize each frame score by the scores of its "
       "--normalization_neighbors nearest training frames in code space (as "
-      "experiments.toycar; the threshold is then fitted on every tenth training clip, "
-      "left out of the bank). Evaluation only.")
+      "experiments.toycar; the threshold is then fitted on the held-out clips of "
+      "--heldout_fraction, else on every tenth training clip, left out of the bank); auto: "
+      "none or knn_z, whichever gives the held-out clips' pseudo-anomalies the higher AUC "
+      "(needs --heldout_fraction > 0). Evaluation only.")
   normalization_neighbors: Optional[int] = cli.setting(
-      None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z: "
-      "the k under which the held-out tenth's frames are most likely). Evaluation only. "
-      "Default: 0 for knn_z, 10 for knn.")
+      None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z "
+      "and auto: the k under which the held-out clips' frames are most likely). Evaluation "
+      "only. Default: 0 for knn_z and auto, 10 for knn.")
   score_window: int = cli.setting(
-      1, minimum=1, help="Clip score: the maximum over the mean scores of this many "
-      "consecutive frames (1: eq. 11; experiments.toycar can also choose it). Evaluation "
-      "only; applied by experiments.score.")
+      1, minimum=0, help="Clip score: the maximum over the mean scores of this many "
+      "consecutive frames (1: eq. 11; 0: chosen among 1 frame and 0.25, 0.5, 1, 2 s by the "
+      "pseudo-anomaly AUC, with the normalization under auto; needs --heldout_fraction > 0). "
+      "Evaluation only; applied by experiments.score.")
   synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
 
   def __post_init__(self):
     super().__post_init__()
     score_norm.check_setting(self.score_normalization, self.neighbors)
+    if not 0 <= self.heldout_fraction < 1:
+      raise ValueError(f"--heldout_fraction must lie in [0, 1), got {self.heldout_fraction}")
+    if self.chooses_by_pseudo_anomalies() and not self.heldout_fraction:
+      raise ValueError(f"{self.choosing_flags()}: the scoring is chosen on clips held out of "
+                       "training, so --heldout_fraction must be > 0 (e.g. 0.1)")
     if self.reduce == "mean" and self.score_window != 1:
       raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
                        f"got {self.score_window}")
+
+  def chooses_by_pseudo_anomalies(self) -> bool:
+    """Whether evaluation chooses the normalization or window by pseudo-anomalies."""
+    return (self.score_normalization == score_norm.AUTO_KIND
+            or self.score_window == heldout.CHOSEN_WINDOW)
+
+  def choosing_flags(self) -> str:
+    """The flags that ask for a choice by pseudo-anomalies, as text."""
+    flags = []
+    if self.score_normalization == score_norm.AUTO_KIND:
+      flags.append(f"--score_normalization={score_norm.AUTO_KIND}")
+    if self.score_window == heldout.CHOSEN_WINDOW:
+      flags.append(f"--score_window={heldout.CHOSEN_WINDOW}")
+    return " and ".join(flags)
 
   @property
   def neighbors(self) -> int:
@@ -176,6 +214,8 @@ def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
   clips). Evaluation settings (``EVALUATION_FLAGS``) are not among them."""
   path = lambda p: None if p is None else os.path.abspath(p)
   data = {"data_root": path(settings.data_root), "per": settings.per, "year": settings.year}
+  if settings.heldout_fraction:  # absent (older checkpoints): every clip trained on
+    data["heldout_fraction"] = settings.heldout_fraction
   if settings.data_root is None:  # the embedded set
     data["data_seed"] = settings.data_seed
     if settings.synthetic_kwargs:
@@ -266,17 +306,15 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
 
 
 def _calibration(settings: Settings, phi: float, scores: Sequence[float],
-                 clips: Sequence[Any],
-                 normalizer: Optional[score_norm.LocalNormalizer]) -> artifact.Calibration:
-  """φ, the clip scores and files it was fitted to, and the score normalization
-  (``normalizer``, None for raw scores), for the model's final checkpoint (so
-  ``experiments.score`` decides as this run)."""
+                 paths: Sequence[str], *, window: int,
+                 normalization: Optional[artifact.ScoreNormalization]) -> artifact.Calibration:
+  """φ, the clip scores and files it was fitted to, the clip-score window and the
+  score normalization (None for raw scores), for the model's final checkpoint
+  (so ``experiments.score`` decides as this run)."""
   return artifact.Calibration(
       threshold=float(phi), reduce=settings.reduce, quantile=settings.threshold_quantile,
-      heldout_clip_scores=tuple(float(v) for v in scores),
-      heldout_paths=tuple(c.path for c in clips), window=settings.score_window,
-      normalization=None if normalizer is None else artifact.ScoreNormalization(
-          kind=normalizer.kind, neighbors=normalizer.neighbors, file=score_norm.FILE_NAME))
+      heldout_clip_scores=tuple(float(v) for v in scores), heldout_paths=tuple(paths),
+      window=window, normalization=normalization)
 
 
 # ------------------------------------------------------------------ files
@@ -410,6 +448,10 @@ def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
     raise data_lib.DataError(
         "--something_else_dir is required for --loss=snp/bu/all with --data_root "
         "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
+  if settings.chooses_by_pseudo_anomalies() and se_dir is None:
+    raise data_lib.DataError(
+        f"{settings.choosing_flags()}: --something_else_dir is required (its sounds make "
+        "the pseudo-anomalies that choose the scoring)")
   return root, se_dir
 
 
@@ -428,8 +470,10 @@ def run(settings: Settings) -> dict:
   machine_types = list(settings.machines or dcase.discover_machine_types(root))
   needs_clips = any(l != "re" for l in settings.losses)
   clips = lengths = None
-  if needs_clips:
+  something_else = []
+  if needs_clips or settings.chooses_by_pseudo_anomalies():
     something_else = data_lib.load_something_else(se_dir)
+  if needs_clips:
     clips, lengths = data_lib.pad_clips(something_else)
   cfg0 = configs[settings.losses[0]]
   preset = cfg0.model_preset
@@ -438,6 +482,7 @@ def run(settings: Settings) -> dict:
   per_section = {set_name: {l: {} for l in settings.losses} for set_name in ("dev", "eval")}
   thresholds = {l: {} for l in settings.losses}
   chosen_neighbors = {l: {} for l in settings.losses}  # --normalization_neighbors=0
+  scoring = {l: {} for l in settings.losses}  # with --heldout_fraction: what each model scores on
   train_seconds = {l: {} for l in settings.losses}
   previous_path = os.path.join(settings.workdir, "results.json")
   if os.path.exists(previous_path):  # keep the training times of models found finished
@@ -484,6 +529,21 @@ def run(settings: Settings) -> dict:
                         "(--per=section); they are not scored", machine, orphans)
     scores = {l: {s: {} for s in test_sets} for l in settings.losses}
     for group, (train_clips, section) in groups.items():
+      held = None
+      if settings.heldout_fraction:
+        if len(train_clips) < 2:
+          raise data_lib.DataError(
+              f"{machine} {group}: {len(train_clips)} training clip(s); --heldout_fraction="
+              f"{settings.heldout_fraction:g} needs at least 2")
+        held_idx, fit_idx = heldout.split(len(train_clips), fraction=settings.heldout_fraction,
+                                          seed=settings.data_seed)
+        held_clips = [train_clips[i] for i in held_idx]
+        train_clips = [train_clips[i] for i in fit_idx]
+        held = heldout.HeldOut(
+            fit_waves=[c.wave for c in train_clips], fit_names=[c.path for c in train_clips],
+            waves=[c.wave for c in held_clips], names=[c.path for c in held_clips],
+            pseudo_waves=heldout.make_pseudo([c.wave for c in held_clips], something_else,
+                                             anrs_db=PSEUDO_ANRS_DB, seed=settings.data_seed))
       segments = data_lib.training_corpus([c.wave for c in train_clips],
                                           segment_seconds=cfg0.segment_seconds)
       corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)
@@ -497,21 +557,39 @@ def run(settings: Settings) -> dict:
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
-        eval_scorer, normalizer, phi_clips = normalized_scorer(
-            settings, scorer, params, train_clips, model_dir=model_dir)
-        train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce,
-                                   window=settings.score_window)
+        if held is None:  # every clip trained on: phi on them, or on the bank's left-out tenth
+          eval_scorer, normalizer, phi_clips = normalized_scorer(
+              settings, scorer, params, train_clips, model_dir=model_dir)
+          window = settings.score_window
+          train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce,
+                                     window=window)
+          phi_paths = [c.path for c in phi_clips]
+          normalization = None if normalizer is None else artifact.ScoreNormalization(
+              kind=normalizer.kind, neighbors=normalizer.neighbors, file=score_norm.FILE_NAME)
+          if normalizer is not None and normalizer.choice is not None:
+            chosen_neighbors[loss][tag] = normalizer.neighbors
+        else:  # phi, and any choice of the scoring, on the held-out clips
+          choice = heldout.choose_scoring(
+              scorer, params, held, model_dir, kind=settings.score_normalization,
+              neighbors=settings.neighbors, window=settings.score_window,
+              reduce=settings.reduce)
+          eval_scorer, train_scores, phi_paths = choice.scorer, choice.heldout_scores, held.names
+          window = choice.clip_score["window_frames"]
+          normalization = heldout.calibration_normalization(choice.normalization)
+          scoring[loss][tag] = {
+              "score_normalization": choice.normalization, "clip_score": choice.clip_score,
+              "heldout_clips": len(held.names),
+              "pseudo_anomaly_auc": choice.pseudo_auc,
+              "heldout_max_over_median": evaluate.heldout_spread(train_scores)}
+          print(f"[{tag}] scored on {heldout.describe(choice)}", flush=True)
         phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
         thresholds[loss][tag] = phi
-        if normalizer is not None and normalizer.choice is not None:
-          chosen_neighbors[loss][tag] = normalizer.neighbors
-        artifact.store_calibration(model_dir, _calibration(settings, phi, train_scores,
-                                                           phi_clips, normalizer),
+        artifact.store_calibration(model_dir, _calibration(
+            settings, phi, train_scores, phi_paths, window=window, normalization=normalization),
                                    step=configs[loss].total_steps, state=state)
         for set_name, test_clips in test_sets.items():
           chosen = [c for c in test_clips if section is None or c.section == section]
-          s = clip_scores(eval_scorer, params, chosen, reduce=settings.reduce,
-                          window=settings.score_window)
+          s = clip_scores(eval_scorer, params, chosen, reduce=settings.reduce, window=window)
           for clip, value in zip(chosen, s):
             scores[loss][set_name][clip.path] = (value, int(evaluate.decide(value, phi)))
     # Files and metrics of this machine type.
@@ -560,6 +638,8 @@ def run(settings: Settings) -> dict:
                  "neighbors": settings.neighbors, "file": score_norm.FILE_NAME}}
     if chosen_neighbors[loss]:
       entry["score_normalization"]["neighbors_chosen"] = chosen_neighbors[loss]
+    if scoring[loss]:
+      entry["scoring"] = scoring[loss]
     for set_name in ("dev", "eval"):
       if per_section[set_name][loss]:
         entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)

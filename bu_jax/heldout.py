@@ -66,12 +66,14 @@ class HeldOut:
     names: their names (paths), for error messages and the calibration.
     pseudo_waves: ANR (dB) -> ``pseudo_anomaly.mix`` of ``waves`` at that
       ANR; empty without something-else sounds.
+    fit_names: names of ``fit_waves`` for error messages (None: "training clip i").
   """
 
   fit_waves: list
   waves: list
   names: list
   pseudo_waves: dict = dataclasses.field(default_factory=dict)
+  fit_names: Optional[list] = None
 
 
 def make_pseudo(waves: Sequence[np.ndarray], something_else: Sequence[np.ndarray], *,
@@ -121,7 +123,7 @@ def normalize(scorer, params, held: HeldOut, out_dir: str, *, kind: str,
   t0 = time.perf_counter()
   scorer, normalizer = score_norm.prepare(
       scorer, params, held.fit_waves, kind=kind, neighbors=neighbors, directory=out_dir,
-      heldout_waves=held.waves)
+      heldout_waves=held.waves, names=held.fit_names)
   if normalizer is None:
     return scorer, {"kind": "none"}
   logging.info("%s fitted and saved in %.1f s", normalizer.describe(), time.perf_counter() - t0)
@@ -212,6 +214,17 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   clip_record = window_record(best_window, scorer.config, reduce=reduce, tried={
       w: auc[best_kind, w] for w in windows} if len(windows) > 1 else None)
   return Choice(normalized, record, clip_record, scores, pseudo)
+
+
+def describe(choice: Choice) -> str:
+  """E.g. "knn_z scores, 0.5-s windows (pseudo-anomaly AUC 0.981)"."""
+  kind = choice.normalization["kind"]
+  text = "raw scores" if kind == "none" else f"{kind} scores"
+  window = choice.clip_score
+  text += (", eq. (11)" if window["window_frames"] == 1 else f", {window['window_s']:g}-s windows")
+  if choice.pseudo_auc is not None:
+    text += f" (pseudo-anomaly AUC {choice.pseudo_auc['mean']:.3f})"
+  return text
 
 
 def calibration_normalization(record: dict) -> Optional[artifact.ScoreNormalization]:

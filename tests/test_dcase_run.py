@@ -275,3 +275,76 @@ def test_score_window_is_an_evaluation_setting(finished_dcase, tmp_path):
   assert os.path.getsize(png) > 1000
   with pytest.raises(ValueError, match="--reduce=mean .* takes --score_window=1"):
     dataclasses.replace(settings, reduce="mean")
+
+
+def test_choosing_the_scoring_needs_held_out_clips(tmp_path):
+  with pytest.raises(ValueError, match=r"--score_normalization=auto: the scoring is chosen on "
+                     r"clips held out of training, so --heldout_fraction must be > 0"):
+    _settings(tmp_path, score_normalization="auto")
+  with pytest.raises(ValueError, match=r"--score_normalization=auto and --score_window=0: "
+                     r"the scoring .* --heldout_fraction must be > 0"):
+    _settings(tmp_path, score_normalization="auto", score_window=0)
+  with pytest.raises(ValueError, match=r"--heldout_fraction must lie in \[0, 1\), got 1"):
+    _settings(tmp_path, heldout_fraction=1.0)
+  cmd = [sys.executable, "-m", "experiments.dcase", "--loss=re", "--preset=demo",
+         f"--workdir={tmp_path / 'w'}", "--score_window=0"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert "Usage error: --score_window=0: the scoring is chosen on clips held out" in proc.stderr
+  root = synthetic_dcase.generate(str(tmp_path / "d"), **{**TINY, "num_source_train": 1,
+                                                         "num_test_per_group": 1})
+  with pytest.raises(dcase.DataError, match=r"--score_window=0: --something_else_dir is required"):
+    dcase_run.run(_settings(tmp_path / "w2", losses=("re",), data_root=root,
+                            heldout_fraction=0.2, score_window=0))
+
+
+def test_held_out_clips_choose_the_scoring(tmp_path, monkeypatch):
+  """--heldout_fraction: the held-out clips are left out of training and of the bank;
+  phi is fitted to them, and with auto and --score_window=0 the pseudo-anomaly AUC
+  of the (normalization, window) pair decides, recorded per model and stored with
+  it, so experiments.score scores as the run did."""
+  from bu_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from bu_jax import heldout, score_norm  # pylint: disable=g-import-not-at-top
+  trained_on = []
+  corpus = data_lib.training_corpus
+  monkeypatch.setattr(data_lib, "training_corpus",
+                      lambda waves, **kw: trained_on.append(len(waves)) or corpus(waves, **kw))
+  settings = _settings(tmp_path / "run", losses=("re",), steps_per_epoch=2,
+                       heldout_fraction=0.25, score_normalization="auto", score_window=0)
+  results = dcase_run.run(settings)
+  md = dcase.load_machine_type(str(tmp_path / "run" / "synthetic_data"), "SynthFan")
+  held_idx, fit_idx = heldout.split(len(md.train), fraction=0.25, seed=0)
+  assert len(held_idx) == 4 and trained_on == [len(md.train) - 4]
+  record = results["re"]["scoring"]["re/SynthFan"]
+  assert record["heldout_clips"] == 4
+  candidates = evaluate.window_candidates(
+      detector_lib.load_detector(tmp_path / "run" / "re" / "models" / "SynthFan").feature_config)
+  tried = record["clip_score"]["chosen_by"]
+  assert tried["rule"] == "pseudo_anomaly_auc" and set(tried) - {"rule"} == {
+      str(w) for w in candidates}
+  kinds = record["score_normalization"]["chosen_by"]
+  assert set(kinds) == {"rule", "none", "knn_z"}
+  best = max(("none", "knn_z"), key=lambda k: (kinds[k], k == "none"))  # ties: raw
+  assert record["score_normalization"]["kind"] == best
+  assert record["pseudo_anomaly_auc"]["mean"] == pytest.approx(kinds[best], abs=1e-4)
+  assert set(record["pseudo_anomaly_auc"]) == {"mean", "-10dB", "-15dB", "-20dB"}
+  model_dir = tmp_path / "run" / "re" / "models" / "SynthFan"
+  detector = detector_lib.load_detector(model_dir)
+  assert detector.window == record["clip_score"]["window_frames"]
+  assert sorted(detector.calibration.heldout_paths) == sorted(md.train[i].path for i in held_idx)
+  assert detector.threshold == results["re"]["thresholds"]["re/SynthFan"]
+  if best == "knn_z":
+    cfg = detector.feature_config
+    frames = lambda c: len(range(cfg.num_frames(len(c.wave)))[cfg.interior(len(c.wave))])
+    bank = score_norm.load_local_normalizer(model_dir / score_norm.FILE_NAME)
+    assert bank.frames == sum(frames(md.train[i]) for i in fit_idx)
+  else:
+    assert detector.normalization is None
+  clip = md.test[0]
+  rows = dict(csv.reader(open(tmp_path / "run" / "re" /
+                              f"anomaly_score_SynthFan_section_{clip.section}_test.csv")))
+  assert detector.score(clip.wave).clip_score == pytest.approx(float(rows[clip.name]), rel=1e-5)
+  # The held-out fraction is a training setting: another one is refused, naming it.
+  with pytest.raises(dcase_run.SettingsMismatchError,
+                     match=r"--heldout_fraction: 0.25 in the checkpoint, 0.5 now"):
+    dcase_run.run(dataclasses.replace(settings, heldout_fraction=0.5))
