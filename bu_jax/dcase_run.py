@@ -61,6 +61,7 @@ from bu_jax import data as data_lib
 from bu_jax import dcase
 from bu_jax import dcase_metrics
 from bu_jax import evaluate
+from bu_jax import features as features_lib
 from bu_jax import fileio
 from bu_jax import parallel
 from bu_jax import plots
@@ -78,6 +79,10 @@ PRESETS = {
     # The embedded set on a 2-core CPU: 3 machine types x 3 losses in ~5 min.
     "demo": dict(model="fcn40-small", epochs=4, steps_per_epoch=100, decay_start_epoch=2,
                  learning_rate=1e-3, steps_per_call=10),
+    # Real recordings on a 2-core CPU: experiments.toycar's cpu preset (standardized
+    # input, 4,800 steps, auto scores, chosen window), each model's held-out tenth
+    # choosing its scoring.
+    "cpu": {**cli.CPU_PRESET, "heldout_fraction": 0.1},
 }
 PER = ("machine_type", "section")
 PSEUDO_ANRS_DB = (-10.0, -15.0, -20.0)  # the pseudo-anomalies' ANRs (the paper's test ANRs)
@@ -96,7 +101,9 @@ class Settings(cli.TrainingSettings):
   PRESETS = PRESETS
 
   preset: str = cli.setting("paper", choices=sorted(PRESETS),
-                            help="paper: section 4.2.2 schedule; demo: embedded set, 2-core CPU.")
+                            help="paper: section 4.2.2 schedule; demo: embedded set, 2-core CPU; "
+                            "cpu: real recordings on a 2-core CPU (standardized AE input, "
+                            "longer schedule, scoring chosen on a held-out tenth).")
   data_root: Optional[str] = cli.setting(
       None, help="Folder of machine types (<root>/<machine_type>/{train,test}); default: the "
       "embedded synthetic DCASE-style set.")
@@ -113,61 +120,78 @@ class Settings(cli.TrainingSettings):
   eval_root: Optional[str] = cli.setting(
       None, help="Evaluation set (<root>/<machine_type>/test): scored with the trained "
       "models, files in <workdir>/<loss>/eval/.")
-  heldout_fraction: float = cli.setting(
-      0.0, help="Fraction of each model's training clips held out of its training (at least "
+  heldout_fraction: Optional[float] = cli.setting(
+      None, help="Fraction of each model's training clips held out of its training (at least "
       "one): phi (eq. 4) is fitted to their clip scores, and with --score_normalization=auto "
       "or --score_window=0 their pseudo-anomalies (something-else sounds mixed in) choose "
       "the scoring, as in experiments.toycar. 0: train on every clip (the baselines'). A "
-      "training setting.")
-  score_normalization: str = cli.setting(
-      "none", choices=("none", score_norm.AUTO_KIND) + score_norm.KINDS,
+      "training setting. Default: the preset's, else 0.")
+  score_normalization: Optional[str] = cli.setting(
+      None, choices=("none", score_norm.AUTO_KIND) + score_norm.KINDS,
       help="knn / knn_z: normalize each frame score by the scores of its "
       "--normalization_neighbors nearest training frames in code space (as "
       "experiments.toycar; the threshold is then fitted on the held-out clips of "
       "--heldout_fraction, else on every tenth training clip, left out of the bank); auto: "
       "none or knn_z, whichever gives the held-out clips' pseudo-anomalies the higher AUC "
-      "(needs --heldout_fraction > 0). Evaluation only.")
+      "(needs --heldout_fraction > 0). Evaluation only. Default: the preset's, else none.")
   normalization_neighbors: Optional[int] = cli.setting(
       None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z "
       "and auto: the k under which the held-out clips' frames are most likely). Evaluation "
       "only. Default: 0 for knn_z and auto, 10 for knn.")
-  score_window: int = cli.setting(
-      1, minimum=0, help="Clip score: the maximum over the mean scores of this many "
+  score_window: Optional[int] = cli.setting(
+      None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
       "consecutive frames (1: eq. 11; 0: chosen among 1 frame and 0.25, 0.5, 1, 2 s by the "
       "pseudo-anomaly AUC, with the normalization under auto; needs --heldout_fraction > 0). "
-      "Evaluation only; applied by experiments.score.")
+      "Evaluation only; applied by experiments.score. Default: the preset's, else 1.")
   synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
 
   def __post_init__(self):
     super().__post_init__()
-    score_norm.check_setting(self.score_normalization, self.neighbors)
-    if not 0 <= self.heldout_fraction < 1:
-      raise ValueError(f"--heldout_fraction must lie in [0, 1), got {self.heldout_fraction}")
-    if self.chooses_by_pseudo_anomalies() and not self.heldout_fraction:
+    score_norm.check_setting(*self.normalization())
+    if not 0 <= self.held_out() < 1:
+      raise ValueError(f"--heldout_fraction must lie in [0, 1), got {self.held_out()}")
+    if self.chooses_by_pseudo_anomalies() and not self.held_out():
       raise ValueError(f"{self.choosing_flags()}: the scoring is chosen on clips held out of "
                        "training, so --heldout_fraction must be > 0 (e.g. 0.1)")
-    if self.reduce == "mean" and self.score_window != 1:
+    if self.reduce == "mean" and self.clip_window() != 1:
       raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
-                       f"got {self.score_window}")
+                       f"got {self.clip_window()}")
+
+  def held_out(self) -> float:
+    """``--heldout_fraction``, else the preset's, else 0 (every clip trained on)."""
+    value = self.resolved("heldout_fraction")
+    return 0.0 if value is None else float(value)
+
+  def normalization(self) -> tuple[str, int]:
+    """``(--score_normalization, --normalization_neighbors)``: the kind of the flag,
+    else the preset's, else "none"; k as ``score_norm.resolve_neighbors`` says."""
+    kind = self.resolved("score_normalization") or "none"
+    return kind, score_norm.resolve_neighbors(kind, self.normalization_neighbors)
+
+  def clip_window(self) -> int:
+    """``--score_window``, else the preset's, else 1; 0 = chosen."""
+    window = self.resolved("score_window")
+    return 1 if window is None else int(window)
 
   def chooses_by_pseudo_anomalies(self) -> bool:
     """Whether evaluation chooses the normalization or window by pseudo-anomalies."""
-    return (self.score_normalization == score_norm.AUTO_KIND
-            or self.score_window == heldout.CHOSEN_WINDOW)
+    return (self.normalization()[0] == score_norm.AUTO_KIND
+            or self.clip_window() == heldout.CHOSEN_WINDOW)
 
   def choosing_flags(self) -> str:
     """The flags that ask for a choice by pseudo-anomalies, as text."""
     flags = []
-    if self.score_normalization == score_norm.AUTO_KIND:
+    if self.normalization()[0] == score_norm.AUTO_KIND:
       flags.append(f"--score_normalization={score_norm.AUTO_KIND}")
-    if self.score_window == heldout.CHOSEN_WINDOW:
+    if self.clip_window() == heldout.CHOSEN_WINDOW:
       flags.append(f"--score_window={heldout.CHOSEN_WINDOW}")
-    return " and ".join(flags)
+    text = " and ".join(flags)
+    return text + " (the preset's unless given)" * (self.preset == "cpu")
 
   @property
   def neighbors(self) -> int:
     """k of the normalization (``score_norm.resolve_neighbors``)."""
-    return score_norm.resolve_neighbors(self.score_normalization, self.normalization_neighbors)
+    return self.normalization()[1]
 
   def train_config(self, loss: str, num_devices: int) -> train_lib.TrainConfig:
     return super().train_config(loss, mixtures_per_step=self.mixtures_per_step or num_devices)
@@ -214,8 +238,8 @@ def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
   clips). Evaluation settings (``EVALUATION_FLAGS``) are not among them."""
   path = lambda p: None if p is None else os.path.abspath(p)
   data = {"data_root": path(settings.data_root), "per": settings.per, "year": settings.year}
-  if settings.heldout_fraction:  # absent (older checkpoints): every clip trained on
-    data["heldout_fraction"] = settings.heldout_fraction
+  if settings.held_out():  # absent (older checkpoints): every clip trained on
+    data["heldout_fraction"] = settings.held_out()
   if settings.data_root is None:  # the embedded set
     data["data_seed"] = settings.data_seed
     if settings.synthetic_kwargs:
@@ -246,9 +270,11 @@ def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig
 
 
 def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, mesh,
-                model_dir: str, tag: str) -> tuple[Any, int]:
+                model_dir: str, tag: str, input_stats=None) -> tuple[Any, int]:
   """Trains (or resumes, or finds finished) one model in ``model_dir``.
 
+  ``input_stats`` (mean, std of its training features) initialize the
+  standardization of an AE with ``standardize_input`` (``runner.initial_state``).
   Returns the final state and the number of steps trained now
   (``runner.train_or_resume``).
   """
@@ -256,7 +282,9 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
   _check_model_dir(model_dir, metadata)
   return runner.train_or_resume(config, corpus, mesh=mesh, model_dir=model_dir,
                                 metadata=metadata, checkpoint_every=settings.checkpoint_every,
-                                tag=tag, progress=settings.progress)
+                                tag=tag, progress=settings.progress,
+                                init_state=runner.initial_state(config, mesh=mesh,
+                                                                input_stats=input_stats))
 
 
 def clip_scores(scorer: frame_scores.FrameScorer | score_norm.NormalizedScorer, params, clips,
@@ -287,7 +315,7 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
   Raises:
     data_lib.DataError: fewer than 2 training clips to split.
   """
-  kind = settings.score_normalization
+  kind = settings.normalization()[0]
   n = len(train_clips)
   if kind != "none" and n < 2:
     raise data_lib.DataError(f"{model_dir}: {n} training clip(s); --score_normalization="
@@ -530,12 +558,12 @@ def run(settings: Settings) -> dict:
     scores = {l: {s: {} for s in test_sets} for l in settings.losses}
     for group, (train_clips, section) in groups.items():
       held = None
-      if settings.heldout_fraction:
+      if settings.held_out():
         if len(train_clips) < 2:
           raise data_lib.DataError(
               f"{machine} {group}: {len(train_clips)} training clip(s); --heldout_fraction="
-              f"{settings.heldout_fraction:g} needs at least 2")
-        held_idx, fit_idx = heldout.split(len(train_clips), fraction=settings.heldout_fraction,
+              f"{settings.held_out():g} needs at least 2")
+        held_idx, fit_idx = heldout.split(len(train_clips), fraction=settings.held_out(),
                                           seed=settings.data_seed)
         held_clips = [train_clips[i] for i in held_idx]
         train_clips = [train_clips[i] for i in fit_idx]
@@ -547,20 +575,25 @@ def run(settings: Settings) -> dict:
       segments = data_lib.training_corpus([c.wave for c in train_clips],
                                           segment_seconds=cfg0.segment_seconds)
       corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)
+      input_stats = None
+      if cfg0.model_preset.standardize_input:  # the statistics of the clips trained on
+        input_stats = features_lib.statistics([c.wave for c in train_clips],
+                                              config=cfg0.feature_config,
+                                              names=[c.path for c in train_clips])
       for loss in settings.losses:
         tag = f"{loss}/{machine}" + ("" if section is None else f"/section_{section}")
         model_dir = os.path.join(settings.workdir, loss, "models", machine,
                                  *([] if section is None else [f"section_{section}"]))
         t0 = time.perf_counter()
         state, trained = train_model(settings, configs[loss], corpus, mesh=mesh,
-                                     model_dir=model_dir, tag=tag)
+                                     model_dir=model_dir, tag=tag, input_stats=input_stats)
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
         if held is None:  # every clip trained on: phi on them, or on the bank's left-out tenth
           eval_scorer, normalizer, phi_clips = normalized_scorer(
               settings, scorer, params, train_clips, model_dir=model_dir)
-          window = settings.score_window
+          window = settings.clip_window()
           train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce,
                                      window=window)
           phi_paths = [c.path for c in phi_clips]
@@ -570,8 +603,8 @@ def run(settings: Settings) -> dict:
             chosen_neighbors[loss][tag] = normalizer.neighbors
         else:  # phi, and any choice of the scoring, on the held-out clips
           choice = heldout.choose_scoring(
-              scorer, params, held, model_dir, kind=settings.score_normalization,
-              neighbors=settings.neighbors, window=settings.score_window,
+              scorer, params, held, model_dir, kind=settings.normalization()[0],
+              neighbors=settings.neighbors, window=settings.clip_window(),
               reduce=settings.reduce)
           eval_scorer, train_scores, phi_paths = choice.scorer, choice.heldout_scores, held.names
           window = choice.clip_score["window_frames"]
@@ -632,9 +665,9 @@ def run(settings: Settings) -> dict:
           "References")[0].strip() if dcase_metrics.__doc__ else ""}
   for loss in settings.losses:
     entry = {"thresholds": thresholds[loss], "train_seconds": train_seconds[loss],
-             "score_normalization": {"kind": settings.score_normalization} if
-             settings.score_normalization == "none" else {
-                 "kind": settings.score_normalization,
+             "score_normalization": {"kind": settings.normalization()[0]} if
+             settings.normalization()[0] == "none" else {
+                 "kind": settings.normalization()[0],
                  "neighbors": settings.neighbors, "file": score_norm.FILE_NAME}}
     if chosen_neighbors[loss]:
       entry["score_normalization"]["neighbors_chosen"] = chosen_neighbors[loss]

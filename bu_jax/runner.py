@@ -23,9 +23,13 @@ from __future__ import annotations
 import os
 from typing import Any, Collection, Optional, Sequence
 
+import jax
+
 from bu_jax import artifact
 from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import fileio
+from bu_jax import models as models_lib
+from bu_jax import parallel
 from bu_jax import progress as progress_lib
 from bu_jax import signals
 from bu_jax import train as train_lib
@@ -89,6 +93,23 @@ def check_resumable(model_dir: str, metadata: artifact.ModelMetadata, *,
         f"settings: {listed}. Training settings cannot change on a resume: repeat the "
         f"stored values to resume or re-evaluate it (evaluation settings such as {may_differ} "
         "may differ), or use a new --workdir to train with the new ones.")
+
+
+def initial_state(config: train_lib.TrainConfig, *, mesh, input_stats=None):
+  """The state of a fresh start (``train.create_state``); for an AE with
+  ``standardize_input``, its input statistics set to ``input_stats`` (the mean
+  and standard deviation of the training features, ``features.statistics``).
+
+  Raises:
+    ValueError: the model standardizes its input but ``input_stats`` is None.
+  """
+  init = train_lib.create_state(config, mesh=mesh)
+  if not config.model_preset.standardize_input:
+    return init
+  if input_stats is None:
+    raise ValueError("standardize_input needs the training feature statistics")
+  params = models_lib.set_input_statistics(jax.device_get(init.params), *input_stats)
+  return init.replace(params=parallel.replicate(params, mesh))
 
 
 def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: str,

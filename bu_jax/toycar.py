@@ -53,7 +53,6 @@ from bu_jax import evaluate
 from bu_jax import features as features_lib
 from bu_jax import fileio
 from bu_jax import losses as losses_lib
-from bu_jax import models as models_lib
 from bu_jax import reference as reference_lib
 from bu_jax import parallel
 from bu_jax import plots
@@ -69,20 +68,13 @@ from bu_jax import train as train_lib
 # TrainConfig's default, the paper's (section 4.2.2: FCN64-large, 200 epochs
 # of 500 mini-batches, AMSGrad 1e-4 constant for 100 epochs then linear decay
 # to 1/100, 10 segments per mixture).
-CPU_EPOCHS = 48
 PRESETS = {
     "paper": {},
     # Small enough for a 2-core laptop CPU (all three losses in < 10 min).
     "demo": dict(model="fcn40-small", epochs=12, steps_per_epoch=100,
                  decay_start_epoch=6, learning_rate=1e-3, steps_per_call=10),
-    # Real recordings on a 2-core CPU (< 8 min per loss): the AE on inputs
-    # standardized with training statistics, a longer schedule, the paper's
-    # band-width, and raw or knn_z scores and the clip-score window by the
-    # pseudo-anomaly AUC ("auto", score_window=0).
-    "cpu": dict(model="fcn40-small", epochs=CPU_EPOCHS, steps_per_epoch=100,
-                decay_start_epoch=CPU_EPOCHS // 2, learning_rate=1e-3, steps_per_call=10,
-                standardize_input=True, score_normalization=score_norm.AUTO_KIND,
-                score_window=0),
+    # Real recordings on a 2-core CPU (< 8 min per loss): cli.CPU_PRESET.
+    "cpu": dict(cli.CPU_PRESET),
 }
 
 CHOSEN_WINDOW = heldout.CHOSEN_WINDOW  # --score_window=0: chosen by the pseudo-anomaly AUC
@@ -130,9 +122,6 @@ class Settings(cli.TrainingSettings):
       help="BU: 'segment' leaves a frame's own 3-s normal segment out of its KDE sum (only "
       "recurrence in other recordings makes it common); 'none': eq. (15). Default: the "
       "preset's.")
-  standardize_input: Optional[bool] = cli.setting(
-      None, help="Standardize the AE's input with training statistics (stored with the "
-      "model). Default: the preset's.")
   heldout_fraction: float = cli.setting(
       0.1, help="Fraction of the training clips held out of training (at least one): phi "
       "(eq. 4) is fitted to their clip scores, and the pseudo-anomalies are made from them. "
@@ -187,15 +176,8 @@ class Settings(cli.TrainingSettings):
     kind = self.resolved("score_normalization") or "none"
     return kind, score_norm.resolve_neighbors(kind, self.normalization_neighbors)
 
-  def model_preset(self) -> models_lib.ModelPreset:
-    """The AE preset, with input standardization when configured."""
-    preset = models_lib.preset(self.resolved("model"))
-    if self.resolved("standardize_input"):
-      preset = dataclasses.replace(preset, name=preset.name + "+std", standardize_input=True)
-    return preset
-
   def train_config(self, loss: str) -> train_lib.TrainConfig:
-    return super().train_config(loss, model=self.model_preset())
+    return super().train_config(loss)
 
 
 @dataclasses.dataclass
@@ -359,12 +341,7 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh,
   """
   config = settings.train_config(loss)
   check_resumable(settings, loss)
-  init = train_lib.create_state(config, mesh=mesh)
-  if config.model_preset.standardize_input:
-    if input_stats is None:
-      raise ValueError("standardize_input needs the training feature statistics")
-    params = models_lib.set_input_statistics(jax.device_get(init.params), *input_stats)
-    init = init.replace(params=parallel.replicate(params, mesh))
+  init = runner.initial_state(config, mesh=mesh, input_stats=input_stats)
   state, trained = runner.train_or_resume(
       config, corpus, mesh=mesh, model_dir=os.path.join(settings.workdir, loss),
       metadata=_training_metadata(settings, loss), init_state=init,

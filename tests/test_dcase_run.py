@@ -348,3 +348,40 @@ def test_held_out_clips_choose_the_scoring(tmp_path, monkeypatch):
   with pytest.raises(dcase_run.SettingsMismatchError,
                      match=r"--heldout_fraction: 0.25 in the checkpoint, 0.5 now"):
     dcase_run.run(dataclasses.replace(settings, heldout_fraction=0.5))
+
+
+def test_cpu_preset_resolves_and_flags_override(tmp_path):
+  settings = dcase_run.Settings(workdir=str(tmp_path), preset="cpu")
+  assert settings.held_out() == 0.1 and settings.clip_window() == 0
+  assert settings.normalization() == ("auto", 0)
+  config = settings.train_config("bu", 1)
+  assert config.model_preset.name == "fcn40-small+std" and config.total_steps == 4800
+  plain = dcase_run.Settings(workdir=str(tmp_path), preset="cpu", score_window=1,
+                             score_normalization="none", standardize_input=False)
+  assert plain.clip_window() == 1 and plain.normalization()[0] == "none"
+  assert not plain.train_config("re", 1).model_preset.standardize_input
+  with pytest.raises(ValueError, match=r"--score_window=0 \(the preset's unless given\): the "
+                     r"scoring is chosen on clips held out"):
+    dcase_run.Settings(workdir=str(tmp_path), preset="cpu", heldout_fraction=0.0,
+                       score_normalization="none")
+  assert dcase_run.Settings(workdir=str(tmp_path), preset="demo").held_out() == 0.0
+
+
+def test_standardized_input_uses_the_clips_trained_on(tmp_path):
+  """--standardize_input: each model's input statistics are those of the training
+  clips it trains on (the held-out ones excluded), stored with the model."""
+  from bu_jax import features, heldout  # pylint: disable=g-import-not-at-top
+  settings = _settings(tmp_path / "run", losses=("re",), steps_per_epoch=2,
+                       standardize_input=True, heldout_fraction=0.25)
+  dcase_run.run(settings)
+  md = dcase.load_machine_type(str(tmp_path / "run" / "synthetic_data"), "SynthFan")
+  _, fit_idx = heldout.split(len(md.train), fraction=0.25, seed=0)
+  detector = detector_lib.load_detector(tmp_path / "run" / "re" / "models" / "SynthFan")
+  assert detector.preset.standardize_input
+  mean, _ = features.statistics([md.train[i].wave for i in fit_idx],
+                                config=detector.feature_config)
+  np.testing.assert_allclose(np.asarray(detector.params["input_mean"]), mean, rtol=1e-5,
+                             atol=1e-5)
+  everything, _ = features.statistics([c.wave for c in md.train],
+                                      config=detector.feature_config)
+  assert not np.allclose(everything, mean, rtol=1e-5, atol=1e-5)
