@@ -45,8 +45,10 @@ import jax
 from bu_jax import audio
 from bu_jax import checkpoint
 from bu_jax import data as data_lib
+from bu_jax import heldout
 from bu_jax import losses as losses_lib
 from bu_jax import models as models_lib
+from bu_jax import score_norm
 from bu_jax import train as train_lib
 
 T = TypeVar("T")
@@ -182,7 +184,7 @@ _TRAIN = train_lib.TrainConfig  # the library's defaults (the paper's)
 # knn_z scores and the clip-score window chosen by the pseudo-anomaly AUC.
 CPU_PRESET = dict(model="fcn40-small", epochs=48, steps_per_epoch=100, decay_start_epoch=24,
                   learning_rate=1e-3, steps_per_call=10, standardize_input=True,
-                  score_normalization="auto", score_window=0)
+                  score_normalization=score_norm.AUTO_KIND, score_window=heldout.CHOSEN_WINDOW)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -295,6 +297,72 @@ class TrainingSettings:
     shared = [name for name in _TRAIN.__dataclass_fields__
               if name not in fixed and hasattr(self, name)]
     return train_lib.TrainConfig(**{name: self.resolved(name) for name in shared}, **fixed)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScoringSettings(TrainingSettings):
+  """``TrainingSettings`` plus the scoring settings both experiments share
+  (evaluation only; ``None``: the preset's, else the default): the score
+  normalization, its k and the clip-score window, and the rule that a choice by
+  pseudo-anomalies (``bu_jax.heldout``) is asked for by "auto" or window 0."""
+
+  score_normalization: Optional[str] = setting(
+      None, choices=("none", score_norm.AUTO_KIND) + score_norm.KINDS,
+      help="knn: divide each frame score by the mean score of its --normalization_neighbors "
+      "nearest training frames in the model's code space; knn_z: the local z-score of the "
+      "log score among them, on knn's scale (label-free; fitted on the training clips that "
+      "are not held out, stored with the model, applied by experiments.score); auto: none or "
+      "knn_z, whichever gives the higher pseudo-anomaly AUC (held-out clips with "
+      "something-else sounds mixed in). Evaluation only. Default: the preset's, else none.")
+  normalization_neighbors: Optional[int] = setting(
+      None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z "
+      "and auto: the k of 5, 10, ..., 160 under which the held-out normal clips' frames are "
+      "most likely). Evaluation only. Default: 0 for knn_z and auto, 10 for knn.")
+  score_window: Optional[int] = setting(
+      None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
+      "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "
+      "0.25, 0.5, 1, 2 s by the pseudo-anomaly AUC, with the normalization under auto). "
+      "Evaluation only; applied by experiments.score. Default: the preset's, else 1.")
+
+  def __post_init__(self):
+    super().__post_init__()
+    score_norm.check_setting(*self.normalization())
+    if self.reduce == "mean" and self.clip_window() != 1:
+      raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
+                       f"got {self.clip_window()}" + self._from_preset("score_window"))
+
+  def _from_preset(self, *names: str) -> str:
+    """" (the preset's unless given)" if one of ``names`` takes the preset's value."""
+    preset = self.PRESETS.get(self.preset, {})
+    taken = any(getattr(self, n) is None and preset.get(n) is not None for n in names)
+    return " (the preset's unless given)" if taken else ""
+
+  def normalization(self) -> tuple[str, int]:
+    """``(--score_normalization, --normalization_neighbors)``: the kind of the flag,
+    else the preset's, else "none"; k as ``score_norm.resolve_neighbors`` says."""
+    kind = self.resolved("score_normalization") or "none"
+    return kind, score_norm.resolve_neighbors(kind, self.normalization_neighbors)
+
+  def clip_window(self) -> int:
+    """``--score_window``, else the preset's, else 1; 0 = chosen (``heldout.CHOSEN_WINDOW``)."""
+    window = self.resolved("score_window")
+    return 1 if window is None else int(window)
+
+  def chooses_by_pseudo_anomalies(self) -> bool:
+    """Whether evaluation chooses the normalization or window by pseudo-anomalies."""
+    return (self.normalization()[0] == score_norm.AUTO_KIND
+            or self.clip_window() == heldout.CHOSEN_WINDOW)
+
+  def choosing_flags(self) -> tuple[str, int]:
+    """The flags (with their values) that ask for a choice by pseudo-anomalies, as
+    text, and how many they are."""
+    flags = []
+    if self.normalization()[0] == score_norm.AUTO_KIND:
+      flags.append(f"--score_normalization={score_norm.AUTO_KIND}")
+    if self.clip_window() == heldout.CHOSEN_WINDOW:
+      flags.append(f"--score_window={heldout.CHOSEN_WINDOW}")
+    return (" and ".join(flags) + self._from_preset("score_normalization", "score_window"),
+            len(flags))
 
 
 # ------------------------------------------------------------------ run directories

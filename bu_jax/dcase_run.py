@@ -94,9 +94,9 @@ SettingsMismatchError = runner.SettingsMismatchError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Settings(cli.TrainingSettings):
+class Settings(cli.ScoringSettings):
   """What ``run`` does, and the flags of ``experiments.dcase`` (``cli.define_flags``):
-  the training settings of ``cli.TrainingSettings`` and these."""
+  the training and scoring settings of ``cli.ScoringSettings`` and these."""
 
   PRESETS = PRESETS
 
@@ -126,67 +126,20 @@ class Settings(cli.TrainingSettings):
       "or --score_window=0 their pseudo-anomalies (something-else sounds mixed in) choose "
       "the scoring, as in experiments.toycar. 0: train on every clip (the baselines'). A "
       "training setting. Default: the preset's, else 0.")
-  score_normalization: Optional[str] = cli.setting(
-      None, choices=("none", score_norm.AUTO_KIND) + score_norm.KINDS,
-      help="knn / knn_z: normalize each frame score by the scores of its "
-      "--normalization_neighbors nearest training frames in code space (as "
-      "experiments.toycar; the threshold is then fitted on the held-out clips of "
-      "--heldout_fraction, else on every tenth training clip, left out of the bank); auto: "
-      "none or knn_z, whichever gives the held-out clips' pseudo-anomalies the higher AUC "
-      "(needs --heldout_fraction > 0). Evaluation only. Default: the preset's, else none.")
-  normalization_neighbors: Optional[int] = cli.setting(
-      None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z "
-      "and auto: the k under which the held-out clips' frames are most likely). Evaluation "
-      "only. Default: 0 for knn_z and auto, 10 for knn.")
-  score_window: Optional[int] = cli.setting(
-      None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
-      "consecutive frames (1: eq. 11; 0: chosen among 1 frame and 0.25, 0.5, 1, 2 s by the "
-      "pseudo-anomaly AUC, with the normalization under auto; needs --heldout_fraction > 0). "
-      "Evaluation only; applied by experiments.score. Default: the preset's, else 1.")
   synthetic_kwargs: Optional[dict] = None  # sizes of the embedded set (tests)
 
   def __post_init__(self):
     super().__post_init__()
-    score_norm.check_setting(*self.normalization())
     if not 0 <= self.held_out() < 1:
       raise ValueError(f"--heldout_fraction must lie in [0, 1), got {self.held_out()}")
     if self.chooses_by_pseudo_anomalies() and not self.held_out():
-      raise ValueError(f"{self.choosing_flags()}: the scoring is chosen on clips held out of "
-                       "training, so --heldout_fraction must be > 0 (e.g. 0.1)")
-    if self.reduce == "mean" and self.clip_window() != 1:
-      raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
-                       f"got {self.clip_window()}")
+      raise ValueError(f"{self.choosing_flags()[0]}: the scoring is chosen on clips held out "
+                       "of training, so --heldout_fraction must be > 0 (e.g. 0.1)")
 
   def held_out(self) -> float:
     """``--heldout_fraction``, else the preset's, else 0 (every clip trained on)."""
     value = self.resolved("heldout_fraction")
     return 0.0 if value is None else float(value)
-
-  def normalization(self) -> tuple[str, int]:
-    """``(--score_normalization, --normalization_neighbors)``: the kind of the flag,
-    else the preset's, else "none"; k as ``score_norm.resolve_neighbors`` says."""
-    kind = self.resolved("score_normalization") or "none"
-    return kind, score_norm.resolve_neighbors(kind, self.normalization_neighbors)
-
-  def clip_window(self) -> int:
-    """``--score_window``, else the preset's, else 1; 0 = chosen."""
-    window = self.resolved("score_window")
-    return 1 if window is None else int(window)
-
-  def chooses_by_pseudo_anomalies(self) -> bool:
-    """Whether evaluation chooses the normalization or window by pseudo-anomalies."""
-    return (self.normalization()[0] == score_norm.AUTO_KIND
-            or self.clip_window() == heldout.CHOSEN_WINDOW)
-
-  def choosing_flags(self) -> str:
-    """The flags that ask for a choice by pseudo-anomalies, as text."""
-    flags = []
-    if self.normalization()[0] == score_norm.AUTO_KIND:
-      flags.append(f"--score_normalization={score_norm.AUTO_KIND}")
-    if self.clip_window() == heldout.CHOSEN_WINDOW:
-      flags.append(f"--score_window={heldout.CHOSEN_WINDOW}")
-    text = " and ".join(flags)
-    return text + " (the preset's unless given)" * (self.preset == "cpu")
 
   @property
   def neighbors(self) -> int:
@@ -478,7 +431,7 @@ def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
         "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
   if settings.chooses_by_pseudo_anomalies() and se_dir is None:
     raise data_lib.DataError(
-        f"{settings.choosing_flags()}: --something_else_dir is required (its sounds make "
+        f"{settings.choosing_flags()[0]}: --something_else_dir is required (its sounds make "
         "the pseudo-anomalies that choose the scoring)")
   return root, se_dir
 

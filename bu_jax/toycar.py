@@ -60,7 +60,6 @@ from bu_jax import frame_scores
 from bu_jax import heldout
 from bu_jax import pseudo_anomaly
 from bu_jax import runner
-from bu_jax import score_norm
 from bu_jax import synthetic
 from bu_jax import train as train_lib
 
@@ -83,9 +82,9 @@ PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
                  "AUC ordered BU > SNP > RE; its values are only given as a bar chart.")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Settings(cli.TrainingSettings):
+class Settings(cli.ScoringSettings):
   """What ``run`` does, and the flags of ``experiments.toycar`` (``cli.define_flags``):
-  the training settings of ``cli.TrainingSettings`` and these."""
+  the training and scoring settings of ``cli.ScoringSettings`` and these."""
 
   PRESETS = PRESETS
 
@@ -133,48 +132,11 @@ class Settings(cli.TrainingSettings):
   reference_components: int = cli.setting(
       16, minimum=0, help="Components of the PCA reference detector reported next to the "
       "AEs by --loss=all (0: none).")
-  score_normalization: Optional[str] = cli.setting(
-      None, choices=("none", score_norm.AUTO_KIND) + score_norm.KINDS,
-      help="knn: divide each frame score by the mean score of its --normalization_neighbors "
-      "nearest training frames in the model's code space; knn_z: the local z-score of the "
-      "log score among them, on knn's scale (label-free; fitted on the non-held-out "
-      "training clips, stored with the model, applied by experiments.score); auto: none or "
-      "knn_z, whichever gives the higher pseudo-anomaly AUC (held-out clips with "
-      "something-else sounds mixed in). Evaluation only. Default: the preset's, else none.")
-  normalization_neighbors: Optional[int] = cli.setting(
-      None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z "
-      "and auto: the k of 5, 10, ..., 160 under which the held-out normal clips' frames are "
-      "most likely). Evaluation only. Default: 0 for knn_z and auto, 10 for knn.")
-  score_window: Optional[int] = cli.setting(
-      None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
-      "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "
-      "0.25, 0.5, 1, 2 s by the pseudo-anomaly AUC, with the normalization under auto). "
-      "Evaluation only; applied by experiments.score. Default: the preset's, else 1.")
 
   def __post_init__(self):
     super().__post_init__()
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
-    score_norm.check_setting(*self.normalization())
-    if self.reduce == "mean" and self.clip_window() != 1:
-      raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
-                       f"got {self.clip_window()} (the preset's unless given)")
-
-  def clip_window(self) -> int:
-    """``--score_window``, else the preset's, else 1; 0 = chosen (``CHOSEN_WINDOW``)."""
-    window = self.resolved("score_window")
-    return 1 if window is None else int(window)
-
-  def chooses_by_pseudo_anomalies(self) -> bool:
-    """Whether evaluation chooses the normalization or window by pseudo-anomalies."""
-    return (self.normalization()[0] == score_norm.AUTO_KIND
-            or self.clip_window() == CHOSEN_WINDOW)
-
-  def normalization(self) -> tuple[str, int]:
-    """``(--score_normalization, --normalization_neighbors)``: the kind of the flag,
-    else the preset's, else "none"; k as ``score_norm.resolve_neighbors`` says."""
-    kind = self.resolved("score_normalization") or "none"
-    return kind, score_norm.resolve_neighbors(kind, self.normalization_neighbors)
 
   def train_config(self, loss: str) -> train_lib.TrainConfig:
     return super().train_config(loss)
@@ -204,18 +166,6 @@ def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
   return path
 
 
-def _choosing_flags(settings: Settings) -> tuple[str, int]:
-  """The flags (with the values) that ask for a choice by pseudo-anomalies, as
-  text, and how many they are."""
-  flags = []
-  if settings.normalization()[0] == score_norm.AUTO_KIND:
-    flags.append("--score_normalization=auto")
-  if settings.clip_window() == CHOSEN_WINDOW:
-    flags.append(f"--score_window={CHOSEN_WINDOW}")
-  text = " and ".join(flags) + " (the preset's unless given)" * (settings.preset == "cpu")
-  return text, len(flags)
-
-
 def load_data(settings: Settings) -> Data:
   """Loads (or generates) the data set and splits off held-out normal clips."""
   data_dir = _need_dir(settings.data_dir, "--data_dir")
@@ -235,7 +185,7 @@ def load_data(settings: Settings) -> Data:
         "--something_else_dir is required for --loss=snp/bu/all with --data_dir "
         "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
   if settings.chooses_by_pseudo_anomalies() and something_else_dir is None:
-    flags, count = _choosing_flags(settings)
+    flags, count = settings.choosing_flags()
     raise data_lib.DataError(f"{flags} need{'' if count > 1 else 's'} "
                              "--something_else_dir (its sounds make the pseudo-anomalies that "
                              "choose the scores)")
@@ -263,7 +213,7 @@ def load_data(settings: Settings) -> Data:
                                seed=settings.data_seed)
   if settings.chooses_by_pseudo_anomalies() and not pseudo:
     raise data_lib.DataError(f"{something_else_dir}: no usable something-else clips (< 5 s) "
-                             f"for the pseudo-anomalies of {_choosing_flags(settings)[0]}")
+                             f"for the pseudo-anomalies of {settings.choosing_flags()[0]}")
   labels = [c.label for c in dataset.test]
   description = {
       "data_dir": os.path.abspath(data_dir), "layout": dataset.layout,
