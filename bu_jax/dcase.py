@@ -258,6 +258,14 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
   if os.path.isdir(test_dir):
     test, sk = _parse_folder(test_dir, "test", year)
     skipped += sk
+  else:
+    others = sorted(d for d in os.listdir(directory)
+                    if d.startswith("test") and os.path.isdir(os.path.join(directory, d)))
+    if others:  # e.g. test_anr-10dB/: a layout with one test folder per condition
+      logging.warning("%s: no test/ folder, so no test clips; %s %s not read (link one as "
+                      "test/, or use experiments.toycar --data_dir=%s, which takes every "
+                      "test*/ folder as a condition)", directory, ", ".join(others),
+                      "is" if len(others) == 1 else "are", directory)
   if load_audio:
     for clip in train + test:
       clip.wave = audio.load_wav(clip.path, sr=sr)

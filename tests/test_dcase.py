@@ -112,6 +112,20 @@ def test_malformed_name_is_reported_with_the_file_and_skipped(tmp_path, caplog):
   assert "anomalous clip in the training folder" in text
 
 
+def test_test_folders_per_condition_are_named_not_silently_ignored(tmp_path, caplog):
+  """A machine type with test_anr-10dB/ etc. but no test/ (realaudio-dev's layout): the
+  loader reads test/ only, and says which folders it did not read and what to do."""
+  _write_tree(tmp_path, "engine", {"train": ["normal_id_00_00000000.wav"],
+                                   "test_anr-10dB": ["anomaly_id_00_00000000.wav"],
+                                   "test_anr-20dB": ["anomaly_id_00_00000000.wav"]})
+  with caplog.at_level("WARNING"):
+    md = dcase.load_machine_type(str(tmp_path), "engine")
+  assert md.test == [] and len(md.train) == 1
+  assert ("no test/ folder, so no test clips; test_anr-10dB, test_anr-20dB are not read"
+          in caplog.text)
+  assert "experiments.toycar --data_dir=" in caplog.text
+
+
 def test_loader_errors_name_the_folder(tmp_path):
   with pytest.raises(dcase.DataError, match="no such directory"):
     dcase.discover_machine_types(str(tmp_path / "nope"))
