@@ -18,7 +18,10 @@ whose ``__post_init__`` validates every value once. Fields made without
   settings = cli.settings_from_flags(Settings)   # in main()
 
 ``TrainingSettings`` holds the settings both training entry points share, the
-presets, and the one mapping to ``train.TrainConfig``. ``make_workdir`` checks
+presets, and the one mapping to ``train.TrainConfig``; ``ScoringSettings`` adds
+the scoring settings of experiments.toycar and experiments.dcase (score
+normalization, clip-score window, the choice by pseudo-anomalies), and
+``CPU_PRESET`` is their common "cpu" preset. ``make_workdir`` checks
 ``--workdir`` before any work. ``exit_on_errors`` (and ``run_training``) gives
 every entry point the same endings: one ``Error:`` line and status 1 for bad
 input, one ``Interrupted:`` line and status 130 for Ctrl-C or SIGTERM
