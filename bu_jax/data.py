@@ -57,6 +57,7 @@ import numpy as np
 from bu_jax import audio
 
 LAYOUTS = ("dcase2020", "dcase2021", "mixing")
+PAPER_ANRS_DB = (-10.0, -15.0, -20.0)  # the paper's test ANRs (dB), toy-car experiment
 
 _DCASE2020 = re.compile(r"^(?P<label>normal|anomaly)_(?P<id>id_\d+)_")
 _DCASE2021 = re.compile(
@@ -380,7 +381,7 @@ def load_dataset(
     noise_dir: str | os.PathLike | None = None,
     anomaly_dir: str | os.PathLike | None = None,
     snr_db: float = 0.0,
-    anrs_db: Sequence[float] = (-10.0, -15.0, -20.0),
+    anrs_db: Sequence[float] = PAPER_ANRS_DB,
     seed: int = 0,
     sr: int = audio.SAMPLE_RATE,
 ) -> Dataset:

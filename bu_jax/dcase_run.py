@@ -85,7 +85,6 @@ PRESETS = {
     "cpu": {**cli.CPU_PRESET, "heldout_fraction": 0.1},
 }
 PER = ("machine_type", "section")
-PSEUDO_ANRS_DB = (-10.0, -15.0, -20.0)  # the pseudo-anomalies' ANRs (the paper's test ANRs)
 
 
 # Raised by ``run`` (``runner.train_or_resume``, ``runner.check_resumable``).
@@ -524,7 +523,7 @@ def run(settings: Settings) -> dict:
             fit_waves=[c.wave for c in train_clips], fit_names=[c.path for c in train_clips],
             waves=[c.wave for c in held_clips], names=[c.path for c in held_clips],
             pseudo_waves=heldout.make_pseudo([c.wave for c in held_clips], something_else,
-                                             anrs_db=PSEUDO_ANRS_DB, seed=settings.data_seed))
+                                             anrs_db=data_lib.PAPER_ANRS_DB, seed=settings.data_seed))
       segments = data_lib.training_corpus([c.wave for c in train_clips],
                                           segment_seconds=cfg0.segment_seconds)
       corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)

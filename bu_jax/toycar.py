@@ -76,8 +76,6 @@ PRESETS = {
     "cpu": dict(cli.CPU_PRESET),
 }
 
-CHOSEN_WINDOW = heldout.CHOSEN_WINDOW  # --score_window=0: chosen by the pseudo-anomaly AUC
-
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "
                  "AUC ordered BU > SNP > RE; its values are only given as a bar chart.")
 
@@ -103,7 +101,7 @@ class Settings(cli.ScoringSettings):
   layout: str = cli.setting("auto", choices=("auto", *data_lib.LAYOUTS),
                             help="Layout of --data_dir.")
   snr_db: float = cli.setting(0.0, help="SNR of the noise mixed into machine clips (mixing).")
-  anrs_db: Sequence[float] = (-10.0, -15.0, -20.0)
+  anrs_db: Sequence[float] = data_lib.PAPER_ANRS_DB
   data_seed: int = cli.setting(0, help="Seed of the synthetic set and data splits.")
   compute_dtype: str = cli.setting(
       train_lib.TrainConfig.compute_dtype, choices=train_lib.COMPUTE_DTYPES,
@@ -137,9 +135,6 @@ class Settings(cli.ScoringSettings):
     super().__post_init__()
     if not 0 < self.heldout_fraction < 1:
       raise ValueError(f"--heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
-
-  def train_config(self, loss: str) -> train_lib.TrainConfig:
-    return super().train_config(loss)
 
 
 @dataclasses.dataclass
