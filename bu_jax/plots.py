@@ -22,6 +22,7 @@ import io
 import os
 import pathlib
 import re
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -42,6 +43,12 @@ def new_figure(figsize: tuple[float, float]):
   figure = Figure(figsize=figsize, layout="constrained")
   FigureCanvasAgg(figure)
   return figure
+
+
+def _wrap(title: str, width: int = 48) -> str:
+  """A panel title on lines of at most ``width`` characters (long file names
+  would run into the next panel)."""
+  return "\n".join(textwrap.wrap(title, width, break_long_words=False)) or title
 
 
 def save_figure(figure, path: PathLike) -> str:
@@ -157,10 +164,7 @@ def plot_scores_over_time(
       if method in thresholds:
         axes.axhline(thresholds[method], color=color, linestyle="--",
                      linewidth=0.8)
-      if overlay:
-        axes.set_title(str(title), fontsize="small")
-      else:
-        axes.set_title(f"{method}: {title}", fontsize="small")
+      axes.set_title(_wrap(str(title) if overlay else f"{method}: {title}"), fontsize="small")
       if row == rows - 1:
         axes.set_xlabel("time [s]")
       if column == 0 or overlay:

@@ -102,3 +102,13 @@ def test_save_figure_leaves_no_partial_file_when_rendering_fails(tmp_path, monke
     plots.save_figure(figure, tmp_path / "new.png")
   assert path.read_bytes() == before  # the old figure is intact
   assert sorted(os.listdir(tmp_path)) == ["figure.png"]  # no partial or temporary file
+
+
+def test_long_panel_titles_are_wrapped_not_cut():
+  """A DCASE file name with its condition would run into the next panel: the
+  title is broken between words, every word kept, no line past the width."""
+  title = "bu (0.26-s means): anomalous (test_anr-10dB_id_00): anomaly_id_00_00000000.wav"
+  wrapped = plots._wrap(title, 48)
+  assert "\n" in wrapped and all(len(line) <= 48 for line in wrapped.split("\n"))
+  assert wrapped.split() == title.split()
+  assert plots._wrap("re: normal", 48) == "re: normal"
