@@ -12,7 +12,8 @@ For every seed this runs the toy-car experiment exactly as
 (method, condition, seed) with ``auc``, ``pauc``, ``auc_vs_rare``,
 ``auc_vs_frequent``, ``rare_vs_frequent`` and the training seconds, and at the
 end one line per (method, condition) with the mean and standard deviation over
-the seeds, and a Markdown table of the means for the README.
+the seeds, a Markdown table of them per condition, and the README's rows (per
+method, mean ± std of the mean over the test folders).
 
 The rare-normal labels (``metadata.csv``) are read for evaluation only; no
 setting is chosen from them. ``--from_results`` only reads the seeds'
@@ -188,6 +189,27 @@ def main():
     print("| scores evaluated | " + " | ".join(
         ", ".join(f"{k} {label_free[m]['kinds'].count(k)}/{len(label_free[m]['kinds'])}"
                   for k in dict.fromkeys(label_free[m]["kinds"])) for m in methods) + " |")
+    print(f"\nREADME rows (mean over the test folders, mean ± std over {len(seeds)} seeds): "
+          "| method | AUC | AUC vs rare normals | AUC vs frequent normals | rare vs frequent |")
+    for m in methods:
+      rec = summary.get((m, "mean"), {})
+      print(f"| | {_METHOD_NAMES.get(m, m.upper())} | " + " | ".join(
+          _cell(rec, k, spread=m != toycar.REFERENCE and len(seeds) > 1)
+          for k in ("auc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent"))
+            + " |")
+
+
+_METHOD_NAMES = {toycar.REFERENCE: "PCA"}
+
+
+def _cell(record: dict, key: str, *, spread: bool) -> str:
+  """'0.938 ± 0.003'; without a spread (one seed, or the PCA, which has no random
+  state) the mean alone."""
+  if key not in record:
+    return ""
+  if not spread:
+    return f"{record[key]:.3f}"
+  return f"{record[key]:.3f} ± {record[key + '_std']:.3f}"
 
 
 if __name__ == "__main__":

@@ -50,3 +50,6 @@ def test_from_results_prints_each_runs_scores_and_window(tmp_path, monkeypatch, 
   assert len(per_run) == 2 * 4 * 2  # seeds x methods x (condition c, mean)
   assert {(l["seed"], l["score_window_s"]) for l in per_run} == {(0, 0.992), (1, 0.016)}
   assert "| scores evaluated | knn_z 0.992s 1/2, knn_z 1/2 |" in out
+  # The README's rows: mean ± std over the seeds, the PCA (no random state) without.
+  assert "| | RE | 0.900 ± 0.000 |  |  | 0.700 ± 0.000 |" in out
+  assert "| | PCA | 0.900 |  |  | 0.700 |" in out
