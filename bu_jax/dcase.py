@@ -195,6 +195,9 @@ class MachineData:
   train: list
   test: list
   skipped: list
+  # Without a test/ folder: each test*/ folder (e.g. test_anr-10dB) -> its clips,
+  # one condition each; ``test`` then holds them all.
+  test_folders: dict = dataclasses.field(default_factory=dict)
 
   @property
   def sections(self) -> list[str]:
@@ -237,6 +240,10 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
                       sr: int = audio.SAMPLE_RATE) -> MachineData:
   """Lists (and loads) the clips of ``<root>/<machine_type>/{train,test}``.
 
+  A machine type without a ``test/`` folder but with ``test*/`` folders (one
+  per condition, e.g. ``test_anr-10dB``) gets each of them in ``test_folders``
+  (and all their clips in ``test``).
+
   Files whose names fit no grammar are logged (each by path) and skipped.
 
   Raises:
@@ -255,23 +262,26 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
     skipped += sk
     if need_train and not train:
       raise DataError(f"{train_dir}: no normal training clips with DCASE names")
+  test_folders = {}
   if os.path.isdir(test_dir):
     test, sk = _parse_folder(test_dir, "test", year)
     skipped += sk
-  else:
-    others = sorted(d for d in os.listdir(directory)
-                    if d.startswith("test") and os.path.isdir(os.path.join(directory, d)))
-    if others:  # e.g. test_anr-10dB/: a layout with one test folder per condition
-      logging.warning("%s: no test/ folder, so no test clips; %s %s not read (link one as "
-                      "test/, or use experiments.toycar --data_dir=%s, which takes every "
-                      "test*/ folder as a condition)", directory, ", ".join(others),
-                      "is" if len(others) == 1 else "are", directory)
+  else:  # e.g. test_anr-10dB/, test_anr-20dB/: one test folder per condition
+    for name in sorted(d for d in os.listdir(directory)
+                       if d.startswith("test") and os.path.isdir(os.path.join(directory, d))):
+      clips, sk = _parse_folder(os.path.join(directory, name), "test", year)
+      skipped += sk
+      test_folders[name] = clips
+      test += clips
+    if test_folders:
+      logging.info("%s: no test/ folder; the test folders %s are evaluated one by one",
+                   directory, ", ".join(test_folders))
   if load_audio:
     for clip in train + test:
       clip.wave = audio.load_wav(clip.path, sr=sr)
   if skipped:
     logging.warning("%s: skipped %d file(s) with unusable names", directory, len(skipped))
-  return MachineData(machine_type, directory, train, test, skipped)
+  return MachineData(machine_type, directory, train, test, skipped, test_folders)
 
 
 def _read_two_column_csv(path: str) -> dict[str, int]:

@@ -20,6 +20,13 @@ every test clip (eq. 11: max of the interior frame scores), and writes:
 - ``<workdir>/score_histogram_<machine_type>.png``: clip scores by domain and
   label, one panel per loss.
 
+A machine type without a ``test/`` folder but with several ``test*/`` folders
+(one per condition, e.g. ``test_anr-10dB``, ``test_anr-20dB``) is evaluated on
+each of them as its own test set: the files above go to
+``<workdir>/<loss>/<folder>/`` and the metrics to ``results[loss][<folder>]``
+(``results["test_folders"]`` lists them), one table per folder; the histogram
+shows the first folder.
+
 The decision threshold is the 0.9 quantile of a gamma distribution fitted to
 the clip scores of the model's own training clips, as the baselines do; it is
 stored with the model's final checkpoint (``artifact.Calibration``), so
@@ -370,8 +377,10 @@ def format_result(summary: dict, *, year: str, title: str) -> str:
   return "\n".join(lines)
 
 
-def format_comparison(results: dict, losses: Sequence[str], *, year: str) -> str:
-  """One line per headline number, one column per loss."""
+def format_comparison(results: dict, losses: Sequence[str], *, year: str,
+                      set_name: str = "dev") -> str:
+  """One line per headline number, one column per loss (the test set ``set_name``:
+  "dev", or a test folder's name)."""
   rows = ([("h-mean AUC (source)", "hmean_auc_source"), ("h-mean AUC (target)", "hmean_auc_target"),
            ("h-mean pAUC", "hmean_pauc")] if year != "2020" else
           [("h-mean AUC", "hmean_auc"), ("h-mean pAUC", "hmean_pauc")])
@@ -380,16 +389,17 @@ def format_comparison(results: dict, losses: Sequence[str], *, year: str) -> str
   lines = [head, "-" * len(head)]
   for label, key in rows:
     lines.append(f"{label:<22}" + "".join(
-        f"{_fmt(results[l]['dev'].get(key)):>8}" for l in losses))
+        f"{_fmt(results[l].get(set_name, {}).get(key)):>8}" for l in losses))
   return "\n".join(lines)
 
 
-def _summary_rows(results: dict, losses: Sequence[str], year: str) -> list[list[str]]:
+def _summary_rows(results: dict, losses: Sequence[str], year: str,
+                  set_names: Sequence[str] = ("dev", "eval")) -> list[list[str]]:
   cols = dcase_metrics.COLUMNS[year]
   rows = [["loss", "set", "machine_type", "section", *cols, "official score"]]
   num = lambda v: "" if v is None or not np.isfinite(v) else repr(float(v))
   for loss in losses:
-    for set_name in ("dev", "eval"):
+    for set_name in set_names:
       summary = results[loss].get(set_name)
       if not summary or not summary.get("machine_types"):
         continue
@@ -459,7 +469,9 @@ def run(settings: Settings) -> dict:
   preset = cfg0.model_preset
   scorer = frame_scores.FrameScorer(preset.build(), preset.features)
 
-  per_section = {set_name: {l: {} for l in settings.losses} for set_name in ("dev", "eval")}
+  # test set -> loss -> machine type -> sections; "dev" (test/), or one per test*/
+  # folder (dcase.MachineData.test_folders), then "eval" (--eval_root)
+  per_section: dict[str, dict] = {}
   thresholds = {l: {} for l in settings.losses}
   chosen_neighbors = {l: {} for l in settings.losses}  # --normalization_neighbors=0
   scoring = {l: {} for l in settings.losses}  # with --heldout_fraction: what each model scores on
@@ -482,7 +494,7 @@ def run(settings: Settings) -> dict:
     year = (dcase.metric_year(settings.year) if settings.year != "auto"
             else dcase.detect_year([c.meta for c in md.train + md.test]))
     years.add(year)
-    test_sets = {"dev": md.test}
+    test_sets = dict(md.test_folders) if md.test_folders else {"dev": md.test}
     if settings.eval_root:
       ev = dcase.load_machine_type(settings.eval_root, machine, year=settings.year,
                                    need_train=False)
@@ -495,7 +507,9 @@ def run(settings: Settings) -> dict:
     data_info["machine_types"][machine] = {
         "train_clips": len(md.train), "test_clips": len(md.test), "sections": md.sections,
         "train_target_clips": sum(c.domain == "target" for c in md.train),
-        "skipped_files": md.skipped, "metric_year": year}
+        "skipped_files": md.skipped, "metric_year": year,
+        **({"test_folders": {k: len(v) for k, v in md.test_folders.items()}}
+           if md.test_folders else {})}
     if settings.per == "machine_type":
       groups = {"all": (md.train, None)}
     else:
@@ -581,7 +595,7 @@ def run(settings: Settings) -> dict:
     hist, hist_thresholds = {}, {}
     for loss in settings.losses:
       for set_name, test_clips in test_sets.items():
-        out_dir = os.path.join(settings.workdir, loss, *([] if set_name == "dev" else ["eval"]))
+        out_dir = os.path.join(settings.workdir, loss, *([] if set_name == "dev" else [set_name]))
         done = [c for c in test_clips if c.path in scores[loss][set_name]]
         values = np.array([scores[loss][set_name][c.path][0] for c in done])
         decisions = np.array([scores[loss][set_name][c.path][1] for c in done], dtype=int)
@@ -591,8 +605,9 @@ def run(settings: Settings) -> dict:
                            decisions[idx], year=year)
         sections = _section_results(done, values, decisions, year)
         if sections:
-          per_section[set_name][loss][machine] = sections
-        if set_name == "dev":
+          per_section.setdefault(set_name, {l: {} for l in settings.losses})[loss][
+              machine] = sections
+        if set_name == next(iter(test_sets)):  # test/, or the first test*/ folder
           groups_ = {}
           for c, v in zip(done, values):
             groups_.setdefault(_group_name(c), []).append(v)
@@ -615,6 +630,10 @@ def run(settings: Settings) -> dict:
       "data": data_info, "devices": device_info, "metric_year": year,
       "official_score_formula": dcase_metrics.__doc__.split("Official score")[1].split(
           "References")[0].strip() if dcase_metrics.__doc__ else ""}
+  dev_sets = [s for s in per_section if s != "eval"]  # "dev", or one per test*/ folder
+  set_names = dev_sets + [s for s in per_section if s == "eval"]
+  if len(dev_sets) > 1:
+    results["test_folders"] = dev_sets
   for loss in settings.losses:
     entry = {"thresholds": thresholds[loss], "train_seconds": train_seconds[loss],
              "score_normalization": {"kind": settings.normalization()[0]} if
@@ -625,24 +644,31 @@ def run(settings: Settings) -> dict:
       entry["score_normalization"]["neighbors_chosen"] = chosen_neighbors[loss]
     if scoring[loss]:
       entry["scoring"] = scoring[loss]
-    for set_name in ("dev", "eval"):
+    for set_name in set_names:
       if per_section[set_name][loss]:
         entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)
-    if "dev" not in entry:
+    if not any(s in entry for s in dev_sets):
       entry["dev"] = {"machine_types": {}, "official_score": None}
     results[loss] = entry
-    if entry["dev"].get("machine_types"):
-      fileio.write_csv(os.path.join(settings.workdir, loss, "result.csv"),
-                       dcase_metrics.result_rows(entry["dev"], year=year))
-      print(format_result(entry["dev"], year=year, title=f"== {loss.upper()} (development "
-                          f"test set, DCASE {year}{'+' if year == '2022' else ''} metrics) =="),
-            flush=True)
+    for set_name in dev_sets:
+      if entry.get(set_name, {}).get("machine_types"):
+        folder = [] if set_name == "dev" else [set_name]
+        fileio.write_csv(os.path.join(settings.workdir, loss, *folder, "result.csv"),
+                         dcase_metrics.result_rows(entry[set_name], year=year))
+        what = "development test set" if set_name == "dev" else f"test folder {set_name}"
+        print(format_result(entry[set_name], year=year, title=f"== {loss.upper()} ({what}, "
+                            f"DCASE {year}{'+' if year == '2022' else ''} metrics) =="),
+              flush=True)
   fileio.write_csv(os.path.join(settings.workdir, "summary.csv"),
-                   _summary_rows(results, settings.losses, year))
+                   _summary_rows(results, settings.losses, year, set_names))
   fileio.write_json(os.path.join(settings.workdir, "results.json"), results)
-  if any(results[l]["dev"].get("machine_types") for l in settings.losses):
-    print(format_comparison(results, settings.losses, year=year), flush=True)
-  else:
+  evaluated = [s for s in dev_sets
+               if any(results[l].get(s, {}).get("machine_types") for l in settings.losses)]
+  for set_name in evaluated:
+    if set_name != "dev":
+      print(f"-- test folder {set_name}", flush=True)
+    print(format_comparison(results, settings.losses, year=year, set_name=set_name), flush=True)
+  if not evaluated:
     print("No labelled test clips: scores and decisions written, nothing evaluated "
           "(pass --ground_truth_dir for an evaluation set).", flush=True)
   print(f"Results in {os.path.join(settings.workdir, 'results.json')}", flush=True)

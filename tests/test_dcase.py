@@ -112,18 +112,27 @@ def test_malformed_name_is_reported_with_the_file_and_skipped(tmp_path, caplog):
   assert "anomalous clip in the training folder" in text
 
 
-def test_test_folders_per_condition_are_named_not_silently_ignored(tmp_path, caplog):
-  """A machine type with test_anr-10dB/ etc. but no test/ (realaudio-dev's layout): the
-  loader reads test/ only, and says which folders it did not read and what to do."""
+def test_test_folders_per_condition_are_read_one_by_one(tmp_path):
+  """A machine type with test_anr-10dB/ etc. but no test/ (realaudio-dev's layout):
+  each folder's clips, by folder; clips of the same name in two folders stay apart."""
   _write_tree(tmp_path, "engine", {"train": ["normal_id_00_00000000.wav"],
-                                   "test_anr-10dB": ["anomaly_id_00_00000000.wav"],
+                                   "test_anr-10dB": ["anomaly_id_00_00000000.wav",
+                                                     "normal_id_00_00000001.wav"],
                                    "test_anr-20dB": ["anomaly_id_00_00000000.wav"]})
-  with caplog.at_level("WARNING"):
-    md = dcase.load_machine_type(str(tmp_path), "engine")
-  assert md.test == [] and len(md.train) == 1
-  assert ("no test/ folder, so no test clips; test_anr-10dB, test_anr-20dB are not read"
-          in caplog.text)
-  assert "experiments.toycar --data_dir=" in caplog.text
+  md = dcase.load_machine_type(str(tmp_path), "engine")
+  assert list(md.test_folders) == ["test_anr-10dB", "test_anr-20dB"]
+  assert [len(v) for v in md.test_folders.values()] == [2, 1] and len(md.test) == 3
+  assert {os.path.basename(os.path.dirname(c.path)) for c in md.test_folders["test_anr-20dB"]} \
+      == {"test_anr-20dB"}
+  assert [c.label for c in md.test_folders["test_anr-10dB"]] == [1, 0]
+
+
+def test_a_test_folder_wins_over_condition_folders(tmp_path):
+  _write_tree(tmp_path, "engine", {"train": ["normal_id_00_00000000.wav"],
+                                   "test": ["anomaly_id_00_00000000.wav"],
+                                   "test_anr-10dB": ["anomaly_id_00_00000000.wav"]})
+  md = dcase.load_machine_type(str(tmp_path), "engine")
+  assert md.test_folders == {} and len(md.test) == 1
 
 
 def test_loader_errors_name_the_folder(tmp_path):

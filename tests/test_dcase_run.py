@@ -122,6 +122,34 @@ def test_per_section_models(tmp_path):
   assert (tmp_path / "sec" / "re" / "models" / "SynthFan" / "section_01").is_dir()
 
 
+def test_test_folders_are_evaluated_one_by_one(finished_dcase, tmp_path, capsys):
+  """A machine type with test_a/ and test_b/ instead of test/ (realaudio-dev's
+  test_anr-*dB layout): one training, each folder scored, written and evaluated as
+  its own test set; the same clips in both give the same metrics."""
+  root = tmp_path / "data"
+  shutil.copytree(os.path.join(finished_dcase.workdir, "synthetic_data"), root)
+  machine = root / "SynthFan"
+  shutil.copytree(machine / "test", machine / "test_b")
+  os.rename(machine / "test", machine / "test_a")
+  results = dcase_run.run(dataclasses.replace(
+      finished_dcase, workdir=str(tmp_path / "run"), data_root=str(root), synthetic_kwargs=None))
+  out = capsys.readouterr().out
+  assert results["test_folders"] == ["test_a", "test_b"] and "dev" not in results["re"]
+  a, b = results["re"]["test_a"], results["re"]["test_b"]
+  assert 0.0 < a["official_score"] <= 1.0 and a == b
+  assert results["data"]["machine_types"]["SynthFan"]["test_folders"] == {
+      "test_a": 24, "test_b": 24}
+  for folder in ("test_a", "test_b"):
+    rows = list(csv.reader(open(tmp_path / "run" / "re" / folder /
+                                "anomaly_score_SynthFan_section_00_test.csv")))
+    assert len(rows) == 12 and all(np.isfinite(float(r[1])) for r in rows)
+    assert (tmp_path / "run" / "re" / folder / "result.csv").exists()
+    assert f"== RE (test folder {folder}, DCASE 2022+ metrics) ==" in out
+  assert "-- test folder test_b" in out and "No labelled test clips" not in out
+  summary = list(csv.reader(open(tmp_path / "run" / "summary.csv")))
+  assert {r[1] for r in summary[1:]} == {"test_a", "test_b"}
+
+
 @pytest.fixture(scope="module")
 def finished_dcase(tmp_path_factory):
   """A finished tiny RE run (2 steps, one machine type)."""
