@@ -630,6 +630,7 @@ def run(settings: Settings) -> dict:
       "data": data_info, "devices": device_info, "metric_year": year,
       "official_score_formula": dcase_metrics.__doc__.split("Official score")[1].split(
           "References")[0].strip() if dcase_metrics.__doc__ else ""}
+  tables = []  # what is printed, also written to results.txt
   dev_sets = [s for s in per_section if s != "eval"]  # "dev", or one per test*/ folder
   set_names = dev_sets + [s for s in per_section if s == "eval"]
   if len(dev_sets) > 1:
@@ -656,20 +657,27 @@ def run(settings: Settings) -> dict:
         fileio.write_csv(os.path.join(settings.workdir, loss, *folder, "result.csv"),
                          dcase_metrics.result_rows(entry[set_name], year=year))
         what = "development test set" if set_name == "dev" else f"test folder {set_name}"
-        print(format_result(entry[set_name], year=year, title=f"== {loss.upper()} ({what}, "
-                            f"DCASE {year}{'+' if year == '2022' else ''} metrics) =="),
-              flush=True)
+        tables.append(format_result(entry[set_name], year=year, title=(
+            f"== {loss.upper()} ({what}, DCASE {year}{'+' if year == '2022' else ''} "
+            "metrics) ==")))
+        print(tables[-1], flush=True)
   fileio.write_csv(os.path.join(settings.workdir, "summary.csv"),
                    _summary_rows(results, settings.losses, year, set_names))
   fileio.write_json(os.path.join(settings.workdir, "results.json"), results)
   evaluated = [s for s in dev_sets
                if any(results[l].get(s, {}).get("machine_types") for l in settings.losses)]
   for set_name in evaluated:
-    if set_name != "dev":
-      print(f"-- test folder {set_name}", flush=True)
-    print(format_comparison(results, settings.losses, year=year, set_name=set_name), flush=True)
+    tables.append(("" if set_name == "dev" else f"-- test folder {set_name}\n")
+                  + format_comparison(results, settings.losses, year=year, set_name=set_name))
+    print(tables[-1], flush=True)
   if not evaluated:
     print("No labelled test clips: scores and decisions written, nothing evaluated "
           "(pass --ground_truth_dir for an evaluation set).", flush=True)
-  print(f"Results in {os.path.join(settings.workdir, 'results.json')}", flush=True)
+  text_path = os.path.join(settings.workdir, "results.txt")
+  if evaluated:
+    fileio.atomic_write(text_path, "\n".join(tables) + "\n")
+  elif os.path.exists(text_path):  # an earlier run's tables no longer hold
+    os.remove(text_path)
+  print(f"Results in {os.path.join(settings.workdir, 'results.json')}"
+        + (" (the tables: results.txt)" if evaluated else ""), flush=True)
   return results

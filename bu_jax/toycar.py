@@ -588,6 +588,8 @@ def run(settings: Settings) -> dict:
     figures.append(training)
   results["plots"] = [os.path.basename(p) for p in figures]
   fileio.write_json(results_path, results)
-  print(format_table(results, methods), flush=True)
-  print(f"Results in {results_path}", flush=True)
+  table = format_table(results, methods)
+  fileio.atomic_write(os.path.join(settings.workdir, "results.txt"), table + "\n")
+  print(table, flush=True)
+  print(f"Results in {results_path} (the table: results.txt)", flush=True)
   return results

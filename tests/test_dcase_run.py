@@ -146,6 +146,8 @@ def test_test_folders_are_evaluated_one_by_one(finished_dcase, tmp_path, capsys)
     assert (tmp_path / "run" / "re" / folder / "result.csv").exists()
     assert f"== RE (test folder {folder}, DCASE 2022+ metrics) ==" in out
   assert "-- test folder test_b" in out and "No labelled test clips" not in out
+  text = (tmp_path / "run" / "results.txt").read_text()  # every printed table, kept
+  assert "== RE (test folder test_a" in text and "-- test folder test_b" in text
   summary = list(csv.reader(open(tmp_path / "run" / "summary.csv")))
   assert {r[1] for r in summary[1:]} == {"test_a", "test_b"}
 
