@@ -195,8 +195,8 @@ class MachineData:
   train: list
   test: list
   skipped: list
-  # Without a test/ folder: each test*/ folder (e.g. test_anr-10dB) -> its clips,
-  # one condition each; ``test`` then holds them all.
+  # With several test*/ folders: each (e.g. test_anr-10dB) -> its clips, one
+  # test set each; ``test`` then holds them all. Empty with a lone test/.
   test_folders: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -240,9 +240,10 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
                       sr: int = audio.SAMPLE_RATE) -> MachineData:
   """Lists (and loads) the clips of ``<root>/<machine_type>/{train,test}``.
 
-  A machine type without a ``test/`` folder but with ``test*/`` folders (one
-  per condition, e.g. ``test_anr-10dB``) gets each of them in ``test_folders``
-  (and all their clips in ``test``).
+  A machine type with several ``test*/`` folders (one per condition, e.g.
+  ``test_anr-10dB``, ``test_anr-20dB``; a ``test/`` beside them is one of them)
+  gets each of them in ``test_folders`` (and all their clips in ``test``), as
+  ``data.test_folders`` reads them for the toy-car job.
 
   Files whose names fit no grammar are logged (each by path) and skipped.
 
@@ -263,19 +264,20 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
     if need_train and not train:
       raise DataError(f"{train_dir}: no normal training clips with DCASE names")
   test_folders = {}
-  if os.path.isdir(test_dir):
+  folders = sorted(d for d in os.listdir(directory)
+                   if d.startswith("test") and os.path.isdir(os.path.join(directory, d)))
+  if folders == ["test"]:
     test, sk = _parse_folder(test_dir, "test", year)
     skipped += sk
   else:  # e.g. test_anr-10dB/, test_anr-20dB/: one test folder per condition
-    for name in sorted(d for d in os.listdir(directory)
-                       if d.startswith("test") and os.path.isdir(os.path.join(directory, d))):
+    for name in folders:
       clips, sk = _parse_folder(os.path.join(directory, name), "test", year)
       skipped += sk
       test_folders[name] = clips
       test += clips
     if test_folders:
-      logging.info("%s: no test/ folder; the test folders %s are evaluated one by one",
-                   directory, ", ".join(test_folders))
+      logging.info("%s: the test folders %s are evaluated one by one", directory,
+                   ", ".join(test_folders))
   if load_audio:
     for clip in train + test:
       clip.wave = audio.load_wav(clip.path, sr=sr)

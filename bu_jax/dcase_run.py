@@ -20,8 +20,8 @@ every test clip (eq. 11: max of the interior frame scores), and writes:
 - ``<workdir>/score_histogram_<machine_type>.png``: clip scores by domain and
   label, one panel per loss.
 
-A machine type without a ``test/`` folder but with several ``test*/`` folders
-(one per condition, e.g. ``test_anr-10dB``, ``test_anr-20dB``) is evaluated on
+A machine type with several ``test*/`` folders (one per condition, e.g.
+``test_anr-10dB``, ``test_anr-20dB``; a ``test/`` beside them is one of them) is evaluated on
 each of them as its own test set: the files above go to
 ``<workdir>/<loss>/<folder>/`` and the metrics to ``results[loss][<folder>]``
 (``results["test_folders"]`` lists them), one table per folder; the histogram
