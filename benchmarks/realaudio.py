@@ -193,13 +193,10 @@ def main():
           "| method | AUC | AUC vs rare normals | AUC vs frequent normals | rare vs frequent |")
     for m in methods:
       rec = summary.get((m, "mean"), {})
-      print(f"| | {_METHOD_NAMES.get(m, m.upper())} | " + " | ".join(
+      print(f"| | {m.upper()} | " + " | ".join(
           _cell(rec, k, spread=m != toycar.REFERENCE and len(seeds) > 1)
           for k in ("auc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent"))
             + " |")
-
-
-_METHOD_NAMES = {toycar.REFERENCE: "PCA"}
 
 
 def _cell(record: dict, key: str, *, spread: bool) -> str:

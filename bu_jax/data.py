@@ -163,6 +163,13 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------
 
 
+def list_test_folders(data_dir: str) -> list[str]:
+  """The ``test*`` folders of ``data_dir`` (``test``, ``test_anr-10dB``, ...), sorted;
+  [] if none. Shared by this module's DCASE loader and ``dcase.load_machine_type``."""
+  return sorted(n for n in os.listdir(data_dir)
+                if n.startswith("test") and os.path.isdir(os.path.join(data_dir, n)))
+
+
 def test_folders(data_dir: str) -> list[str]:
   """The test folders of a DCASE-layout ``data_dir``: ``test`` or ``test*`` (sorted).
 
@@ -171,8 +178,7 @@ def test_folders(data_dir: str) -> list[str]:
   ``<folder>_<id or section>``, so one training is evaluated on all of them.
   A plain ``test/`` alone keeps the conditions' plain names.
   """
-  names = sorted(n for n in os.listdir(data_dir)
-                 if n.startswith("test") and os.path.isdir(os.path.join(data_dir, n)))
+  names = list_test_folders(data_dir)
   if not names:
     raise DataError(f"{os.path.join(data_dir, 'test')}: test directory does not exist "
                     "(expected test/ or test*/ folders)")

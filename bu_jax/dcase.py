@@ -264,8 +264,7 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
     if need_train and not train:
       raise DataError(f"{train_dir}: no normal training clips with DCASE names")
   test_folders = {}
-  folders = sorted(d for d in os.listdir(directory)
-                   if d.startswith("test") and os.path.isdir(os.path.join(directory, d)))
+  folders = data_lib.list_test_folders(directory)
   if folders == ["test"]:
     test, sk = _parse_folder(test_dir, "test", year)
     skipped += sk

@@ -326,6 +326,12 @@ def write_submission(directory: str, machine_type: str, section: str, names: Seq
   return [score_path, decision_path]
 
 
+def _set_dir(workdir: str, loss: str, set_name: str) -> str:
+  """Where a test set's files go: ``<workdir>/<loss>`` for "dev" (test/), else
+  ``<workdir>/<loss>/<set_name>`` ("eval", or a test*/ folder's name)."""
+  return os.path.join(workdir, loss, *([] if set_name == "dev" else [set_name]))
+
+
 def _group_name(clip) -> str:
   if clip.label is None:
     return "unlabelled"
@@ -595,7 +601,7 @@ def run(settings: Settings) -> dict:
     hist, hist_thresholds = {}, {}
     for loss in settings.losses:
       for set_name, test_clips in test_sets.items():
-        out_dir = os.path.join(settings.workdir, loss, *([] if set_name == "dev" else [set_name]))
+        out_dir = _set_dir(settings.workdir, loss, set_name)
         done = [c for c in test_clips if c.path in scores[loss][set_name]]
         values = np.array([scores[loss][set_name][c.path][0] for c in done])
         decisions = np.array([scores[loss][set_name][c.path][1] for c in done], dtype=int)
@@ -653,8 +659,7 @@ def run(settings: Settings) -> dict:
     results[loss] = entry
     for set_name in dev_sets:
       if entry.get(set_name, {}).get("machine_types"):
-        folder = [] if set_name == "dev" else [set_name]
-        fileio.write_csv(os.path.join(settings.workdir, loss, *folder, "result.csv"),
+        fileio.write_csv(os.path.join(_set_dir(settings.workdir, loss, set_name), "result.csv"),
                          dcase_metrics.result_rows(entry[set_name], year=year))
         what = "development test set" if set_name == "dev" else f"test folder {set_name}"
         tables.append(format_result(entry[set_name], year=year, title=(

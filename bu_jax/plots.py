@@ -48,7 +48,7 @@ def new_figure(figsize: tuple[float, float]):
 def _wrap(title: str, width: int = 48) -> str:
   """A panel title on lines of at most ``width`` characters (long file names
   would run into the next panel)."""
-  return "\n".join(textwrap.wrap(title, width, break_long_words=False)) or title
+  return "\n".join(textwrap.wrap(title, width, break_long_words=False))
 
 
 def save_figure(figure, path: PathLike) -> str:
