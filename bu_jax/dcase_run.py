@@ -665,7 +665,8 @@ def run(settings: Settings) -> dict:
         tables.append(format_result(entry[set_name], year=year, title=(
             f"== {loss.upper()} ({what}, DCASE {year}{'+' if year == '2022' else ''} "
             "metrics) ==")))
-        print(tables[-1], flush=True)
+        if len(dev_sets) == 1:  # several folders: the comparisons below, these in results.txt
+          print(tables[-1], flush=True)
   fileio.write_csv(os.path.join(settings.workdir, "summary.csv"),
                    _summary_rows(results, settings.losses, year, set_names))
   fileio.write_json(os.path.join(settings.workdir, "results.json"), results)
@@ -675,6 +676,8 @@ def run(settings: Settings) -> dict:
     tables.append(("" if set_name == "dev" else f"-- test folder {set_name}\n")
                   + format_comparison(results, settings.losses, year=year, set_name=set_name))
     print(tables[-1], flush=True)
+  if len(evaluated) > 1:
+    print("(per-section tables of every loss and test folder: results.txt)", flush=True)
   if not evaluated:
     print("No labelled test clips: scores and decisions written, nothing evaluated "
           "(pass --ground_truth_dir for an evaluation set).", flush=True)
