@@ -19,6 +19,8 @@ maximum: raw before knn_z, shorter windows first). Shared by
 * ``HeldOut``: the clips a model trains on, the held-out ones, their pseudo-anomalies.
 * ``score_clips``: frame scores and clip scores for several windows at once.
 * ``choose_scoring``: the scorer to evaluate with, its records and φ's clip scores.
+* ``validation_error``: the held-out clips' mean frame score, the training's
+  validation curve (``runner.train_or_resume``'s ``validate``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,52 @@ class HeldOut:
   names: list
   pseudo_waves: dict = dataclasses.field(default_factory=dict)
   fit_names: Optional[list] = None
+
+
+def validation_error(scorer, params, waves: Sequence[np.ndarray], *,
+                     names: Optional[Sequence[str]] = None) -> float:
+  """The mean frame score A(x_t) (eq. 5) over every frame of the held-out clips.
+
+  Eq. (7)'s normal term on normal sound the model has not trained on: the
+  validation loss of the reconstruction. While it still falls, training has
+  not converged; it needs no test clip and no label.
+
+  Args:
+    scorer: a ``frame_scores.FrameScorer`` (raw scores, no normalization).
+    params: the AE parameters.
+    waves: the held-out normal clips.
+    names: their names, for error messages.
+
+  Raises:
+    ValueError: no clips.
+  """
+  if not waves:
+    raise ValueError("no held-out clips to validate on")
+  names = names or [f"held-out clip {i}" for i in range(len(waves))]
+  total, count = 0.0, 0
+  for wave, name in zip(waves, names):
+    frames = np.asarray(scorer(params, wave, name=name), dtype=np.float64)
+    total += float(frames.sum())
+    count += frames.size
+  return total / max(count, 1)
+
+
+def validation_summary(records: Sequence[dict]) -> Optional[dict]:
+  """The validation curve of ``validation.jsonl`` records (``{"step",
+  "heldout_error"}``, in step order) and how much it still fell at the end.
+
+  Returns ``{"steps", "heldout_error", "last_quarter_change"}``: the last
+  change is the relative change from the record nearest to 3/4 of the last
+  step to the last record (e.g. -0.04: 4 % lower); None without two records.
+  """
+  records = [r for r in records if r.get("heldout_error") is not None]
+  if len(records) < 2:
+    return None
+  steps = [int(r["step"]) for r in records]
+  values = [float(r["heldout_error"]) for r in records]
+  ref = min(range(len(steps) - 1), key=lambda i: abs(steps[i] - 0.75 * steps[-1]))
+  change = (values[-1] - values[ref]) / values[ref] if values[ref] > 0 else None
+  return {"steps": steps, "heldout_error": values, "last_quarter_change": change}
 
 
 def make_pseudo(waves: Sequence[np.ndarray], something_else: Sequence[np.ndarray], *,

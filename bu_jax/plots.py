@@ -23,7 +23,7 @@ import os
 import pathlib
 import re
 import textwrap
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from sklearn import metrics as sk_metrics
@@ -221,19 +221,24 @@ def plot_score_histogram(
 
 
 def plot_training(path: PathLike, metrics_files: Mapping[str, PathLike], *,
+                  validation_files: Optional[Mapping[str, PathLike]] = None,
                   smooth: int = 50) -> str | None:
   """Training curves per loss from ``metrics.jsonl`` files (``train.train``'s rows).
 
-  Four panels: the loss; the normal term and L_a (eq. 10); the BU weights'
-  effective sample size as a fraction of the normal frames, (sum w)^2 /
-  (M_u sum w^2), and their max/min ratio (log scale) -- 1 and 1 for RE/SNP,
-  whose weights are uniform. Curves are moving averages over ``smooth`` steps.
-  Returns ``path``, or None when no file has rows.
+  Four panels: the loss; the normal term and L_a (eq. 10), with the
+  held-out clips' mean frame score (the validation curve, dots) from
+  ``validation_files`` (name -> ``validation.jsonl``, ``runner.train_or_resume``);
+  the BU weights' effective sample size as a fraction of the normal frames,
+  (sum w)^2 / (M_u sum w^2), and their max/min ratio (log scale) -- 1 and 1
+  for RE/SNP, whose weights are uniform. Curves are moving averages over
+  ``smooth`` steps. Returns ``path``, or None when no file has rows.
   """
   data = {name: fileio.read_metrics(p) for name, p in metrics_files.items()}
   data = {name: rows for name, rows in data.items() if rows}
   if not data:
     return None
+  validation = {name: fileio.read_metrics(p) for name, p in (validation_files or {}).items()
+                if name in data}
 
   def series(rows, fn):
     steps = np.array([r.get("step", i) for i, r in enumerate(rows)], np.float64)
@@ -264,6 +269,12 @@ def plot_training(path: PathLike, metrics_files: Mapping[str, PathLike], *,
           continue
         axes.plot(x, y, style, color=colors[name], linewidth=1.0,
                   label=f"{name} {label}".strip())
+    if title.startswith("normal term"):
+      for name, rows in validation.items():
+        rows = [r for r in rows if r.get("heldout_error") is not None]
+        if rows:
+          axes.plot([r["step"] for r in rows], [r["heldout_error"] for r in rows], ":o",
+                    color=colors[name], markersize=3, linewidth=0.8, label=f"{name} held-out")
     axes.set(title=title, xlabel="step", yscale=scale)
     axes.legend(fontsize="small")
   return save_figure(figure, path)

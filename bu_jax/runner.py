@@ -13,6 +13,12 @@ settings. The loop:
 - keeps the records of ``<model_dir>/metrics.jsonl`` up to the step it resumes
   from (``fileio.truncate_metrics``) and appends one per step;
 - saves every ``checkpoint_every`` steps and after the last one;
+- with a ``validate`` function (the held-out clips' mean frame score,
+  ``heldout.validation_error``), records it at the start, every
+  ``checkpoint_every`` steps and after the last step in
+  ``<model_dir>/validation.jsonl`` (``{"step", "heldout_error"}``), kept up to
+  the step it resumes from, like ``metrics.jsonl``: the validation curve that
+  shows whether the schedule converged;
 - on SIGTERM / Ctrl-C (``signals.GracefulStop``) saves after the current
   device call and raises ``Interrupted`` ("run the same command again to
   resume"), which the entry points turn into one line and status 130.
@@ -21,7 +27,7 @@ settings. The loop:
 from __future__ import annotations
 
 import os
-from typing import Any, Collection, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 import jax
 
@@ -36,6 +42,7 @@ from bu_jax import train as train_lib
 
 # TrainConfig fields that change only the speed, not what is trained.
 SPEED_ONLY = ("steps_per_call",)
+VALIDATION_FILE = "validation.jsonl"
 
 
 class Interrupted(Exception):
@@ -115,6 +122,7 @@ def initial_state(config: train_lib.TrainConfig, *, mesh, input_stats=None):
 def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: str,
                     metadata: artifact.ModelMetadata, checkpoint_every: int, tag: str,
                     init_state: Optional[Any] = None,
+                    validate: Optional[Callable[[Any], float]] = None,
                     progress: bool = True) -> tuple[Any, int]:
   """Trains (or resumes, or finds finished) the model of ``model_dir``.
 
@@ -129,6 +137,9 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
     tag: names the model in the printed lines (``[tag] ...``).
     init_state: the state of a fresh start (default ``train.create_state``);
       a resumed run restores its own.
+    validate: ``validate(params)`` -> the validation error (host parameters),
+      recorded in ``validation.jsonl`` at the start, every ``checkpoint_every``
+      steps and after the last step; None: no validation curve.
     progress: show a progress bar.
 
   Returns:
@@ -151,12 +162,27 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
             flush=True)
     metrics_path = os.path.join(model_dir, "metrics.jsonl")
     fileio.truncate_metrics(metrics_path, start)
+    validation_path = os.path.join(model_dir, VALIDATION_FILE)
+    fileio.truncate_metrics(validation_path, start + 1)  # the checkpoint's own record stays
     if start >= total:
       print(f"[{tag}] already trained ({total} steps)", flush=True)
       return state, 0
+    recorded = [r["step"] for r in fileio.read_metrics(validation_path)]
+
+    def record(step, params):
+      if validate is None or (recorded and recorded[-1] == step):
+        return
+      value = validate(jax.device_get(params))
+      with fileio.MetricsWriter(validation_path) as writer:
+        writer.write(step, {"heldout_error": value})
+      recorded.append(step)
+
+    record(start, state.params)
 
     def on_step(step, new_state, _):
       ckpt.maybe_save(step, new_state)
+      if validate is not None and step // checkpoint_every > recorded[-1] // checkpoint_every:
+        record(step, new_state.params)
       if stop.requested:
         ckpt.maybe_save(step, new_state, force=True)
         raise _Stopped(step)
@@ -174,4 +200,5 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
           f"stopped by {stop.signal_name} after step {e.args[0]}; the checkpoint is "
           f"in {ckpt.directory}: run the same command again to resume") from None
     ckpt.maybe_save(total, state, force=True)
+    record(total, state.params)
   return state, total - start

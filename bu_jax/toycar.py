@@ -275,22 +275,31 @@ def check_resumable(settings: Settings, loss: str) -> None:
                          evaluation_flags=EVALUATION_FLAGS)
 
 
-def train_one(settings: Settings, loss: str, corpus, *, mesh,
-              input_stats=None) -> tuple[Any, train_lib.TrainConfig, int]:
+def train_one(settings: Settings, loss: str, corpus, *, mesh, input_stats=None,
+              heldout_waves: Sequence[np.ndarray] = (), heldout_names: Sequence[str] = (),
+              ) -> tuple[Any, train_lib.TrainConfig, int]:
   """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>.
 
   ``input_stats`` (mean, std of the training features) initialize the
   standardization of an AE with ``standardize_input``; a resumed run takes
-  them from its checkpoint. Returns the final state, its config and the
+  them from its checkpoint. With ``heldout_waves`` the held-out clips' mean
+  frame score is recorded along the way (``<workdir>/<loss>/validation.jsonl``,
+  ``heldout.validation_error``). Returns the final state, its config and the
   number of steps trained now (``runner.train_or_resume``).
   """
   config = settings.train_config(loss)
   check_resumable(settings, loss)
   init = runner.initial_state(config, mesh=mesh, input_stats=input_stats)
+  validate = None
+  if len(heldout_waves):
+    scorer = frame_scores.FrameScorer(config.model_preset.build(), config.model_preset.features)
+    validate = lambda params: heldout.validation_error(scorer, params, heldout_waves,
+                                                       names=list(heldout_names) or None)
   state, trained = runner.train_or_resume(
       config, corpus, mesh=mesh, model_dir=os.path.join(settings.workdir, loss),
       metadata=_training_metadata(settings, loss), init_state=init,
-      checkpoint_every=settings.checkpoint_every, tag=loss, progress=settings.progress)
+      checkpoint_every=settings.checkpoint_every, tag=loss, validate=validate,
+      progress=settings.progress)
   return state, config, trained
 
 
@@ -491,6 +500,10 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
       f"{_num(results[m].get('heldout_max_over_median')):>10}{'':>11}" for m in methods))
   lines.append(f"{'pseudo-anomaly AUC':<{width}}" + "".join(  # label-free, higher = better
       f"{_num(results[m].get('pseudo_anomaly_auc')):>10}{'':>11}" for m in methods))
+  change = [(results[m].get("validation") or {}).get("last_quarter_change") for m in methods]
+  if any(c is not None for c in change):  # the AEs' validation curve: still falling?
+    lines.append(f"{'held-out error trend':<{width}}" + "".join(
+        f"{'' if c is None else f'{100 * c:+.1f}%':>10}{'':>11}" for c in change))
   lines.append(f"{'scores (window)':<{width}}" + "".join(
       f"{scores_label(results[m]):>21}" for m in methods))
   return "\n".join(lines)
@@ -558,7 +571,9 @@ def run(settings: Settings) -> dict:
   for loss in settings.losses:
     t0 = time.perf_counter()
     state, config, trained_steps = train_one(settings, loss, corpus, mesh=mesh,
-                                             input_stats=input_stats)
+                                             input_stats=input_stats,
+                                             heldout_waves=data.heldout_waves,
+                                             heldout_names=data.heldout_paths)
     t_train = time.perf_counter() - t0
     res, material[loss] = evaluate_one(settings, loss, state, config, data)
     previous = results.get(loss, {})
@@ -567,6 +582,8 @@ def run(settings: Settings) -> dict:
     else:  # found finished: keep the time of the run that trained it
       res["train_seconds"] = previous["train_seconds"]
     res["train_config"] = artifact.config_json(config)
+    res["validation"] = heldout.validation_summary(fileio.read_metrics(
+        os.path.join(settings.workdir, loss, runner.VALIDATION_FILE)))
     results[loss] = res
     _store_threshold(settings, loss, state, config, res, data)
     fileio.write_json(results_path, results)
@@ -583,7 +600,9 @@ def run(settings: Settings) -> dict:
   figures = _plots(settings.workdir, data, material)
   training = plots.plot_training(
       os.path.join(settings.workdir, "training.png"),
-      {loss: os.path.join(settings.workdir, loss, "metrics.jsonl") for loss in settings.losses})
+      {loss: os.path.join(settings.workdir, loss, "metrics.jsonl") for loss in settings.losses},
+      validation_files={loss: os.path.join(settings.workdir, loss, runner.VALIDATION_FILE)
+                        for loss in settings.losses})
   if training:
     figures.append(training)
   results["plots"] = [os.path.basename(p) for p in figures]

@@ -36,3 +36,30 @@ def test_choosing_without_pseudo_anomalies_is_an_error(tmp_path):
   assert choice.pseudo_auc is None and choice.clip_score["window_frames"] == 4
   assert heldout.describe(choice) == "raw scores, 0.064-s windows"
   assert heldout.calibration_normalization(choice.normalization) is None
+
+
+def test_validation_error_is_the_mean_over_every_frame_of_the_clips():
+  preset = models.preset("fcn40-small")
+  model, config = preset.build(), preset.features
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, config.dim), np.float32))["params"]
+  scorer = frame_scores.FrameScorer(model, config)
+  rng = np.random.default_rng(1)
+  short, long = (rng.standard_normal(n).astype(np.float32) * 0.1 for n in (8000, 24000))
+  frames = [np.asarray(scorer(params, w)) for w in (short, long)]
+  value = heldout.validation_error(scorer, params, [short, long], names=["a.wav", "b.wav"])
+  # frame-weighted, not the mean of the two clips' means
+  assert value == pytest.approx(np.concatenate(frames).mean(), rel=1e-6)
+  assert value != pytest.approx(np.mean([f.mean() for f in frames]), rel=1e-6)
+  with pytest.raises(ValueError, match="no held-out clips"):
+    heldout.validation_error(scorer, params, [])
+
+
+def test_validation_summary_reports_the_fall_over_the_last_quarter():
+  records = [{"step": s, "heldout_error": v}
+             for s, v in ((0, 500.0), (500, 200.0), (1500, 120.0), (2000, 110.0))]
+  summary = heldout.validation_summary(records)
+  assert summary["steps"] == [0, 500, 1500, 2000]
+  assert summary["heldout_error"] == [500.0, 200.0, 120.0, 110.0]
+  assert summary["last_quarter_change"] == pytest.approx(110 / 120 - 1)  # from step 1500
+  assert heldout.validation_summary(records[:1]) is None
+  assert heldout.validation_summary([{"step": 0, "heldout_error": None}] + records[:1]) is None

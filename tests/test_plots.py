@@ -62,6 +62,22 @@ def test_plot_training_reads_metrics_files_and_skips_damaged_lines(tmp_path):
   assert not (tmp_path / "none.png").exists()
 
 
+def test_plot_training_draws_the_validation_curve(tmp_path, monkeypatch):
+  rows = [{"step": s, "loss": 1.0, "normal": 0.5, "la": 0.1, "ess": 8.0, "frames_normal": 10.0,
+           "w_max": 2.0, "w_min": 0.5} for s in range(40)]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (tmp_path / "validation.jsonl").write_text("".join(
+      json.dumps({"step": s, "heldout_error": v}) + "\n" for s, v in ((0, 9.0), (39, 3.0))))
+  figures = []
+  real_save = plots.save_figure
+  monkeypatch.setattr(plots, "save_figure", lambda f, p: figures.append(f) or real_save(f, p))
+  _png_ok(plots.plot_training(tmp_path / "training.png", {"bu": tmp_path / "metrics.jsonl"},
+                              validation_files={"bu": tmp_path / "validation.jsonl"}))
+  lines = {l.get_label(): l for ax in figures[0].axes for l in ax.get_lines()}
+  assert list(lines["bu held-out"].get_ydata()) == [9.0, 3.0]
+  assert list(lines["bu held-out"].get_xdata()) == [0, 39]
+
+
 def test_ring_and_recording_plots_write_png(tmp_path):
   edges = np.linspace(-3, 3, 9)
   densities = {m: np.random.default_rng(0).random((8, 8)) for m in ("re", "bu")}

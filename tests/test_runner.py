@@ -75,3 +75,34 @@ def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys):
   assert "--seed: 0 in the checkpoint, 1 now" in message
   assert "eps: 1e-06 in the checkpoint, 0.5 now" in message  # not a flag here: its field name
   assert "such as --reduce, --rare_clips may differ" in message and "new --workdir" in message
+
+
+def test_validation_curve_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+  """``validate`` runs at the start, every ``checkpoint_every`` steps and at the end; a
+  stopped run keeps its records up to its checkpoint, and the resume goes on from there."""
+  config = _config(steps_per_epoch=5)
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  segments = np.random.default_rng(0).standard_normal((4, SEGMENT)).astype(np.float32)
+  corpus = train.place_corpus(segments, mesh=mesh, config=config)
+  model_dir = str(tmp_path / "model")
+  seen = []
+
+  def validate(params):  # the step is not passed: count calls, return a changing value
+    assert isinstance(jax.tree_util.tree_leaves(params)[0], np.ndarray)  # host parameters
+    seen.append(1)
+    return 10.0 / len(seen)
+
+  kwargs = dict(mesh=mesh, model_dir=model_dir, checkpoint_every=2, tag="t", progress=False,
+                metadata=artifact.ModelMetadata.for_training(config, tag="t"), validate=validate)
+  with monkeypatch.context() as patch:
+    patch.setattr(runner.signals, "GracefulStop", _StopAtOnce)
+    with pytest.raises(runner.Interrupted):
+      runner.train_or_resume(config, corpus, **kwargs)
+  path = tmp_path / "model" / runner.VALIDATION_FILE
+  assert [json.loads(l)["step"] for l in open(path)] == [0]  # stopped after step 1
+  runner.train_or_resume(config, corpus, **kwargs)
+  records = [json.loads(l) for l in open(path)]
+  assert [r["step"] for r in records] == [0, 1, 2, 4, 5]  # resumed at 1, then every 2, the end
+  assert [r["heldout_error"] for r in records] == [10.0, 5.0, 10 / 3, 2.5, 2.0]
+  runner.train_or_resume(config, corpus, **kwargs)  # finished: nothing recomputed or dropped
+  assert len(seen) == 5 and [json.loads(l)["step"] for l in open(path)] == [0, 1, 2, 4, 5]

@@ -62,6 +62,14 @@ def test_run_writes_well_formed_outputs_and_resumes(tmp_path, tiny_data, capsys)
     assert meta["model"] == "fcn40-small" and len(meta["heldout_clip_scores"]) >= 1
     steps = [json.loads(l)["step"] for l in open(model_dir / "metrics.jsonl")]
     assert steps == list(range(4))
+    # The validation curve: the held-out clips' mean frame score at 0, every 2 steps, the end.
+    curve = [json.loads(l) for l in open(model_dir / "validation.jsonl")]
+    assert [r["step"] for r in curve] == [0, 2, 4]
+    assert res["validation"]["heldout_error"] == [r["heldout_error"] for r in curve]
+    assert all(np.isfinite(v) and v > 0 for v in res["validation"]["heldout_error"])
+    assert res["validation"]["last_quarter_change"] == pytest.approx(
+        curve[2]["heldout_error"] / curve[1]["heldout_error"] - 1)
+  assert "held-out error trend" in out
   for png in ("roc.png", "scores_over_time.png", "score_histogram.png"):
     assert (tmp_path / "run" / png).stat().st_size > 1000
   assert stored["data"]["test_rare_normal"] > 0
