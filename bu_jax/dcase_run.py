@@ -229,19 +229,21 @@ def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig
 
 
 def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, mesh,
-                model_dir: str, tag: str, input_stats=None) -> tuple[Any, int]:
+                model_dir: str, tag: str, input_stats=None,
+                validate=None) -> tuple[Any, int]:
   """Trains (or resumes, or finds finished) one model in ``model_dir``.
 
   ``input_stats`` (mean, std of its training features) initialize the
   standardization of an AE with ``standardize_input`` (``runner.initial_state``).
-  Returns the final state and the number of steps trained now
-  (``runner.train_or_resume``).
+  ``validate(params)`` (the held-out clips' mean frame score) gives the
+  validation curve, ``<model_dir>/validation.jsonl``. Returns the final state
+  and the number of steps trained now (``runner.train_or_resume``).
   """
   metadata = _training_metadata(settings, config, tag=tag)
   _check_model_dir(model_dir, metadata)
   return runner.train_or_resume(config, corpus, mesh=mesh, model_dir=model_dir,
                                 metadata=metadata, checkpoint_every=settings.checkpoint_every,
-                                tag=tag, progress=settings.progress,
+                                tag=tag, progress=settings.progress, validate=validate,
                                 init_state=runner.initial_state(config, mesh=mesh,
                                                                 input_stats=input_stats))
 
@@ -557,8 +559,11 @@ def run(settings: Settings) -> dict:
         model_dir = os.path.join(settings.workdir, loss, "models", machine,
                                  *([] if section is None else [f"section_{section}"]))
         t0 = time.perf_counter()
+        validate = None if held is None else (
+            lambda p: heldout.validation_error(scorer, p, held.waves, names=held.names))
         state, trained = train_model(settings, configs[loss], corpus, mesh=mesh,
-                                     model_dir=model_dir, tag=tag, input_stats=input_stats)
+                                     model_dir=model_dir, tag=tag, input_stats=input_stats,
+                                     validate=validate)
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
@@ -585,7 +590,9 @@ def run(settings: Settings) -> dict:
               "score_normalization": choice.normalization, "clip_score": choice.clip_score,
               "heldout_clips": len(held.names),
               "pseudo_anomaly_auc": choice.pseudo_auc,
-              "heldout_max_over_median": evaluate.heldout_spread(train_scores)}
+              "heldout_max_over_median": evaluate.heldout_spread(train_scores),
+              "validation": heldout.validation_summary(fileio.read_metrics(
+                  os.path.join(model_dir, runner.VALIDATION_FILE)))}
           print(f"[{tag}] scored on {heldout.describe(choice)}", flush=True)
         phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
         thresholds[loss][tag] = phi

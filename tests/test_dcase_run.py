@@ -350,6 +350,11 @@ def test_held_out_clips_choose_the_scoring(tmp_path, monkeypatch):
   assert len(held_idx) == 4 and trained_on == [len(md.train) - 4]
   record = results["re"]["scoring"]["re/SynthFan"]
   assert record["heldout_clips"] == 4
+  curve = [json.loads(l) for l in open(tmp_path / "run" / "re" / "models" / "SynthFan" /
+                                       "validation.jsonl")]  # the held-out clips' error
+  assert curve[0]["step"] == 0 and curve[-1]["step"] == settings.train_config("re", 1).total_steps
+  assert record["validation"]["heldout_error"] == [r["heldout_error"] for r in curve]
+  assert all(np.isfinite(r["heldout_error"]) and r["heldout_error"] > 0 for r in curve)
   candidates = evaluate.window_candidates(
       detector_lib.load_detector(tmp_path / "run" / "re" / "models" / "SynthFan").feature_config)
   tried = record["clip_score"]["chosen_by"]
