@@ -87,7 +87,7 @@ PRESETS = {
     "demo": dict(model="fcn40-small", epochs=4, steps_per_epoch=100, decay_start_epoch=2,
                  learning_rate=1e-3, steps_per_call=10),
     # Real recordings on a 2-core CPU: experiments.toycar's cpu preset (standardized
-    # input, 4,800 steps, auto scores, chosen window), each model's held-out tenth
+    # input, 9,600 steps, auto scores, chosen window), each model's held-out tenth
     # choosing its scoring.
     "cpu": {**cli.CPU_PRESET, "heldout_fraction": 0.1},
 }
