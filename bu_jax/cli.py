@@ -183,7 +183,7 @@ _TRAIN = train_lib.TrainConfig  # the library's defaults (the paper's)
 
 # The "cpu" preset of experiments.toycar and experiments.dcase: real recordings on
 # a 2-core CPU (< 8 min per loss): the AE on inputs standardized with training
-# statistics, 9,600 steps (at 4,800 the held-out clips' error still fell by 4-6 %
+# statistics, 9,600 steps (at 4,800 the held-out clips' error still fell by 3.6-7.2 %
 # on every real draw; README, "Real recordings"), the paper's band-width, and raw
 # or knn_z scores and the clip-score window chosen by the pseudo-anomaly AUC.
 CPU_PRESET = dict(model="fcn40-small", epochs=96, steps_per_epoch=100, decay_start_epoch=48,
