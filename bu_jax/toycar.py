@@ -276,25 +276,19 @@ def check_resumable(settings: Settings, loss: str) -> None:
 
 
 def train_one(settings: Settings, loss: str, corpus, *, mesh, input_stats=None,
-              heldout_waves: Sequence[np.ndarray] = (), heldout_names: Sequence[str] = (),
-              ) -> tuple[Any, train_lib.TrainConfig, int]:
+              validate=None) -> tuple[Any, train_lib.TrainConfig, int]:
   """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>.
 
   ``input_stats`` (mean, std of the training features) initialize the
   standardization of an AE with ``standardize_input``; a resumed run takes
-  them from its checkpoint. With ``heldout_waves`` the held-out clips' mean
-  frame score is recorded along the way (``<workdir>/<loss>/validation.jsonl``,
-  ``heldout.validation_error``). Returns the final state, its config and the
-  number of steps trained now (``runner.train_or_resume``).
+  them from its checkpoint. ``validate(params)`` (the held-out clips' mean
+  frame score, ``heldout.validation_error``) is recorded along the way
+  (``<workdir>/<loss>/validation.jsonl``). Returns the final state, its config
+  and the number of steps trained now (``runner.train_or_resume``).
   """
   config = settings.train_config(loss)
   check_resumable(settings, loss)
   init = runner.initial_state(config, mesh=mesh, input_stats=input_stats)
-  validate = None
-  if len(heldout_waves):
-    scorer = frame_scores.FrameScorer(config.model_preset.build(), config.model_preset.features)
-    validate = lambda params: heldout.validation_error(scorer, params, heldout_waves,
-                                                       names=list(heldout_names) or None)
   state, trained = runner.train_or_resume(
       config, corpus, mesh=mesh, model_dir=os.path.join(settings.workdir, loss),
       metadata=_training_metadata(settings, loss), init_state=init,
@@ -357,10 +351,13 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
 
 
 def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainConfig,
-                 data: Data) -> tuple[dict, dict]:
-  """Scores held-out and test clips; returns (results, plot material)."""
+                 data: Data, *, scorer: Optional[frame_scores.FrameScorer] = None,
+                 ) -> tuple[dict, dict]:
+  """Scores held-out and test clips; returns (results, plot material).
+  ``scorer``: the model's ``FrameScorer`` (default: built from ``config``; the
+  run shares one between the losses, so that it compiles once)."""
   preset = config.model_preset
-  scorer = frame_scores.FrameScorer(preset.build(), preset.features)
+  scorer = scorer or frame_scores.FrameScorer(preset.build(), preset.features)
   return _evaluate_scorer(settings, scorer, jax.device_get(state.params), data,
                           os.path.join(settings.workdir, loss), preset.features)
 
@@ -568,14 +565,17 @@ def run(settings: Settings) -> dict:
     print(f"Input statistics of {len(data.fit_waves)} training clips "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
   material = {}
+  # One scorer for every loss (the same model preset): its jitted scoring compiles once,
+  # for the validation curve and the evaluation alike.
+  scorer = frame_scores.FrameScorer(cfg0.model_preset.build(), cfg0.model_preset.features)
+  validate = lambda params: heldout.validation_error(scorer, params, data.heldout_waves,
+                                                     names=data.heldout_paths)
   for loss in settings.losses:
     t0 = time.perf_counter()
     state, config, trained_steps = train_one(settings, loss, corpus, mesh=mesh,
-                                             input_stats=input_stats,
-                                             heldout_waves=data.heldout_waves,
-                                             heldout_names=data.heldout_paths)
+                                             input_stats=input_stats, validate=validate)
     t_train = time.perf_counter() - t0
-    res, material[loss] = evaluate_one(settings, loss, state, config, data)
+    res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer)
     previous = results.get(loss, {})
     if trained_steps or "train_seconds" not in previous:
       res["train_seconds"] = round(t_train, 1)
