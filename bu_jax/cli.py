@@ -322,6 +322,12 @@ class ScoringSettings(TrainingSettings):
       None, minimum=0, help="k of --score_normalization (at least 2 for knn_z; 0 for knn_z "
       "and auto: the k of 5, 10, ..., 160 under which the held-out normal clips' frames are "
       "most likely). Evaluation only. Default: 0 for knn_z and auto, 10 for knn.")
+  normalization_bank: Optional[str] = setting(
+      None, choices=score_norm.BANKS, help="Whose frames the knn / knn_z bank holds: "
+      "training (the clips the model trained on) or heldout (the held-out normal clips, "
+      "which it never trained on, so their scores carry the generalization gap that test "
+      "clips will show; each held-out clip is normalized by the other clips' bank for phi "
+      "and the pseudo-anomaly AUC). Evaluation only. Default: the preset's, else training.")
   score_window: Optional[int] = setting(
       None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
       "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "
@@ -331,6 +337,9 @@ class ScoringSettings(TrainingSettings):
   def __post_init__(self):
     super().__post_init__()
     score_norm.check_setting(*self.normalization())
+    if self.bank() == score_norm.HELDOUT_BANK and self.normalization()[0] == "none":
+      raise ValueError("--normalization_bank=heldout applies to --score_normalization=knn, "
+                       "knn_z or auto, got none" + self._from_preset("score_normalization"))
     if self.reduce == "mean" and self.clip_window() != 1:
       raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
                        f"got {self.clip_window()}" + self._from_preset("score_window"))
@@ -346,6 +355,10 @@ class ScoringSettings(TrainingSettings):
     else the preset's, else "none"; k as ``score_norm.resolve_neighbors`` says."""
     kind = self.resolved("score_normalization") or "none"
     return kind, score_norm.resolve_neighbors(kind, self.normalization_neighbors)
+
+  def bank(self) -> str:
+    """``--normalization_bank``, else the preset's, else "training"."""
+    return self.resolved("normalization_bank") or score_norm.TRAINING_BANK
 
   def clip_window(self) -> int:
     """``--score_window``, else the preset's, else 1; 0 = chosen (``heldout.CHOSEN_WINDOW``)."""

@@ -141,6 +141,9 @@ class Settings(cli.ScoringSettings):
     if self.chooses_by_pseudo_anomalies() and not self.held_out():
       raise ValueError(f"{self.choosing_flags()[0]}: the scoring is chosen on clips held out "
                        "of training, so --heldout_fraction must be > 0 (e.g. 0.1)")
+    if self.bank() == score_norm.HELDOUT_BANK and not self.held_out():
+      raise ValueError("--normalization_bank=heldout: the bank holds clips held out of "
+                       "training, so --heldout_fraction must be > 0 (e.g. 0.1)")
 
   def held_out(self) -> float:
     """``--heldout_fraction``, else the preset's, else 0 (every clip trained on)."""
@@ -181,7 +184,7 @@ _FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
 
 
 EVALUATION_FLAGS = ("reduce", "eval_root", "ground_truth_dir", "score_normalization",
-                    "normalization_neighbors", "score_window")
+                    "normalization_neighbors", "normalization_bank", "score_window")
 
 
 def _check_model_dir(model_dir: str, metadata: artifact.ModelMetadata) -> None:
@@ -582,7 +585,7 @@ def run(settings: Settings) -> dict:
           choice = heldout.choose_scoring(
               scorer, params, held, model_dir, kind=settings.normalization()[0],
               neighbors=settings.neighbors, window=settings.clip_window(),
-              reduce=settings.reduce)
+              reduce=settings.reduce, bank=settings.bank())
           eval_scorer, train_scores, phi_paths = choice.scorer, choice.heldout_scores, held.names
           window = choice.clip_score["window_frames"]
           normalization = heldout.calibration_normalization(choice.normalization)

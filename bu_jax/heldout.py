@@ -7,7 +7,9 @@ calibrate phi (eq. 4), and the same clips with something-else sounds mixed in
 chooses between evaluations of one trained model:
 
 * the score normalization: with ``kind="auto"``, raw scores or "knn_z"
-  (``bu_jax.score_norm``, its bank fitted on the clips the model trained on);
+  (``bu_jax.score_norm``, its bank fitted on the clips the model trained on,
+  or with ``bank="heldout"`` on the held-out clips, each held-out clip
+  normalized by the bank of the others);
 * the clip score's window: with ``window=CHOSEN_WINDOW``, one of
   ``evaluate.window_candidates`` (one frame, eq. 11, and 0.25 / 0.5 / 1 / 2 s).
 
@@ -26,6 +28,7 @@ maximum: raw before knn_z, shorter windows first). Shared by
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -155,47 +158,89 @@ def score_clips(scorer, params, waves_and_names, *, reduce: str,
 
 
 def normalize(scorer, params, held: HeldOut, out_dir: str, *, kind: str,
-              neighbors: int) -> tuple[Any, dict]:
+              neighbors: int, bank: str = score_norm.TRAINING_BANK
+              ) -> tuple[Any, dict, Optional[list]]:
   """``scorer`` with score normalization ``kind`` applied, and its record.
 
   "knn", "knn_z": fits a ``score_norm.LocalNormalizer`` on the interior frames of
-  ``held.fit_waves`` and saves it to ``<out_dir>/score_normalizer.npz``;
-  "none": the scorer as it is (an earlier run's bank in ``out_dir`` is
-  removed, as no calibration names it).
+  ``held.fit_waves`` (``bank="training"``) or of the held-out clips
+  ``held.waves`` (``bank="heldout"``, ``score_norm.fit_heldout_banks``) and
+  saves it to ``<out_dir>/score_normalizer.npz``; "none": the scorer as it is
+  (an earlier run's bank in ``out_dir`` is removed, as no calibration names it).
 
   Returns:
-    ``(scorer, record)``; the record, ``{"kind": "knn" | "knn_z", "neighbors": k,
-    "frames": N, "file": name}`` or ``{"kind": "none"}``, goes into
-    results.json and (``calibration_normalization``) the calibration.
+    ``(scorer, record, heldout_scorers)``; the record, ``{"kind": "knn" |
+    "knn_z", "neighbors": k, "frames": N, "file": name}`` (plus ``"bank":
+    "heldout"``) or ``{"kind": "none"}``, goes into results.json and
+    (``calibration_normalization``) the calibration. ``heldout_scorers`` is
+    None, or with the held-out bank one scorer per held-out clip whose bank
+    leaves that clip out (``check`` scores clip i and its pseudo-anomalies with
+    the i-th).
   """
   t0 = time.perf_counter()
-  scorer, normalizer = score_norm.prepare(
-      scorer, params, held.fit_waves, kind=kind, neighbors=neighbors, directory=out_dir,
-      heldout_waves=held.waves, names=held.fit_names)
+  loco = None
+  if kind != "none" and bank == score_norm.HELDOUT_BANK:
+    normalizer, banks = score_norm.fit_heldout_banks(
+        scorer, params, held.waves, neighbors=neighbors, kind=kind, names=held.names)
+    normalizer.save(os.path.join(out_dir, score_norm.FILE_NAME))
+    loco = [score_norm.NormalizedScorer(scorer, b) for b in banks]
+    scorer = score_norm.NormalizedScorer(scorer, normalizer)
+  else:
+    if bank not in score_norm.BANKS:
+      raise ValueError(f"--normalization_bank must be one of {score_norm.BANKS}, got {bank!r}")
+    scorer, normalizer = score_norm.prepare(
+        scorer, params, held.fit_waves, kind=kind, neighbors=neighbors, directory=out_dir,
+        heldout_waves=held.waves, names=held.fit_names)
   if normalizer is None:
-    return scorer, {"kind": "none"}
+    return scorer, {"kind": "none"}, None
   logging.info("%s fitted and saved in %.1f s", normalizer.describe(), time.perf_counter() - t0)
   record = {"kind": normalizer.kind, "neighbors": normalizer.neighbors,
             "frames": normalizer.frames, "file": score_norm.FILE_NAME}
+  if loco is not None:
+    record["bank"] = score_norm.HELDOUT_BANK
   if normalizer.choice is not None:  # k chosen from the held-out clips
     record["neighbors_heldout_log_density"] = {
         str(k): round(v, 4) for k, v in normalizer.choice.items()}
-  return scorer, record
+  return scorer, record, loco
 
 
-def check(scorer, params, held: HeldOut, *, reduce: str, windows: Sequence[int]
+def _score_each(scorers: Sequence[Any], params, waves, names, *, reduce: str,
+                windows: Sequence[int]) -> dict[int, np.ndarray]:
+  """``score_clips`` of clip j by ``scorers[j]``: {window: clip scores}."""
+  out = {w: [] for w in windows}
+  for one, wave, name in zip(scorers, waves, names):
+    _, scores = score_clips(one, params, [(wave, name)], reduce=reduce, windows=windows)
+    for w in windows:
+      out[w].append(scores[w][0])
+  return {w: np.asarray(v, dtype=np.float64) for w, v in out.items()}
+
+
+def check(scorer, params, held: HeldOut, *, reduce: str, windows: Sequence[int],
+          heldout_scorers: Optional[Sequence[Any]] = None
           ) -> dict[int, tuple[np.ndarray, Optional[dict]]]:
   """Per clip-score window: the held-out normal clips' scores, and the
   pseudo-anomaly AUC per ANR and their mean (None without pseudo-anomalies):
-  everything label-free a run knows of a scorer."""
-  _, scores = score_clips(scorer, params, zip(held.waves, held.names), reduce=reduce,
-                          windows=windows)
+  everything label-free a run knows of a scorer. With ``heldout_scorers`` (one
+  per held-out clip, ``normalize``'s leave-one-clip-out scorers) clip i and its
+  pseudo-anomalies are scored by the i-th instead of ``scorer``."""
+  if heldout_scorers is None:
+    _, scores = score_clips(scorer, params, zip(held.waves, held.names), reduce=reduce,
+                            windows=windows)
+  else:
+    scores = _score_each(heldout_scorers, params, held.waves, held.names, reduce=reduce,
+                         windows=windows)
   if not held.pseudo_waves:
     return {w: (scores[w], None) for w in windows}
   by_anr = {w: {} for w in windows}
   for anr, waves in held.pseudo_waves.items():
-    names = (f"pseudo-anomaly {i} at {anr:g} dB" for i in range(len(waves)))
-    _, pseudo = score_clips(scorer, params, zip(waves, names), reduce=reduce, windows=windows)
+    names = [f"pseudo-anomaly {i} at {anr:g} dB" for i in range(len(waves))]
+    if heldout_scorers is None:
+      _, pseudo = score_clips(scorer, params, zip(waves, names), reduce=reduce,
+                              windows=windows)
+    else:  # mixtures are clip-major (``pseudo_anomaly.mix``): mixture j is of clip j // per
+      per = len(waves) // len(held.waves)
+      pseudo = _score_each([heldout_scorers[j // per] for j in range(len(waves))], params,
+                           waves, names, reduce=reduce, windows=windows)
     for w in windows:
       by_anr[w][f"{anr:g}dB"] = pseudo_anomaly.auc(scores[w], pseudo[w])
   return {w: (scores[w], {"mean": float(np.mean(list(by_anr[w].values()))), **by_anr[w]})
@@ -225,7 +270,7 @@ class Choice(NamedTuple):
 
 
 def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, neighbors: int,
-                   window: int, reduce: str) -> Choice:
+                   window: int, reduce: str, bank: str = score_norm.TRAINING_BANK) -> Choice:
   """The scorer to evaluate a model with, chosen on ``held`` without labels.
 
   With ``kind="auto"`` the normalization is raw or knn_z, and with
@@ -233,6 +278,9 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   the pair with the highest pseudo-anomaly AUC (the first maximum: raw before
   knn_z, shorter windows first). The records' ``chosen_by`` hold each
   candidate's best AUC. Otherwise ``kind`` and ``window`` are used as given.
+  ``bank`` says whose frames the knn bank holds (``normalize``); with the
+  held-out bank, the held-out clips (phi's scores, the pseudo-anomaly AUC) are
+  normalized leave-one-clip-out, the test clips by the bank of all of them.
   The bank of the chosen normalization (if any) is left in ``out_dir``.
 
   Raises:
@@ -245,15 +293,16 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
     raise ValueError("choosing the scoring needs pseudo-anomalies (something-else sounds)")
   tried = {}
   for candidate in kinds:  # knn_z last: its bank stays if it wins
-    normalized, record = normalize(scorer, params, held, out_dir, kind=candidate,
-                                   neighbors=neighbors)
+    normalized, record, loco = normalize(scorer, params, held, out_dir, kind=candidate,
+                                         neighbors=neighbors, bank=bank)
     tried[candidate] = (normalized, record, check(normalized, params, held, reduce=reduce,
-                                                  windows=windows))
+                                                  windows=windows, heldout_scorers=loco))
   auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
          for c, t in tried.items() for w in windows}
   best_kind, best_window = max(auc, key=auc.get)  # the first maximum
   if best_kind != kinds[-1]:
-    normalize(scorer, params, held, out_dir, kind=best_kind, neighbors=neighbors)  # its bank
+    normalize(scorer, params, held, out_dir, kind=best_kind, neighbors=neighbors,
+              bank=bank)  # its bank
   normalized, record, checks = tried[best_kind]
   scores, pseudo = checks[best_window]
   if len(kinds) > 1:
@@ -268,6 +317,8 @@ def describe(choice: Choice) -> str:
   """E.g. "knn_z scores, 0.5-s windows (pseudo-anomaly AUC 0.981)"."""
   kind = choice.normalization["kind"]
   text = "raw scores" if kind == "none" else f"{kind} scores"
+  if choice.normalization.get("bank") == score_norm.HELDOUT_BANK:
+    text += " (held-out bank)"
   window = choice.clip_score
   text += (", eq. (11)" if window["window_frames"] == 1 else f", {window['window_s']:g}-s windows")
   if choice.pseudo_auc is not None:

@@ -26,7 +26,8 @@ and a frame among widely spread neighbours is pulled toward 1. Normal frames of
 every mode then get about the same distribution of scores, which is what
 batch uniformization aims at in training. The bank (codes and scores of
 at most ``max_frames`` training frames, evenly spaced) is fitted on the interior
-frames of the training clips (``fit_from_clips``), saved next to the model
+frames of the training clips (``fit_from_clips``) or of the held-out normal
+clips, which the model never trained on (``fit_heldout_banks``), saved next to the model
 (``LocalNormalizer.save``, ``load_local_normalizer``) and applied by wrapping a
 scorer (``NormalizedScorer``), so evaluation and ``experiments.score`` compute
 the same normalized scores.
@@ -50,6 +51,9 @@ from bu_jax import fileio
 KIND = "knn"  # the score over the neighbours' mean
 KIND_Z = "knn_z"  # the local z-score of the log score (see the module doc)
 KINDS = (KIND, KIND_Z)
+TRAINING_BANK = "training"  # --normalization_bank: the frames of the clips trained on
+HELDOUT_BANK = "heldout"  # the held-out clips' frames (``fit_heldout_banks``)
+BANKS = (TRAINING_BANK, HELDOUT_BANK)
 FILE_NAME = "score_normalizer.npz"
 _RELATIVE_FLOOR = 1e-6  # times the median bank score
 _ABSOLUTE_FLOOR = 1e-12  # when every bank score is 0
@@ -410,6 +414,71 @@ def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: in
   k, table = choose_neighbors(first, held_codes, held_scores)
   return LocalNormalizer(codes=first.codes, scores=first.scores, neighbors=k, kind=kind,
                          choice=table)
+
+
+def fit_heldout_banks(scorer, params, waves: Sequence[np.ndarray], *, neighbors: int,
+                      kind: str = KIND_Z, max_frames: int = 16384,
+                      names: Optional[Sequence[str]] = None
+                      ) -> tuple[LocalNormalizer, list[LocalNormalizer]]:
+  """The bank of held-out clips' frames, and each clip's leave-one-clip-out bank.
+
+  A model fits its training clips better than sound it has not heard, and not
+  equally well everywhere: a loss that weights rare frames up (eq. 16) fits the
+  rare training frames more closely than it generalizes to rare test frames.
+  A bank of *training* frames then expects too little of rare test frames. The
+  held-out clips' frames are scored as test frames will be, by a model that did
+  not train on them ("--normalization_bank=heldout"). Held-out clip i itself
+  (for phi, the pseudo-anomaly AUC and the choice of k) is normalized by the
+  bank of the *other* held-out clips, so that no frame is its own neighbour.
+
+  Args:
+    scorer: a scorer accepting ``with_codes=True`` (``frame_scores.FrameScorer``).
+    params: its parameters.
+    waves: the held-out normal clips (at least 2).
+    neighbors: k; ``AUTO``: the k of ``CANDIDATES`` under which each held-out
+      clip's frames are most likely given the other clips' bank (mean log
+      density over all held-out frames, as ``choose_neighbors``).
+    kind: "knn" or "knn_z".
+    max_frames: see ``fit_local_normalizer`` (per bank).
+    names: name the clips in error messages (default "held-out clip <i>").
+
+  Returns:
+    ``(bank of every held-out clip, [bank without clip i for each i])``; with
+    ``AUTO`` the first's ``choice`` holds the mean log density of each k.
+
+  Raises:
+    ValueError: fewer than 2 clips, or a k that does not fit the banks.
+  """
+  if len(waves) < 2:
+    raise ValueError(f"--normalization_bank=heldout needs at least 2 held-out clips, got "
+                     f"{len(waves)} (raise --heldout_fraction)")
+  names = list(names or [f"held-out clip {i}" for i in range(len(waves))])
+  frames = [clip_frames(scorer, params, [w], names=[n]) for w, n in zip(waves, names)]
+  others = lambda i: (np.concatenate([c for j, (c, _) in enumerate(frames) if j != i]),
+                      np.concatenate([s for j, (_, s) in enumerate(frames) if j != i]))
+  table = None
+  if neighbors == AUTO:
+    check_setting(kind, neighbors)
+    smallest = min(len(others(i)[1]) for i in range(len(frames)))
+    usable = [k for k in CANDIDATES if 2 <= k <= smallest]
+    if not usable:
+      raise ValueError(f"--normalization_bank=heldout: the held-out clips have too few frames "
+                       f"({smallest} without one clip) for any k of {CANDIDATES}")
+    total, count = dict.fromkeys(usable, 0.0), 0
+    for i, (codes, scores) in enumerate(frames):
+      bank = fit_local_normalizer(*others(i), neighbors=2, max_frames=max_frames, kind=kind)
+      _, density = choose_neighbors(bank, codes, scores, candidates=usable)
+      for k in usable:
+        total[k] += density[k] * scores.size
+      count += scores.size
+    table = {k: v / max(count, 1) for k, v in total.items()}
+    neighbors = max(usable, key=lambda k: (table[k], -k))
+  full = fit_local_normalizer(np.concatenate([c for c, _ in frames]),
+                              np.concatenate([s for _, s in frames]), neighbors=neighbors,
+                              max_frames=max_frames, kind=kind)
+  loco = [fit_local_normalizer(*others(i), neighbors=neighbors, max_frames=max_frames, kind=kind)
+          for i in range(len(frames))]
+  return dataclasses.replace(full, choice=table), loco
 
 
 def prepare(scorer, params, waves: Sequence[np.ndarray], *, kind: str, neighbors: int,

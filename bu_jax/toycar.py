@@ -252,7 +252,7 @@ def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
 
 _FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
 EVALUATION_FLAGS = ("reduce", "rare_clips", "reference_components", "score_normalization",
-                    "normalization_neighbors", "score_window")
+                    "normalization_neighbors", "normalization_bank", "score_window")
 
 
 def check_resumable(settings: Settings, loss: str) -> None:
@@ -328,7 +328,7 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   kind, neighbors = settings.normalization()
   scorer, normalization, clip_record, held_scores, pseudo_auc = heldout.choose_scoring(
       scorer, params, data.held, out_dir, kind=kind, neighbors=neighbors,
-      window=settings.clip_window(), reduce=settings.reduce)
+      window=settings.clip_window(), reduce=settings.reduce, bank=settings.bank())
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
   window = clip_record["window_frames"]
@@ -516,11 +516,13 @@ def scores_label(results: dict) -> str:
 
 
 def _normalization_note(results: dict) -> str:
-  """The note ' on knn-normalized scores (k=10)' of a method evaluated so, else '';
+  """The note ' on knn-normalized scores (k=10)' (', held-out bank' inside the
+  brackets with ``--normalization_bank=heldout``) of a method evaluated so, else '';
   then ', 1-s windows' when the clip score averages windows (else eq. 11)."""
   how = results["score_normalization"]
+  bank = ", held-out bank" if how.get("bank") == "heldout" else ""
   note = "" if how["kind"] == "none" else (
-      f" on {how['kind']}-normalized scores (k={how['neighbors']})")
+      f" on {how['kind']}-normalized scores (k={how['neighbors']}{bank})")
   window = results.get("clip_score", {})
   if window.get("window_frames", 1) > 1:
     note += f", {window['window_s']:g}-s windows"

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from bu_jax import frame_scores, heldout, models
+from bu_jax import evaluate, frame_scores, heldout, models, pseudo_anomaly, score_norm
 
 
 def test_split_is_deterministic_disjoint_and_bounded():
@@ -63,3 +63,41 @@ def test_validation_summary_reports_the_fall_over_the_last_quarter():
   assert summary["last_quarter_change"] == pytest.approx(110 / 120 - 1)  # from step 1500
   assert heldout.validation_summary(records[:1]) is None
   assert heldout.validation_summary([{"step": 0, "heldout_error": None}] + records[:1]) is None
+
+
+def test_the_heldout_bank_normalizes_each_heldout_clip_and_its_mixtures_without_it(tmp_path):
+  preset = models.preset("fcn40-small")
+  model, config = preset.build(), preset.features
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, config.dim), np.float32))["params"]
+  scorer = frame_scores.FrameScorer(model, config)
+  rng = np.random.default_rng(0)
+  wave = lambda: rng.standard_normal(16000).astype(np.float32) * 0.1
+  waves = [wave() for _ in range(3)]
+  sounds = [rng.standard_normal(16000).astype(np.float32) for _ in range(2)]
+  held = heldout.HeldOut(fit_waves=[wave(), wave()], waves=waves,
+                         names=["a.wav", "b.wav", "c.wav"],
+                         pseudo_waves=heldout.make_pseudo(waves, sounds, anrs_db=(-5.0,), seed=0))
+  choice = heldout.choose_scoring(scorer, params, held, str(tmp_path), kind="knn_z",
+                                  neighbors=5, window=1, reduce="max", bank="heldout")
+  full, loco = score_norm.fit_heldout_banks(scorer, params, waves, neighbors=5, kind="knn_z")
+  assert choice.normalization["bank"] == "heldout"
+  assert heldout.describe(choice).startswith("knn_z scores (held-out bank), eq. (11)")
+  assert choice.normalization["frames"] == full.frames  # the bank of all held-out clips ...
+  stored = score_norm.load_local_normalizer(tmp_path / score_norm.FILE_NAME)
+  np.testing.assert_array_equal(stored.scores, full.scores)
+  test = wave()  # ... scores the test clips
+  np.testing.assert_array_equal(choice.scorer(params, test),
+                                score_norm.NormalizedScorer(scorer, full)(params, test))
+  clip = lambda s, w: evaluate.interior_clip_score(s, num_samples=len(w), feature_config=config)
+  own = [clip(score_norm.NormalizedScorer(scorer, loco[i])(params, w), w)
+         for i, w in enumerate(waves)]  # each held-out clip without its own frames
+  np.testing.assert_allclose(choice.heldout_scores, own, rtol=1e-6)
+  mixtures = held.pseudo_waves[-5.0]
+  per = len(mixtures) // len(waves)
+  pseudo = [clip(score_norm.NormalizedScorer(scorer, loco[j // per])(params, m), m)
+            for j, m in enumerate(mixtures)]
+  assert choice.pseudo_auc["mean"] == pytest.approx(pseudo_anomaly.auc(own, pseudo))
+  training = heldout.choose_scoring(scorer, params, held, str(tmp_path), kind="knn_z",
+                                    neighbors=5, window=1, reduce="max")
+  assert "bank" not in training.normalization  # the training clips' bank, as before
+  assert training.normalization["frames"] != full.frames

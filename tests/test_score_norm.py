@@ -299,3 +299,51 @@ def test_fit_from_clips_chooses_k_on_the_heldout_clips():
   with pytest.raises(ValueError, match="applies to --score_normalization=knn_z or auto only"):
     score_norm.fit_from_clips(scorer, params, waves[:3], neighbors=0, kind="knn",
                               heldout_waves=waves[3:])
+
+
+# ------------------------------------------------------------------ the held-out bank
+
+
+def test_heldout_banks_leave_each_clip_out_and_choose_k_on_the_left_out_clip():
+  _, scorer, params = _tiny_scorer()
+  rng = np.random.default_rng(1)
+  waves = [(0.2 * rng.standard_normal(16000)).astype(np.float32) for _ in range(4)]
+  full, loco = score_norm.fit_heldout_banks(scorer, params, waves, neighbors=score_norm.AUTO,
+                                            kind="knn_z")
+  per_clip = [score_norm.clip_frames(scorer, params, [w]) for w in waves]
+  np.testing.assert_array_equal(full.codes, np.concatenate([c for c, _ in per_clip]))
+  assert len(loco) == 4
+  for i, bank in enumerate(loco):  # bank i holds every clip's frames but clip i's
+    others = [s for j, (_, s) in enumerate(per_clip) if j != i]
+    np.testing.assert_array_equal(bank.scores, np.concatenate(others).astype(np.float32))
+    assert bank.neighbors == full.neighbors and bank.kind == "knn_z"
+  # k: the mean over every held-out frame of its log density under the other clips' bank
+  total = {}
+  for i, (codes, scores) in enumerate(per_clip):
+    first = score_norm.fit_local_normalizer(loco[i].codes, loco[i].scores, neighbors=2,
+                                            kind="knn_z")
+    _, table = score_norm.choose_neighbors(first, codes, scores)
+    for k, v in table.items():
+      total[k] = total.get(k, 0.0) + v * scores.size
+  frames = sum(s.size for _, s in per_clip)
+  expected = {k: v / frames for k, v in total.items()}
+  assert full.choice.keys() == expected.keys()
+  for k in expected:
+    assert full.choice[k] == pytest.approx(expected[k], rel=1e-9)
+  assert full.neighbors == max(expected, key=lambda k: (expected[k], -k))
+  # a clip normalized by a bank that holds its own frames finds itself among the
+  # neighbours; left out, it does not: the two differ
+  codes, scores = per_clip[0]
+  assert not np.allclose(full(codes, scores), loco[0](codes, scores))
+
+
+def test_heldout_banks_need_two_clips_and_a_k_that_fits():
+  _, scorer, params = _tiny_scorer()
+  rng = np.random.default_rng(2)
+  waves = [(0.2 * rng.standard_normal(16000)).astype(np.float32) for _ in range(3)]
+  with pytest.raises(ValueError, match="at least 2 held-out clips, got 1"):
+    score_norm.fit_heldout_banks(scorer, params, waves[:1], neighbors=5)
+  full, loco = score_norm.fit_heldout_banks(scorer, params, waves, neighbors=5, kind="knn")
+  assert full.neighbors == 5 and full.choice is None and full.kind == "knn"
+  with pytest.raises(ValueError, match="neighbors"):
+    score_norm.fit_heldout_banks(scorer, params, waves, neighbors=10**6, kind="knn")

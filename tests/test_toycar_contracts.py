@@ -44,6 +44,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      r"--normalization_neighbors=0 \(chosen from the held-out clips\) applies to "
      r"--score_normalization=knn_z or auto only, got knn"),
     (dict(score_normalization="pca"), r"--score_normalization must be one of"),
+    (dict(normalization_bank="test"), r"--normalization_bank must be one of"),
+    (dict(normalization_bank="heldout"), r"--normalization_bank=heldout applies to "
+     r"--score_normalization=knn, knn_z or auto, got none"),
     (dict(score_normalization="knn_z", normalization_neighbors=1),
      r"--score_normalization=knn_z needs --normalization_neighbors >= 2"),
     (dict(snr_db=float("nan")), r"--snr_db must be finite"),
@@ -124,6 +127,37 @@ def knn_run(tmp_path_factory, finished_run, tiny_data):
   toycar.run(_settings(workdir, tiny_data, score_normalization="knn",
                        normalization_neighbors=5))
   return workdir
+
+
+@pytest.fixture(scope="module")
+def heldout_bank_run(tmp_path_factory, tiny_data):
+  """A tiny RE run with 3 of 6 clips held out, scored with knn on the held-out clips' bank."""
+  workdir = tmp_path_factory.mktemp("heldout_bank") / "run"
+  toycar.run(_settings(workdir, tiny_data, heldout_fraction=0.5, score_normalization="knn",
+                       normalization_neighbors=5, normalization_bank="heldout"))
+  return workdir
+
+
+def test_the_heldout_bank_holds_the_heldout_clips_frames(heldout_bank_run, finished_run,
+                                                          tiny_data, tmp_path):
+  from bu_jax import score_norm  # pylint: disable=g-import-not-at-top
+  results = json.loads((heldout_bank_run / "results.json").read_text())
+  record = results["re"]["score_normalization"]
+  assert record["bank"] == "heldout" and results["settings"]["normalization_bank"] == "heldout"
+  note = toycar._normalization_note(results["re"])  # pylint: disable=protected-access
+  assert "knn-normalized scores (k=5, held-out bank)" in note  # the line printed per loss
+  settings = _settings(heldout_bank_run, tiny_data, heldout_fraction=0.5)
+  data, config = toycar.load_data(settings), settings.model_preset().features
+  assert len(data.heldout_waves) == 3 and len(results["re"]["heldout_clip_scores"]) == 3
+  bank = score_norm.load_local_normalizer(heldout_bank_run / "re" / "score_normalizer.npz")
+  assert bank.frames == record["frames"] == sum(
+      len(range(config.num_frames(len(w)))[config.interior(len(w))]) for w in data.heldout_waves)
+  # One held-out clip cannot be normalized by the others: one clear error.
+  workdir = _copy(finished_run, tmp_path)
+  with pytest.raises(ValueError, match=r"at least 2 held-out clips, got 1 \(raise "
+                     r"--heldout_fraction\)"):
+    toycar.run(_settings(workdir, tiny_data, score_normalization="knn",
+                         normalization_neighbors=5, normalization_bank="heldout"))
 
 
 @pytest.mark.parametrize("overrides, named", [
@@ -376,7 +410,7 @@ def test_pca_reference_with_knn_normalization(kind, neighbors, tiny_data, tmp_pa
 # ------------------------------------------------------------------ one decision rule (eq. 4)
 
 
-@pytest.mark.parametrize("run", ["finished_run", "knn_run"])
+@pytest.mark.parametrize("run", ["finished_run", "knn_run", "heldout_bank_run"])
 def test_results_and_experiments_score_decide_alike(run, tiny_data, tmp_path, request):
   """The toy-car run's decision CSVs (results.json's phi) and experiments.score's job,
   on the same test clips written as WAV files, give the same clip scores and decisions
@@ -396,7 +430,7 @@ def test_results_and_experiments_score_decide_alike(run, tiny_data, tmp_path, re
   report = detector.run(detector.ScoreSettings(workdir=str(finished_run), paths=[str(clips_dir)],
                                            loss="re", out=str(tmp_path / "scores.csv")))
   assert not report.failures
-  assert (report.detector.normalization is not None) == (run == "knn_run")
+  assert (report.detector.normalization is not None) == (run != "finished_run")
   rows = detector.read_csv(tmp_path / "scores.csv")
   scored = {os.path.basename(r["path"]): r for r in rows}
   results = json.loads((finished_run / "results.json").read_text())
