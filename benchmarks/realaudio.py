@@ -24,7 +24,8 @@ finished ``results.json`` files and prints the lines and the table.
 benchmark workdir the same command with it only re-evaluates every seed
 (``bu_jax.score_norm``), rewriting each seed's ``results.json``; without it the
 preset's setting applies (``cpu``: auto, i.e. raw or knn_z scores by the
-pseudo-anomaly AUC). ``--score_window`` likewise (``cpu``: 0, the clip-score
+pseudo-anomaly AUC). ``--normalization_bank`` (training or heldout) and
+``--score_window`` likewise (``cpu``: 0, the clip-score
 window chosen by the same AUC; 1: eq. 11).
 
 ``--select_from=W1,W2,...`` applies the README's label-free rule to finished
@@ -100,6 +101,9 @@ def main():
   parser.add_argument("--normalization_neighbors", type=int, default=None,
                       help="toycar's --normalization_neighbors (evaluation only; default: "
                       "the preset's)")
+  parser.add_argument("--normalization_bank", default=None, choices=list(score_norm.BANKS),
+                      help="toycar's --normalization_bank (evaluation only; default: the "
+                      "preset's)")
   parser.add_argument("--score_window", type=int, default=None,
                       help="toycar's --score_window (frames per mean of the clip score; 0: "
                       "chosen; evaluation only; default: the preset's)")
@@ -127,6 +131,7 @@ def main():
         bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
         epochs=args.epochs, score_normalization=args.score_normalization,
         normalization_neighbors=args.normalization_neighbors, score_window=args.score_window,
+        normalization_bank=args.normalization_bank,
         **({} if args.heldout_fraction is None else {"heldout_fraction": args.heldout_fraction}),
         decay_start_epoch=None if args.epochs is None else args.epochs // 2,
         standardize_input=(None if args.standardize_input is None
@@ -153,6 +158,7 @@ def main():
         emit(method=method, condition=condition, seed=seed, preset=args.preset,
              train_seconds=results[method].get("train_seconds"),
              score_normalization=results[method].get("score_normalization", {}).get("kind"),
+             normalization_bank=results[method].get("score_normalization", {}).get("bank"),
              score_window_s=results[method].get("clip_score", {}).get("window_s"),
              heldout_max_over_median=results[method].get("heldout_max_over_median"),
              pseudo_anomaly_auc=results[method].get("pseudo_anomaly_auc"),

@@ -35,7 +35,8 @@ def test_from_results_prints_each_runs_scores_and_window(tmp_path, monkeypatch, 
   for seed, window in ((0, 62), (1, 1)):
     res = {m: {"auc": {"c": 0.9, "mean": 0.9}, "pauc": {"c": 0.8, "mean": 0.8},
                "rare_normal": {"rare_vs_frequent": {"c": 0.7, "mean": 0.7}},
-               "pseudo_anomaly_auc": 0.99, "score_normalization": {"kind": "knn_z"},
+               "pseudo_anomaly_auc": 0.99,
+               "score_normalization": {"kind": "knn_z", **({"bank": "heldout"} if seed else {})},
                "clip_score": {"window_frames": window, "window_s": window * 0.016}}
            for m in ("re", "snp", "bu", "pca")}
     seed_dir = tmp_path / "w" / "cpu" / f"seed{seed}"
@@ -49,6 +50,7 @@ def test_from_results_prints_each_runs_scores_and_window(tmp_path, monkeypatch, 
   per_run = [l for l in lines if not l.get("summary")]
   assert len(per_run) == 2 * 4 * 2  # seeds x methods x (condition c, mean)
   assert {(l["seed"], l["score_window_s"]) for l in per_run} == {(0, 0.992), (1, 0.016)}
+  assert {(l["seed"], l["normalization_bank"]) for l in per_run} == {(0, None), (1, "heldout")}
   assert "| scores evaluated | knn_z 0.992s 1/2, knn_z 1/2 |" in out
   # The README's rows: mean ± std over the seeds, the PCA (no random state) without.
   assert "| | RE | 0.900 ± 0.000 |  |  | 0.700 ± 0.000 |" in out
