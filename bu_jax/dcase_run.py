@@ -45,7 +45,9 @@ holds the clips trained on, and ``score_normalization="auto"`` and
 ``score_window=0`` choose raw or knn_z scores and the clip-score window per
 model by the AUC of the held-out clips with something-else sounds mixed in
 (``heldout.choose_scoring``, as ``experiments.toycar``), recorded under
-``results[loss]["scoring"][tag]``.
+``results[loss]["scoring"][tag]``. ``normalization_bank="heldout"`` (which needs
+them) fills the bank with the held-out clips instead, each normalized for φ and
+the choice by the bank of the others (``score_norm.fit_heldout_banks``).
 Metrics and the official score: ``bu_jax.dcase_metrics``.
 """
 

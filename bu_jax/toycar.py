@@ -21,7 +21,9 @@ an option). With ``score_normalization="knn"`` every frame score is first
 divided by the mean score of its k nearest training frames in the model's code
 space; with "knn_z" it is the local z-score of its log score among them, on
 knn's scale (``bu_jax.score_norm``; the bank, fitted on the training clips that are
-not held out, is saved as ``<loss>/score_normalizer.npz`` and named in the
+not held out, or with ``normalization_bank="heldout"`` on the held-out clips
+(each of them normalized by the others' bank for phi and the pseudo-anomalies),
+is saved as ``<loss>/score_normalizer.npz`` and named in the
 calibration, so ``experiments.score`` applies it too); "auto" keeps raw or
 knn_z scores, whichever gives the held-out clips' pseudo-anomalies
 (``bu_jax.pseudo_anomaly``) the higher AUC. With ``score_window`` W > 1 the
