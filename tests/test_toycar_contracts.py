@@ -300,8 +300,9 @@ def test_auto_normalization_stores_what_it_chose(winner, tiny_data, tmp_path, mo
   data = toycar.load_data(settings)
   auc = {"none": 0.8, "knn_z": 0.9 if winner == "knn_z" else 0.8}
 
-  def check(scorer, params, held, *, reduce, windows):  # raw scorers have no normalizer
+  def check(scorer, params, held, *, reduce, windows, heldout_scorers=None):  # raw: no bank
     del params, held, reduce
+    assert heldout_scorers is None  # the training clips' bank: one scorer for every clip
     assert windows == (1,)  # the default window: eq. (11)
     return {1: (np.ones(2), {"mean": auc["knn_z" if hasattr(scorer, "normalizer") else "none"]})}
 
@@ -330,7 +331,7 @@ def test_score_window_zero_chooses_normalization_and_window_together(
   candidates = evaluate.window_candidates(settings.train_config("re").feature_config)
   assert candidates == (1, 16, 31, 62, 125)  # 1 frame, 0.25, 0.5, 1, 2 s at a 16-ms hop
 
-  def check(scorer, params, held, *, reduce, windows):
+  def check(scorer, params, held, *, reduce, windows, heldout_scorers=None):
     del params, held, reduce
     assert windows == candidates
     kind = "knn_z" if hasattr(scorer, "normalizer") else "none"
@@ -378,7 +379,8 @@ def test_mismatch_message_lists_the_normalization_flags(finished_run, tiny_data,
   workdir = _copy(finished_run, tmp_path)
   with pytest.raises(toycar.SettingsMismatchError) as info:
     toycar.check_resumable(_settings(workdir, tiny_data, seed=1), "re")
-  assert ("--score_normalization, --normalization_neighbors, --score_window may differ"
+  assert ("--score_normalization, --normalization_neighbors, --normalization_bank, "
+          "--score_window may differ"
           in str(info.value))
 
 
