@@ -389,6 +389,20 @@ def test_held_out_clips_choose_the_scoring(tmp_path, monkeypatch):
   with pytest.raises(dcase_run.SettingsMismatchError,
                      match=r"--heldout_fraction: 0.25 in the checkpoint, 0.5 now"):
     dcase_run.run(dataclasses.replace(settings, heldout_fraction=0.5))
+  # Re-evaluated with the held-out clips' bank (evaluation only): the bank holds their
+  # frames, and experiments.score applies it as the run did.
+  results = dcase_run.run(dataclasses.replace(settings, score_normalization="knn_z",
+                                              normalization_bank="heldout"))
+  record = results["re"]["scoring"]["re/SynthFan"]["score_normalization"]
+  assert record["kind"] == "knn_z" and record["bank"] == "heldout"
+  cfg = detector.feature_config
+  frames = lambda c: len(range(cfg.num_frames(len(c.wave)))[cfg.interior(len(c.wave))])
+  bank = score_norm.load_local_normalizer(model_dir / score_norm.FILE_NAME)
+  assert bank.frames == record["frames"] == sum(frames(md.train[i]) for i in held_idx)
+  rows = dict(csv.reader(open(tmp_path / "run" / "re" /
+                              f"anomaly_score_SynthFan_section_{clip.section}_test.csv")))
+  assert detector_lib.load_detector(model_dir).score(clip.wave).clip_score == pytest.approx(
+      float(rows[clip.name]), rel=1e-5)
 
 
 def test_cpu_preset_resolves_and_flags_override(tmp_path):
