@@ -20,13 +20,19 @@ def test_split_is_deterministic_disjoint_and_bounded():
     heldout.split(10, fraction=0.0, seed=0)
 
 
-def test_choosing_without_pseudo_anomalies_is_an_error(tmp_path):
+def _untrained_scorer_and_clips():
+  """An untrained FCN40-small's feature config, scorer and parameters, and a maker
+  of 1-s noise clips."""
   preset = models.preset("fcn40-small")
   model, config = preset.build(), preset.features
   params = model.init(jax.random.PRNGKey(0), np.zeros((1, config.dim), np.float32))["params"]
-  scorer = frame_scores.FrameScorer(model, config)
   rng = np.random.default_rng(0)
   wave = lambda: rng.standard_normal(16000).astype(np.float32) * 0.1
+  return config, frame_scores.FrameScorer(model, config), params, wave
+
+
+def test_choosing_without_pseudo_anomalies_is_an_error(tmp_path):
+  config, scorer, params, wave = _untrained_scorer_and_clips()
   held = heldout.HeldOut(fit_waves=[wave(), wave()], waves=[wave()], names=["h.wav"])
   with pytest.raises(ValueError, match="needs pseudo-anomalies"):
     heldout.choose_scoring(scorer, params, held, str(tmp_path), kind="auto", neighbors=0,
@@ -66,14 +72,9 @@ def test_validation_summary_reports_the_fall_over_the_last_quarter():
 
 
 def test_the_heldout_bank_normalizes_each_heldout_clip_and_its_mixtures_without_it(tmp_path):
-  preset = models.preset("fcn40-small")
-  model, config = preset.build(), preset.features
-  params = model.init(jax.random.PRNGKey(0), np.zeros((1, config.dim), np.float32))["params"]
-  scorer = frame_scores.FrameScorer(model, config)
-  rng = np.random.default_rng(0)
-  wave = lambda: rng.standard_normal(16000).astype(np.float32) * 0.1
+  config, scorer, params, wave = _untrained_scorer_and_clips()
   waves = [wave() for _ in range(3)]
-  sounds = [rng.standard_normal(16000).astype(np.float32) for _ in range(2)]
+  sounds = [10 * wave() for _ in range(2)]
   held = heldout.HeldOut(fit_waves=[wave(), wave()], waves=waves,
                          names=["a.wav", "b.wav", "c.wav"],
                          pseudo_waves=heldout.make_pseudo(waves, sounds, anrs_db=(-5.0,), seed=0))
