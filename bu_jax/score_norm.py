@@ -454,19 +454,20 @@ def fit_heldout_banks(scorer, params, waves: Sequence[np.ndarray], *, neighbors:
                      f"{len(waves)} (raise --heldout_fraction)")
   names = list(names or [f"held-out clip {i}" for i in range(len(waves))])
   frames = [clip_frames(scorer, params, [w], names=[n]) for w, n in zip(waves, names)]
-  others = lambda i: (np.concatenate([c for j, (c, _) in enumerate(frames) if j != i]),
-                      np.concatenate([s for j, (_, s) in enumerate(frames) if j != i]))
+  others = [(np.concatenate([c for j, (c, _) in enumerate(frames) if j != i]),
+             np.concatenate([s for j, (_, s) in enumerate(frames) if j != i]))
+            for i in range(len(frames))]  # the frames of every clip but clip i
   table = None
   if neighbors == AUTO:
     check_setting(kind, neighbors)
-    smallest = min(len(others(i)[1]) for i in range(len(frames)))
+    smallest = min(len(scores) for _, scores in others)
     usable = [k for k in CANDIDATES if 2 <= k <= smallest]
     if not usable:
       raise ValueError(f"--normalization_bank=heldout: the held-out clips have too few frames "
                        f"({smallest} without one clip) for any k of {CANDIDATES}")
     total, count = dict.fromkeys(usable, 0.0), 0
     for i, (codes, scores) in enumerate(frames):
-      bank = fit_local_normalizer(*others(i), neighbors=2, max_frames=max_frames, kind=kind)
+      bank = fit_local_normalizer(*others[i], neighbors=2, max_frames=max_frames, kind=kind)
       _, density = choose_neighbors(bank, codes, scores, candidates=usable)
       for k in usable:
         total[k] += density[k] * scores.size
@@ -476,8 +477,8 @@ def fit_heldout_banks(scorer, params, waves: Sequence[np.ndarray], *, neighbors:
   full = fit_local_normalizer(np.concatenate([c for c, _ in frames]),
                               np.concatenate([s for _, s in frames]), neighbors=neighbors,
                               max_frames=max_frames, kind=kind)
-  loco = [fit_local_normalizer(*others(i), neighbors=neighbors, max_frames=max_frames, kind=kind)
-          for i in range(len(frames))]
+  loco = [fit_local_normalizer(*rest, neighbors=neighbors, max_frames=max_frames, kind=kind)
+          for rest in others]
   return dataclasses.replace(full, choice=table), loco
 
 
