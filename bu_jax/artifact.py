@@ -247,7 +247,10 @@ class ModelMetadata:
 
     Returns:
       ``[(key, stored, wanted)]`` with keys "loss", "train_config.<name>" or
-      "data.<name>"; a preset is shown by its name (e.g. "fcn40-small+std").
+      "data.<name>". A model preset is shown by its name without the
+      standardization (e.g. "fcn40-small"); whether its AE standardizes its
+      input is the entry "train_config.standardize_input" (the flag of that
+      name), so the two differences are told apart.
     """
     differ = [("loss", self.loss, wanted.loss)] if self.loss != wanted.loss else []
     for group in ("train_config", "data"):
@@ -255,9 +258,30 @@ class ModelMetadata:
       for key, value in want.items():
         if key in ignore or key == "loss" or key not in have or have[key] == value:
           continue
-        named = lambda v: v.get("name", v) if isinstance(v, Mapping) else v
-        differ.append((f"{group}.{key}", named(have[key]), named(value)))
+        if key == "model":
+          differ.extend(_preset_differences(f"{group}.", have[key], value))
+        else:
+          differ.append((f"{group}.{key}", have[key], value))
     return differ
+
+
+def _preset_differences(prefix: str, have: Any, want: Any) -> list[tuple[str, Any, Any]]:
+  """A stored model preset against the wanted one, each a preset name or a
+  ``ModelPreset`` as JSON: the name (without ``models.STANDARDIZED_SUFFIX``) when
+  anything but the input standardization differs, and the standardization on its own."""
+  as_dict = lambda p: dict(p) if isinstance(p, Mapping) else {"name": str(p)}
+  have, want = as_dict(have), as_dict(want)
+  plain = lambda p: str(p.get("name", "")).removesuffix(models_lib.STANDARDIZED_SUFFIX)
+  rest = lambda p: {k: v for k, v in p.items() if k not in ("name", "standardize_input")}
+  both_full = len(rest(have)) > 0 and len(rest(want)) > 0  # a bare name: compare names only
+  out = []
+  if plain(have) != plain(want) or (both_full and rest(have) != rest(want)):
+    out.append((f"{prefix}model", plain(have), plain(want)))
+  std_have = bool(have.get("standardize_input", False))
+  std_want = bool(want.get("standardize_input", False))
+  if std_have != std_want:
+    out.append((f"{prefix}standardize_input", std_have, std_want))
+  return out
 
 
 def config_json(config) -> dict[str, Any]:

@@ -289,7 +289,8 @@ class TrainingSettings:
     """The AE preset (``--model``), with input standardization when configured."""
     preset = models_lib.preset(self.resolved("model"))
     if self.resolved("standardize_input"):
-      preset = dataclasses.replace(preset, name=preset.name + "+std", standardize_input=True)
+      preset = dataclasses.replace(preset, name=preset.name + models_lib.STANDARDIZED_SUFFIX,
+                                   standardize_input=True)
     return preset
 
   def train_config(self, loss: str, **fixed) -> train_lib.TrainConfig:

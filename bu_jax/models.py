@@ -179,6 +179,9 @@ class ModelPreset:
                           dtype=dtype, standardize_input=self.standardize_input)
 
 
+# Appended to a preset's name when its AE standardizes its input ("fcn40-small+std").
+STANDARDIZED_SUFFIX = "+std"
+
 _SIZES = {"large": (4, 512, 128), "small": (2, 128, 40)}
 PRESETS = {
     f"{feat}-{size}": ModelPreset(f"{feat}-{size}", features_lib.PRESETS[feat],

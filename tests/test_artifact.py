@@ -149,8 +149,13 @@ def test_training_differences():
       _config(loss="re", model="fcn40-large", seed=3, steps_per_call=5),
       data={"data_dir": "/d", "data_seed": 0, "snr_db": 1.0})
   assert stored.training_differences(wanted, ignore=("steps_per_call",)) == [
-      ("loss", "bu", "re"), ("train_config.model", "fcn40-small+std", "fcn40-large"),
+      ("loss", "bu", "re"), ("train_config.model", "fcn40-small", "fcn40-large"),
+      ("train_config.standardize_input", True, False),
       ("train_config.seed", 0, 3)]  # data.snr_db: not stored, not compared
+  # The same AE with and without input standardization: only that is named.
+  raw = artifact.ModelMetadata.for_training(
+      _config(model="fcn40-small"), data={"data_dir": "/d", "data_seed": 0})
+  assert stored.training_differences(raw) == [("train_config.standardize_input", True, False)]
 
 
 @pytest.mark.parametrize("kde_memory", [0, 2], ids=["TrainState", "MemoryTrainState"])

@@ -82,6 +82,12 @@ def test_presets_hold_settings_and_fall_back_to_train_config():
   demo = toycar.Settings(workdir="w", preset="demo", lam=3.0).train_config("re")
   assert (demo.epochs, demo.learning_rate, demo.lam, demo.steps_per_call) == (12, 1e-3, 3.0, 10)
   assert dcase_run.Settings(workdir="w", preset="demo").train_config("re", 2).epochs == 4
+  # The demo presets standardize the AE's input; the paper preset keeps the paper's raw AE.
+  assert demo.model_preset.standardize_input
+  assert dcase_run.Settings(workdir="w", preset="demo").train_config(
+      "re", 2).model_preset.standardize_input
+  assert not config.model_preset.standardize_input
+  assert not dcase_run.Settings(workdir="w").train_config("re", 2).model_preset.standardize_input
 
 
 def test_exit_on_errors_ends_in_one_line(capsys):

@@ -59,7 +59,7 @@ def test_run_writes_well_formed_outputs_and_resumes(tmp_path, tiny_data, capsys)
     assert {r[1] for r in decisions} <= {"0", "1"}
     meta = checkpoint.read_metadata(str(model_dir))
     assert meta["threshold"] == pytest.approx(res["threshold"])
-    assert meta["model"] == "fcn40-small" and len(meta["heldout_clip_scores"]) >= 1
+    assert meta["model"] == "fcn40-small+std" and len(meta["heldout_clip_scores"]) >= 1
     steps = [json.loads(l)["step"] for l in open(model_dir / "metrics.jsonl")]
     assert steps == list(range(4))
     # The validation curve: the held-out clips' mean frame score at 0, every 2 steps, the end.

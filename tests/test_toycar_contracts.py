@@ -165,6 +165,7 @@ def test_the_heldout_bank_holds_the_heldout_clips_frames(heldout_bank_run, finis
     (dict(learning_rate=1e-2, sigma=0.5), "--learning_rate: 0.001 in the checkpoint, 0.01 now"),
     (dict(epochs=2), "--epochs: 1 in the checkpoint, 2 now"),
     (dict(model="fcn40-large"), "--model: 'fcn40-small' in the checkpoint, 'fcn40-large' now"),
+    (dict(standardize_input=False), "--standardize_input: True in the checkpoint, False now"),
     (dict(data_seed=3), "--data_seed: 0 in the checkpoint, 3 now"),
 ])
 def test_resume_with_other_training_settings_is_refused(finished_run, tiny_data, tmp_path,
