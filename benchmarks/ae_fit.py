@@ -6,14 +6,16 @@ For every trained loss of an ``experiments.toycar`` workdir, loads the saved
 model (``detector.load_detector``) and the run's own training clips
 (``toycar.load_data`` with the settings stored in ``results.json``: the same
 held-out split, and on the embedded set the same noise mixed in), and prints
-one JSON line per loss with the mean frame error (eq. 5) in the AE's input
-space (standardized when the model standardizes its input) on the clips it
-trained on (``fit``) and on the held-out normal clips (``heldout``), the error
-of predicting the training frames' mean (``baseline``, a PCA with 0
-components), the share of that baseline the AE explains, and the code units
-that never fire (ReLU outputs that are 0 on every training frame). A last
-line gives the same numbers for PCAs with ``--components`` components fitted
-on the training frames in the same input space.
+one JSON line per loss (``bu_jax.fit_check``) with the mean frame error (eq. 5) in
+the AE's input space (standardized when the model standardizes its input) on
+the clips it trained on (``fit``; at most 40,000 frames, strided) and on the
+held-out normal clips (``heldout``), the error of predicting the training
+frames' mean (``baseline``, a PCA with 0 components), the share of that
+baseline the AE explains, the code units that never fire (ReLU outputs that
+are 0 on every training frame), and the share explained by PCAs with
+``--components`` components fitted on the training frames in the same input
+space. ``experiments.toycar`` stores the same record for each run
+(``results[L]["fit"]``, with the PCA of the AE's code size).
 
 An AE whose code has Z units that explains less of the held-out baseline than
 a PCA with Z (or fewer) components is under-trained: its schedule, learning
@@ -27,13 +29,9 @@ import dataclasses
 import json
 import os
 
-import jax.numpy as jnp
-import numpy as np
-from sklearn import decomposition
-
 from benchmarks._common import emit
 from bu_jax import detector as detector_lib
-from bu_jax import features as features_lib
+from bu_jax import fit_check
 from bu_jax import losses as losses_lib
 from bu_jax import toycar
 
@@ -52,55 +50,6 @@ def stored_settings(workdir: str) -> toycar.Settings:
   return toycar.Settings(**values)
 
 
-def interior_frames(waves, config: features_lib.FeatureConfig) -> np.ndarray:
-  """The interior feature frames of ``waves`` (those the training and the PCA see)."""
-  return np.concatenate([np.asarray(features_lib.extract(w, config=config), np.float32)
-                         [config.interior(len(w))] for w in waves])
-
-
-def mean_error(x: np.ndarray, reconstruction: np.ndarray) -> float:
-  """Mean over frames of the squared reconstruction error (eq. 5)."""
-  return float(np.mean(np.sum(np.square(x - reconstruction, dtype=np.float64), axis=1)))
-
-
-def ae_fit(detector, fit_waves, heldout_waves) -> tuple[dict, np.ndarray, np.ndarray]:
-  """The JSON record of one trained AE, and its input-space fit / held-out frames."""
-  config = detector.preset.features
-  model = detector.preset.build()
-  apply = lambda x, method=None: np.asarray(model.apply(
-      {"params": detector.params}, jnp.asarray(x), method=method))
-  x_fit, x_held = interior_frames(fit_waves, config), interior_frames(heldout_waves, config)
-  z_fit, z_held = apply(x_fit, "normalize"), apply(x_held, "normalize")
-  mean = z_fit.mean(axis=0)
-  baseline = mean_error(z_held, mean[None])
-  held = mean_error(z_held, apply(x_held))
-  codes = apply(z_fit, "encode")
-  record = {
-      "loss": detector.loss,
-      "standardized_input": bool(detector.preset.standardize_input),
-      "frames": {"fit": int(len(z_fit)), "heldout": int(len(z_held))},
-      "error": {"fit": round(mean_error(z_fit, apply(x_fit)), 3), "heldout": round(held, 3),
-                "baseline": round(baseline, 3)},
-      "explained_heldout": round(1.0 - held / baseline, 4),
-      "code_units": int(codes.shape[1]),
-      "dead_code_units": int(np.sum(np.all(codes <= 0, axis=0))),
-  }
-  return record, z_fit, z_held
-
-
-def pca_fit(z_fit: np.ndarray, z_held: np.ndarray, components, *,
-            max_frames: int = 40000) -> dict:
-  """Held-out error and explained share of PCAs fitted on ``z_fit`` (every k in ``components``)."""
-  sample = z_fit[np.linspace(0, len(z_fit) - 1, min(len(z_fit), max_frames)).astype(int)]
-  baseline = mean_error(z_held, z_fit.mean(axis=0)[None])
-  out = {}
-  for k in components:
-    pca = decomposition.PCA(n_components=k, svd_solver="full").fit(sample)
-    held = mean_error(z_held, pca.inverse_transform(pca.transform(z_held)))
-    out[str(k)] = {"heldout": round(held, 3), "explained_heldout": round(1.0 - held / baseline, 4)}
-  return out
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
   parser.add_argument("--workdir", required=True, help="An experiments.toycar workdir.")
@@ -109,20 +58,21 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   components = [int(k) for k in args.components.split(",") if k]
   settings = stored_settings(args.workdir)
-  data = toycar.load_data(settings)
-  z = None
-  for loss in losses_lib.LOSSES:
-    if not os.path.isdir(os.path.join(args.workdir, loss)):
-      continue
-    detector = detector_lib.load_detector(args.workdir, loss=loss)
-    record, z_fit, z_held = ae_fit(detector, data.fit_waves, data.heldout_waves)
-    emit(workdir=args.workdir, **record)
-    if z is None or detector.preset.standardize_input != z[0]:
-      z = (detector.preset.standardize_input, z_fit, z_held)
-  if z is None:
+  losses = [l for l in losses_lib.LOSSES if os.path.isdir(os.path.join(args.workdir, l))]
+  if not losses:
     raise SystemExit(f"--workdir={args.workdir}: no trained model (re/, snp/ or bu/)")
-  emit(workdir=args.workdir, loss="pca", standardized_input=bool(z[0]),
-       pca=pca_fit(z[1], z[2], components))
+  data = toycar.load_data(settings)
+  check = None
+  for loss in losses:
+    detector = detector_lib.load_detector(args.workdir, loss=loss)
+    model = detector.preset.build()
+    if check is None:
+      check = fit_check.FitCheck(data.fit_waves, data.heldout_waves, detector.preset.features)
+    emit(workdir=args.workdir, loss=loss,
+         standardized_input=bool(detector.preset.standardize_input),
+         frames={"fit": int(len(check.fit)), "heldout": int(len(check.heldout))},
+         **check.ae(model, detector.params),
+         pca_explained_heldout=check.pca(model, detector.params, components))
 
 
 if __name__ == "__main__":

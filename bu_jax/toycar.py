@@ -53,6 +53,7 @@ from bu_jax import cli
 from bu_jax import data as data_lib
 from bu_jax import evaluate
 from bu_jax import features as features_lib
+from bu_jax import fit_check
 from bu_jax import fileio
 from bu_jax import losses as losses_lib
 from bu_jax import reference as reference_lib
@@ -368,6 +369,17 @@ def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainCo
                           os.path.join(settings.workdir, loss), preset.features)
 
 
+def model_fit(fits: fit_check.FitCheck, preset, params) -> dict:
+  """``results[L]["fit"]``: the AE's fit of held-out normal frames (``fit_check``)
+  and that of a PCA with as many components as the AE has code units."""
+  model = preset.build()
+  record = fits.ae(model, params)
+  share = fits.pca(model, params, [record["code_units"]])
+  record["pca_components"], record["pca_explained_heldout"] = next(
+      (int(k), v) for k, v in share.items())
+  return record
+
+
 REFERENCE = "pca"
 
 
@@ -478,7 +490,9 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
   """AUC / pAUC per condition and method (like the paper's Figure 4), then the
   rare-normal rows: AUC against rare / frequent normals, rare-vs-frequent AUC
   (0.5: no bias), the false-positive rates at phi, and the label-free
-  held-out max / median (``evaluate.heldout_spread``) and pseudo-anomaly AUC."""
+  held-out max / median (``evaluate.heldout_spread``), pseudo-anomaly AUC and
+  the AEs' fit (``fit_check``: the share of the held-out frames' error they
+  explain, and that of a PCA of their code size)."""
   conds = [c for c in results[methods[0]]["auc"] if c != "mean"] + ["mean"]
   width = max([22] + [len(c) + 2 for c in conds])
   head = f"{'condition':<{width}}" + "".join(
@@ -503,6 +517,15 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
       f"{_num(results[m].get('heldout_max_over_median')):>10}{'':>11}" for m in methods))
   lines.append(f"{'pseudo-anomaly AUC':<{width}}" + "".join(  # label-free, higher = better
       f"{_num(results[m].get('pseudo_anomaly_auc')):>10}{'':>11}" for m in methods))
+  fits = [results[m].get("fit") or {} for m in methods]
+  if any(fits):  # label-free: the AE's reconstruction of held-out normal frames
+    pct = lambda v: "" if v is None else f"{100 * v:.1f}%"
+    lines.append(f"{'held-out explained':<{width}}" + "".join(
+        f"{pct(f.get('explained_heldout')):>10}{'':>11}" for f in fits))
+    sizes = {f["pca_components"] for f in fits if "pca_components" in f}
+    label = f"  by PCA-{sizes.pop()}" if len(sizes) == 1 else "  by PCA, code size"
+    lines.append(f"{label:<{width}}" + "".join(
+        f"{pct(f.get('pca_explained_heldout')):>10}{'':>11}" for f in fits))
   change = [(results[m].get("validation") or {}).get("last_quarter_change") for m in methods]
   if any(c is not None for c in change):  # the AEs' validation curve: still falling?
     lines.append(f"{'held-out error trend':<{width}}" + "".join(
@@ -578,12 +601,16 @@ def run(settings: Settings) -> dict:
   scorer = frame_scores.FrameScorer(cfg0.model_preset.build(), cfg0.model_preset.features)
   validate = lambda params: heldout.validation_error(scorer, params, data.heldout_waves,
                                                      names=data.heldout_paths)
+  fits = None  # the frames of fit_check, taken once for every loss
   for loss in settings.losses:
     t0 = time.perf_counter()
     state, config, trained_steps = train_one(settings, loss, corpus, mesh=mesh,
                                              input_stats=input_stats, validate=validate)
     t_train = time.perf_counter() - t0
     res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer)
+    fits = fits or fit_check.FitCheck(data.fit_waves, data.heldout_waves,
+                                      cfg0.model_preset.features)
+    res["fit"] = model_fit(fits, config.model_preset, jax.device_get(state.params))
     previous = results.get(loss, {})
     if trained_steps or "train_seconds" not in previous:
       res["train_seconds"] = round(t_train, 1)

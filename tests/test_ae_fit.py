@@ -1,27 +1,38 @@
-"""``benchmarks.ae_fit``: the AE's reconstruction of normal frames against PCAs of its size."""
+"""``bu_jax.fit_check`` and ``benchmarks.ae_fit``: the AE's reconstruction of normal
+frames against PCAs of its size."""
 
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from benchmarks import ae_fit
 from bu_jax import detector as detector_lib
+from bu_jax import fit_check
+from bu_jax import models
 from bu_jax import synthetic
 from bu_jax import toycar
 
 
-def test_pca_fit_explains_data_of_its_own_rank():
+def test_pcas_and_aes_are_measured_against_the_training_mean():
   rng = np.random.default_rng(0)
   basis = rng.normal(size=(3, 12))
   fit = 5.0 + rng.normal(size=(400, 3)) @ basis  # rank 3 around a mean of 5
   held = 5.0 + rng.normal(size=(100, 3)) @ basis
-  got = ae_fit.pca_fit(fit, held, [1, 3])
-  assert got["3"]["explained_heldout"] == pytest.approx(1.0, abs=1e-4)
-  assert 0.0 < got["1"]["explained_heldout"] < got["3"]["explained_heldout"]
-  # the baseline is the error of predicting the training mean
-  assert ae_fit.mean_error(held, fit.mean(axis=0)[None]) > got["1"]["heldout"] > 0.0
+  check = fit_check.FitCheck.from_frames(fit, held)
+  model = models.FCNAutoencoder(dim=12, hidden_layers=1, units=8, bottleneck=4)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 12)))["params"]
+  got = check.pca(model, params, [1, 3])
+  assert got["3"] == pytest.approx(1.0, abs=1e-4)  # data of rank 3: exact
+  assert 0.0 < got["1"] < got["3"]
+  record = check.ae(model, params)  # an untrained AE: worse than the training mean
+  assert record["error"]["baseline"] == pytest.approx(
+      fit_check.mean_error(held, fit.mean(axis=0)[None]), rel=1e-5)
+  assert record["explained_heldout"] < 0.0 and record["code_units"] == 4
+  assert fit_check.explained(1.0, 4.0) == 0.75 and np.isnan(fit_check.explained(1.0, 0.0))
 
 
 @pytest.mark.slow
@@ -39,21 +50,24 @@ def test_reports_each_model_in_its_own_input_space(tmp_path, capsys):
   ae_fit.main([f"--workdir={workdir}", "--components=2,4"])
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
            if line.startswith("{")]
-  assert [r["loss"] for r in lines] == ["re", "pca"]
-  ae, pca = lines
-  assert ae["standardized_input"] and pca["standardized_input"]  # the demo preset's AE
+  assert [r["loss"] for r in lines] == ["re"]
+  (ae,) = lines
+  assert ae["standardized_input"]  # the demo preset's AE
   assert 0 <= ae["dead_code_units"] <= ae["code_units"] == 40
   assert ae["explained_heldout"] == pytest.approx(
       1.0 - ae["error"]["heldout"] / ae["error"]["baseline"], abs=1e-3)
-  assert set(pca["pca"]) == {"2", "4"}
-  assert pca["pca"]["4"]["explained_heldout"] >= pca["pca"]["2"]["explained_heldout"]
+  pca = ae["pca_explained_heldout"]
+  assert set(pca) == {"2", "4"} and 0.0 < pca["2"] <= pca["4"] < 1.0
   # The held-out error is the model's own frame score (eq. 5) on the interior frames of the
-  # run's held-out clips.
+  # run's held-out clips; the run stored the same record, with the PCA of its code size.
   detector = detector_lib.load_detector(workdir, loss="re")
   held = toycar.load_data(ae_fit.stored_settings(workdir)).heldout_waves
   config = detector.feature_config
   scores = np.concatenate([detector.frame_scores(w)[config.interior(len(w))] for w in held])
   assert ae["error"]["heldout"] == pytest.approx(float(scores.mean()), rel=1e-3)
+  stored = json.loads(open(os.path.join(workdir, "results.json")).read())["re"]["fit"]
+  assert stored["explained_heldout"] == pytest.approx(ae["explained_heldout"], abs=1e-4)
+  assert stored["pca_components"] == 40 and 0.0 < stored["pca_explained_heldout"] < 1.0
 
 
 def test_a_folder_without_results_is_refused(tmp_path):

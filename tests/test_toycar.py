@@ -39,6 +39,7 @@ def test_run_writes_well_formed_outputs_and_resumes(tmp_path, tiny_data, capsys)
   out = capsys.readouterr().out
   assert "condition" in out and "anr_-20dB" in out  # the Figure-4-like table
   assert "held-out max/median" in out
+  assert "held-out explained" in out and "by PCA-40" in out  # the AEs' fit (fit_check)
   table = (tmp_path / "run" / "results.txt").read_text()  # the printed table, kept
   assert table.startswith("condition") and table in out
 

@@ -1,0 +1,119 @@
+"""Does a trained AE reconstruct normal sound at least as well as a PCA of its size?
+
+The AE of eq. (5) is trained to reconstruct normal frames; a nonlinear AE
+whose code has Z units should reconstruct them at least as well as a PCA with
+Z components fitted on the same frames. One that does not is under-trained
+(schedule, learning rate or input scaling), whatever its loss. The check needs
+no test clip and no label: the held-out normal training clips.
+
+* ``interior_frames``: the feature frames a model trains on (interior frames).
+* ``explained``: the share of the held-out frames' error of predicting the
+  training frames' mean (a PCA with 0 components) that a reconstruction removes.
+* ``FitCheck``: built once per run from the fit / held-out clips; ``ae``
+  measures one trained AE in its own input space (raw or standardized) and
+  ``pca`` PCAs of given sizes in that space.
+
+``experiments.toycar`` stores ``ae``'s record per loss (``results[L]["fit"]``)
+with the PCA of the AE's code size; ``benchmarks.ae_fit`` prints it for a
+finished workdir.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from sklearn import decomposition
+
+from bu_jax import features as features_lib
+
+# Frames of the fit clips used (strided, deterministic); held-out frames: all.
+MAX_FIT_FRAMES = 40_000
+
+
+def interior_frames(waves: Sequence[np.ndarray], config: features_lib.FeatureConfig, *,
+                    max_frames: Optional[int] = None) -> np.ndarray:
+  """The interior feature frames of ``waves`` (float32 (T, D)); with
+  ``max_frames``, at most that many, evenly strided over all of them."""
+  if not waves:
+    raise ValueError("no clips to take frames from")
+  x = np.concatenate([np.asarray(features_lib.extract(w, config=config), np.float32)
+                      [config.interior(len(w))] for w in waves])
+  if max_frames is not None and len(x) > max_frames:
+    x = x[np.linspace(0, len(x) - 1, max_frames).astype(np.int64)]
+  return x
+
+
+def mean_error(x: np.ndarray, reconstruction: np.ndarray) -> float:
+  """The mean over frames of the squared reconstruction error (eq. 5), float64."""
+  return float(np.mean(np.sum(np.square(np.asarray(x, np.float64) - reconstruction), axis=1)))
+
+
+def explained(error: float, baseline: float) -> float:
+  """1 - error / baseline (0: no better than the training mean; 1: exact)."""
+  return 1.0 - error / baseline if baseline > 0 else float("nan")
+
+
+class FitCheck:
+  """The fit and held-out frames of one run, for AEs and PCAs alike.
+
+  Args:
+    fit_waves: the clips the models trained on.
+    heldout_waves: normal clips they did not train on.
+    config: the feature configuration of the models.
+    max_fit_frames: at most this many fit frames (strided) are used.
+  """
+
+  def __init__(self, fit_waves: Sequence[np.ndarray], heldout_waves: Sequence[np.ndarray],
+               config: features_lib.FeatureConfig, *, max_fit_frames: int = MAX_FIT_FRAMES):
+    self.fit = interior_frames(fit_waves, config, max_frames=max_fit_frames)
+    self.heldout = interior_frames(heldout_waves, config)
+    self._pca_cache: dict[tuple, float] = {}
+
+  @classmethod
+  def from_frames(cls, fit: np.ndarray, heldout: np.ndarray) -> "FitCheck":
+    """A check on given feature frames (T, D) instead of clips."""
+    check = cls.__new__(cls)
+    check.fit, check.heldout = np.asarray(fit, np.float32), np.asarray(heldout, np.float32)
+    check._pca_cache = {}
+    return check
+
+  @staticmethod
+  def _space(model, params, x: np.ndarray) -> np.ndarray:
+    """``x`` in the AE's input space (``FCNAutoencoder.normalize``)."""
+    return np.asarray(model.apply({"params": params}, jnp.asarray(x), method="normalize"))
+
+  def ae(self, model, params) -> dict[str, Any]:
+    """The record of one trained ``models.FCNAutoencoder`` (host ``params``):
+    ``error`` (mean frame error on fit / held-out frames, and the held-out
+    ``baseline``: the error of the fit frames' mean), ``explained_heldout``,
+    ``code_units`` and ``dead_code_units`` (codes that are 0 on every fit frame)."""
+    apply = lambda x, method=None: np.asarray(
+        model.apply({"params": params}, jnp.asarray(x), method=method))
+    z_fit, z_held = self._space(model, params, self.fit), self._space(model, params, self.heldout)
+    baseline = mean_error(z_held, z_fit.mean(axis=0)[None])
+    held = mean_error(z_held, apply(self.heldout))
+    codes = apply(z_fit, "encode")
+    return {"error": {"fit": round(mean_error(z_fit, apply(self.fit)), 4),
+                      "heldout": round(held, 4), "baseline": round(baseline, 4)},
+            "explained_heldout": round(explained(held, baseline), 4),
+            "code_units": int(codes.shape[1]),
+            "dead_code_units": int(np.sum(np.all(codes <= 0, axis=0)))}
+
+  def pca(self, model, params, components: Sequence[int]) -> dict[str, float]:
+    """``{str(k): explained_heldout}`` of PCAs with k components fitted on the fit
+    frames in the AE's input space (cached per input space and k)."""
+    z_fit, z_held = self._space(model, params, self.fit), self._space(model, params, self.heldout)
+    key = tuple(np.asarray(params[n]).tobytes() for n in ("input_mean", "input_scale")
+                if n in params)  # the input space: raw, or these statistics
+    baseline = mean_error(z_held, z_fit.mean(axis=0)[None])
+    out = {}
+    for k in components:
+      k = int(min(k, z_fit.shape[1], len(z_fit)))
+      if (key, k) not in self._pca_cache:
+        pca = decomposition.PCA(n_components=k, svd_solver="full").fit(z_fit)
+        held = mean_error(z_held, pca.inverse_transform(pca.transform(z_held)))
+        self._pca_cache[key, k] = round(explained(held, baseline), 4)
+      out[str(k)] = self._pca_cache[key, k]
+    return out
