@@ -311,6 +311,9 @@ class ScoringSettings(TrainingSettings):
   normalization, its k and the clip-score window, and the rule that a choice by
   pseudo-anomalies (``bu_jax.heldout``) is asked for by "auto" or window 0."""
 
+  reference_components: int = setting(
+      16, minimum=0, help="Components of the PCA reference detector (bu_jax.reference) "
+      "reported next to the AEs by --loss=all, scored like them (0: none).")
   score_normalization: Optional[str] = setting(
       None, choices=("none", score_norm.AUTO_KIND) + score_norm.KINDS,
       help="knn: divide each frame score by the mean score of its --normalization_neighbors "

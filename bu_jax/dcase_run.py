@@ -57,7 +57,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 from absl import logging
 import jax
@@ -74,6 +74,7 @@ from bu_jax import features as features_lib
 from bu_jax import fileio
 from bu_jax import parallel
 from bu_jax import plots
+from bu_jax import reference as reference_lib
 from bu_jax import frame_scores
 from bu_jax import heldout
 from bu_jax import runner
@@ -186,8 +187,10 @@ def _model_dirs(workdir: str, loss: str) -> list[str]:
 _FLAG_NAMES = {f.name for f in dataclasses.fields(Settings)} | {"loss", "model"}
 
 
-EVALUATION_FLAGS = ("reduce", "eval_root", "ground_truth_dir", "score_normalization",
-                    "normalization_neighbors", "normalization_bank", "score_window")
+EVALUATION_FLAGS = ("reduce", "eval_root", "ground_truth_dir", "reference_components",
+                    "score_normalization", "normalization_neighbors", "normalization_bank",
+                    "score_window")
+REFERENCE = "pca"  # the PCA reference's name among the methods (results, files, tables)
 
 
 def _check_model_dir(model_dir: str, metadata: artifact.ModelMetadata) -> None:
@@ -298,6 +301,66 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
     return scorer, None, list(train_clips)
   logging.info("%s: %s", model_dir, normalizer.describe())
   return scorer, normalizer, held_clips
+
+
+class _Scored(NamedTuple):
+  """How one model (an AE or the PCA reference) of one group is evaluated."""
+  scorer: Any  # its (normalized) frame scorer
+  phi: float  # the threshold of eq. (4)
+  train_scores: np.ndarray  # the clip scores phi was fitted to
+  phi_paths: list  # their clips
+  window: int  # the clip-score window (frames)
+  normalization: Optional[artifact.ScoreNormalization]
+  record: Optional[dict]  # with held-out clips: what the scoring was chosen on
+  neighbors_chosen: Optional[int]  # k, when it was chosen on the bank's left-out tenth
+
+
+def _calibrate(settings: Settings, scorer, params, *, train_clips, held, model_dir: str,
+               tag: str) -> _Scored:
+  """The scoring and phi of one model: without held-out clips, on its training clips
+  (``normalized_scorer``); with them, chosen on them (``heldout.choose_scoring``)."""
+  if held is None:  # every clip trained on: phi on them, or on the bank's left-out tenth
+    eval_scorer, normalizer, phi_clips = normalized_scorer(
+        settings, scorer, params, train_clips, model_dir=model_dir)
+    window = settings.clip_window()
+    train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce,
+                               window=window)
+    normalization = None if normalizer is None else artifact.ScoreNormalization(
+        kind=normalizer.kind, neighbors=normalizer.neighbors, file=score_norm.FILE_NAME)
+    chosen = (normalizer.neighbors if normalizer is not None and normalizer.choice is not None
+              else None)
+    return _Scored(eval_scorer, evaluate.fit_threshold(
+        train_scores, quantile=settings.threshold_quantile), train_scores,
+                   [c.path for c in phi_clips], window, normalization, None, chosen)
+  choice = heldout.choose_scoring(  # phi, and any choice of the scoring, on the held-out clips
+      scorer, params, held, model_dir, kind=settings.normalization()[0],
+      neighbors=settings.neighbors, window=settings.clip_window(),
+      reduce=settings.reduce, bank=settings.bank())
+  train_scores = choice.heldout_scores
+  record = {
+      "score_normalization": choice.normalization, "clip_score": choice.clip_score,
+      "heldout_clips": len(held.names),
+      "pseudo_anomaly_auc": choice.pseudo_auc,
+      "heldout_max_over_median": evaluate.heldout_spread(train_scores),
+      "validation": heldout.validation_summary(fileio.read_metrics(
+          os.path.join(model_dir, runner.VALIDATION_FILE)))}
+  print(f"[{tag}] scored on {heldout.describe(choice)}", flush=True)
+  return _Scored(choice.scorer, evaluate.fit_threshold(
+      train_scores, quantile=settings.threshold_quantile), train_scores, list(held.names),
+                 choice.clip_score["window_frames"],
+                 heldout.calibration_normalization(choice.normalization), record, None)
+
+
+def _score_tests(settings: Settings, scored: _Scored, params, test_sets: dict,
+                 section: Optional[str], *, out: dict) -> None:
+  """Scores and decides the test clips of ``section`` (None: all) of every test set
+  into ``out[set_name][path] = (score, decision)``."""
+  for set_name, test_clips in test_sets.items():
+    chosen = [c for c in test_clips if section is None or c.section == section]
+    values = clip_scores(scored.scorer, params, chosen, reduce=settings.reduce,
+                         window=scored.window)
+    for clip, value in zip(chosen, values):
+      out[set_name][clip.path] = (value, int(evaluate.decide(value, scored.phi)))
 
 
 def _calibration(settings: Settings, phi: float, scores: Sequence[float],
@@ -481,21 +544,24 @@ def run(settings: Settings) -> dict:
     clips, lengths = data_lib.pad_clips(something_else)
   cfg0 = configs[settings.losses[0]]
   preset = cfg0.model_preset
+  # The AEs' losses, then the PCA reference (with --loss=all, as experiments.toycar).
+  methods = list(settings.losses) + (
+      [REFERENCE] if settings.reference_components and len(settings.losses) > 1 else [])
   scorer = frame_scores.FrameScorer(preset.build(), preset.features)
 
   # test set -> loss -> machine type -> sections; "dev" (test/), or one per test*/
   # folder (dcase.MachineData.test_folders), then "eval" (--eval_root)
   per_section: dict[str, dict] = {}
-  thresholds = {l: {} for l in settings.losses}
-  chosen_neighbors = {l: {} for l in settings.losses}  # --normalization_neighbors=0
-  scoring = {l: {} for l in settings.losses}  # with --heldout_fraction: what each model scores on
-  train_seconds = {l: {} for l in settings.losses}
+  thresholds = {l: {} for l in methods}
+  chosen_neighbors = {l: {} for l in methods}  # --normalization_neighbors=0
+  scoring = {l: {} for l in methods}  # with --heldout_fraction: what each model scores on
+  train_seconds = {l: {} for l in methods}
   previous_path = os.path.join(settings.workdir, "results.json")
   if os.path.exists(previous_path):  # keep the training times of models found finished
     try:
       with open(previous_path, encoding="utf-8") as f:
         previous = json.load(f)
-      for l in settings.losses:
+      for l in methods:
         train_seconds[l].update(previous.get(l, {}).get("train_seconds", {}))
     except (OSError, ValueError, AttributeError, TypeError) as e:  # damaged: rewritten below
       logging.warning("%s cannot be read (%s: %s); its training times are not kept",
@@ -535,7 +601,7 @@ def run(settings: Settings) -> dict:
       if orphans:
         logging.warning("%s: test sections %s have no training clips and no model "
                         "(--per=section); they are not scored", machine, orphans)
-    scores = {l: {s: {} for s in test_sets} for l in settings.losses}
+    scores = {l: {s: {} for s in test_sets} for l in methods}
     for group, (train_clips, section) in groups.items():
       held = None
       if settings.held_out():
@@ -573,46 +639,38 @@ def run(settings: Settings) -> dict:
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
-        if held is None:  # every clip trained on: phi on them, or on the bank's left-out tenth
-          eval_scorer, normalizer, phi_clips = normalized_scorer(
-              settings, scorer, params, train_clips, model_dir=model_dir)
-          window = settings.clip_window()
-          train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce,
-                                     window=window)
-          phi_paths = [c.path for c in phi_clips]
-          normalization = None if normalizer is None else artifact.ScoreNormalization(
-              kind=normalizer.kind, neighbors=normalizer.neighbors, file=score_norm.FILE_NAME)
-          if normalizer is not None and normalizer.choice is not None:
-            chosen_neighbors[loss][tag] = normalizer.neighbors
-        else:  # phi, and any choice of the scoring, on the held-out clips
-          choice = heldout.choose_scoring(
-              scorer, params, held, model_dir, kind=settings.normalization()[0],
-              neighbors=settings.neighbors, window=settings.clip_window(),
-              reduce=settings.reduce, bank=settings.bank())
-          eval_scorer, train_scores, phi_paths = choice.scorer, choice.heldout_scores, held.names
-          window = choice.clip_score["window_frames"]
-          normalization = heldout.calibration_normalization(choice.normalization)
-          scoring[loss][tag] = {
-              "score_normalization": choice.normalization, "clip_score": choice.clip_score,
-              "heldout_clips": len(held.names),
-              "pseudo_anomaly_auc": choice.pseudo_auc,
-              "heldout_max_over_median": evaluate.heldout_spread(train_scores),
-              "validation": heldout.validation_summary(fileio.read_metrics(
-                  os.path.join(model_dir, runner.VALIDATION_FILE)))}
-          print(f"[{tag}] scored on {heldout.describe(choice)}", flush=True)
-        phi = evaluate.fit_threshold(train_scores, quantile=settings.threshold_quantile)
-        thresholds[loss][tag] = phi
+        scored = _calibrate(settings, scorer, params, train_clips=train_clips, held=held,
+                            model_dir=model_dir, tag=tag)
+        if scored.neighbors_chosen is not None:
+          chosen_neighbors[loss][tag] = scored.neighbors_chosen
+        if scored.record is not None:
+          scoring[loss][tag] = scored.record
+        thresholds[loss][tag] = scored.phi
         artifact.store_calibration(model_dir, _calibration(
-            settings, phi, train_scores, phi_paths, window=window, normalization=normalization),
-                                   step=configs[loss].total_steps, state=state)
-        for set_name, test_clips in test_sets.items():
-          chosen = [c for c in test_clips if section is None or c.section == section]
-          s = clip_scores(eval_scorer, params, chosen, reduce=settings.reduce, window=window)
-          for clip, value in zip(chosen, s):
-            scores[loss][set_name][clip.path] = (value, int(evaluate.decide(value, phi)))
+            settings, scored.phi, scored.train_scores, scored.phi_paths, window=scored.window,
+            normalization=scored.normalization), step=configs[loss].total_steps, state=state)
+        _score_tests(settings, scored, params, test_sets, section, out=scores[loss])
+      if REFERENCE in methods:  # the PCA reference: fitted on the same clips, scored alike
+        tag = f"{REFERENCE}/{machine}" + ("" if section is None else f"/section_{section}")
+        ref_dir = os.path.join(settings.workdir, REFERENCE, "models", machine,
+                               *([] if section is None else [f"section_{section}"]))
+        os.makedirs(ref_dir, exist_ok=True)
+        t0 = time.perf_counter()
+        pca = reference_lib.PCADetector(preset.features,
+                                        components=settings.reference_components)
+        pca.fit([c.wave for c in train_clips], names=[c.path for c in train_clips])
+        train_seconds[REFERENCE][tag] = round(time.perf_counter() - t0, 1)
+        scored = _calibrate(settings, reference_lib.PCAScorer(pca), None,
+                            train_clips=train_clips, held=held, model_dir=ref_dir, tag=tag)
+        if scored.neighbors_chosen is not None:
+          chosen_neighbors[REFERENCE][tag] = scored.neighbors_chosen
+        if scored.record is not None:
+          scoring[REFERENCE][tag] = scored.record
+        thresholds[REFERENCE][tag] = scored.phi
+        _score_tests(settings, scored, None, test_sets, section, out=scores[REFERENCE])
     # Files and metrics of this machine type.
     hist, hist_thresholds = {}, {}
-    for loss in settings.losses:
+    for loss in methods:
       for set_name, test_clips in test_sets.items():
         out_dir = _set_dir(settings.workdir, loss, set_name)
         done = [c for c in test_clips if c.path in scores[loss][set_name]]
@@ -624,7 +682,7 @@ def run(settings: Settings) -> dict:
                            decisions[idx], year=year)
         sections = _section_results(done, values, decisions, year)
         if sections:
-          per_section.setdefault(set_name, {l: {} for l in settings.losses})[loss][
+          per_section.setdefault(set_name, {l: {} for l in methods})[loss][
               machine] = sections
         if set_name == next(iter(test_sets)):  # test/, or the first test*/ folder
           groups_ = {}
@@ -654,7 +712,7 @@ def run(settings: Settings) -> dict:
   set_names = dev_sets + [s for s in per_section if s == "eval"]
   if len(dev_sets) > 1:
     results["test_folders"] = dev_sets
-  for loss in settings.losses:
+  for loss in methods:
     entry = {"thresholds": thresholds[loss], "train_seconds": train_seconds[loss],
              "score_normalization": {"kind": settings.normalization()[0]} if
              settings.normalization()[0] == "none" else {
@@ -681,13 +739,13 @@ def run(settings: Settings) -> dict:
         if len(dev_sets) == 1:  # several folders: the comparisons below, these in results.txt
           print(tables[-1], flush=True)
   fileio.write_csv(os.path.join(settings.workdir, "summary.csv"),
-                   _summary_rows(results, settings.losses, year, set_names))
+                   _summary_rows(results, methods, year, set_names))
   fileio.write_json(os.path.join(settings.workdir, "results.json"), results)
   evaluated = [s for s in dev_sets
-               if any(results[l].get(s, {}).get("machine_types") for l in settings.losses)]
+               if any(results[l].get(s, {}).get("machine_types") for l in methods)]
   for set_name in evaluated:
     tables.append(("" if set_name == "dev" else f"-- test folder {set_name}\n")
-                  + format_comparison(results, settings.losses, year=year, set_name=set_name))
+                  + format_comparison(results, methods, year=year, set_name=set_name))
     print(tables[-1], flush=True)
   if len(evaluated) > 1:
     print("(per-section tables of every loss and test folder: results.txt)", flush=True)

@@ -88,3 +88,17 @@ class PCADetector:
     recon = self._pca.inverse_transform(coefficients)
     scores = np.sum(np.square(z - recon), axis=-1).astype(np.float32)
     return (scores, coefficients.astype(np.float32)) if with_codes else scores
+
+
+class PCAScorer:
+  """``frame_scores.FrameScorer``'s calling convention for a fitted ``PCADetector``
+  (no parameters; codes: the PCA coefficients), so that the AEs' scoring,
+  score normalization and held-out choices apply to the reference unchanged."""
+
+  def __init__(self, detector: PCADetector):
+    self.detector = detector
+    self.config = detector.config
+
+  def __call__(self, params, wave, *, name: str = "waveform", with_codes: bool = False):
+    del params
+    return self.detector.frame_scores(wave, name=name, with_codes=with_codes)

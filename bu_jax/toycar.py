@@ -134,9 +134,6 @@ class Settings(cli.ScoringSettings):
       None, help="CSV (file-name column and 0/1 'rare' column, e.g. realaudio-dev's "
       "metadata.csv) or list of rare-normal test clips: adds rare-normal metrics. Used for "
       "evaluation only.")
-  reference_components: int = cli.setting(
-      16, minimum=0, help="Components of the PCA reference detector reported next to the "
-      "AEs by --loss=all (0: none).")
 
   def __post_init__(self):
     super().__post_init__()
@@ -394,26 +391,13 @@ def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[
   detector = reference_lib.PCADetector(feature_config,
                                        components=settings.reference_components)
   detector.fit(data.fit_waves)
-  results, material = _evaluate_scorer(settings, _ReferenceScorer(detector), None, data,
+  results, material = _evaluate_scorer(settings, reference_lib.PCAScorer(detector), None, data,
                                        os.path.join(settings.workdir, REFERENCE),
                                        feature_config)
   results["components"] = settings.reference_components
   results["explained_variance"] = detector.explained_variance
   results["train_seconds"] = round(time.perf_counter() - t0, 1)
   return results, material
-
-
-class _ReferenceScorer:
-  """``FrameScorer``'s calling convention for the PCA detector (codes: the PCA
-  coefficients)."""
-
-  def __init__(self, detector: reference_lib.PCADetector):
-    self.detector = detector
-    self.config = detector.config
-
-  def __call__(self, params, wave, *, name: str = "waveform", with_codes: bool = False):
-    del params
-    return self.detector.frame_scores(wave, name=name, with_codes=with_codes)
 
 
 def _store_threshold(settings: Settings, loss: str, state, config, results: dict,

@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from bu_jax import dcase, dcase_metrics, dcase_run, evaluate, synthetic_dcase
 from bu_jax import detector as detector_lib
+from bu_jax import reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(num_source_train=6, num_target_train=2, num_test_per_group=3,
@@ -86,6 +88,19 @@ def test_run_writes_challenge_files_and_resumes(tmp_path, capsys):
   decisions = {r[0]: int(r[1]) for r in csv.reader(
       open(run / "bu" / "decision_result_SynthFan_section_00_test.csv"))}
   assert int(detector.score(clip.wave).decision) == decisions[os.path.basename(clip.path)]
+
+  # The PCA reference (--loss=all's, here two losses): fitted on the same training clips,
+  # scored alike (eq. 11 over interior frames), reported next to the AEs.
+  assert 0.0 < stored["pca"]["dev"]["official_score"] <= 1.0
+  assert re.search(r"^ +RE +BU +PCA$", out, re.M)  # the comparison table's header
+  train = dcase.load_machine_type(stored["data"]["data_root"], "SynthFan").train
+  pca = reference.PCADetector(detector.feature_config, components=16).fit(
+      [c.wave for c in train])
+  pca_scores = {r[0]: float(r[1]) for r in csv.reader(
+      open(run / "pca" / "anomaly_score_SynthFan_section_00_test.csv"))}
+  frames = pca.frame_scores(clip.wave)[detector.feature_config.interior(len(clip.wave))]
+  assert pca_scores[os.path.basename(clip.path)] == pytest.approx(float(frames.max()), rel=1e-5)
+  assert not (run / "pca" / "models" / "SynthFan" / "checkpoints").exists()  # nothing trained
 
   # An evaluation set (unlabelled names) with the organisers' ground truth: the
   # dev test clips renamed, so its metrics must equal the dev ones.
