@@ -1,10 +1,13 @@
 """Does a trained AE reconstruct normal sound at least as well as a PCA of its size?
 
 The AE of eq. (5) is trained to reconstruct normal frames; a nonlinear AE
-whose code has Z units should reconstruct them at least as well as a PCA with
-Z components fitted on the same frames. One that does not is under-trained
-(schedule, learning rate or input scaling), whatever its loss. The check needs
-no test clip and no label: the held-out normal training clips.
+whose code has Z units can reconstruct them at least as well as a PCA with Z
+components fitted on the same frames. One far below a PCA much smaller than
+its code is under-trained (schedule, learning rate or input scaling), whatever
+its loss. Reaching the PCA of the full code size is a diagnostic of fit, not a
+detection target: a closer fit of normal frames can also reconstruct anomalies
+better (README, toy-car section, "Does the AE model normal sound ..."). The
+check needs no test clip and no label: the held-out normal training clips.
 
 * ``interior_frames``: the feature frames a model trains on (interior frames).
 * ``explained``: the share of the held-out frames' error of predicting the
