@@ -72,6 +72,7 @@ from bu_jax import dcase_metrics
 from bu_jax import evaluate
 from bu_jax import features as features_lib
 from bu_jax import fileio
+from bu_jax import fit_check
 from bu_jax import parallel
 from bu_jax import plots
 from bu_jax import reference as reference_lib
@@ -555,6 +556,7 @@ def run(settings: Settings) -> dict:
   thresholds = {l: {} for l in methods}
   chosen_neighbors = {l: {} for l in methods}  # --normalization_neighbors=0
   scoring = {l: {} for l in methods}  # with --heldout_fraction: what each model scores on
+  fits = {l: {} for l in settings.losses}  # with --heldout_fraction: each AE's fit_check
   train_seconds = {l: {} for l in methods}
   previous_path = os.path.join(settings.workdir, "results.json")
   if os.path.exists(previous_path):  # keep the training times of models found finished
@@ -626,6 +628,7 @@ def run(settings: Settings) -> dict:
         input_stats = features_lib.statistics([c.wave for c in train_clips],
                                               config=cfg0.feature_config,
                                               names=[c.path for c in train_clips])
+      check = None  # fit_check's frames of this group, taken once for every loss
       for loss in settings.losses:
         tag = f"{loss}/{machine}" + ("" if section is None else f"/section_{section}")
         model_dir = os.path.join(settings.workdir, loss, "models", machine,
@@ -650,6 +653,11 @@ def run(settings: Settings) -> dict:
             settings, scored.phi, scored.train_scores, scored.phi_paths, window=scored.window,
             normalization=scored.normalization), step=configs[loss].total_steps, state=state)
         _score_tests(settings, scored, params, test_sets, section, out=scores[loss])
+        if held is not None:  # the AE against a PCA of its code size (label-free)
+          check = check or fit_check.FitCheck([c.wave for c in train_clips], held.waves,
+                                              preset.features)
+          fits[loss][tag] = fit_check.model_fit(check, preset, params)
+          print(f"[{tag}] {fit_check.describe(fits[loss][tag])}", flush=True)
       if REFERENCE in methods:  # the PCA reference: fitted on the same clips, scored alike
         tag = f"{REFERENCE}/{machine}" + ("" if section is None else f"/section_{section}")
         ref_dir = os.path.join(settings.workdir, REFERENCE, "models", machine,
@@ -722,6 +730,8 @@ def run(settings: Settings) -> dict:
       entry["score_normalization"]["neighbors_chosen"] = chosen_neighbors[loss]
     if scoring[loss]:
       entry["scoring"] = scoring[loss]
+    if fits.get(loss):
+      entry["fit"] = fits[loss]
     for set_name in set_names:
       if per_section[set_name][loss]:
         entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)

@@ -120,3 +120,21 @@ class FitCheck:
         self._pca_cache[key, k] = round(explained(held, baseline), 4)
       out[str(k)] = self._pca_cache[key, k]
     return out
+
+
+def model_fit(check: FitCheck, preset, params) -> dict[str, Any]:
+  """``check.ae``'s record of the AE of ``preset`` (a ``models.ModelPreset``) with
+  host ``params``, and ``pca_components`` / ``pca_explained_heldout``: a PCA with
+  as many components as the AE has code units, in its input space."""
+  model = preset.build()
+  record = check.ae(model, params)
+  (components, share), = check.pca(model, params, [record["code_units"]]).items()
+  record["pca_components"], record["pca_explained_heldout"] = int(components), share
+  return record
+
+
+def describe(record: dict[str, Any]) -> str:
+  """E.g. "held-out explained 61.4 % (PCA-40: 59.8 %)"."""
+  pct = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"
+  return (f"held-out explained {pct(record.get('explained_heldout'))} "
+          f"(PCA-{record.get('pca_components')}: {pct(record.get('pca_explained_heldout'))})")

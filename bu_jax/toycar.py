@@ -366,17 +366,6 @@ def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainCo
                           os.path.join(settings.workdir, loss), preset.features)
 
 
-def model_fit(fits: fit_check.FitCheck, preset, params) -> dict:
-  """``results[L]["fit"]``: the AE's fit of held-out normal frames (``fit_check``)
-  and that of a PCA with as many components as the AE has code units."""
-  model = preset.build()
-  record = fits.ae(model, params)
-  share = fits.pca(model, params, [record["code_units"]])
-  record["pca_components"], record["pca_explained_heldout"] = next(
-      (int(k), v) for k, v in share.items())
-  return record
-
-
 REFERENCE = "pca"
 
 
@@ -594,7 +583,7 @@ def run(settings: Settings) -> dict:
     res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer)
     fits = fits or fit_check.FitCheck(data.fit_waves, data.heldout_waves,
                                       cfg0.model_preset.features)
-    res["fit"] = model_fit(fits, config.model_preset, jax.device_get(state.params))
+    res["fit"] = fit_check.model_fit(fits, config.model_preset, jax.device_get(state.params))
     previous = results.get(loss, {})
     if trained_steps or "train_seconds" not in previous:
       res["train_seconds"] = round(t_train, 1)

@@ -368,6 +368,10 @@ def test_held_out_clips_choose_the_scoring(tmp_path, monkeypatch):
   assert len(held_idx) == 4 and trained_on == [len(md.train) - 4]
   record = results["re"]["scoring"]["re/SynthFan"]
   assert record["heldout_clips"] == 4
+  fit = results["re"]["fit"]["re/SynthFan"]  # fit_check on the same held-out clips
+  assert fit["pca_components"] == fit["code_units"] == 40
+  assert fit["explained_heldout"] == pytest.approx(
+      1.0 - fit["error"]["heldout"] / fit["error"]["baseline"], abs=1e-3)
   curve = [json.loads(l) for l in open(tmp_path / "run" / "re" / "models" / "SynthFan" /
                                        "validation.jsonl")]  # the held-out clips' error
   assert curve[0]["step"] == 0 and curve[-1]["step"] == settings.train_config("re", 1).total_steps
