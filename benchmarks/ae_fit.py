@@ -8,7 +8,7 @@ model (``detector.load_detector``) and the run's own training clips
 held-out split, and on the embedded set the same noise mixed in), and prints
 one JSON line per loss (``bu_jax.fit_check``) with the mean frame error (eq. 5) in
 the AE's input space (standardized when the model standardizes its input) on
-the clips it trained on (``fit``; at most 40,000 frames, strided) and on the
+the clips it trained on (``fit``; at most about 100,000 frames) and on the
 held-out normal clips (``heldout``), the error of predicting the training
 frames' mean (``baseline``, a PCA with 0 components), the share of that
 baseline the AE explains, the code units that never fire (ReLU outputs that

@@ -35,6 +35,20 @@ def test_pcas_and_aes_are_measured_against_the_training_mean():
   assert fit_check.explained(1.0, 4.0) == 0.75 and np.isnan(fit_check.explained(1.0, 0.0))
 
 
+def test_fit_frames_are_bounded_clip_by_clip():
+  config = models.preset("fcn40-small").features
+  rng = np.random.default_rng(1)
+  waves = [rng.normal(scale=0.1, size=16000).astype(np.float32) for _ in range(3)]
+  every = fit_check.interior_frames(waves, config)
+  assert len(every) == sum(len(range(config.num_frames(16000))[config.interior(16000)])
+                           for _ in waves)
+  fewer = fit_check.interior_frames(waves, config, max_frames=len(every) // 4)
+  assert len(every) // 8 <= len(fewer) <= len(every) // 4
+  np.testing.assert_array_equal(fewer[0], every[0])  # every k-th frame, from each clip's first
+  with pytest.raises(ValueError, match="no clips"):
+    fit_check.interior_frames([], config)
+
+
 @pytest.mark.slow
 def test_reports_each_model_in_its_own_input_space(tmp_path, capsys):
   data = str(tmp_path / "set")
