@@ -304,6 +304,13 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
   return scorer, normalizer, held_clips
 
 
+def _model_place(workdir: str, method: str, machine: str,
+                 section: Optional[str]) -> tuple[str, str]:
+  """The tag ("bu/SynthFan[/section_00]") and the folder of one model."""
+  where = [machine] + ([] if section is None else [f"section_{section}"])
+  return "/".join([method, *where]), os.path.join(workdir, method, "models", *where)
+
+
 class _Scored(NamedTuple):
   """How one model (an AE or the PCA reference) of one group is evaluated."""
   scorer: Any  # its (normalized) frame scorer
@@ -629,10 +636,22 @@ def run(settings: Settings) -> dict:
                                               config=cfg0.feature_config,
                                               names=[c.path for c in train_clips])
       check = None  # fit_check's frames of this group, taken once for every loss
+
+      def evaluate_model(method, tag, method_scorer, method_params, model_dir):
+        """Calibrates one model of this group (an AE or the reference), records its
+        scoring and phi, and scores the test clips of every test set."""
+        scored = _calibrate(settings, method_scorer, method_params, train_clips=train_clips,
+                            held=held, model_dir=model_dir, tag=tag)
+        if scored.neighbors_chosen is not None:
+          chosen_neighbors[method][tag] = scored.neighbors_chosen
+        if scored.record is not None:
+          scoring[method][tag] = scored.record
+        thresholds[method][tag] = scored.phi
+        _score_tests(settings, scored, method_params, test_sets, section, out=scores[method])
+        return scored
+
       for loss in settings.losses:
-        tag = f"{loss}/{machine}" + ("" if section is None else f"/section_{section}")
-        model_dir = os.path.join(settings.workdir, loss, "models", machine,
-                                 *([] if section is None else [f"section_{section}"]))
+        tag, model_dir = _model_place(settings.workdir, loss, machine, section)
         t0 = time.perf_counter()
         validate = None if held is None else (
             lambda p: heldout.validation_error(scorer, p, held.waves, names=held.names))
@@ -642,40 +661,24 @@ def run(settings: Settings) -> dict:
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
-        scored = _calibrate(settings, scorer, params, train_clips=train_clips, held=held,
-                            model_dir=model_dir, tag=tag)
-        if scored.neighbors_chosen is not None:
-          chosen_neighbors[loss][tag] = scored.neighbors_chosen
-        if scored.record is not None:
-          scoring[loss][tag] = scored.record
-        thresholds[loss][tag] = scored.phi
+        scored = evaluate_model(loss, tag, scorer, params, model_dir)
         artifact.store_calibration(model_dir, _calibration(
             settings, scored.phi, scored.train_scores, scored.phi_paths, window=scored.window,
             normalization=scored.normalization), step=configs[loss].total_steps, state=state)
-        _score_tests(settings, scored, params, test_sets, section, out=scores[loss])
         if held is not None:  # the AE against a PCA of its code size (label-free)
           check = check or fit_check.FitCheck([c.wave for c in train_clips], held.waves,
                                               preset.features)
           fits[loss][tag] = fit_check.model_fit(check, preset, params)
           print(f"[{tag}] {fit_check.describe(fits[loss][tag])}", flush=True)
       if REFERENCE in methods:  # the PCA reference: fitted on the same clips, scored alike
-        tag = f"{REFERENCE}/{machine}" + ("" if section is None else f"/section_{section}")
-        ref_dir = os.path.join(settings.workdir, REFERENCE, "models", machine,
-                               *([] if section is None else [f"section_{section}"]))
+        tag, ref_dir = _model_place(settings.workdir, REFERENCE, machine, section)
         os.makedirs(ref_dir, exist_ok=True)
         t0 = time.perf_counter()
         pca = reference_lib.PCADetector(preset.features,
                                         components=settings.reference_components)
         pca.fit([c.wave for c in train_clips], names=[c.path for c in train_clips])
         train_seconds[REFERENCE][tag] = round(time.perf_counter() - t0, 1)
-        scored = _calibrate(settings, reference_lib.PCAScorer(pca), None,
-                            train_clips=train_clips, held=held, model_dir=ref_dir, tag=tag)
-        if scored.neighbors_chosen is not None:
-          chosen_neighbors[REFERENCE][tag] = scored.neighbors_chosen
-        if scored.record is not None:
-          scoring[REFERENCE][tag] = scored.record
-        thresholds[REFERENCE][tag] = scored.phi
-        _score_tests(settings, scored, None, test_sets, section, out=scores[REFERENCE])
+        evaluate_model(REFERENCE, tag, reference_lib.PCAScorer(pca), None, ref_dir)
     # Files and metrics of this machine type.
     hist, hist_thresholds = {}, {}
     for loss in methods:

@@ -75,6 +75,7 @@ class FitCheck:
                config: features_lib.FeatureConfig, *, max_fit_frames: int = MAX_FIT_FRAMES):
     self.fit = interior_frames(fit_waves, config, max_frames=max_fit_frames)
     self.heldout = interior_frames(heldout_waves, config)
+    self._spaces: dict[tuple, tuple] = {}
     self._pca_cache: dict[tuple, float] = {}
 
   @classmethod
@@ -82,26 +83,32 @@ class FitCheck:
     """A check on given feature frames (T, D) instead of clips."""
     check = cls.__new__(cls)
     check.fit, check.heldout = np.asarray(fit, np.float32), np.asarray(heldout, np.float32)
-    check._pca_cache = {}
+    check._spaces, check._pca_cache = {}, {}
     return check
 
-  @staticmethod
-  def _space(model, params, x: np.ndarray) -> np.ndarray:
-    """``x`` in the AE's input space (``FCNAutoencoder.normalize``)."""
-    return np.asarray(model.apply({"params": params}, jnp.asarray(x), method="normalize"))
+  def _space(self, model, params) -> tuple[tuple, np.ndarray, np.ndarray, float]:
+    """(key, fit frames, held-out frames, baseline) in the AE's input space
+    (``FCNAutoencoder.normalize``: raw, or standardized with the statistics in
+    ``params``, which are the key), computed once per input space."""
+    key = tuple(np.asarray(params[n]).tobytes() for n in ("input_mean", "input_scale")
+                if n in params)
+    if key not in self._spaces:
+      norm = lambda x: np.asarray(model.apply({"params": params}, jnp.asarray(x),
+                                              method="normalize"))
+      z_fit, z_held = norm(self.fit), norm(self.heldout)
+      self._spaces[key] = (z_fit, z_held, mean_error(z_held, z_fit.mean(axis=0)[None]))
+    return (key, *self._spaces[key])
 
   def ae(self, model, params) -> dict[str, Any]:
     """The record of one trained ``models.FCNAutoencoder`` (host ``params``):
-    ``error`` (mean frame error on fit / held-out frames, and the held-out
-    ``baseline``: the error of the fit frames' mean), ``explained_heldout``,
+    ``error`` (mean frame score, eq. 5, on fit / held-out frames, and the
+    held-out ``baseline``: the error of the fit frames' mean), ``explained_heldout``,
     ``code_units`` and ``dead_code_units`` (codes that are 0 on every fit frame)."""
-    apply = lambda x, method=None: np.asarray(
-        model.apply({"params": params}, jnp.asarray(x), method=method))
-    z_fit, z_held = self._space(model, params, self.fit), self._space(model, params, self.heldout)
-    baseline = mean_error(z_held, z_fit.mean(axis=0)[None])
-    held = mean_error(z_held, apply(self.heldout))
-    codes = apply(z_fit, "encode")
-    return {"error": {"fit": round(mean_error(z_fit, apply(self.fit)), 4),
+    _, _, _, baseline = self._space(model, params)
+    apply = lambda x, method: model.apply({"params": params}, jnp.asarray(x), method=method)
+    fit_scores, codes = (np.asarray(a) for a in apply(self.fit, "score_and_code"))
+    held = float(np.mean(np.asarray(apply(self.heldout, "score"), np.float64)))
+    return {"error": {"fit": round(float(np.mean(fit_scores, dtype=np.float64)), 4),
                       "heldout": round(held, 4), "baseline": round(baseline, 4)},
             "explained_heldout": round(explained(held, baseline), 4),
             "code_units": int(codes.shape[1]),
@@ -110,10 +117,7 @@ class FitCheck:
   def pca(self, model, params, components: Sequence[int]) -> dict[str, float]:
     """``{str(k): explained_heldout}`` of PCAs with k components fitted on the fit
     frames in the AE's input space (cached per input space and k)."""
-    z_fit, z_held = self._space(model, params, self.fit), self._space(model, params, self.heldout)
-    key = tuple(np.asarray(params[n]).tobytes() for n in ("input_mean", "input_scale")
-                if n in params)  # the input space: raw, or these statistics
-    baseline = mean_error(z_held, z_fit.mean(axis=0)[None])
+    key, z_fit, z_held, baseline = self._space(model, params)
     out = {}
     for k in components:
       k = int(min(k, z_fit.shape[1], len(z_fit)))
