@@ -92,9 +92,10 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
         f"{path}: truncated WAV file (its header declares {declared} bytes of samples, "
         f"the file holds {present})")
   try:
-    soundfile.info(path)
+    rate = soundfile.info(path).samplerate
     sndfile_reason = None
   except Exception as error:  # pylint: disable=broad-except
+    rate = None
     # e.g. "Error opening 'x.wav': Format not recognised." -> the reason only.
     sndfile_reason = str(error).split("': ", 1)[-1] or type(error).__name__
   try:
@@ -117,6 +118,10 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     raise AudioError(f"{path}: audio file holds no samples")
   if not np.all(np.isfinite(wave)):
     raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples")
+  if rate is not None and rate < sr:
+    logging.warning("%s: recorded at %d Hz, below the %d Hz it is resampled to: it holds "
+                    "nothing above %g kHz, which a model of %d-Hz recordings may score as "
+                    "anomalous", path, rate, sr, rate / 2000, sr)
   peak = float(np.max(np.abs(wave)))
   if peak > LOUD_PEAK:
     logging.warning("%s: peak amplitude %.3g > %g (audio is expected in [-1, 1]); "

@@ -470,8 +470,15 @@ class Checkpointer:
 
 
 def _first_line(error: BaseException) -> str:
+  """The reason an Orbax/TensorStore error gives, without the store's spec (a
+  long JSON dump, or a bound-method repr, that TensorStore appends)."""
   text = str(error).strip()
-  return text.splitlines()[0][:500] if text else repr(error)
+  if not text:
+    return repr(error)
+  line = text.splitlines()[0]
+  for marker in (" [tensorstore_spec=", " [source locations=", "<bound method "):
+    line = line.split(marker, 1)[0]
+  return line.rstrip(" ,:([")[:500]
 
 
 def read_metadata(workdir: os.PathLike | str, *, step: int | None = None) -> dict[str, Any]:

@@ -42,6 +42,7 @@ import types
 import typing
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
 
+from absl import app
 from absl import flags
 import jax
 
@@ -499,6 +500,24 @@ def run_training(run: Callable[[Any], T], settings_class: type, *,
               train_lib.NonFiniteLossError, OSError),
       on_interrupt="the checkpoints saved so far are kept: run the same command again "
       "to resume")
+
+
+def _drop_closed_loop_noise(unraisable) -> None:
+  """``sys.unraisablehook`` of the entry points: after a failed checkpoint read,
+  TensorStore threads still call back into Orbax's event loop, closed by then, and
+  each call would print an "Event loop is closed" traceback after the run's
+  ``Error:`` line. Those are dropped; anything else goes to the default hook."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
+def run_app(main: Callable[[list[str]], Any]) -> None:
+  """``absl.app.run(main)`` for an entry point, without the noise of
+  ``_drop_closed_loop_noise``."""
+  sys.unraisablehook = _drop_closed_loop_noise
+  app.run(main)
 
 
 def usage_error(build: Callable[[], T]) -> T:

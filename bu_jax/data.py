@@ -46,6 +46,7 @@ logged warning; everything else that is wrong raises ``DataError`` (or
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -119,12 +120,18 @@ def _require_dir(path: str, what: str) -> str:
 
 
 def list_wavs(directory: str | os.PathLike) -> list[str]:
-  """Sorted paths of the ``*.wav`` files (any case) directly in ``directory``."""
+  """Sorted paths of the ``*.wav`` files (any case) directly in ``directory``;
+  a ``.wav`` entry that is not a file (a broken link, a folder) is skipped with
+  a warning naming it."""
   directory = _require_dir(os.fspath(directory), "audio")
-  names = sorted(
-      name for name in os.listdir(directory)
-      if name.lower().endswith(".wav") and os.path.isfile(os.path.join(directory, name))
-  )
+  names, others = [], []
+  for name in sorted(os.listdir(directory)):
+    if name.lower().endswith(".wav"):
+      (names if os.path.isfile(os.path.join(directory, name)) else others).append(name)
+  for name in others:
+    path = os.path.join(directory, name)
+    logging.warning("skipped %s: %s", path, "a broken link" if os.path.islink(path)
+                    else "not a regular file")
   return [os.path.join(directory, name) for name in names]
 
 
@@ -197,6 +204,38 @@ def _parse_dcase(name: str, layout: str) -> tuple[int, str] | None:
   return _LABELS[match["label"]], condition
 
 
+def require_sound(wave: np.ndarray, path: str) -> np.ndarray:
+  """``wave`` of the training clip ``path``, or a DataError naming it if every
+  sample is 0: a model of normal sound must not learn silence."""
+  if not np.any(wave):
+    raise DataError(f"{path}: silent training clip (every sample is 0); remove it, a model "
+                    "of normal sound must not learn silence")
+  return wave
+
+
+def clips_fingerprint(paths: Sequence[str]) -> str:
+  """The training clips a model was fitted on, in a few characters: their
+  count and a hash of their sorted file names (the held-out split depends on
+  both). Stored with a model so that a re-evaluation on a training folder that
+  has since changed is refused rather than calibrated on clips it trained on."""
+  names = "\n".join(sorted(os.path.basename(p) for p in paths))
+  return f"{len(paths)} clips, names sha1 {hashlib.sha1(names.encode()).hexdigest()[:12]}"
+
+
+def check_conditions(test: Sequence[TestClip]) -> None:
+  """Every test condition must hold normal and anomalous clips (its AUC needs
+  both); a DataError names the folder of the one that does not."""
+  for condition in sorted({c.condition for c in test}):
+    clips = [c for c in test if c.condition == condition]
+    labels = {c.label for c in clips}
+    if labels != {0, 1}:
+      missing = "normal" if 0 not in labels else "anomalous"
+      folders = sorted({os.path.dirname(c.path) for c in clips})
+      raise DataError(f"{', '.join(folders)}: test condition {condition!r} has no {missing} "
+                      f"clips ({len(clips)} {'anomalous' if 0 not in labels else 'normal'}); "
+                      "its AUC needs both")
+
+
 def _load_dcase(data_dir: str, layout: str, sr: int) -> Dataset:
   train_paths, train, skipped = [], [], []
   for path in list_wavs(_require_dir(os.path.join(data_dir, "train"), "training")):
@@ -205,7 +244,7 @@ def _load_dcase(data_dir: str, layout: str, sr: int) -> Dataset:
       skipped.append(path)
       continue
     train_paths.append(path)
-    train.append(audio.load_wav(path, sr=sr))
+    train.append(require_sound(audio.load_wav(path, sr=sr), path))
   if not train:
     raise DataError(f"{os.path.join(data_dir, 'train')}: no normal training clips ({layout} names)")
   test = []
@@ -628,9 +667,12 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
   header = next(csv.reader([lines[0]]))
   lowered = [h.strip().lower() for h in header]
   labels: dict[tuple[str, ...], bool] = {}
+  name_columns = ("file", "filename", "file_name", "name", "path", "wav")
+  if "rare" not in lowered and len(header) > 1 and any(c in lowered for c in name_columns):
+    raise DataError(f"--rare_clips={path}: the CSV has a file-name column but no 'rare' "
+                    f"column (0/1; its columns: {', '.join(h.strip() for h in header)})")
   if "rare" in lowered and len(header) > 1:
-    name_col = next((lowered.index(c) for c in ("file", "filename", "file_name", "name",
-                                                 "path", "wav") if c in lowered), None)
+    name_col = next((lowered.index(c) for c in name_columns if c in lowered), None)
     if name_col is None:
       raise DataError(f"--rare_clips={path}: the CSV has a 'rare' column but no file-name "
                       "column (file, filename, name, path or wav)")

@@ -278,7 +278,9 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
       logging.info("%s: the test folders %s are evaluated one by one", directory,
                    ", ".join(test_folders))
   if load_audio:
-    for clip in train + test:
+    for clip in train:
+      clip.wave = data_lib.require_sound(audio.load_wav(clip.path, sr=sr), clip.path)
+    for clip in test:
       clip.wave = audio.load_wav(clip.path, sr=sr)
   if skipped:
     logging.warning("%s: skipped %d file(s) with unusable names", directory, len(skipped))

@@ -200,7 +200,8 @@ def _check_model_dir(model_dir: str, metadata: artifact.ModelMetadata) -> None:
 
 
 def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
-                       tag: Optional[str] = None) -> artifact.ModelMetadata:
+                       tag: Optional[str] = None,
+                       train_clips: Optional[str] = None) -> artifact.ModelMetadata:
   """What a model's checkpoints record about how it is trained: ``config`` and
   the data settings (the data folder or the embedded set's seed and sizes, the
   model grouping, the file-name grammar and, for SNP and BU, the something-else
@@ -215,6 +216,8 @@ def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
       data["synthetic_kwargs"] = fileio.to_json(dict(settings.synthetic_kwargs), default=str)
   if config.loss != "re":  # RE trains without the something-else clips
     data["something_else_dir"] = path(settings.something_else_dir)
+  if train_clips is not None:  # the model's clips (data.clips_fingerprint), when known
+    data["train_clips"] = train_clips
   return artifact.ModelMetadata.for_training(config, data=data, tag=tag)
 
 
@@ -240,7 +243,7 @@ def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig
 
 def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, mesh,
                 model_dir: str, tag: str, input_stats=None,
-                validate=None) -> tuple[Any, int]:
+                validate=None, train_clips: Optional[str] = None) -> tuple[Any, int]:
   """Trains (or resumes, or finds finished) one model in ``model_dir``.
 
   ``input_stats`` (mean, std of its training features) initialize the
@@ -249,7 +252,7 @@ def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, me
   validation curve, ``<model_dir>/validation.jsonl``. Returns the final state
   and the number of steps trained now (``runner.train_or_resume``).
   """
-  metadata = _training_metadata(settings, config, tag=tag)
+  metadata = _training_metadata(settings, config, tag=tag, train_clips=train_clips)
   _check_model_dir(model_dir, metadata)
   return runner.train_or_resume(config, corpus, mesh=mesh, model_dir=model_dir,
                                 metadata=metadata, checkpoint_every=settings.checkpoint_every,
@@ -431,10 +434,21 @@ def _section_results(clips, scores, decisions, year: str) -> dict:
     if any(c.label is None for c in sel) or (year != "2020" and any(c.domain is None
                                                                    for c in sel)):
       continue
+    labels = {c.label for c in sel}
+    if labels != {0, 1}:  # AUC and pAUC undefined: say why once, not only "n/a"
+      missing = "normal" if 0 not in labels else "anomalous"
+      where = (", ".join(sorted({os.path.dirname(c.path) for c in sel})), section, missing)
+      if where not in _WARNED_ONE_LABEL:
+        _WARNED_ONE_LABEL.add(where)
+        logging.warning("%s: section %s has no %s test clips; its AUC and pAUC are n/a",
+                        *where)
     out[section] = dcase_metrics.section_metrics(
         [c.label for c in sel], scores[idx], decisions[idx], [c.domain for c in sel],
         year=year)
   return out
+
+
+_WARNED_ONE_LABEL: set = set()  # (folder, section, missing label) already warned about
 
 
 def _fmt(v) -> str:
@@ -588,6 +602,9 @@ def run(settings: Settings) -> dict:
       ev = dcase.load_machine_type(settings.eval_root, machine, year=settings.year,
                                    need_train=False)
       test_sets["eval"] = ev.test
+    for clips_ in test_sets.values():
+      features_lib.warn_short_clips([c.path for c in clips_], [c.wave for c in clips_],
+                                    preset.features)
     if settings.ground_truth_dir:
       for clips_ in test_sets.values():
         holder = dcase.MachineData(machine, root, [], clips_, [])
@@ -613,6 +630,7 @@ def run(settings: Settings) -> dict:
     scores = {l: {s: {} for s in test_sets} for l in methods}
     for group, (train_clips, section) in groups.items():
       held = None
+      fingerprint = data_lib.clips_fingerprint([c.path for c in train_clips])
       if settings.held_out():
         if len(train_clips) < 2:
           raise data_lib.DataError(
@@ -628,7 +646,8 @@ def run(settings: Settings) -> dict:
             pseudo_waves=heldout.make_pseudo([c.wave for c in held_clips], something_else,
                                              anrs_db=data_lib.PAPER_ANRS_DB, seed=settings.data_seed))
       segments = data_lib.training_corpus([c.wave for c in train_clips],
-                                          segment_seconds=cfg0.segment_seconds)
+                                          segment_seconds=cfg0.segment_seconds,
+                                          paths=[c.path for c in train_clips])
       corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)
       input_stats = None
       if cfg0.model_preset.standardize_input:  # the statistics of the clips trained on
@@ -657,7 +676,7 @@ def run(settings: Settings) -> dict:
             lambda p: heldout.validation_error(scorer, p, held.waves, names=held.names))
         state, trained = train_model(settings, configs[loss], corpus, mesh=mesh,
                                      model_dir=model_dir, tag=tag, input_stats=input_stats,
-                                     validate=validate)
+                                     validate=validate, train_clips=fingerprint)
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)

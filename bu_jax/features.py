@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import os
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +68,27 @@ class FeatureConfig:
     if stop <= start:
       return slice(0, total)
     return slice(start, min(stop, total))
+
+  def short_clip_note(self, num_samples: int) -> str | None:
+    """Why a clip of ``num_samples`` is scored from padded frames (too short for
+    one interior frame: ``interior`` falls back to all frames), or None."""
+    half = self.n_fft // 2
+    first_full = -(-half // self.hop_length)
+    shortest = half + self.hop_length * (first_full + 2 * self.context)  # one interior frame
+    if num_samples >= shortest:
+      return None
+    return (f"{num_samples / self.sample_rate:.3g} s long, shorter than the "
+            f"{shortest / self.sample_rate:.3g} s one frame needs with its context: scored from "
+            "zero-padded frames, which score high on any clip")
+
+
+def warn_short_clips(paths, waves, config: FeatureConfig) -> None:
+  """A warning naming each clip too short for one interior frame
+  (``FeatureConfig.short_clip_note``); such a clip is still scored."""
+  for path, wave in zip(paths, waves):
+    note = config.short_clip_note(len(wave))
+    if note:
+      logging.warning("%s: %s", path, note)
 
 
 FCN40 = FeatureConfig(n_mels=40, context=5)   # D = 440

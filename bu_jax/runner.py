@@ -60,6 +60,8 @@ class _Stopped(Exception):
 def _flag(key: str, flag_names: Collection[str]) -> str:
   """The flag of a stored setting (``train_config.seed`` -> ``--seed``)."""
   name = key.split(".", 1)[1] if "." in key else key
+  if name == "train_clips":  # data.clips_fingerprint: the folder's contents, not a flag
+    return "the training folder's clips"
   return f"--{name}" if name in flag_names else name
 
 

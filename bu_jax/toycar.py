@@ -145,6 +145,7 @@ class Settings(cli.ScoringSettings):
 class Data:
   dataset: data_lib.Dataset
   fit_waves: list
+  fit_paths: list
   heldout_waves: list
   heldout_paths: list
   something_else: list
@@ -193,6 +194,9 @@ def load_data(settings: Settings) -> Data:
   dataset = data_lib.load_dataset(
       data_dir, layout=settings.layout, noise_dir=noise_dir, anomaly_dir=anomaly_dir,
       snr_db=settings.snr_db, anrs_db=tuple(settings.anrs_db), seed=settings.data_seed)
+  data_lib.check_conditions(dataset.test)  # before training: each AUC needs both labels
+  features_lib.warn_short_clips([c.path for c in dataset.test], [c.wave for c in dataset.test],
+                                settings.model_preset().features)
   if rare_labels is not None:
     dataset = data_lib.mark_rare(dataset, rare_labels,
                                  source=f"--rare_clips={settings.rare_clips}")
@@ -227,6 +231,7 @@ def load_data(settings: Settings) -> Data:
   }
   logging.info("data: %s", description)
   return Data(dataset=dataset, fit_waves=[dataset.train[i] for i in fit],
+              fit_paths=[dataset.train_paths[i] for i in fit],
               heldout_waves=heldout_waves,
               heldout_paths=[dataset.train_paths[i] for i in held],
               something_else=something_else, description=description, pseudo_waves=pseudo)
@@ -237,13 +242,15 @@ Interrupted = runner.Interrupted
 SettingsMismatchError = runner.SettingsMismatchError
 
 
-def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
+def _training_metadata(settings: Settings, loss: str, *,
+                       train_clips: Optional[str] = None) -> artifact.ModelMetadata:
   """What the checkpoints of ``loss`` record about how the model is trained.
 
   ``train_config`` and ``data`` hold every setting that changes the trained
-  model; evaluation settings (``reduce``, ``rare_clips``, the threshold
-  quantile, the reference detector, the score normalization, the test
-  anomalies) are not among them.
+  model, and ``train_clips`` (``data.clips_fingerprint`` of the training
+  folder, when known) the clips; evaluation settings (``reduce``,
+  ``rare_clips``, the threshold quantile, the reference detector, the score
+  normalization, the test anomalies) are not among them.
   """
   path = lambda p: None if p is None else os.path.abspath(p)
   data = {"data_dir": path(settings.data_dir), "noise_dir": path(settings.noise_dir),
@@ -251,6 +258,8 @@ def _training_metadata(settings: Settings, loss: str) -> artifact.ModelMetadata:
           "snr_db": settings.snr_db, "heldout_fraction": settings.heldout_fraction}
   if loss != "re":  # RE trains without the something-else clips
     data["something_else_dir"] = path(settings.something_else_dir)
+  if train_clips is not None:
+    data["train_clips"] = train_clips
   return artifact.ModelMetadata.for_training(settings.train_config(loss), data=data)
 
 
@@ -259,7 +268,7 @@ EVALUATION_FLAGS = ("reduce", "rare_clips", "reference_components", "score_norma
                     "normalization_neighbors", "normalization_bank", "score_window")
 
 
-def check_resumable(settings: Settings, loss: str) -> None:
+def check_resumable(settings: Settings, loss: str, *, train_clips: Optional[str] = None) -> None:
   """Refuses to resume or re-evaluate a model trained with other settings.
 
   If ``<workdir>/<loss>`` holds a checkpoint, the training settings stored in
@@ -267,7 +276,10 @@ def check_resumable(settings: Settings, loss: str) -> None:
   seed, schedule, batch shape, sigma, band-width, lambda, eps, compute dtype
   and the training data. Settings that only change evaluation may differ.
   Checkpoints written before the data settings were stored are compared on
-  what they hold (``runner.check_resumable``).
+  what they hold (``runner.check_resumable``). With ``train_clips``
+  (``data.clips_fingerprint``) the training folder must also hold the clips it
+  held then: otherwise the held-out split would calibrate phi on clips the
+  model trained on.
 
   Raises:
     SettingsMismatchError: the differing settings, with both values and how
@@ -275,12 +287,14 @@ def check_resumable(settings: Settings, loss: str) -> None:
     checkpoint.CheckpointError: the checkpoint's metadata cannot be read.
   """
   runner.check_resumable(os.path.join(settings.workdir, loss),
-                         _training_metadata(settings, loss), flag_names=_FLAG_NAMES,
+                         _training_metadata(settings, loss, train_clips=train_clips),
+                         flag_names=_FLAG_NAMES,
                          evaluation_flags=EVALUATION_FLAGS)
 
 
 def train_one(settings: Settings, loss: str, corpus, *, mesh, input_stats=None,
-              validate=None) -> tuple[Any, train_lib.TrainConfig, int]:
+              validate=None, train_clips: Optional[str] = None
+              ) -> tuple[Any, train_lib.TrainConfig, int]:
   """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>.
 
   ``input_stats`` (mean, std of the training features) initialize the
@@ -289,13 +303,14 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh, input_stats=None,
   frame score, ``heldout.validation_error``) is recorded along the way
   (``<workdir>/<loss>/validation.jsonl``). Returns the final state, its config
   and the number of steps trained now (``runner.train_or_resume``).
+  ``train_clips`` (``data.clips_fingerprint``) is stored and checked on a resume.
   """
   config = settings.train_config(loss)
-  check_resumable(settings, loss)
+  check_resumable(settings, loss, train_clips=train_clips)
   init = runner.initial_state(config, mesh=mesh, input_stats=input_stats)
   state, trained = runner.train_or_resume(
       config, corpus, mesh=mesh, model_dir=os.path.join(settings.workdir, loss),
-      metadata=_training_metadata(settings, loss), init_state=init,
+      metadata=_training_metadata(settings, loss, train_clips=train_clips), init_state=init,
       checkpoint_every=settings.checkpoint_every, tag=loss, validate=validate,
       progress=settings.progress)
   return state, config, trained
@@ -549,7 +564,8 @@ def run(settings: Settings) -> dict:
   info = parallel.log_devices(mesh)
   data = load_data(settings)
   cfg0 = settings.train_config(settings.losses[0])
-  segments = data_lib.training_corpus(data.fit_waves, segment_seconds=cfg0.segment_seconds)
+  segments = data_lib.training_corpus(data.fit_waves, segment_seconds=cfg0.segment_seconds,
+                                      paths=data.fit_paths)
   if data.something_else:
     clips, lengths = data_lib.pad_clips(data.something_else)
   else:
@@ -577,8 +593,9 @@ def run(settings: Settings) -> dict:
   fits = None  # the frames of fit_check, taken once for every loss
   for loss in settings.losses:
     t0 = time.perf_counter()
-    state, config, trained_steps = train_one(settings, loss, corpus, mesh=mesh,
-                                             input_stats=input_stats, validate=validate)
+    state, config, trained_steps = train_one(
+        settings, loss, corpus, mesh=mesh, input_stats=input_stats, validate=validate,
+        train_clips=data_lib.clips_fingerprint(data.dataset.train_paths))
     t_train = time.perf_counter() - t0
     res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer)
     fits = fits or fit_check.FitCheck(data.fit_waves, data.heldout_waves,

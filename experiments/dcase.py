@@ -10,7 +10,6 @@ workdir resumes every machine type from its checkpoints. See
 bu_jax/dcase_run.py for what is written to --workdir.
 """
 
-from absl import app
 
 from bu_jax import cli
 from bu_jax import dcase_run
@@ -26,4 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_app(main)

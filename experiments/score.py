@@ -12,7 +12,6 @@ it. Exits with status 1 if some recording could not be scored.
 
 import sys
 
-from absl import app
 
 from bu_jax import checkpoint
 from bu_jax import cli
@@ -37,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_app(main)

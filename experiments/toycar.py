@@ -8,7 +8,6 @@ cache directory that is printed) and used. Re-running on a workdir resumes
 from its checkpoints. See bu_jax/toycar.py for what is written to --workdir.
 """
 
-from absl import app
 from absl import flags
 import jax
 
@@ -30,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_app(main)

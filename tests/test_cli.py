@@ -131,3 +131,25 @@ def test_workdir_that_is_a_url_or_a_file_is_refused(tmp_path, monkeypatch):
     cli.make_workdir(str(tmp_path / "f"))
   cli.make_workdir(str(tmp_path / "new" / "run"))
   assert (tmp_path / "new" / "run").is_dir()
+
+
+def test_entry_points_drop_only_the_closed_event_loop_noise(capsys, monkeypatch):
+  """After a failed checkpoint read TensorStore threads report "Event loop is closed"
+  through sys.unraisablehook; the entry points' hook drops exactly those."""
+  import gc  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(sys, "unraisablehook", cli._drop_closed_loop_noise)  # pylint: disable=protected-access
+
+  class Raises:
+    def __init__(self, message):
+      self.message = message
+
+    def __del__(self):
+      raise RuntimeError(self.message)
+
+  Raises("Event loop is closed")
+  gc.collect()
+  assert capsys.readouterr().err == ""
+  Raises("something else")
+  gc.collect()
+  assert "RuntimeError: something else" in capsys.readouterr().err

@@ -42,12 +42,17 @@ def _ratio_db(other, base):
 
 
 @pytest.mark.parametrize("source_sr", [8000, 22050])
-def test_load_wav_resamples_to_16k(tmp_path, source_sr):
+def test_load_wav_resamples_to_16k(tmp_path, source_sr, caplog):
   path = _write(tmp_path / "a.wav", _tone(0.5, sr=source_sr), sr=source_sr)
   wave = audio.load_wav(path)
   assert wave.dtype == np.float32 and wave.ndim == 1
   assert abs(wave.size - 8000) <= 1
   assert 0.25 < np.max(np.abs(wave[100:-100])) < 0.35  # amplitude kept
+  # A recording below the features' rate has an empty upper band: named in a warning.
+  warned = [r.getMessage() for r in caplog.records if "below the 16000 Hz" in r.getMessage()]
+  assert warned == ([f"{path}: recorded at 8000 Hz, below the 16000 Hz it is resampled to: it "
+                     "holds nothing above 4 kHz, which a model of 16000-Hz recordings may score "
+                     "as anomalous"] if source_sr < 16000 else [])
 
 
 def test_load_wav_averages_stereo(tmp_path):
@@ -464,6 +469,32 @@ def test_silent_training_clip_is_named(tmp_path):
     data.load_dataset(root)
 
 
+def test_silent_training_clip_of_a_dcase_layout_is_named(tmp_path):
+  _write(tmp_path / "train" / "normal_id_00_00000000.wav")
+  silent = _write(tmp_path / "train" / "normal_id_00_00000001.wav", np.zeros(8000, np.float32))
+  _write(tmp_path / "test" / "normal_id_00_00000000.wav")
+  _write(tmp_path / "test" / "anomaly_id_00_00000000.wav")
+  with pytest.raises(data.DataError, match=f"{silent}: silent training clip"):
+    data.load_dataset(tmp_path)
+  # A silent *test* clip is scored (it is what it is), not refused.
+  os.remove(silent)
+  _write(tmp_path / "test" / "normal_id_00_00000009.wav", np.zeros(8000, np.float32))
+  assert len(data.load_dataset(tmp_path).test) == 3
+
+
+@pytest.mark.parametrize("missing, present", [(0, 1), (1, 0)])
+def test_check_conditions_names_the_folder_without_one_label(tmp_path, missing, present):
+  clips = [data.TestClip(path=str(tmp_path / "test_b" / f"c{i}.wav"), wave=np.ones(4), label=present,
+                         condition="test_b_id_00") for i in range(3)]
+  clips += [data.TestClip(path=str(tmp_path / "test_a" / f"c{i}.wav"), wave=np.ones(4), label=i % 2,
+                          condition="test_a_id_00") for i in range(2)]
+  name = "normal" if missing == 0 else "anomalous"
+  with pytest.raises(data.DataError,
+                     match=f"{tmp_path / 'test_b'}: test condition 'test_b_id_00' has no {name} clips"):
+    data.check_conditions(clips)
+  data.check_conditions(clips[3:])  # both labels: no error
+
+
 @pytest.mark.parametrize("snr_db", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_snr_names_the_flag(tmp_path, snr_db):
   root = _mixing_tree(tmp_path)
@@ -515,3 +546,14 @@ def test_training_corpus_names_the_short_clips(caplog):
   assert "clip #1" in caplog.text and "clip #2" in caplog.text
   with pytest.raises(ValueError, match="paths"):
     data.training_corpus(waves, segment_seconds=3.0, sr=1000, paths=paths[:2])
+
+
+def test_list_wavs_names_what_it_skips(tmp_path, caplog):
+  good = _write(tmp_path / "b.WAV")
+  os.symlink(tmp_path / "gone.wav", tmp_path / "a.wav")  # a broken link
+  (tmp_path / "c.wav").mkdir()
+  (tmp_path / "notes.txt").write_text("x")
+  assert data.list_wavs(tmp_path) == [good]
+  warned = sorted(r.getMessage() for r in caplog.records)
+  assert warned == [f"skipped {tmp_path / 'a.wav'}: a broken link",
+                    f"skipped {tmp_path / 'c.wav'}: not a regular file"]

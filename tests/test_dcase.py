@@ -9,6 +9,7 @@ import scipy.stats
 from sklearn import metrics as sk_metrics
 import soundfile
 
+from bu_jax import data as data_lib
 from bu_jax import dcase, dcase_metrics, dcase_run
 
 
@@ -95,6 +96,15 @@ def test_loader_reads_each_year(tmp_path, year, train, test):
   assert {c.label for c in md.test} == {0, 1} or year == "2020"
   assert dcase.detect_year([c.meta for c in md.train]) == dcase.metric_year(year)
   assert dcase.discover_machine_types(str(tmp_path)) == ["fan"]
+
+
+def test_silent_training_clip_is_named(tmp_path):
+  _write_tree(tmp_path, "fan", {"train": ["normal_id_00_00000000.wav"],
+                                "test": ["normal_id_00_00000000.wav", "anomaly_id_00_00000000.wav"]})
+  silent = os.path.join(tmp_path, "fan", "train", "normal_id_00_00000001.wav")
+  soundfile.write(silent, np.zeros(3200, np.float32), 16000, subtype="PCM_16")
+  with pytest.raises(data_lib.DataError, match=f"{silent}: silent training clip"):
+    dcase.load_machine_type(str(tmp_path), "fan")
 
 
 def test_malformed_name_is_reported_with_the_file_and_skipped(tmp_path, caplog):

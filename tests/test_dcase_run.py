@@ -199,6 +199,17 @@ def test_resume_with_other_training_settings_is_refused(finished_dcase, override
   assert open(results).read() == before  # nothing rewritten
 
 
+def test_each_model_records_its_training_clips(finished_dcase):
+  """The clips a model trained on (``data.clips_fingerprint``) are stored with it, so
+  that a re-evaluation after the training folder changed is refused (``runner``)."""
+  from bu_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  results = json.load(open(os.path.join(finished_dcase.workdir, "results.json")))
+  count = results["data"]["machine_types"]["SynthFan"]["train_clips"]
+  stored = checkpoint.read_metadata(
+      os.path.join(finished_dcase.workdir, "re", "models", "SynthFan"))["data"]["train_clips"]
+  assert re.fullmatch(rf"{count} clips, names sha1 [0-9a-f]{{12}}", stored)
+
+
 def test_entry_point_refuses_other_settings_in_one_line(finished_dcase):
   cmd = [sys.executable, "-m", "experiments.dcase", "--loss=re", "--preset=demo",
          f"--workdir={finished_dcase.workdir}", "--epochs=1", "--steps_per_epoch=2",
@@ -459,3 +470,17 @@ def test_standardized_input_uses_the_clips_trained_on(tmp_path):
   everything, _ = features.statistics([c.wave for c in md.train],
                                       config=detector.feature_config)
   assert not np.allclose(everything, mean, rtol=1e-5, atol=1e-5)
+
+
+def test_a_section_without_normal_clips_is_explained_once(tmp_path, caplog):
+  """Its AUC is n/a; a warning names the folder, the section and the missing label."""
+  names = ["anomaly_id_00_00000000.wav", "anomaly_id_00_00000001.wav"]
+  clips = [dcase.Clip(path=str(tmp_path / "test_b" / n), meta=dcase.parse_name(n, year="2020"),
+                      label=1, domain=None) for n in names]
+  for _ in range(2):  # once per loss in a run: one warning
+    out = dcase_run._section_results(clips, np.array([1.0, 2.0]), np.array([1, 1]),  # pylint: disable=protected-access
+                                     "2020")
+  assert not np.isfinite(out["00"]["AUC"])
+  warned = [r.getMessage() for r in caplog.records if "has no normal test clips" in r.getMessage()]
+  assert warned == [f"{tmp_path / 'test_b'}: section 00 has no normal test clips; "
+                    "its AUC and pAUC are n/a"]

@@ -160,3 +160,16 @@ def test_blocked_log_mel_any_number_of_chains(monkeypatch, streams):
   blocked = features.log_mel(waves, config=cfg, frames_per_block=4)
   one_pass = features.log_mel(waves, config=cfg, frames_per_block=None)
   np.testing.assert_allclose(blocked, one_pass, rtol=1e-5, atol=1e-5)
+
+
+def test_short_clip_note_names_clips_without_an_interior_frame(caplog):
+  """A clip too short for one frame with its whole context is scored from padded
+  frames (``interior`` falls back to all of them): warned, with its length."""
+  for config in (features.FCN40, features.FCN64):
+    shortest = min(n for n in range(1, 20000)
+                   if config.interior(n) != slice(0, config.num_frames(n)))
+    assert config.short_clip_note(shortest) is None
+    assert "one frame needs with its context" in config.short_clip_note(shortest - 1)
+  features.warn_short_clips(["a.wav", "b.wav"], [np.zeros(800), np.zeros(16000)], features.FCN40)
+  warned = [r.getMessage() for r in caplog.records]
+  assert len(warned) == 1 and warned[0].startswith("a.wav: 0.05 s long, shorter than the ")

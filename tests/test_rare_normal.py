@@ -92,6 +92,10 @@ def test_rare_clips_plain_list_and_bad_files(tmp_path):
   nocol.write_text("clip,rare\nx.wav,1\n")
   with pytest.raises(data.DataError, match="file-name column"):
     data.read_rare_clips(str(nocol))
+  norare = tmp_path / "norare.csv"
+  norare.write_text("file,label\nx.wav,0\n")
+  with pytest.raises(data.DataError, match=r"no 'rare' column \(0/1; its columns: file, label\)"):
+    data.read_rare_clips(str(norare))
   other = tmp_path / "other.txt"
   other.write_text("somewhere_else.wav\n")
   with pytest.raises(data.DataError, match="names a test clip"):

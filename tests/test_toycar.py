@@ -102,6 +102,25 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
     toycar.load_data(_settings(tmp_path, str(tmp_path / "nope")))
 
 
+def test_test_folder_without_normal_clips_stops_before_training(tmp_path, tiny_data):
+  import soundfile  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  root = tmp_path / "engine"
+  files = {"train": ["normal_id_00_00000000", "normal_id_00_00000001", "normal_id_00_00000002"],
+           "test_a": ["normal_id_00_00000000", "anomaly_id_00_00000000"],
+           "test_b": ["anomaly_id_00_00000000", "anomaly_id_00_00000001"]}
+  for folder, names in files.items():
+    (root / folder).mkdir(parents=True)
+    for name in names:
+      soundfile.write(str(root / folder / f"{name}.wav"),
+                      (0.1 * rng.standard_normal(16000 * 4)).astype(np.float32), 16000)
+  settings = _settings(tmp_path / "w", str(root),
+                       something_else_dir=os.path.join(tiny_data, "something_else"))
+  with pytest.raises(data.DataError,
+                     match=f"{root / 'test_b'}: test condition 'test_b_id_00' has no normal clips"):
+    toycar.load_data(settings)
+
+
 def test_something_else_required_with_real_data(tmp_path, tiny_data):
   with pytest.raises(data.DataError, match="--something_else_dir is required"):
     toycar.load_data(_settings(tmp_path, tiny_data, something_else_dir=None))

@@ -181,6 +181,31 @@ def test_resume_with_other_training_settings_is_refused(finished_run, tiny_data,
   assert (workdir / "results.json").read_text() == before  # nothing rewritten
 
 
+def test_a_changed_training_folder_is_refused(finished_run, tiny_data, tmp_path):
+  """The run stores which clips the training folder held (``data.clips_fingerprint``);
+  re-evaluating after clips were added would calibrate phi on a held-out split that
+  includes clips the model trained on, so it is refused with both counts."""
+  from bu_jax import checkpoint, data  # pylint: disable=g-import-not-at-top
+  settings = _settings(finished_run, tiny_data, mixtures_per_step=1)  # as run() resolves it
+  paths = toycar.load_data(settings).dataset.train_paths
+  stored = checkpoint.read_metadata(str(finished_run / "re"))["data"]["train_clips"]
+  assert stored == data.clips_fingerprint(paths) and stored.startswith(f"{len(paths)} clips")
+  toycar.check_resumable(settings, "re", train_clips=stored)  # unchanged: accepted
+  grown = data.clips_fingerprint(list(paths) + ["/elsewhere/normal_id_00_99999999.wav"])
+  with pytest.raises(toycar.SettingsMismatchError,
+                     match=rf"the training folder's clips: '{stored}' in the checkpoint, "
+                           rf"'{len(paths) + 1} clips, names sha1 [0-9a-f]{{12}}' now"):
+    toycar.check_resumable(settings, "re", train_clips=grown)
+
+
+def test_clips_fingerprint_depends_on_the_names_only():
+  from bu_jax import data  # pylint: disable=g-import-not-at-top
+  a = data.clips_fingerprint(["/x/train/a.wav", "/x/train/b.wav"])
+  assert a == data.clips_fingerprint(["/y/b.wav", "/y/a.wav"])  # folder and order do not count
+  assert a != data.clips_fingerprint(["/x/train/a.wav", "/x/train/c.wav"])  # a renamed clip
+  assert a.startswith("2 clips, names sha1 ")
+
+
 def test_model_of_another_loss_is_refused(finished_run, tiny_data, tmp_path):
   """A model trained with RE, placed where the BU model belongs."""
   workdir = _copy(finished_run, tmp_path)
