@@ -298,7 +298,9 @@ def fit_threshold(normal_clip_scores: Any, *, quantile: float = 0.9) -> float:
   if not 0.0 < quantile < 1.0:
     raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
   empirical = float(np.quantile(scores, quantile))
-  if scores.size < 3 or np.ptp(scores) == 0.0:
+  # Degenerate: too few, or equal up to rounding (a gamma fit to a spread of one
+  # ulp puts phi anywhere).
+  if scores.size < 3 or np.ptp(scores) <= 1e-9 * max(float(np.max(np.abs(scores))), 1e-300):
     logging.warning(
         "fit_threshold: %d normal clip score(s) with range %g are degenerate"
         " for a gamma fit; using the empirical %g-quantile %g.",

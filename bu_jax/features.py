@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 SAMPLE_RATE = 16000
+MAX_AMPLITUDE = 1e15  # |X|^2 of a 512-point frame stays finite in float32 below this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,17 @@ class FeatureConfig:
   n_fft: int = 512
   hop_length: int = 256
   floor: float = 1e-5  # added to the mel amplitude before ln (silence -> ln(floor))
+
+  def __post_init__(self):
+    for name in ("n_mels", "sample_rate", "n_fft", "hop_length"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"FeatureConfig.{name} must be a positive integer, got {value!r}")
+    if isinstance(self.context, bool) or not isinstance(self.context, (int, np.integer)) \
+        or self.context < 0:
+      raise ValueError(f"FeatureConfig.context must be an integer >= 0, got {self.context!r}")
+    if not (np.isfinite(self.floor) and self.floor > 0):  # ln(0 + floor) must be finite
+      raise ValueError(f"FeatureConfig.floor must be finite and > 0, got {self.floor!r}")
 
   @property
   def dim(self) -> int:
@@ -279,10 +291,19 @@ def features(wave: jax.Array, *, config: FeatureConfig) -> jax.Array:
 def check_waveform(wave, *, name: str = "waveform") -> np.ndarray:
   """Host-side check at the API boundary: a finite, non-empty float array.
 
-  Raises FeatureInputError naming ``name`` (e.g. the file path) for empty input
-  or NaN/Inf samples. Silence is fine (its features are ln(floor)).
+  Raises FeatureInputError naming ``name`` (e.g. the file path) for empty input,
+  a scalar, integer / boolean / complex samples (PCM integers must be scaled to
+  [-1, 1] first, e.g. ``x / 32768`` for int16: unscaled they would shift every
+  feature by ln 32768), NaN/Inf samples, or amplitudes beyond 1e15, whose
+  spectra overflow float32. Silence is fine (its features are ln(floor)).
   """
-  arr = np.asarray(wave, dtype=np.float32)
+  raw = np.asarray(wave)
+  if raw.dtype.kind in "biuc":
+    raise FeatureInputError(f"{name}: waveform of {raw.dtype} samples; pass floats in [-1, 1] "
+                            "(e.g. int16 PCM / 32768)")
+  if raw.ndim == 0:
+    raise FeatureInputError(f"{name}: a waveform is an array of samples, got a scalar")
+  arr = raw.astype(np.float32)
   if arr.size == 0 or arr.shape[-1] == 0:
     raise FeatureInputError(f"{name}: empty waveform (0 samples)")
   bad = ~np.isfinite(arr)
@@ -291,6 +312,10 @@ def check_waveform(wave, *, name: str = "waveform") -> np.ndarray:
     raise FeatureInputError(
         f"{name}: waveform has {int(bad.sum())} non-finite samples "
         f"(NaN/Inf), first at index {first}")
+  peak = float(np.max(np.abs(arr)))
+  if peak > MAX_AMPLITUDE:
+    raise FeatureInputError(f"{name}: peak amplitude {peak:.3g} > {MAX_AMPLITUDE:g}; audio is "
+                            "expected in [-1, 1] (its spectra would overflow float32)")
   return arr
 
 

@@ -35,18 +35,25 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) -> None:
-  """Raises ValueError naming ``name`` unless ``value`` is finite and > 0 (>= 0).
+  """Raises ValueError naming ``name`` unless ``value`` is finite and > 0 (>= 0)
+  in float32, the precision it is used in (1e39 overflows, 1e-50 is 0 there).
 
   Only Python / NumPy numbers are checked; arrays and traced values pass
-  through unchanged (they cannot be inspected under ``jax.jit``).
+  through unchanged (they cannot be inspected under ``jax.jit``). A bool is
+  refused (``sigma=True`` is a slip, not 1).
   """
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+  if isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be a number, got {value!r}")
+  if not isinstance(value, numbers.Real):
     return
   value = float(value)
-  ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+  fits = math.isfinite(value) and abs(value) <= float(np.finfo(np.float32).max)
+  single = float(np.float32(value)) if fits else math.inf
+  ok = math.isfinite(single) and (single >= 0 if allow_zero else single > 0)
+  ok = ok and (value == 0 or single != 0)  # a positive value that float32 rounds to 0
   if not ok:
     bound = ">= 0" if allow_zero else "> 0"
-    raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    raise ValueError(f"{name} must be finite and {bound} in float32, got {value!r}")
 
 
 def _all_gather(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
@@ -62,10 +69,23 @@ def _local_index(m_local: int, axis_name: Optional[str]) -> jax.Array:
   return jax.lax.axis_index(axis_name) * m_local + jnp.arange(m_local)
 
 
-def _as_mask(mask: Optional[jax.Array], m: int) -> jax.Array:
+def _as_mask(mask: Optional[jax.Array], m: int, name: str = "mask") -> jax.Array:
   if mask is None:
     return jnp.ones((m,), jnp.bool_)
+  mask = jnp.asarray(mask)
+  if mask.shape != (m,):
+    raise ValueError(f"{name} must have shape ({m},), one entry per row, got {mask.shape}")
   return mask.astype(jnp.bool_)
+
+
+def _rows(x: jax.Array, name: str = "x") -> jax.Array:
+  """``x`` as (M, D) float32 rows, or a ValueError naming it (a 1-D array would be
+  M points of one dimension, or one point: say which by reshaping)."""
+  x = jnp.asarray(x, jnp.float32)
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be (M, D) feature rows, got shape {x.shape} "
+                     "(one frame per row; reshape a single dimension to (M, 1))")
+  return x
 
 
 def pairwise_sq_distances(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -111,7 +131,7 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
     (M, D) float32 array; masked-out rows are 0. An empty batch (M = 0) is
     returned as is.
   """
-  x = jnp.asarray(x, jnp.float32)
+  x = _rows(x)
   if x.shape[0] == 0:
     return x
   valid = _as_mask(mask, x.shape[0])
@@ -121,7 +141,8 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
   d = jnp.where(w > 0, x - ref, 0.0)
   mean = jnp.sum(d, axis=0) / n
   centered = jnp.where(w > 0, d - mean, 0.0)
-  std = jnp.sqrt(jnp.sum(centered * centered, axis=0) / n)
+  var = jnp.sum(centered * centered, axis=0) / n
+  std = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)  # finite gradient at 0
   magnitude = jnp.max(jnp.where(w > 0, jnp.abs(x), 0.0), axis=0)
   keep = std > rel_tol * magnitude + 1e-30
   inv = jnp.where(keep, 1.0 / jnp.where(keep, std, 1.0), 0.0)
@@ -152,14 +173,21 @@ def _global_rows(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[st
     ``(z, valid, groups, valid_local)``: (N, D) float32 rows, (N,) booleans,
     (N,) group ids or None, and this device's (M_local,) mask.
   """
+  x = _rows(x)
   valid_local = _as_mask(mask, x.shape[0])
-  z = _all_gather(jnp.asarray(x, jnp.float32), axis_name)
+  z = _all_gather(x, axis_name)
   valid = _all_gather(valid_local, axis_name)
   if groups is not None:
+    if jnp.shape(groups) != (x.shape[0],):
+      raise ValueError(f"groups must have shape ({x.shape[0]},), one id per row, got "
+                       f"{jnp.shape(groups)}")
     groups = _all_gather(jnp.asarray(groups), axis_name)
   if memory is not None:
-    z = jnp.concatenate([z, jnp.asarray(memory, jnp.float32)])
-    valid = jnp.concatenate([valid, _as_mask(memory_mask, memory.shape[0])])
+    memory = _rows(memory, "memory")
+    if memory.shape[1] != x.shape[1]:
+      raise ValueError(f"memory rows have {memory.shape[1]} dimensions, x rows {x.shape[1]}")
+    z = jnp.concatenate([z, memory])
+    valid = jnp.concatenate([valid, _as_mask(memory_mask, memory.shape[0], "memory_mask")])
     if groups is not None:  # one id no batch row has
       own = jnp.max(groups, initial=0) + 1
       groups = jnp.concatenate([groups, jnp.full((memory.shape[0],), own, groups.dtype)])
@@ -350,6 +378,8 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
       factor is not positive and finite.
   """
   _check_hyperparameter("base_sigma", base_sigma)
+  if isinstance(probe_rows, bool) or not isinstance(probe_rows, numbers.Integral) or probe_rows < 1:
+    raise ValueError(f"probe_rows must be a positive integer, got {probe_rows!r}")
   if not factors or any(not (math.isfinite(f) and f > 0) for f in factors):
     raise ValueError(f"factors must be positive finite numbers, got {factors}")
   z, valid, groups, _ = _global_rows(x, mask, axis_name,

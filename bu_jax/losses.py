@@ -34,9 +34,20 @@ import jax.numpy as jnp
 from bu_jax import kde
 
 
+def _vector(values: jax.Array, name: str, length: Optional[int] = None) -> jax.Array:
+  """``values`` as an (M,) float32 vector, or a ValueError naming it."""
+  values = jnp.asarray(values)
+  if values.ndim != 1 or (length is not None and values.shape[0] != length):
+    want = "(M,)" if length is None else f"({length},)"
+    raise ValueError(f"{name} must have shape {want}, one value per frame, got {values.shape}")
+  return values
+
+
 def _masked_sum_count(values: jax.Array, mask: Optional[jax.Array],
                       axis_name: Optional[str]) -> tuple[jax.Array, jax.Array]:
-  values = values.astype(jnp.float32)
+  values = _vector(values, "scores").astype(jnp.float32)
+  if mask is not None:
+    mask = _vector(mask, "mask", values.shape[0])
   if mask is None:
     total, count = jnp.sum(values), jnp.asarray(values.size, jnp.float32)
   else:
@@ -149,14 +160,15 @@ def weighted_mean(scores: jax.Array, weights: jax.Array, *,
   Returns:
     float32 scalar; 0 when no valid entry has a positive weight.
   """
-  w = weights.astype(jnp.float32)
+  scores = _vector(scores, "scores")
+  w = _vector(weights, "weights", scores.shape[0]).astype(jnp.float32)
   if mask is not None:
-    w = jnp.where(mask, w, 0.0)
+    w = jnp.where(_vector(mask, "mask", scores.shape[0]), w, 0.0)
   scores = jnp.where(w > 0, scores.astype(jnp.float32), 0.0)
   num, den = jnp.sum(w * scores), jnp.sum(w)
   if axis_name is not None:
     num, den = jax.lax.psum(num, axis_name), jax.lax.psum(den, axis_name)
-  return num / jnp.maximum(den, 1e-30)
+  return num / jnp.where(den > 0, den, 1.0)  # any positive scale of the weights alike
 
 
 def bu_loss(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.Array,
@@ -227,6 +239,10 @@ def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.A
   """
   kde._check_hyperparameter("lam", lam)
   kde._check_hyperparameter("eps", eps, allow_zero=True)
+  scores_u = _vector(scores_u, "scores_u")
+  if jnp.ndim(features_u) != 2 or jnp.shape(features_u)[0] != scores_u.shape[0]:
+    raise ValueError(f"features_u must be ({scores_u.shape[0]}, D), one row per score of "
+                     f"scores_u, got {jnp.shape(features_u)}")
   if sigma is None:
     sigma = 1.0 / (2.0 * max(features_u.shape[-1], 1))
   kde._check_hyperparameter("sigma", sigma)

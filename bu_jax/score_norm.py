@@ -84,6 +84,9 @@ def _check_bank(codes: np.ndarray, scores: np.ndarray, neighbors: int, *,
     raise ValueError(f"{name}: {codes.shape[0]} training frame(s); need at least 2")
   if isinstance(neighbors, bool) or not isinstance(neighbors, (int, np.integer)):
     raise ValueError(f"{name}: neighbors must be an integer, got {neighbors!r}")
+  if kind == KIND_Z and codes.shape[0] < 3:  # sigma_ref: a spread over >= 2 *other* frames
+    raise ValueError(f"{name}: {codes.shape[0]} training frames; kind {kind!r} needs at "
+                     "least 3")
   lowest = 2 if kind == KIND_Z else 1  # a spread needs two neighbours
   if not lowest <= neighbors <= codes.shape[0]:
     raise ValueError(f"{name}: neighbors must lie in [{lowest}, {codes.shape[0]}] (the frames "

@@ -410,3 +410,11 @@ def test_heldout_spread_is_max_over_median_and_label_free():
   assert np.isnan(evaluate.heldout_spread([0.0, 0.0, 1.0]))  # median 0: undefined, not inf
   with pytest.raises(ValueError, match="normal_clip_scores"):
     evaluate.heldout_spread([1.0, np.nan])
+
+
+def test_fit_threshold_treats_scores_equal_up_to_rounding_as_degenerate(caplog):
+  """A gamma fit to a spread of one ulp would put phi anywhere (2.14 for scores of 1)."""
+  for value in (1.0, 100.0):
+    scores = np.r_[np.full(9, value), np.nextafter(value, 2 * value)]
+    assert evaluate.fit_threshold(scores) == pytest.approx(value)
+  assert "degenerate" in caplog.text

@@ -173,3 +173,30 @@ def test_short_clip_note_names_clips_without_an_interior_frame(caplog):
   features.warn_short_clips(["a.wav", "b.wav"], [np.zeros(800), np.zeros(16000)], features.FCN40)
   warned = [r.getMessage() for r in caplog.records]
   assert len(warned) == 1 and warned[0].startswith("a.wav: 0.05 s long, shorter than the ")
+
+
+@pytest.mark.parametrize("wave, message", [
+    (np.zeros(16000, np.int16), "int16 samples; pass floats in"),
+    (np.zeros(16000, bool), "bool samples"),
+    (np.zeros(16000, np.complex64), "complex64 samples"),
+    (np.float32(0.3), "got a scalar"),
+    (np.full(16000, 1e16, np.float32), r"peak amplitude 1e\+16 > 1e\+15"),
+])
+def test_extract_refuses_unscaled_or_overflowing_input_naming_it(wave, message):
+  with pytest.raises(features.FeatureInputError, match=f"clip.wav: .*{message}"):
+    features.extract(wave, config=features.FCN40, name="clip.wav")
+
+
+def test_extract_stays_finite_up_to_the_amplitude_limit():
+  loud = np.sign(np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+  for config in (features.FCN40, features.FCN64):
+    assert np.isfinite(np.asarray(features.extract(loud * features.MAX_AMPLITUDE,
+                                                   config=config))).all()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("floor", 0.0), ("floor", -1.0), ("floor", float("nan")), ("hop_length", 0),
+    ("n_fft", -512), ("n_mels", 2.5), ("context", -1), ("sample_rate", True)])
+def test_feature_config_refuses_values_that_break_the_features(field, value):
+  with pytest.raises(ValueError, match=f"FeatureConfig.{field} must be"):
+    features.FeatureConfig(**{"n_mels": 40, "context": 5, field: value})

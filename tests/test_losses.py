@@ -415,13 +415,16 @@ def test_empty_normal_batch_gives_minus_la_for_every_loss(empty, jit):
 
 _BAD = [("lam", 0.0), ("lam", -5), ("lam", float("nan")), ("lam", float("inf")),
         ("sigma", 0.0), ("sigma", -1.0), ("sigma", float("nan")), ("sigma", float("inf")),
-        ("eps", -1e-6), ("eps", float("nan")), ("eps", float("inf"))]
+        ("eps", -1e-6), ("eps", float("nan")), ("eps", float("inf")),
+        # beyond float32, the precision they are used in; and bools (a slip, not 1)
+        ("sigma", 1e39), ("lam", 1e39), ("eps", 1e39), ("lam", 1e-50), ("sigma", True),
+        ("lam", False)]
 
 
 @pytest.mark.parametrize("arg,value", _BAD)
 def test_hyperparameters_out_of_range_raise_value_error_naming_them(arg, value):
-  su, sa, xu, _ = _batch()
-  su, sa = su[:, 0] ** 2, sa[:, 0] ** 2
+  xu, xa, _, _ = _batch()
+  su, sa = xu[:, 0] ** 2, xa[:, 0] ** 2  # the frames' scores; xu their features
   kwargs = {"lam": LAM, "sigma": SIGMA, "eps": 1e-6, arg: value}
   calls = [lambda: losses.bu_loss(su, sa, xu, **kwargs),
            lambda: losses.bu_loss_with_aux(su, sa, xu, **kwargs)]
@@ -442,8 +445,8 @@ def test_hyperparameters_out_of_range_raise_value_error_naming_them(arg, value):
 
 
 def test_hyperparameter_edges_accepted_and_traced_values_not_checked():
-  su, sa, xu, _ = _batch()
-  su, sa = su[:, 0] ** 2, sa[:, 0] ** 2
+  xu, xa, _, _ = _batch()
+  su, sa = xu[:, 0] ** 2, xa[:, 0] ** 2  # the frames' scores; xu their features
   assert np.isfinite(losses.bu_loss(su, sa, xu, lam=np.float32(LAM), sigma=1, eps=0))
   f = jax.jit(lambda lam, sigma, eps: losses.bu_loss(su, sa, xu, lam=lam, sigma=sigma, eps=eps))
   np.testing.assert_allclose(f(LAM, SIGMA, 1e-6),
@@ -452,8 +455,8 @@ def test_hyperparameter_edges_accepted_and_traced_values_not_checked():
 
 
 def test_bu_loss_return_types_are_stable():
-  su, sa, xu, _ = _batch()
-  su, sa = su[:, 0] ** 2, sa[:, 0] ** 2
+  xu, xa, _, _ = _batch()
+  su, sa = xu[:, 0] ** 2, xa[:, 0] ** 2  # the frames' scores; xu their features
   loss = losses.bu_loss(su, sa, xu, lam=LAM)
   assert isinstance(loss, jax.Array) and loss.shape == ()
   loss2, aux = losses.bu_loss_with_aux(su, sa, xu, lam=LAM)
@@ -475,3 +478,56 @@ def test_public_loss_and_kde_functions_document_args_returns_and_equation():
       doc = inspect.getdoc(fn) or ""
       assert "Args:" in doc and "Returns:" in doc, fname
       assert "eq" in doc.lower(), fname
+
+
+def test_shape_mistakes_raise_value_errors_naming_the_argument():
+  xu, xa, _, _ = _batch()
+  su, sa = xu[:, 0] ** 2, xa[:, 0] ** 2
+  m = xu.shape[0]
+  cases = [
+      (lambda: kde.kde_weights(xu[:, 0], sigma=SIGMA), r"x must be \(M, D\) feature rows"),
+      (lambda: kde.kde_weights(xu[None], sigma=SIGMA), r"x must be \(M, D\)"),
+      (lambda: kde.kde_weights(xu, sigma=SIGMA, mask=np.ones(m - 1, bool)),
+       rf"mask must have shape \({m},\)"),
+      (lambda: kde.kde_weights(xu, sigma=SIGMA, groups=np.zeros(m - 1, np.int32)),
+       rf"groups must have shape \({m},\)"),
+      (lambda: kde.kde_weights_with_memory(xu, xu[:4, :3], sigma=SIGMA),
+       "memory rows have 3 dimensions"),
+      (lambda: losses.re_loss(np.ones((4, 4), np.float32)), r"scores must have shape \(M,\)"),
+      (lambda: losses.re_loss(su, mask_u=np.ones(m - 1, bool)), rf"mask must have shape \({m},\)"),
+      (lambda: losses.bu_loss(su[:-1], sa, xu, lam=LAM),
+       rf"features_u must be \({m - 1}, D\), one row per score of scores_u, got \({m}, {D}\)"),
+      (lambda: losses.bu_loss(su, sa, xu[:, 0], lam=LAM), rf"features_u must be \({m}, D\)"),
+      (lambda: losses.bu_loss_from_weights(su, sa, np.ones(m - 1), lam=LAM),
+       rf"weights must have shape \({m},\)"),
+      (lambda: kde.contrast_sigma(xu, base_sigma=SIGMA, probe_rows=0),
+       "probe_rows must be a positive integer"),
+  ]
+  for call, message in cases:
+    with pytest.raises(ValueError, match=message):
+      call()
+
+
+def test_weighted_mean_does_not_depend_on_the_weights_scale():
+  xu, _, _, _ = _batch()
+  s = xu[:, 0] ** 2
+  w = np.random.default_rng(1).random(s.size).astype(np.float32)
+  ref = float(losses.weighted_mean(s, w))
+  np.testing.assert_allclose(ref, np.sum(w * s) / np.sum(w), rtol=1e-5)
+  for scale in (1e-32, 1e-20, 1e20):  # sum w < 1e-30 at 1e-32 (a floor there would bite)
+    np.testing.assert_allclose(float(losses.weighted_mean(s, w * np.float32(scale))), ref,
+                               rtol=1e-3)
+  assert float(losses.weighted_mean(s, np.zeros_like(w))) == 0.0
+
+
+def test_standardize_and_density_have_finite_gradients_at_constant_dimensions():
+  """A constant dimension maps to 0 (no NaN), and so does its gradient: the
+  features of a user's differentiable objective may go through eq. (15)."""
+  xu, _, _, _ = _batch()
+  xc = xu.copy()
+  xc[:, 2] = 5.0
+  for x in (xc, np.ones_like(xu)):  # one constant dimension; all points coincide
+    g = jax.grad(lambda v: jnp.sum(kde.kde_density(v, sigma=SIGMA) * jnp.arange(v.shape[0])))(x)
+    assert np.isfinite(np.asarray(g)).all()
+    g = jax.grad(lambda v: jnp.sum(kde.standardize(v) ** 3))(x)
+    assert np.isfinite(np.asarray(g)).all()

@@ -347,3 +347,14 @@ def test_heldout_banks_need_two_clips_and_a_k_that_fits():
   assert full.neighbors == 5 and full.choice is None and full.kind == "knn"
   with pytest.raises(ValueError, match="neighbors"):
     score_norm.fit_heldout_banks(scorer, params, waves, neighbors=10**6, kind="knn")
+
+
+def test_knn_z_needs_three_bank_frames():
+  """sigma_ref is a spread over each frame's *other* frames: with two, one value."""
+  rng = np.random.default_rng(0)
+  with pytest.raises(ValueError, match="2 training frames; kind 'knn_z' needs at least 3"):
+    score_norm.fit_local_normalizer(rng.normal(size=(2, 3)), [1.0, 2.0], neighbors=2,
+                                    kind="knn_z")
+  out = score_norm.fit_local_normalizer(rng.normal(size=(3, 3)), [1.0, 2.0, 3.0], neighbors=2,
+                                        kind="knn_z")(rng.normal(size=(4, 3)), [0.5, 1, 2, 3])
+  assert np.isfinite(out).all()
