@@ -515,9 +515,23 @@ def _drop_closed_loop_noise(unraisable) -> None:
 
 def run_app(main: Callable[[list[str]], Any]) -> None:
   """``absl.app.run(main)`` for an entry point, without the noise of
-  ``_drop_closed_loop_noise``."""
+  ``_drop_closed_loop_noise``.
+
+  Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM stops the process while the
+  main runs (the main makes SIGTERM an interrupt, ``sigterm_as_interrupt``,
+  and training catches both to save first). Once the main has ended, with its
+  last line printed and its files written, both are ignored: a signal during
+  the interpreter's teardown would otherwise print a traceback after that line
+  or change the exit status.
+  """
   sys.unraisablehook = _drop_closed_loop_noise
-  app.run(main)
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  try:
+    app.run(main)
+  finally:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def usage_error(build: Callable[[], T]) -> T:

@@ -33,6 +33,13 @@ import numpy as np
 PathLike = str | os.PathLike
 
 
+def _umask() -> int:
+  """The process's umask (read by setting it and putting it back)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path: PathLike, data: bytes | str) -> str:
   """Writes ``data`` to ``path`` via a temporary file, fsync and ``os.replace``.
 
@@ -50,6 +57,7 @@ def atomic_write(path: PathLike, data: bytes | str) -> str:
       file.write(payload)
       file.flush()
       os.fsync(file.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a plain open() would not
     os.replace(tmp, path)
   except BaseException as e:
     if tmp is not None and os.path.exists(tmp):

@@ -179,7 +179,10 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
         writer.write(step, {"heldout_error": value})
       recorded.append(step)
 
-    record(start, state.params)
+    if start % checkpoint_every == 0 or not recorded:
+      # At 0 (or a resume from a regular checkpoint, already recorded); not at a
+      # stop between two checkpoints: the curve stays that of an uninterrupted run.
+      record(start, state.params)
 
     def on_step(step, new_state, _):
       ckpt.maybe_save(step, new_state)

@@ -13,6 +13,7 @@ and returns; see ``bu_jax.checkpoint`` for the loop this serves::
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Any, Sequence
 
@@ -48,8 +49,8 @@ class GracefulStop:
         signal.raise_signal(signum)
       return
     self.signal_name = signal.Signals(signum).name
-    logging.warning("Received %s: stopping after the current step and saving a "
-                    "checkpoint (send it again to stop at once).", self.signal_name)
+    print(f"Received {self.signal_name}: stopping after the current step and saving a "
+          "checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
 
   def _restore(self) -> None:
     for signum, previous in self._previous.items():

@@ -602,10 +602,10 @@ def run(settings: Settings) -> dict:
                                       cfg0.model_preset.features)
     res["fit"] = fit_check.model_fit(fits, config.model_preset, jax.device_get(state.params))
     previous = results.get(loss, {})
-    if trained_steps or "train_seconds" not in previous:
+    if trained_steps:  # a resumed model: this invocation's share
       res["train_seconds"] = round(t_train, 1)
-    else:  # found finished: keep the time of the run that trained it
-      res["train_seconds"] = previous["train_seconds"]
+    else:  # found finished: the time of the run that trained it (None if not recorded)
+      res["train_seconds"] = previous.get("train_seconds")
     res["train_config"] = artifact.config_json(config)
     res["validation"] = heldout.validation_summary(fileio.read_metrics(
         os.path.join(settings.workdir, loss, runner.VALIDATION_FILE)))
@@ -613,7 +613,8 @@ def run(settings: Settings) -> dict:
     _store_threshold(settings, loss, state, config, res, data)
     fileio.write_json(results_path, results)
     print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g}"
-          f"{_normalization_note(res)} (train {t_train:.0f} s)", flush=True)
+          f"{_normalization_note(res)} "
+          + (f"(train {t_train:.0f} s)" if trained_steps else "(trained before)"), flush=True)
   methods = list(settings.losses)
   if settings.reference_components and len(settings.losses) > 1:
     res, material[REFERENCE] = evaluate_reference(settings, cfg0.feature_config, data)

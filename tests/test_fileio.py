@@ -39,6 +39,18 @@ def test_atomic_write_failure_keeps_old_file_and_leaves_no_temporary(tmp_path, m
   assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
 
 
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+  """mkstemp makes its file 0600; the result file gets 0666 & ~umask as open() would."""
+  old = os.umask(0o022)
+  try:
+    path = fileio.atomic_write(tmp_path / "r.json", "{}")
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    os.umask(0o077)
+    assert os.stat(fileio.atomic_write(tmp_path / "s.json", "{}")).st_mode & 0o777 == 0o600
+  finally:
+    os.umask(old)
+
+
 # ------------------------------------------------------------------ JSON
 
 

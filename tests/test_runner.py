@@ -102,7 +102,13 @@ def test_validation_curve_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
   assert [json.loads(l)["step"] for l in open(path)] == [0]  # stopped after step 1
   runner.train_or_resume(config, corpus, **kwargs)
   records = [json.loads(l) for l in open(path)]
-  assert [r["step"] for r in records] == [0, 1, 2, 4, 5]  # resumed at 1, then every 2, the end
-  assert [r["heldout_error"] for r in records] == [10.0, 5.0, 10 / 3, 2.5, 2.0]
+  # Resumed at 1 (a stop between two checkpoints): not recorded there, so the steps are
+  # those of an uninterrupted run: the start, every 2, the end.
+  assert [r["step"] for r in records] == [0, 2, 4, 5]
+  assert [r["heldout_error"] for r in records] == [10.0, 5.0, 10 / 3, 2.5]
   runner.train_or_resume(config, corpus, **kwargs)  # finished: nothing recomputed or dropped
-  assert len(seen) == 5 and [json.loads(l)["step"] for l in open(path)] == [0, 1, 2, 4, 5]
+  assert len(seen) == 4 and [json.loads(l)["step"] for l in open(path)] == [0, 2, 4, 5]
+  uninterrupted = dict(kwargs, model_dir=str(tmp_path / "whole"))
+  runner.train_or_resume(config, corpus, **uninterrupted)
+  assert [json.loads(l)["step"] for l in open(tmp_path / "whole" / runner.VALIDATION_FILE)] == [
+      0, 2, 4, 5]

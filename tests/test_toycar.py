@@ -274,3 +274,21 @@ def test_bad_rare_clips_file_is_named(tmp_path):
         score_window=1)  # and so would a chosen window
     with pytest.raises(data.DataError, match=f"--rare_clips=.*{match}"):
       toycar.load_data(settings)
+
+
+@pytest.mark.parametrize("delay", [0.3, 3.0])
+def test_an_early_ctrl_c_ends_in_one_line(tmp_path, delay):
+  """Ctrl-C during the imports (before the main: "while starting") or just after
+  ends in one Interrupted: line and status 130, never an import traceback."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.toycar", "--loss=re", "--preset=demo",
+       f"--workdir={tmp_path / 'w'}"], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+  time.sleep(delay)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130, err[-2000:]
+  assert err.strip().splitlines()[-1].startswith("Interrupted: stopped by SIGINT"), err[-2000:]
+  assert "Traceback" not in err, err[-3000:]
