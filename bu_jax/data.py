@@ -50,7 +50,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -222,18 +222,27 @@ def clips_fingerprint(paths: Sequence[str]) -> str:
   return f"{len(paths)} clips, names sha1 {hashlib.sha1(names.encode()).hexdigest()[:12]}"
 
 
+def missing_label(clips: Sequence[Any]) -> Optional[tuple[str, str]]:
+  """For labelled clips (anything with ``label`` 0/1 and ``path``) of one
+  condition or section: None if both labels occur (its AUC is defined), else
+  (the missing label's name, their folders)."""
+  labels = {c.label for c in clips}
+  if labels == {0, 1}:
+    return None
+  folders = ", ".join(sorted({os.path.dirname(c.path) for c in clips}))
+  return ("normal" if 0 not in labels else "anomalous"), folders
+
+
 def check_conditions(test: Sequence[TestClip]) -> None:
   """Every test condition must hold normal and anomalous clips (its AUC needs
   both); a DataError names the folder of the one that does not."""
   for condition in sorted({c.condition for c in test}):
     clips = [c for c in test if c.condition == condition]
-    labels = {c.label for c in clips}
-    if labels != {0, 1}:
-      missing = "normal" if 0 not in labels else "anomalous"
-      folders = sorted({os.path.dirname(c.path) for c in clips})
-      raise DataError(f"{', '.join(folders)}: test condition {condition!r} has no {missing} "
-                      f"clips ({len(clips)} {'anomalous' if 0 not in labels else 'normal'}); "
-                      "its AUC needs both")
+    missing = missing_label(clips)
+    if missing:
+      present = "anomalous" if missing[0] == "normal" else "normal"
+      raise DataError(f"{missing[1]}: test condition {condition!r} has no {missing[0]} "
+                      f"clips ({len(clips)} {present}); its AUC needs both")
 
 
 def _load_dcase(data_dir: str, layout: str, sr: int) -> Dataset:

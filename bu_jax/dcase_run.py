@@ -424,6 +424,17 @@ def _group_name(clip) -> str:
 # ------------------------------------------------------------------ evaluation
 
 
+def _warn_one_label_sections(clips) -> None:
+  """A warning for each labelled section of a test set without normal clips or
+  without anomalies: its AUC and pAUC are n/a, and the table alone would not say why."""
+  for section in sorted({c.section for c in clips}):
+    sel = [c for c in clips if c.section == section]
+    missing = None if any(c.label is None for c in sel) else data_lib.missing_label(sel)
+    if missing:
+      logging.warning("%s: section %s has no %s test clips; its AUC and pAUC are n/a",
+                      missing[1], section, missing[0])
+
+
 def _section_results(clips, scores, decisions, year: str) -> dict:
   """{section: metrics} for the sections whose clips are all labelled (and have
   domains, from 2021 on); other sections are left out (scored, not evaluated)."""
@@ -434,21 +445,10 @@ def _section_results(clips, scores, decisions, year: str) -> dict:
     if any(c.label is None for c in sel) or (year != "2020" and any(c.domain is None
                                                                    for c in sel)):
       continue
-    labels = {c.label for c in sel}
-    if labels != {0, 1}:  # AUC and pAUC undefined: say why once, not only "n/a"
-      missing = "normal" if 0 not in labels else "anomalous"
-      where = (", ".join(sorted({os.path.dirname(c.path) for c in sel})), section, missing)
-      if where not in _WARNED_ONE_LABEL:
-        _WARNED_ONE_LABEL.add(where)
-        logging.warning("%s: section %s has no %s test clips; its AUC and pAUC are n/a",
-                        *where)
     out[section] = dcase_metrics.section_metrics(
         [c.label for c in sel], scores[idx], decisions[idx], [c.domain for c in sel],
         year=year)
   return out
-
-
-_WARNED_ONE_LABEL: set = set()  # (folder, section, missing label) already warned about
 
 
 def _fmt(v) -> str:
@@ -610,6 +610,8 @@ def run(settings: Settings) -> dict:
         holder = dcase.MachineData(machine, root, [], clips_, [])
         if any(c.label is None for c in clips_):
           dcase.apply_ground_truth(holder, settings.ground_truth_dir)
+    for clips_ in test_sets.values():
+      _warn_one_label_sections(clips_)
     data_info["machine_types"][machine] = {
         "train_clips": len(md.train), "test_clips": len(md.test), "sections": md.sections,
         "train_target_clips": sum(c.domain == "target" for c in md.train),

@@ -73,20 +73,26 @@ class FeatureConfig:
     to have any.
     """
     total = self.num_frames(num_samples)
-    half = self.n_fft // 2
-    first_full = -(-half // self.hop_length)  # first STFT frame with t hop - n_fft/2 >= 0
-    last_full = (num_samples - half) // self.hop_length  # t hop + n_fft/2 <= N
-    start, stop = first_full + self.context, last_full - self.context + 1
-    if stop <= start:
+    if num_samples < self.min_interior_samples:
       return slice(0, total)
-    return slice(start, min(stop, total))
+    half = self.n_fft // 2
+    last_full = (num_samples - half) // self.hop_length  # t hop + n_fft/2 <= N
+    return slice(self._first_full + self.context, min(last_full - self.context + 1, total))
+
+  @property
+  def _first_full(self) -> int:
+    """The first STFT frame t with t hop - n_fft/2 >= 0 (no zero padding)."""
+    return -(-(self.n_fft // 2) // self.hop_length)
+
+  @property
+  def min_interior_samples(self) -> int:
+    """The shortest clip with one interior frame (``interior``)."""
+    return self.n_fft // 2 + self.hop_length * (self._first_full + 2 * self.context)
 
   def short_clip_note(self, num_samples: int) -> str | None:
     """Why a clip of ``num_samples`` is scored from padded frames (too short for
     one interior frame: ``interior`` falls back to all frames), or None."""
-    half = self.n_fft // 2
-    first_full = -(-half // self.hop_length)
-    shortest = half + self.hop_length * (first_full + 2 * self.context)  # one interior frame
+    shortest = self.min_interior_samples
     if num_samples >= shortest:
       return None
     return (f"{num_samples / self.sample_rate:.3g} s long, shorter than the "

@@ -23,7 +23,7 @@ import math
 import os
 import pathlib
 import re
-import tempfile
+import secrets
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -31,13 +31,6 @@ from absl import logging
 import numpy as np
 
 PathLike = str | os.PathLike
-
-
-def _umask() -> int:
-  """The process's umask (read by setting it and putting it back)."""
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
 
 
 def atomic_write(path: PathLike, data: bytes | str) -> str:
@@ -52,12 +45,14 @@ def atomic_write(path: PathLike, data: bytes | str) -> str:
   tmp = None
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its file is 0600; created with 0666, the umask applies as for open().
+    name = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = name
     with os.fdopen(fd, "wb") as file:
       file.write(payload)
       file.flush()
       os.fsync(file.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a plain open() would not
     os.replace(tmp, path)
   except BaseException as e:
     if tmp is not None and os.path.exists(tmp):

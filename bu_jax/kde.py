@@ -48,9 +48,8 @@ def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) ->
     return
   value = float(value)
   fits = math.isfinite(value) and abs(value) <= float(np.finfo(np.float32).max)
-  single = float(np.float32(value)) if fits else math.inf
-  ok = math.isfinite(single) and (single >= 0 if allow_zero else single > 0)
-  ok = ok and (value == 0 or single != 0)  # a positive value that float32 rounds to 0
+  # > 0 in float32 (1e-50 rounds to 0 there); exactly 0 where zero is allowed
+  ok = fits and (np.float32(value) > 0 or (allow_zero and value == 0))
   if not ok:
     bound = ">= 0" if allow_zero else "> 0"
     raise ValueError(f"{name} must be finite and {bound} in float32, got {value!r}")

@@ -591,11 +591,12 @@ def run(settings: Settings) -> dict:
   validate = lambda params: heldout.validation_error(scorer, params, data.heldout_waves,
                                                      names=data.heldout_paths)
   fits = None  # the frames of fit_check, taken once for every loss
+  train_clips = data_lib.clips_fingerprint(data.dataset.train_paths)  # stored with each model
   for loss in settings.losses:
     t0 = time.perf_counter()
     state, config, trained_steps = train_one(
         settings, loss, corpus, mesh=mesh, input_stats=input_stats, validate=validate,
-        train_clips=data_lib.clips_fingerprint(data.dataset.train_paths))
+        train_clips=train_clips)
     t_train = time.perf_counter() - t0
     res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer)
     fits = fits or fit_check.FitCheck(data.fit_waves, data.heldout_waves,

@@ -40,7 +40,7 @@ def test_atomic_write_failure_keeps_old_file_and_leaves_no_temporary(tmp_path, m
 
 
 def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
-  """mkstemp makes its file 0600; the result file gets 0666 & ~umask as open() would."""
+  """The result file gets 0666 & ~umask as open() would (mkstemp's would be 0600)."""
   old = os.umask(0o022)
   try:
     path = fileio.atomic_write(tmp_path / "r.json", "{}")
