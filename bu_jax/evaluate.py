@@ -201,7 +201,12 @@ def decide(clip_scores: Any, threshold: float) -> Any:
 
   Returns:
     A Python bool for a scalar score, else a boolean array of the same shape.
+
+  Raises:
+    ValueError: ``threshold`` is NaN (every comparison would say "normal").
   """
+  if math.isnan(float(threshold)):
+    raise ValueError("decide: the threshold phi is NaN; every clip would be called normal")
   decision = np.asarray(clip_scores, dtype=np.float64) >= float(threshold)
   return bool(decision) if decision.ndim == 0 else decision
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -144,7 +145,22 @@ class TrainConfig:
     if not 0 <= self.decay_start_epoch <= self.epochs:
       raise ValueError(f"decay_start_epoch must lie in [0, epochs={self.epochs}], got "
                        f"{self.decay_start_epoch}")
+    for name, low_ok, none_ok in (  # (field, smallest value allowed or None for > 0, None allowed)
+        ("learning_rate", None, False), ("final_lr_factor", 0.0, False),
+        ("segment_seconds", None, False), ("max_clip_seconds", None, False),
+        ("sigma", None, True), ("lam", None, True), ("eps", 0.0, False)):
+      value = getattr(self, name)
+      if value is None and none_ok:
+        continue
+      number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+          value, (bool, np.bool_))
+      if not (number and math.isfinite(value)
+              and (value > 0 if low_ok is None else value >= low_ok)):
+        raise ValueError(f"{name} must be a finite number {'> 0' if low_ok is None else '>= 0'}"
+                         f"{' or None' if none_ok else ''}, got {value!r}")
     low, high = self.anr_range_db
+    if not (math.isfinite(low) and math.isfinite(high)):
+      raise ValueError(f"anr_range_db must be finite, got {self.anr_range_db}")
     if not low <= high:
       raise ValueError(f"anr_range_db must be (low, high) with low <= high, got "
                        f"{self.anr_range_db}")

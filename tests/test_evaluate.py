@@ -172,6 +172,13 @@ def test_metrics_bad_input(labels, scores, message):
     evaluate.metrics(labels, scores)
 
 
+def test_decide_refuses_a_nan_threshold():
+  # scores >= NaN is False for every clip: a NaN phi would call everything normal.
+  with pytest.raises(ValueError, match="NaN"):
+    evaluate.decide(np.array([0.5, 2.0]), float("nan"))
+  np.testing.assert_array_equal(evaluate.decide(np.array([0.5, 2.0]), 1.0), [False, True])
+
+
 # ------------------------------------------------------------- fit_threshold
 
 

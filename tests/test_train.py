@@ -232,6 +232,24 @@ def test_bfloat16_compute_keeps_float32_state_and_close_losses():
     _config(compute_dtype="float16")
 
 
+@pytest.mark.parametrize("field,value", [
+    ("learning_rate", 0.0), ("learning_rate", float("nan")), ("learning_rate", None),
+    ("final_lr_factor", -0.1), ("segment_seconds", -3.0), ("max_clip_seconds", float("inf")),
+    ("sigma", 0.0), ("sigma", -1.0), ("lam", float("nan")), ("eps", -1e-6), ("eps", True),
+    ("anr_range_db", (-30.0, float("inf")))])
+def test_train_config_built_directly_refuses_what_the_flags_refuse(field, value):
+  # TrainConfig is public (other Flax models compose it): a bad value is an error
+  # naming the field, not a NaN loss or a silent zero learning rate.
+  with pytest.raises(ValueError, match=field):
+    train.TrainConfig(**{field: value})
+
+
+def test_train_config_accepts_its_edge_values():
+  config = train.TrainConfig(final_lr_factor=0.0, eps=0.0, sigma=None, lam=None,
+                             learning_rate=np.float32(1e-3), anr_range_db=(0, 0))
+  assert config.anr_range_db == (0.0, 0.0) and config.eps == 0.0
+
+
 def test_indivisible_mixtures_per_step_is_a_clear_error():
   with pytest.raises(ValueError, match=r"--mixtures_per_step=3 .*number of devices \(2\)"):
     train.make_train_step(_config(mixtures_per_step=3), mesh=_mesh(2))
