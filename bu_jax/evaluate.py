@@ -110,8 +110,9 @@ def window_means(frame_scores: Any, *, window: int) -> np.ndarray:
   window = min(int(window), scores.size)
   if window == 1:
     return scores
-  sums = np.cumsum(np.concatenate([[0.0], scores]))
-  return (sums[window:] - sums[:-window]) / window
+  # Each window summed on its own (not a difference of running sums, which loses every
+  # later window to rounding after one huge score).
+  return np.lib.stride_tricks.sliding_window_view(scores, window).mean(axis=1)
 
 
 def window_candidates(feature_config: Any) -> tuple[int, ...]:

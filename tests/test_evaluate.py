@@ -62,6 +62,11 @@ def test_window_means_are_the_means_of_consecutive_frames():
   long = rng.gamma(2.0, size=1000) * 1e4
   np.testing.assert_allclose(evaluate.window_means(long, window=62),
                              np.convolve(long, np.ones(62) / 62, mode="valid"), rtol=1e-10)
+  # One huge score does not wipe out the windows after it (running sums would: 5e34 + 1 - 5e34 = 0).
+  spike = np.concatenate([[5e34], np.ones(20)])
+  means = evaluate.window_means(spike, window=4)
+  np.testing.assert_array_equal(means[1:], np.ones(17))
+  assert means[0] == pytest.approx((5e34 + 3) / 4)
 
 
 def test_clip_score_window_ranks_a_sustained_rise_above_a_spike():
