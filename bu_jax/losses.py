@@ -43,6 +43,16 @@ def _vector(values: jax.Array, name: str, length: Optional[int] = None) -> jax.A
   return values
 
 
+def _scores_and_mask(scores: jax.Array, mask: Optional[jax.Array], names: str
+                     ) -> tuple[jax.Array, Optional[jax.Array]]:
+  """``scores`` (M,) and ``mask`` (M,) or None, or a ValueError naming the argument
+  (``names``: "u" for scores_u / mask_u, "a" for scores_a / mask_a)."""
+  scores = _vector(scores, f"scores_{names}")
+  if mask is not None:
+    mask = _vector(mask, f"mask_{names}", scores.shape[0])
+  return scores, mask
+
+
 def _masked_sum_count(values: jax.Array, mask: Optional[jax.Array],
                       axis_name: Optional[str]) -> tuple[jax.Array, jax.Array]:
   values = _vector(values, "scores").astype(jnp.float32)
@@ -89,6 +99,7 @@ def re_loss(scores_u: jax.Array, *, mask_u: Optional[jax.Array] = None,
   Returns:
     float32 scalar; 0 when there is no valid normal frame.
   """
+  scores_u, mask_u = _scores_and_mask(scores_u, mask_u, "u")
   return masked_mean(scores_u, mask=mask_u, axis_name=axis_name)
 
 
@@ -114,6 +125,7 @@ def anomaly_term(scores_a: jax.Array, *, lam: float,
     ValueError: ``lam`` is a number that is not finite and > 0.
   """
   kde._check_hyperparameter("lam", lam)
+  scores_a, mask_a = _scores_and_mask(scores_a, mask_a, "a")
   scores_a = scores_a.astype(jnp.float32)
   if mask_a is not None:
     scores_a = jnp.where(mask_a.astype(jnp.bool_), scores_a, 0.0)
@@ -239,7 +251,7 @@ def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.A
   """
   kde._check_hyperparameter("lam", lam)
   kde._check_hyperparameter("eps", eps, allow_zero=True)
-  scores_u = _vector(scores_u, "scores_u")
+  scores_u, mask_u = _scores_and_mask(scores_u, mask_u, "u")
   if jnp.ndim(features_u) != 2 or jnp.shape(features_u)[0] != scores_u.shape[0]:
     raise ValueError(f"features_u must be ({scores_u.shape[0]}, D), one row per score of "
                      f"scores_u, got {jnp.shape(features_u)}")
@@ -256,6 +268,7 @@ def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.A
 
 def _weighted_loss_parts(scores_u, scores_a, weights, *, lam, mask_u, mask_a, axis_name):
   """Eq. (16) from given weights: (J_BU, weighted normal term, L_a)."""
+  scores_u, mask_u = _scores_and_mask(scores_u, mask_u, "u")
   normal = weighted_mean(scores_u, jax.lax.stop_gradient(weights), mask=mask_u,
                          axis_name=axis_name)
   la = anomaly_term(scores_a, lam=lam, mask_a=mask_a, axis_name=axis_name)

@@ -72,7 +72,7 @@ from bu_jax import train as train_lib
 # to 1/100, 10 segments per mixture).
 PRESETS = {
     "paper": {},
-    # Small enough for a 2-core laptop CPU (all three losses in < 10 min). The AE
+    # Small enough for a 2-core laptop CPU (all three losses and the PCA in about 1.5 min). The AE
     # standardizes its input with training statistics: on raw log-mel frames it
     # explained less of the held-out frames than a 16-component PCA
     # (benchmarks.ae_fit; README, "Measured on the embedded data").
@@ -95,7 +95,7 @@ class Settings(cli.ScoringSettings):
 
   preset: str = cli.setting(
       "paper", choices=sorted(PRESETS),
-      help="paper: section 4.2.2 schedule (GPU/TPU); demo: < 10 min on a 2-core CPU "
+      help="paper: section 4.2.2 schedule (GPU/TPU); demo: about 1.5 min on a 2-core CPU "
       "(embedded set); cpu: real recordings on a 2-core CPU (standardized AE input, longer "
       "schedule, scores chosen by --score_normalization=auto).")
   data_dir: Optional[str] = cli.setting(
