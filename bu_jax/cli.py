@@ -332,7 +332,10 @@ class ScoringSettings(TrainingSettings):
       "training (the clips the model trained on) or heldout (the held-out normal clips, "
       "which it never trained on, so their scores carry the generalization gap that test "
       "clips will show; each held-out clip is normalized by the other clips' bank for phi "
-      "and the pseudo-anomaly AUC). Evaluation only. Default: the preset's, else training.")
+      "and the pseudo-anomaly AUC) or crossfit (experiments.toycar: the training clips' "
+      "frames scored by two fold models, each trained with the same settings on the other "
+      "half of the clips; two extra trainings per loss). Evaluation only (crossfit trains its "
+      "fold models once). Default: the preset's, else training.")
   score_window: Optional[int] = setting(
       None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
       "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "
@@ -342,9 +345,10 @@ class ScoringSettings(TrainingSettings):
   def __post_init__(self):
     super().__post_init__()
     score_norm.check_setting(*self.normalization())
-    if self.bank() == score_norm.HELDOUT_BANK and self.normalization()[0] == "none":
-      raise ValueError("--normalization_bank=heldout applies to --score_normalization=knn, "
-                       "knn_z or auto, got none" + self._from_preset("score_normalization"))
+    if self.bank() != score_norm.TRAINING_BANK and self.normalization()[0] == "none":
+      raise ValueError(f"--normalization_bank={self.bank()} applies to "
+                       "--score_normalization=knn, knn_z or auto, got none"
+                       + self._from_preset("score_normalization"))
     if self.reduce == "mean" and self.clip_window() != 1:
       raise ValueError(f"--reduce=mean averages the whole clip; it takes --score_window=1, "
                        f"got {self.clip_window()}" + self._from_preset("score_window"))

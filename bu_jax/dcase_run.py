@@ -146,6 +146,9 @@ class Settings(cli.ScoringSettings):
     if self.chooses_by_pseudo_anomalies() and not self.held_out():
       raise ValueError(f"{self.choosing_flags()[0]}: the scoring is chosen on clips held out "
                        "of training, so --heldout_fraction must be > 0 (e.g. 0.1)")
+    if self.bank() == score_norm.CROSSFIT_BANK:
+      raise ValueError("--normalization_bank=crossfit is implemented in experiments.toycar "
+                       "only; use training or heldout here")
     if self.bank() == score_norm.HELDOUT_BANK and not self.held_out():
       raise ValueError("--normalization_bank=heldout: the bank holds clips held out of "
                        "training, so --heldout_fraction must be > 0 (e.g. 0.1)")

@@ -40,6 +40,8 @@ from bu_jax import evaluate
 from bu_jax import pseudo_anomaly
 from bu_jax import score_norm
 
+# How the printed lines name a bank other than the training frames' own scores.
+BANK_NAMES = {score_norm.HELDOUT_BANK: "held-out bank", score_norm.CROSSFIT_BANK: "cross-fitted bank"}
 CHOSEN_WINDOW = 0  # window=0: chosen by the pseudo-anomaly AUC
 
 
@@ -158,13 +160,16 @@ def score_clips(scorer, params, waves_and_names, *, reduce: str,
 
 
 def normalize(scorer, params, held: HeldOut, out_dir: str, *, kind: str,
-              neighbors: int, bank: str = score_norm.TRAINING_BANK
+              neighbors: int, bank: str = score_norm.TRAINING_BANK,
+              bank_scores: Optional[np.ndarray] = None
               ) -> tuple[Any, dict, Optional[list]]:
   """``scorer`` with score normalization ``kind`` applied, and its record.
 
   "knn", "knn_z": fits a ``score_norm.LocalNormalizer`` on the interior frames of
   ``held.fit_waves`` (``bank="training"``) or of the held-out clips
-  ``held.waves`` (``bank="heldout"``, ``score_norm.fit_heldout_banks``) and
+  ``held.waves`` (``bank="heldout"``, ``score_norm.fit_heldout_banks``), or
+  the codes of ``held.fit_waves`` with ``bank_scores`` as their scores
+  (``bank="crossfit"``: their out-of-fold scores, ``crossfit.out_of_fold_scores``), and
   saves it to ``<out_dir>/score_normalizer.npz``; "none": the scorer as it is
   (an earlier run's bank in ``out_dir`` is removed, as no calibration names it).
 
@@ -185,6 +190,16 @@ def normalize(scorer, params, held: HeldOut, out_dir: str, *, kind: str,
     normalizer.save(os.path.join(out_dir, score_norm.FILE_NAME))
     loco = [score_norm.NormalizedScorer(scorer, b) for b in banks]
     scorer = score_norm.NormalizedScorer(scorer, normalizer)
+  elif kind != "none" and bank == score_norm.CROSSFIT_BANK:
+    if bank_scores is None:
+      raise ValueError("--normalization_bank=crossfit needs the training frames' out-of-fold "
+                       "scores (bank_scores)")
+    codes, _ = score_norm.clip_frames(scorer, params, held.fit_waves, names=held.fit_names)
+    normalizer = score_norm.fit_from_frames(scorer, params, codes, bank_scores,
+                                            neighbors=neighbors, kind=kind,
+                                            heldout_waves=held.waves)
+    normalizer.save(os.path.join(out_dir, score_norm.FILE_NAME))
+    scorer = score_norm.NormalizedScorer(scorer, normalizer)
   else:
     if bank not in score_norm.BANKS:
       raise ValueError(f"--normalization_bank must be one of {score_norm.BANKS}, got {bank!r}")
@@ -196,8 +211,8 @@ def normalize(scorer, params, held: HeldOut, out_dir: str, *, kind: str,
   logging.info("%s fitted and saved in %.1f s", normalizer.describe(), time.perf_counter() - t0)
   record = {"kind": normalizer.kind, "neighbors": normalizer.neighbors,
             "frames": normalizer.frames, "file": score_norm.FILE_NAME}
-  if loco is not None:
-    record["bank"] = score_norm.HELDOUT_BANK
+  if bank != score_norm.TRAINING_BANK:
+    record["bank"] = bank
   if normalizer.choice is not None:  # k chosen from the held-out clips
     record["neighbors_heldout_log_density"] = {
         str(k): round(v, 4) for k, v in normalizer.choice.items()}
@@ -270,7 +285,8 @@ class Choice(NamedTuple):
 
 
 def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, neighbors: int,
-                   window: int, reduce: str, bank: str = score_norm.TRAINING_BANK) -> Choice:
+                   window: int, reduce: str, bank: str = score_norm.TRAINING_BANK,
+                   bank_scores: Optional[np.ndarray] = None) -> Choice:
   """The scorer to evaluate a model with, chosen on ``held`` without labels.
 
   With ``kind="auto"`` the normalization is raw or knn_z, and with
@@ -294,7 +310,8 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   tried = {}
   for candidate in kinds:  # knn_z last: its bank stays if it wins
     normalized, record, loco = normalize(scorer, params, held, out_dir, kind=candidate,
-                                         neighbors=neighbors, bank=bank)
+                                         neighbors=neighbors, bank=bank,
+                                         bank_scores=bank_scores)
     tried[candidate] = (normalized, record, check(normalized, params, held, reduce=reduce,
                                                   windows=windows, heldout_scorers=loco))
   auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
@@ -302,7 +319,7 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   best_kind, best_window = max(auc, key=auc.get)  # the first maximum
   if best_kind != kinds[-1]:
     normalize(scorer, params, held, out_dir, kind=best_kind, neighbors=neighbors,
-              bank=bank)  # its bank
+              bank=bank, bank_scores=bank_scores)  # its bank
   normalized, record, checks = tried[best_kind]
   scores, pseudo = checks[best_window]
   if len(kinds) > 1:
@@ -317,8 +334,8 @@ def describe(choice: Choice) -> str:
   """E.g. "knn_z scores, 0.5-s windows (pseudo-anomaly AUC 0.981)"."""
   kind = choice.normalization["kind"]
   text = "raw scores" if kind == "none" else f"{kind} scores"
-  if choice.normalization.get("bank") == score_norm.HELDOUT_BANK:
-    text += " (held-out bank)"
+  if choice.normalization.get("bank") in BANK_NAMES:
+    text += f" ({BANK_NAMES[choice.normalization['bank']]})"
   window = choice.clip_score
   text += (", eq. (11)" if window["window_frames"] == 1 else f", {window['window_s']:g}-s windows")
   if choice.pseudo_auc is not None:

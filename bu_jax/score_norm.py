@@ -53,7 +53,8 @@ KIND_Z = "knn_z"  # the local z-score of the log score (see the module doc)
 KINDS = (KIND, KIND_Z)
 TRAINING_BANK = "training"  # --normalization_bank: the frames of the clips trained on
 HELDOUT_BANK = "heldout"  # the held-out clips' frames (``fit_heldout_banks``)
-BANKS = (TRAINING_BANK, HELDOUT_BANK)
+CROSSFIT_BANK = "crossfit"  # the training frames scored by fold models that did not train on them
+BANKS = (TRAINING_BANK, HELDOUT_BANK, CROSSFIT_BANK)
 FILE_NAME = "score_normalizer.npz"
 _RELATIVE_FLOOR = 1e-6  # times the median bank score
 _ABSOLUTE_FLOOR = 1e-12  # when every bank score is 0
@@ -404,6 +405,17 @@ def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: in
   if not waves:
     raise ValueError("fit_from_clips needs at least one training clip")
   codes, scores = clip_frames(scorer, params, waves, names=names)
+  return fit_from_frames(scorer, params, codes, scores, neighbors=neighbors,
+                         max_frames=max_frames, kind=kind, heldout_waves=heldout_waves)
+
+
+def fit_from_frames(scorer, params, codes: Any, scores: Any, *, neighbors: int,
+                    max_frames: int = 16384, kind: str = KIND,
+                    heldout_waves: Sequence[np.ndarray] = ()) -> LocalNormalizer:
+  """The bank of given frames (``codes`` in the model's code space and their
+  ``scores``); ``neighbors=AUTO`` chooses k on ``heldout_waves`` scored by
+  ``scorer`` (see ``fit_from_clips``, which it completes; the cross-fitted bank
+  gives scores of other models, ``crossfit``)."""
   if neighbors != AUTO:
     return fit_local_normalizer(codes, scores, neighbors=neighbors, max_frames=max_frames,
                                 kind=kind)

@@ -50,6 +50,7 @@ import numpy as np
 
 from bu_jax import artifact
 from bu_jax import cli
+from bu_jax import crossfit
 from bu_jax import data as data_lib
 from bu_jax import evaluate
 from bu_jax import features as features_lib
@@ -63,6 +64,7 @@ from bu_jax import frame_scores
 from bu_jax import heldout
 from bu_jax import pseudo_anomaly
 from bu_jax import runner
+from bu_jax import score_norm
 from bu_jax import synthetic
 from bu_jax import train as train_lib
 
@@ -243,7 +245,8 @@ SettingsMismatchError = runner.SettingsMismatchError
 
 
 def _training_metadata(settings: Settings, loss: str, *,
-                       train_clips: Optional[str] = None) -> artifact.ModelMetadata:
+                       train_clips: Optional[str] = None,
+                       fold: Optional[str] = None) -> artifact.ModelMetadata:
   """What the checkpoints of ``loss`` record about how the model is trained.
 
   ``train_config`` and ``data`` hold every setting that changes the trained
@@ -260,6 +263,8 @@ def _training_metadata(settings: Settings, loss: str, *,
     data["something_else_dir"] = path(settings.something_else_dir)
   if train_clips is not None:
     data["train_clips"] = train_clips
+  if fold is not None:  # a model of the cross-fitted bank: "fold k of n" (``train_folds``)
+    data["crossfit_fold"] = fold
   return artifact.ModelMetadata.for_training(settings.train_config(loss), data=data)
 
 
@@ -316,6 +321,55 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh, input_stats=None,
   return state, config, trained
 
 
+def _out_of_fold(scorer, params, fold_models, folds, data: Data) -> tuple[np.ndarray, dict]:
+  """The bank scores of ``--normalization_bank=crossfit`` (``crossfit``): every
+  training frame scored by the fold model that did not train on its clip, on the
+  main model's (``scorer``, ``params``) scale; and the record for results.json."""
+  scales = [crossfit.heldout_scale((scorer, params), model, data.heldout_waves)
+            for model in fold_models]
+  scores = crossfit.out_of_fold_scores(fold_models, data.fit_waves, folds, scales=scales,
+                                       names=data.fit_paths)
+  return scores, {"folds": len(folds), "clips_per_fold": [len(f) for f in folds],
+                  "scales": [round(x, 4) for x in scales]}
+
+
+def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_else
+                ) -> tuple[list[Any], list[list[int]], int]:
+  """The fold models of ``--normalization_bank=crossfit``: for each fold k of
+  ``crossfit.split`` a model of ``loss`` with the run's training settings, trained
+  (or resumed, or found finished) on the other folds' clips in
+  ``<workdir>/<loss>/crossfit/fold<k>``. ``something_else`` is the run's
+  ``(clips, lengths)`` of ``data_lib.pad_clips`` (or ``(None, None)``).
+  Returns their parameters, the folds and the steps trained now."""
+  config = settings.train_config(loss)
+  folds = crossfit.split(len(data.fit_waves), seed=settings.data_seed)
+  params, trained = [], 0
+  for k in range(len(folds)):
+    idx = crossfit.others(folds, k)
+    waves, paths = [data.fit_waves[i] for i in idx], [data.fit_paths[i] for i in idx]
+    model_dir = os.path.join(settings.workdir, loss, CROSSFIT_DIR, f"fold{k}")
+    metadata = _training_metadata(settings, loss, train_clips=data_lib.clips_fingerprint(paths),
+                                  fold=f"{k + 1} of {len(folds)}")
+    runner.check_resumable(model_dir, metadata, flag_names=_FLAG_NAMES,
+                           evaluation_flags=EVALUATION_FLAGS)
+    segments = data_lib.training_corpus(waves, segment_seconds=config.segment_seconds,
+                                        paths=paths)
+    corpus = train_lib.place_corpus(segments, *something_else, mesh=mesh, config=config)
+    stats = (features_lib.statistics(waves, config=config.feature_config)
+             if config.model_preset.standardize_input else None)
+    init = runner.initial_state(config, mesh=mesh, input_stats=stats)
+    state, steps = runner.train_or_resume(
+        config, corpus, mesh=mesh, model_dir=model_dir, metadata=metadata, init_state=init,
+        checkpoint_every=settings.checkpoint_every, tag=f"{loss} fold {k + 1}/{len(folds)}",
+        progress=settings.progress)
+    params.append(jax.device_get(state.params))
+    trained += steps
+  return params, folds, trained
+
+
+CROSSFIT_DIR = "crossfit"  # <workdir>/<loss>/crossfit/fold<k>: the fold models
+
+
 def _read_results(path: str) -> dict[str, Any]:
   """The per-loss entries of an earlier ``results.json``; a damaged file is
   moved aside to ``results.json.damaged`` with a warning, and results start afresh."""
@@ -339,7 +393,8 @@ def _read_results(path: str) -> dict[str, Any]:
 
 
 def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: str,
-                     feature_config) -> tuple[dict, dict]:
+                     feature_config, bank_scores: Optional[np.ndarray] = None
+                     ) -> tuple[dict, dict]:
   """Held-out threshold (eq. 4), test clip scores (eq. 11), metrics and CSVs of one
   detector: an AE's ``FrameScorer`` or the PCA reference, evaluated the same way,
   on scores normalized as ``settings.normalization()`` says and the clip-score window ``settings.clip_window()`` (``heldout.choose_scoring``)."""
@@ -347,7 +402,8 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   kind, neighbors = settings.normalization()
   scorer, normalization, clip_record, held_scores, pseudo_auc = heldout.choose_scoring(
       scorer, params, data.held, out_dir, kind=kind, neighbors=neighbors,
-      window=settings.clip_window(), reduce=settings.reduce, bank=settings.bank())
+      window=settings.clip_window(), reduce=settings.reduce, bank=settings.bank(),
+      bank_scores=bank_scores)
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
   window = clip_record["window_frames"]
@@ -371,14 +427,16 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
 
 def evaluate_one(settings: Settings, loss: str, state, config: train_lib.TrainConfig,
                  data: Data, *, scorer: Optional[frame_scores.FrameScorer] = None,
-                 ) -> tuple[dict, dict]:
+                 bank_scores: Optional[np.ndarray] = None) -> tuple[dict, dict]:
   """Scores held-out and test clips; returns (results, plot material).
   ``scorer``: the model's ``FrameScorer`` (default: built from ``config``; the
-  run shares one between the losses, so that it compiles once)."""
+  run shares one between the losses, so that it compiles once). ``bank_scores``:
+  the training frames' out-of-fold scores of ``--normalization_bank=crossfit``."""
   preset = config.model_preset
   scorer = scorer or frame_scores.FrameScorer(preset.build(), preset.features)
   return _evaluate_scorer(settings, scorer, jax.device_get(state.params), data,
-                          os.path.join(settings.workdir, loss), preset.features)
+                          os.path.join(settings.workdir, loss), preset.features,
+                          bank_scores=bank_scores)
 
 
 REFERENCE = "pca"
@@ -395,9 +453,20 @@ def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[
   detector = reference_lib.PCADetector(feature_config,
                                        components=settings.reference_components)
   detector.fit(data.fit_waves)
-  results, material = _evaluate_scorer(settings, reference_lib.PCAScorer(detector), None, data,
+  scorer = reference_lib.PCAScorer(detector)
+  bank_scores, crossfit_record = None, None
+  if settings.bank() == score_norm.CROSSFIT_BANK:  # PCAs of the other folds' clips
+    folds = crossfit.split(len(data.fit_waves), seed=settings.data_seed)
+    models = [(reference_lib.PCAScorer(reference_lib.PCADetector(
+        feature_config, components=settings.reference_components).fit(
+            [data.fit_waves[i] for i in crossfit.others(folds, k)])), None)
+              for k in range(len(folds))]
+    bank_scores, crossfit_record = _out_of_fold(scorer, None, models, folds, data)
+  results, material = _evaluate_scorer(settings, scorer, None, data,
                                        os.path.join(settings.workdir, REFERENCE),
-                                       feature_config)
+                                       feature_config, bank_scores=bank_scores)
+  if crossfit_record is not None:
+    results["crossfit"] = crossfit_record
   results["components"] = settings.reference_components
   results["explained_variance"] = detector.explained_variance
   results["train_seconds"] = round(time.perf_counter() - t0, 1)
@@ -537,7 +606,7 @@ def _normalization_note(results: dict) -> str:
   brackets with ``--normalization_bank=heldout``) of a method evaluated so, else '';
   then ', 1-s windows' when the clip score averages windows (else eq. 11)."""
   how = results["score_normalization"]
-  bank = ", held-out bank" if how.get("bank") == "heldout" else ""
+  bank = f", {heldout.BANK_NAMES[how['bank']]}" if how.get("bank") in heldout.BANK_NAMES else ""
   note = "" if how["kind"] == "none" else (
       f" on {how['kind']}-normalized scores (k={how['neighbors']}{bank})")
   window = results.get("clip_score", {})
@@ -598,7 +667,20 @@ def run(settings: Settings) -> dict:
         settings, loss, corpus, mesh=mesh, input_stats=input_stats, validate=validate,
         train_clips=train_clips)
     t_train = time.perf_counter() - t0
-    res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer)
+    bank_scores, crossfit_record = None, None
+    if settings.bank() == score_norm.CROSSFIT_BANK:
+      t1 = time.perf_counter()
+      fold_params, folds, fold_steps = train_folds(settings, loss, data, mesh=mesh,
+                                                   something_else=(clips, lengths))
+      bank_scores, crossfit_record = _out_of_fold(
+          scorer, jax.device_get(state.params), [(scorer, p) for p in fold_params], folds, data)
+      crossfit_record["train_seconds"] = (round(time.perf_counter() - t1, 1) if fold_steps
+                                          else results.get(loss, {}).get("crossfit", {}).get(
+                                              "train_seconds"))
+    res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer,
+                                       bank_scores=bank_scores)
+    if crossfit_record is not None:
+      res["crossfit"] = crossfit_record
     fits = fits or fit_check.FitCheck(data.fit_waves, data.heldout_waves,
                                       cfg0.model_preset.features)
     res["fit"] = fit_check.model_fit(fits, config.model_preset, jax.device_get(state.params))
@@ -615,7 +697,10 @@ def run(settings: Settings) -> dict:
     fileio.write_json(results_path, results)
     print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g}"
           f"{_normalization_note(res)} "
-          + (f"(train {t_train:.0f} s)" if trained_steps else "(trained before)"), flush=True)
+          + (f"(train {t_train:.0f} s" if trained_steps else "(trained before")
+          + (f"; fold models {crossfit_record['train_seconds']:.0f} s)"
+             if crossfit_record and crossfit_record.get("train_seconds") is not None else ")"),
+          flush=True)
   methods = list(settings.losses)
   if settings.reference_components and len(settings.losses) > 1:
     res, material[REFERENCE] = evaluate_reference(settings, cfg0.feature_config, data)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from bu_jax import heldout
@@ -158,6 +159,80 @@ def test_the_heldout_bank_holds_the_heldout_clips_frames(heldout_bank_run, finis
                      r"--heldout_fraction\)"):
     toycar.run(_settings(workdir, tiny_data, score_normalization="knn",
                          normalization_neighbors=5, normalization_bank="heldout"))
+
+
+@pytest.fixture(scope="module")
+def crossfit_run(tmp_path_factory, tiny_data):
+  """A tiny RE + BU run scored with knn on the cross-fitted bank (PCA reference too)."""
+  workdir = tmp_path_factory.mktemp("crossfit") / "run"
+  toycar.run(_settings(workdir, tiny_data, losses=("re", "bu"), score_normalization="knn",
+                       normalization_neighbors=5, normalization_bank="crossfit"))
+  return workdir
+
+
+def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_train_on_it(
+    crossfit_run, tiny_data):
+  from bu_jax import checkpoint, crossfit, data as data_lib, detector, frame_scores, reference, score_norm  # pylint: disable=g-import-not-at-top
+  results = json.loads((crossfit_run / "results.json").read_text())
+  settings = _settings(crossfit_run, tiny_data, losses=("re", "bu"))
+  data = toycar.load_data(settings)
+  folds = crossfit.split(len(data.fit_waves), seed=settings.data_seed)
+  for loss in ("re", "bu"):
+    record = results[loss]["score_normalization"]
+    assert record["bank"] == "crossfit" and results[loss]["crossfit"]["folds"] == 2
+    assert "k=5, cross-fitted bank" in toycar._normalization_note(results[loss])  # pylint: disable=protected-access
+    main = detector.load_detector(crossfit_run, loss=loss)
+    raw = lambda det: frame_scores.FrameScorer(det.model, det.preset.features)
+    fold_models = []
+    for k in range(2):
+      fold_dir = crossfit_run / loss / "crossfit" / f"fold{k}"
+      stored = checkpoint.read_metadata(str(fold_dir))["data"]
+      trained_on = [data.fit_paths[i] for i in crossfit.others(folds, k)]
+      assert stored["train_clips"] == data_lib.clips_fingerprint(trained_on)
+      assert stored["crossfit_fold"] == f"{k + 1} of 2"
+      assert not set(trained_on) & {data.fit_paths[i] for i in folds[k]}  # never its own clips
+      det = detector.load_detector(fold_dir)
+      fold_models.append((raw(det), det.params))
+    expected = crossfit.out_of_fold_scores(fold_models, data.fit_waves, folds,
+                                           scales=results[loss]["crossfit"]["scales"])
+    bank = score_norm.load_local_normalizer(crossfit_run / loss / "score_normalizer.npz")
+    np.testing.assert_allclose(bank.scores, expected, rtol=2e-4)  # scales stored to 4 digits
+    codes, _ = score_norm.clip_frames(raw(main), main.params, data.fit_waves)
+    np.testing.assert_allclose(bank.codes, codes, rtol=1e-5, atol=1e-5)  # the main model's
+  pca = results["pca"]
+  assert pca["score_normalization"]["bank"] == "crossfit" and pca["crossfit"]["folds"] == 2
+  fold_pcas = [(reference.PCAScorer(reference.PCADetector(
+      settings.model_preset().features, components=16).fit(
+          [data.fit_waves[i] for i in crossfit.others(folds, k)])), None) for k in range(2)]
+  bank = score_norm.load_local_normalizer(crossfit_run / "pca" / "score_normalizer.npz")
+  np.testing.assert_allclose(bank.scores, crossfit.out_of_fold_scores(
+      fold_pcas, data.fit_waves, folds, scales=pca["crossfit"]["scales"]), rtol=2e-4)
+
+
+def test_a_crossfit_rerun_finds_the_fold_models_trained(crossfit_run, tiny_data, tmp_path,
+                                                         capsys):
+  workdir = _copy(crossfit_run, tmp_path)
+  before = json.loads((workdir / "results.json").read_text())
+  capsys.readouterr()
+  toycar.run(_settings(workdir, tiny_data, losses=("re", "bu"), score_normalization="knn",
+                       normalization_neighbors=5, normalization_bank="crossfit"))
+  out = capsys.readouterr().out
+  assert "] training fcn" not in out and out.count("already trained") == 6  # 2 models + 4 folds
+  assert "(trained before; fold models" in out
+  after = json.loads((workdir / "results.json").read_text())
+  for loss in ("re", "bu", "pca"):
+    assert after[loss]["auc"] == before[loss]["auc"]
+    assert after[loss]["crossfit"] == before[loss]["crossfit"]  # train_seconds kept
+
+
+def test_crossfit_is_refused_where_it_cannot_apply(tiny_data):
+  from bu_jax import dcase_run  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="--normalization_bank=crossfit applies to "
+                     "--score_normalization=knn, knn_z or auto, got none"):
+    _settings("unused", tiny_data, normalization_bank="crossfit")
+  with pytest.raises(ValueError, match="crossfit is implemented in experiments.toycar only"):
+    dcase_run.Settings(workdir="unused", preset="demo", normalization_bank="crossfit",
+                       score_normalization="knn")
 
 
 @pytest.mark.parametrize("overrides, named", [
@@ -438,7 +513,7 @@ def test_pca_reference_with_knn_normalization(kind, neighbors, tiny_data, tmp_pa
 # ------------------------------------------------------------------ one decision rule (eq. 4)
 
 
-@pytest.mark.parametrize("run", ["finished_run", "knn_run", "heldout_bank_run"])
+@pytest.mark.parametrize("run", ["finished_run", "knn_run", "heldout_bank_run", "crossfit_run"])
 def test_results_and_experiments_score_decide_alike(run, tiny_data, tmp_path, request):
   """The toy-car run's decision CSVs (results.json's phi) and experiments.score's job,
   on the same test clips written as WAV files, give the same clip scores and decisions

@@ -1,0 +1,97 @@
+"""The cross-fitted knn bank: training frames scored by models that never trained on them.
+
+``score_norm``'s "knn_z" judges a test frame against the scores of its nearest
+bank frames in the model's code space. A model reconstructs the clips it trained
+on better than new sound, and a loss that weights rare frames up (eq. 16) more
+so for the rare ones: a bank of the training frames' own scores then expects
+too little of a rare test frame, and the rare mode's clips keep outscoring the
+frequent ones. The held-out clips' bank (``score_norm.fit_heldout_banks``) is
+honest but small (ten clips, two to four with the rare mode).
+
+Cross-fitting, as in out-of-fold prediction, gives every training frame an
+honest score. The training clips are split into ``FOLDS`` folds; for fold k a
+model with the same settings trains on the clips of the other folds and scores
+the clips of fold k. The bank keeps the main model's codes (test frames are
+looked up in its code space) and takes these out-of-fold scores, each fold
+model's scaled by the median frame score of the held-out clips under the main
+model over that under the fold model (a fold model trains on fewer clips; the
+held-out clips are new to every model, so the ratio puts its scores on the
+main model's scale without labels).
+
+``split`` and ``others`` say which clips each fold model trains on,
+``heldout_scale`` gives the scale and ``out_of_fold_scores`` the bank's scores;
+``bu_jax.toycar`` trains the fold models (``--normalization_bank=crossfit``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from bu_jax import score_norm
+
+FOLDS = 2  # each fold model trains on half of the training clips
+_FLOOR = 1e-12  # the smallest median score a scale divides by
+
+
+def split(n: int, *, seed: int, folds: int = FOLDS) -> list[list[int]]:
+  """The clip indices of each fold: a permutation of ``range(n)`` by
+  ``numpy.random.default_rng(seed)`` dealt out in turn, each fold sorted.
+
+  Raises:
+    ValueError: fewer clips than ``2 * folds`` (each fold model needs clips to
+      train on, each fold clips to score) or fewer than 2 folds.
+  """
+  if folds < 2:
+    raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+  if n < 2 * folds:
+    raise ValueError(f"--normalization_bank=crossfit: {n} training clip(s) for {folds} folds; "
+                     f"need at least {2 * folds}")
+  order = np.random.default_rng(seed).permutation(n)
+  return [sorted(int(i) for i in order[k::folds]) for k in range(folds)]
+
+
+def others(folds: Sequence[Sequence[int]], k: int) -> list[int]:
+  """The clips fold model ``k`` trains on: those of every fold but ``k``, sorted."""
+  return sorted(i for j, fold in enumerate(folds) if j != k for i in fold)
+
+
+def heldout_scale(main: tuple[Any, Any], fold: tuple[Any, Any],
+                  heldout_waves: Sequence[np.ndarray]) -> float:
+  """Median held-out frame score of the ``main`` model over that of the ``fold``
+  model, each a ``(scorer, params)`` pair (``score_norm.clip_frames``'s scorer);
+  the held-out clips are new to both."""
+  names = [f"held-out clip {i}" for i in range(len(heldout_waves))]
+  medians = [float(np.median(score_norm.clip_frames(scorer, params, heldout_waves,
+                                                    names=names)[1]))
+             for scorer, params in (main, fold)]
+  return max(medians[0], _FLOOR) / max(medians[1], _FLOOR)
+
+
+def out_of_fold_scores(fold_models: Sequence[tuple[Any, Any]], waves: Sequence[np.ndarray],
+                       folds: Sequence[Sequence[int]], *,
+                       scales: Optional[Sequence[float]] = None,
+                       names: Optional[Sequence[str]] = None) -> np.ndarray:
+  """The interior frames' scores of every clip of ``waves`` (in their order, as
+  ``score_norm.clip_frames`` concatenates them), each clip scored by the model of
+  its fold: ``fold_models[k]`` = ``(scorer, params)`` trained without the clips of
+  ``folds[k]``, its scores times ``scales[k]`` (default 1).
+
+  Raises:
+    ValueError: the folds do not cover every clip exactly once, or the model
+      and scale counts differ from the fold count.
+  """
+  fold_of = {i: k for k, fold in enumerate(folds) for i in fold}
+  if sorted(fold_of) != list(range(len(waves))) or sum(map(len, folds)) != len(waves):
+    raise ValueError(f"the folds must hold each of the {len(waves)} clips exactly once")
+  scales = [1.0] * len(folds) if scales is None else list(scales)
+  if len(fold_models) != len(folds) or len(scales) != len(folds):
+    raise ValueError(f"{len(folds)} folds, {len(fold_models)} fold models, {len(scales)} scales")
+  names = list(names or [f"training clip {i}" for i in range(len(waves))])
+  parts = []
+  for i, wave in enumerate(waves):
+    scorer, params = fold_models[fold_of[i]]
+    _, scores = score_norm.clip_frames(scorer, params, [wave], names=[names[i]])
+    parts.append(scores.astype(np.float64) * scales[fold_of[i]])
+  return np.concatenate(parts).astype(np.float32)

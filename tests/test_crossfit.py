@@ -1,0 +1,73 @@
+"""The cross-fitted bank's folds and out-of-fold scores (``bu_jax.crossfit``)."""
+
+import numpy as np
+import pytest
+
+from bu_jax import crossfit
+from bu_jax import features
+
+
+class _ConstantScorer:
+  """Scores every frame ``value`` (codes: zeros), with FrameScorer's calling convention."""
+
+  config = features.FeatureConfig(n_mels=8, context=1)
+
+  def __init__(self, value):
+    self.value = value
+
+  def __call__(self, params, wave, *, name="waveform", with_codes=False):
+    n = self.config.num_frames(len(wave))
+    scores = np.full(n, self.value * (1.0 if params is None else params), np.float32)
+    return (scores, np.zeros((n, 2), np.float32)) if with_codes else scores
+
+
+def test_split_deals_every_clip_to_one_fold_and_is_deterministic():
+  folds = crossfit.split(11, seed=3)
+  assert len(folds) == crossfit.FOLDS == 2
+  assert sorted(i for f in folds for i in f) == list(range(11))
+  assert {len(f) for f in folds} == {5, 6} and all(f == sorted(f) for f in folds)
+  assert folds == crossfit.split(11, seed=3) and folds != crossfit.split(11, seed=4)
+  assert crossfit.others(folds, 0) == folds[1] and crossfit.others(folds, 1) == folds[0]
+  three = crossfit.split(9, seed=0, folds=3)
+  assert crossfit.others(three, 1) == sorted(three[0] + three[2])
+
+
+@pytest.mark.parametrize("n, folds, message", [
+    (3, 2, "3 training clip"), (0, 2, "need at least 4"), (10, 1, "at least 2 folds")])
+def test_split_refuses_too_few_clips_or_folds(n, folds, message):
+  with pytest.raises(ValueError, match=message):
+    crossfit.split(n, seed=0, folds=folds)
+
+
+def test_each_clip_is_scored_by_the_model_that_did_not_train_on_it():
+  rng = np.random.default_rng(0)
+  waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (4000, 6000, 5000, 7000, 4500)]
+  folds = [[0, 3], [1, 2, 4]]
+  models = [(_ConstantScorer(1.0), None), (_ConstantScorer(2.0), None)]  # model k: without fold k
+  scores = crossfit.out_of_fold_scores(models, waves, folds, scales=[10.0, 0.5])
+  config = _ConstantScorer.config
+  expected = np.concatenate([
+      np.full(len(range(config.num_frames(len(w)))[config.interior(len(w))]),
+              10.0 if i in folds[0] else 1.0) for i, w in enumerate(waves)])
+  np.testing.assert_allclose(scores, expected)
+  assert scores.dtype == np.float32
+
+
+def test_out_of_fold_scores_refuse_folds_that_miss_or_repeat_a_clip():
+  waves = [np.zeros(4000, np.float32) + 0.01] * 4
+  models = [(_ConstantScorer(1.0), None)] * 2
+  for folds in ([[0, 1], [2]], [[0, 1], [1, 2, 3]], [[0, 1], [2, 5]]):
+    with pytest.raises(ValueError, match="exactly once"):
+      crossfit.out_of_fold_scores(models, waves, folds)
+  with pytest.raises(ValueError, match="2 folds, 1 fold models"):
+    crossfit.out_of_fold_scores(models[:1], waves, [[0, 1], [2, 3]])
+
+
+def test_heldout_scale_puts_a_fold_model_on_the_main_models_scale():
+  waves = [np.zeros(5000, np.float32) + 0.01] * 3
+  scale = crossfit.heldout_scale((_ConstantScorer(6.0), None), (_ConstantScorer(2.0), None),
+                                 waves)
+  assert scale == pytest.approx(3.0)
+  # A fold model scoring 0 everywhere gives a finite (large) scale, not a division by 0.
+  assert np.isfinite(crossfit.heldout_scale((_ConstantScorer(1.0), None),
+                                            (_ConstantScorer(0.0), None), waves))
