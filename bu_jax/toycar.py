@@ -589,6 +589,11 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
         f"{'' if c is None else f'{100 * c:+.1f}%':>10}{'':>11}" for c in change))
   lines.append(f"{'scores (window)':<{width}}" + "".join(
       f"{scores_label(results[m]):>21}" for m in methods))
+  banks = [results[m].get("score_normalization", {}) for m in methods]
+  if any(b.get("bank") for b in banks):  # --normalization_bank other than training
+    lines.append(f"{'knn bank':<{width}}" + "".join(
+        f"{'' if b.get('kind', 'none') == 'none' else b.get('bank', 'training'):>21}"
+        for b in banks))
   return "\n".join(lines)
 
 

@@ -201,6 +201,9 @@ def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_tra
     np.testing.assert_allclose(bank.codes, codes, rtol=1e-5, atol=1e-5)  # the main model's
   pca = results["pca"]
   assert pca["score_normalization"]["bank"] == "crossfit" and pca["crossfit"]["folds"] == 2
+  table = (crossfit_run / "results.txt").read_text().splitlines()
+  assert [line.split() for line in table if line.startswith("knn bank")] == [
+      ["knn", "bank", "crossfit", "crossfit", "crossfit"]]
   fold_pcas = [(reference.PCAScorer(reference.PCADetector(
       settings.model_preset().features, components=16).fit(
           [data.fit_waves[i] for i in crossfit.others(folds, k)])), None) for k in range(2)]
