@@ -370,6 +370,26 @@ def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_el
 CROSSFIT_DIR = "crossfit"  # <workdir>/<loss>/crossfit/fold<k>: the fold models
 
 
+def _check_bank(settings: Settings, data: Data) -> None:
+  """Refuses a ``--normalization_bank`` the split cannot fill, before any training.
+
+  Raises:
+    data_lib.DataError: the held-out bank with fewer than 2 held-out clips, or
+      the cross-fitted one with fewer than 2 clips per fold (naming the flags).
+  """
+  if settings.normalization()[0] == "none":
+    return
+  where = settings.data_dir or "the embedded set"
+  if settings.bank() == score_norm.HELDOUT_BANK and len(data.heldout_waves) < 2:
+    raise data_lib.DataError(f"{where}: --normalization_bank=heldout needs at least 2 held-out "
+                             f"clips, got {len(data.heldout_waves)} (raise --heldout_fraction)")
+  if settings.bank() == score_norm.CROSSFIT_BANK:
+    try:
+      crossfit.split(len(data.fit_waves), seed=settings.data_seed)
+    except ValueError as e:
+      raise data_lib.DataError(f"{where}: {e}") from None
+
+
 def _read_results(path: str) -> dict[str, Any]:
   """The per-loss entries of an earlier ``results.json``; a damaged file is
   moved aside to ``results.json.damaged`` with a warning, and results start afresh."""
@@ -637,6 +657,7 @@ def run(settings: Settings) -> dict:
     check_resumable(settings, loss)
   info = parallel.log_devices(mesh)
   data = load_data(settings)
+  _check_bank(settings, data)  # before any training
   cfg0 = settings.train_config(settings.losses[0])
   segments = data_lib.training_corpus(data.fit_waves, segment_seconds=cfg0.segment_seconds,
                                       paths=data.fit_paths)

@@ -228,6 +228,16 @@ def test_a_crossfit_rerun_finds_the_fold_models_trained(crossfit_run, tiny_data,
     assert after[loss]["crossfit"] == before[loss]["crossfit"]  # train_seconds kept
 
 
+def test_crossfit_with_too_few_clips_is_refused_before_training(tiny_data, tmp_path):
+  from bu_jax import data  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  with pytest.raises(data.DataError, match=r"--normalization_bank=crossfit: 3 training "
+                     r"clip\(s\) for 2 folds; need at least 4"):
+    toycar.run(_settings(workdir, tiny_data, heldout_fraction=0.5, score_normalization="knn",
+                         normalization_neighbors=5, normalization_bank="crossfit"))
+  assert not (workdir / "re" / "checkpoints").exists()
+
+
 def test_crossfit_is_refused_where_it_cannot_apply(tiny_data):
   from bu_jax import dcase_run  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="--normalization_bank=crossfit applies to "
