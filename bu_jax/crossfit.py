@@ -19,7 +19,7 @@ held-out clips are new to every model, so the ratio puts its scores on the
 main model's scale without labels).
 
 ``split`` and ``others`` say which clips each fold model trains on,
-``heldout_scale`` gives the scale and ``out_of_fold_scores`` the bank's scores;
+``heldout_scales`` gives the scales and ``out_of_fold_scores`` the bank's scores;
 ``bu_jax.toycar`` trains the fold models (``--normalization_bank=crossfit``).
 """
 
@@ -57,16 +57,16 @@ def others(folds: Sequence[Sequence[int]], k: int) -> list[int]:
   return sorted(i for j, fold in enumerate(folds) if j != k for i in fold)
 
 
-def heldout_scale(main: tuple[Any, Any], fold: tuple[Any, Any],
-                  heldout_waves: Sequence[np.ndarray]) -> float:
-  """Median held-out frame score of the ``main`` model over that of the ``fold``
-  model, each a ``(scorer, params)`` pair (``score_norm.clip_frames``'s scorer);
-  the held-out clips are new to both."""
+def heldout_scales(main: tuple[Any, Any], fold_models: Sequence[tuple[Any, Any]],
+                   heldout_waves: Sequence[np.ndarray]) -> list[float]:
+  """For each fold model, the median held-out frame score of the ``main`` model
+  over its own; each model a ``(scorer, params)`` pair (``score_norm.clip_frames``'s
+  scorer). The held-out clips are new to every model."""
   names = [f"held-out clip {i}" for i in range(len(heldout_waves))]
-  medians = [float(np.median(score_norm.clip_frames(scorer, params, heldout_waves,
-                                                    names=names)[1]))
-             for scorer, params in (main, fold)]
-  return max(medians[0], _FLOOR) / max(medians[1], _FLOOR)
+  median = lambda model: max(float(np.median(score_norm.clip_frames(
+      *model, heldout_waves, names=names)[1])), _FLOOR)
+  main_median = median(main)
+  return [main_median / median(model) for model in fold_models]
 
 
 def out_of_fold_scores(fold_models: Sequence[tuple[Any, Any]], waves: Sequence[np.ndarray],

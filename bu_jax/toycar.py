@@ -273,7 +273,15 @@ EVALUATION_FLAGS = ("reduce", "rare_clips", "reference_components", "score_norma
                     "normalization_neighbors", "normalization_bank", "score_window")
 
 
-def check_resumable(settings: Settings, loss: str, *, train_clips: Optional[str] = None) -> None:
+def _model_dir(settings: Settings, loss: str, fold: Optional[tuple[int, int]] = None) -> str:
+  """<workdir>/<loss>, or <workdir>/<loss>/crossfit/fold<k> for fold (k, n) of the
+  cross-fitted bank (``train_folds``)."""
+  top = os.path.join(settings.workdir, loss)
+  return top if fold is None else os.path.join(top, CROSSFIT_DIR, f"fold{fold[0]}")
+
+
+def check_resumable(settings: Settings, loss: str, *, train_clips: Optional[str] = None,
+                    fold: Optional[tuple[int, int]] = None) -> None:
   """Refuses to resume or re-evaluate a model trained with other settings.
 
   If ``<workdir>/<loss>`` holds a checkpoint, the training settings stored in
@@ -284,21 +292,30 @@ def check_resumable(settings: Settings, loss: str, *, train_clips: Optional[str]
   what they hold (``runner.check_resumable``). With ``train_clips``
   (``data.clips_fingerprint``) the training folder must also hold the clips it
   held then: otherwise the held-out split would calibrate phi on clips the
-  model trained on.
+  model trained on. ``fold`` (k, n): the fold model k of n of the cross-fitted
+  bank instead (``_model_dir``).
 
   Raises:
     SettingsMismatchError: the differing settings, with both values and how
       to proceed.
     checkpoint.CheckpointError: the checkpoint's metadata cannot be read.
   """
-  runner.check_resumable(os.path.join(settings.workdir, loss),
-                         _training_metadata(settings, loss, train_clips=train_clips),
+  runner.check_resumable(_model_dir(settings, loss, fold),
+                         _fold_metadata(settings, loss, train_clips, fold),
                          flag_names=_FLAG_NAMES,
                          evaluation_flags=EVALUATION_FLAGS)
 
 
+def _fold_metadata(settings: Settings, loss: str, train_clips: Optional[str],
+                   fold: Optional[tuple[int, int]]) -> artifact.ModelMetadata:
+  """``_training_metadata``, with "fold k+1 of n" for fold model (k, n)."""
+  return _training_metadata(settings, loss, train_clips=train_clips,
+                            fold=None if fold is None else f"{fold[0] + 1} of {fold[1]}")
+
+
 def train_one(settings: Settings, loss: str, corpus, *, mesh, input_stats=None,
-              validate=None, train_clips: Optional[str] = None
+              validate=None, train_clips: Optional[str] = None,
+              fold: Optional[tuple[int, int]] = None
               ) -> tuple[Any, train_lib.TrainConfig, int]:
   """Trains (or resumes, or finds finished) the model of ``loss`` in <workdir>/<loss>.
 
@@ -309,24 +326,38 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh, input_stats=None,
   (``<workdir>/<loss>/validation.jsonl``). Returns the final state, its config
   and the number of steps trained now (``runner.train_or_resume``).
   ``train_clips`` (``data.clips_fingerprint``) is stored and checked on a resume.
+  ``fold`` (k, n): trains fold model k of n of the cross-fitted bank instead
+  (``train_folds``), in ``<workdir>/<loss>/crossfit/fold<k>``.
   """
   config = settings.train_config(loss)
-  check_resumable(settings, loss, train_clips=train_clips)
+  check_resumable(settings, loss, train_clips=train_clips, fold=fold)
   init = runner.initial_state(config, mesh=mesh, input_stats=input_stats)
   state, trained = runner.train_or_resume(
-      config, corpus, mesh=mesh, model_dir=os.path.join(settings.workdir, loss),
-      metadata=_training_metadata(settings, loss, train_clips=train_clips), init_state=init,
-      checkpoint_every=settings.checkpoint_every, tag=loss, validate=validate,
-      progress=settings.progress)
+      config, corpus, mesh=mesh, model_dir=_model_dir(settings, loss, fold),
+      metadata=_fold_metadata(settings, loss, train_clips, fold), init_state=init,
+      checkpoint_every=settings.checkpoint_every,
+      tag=loss if fold is None else f"{loss} fold {fold[0] + 1}/{fold[1]}",
+      validate=validate, progress=settings.progress)
   return state, config, trained
+
+
+def _training_inputs(config: train_lib.TrainConfig, waves, paths, *, mesh, something_else):
+  """The placed training corpus of ``waves`` and, for an AE that standardizes its
+  input, their feature statistics (else None). ``something_else``: ``(clips,
+  lengths)`` of ``data_lib.pad_clips``, or ``(None, None)``."""
+  segments = data_lib.training_corpus(waves, segment_seconds=config.segment_seconds,
+                                      paths=paths)
+  corpus = train_lib.place_corpus(segments, *something_else, mesh=mesh, config=config)
+  stats = (features_lib.statistics(waves, config=config.feature_config)
+           if config.model_preset.standardize_input else None)
+  return corpus, stats
 
 
 def _out_of_fold(scorer, params, fold_models, folds, data: Data) -> tuple[np.ndarray, dict]:
   """The bank scores of ``--normalization_bank=crossfit`` (``crossfit``): every
   training frame scored by the fold model that did not train on its clip, on the
   main model's (``scorer``, ``params``) scale; and the record for results.json."""
-  scales = [crossfit.heldout_scale((scorer, params), model, data.heldout_waves)
-            for model in fold_models]
+  scales = crossfit.heldout_scales((scorer, params), fold_models, data.heldout_waves)
   scores = crossfit.out_of_fold_scores(fold_models, data.fit_waves, folds, scales=scales,
                                        names=data.fit_paths)
   return scores, {"folds": len(folds), "clips_per_fold": [len(f) for f in folds],
@@ -347,21 +378,11 @@ def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_el
   for k in range(len(folds)):
     idx = crossfit.others(folds, k)
     waves, paths = [data.fit_waves[i] for i in idx], [data.fit_paths[i] for i in idx]
-    model_dir = os.path.join(settings.workdir, loss, CROSSFIT_DIR, f"fold{k}")
-    metadata = _training_metadata(settings, loss, train_clips=data_lib.clips_fingerprint(paths),
-                                  fold=f"{k + 1} of {len(folds)}")
-    runner.check_resumable(model_dir, metadata, flag_names=_FLAG_NAMES,
-                           evaluation_flags=EVALUATION_FLAGS)
-    segments = data_lib.training_corpus(waves, segment_seconds=config.segment_seconds,
-                                        paths=paths)
-    corpus = train_lib.place_corpus(segments, *something_else, mesh=mesh, config=config)
-    stats = (features_lib.statistics(waves, config=config.feature_config)
-             if config.model_preset.standardize_input else None)
-    init = runner.initial_state(config, mesh=mesh, input_stats=stats)
-    state, steps = runner.train_or_resume(
-        config, corpus, mesh=mesh, model_dir=model_dir, metadata=metadata, init_state=init,
-        checkpoint_every=settings.checkpoint_every, tag=f"{loss} fold {k + 1}/{len(folds)}",
-        progress=settings.progress)
+    corpus, stats = _training_inputs(config, waves, paths, mesh=mesh,
+                                     something_else=something_else)
+    state, _, steps = train_one(settings, loss, corpus, mesh=mesh, input_stats=stats,
+                                train_clips=data_lib.clips_fingerprint(paths),
+                                fold=(k, len(folds)))
     params.append(jax.device_get(state.params))
     trained += steps
   return params, folds, trained
@@ -659,13 +680,14 @@ def run(settings: Settings) -> dict:
   data = load_data(settings)
   _check_bank(settings, data)  # before any training
   cfg0 = settings.train_config(settings.losses[0])
-  segments = data_lib.training_corpus(data.fit_waves, segment_seconds=cfg0.segment_seconds,
-                                      paths=data.fit_paths)
-  if data.something_else:
-    clips, lengths = data_lib.pad_clips(data.something_else)
-  else:
-    clips, lengths = None, None
-  corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)
+  something_else = (data_lib.pad_clips(data.something_else) if data.something_else
+                    else (None, None))
+  t0 = time.perf_counter()
+  corpus, input_stats = _training_inputs(cfg0, data.fit_waves, data.fit_paths, mesh=mesh,
+                                         something_else=something_else)
+  if input_stats is not None:
+    print(f"Training corpus and input statistics of {len(data.fit_waves)} training clips "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
   results_path = os.path.join(settings.workdir, "results.json")
   results = _read_results(results_path)
   results.pop(REFERENCE, None)
@@ -673,12 +695,6 @@ def run(settings: Settings) -> dict:
   results["data"] = data.description
   results["devices"] = info
   results["paper"] = PAPER_FIGURE4
-  input_stats = None
-  if cfg0.model_preset.standardize_input:
-    t0 = time.perf_counter()
-    input_stats = features_lib.statistics(data.fit_waves, config=cfg0.feature_config)
-    print(f"Input statistics of {len(data.fit_waves)} training clips "
-          f"({time.perf_counter() - t0:.1f} s)", flush=True)
   material = {}
   # One scorer for every loss (the same model preset): its jitted scoring compiles once,
   # for the validation curve and the evaluation alike.
@@ -697,7 +713,7 @@ def run(settings: Settings) -> dict:
     if settings.bank() == score_norm.CROSSFIT_BANK:
       t1 = time.perf_counter()
       fold_params, folds, fold_steps = train_folds(settings, loss, data, mesh=mesh,
-                                                   something_else=(clips, lengths))
+                                                   something_else=something_else)
       bank_scores, crossfit_record = _out_of_fold(
           scorer, jax.device_get(state.params), [(scorer, p) for p in fold_params], folds, data)
       crossfit_record["train_seconds"] = (round(time.perf_counter() - t1, 1) if fold_steps

@@ -63,11 +63,12 @@ def test_out_of_fold_scores_refuse_folds_that_miss_or_repeat_a_clip():
     crossfit.out_of_fold_scores(models[:1], waves, [[0, 1], [2, 3]])
 
 
-def test_heldout_scale_puts_a_fold_model_on_the_main_models_scale():
+def test_heldout_scales_put_the_fold_models_on_the_main_models_scale():
   waves = [np.zeros(5000, np.float32) + 0.01] * 3
-  scale = crossfit.heldout_scale((_ConstantScorer(6.0), None), (_ConstantScorer(2.0), None),
-                                 waves)
-  assert scale == pytest.approx(3.0)
+  scales = crossfit.heldout_scales((_ConstantScorer(6.0), None),
+                                   [(_ConstantScorer(2.0), None), (_ConstantScorer(3.0), None)],
+                                   waves)
+  assert scales == pytest.approx([3.0, 2.0])
   # A fold model scoring 0 everywhere gives a finite (large) scale, not a division by 0.
-  assert np.isfinite(crossfit.heldout_scale((_ConstantScorer(1.0), None),
-                                            (_ConstantScorer(0.0), None), waves))
+  assert np.isfinite(crossfit.heldout_scales((_ConstantScorer(1.0), None),
+                                             [(_ConstantScorer(0.0), None)], waves)[0])
