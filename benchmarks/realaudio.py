@@ -43,9 +43,12 @@ import os
 import numpy as np
 
 from benchmarks._common import emit
+from bu_jax import cli
+from bu_jax import data as data_lib
 from bu_jax import evaluate
 from bu_jax import score_norm
 from bu_jax import toycar
+from bu_jax import train as train_lib
 
 METRICS = ("auc", "pauc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")
 
@@ -87,7 +90,7 @@ def main():
   parser.add_argument("--workdir", default="runs/realaudio")
   parser.add_argument("--sigma", type=float, default=None)
   parser.add_argument("--lam", type=float, default=None)
-  parser.add_argument("--bandwidth", default=None)
+  parser.add_argument("--bandwidth", default=None, choices=list(train_lib.BANDWIDTHS))
   parser.add_argument("--standardize_input", default=None, choices=["true", "false"])
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--from_results", action="store_true",
@@ -117,37 +120,79 @@ def main():
   if not os.path.isdir(data_dir):
     parser.error(f"--root={args.root}: no {data_dir}; build the set first "
                  "(bash ../shared/realaudio-dev/build.sh /tmp/realaudio-dev)")
-  seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  try:
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  except ValueError:
+    parser.error(f"--seeds={args.seeds}: give comma-separated integers, e.g. 0,1,2")
+  if not seeds:
+    parser.error(f"--seeds={args.seeds!r}: no seed given")
+  settings = {}
+  for seed in seeds:
+    try:
+      settings[seed] = _settings(args, data_dir, seed)
+    except ValueError as e:
+      parser.error(str(e))
+  cli.sigterm_as_interrupt()
+  cli.exit_on_errors(
+      lambda: _benchmark(args, seeds, settings),
+      errors=cli.TRAINING_ERRORS, interrupted=(toycar.Interrupted,),
+      on_interrupt=cli.RESUME_HINT)
+
+
+def _settings(args, data_dir: str, seed: int) -> toycar.Settings:
+  """The toy-car settings of one seed (``ValueError`` naming a bad flag)."""
+  return toycar.Settings(
+      workdir=os.path.join(args.workdir, args.preset, f"seed{seed}"), losses=("re", "snp", "bu"),
+      preset=args.preset, data_dir=data_dir,
+      something_else_dir=os.path.join(args.root, "something_else"),
+      rare_clips=os.path.join(args.root, "metadata.csv"), seed=seed, sigma=args.sigma,
+      lam=args.lam,
+      bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
+      epochs=args.epochs, score_normalization=args.score_normalization,
+      normalization_neighbors=args.normalization_neighbors, score_window=args.score_window,
+      normalization_bank=args.normalization_bank,
+      **({} if args.heldout_fraction is None else {"heldout_fraction": args.heldout_fraction}),
+      decay_start_epoch=None if args.epochs is None else args.epochs // 2,
+      standardize_input=(None if args.standardize_input is None
+                         else args.standardize_input == "true"))
+
+
+def _read_results(path: str) -> dict:
+  """A finished run's ``results.json`` (``data_lib.DataError`` naming the file
+  when it is missing, not JSON or lacks a method's AUC)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      results = json.load(f)
+  except FileNotFoundError:
+    raise data_lib.DataError(f"{path}: no such file (a seed not run yet?)") from None
+  except (OSError, ValueError) as e:
+    raise data_lib.DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+  methods = [m for m in ("re", "snp", "bu", toycar.REFERENCE)
+             if isinstance(results, dict) and m in results]
+  if not methods or any(not isinstance(results[m], dict) or "auc" not in results[m]
+                        or "pauc" not in results[m] for m in methods):
+    raise data_lib.DataError(f"{path}: not a finished run's results (no method with its AUC); "
+                             "run without --from_results to finish it")
+  return results
+
+
+def _benchmark(args, seeds: list, settings: dict) -> None:
+  """Runs (or reads) every seed, prints the JSON lines and the tables."""
   collected: dict[tuple[str, str], dict[str, list[float]]] = {}
   label_free: dict[str, dict[str, list]] = {}  # per method: pseudo-AUCs, kinds evaluated
   methods = None
   for seed in seeds:
-    workdir = os.path.join(args.workdir, args.preset, f"seed{seed}")
-    settings = toycar.Settings(
-        workdir=workdir, losses=("re", "snp", "bu"), preset=args.preset, data_dir=data_dir,
-        something_else_dir=os.path.join(args.root, "something_else"),
-        rare_clips=os.path.join(args.root, "metadata.csv"), seed=seed, sigma=args.sigma,
-        lam=args.lam,
-        bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
-        epochs=args.epochs, score_normalization=args.score_normalization,
-        normalization_neighbors=args.normalization_neighbors, score_window=args.score_window,
-        normalization_bank=args.normalization_bank,
-        **({} if args.heldout_fraction is None else {"heldout_fraction": args.heldout_fraction}),
-        decay_start_epoch=None if args.epochs is None else args.epochs // 2,
-        standardize_input=(None if args.standardize_input is None
-                           else args.standardize_input == "true"))
+    workdir = settings[seed].workdir
     if args.select_from:
       candidates = []
       for root in args.select_from.split(","):
-        path = os.path.join(root, args.preset, f"seed{seed}", "results.json")
-        with open(path, encoding="utf-8") as f:
-          candidates.append((root, json.load(f)))
+        candidates.append(
+            (root, _read_results(os.path.join(root, args.preset, f"seed{seed}", "results.json"))))
       results = select_by_heldout_spread(candidates)
     elif args.from_results:
-      with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
-        results = json.load(f)
+      results = _read_results(os.path.join(workdir, "results.json"))
     else:
-      results = toycar.run(settings)
+      results = toycar.run(settings[seed])
     methods = [m for m in ("re", "snp", "bu", toycar.REFERENCE) if m in results]
     for method in methods:
       seen = label_free.setdefault(method, {"pseudo": [], "kinds": []})

@@ -23,10 +23,12 @@ JSON key                 meaning
 ``heldout_clip_scores``  held-out normal clip scores and their
 ``heldout_paths``        paths it was fitted to
 ``score_normalization``  with a threshold on normalized scores (optional):
-                         ``{"kind": "knn", "neighbors": k, "file": name}``,
-                         the ``score_norm.LocalNormalizer`` bank ``file``
+                         ``{"kind": "knn", "neighbors": k, "file": name,
+                         "fingerprint": hash}``, the
+                         ``score_norm.LocalNormalizer`` bank ``file``
                          (relative to the model directory) that divides
-                         every frame score before φ applies
+                         every frame score before φ applies, and a hash of
+                         its contents (optional)
 ``score_window``         with a threshold: the frames per mean of the clip
                          score (``evaluate.clip_score``); absent: 1 (eq. 11)
 ``version``              ``VERSION``; absent in checkpoints written before it
@@ -50,6 +52,7 @@ and features, read only, on one device). A missing or malformed entry raises
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -88,11 +91,15 @@ class ScoreNormalization:
     neighbors: k.
     file: the ``score_norm.LocalNormalizer`` bank, relative to the model
       directory.
+    fingerprint: the bank's ``LocalNormalizer.fingerprint`` when it was
+      calibrated (None in checkpoints written before it was stored): a bank
+      file replaced by another model's is refused.
   """
 
   kind: str
   neighbors: int
   file: str
+  fingerprint: Optional[str] = None
 
   def describe(self) -> str:
     """E.g. "knn-normalized scores (10 neighbours)"."""
@@ -189,7 +196,8 @@ class ModelMetadata:
       if c.window != 1:  # absent: one frame (eq. 11), as in every earlier version
         out["score_window"] = int(c.window)
       if c.normalization is not None:
-        out["score_normalization"] = dataclasses.asdict(c.normalization)
+        out["score_normalization"] = {k: v for k, v in dataclasses.asdict(c.normalization).items()
+                                      if v is not None}  # no fingerprint: as before it
     out["version"] = self.version
     return out
 
@@ -375,6 +383,8 @@ def _normalization(field: _FieldReader) -> Optional[ScoreNormalization]:
     raise error(f"'kind' must be one of {NORMALIZATIONS}, got {values['kind']!r}")
   if values["neighbors"] < 1:
     raise error(f"'neighbors' must be >= 1, got {values['neighbors']}")
+  if not isinstance(values.get("fingerprint", ""), str):  # absent: None
+    raise error(f"'fingerprint' must be a string, got {values['fingerprint']!r}")
   file = values["file"]
   if not file or os.path.isabs(file) or ".." in file.replace("\\", "/").split("/"):
     raise error(f"'file' must be a path inside the model directory, got {file!r}")
@@ -455,8 +465,11 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
       ``loss``; the message says what exists.
   """
   workdir = os.fspath(workdir)
+  if not workdir:
+    raise ArtifactError("no workdir given (an empty path)")
   if not os.path.isdir(workdir):
-    raise ArtifactError(f"{workdir}: no such directory")
+    raise ArtifactError(f"{workdir}: " + ("a file, not a directory" if os.path.exists(workdir)
+                                          else "no such directory"))
   if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
     return workdir
   found = sorted(name for name in os.listdir(workdir)
@@ -473,6 +486,14 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
   if found:
     raise ArtifactError(f"{workdir} holds models for several losses {found}; choose one "
                         "with --loss.")
+  per_machine = sorted(  # an experiments.dcase workdir: <loss>/models/<machine>[/section]
+      os.path.dirname(os.path.dirname(p)) for p in glob.glob(
+          os.path.join(glob.escape(workdir), "*", "models", "**", checkpoint.CHECKPOINT_SUBDIR,
+                       ""), recursive=True))
+  if per_machine:
+    shown = ", ".join(per_machine[:6]) + (", ..." if len(per_machine) > 6 else "")
+    raise ArtifactError(f"{workdir} holds one model per machine type (experiments.dcase); "
+                        f"give one of them as the workdir: {shown}")
   raise ArtifactError(
       f"No checkpoint in {workdir}: expected {checkpoint.checkpoint_dir(workdir)} "
       f"or <loss>/{checkpoint.CHECKPOINT_SUBDIR} below it (train a model with "

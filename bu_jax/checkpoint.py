@@ -490,8 +490,8 @@ def read_metadata(workdir: os.PathLike | str, *, step: int | None = None) -> dic
     CheckpointError: no checkpoint, or its metadata is missing or not JSON.
   """
   directory = checkpoint_dir(workdir)
+  steps = committed_steps(workdir)
   if step is None:
-    steps = committed_steps(workdir)
     if not steps:
       raise CheckpointError(f"No checkpoint in {directory}.")
     step = steps[-1]
@@ -499,5 +499,8 @@ def read_metadata(workdir: os.PathLike | str, *, step: int | None = None) -> dic
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
+    others = [s for s in steps if s != step]
+    hint = (f" Other checkpoints: steps {others}; deleting {directory / str(step)} "
+            "resumes from the newest of them." if others else "")
     raise CheckpointError(f"Metadata of checkpoint step {step} in {directory} "
-                          f"cannot be read: {type(e).__name__}: {e}") from e
+                          f"cannot be read: {type(e).__name__}: {e}.{hint}") from e

@@ -276,6 +276,13 @@ class TrainingSettings:
             f"of devices ({devices}): each device must get the same number of mixtures. "
             f"Use a multiple of {devices} (e.g. --mixtures_per_step={lower}) or set "
             "--num_devices.")
+    for loss in self.losses:  # TrainConfig's own rules (float32 range, step count, seed, ...)
+      try:
+        TrainingSettings.train_config(self, loss)
+      except ValueError as e:
+        message = str(e)
+        named = message.split(" ", 1)[0] in {flag_name(f) for f in flag_fields(type(self))}
+        raise ValueError(("--" if named else "") + message) from None
 
   def resolved(self, name: str) -> Any:
     """The setting ``name``: its value, else the preset's, else TrainConfig's default."""
@@ -344,6 +351,10 @@ class ScoringSettings(TrainingSettings):
 
   def __post_init__(self):
     super().__post_init__()
+    dim = self.model_preset().features.dim
+    if self.reference_components > dim:
+      raise ValueError(f"--reference_components={self.reference_components} exceeds the "
+                       f"{dim} feature dimensions of --model={self.resolved('model')}")
     score_norm.check_setting(*self.normalization())
     if self.bank() != score_norm.TRAINING_BANK and self.normalization()[0] == "none":
       raise ValueError(f"--normalization_bank={self.bank()} applies to "
@@ -486,6 +497,12 @@ def _describe(error: BaseException) -> str:
   return message
 
 
+# Bad input of a training run (each names the path or the flag) and what a stopped run keeps.
+TRAINING_ERRORS = (data_lib.DataError, audio.AudioError, checkpoint.CheckpointError,
+                   train_lib.NonFiniteLossError, OSError)
+RESUME_HINT = "the checkpoints saved so far are kept: run the same command again to resume"
+
+
 def run_training(run: Callable[[Any], T], settings_class: type, *,
                  interrupted: type[BaseException]) -> T:
   """The ``main`` of a training entry point (``experiments.toycar``, ``.dcase``).
@@ -500,10 +517,7 @@ def run_training(run: Callable[[Any], T], settings_class: type, *,
   settings = usage_error(lambda: settings_from_flags(settings_class))
   return exit_on_errors(
       lambda: run(settings), interrupted=(interrupted,),
-      errors=(data_lib.DataError, audio.AudioError, checkpoint.CheckpointError,
-              train_lib.NonFiniteLossError, OSError),
-      on_interrupt="the checkpoints saved so far are kept: run the same command again "
-      "to resume")
+      errors=TRAINING_ERRORS, on_interrupt=RESUME_HINT)
 
 
 def _drop_closed_loop_noise(unraisable) -> None:

@@ -659,7 +659,8 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
 
   Raises:
     DataError: a missing or unreadable file, a CSV without the needed
-      columns, or a ``rare`` value that is not 0/1 (naming the line).
+      columns, a ``rare`` value that is not 0/1, or a clip marked both rare
+      and not rare (naming the line).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -680,6 +681,9 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
   if "rare" not in lowered and len(header) > 1 and any(c in lowered for c in name_columns):
     raise DataError(f"--rare_clips={path}: the CSV has a file-name column but no 'rare' "
                     f"column (0/1; its columns: {', '.join(h.strip() for h in header)})")
+  if lowered == ["rare"]:
+    raise DataError(f"--rare_clips={path}: the CSV has a 'rare' column but no file-name "
+                    "column (file, filename, name, path or wav)")
   if "rare" in lowered and len(header) > 1:
     name_col = next((lowered.index(c) for c in name_columns if c in lowered), None)
     if name_col is None:
@@ -693,7 +697,11 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
       if value not in ("0", "1", "true", "false"):
         raise DataError(f"--rare_clips={path}, line {number}: rare must be 0 or 1, "
                         f"got {row[rare_col]!r}")
-      labels[_components(row[name_col])] = value in ("1", "true")
+      key, rare = _components(row[name_col]), value in ("1", "true")
+      if labels.get(key, rare) != rare:
+        raise DataError(f"--rare_clips={path}, line {number}: {row[name_col].strip()} is "
+                        "marked both rare and not rare")
+      labels[key] = rare
   else:
     labels[()] = False
     for line in lines:

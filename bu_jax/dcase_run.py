@@ -124,7 +124,7 @@ class Settings(cli.ScoringSettings):
                           help="File-name grammar and metric convention (auto: from the names).")
   per: str = cli.setting("machine_type", choices=PER,
                          help="One model per machine type (baselines) or per section.")
-  data_seed: int = cli.setting(0, help="Seed of the embedded data set.")
+  data_seed: int = cli.setting(0, minimum=0, help="Seed of the embedded data set.")
   ground_truth_dir: Optional[str] = cli.setting(
       None, help="Organisers' ground truth (ground_truth_data/, ground_truth_domain/) for "
       "unlabelled evaluation-set test clips.")
@@ -277,6 +277,12 @@ def clip_scores(scorer: frame_scores.FrameScorer | score_norm.NormalizedScorer, 
   return np.asarray(out, dtype=np.float64)
 
 
+def _left_out_of_bank(n: int) -> set[int]:
+  """The training clips ``normalized_scorer`` leaves out of the bank: each tenth
+  (the 10th, 20th, ...; the last when there are fewer than 10)."""
+  return set(range(9, n, 10)) or {n - 1}
+
+
 def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, params,
                       train_clips: Sequence[Any], *, model_dir: str
                       ) -> tuple[Any, Optional[score_norm.LocalNormalizer], list]:
@@ -297,7 +303,7 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
   if kind != "none" and n < 2:
     raise data_lib.DataError(f"{model_dir}: {n} training clip(s); --score_normalization="
                              f"{kind} needs at least 2")
-  held = set() if kind == "none" else (set(range(9, n, 10)) or {n - 1})
+  held = set() if kind == "none" else _left_out_of_bank(n)
   bank = [c for i, c in enumerate(train_clips) if i not in held]
   held_clips = [c for i, c in enumerate(train_clips) if i in held]
   scorer, normalizer = score_norm.prepare(
@@ -340,7 +346,8 @@ def _calibrate(settings: Settings, scorer, params, *, train_clips, held, model_d
     train_scores = clip_scores(eval_scorer, params, phi_clips, reduce=settings.reduce,
                                window=window)
     normalization = None if normalizer is None else artifact.ScoreNormalization(
-        kind=normalizer.kind, neighbors=normalizer.neighbors, file=score_norm.FILE_NAME)
+        kind=normalizer.kind, neighbors=normalizer.neighbors, file=score_norm.FILE_NAME,
+        fingerprint=normalizer.fingerprint)
     chosen = (normalizer.neighbors if normalizer is not None and normalizer.choice is not None
               else None)
     return _Scored(eval_scorer, evaluate.fit_threshold(
@@ -520,6 +527,29 @@ def _summary_rows(results: dict, losses: Sequence[str], year: str,
 # ------------------------------------------------------------------ driver
 
 
+def _check_neighbors(settings: Settings, train_clips, held, features, *, where: str) -> None:
+  """Refuses a ``--normalization_neighbors`` larger than the knn bank of a group
+  (``normalized_scorer``'s, or with ``--heldout_fraction`` ``heldout.normalize``'s),
+  before its models train.
+
+  Raises:
+    data_lib.DataError: naming the flag, the group and the bank's size.
+  """
+  kind, neighbors = settings.normalization()
+  if held is None:
+    left_out = _left_out_of_bank(len(train_clips))
+    lengths = [len(c.wave) for i, c in enumerate(train_clips) if i not in left_out]
+  else:
+    lengths = [len(w) for w in (held.waves if settings.bank() == score_norm.HELDOUT_BANK
+                                else held.fit_waves)]
+  frames = score_norm.bank_frames(lengths, features,
+                                  leave_one_out=settings.bank() == score_norm.HELDOUT_BANK)
+  try:
+    score_norm.check_neighbors_fit(kind, neighbors, frames)
+  except ValueError as e:
+    raise data_lib.DataError(f"{where}: {e}") from None
+
+
 def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
   root = _need_dir(settings.data_root, "--data_root")
   se_dir = _need_dir(settings.something_else_dir, "--something_else_dir")
@@ -650,6 +680,8 @@ def run(settings: Settings) -> dict:
             waves=[c.wave for c in held_clips], names=[c.path for c in held_clips],
             pseudo_waves=heldout.make_pseudo([c.wave for c in held_clips], something_else,
                                              anrs_db=data_lib.PAPER_ANRS_DB, seed=settings.data_seed))
+      _check_neighbors(settings, train_clips, held, preset.features,
+                       where=f"{machine} {group}")
       segments = data_lib.training_corpus([c.wave for c in train_clips],
                                           segment_seconds=cfg0.segment_seconds,
                                           paths=[c.path for c in train_clips])

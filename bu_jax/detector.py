@@ -428,7 +428,8 @@ def _load_normalizer(model_dir: str, wanted: artifact.ScoreNormalization, *,
   """The bank the calibration names, checked against it and the model.
 
   Raises:
-    DetectorError: the file is missing, damaged, or holds another kind, k or code size.
+    DetectorError: the file is missing, damaged, holds another kind, k or code
+      size, or (when the calibration stored its fingerprint) another bank.
   """
   path = os.path.join(model_dir, wanted.file)
   normalizer = score_norm.load_local_normalizer(path)
@@ -439,6 +440,11 @@ def _load_normalizer(model_dir: str, wanted: artifact.ScoreNormalization, *,
         f"and codes of size {normalizer.code_dim}, but the calibration names {wanted.kind} "
         f"of {wanted.neighbors} neighbours and the model's codes have size {code_dim}; "
         f"re-run the evaluation with --score_normalization={wanted.kind}")
+  if wanted.fingerprint is not None and normalizer.fingerprint != wanted.fingerprint:
+    raise DetectorError(
+        f"{path}: not the bank this model was calibrated with (its contents hash to "
+        f"{normalizer.fingerprint}, the calibration names {wanted.fingerprint}); it was "
+        "replaced or written by another model. Re-run the evaluation to refit it")
   logging.info("Loaded the score normalizer %s (%s).", path, normalizer.describe())
   return normalizer
 

@@ -210,7 +210,8 @@ def normalize(scorer, params, held: HeldOut, out_dir: str, *, kind: str,
     return scorer, {"kind": "none"}, None
   logging.info("%s fitted and saved in %.1f s", normalizer.describe(), time.perf_counter() - t0)
   record = {"kind": normalizer.kind, "neighbors": normalizer.neighbors,
-            "frames": normalizer.frames, "file": score_norm.FILE_NAME}
+            "frames": normalizer.frames, "file": score_norm.FILE_NAME,
+            "fingerprint": normalizer.fingerprint}
   if bank != score_norm.TRAINING_BANK:
     record["bank"] = bank
   if normalizer.choice is not None:  # k chosen from the held-out clips
@@ -349,4 +350,4 @@ def calibration_normalization(record: dict) -> Optional[artifact.ScoreNormalizat
   if record["kind"] == "none":
     return None
   return artifact.ScoreNormalization(kind=record["kind"], neighbors=record["neighbors"],
-                                     file=record["file"])
+                                     file=record["file"], fingerprint=record.get("fingerprint"))

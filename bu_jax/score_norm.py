@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import os
 import zipfile
@@ -124,6 +125,31 @@ def check_setting(kind: str, neighbors: int) -> None:
                      f"(a spread of scores) or 0 (chosen), got {neighbors}")
 
 
+def bank_frames(lengths: Sequence[int], config, *, max_frames: int = 16384,
+                leave_one_out: bool = False) -> int:
+  """The frames a bank of clips of ``lengths`` samples keeps (their interior
+  frames, ``clip_frames``, at most ``max_frames``, ``fit_local_normalizer``):
+  known before any model scores them. ``leave_one_out``: the smallest of the
+  banks that leave one clip out (``fit_heldout_banks``)."""
+  counts = [len(range(config.num_frames(n))[config.interior(n)]) for n in lengths]
+  total = sum(counts)
+  kept = [total - c for c in counts] if leave_one_out else [total]
+  return min(max_frames, min(kept, default=0))
+
+
+def check_neighbors_fit(kind: str, neighbors: int, frames: int) -> None:
+  """Refuses a ``--normalization_neighbors`` larger than the bank it will search
+  (``bank_frames``), before any training; 0 (chosen) and "none" always fit.
+
+  Raises:
+    ValueError: naming the flag and the bank's size.
+  """
+  if kind == "none" or neighbors == AUTO or neighbors <= frames:
+    return
+  raise ValueError(f"--normalization_neighbors={neighbors} exceeds the {frames} frames of "
+                   "the knn bank; give at most that many (or 0 to choose k, with knn_z or auto)")
+
+
 def _check_frames(codes: np.ndarray, scores: np.ndarray, code_dim: int, name: str) -> None:
   """Frames to normalize (or to choose k on): codes (T, code_dim), scores (T,), finite."""
   if codes.ndim != 2 or codes.shape[1] != code_dim or scores.shape != codes.shape[:1]:
@@ -161,6 +187,15 @@ class LocalNormalizer:
                 kind=self.kind)
     object.__setattr__(self, "neighbors", int(self.neighbors))
     object.__setattr__(self, "kind", str(self.kind))
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A hash of the bank's contents (codes, scores, k, kind): the calibration
+    stores it, so a bank file that another model wrote is refused."""
+    digest = hashlib.sha256(f"{self.kind}:{self.neighbors}:{self.codes.shape}:".encode())
+    digest.update(np.ascontiguousarray(self.codes, "<f4").tobytes())
+    digest.update(np.ascontiguousarray(self.scores, "<f4").tobytes())
+    return digest.hexdigest()[:16]
 
   @property
   def frames(self) -> int:

@@ -111,7 +111,7 @@ class Settings(cli.ScoringSettings):
                             help="Layout of --data_dir.")
   snr_db: float = cli.setting(0.0, help="SNR of the noise mixed into machine clips (mixing).")
   anrs_db: Sequence[float] = data_lib.PAPER_ANRS_DB
-  data_seed: int = cli.setting(0, help="Seed of the synthetic set and data splits.")
+  data_seed: int = cli.setting(0, minimum=0, help="Seed of the synthetic set and data splits.")
   compute_dtype: str = cli.setting(
       train_lib.TrainConfig.compute_dtype, choices=train_lib.COMPUTE_DTYPES,
       help="The AE's matrix products in training (bfloat16: GPU/TPU); parameters, features, "
@@ -395,8 +395,9 @@ def _check_bank(settings: Settings, data: Data) -> None:
   """Refuses a ``--normalization_bank`` the split cannot fill, before any training.
 
   Raises:
-    data_lib.DataError: the held-out bank with fewer than 2 held-out clips, or
-      the cross-fitted one with fewer than 2 clips per fold (naming the flags).
+    data_lib.DataError: the held-out bank with fewer than 2 held-out clips, the
+      cross-fitted one with fewer than 2 clips per fold, or a k larger than the
+      bank (naming the flags).
   """
   if settings.normalization()[0] == "none":
     return
@@ -409,11 +410,19 @@ def _check_bank(settings: Settings, data: Data) -> None:
       crossfit.split(len(data.fit_waves), seed=settings.data_seed)
     except ValueError as e:
       raise data_lib.DataError(f"{where}: {e}") from None
+  heldout_bank = settings.bank() == score_norm.HELDOUT_BANK
+  frames = score_norm.bank_frames(
+      [len(w) for w in (data.heldout_waves if heldout_bank else data.fit_waves)],
+      settings.model_preset().features, leave_one_out=heldout_bank)
+  try:
+    score_norm.check_neighbors_fit(*settings.normalization(), frames)
+  except ValueError as e:
+    raise data_lib.DataError(f"{where}: {e}") from None
 
 
 def _read_results(path: str) -> dict[str, Any]:
-  """The per-loss entries of an earlier ``results.json``; a damaged file is
-  moved aside to ``results.json.damaged`` with a warning, and results start afresh."""
+  """The per-loss entries of an earlier ``results.json``; a damaged file (not
+  JSON, not an object, or a loss entry that is not one) is moved aside to ``results.json.damaged`` with a warning, and results start afresh."""
   if not os.path.exists(path):
     return {}
   try:
@@ -421,6 +430,10 @@ def _read_results(path: str) -> dict[str, Any]:
       stored = json.load(f)
     if not isinstance(stored, dict):
       raise ValueError(f"a JSON {type(stored).__name__}, not an object")
+    bad = [k for k in losses_lib.LOSSES if k in stored and not isinstance(stored[k], dict)]
+    if bad:
+      raise ValueError(f"its {bad[0]!r} entry is a JSON {type(stored[bad[0]]).__name__}, "
+                       "not an object")
   except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
     aside = path + ".damaged"
     logging.warning("%s cannot be read (%s: %s); moved to %s, starting fresh results.", path,

@@ -51,6 +51,8 @@ LOSSES = losses.LOSSES  # ("re", "snp", "bu")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BANDWIDTHS = ("fixed", "contrast")
 KDE_EXCLUDE = ("none", "segment")
+MAX_STEPS = 2**31 - 1  # optax's schedules count steps in int32
+MAX_MEMORY_FRAMES = 65536  # kde_memory x kde_memory_rows: 115 MB of frames at D = 440
 CompilerOptions = Optional[Mapping[str, Any]]
 
 
@@ -65,7 +67,8 @@ class TrainConfig:
     loss: "re" (eq. 7), "snp" (eq. 9) or "bu" (eq. 16).
     model: a preset name of ``models.PRESETS`` or a ``models.ModelPreset``.
     learning_rate: initial AMSGrad learning rate (1e-4).
-    epochs: training length in epochs (200).
+    epochs: training length in epochs (200); ``epochs`` x ``steps_per_epoch``
+      is at most ``MAX_STEPS``.
     steps_per_epoch: mini-batches per epoch (500).
     decay_start_epoch: the rate is constant for this many epochs (100), then
       decays linearly to ``final_lr_factor`` times itself at ``epochs``.
@@ -86,13 +89,14 @@ class TrainConfig:
       normal frames (``kde_memory_rows`` evenly spaced ones per step) the KDE
       also sums over (``kde.kde_weights_with_memory``); kept in the train
       state (and its checkpoints), the same on every device.
-    kde_memory_rows: rows remembered per step.
+    kde_memory_rows: rows remembered per step; ``kde_memory`` x
+      ``kde_memory_rows`` is at most ``MAX_MEMORY_FRAMES``.
     kde_exclude: BU only; "none" (eq. 15) or "segment": a frame's KDE sum
       skips the other frames of its own 3-s normal segment (``kde_density``'s
       ``groups``), so only recurrence in other recordings makes it common.
     lam: clipping parameter lambda of eq. (10); None: 2M (M mel bands).
     eps: epsilon of the BU weight 1/(K + eps) (eq. 16).
-    seed: seeds the parameter initialization and every batch.
+    seed: seeds the parameter initialization and every batch; in [0, 2**32).
     steps_per_call: steps run per device call by ``train`` (``lax.scan``); it
       changes the speed, not the results.
     compute_dtype: "float32" (default) or "bfloat16": the autoencoder's
@@ -158,6 +162,21 @@ class TrainConfig:
               and (value > 0 if low_ok is None else value >= low_ok)):
         raise ValueError(f"{name} must be a finite number {'> 0' if low_ok is None else '>= 0'}"
                          f"{' or None' if none_ok else ''}, got {value!r}")
+    for name in ("learning_rate", "sigma", "lam", "eps"):  # used in float32: 1e-50 is 0 there
+      if getattr(self, name) is not None:
+        kde._check_hyperparameter(name, getattr(self, name), allow_zero=name == "eps")
+    if self.total_steps > MAX_STEPS:
+      raise ValueError(f"epochs x steps_per_epoch = {self.epochs} x {self.steps_per_epoch} = "
+                       f"{self.total_steps} steps; at most {MAX_STEPS}")
+    if not (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool)
+            and 0 <= self.seed < 2**32):
+      raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+    if self.kde_memory * self.kde_memory_rows > MAX_MEMORY_FRAMES:
+      raise ValueError(
+          f"kde_memory x kde_memory_rows = {self.kde_memory} x {self.kde_memory_rows} = "
+          f"{self.kde_memory * self.kde_memory_rows} remembered frames; at most "
+          f"{MAX_MEMORY_FRAMES} (the memory and its pairwise distances to each batch grow "
+          "with it)")
     low, high = self.anr_range_db
     if not (math.isfinite(low) and math.isfinite(high)):
       raise ValueError(f"anr_range_db must be finite, got {self.anr_range_db}")

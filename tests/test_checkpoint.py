@@ -198,6 +198,15 @@ def test_metadata_errors(tmp_path):
     checkpoint.Checkpointer(tmp_path, metadata={"bad": object()})
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint"):
     checkpoint.read_metadata(tmp_path / "empty")
+  with checkpoint.Checkpointer(tmp_path / "two", save_interval_steps=1,
+                               metadata={"loss": "re"}) as ckpt:
+    ckpt.maybe_save(1, init_state())
+    ckpt.maybe_save(2, init_state())
+  shutil.rmtree(tmp_path / "two" / "checkpoints" / "2" / "metadata")  # an emptied step
+  with pytest.raises(checkpoint.CheckpointError, match=r"step 2 .* cannot be read: "
+                     r"FileNotFoundError: .* Other checkpoints: steps \[1\]; deleting .*2 "
+                     r"resumes from the newest of them"):
+    checkpoint.read_metadata(tmp_path / "two")
 
 
 # ------------------------------------------------------ different device count

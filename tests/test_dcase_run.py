@@ -280,6 +280,7 @@ def test_score_normalization_is_an_evaluation_setting(finished_dcase, tmp_path):
   detector = detector_lib.load_detector(model_dir)
   assert detector.threshold == results["re"]["thresholds"]["re/SynthFan"]
   assert detector.normalizer.kind == "knn_z" and len(detector.calibration.heldout_paths) == 1
+  assert detector.calibration.normalization.fingerprint == bank.fingerprint
   clip = md.test[0]
   rows = dict(csv.reader(open(workdir / "re" /
                               f"anomaly_score_SynthFan_section_{clip.section}_test.csv")))
@@ -358,6 +359,18 @@ def test_choosing_the_scoring_needs_held_out_clips(tmp_path):
   with pytest.raises(dcase.DataError, match=r"--score_window=0: --something_else_dir is required"):
     dcase_run.run(_settings(tmp_path / "w2", losses=("re",), data_root=root,
                             heldout_fraction=0.2, score_window=0))
+
+
+@pytest.mark.parametrize("extra", [{}, {"heldout_fraction": 0.5}])
+def test_a_k_larger_than_the_bank_is_refused_before_training(tmp_path, extra):
+  root = synthetic_dcase.generate(str(tmp_path / "d"), **{**TINY, "num_source_train": 2,
+                                                         "num_test_per_group": 1})
+  workdir = tmp_path / "w"
+  with pytest.raises(dcase.DataError, match=r"--normalization_neighbors=1000000 exceeds the "
+                     r"\d+ frames of the knn bank"):
+    dcase_run.run(_settings(workdir, losses=("re",), data_root=root, score_normalization="knn",
+                            normalization_neighbors=10**6, **extra))
+  assert not list(workdir.glob("re/models/*/checkpoints"))
 
 
 def test_held_out_clips_choose_the_scoring(tmp_path, monkeypatch):

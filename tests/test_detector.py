@@ -260,6 +260,16 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
     artifact.find_model_dir(workdir, loss="snp")
   with pytest.raises(detector_lib.DetectorError, match="trained with loss 'bu', not 're'"):
     detector_lib.load_detector(workdir, loss="re")  # a copy of the bu model
+  dcase_workdir = tmp_path / "dcase"  # experiments.dcase: <loss>/models/<machine>
+  shutil.copytree(trained["model_dir"], dcase_workdir / "re" / "models" / "fan")
+  with pytest.raises(detector_lib.DetectorError, match=(
+      r"holds one model per machine type \(experiments.dcase\); give one of them as the "
+      f"workdir: {dcase_workdir / 're' / 'models' / 'fan'}$")):
+    artifact.find_model_dir(dcase_workdir)
+  with pytest.raises(detector_lib.DetectorError, match="no workdir given"):
+    artifact.find_model_dir("")
+  with pytest.raises(detector_lib.DetectorError, match="a file, not a directory"):
+    artifact.find_model_dir(trained["files"]["normal"])
 
   # Metadata naming a larger model than the stored parameters.
   path = _metadata_file(workdir / "bu")
@@ -318,6 +328,17 @@ def test_score_normalization_is_applied_and_its_file_checked(trained, tmp_path):
   assert z_detector.normalizer.kind == "knn_z" and "knn_z-normalized" in z_detector.describe()
   np.testing.assert_array_equal(z_detector.frame_scores(burst),
                                 z_detector.normalizer(codes, scores))
+  # a calibration that stores its bank's fingerprint refuses another bank of the same
+  # kind, k and code size (one fitted on other clips, e.g. copied from another model)
+  meta["score_normalization"]["fingerprint"] = z_detector.normalizer.fingerprint
+  json.dump(meta, open(meta_path, "w"))
+  assert detector_lib.load_detector(model_dir).normalizer.fingerprint == (
+      z_detector.normalizer.fingerprint)
+  score_norm.fit_from_clips(base.scorer, base.params, [normal, burst], neighbors=3,
+                            kind="knn_z").save(bank_path)
+  with pytest.raises(detector_lib.DetectorError,
+                     match=f"{bank_path}: not the bank this model was calibrated with"):
+    detector_lib.load_detector(model_dir)
   with open(bank_path, "wb") as f:
     f.write(b"not a bank")
   with pytest.raises(detector_lib.DetectorError, match=f"{bank_path}: not a usable"):

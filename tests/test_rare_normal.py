@@ -84,18 +84,17 @@ def test_rare_clips_plain_list_and_bad_files(tmp_path):
   assert normals[("test_anr-10dB_id_00", "normal_id_00_00000000.wav")] is False
   with pytest.raises(data.DataError, match="no such file"):
     data.read_rare_clips(str(tmp_path / "missing.csv"))
-  bad = tmp_path / "bad.csv"
-  bad.write_text("file,rare\nx.wav,maybe\n")
-  with pytest.raises(data.DataError, match="line 2"):
-    data.read_rare_clips(str(bad))
-  nocol = tmp_path / "nocol.csv"
-  nocol.write_text("clip,rare\nx.wav,1\n")
-  with pytest.raises(data.DataError, match="file-name column"):
-    data.read_rare_clips(str(nocol))
-  norare = tmp_path / "norare.csv"
-  norare.write_text("file,label\nx.wav,0\n")
-  with pytest.raises(data.DataError, match=r"no 'rare' column \(0/1; its columns: file, label\)"):
-    data.read_rare_clips(str(norare))
+  for content, message in (
+      ("file,rare\nx.wav,maybe\n", "line 2"),
+      ("clip,rare\nx.wav,1\n", "file-name column"),
+      ("file,label\nx.wav,0\n", r"no 'rare' column \(0/1; its columns: file, label\)"),
+      ("rare\n1\n0\n", "a 'rare' column but no file-name column"),
+      ("file,rare\nx.wav,1\ny.wav,0\nx.wav,1\nx.wav,0\n",
+       "line 5: x.wav is marked both rare and not rare")):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    with pytest.raises(data.DataError, match=message):
+      data.read_rare_clips(str(bad))
   other = tmp_path / "other.txt"
   other.write_text("somewhere_else.wav\n")
   with pytest.raises(data.DataError, match="names a test clip"):

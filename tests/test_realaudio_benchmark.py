@@ -55,3 +55,36 @@ def test_from_results_prints_each_runs_scores_and_window(tmp_path, monkeypatch, 
   # The README's rows: mean ± std over the seeds, the PCA (no random state) without.
   assert "| | RE | 0.900 ± 0.000 |  |  | 0.700 ± 0.000 |" in out
   assert "| | PCA | 0.900 |  |  | 0.700 |" in out
+
+
+def test_bad_flags_and_files_are_one_clear_line(tmp_path):
+  """Each of these ended in a traceback (or, for --seeds=",", printed nothing)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = tmp_path / "set"
+  (root / "dev_data" / "engine_b").mkdir(parents=True)
+  seed0 = tmp_path / "w" / "cpu" / "seed0"
+  seed0.mkdir(parents=True)
+  (seed0 / "results.json").write_text('{"re": {"train_seconds": 3}}')  # training not finished
+  base = [sys.executable, "-m", "benchmarks.realaudio", f"--root={root}",
+          f"--workdir={tmp_path / 'w'}"]
+  cases = {
+      ("--seeds=a",): "error: --seeds=a: give comma-separated integers",
+      ("--seeds=,",): "error: --seeds=',': no seed given",
+      ("--seeds=0", "--epochs=0"): "error: --epochs must be >= 1, got 0",
+      ("--seeds=0", "--sigma=1e39"): "error: --sigma must be finite and > 0 in float32",
+      ("--seeds=0", "--from_results"):
+          f"Error: {seed0 / 'results.json'}: not a finished run's results",
+      ("--seeds=1", "--from_results"):
+          f"Error: {tmp_path / 'w' / 'cpu' / 'seed1' / 'results.json'}: no such file",
+      ("--seeds=0", "--select_from=/no/such/dir"):
+          "Error: /no/such/dir/cpu/seed0/results.json: no such file",
+  }
+  for flags, message in cases.items():
+    proc = subprocess.run(base + list(flags), cwd=repo, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0, flags
+    assert "Traceback" not in proc.stderr, (flags, proc.stderr)
+    assert message in proc.stderr, (flags, proc.stderr)

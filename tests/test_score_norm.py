@@ -358,3 +358,40 @@ def test_knn_z_needs_three_bank_frames():
   out = score_norm.fit_local_normalizer(rng.normal(size=(3, 3)), [1.0, 2.0, 3.0], neighbors=2,
                                         kind="knn_z")(rng.normal(size=(4, 3)), [0.5, 1, 2, 3])
   assert np.isfinite(out).all()
+
+
+# ------------------------------------------------------------------ sizes known before training
+
+
+def test_bank_frames_counts_the_frames_the_banks_will_hold():
+  _, scorer, params = _tiny_scorer()
+  rng = np.random.default_rng(2)
+  # one clip too short for an interior frame (all its frames are kept), three of other lengths
+  waves = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in (600, 8000, 9100, 16000)]
+  lengths = [len(w) for w in waves]
+  full, loco = score_norm.fit_heldout_banks(scorer, params, waves, neighbors=3, kind="knn")
+  assert score_norm.bank_frames(lengths, scorer.config) == full.frames
+  assert score_norm.bank_frames(lengths, scorer.config, leave_one_out=True) == min(
+      b.frames for b in loco)
+  assert score_norm.bank_frames(lengths, scorer.config, max_frames=50) == 50
+  fitted = score_norm.fit_from_clips(scorer, params, waves, neighbors=3, max_frames=50)
+  assert fitted.frames == 50
+
+
+def test_a_k_larger_than_the_bank_is_refused_naming_the_flag():
+  score_norm.check_neighbors_fit("knn_z", 100, 100)  # fits
+  score_norm.check_neighbors_fit("knn_z", score_norm.AUTO, 1)  # chosen among those that fit
+  score_norm.check_neighbors_fit("none", 10**6, 1)  # no bank
+  with pytest.raises(ValueError, match="--normalization_neighbors=101 exceeds the 100 frames"):
+    score_norm.check_neighbors_fit("knn", 101, 100)
+
+
+def test_the_fingerprint_tells_banks_apart():
+  codes, scores = _bank()
+  a = score_norm.fit_local_normalizer(codes, scores, neighbors=5)
+  assert a.fingerprint == score_norm.fit_local_normalizer(codes.copy(), scores.copy(),
+                                                          neighbors=5).fingerprint
+  changed = scores.copy()
+  changed[7] *= 1.001
+  assert score_norm.fit_local_normalizer(codes, changed, neighbors=5).fingerprint != a.fingerprint
+  assert score_norm.fit_local_normalizer(codes, scores, neighbors=6).fingerprint != a.fingerprint

@@ -133,6 +133,26 @@ def test_unknown_preset_and_loss():
     toycar.Settings(workdir="x", losses=("mse",))
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"losses": ("bu",), "sigma": 1e39}, r"--sigma must be finite and > 0 in float32, got 1e\+39"),
+    ({"lam": 1e-50}, r"--lam must be finite and > 0 in float32"),
+    ({"learning_rate": 1e-50}, r"--learning_rate must be finite and > 0 in float32"),
+    ({"epochs": 3_000_000, "steps_per_epoch": 1000, "decay_start_epoch": 1},
+     r"--epochs x steps_per_epoch = 3000000 x 1000 = 3000000000 steps; at most 2147483647"),
+    ({"seed": 10**20}, r"--seed must be an integer in \[0, 2\*\*32\)"),
+    ({"seed": -1}, r"--seed must be an integer in \[0, 2\*\*32\)"),
+    ({"data_seed": -5}, r"--data_seed must be >= 0, got -5"),
+    ({"kde_memory": 100_000}, r"--kde_memory x kde_memory_rows = 100000 x 256 .* at most 65536"),
+    ({"reference_components": 100_000},
+     r"--reference_components=100000 exceeds the 440 feature dimensions of --model=fcn40-small"),
+])
+def test_values_that_would_fail_inside_training_are_refused_by_the_settings(values, message):
+  """Each of these used to pass the flag checks and end in a traceback (or, for a
+  learning rate of 0 in float32, a model that never trained)."""
+  with pytest.raises(ValueError, match=message):
+    toycar.Settings(workdir="x", preset="demo", **values)
+
+
 def _entry(tmp_path, tiny_data, *extra):
   return [sys.executable, "-m", "experiments.toycar", "--preset=demo", "--num_devices=1",
           f"--data_dir={tiny_data}",

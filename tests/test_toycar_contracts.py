@@ -238,6 +238,17 @@ def test_crossfit_with_too_few_clips_is_refused_before_training(tiny_data, tmp_p
   assert not (workdir / "re" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("bank", ["training", "heldout"])
+def test_a_k_larger_than_the_bank_is_refused_before_training(tiny_data, tmp_path, bank):
+  from bu_jax import data  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  with pytest.raises(data.DataError, match=r"--normalization_neighbors=1000000 exceeds the "
+                     r"\d+ frames of the knn bank"):
+    toycar.run(_settings(workdir, tiny_data, heldout_fraction=0.5, score_normalization="knn",
+                         normalization_neighbors=10**6, normalization_bank=bank))
+  assert not (workdir / "re" / "checkpoints").exists()
+
+
 def test_crossfit_is_refused_where_it_cannot_apply(tiny_data):
   from bu_jax import dcase_run  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="--normalization_bank=crossfit applies to "
@@ -327,7 +338,9 @@ def test_knn_normalization_is_an_evaluation_setting(knn_run, tiny_data, tmp_path
   assert bank.neighbors == 5 and bank.frames == record["frames"]
   meta = checkpoint.read_metadata(str(knn_run / "re"))
   assert meta["score_normalization"] == {"kind": "knn", "neighbors": 5,
-                                         "file": "score_normalizer.npz"}
+                                         "file": "score_normalizer.npz",
+                                         "fingerprint": bank.fingerprint}
+  assert record["fingerprint"] == bank.fingerprint
   # Held-out normalized clip scores sit near 1 (the frames look like their neighbours').
   assert 0.5 < np.median(results["re"]["heldout_clip_scores"]) < 20
   workdir = _copy(knn_run, tmp_path)
@@ -600,6 +613,15 @@ def test_half_written_metrics_line_does_not_stop_a_resume(finished_run, tiny_dat
   assert [json.loads(l)["step"] for l in metrics.read_text().splitlines()] == [0, 1]
   assert (workdir / "results.json.damaged").read_text() == "{ this is not JSON"
   assert json.loads((workdir / "results.json").read_text())["re"]["auc"] == results["re"]["auc"]
+
+
+def test_results_with_a_loss_entry_that_is_not_an_object_are_moved_aside(tmp_path):
+  path = tmp_path / "results.json"
+  path.write_text('{"re": 3, "bu": {"auc": {"mean": 0.9}}}')
+  assert toycar._read_results(str(path)) == {}  # pylint: disable=protected-access
+  assert (tmp_path / "results.json.damaged").read_text() == '{"re": 3, "bu": {"auc": {"mean": 0.9}}}'
+  path.write_text('{"bu": {"auc": {"mean": 0.9}}, "settings": 3}')  # other keys are not read
+  assert toycar._read_results(str(path)) == {"bu": {"auc": {"mean": 0.9}}}  # pylint: disable=protected-access
 
 
 def test_score_output_that_cannot_be_written_fails_before_scoring(finished_run, tmp_path,
