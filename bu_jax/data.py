@@ -119,16 +119,16 @@ def _require_dir(path: str, what: str) -> str:
   return path
 
 
-def list_wavs(directory: str | os.PathLike) -> list[str]:
+def list_wavs(directory: str | os.PathLike, *, warn: bool = True) -> list[str]:
   """Sorted paths of the ``*.wav`` files (any case) directly in ``directory``;
   a ``.wav`` entry that is not a file (a broken link, a folder) is skipped with
-  a warning naming it."""
+  a warning naming it (``warn``; off where the folder is listed again later)."""
   directory = _require_dir(os.fspath(directory), "audio")
   names, others = [], []
   for name in sorted(os.listdir(directory)):
     if name.lower().endswith(".wav"):
       (names if os.path.isfile(os.path.join(directory, name)) else others).append(name)
-  for name in others:
+  for name in others if warn else ():
     path = os.path.join(directory, name)
     logging.warning("skipped %s: %s", path, "a broken link" if os.path.islink(path)
                     else "not a regular file")
@@ -148,8 +148,9 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
   """
   data_dir = _require_dir(os.fspath(data_dir), "data")
   train_dir = _require_dir(os.path.join(data_dir, "train"), "training")
-  names = [os.path.basename(p) for p in list_wavs(train_dir)]
+  names = [os.path.basename(p) for p in list_wavs(train_dir, warn=False)]  # warned on loading
   if not names:
+    list_wavs(train_dir)  # warns of any .wav entries that are not files
     raise DataError(f"{train_dir}: no training clips (*.wav)")
   n2021 = sum(bool(_DCASE2021.match(n)) for n in names)
   n2020 = sum(bool(_DCASE2020.match(n)) for n in names)
@@ -206,10 +207,15 @@ def _parse_dcase(name: str, layout: str) -> tuple[int, str] | None:
 
 def require_sound(wave: np.ndarray, path: str) -> np.ndarray:
   """``wave`` of the training clip ``path``, or a DataError naming it if every
-  sample is 0: a model of normal sound must not learn silence."""
+  sample is 0, or every sample is the same (a DC offset, no sound): a model of
+  normal sound must not learn silence."""
   if not np.any(wave):
     raise DataError(f"{path}: silent training clip (every sample is 0); remove it, a model "
                     "of normal sound must not learn silence")
+  if wave.size > 1 and np.all(wave == wave.flat[0]):
+    raise DataError(f"{path}: silent training clip (every sample is {float(wave.flat[0]):g}, "
+                    "a constant offset); remove it, a model of normal sound must not learn "
+                    "silence")
   return wave
 
 

@@ -97,11 +97,17 @@ def check_resumable(model_dir: str, metadata: artifact.ModelMetadata, *,
     listed = "; ".join(f"{_flag(key, flag_names)}: {old!r} in the checkpoint, {new!r} now"
                        for key, old, new in differ)
     may_differ = ", ".join(f"--{name}" for name in evaluation_flags)
+    gone = [old for _, old, new in differ  # folders moved since: the stored path is gone
+            if isinstance(old, str) and isinstance(new, str) and os.path.isabs(old)
+            and not os.path.exists(old)]
+    moved = (f" {', '.join(gone)} no longer exist{'s' if len(gone) == 1 else ''}: if the data "
+             "moved, a symbolic link from the stored path to the new one lets the model "
+             "resume or be re-evaluated." if gone else "")
     raise SettingsMismatchError(
         f"{model_dir} holds a model (step {steps[-1]}) trained with other "
         f"settings: {listed}. Training settings cannot change on a resume: repeat the "
         f"stored values to resume or re-evaluate it (evaluation settings such as {may_differ} "
-        "may differ), or use a new --workdir to train with the new ones.")
+        f"may differ), or use a new --workdir to train with the new ones.{moved}")
 
 
 def initial_state(config: train_lib.TrainConfig, *, mesh, input_stats=None):

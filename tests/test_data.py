@@ -476,6 +476,10 @@ def test_silent_training_clip_of_a_dcase_layout_is_named(tmp_path):
   _write(tmp_path / "test" / "anomaly_id_00_00000000.wav")
   with pytest.raises(data.DataError, match=f"{silent}: silent training clip"):
     data.load_dataset(tmp_path)
+  _write(silent, np.full(8000, 0.25, np.float32))  # a constant offset is no sound either
+  with pytest.raises(data.DataError, match=f"{silent}: silent training clip \\(every sample "
+                     "is 0.25, a constant offset\\)"):
+    data.load_dataset(tmp_path)
   # A silent *test* clip is scored (it is what it is), not refused.
   os.remove(silent)
   _write(tmp_path / "test" / "normal_id_00_00000009.wav", np.zeros(8000, np.float32))
@@ -557,3 +561,20 @@ def test_list_wavs_names_what_it_skips(tmp_path, caplog):
   warned = sorted(r.getMessage() for r in caplog.records)
   assert warned == [f"skipped {tmp_path / 'a.wav'}: a broken link",
                     f"skipped {tmp_path / 'c.wav'}: not a regular file"]
+
+
+def test_a_skipped_entry_is_named_once_per_load(tmp_path, caplog):
+  _write(tmp_path / "train" / "normal_id_00_00000000.wav")
+  (tmp_path / "train" / "normal_id_00_00000001.wav").mkdir()  # not a file
+  _write(tmp_path / "test" / "normal_id_00_00000000.wav")
+  _write(tmp_path / "test" / "anomaly_id_00_00000000.wav")
+  data.load_dataset(tmp_path)  # detects the layout, then lists the folder again
+  skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+  assert skipped == [f"skipped {tmp_path / 'train' / 'normal_id_00_00000001.wav'}: "
+                     "not a regular file"]
+  os.remove(tmp_path / "train" / "normal_id_00_00000000.wav")
+  caplog.clear()
+  with pytest.raises(data.DataError, match="no training clips"):  # still named when nothing is left
+    data.load_dataset(tmp_path)
+  assert any("normal_id_00_00000001.wav: not a regular file" in r.getMessage()
+             for r in caplog.records)

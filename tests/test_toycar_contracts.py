@@ -297,6 +297,25 @@ def test_a_changed_training_folder_is_refused(finished_run, tiny_data, tmp_path)
     toycar.check_resumable(settings, "re", train_clips=grown)
 
 
+def test_a_moved_data_folder_is_refused_with_the_way_to_reuse_the_model(finished_run, tiny_data,
+                                                                      tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  moved = tmp_path / "moved"
+  shutil.copytree(tiny_data, moved)
+  workdir = _copy(finished_run, tmp_path)
+  from bu_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  meta_files = list((workdir / "re" / "checkpoints").glob("*/metadata/metadata.json"))
+  for path in meta_files:  # as if the data had been in a folder that no longer exists
+    meta = json.loads(path.read_text())
+    meta["data"]["data_dir"] = str(tmp_path / "gone")
+    path.write_text(json.dumps(meta))
+  assert checkpoint.read_metadata(str(workdir / "re"))["data"]["data_dir"].endswith("gone")
+  with pytest.raises(toycar.SettingsMismatchError,
+                     match=rf"{tmp_path / 'gone'} no longer exists: if the data moved, a "
+                           "symbolic link from the stored path to the new one"):
+    toycar.check_resumable(_settings(workdir, str(moved)), "re")
+
+
 def test_clips_fingerprint_depends_on_the_names_only():
   from bu_jax import data  # pylint: disable=g-import-not-at-top
   a = data.clips_fingerprint(["/x/train/a.wav", "/x/train/b.wav"])
