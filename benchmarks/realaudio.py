@@ -51,6 +51,7 @@ from bu_jax import toycar
 from bu_jax import train as train_lib
 
 METRICS = ("auc", "pauc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")
+METHODS = ("re", "snp", "bu", toycar.REFERENCE)
 
 
 def _rows(results: dict, method: str) -> dict[str, dict[str, float]]:
@@ -72,7 +73,7 @@ def select_by_heldout_spread(candidates: list[tuple[str, dict]]) -> dict:
     return evaluate.heldout_spread(res["heldout_clip_scores"])
 
   selected = {}
-  for method in ("re", "snp", "bu", toycar.REFERENCE):
+  for method in METHODS:
     have = [(spread(res[method]), i) for i, (_, res) in enumerate(candidates) if method in res]
     if have:
       value, i = min(have)
@@ -157,9 +158,10 @@ def _settings(args, data_dir: str, seed: int) -> toycar.Settings:
                          else args.standardize_input == "true"))
 
 
-def _read_results(path: str) -> dict:
+def _read_results(path: str, *, heldout: bool = False) -> dict:
   """A finished run's ``results.json`` (``data_lib.DataError`` naming the file
-  when it is missing, not JSON or lacks a method's AUC)."""
+  when it is missing, not JSON, or lacks a method's AUCs or, with ``heldout``
+  (``--select_from``), its held-out clip scores)."""
   try:
     with open(path, encoding="utf-8") as f:
       results = json.load(f)
@@ -167,12 +169,16 @@ def _read_results(path: str) -> dict:
     raise data_lib.DataError(f"{path}: no such file (a seed not run yet?)") from None
   except (OSError, ValueError) as e:
     raise data_lib.DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
-  methods = [m for m in ("re", "snp", "bu", toycar.REFERENCE)
-             if isinstance(results, dict) and m in results]
-  if not methods or any(not isinstance(results[m], dict) or "auc" not in results[m]
-                        or "pauc" not in results[m] for m in methods):
-    raise data_lib.DataError(f"{path}: not a finished run's results (no method with its AUC); "
+  methods = [m for m in METHODS if isinstance(results, dict) and m in results]
+  finished = lambda r: isinstance(r, dict) and all(
+      isinstance(r.get(k), dict) and "mean" in r[k] for k in ("auc", "pauc"))
+  if not methods or not all(finished(results[m]) for m in methods):
+    raise data_lib.DataError(f"{path}: not a finished run's results (no method with its AUCs); "
                              "run without --from_results to finish it")
+  if heldout and not all("heldout_max_over_median" in results[m]
+                         or "heldout_clip_scores" in results[m] for m in methods):
+    raise data_lib.DataError(f"{path}: lacks the held-out clip scores that --select_from "
+                             "compares")
   return results
 
 
@@ -187,13 +193,14 @@ def _benchmark(args, seeds: list, settings: dict) -> None:
       candidates = []
       for root in args.select_from.split(","):
         candidates.append(
-            (root, _read_results(os.path.join(root, args.preset, f"seed{seed}", "results.json"))))
+            (root, _read_results(os.path.join(root, args.preset, f"seed{seed}", "results.json"),
+                                 heldout=True)))
       results = select_by_heldout_spread(candidates)
     elif args.from_results:
       results = _read_results(os.path.join(workdir, "results.json"))
     else:
       results = toycar.run(settings[seed])
-    methods = [m for m in ("re", "snp", "bu", toycar.REFERENCE) if m in results]
+    methods = [m for m in METHODS if m in results]
     for method in methods:
       seen = label_free.setdefault(method, {"pseudo": [], "kinds": []})
       if results[method].get("pseudo_anomaly_auc") is not None:

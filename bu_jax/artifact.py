@@ -458,7 +458,10 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
 
   ``workdir`` is either a model directory itself or a ``bu_jax.toycar``
   workdir with one model directory per loss (``<workdir>/<loss>/checkpoints``);
-  then ``loss`` picks one, and may be omitted if there is exactly one.
+  then ``loss`` picks one, and may be omitted if there is exactly one. A
+  folder with model directories further down (``experiments.dcase``:
+  ``<loss>/models/<machine>``) is refused with a list of them (those of
+  ``loss``, if any).
 
   Raises:
     ArtifactError: no such directory, no checkpoint, or an ambiguous/unknown
@@ -474,26 +477,28 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
     return workdir
   found = sorted(name for name in os.listdir(workdir)
                  if os.path.isdir(checkpoint.checkpoint_dir(os.path.join(workdir, name))))
-  if loss is not None:
-    if loss in found:
-      return os.path.join(workdir, loss)
-    raise ArtifactError(
-        f"No checkpoint for loss {loss!r} in {workdir}: "
-        + (f"it holds models for {found}." if found else
-           f"expected {os.path.join(workdir, loss, checkpoint.CHECKPOINT_SUBDIR)}."))
-  if len(found) == 1:
+  by_loss = bool(found) and set(found) <= set(losses_lib.LOSSES)  # toycar: <workdir>/<loss>
+  if loss is not None and loss in found:
+    return os.path.join(workdir, loss)
+  if loss is None and len(found) == 1:
     return os.path.join(workdir, found[0])
-  if found:
+  if by_loss:
+    if loss is not None:
+      raise ArtifactError(f"No checkpoint for loss {loss!r} in {workdir}: it holds models for "
+                          f"{found}.")
     raise ArtifactError(f"{workdir} holds models for several losses {found}; choose one "
                         "with --loss.")
-  per_machine = sorted(  # an experiments.dcase workdir: <loss>/models/<machine>[/section]
-      os.path.dirname(os.path.dirname(p)) for p in glob.glob(
-          os.path.join(glob.escape(workdir), "*", "models", "**", checkpoint.CHECKPOINT_SUBDIR,
-                       ""), recursive=True))
-  if per_machine:
-    shown = ", ".join(per_machine[:6]) + (", ..." if len(per_machine) > 6 else "")
-    raise ArtifactError(f"{workdir} holds one model per machine type (experiments.dcase); "
-                        f"give one of them as the workdir: {shown}")
+  # Model folders further down: experiments.dcase's <loss>/models/<machine>[/section_XX]
+  deeper = sorted(os.path.dirname(os.path.dirname(p)) for p in glob.glob(
+      os.path.join(glob.escape(workdir), "**", checkpoint.CHECKPOINT_SUBDIR, ""),
+      recursive=True))
+  if loss is not None and any(d.startswith(os.path.join(workdir, loss, "")) for d in deeper):
+    deeper = [d for d in deeper if d.startswith(os.path.join(workdir, loss, ""))]
+  if deeper:
+    shown = ", ".join(deeper[:6]) + (f", ... ({len(deeper)} in all)" if len(deeper) > 6 else "")
+    raise ArtifactError(f"{workdir} holds {len(deeper)} model folder{'s' * (len(deeper) > 1)} "
+                        "below it (experiments.dcase: one per loss and machine type); give "
+                        f"one of them as the workdir: {shown}")
   raise ArtifactError(
       f"No checkpoint in {workdir}: expected {checkpoint.checkpoint_dir(workdir)} "
       f"or <loss>/{checkpoint.CHECKPOINT_SUBDIR} below it (train a model with "

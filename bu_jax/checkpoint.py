@@ -42,7 +42,7 @@ import copy
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -310,10 +310,7 @@ class Checkpointer:
     message = f"Checkpoint of step {step} in {self.directory} cannot be restored: {problem}."
     if self.read_only:
       return kind(message)
-    others = [s for s in self.all_steps() if s != step]
-    hint = (f" Other checkpoints: steps {others}; deleting "
-            f"{self.directory / str(step)} resumes from the newest of them." if others
-            else "")
+    hint = _delete_hint(self.directory, step, self.all_steps())
     return kind(f"{message}{hint} To start afresh, use another workdir. Nothing was "
                 "changed on disk.")
 
@@ -481,6 +478,16 @@ def _first_line(error: BaseException) -> str:
   return line.rstrip(" ,:([")[:500]
 
 
+def _delete_hint(directory: epath.Path, step: int, steps: Sequence[int]) -> str:
+  """" Other checkpoints: steps [...]; deleting <dir>/<step> ..." for the newest,
+  unusable ``step``, when older ``steps`` exist; else ""."""
+  others = [s for s in steps if s != step]
+  if not others:
+    return ""
+  return (f" Other checkpoints: steps {others}; deleting {directory / str(step)} resumes "
+          "from the newest of them.")
+
+
 def read_metadata(workdir: os.PathLike | str, *, step: int | None = None) -> dict[str, Any]:
   """The JSON metadata stored with checkpoint ``step`` (default: the latest).
 
@@ -499,8 +506,6 @@ def read_metadata(workdir: os.PathLike | str, *, step: int | None = None) -> dic
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
-    others = [s for s in steps if s != step]
-    hint = (f" Other checkpoints: steps {others}; deleting {directory / str(step)} "
-            "resumes from the newest of them." if others else "")
+    hint = _delete_hint(directory, step, steps) if steps and step == steps[-1] else ""
     raise CheckpointError(f"Metadata of checkpoint step {step} in {directory} "
                           f"cannot be read: {type(e).__name__}: {e}.{hint}") from e

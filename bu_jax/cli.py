@@ -35,6 +35,7 @@ import dataclasses
 import errno
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -281,7 +282,7 @@ class TrainingSettings:
         TrainingSettings.train_config(self, loss)
       except ValueError as e:
         message = str(e)
-        named = message.split(" ", 1)[0] in {flag_name(f) for f in flag_fields(type(self))}
+        named = re.match(r"\w*", message)[0] in {flag_name(f) for f in flag_fields(type(self))}
         raise ValueError(("--" if named else "") + message) from None
 
   def resolved(self, name: str) -> Any:

@@ -212,9 +212,12 @@ def require_sound(wave: np.ndarray, path: str) -> np.ndarray:
   if not np.any(wave):
     raise DataError(f"{path}: silent training clip (every sample is 0); remove it, a model "
                     "of normal sound must not learn silence")
-  if wave.size > 1 and np.all(wave == wave.flat[0]):
-    raise DataError(f"{path}: silent training clip (every sample is {float(wave.flat[0]):g}, "
-                    "a constant offset); remove it, a model of normal sound must not learn "
+  # Away from the ends, where resampling a constant rings; only a non-zero offset counts
+  # (a clip that is digital zero in the middle but not at its ends is kept, as before).
+  middle = np.asarray(wave[wave.size // 20: wave.size - wave.size // 20], np.float64)
+  if middle.size > 1 and np.ptp(middle) <= 1e-6 and abs(middle.mean()) > 1e-6:
+    raise DataError(f"{path}: silent training clip (every sample is {middle.mean():.4g}, a "
+                    "constant offset); remove it, a model of normal sound must not learn "
                     "silence")
   return wave
 
@@ -687,14 +690,11 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
   if "rare" not in lowered and len(header) > 1 and any(c in lowered for c in name_columns):
     raise DataError(f"--rare_clips={path}: the CSV has a file-name column but no 'rare' "
                     f"column (0/1; its columns: {', '.join(h.strip() for h in header)})")
-  if lowered == ["rare"]:
-    raise DataError(f"--rare_clips={path}: the CSV has a 'rare' column but no file-name "
-                    "column (file, filename, name, path or wav)")
-  if "rare" in lowered and len(header) > 1:
+  if "rare" in lowered and (len(header) > 1 or lowered == ["rare"]):
     name_col = next((lowered.index(c) for c in name_columns if c in lowered), None)
     if name_col is None:
       raise DataError(f"--rare_clips={path}: the CSV has a 'rare' column but no file-name "
-                      "column (file, filename, name, path or wav)")
+                      f"column ({', '.join(name_columns)})")
     rare_col = lowered.index("rare")
     for number, row in enumerate(csv.reader(lines[1:]), start=2):
       if len(row) <= max(name_col, rare_col):

@@ -528,24 +528,26 @@ def _summary_rows(results: dict, losses: Sequence[str], year: str,
 
 
 def _check_neighbors(settings: Settings, train_clips, held, features, *, where: str) -> None:
-  """Refuses a ``--normalization_neighbors`` larger than the knn bank of a group
-  (``normalized_scorer``'s, or with ``--heldout_fraction`` ``heldout.normalize``'s),
-  before its models train.
+  """Refuses, before a group's models train, a knn bank it cannot fill:
+  ``normalized_scorer``'s (fewer than 2 training clips, or too few frames for
+  the normalization or its k), or with ``--heldout_fraction``
+  ``heldout.normalize``'s.
 
   Raises:
-    data_lib.DataError: naming the flag, the group and the bank's size.
+    data_lib.DataError: naming the flags, the group and the bank's size.
   """
   kind, neighbors = settings.normalization()
+  heldout_bank = settings.bank() == score_norm.HELDOUT_BANK
   if held is None:
+    if kind != "none" and len(train_clips) < 2:
+      raise data_lib.DataError(f"{where}: {len(train_clips)} training clip(s); "
+                               f"--score_normalization={kind} needs at least 2")
     left_out = _left_out_of_bank(len(train_clips))
     lengths = [len(c.wave) for i, c in enumerate(train_clips) if i not in left_out]
   else:
-    lengths = [len(w) for w in (held.waves if settings.bank() == score_norm.HELDOUT_BANK
-                                else held.fit_waves)]
-  frames = score_norm.bank_frames(lengths, features,
-                                  leave_one_out=settings.bank() == score_norm.HELDOUT_BANK)
+    lengths = [len(w) for w in (held.waves if heldout_bank else held.fit_waves)]
   try:
-    score_norm.check_neighbors_fit(kind, neighbors, frames)
+    score_norm.check_bank_size(kind, neighbors, lengths, features, leave_one_out=heldout_bank)
   except ValueError as e:
     raise data_lib.DataError(f"{where}: {e}") from None
 

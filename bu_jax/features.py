@@ -79,6 +79,10 @@ class FeatureConfig:
     last_full = (num_samples - half) // self.hop_length  # t hop + n_fft/2 <= N
     return slice(self._first_full + self.context, min(last_full - self.context + 1, total))
 
+  def interior_count(self, num_samples: int) -> int:
+    """How many frames ``interior`` keeps of a clip of ``num_samples``."""
+    return len(range(self.num_frames(num_samples))[self.interior(num_samples)])
+
   @property
   def _first_full(self) -> int:
     """The first STFT frame t with t hop - n_fft/2 >= 0 (no zero padding)."""

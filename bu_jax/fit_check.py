@@ -44,8 +44,7 @@ def interior_frames(waves: Sequence[np.ndarray], config: features_lib.FeatureCon
   taken clip by clip)."""
   if not waves:
     raise ValueError("no clips to take frames from")
-  count = lambda w: len(range(config.num_frames(len(w)))[config.interior(len(w))])
-  total = sum(count(w) for w in waves)
+  total = sum(config.interior_count(len(w)) for w in waves)
   step = 1 if max_frames is None else max(1, -(-total // max_frames))
   return np.concatenate([np.asarray(features_lib.extract(w, config=config), np.float32)
                          [config.interior(len(w))][::step] for w in waves])

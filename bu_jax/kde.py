@@ -36,7 +36,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) -> None:
   """Raises ValueError naming ``name`` unless ``value`` is finite and > 0 (>= 0)
-  in float32, the precision it is used in (1e39 overflows, 1e-50 is 0 there).
+  in float32, the precision it is used in (1e39 overflows; 1e-50 is 0 there,
+  and a positive value below the smallest normal float32, 1.2e-38, is refused).
 
   Only Python / NumPy numbers are checked; arrays and traced values pass
   through unchanged (they cannot be inspected under ``jax.jit``). A bool is
@@ -48,9 +49,12 @@ def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) ->
     return
   value = float(value)
   fits = math.isfinite(value) and abs(value) <= float(np.finfo(np.float32).max)
-  # > 0 in float32 (1e-50 rounds to 0 there); exactly 0 where zero is allowed
-  ok = fits and (np.float32(value) > 0 or (allow_zero and value == 0))
-  if not ok:
+  tiny = float(np.finfo(np.float32).tiny)  # below it float32 loses precision, then rounds to 0
+  if fits and 0 < value < tiny:
+    raise ValueError(f"{name}={value!r} is below float32's smallest normal number {tiny:.3g} "
+                     f"(it would be 0 or lose its precision there); give "
+                     f"{'0 or ' if allow_zero else ''}at least {tiny:.3g}")
+  if not (fits and (value > 0 or (allow_zero and value == 0))):
     bound = ">= 0" if allow_zero else "> 0"
     raise ValueError(f"{name} must be finite and {bound} in float32, got {value!r}")
 

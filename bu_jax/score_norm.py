@@ -57,6 +57,7 @@ HELDOUT_BANK = "heldout"  # the held-out clips' frames (``fit_heldout_banks``)
 CROSSFIT_BANK = "crossfit"  # the training frames scored by fold models that did not train on them
 BANKS = (TRAINING_BANK, HELDOUT_BANK, CROSSFIT_BANK)
 FILE_NAME = "score_normalizer.npz"
+MAX_FRAMES = 16384  # a bank keeps at most this many frames (evenly spaced)
 _RELATIVE_FLOOR = 1e-6  # times the median bank score
 _ABSOLUTE_FLOOR = 1e-12  # when every bank score is 0
 AUTO = 0  # --normalization_neighbors=0: k chosen by ``choose_neighbors``
@@ -125,29 +126,44 @@ def check_setting(kind: str, neighbors: int) -> None:
                      f"(a spread of scores) or 0 (chosen), got {neighbors}")
 
 
-def bank_frames(lengths: Sequence[int], config, *, max_frames: int = 16384,
+def bank_frames(lengths: Sequence[int], config, *, max_frames: int = MAX_FRAMES,
                 leave_one_out: bool = False) -> int:
   """The frames a bank of clips of ``lengths`` samples keeps (their interior
   frames, ``clip_frames``, at most ``max_frames``, ``fit_local_normalizer``):
   known before any model scores them. ``leave_one_out``: the smallest of the
   banks that leave one clip out (``fit_heldout_banks``)."""
-  counts = [len(range(config.num_frames(n))[config.interior(n)]) for n in lengths]
+  counts = [config.interior_count(n) for n in lengths]
   total = sum(counts)
   kept = [total - c for c in counts] if leave_one_out else [total]
   return min(max_frames, min(kept, default=0))
 
 
-def check_neighbors_fit(kind: str, neighbors: int, frames: int) -> None:
-  """Refuses a ``--normalization_neighbors`` larger than the bank it will search
-  (``bank_frames``), before any training; 0 (chosen) and "none" always fit.
+def check_bank_size(kind: str, neighbors: int, lengths: Sequence[int], config, *,
+                    leave_one_out: bool = False) -> None:
+  """Refuses, before any training, a bank of clips of ``lengths`` samples
+  (``bank_frames``) that cannot serve ``--score_normalization=kind`` with
+  ``--normalization_neighbors=neighbors``: too few frames for the kind, for
+  choosing k (``AUTO``: at least the smallest of ``CANDIDATES``), or fewer
+  frames than k. "none" needs no bank.
 
   Raises:
     ValueError: naming the flag and the bank's size.
   """
-  if kind == "none" or neighbors == AUTO or neighbors <= frames:
+  if kind == "none":
     return
-  raise ValueError(f"--normalization_neighbors={neighbors} exceeds the {frames} frames of "
-                   "the knn bank; give at most that many (or 0 to choose k, with knn_z or auto)")
+  frames = bank_frames(lengths, config, leave_one_out=leave_one_out)
+  lowest = 3 if kind in (KIND_Z, AUTO_KIND) else 2  # knn_z: a spread over >= 2 other frames
+  if neighbors == AUTO:
+    lowest = max(lowest, min(CANDIDATES))
+  what = "is empty" if frames == 0 else f"holds {frames} frame{'s' * (frames != 1)}"
+  if frames < lowest:
+    raise ValueError(f"the knn bank {what}; --score_normalization={kind}"
+                     + (" with --normalization_neighbors=0 (k chosen)" if neighbors == AUTO
+                        else "") + f" needs at least {lowest} (more or longer clips)")
+  if neighbors != AUTO and neighbors > frames:
+    raise ValueError(f"--normalization_neighbors={neighbors} exceeds the {frames} frames of "
+                     "the knn bank; give at most that many (or 0 to choose k, with knn_z or "
+                     "auto)")
 
 
 def _check_frames(codes: np.ndarray, scores: np.ndarray, code_dim: int, name: str) -> None:
@@ -282,7 +298,7 @@ class LocalNormalizer:
 
 
 def fit_local_normalizer(codes: Any, scores: Any, *, neighbors: int = 10,
-                         max_frames: int = 16384, kind: str = KIND) -> LocalNormalizer:
+                         max_frames: int = MAX_FRAMES, kind: str = KIND) -> LocalNormalizer:
   """The bank of at most ``max_frames`` training frames (evenly spaced, deterministic).
 
   Args:
@@ -416,7 +432,7 @@ def choose_neighbors(bank: LocalNormalizer, codes: Any, scores: Any, *,
 
 
 def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: int,
-                   max_frames: int = 16384, kind: str = KIND,
+                   max_frames: int = MAX_FRAMES, kind: str = KIND,
                    names: Optional[Sequence[str]] = None,
                    heldout_waves: Sequence[np.ndarray] = ()) -> LocalNormalizer:
   """The bank of the interior frames of training clips, as evaluation scores them.
@@ -445,7 +461,7 @@ def fit_from_clips(scorer, params, waves: Sequence[np.ndarray], *, neighbors: in
 
 
 def fit_from_frames(scorer, params, codes: Any, scores: Any, *, neighbors: int,
-                    max_frames: int = 16384, kind: str = KIND,
+                    max_frames: int = MAX_FRAMES, kind: str = KIND,
                     heldout_waves: Sequence[np.ndarray] = ()) -> LocalNormalizer:
   """The bank of given frames (``codes`` in the model's code space and their
   ``scores``); ``neighbors=AUTO`` chooses k on ``heldout_waves`` scored by
@@ -467,7 +483,7 @@ def fit_from_frames(scorer, params, codes: Any, scores: Any, *, neighbors: int,
 
 
 def fit_heldout_banks(scorer, params, waves: Sequence[np.ndarray], *, neighbors: int,
-                      kind: str = KIND_Z, max_frames: int = 16384,
+                      kind: str = KIND_Z, max_frames: int = MAX_FRAMES,
                       names: Optional[Sequence[str]] = None
                       ) -> tuple[LocalNormalizer, list[LocalNormalizer]]:
   """The bank of held-out clips' frames, and each clip's leave-one-clip-out bank.

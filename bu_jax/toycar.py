@@ -122,7 +122,8 @@ class Settings(cli.ScoringSettings):
       "times the factor at which the batch's densities differ most). Default: the preset's.")
   kde_memory: Optional[int] = cli.setting(
       None, minimum=0, help="BU: also sum the KDE over the normal frames of this many recent "
-      "steps (256 per step; 0: the batch only, the paper). Default: the preset's.")
+      "steps (256 per step, at most 1024 steps; 0: the batch only, the paper). Default: the "
+      "preset's.")
   kde_exclude: Optional[str] = cli.setting(
       None, choices=train_lib.KDE_EXCLUDE,
       help="BU: 'segment' leaves a frame's own 3-s normal segment out of its KDE sum (only "
@@ -396,8 +397,8 @@ def _check_bank(settings: Settings, data: Data) -> None:
 
   Raises:
     data_lib.DataError: the held-out bank with fewer than 2 held-out clips, the
-      cross-fitted one with fewer than 2 clips per fold, or a k larger than the
-      bank (naming the flags).
+      cross-fitted one with fewer than 2 clips per fold, or a bank too small
+      for the normalization or its k (naming the flags).
   """
   if settings.normalization()[0] == "none":
     return
@@ -411,11 +412,11 @@ def _check_bank(settings: Settings, data: Data) -> None:
     except ValueError as e:
       raise data_lib.DataError(f"{where}: {e}") from None
   heldout_bank = settings.bank() == score_norm.HELDOUT_BANK
-  frames = score_norm.bank_frames(
-      [len(w) for w in (data.heldout_waves if heldout_bank else data.fit_waves)],
-      settings.model_preset().features, leave_one_out=heldout_bank)
   try:
-    score_norm.check_neighbors_fit(*settings.normalization(), frames)
+    score_norm.check_bank_size(
+        *settings.normalization(),
+        [len(w) for w in (data.heldout_waves if heldout_bank else data.fit_waves)],
+        settings.model_preset().features, leave_one_out=heldout_bank)
   except ValueError as e:
     raise data_lib.DataError(f"{where}: {e}") from None
 

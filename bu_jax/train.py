@@ -52,7 +52,9 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 BANDWIDTHS = ("fixed", "contrast")
 KDE_EXCLUDE = ("none", "segment")
 MAX_STEPS = 2**31 - 1  # optax's schedules count steps in int32
-MAX_MEMORY_FRAMES = 65536  # kde_memory x kde_memory_rows: 115 MB of frames at D = 440
+# BU's kde_memory x kde_memory_rows: 0.46 GB of frames at D = 440, and each batch's pairwise
+# distances to them grow with it (a 100,000-step memory asked for 45 GB and hung the machine).
+MAX_MEMORY_FRAMES = 262144
 CompilerOptions = Optional[Mapping[str, Any]]
 
 
@@ -171,7 +173,7 @@ class TrainConfig:
     if not (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool)
             and 0 <= self.seed < 2**32):
       raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-    if self.kde_memory * self.kde_memory_rows > MAX_MEMORY_FRAMES:
+    if self.loss == "bu" and self.kde_memory * self.kde_memory_rows > MAX_MEMORY_FRAMES:
       raise ValueError(
           f"kde_memory x kde_memory_rows = {self.kde_memory} x {self.kde_memory_rows} = "
           f"{self.kde_memory * self.kde_memory_rows} remembered frames; at most "

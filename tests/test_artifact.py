@@ -50,6 +50,9 @@ WINDOWED = dataclasses.replace(NORMALIZED, reduce="max", window=62)
     _toycar_record(),
     dataclasses.replace(_toycar_record(), calibration=NORMALIZED),
     dataclasses.replace(_toycar_record(), calibration=WINDOWED),
+    dataclasses.replace(_toycar_record(), calibration=dataclasses.replace(
+        NORMALIZED, normalization=dataclasses.replace(NORMALIZED.normalization,
+                                                      fingerprint="fe0adc37baba5f97"))),
     artifact.ModelMetadata.for_training(_config(loss="re"), tag="SynthFan/section_00"),
 ])
 def test_json_round_trip(record, tmp_path):
@@ -121,6 +124,8 @@ def _set_in(group, key, value):
     (_set("score_normalization", {"kind": "knn", "neighbors": 3}), "lacks 'file'"),
     (_set("score_normalization", {"kind": "knn", "neighbors": 3, "file": "../n.npz"}),
      "'file' must be a path inside the model directory"),
+    (_set("score_normalization", {"kind": "knn", "neighbors": 3, "file": "n.npz",
+                                  "fingerprint": 7}), "'fingerprint' must be a string"),
 ])
 def test_bad_entry_is_a_checkpoint_error_naming_the_file(tmp_path, damage, named):
   entries = _toycar_record().to_json()

@@ -207,6 +207,9 @@ def test_metadata_errors(tmp_path):
                      r"FileNotFoundError: .* Other checkpoints: steps \[1\]; deleting .*2 "
                      r"resumes from the newest of them"):
     checkpoint.read_metadata(tmp_path / "two")
+  shutil.rmtree(tmp_path / "two" / "checkpoints" / "1" / "metadata")  # an older one: no hint
+  with pytest.raises(checkpoint.CheckpointError, match=r"FileNotFoundError: [^O]*$"):
+    checkpoint.read_metadata(tmp_path / "two", step=1)
 
 
 # ------------------------------------------------------ different device count

@@ -476,10 +476,11 @@ def test_silent_training_clip_of_a_dcase_layout_is_named(tmp_path):
   _write(tmp_path / "test" / "anomaly_id_00_00000000.wav")
   with pytest.raises(data.DataError, match=f"{silent}: silent training clip"):
     data.load_dataset(tmp_path)
-  _write(silent, np.full(8000, 0.25, np.float32))  # a constant offset is no sound either
-  with pytest.raises(data.DataError, match=f"{silent}: silent training clip \\(every sample "
-                     "is 0.25, a constant offset\\)"):
-    data.load_dataset(tmp_path)
+  for sr in (SR, 48000):  # a constant offset is no sound either, also once resampled
+    soundfile.write(silent, np.full(sr // 2, 0.25, np.float32), sr)
+    with pytest.raises(data.DataError, match=f"{silent}: silent training clip \\(every sample "
+                       "is 0.25, a constant offset\\)"):
+      data.load_dataset(tmp_path)
   # A silent *test* clip is scored (it is what it is), not refused.
   os.remove(silent)
   _write(tmp_path / "test" / "normal_id_00_00000009.wav", np.zeros(8000, np.float32))

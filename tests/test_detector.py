@@ -11,6 +11,7 @@ workdir ``run/bu/checkpoints``.
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -261,11 +262,20 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
   with pytest.raises(detector_lib.DetectorError, match="trained with loss 'bu', not 're'"):
     detector_lib.load_detector(workdir, loss="re")  # a copy of the bu model
   dcase_workdir = tmp_path / "dcase"  # experiments.dcase: <loss>/models/<machine>
-  shutil.copytree(trained["model_dir"], dcase_workdir / "re" / "models" / "fan")
-  with pytest.raises(detector_lib.DetectorError, match=(
-      r"holds one model per machine type \(experiments.dcase\); give one of them as the "
-      f"workdir: {dcase_workdir / 're' / 'models' / 'fan'}$")):
-    artifact.find_model_dir(dcase_workdir)
+  for loss, machine in (("re", "fan"), ("re", "pump"), ("bu", "fan")):
+    shutil.copytree(trained["model_dir"], dcase_workdir / loss / "models" / machine)
+  models = lambda loss, *machines: ", ".join(
+      str(dcase_workdir / loss / "models" / m) for m in machines)
+  for where, loss, listed in ((dcase_workdir, None, models("bu", "fan") + ", " + models(
+      "re", "fan", "pump")), (dcase_workdir, "re", models("re", "fan", "pump")),
+                              (dcase_workdir / "re", None, models("re", "fan", "pump")),
+                              (dcase_workdir / "re" / "models", None, models("re", "fan", "pump"))):
+    with pytest.raises(detector_lib.DetectorError, match=(
+        rf"model folders? below it \(experiments.dcase: one per loss and machine type\); give "
+        f"one of them as the workdir: {re.escape(listed)}$")):
+      artifact.find_model_dir(where, loss=loss)
+  assert artifact.find_model_dir(dcase_workdir / "bu" / "models") == str(
+      dcase_workdir / "bu" / "models" / "fan")  # the only one
   with pytest.raises(detector_lib.DetectorError, match="no workdir given"):
     artifact.find_model_dir("")
   with pytest.raises(detector_lib.DetectorError, match="a file, not a directory"):

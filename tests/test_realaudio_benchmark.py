@@ -68,6 +68,12 @@ def test_bad_flags_and_files_are_one_clear_line(tmp_path):
   seed0 = tmp_path / "w" / "cpu" / "seed0"
   seed0.mkdir(parents=True)
   (seed0 / "results.json").write_text('{"re": {"train_seconds": 3}}')  # training not finished
+  seed2 = tmp_path / "w" / "cpu" / "seed2"
+  seed2.mkdir(parents=True)
+  (seed2 / "results.json").write_text('{"re": {"auc": 0.9, "pauc": 0.7}}')  # not per condition
+  seed3 = tmp_path / "w" / "cpu" / "seed3"
+  seed3.mkdir(parents=True)
+  (seed3 / "results.json").write_text('{"re": {"auc": {"mean": 0.9}, "pauc": {"mean": 0.7}}}')
   base = [sys.executable, "-m", "benchmarks.realaudio", f"--root={root}",
           f"--workdir={tmp_path / 'w'}"]
   cases = {
@@ -81,6 +87,10 @@ def test_bad_flags_and_files_are_one_clear_line(tmp_path):
           f"Error: {tmp_path / 'w' / 'cpu' / 'seed1' / 'results.json'}: no such file",
       ("--seeds=0", "--select_from=/no/such/dir"):
           "Error: /no/such/dir/cpu/seed0/results.json: no such file",
+      ("--seeds=2", "--from_results"):
+          f"Error: {seed2 / 'results.json'}: not a finished run's results",
+      ("--seeds=3", f"--select_from={tmp_path / 'w'}"):
+          f"Error: {seed3 / 'results.json'}: lacks the held-out clip scores",
   }
   for flags, message in cases.items():
     proc = subprocess.run(base + list(flags), cwd=repo, capture_output=True, text=True,

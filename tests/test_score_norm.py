@@ -378,16 +378,38 @@ def test_bank_frames_counts_the_frames_the_banks_will_hold():
   assert fitted.frames == 50
 
 
-def test_a_k_larger_than_the_bank_is_refused_naming_the_flag():
-  score_norm.check_neighbors_fit("knn_z", 100, 100)  # fits
-  score_norm.check_neighbors_fit("knn_z", score_norm.AUTO, 1)  # chosen among those that fit
-  score_norm.check_neighbors_fit("none", 10**6, 1)  # no bank
-  with pytest.raises(ValueError, match="--normalization_neighbors=101 exceeds the 100 frames"):
-    score_norm.check_neighbors_fit("knn", 101, 100)
+def test_a_bank_too_small_for_the_normalization_is_refused_naming_the_flags():
+  cfg = features.FeatureConfig(n_mels=8, context=2)
+  frames = cfg.interior_count(16000)
+  score_norm.check_bank_size("knn_z", frames, [16000], cfg)  # k = the bank's frames: fits
+  with pytest.raises(ValueError, match=rf"--normalization_neighbors={frames + 1} exceeds the "
+                     rf"{frames} frames of the knn bank"):
+    score_norm.check_bank_size("knn", frames + 1, [16000], cfg)
+  score_norm.check_bank_size("none", 10**6, [], cfg)  # no bank
+  short = next(n for n in range(1, 16000) if cfg.interior_count(n) == 4)
+  score_norm.check_bank_size("knn_z", 3, [short], cfg)
+  with pytest.raises(ValueError, match=r"the knn bank holds 4 frames; --score_normalization="
+                     r"auto with --normalization_neighbors=0 \(k chosen\) needs at least 5"):
+    score_norm.check_bank_size("auto", score_norm.AUTO, [short], cfg)  # CANDIDATES start at 5
+  two = next(n for n in range(1, 16000) if cfg.interior_count(n) == 2)
+  with pytest.raises(ValueError, match="holds 2 frames; --score_normalization=knn_z needs at "
+                     "least 3"):
+    score_norm.check_bank_size("knn_z", 2, [two], cfg)
+  with pytest.raises(ValueError, match="the knn bank is empty"):
+    score_norm.check_bank_size("knn", 1, [16000], cfg, leave_one_out=True)  # one held-out clip
 
 
-def test_the_fingerprint_tells_banks_apart():
+def test_the_fingerprint_tells_banks_apart(tmp_path):
+  # A stored format (calibrations keep it): pinned, and it survives a save and load.
+  tiny = score_norm.LocalNormalizer(codes=np.arange(6, dtype=np.float32).reshape(3, 2),
+                                    scores=np.array([1, 2, 3], np.float32), neighbors=2)
+  assert tiny.fingerprint == "fe0adc37baba5f97"
+  big_endian = score_norm.LocalNormalizer(codes=tiny.codes.astype(">f4"),
+                                          scores=tiny.scores.astype(">f8"), neighbors=2)
+  assert big_endian.fingerprint == tiny.fingerprint
   codes, scores = _bank()
+  tiny.save(tmp_path / "tiny.npz")
+  assert score_norm.load_local_normalizer(tmp_path / "tiny.npz").fingerprint == tiny.fingerprint
   a = score_norm.fit_local_normalizer(codes, scores, neighbors=5)
   assert a.fingerprint == score_norm.fit_local_normalizer(codes.copy(), scores.copy(),
                                                           neighbors=5).fingerprint

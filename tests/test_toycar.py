@@ -135,14 +135,16 @@ def test_unknown_preset_and_loss():
 
 @pytest.mark.parametrize("values, message", [
     ({"losses": ("bu",), "sigma": 1e39}, r"--sigma must be finite and > 0 in float32, got 1e\+39"),
-    ({"lam": 1e-50}, r"--lam must be finite and > 0 in float32"),
-    ({"learning_rate": 1e-50}, r"--learning_rate must be finite and > 0 in float32"),
+    ({"lam": 1e-50}, r"--lam=1e-50 is below float32's smallest normal number 1.18e-38"),
+    ({"learning_rate": 1e-40}, r"--learning_rate=1e-40 is below float32's smallest normal "
+                               r"number 1.18e-38 .*; give at least 1.18e-38"),
+    ({"eps": 1e-50}, r"--eps=1e-50 is below .*; give 0 or at least 1.18e-38"),
     ({"epochs": 3_000_000, "steps_per_epoch": 1000, "decay_start_epoch": 1},
      r"--epochs x steps_per_epoch = 3000000 x 1000 = 3000000000 steps; at most 2147483647"),
     ({"seed": 10**20}, r"--seed must be an integer in \[0, 2\*\*32\)"),
     ({"seed": -1}, r"--seed must be an integer in \[0, 2\*\*32\)"),
     ({"data_seed": -5}, r"--data_seed must be >= 0, got -5"),
-    ({"kde_memory": 100_000}, r"--kde_memory x kde_memory_rows = 100000 x 256 .* at most 65536"),
+    ({"kde_memory": 100_000}, r"--kde_memory x kde_memory_rows = 100000 x 256 .* at most 262144"),
     ({"reference_components": 100_000},
      r"--reference_components=100000 exceeds the 440 feature dimensions of --model=fcn40-small"),
 ])

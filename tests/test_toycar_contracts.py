@@ -1,5 +1,6 @@
 """The toy-car experiment's contracts under bad input: flags, resume, run directories."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -247,6 +248,25 @@ def test_a_k_larger_than_the_bank_is_refused_before_training(tiny_data, tmp_path
     toycar.run(_settings(workdir, tiny_data, heldout_fraction=0.5, score_normalization="knn",
                          normalization_neighbors=10**6, normalization_bank=bank))
   assert not (workdir / "re" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("bank", ["training", "heldout"])
+def test_a_k_equal_to_the_bank_passes_the_check_and_one_more_does_not(tiny_data, bank):
+  from bu_jax import data, score_norm  # pylint: disable=g-import-not-at-top
+  settings = _settings("unused", tiny_data, heldout_fraction=0.5, score_normalization="knn",
+                       normalization_neighbors=5, normalization_bank=bank)
+  loaded = toycar.load_data(settings)
+  config = settings.model_preset().features
+  waves = loaded.heldout_waves if bank == "heldout" else loaded.fit_waves
+  counts = [config.interior_count(len(w)) for w in waves]
+  frames = min(sum(counts) - c for c in counts) if bank == "heldout" else sum(counts)
+  assert score_norm.bank_frames([len(w) for w in waves], config,
+                                leave_one_out=bank == "heldout") == frames
+  toycar._check_bank(  # pylint: disable=protected-access
+      dataclasses.replace(settings, normalization_neighbors=frames), loaded)
+  with pytest.raises(data.DataError, match=f"--normalization_neighbors={frames + 1} exceeds"):
+    toycar._check_bank(  # pylint: disable=protected-access
+        dataclasses.replace(settings, normalization_neighbors=frames + 1), loaded)
 
 
 def test_crossfit_is_refused_where_it_cannot_apply(tiny_data):
