@@ -277,10 +277,23 @@ def clip_scores(scorer: frame_scores.FrameScorer | score_norm.NormalizedScorer, 
   return np.asarray(out, dtype=np.float64)
 
 
-def _left_out_of_bank(n: int) -> set[int]:
-  """The training clips ``normalized_scorer`` leaves out of the bank: each tenth
-  (the 10th, 20th, ...; the last when there are fewer than 10)."""
-  return set(range(9, n, 10)) or {n - 1}
+def _bank_split(train_clips: Sequence[Any], kind: str, *, where: str) -> tuple[list, list]:
+  """``(bank clips, left-out clips)`` of ``normalized_scorer``: every training
+  clip but each tenth (the 10th, 20th, ...; the last when there are fewer than
+  10) and those tenths; with ``kind`` "none", every clip and none.
+
+  Raises:
+    data_lib.DataError: fewer than 2 training clips to split (naming ``where``).
+  """
+  n = len(train_clips)
+  if kind == "none":
+    return list(train_clips), []
+  if n < 2:
+    raise data_lib.DataError(f"{where}: {n} training clip(s); --score_normalization="
+                             f"{kind} needs at least 2")
+  held = set(range(9, n, 10)) or {n - 1}
+  return ([c for i, c in enumerate(train_clips) if i not in held],
+          [c for i, c in enumerate(train_clips) if i in held])
 
 
 def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, params,
@@ -299,13 +312,7 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
     data_lib.DataError: fewer than 2 training clips to split.
   """
   kind = settings.normalization()[0]
-  n = len(train_clips)
-  if kind != "none" and n < 2:
-    raise data_lib.DataError(f"{model_dir}: {n} training clip(s); --score_normalization="
-                             f"{kind} needs at least 2")
-  held = set() if kind == "none" else _left_out_of_bank(n)
-  bank = [c for i, c in enumerate(train_clips) if i not in held]
-  held_clips = [c for i, c in enumerate(train_clips) if i in held]
+  bank, held_clips = _bank_split(train_clips, kind, where=model_dir)
   scorer, normalizer = score_norm.prepare(
       scorer, params, [c.wave for c in bank], kind=kind,
       neighbors=settings.neighbors, directory=model_dir,
@@ -527,7 +534,7 @@ def _summary_rows(results: dict, losses: Sequence[str], year: str,
 # ------------------------------------------------------------------ driver
 
 
-def _check_neighbors(settings: Settings, train_clips, held, features, *, where: str) -> None:
+def _check_bank(settings: Settings, train_clips, held, features, *, where: str) -> None:
   """Refuses, before a group's models train, a knn bank it cannot fill:
   ``normalized_scorer``'s (fewer than 2 training clips, or too few frames for
   the normalization or its k), or with ``--heldout_fraction``
@@ -539,11 +546,7 @@ def _check_neighbors(settings: Settings, train_clips, held, features, *, where: 
   kind, neighbors = settings.normalization()
   heldout_bank = settings.bank() == score_norm.HELDOUT_BANK
   if held is None:
-    if kind != "none" and len(train_clips) < 2:
-      raise data_lib.DataError(f"{where}: {len(train_clips)} training clip(s); "
-                               f"--score_normalization={kind} needs at least 2")
-    left_out = _left_out_of_bank(len(train_clips))
-    lengths = [len(c.wave) for i, c in enumerate(train_clips) if i not in left_out]
+    lengths = [len(c.wave) for c in _bank_split(train_clips, kind, where=where)[0]]
   else:
     lengths = [len(w) for w in (held.waves if heldout_bank else held.fit_waves)]
   try:
@@ -682,8 +685,7 @@ def run(settings: Settings) -> dict:
             waves=[c.wave for c in held_clips], names=[c.path for c in held_clips],
             pseudo_waves=heldout.make_pseudo([c.wave for c in held_clips], something_else,
                                              anrs_db=data_lib.PAPER_ANRS_DB, seed=settings.data_seed))
-      _check_neighbors(settings, train_clips, held, preset.features,
-                       where=f"{machine} {group}")
+      _check_bank(settings, train_clips, held, preset.features, where=f"{machine} {group}")
       segments = data_lib.training_corpus([c.wave for c in train_clips],
                                           segment_seconds=cfg0.segment_seconds,
                                           paths=[c.path for c in train_clips])
