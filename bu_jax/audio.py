@@ -2,6 +2,8 @@
 
 * ``load_wav``: any file librosa can read -> float32 mono at ``sr`` (16 kHz by
   default; resampled by librosa, channels averaged).
+* ``probe``: the length ``load_wav`` would return, from the header, and the
+  errors a header alone shows (a check of many files before a long job).
 * ``write_wav``: float waveform -> WAV via soundfile. The default subtype is
   16-bit PCM: compact, what the DCASE data sets use, and byte-for-byte
   reproducible (libsndfile writes a time-stamped PEAK chunk into float WAVs,
@@ -62,6 +64,47 @@ def _truncated_wav_bytes(path: str) -> tuple[int, int] | None:
   return None
 
 
+def _check_file(path: str) -> None:
+  """Raises ``load_wav``'s errors that need no decoding: a missing, irregular,
+  empty or truncated file."""
+  if not os.path.exists(path):
+    raise AudioError(f"{path}: no such file")
+  if not os.path.isfile(path):
+    raise AudioError(f"{path}: not a regular file")
+  if os.path.getsize(path) == 0:
+    raise AudioError(f"{path}: empty file (0 bytes)")
+  truncated = _truncated_wav_bytes(path)
+  if truncated is not None:
+    declared, present = truncated
+    raise TruncatedAudioError(
+        f"{path}: truncated WAV file (its header declares {declared} bytes of samples, "
+        f"the file holds {present})")
+
+
+def probe(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> int:
+  """The length in samples at ``sr`` of what ``load_wav`` would return, from the
+  file's header where it can be read (within a sample of the resampled length).
+
+  A check before a long job: it raises, naming the file, what ``load_wav``
+  raises for a file whose header already shows it unusable (missing, not a
+  regular file, empty, truncated, no samples). A file soundfile cannot open is
+  decoded in full, so that librosa's fallback decoders decide as in ``load_wav``.
+  Content (NaN samples, silence) is only seen when the file is loaded.
+
+  Raises:
+    AudioError: as ``load_wav``.
+  """
+  path = os.fspath(path)
+  _check_file(path)
+  try:
+    info = soundfile.info(path)
+  except Exception:  # pylint: disable=broad-except
+    return len(load_wav(path, sr=sr))
+  if info.frames <= 0:
+    raise AudioError(f"{path}: audio file holds no samples")
+  return int(np.ceil(info.frames * sr / info.samplerate))
+
+
 def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
   """Loads an audio file as a float32 mono waveform at ``sr`` Hz.
 
@@ -79,18 +122,7 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     TruncatedAudioError: a WAV file whose data chunk was cut short.
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise AudioError(f"{path}: no such file")
-  if not os.path.isfile(path):
-    raise AudioError(f"{path}: not a regular file")
-  if os.path.getsize(path) == 0:
-    raise AudioError(f"{path}: empty file (0 bytes)")
-  truncated = _truncated_wav_bytes(path)
-  if truncated is not None:
-    declared, present = truncated
-    raise TruncatedAudioError(
-        f"{path}: truncated WAV file (its header declares {declared} bytes of samples, "
-        f"the file holds {present})")
+  _check_file(path)
   try:
     rate = soundfile.info(path).samplerate
     sndfile_reason = None

@@ -277,14 +277,24 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
     if test_folders:
       logging.info("%s: the test folders %s are evaluated one by one", directory,
                    ", ".join(test_folders))
-  if load_audio:
-    for clip in train:
-      clip.wave = data_lib.require_sound(audio.load_wav(clip.path, sr=sr), clip.path)
-    for clip in test:
-      clip.wave = audio.load_wav(clip.path, sr=sr)
   if skipped:
     logging.warning("%s: skipped %d file(s) with unusable names", directory, len(skipped))
-  return MachineData(machine_type, directory, train, test, skipped, test_folders)
+  md = MachineData(machine_type, directory, train, test, skipped, test_folders)
+  return load_audio_of(md, sr=sr) if load_audio else md
+
+
+def load_audio_of(md: MachineData, *, sr: int = audio.SAMPLE_RATE) -> MachineData:
+  """Loads the waves of a machine type listed with ``load_audio=False`` (in place).
+
+  Raises:
+    audio.AudioError: an unreadable file, naming it.
+    DataError: a training clip without sound (silent or constant), naming it.
+  """
+  for clip in md.train:
+    clip.wave = data_lib.require_sound(audio.load_wav(clip.path, sr=sr), clip.path)
+  for clip in md.test:
+    clip.wave = audio.load_wav(clip.path, sr=sr)
+  return md
 
 
 def _read_two_column_csv(path: str) -> dict[str, int]:

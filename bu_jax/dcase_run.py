@@ -64,6 +64,7 @@ import jax
 import numpy as np
 
 from bu_jax import artifact
+from bu_jax import audio
 from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import cli
 from bu_jax import data as data_lib
@@ -534,25 +535,76 @@ def _summary_rows(results: dict, losses: Sequence[str], year: str,
 # ------------------------------------------------------------------ driver
 
 
-def _check_bank(settings: Settings, train_clips, held, features, *, where: str) -> None:
+def _check_bank(settings: Settings, fit_lengths: Sequence[int],
+                held_lengths: Optional[Sequence[int]], features, *, where: str) -> None:
   """Refuses, before a group's models train, a knn bank it cannot fill:
   ``normalized_scorer``'s (fewer than 2 training clips, or too few frames for
   the normalization or its k), or with ``--heldout_fraction``
-  ``heldout.normalize``'s.
+  ``heldout.normalize``'s. ``fit_lengths``: the samples of each clip trained
+  on; ``held_lengths``: of each held-out clip (None without held-out clips).
 
   Raises:
     data_lib.DataError: naming the flags, the group and the bank's size.
   """
   kind, neighbors = settings.normalization()
   heldout_bank = settings.bank() == score_norm.HELDOUT_BANK
-  if held is None:
-    lengths = [len(c.wave) for c in _bank_split(train_clips, kind, where=where)[0]]
+  if held_lengths is None:
+    lengths = _bank_split(list(fit_lengths), kind, where=where)[0]
   else:
-    lengths = [len(w) for w in (held.waves if heldout_bank else held.fit_waves)]
+    lengths = list(held_lengths if heldout_bank else fit_lengths)
   try:
     score_norm.check_bank_size(kind, neighbors, lengths, features, leave_one_out=heldout_bank)
   except ValueError as e:
     raise data_lib.DataError(f"{where}: {e}") from None
+
+
+def _groups(settings: Settings, md: dcase.MachineData) -> dict[str, tuple[list, Optional[str]]]:
+  """The models of a machine type: group name -> (its training clips, its section)."""
+  if settings.per == "machine_type":
+    return {"all": (md.train, None)}
+  return {f"section_{s}": ([c for c in md.train if c.section == s], s)
+          for s in sorted({c.section for c in md.train})}
+
+
+def _held_split(settings: Settings, train_clips: list, *, where: str) -> tuple[list, list]:
+  """``(clips trained on, held-out clips)`` of a group (``--heldout_fraction``)."""
+  if len(train_clips) < 2:
+    raise data_lib.DataError(
+        f"{where}: {len(train_clips)} training clip(s); --heldout_fraction="
+        f"{settings.held_out():g} needs at least 2")
+  held_idx, fit_idx = heldout.split(len(train_clips), fraction=settings.held_out(),
+                                    seed=settings.data_seed)
+  return [train_clips[i] for i in fit_idx], [train_clips[i] for i in held_idx]
+
+
+def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
+              features) -> dict[str, tuple[dcase.MachineData, Optional[dcase.MachineData]]]:
+  """Lists every machine type (and its ``--eval_root`` clips) and checks every
+  file's header and every group's knn bank, before any model trains: a broken
+  file or a too-small group of the last machine type is reported before the
+  first one trains, not hours later. The waves are loaded per machine type
+  (``dcase.load_audio_of``), as it trains.
+
+  Raises:
+    data_lib.DataError, audio.AudioError: naming the folder, file or group.
+  """
+  listed = {}
+  for machine in machine_types:
+    md = dcase.load_machine_type(root, machine, year=settings.year, load_audio=False)
+    ev = None if not settings.eval_root else dcase.load_machine_type(
+        settings.eval_root, machine, year=settings.year, need_train=False, load_audio=False)
+    sizes = {c.path: audio.probe(c.path) for c in md.train + md.test + (ev.test if ev else [])}
+    for group, (train_clips, _) in _groups(settings, md).items():
+      where = f"{machine} {group}"
+      if settings.held_out():
+        fit, held_clips = _held_split(settings, train_clips, where=where)
+        _check_bank(settings, [sizes[c.path] for c in fit],
+                    [sizes[c.path] for c in held_clips], features, where=where)
+      else:
+        _check_bank(settings, [sizes[c.path] for c in train_clips], None, features,
+                    where=where)
+    listed[machine] = (md, ev)
+  return listed
 
 
 def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
@@ -630,16 +682,16 @@ def run(settings: Settings) -> dict:
   years = set()
   data_info = {"data_root": os.path.abspath(root), "something_else_dir": se_dir and
                os.path.abspath(se_dir), "machine_types": {}}
+  listed = _list_all(settings, root, machine_types, preset.features)
   for machine in machine_types:
-    md = dcase.load_machine_type(root, machine, year=settings.year)
+    md, ev = listed[machine]
+    dcase.load_audio_of(md)
     year = (dcase.metric_year(settings.year) if settings.year != "auto"
             else dcase.detect_year([c.meta for c in md.train + md.test]))
     years.add(year)
     test_sets = dict(md.test_folders) if md.test_folders else {"dev": md.test}
-    if settings.eval_root:
-      ev = dcase.load_machine_type(settings.eval_root, machine, year=settings.year,
-                                   need_train=False)
-      test_sets["eval"] = ev.test
+    if ev is not None:
+      test_sets["eval"] = dcase.load_audio_of(ev).test
     for clips_ in test_sets.values():
       features_lib.warn_short_clips([c.path for c in clips_], [c.wave for c in clips_],
                                     preset.features)
@@ -656,11 +708,7 @@ def run(settings: Settings) -> dict:
         "skipped_files": md.skipped, "metric_year": year,
         **({"test_folders": {k: len(v) for k, v in md.test_folders.items()}}
            if md.test_folders else {})}
-    if settings.per == "machine_type":
-      groups = {"all": (md.train, None)}
-    else:
-      groups = {f"section_{s}": ([c for c in md.train if c.section == s], s)
-                for s in sorted({c.section for c in md.train})}
+    groups = _groups(settings, md)
     if settings.per == "section":
       orphans = sorted({c.section for t in test_sets.values() for c in t} - {
           s for _, s in groups.values()})
@@ -672,20 +720,13 @@ def run(settings: Settings) -> dict:
       held = None
       fingerprint = data_lib.clips_fingerprint([c.path for c in train_clips])
       if settings.held_out():
-        if len(train_clips) < 2:
-          raise data_lib.DataError(
-              f"{machine} {group}: {len(train_clips)} training clip(s); --heldout_fraction="
-              f"{settings.held_out():g} needs at least 2")
-        held_idx, fit_idx = heldout.split(len(train_clips), fraction=settings.held_out(),
-                                          seed=settings.data_seed)
-        held_clips = [train_clips[i] for i in held_idx]
-        train_clips = [train_clips[i] for i in fit_idx]
+        train_clips, held_clips = _held_split(settings, train_clips,
+                                              where=f"{machine} {group}")
         held = heldout.HeldOut(
             fit_waves=[c.wave for c in train_clips], fit_names=[c.path for c in train_clips],
             waves=[c.wave for c in held_clips], names=[c.path for c in held_clips],
             pseudo_waves=heldout.make_pseudo([c.wave for c in held_clips], something_else,
                                              anrs_db=data_lib.PAPER_ANRS_DB, seed=settings.data_seed))
-      _check_bank(settings, train_clips, held, preset.features, where=f"{machine} {group}")
       segments = data_lib.training_corpus([c.wave for c in train_clips],
                                           segment_seconds=cfg0.segment_seconds,
                                           paths=[c.path for c in train_clips])

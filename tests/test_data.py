@@ -431,6 +431,27 @@ def test_truncated_wav_is_its_own_error_naming_the_file(tmp_path):
   assert audio.load_wav(_write(tmp_path / "whole.wav")).size == 4000  # untouched
 
 
+@pytest.mark.parametrize("sr", [SR, 22050, 44100])
+def test_probe_gives_load_wav_length_without_decoding(tmp_path, sr):
+  path = _write(tmp_path / "a.wav", sr=sr, seconds=0.3)
+  assert audio.probe(path) == audio.load_wav(path).size
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p, "no such file"),
+    (lambda p: (p.write_bytes(b""), p)[1], r"empty file \(0 bytes\)"),
+    (lambda p: (p.write_text("this is not audio\n" * 20), p)[1],
+     r"cannot be read as audio \(not a recognised audio format"),
+    (lambda p: _truncated(p), "truncated WAV"),
+    (lambda p: _write(p, np.zeros(0, np.float32)), "audio file holds no samples"),
+])
+def test_probe_raises_what_load_wav_raises_naming_the_file(tmp_path, make, message):
+  path = str(make(tmp_path / "bad.wav"))
+  for read in (audio.probe, audio.load_wav):
+    with pytest.raises(audio.AudioError, match=f"{path}: {message}"):
+      read(path)
+
+
 def test_very_loud_file_is_loaded_with_a_warning_naming_it(tmp_path, caplog):
   path = str(tmp_path / "loud.wav")
   soundfile.write(path, np.full(800, 1e6, np.float32), SR, subtype="FLOAT")

@@ -252,6 +252,32 @@ def test_workdir_that_is_a_file_is_an_error_before_loading(tmp_path):
   assert path.read_text() == "not a directory"
 
 
+@pytest.mark.parametrize("breakage", ["empty training file", "one training clip"])
+def test_a_broken_later_machine_type_is_refused_before_any_training(tmp_path, breakage):
+  """Every machine type is listed and its files' headers and groups checked
+  before the first one trains: an error in the last is not found hours later."""
+  root = synthetic_dcase.generate(str(tmp_path / "d"), **{
+      **TINY, "num_source_train": 2, "num_test_per_group": 1,
+      "machines": ("SynthFan", "SynthPump")})
+  train_dir = os.path.join(root, "SynthPump", "train")
+  names = sorted(os.listdir(train_dir))
+  extra = {}
+  if breakage == "empty training file":
+    bad = os.path.join(train_dir, names[-1])
+    open(bad, "wb").close()
+    error, match = dcase.audio.AudioError, re.escape(f"{bad}: empty file (0 bytes)")
+  else:  # one training clip left: held-out clips need 2
+    for name in names[1:]:
+      os.remove(os.path.join(train_dir, name))
+    extra = dict(heldout_fraction=0.5)
+    error, match = dcase.DataError, (r"SynthPump all: 1 training clip\(s\); "
+                                     r"--heldout_fraction=0.5 needs at least 2")
+  workdir = tmp_path / "w"
+  with pytest.raises(error, match=match):
+    dcase_run.run(_settings(workdir, losses=("re",), data_root=root, **extra))
+  assert not list(workdir.glob("re/models/**/checkpoints"))  # nothing trained
+
+
 def test_score_normalization_is_an_evaluation_setting(finished_dcase, tmp_path):
   """A finished run re-evaluated with knn_z: no retraining, the bank of every training
   clip but the held-out tenth in the model directory, φ from the held-out clip on
