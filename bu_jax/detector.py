@@ -311,7 +311,8 @@ class Detector:
         (``evaluate.fit_threshold``), for a target false-positive rate.
 
     Raises:
-      ValueError: both given, or values out of range.
+      ValueError: both given, or values out of range (a threshold at or below 0
+        would flag every clip: scores, raw or normalized, are never negative).
       DetectorError: the checkpoint lacks what is needed (no stored φ, or no
         held-out scores for ``fpr``).
     """
@@ -320,6 +321,11 @@ class Detector:
     if threshold is not None:
       if not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
+      if threshold <= 0:  # squared errors (eq. 5), their ratios or exp(...): all positive
+        raise ValueError(
+            f"threshold {threshold:g} would flag every clip: the scores of "
+            f"{self.describe()} are never negative; give a positive threshold (the stored "
+            f"one is {'none' if self.threshold is None else f'{self.threshold:.6g}'})")
       return float(threshold), "given"
     if fpr is not None:
       if not 0.0 < fpr < 1.0:

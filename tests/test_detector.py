@@ -228,6 +228,9 @@ def test_threshold_options(trained):
   stored, source = detector.resolve_threshold()
   assert stored == trained["metadata"]["threshold"] and source.startswith("stored")
   assert detector.resolve_threshold(threshold=7.0) == (7.0, "given")
+  for flags_all in (0.0, -5.0):  # scores are never negative: a mistake, not a setting
+    with pytest.raises(ValueError, match=f"threshold {flags_all:g} would flag every clip"):
+      detector.resolve_threshold(threshold=flags_all)
   with pytest.raises(ValueError, match="not both"):
     detector.resolve_threshold(threshold=7.0, fpr=0.1)
   with pytest.raises(ValueError, match="not both"):
