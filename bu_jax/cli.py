@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import errno
+import logging
 import math
 import os
 import re
@@ -532,9 +533,23 @@ def _drop_closed_loop_noise(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
+class _DropInterruptTracebacks(logging.Filter):
+  """Drops library log records about a ``KeyboardInterrupt``: Ctrl-C pressed
+  again while a checkpoint is written interrupts Orbax's wait for it, which
+  logs "Save Finalize thread (save_finalize) failed" with a traceback, before
+  the entry point's own ``Interrupted:`` line says what happened."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, KeyboardInterrupt)
+
+
+DROP_INTERRUPT_TRACEBACKS = _DropInterruptTracebacks()
+
+
 def run_app(main: Callable[[list[str]], Any]) -> None:
   """``absl.app.run(main)`` for an entry point, without the noise of
-  ``_drop_closed_loop_noise``.
+  ``_drop_closed_loop_noise`` and ``_DropInterruptTracebacks``.
 
   Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM stops the process while the
   main runs (the main makes SIGTERM an interrupt, ``sigterm_as_interrupt``,
@@ -544,6 +559,7 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
   or change the exit status.
   """
   sys.unraisablehook = _drop_closed_loop_noise
+  logging.getLogger("absl").addFilter(DROP_INTERRUPT_TRACEBACKS)  # Orbax logs through absl
   signal.signal(signal.SIGINT, signal.default_int_handler)
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
   try:

@@ -133,6 +133,25 @@ def test_workdir_that_is_a_url_or_a_file_is_refused(tmp_path, monkeypatch):
   assert (tmp_path / "new" / "run").is_dir()
 
 
+def test_entry_points_drop_library_tracebacks_of_an_interrupt(caplog):
+  """Ctrl-C pressed again while Orbax writes a checkpoint: Orbax logs the
+  KeyboardInterrupt with a traceback (through absl); the entry points' filter
+  drops that record, and only that, before their one Interrupted: line."""
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  import logging  # pylint: disable=import-outside-toplevel
+  logger = logging.getLogger("absl")
+  logger.addFilter(cli.DROP_INTERRUPT_TRACEBACKS)
+  try:
+    for error in (KeyboardInterrupt(), RuntimeError("disk on fire")):
+      try:
+        raise error
+      except BaseException:  # pylint: disable=broad-except
+        absl_logging.exception("Save Finalize thread (save_finalize) failed.")
+  finally:
+    logger.removeFilter(cli.DROP_INTERRUPT_TRACEBACKS)
+  assert [r.exc_info[0] for r in caplog.records] == [RuntimeError]
+
+
 def test_entry_points_drop_only_the_closed_event_loop_noise(capsys, monkeypatch):
   """After a failed checkpoint read TensorStore threads report "Event loop is closed"
   through sys.unraisablehook; the entry points' hook drops exactly those."""
