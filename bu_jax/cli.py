@@ -341,9 +341,9 @@ class ScoringSettings(TrainingSettings):
       "training (the clips the model trained on) or heldout (the held-out normal clips, "
       "which it never trained on, so their scores carry the generalization gap that test "
       "clips will show; each held-out clip is normalized by the other clips' bank for phi "
-      "and the pseudo-anomaly AUC) or crossfit (experiments.toycar: the training clips' "
-      "frames scored by two fold models, each trained with the same settings on the other "
-      "half of the clips; two extra trainings per loss). Evaluation only (crossfit trains its "
+      "and the pseudo-anomaly AUC) or crossfit (the training clips' frames scored by two "
+      "fold models, each trained with the same settings on the other half of the clips; "
+      "two extra trainings per model; needs held-out clips). Evaluation only (crossfit trains its "
       "fold models once). Default: the preset's, else training.")
   score_window: Optional[int] = setting(
       None, minimum=0, help="Clip score: the maximum over the mean scores of this many "

@@ -19,8 +19,9 @@ held-out clips are new to every model, so the ratio puts its scores on the
 main model's scale without labels).
 
 ``split`` and ``others`` say which clips each fold model trains on,
-``heldout_scales`` gives the scales and ``out_of_fold_scores`` the bank's scores;
-``bu_jax.toycar`` trains the fold models (``--normalization_bank=crossfit``).
+``heldout_scales`` gives the scales, ``out_of_fold_scores`` the bank's scores
+and ``bank_scores`` both; ``bu_jax.toycar`` and ``bu_jax.dcase_run`` train the
+fold models (``--normalization_bank=crossfit``).
 """
 
 from __future__ import annotations
@@ -95,3 +96,17 @@ def out_of_fold_scores(fold_models: Sequence[tuple[Any, Any]], waves: Sequence[n
     _, scores = score_norm.clip_frames(scorer, params, [wave], names=[names[i]])
     parts.append(scores.astype(np.float64) * scales[fold_of[i]])
   return np.concatenate(parts).astype(np.float32)
+
+
+def bank_scores(main: tuple[Any, Any], fold_models: Sequence[tuple[Any, Any]],
+                folds: Sequence[Sequence[int]], *, fit_waves: Sequence[np.ndarray],
+                heldout_waves: Sequence[np.ndarray],
+                names: Optional[Sequence[str]] = None) -> tuple[np.ndarray, dict]:
+  """The cross-fitted bank's scores of the training clips ``fit_waves``
+  (``out_of_fold_scores``, each fold model on the ``main`` model's scale by
+  ``heldout_scales``) and its record for ``results.json`` (folds, clips per
+  fold, scales). Models are ``(scorer, params)`` pairs."""
+  scales = heldout_scales(main, fold_models, heldout_waves)
+  scores = out_of_fold_scores(fold_models, fit_waves, folds, scales=scales, names=names)
+  return scores, {"folds": len(folds), "clips_per_fold": [len(f) for f in folds],
+                  "scales": [round(x, 4) for x in scales]}

@@ -67,6 +67,7 @@ from bu_jax import artifact
 from bu_jax import audio
 from bu_jax import checkpoint as checkpoint_lib
 from bu_jax import cli
+from bu_jax import crossfit
 from bu_jax import data as data_lib
 from bu_jax import dcase
 from bu_jax import dcase_metrics
@@ -147,9 +148,10 @@ class Settings(cli.ScoringSettings):
     if self.chooses_by_pseudo_anomalies() and not self.held_out():
       raise ValueError(f"{self.choosing_flags()[0]}: the scoring is chosen on clips held out "
                        "of training, so --heldout_fraction must be > 0 (e.g. 0.1)")
-    if self.bank() == score_norm.CROSSFIT_BANK:
-      raise ValueError("--normalization_bank=crossfit is implemented in experiments.toycar "
-                       "only; use training or heldout here")
+    if self.bank() == score_norm.CROSSFIT_BANK and not self.held_out():
+      raise ValueError("--normalization_bank=crossfit: the fold models' scores are put on "
+                       "the main model's scale with the clips held out of training, so "
+                       "--heldout_fraction must be > 0 (e.g. 0.1)")
     if self.bank() == score_norm.HELDOUT_BANK and not self.held_out():
       raise ValueError("--normalization_bank=heldout: the bank holds clips held out of "
                        "training, so --heldout_fraction must be > 0 (e.g. 0.1)")
@@ -204,12 +206,13 @@ def _check_model_dir(model_dir: str, metadata: artifact.ModelMetadata) -> None:
 
 
 def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
-                       tag: Optional[str] = None,
-                       train_clips: Optional[str] = None) -> artifact.ModelMetadata:
+                       tag: Optional[str] = None, train_clips: Optional[str] = None,
+                       fold: Optional[str] = None) -> artifact.ModelMetadata:
   """What a model's checkpoints record about how it is trained: ``config`` and
   the data settings (the data folder or the embedded set's seed and sizes, the
   model grouping, the file-name grammar and, for SNP and BU, the something-else
-  clips). Evaluation settings (``EVALUATION_FLAGS``) are not among them."""
+  clips; for a fold model of the cross-fitted bank, "k of n"). Evaluation
+  settings (``EVALUATION_FLAGS``) are not among them."""
   path = lambda p: None if p is None else os.path.abspath(p)
   data = {"data_root": path(settings.data_root), "per": settings.per, "year": settings.year}
   if settings.held_out():  # absent (older checkpoints): every clip trained on
@@ -222,6 +225,8 @@ def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
     data["something_else_dir"] = path(settings.something_else_dir)
   if train_clips is not None:  # the model's clips (data.clips_fingerprint), when known
     data["train_clips"] = train_clips
+  if fold is not None:  # a fold model of --normalization_bank=crossfit (_train_folds)
+    data["crossfit_fold"] = fold
   return artifact.ModelMetadata.for_training(config, data=data, tag=tag)
 
 
@@ -247,22 +252,59 @@ def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig
 
 def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, mesh,
                 model_dir: str, tag: str, input_stats=None,
-                validate=None, train_clips: Optional[str] = None) -> tuple[Any, int]:
+                validate=None, train_clips: Optional[str] = None,
+                fold: Optional[str] = None) -> tuple[Any, int]:
   """Trains (or resumes, or finds finished) one model in ``model_dir``.
 
   ``input_stats`` (mean, std of its training features) initialize the
   standardization of an AE with ``standardize_input`` (``runner.initial_state``).
   ``validate(params)`` (the held-out clips' mean frame score) gives the
   validation curve, ``<model_dir>/validation.jsonl``. Returns the final state
-  and the number of steps trained now (``runner.train_or_resume``).
+  and the number of steps trained now (``runner.train_or_resume``). ``fold``
+  ("k of n"): a fold model of the cross-fitted bank (``_train_folds``).
   """
-  metadata = _training_metadata(settings, config, tag=tag, train_clips=train_clips)
+  metadata = _training_metadata(settings, config, tag=tag, train_clips=train_clips,
+                                fold=fold)
   _check_model_dir(model_dir, metadata)
   return runner.train_or_resume(config, corpus, mesh=mesh, model_dir=model_dir,
                                 metadata=metadata, checkpoint_every=settings.checkpoint_every,
                                 tag=tag, progress=settings.progress, validate=validate,
                                 init_state=runner.initial_state(config, mesh=mesh,
                                                                 input_stats=input_stats))
+
+
+CROSSFIT_DIR = "crossfit"  # <workdir>/<loss>/crossfit/<machine_type>[/section_XX]/fold<k>
+
+
+def _train_folds(settings: Settings, config: train_lib.TrainConfig, train_clips: Sequence[Any],
+                 *, something_else, mesh, tag: str) -> tuple[list[Any], list[list[int]], int]:
+  """The fold models of ``--normalization_bank=crossfit`` of one model (``tag``,
+  e.g. "bu/SynthFan"): for each fold k of ``crossfit.split`` a model with the
+  same settings, trained (or resumed, or found finished) on the other folds'
+  clips in ``<workdir>/<loss>/crossfit/<machine_type>[/section_XX]/fold<k>``
+  (outside ``models/``: they score the bank, not the test clips).
+  ``something_else``: ``(clips, lengths)`` of ``data_lib.pad_clips`` or
+  ``(None, None)``. Returns their parameters, the folds and the steps trained now."""
+  loss, where = tag.split("/", 1)
+  folds = crossfit.split(len(train_clips), seed=settings.data_seed)
+  params, trained = [], 0
+  for k in range(len(folds)):
+    clips_k = [train_clips[i] for i in crossfit.others(folds, k)]
+    segments = data_lib.training_corpus([c.wave for c in clips_k],
+                                        segment_seconds=config.segment_seconds,
+                                        paths=[c.path for c in clips_k])
+    corpus = train_lib.place_corpus(segments, *something_else, mesh=mesh, config=config)
+    stats = (features_lib.statistics([c.wave for c in clips_k], config=config.feature_config)
+             if config.model_preset.standardize_input else None)
+    state, steps = train_model(
+        settings, config, corpus, mesh=mesh, input_stats=stats,
+        model_dir=os.path.join(settings.workdir, loss, CROSSFIT_DIR, where, f"fold{k}"),
+        tag=f"{tag} fold {k + 1}/{len(folds)}",
+        train_clips=data_lib.clips_fingerprint([c.path for c in clips_k]),
+        fold=f"{k + 1} of {len(folds)}")
+    params.append(jax.device_get(state.params))
+    trained += steps
+  return params, folds, trained
 
 
 def clip_scores(scorer: frame_scores.FrameScorer | score_norm.NormalizedScorer, params, clips,
@@ -344,9 +386,10 @@ class _Scored(NamedTuple):
 
 
 def _calibrate(settings: Settings, scorer, params, *, train_clips, held, model_dir: str,
-               tag: str) -> _Scored:
+               tag: str, bank_scores: Optional[np.ndarray] = None) -> _Scored:
   """The scoring and phi of one model: without held-out clips, on its training clips
-  (``normalized_scorer``); with them, chosen on them (``heldout.choose_scoring``)."""
+  (``normalized_scorer``); with them, chosen on them (``heldout.choose_scoring``;
+  ``bank_scores``: the training frames' out-of-fold scores of the cross-fitted bank)."""
   if held is None:  # every clip trained on: phi on them, or on the bank's left-out tenth
     eval_scorer, normalizer, phi_clips = normalized_scorer(
         settings, scorer, params, train_clips, model_dir=model_dir)
@@ -364,7 +407,7 @@ def _calibrate(settings: Settings, scorer, params, *, train_clips, held, model_d
   choice = heldout.choose_scoring(  # phi, and any choice of the scoring, on the held-out clips
       scorer, params, held, model_dir, kind=settings.normalization()[0],
       neighbors=settings.neighbors, window=settings.clip_window(),
-      reduce=settings.reduce, bank=settings.bank())
+      reduce=settings.reduce, bank=settings.bank(), bank_scores=bank_scores)
   train_scores = choice.heldout_scores
   record = {
       "score_normalization": choice.normalization, "clip_score": choice.clip_score,
@@ -580,7 +623,8 @@ def _held_split(settings: Settings, train_clips: list, *, where: str) -> tuple[l
 def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
               features) -> dict[str, tuple[dcase.MachineData, Optional[dcase.MachineData]]]:
   """Lists every machine type (and its ``--eval_root`` clips) and checks every
-  file's header and every group's knn bank, before any model trains: a broken
+  file's header and every group's knn bank (and cross-fitting folds), before
+  any model trains: a broken
   file or a too-small group of the last machine type is reported before the
   first one trains, not hours later. The waves are loaded per machine type
   (``dcase.load_audio_of``), as it trains.
@@ -600,6 +644,11 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
         fit, held_clips = _held_split(settings, train_clips, where=where)
         _check_bank(settings, [sizes[c.path] for c in fit],
                     [sizes[c.path] for c in held_clips], features, where=where)
+        if settings.bank() == score_norm.CROSSFIT_BANK:
+          try:
+            crossfit.split(len(fit), seed=settings.data_seed)
+          except ValueError as e:
+            raise data_lib.DataError(f"{where}: {e}") from None
       else:
         _check_bank(settings, [sizes[c.path] for c in train_clips], None, features,
                     where=where)
@@ -669,6 +718,7 @@ def run(settings: Settings) -> dict:
   scoring = {l: {} for l in methods}  # with --heldout_fraction: what each model scores on
   fits = {l: {} for l in settings.losses}  # with --heldout_fraction: each AE's fit_check
   train_seconds = {l: {} for l in methods}
+  crossfits = {l: {} for l in methods}  # --normalization_bank=crossfit: each model's bank
   previous_path = os.path.join(settings.workdir, "results.json")
   if os.path.exists(previous_path):  # keep the training times of models found finished
     try:
@@ -676,6 +726,7 @@ def run(settings: Settings) -> dict:
         previous = json.load(f)
       for l in methods:
         train_seconds[l].update(previous.get(l, {}).get("train_seconds", {}))
+        crossfits[l].update(previous.get(l, {}).get("crossfit", {}))  # its fold times
     except (OSError, ValueError, AttributeError, TypeError) as e:  # damaged: rewritten below
       logging.warning("%s cannot be read (%s: %s); its training times are not kept",
                       previous_path, type(e).__name__, e)
@@ -738,11 +789,12 @@ def run(settings: Settings) -> dict:
                                               names=[c.path for c in train_clips])
       check = None  # fit_check's frames of this group, taken once for every loss
 
-      def evaluate_model(method, tag, method_scorer, method_params, model_dir):
+      def evaluate_model(method, tag, method_scorer, method_params, model_dir,
+                         bank_scores=None):
         """Calibrates one model of this group (an AE or the reference), records its
         scoring and phi, and scores the test clips of every test set."""
         scored = _calibrate(settings, method_scorer, method_params, train_clips=train_clips,
-                            held=held, model_dir=model_dir, tag=tag)
+                            held=held, model_dir=model_dir, tag=tag, bank_scores=bank_scores)
         if scored.neighbors_chosen is not None:
           chosen_neighbors[method][tag] = scored.neighbors_chosen
         if scored.record is not None:
@@ -762,7 +814,20 @@ def run(settings: Settings) -> dict:
         params = jax.device_get(state.params)
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
-        scored = evaluate_model(loss, tag, scorer, params, model_dir)
+        bank_scores = None
+        if settings.bank() == score_norm.CROSSFIT_BANK:
+          t1 = time.perf_counter()
+          fold_params, folds, fold_steps = _train_folds(
+              settings, configs[loss], train_clips, something_else=(clips, lengths),
+              mesh=mesh, tag=tag)
+          bank_scores, record = crossfit.bank_scores(
+              (scorer, params), [(scorer, p) for p in fold_params], folds,
+              fit_waves=[c.wave for c in train_clips], heldout_waves=held.waves,
+              names=[c.path for c in train_clips])
+          record["train_seconds"] = (round(time.perf_counter() - t1, 1) if fold_steps else
+                                     crossfits[loss].get(tag, {}).get("train_seconds"))
+          crossfits[loss][tag] = record
+        scored = evaluate_model(loss, tag, scorer, params, model_dir, bank_scores)
         artifact.store_calibration(model_dir, _calibration(
             settings, scored.phi, scored.train_scores, scored.phi_paths, window=scored.window,
             normalization=scored.normalization), step=configs[loss].total_steps, state=state)
@@ -778,8 +843,20 @@ def run(settings: Settings) -> dict:
         pca = reference_lib.PCADetector(preset.features,
                                         components=settings.reference_components)
         pca.fit([c.wave for c in train_clips], names=[c.path for c in train_clips])
+        bank_scores = None
+        if settings.bank() == score_norm.CROSSFIT_BANK:  # PCAs of the other folds' clips
+          folds = crossfit.split(len(train_clips), seed=settings.data_seed)
+          fold_models = [(reference_lib.PCAScorer(reference_lib.PCADetector(
+              preset.features, components=settings.reference_components).fit(
+                  [train_clips[i].wave for i in crossfit.others(folds, k)])), None)
+                         for k in range(len(folds))]
+          bank_scores, crossfits[REFERENCE][tag] = crossfit.bank_scores(
+              (reference_lib.PCAScorer(pca), None), fold_models, folds,
+              fit_waves=[c.wave for c in train_clips], heldout_waves=held.waves,
+              names=[c.path for c in train_clips])
         train_seconds[REFERENCE][tag] = round(time.perf_counter() - t0, 1)
-        evaluate_model(REFERENCE, tag, reference_lib.PCAScorer(pca), None, ref_dir)
+        evaluate_model(REFERENCE, tag, reference_lib.PCAScorer(pca), None, ref_dir,
+                       bank_scores)
     # Files and metrics of this machine type.
     hist, hist_thresholds = {}, {}
     for loss in methods:
@@ -836,6 +913,8 @@ def run(settings: Settings) -> dict:
       entry["scoring"] = scoring[loss]
     if fits.get(loss):
       entry["fit"] = fits[loss]
+    if settings.bank() == score_norm.CROSSFIT_BANK:
+      entry["crossfit"] = crossfits[loss]
     for set_name in set_names:
       if per_section[set_name][loss]:
         entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)

@@ -355,14 +355,10 @@ def _training_inputs(config: train_lib.TrainConfig, waves, paths, *, mesh, somet
 
 
 def _out_of_fold(scorer, params, fold_models, folds, data: Data) -> tuple[np.ndarray, dict]:
-  """The bank scores of ``--normalization_bank=crossfit`` (``crossfit``): every
-  training frame scored by the fold model that did not train on its clip, on the
-  main model's (``scorer``, ``params``) scale; and the record for results.json."""
-  scales = crossfit.heldout_scales((scorer, params), fold_models, data.heldout_waves)
-  scores = crossfit.out_of_fold_scores(fold_models, data.fit_waves, folds, scales=scales,
-                                       names=data.fit_paths)
-  return scores, {"folds": len(folds), "clips_per_fold": [len(f) for f in folds],
-                  "scales": [round(x, 4) for x in scales]}
+  """The bank scores of ``--normalization_bank=crossfit`` (``crossfit.bank_scores``)
+  of the main model (``scorer``, ``params``) and the record for results.json."""
+  return crossfit.bank_scores((scorer, params), fold_models, folds, fit_waves=data.fit_waves,
+                              heldout_waves=data.heldout_waves, names=data.fit_paths)
 
 
 def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_else

@@ -399,6 +399,65 @@ def test_a_k_larger_than_the_bank_is_refused_before_training(tmp_path, extra):
   assert not list(workdir.glob("re/models/*/checkpoints"))
 
 
+def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_train_on_it(
+    tmp_path):
+  """--normalization_bank=crossfit: per model two fold models (outside models/) on the
+  halves of its training clips; the bank holds the main model's codes and the
+  out-of-fold scores; a second run trains nothing and keeps the fold times."""
+  from bu_jax import checkpoint, crossfit, data as data_lib, frame_scores, heldout, score_norm  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"crossfit: .*--heldout_fraction must be > 0"):
+    _settings(tmp_path, score_normalization="knn", normalization_bank="crossfit")
+  settings = _settings(tmp_path / "run", losses=("re", "bu"), steps_per_epoch=2,
+                       heldout_fraction=0.25, score_normalization="knn",
+                       normalization_neighbors=5, normalization_bank="crossfit")
+  results = dcase_run.run(settings)
+  md = dcase.load_machine_type(str(tmp_path / "run" / "synthetic_data"), "SynthFan")
+  held_idx, fit_idx = heldout.split(len(md.train), fraction=0.25, seed=0)
+  fit = [md.train[i] for i in fit_idx]
+  held = [md.train[i].wave for i in held_idx]
+  folds = crossfit.split(len(fit), seed=0)
+  for loss in ("re", "bu"):
+    record = results[loss]["crossfit"][f"{loss}/SynthFan"]
+    assert record["folds"] == 2 and record["clips_per_fold"] == [len(f) for f in folds]
+    assert record["train_seconds"] > 0
+    main = detector_lib.load_detector(tmp_path / "run" / loss / "models" / "SynthFan")
+    raw = lambda det: frame_scores.FrameScorer(det.model, det.preset.features)
+    fold_models = []
+    for k in range(2):
+      fold_dir = tmp_path / "run" / loss / "crossfit" / "SynthFan" / f"fold{k}"
+      stored = checkpoint.read_metadata(str(fold_dir))["data"]
+      trained_on = [fit[i].path for i in crossfit.others(folds, k)]
+      assert stored["train_clips"] == data_lib.clips_fingerprint(trained_on)
+      assert stored["crossfit_fold"] == f"{k + 1} of 2"
+      det = detector_lib.load_detector(fold_dir)
+      fold_models.append((raw(det), det.params))
+    expected = crossfit.out_of_fold_scores(fold_models, [c.wave for c in fit], folds,
+                                           scales=record["scales"])
+    bank = score_norm.load_local_normalizer(
+        tmp_path / "run" / loss / "models" / "SynthFan" / score_norm.FILE_NAME)
+    np.testing.assert_allclose(bank.scores, expected, rtol=2e-4)  # scales stored to 4 digits
+    codes, _ = score_norm.clip_frames(raw(main), main.params, [c.wave for c in fit])
+    np.testing.assert_allclose(bank.codes, codes, rtol=1e-5, atol=1e-5)  # the main model's
+    assert crossfit.heldout_scales((raw(main), main.params), fold_models, held) == (
+        pytest.approx(record["scales"], rel=1e-3))
+  assert results["pca"]["crossfit"]["pca/SynthFan"]["folds"] == 2
+  again = dcase_run.run(settings)  # finished: nothing trains, the fold times are kept
+  assert again["bu"]["crossfit"] == results["bu"]["crossfit"]
+  assert again["bu"]["dev"] == results["bu"]["dev"]
+
+
+def test_too_few_clips_to_cross_fit_are_refused_before_training(tmp_path):
+  root = synthetic_dcase.generate(str(tmp_path / "d"), **{**TINY, "num_source_train": 2,
+                                                         "num_test_per_group": 1})
+  workdir = tmp_path / "w"  # 8 training clips, 2 held out: 6 to fold, with --per=section 3
+  with pytest.raises(dcase.DataError, match=r"SynthFan section_00: --normalization_bank="
+                     r"crossfit: \d training clip\(s\) for 2 folds; need at least 4"):
+    dcase_run.run(_settings(workdir, losses=("re",), data_root=root, per="section",
+                            heldout_fraction=0.25, score_normalization="knn",
+                            normalization_neighbors=2, normalization_bank="crossfit"))
+  assert not list(workdir.glob("re/**/checkpoints"))
+
+
 def test_held_out_clips_choose_the_scoring(tmp_path, monkeypatch):
   """--heldout_fraction: the held-out clips are left out of training and of the bank;
   phi is fitted to them, and with auto and --score_window=0 the pseudo-anomaly AUC
