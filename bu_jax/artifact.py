@@ -492,6 +492,10 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
   deeper = sorted(os.path.dirname(os.path.dirname(p)) for p in glob.glob(
       os.path.join(glob.escape(workdir), "**", checkpoint.CHECKPOINT_SUBDIR, ""),
       recursive=True))
+  # the fold models of --normalization_bank=crossfit (<loss>/crossfit/...) score a bank,
+  # not recordings: listed only when nothing else is there
+  main = [d for d in deeper if "crossfit" not in os.path.relpath(d, workdir).split(os.sep)]
+  deeper = main or deeper
   if loss is not None and any(d.startswith(os.path.join(workdir, loss, "")) for d in deeper):
     deeper = [d for d in deeper if d.startswith(os.path.join(workdir, loss, ""))]
   if deeper:

@@ -267,6 +267,10 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
   dcase_workdir = tmp_path / "dcase"  # experiments.dcase: <loss>/models/<machine>
   for loss, machine in (("re", "fan"), ("re", "pump"), ("bu", "fan")):
     shutil.copytree(trained["model_dir"], dcase_workdir / loss / "models" / machine)
+  fold = dcase_workdir / "re" / "crossfit" / "fan" / "fold0"  # a fold model: not listed
+  shutil.copytree(trained["model_dir"], fold)
+  with pytest.raises(detector_lib.DetectorError, match=f"as the workdir: {re.escape(str(fold))}$"):
+    artifact.find_model_dir(dcase_workdir / "re" / "crossfit")  # listed where asked for
   models = lambda loss, *machines: ", ".join(
       str(dcase_workdir / loss / "models" / m) for m in machines)
   for where, loss, listed in ((dcase_workdir, None, models("bu", "fan") + ", " + models(
