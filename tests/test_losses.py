@@ -337,6 +337,17 @@ def test_garbage_in_masked_rows_gives_finite_loss_and_grads(name, standardize, g
   np.testing.assert_array_equal(np.asarray(grads[1])[~ma], 0.0)
 
 
+def test_nan_in_an_unmasked_row_is_not_hidden():
+  """As the README says: unchecked inside jit, a NaN frame poisons every weight of its
+  batch (never a silently finite, wrong weighting); masking the row is the remedy."""
+  xu = np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
+  xu[2, 1] = np.nan
+  assert np.isnan(np.asarray(kde.kde_weights(xu, sigma=0.1))).all()
+  mask = np.arange(8) != 2
+  w = np.asarray(kde.kde_weights(xu, sigma=0.1, mask=mask))
+  assert np.isfinite(w).all() and w[2] == 0 and (w[mask] > 0).all()
+
+
 @PROPS
 @given(name=st.sampled_from(ALL_LOSSES), standardize=st.booleans(),
        su=hnp.arrays(np.float32, (M_VALID,), elements=st.floats(0, 50, width=32)),
