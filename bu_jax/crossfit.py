@@ -30,6 +30,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from bu_jax import data as data_lib
+from bu_jax import reference as reference_lib
 from bu_jax import score_norm
 
 FOLDS = 2  # each fold model trains on half of the training clips
@@ -51,6 +53,28 @@ def split(n: int, *, seed: int, folds: int = FOLDS) -> list[list[int]]:
                      f"need at least {2 * folds}")
   order = np.random.default_rng(seed).permutation(n)
   return [sorted(int(i) for i in order[k::folds]) for k in range(folds)]
+
+
+def check_split(n: int, *, seed: int, where: str) -> None:
+  """Refuses, before any training, ``n`` training clips too few to ``split``.
+
+  Raises:
+    data.DataError: naming ``where`` (the data directory or the group) and the flag.
+  """
+  try:
+    split(n, seed=seed)
+  except ValueError as e:
+    raise data_lib.DataError(f"{where}: {e}") from None
+
+
+def pca_fold_models(config, *, components: int, waves: Sequence[np.ndarray],
+                    folds: Sequence[Sequence[int]]) -> list[tuple[Any, None]]:
+  """The fold models of the PCA reference (``reference.PCADetector`` with
+  ``components`` on the features of ``config``): for each fold k, a PCA fitted
+  on the clips of the other folds, as ``(scorer, None)`` pairs for ``bank_scores``."""
+  return [(reference_lib.PCAScorer(reference_lib.PCADetector(config, components=components)
+                                   .fit([waves[i] for i in others(folds, k)])), None)
+          for k in range(len(folds))]
 
 
 def others(folds: Sequence[Sequence[int]], k: int) -> list[int]:

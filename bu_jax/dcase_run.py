@@ -277,28 +277,27 @@ CROSSFIT_DIR = "crossfit"  # <workdir>/<loss>/crossfit/<machine_type>[/section_X
 
 
 def _train_folds(settings: Settings, config: train_lib.TrainConfig, train_clips: Sequence[Any],
-                 *, something_else, mesh, tag: str) -> tuple[list[Any], list[list[int]], int]:
+                 *, loss: str, where: str, something_else, mesh, tag: str
+                 ) -> tuple[list[Any], list[list[int]], int]:
   """The fold models of ``--normalization_bank=crossfit`` of one model (``tag``,
   e.g. "bu/SynthFan"): for each fold k of ``crossfit.split`` a model with the
   same settings, trained (or resumed, or found finished) on the other folds'
   clips in ``<workdir>/<loss>/crossfit/<machine_type>[/section_XX]/fold<k>``
   (outside ``models/``: they score the bank, not the test clips).
   ``something_else``: ``(clips, lengths)`` of ``data_lib.pad_clips`` or
-  ``(None, None)``. Returns their parameters, the folds and the steps trained now."""
-  loss, where = tag.split("/", 1)
+  ``(None, None)``; ``where``: ``<machine_type>[/section_XX]``. Returns their
+  parameters, the folds and the steps trained now."""
   folds = crossfit.split(len(train_clips), seed=settings.data_seed)
   params, trained = [], 0
   for k in range(len(folds)):
     clips_k = [train_clips[i] for i in crossfit.others(folds, k)]
-    segments = data_lib.training_corpus([c.wave for c in clips_k],
-                                        segment_seconds=config.segment_seconds,
-                                        paths=[c.path for c in clips_k])
-    corpus = train_lib.place_corpus(segments, *something_else, mesh=mesh, config=config)
-    stats = (features_lib.statistics([c.wave for c in clips_k], config=config.feature_config)
-             if config.model_preset.standardize_input else None)
+    corpus, stats = runner.training_inputs(config, [c.wave for c in clips_k],
+                                           [c.path for c in clips_k], mesh=mesh,
+                                           something_else=something_else)
     state, steps = train_model(
         settings, config, corpus, mesh=mesh, input_stats=stats,
-        model_dir=os.path.join(settings.workdir, loss, CROSSFIT_DIR, where, f"fold{k}"),
+        model_dir=os.path.join(settings.workdir, loss, CROSSFIT_DIR, *where.split("/"),
+                               f"fold{k}"),
         tag=f"{tag} fold {k + 1}/{len(folds)}",
         train_clips=data_lib.clips_fingerprint([c.path for c in clips_k]),
         fold=f"{k + 1} of {len(folds)}")
@@ -369,8 +368,13 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
 def _model_place(workdir: str, method: str, machine: str,
                  section: Optional[str]) -> tuple[str, str]:
   """The tag ("bu/SynthFan[/section_00]") and the folder of one model."""
-  where = [machine] + ([] if section is None else [f"section_{section}"])
-  return "/".join([method, *where]), os.path.join(workdir, method, "models", *where)
+  where = _group_path(machine, section)
+  return f"{method}/{where}", os.path.join(workdir, method, "models", *where.split("/"))
+
+
+def _group_path(machine: str, section: Optional[str]) -> str:
+  """``<machine_type>[/section_XX]``: where a group's models lie under a method's folder."""
+  return machine if section is None else f"{machine}/section_{section}"
 
 
 class _Scored(NamedTuple):
@@ -645,10 +649,7 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
         _check_bank(settings, [sizes[c.path] for c in fit],
                     [sizes[c.path] for c in held_clips], features, where=where)
         if settings.bank() == score_norm.CROSSFIT_BANK:
-          try:
-            crossfit.split(len(fit), seed=settings.data_seed)
-          except ValueError as e:
-            raise data_lib.DataError(f"{where}: {e}") from None
+          crossfit.check_split(len(fit), seed=settings.data_seed, where=where)
       else:
         _check_bank(settings, [sizes[c.path] for c in train_clips], None, features,
                     where=where)
@@ -778,15 +779,9 @@ def run(settings: Settings) -> dict:
             waves=[c.wave for c in held_clips], names=[c.path for c in held_clips],
             pseudo_waves=heldout.make_pseudo([c.wave for c in held_clips], something_else,
                                              anrs_db=data_lib.PAPER_ANRS_DB, seed=settings.data_seed))
-      segments = data_lib.training_corpus([c.wave for c in train_clips],
-                                          segment_seconds=cfg0.segment_seconds,
-                                          paths=[c.path for c in train_clips])
-      corpus = train_lib.place_corpus(segments, clips, lengths, mesh=mesh, config=cfg0)
-      input_stats = None
-      if cfg0.model_preset.standardize_input:  # the statistics of the clips trained on
-        input_stats = features_lib.statistics([c.wave for c in train_clips],
-                                              config=cfg0.feature_config,
-                                              names=[c.path for c in train_clips])
+      corpus, input_stats = runner.training_inputs(
+          cfg0, [c.wave for c in train_clips], [c.path for c in train_clips], mesh=mesh,
+          something_else=(clips, lengths))
       check = None  # fit_check's frames of this group, taken once for every loss
 
       def evaluate_model(method, tag, method_scorer, method_params, model_dir,
@@ -818,7 +813,8 @@ def run(settings: Settings) -> dict:
         if settings.bank() == score_norm.CROSSFIT_BANK:
           t1 = time.perf_counter()
           fold_params, folds, fold_steps = _train_folds(
-              settings, configs[loss], train_clips, something_else=(clips, lengths),
+              settings, configs[loss], train_clips, loss=loss,
+              where=_group_path(machine, section), something_else=(clips, lengths),
               mesh=mesh, tag=tag)
           bank_scores, record = crossfit.bank_scores(
               (scorer, params), [(scorer, p) for p in fold_params], folds,
@@ -846,10 +842,9 @@ def run(settings: Settings) -> dict:
         bank_scores = None
         if settings.bank() == score_norm.CROSSFIT_BANK:  # PCAs of the other folds' clips
           folds = crossfit.split(len(train_clips), seed=settings.data_seed)
-          fold_models = [(reference_lib.PCAScorer(reference_lib.PCADetector(
-              preset.features, components=settings.reference_components).fit(
-                  [train_clips[i].wave for i in crossfit.others(folds, k)])), None)
-                         for k in range(len(folds))]
+          fold_models = crossfit.pca_fold_models(
+              preset.features, components=settings.reference_components,
+              waves=[c.wave for c in train_clips], folds=folds)
           bank_scores, crossfits[REFERENCE][tag] = crossfit.bank_scores(
               (reference_lib.PCAScorer(pca), None), fold_models, folds,
               fit_waves=[c.wave for c in train_clips], heldout_waves=held.waves,

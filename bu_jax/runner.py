@@ -33,6 +33,8 @@ import jax
 
 from bu_jax import artifact
 from bu_jax import checkpoint as checkpoint_lib
+from bu_jax import data as data_lib
+from bu_jax import features as features_lib
 from bu_jax import fileio
 from bu_jax import models as models_lib
 from bu_jax import parallel
@@ -108,6 +110,26 @@ def check_resumable(model_dir: str, metadata: artifact.ModelMetadata, *,
         f"settings: {listed}. Training settings cannot change on a resume: repeat the "
         f"stored values to resume or re-evaluate it (evaluation settings such as {may_differ} "
         f"may differ), or use a new --workdir to train with the new ones.{moved}")
+
+
+def training_inputs(config: train_lib.TrainConfig, waves: Sequence[Any], paths: Sequence[str],
+                    *, mesh, something_else: tuple[Any, Any] = (None, None)):
+  """What a model of ``config`` trains on: the placed corpus of the normal
+  training clips ``waves`` (``data.training_corpus``, ``train.place_corpus``)
+  and, for an AE that standardizes its input, their feature statistics
+  (``features.statistics``; else None), for ``initial_state``.
+
+  Args:
+    paths: the clips' names, for errors.
+    something_else: ``(clips, lengths)`` of ``data.pad_clips``, or ``(None, None)``
+      (no something-else sounds: RE only).
+  """
+  segments = data_lib.training_corpus(waves, segment_seconds=config.segment_seconds,
+                                      paths=paths)
+  corpus = train_lib.place_corpus(segments, *something_else, mesh=mesh, config=config)
+  stats = (features_lib.statistics(waves, config=config.feature_config, names=paths)
+           if config.model_preset.standardize_input else None)
+  return corpus, stats
 
 
 def initial_state(config: train_lib.TrainConfig, *, mesh, input_stats=None):

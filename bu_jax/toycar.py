@@ -342,18 +342,6 @@ def train_one(settings: Settings, loss: str, corpus, *, mesh, input_stats=None,
   return state, config, trained
 
 
-def _training_inputs(config: train_lib.TrainConfig, waves, paths, *, mesh, something_else):
-  """The placed training corpus of ``waves`` and, for an AE that standardizes its
-  input, their feature statistics (else None). ``something_else``: ``(clips,
-  lengths)`` of ``data_lib.pad_clips``, or ``(None, None)``."""
-  segments = data_lib.training_corpus(waves, segment_seconds=config.segment_seconds,
-                                      paths=paths)
-  corpus = train_lib.place_corpus(segments, *something_else, mesh=mesh, config=config)
-  stats = (features_lib.statistics(waves, config=config.feature_config)
-           if config.model_preset.standardize_input else None)
-  return corpus, stats
-
-
 def _out_of_fold(scorer, params, fold_models, folds, data: Data) -> tuple[np.ndarray, dict]:
   """The bank scores of ``--normalization_bank=crossfit`` (``crossfit.bank_scores``)
   of the main model (``scorer``, ``params``) and the record for results.json."""
@@ -375,8 +363,8 @@ def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_el
   for k in range(len(folds)):
     idx = crossfit.others(folds, k)
     waves, paths = [data.fit_waves[i] for i in idx], [data.fit_paths[i] for i in idx]
-    corpus, stats = _training_inputs(config, waves, paths, mesh=mesh,
-                                     something_else=something_else)
+    corpus, stats = runner.training_inputs(config, waves, paths, mesh=mesh,
+                                           something_else=something_else)
     state, _, steps = train_one(settings, loss, corpus, mesh=mesh, input_stats=stats,
                                 train_clips=data_lib.clips_fingerprint(paths),
                                 fold=(k, len(folds)))
@@ -403,10 +391,7 @@ def _check_bank(settings: Settings, data: Data) -> None:
     raise data_lib.DataError(f"{where}: --normalization_bank=heldout needs at least 2 held-out "
                              f"clips, got {len(data.heldout_waves)} (raise --heldout_fraction)")
   if settings.bank() == score_norm.CROSSFIT_BANK:
-    try:
-      crossfit.split(len(data.fit_waves), seed=settings.data_seed)
-    except ValueError as e:
-      raise data_lib.DataError(f"{where}: {e}") from None
+    crossfit.check_split(len(data.fit_waves), seed=settings.data_seed, where=where)
   heldout_bank = settings.bank() == score_norm.HELDOUT_BANK
   try:
     score_norm.check_bank_size(
@@ -508,10 +493,8 @@ def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[
   bank_scores, crossfit_record = None, None
   if settings.bank() == score_norm.CROSSFIT_BANK:  # PCAs of the other folds' clips
     folds = crossfit.split(len(data.fit_waves), seed=settings.data_seed)
-    models = [(reference_lib.PCAScorer(reference_lib.PCADetector(
-        feature_config, components=settings.reference_components).fit(
-            [data.fit_waves[i] for i in crossfit.others(folds, k)])), None)
-              for k in range(len(folds))]
+    models = crossfit.pca_fold_models(feature_config, components=settings.reference_components,
+                                      waves=data.fit_waves, folds=folds)
     bank_scores, crossfit_record = _out_of_fold(scorer, None, models, folds, data)
   results, material = _evaluate_scorer(settings, scorer, None, data,
                                        os.path.join(settings.workdir, REFERENCE),
@@ -693,8 +676,8 @@ def run(settings: Settings) -> dict:
   something_else = (data_lib.pad_clips(data.something_else) if data.something_else
                     else (None, None))
   t0 = time.perf_counter()
-  corpus, input_stats = _training_inputs(cfg0, data.fit_waves, data.fit_paths, mesh=mesh,
-                                         something_else=something_else)
+  corpus, input_stats = runner.training_inputs(cfg0, data.fit_waves, data.fit_paths,
+                                               mesh=mesh, something_else=something_else)
   if input_stats is not None:
     print(f"Training corpus and input statistics of {len(data.fit_waves)} training clips "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)

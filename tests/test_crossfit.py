@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from bu_jax import crossfit
+from bu_jax import data
 from bu_jax import features
+from bu_jax import reference
 
 
 class _ConstantScorer:
@@ -72,3 +74,27 @@ def test_heldout_scales_put_the_fold_models_on_the_main_models_scale():
   # A fold model scoring 0 everywhere gives a finite (large) scale, not a division by 0.
   assert np.isfinite(crossfit.heldout_scales((_ConstantScorer(1.0), None),
                                              [(_ConstantScorer(0.0), None)], waves)[0])
+
+
+def test_check_split_names_where_and_the_flag():
+  crossfit.check_split(4, seed=0, where="fan id_00")  # enough: no error
+  with pytest.raises(data.DataError, match=r"^fan id_00: --normalization_bank=crossfit: 3 "):
+    crossfit.check_split(3, seed=0, where="fan id_00")
+
+
+def test_pca_fold_models_are_fitted_on_the_other_folds_only():
+  config = _ConstantScorer.config
+  rng = np.random.default_rng(1)
+  quiet = [rng.standard_normal(6000).astype(np.float32) * 0.01 for _ in range(2)]
+  loud = [rng.standard_normal(6000).astype(np.float32) * (1.0 + 0.5 * np.sin(
+      np.arange(6000) / 40.0)).astype(np.float32) for _ in range(2)]
+  waves, folds = quiet + loud, [[0, 1], [2, 3]]
+  models = crossfit.pca_fold_models(config, components=2, waves=waves, folds=folds)
+  assert len(models) == 2 and all(params is None for _, params in models)
+  for k, (scorer, _) in enumerate(models):
+    expected = reference.PCADetector(config, components=2).fit(
+        [waves[i] for i in crossfit.others(folds, k)])
+    for w in waves:
+      np.testing.assert_allclose(scorer(None, w), expected.frame_scores(w), rtol=1e-6)
+  # The model without the quiet clips has never seen them: they score higher under it.
+  assert np.median(models[0][0](None, quiet[0])) > np.median(models[1][0](None, quiet[0]))

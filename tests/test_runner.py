@@ -1,5 +1,6 @@
 """bu_jax.runner: one tiny RE model stopped, resumed, found finished; the settings check."""
 
+import dataclasses
 import json
 
 import jax
@@ -112,3 +113,19 @@ def test_validation_curve_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
   runner.train_or_resume(config, corpus, **uninterrupted)
   assert [json.loads(l)["step"] for l in open(tmp_path / "whole" / runner.VALIDATION_FILE)] == [
       0, 2, 4, 5]
+
+
+def test_training_inputs_segment_the_clips_and_take_statistics_only_when_standardized():
+  rng = np.random.default_rng(0)
+  waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (5000, 7000)]
+  paths = ["a.wav", "b.wav"]
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  corpus, stats = runner.training_inputs(_config(), waves, paths, mesh=mesh)
+  assert stats is None and corpus.clips.shape[0] == 0  # no something-else clips
+  segments = np.asarray(corpus.segments)
+  assert segments.shape[1] == SEGMENT and segments.shape[0] == 5000 // SEGMENT + 7000 // SEGMENT
+  np.testing.assert_array_equal(segments[0], waves[0][:SEGMENT])
+  standardized = dataclasses.replace(TINY, standardize_input=True)
+  _, stats = runner.training_inputs(_config(model=standardized), waves, paths, mesh=mesh)
+  for got, want in zip(stats, features.statistics(waves, config=TINY.features)):
+    np.testing.assert_allclose(got, want)
