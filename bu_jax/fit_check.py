@@ -27,9 +27,9 @@ from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
-from sklearn import decomposition
 
 from bu_jax import features as features_lib
+from bu_jax import reference as reference_lib
 
 # Frames of the fit clips used (every k-th of each clip when there are more; a
 # DCASE machine type's 1,000 clips of 10 s hold about 300,000); held-out frames: all.
@@ -121,7 +121,7 @@ class FitCheck:
     for k in components:
       k = int(min(k, z_fit.shape[1], len(z_fit)))
       if (key, k) not in self._pca_cache:
-        pca = decomposition.PCA(n_components=k, svd_solver="full").fit(z_fit)
+        pca = reference_lib.fit_pca(z_fit, k)
         held = mean_error(z_held, pca.inverse_transform(pca.transform(z_held)))
         self._pca_cache[key, k] = round(explained(held, baseline), 4)
       out[str(k)] = self._pca_cache[key, k]

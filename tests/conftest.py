@@ -9,3 +9,28 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Imported now, not at the end: hypothesis's pytest plugin imports it in its end-of-run
+# summary, and a pytest-xdist worker that ran no property test then took more than the
+# 5 s xdist allows a worker to finish, was interrupted, and printed a KeyboardInterrupt.
+import hypothesis  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
+
+# One persistent XLA compilation cache for the whole session (a fresh folder each
+# time): the end-to-end tests build the same tiny models again and again, in this
+# process and in the subprocesses they start (which inherit the variables).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="bu_jax_test_xla_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def pytest_unconfigure(config):
+  """Removes this session's compilation cache (set up above) at the end of the
+  whole run: by the main process, not by a pytest-xdist worker (they share it)."""
+  if hasattr(config, "workerinput"):
+    return
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+  if os.path.basename(cache).startswith("bu_jax_test_xla_cache_"):
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(cache, ignore_errors=True)

@@ -124,6 +124,22 @@ def test_pca_detector_scores_the_unseen_direction():
     reference.PCADetector(cfg, components=2).frame_scores(train[0])
 
 
+@pytest.mark.parametrize("rows", [200, 4000])  # the full SVD, the covariance's eigenvectors
+def test_fit_pca_reconstructs_as_the_full_svd_does(rows):
+  from sklearn import decomposition  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  z = rng.standard_normal((rows, 40)) @ rng.standard_normal((40, 40))
+  z -= z.mean(axis=0)
+  fitted, full = (reference.fit_pca(z, 6),
+                  decomposition.PCA(n_components=6, svd_solver="full").fit(z))
+  assert fitted.svd_solver == ("full" if rows < 10 * 40 else "covariance_eigh")
+  query = rng.standard_normal((50, 40)) @ rng.standard_normal((40, 40))
+  residual = lambda p: np.sum((query - p.inverse_transform(p.transform(query))) ** 2, axis=1)
+  np.testing.assert_allclose(residual(fitted), residual(full), rtol=1e-9)
+  np.testing.assert_allclose(fitted.explained_variance_ratio_, full.explained_variance_ratio_,
+                             rtol=1e-9)
+
+
 def test_standardized_input_ae_scores_in_standard_units():
   """score(x) = ||z - AE(z)||^2 with z = (x - mean) * scale; the stats get no gradient."""
   preset = models.ModelPreset("tiny", models.preset("fcn40-small").features, 1, 8, 4,

@@ -26,9 +26,9 @@ def test_readme_has_exactly_two_setup_commands():
   setup = text.split("## Set-up", 1)[1].split("\n## ", 1)[0]
   commands = re.findall(r"```bash\n(.*?)```", setup, re.S)
   assert len(commands) == 2
-  assert commands[1].strip() == "pip install -e '.[test]' && python -m pytest -q"
+  assert commands[1].strip() == "pip install -e '.[test]' && python -m pytest -q -n auto"
   ci = (README.parent / ".ci" / "run").read_text()
-  assert "pip install -e '.[test]'" in ci and "python -m pytest -q" in ci
+  assert "pip install -e '.[test]'" in ci and "python -m pytest -q -n auto" in ci
 
 
 @pytest.mark.parametrize("entry, settings, section", [

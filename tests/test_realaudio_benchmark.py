@@ -1,5 +1,7 @@
 """The label-free selection rule of ``benchmarks.realaudio --select_from``."""
 
+import pytest
+
 from benchmarks import realaudio
 
 
@@ -57,8 +59,9 @@ def test_from_results_prints_each_runs_scores_and_window(tmp_path, monkeypatch, 
   assert "| | PCA | 0.900 |  |  | 0.700 |" in out
 
 
-def test_bad_flags_and_files_are_one_clear_line(tmp_path):
-  """Each of these ended in a traceback (or, for --seeds=",", printed nothing)."""
+def test_bad_flags_and_files_are_one_clear_line(tmp_path, monkeypatch, capsys):
+  """Each of these ended in a traceback (or, for --seeds=",", printed nothing). In
+  process (a clean exit with the message); the first also as its own process."""
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -93,8 +96,13 @@ def test_bad_flags_and_files_are_one_clear_line(tmp_path):
           f"Error: {seed3 / 'results.json'}: lacks the held-out clip scores",
   }
   for flags, message in cases.items():
-    proc = subprocess.run(base + list(flags), cwd=repo, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode != 0, flags
-    assert "Traceback" not in proc.stderr, (flags, proc.stderr)
-    assert message in proc.stderr, (flags, proc.stderr)
+    monkeypatch.setattr(sys, "argv", base[2:] + list(flags))
+    with pytest.raises(SystemExit) as exit_info:
+      realaudio.main()
+    assert exit_info.value.code not in (0, None), flags
+    assert message in capsys.readouterr().err, flags
+  flags, message = next(iter(cases.items()))
+  proc = subprocess.run(base + list(flags), cwd=repo, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+  assert message in proc.stderr, proc.stderr
