@@ -3,6 +3,7 @@
 XLA_FLAGS must be set before JAX initializes its backend, hence here.
 """
 
+import importlib
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -13,7 +14,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Imported now, not at the end: hypothesis's pytest plugin imports it in its end-of-run
 # summary, and a pytest-xdist worker that ran no property test then took more than the
 # 5 s xdist allows a worker to finish, was interrupted, and printed a KeyboardInterrupt.
-import hypothesis  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
+importlib.import_module("hypothesis")
 
 # One persistent XLA compilation cache for the whole session (a fresh folder each
 # time): the end-to-end tests build the same tiny models again and again, in this
