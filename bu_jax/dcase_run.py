@@ -277,16 +277,16 @@ CROSSFIT_DIR = "crossfit"  # <workdir>/<loss>/crossfit/<machine_type>[/section_X
 
 
 def _train_folds(settings: Settings, config: train_lib.TrainConfig, train_clips: Sequence[Any],
-                 *, loss: str, where: str, something_else, mesh, tag: str
+                 *, loss: str, group: Sequence[str], something_else, mesh
                  ) -> tuple[list[Any], list[list[int]], int]:
-  """The fold models of ``--normalization_bank=crossfit`` of one model (``tag``,
-  e.g. "bu/SynthFan"): for each fold k of ``crossfit.split`` a model with the
-  same settings, trained (or resumed, or found finished) on the other folds'
+  """The fold models of ``--normalization_bank=crossfit`` of the model of ``loss``
+  of one ``group`` (``_group_parts``, e.g. ("SynthFan",)): for each fold k of
+  ``crossfit.split`` a model with the same settings, trained (or resumed, or found finished) on the other folds'
   clips in ``<workdir>/<loss>/crossfit/<machine_type>[/section_XX]/fold<k>``
   (outside ``models/``: they score the bank, not the test clips).
   ``something_else``: ``(clips, lengths)`` of ``data_lib.pad_clips`` or
-  ``(None, None)``; ``where``: ``<machine_type>[/section_XX]``. Returns their
-  parameters, the folds and the steps trained now."""
+  ``(None, None)``. Returns their parameters, the folds and the steps trained now."""
+  tag = "/".join((loss, *group))
   folds = crossfit.split(len(train_clips), seed=settings.data_seed)
   params, trained = [], 0
   for k in range(len(folds)):
@@ -296,8 +296,7 @@ def _train_folds(settings: Settings, config: train_lib.TrainConfig, train_clips:
                                            something_else=something_else)
     state, steps = train_model(
         settings, config, corpus, mesh=mesh, input_stats=stats,
-        model_dir=os.path.join(settings.workdir, loss, CROSSFIT_DIR, *where.split("/"),
-                               f"fold{k}"),
+        model_dir=os.path.join(settings.workdir, loss, CROSSFIT_DIR, *group, f"fold{k}"),
         tag=f"{tag} fold {k + 1}/{len(folds)}",
         train_clips=data_lib.clips_fingerprint([c.path for c in clips_k]),
         fold=f"{k + 1} of {len(folds)}")
@@ -368,13 +367,13 @@ def normalized_scorer(settings: Settings, scorer: frame_scores.FrameScorer, para
 def _model_place(workdir: str, method: str, machine: str,
                  section: Optional[str]) -> tuple[str, str]:
   """The tag ("bu/SynthFan[/section_00]") and the folder of one model."""
-  where = _group_path(machine, section)
-  return f"{method}/{where}", os.path.join(workdir, method, "models", *where.split("/"))
+  group = _group_parts(machine, section)
+  return "/".join((method, *group)), os.path.join(workdir, method, "models", *group)
 
 
-def _group_path(machine: str, section: Optional[str]) -> str:
-  """``<machine_type>[/section_XX]``: where a group's models lie under a method's folder."""
-  return machine if section is None else f"{machine}/section_{section}"
+def _group_parts(machine: str, section: Optional[str]) -> tuple[str, ...]:
+  """``(<machine_type>[, section_XX])``: where a group's models lie under a method's folder."""
+  return (machine,) if section is None else (machine, f"section_{section}")
 
 
 class _Scored(NamedTuple):
@@ -814,8 +813,7 @@ def run(settings: Settings) -> dict:
           t1 = time.perf_counter()
           fold_params, folds, fold_steps = _train_folds(
               settings, configs[loss], train_clips, loss=loss,
-              where=_group_path(machine, section), something_else=(clips, lengths),
-              mesh=mesh, tag=tag)
+              group=_group_parts(machine, section), something_else=(clips, lengths), mesh=mesh)
           bank_scores, record = crossfit.bank_scores(
               (scorer, params), [(scorer, p) for p in fold_params], folds,
               fit_waves=[c.wave for c in train_clips], heldout_waves=held.waves,
