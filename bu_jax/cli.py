@@ -50,6 +50,7 @@ import jax
 
 from bu_jax import audio
 from bu_jax import checkpoint
+from bu_jax import crossfit
 from bu_jax import data as data_lib
 from bu_jax import heldout
 from bu_jax import losses as losses_lib
@@ -343,8 +344,15 @@ class ScoringSettings(TrainingSettings):
       "clips will show; each held-out clip is normalized by the other clips' bank for phi "
       "and the pseudo-anomaly AUC) or crossfit (the training clips' frames scored by two "
       "fold models, each trained with the same settings on the other half of the clips; "
-      "two extra trainings per model; needs held-out clips). Evaluation only (crossfit trains its "
-      "fold models once). Default: the preset's, else training.")
+      "two extra trainings per model, each half as long (--crossfit_schedule); needs held-out "
+      "clips). Evaluation only (crossfit trains its fold models once). Default: the preset's, "
+      "else training.")
+  crossfit_schedule: str = setting(
+      "scaled", choices=crossfit.SCHEDULES, help="How long the fold models of "
+      "--normalization_bank=crossfit train: scaled, as many passes over their half of the "
+      "clips as the main model over all of them (half its steps per epoch, the same epochs); "
+      "full, as many steps as the main model (the only schedule before the nineteenth "
+      "session: re-evaluates the fold models trained then).")
   score_window: Optional[int] = setting(
       None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
       "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "

@@ -18,6 +18,11 @@ model over that under the fold model (a fold model trains on fewer clips; the
 held-out clips are new to every model, so the ratio puts its scores on the
 main model's scale without labels).
 
+A fold model trains on (FOLDS - 1) / FOLDS of the clips, so by default
+(``fold_steps_per_epoch``, schedule "scaled") its epochs are as much shorter:
+it passes over its clips as often as the main model over its own, with the
+same epochs and learning-rate schedule, at half the main model's steps.
+
 ``split`` and ``others`` say which clips each fold model trains on,
 ``heldout_scales`` gives the scales, ``out_of_fold_scores`` the bank's scores
 and ``bank_scores`` both; ``bu_jax.toycar`` and ``bu_jax.dcase_run`` train the
@@ -26,15 +31,21 @@ fold models (``--normalization_bank=crossfit``).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import contextlib
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from bu_jax import data as data_lib
 from bu_jax import reference as reference_lib
+from bu_jax import runner
 from bu_jax import score_norm
 
 FOLDS = 2  # each fold model trains on half of the training clips
+# How long a fold model trains (``fold_steps_per_epoch``): "scaled", as many
+# passes over its clips as the main model's over its own; "full", as many steps
+# as the main model (before the nineteenth session).
+SCHEDULES = ("scaled", "full")
 _FLOOR = 1e-12  # the smallest median score a scale divides by
 
 
@@ -53,6 +64,43 @@ def split(n: int, *, seed: int, folds: int = FOLDS) -> list[list[int]]:
                      f"need at least {2 * folds}")
   order = np.random.default_rng(seed).permutation(n)
   return [sorted(int(i) for i in order[k::folds]) for k in range(folds)]
+
+
+def fold_steps_per_epoch(steps_per_epoch: int, *, schedule: str = "scaled",
+                         folds: int = FOLDS) -> int:
+  """Mini-batches per epoch of a fold model whose main model trains
+  ``steps_per_epoch``: that times (folds - 1) / folds, rounded (at least 1), for
+  ``schedule`` "scaled" (each fold model trains on that share of the clips, so
+  it passes over them as often as the main model over its own); unchanged for
+  "full".
+
+  Raises:
+    ValueError: an unknown schedule or fewer than 2 folds.
+  """
+  if schedule not in SCHEDULES:
+    raise ValueError(f"--crossfit_schedule must be one of {SCHEDULES}, got {schedule!r}")
+  if folds < 2:
+    raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+  if schedule == "full":
+    return steps_per_epoch
+  return max(1, round(steps_per_epoch * (folds - 1) / folds))
+
+
+@contextlib.contextmanager
+def schedule_hint() -> Iterator[None]:
+  """Around a fold model's training: a ``runner.SettingsMismatchError`` over the
+  steps per epoch (fold models trained before ``SCHEDULES`` existed ran the main
+  model's) is raised again with the flag that re-evaluates them."""
+  try:
+    yield
+  except runner.SettingsMismatchError as e:
+    if "steps_per_epoch" not in str(e):
+      raise
+    raise runner.SettingsMismatchError(
+        f"{e} This is a fold model of --normalization_bank=crossfit; its steps per epoch "
+        "follow --crossfit_schedule: scaled (the default) trains it with (folds - 1) / folds "
+        "of the main model's, full with as many (fold models trained before the nineteenth "
+        "session).") from None
 
 
 def check_split(n: int, *, seed: int, where: str) -> None:

@@ -285,8 +285,11 @@ def _train_folds(settings: Settings, config: train_lib.TrainConfig, train_clips:
   clips in ``<workdir>/<loss>/crossfit/<machine_type>[/section_XX]/fold<k>``
   (outside ``models/``: they score the bank, not the test clips).
   ``something_else``: ``(clips, lengths)`` of ``data_lib.pad_clips`` or
-  ``(None, None)``. Returns their parameters, the folds and the steps trained now."""
+  ``(None, None)``. Their epochs are ``crossfit.fold_steps_per_epoch`` long
+  (``--crossfit_schedule``). Returns their parameters, the folds and the steps trained now."""
   tag = "/".join((loss, *group))
+  config = dataclasses.replace(config, steps_per_epoch=crossfit.fold_steps_per_epoch(
+      config.steps_per_epoch, schedule=settings.crossfit_schedule))
   folds = crossfit.split(len(train_clips), seed=settings.data_seed)
   params, trained = [], 0
   for k in range(len(folds)):
@@ -294,12 +297,13 @@ def _train_folds(settings: Settings, config: train_lib.TrainConfig, train_clips:
     corpus, stats = runner.training_inputs(config, [c.wave for c in clips_k],
                                            [c.path for c in clips_k], mesh=mesh,
                                            something_else=something_else)
-    state, steps = train_model(
-        settings, config, corpus, mesh=mesh, input_stats=stats,
-        model_dir=os.path.join(settings.workdir, loss, CROSSFIT_DIR, *group, f"fold{k}"),
-        tag=f"{tag} fold {k + 1}/{len(folds)}",
-        train_clips=data_lib.clips_fingerprint([c.path for c in clips_k]),
-        fold=f"{k + 1} of {len(folds)}")
+    with crossfit.schedule_hint():
+      state, steps = train_model(
+          settings, config, corpus, mesh=mesh, input_stats=stats,
+          model_dir=os.path.join(settings.workdir, loss, CROSSFIT_DIR, *group, f"fold{k}"),
+          tag=f"{tag} fold {k + 1}/{len(folds)}",
+          train_clips=data_lib.clips_fingerprint([c.path for c in clips_k]),
+          fold=f"{k + 1} of {len(folds)}")
     params.append(jax.device_get(state.params))
     trained += steps
   return params, folds, trained

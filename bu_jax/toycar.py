@@ -356,8 +356,11 @@ def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_el
   (or resumed, or found finished) on the other folds' clips in
   ``<workdir>/<loss>/crossfit/fold<k>``. ``something_else`` is the run's
   ``(clips, lengths)`` of ``data_lib.pad_clips`` (or ``(None, None)``).
+  Their epochs are ``crossfit.fold_steps_per_epoch`` long (``--crossfit_schedule``).
   Returns their parameters, the folds and the steps trained now."""
-  config = settings.train_config(loss)
+  fold_settings = dataclasses.replace(settings, steps_per_epoch=crossfit.fold_steps_per_epoch(
+      settings.resolved("steps_per_epoch"), schedule=settings.crossfit_schedule))
+  config = fold_settings.train_config(loss)
   folds = crossfit.split(len(data.fit_waves), seed=settings.data_seed)
   params, trained = [], 0
   for k in range(len(folds)):
@@ -365,9 +368,10 @@ def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_el
     waves, paths = [data.fit_waves[i] for i in idx], [data.fit_paths[i] for i in idx]
     corpus, stats = runner.training_inputs(config, waves, paths, mesh=mesh,
                                            something_else=something_else)
-    state, _, steps = train_one(settings, loss, corpus, mesh=mesh, input_stats=stats,
-                                train_clips=data_lib.clips_fingerprint(paths),
-                                fold=(k, len(folds)))
+    with crossfit.schedule_hint():
+      state, _, steps = train_one(fold_settings, loss, corpus, mesh=mesh, input_stats=stats,
+                                  train_clips=data_lib.clips_fingerprint(paths),
+                                  fold=(k, len(folds)))
     params.append(jax.device_get(state.params))
     trained += steps
   return params, folds, trained

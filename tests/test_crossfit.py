@@ -76,6 +76,22 @@ def test_heldout_scales_put_the_fold_models_on_the_main_models_scale():
                                              [(_ConstantScorer(0.0), None)], waves)[0])
 
 
+@pytest.mark.parametrize("steps, folds, schedule, expected", [
+    (100, 2, "scaled", 50), (500, 2, "scaled", 250), (1, 2, "scaled", 1), (3, 2, "scaled", 2),
+    (90, 3, "scaled", 60), (100, 2, "full", 100), (7, 3, "full", 7)])
+def test_fold_steps_per_epoch_keep_the_passes_over_the_clips(steps, folds, schedule, expected):
+  """A fold model trains on (folds - 1) / folds of the clips: "scaled" shortens its
+  epochs by as much (at least one step), "full" keeps the main model's."""
+  assert crossfit.fold_steps_per_epoch(steps, schedule=schedule, folds=folds) == expected
+
+
+def test_fold_steps_per_epoch_refuse_an_unknown_schedule():
+  with pytest.raises(ValueError, match=r"--crossfit_schedule must be one of \('scaled', 'full'\)"):
+    crossfit.fold_steps_per_epoch(100, schedule="half")
+  with pytest.raises(ValueError, match="at least 2 folds"):
+    crossfit.fold_steps_per_epoch(100, folds=1)
+
+
 def test_check_split_names_where_and_the_flag():
   crossfit.check_split(4, seed=0, where="fan id_00")  # enough: no error
   with pytest.raises(data.DataError, match=r"^fan id_00: --normalization_bank=crossfit: 3 "):

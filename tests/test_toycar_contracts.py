@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -166,9 +167,15 @@ def test_the_heldout_bank_holds_the_heldout_clips_frames(heldout_bank_run, finis
 def crossfit_run(tmp_path_factory, tiny_data):
   """A tiny RE + BU run scored with knn on the cross-fitted bank (PCA reference too)."""
   workdir = tmp_path_factory.mktemp("crossfit") / "run"
-  toycar.run(_settings(workdir, tiny_data, losses=("re", "bu"), score_normalization="knn",
-                       normalization_neighbors=5, normalization_bank="crossfit"))
+  toycar.run(_crossfit_settings(workdir, tiny_data))
   return workdir
+
+
+def _crossfit_settings(workdir, data_dir, **kw):
+  """The tiny run of ``crossfit_run``: 4 steps, so its fold models train 2 (scaled)."""
+  return _settings(workdir, data_dir, losses=("re", "bu"), score_normalization="knn",
+                   normalization_neighbors=5, normalization_bank="crossfit", steps_per_epoch=4,
+                   **kw)
 
 
 def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_train_on_it(
@@ -192,6 +199,9 @@ def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_tra
       assert stored["train_clips"] == data_lib.clips_fingerprint(trained_on)
       assert stored["crossfit_fold"] == f"{k + 1} of 2"
       assert not set(trained_on) & {data.fit_paths[i] for i in folds[k]}  # never its own clips
+      # Half the clips, half the steps per epoch (--crossfit_schedule=scaled), same epochs.
+      assert checkpoint.read_metadata(str(fold_dir))["train_config"]["steps_per_epoch"] == 2
+      assert checkpoint.committed_steps(str(fold_dir))[-1] == 2
       det = detector.load_detector(fold_dir)
       fold_models.append((raw(det), det.params))
     expected = crossfit.out_of_fold_scores(fold_models, data.fit_waves, folds,
@@ -218,8 +228,7 @@ def test_a_crossfit_rerun_finds_the_fold_models_trained(crossfit_run, tiny_data,
   workdir = _copy(crossfit_run, tmp_path)
   before = json.loads((workdir / "results.json").read_text())
   capsys.readouterr()
-  toycar.run(_settings(workdir, tiny_data, losses=("re", "bu"), score_normalization="knn",
-                       normalization_neighbors=5, normalization_bank="crossfit"))
+  toycar.run(_crossfit_settings(workdir, tiny_data))
   out = capsys.readouterr().out
   assert "] training fcn" not in out and out.count("already trained") == 6  # 2 models + 4 folds
   assert "(trained before; fold models" in out
@@ -227,6 +236,24 @@ def test_a_crossfit_rerun_finds_the_fold_models_trained(crossfit_run, tiny_data,
   for loss in ("re", "bu", "pca"):
     assert after[loss]["auc"] == before[loss]["auc"]
     assert after[loss]["crossfit"] == before[loss]["crossfit"]  # train_seconds kept
+
+
+def test_fold_models_of_another_schedule_name_the_flag(crossfit_run, tiny_data, tmp_path):
+  """Fold models trained with the main model's steps per epoch (before
+  --crossfit_schedule) are re-evaluated with --crossfit_schedule=full; a mismatch
+  in either direction says so."""
+  from bu_jax import checkpoint, runner  # pylint: disable=g-import-not-at-top
+  workdir = _copy(crossfit_run, tmp_path)
+  with pytest.raises(runner.SettingsMismatchError,
+                     match=r"--steps_per_epoch: 2 in the checkpoint, 4 now.*fold model of "
+                     r"--normalization_bank=crossfit.*--crossfit_schedule: scaled"):
+    toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="full"))
+  for loss in ("re", "bu"):  # the main models are untouched; the fold models train in full
+    for k in range(2):
+      shutil.rmtree(workdir / loss / "crossfit" / f"fold{k}")
+  toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="full"))
+  assert checkpoint.committed_steps(str(workdir / "bu" / "crossfit" / "fold1"))[-1] == 4
+  assert checkpoint.committed_steps(str(workdir / "bu"))[-1] == 4
 
 
 def test_crossfit_with_too_few_clips_is_refused_before_training(tiny_data, tmp_path):
