@@ -34,29 +34,35 @@ import numpy as np
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) -> None:
-  """Raises ValueError naming ``name`` unless ``value`` is finite and > 0 (>= 0)
-  in float32, the precision it is used in (1e39 overflows; 1e-50 is 0 there,
-  and a positive value below the smallest normal float32, 1.2e-38, is refused).
+def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) -> Any:
+  """``value`` if it is finite and > 0 (>= 0) in float32, the precision it is used in.
 
-  Only Python / NumPy numbers are checked; arrays and traced values pass
-  through unchanged (they cannot be inspected under ``jax.jit``). A bool is
-  refused (``sigma=True`` is a slip, not 1).
+  A Python / NumPy number out of range raises ValueError naming ``name`` (1e39
+  overflows; 1e-50 is 0 there, and a positive value below the smallest normal
+  float32, 1.2e-38, is refused); a bool is refused (``sigma=True`` is a slip,
+  not 1). An array or traced value cannot be inspected under ``jax.jit``: it is
+  returned as a float32 array that is NaN where it is out of range, so every
+  weight or loss computed from it is NaN and the training loop's non-finite
+  loss check (``train.raise_if_non_finite``) stops the run, instead of a
+  negative band-width silently giving zero weights.
   """
   if isinstance(value, (bool, np.bool_)):
     raise ValueError(f"{name} must be a number, got {value!r}")
   if not isinstance(value, numbers.Real):
-    return
-  value = float(value)
-  fits = math.isfinite(value) and abs(value) <= float(np.finfo(np.float32).max)
+    value = jnp.asarray(value, jnp.float32)
+    ok = jnp.isfinite(value) & ((value >= 0) if allow_zero else (value > 0))
+    return jnp.where(ok, value, jnp.nan)
+  number = float(value)
+  fits = math.isfinite(number) and abs(number) <= float(np.finfo(np.float32).max)
   tiny = float(np.finfo(np.float32).tiny)  # below it float32 loses precision, then rounds to 0
-  if fits and 0 < value < tiny:
-    raise ValueError(f"{name}={value!r} is below float32's smallest normal number {tiny:.3g} "
+  if fits and 0 < number < tiny:
+    raise ValueError(f"{name}={number!r} is below float32's smallest normal number {tiny:.3g} "
                      f"(it would be 0 or lose its precision there); give "
                      f"{'0 or ' if allow_zero else ''}at least {tiny:.3g}")
-  if not (fits and (value > 0 or (allow_zero and value == 0))):
+  if not (fits and (number > 0 or (allow_zero and number == 0))):
     bound = ">= 0" if allow_zero else "> 0"
-    raise ValueError(f"{name} must be finite and {bound} in float32, got {value!r}")
+    raise ValueError(f"{name} must be finite and {bound} in float32, got {number!r}")
+  return value
 
 
 def _all_gather(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
@@ -140,6 +146,12 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
   valid = _as_mask(mask, x.shape[0])
   w = valid.astype(jnp.float32)[:, None]
   n = jnp.maximum(jnp.sum(w), 1.0)
+  # Each dimension divided by a power of two near its magnitude first: exact in floating
+  # point, so ordinary data give the same bits as without it, while squares of values
+  # beyond ~1e19 no longer overflow to inf (which made such a dimension 0: uniform
+  # weights) and values below ~1e-19 no longer underflow to 0.
+  _, exponent = jnp.frexp(jnp.max(jnp.where(w > 0, jnp.abs(x), 0.0), axis=0))
+  x = jnp.where(w > 0, jnp.ldexp(x, -exponent), 0.0)
   ref = x[jnp.argmax(valid)]  # first valid row
   d = jnp.where(w > 0, x - ref, 0.0)
   mean = jnp.sum(d, axis=0) / n
@@ -147,7 +159,7 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
   var = jnp.sum(centered * centered, axis=0) / n
   std = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)  # finite gradient at 0
   magnitude = jnp.max(jnp.where(w > 0, jnp.abs(x), 0.0), axis=0)
-  keep = std > rel_tol * magnitude + 1e-30
+  keep = std > rel_tol * magnitude  # in the rescaled units: 0 spread stays 0 at any scale
   inv = jnp.where(keep, 1.0 / jnp.where(keep, std, 1.0), 0.0)
   return centered * inv
 
@@ -265,7 +277,7 @@ def kde_density(x: jax.Array, *, sigma: float,
   Raises:
     ValueError: ``sigma`` is a number that is not finite and > 0.
   """
-  _check_hyperparameter("sigma", sigma)
+  sigma = _check_hyperparameter("sigma", sigma)
   z, valid, groups, valid_local = _global_rows(
       x, mask, axis_name, standardize_features=standardize_features, groups=groups)
   (density,) = _mean_kernels(z, valid, _local_index(x.shape[0], axis_name), sigmas=[sigma],
@@ -300,8 +312,8 @@ def kde_weights(x: jax.Array, *, sigma: float, eps: float = 1e-6,
     ValueError: ``sigma`` or ``eps`` is a number out of range (the message
       names the argument).
   """
-  _check_hyperparameter("sigma", sigma)
-  _check_hyperparameter("eps", eps, allow_zero=True)
+  sigma = _check_hyperparameter("sigma", sigma)
+  eps = _check_hyperparameter("eps", eps, allow_zero=True)
   density = kde_density(x, sigma=sigma, mask=mask, axis_name=axis_name,
                         standardize_features=standardize_features, groups=groups)
   return _weights_from_density(density, _as_mask(mask, x.shape[0]), eps)
@@ -380,7 +392,7 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
     ValueError: ``base_sigma`` is a number that is not finite and > 0, or a
       factor is not positive and finite.
   """
-  _check_hyperparameter("base_sigma", base_sigma)
+  base_sigma = _check_hyperparameter("base_sigma", base_sigma)
   if isinstance(probe_rows, bool) or not isinstance(probe_rows, numbers.Integral) or probe_rows < 1:
     raise ValueError(f"probe_rows must be a positive integer, got {probe_rows!r}")
   if not factors or any(not (math.isfinite(f) and f > 0) for f in factors):
@@ -446,8 +458,8 @@ def kde_weights_with_memory(x: jax.Array, memory: jax.Array, *, sigma: float,
   Raises:
     ValueError: ``sigma`` or ``eps`` is a number out of range.
   """
-  _check_hyperparameter("sigma", sigma)
-  _check_hyperparameter("eps", eps, allow_zero=True)
+  sigma = _check_hyperparameter("sigma", sigma)
+  eps = _check_hyperparameter("eps", eps, allow_zero=True)
   z, valid, groups, valid_local = _global_rows(
       x, mask, axis_name, standardize_features=standardize_features, groups=groups,
       memory=memory, memory_mask=memory_mask)

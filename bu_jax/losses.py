@@ -124,7 +124,7 @@ def anomaly_term(scores_a: jax.Array, *, lam: float,
   Raises:
     ValueError: ``lam`` is a number that is not finite and > 0.
   """
-  kde._check_hyperparameter("lam", lam)
+  lam = kde._check_hyperparameter("lam", lam)
   scores_a, mask_a = _scores_and_mask(scores_a, mask_a, "a")
   scores_a = scores_a.astype(jnp.float32)
   if mask_a is not None:
@@ -250,14 +250,14 @@ def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.A
     ValueError: ``lam``, ``sigma`` or ``eps`` is a number out of range.
   """
   kde._check_hyperparameter("lam", lam)
-  kde._check_hyperparameter("eps", eps, allow_zero=True)
+  eps = kde._check_hyperparameter("eps", eps, allow_zero=True)
   scores_u, mask_u = _scores_and_mask(scores_u, mask_u, "u")
   if jnp.ndim(features_u) != 2 or jnp.shape(features_u)[0] != scores_u.shape[0]:
     raise ValueError(f"features_u must be ({scores_u.shape[0]}, D), one row per score of "
                      f"scores_u, got {jnp.shape(features_u)}")
   if sigma is None:
     sigma = 1.0 / (2.0 * max(features_u.shape[-1], 1))
-  kde._check_hyperparameter("sigma", sigma)
+  sigma = kde._check_hyperparameter("sigma", sigma)
   weights = kde.kde_weights(features_u, sigma=sigma, eps=eps, mask=mask_u,
                             axis_name=axis_name,
                             standardize_features=standardize_features)

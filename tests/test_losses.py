@@ -455,14 +455,39 @@ def test_hyperparameters_out_of_range_raise_value_error_naming_them(arg, value):
       call()
 
 
-def test_hyperparameter_edges_accepted_and_traced_values_not_checked():
+def test_hyperparameter_edges_accepted_and_traced_values_out_of_range_give_nan():
   xu, xa, _, _ = _batch()
   su, sa = xu[:, 0] ** 2, xa[:, 0] ** 2  # the frames' scores; xu their features
   assert np.isfinite(losses.bu_loss(su, sa, xu, lam=np.float32(LAM), sigma=1, eps=0))
   f = jax.jit(lambda lam, sigma, eps: losses.bu_loss(su, sa, xu, lam=lam, sigma=sigma, eps=eps))
   np.testing.assert_allclose(f(LAM, SIGMA, 1e-6),
                              losses.bu_loss(su, sa, xu, lam=LAM, sigma=SIGMA), rtol=1e-6)
-  f(-1.0, SIGMA, 1e-6)  # traced: not checked (no error)
+  assert np.isfinite(f(LAM, SIGMA, 0.0))
+  # A traced value cannot raise under jit: out of range it makes the result NaN, which the
+  # training loop stops on, never a plausible number (a negative sigma gave zero weights).
+  for lam, sigma, eps in [(-1.0, SIGMA, 1e-6), (LAM, -SIGMA, 1e-6), (LAM, 0.0, 1e-6),
+                          (LAM, np.inf, 1e-6), (LAM, SIGMA, -1e-6), (np.nan, SIGMA, 1e-6)]:
+    assert np.isnan(f(lam, sigma, eps)), (lam, sigma, eps)
+  weights = jax.jit(lambda s: kde.kde_weights(xu, sigma=s))
+  assert np.isnan(np.asarray(weights(-SIGMA))).all()
+  np.testing.assert_allclose(weights(SIGMA), kde.kde_weights(xu, sigma=SIGMA), rtol=1e-6)
+  assert np.isnan(jax.jit(lambda s: kde.contrast_sigma(xu, base_sigma=s))(-SIGMA))
+  assert np.isnan(jax.jit(lambda lam: losses.anomaly_term(sa, lam=lam))(0.0))
+
+
+def test_standardization_is_exact_under_power_of_two_scaling_over_float32_range():
+  # Each dimension is rescaled by a power of two before its variance: the same bits for
+  # any such scale, where squaring values beyond ~1e19 once overflowed and made every
+  # weight equal.
+  x = np.random.default_rng(11).standard_normal((M, D)).astype(np.float32) * [1, 8, 0.1, 3, 50]
+  ref = np.asarray(kde.standardize(x))
+  for k in (-100, -64, 0, 64, 100):
+    np.testing.assert_array_equal(kde.standardize(x * np.float32(2.0 ** k)), ref, err_msg=k)
+  w = np.asarray(kde.kde_weights(x, sigma=SIGMA))
+  assert w.max() / w.min() > 1.5  # not uniform, so the comparison below means something
+  for scale in (1e20, 1e30, 1e-25):
+    np.testing.assert_allclose(kde.kde_weights(x * np.float32(scale), sigma=SIGMA), w,
+                               rtol=1e-5, err_msg=scale)
 
 
 def test_bu_loss_return_types_are_stable():
