@@ -436,6 +436,10 @@ def _score_tests(settings: Settings, scored: _Scored, params, test_sets: dict,
   into ``out[set_name][path] = (score, decision)``."""
   for set_name, test_clips in test_sets.items():
     chosen = [c for c in test_clips if section is None or c.section == section]
+    _, note = features_lib.short_window_note([len(c.wave) for c in chosen], scored.scorer.config,
+                                             window=scored.window)
+    if note:
+      logging.warning("%s%s: %s", set_name, f" section {section}" if section else "", note)
     values = clip_scores(scored.scorer, params, chosen, reduce=settings.reduce,
                          window=scored.window)
     for clip, value in zip(chosen, values):

@@ -512,6 +512,10 @@ def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
     try:
       wave = audio.load_wav(path, sr=detector.sample_rate)
       features_lib.warn_short_clips([path], [wave], detector.feature_config)
+      _, note = features_lib.short_window_note([len(wave)], detector.feature_config,
+                                               window=detector.window)
+      if note:
+        logging.warning("%s: %s", path, note)
       result = detector.score(wave, name=path, threshold=phi, merge_gap_s=merge_gap_s)
     except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
       message = str(e) if path in str(e) else f"{path}: {e}"

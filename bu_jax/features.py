@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from typing import Optional, Sequence
 
 from absl import logging
 import jax
@@ -102,6 +103,27 @@ class FeatureConfig:
     return (f"{num_samples / self.sample_rate:.3g} s long, shorter than the "
             f"{shortest / self.sample_rate:.3g} s one frame needs with its context: scored from "
             "zero-padded frames, which score high on any clip")
+
+
+def short_window_note(num_samples: Sequence[int], config: FeatureConfig, *,
+                      window: int) -> tuple[int, Optional[str]]:
+  """How many clips have fewer interior frames (``FeatureConfig.interior``) than a
+  clip-score window of ``window`` frames, and a note saying so (None when none).
+
+  Such a clip has a single window, the whole clip (``evaluate.window_means``): its
+  score is its mean frame score, not the maximum of window means the others get.
+  """
+  if window <= 1:
+    return 0, None
+  counts = [config.interior_count(int(n)) for n in num_samples]
+  short = [c for c in counts if c < window]
+  if not short:
+    return 0, None
+  seconds = window * config.hop_length / config.sample_rate
+  return len(short), (
+      f"{len(short)} of {len(counts)} clips have fewer interior frames ({min(short)} at the "
+      f"fewest) than the clip-score window of {window} frames ({seconds:.3g} s): each is "
+      "scored by its mean over the whole clip")
 
 
 def warn_short_clips(paths, waves, config: FeatureConfig) -> None:

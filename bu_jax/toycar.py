@@ -447,6 +447,11 @@ def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: st
   threshold = evaluate.fit_threshold(held_scores, quantile=settings.threshold_quantile)
   test = data.dataset.test
   window = clip_record["window_frames"]
+  short, note = features_lib.short_window_note([len(c.wave) for c in test], feature_config,
+                                               window=window)
+  if note:
+    logging.warning("%s: %s", out_dir, note)
+    clip_record = {**clip_record, "clips_shorter_than_window": short}
   frames, clip_scores = heldout.score_clips(scorer, params, ((c.wave, c.path) for c in test),
                                      reduce=settings.reduce, windows=(window,))
   clip_scores = clip_scores[window]

@@ -363,6 +363,29 @@ def test_score_window_is_an_evaluation_setting(finished_dcase, tmp_path):
     dataclasses.replace(settings, reduce="mean")
 
 
+def test_a_window_longer_than_the_clips_is_named(finished_dcase, tmp_path, caplog):
+  """A clip with fewer interior frames than --score_window has one window, the whole
+  clip: scored by its mean. The run and experiments.score say so, with the counts."""
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_dcase.workdir, workdir)
+  dcase_run.run(dataclasses.replace(finished_dcase, workdir=str(workdir), score_window=10**6))
+  warned = [r.getMessage() for r in caplog.records if "interior frames" in r.getMessage()]
+  assert warned and all("than the clip-score window of 1000000 frames" in m
+                        and "scored by its mean over the whole clip" in m for m in warned)
+  assert any(re.search(r"^\S+( section \d+)?: (\d+) of \2 clips have fewer", m) for m in warned)
+  caplog.clear()
+  detector = detector_lib.load_detector(workdir / "re" / "models" / "SynthFan")
+  clip = dcase.load_machine_type(str(workdir / "synthetic_data"), "SynthFan").test[0]
+  (_, scored), = detector_lib.score_paths(detector, [clip.path])[0]
+  inner = detector.feature_config.interior(len(clip.wave))
+  assert scored.clip_score == pytest.approx(scored.frame_scores[inner].mean(), rel=1e-6)
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{clip.path}: 1 of 1 clips have fewer interior frames "
+      f"({detector.feature_config.interior_count(len(clip.wave))} at the fewest) than the "
+      f"clip-score window of 1000000 frames ({10**6 * detector.hop_s:.3g} s): each is scored "
+      "by its mean over the whole clip"]
+
+
 def test_choosing_the_scoring_needs_held_out_clips(tmp_path):
   with pytest.raises(ValueError, match=r"--score_normalization=auto: the scoring is chosen on "
                      r"clips held out of training, so --heldout_fraction must be > 0"):

@@ -175,6 +175,19 @@ def test_short_clip_note_names_clips_without_an_interior_frame(caplog):
   assert len(warned) == 1 and warned[0].startswith("a.wav: 0.05 s long, shorter than the ")
 
 
+def test_short_window_note_counts_clips_scored_by_their_mean():
+  cfg = features.FCN40
+  lengths = [16000, 32000, 160000]
+  counts = [cfg.interior_count(n) for n in lengths]
+  assert features.short_window_note(lengths, cfg, window=1) == (0, None)
+  assert features.short_window_note(lengths, cfg, window=counts[0]) == (0, None)
+  short, note = features.short_window_note(lengths, cfg, window=counts[1])
+  assert short == 1 and note.startswith(
+      f"1 of 3 clips have fewer interior frames ({counts[0]} at the fewest) than the "
+      f"clip-score window of {counts[1]} frames")
+  assert features.short_window_note(lengths, cfg, window=counts[2] + 1)[0] == 3
+
+
 @pytest.mark.parametrize("wave, message", [
     (np.zeros(16000, np.int16), "int16 samples; pass floats in"),
     (np.zeros(16000, bool), "bool samples"),

@@ -123,6 +123,18 @@ def _copy(run_dir, tmp_path):
   return shutil.copytree(run_dir, tmp_path / "run")
 
 
+def test_a_window_longer_than_the_clips_is_recorded(finished_run, tiny_data, tmp_path, caplog):
+  """Every test clip shorter than --score_window is scored by its mean: warned, and counted
+  in results.json's clip_score record."""
+  workdir = _copy(finished_run, tmp_path)
+  toycar.run(_settings(workdir, tiny_data, score_window=10**6))
+  record = json.loads((workdir / "results.json").read_text())["re"]["clip_score"]
+  tests = len(toycar.load_data(_settings(workdir, tiny_data)).dataset.test)
+  assert record["window_frames"] == 10**6 and record["clips_shorter_than_window"] == tests
+  assert any(f"{tests} of {tests} clips have fewer interior frames" in r.getMessage()
+             for r in caplog.records)
+
+
 @pytest.fixture(scope="module")
 def knn_run(tmp_path_factory, finished_run, tiny_data):
   """A copy of ``finished_run`` re-evaluated with --score_normalization=knn."""
