@@ -345,11 +345,13 @@ class ScoringSettings(TrainingSettings):
       "and the pseudo-anomaly AUC) or crossfit (the training clips' frames scored by two "
       "fold models, each trained with the same settings on the other half of the clips; "
       "two extra trainings per model, each half as long (--crossfit_schedule); needs held-out "
-      "clips). Evaluation only (crossfit trains its fold models once). Default: the preset's, "
-      "else training.")
+      "clips) or auto (the training or the cross-fitted bank, whichever gives the higher "
+      "pseudo-anomaly AUC, chosen with the normalization and window; trains the fold models "
+      "too). Evaluation only (crossfit and auto train the fold models once). Default: the "
+      "preset's, else training.")
   crossfit_schedule: str = setting(
       "scaled", choices=crossfit.SCHEDULES, help="How long the fold models of "
-      "--normalization_bank=crossfit train: scaled, as many passes over their half of the "
+      "--normalization_bank=crossfit or auto train: scaled, as many passes over their half of the "
       "clips as the main model over all of them (half its steps per epoch, the same epochs); "
       "full, as many steps as the main model (the only schedule before the nineteenth "
       "session: re-evaluates the fold models trained then).")
@@ -398,7 +400,8 @@ class ScoringSettings(TrainingSettings):
   def chooses_by_pseudo_anomalies(self) -> bool:
     """Whether evaluation chooses the normalization or window by pseudo-anomalies."""
     return (self.normalization()[0] == score_norm.AUTO_KIND
-            or self.clip_window() == heldout.CHOSEN_WINDOW)
+            or self.clip_window() == heldout.CHOSEN_WINDOW
+            or self.bank() == score_norm.AUTO_BANK)
 
   def choosing_flags(self) -> tuple[str, int]:
     """The flags (with their values) that ask for a choice by pseudo-anomalies, as
@@ -408,7 +411,10 @@ class ScoringSettings(TrainingSettings):
       flags.append(f"--score_normalization={score_norm.AUTO_KIND}")
     if self.clip_window() == heldout.CHOSEN_WINDOW:
       flags.append(f"--score_window={heldout.CHOSEN_WINDOW}")
-    return (" and ".join(flags) + self._from_preset("score_normalization", "score_window"),
+    if self.bank() == score_norm.AUTO_BANK:
+      flags.append(f"--normalization_bank={score_norm.AUTO_BANK}")
+    return (" and ".join(flags) + self._from_preset("score_normalization", "score_window",
+                                                    "normalization_bank"),
             len(flags))
 
 

@@ -60,7 +60,8 @@ def split(n: int, *, seed: int, folds: int = FOLDS) -> list[list[int]]:
   if folds < 2:
     raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
   if n < 2 * folds:
-    raise ValueError(f"--normalization_bank=crossfit: {n} training clip(s) for {folds} folds; "
+    raise ValueError(f"--normalization_bank=crossfit (or auto): {n} training clip(s) for "
+                     f"{folds} folds; "
                      f"need at least {2 * folds}")
   order = np.random.default_rng(seed).permutation(n)
   return [sorted(int(i) for i in order[k::folds]) for k in range(folds)]
@@ -97,7 +98,7 @@ def schedule_hint() -> Iterator[None]:
     if "steps_per_epoch" not in str(e):
       raise
     raise runner.SettingsMismatchError(
-        f"{e} This is a fold model of --normalization_bank=crossfit; its steps per epoch "
+        f"{e} This is a fold model of --normalization_bank=crossfit (or auto); its steps per epoch "
         "follow --crossfit_schedule: scaled (the default) trains it with (folds - 1) / folds "
         "of the main model's, full with as many (fold models trained before the nineteenth "
         "session).") from None

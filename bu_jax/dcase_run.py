@@ -148,8 +148,8 @@ class Settings(cli.ScoringSettings):
     if self.chooses_by_pseudo_anomalies() and not self.held_out():
       raise ValueError(f"{self.choosing_flags()[0]}: the scoring is chosen on clips held out "
                        "of training, so --heldout_fraction must be > 0 (e.g. 0.1)")
-    if self.bank() == score_norm.CROSSFIT_BANK and not self.held_out():
-      raise ValueError("--normalization_bank=crossfit: the fold models' scores are put on "
+    if score_norm.needs_fold_models(self.bank()) and not self.held_out():
+      raise ValueError(f"--normalization_bank={self.bank()}: the fold models' scores are put on "
                        "the main model's scale with the clips held out of training, so "
                        "--heldout_fraction must be > 0 (e.g. 0.1)")
     if self.bank() == score_norm.HELDOUT_BANK and not self.held_out():
@@ -655,7 +655,7 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
         fit, held_clips = _held_split(settings, train_clips, where=where)
         _check_bank(settings, [sizes[c.path] for c in fit],
                     [sizes[c.path] for c in held_clips], features, where=where)
-        if settings.bank() == score_norm.CROSSFIT_BANK:
+        if score_norm.needs_fold_models(settings.bank()):
           crossfit.check_split(len(fit), seed=settings.data_seed, where=where)
       else:
         _check_bank(settings, [sizes[c.path] for c in train_clips], None, features,
@@ -817,7 +817,7 @@ def run(settings: Settings) -> dict:
         if trained:
           train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
         bank_scores = None
-        if settings.bank() == score_norm.CROSSFIT_BANK:
+        if score_norm.needs_fold_models(settings.bank()):
           t1 = time.perf_counter()
           fold_params, folds, fold_steps = _train_folds(
               settings, configs[loss], train_clips, loss=loss,
@@ -846,7 +846,7 @@ def run(settings: Settings) -> dict:
                                         components=settings.reference_components)
         pca.fit([c.wave for c in train_clips], names=[c.path for c in train_clips])
         bank_scores = None
-        if settings.bank() == score_norm.CROSSFIT_BANK:  # PCAs of the other folds' clips
+        if score_norm.needs_fold_models(settings.bank()):  # PCAs of the other folds' clips
           folds = crossfit.split(len(train_clips), seed=settings.data_seed)
           fold_models = crossfit.pca_fold_models(
               preset.features, components=settings.reference_components,
@@ -914,7 +914,7 @@ def run(settings: Settings) -> dict:
       entry["scoring"] = scoring[loss]
     if fits.get(loss):
       entry["fit"] = fits[loss]
-    if settings.bank() == score_norm.CROSSFIT_BANK:
+    if score_norm.needs_fold_models(settings.bank()):
       entry["crossfit"] = crossfits[loss]
     for set_name in set_names:
       if per_section[set_name][loss]:

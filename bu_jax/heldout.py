@@ -41,7 +41,8 @@ from bu_jax import pseudo_anomaly
 from bu_jax import score_norm
 
 # How the printed lines name a bank other than the training frames' own scores.
-BANK_NAMES = {score_norm.HELDOUT_BANK: "held-out bank", score_norm.CROSSFIT_BANK: "cross-fitted bank"}
+BANK_NAMES = {score_norm.HELDOUT_BANK: "held-out bank", score_norm.CROSSFIT_BANK: "cross-fitted bank",
+              score_norm.TRAINING_BANK: "training bank"}  # the last only when chosen (auto)
 CHOSEN_WINDOW = 0  # window=0: chosen by the pseudo-anomaly AUC
 
 
@@ -201,8 +202,9 @@ def normalize(scorer, params, held: HeldOut, out_dir: str, *, kind: str,
     normalizer.save(os.path.join(out_dir, score_norm.FILE_NAME))
     scorer = score_norm.NormalizedScorer(scorer, normalizer)
   else:
-    if bank not in score_norm.BANKS:
-      raise ValueError(f"--normalization_bank must be one of {score_norm.BANKS}, got {bank!r}")
+    if bank not in score_norm.BANKS or bank == score_norm.AUTO_BANK:  # auto: choose_scoring's
+      raise ValueError(f"--normalization_bank must be one of {score_norm.BANKS[:-1]}, got "
+                       f"{bank!r}")
     scorer, normalizer = score_norm.prepare(
         scorer, params, held.fit_waves, kind=kind, neighbors=neighbors, directory=out_dir,
         heldout_waves=held.waves, names=held.fit_names)
@@ -295,7 +297,11 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   the pair with the highest pseudo-anomaly AUC (the first maximum: raw before
   knn_z, shorter windows first). The records' ``chosen_by`` hold each
   candidate's best AUC. Otherwise ``kind`` and ``window`` are used as given.
-  ``bank`` says whose frames the knn bank holds (``normalize``); with the
+  ``bank`` says whose frames the knn bank holds (``normalize``); ``auto``
+  makes knn_z (or knn) on the training bank and on the cross-fitted bank two
+  candidates (after raw, the cross-fitted last; ``chosen_by`` keys
+  ``knn_z/training``, ``knn_z/crossfit``) and records the kept one as the
+  normalization's ``bank``; with the
   held-out bank, the held-out clips (phi's scores, the pseudo-anomaly AUC) are
   normalized leave-one-clip-out, the test clips by the bank of all of them.
   The bank of the chosen normalization (if any) is left in ``out_dir``.
@@ -304,30 +310,38 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
     ValueError: a choice is asked for but ``held`` has no pseudo-anomalies.
   """
   kinds = ("none", score_norm.KIND_Z) if kind == score_norm.AUTO_KIND else (kind,)
+  banks = score_norm.bank_candidates(bank)
+  candidates = [(k, b) for k in kinds for b in (banks[:1] if k == "none" else banks)]
   windows = (evaluate.window_candidates(scorer.config) if window == CHOSEN_WINDOW
              else (window,))
-  if (len(kinds) > 1 or len(windows) > 1) and not held.pseudo_waves:
+  if (len(candidates) > 1 or len(windows) > 1) and not held.pseudo_waves:
     raise ValueError("choosing the scoring needs pseudo-anomalies (something-else sounds)")
+
+  def label(candidate):
+    return candidate[0] if len(banks) == 1 or candidate[0] == "none" else "/".join(candidate)
+
   tried = {}
-  for candidate in kinds:  # knn_z last: its bank stays if it wins
-    normalized, record, loco = normalize(scorer, params, held, out_dir, kind=candidate,
-                                         neighbors=neighbors, bank=bank,
+  for candidate in candidates:  # the last's bank stays if it wins
+    normalized, record, loco = normalize(scorer, params, held, out_dir, kind=candidate[0],
+                                         neighbors=neighbors, bank=candidate[1],
                                          bank_scores=bank_scores)
     tried[candidate] = (normalized, record, check(normalized, params, held, reduce=reduce,
                                                   windows=windows, heldout_scorers=loco))
   auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
          for c, t in tried.items() for w in windows}
-  best_kind, best_window = max(auc, key=auc.get)  # the first maximum
-  if best_kind != kinds[-1]:
-    normalize(scorer, params, held, out_dir, kind=best_kind, neighbors=neighbors,
-              bank=bank, bank_scores=bank_scores)  # its bank
-  normalized, record, checks = tried[best_kind]
+  best, best_window = max(auc, key=auc.get)  # the first maximum
+  if best != candidates[-1]:
+    normalize(scorer, params, held, out_dir, kind=best[0], neighbors=neighbors,
+              bank=best[1], bank_scores=bank_scores)  # its bank
+  normalized, record, checks = tried[best]
   scores, pseudo = checks[best_window]
-  if len(kinds) > 1:
+  if len(banks) > 1 and best[0] != "none":
+    record = dict(record, bank=best[1])
+  if len(candidates) > 1:
     record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
-        c: round(max(auc[c, w] for w in windows), 4) for c in kinds}})
+        label(c): round(max(auc[c, w] for w in windows), 4) for c in candidates}})
   clip_record = window_record(best_window, scorer.config, reduce=reduce, tried={
-      w: auc[best_kind, w] for w in windows} if len(windows) > 1 else None)
+      w: auc[best, w] for w in windows} if len(windows) > 1 else None)
   return Choice(normalized, record, clip_record, scores, pseudo)
 
 

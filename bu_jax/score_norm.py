@@ -55,7 +55,19 @@ KINDS = (KIND, KIND_Z)
 TRAINING_BANK = "training"  # --normalization_bank: the frames of the clips trained on
 HELDOUT_BANK = "heldout"  # the held-out clips' frames (``fit_heldout_banks``)
 CROSSFIT_BANK = "crossfit"  # the training frames scored by fold models that did not train on them
-BANKS = (TRAINING_BANK, HELDOUT_BANK, CROSSFIT_BANK)
+AUTO_BANK = "auto"  # the training or the cross-fitted bank, chosen by the pseudo-anomaly AUC
+BANKS = (TRAINING_BANK, HELDOUT_BANK, CROSSFIT_BANK, AUTO_BANK)
+
+
+def bank_candidates(bank: str) -> tuple[str, ...]:
+  """The banks a ``--normalization_bank`` value stands for: ``auto`` the training and
+  the cross-fitted bank (``heldout.choose_scoring`` keeps one), any other itself."""
+  return (TRAINING_BANK, CROSSFIT_BANK) if bank == AUTO_BANK else (bank,)
+
+
+def needs_fold_models(bank: str) -> bool:
+  """Whether ``--normalization_bank`` needs the cross-fitted bank's fold models."""
+  return CROSSFIT_BANK in bank_candidates(bank)
 FILE_NAME = "score_normalizer.npz"
 MAX_FRAMES = 16384  # a bank keeps at most this many frames (evenly spaced)
 _RELATIVE_FLOOR = 1e-6  # times the median bank score

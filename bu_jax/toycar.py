@@ -394,7 +394,7 @@ def _check_bank(settings: Settings, data: Data) -> None:
   if settings.bank() == score_norm.HELDOUT_BANK and len(data.heldout_waves) < 2:
     raise data_lib.DataError(f"{where}: --normalization_bank=heldout needs at least 2 held-out "
                              f"clips, got {len(data.heldout_waves)} (raise --heldout_fraction)")
-  if settings.bank() == score_norm.CROSSFIT_BANK:
+  if score_norm.needs_fold_models(settings.bank()):
     crossfit.check_split(len(data.fit_waves), seed=settings.data_seed, where=where)
   heldout_bank = settings.bank() == score_norm.HELDOUT_BANK
   try:
@@ -500,7 +500,7 @@ def evaluate_reference(settings: Settings, feature_config, data: Data) -> tuple[
   detector.fit(data.fit_waves)
   scorer = reference_lib.PCAScorer(detector)
   bank_scores, crossfit_record = None, None
-  if settings.bank() == score_norm.CROSSFIT_BANK:  # PCAs of the other folds' clips
+  if score_norm.needs_fold_models(settings.bank()):  # PCAs of the other folds' clips
     folds = crossfit.split(len(data.fit_waves), seed=settings.data_seed)
     models = crossfit.pca_fold_models(feature_config, components=settings.reference_components,
                                       waves=data.fit_waves, folds=folds)
@@ -712,7 +712,7 @@ def run(settings: Settings) -> dict:
         train_clips=train_clips)
     t_train = time.perf_counter() - t0
     bank_scores, crossfit_record = None, None
-    if settings.bank() == score_norm.CROSSFIT_BANK:
+    if score_norm.needs_fold_models(settings.bank()):
       t1 = time.perf_counter()
       fold_params, folds, fold_steps = train_folds(settings, loss, data, mesh=mesh,
                                                    something_else=something_else)

@@ -94,7 +94,7 @@ def test_fold_steps_per_epoch_refuse_an_unknown_schedule():
 
 def test_check_split_names_where_and_the_flag():
   crossfit.check_split(4, seed=0, where="fan id_00")  # enough: no error
-  with pytest.raises(data.DataError, match=r"^fan id_00: --normalization_bank=crossfit: 3 "):
+  with pytest.raises(data.DataError, match=r"^fan id_00: --normalization_bank=crossfit \(or auto\): 3 "):
     crossfit.check_split(3, seed=0, where="fan id_00")
 
 

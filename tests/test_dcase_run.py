@@ -398,6 +398,9 @@ def test_choosing_the_scoring_needs_held_out_clips(tmp_path):
   with pytest.raises(ValueError, match=r"--normalization_bank=heldout: the bank holds clips "
                      r"held out of training, so --heldout_fraction must be > 0"):
     _settings(tmp_path, score_normalization="knn_z", normalization_bank="heldout")
+  with pytest.raises(ValueError, match=r"--normalization_bank=auto: the scoring is chosen on "
+                     r"clips held out of training, so --heldout_fraction must be > 0"):
+    _settings(tmp_path, score_normalization="knn_z", normalization_bank="auto")
   cmd = [sys.executable, "-m", "experiments.dcase", "--loss=re", "--preset=demo",
          f"--workdir={tmp_path / 'w'}", "--score_window=0"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

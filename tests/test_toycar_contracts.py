@@ -50,6 +50,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (dict(normalization_bank="test"), r"--normalization_bank must be one of"),
     (dict(normalization_bank="heldout"), r"--normalization_bank=heldout applies to "
      r"--score_normalization=knn, knn_z or auto, got none"),
+    (dict(normalization_bank="auto"), r"--normalization_bank=auto applies to "
+     r"--score_normalization=knn, knn_z or auto, got none"),
     (dict(score_normalization="knn_z", normalization_neighbors=1),
      r"--score_normalization=knn_z needs --normalization_neighbors >= 2"),
     (dict(snr_db=float("nan")), r"--snr_db must be finite"),
@@ -183,11 +185,57 @@ def crossfit_run(tmp_path_factory, tiny_data):
   return workdir
 
 
+@pytest.mark.parametrize("winner", ["none", "training", "crossfit"])
+def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
+    winner, crossfit_run, tiny_data, tmp_path, monkeypatch):
+  """--normalization_bank=auto: raw scores, knn_z on the training bank and knn_z on the
+  cross-fitted bank are the candidates (the fold models found trained); the winner's bank
+  is recorded and is the file experiments.score applies."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bu_jax import score_norm  # pylint: disable=g-import-not-at-top
+  workdir = _copy(crossfit_run, tmp_path)
+  banks, fingerprints = {}, {}
+  normalize = heldout.normalize
+
+  def tagged(scorer, params, held, out_dir, *, kind, neighbors, bank, bank_scores=None):
+    normalized, record, loco = normalize(scorer, params, held, out_dir, kind=kind,
+                                         neighbors=neighbors, bank=bank, bank_scores=bank_scores)
+    banks[id(normalized)] = "none" if kind == "none" else bank
+    fingerprints.setdefault(out_dir, {})[banks[id(normalized)]] = record.get("fingerprint")
+    return normalized, record, loco
+
+  def check(scorer, params, held, *, reduce, windows, heldout_scorers=None):
+    del params, held, reduce, heldout_scorers
+    return {w: (np.ones(2), {"mean": 0.9 if banks[id(scorer)] == winner else 0.8})
+            for w in windows}
+
+  monkeypatch.setattr(heldout, "normalize", tagged)
+  monkeypatch.setattr(heldout, "check", check)
+  results = toycar.run(_crossfit_settings(workdir, tiny_data, score_normalization="auto",
+                                          normalization_bank="auto"))
+  for method in ("re", "bu", "pca"):
+    record = results[method]["score_normalization"]
+    assert record["chosen_by"] == {"rule": "pseudo_anomaly_auc", **{
+        c: 0.9 if c.endswith(winner) else 0.8
+        for c in ("none", "knn_z/training", "knn_z/crossfit")}}
+    assert record["kind"] == ("none" if winner == "none" else "knn_z")
+    assert record.get("bank") == (None if winner == "none" else winner)
+    kept = workdir / method / score_norm.FILE_NAME
+    assert kept.exists() == (winner != "none")
+    if winner != "none":  # the winner's bank, rewritten after the cross-fitted one was tried
+      found = fingerprints[str(workdir / method)]
+      assert found["training"] != found["crossfit"]
+      assert score_norm.load_local_normalizer(kept).fingerprint == found[winner]
+      assert record["fingerprint"] == found[winner]
+  if winner != "none":
+    assert "knn bank" in (workdir / "results.txt").read_text()
+
+
 def _crossfit_settings(workdir, data_dir, **kw):
   """The tiny run of ``crossfit_run``: 4 steps, so its fold models train 2 (scaled)."""
-  return _settings(workdir, data_dir, losses=("re", "bu"), score_normalization="knn",
-                   normalization_neighbors=5, normalization_bank="crossfit", steps_per_epoch=4,
-                   **kw)
+  return _settings(workdir, data_dir, **{
+      "losses": ("re", "bu"), "score_normalization": "knn", "normalization_neighbors": 5,
+      "normalization_bank": "crossfit", "steps_per_epoch": 4, **kw})
 
 
 def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_train_on_it(
@@ -271,7 +319,7 @@ def test_fold_models_of_another_schedule_name_the_flag(crossfit_run, tiny_data, 
 def test_crossfit_with_too_few_clips_is_refused_before_training(tiny_data, tmp_path):
   from bu_jax import data  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
-  with pytest.raises(data.DataError, match=r"--normalization_bank=crossfit: 3 training "
+  with pytest.raises(data.DataError, match=r"--normalization_bank=crossfit \(or auto\): 3 training "
                      r"clip\(s\) for 2 folds; need at least 4"):
     toycar.run(_settings(workdir, tiny_data, heldout_fraction=0.5, score_normalization="knn",
                          normalization_neighbors=5, normalization_bank="crossfit"))
