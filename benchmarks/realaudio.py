@@ -24,8 +24,9 @@ finished ``results.json`` files and prints the lines and the table.
 benchmark workdir the same command with it only re-evaluates every seed
 (``bu_jax.score_norm``), rewriting each seed's ``results.json``; without it the
 preset's setting applies (``cpu``: auto, i.e. raw or knn_z scores by the
-pseudo-anomaly AUC). ``--normalization_bank`` (training, heldout, or crossfit, which
-trains two fold models per method and seed once) and ``--score_window`` likewise (``cpu``: 0, the clip-score
+pseudo-anomaly AUC). ``--normalization_bank`` (training, heldout, crossfit, which
+trains two fold models per method and seed once, or auto, which trains them and keeps
+the training or the cross-fitted bank by the pseudo-anomaly AUC) and ``--score_window`` likewise (``cpu``: 0, the clip-score
 window chosen by the same AUC; 1: eq. 11).
 
 ``--select_from=W1,W2,...`` applies the README's label-free rule to finished
@@ -106,8 +107,8 @@ def main():
                       help="toycar's --normalization_neighbors (evaluation only; default: "
                       "the preset's)")
   parser.add_argument("--normalization_bank", default=None, choices=list(score_norm.BANKS),
-                      help="toycar's --normalization_bank (evaluation only, crossfit trains "
-                      "its fold models once; default: the preset's)")
+                      help="toycar's --normalization_bank (evaluation only, crossfit and auto "
+                      "train the fold models once; default: the preset's)")
   parser.add_argument("--score_window", type=int, default=None,
                       help="toycar's --score_window (frames per mean of the clip score; 0: "
                       "chosen; evaluation only; default: the preset's)")

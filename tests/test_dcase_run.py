@@ -479,7 +479,7 @@ def test_too_few_clips_to_cross_fit_are_refused_before_training(tmp_path):
                                                          "num_test_per_group": 1})
   workdir = tmp_path / "w"  # 8 training clips, 2 held out: 6 to fold, with --per=section 3
   with pytest.raises(dcase.DataError, match=r"SynthFan section_00: --normalization_bank="
-                     r"crossfit: \d training clip\(s\) for 2 folds; need at least 4"):
+                     r"crossfit \(or auto\): \d training clip\(s\) for 2 folds; need at least 4"):
     dcase_run.run(_settings(workdir, losses=("re",), data_root=root, per="section",
                             heldout_fraction=0.25, score_normalization="knn",
                             normalization_neighbors=2, normalization_bank="crossfit"))
