@@ -34,6 +34,7 @@ compares them. Exit status 1 when they differ, so it can gate a script.
 """
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -44,27 +45,15 @@ import tempfile
 from typing import Optional
 
 from benchmarks._common import emit
+from bu_jax import fileio
 
 METHOD_DIRS = ("re", "snp", "bu")
 
 
 def _read_jsonl(path: str) -> dict[int, dict]:
-  """``{step: record}`` of a metrics/validation JSONL file ({} when absent).
-
-  A resumed run may log a step twice; the last record wins, as in the run."""
-  if not os.path.exists(path):
-    return {}
-  records = {}
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-        records[int(rec["step"])] = rec
-      except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{n}: not a JSON record with a 'step': {e}") from None
-  return records
+  """``{step: record}`` of a metrics/validation JSONL file ({} when absent); a
+  damaged line raises (naming the file and line) rather than being skipped."""
+  return {rec["step"]: rec for rec in fileio.read_metrics(path, strict=True)}
 
 
 def _rel(a: float, b: float) -> float:
@@ -89,14 +78,19 @@ def compare_logs(a: dict[int, dict], b: dict[int, dict], *, key: str) -> dict:
 
 
 def _clip_scores(method_dir: str) -> dict[tuple[str, str], float]:
+  """``{(file, clip): score}`` over the method's ``anomaly_score_*.csv`` files."""
   scores = {}
   for name in sorted(os.listdir(method_dir)):
     if name.startswith("anomaly_score_") and name.endswith(".csv"):
-      with open(os.path.join(method_dir, name)) as f:
-        for line in f:
-          if line.strip():
-            clip, value = line.rstrip("\n").rsplit(",", 1)
-            scores[(name, clip)] = float(value)
+      path = os.path.join(method_dir, name)
+      with open(path, newline="") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+          if not row:
+            continue
+          try:
+            scores[(name, row[0])] = float(row[1])
+          except (IndexError, ValueError):
+            raise ValueError(f"{path}:{n}: not a 'clip,score' row: {row!r}") from None
   return scores
 
 

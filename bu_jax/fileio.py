@@ -226,16 +226,22 @@ def _warn_damaged(path: PathLike, damaged: Sequence[int], action: str) -> None:
                   len(damaged), shown)
 
 
-def read_metrics(path: PathLike) -> list[dict[str, Any]]:
+def read_metrics(path: PathLike, *, strict: bool = False) -> list[dict[str, Any]]:
   """The records of a ``metrics.jsonl`` file, in order; [] if there is none.
 
   Damaged lines are skipped with one warning naming the file and the lines;
   the file is not changed (``truncate_metrics`` and ``MetricsWriter`` repair it).
+  With ``strict`` a damaged line raises ``ValueError`` naming the file and the
+  first such line instead (for readers that must not miss a record, e.g. a
+  comparison of two runs).
   """
   if not os.path.exists(path):
     return []
   _, lines = _metric_lines(path)
   damaged = [number for number, _, record in lines if record is None]
+  if damaged and strict:
+    raise ValueError(f"{os.fspath(path)}:{damaged[0]}: not a JSON record with a step "
+                     f"({len(damaged)} damaged line(s))")
   if damaged:
     _warn_damaged(path, damaged, "skipping")
   return [record for _, _, record in lines if record is not None]

@@ -134,6 +134,18 @@ def test_reader_skips_damaged_lines_with_a_warning_and_leaves_the_file(tmp_path,
   assert path.read_text() == text
 
 
+def test_strict_reader_names_the_first_damaged_line(tmp_path, warnings):
+  path = tmp_path / "metrics.jsonl"
+  text = '{"step": 0, "loss": 1.0}\n7\n\n{"step": 1, "loss": 0.5}\n{"step": 2, "lo'
+  path.write_text(text)
+  with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON record with a step "
+                     r"\(2 damaged line\(s\)\)"):
+    fileio.read_metrics(path, strict=True)
+  assert not warnings and path.read_text() == text
+  path.write_text('{"step": 0}\n{"step": 1}\n')
+  assert fileio.read_metrics(path, strict=True) == [{"step": 0}, {"step": 1}]
+
+
 def test_writer_cuts_off_a_half_written_last_line(tmp_path, warnings):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.')

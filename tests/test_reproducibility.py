@@ -94,6 +94,12 @@ def test_bad_input_ends_in_one_error_line(tmp_path, capsys):
   assert reproducibility.main([f"--compare={a},{b}"]) == 1
   err = capsys.readouterr().err
   assert "metrics.jsonl:5: not a JSON record" in err and "Traceback" not in err
+  c = _write_run(tmp_path / "c")
+  with open(c / "re" / "anomaly_score_test_id_00.csv", "a") as f:
+    f.write("clip_9.wav\n")
+  assert reproducibility.main([f"--compare={a},{c}"]) == 1
+  err = capsys.readouterr().err
+  assert "anomaly_score_test_id_00.csv:3: not a 'clip,score' row" in err
   with pytest.raises(SystemExit):
     reproducibility.main([f"--compare={a}"])
   assert "needs two workdirs" in capsys.readouterr().err
