@@ -353,7 +353,8 @@ class ScoringSettings(TrainingSettings):
       "scaled", choices=crossfit.SCHEDULES, help="How long the fold models of "
       "--normalization_bank=crossfit or auto train: scaled, as many passes over their half of the "
       "clips as the main model over all of them (half its steps per epoch, the same epochs); "
-      "full, as many steps as the main model (the only schedule before the nineteenth "
+      "short, half as many passes (a quarter of its steps per epoch: both fold models together "
+      "train half the main model's steps); full, as many steps as the main model (the only schedule before the nineteenth "
       "session: re-evaluates the fold models trained then).")
   score_window: Optional[int] = setting(
       None, minimum=0, help="Clip score: the maximum over the mean scores of this many "

@@ -43,9 +43,10 @@ from bu_jax import score_norm
 
 FOLDS = 2  # each fold model trains on half of the training clips
 # How long a fold model trains (``fold_steps_per_epoch``): "scaled", as many
-# passes over its clips as the main model's over its own; "full", as many steps
-# as the main model (before the nineteenth session).
-SCHEDULES = ("scaled", "full")
+# passes over its clips as the main model's over its own; "short", half as many
+# (all fold models together train half the main model's steps with 2 folds);
+# "full", as many steps as the main model (before the nineteenth session).
+SCHEDULES = ("scaled", "short", "full")
 _FLOOR = 1e-12  # the smallest median score a scale divides by
 
 
@@ -72,8 +73,9 @@ def fold_steps_per_epoch(steps_per_epoch: int, *, schedule: str = "scaled",
   """Mini-batches per epoch of a fold model whose main model trains
   ``steps_per_epoch``: that times (folds - 1) / folds, rounded (at least 1), for
   ``schedule`` "scaled" (each fold model trains on that share of the clips, so
-  it passes over them as often as the main model over its own); unchanged for
-  "full".
+  it passes over them as often as the main model over its own); half of that
+  for "short" (half as many passes, at the same epochs and learning-rate
+  schedule); unchanged for "full".
 
   Raises:
     ValueError: an unknown schedule or fewer than 2 folds.
@@ -84,7 +86,8 @@ def fold_steps_per_epoch(steps_per_epoch: int, *, schedule: str = "scaled",
     raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
   if schedule == "full":
     return steps_per_epoch
-  return max(1, round(steps_per_epoch * (folds - 1) / folds))
+  share = (folds - 1) / folds / (2 if schedule == "short" else 1)
+  return max(1, round(steps_per_epoch * share))
 
 
 @contextlib.contextmanager
@@ -100,8 +103,8 @@ def schedule_hint() -> Iterator[None]:
     raise runner.SettingsMismatchError(
         f"{e} This is a fold model of --normalization_bank=crossfit (or auto); its steps per epoch "
         "follow --crossfit_schedule: scaled (the default) trains it with (folds - 1) / folds "
-        "of the main model's, full with as many (fold models trained before the nineteenth "
-        "session).") from None
+        "of the main model's, short with half that, full with as many (fold models trained "
+        "before the nineteenth session).") from None
 
 
 def check_split(n: int, *, seed: int, where: str) -> None:

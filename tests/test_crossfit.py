@@ -78,15 +78,17 @@ def test_heldout_scales_put_the_fold_models_on_the_main_models_scale():
 
 @pytest.mark.parametrize("steps, folds, schedule, expected", [
     (100, 2, "scaled", 50), (500, 2, "scaled", 250), (1, 2, "scaled", 1), (3, 2, "scaled", 2),
-    (90, 3, "scaled", 60), (100, 2, "full", 100), (7, 3, "full", 7)])
+    (90, 3, "scaled", 60), (100, 2, "full", 100), (7, 3, "full", 7),
+    (100, 2, "short", 25), (90, 3, "short", 30), (1, 2, "short", 1), (6, 2, "short", 2)])
 def test_fold_steps_per_epoch_keep_the_passes_over_the_clips(steps, folds, schedule, expected):
   """A fold model trains on (folds - 1) / folds of the clips: "scaled" shortens its
-  epochs by as much (at least one step), "full" keeps the main model's."""
+  epochs by as much (at least one step), "short" by half as much again, "full"
+  keeps the main model's."""
   assert crossfit.fold_steps_per_epoch(steps, schedule=schedule, folds=folds) == expected
 
 
 def test_fold_steps_per_epoch_refuse_an_unknown_schedule():
-  with pytest.raises(ValueError, match=r"--crossfit_schedule must be one of \('scaled', 'full'\)"):
+  with pytest.raises(ValueError, match=r"--crossfit_schedule must be one of \('scaled', 'short', 'full'\)"):
     crossfit.fold_steps_per_epoch(100, schedule="half")
   with pytest.raises(ValueError, match="at least 2 folds"):
     crossfit.fold_steps_per_epoch(100, folds=1)

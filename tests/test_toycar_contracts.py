@@ -308,6 +308,9 @@ def test_fold_models_of_another_schedule_name_the_flag(crossfit_run, tiny_data, 
                      match=r"--steps_per_epoch: 2 in the checkpoint, 4 now.*fold model of "
                      r"--normalization_bank=crossfit.*--crossfit_schedule: scaled"):
     toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="full"))
+  with pytest.raises(runner.SettingsMismatchError,  # short: a quarter of the main model's 4
+                     match=r"--steps_per_epoch: 2 in the checkpoint, 1 now.*--crossfit_schedule"):
+    toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="short"))
   for loss in ("re", "bu"):  # the main models are untouched; the fold models train in full
     for k in range(2):
       shutil.rmtree(workdir / loss / "crossfit" / f"fold{k}")
