@@ -26,7 +26,8 @@ benchmark workdir the same command with it only re-evaluates every seed
 preset's setting applies (``cpu``: auto, i.e. raw or knn_z scores by the
 pseudo-anomaly AUC). ``--normalization_bank`` (training, heldout, crossfit, which
 trains two fold models per method and seed once, or auto, which trains them and keeps
-the training or the cross-fitted bank by the pseudo-anomaly AUC) and ``--score_window`` likewise (``cpu``: 0, the clip-score
+the training or the cross-fitted bank by the pseudo-anomaly AUC; ``--crossfit_schedule``
+says how long the fold models train) and ``--score_window`` likewise (``cpu``: 0, the clip-score
 window chosen by the same AUC; 1: eq. 11).
 
 ``--select_from=W1,W2,...`` applies the README's label-free rule to finished
@@ -45,6 +46,7 @@ import numpy as np
 
 from benchmarks._common import emit
 from bu_jax import cli
+from bu_jax import crossfit
 from bu_jax import data as data_lib
 from bu_jax import evaluate
 from bu_jax import score_norm
@@ -109,6 +111,9 @@ def main():
   parser.add_argument("--normalization_bank", default=None, choices=list(score_norm.BANKS),
                       help="toycar's --normalization_bank (evaluation only, crossfit and auto "
                       "train the fold models once; default: the preset's)")
+  parser.add_argument("--crossfit_schedule", default=None, choices=list(crossfit.SCHEDULES),
+                      help="toycar's --crossfit_schedule (how long the fold models of crossfit "
+                      "and auto train; default: scaled)")
   parser.add_argument("--score_window", type=int, default=None,
                       help="toycar's --score_window (frames per mean of the clip score; 0: "
                       "chosen; evaluation only; default: the preset's)")
@@ -154,6 +159,7 @@ def _settings(args, data_dir: str, seed: int) -> toycar.Settings:
       normalization_neighbors=args.normalization_neighbors, score_window=args.score_window,
       normalization_bank=args.normalization_bank,
       **({} if args.heldout_fraction is None else {"heldout_fraction": args.heldout_fraction}),
+      **({} if args.crossfit_schedule is None else {"crossfit_schedule": args.crossfit_schedule}),
       decay_start_epoch=None if args.epochs is None else args.epochs // 2,
       standardize_input=(None if args.standardize_input is None
                          else args.standardize_input == "true"))

@@ -106,3 +106,23 @@ def test_bad_flags_and_files_are_one_clear_line(tmp_path, monkeypatch, capsys):
                         timeout=300)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
   assert message in proc.stderr, proc.stderr
+
+
+def test_the_bank_flags_reach_every_seeds_run(tmp_path, monkeypatch):
+  """--normalization_bank and --crossfit_schedule are passed to each seed's toy-car
+  settings; without the schedule the toy-car default (scaled) applies."""
+  import sys  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "set"
+  (root / "dev_data" / "engine_b").mkdir(parents=True)
+  seen = {}
+  monkeypatch.setattr(realaudio, "_benchmark",
+                      lambda args, seeds, settings: seen.update(settings))
+  for extra, schedule in ((["--crossfit_schedule=short"], "short"), ([], "scaled")):
+    seen.clear()
+    monkeypatch.setattr(sys, "argv", ["realaudio", f"--root={root}", "--seeds=0,2",
+                                      f"--workdir={tmp_path / 'w'}",
+                                      "--normalization_bank=auto", *extra])
+    realaudio.main()
+    assert sorted(seen) == [0, 2]
+    assert {(s.normalization_bank, s.crossfit_schedule, s.seed) for s in seen.values()} == {
+        ("auto", schedule, 0), ("auto", schedule, 2)}
