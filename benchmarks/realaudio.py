@@ -113,7 +113,7 @@ def main():
                       "train the fold models once; default: the preset's)")
   parser.add_argument("--crossfit_schedule", default=None, choices=list(crossfit.SCHEDULES),
                       help="toycar's --crossfit_schedule (how long the fold models of crossfit "
-                      "and auto train; default: scaled)")
+                      "and auto train; default: short)")
   parser.add_argument("--score_window", type=int, default=None,
                       help="toycar's --score_window (frames per mean of the clip score; 0: "
                       "chosen; evaluation only; default: the preset's)")

@@ -344,18 +344,20 @@ class ScoringSettings(TrainingSettings):
       "clips will show; each held-out clip is normalized by the other clips' bank for phi "
       "and the pseudo-anomaly AUC) or crossfit (the training clips' frames scored by two "
       "fold models, each trained with the same settings on the other half of the clips; "
-      "two extra trainings per model, each half as long (--crossfit_schedule); needs held-out "
+      "two extra trainings per model, each a quarter as long (--crossfit_schedule); needs held-out "
       "clips) or auto (the training or the cross-fitted bank, whichever gives the higher "
       "pseudo-anomaly AUC, chosen with the normalization and window; trains the fold models "
       "too). Evaluation only (crossfit and auto train the fold models once). Default: the "
       "preset's, else training.")
   crossfit_schedule: str = setting(
-      "scaled", choices=crossfit.SCHEDULES, help="How long the fold models of "
-      "--normalization_bank=crossfit or auto train: scaled, as many passes over their half of the "
-      "clips as the main model over all of them (half its steps per epoch, the same epochs); "
-      "short, half as many passes (a quarter of its steps per epoch: both fold models together "
-      "train half the main model's steps); full, as many steps as the main model (the only schedule before the nineteenth "
-      "session: re-evaluates the fold models trained then).")
+      crossfit.DEFAULT_SCHEDULE, choices=crossfit.SCHEDULES, help="How long the fold models "
+      "of --normalization_bank=crossfit or auto train: short (the default), half as many "
+      "passes over their half of the clips as the main model over all of them (a quarter of "
+      "its steps per epoch, the same epochs: both fold models together train half of one main "
+      "model's steps); scaled, as many passes (half its steps per epoch; the default from the "
+      "nineteenth to the twenty-second session: re-evaluates the fold models trained then); "
+      "full, as many steps as the main model (fold models trained before the nineteenth "
+      "session).")
   score_window: Optional[int] = setting(
       None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
       "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "

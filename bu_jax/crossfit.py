@@ -18,10 +18,15 @@ model over that under the fold model (a fold model trains on fewer clips; the
 held-out clips are new to every model, so the ratio puts its scores on the
 main model's scale without labels).
 
-A fold model trains on (FOLDS - 1) / FOLDS of the clips, so by default
-(``fold_steps_per_epoch``, schedule "scaled") its epochs are as much shorter:
-it passes over its clips as often as the main model over its own, with the
-same epochs and learning-rate schedule, at half the main model's steps.
+A fold model trains on (FOLDS - 1) / FOLDS of the clips. With the schedule
+"scaled" (``fold_steps_per_epoch``; the default from the nineteenth to the
+twenty-second session) its epochs are as much shorter: it passes over its clips
+as often as the main model over its own, with the same epochs and
+learning-rate schedule, at half the main model's steps. By default ("short",
+since the twenty-third session) they are half as long again: both fold models
+together train half of one main model's steps (on five real-recording runs
+the bank chosen and its test metrics were as with "scaled", at half the
+steps; README, "Real recordings").
 
 ``split`` and ``others`` say which clips each fold model trains on,
 ``heldout_scales`` gives the scales, ``out_of_fold_scores`` the bank's scores
@@ -47,6 +52,7 @@ FOLDS = 2  # each fold model trains on half of the training clips
 # (all fold models together train half the main model's steps with 2 folds);
 # "full", as many steps as the main model (before the nineteenth session).
 SCHEDULES = ("scaled", "short", "full")
+DEFAULT_SCHEDULE = "short"  # "scaled" from the nineteenth to the twenty-second session
 _FLOOR = 1e-12  # the smallest median score a scale divides by
 
 
@@ -68,7 +74,7 @@ def split(n: int, *, seed: int, folds: int = FOLDS) -> list[list[int]]:
   return [sorted(int(i) for i in order[k::folds]) for k in range(folds)]
 
 
-def fold_steps_per_epoch(steps_per_epoch: int, *, schedule: str = "scaled",
+def fold_steps_per_epoch(steps_per_epoch: int, *, schedule: str = DEFAULT_SCHEDULE,
                          folds: int = FOLDS) -> int:
   """Mini-batches per epoch of a fold model whose main model trains
   ``steps_per_epoch``: that times (folds - 1) / folds, rounded (at least 1), for
@@ -102,8 +108,9 @@ def schedule_hint() -> Iterator[None]:
       raise
     raise runner.SettingsMismatchError(
         f"{e} This is a fold model of --normalization_bank=crossfit (or auto); its steps per epoch "
-        "follow --crossfit_schedule: scaled (the default) trains it with (folds - 1) / folds "
-        "of the main model's, short with half that, full with as many (fold models trained "
+        "follow --crossfit_schedule: short (the default) trains it with half of (folds - 1) / "
+        "folds of the main model's, scaled with (folds - 1) / folds (the default from the "
+        "nineteenth to the twenty-second session), full with as many (fold models trained "
         "before the nineteenth session).") from None
 
 

@@ -455,7 +455,8 @@ def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_tra
       trained_on = [fit[i].path for i in crossfit.others(folds, k)]
       assert stored["train_clips"] == data_lib.clips_fingerprint(trained_on)
       assert stored["crossfit_fold"] == f"{k + 1} of 2"
-      # Half the clips, half the steps per epoch (--crossfit_schedule=scaled).
+      # Half the clips, a quarter of the steps per epoch (--crossfit_schedule=short; at
+      # least one).
       assert checkpoint.read_metadata(str(fold_dir))["train_config"]["steps_per_epoch"] == 1
       det = detector_lib.load_detector(fold_dir)
       fold_models.append((raw(det), det.params))

@@ -110,14 +110,14 @@ def test_bad_flags_and_files_are_one_clear_line(tmp_path, monkeypatch, capsys):
 
 def test_the_bank_flags_reach_every_seeds_run(tmp_path, monkeypatch):
   """--normalization_bank and --crossfit_schedule are passed to each seed's toy-car
-  settings; without the schedule the toy-car default (scaled) applies."""
+  settings; without the schedule the toy-car default (short) applies."""
   import sys  # pylint: disable=g-import-not-at-top
   root = tmp_path / "set"
   (root / "dev_data" / "engine_b").mkdir(parents=True)
   seen = {}
   monkeypatch.setattr(realaudio, "_benchmark",
                       lambda args, seeds, settings: seen.update(settings))
-  for extra, schedule in ((["--crossfit_schedule=short"], "short"), ([], "scaled")):
+  for extra, schedule in ((["--crossfit_schedule=scaled"], "scaled"), ([], "short")):
     seen.clear()
     monkeypatch.setattr(sys, "argv", ["realaudio", f"--root={root}", "--seeds=0,2",
                                       f"--workdir={tmp_path / 'w'}",

@@ -232,7 +232,7 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
 
 
 def _crossfit_settings(workdir, data_dir, **kw):
-  """The tiny run of ``crossfit_run``: 4 steps, so its fold models train 2 (scaled)."""
+  """The tiny run of ``crossfit_run``: 4 steps, so its fold models train 1 (short)."""
   return _settings(workdir, data_dir, **{
       "losses": ("re", "bu"), "score_normalization": "knn", "normalization_neighbors": 5,
       "normalization_bank": "crossfit", "steps_per_epoch": 4, **kw})
@@ -259,9 +259,10 @@ def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_tra
       assert stored["train_clips"] == data_lib.clips_fingerprint(trained_on)
       assert stored["crossfit_fold"] == f"{k + 1} of 2"
       assert not set(trained_on) & {data.fit_paths[i] for i in folds[k]}  # never its own clips
-      # Half the clips, half the steps per epoch (--crossfit_schedule=scaled), same epochs.
-      assert checkpoint.read_metadata(str(fold_dir))["train_config"]["steps_per_epoch"] == 2
-      assert checkpoint.committed_steps(str(fold_dir))[-1] == 2
+      # Half the clips, a quarter of the steps per epoch (--crossfit_schedule=short, the
+      # default), same epochs.
+      assert checkpoint.read_metadata(str(fold_dir))["train_config"]["steps_per_epoch"] == 1
+      assert checkpoint.committed_steps(str(fold_dir))[-1] == 1
       det = detector.load_detector(fold_dir)
       fold_models.append((raw(det), det.params))
     expected = crossfit.out_of_fold_scores(fold_models, data.fit_waves, folds,
@@ -300,17 +301,17 @@ def test_a_crossfit_rerun_finds_the_fold_models_trained(crossfit_run, tiny_data,
 
 def test_fold_models_of_another_schedule_name_the_flag(crossfit_run, tiny_data, tmp_path):
   """Fold models trained with the main model's steps per epoch (before
-  --crossfit_schedule) are re-evaluated with --crossfit_schedule=full; a mismatch
-  in either direction says so."""
+  --crossfit_schedule) are re-evaluated with --crossfit_schedule=full, those of
+  the earlier default with scaled; a mismatch in any direction says so."""
   from bu_jax import checkpoint, runner  # pylint: disable=g-import-not-at-top
   workdir = _copy(crossfit_run, tmp_path)
   with pytest.raises(runner.SettingsMismatchError,
-                     match=r"--steps_per_epoch: 2 in the checkpoint, 4 now.*fold model of "
-                     r"--normalization_bank=crossfit.*--crossfit_schedule: scaled"):
+                     match=r"--steps_per_epoch: 1 in the checkpoint, 4 now.*fold model of "
+                     r"--normalization_bank=crossfit.*--crossfit_schedule: short"):
     toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="full"))
-  with pytest.raises(runner.SettingsMismatchError,  # short: a quarter of the main model's 4
-                     match=r"--steps_per_epoch: 2 in the checkpoint, 1 now.*--crossfit_schedule"):
-    toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="short"))
+  with pytest.raises(runner.SettingsMismatchError,  # scaled: half of the main model's 4
+                     match=r"--steps_per_epoch: 1 in the checkpoint, 2 now.*--crossfit_schedule"):
+    toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="scaled"))
   for loss in ("re", "bu"):  # the main models are untouched; the fold models train in full
     for k in range(2):
       shutil.rmtree(workdir / loss / "crossfit" / f"fold{k}")
