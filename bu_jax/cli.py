@@ -344,8 +344,8 @@ class ScoringSettings(TrainingSettings):
       "clips will show; each held-out clip is normalized by the other clips' bank for phi "
       "and the pseudo-anomaly AUC) or crossfit (the training clips' frames scored by two "
       "fold models, each trained with the same settings on the other half of the clips; "
-      "two extra trainings per model, each a quarter as long (--crossfit_schedule); needs held-out "
-      "clips) or auto (the training or the cross-fitted bank, whichever gives the higher "
+      "two extra trainings per model, each a quarter as long (--crossfit_schedule); needs "
+      "held-out clips) or auto (the training or the cross-fitted bank, whichever gives the higher "
       "pseudo-anomaly AUC, chosen with the normalization and window; trains the fold models "
       "too). Evaluation only (crossfit and auto train the fold models once). Default: the "
       "preset's, else training.")
