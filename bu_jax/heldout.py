@@ -265,6 +265,15 @@ def check(scorer, params, held: HeldOut, *, reduce: str, windows: Sequence[int],
           for w in windows}
 
 
+def pair_resolution(held: HeldOut) -> float:
+  """How much one pair of clips (a held-out normal clip and a pseudo-anomaly
+  of one ANR) moves the pseudo-anomaly AUC's mean over the ANRs: 1 / (held-out
+  clips x pseudo-anomalies per ANR x ANRs); 10 x 40 x 3 gives 1/1200. Needs
+  pseudo-anomalies."""
+  per_anr = [len(w) for w in held.pseudo_waves.values()]
+  return 1.0 / (len(held.waves) * min(per_anr) * len(per_anr))
+
+
 def window_record(window: int, config, *, reduce: str, tried: Optional[dict] = None) -> dict:
   """results.json's ``clip_score`` entry: the reduction (``--reduce``), the window in
   frames and seconds, and (chosen) the pseudo-anomaly AUC of each candidate."""
@@ -301,7 +310,11 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   makes knn_z (or knn) on the training bank and on the cross-fitted bank two
   candidates (after raw, the cross-fitted last; ``chosen_by`` keys
   ``knn_z/training``, ``knn_z/crossfit``) and records the kept one as the
-  normalization's ``bank``; with the
+  normalization's ``bank``. The training bank wins only by more than one pair
+  of clips (``pair_resolution``): on a tie within that, the cross-fitted bank
+  (with its best window) is kept, since the training bank's scores are those
+  of frames the model trained on, the very bias the cross-fitted bank removes,
+  and a difference below one pair is no evidence; with the
   held-out bank, the held-out clips (phi's scores, the pseudo-anomaly AUC) are
   normalized leave-one-clip-out, the test clips by the bank of all of them.
   The bank of the chosen normalization (if any) is left in ``out_dir``.
@@ -330,6 +343,12 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
          for c, t in tried.items() for w in windows}
   best, best_window = max(auc, key=auc.get)  # the first maximum
+  tolerance = pair_resolution(held) if len(banks) > 1 else None
+  if tolerance is not None and best[1] == score_norm.TRAINING_BANK and best[0] != "none":
+    honest = (best[0], score_norm.CROSSFIT_BANK)
+    honest_window = max(windows, key=lambda w: auc[honest, w])  # the first maximum
+    if auc[honest, honest_window] >= auc[best, best_window] - tolerance - 1e-12:
+      best, best_window = honest, honest_window
   if best != candidates[-1]:
     normalize(scorer, params, held, out_dir, kind=best[0], neighbors=neighbors,
               bank=best[1], bank_scores=bank_scores)  # its bank
@@ -340,6 +359,8 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   if len(candidates) > 1:
     record = dict(record, chosen_by={"rule": "pseudo_anomaly_auc", **{
         label(c): round(max(auc[c, w] for w in windows), 4) for c in candidates}})
+    if tolerance is not None:
+      record["chosen_by"]["training_bank_needs_margin"] = round(tolerance, 6)
   clip_record = window_record(best_window, scorer.config, reduce=reduce, tried={
       w: auc[best, w] for w in windows} if len(windows) > 1 else None)
   return Choice(normalized, record, clip_record, scores, pseudo)

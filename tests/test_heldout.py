@@ -102,3 +102,14 @@ def test_the_heldout_bank_normalizes_each_heldout_clip_and_its_mixtures_without_
                                     neighbors=5, window=1, reduce="max")
   assert "bank" not in training.normalization  # the training clips' bank, as before
   assert training.normalization["frames"] != full.frames
+
+
+def test_pair_resolution_is_one_pair_of_clips_in_the_mean_over_anrs():
+  """10 held-out clips, 20 pseudo-anomalies at each of 3 ANRs: one pair moves one
+  ANR's AUC by 1/200 and the mean over the three by 1/600."""
+  waves = [np.zeros(10)] * 10
+  held = heldout.HeldOut(fit_waves=[], waves=waves, names=[str(i) for i in range(10)],
+                         pseudo_waves={a: [np.zeros(10)] * 20 for a in (-10.0, -15.0, -20.0)})
+  assert heldout.pair_resolution(held) == pytest.approx(1 / 600)
+  held.pseudo_waves = {-10.0: [np.zeros(10)] * 20}
+  assert heldout.pair_resolution(held) == pytest.approx(1 / 200)

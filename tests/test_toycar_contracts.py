@@ -185,12 +185,13 @@ def crossfit_run(tmp_path_factory, tiny_data):
   return workdir
 
 
-@pytest.mark.parametrize("winner", ["none", "training", "crossfit"])
+@pytest.mark.parametrize("winner", ["none", "training", "crossfit", "tie"])
 def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
     winner, crossfit_run, tiny_data, tmp_path, monkeypatch):
   """--normalization_bank=auto: raw scores, knn_z on the training bank and knn_z on the
   cross-fitted bank are the candidates (the fold models found trained); the winner's bank
-  is recorded and is the file experiments.score applies."""
+  is recorded and is the file experiments.score applies. The training bank must win by
+  more than one pair of clips: ahead by less ("tie"), the cross-fitted bank is kept."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from bu_jax import score_norm  # pylint: disable=g-import-not-at-top
   workdir = _copy(crossfit_run, tmp_path)
@@ -204,30 +205,42 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
     fingerprints.setdefault(out_dir, {})[banks[id(normalized)]] = record.get("fingerprint")
     return normalized, record, loco
 
+  pair = []  # one pair of clips in the mean AUC: 1 / (held-out x pseudo per ANR x ANRs)
+  aucs = {"none": 0.8, "training": 0.8, "crossfit": 0.8}
+  if winner == "tie":
+    aucs["training"] = 0.9
+
   def check(scorer, params, held, *, reduce, windows, heldout_scorers=None):
-    del params, held, reduce, heldout_scorers
-    return {w: (np.ones(2), {"mean": 0.9 if banks[id(scorer)] == winner else 0.8})
-            for w in windows}
+    del params, reduce, heldout_scorers
+    per_anr = len(next(iter(held.pseudo_waves.values())))
+    pair[:] = [1.0 / (len(held.waves) * per_anr * len(held.pseudo_waves))]
+    if winner == "tie":  # the training bank ahead by 0.9 of a pair
+      aucs["crossfit"] = 0.9 - 0.9 * pair[0]
+    else:
+      aucs[winner] = 0.9
+    return {w: (np.ones(2), {"mean": aucs[banks[id(scorer)]]}) for w in windows}
 
   monkeypatch.setattr(heldout, "normalize", tagged)
   monkeypatch.setattr(heldout, "check", check)
   results = toycar.run(_crossfit_settings(workdir, tiny_data, score_normalization="auto",
                                           normalization_bank="auto"))
+  kept_bank = "crossfit" if winner == "tie" else winner
+  assert 0 < pair[0] < 0.1  # below the 0.1 by which "training" wins
   for method in ("re", "bu", "pca"):
     record = results[method]["score_normalization"]
     assert record["chosen_by"] == {"rule": "pseudo_anomaly_auc", **{
-        c: 0.9 if c.endswith(winner) else 0.8
-        for c in ("none", "knn_z/training", "knn_z/crossfit")}}
-    assert record["kind"] == ("none" if winner == "none" else "knn_z")
-    assert record.get("bank") == (None if winner == "none" else winner)
+        c: round(aucs[c.split("/")[-1]], 4) for c in ("none", "knn_z/training", "knn_z/crossfit")},
+        "training_bank_needs_margin": round(pair[0], 6)}
+    assert record["kind"] == ("none" if kept_bank == "none" else "knn_z")
+    assert record.get("bank") == (None if kept_bank == "none" else kept_bank)
     kept = workdir / method / score_norm.FILE_NAME
-    assert kept.exists() == (winner != "none")
-    if winner != "none":  # the winner's bank, rewritten after the cross-fitted one was tried
+    assert kept.exists() == (kept_bank != "none")
+    if kept_bank != "none":  # the kept bank, rewritten after the cross-fitted one was tried
       found = fingerprints[str(workdir / method)]
       assert found["training"] != found["crossfit"]
-      assert score_norm.load_local_normalizer(kept).fingerprint == found[winner]
-      assert record["fingerprint"] == found[winner]
-  if winner != "none":
+      assert score_norm.load_local_normalizer(kept).fingerprint == found[kept_bank]
+      assert record["fingerprint"] == found[kept_bank]
+  if kept_bank != "none":
     assert "knn bank" in (workdir / "results.txt").read_text()
 
 
