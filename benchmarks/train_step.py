@@ -26,7 +26,8 @@ same machine load; the matmul reference repeats the product until it lasts
 about one step. On a shared machine prefer the ratios and the *_min values.
 
 FLOPs: 6 x sum(in x out) over the dense layers x frames (forward and backward),
-plus 2 K^2 D for BU's Gram product (K: the KDE buffer, about M). Feature
+plus 2 K^2 D for BU's Gram product (K: the KDE buffer, about M), times (B+1)/(2B) on one
+device, where the KDE computes the B x B block grid's upper triangle only. Feature
 extraction is not counted (it is small).
 
 XLA's CPU YNNPACK fusion (PERF_NOTES) is compared with ``--ynn_fusion=both``:
@@ -171,6 +172,7 @@ class _Step:
   def __init__(self, model: str, loss: str, m: int, options, mesh, steps_per_call: int,
                warmup: int):
     self.config, segments, clips = _setup(model, loss, m, steps_per_call)
+    self.num_devices = parallel.num_data_devices(mesh)
     self.steps_per_call = steps_per_call
     self.corpus = train.place_corpus(segments, clips, mesh=mesh, config=self.config)
     self.state = train.create_state(self.config, mesh=mesh)
@@ -200,7 +202,11 @@ class _Step:
       fewest = batch_lib.min_anomalous_frames(
           self.config.mixture_length, self.corpus.min_clip_length, config=preset.features)
       capacity = self.config.mixtures_per_step * (self.config.frames_per_mixture - fewest)
-      flop += 2.0 * capacity ** 2 * preset.features.dim
+      gram = 2.0 * capacity ** 2 * preset.features.dim
+      if self.num_devices == 1:  # the symmetric all-pairs path (kde._all_mean_kernels)
+        blocks = kde._symmetric_blocks(capacity)  # pylint: disable=protected-access
+        gram *= (blocks + 1) / (2 * blocks)
+      flop += gram
     finite = bool(all(np.all(np.isfinite(x["loss"])) for x in metrics))
     return {"frames_u": frames_u, "frames_a": frames_a, "flop": flop, "capacity": capacity,
             "finite": finite}
