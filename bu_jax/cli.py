@@ -344,7 +344,8 @@ class ScoringSettings(TrainingSettings):
       "clips will show; each held-out clip is normalized by the other clips' bank for phi "
       "and the pseudo-anomaly AUC) or crossfit (the training clips' frames scored by two "
       "fold models, each trained with the same settings on the other half of the clips; "
-      "two extra trainings per model, each a quarter as long (--crossfit_schedule); needs "
+      "two extra trainings per model, each a quarter as long (--crossfit_schedule; BU's are "
+      "RE's, --crossfit_bu_folds); needs "
       "held-out clips) or auto (the training or the cross-fitted bank, whichever gives the higher "
       "pseudo-anomaly AUC, chosen with the normalization and window; trains the fold models "
       "too). Evaluation only (crossfit and auto train the fold models once). Default: the "
@@ -358,6 +359,12 @@ class ScoringSettings(TrainingSettings):
       "nineteenth to the twenty-second session: re-evaluates the fold models trained then); "
       "full, as many steps as the main model (fold models trained before the nineteenth "
       "session).")
+  crossfit_bu_folds: str = setting(
+      crossfit.DEFAULT_BU_FOLDS, choices=crossfit.BU_FOLDS, help="Whose fold models give "
+      "BU's cross-fitted bank (--normalization_bank=crossfit or auto): re (the default) RE's, "
+      "trained without eq. (16)'s weights in <workdir>/re/crossfit and, with --loss=all, once "
+      "for RE's bank and BU's; bu, BU's own in <workdir>/bu/crossfit (the default before the "
+      "twenty-fifth session: re-evaluates the fold models trained then).")
   score_window: Optional[int] = setting(
       None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
       "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "

@@ -279,8 +279,8 @@ CROSSFIT_DIR = "crossfit"  # <workdir>/<loss>/crossfit/<machine_type>[/section_X
 def _train_folds(settings: Settings, config: train_lib.TrainConfig, train_clips: Sequence[Any],
                  *, loss: str, group: Sequence[str], something_else, mesh
                  ) -> tuple[list[Any], list[list[int]], int]:
-  """The fold models of ``--normalization_bank=crossfit`` of the model of ``loss``
-  of one ``group`` (``_group_parts``, e.g. ("SynthFan",)): for each fold k of
+  """The fold models of ``--normalization_bank=crossfit`` of ``loss`` (the run
+  calls it with ``crossfit.fold_loss``: RE's serve BU) of one ``group`` (``_group_parts``, e.g. ("SynthFan",)): for each fold k of
   ``crossfit.split`` a model with the same settings, trained (or resumed, or found finished) on the other folds'
   clips in ``<workdir>/<loss>/crossfit/<machine_type>[/section_XX]/fold<k>``
   (outside ``models/``: they score the bank, not the test clips).
@@ -805,6 +805,7 @@ def run(settings: Settings) -> dict:
         _score_tests(settings, scored, method_params, test_sets, section, out=scores[method])
         return scored
 
+      fold_models = {}  # loss -> (params, folds): the cross-fitted banks' fold models
       for loss in settings.losses:
         tag, model_dir = _model_place(settings.workdir, loss, machine, section)
         t0 = time.perf_counter()
@@ -819,15 +820,25 @@ def run(settings: Settings) -> dict:
         bank_scores = None
         if score_norm.needs_fold_models(settings.bank()):
           t1 = time.perf_counter()
-          fold_params, folds, fold_steps = _train_folds(
-              settings, configs[loss], train_clips, loss=loss,
-              group=_group_parts(machine, section), something_else=(clips, lengths), mesh=mesh)
+          fold_loss = crossfit.fold_loss(loss, bu_folds=settings.crossfit_bu_folds)
+          if fold_loss in fold_models:  # RE's, trained for RE's bank of this group
+            (fold_params, folds), fold_steps = fold_models[fold_loss], 0
+          else:
+            fold_params, folds, fold_steps = _train_folds(
+                settings, configs.get(fold_loss) or settings.train_config(fold_loss, num_devices),
+                train_clips, loss=fold_loss, group=_group_parts(machine, section),
+                something_else=(clips, lengths), mesh=mesh)
+            fold_models[fold_loss] = fold_params, folds
           bank_scores, record = crossfit.bank_scores(
               (scorer, params), [(scorer, p) for p in fold_params], folds,
               fit_waves=[c.wave for c in train_clips], heldout_waves=held.waves,
               names=[c.path for c in train_clips])
-          record["train_seconds"] = (round(time.perf_counter() - t1, 1) if fold_steps else
-                                     crossfits[loss].get(tag, {}).get("train_seconds"))
+          record["fold_models"] = fold_loss
+          # found finished: the time of the run that trained them; another loss's
+          # (BU's bank from RE's fold models): None, their time is that loss's
+          record["train_seconds"] = (
+              round(time.perf_counter() - t1, 1) if fold_steps else
+              crossfits[loss].get(tag, {}).get("train_seconds") if fold_loss == loss else None)
           crossfits[loss][tag] = record
         scored = evaluate_model(loss, tag, scorer, params, model_dir, bank_scores)
         artifact.store_calibration(model_dir, _calibration(

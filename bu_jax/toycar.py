@@ -352,7 +352,8 @@ def _out_of_fold(scorer, params, fold_models, folds, data: Data) -> tuple[np.nda
 def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_else
                 ) -> tuple[list[Any], list[list[int]], int]:
   """The fold models of ``--normalization_bank=crossfit``: for each fold k of
-  ``crossfit.split`` a model of ``loss`` with the run's training settings, trained
+  ``crossfit.split`` a model of ``loss`` (the run calls it with
+  ``crossfit.fold_loss``: RE's serve BU) with the run's training settings, trained
   (or resumed, or found finished) on the other folds' clips in
   ``<workdir>/<loss>/crossfit/fold<k>``. ``something_else`` is the run's
   ``(clips, lengths)`` of ``data_lib.pad_clips`` (or ``(None, None)``).
@@ -704,6 +705,7 @@ def run(settings: Settings) -> dict:
   validate = lambda params: heldout.validation_error(scorer, params, data.heldout_waves,
                                                      names=data.heldout_paths)
   fits = None  # the frames of fit_check, taken once for every loss
+  fold_models = {}  # loss -> (params, folds) of the cross-fitted bank's fold models
   train_clips = data_lib.clips_fingerprint(data.dataset.train_paths)  # stored with each model
   for loss in settings.losses:
     t0 = time.perf_counter()
@@ -714,13 +716,23 @@ def run(settings: Settings) -> dict:
     bank_scores, crossfit_record = None, None
     if score_norm.needs_fold_models(settings.bank()):
       t1 = time.perf_counter()
-      fold_params, folds, fold_steps = train_folds(settings, loss, data, mesh=mesh,
-                                                   something_else=something_else)
+      fold_loss = crossfit.fold_loss(loss, bu_folds=settings.crossfit_bu_folds)
+      if fold_loss in fold_models:  # RE's, trained for RE's bank in this run
+        (fold_params, folds), fold_steps = fold_models[fold_loss], 0
+      else:
+        fold_params, folds, fold_steps = train_folds(settings, fold_loss, data, mesh=mesh,
+                                                     something_else=something_else)
+        fold_models[fold_loss] = fold_params, folds
       bank_scores, crossfit_record = _out_of_fold(
           scorer, jax.device_get(state.params), [(scorer, p) for p in fold_params], folds, data)
-      crossfit_record["train_seconds"] = (round(time.perf_counter() - t1, 1) if fold_steps
-                                          else results.get(loss, {}).get("crossfit", {}).get(
-                                              "train_seconds"))
+      crossfit_record["fold_models"] = fold_loss
+      if fold_steps:
+        crossfit_record["train_seconds"] = round(time.perf_counter() - t1, 1)
+      elif fold_loss == loss:  # found finished: the time of the run that trained them
+        crossfit_record["train_seconds"] = results.get(loss, {}).get("crossfit", {}).get(
+            "train_seconds")
+      else:  # another loss's fold models (BU's bank from RE's): their time is that loss's
+        crossfit_record["train_seconds"] = None
     res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer,
                                        bank_scores=bank_scores)
     if crossfit_record is not None:
@@ -743,7 +755,9 @@ def run(settings: Settings) -> dict:
           f"{_normalization_note(res)} "
           + (f"(train {t_train:.0f} s" if trained_steps else "(trained before")
           + (f"; fold models {crossfit_record['train_seconds']:.0f} s)"
-             if crossfit_record and crossfit_record.get("train_seconds") is not None else ")"),
+             if crossfit_record and crossfit_record.get("train_seconds") is not None else
+             f"; {crossfit_record['fold_models'].upper()}'s fold models)"
+             if crossfit_record and crossfit_record["fold_models"] != loss else ")"),
           flush=True)
   methods = list(settings.losses)
   if settings.reference_components and len(settings.losses) > 1:

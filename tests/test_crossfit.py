@@ -116,3 +116,13 @@ def test_pca_fold_models_are_fitted_on_the_other_folds_only():
       np.testing.assert_allclose(scorer(None, w), expected.frame_scores(w), rtol=1e-6)
   # The model without the quiet clips has never seen them: they score higher under it.
   assert np.median(models[0][0](None, quiet[0])) > np.median(models[1][0](None, quiet[0]))
+
+
+def test_bu_s_bank_comes_from_re_s_fold_models_by_default():
+  assert crossfit.DEFAULT_BU_FOLDS == "re"
+  assert [crossfit.fold_loss(l) for l in ("re", "snp", "bu")] == ["re", "snp", "re"]
+  assert [crossfit.fold_loss(l, bu_folds="bu") for l in ("re", "snp", "bu")] == [
+      "re", "snp", "bu"]
+  with pytest.raises(ValueError, match=r"--crossfit_bu_folds must be one of \('re', 'bu'\), "
+                     r"got 'snp'"):
+    crossfit.fold_loss("bu", bu_folds="snp")

@@ -258,15 +258,22 @@ def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_tra
   settings = _settings(crossfit_run, tiny_data, losses=("re", "bu"))
   data = toycar.load_data(settings)
   folds = crossfit.split(len(data.fit_waves), seed=settings.data_seed)
+  # BU's bank comes from RE's fold models (--crossfit_bu_folds=re, the default): trained
+  # once, for RE's bank, and not again for BU's.
+  assert not (crossfit_run / "bu" / "crossfit").exists()
+  assert results["re"]["crossfit"]["train_seconds"] > 0
+  assert results["bu"]["crossfit"]["train_seconds"] is None
   for loss in ("re", "bu"):
     record = results[loss]["score_normalization"]
     assert record["bank"] == "crossfit" and results[loss]["crossfit"]["folds"] == 2
+    assert results[loss]["crossfit"]["fold_models"] == "re"
     assert "k=5, cross-fitted bank" in toycar._normalization_note(results[loss])  # pylint: disable=protected-access
     main = detector.load_detector(crossfit_run, loss=loss)
     raw = lambda det: frame_scores.FrameScorer(det.model, det.preset.features)
     fold_models = []
     for k in range(2):
-      fold_dir = crossfit_run / loss / "crossfit" / f"fold{k}"
+      fold_dir = crossfit_run / "re" / "crossfit" / f"fold{k}"
+      assert checkpoint.read_metadata(str(fold_dir))["train_config"]["loss"] == "re"
       stored = checkpoint.read_metadata(str(fold_dir))["data"]
       trained_on = [data.fit_paths[i] for i in crossfit.others(folds, k)]
       assert stored["train_clips"] == data_lib.clips_fingerprint(trained_on)
@@ -304,8 +311,9 @@ def test_a_crossfit_rerun_finds_the_fold_models_trained(crossfit_run, tiny_data,
   capsys.readouterr()
   toycar.run(_crossfit_settings(workdir, tiny_data))
   out = capsys.readouterr().out
-  assert "] training fcn" not in out and out.count("already trained") == 6  # 2 models + 4 folds
-  assert "(trained before; fold models" in out
+  # 2 models + RE's 2 fold models, which serve BU's bank too
+  assert "] training fcn" not in out and out.count("already trained") == 4
+  assert "(trained before; fold models" in out and "(trained before; RE's fold models)" in out
   after = json.loads((workdir / "results.json").read_text())
   for loss in ("re", "bu", "pca"):
     assert after[loss]["auc"] == before[loss]["auc"]
@@ -325,12 +333,44 @@ def test_fold_models_of_another_schedule_name_the_flag(crossfit_run, tiny_data, 
   with pytest.raises(runner.SettingsMismatchError,  # scaled: half of the main model's 4
                      match=r"--steps_per_epoch: 1 in the checkpoint, 2 now.*--crossfit_schedule"):
     toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="scaled"))
-  for loss in ("re", "bu"):  # the main models are untouched; the fold models train in full
-    for k in range(2):
-      shutil.rmtree(workdir / loss / "crossfit" / f"fold{k}")
+  for k in range(2):  # the main models are untouched; the fold models train in full
+    shutil.rmtree(workdir / "re" / "crossfit" / f"fold{k}")
   toycar.run(_crossfit_settings(workdir, tiny_data, crossfit_schedule="full"))
-  assert checkpoint.committed_steps(str(workdir / "bu" / "crossfit" / "fold1"))[-1] == 4
+  assert checkpoint.committed_steps(str(workdir / "re" / "crossfit" / "fold1"))[-1] == 4
   assert checkpoint.committed_steps(str(workdir / "bu"))[-1] == 4
+
+
+def test_bu_s_own_fold_models_on_request_and_re_s_for_bu_alone(crossfit_run, tiny_data,
+                                                                tmp_path, capsys):
+  """--crossfit_bu_folds=bu trains BU's own fold models (in bu/crossfit), whose bank
+  differs from RE's fold models'; --loss=bu alone with the default trains RE's fold
+  models for its bank, where a later RE run finds them."""
+  from bu_jax import checkpoint, score_norm  # pylint: disable=g-import-not-at-top
+  workdir = _copy(crossfit_run, tmp_path / "own")
+  before = json.loads((workdir / "results.json").read_text())
+  capsys.readouterr()
+  after = toycar.run(_crossfit_settings(workdir, tiny_data, losses=("bu",),
+                                        crossfit_bu_folds="bu"))
+  assert "[bu fold 1/2] training fcn" in capsys.readouterr().out
+  assert after["bu"]["crossfit"]["fold_models"] == "bu"
+  assert after["bu"]["crossfit"]["train_seconds"] > 0
+  for k in range(2):
+    meta = checkpoint.read_metadata(str(workdir / "bu" / "crossfit" / f"fold{k}"))
+    assert meta["train_config"]["loss"] == "bu"
+  own = score_norm.load_local_normalizer(workdir / "bu" / "score_normalizer.npz")
+  shared = score_norm.load_local_normalizer(crossfit_run / "bu" / "score_normalizer.npz")
+  np.testing.assert_allclose(own.codes, shared.codes)  # the same main model's codes
+  assert not np.allclose(own.scores, shared.scores)  # other fold models' scores
+  assert after["bu"]["crossfit"]["scales"] != before["bu"]["crossfit"]["scales"]
+  alone = tmp_path / "alone"
+  toycar.run(_crossfit_settings(alone, tiny_data, losses=("bu",)))
+  assert sorted(p.name for p in alone.iterdir() if p.is_dir()) == ["bu", "re"]
+  assert not (alone / "bu" / "crossfit").exists()
+  assert checkpoint.committed_steps(str(alone / "re" / "crossfit" / "fold0"))[-1] == 1
+  capsys.readouterr()
+  toycar.run(_crossfit_settings(alone, tiny_data, losses=("re",)))
+  out = capsys.readouterr().out  # RE's main model trains; its fold models were trained
+  assert "[re] training fcn" in out and "fold 1/2] training" not in out
 
 
 def test_crossfit_with_too_few_clips_is_refused_before_training(tiny_data, tmp_path):
