@@ -26,8 +26,9 @@ benchmark workdir the same command with it only re-evaluates every seed
 preset's setting applies (``cpu``: auto, i.e. raw or knn_z scores by the
 pseudo-anomaly AUC). ``--normalization_bank`` (training, heldout, crossfit, which
 trains two fold models per method and seed once, or auto, which trains them and keeps
-the training or the cross-fitted bank by the pseudo-anomaly AUC; ``--crossfit_schedule``
-says how long the fold models train) and ``--score_window`` likewise (``cpu``: 0, the clip-score
+the training or the cross-fitted bank by the pseudo-anomaly AUC, ``cpu``'s since the
+twenty-fifth session; ``--crossfit_schedule`` says how long the fold models train) and
+``--score_window`` likewise (``cpu``: 0, the clip-score
 window chosen by the same AUC; 1: eq. 11).
 
 ``--select_from=W1,W2,...`` applies the README's label-free rule to finished

@@ -399,7 +399,11 @@ class ScoringSettings(TrainingSettings):
     return kind, score_norm.resolve_neighbors(kind, self.normalization_neighbors)
 
   def bank(self) -> str:
-    """``--normalization_bank``, else the preset's, else "training"."""
+    """``--normalization_bank``, else the preset's, else "training". A preset's
+    bank applies to normalized scores only: with ``--score_normalization=none``
+    it is "training" (the flag itself with none is an error)."""
+    if self.normalization_bank is None and self.normalization()[0] == "none":
+      return score_norm.TRAINING_BANK
     return self.resolved("normalization_bank") or score_norm.TRAINING_BANK
 
   def clip_window(self) -> int:

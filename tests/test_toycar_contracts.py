@@ -545,6 +545,25 @@ def test_normalization_defaults(preset, overrides, expected):
   assert toycar.Settings(workdir="unused", preset=preset, **overrides).normalization() == expected
 
 
+@pytest.mark.parametrize("preset, overrides, expected", [
+    ("cpu", {}, "auto"),  # the preset's: the training or the cross-fitted bank, chosen
+    ("cpu", dict(normalization_bank="training"), "training"),
+    ("cpu", dict(score_normalization="knn"), "auto"),
+    ("cpu", dict(score_normalization="none"), "training"),  # no bank to choose: no error
+    ("demo", {}, "training"),
+    ("paper", dict(score_normalization="knn_z", normalization_bank="crossfit"), "crossfit"),
+])
+def test_bank_defaults(preset, overrides, expected):
+  assert toycar.Settings(workdir="unused", preset=preset, **overrides).bank() == expected
+
+
+def test_a_bank_flag_without_normalization_is_refused():
+  with pytest.raises(ValueError, match=r"--normalization_bank=auto applies to "
+                     r"--score_normalization=knn, knn_z or auto, got none"):
+    toycar.Settings(workdir="unused", preset="cpu", score_normalization="none",
+                    normalization_bank="auto")
+
+
 def test_cpu_preset_trains_bu_with_the_papers_band_width():
   config = toycar.Settings(workdir="unused", preset="cpu").train_config("bu")
   assert config.bandwidth == "fixed" and config.model_preset.standardize_input
