@@ -123,6 +123,17 @@ def fold_loss(loss: str, *, bu_folds: str = DEFAULT_BU_FOLDS) -> str:
   return "re" if loss == "bu" and bu_folds == "re" else loss
 
 
+def fold_train_seconds(elapsed: Optional[float], *, loss: str, fold_loss: str,
+                       previous: Optional[float]) -> Optional[float]:
+  """The fold models' training time a run records with ``loss``'s bank: ``elapsed``
+  (rounded) when they trained now; found finished, ``previous`` (the run that
+  trained them); None when they are another loss's (BU's bank from RE's fold
+  models: their time is recorded with RE's)."""
+  if elapsed is not None:
+    return round(elapsed, 1)
+  return previous if fold_loss == loss else None
+
+
 @contextlib.contextmanager
 def schedule_hint() -> Iterator[None]:
   """Around a fold model's training: a ``runner.SettingsMismatchError`` over the

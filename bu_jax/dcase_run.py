@@ -834,11 +834,9 @@ def run(settings: Settings) -> dict:
               fit_waves=[c.wave for c in train_clips], heldout_waves=held.waves,
               names=[c.path for c in train_clips])
           record["fold_models"] = fold_loss
-          # found finished: the time of the run that trained them; another loss's
-          # (BU's bank from RE's fold models): None, their time is that loss's
-          record["train_seconds"] = (
-              round(time.perf_counter() - t1, 1) if fold_steps else
-              crossfits[loss].get(tag, {}).get("train_seconds") if fold_loss == loss else None)
+          record["train_seconds"] = crossfit.fold_train_seconds(
+              time.perf_counter() - t1 if fold_steps else None, loss=loss, fold_loss=fold_loss,
+              previous=crossfits[loss].get(tag, {}).get("train_seconds"))
           crossfits[loss][tag] = record
         scored = evaluate_model(loss, tag, scorer, params, model_dir, bank_scores)
         artifact.store_calibration(model_dir, _calibration(

@@ -669,6 +669,16 @@ def _normalization_note(results: dict) -> str:
   return note
 
 
+def _fold_note(record: Optional[dict], loss: str) -> str:
+  """"; fold models 77 s" (their time, when recorded), "; RE's fold models" (BU's
+  bank from RE's fold models) or "" (no cross-fitted bank) for the printed line."""
+  if record is None:
+    return ""
+  if record["train_seconds"] is not None:
+    return f"; fold models {record['train_seconds']:.0f} s"
+  return f"; {record['fold_models'].upper()}'s fold models" if record["fold_models"] != loss else ""
+
+
 def _num(v) -> str:
   return "n/a" if v is None else f"{v:.3f}"
 
@@ -731,13 +741,9 @@ def run(settings: Settings) -> dict:
       bank_scores, crossfit_record = _out_of_fold(
           scorer, jax.device_get(state.params), [(scorer, p) for p in fold_params], folds, data)
       crossfit_record["fold_models"] = fold_loss
-      if fold_steps:
-        crossfit_record["train_seconds"] = round(time.perf_counter() - t1, 1)
-      elif fold_loss == loss:  # found finished: the time of the run that trained them
-        crossfit_record["train_seconds"] = results.get(loss, {}).get("crossfit", {}).get(
-            "train_seconds")
-      else:  # another loss's fold models (BU's bank from RE's): their time is that loss's
-        crossfit_record["train_seconds"] = None
+      crossfit_record["train_seconds"] = crossfit.fold_train_seconds(
+          time.perf_counter() - t1 if fold_steps else None, loss=loss, fold_loss=fold_loss,
+          previous=results.get(loss, {}).get("crossfit", {}).get("train_seconds"))
     res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer,
                                        bank_scores=bank_scores)
     if crossfit_record is not None:
@@ -759,11 +765,7 @@ def run(settings: Settings) -> dict:
     print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g}"
           f"{_normalization_note(res)} "
           + (f"(train {t_train:.0f} s" if trained_steps else "(trained before")
-          + (f"; fold models {crossfit_record['train_seconds']:.0f} s)"
-             if crossfit_record and crossfit_record.get("train_seconds") is not None else
-             f"; {crossfit_record['fold_models'].upper()}'s fold models)"
-             if crossfit_record and crossfit_record["fold_models"] != loss else ")"),
-          flush=True)
+          + _fold_note(crossfit_record, loss) + ")", flush=True)
   methods = list(settings.losses)
   if settings.reference_components and len(settings.losses) > 1:
     res, material[REFERENCE] = evaluate_reference(settings, cfg0.feature_config, data)
