@@ -38,8 +38,10 @@ import math
 import os
 import re
 import signal
+import _thread
 import sys
 import tempfile
+import threading
 import types
 import typing
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
@@ -550,12 +552,30 @@ def run_training(run: Callable[[Any], T], settings_class: type, *,
       errors=TRAINING_ERRORS, on_interrupt=RESUME_HINT)
 
 
-def _drop_closed_loop_noise(unraisable) -> None:
-  """``sys.unraisablehook`` of the entry points: after a failed checkpoint read,
-  TensorStore threads still call back into Orbax's event loop, closed by then, and
-  each call would print an "Event loop is closed" traceback after the run's
-  ``Error:`` line. Those are dropped; anything else goes to the default hook."""
+def _entry_point_unraisable_hook(unraisable) -> None:
+  """``sys.unraisablehook`` of the entry points.
+
+  - A ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM made one by
+    ``sigterm_as_interrupt``) that arrived while Python ran a garbage-collector
+    callback (JAX registers one), a ``__del__`` or a weakref callback cannot
+    propagate from there: Python would print "Exception ignored in ..." with a
+    traceback and go on as if the key had never been pressed. The hook delivers
+    the signal again 50 ms later (``_thread.interrupt_main`` from a timer
+    thread), so its handler runs in the main thread, out of the callback, and
+    the run stops as usual, in one ``Interrupted:`` line; should that land in
+    such a callback again, the same happens again.
+  - After a failed checkpoint read, TensorStore threads still call back into
+    Orbax's event loop, closed by then, and each call would print an "Event
+    loop is closed" traceback after the run's ``Error:`` line: dropped.
+  - Anything else goes to the default hook.
+  """
   error = unraisable.exc_value
+  if isinstance(error, KeyboardInterrupt):
+    by = error.args[0] if error.args and error.args[0] in ("SIGINT", "SIGTERM") else "SIGINT"
+    # From another thread, a moment later: delivered here, in the hook, it would be
+    # ignored again.
+    threading.Timer(0.05, _thread.interrupt_main, args=(signal.Signals[by],)).start()
+    return
   if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
     return
   sys.__unraisablehook__(unraisable)
@@ -577,7 +597,7 @@ DROP_INTERRUPT_TRACEBACKS = _DropInterruptTracebacks()
 
 def run_app(main: Callable[[list[str]], Any]) -> None:
   """``absl.app.run(main)`` for an entry point, without the noise of
-  ``_drop_closed_loop_noise`` and ``_DropInterruptTracebacks``.
+  ``_entry_point_unraisable_hook`` and ``_DropInterruptTracebacks``.
 
   Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM stops the process while the
   main runs (the main makes SIGTERM an interrupt, ``sigterm_as_interrupt``,
@@ -586,7 +606,7 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
   the interpreter's teardown would otherwise print a traceback after that line
   or change the exit status.
   """
-  sys.unraisablehook = _drop_closed_loop_noise
+  sys.unraisablehook = _entry_point_unraisable_hook
   logging.getLogger("absl").addFilter(DROP_INTERRUPT_TRACEBACKS)  # Orbax logs through absl
   signal.signal(signal.SIGINT, signal.default_int_handler)
   signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -157,7 +157,7 @@ def test_entry_points_drop_only_the_closed_event_loop_noise(capsys, monkeypatch)
   through sys.unraisablehook; the entry points' hook drops exactly those."""
   import gc  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(sys, "unraisablehook", cli._drop_closed_loop_noise)  # pylint: disable=protected-access
+  monkeypatch.setattr(sys, "unraisablehook", cli._entry_point_unraisable_hook)  # pylint: disable=protected-access
 
   class Raises:
     def __init__(self, message):
@@ -172,3 +172,48 @@ def test_entry_points_drop_only_the_closed_event_loop_noise(capsys, monkeypatch)
   Raises("something else")
   gc.collect()
   assert "RuntimeError: something else" in capsys.readouterr().err
+
+
+_SWALLOWED_INTERRUPT = """
+import gc, sys, time
+from bu_jax import cli
+
+def main(argv):
+  del argv
+  cli.sigterm_as_interrupt()
+  raised = []
+  def callback(phase, info):  # a signal arriving while a gc callback runs (JAX has one)
+    if not raised:
+      raised.append(phase)
+      raise KeyboardInterrupt(*sys.argv[1:])
+  gc.callbacks.append(callback)
+  def job():
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+      time.sleep(0.01)
+    print("went on", flush=True)
+  cli.exit_on_errors(job, errors=(), on_interrupt="kept")
+
+cli.run_app(main)
+"""
+
+
+@pytest.mark.parametrize("by", ["", "SIGTERM"])
+def test_an_interrupt_inside_a_gc_callback_still_stops_the_run(tmp_path, by):
+  """Python cannot raise a KeyboardInterrupt out of a gc callback (JAX registers
+  one), a __del__ or a weakref callback: it prints "Exception ignored" and goes
+  on. The entry points' hook delivers the signal again, so the run still stops
+  in one Interrupted: line."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  script = tmp_path / "swallowed.py"
+  script.write_text(_SWALLOWED_INTERRUPT)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, str(script)] + ([by] if by else []), cwd=repo,
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "PYTHONPATH": repo})
+  assert proc.returncode == 130, proc.stderr[-2000:]
+  assert "went on" not in proc.stdout
+  assert proc.stderr.strip().splitlines() == [
+      f"Interrupted: stopped by {by or 'SIGINT'}; kept"], proc.stderr[-2000:]
