@@ -508,6 +508,7 @@ def exit_on_errors(job: Callable[[], T], *, errors: tuple[type[BaseException], .
     print(f"Interrupted: {e}", file=sys.stderr)
     sys.exit(130)
   except KeyboardInterrupt as e:
+    _forget_caught_interrupt()
     by = e.args[0] if e.args else "SIGINT"
     print(f"Interrupted: stopped by {by}" + (f"; {on_interrupt}" if on_interrupt else ""),
           file=sys.stderr)
@@ -515,6 +516,16 @@ def exit_on_errors(job: Callable[[], T], *, errors: tuple[type[BaseException], .
   except errors as e:
     print(f"Error: {_describe(e)}", file=sys.stderr)
     sys.exit(1)
+
+
+def _forget_caught_interrupt() -> None:
+  """Clears CPython's record of a ``KeyboardInterrupt`` that left an ``exec`` or
+  ``eval`` of a string (``dataclasses``, ``namedtuple`` and Flax build classes
+  that way): run as ``python -m``, the interpreter would otherwise end a process
+  that caught the interrupt and exits with status 130 by SIGINT instead (a
+  parent sees -2 rather than 130, bpo-1054041's exit). Every ``exec`` of a
+  string resets that record when it starts."""
+  exec("pass", {})  # pylint: disable=exec-used
 
 
 def _describe(error: BaseException) -> str:
@@ -570,7 +581,8 @@ def _entry_point_unraisable_hook(unraisable) -> None:
   - Anything else goes to the default hook.
   """
   error = unraisable.exc_value
-  if isinstance(error, KeyboardInterrupt):
+  if (isinstance(error, KeyboardInterrupt)
+      and threading.current_thread() is threading.main_thread()):  # where handlers run
     by = error.args[0] if error.args and error.args[0] in ("SIGINT", "SIGTERM") else "SIGINT"
     # From another thread, a moment later: delivered here, in the hook, it would be
     # ignored again.

@@ -3,8 +3,11 @@
 XLA_FLAGS must be set before JAX initializes its backend, hence here.
 """
 
+import gc
 import importlib
 import os
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
@@ -35,3 +38,20 @@ def pytest_unconfigure(config):
   if os.path.basename(cache).startswith("bu_jax_test_xla_cache_"):
     import shutil  # pylint: disable=g-import-not-at-top
     shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture
+def no_gc_callbacks():
+  """For a test that signals its own process: the garbage collector is off while it
+  runs. A signal whose handler raises (Ctrl-C, or SIGTERM made one) can land while
+  Python runs a gc callback (JAX and hypothesis register some), where the exception
+  cannot propagate: Python prints "Exception ignored" and the test would wait for an
+  exception that never comes. (The entry points deliver such a signal again,
+  ``bu_jax.cli``; a test that calls a handler directly has no such hook.)"""
+  was_enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if was_enabled:
+      gc.enable()

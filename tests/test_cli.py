@@ -110,6 +110,7 @@ def test_exit_on_errors_ends_in_one_line(capsys):
   assert cli.exit_on_errors(lambda: 7, errors=(Bad,)) == 7
 
 
+@pytest.mark.usefixtures("no_gc_callbacks")
 def test_sigterm_as_interrupt():
   previous = signal.getsignal(signal.SIGTERM)
   try:
@@ -217,3 +218,32 @@ def test_an_interrupt_inside_a_gc_callback_still_stops_the_run(tmp_path, by):
   assert "went on" not in proc.stdout
   assert proc.stderr.strip().splitlines() == [
       f"Interrupted: stopped by {by or 'SIGINT'}; kept"], proc.stderr[-2000:]
+
+
+_INTERRUPT_THROUGH_EXEC = """
+import signal, time
+from bu_jax import cli
+
+def main(argv):
+  del argv
+  def job():  # Ctrl-C while a class is being built with exec (dataclasses, Flax modules)
+    exec("import signal, time\\nsignal.raise_signal(signal.SIGINT)\\ntime.sleep(20)")
+  cli.exit_on_errors(job, errors=(), on_interrupt="kept")
+
+cli.run_app(main)
+"""
+
+
+def test_an_interrupt_through_an_exec_still_exits_with_130(tmp_path):
+  """A KeyboardInterrupt that left an exec of a string marks the process, run as
+  python -m, to end by SIGINT (-2 to a parent) even after it was caught; the
+  entry points clear the mark, so the status is the documented 130."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  (tmp_path / "through_exec.py").write_text(_INTERRUPT_THROUGH_EXEC)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", "through_exec"], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "PYTHONPATH": f"{tmp_path}:{repo}"})
+  assert proc.returncode == 130, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == ["Interrupted: stopped by SIGINT; kept"]

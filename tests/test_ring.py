@@ -234,6 +234,7 @@ def test_entry_point_workdir_that_is_a_file_is_one_error_line(entry, tmp_path, c
   assert line.startswith(f"Error: --workdir={blocker}: is a file") and "\n" not in line
 
 
+@pytest.mark.usefixtures("no_gc_callbacks")
 @pytest.mark.parametrize("by", ["SIGINT", "SIGTERM"])
 def test_entry_point_interrupt_is_one_line_and_130(entry, tmp_path, capsys, monkeypatch, by):
   def stop(*args, **kwargs):

@@ -9,6 +9,7 @@ import pytest
 from bu_jax import signals
 
 
+@pytest.mark.usefixtures("no_gc_callbacks")
 def test_graceful_stop_turns_sigterm_into_a_request():
   previous = signal.getsignal(signal.SIGTERM)
   with signals.GracefulStop() as stop:
@@ -22,6 +23,7 @@ def test_graceful_stop_turns_sigterm_into_a_request():
   assert signal.getsignal(signal.SIGTERM) is previous
 
 
+@pytest.mark.usefixtures("no_gc_callbacks")
 def test_graceful_stop_second_ctrl_c_interrupts():
   # Python's own Ctrl-C handler, also where the suite runs in the background (a shell's
   # background job starts with SIGINT ignored, and the guard then keeps it ignored).
