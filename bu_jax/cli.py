@@ -505,6 +505,7 @@ def exit_on_errors(job: Callable[[], T], *, errors: tuple[type[BaseException], .
   try:
     return job()
   except interrupted as e:
+    _forget_caught_interrupt()  # a first Ctrl-C may have passed through an exec and been caught
     print(f"Interrupted: {e}", file=sys.stderr)
     sys.exit(130)
   except KeyboardInterrupt as e:
