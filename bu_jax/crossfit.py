@@ -47,7 +47,7 @@ fold models (``--normalization_bank=crossfit``).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -121,6 +121,25 @@ def fold_loss(loss: str, *, bu_folds: str = DEFAULT_BU_FOLDS) -> str:
   if bu_folds not in BU_FOLDS:
     raise ValueError(f"--crossfit_bu_folds must be one of {BU_FOLDS}, got {bu_folds!r}")
   return "re" if loss == "bu" and bu_folds == "re" else loss
+
+
+def shared_fold_models(loss: str, *, bu_folds: str, cache: dict,
+                       train: Callable[[str], tuple[list[Any], list[list[int]], int]]
+                       ) -> tuple[str, list[Any], list[list[int]], int]:
+  """The fold models of ``loss``'s cross-fitted bank in one run (or one group of
+  a DCASE run): those of ``fold_loss(loss)``, taken from ``cache`` when an
+  earlier loss of the run already has them (RE's, for BU), else
+  ``train(fold_loss)`` (``(params, folds, steps trained now)``), then cached.
+
+  Returns:
+    ``(fold_loss, params, folds, steps trained now)``: 0 steps when cached.
+  """
+  owner = fold_loss(loss, bu_folds=bu_folds)
+  if owner in cache:
+    return (owner, *cache[owner], 0)
+  params, folds, steps = train(owner)
+  cache[owner] = params, folds
+  return owner, params, folds, steps
 
 
 def fold_train_seconds(elapsed: Optional[float], *, loss: str, fold_loss: str,

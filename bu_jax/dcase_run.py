@@ -805,7 +805,7 @@ def run(settings: Settings) -> dict:
         _score_tests(settings, scored, method_params, test_sets, section, out=scores[method])
         return scored
 
-      fold_models = {}  # loss -> (params, folds): the cross-fitted banks' fold models
+      fold_models = {}  # crossfit.shared_fold_models: loss -> (params, folds)
       for loss in settings.losses:
         tag, model_dir = _model_place(settings.workdir, loss, machine, section)
         t0 = time.perf_counter()
@@ -820,15 +820,12 @@ def run(settings: Settings) -> dict:
         bank_scores = None
         if score_norm.needs_fold_models(settings.bank()):
           t1 = time.perf_counter()
-          fold_loss = crossfit.fold_loss(loss, bu_folds=settings.crossfit_bu_folds)
-          if fold_loss in fold_models:  # RE's, trained for RE's bank of this group
-            (fold_params, folds), fold_steps = fold_models[fold_loss], 0
-          else:
-            fold_params, folds, fold_steps = _train_folds(
-                settings, configs.get(fold_loss) or settings.train_config(fold_loss, num_devices),
-                train_clips, loss=fold_loss, group=_group_parts(machine, section),
-                something_else=(clips, lengths), mesh=mesh)
-            fold_models[fold_loss] = fold_params, folds
+          fold_loss, fold_params, folds, fold_steps = crossfit.shared_fold_models(
+              loss, bu_folds=settings.crossfit_bu_folds, cache=fold_models,
+              train=lambda owner: _train_folds(
+                  settings, configs.get(owner) or settings.train_config(owner, num_devices),
+                  train_clips, loss=owner, group=_group_parts(machine, section),
+                  something_else=(clips, lengths), mesh=mesh))
           bank_scores, record = crossfit.bank_scores(
               (scorer, params), [(scorer, p) for p in fold_params], folds,
               fit_waves=[c.wave for c in train_clips], heldout_waves=held.waves,

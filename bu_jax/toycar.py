@@ -720,7 +720,7 @@ def run(settings: Settings) -> dict:
   validate = lambda params: heldout.validation_error(scorer, params, data.heldout_waves,
                                                      names=data.heldout_paths)
   fits = None  # the frames of fit_check, taken once for every loss
-  fold_models = {}  # loss -> (params, folds) of the cross-fitted bank's fold models
+  fold_models = {}  # crossfit.shared_fold_models: loss -> (params, folds)
   train_clips = data_lib.clips_fingerprint(data.dataset.train_paths)  # stored with each model
   for loss in settings.losses:
     t0 = time.perf_counter()
@@ -731,13 +731,10 @@ def run(settings: Settings) -> dict:
     bank_scores, crossfit_record = None, None
     if score_norm.needs_fold_models(settings.bank()):
       t1 = time.perf_counter()
-      fold_loss = crossfit.fold_loss(loss, bu_folds=settings.crossfit_bu_folds)
-      if fold_loss in fold_models:  # RE's, trained for RE's bank in this run
-        (fold_params, folds), fold_steps = fold_models[fold_loss], 0
-      else:
-        fold_params, folds, fold_steps = train_folds(settings, fold_loss, data, mesh=mesh,
-                                                     something_else=something_else)
-        fold_models[fold_loss] = fold_params, folds
+      fold_loss, fold_params, folds, fold_steps = crossfit.shared_fold_models(
+          loss, bu_folds=settings.crossfit_bu_folds, cache=fold_models,
+          train=lambda owner: train_folds(settings, owner, data, mesh=mesh,
+                                          something_else=something_else))
       bank_scores, crossfit_record = _out_of_fold(
           scorer, jax.device_get(state.params), [(scorer, p) for p in fold_params], folds, data)
       crossfit_record["fold_models"] = fold_loss

@@ -126,3 +126,17 @@ def test_bu_s_bank_comes_from_re_s_fold_models_by_default():
   with pytest.raises(ValueError, match=r"--crossfit_bu_folds must be one of \('re', 'bu'\), "
                      r"got 'snp'"):
     crossfit.fold_loss("bu", bu_folds="snp")
+
+
+@pytest.mark.parametrize("bu_folds,trained", [("re", ["re", "snp"]), ("bu", ["re", "snp", "bu"])])
+def test_a_run_trains_each_loss_s_fold_models_once(bu_folds, trained):
+  calls, cache = [], {}
+  def train(owner):
+    calls.append(owner)
+    return [f"{owner}-params"], [[0], [1]], 7
+  got = {loss: crossfit.shared_fold_models(loss, bu_folds=bu_folds, cache=cache, train=train)
+         for loss in ("re", "snp", "bu")}
+  assert calls == trained
+  assert got["re"] == ("re", ["re-params"], [[0], [1]], 7)
+  assert got["bu"] == (("re", ["re-params"], [[0], [1]], 0) if bu_folds == "re"
+                       else ("bu", ["bu-params"], [[0], [1]], 7))
