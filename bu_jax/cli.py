@@ -373,6 +373,12 @@ class ScoringSettings(TrainingSettings):
       "0.25, 0.5, 1, 2 s by the pseudo-anomaly AUC, with the normalization under auto). "
       "Evaluation only; applied by experiments.score. Default: the preset's, else 1.")
 
+  rare_clips: Optional[str] = setting(
+      None, help="CSV (file-name column and 0/1 'rare' column, e.g. realaudio-dev's "
+      "metadata.csv) or list of rare-normal test clips, matched by the end of their path "
+      "(test_anr-10dB/x.wav) or by file name: adds rare-normal metrics. Used for "
+      "evaluation only.")
+
   def __post_init__(self):
     super().__post_init__()
     dim = self.model_preset().features.dim

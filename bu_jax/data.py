@@ -719,34 +719,47 @@ def _components(name: str) -> tuple[str, ...]:
   return tuple(p for p in name.strip().replace("\\", "/").split("/") if p not in ("", "."))
 
 
-def mark_rare(dataset: Dataset, labels: dict[tuple[str, ...], bool], *,
-              source: str = "--rare_clips") -> Dataset:
-  """The dataset with ``TestClip.rare`` set from ``read_rare_clips`` labels.
+def rare_flags(paths: Sequence[str], labels: dict[tuple[str, ...], bool]
+               ) -> tuple[list[Optional[bool]], int]:
+  """Each clip's rare flag from ``read_rare_clips`` labels, and how many matched.
 
-  A clip takes the label of the longest entry whose path components end its
-  own path (so ``train/x.wav`` and ``test/x.wav`` stay apart when the file
-  lists them with their folders, and a bare ``x.wav`` matches by name).
-  Clips that no entry matches keep ``rare=None`` ("unknown"), unless the
-  labels come from a plain list (then they are not rare). Only evaluation
-  reads these labels; training never sees them.
+  A path takes the label of the longest entry whose components end it (so
+  ``train/x.wav`` and ``test/x.wav`` stay apart when the file lists them with
+  their folders, and a bare ``x.wav`` matches by name); a path that no entry
+  matches gets None ("unknown"), or False when the labels come from a plain
+  list.
 
-  Raises:
-    DataError: when no test clip matches any entry (a wrong file).
+  Returns:
+    (one flag per path, the number of paths an entry matched).
   """
   default = labels.get((), None)
   longest = max((len(k) for k in labels), default=0)
-  out, matched = [], 0
-  for clip in dataset.test:
-    parts = _components(os.path.abspath(clip.path))
+  flags, matched = [], 0
+  for path in paths:
+    parts = _components(os.path.abspath(path))
     rare = None
     for n in range(min(longest, len(parts)), 0, -1):
       if parts[-n:] in labels:
         rare = labels[parts[-n:]]
         matched += 1
         break
-    if rare is None:
-      rare = default
-    out.append(dataclasses.replace(clip, rare=rare))
+    flags.append(default if rare is None else rare)
+  return flags, matched
+
+
+def mark_rare(dataset: Dataset, labels: dict[tuple[str, ...], bool], *,
+              source: str = "--rare_clips") -> Dataset:
+  """The dataset with ``TestClip.rare`` set from ``read_rare_clips`` labels.
+
+  Each clip takes its flag as ``rare_flags`` matches it (None: "unknown"; a
+  plain list marks unlisted clips not rare). Only evaluation reads these
+  labels; training never sees them.
+
+  Raises:
+    DataError: when no test clip matches any entry (a wrong file).
+  """
+  flags, matched = rare_flags([clip.path for clip in dataset.test], labels)
+  out = [dataclasses.replace(clip, rare=rare) for clip, rare in zip(dataset.test, flags)]
   if not matched:
     raise DataError(f"{source}: none of its {len(labels)} entries names a test clip of "
                     f"this data set (e.g. {os.path.basename(dataset.test[0].path)})")

@@ -169,13 +169,16 @@ def metric_year(year: str) -> str:
 
 @dataclasses.dataclass
 class Clip:
-  """One clip of a machine type: its parsed name, path and (lazily) its wave."""
+  """One clip of a machine type: its parsed name, path, (lazily) its wave and,
+  from ``--rare_clips`` (evaluation only), whether it holds a rare operating
+  mode (None: not known)."""
 
   path: str
   meta: ClipName
   label: Optional[int]
   domain: Optional[str]
   wave: Optional[np.ndarray] = None
+  rare: Optional[bool] = None
 
   @property
   def name(self) -> str:

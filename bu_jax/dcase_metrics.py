@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import scipy.stats
@@ -182,6 +182,75 @@ def summarize(per_machine: Mapping[str, Mapping[str, Mapping[str, float]]], *,
     out["hmean_auc"] = hmean([v["AUC"] for v in all_sections.values()])
     out["hmean_pauc"] = hmean([v["pAUC"] for v in all_sections.values()])
   return out
+
+
+# The rare-normal metrics of --rare_clips, as experiments.toycar reports them per condition.
+RARE_KEYS = ("auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent", "fpr_rare", "fpr_frequent")
+
+
+def rare_normal_metrics(labels: Sequence[int], scores: Sequence[float],
+                        decisions: Sequence[int], rare: Sequence[Optional[bool]]
+                        ) -> Optional[dict]:
+  """The rare-normal metrics of one section's clips (``--rare_clips``).
+
+  The clips of every domain together: a rare operating mode is a property of
+  the machine's normal sound, not of a domain.
+
+  Args:
+    labels: 0 normal / 1 anomalous per clip.
+    scores: anomaly scores per clip.
+    decisions: 0/1 decisions per clip (the decision file, A >= phi, eq. 4).
+    rare: per clip True (a normal clip that holds the rare mode), False (one
+      that does not) or None (not listed: in neither group).
+
+  Returns:
+    None when the section has no rare-normal clip or no anomaly; else
+    ``auc_vs_rare`` (the anomalies against the rare-normal clips only),
+    ``auc_vs_frequent`` (against the frequent-normal clips only),
+    ``rare_vs_frequent`` (the rare-normal clips against the frequent ones: 0.5
+    means no bias, 1.0 that every rare normal outscores every frequent one),
+    ``fpr_rare`` and ``fpr_frequent`` (the share of each group decided
+    anomalous), and the two groups' sizes; a value without its group is None.
+  """
+  labels = np.asarray(labels, dtype=int)
+  scores = np.asarray(scores, dtype=float)
+  decisions = np.asarray(decisions, dtype=int)
+  if not labels.size == scores.size == decisions.size == len(rare):
+    raise ValueError(f"lengths differ: {labels.size} labels, {scores.size} scores, "
+                     f"{decisions.size} decisions, {len(rare)} rare flags")
+  is_rare = (labels == 0) & np.array([r is True for r in rare], dtype=bool)
+  is_frequent = (labels == 0) & np.array([r is False for r in rare], dtype=bool)
+  anomalous = labels == 1
+  if not is_rare.any() or not anomalous.any():
+    return None
+
+  def auc(positive, negative):
+    if not negative.any():
+      return None
+    sel = positive | negative
+    return _auc(positive[sel], scores[sel])
+
+  return {
+      "auc_vs_rare": auc(anomalous, is_rare),
+      "auc_vs_frequent": auc(anomalous, is_frequent),
+      "rare_vs_frequent": auc(is_rare, is_frequent),
+      "fpr_rare": float(decisions[is_rare].mean()),
+      "fpr_frequent": float(decisions[is_frequent].mean()) if is_frequent.any() else None,
+      "rare_normal_clips": int(is_rare.sum()),
+      "frequent_normal_clips": int(is_frequent.sum()),
+  }
+
+
+def summarize_rare(per_machine: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict:
+  """{"machine_types": {machine type: {section: rare_normal_metrics}}, "mean":
+  {key: the arithmetic mean over every section that has the value}}."""
+  sections = [v for secs in per_machine.values() for v in secs.values()]
+  mean = {}
+  for key in RARE_KEYS:
+    values = [v[key] for v in sections if v.get(key) is not None]
+    mean[key] = float(np.mean(values)) if values else None
+  return {"machine_types": {m: {s: dict(v) for s, v in secs.items()}
+                            for m, secs in per_machine.items()}, "mean": mean}
 
 
 def _fmt(x) -> str:

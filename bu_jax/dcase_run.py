@@ -48,6 +48,11 @@ model by the AUC of the held-out clips with something-else sounds mixed in
 ``results[loss]["scoring"][tag]``. ``normalization_bank="heldout"`` (which needs
 them) fills the bank with the held-out clips instead, each normalized for φ and
 the choice by the bank of the others (``score_norm.fit_heldout_banks``).
+With ``rare_clips`` (``data.read_rare_clips``; evaluation only) each test set's
+``results[loss][<set>]["rare_normal"]`` holds, per machine type and section,
+``dcase_metrics.rare_normal_metrics`` (the anomalies against the rare-normal
+and the frequent-normal clips apart, rare vs frequent, the FPRs at phi) and
+their mean over sections, printed as rows of the comparison.
 Metrics and the official score: ``bu_jax.dcase_metrics``.
 """
 
@@ -99,6 +104,10 @@ PRESETS = {
     "cpu": {**cli.CPU_PRESET, "heldout_fraction": 0.1},
 }
 PER = ("machine_type", "section")
+# The rows of --rare_clips in the comparison table (experiments.toycar's labels).
+RARE_ROWS = (("AUC vs rare normals", "auc_vs_rare"), ("AUC vs frequent", "auc_vs_frequent"),
+             ("rare vs frequent AUC", "rare_vs_frequent"), ("FPR frequent@phi", "fpr_frequent"),
+             ("FPR rare@phi", "fpr_rare"))
 
 
 # Raised by ``run`` (``runner.train_or_resume``, ``runner.check_resumable``).
@@ -489,7 +498,7 @@ def _set_dir(workdir: str, loss: str, set_name: str) -> str:
 def _group_name(clip) -> str:
   if clip.label is None:
     return "unlabelled"
-  kind = "anomaly" if clip.label else "normal"
+  kind = "anomaly" if clip.label else ("rare normal" if clip.rare else "normal")
   return f"{clip.domain} {kind}" if clip.domain else kind
 
 
@@ -520,6 +529,19 @@ def _section_results(clips, scores, decisions, year: str) -> dict:
     out[section] = dcase_metrics.section_metrics(
         [c.label for c in sel], scores[idx], decisions[idx], [c.domain for c in sel],
         year=year)
+  return out
+
+
+def _rare_results(clips, scores, decisions) -> dict:
+  """{section: dcase_metrics.rare_normal_metrics} for the sections of a test set
+  whose labelled clips include rare-normal clips (``--rare_clips``) and anomalies."""
+  out = {}
+  for section in sorted({c.section for c in clips}):
+    idx = [i for i, c in enumerate(clips) if c.section == section and c.label is not None]
+    metrics = idx and dcase_metrics.rare_normal_metrics(
+        [clips[i].label for i in idx], scores[idx], decisions[idx], [clips[i].rare for i in idx])
+    if metrics:
+      out[section] = metrics
   return out
 
 
@@ -561,6 +583,10 @@ def format_comparison(results: dict, losses: Sequence[str], *, year: str,
   for label, key in rows:
     lines.append(f"{label:<22}" + "".join(
         f"{_fmt(results[l].get(set_name, {}).get(key)):>8}" for l in losses))
+  rare = [results[l].get(set_name, {}).get("rare_normal", {}).get("mean", {}) for l in losses]
+  if any(rare):  # --rare_clips: means over the sections with rare-normal clips
+    for label, key in RARE_ROWS:
+      lines.append(f"{label:<22}" + "".join(f"{_fmt(r.get(key)):>8}" for r in rare))
   return "\n".join(lines)
 
 
@@ -664,6 +690,33 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
   return listed
 
 
+def _mark_rare(listed: dict, labels: dict, *, source: str) -> dict[str, int]:
+  """Sets every listed test clip's ``rare`` flag (``data.rare_flags``; evaluation
+  only) and returns, per machine type, how many normal test clips are rare.
+
+  Raises:
+    data_lib.DataError: no test clip of any machine type matches an entry.
+  """
+  matched, counts = 0, {}
+  for machine, (md, ev) in listed.items():
+    clips = md.test + (ev.test if ev is not None else [])
+    flags, found = data_lib.rare_flags([c.path for c in clips], labels)
+    for clip, flag in zip(clips, flags):
+      clip.rare = flag
+    matched += found
+    unknown = sum(f is None for f in flags)
+    if unknown:
+      logging.warning("%s: %d of %d test clips of %s are not listed (rare unknown)", source,
+                      unknown, len(clips), machine)
+    counts[machine] = sum(1 for c in clips if c.label == 0 and c.rare)
+  if not matched:
+    example = next((os.path.basename(md.test[0].path) for md, _ in listed.values() if md.test),
+                   "no test clips")
+    raise data_lib.DataError(f"{source}: none of its {len(labels)} entries names a test clip "
+                             f"of these machine types (e.g. {example})")
+  return counts
+
+
 def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
   root = _need_dir(settings.data_root, "--data_root")
   se_dir = _need_dir(settings.something_else_dir, "--something_else_dir")
@@ -701,6 +754,8 @@ def run(settings: Settings) -> dict:
   num_devices = len(devices)
   configs = {l: settings.train_config(l, num_devices) for l in settings.losses}
   check_resumable(settings, configs)  # before the (slow) data loading
+  rare_labels = (data_lib.read_rare_clips(settings.rare_clips) if settings.rare_clips
+                 else None)  # read first: a wrong path fails before any loading
   device_info = parallel.log_devices(mesh)
   root, se_dir = _resolve_data(settings)
   machine_types = list(settings.machines or dcase.discover_machine_types(root))
@@ -742,6 +797,11 @@ def run(settings: Settings) -> dict:
   data_info = {"data_root": os.path.abspath(root), "something_else_dir": se_dir and
                os.path.abspath(se_dir), "machine_types": {}}
   listed = _list_all(settings, root, machine_types, preset.features)
+  rare_counts = (_mark_rare(listed, rare_labels, source=f"--rare_clips={settings.rare_clips}")
+                 if rare_labels is not None else None)
+  if rare_counts is not None:
+    data_info["rare_clips"] = os.path.abspath(settings.rare_clips)
+  per_rare: dict[str, dict] = {}  # like per_section: --rare_clips' metrics
   for machine in machine_types:
     md, ev = listed[machine]
     dcase.load_audio_of(md)
@@ -765,6 +825,7 @@ def run(settings: Settings) -> dict:
         "train_clips": len(md.train), "test_clips": len(md.test), "sections": md.sections,
         "train_target_clips": sum(c.domain == "target" for c in md.train),
         "skipped_files": md.skipped, "metric_year": year,
+        **({"test_rare_normal": rare_counts[machine]} if rare_counts is not None else {}),
         **({"test_folders": {k: len(v) for k, v in md.test_folders.items()}}
            if md.test_folders else {})}
     groups = _groups(settings, md)
@@ -880,6 +941,9 @@ def run(settings: Settings) -> dict:
         if sections:
           per_section.setdefault(set_name, {l: {} for l in methods})[loss][
               machine] = sections
+        rare = _rare_results(done, values, decisions) if rare_counts is not None else None
+        if rare:
+          per_rare.setdefault(set_name, {l: {} for l in methods})[loss][machine] = rare
         if set_name == next(iter(test_sets)):  # test/, or the first test*/ folder
           groups_ = {}
           for c, v in zip(done, values):
@@ -925,6 +989,9 @@ def run(settings: Settings) -> dict:
     for set_name in set_names:
       if per_section[set_name][loss]:
         entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)
+        if per_rare.get(set_name, {}).get(loss):
+          entry[set_name]["rare_normal"] = dcase_metrics.summarize_rare(
+              per_rare[set_name][loss])
     if not any(s in entry for s in dev_sets):
       entry["dev"] = {"machine_types": {}, "official_score": None}
     results[loss] = entry

@@ -138,10 +138,6 @@ class Settings(cli.ScoringSettings):
       0.1, help="Fraction of the training clips held out of training (at least one): phi "
       "(eq. 4) is fitted to their clip scores, and the pseudo-anomalies are made from them. "
       "A training setting (the model trains on the rest).")
-  rare_clips: Optional[str] = cli.setting(
-      None, help="CSV (file-name column and 0/1 'rare' column, e.g. realaudio-dev's "
-      "metadata.csv) or list of rare-normal test clips: adds rare-normal metrics. Used for "
-      "evaluation only.")
 
   def __post_init__(self):
     super().__post_init__()

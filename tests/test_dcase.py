@@ -209,6 +209,37 @@ def test_section_metrics_by_hand():
   assert m20["AUC"] == pytest.approx(sk_metrics.roc_auc_score(labels, scores))
 
 
+def test_rare_normal_metrics_by_hand():
+  """--rare_clips' metrics of one section: every domain together; unlisted clips
+  (None) in neither group; None where a group is missing."""
+  # normals: rare {0.8, 0.9}, frequent {0.1, 0.2}, unknown {0.95}; anomalies {0.5, 0.85}
+  labels = [0, 0, 0, 0, 0, 1, 1]
+  scores = [0.8, 0.9, 0.1, 0.2, 0.95, 0.5, 0.85]
+  decisions = [1, 1, 0, 1, 1, 1, 1]
+  rare = [True, True, False, False, None, None, True]  # an anomaly's flag is not read
+  m = dcase_metrics.rare_normal_metrics(labels, scores, decisions, rare)
+  # anomalies vs rare: 0.5 beats neither, 0.85 beats 0.8: 1 of 4 pairs
+  assert m["auc_vs_rare"] == pytest.approx(0.25)
+  assert m["auc_vs_frequent"] == pytest.approx(1.0)
+  assert m["rare_vs_frequent"] == pytest.approx(1.0)  # every rare normal above every frequent
+  assert m["fpr_rare"] == 1.0 and m["fpr_frequent"] == 0.5
+  assert (m["rare_normal_clips"], m["frequent_normal_clips"]) == (2, 2)
+  assert set(dcase_metrics.RARE_KEYS) <= set(m)
+  only_rare = dcase_metrics.rare_normal_metrics(labels, scores, decisions,
+                                                [True, True, None, None, None, None, None])
+  assert only_rare["auc_vs_frequent"] is None and only_rare["fpr_frequent"] is None
+  assert only_rare["auc_vs_rare"] == pytest.approx(0.25)
+  # no rare-normal clip, or no anomaly: nothing to report
+  assert dcase_metrics.rare_normal_metrics(labels, scores, decisions, [False] * 7) is None
+  assert dcase_metrics.rare_normal_metrics([0, 0], [0.1, 0.2], [0, 0], [True, False]) is None
+  with pytest.raises(ValueError, match="lengths differ"):
+    dcase_metrics.rare_normal_metrics(labels, scores, decisions, rare[:-1])
+  summary = dcase_metrics.summarize_rare({"fan": {"00": m, "01": only_rare}})
+  assert summary["mean"]["auc_vs_rare"] == pytest.approx(0.25)
+  assert summary["mean"]["auc_vs_frequent"] == pytest.approx(1.0)  # the section that has it
+  assert summary["machine_types"]["fan"]["00"] == m
+
+
 def test_official_score_worked_example():
   # Two machine types, three sections: Omega = hmean of the 3 x 3 values.
   per_machine = {

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from bu_jax import data as data_lib
 from bu_jax import dcase, dcase_metrics, dcase_run, evaluate, synthetic_dcase
 from bu_jax import detector as detector_lib
 from bu_jax import reference
@@ -168,6 +169,61 @@ def test_test_folders_are_evaluated_one_by_one(finished_dcase, tmp_path, capsys)
     assert f"-- test folder {folder}" in text
   summary = list(csv.reader(open(tmp_path / "run" / "summary.csv")))
   assert {r[1] for r in summary[1:]} == {"test_a", "test_b"}
+
+
+def test_rare_clips_add_rare_normal_metrics(finished_dcase, tmp_path, capsys):
+  """--rare_clips (realaudio-dev's metadata.csv format): per test set, machine type
+  and section the anomalies against the rare / frequent normals, rare vs frequent
+  and the FPRs at phi, as the written scores and decisions give them; the other
+  metrics unchanged; a file that names no test clip refused before any work."""
+  root = os.path.join(finished_dcase.workdir, "synthetic_data")
+  md = dcase.load_machine_type(root, "SynthFan", load_audio=False)
+  normals = [c for c in md.test if c.section == "00" and c.label == 0]
+  rare_names = {os.path.basename(c.path) for c in normals[:2]}
+  listing = tmp_path / "metadata.csv"
+  listing.write_text("file,split,rare\n" + "".join(
+      f"test/{os.path.basename(c.path)},test,{int(os.path.basename(c.path) in rare_names)}\n"
+      for c in md.test))
+  before = json.load(open(os.path.join(finished_dcase.workdir, "results.json")))
+  run = tmp_path / "run"
+  shutil.copytree(finished_dcase.workdir, run)
+  results = dcase_run.run(dataclasses.replace(finished_dcase, workdir=str(run),
+                                              rare_clips=str(listing)))
+  out = capsys.readouterr().out
+  assert "already trained" in out and "AUC vs rare normals" in out and "FPR rare@phi" in out
+  assert results["re"]["dev"]["official_score"] == before["re"]["dev"]["official_score"]
+  assert results["data"]["machine_types"]["SynthFan"]["test_rare_normal"] == 2
+  rare = results["re"]["dev"]["rare_normal"]
+  assert set(rare["machine_types"]["SynthFan"]) == {"00"}  # section 01 has no rare normal
+  got = rare["machine_types"]["SynthFan"]["00"]
+  scores = {r[0]: float(r[1]) for r in csv.reader(
+      open(run / "re" / "anomaly_score_SynthFan_section_00_test.csv"))}
+  decisions = {r[0]: int(r[1]) for r in csv.reader(
+      open(run / "re" / "decision_result_SynthFan_section_00_test.csv"))}
+  section = [c for c in md.test if c.section == "00"]
+  anomalies = [scores[os.path.basename(c.path)] for c in section if c.label == 1]
+  rare_s = [scores[n] for n in rare_names]
+  frequent = [n for n in (os.path.basename(c.path) for c in normals) if n not in rare_names]
+  auc = lambda pos, neg: evaluate.metrics(np.r_[np.ones(len(pos)), np.zeros(len(neg))],
+                                          np.r_[pos, neg])["auc"]
+  assert got["auc_vs_rare"] == pytest.approx(auc(anomalies, rare_s))
+  assert got["auc_vs_frequent"] == pytest.approx(auc(anomalies, [scores[n] for n in frequent]))
+  assert got["rare_vs_frequent"] == pytest.approx(auc(rare_s, [scores[n] for n in frequent]))
+  assert got["fpr_rare"] == pytest.approx(np.mean([decisions[n] for n in rare_names]))
+  assert got["fpr_frequent"] == pytest.approx(np.mean([decisions[n] for n in frequent]))
+  assert rare["mean"]["auc_vs_rare"] == got["auc_vs_rare"]
+  stored = json.load(open(run / "results.json"))
+  assert stored["re"]["dev"]["rare_normal"]["mean"] == pytest.approx(rare["mean"])
+  assert "AUC vs rare normals" in (run / "results.txt").read_text()
+
+  wrong = tmp_path / "wrong.csv"
+  wrong.write_text("file,rare\nsomewhere/else.wav,1\n")
+  with pytest.raises(data_lib.DataError, match=r"--rare_clips=.*wrong.csv: none of its 1 "
+                     r"entries names a test clip"):
+    dcase_run.run(dataclasses.replace(finished_dcase, workdir=str(run), rare_clips=str(wrong)))
+  with pytest.raises(data_lib.DataError, match=r"--rare_clips=.*missing.csv: no such file"):
+    dcase_run.run(dataclasses.replace(finished_dcase, workdir=str(run),
+                                      rare_clips=str(tmp_path / "missing.csv")))
 
 
 @pytest.fixture(scope="module")
