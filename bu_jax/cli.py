@@ -191,10 +191,14 @@ _TRAIN = train_lib.TrainConfig  # the library's defaults (the paper's)
 # a 2-core CPU (< 8 min per loss): the AE on inputs standardized with training
 # statistics, 9,600 steps (at 4,800 the held-out clips' error still fell by 3.6-7.2 %
 # on every real draw; README, "Real recordings"), the paper's band-width, and raw
-# or knn_z scores and the clip-score window chosen by the pseudo-anomaly AUC.
+# or knn_z scores, the clip-score window and the knn bank (the training or the
+# cross-fitted one: experiments.toycar's since the twenty-fifth session, when BU's
+# bank came to take RE's fold models; experiments.dcase's since the twenty-seventh)
+# chosen by the pseudo-anomaly AUC.
 CPU_PRESET = dict(model="fcn40-small", epochs=96, steps_per_epoch=100, decay_start_epoch=48,
                   learning_rate=1e-3, steps_per_call=10, standardize_input=True,
-                  score_normalization=score_norm.AUTO_KIND, score_window=heldout.CHOSEN_WINDOW)
+                  score_normalization=score_norm.AUTO_KIND, score_window=heldout.CHOSEN_WINDOW,
+                  normalization_bank=score_norm.AUTO_BANK)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

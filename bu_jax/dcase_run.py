@@ -99,8 +99,8 @@ PRESETS = {
     "demo": dict(model="fcn40-small", epochs=4, steps_per_epoch=100, decay_start_epoch=2,
                  learning_rate=1e-3, steps_per_call=10, standardize_input=True),
     # Real recordings on a 2-core CPU: experiments.toycar's cpu preset (standardized
-    # input, 9,600 steps, auto scores, chosen window), each model's held-out tenth
-    # choosing its scoring.
+    # input, 9,600 steps, auto scores, chosen window and knn bank), each model's
+    # held-out tenth choosing its scoring.
     "cpu": {**cli.CPU_PRESET, "heldout_fraction": 0.1},
 }
 PER = ("machine_type", "section")
@@ -125,7 +125,8 @@ class Settings(cli.ScoringSettings):
   preset: str = cli.setting("paper", choices=sorted(PRESETS),
                             help="paper: section 4.2.2 schedule; demo: embedded set, 2-core CPU; "
                             "cpu: real recordings on a 2-core CPU (standardized AE input, "
-                            "longer schedule, scoring chosen on a held-out tenth).")
+                            "longer schedule, scoring and knn bank chosen on a held-out "
+                            "tenth, as experiments.toycar's cpu preset).")
   data_root: Optional[str] = cli.setting(
       None, help="Folder of machine types (<root>/<machine_type>/{train,test}); default: the "
       "embedded synthetic DCASE-style set.")

@@ -81,12 +81,10 @@ PRESETS = {
     "demo": dict(model="fcn40-small", epochs=12, steps_per_epoch=100,
                  decay_start_epoch=6, learning_rate=1e-3, steps_per_call=10,
                  standardize_input=True),
-    # Real recordings on a 2-core CPU (< 8 min per loss): cli.CPU_PRESET, and the
-    # knn bank chosen by pseudo-anomalies between the training and the cross-fitted
-    # one (since the twenty-fifth session, when BU's bank came to take RE's fold
-    # models: half a training more for RE and SNP, none for BU; README, "Real
-    # recordings").
-    "cpu": dict(cli.CPU_PRESET, normalization_bank=score_norm.AUTO_BANK),
+    # Real recordings on a 2-core CPU (< 8 min per loss): cli.CPU_PRESET, whose knn
+    # bank (chosen by pseudo-anomalies) trains RE's and SNP's fold models, half a
+    # training more each, none for BU (README, "Real recordings").
+    "cpu": dict(cli.CPU_PRESET),
 }
 
 PAPER_FIGURE4 = ("Figure 4 of the paper reports, for every AE and ANR, "

@@ -627,6 +627,7 @@ def test_cpu_preset_resolves_and_flags_override(tmp_path):
   settings = dcase_run.Settings(workdir=str(tmp_path), preset="cpu")
   assert settings.held_out() == 0.1 and settings.clip_window() == 0
   assert settings.normalization() == ("auto", 0)
+  assert settings.bank() == "auto"  # experiments.toycar's cpu preset's, since the 27th session
   config = settings.train_config("bu", 1)
   assert config.model_preset.name == "fcn40-small+std" and config.total_steps == 9600
   plain = dcase_run.Settings(workdir=str(tmp_path), preset="cpu", score_window=1,
