@@ -594,22 +594,31 @@ def format_comparison(results: dict, losses: Sequence[str], *, year: str,
 def _summary_rows(results: dict, losses: Sequence[str], year: str,
                   set_names: Sequence[str] = ("dev", "eval")) -> list[list[str]]:
   cols = dcase_metrics.COLUMNS[year]
-  rows = [["loss", "set", "machine_type", "section", *cols, "official score"]]
+  # --rare_clips: its metrics per section, and their mean over sections on the "all" rows
+  rare = any(results[l].get(s, {}).get("rare_normal") for l in losses for s in set_names)
+  rare_head = [label for label, _ in RARE_ROWS] if rare else []
+  rows = [["loss", "set", "machine_type", "section", *cols, "official score", *rare_head]]
   num = lambda v: "" if v is None or not np.isfinite(v) else repr(float(v))
   for loss in losses:
     for set_name in set_names:
       summary = results[loss].get(set_name)
       if not summary or not summary.get("machine_types"):
         continue
+      by_section = (summary.get("rare_normal") or {}).get("machine_types", {})
+      rare_of = lambda values: [num(values.get(k)) for _, k in RARE_ROWS] if rare else []
       for machine, m in summary["machine_types"].items():
         for section, v in m["sections"].items():
-          rows.append([loss, set_name, machine, section, *(num(v[c]) for c in cols), ""])
+          rows.append([loss, set_name, machine, section, *(num(v[c]) for c in cols), "",
+                       *rare_of(by_section.get(machine, {}).get(section, {}))])
         for kind in ("arithmetic mean", "harmonic mean"):
-          rows.append([loss, set_name, machine, kind, *(num(m[kind][c]) for c in cols), ""])
+          rows.append([loss, set_name, machine, kind, *(num(m[kind][c]) for c in cols), "",
+                       *rare_of({})])
       for kind in ("arithmetic mean", "harmonic mean"):
         rows.append([loss, set_name, "all", kind,
                      *(num(summary["overall"][kind][c]) for c in cols),
-                     num(summary["official_score"]) if kind == "harmonic mean" else ""])
+                     num(summary["official_score"]) if kind == "harmonic mean" else "",
+                     *rare_of((summary.get("rare_normal") or {}).get("mean", {})
+                              if kind == "arithmetic mean" else {})])
   return rows
 
 

@@ -366,12 +366,29 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   return Choice(normalized, record, clip_record, scores, pseudo)
 
 
+def bank_margin(record: dict) -> Optional[float]:
+  """How far the bank kept by ``normalization_bank="auto"`` led the other one: its
+  pseudo-anomaly AUC (best window) minus the other bank's, from a normalization
+  record's ``chosen_by`` (None when no bank was chosen, or raw scores won). A
+  margin of a few thousandths is a near-tie: about as much as a handful of the
+  held-out clips' pseudo-anomaly pairs (``pair_resolution``) decide."""
+  tried, kind, bank = record.get("chosen_by") or {}, record.get("kind"), record.get("bank")
+  other = {score_norm.TRAINING_BANK: score_norm.CROSSFIT_BANK,
+           score_norm.CROSSFIT_BANK: score_norm.TRAINING_BANK}.get(bank)
+  if other is None or f"{kind}/{bank}" not in tried or f"{kind}/{other}" not in tried:
+    return None
+  return round(tried[f"{kind}/{bank}"] - tried[f"{kind}/{other}"], 4)
+
+
 def describe(choice: Choice) -> str:
-  """E.g. "knn_z scores, 0.5-s windows (pseudo-anomaly AUC 0.981)"."""
+  """E.g. "knn_z scores, 0.5-s windows (pseudo-anomaly AUC 0.981)", with the bank
+  when one was chosen: "knn_z scores (training bank by +0.0012), ..."."""
   kind = choice.normalization["kind"]
   text = "raw scores" if kind == "none" else f"{kind} scores"
   if choice.normalization.get("bank") in BANK_NAMES:
-    text += f" ({BANK_NAMES[choice.normalization['bank']]})"
+    margin = bank_margin(choice.normalization)
+    text += f" ({BANK_NAMES[choice.normalization['bank']]}" + (
+        "" if margin is None else f" by {margin:+.4f}") + ")"
   window = choice.clip_score
   text += (", eq. (11)" if window["window_frames"] == 1 else f", {window['window_s']:g}-s windows")
   if choice.pseudo_auc is not None:

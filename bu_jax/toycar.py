@@ -637,6 +637,10 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
     lines.append(f"{'knn bank':<{width}}" + "".join(
         f"{'' if b.get('kind', 'none') == 'none' else b.get('bank', 'training'):>21}"
         for b in banks))
+    margins = [heldout.bank_margin(b) for b in banks]
+    if any(m is not None for m in margins):  # auto: by how much the kept bank led
+      lines.append(f"{'  by pseudo-anomaly AUC':<{width}}" + "".join(
+          f"{'' if m is None else f'{m:+.4f}':>21}" for m in margins))
   return "\n".join(lines)
 
 

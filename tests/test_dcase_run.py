@@ -215,6 +215,15 @@ def test_rare_clips_add_rare_normal_metrics(finished_dcase, tmp_path, capsys):
   stored = json.load(open(run / "results.json"))
   assert stored["re"]["dev"]["rare_normal"]["mean"] == pytest.approx(rare["mean"])
   assert "AUC vs rare normals" in (run / "results.txt").read_text()
+  table = list(csv.DictReader(open(run / "summary.csv")))
+  row = next(r for r in table if r["loss"] == "re" and r["section"] == "00")
+  assert float(row["AUC vs rare normals"]) == pytest.approx(got["auc_vs_rare"])
+  assert float(row["FPR rare@phi"]) == pytest.approx(got["fpr_rare"])
+  other = next(r for r in table if r["loss"] == "re" and r["section"] == "01")
+  assert other["AUC vs rare normals"] == ""  # no rare normal in section 01
+  mean = next(r for r in table if r["loss"] == "re" and r["machine_type"] == "all"
+              and r["section"] == "arithmetic mean")
+  assert float(mean["rare vs frequent AUC"]) == pytest.approx(rare["mean"]["rare_vs_frequent"])
 
   wrong = tmp_path / "wrong.csv"
   wrong.write_text("file,rare\nsomewhere/else.wav,1\n")

@@ -113,3 +113,21 @@ def test_pair_resolution_is_one_pair_of_clips_in_the_mean_over_anrs():
   assert heldout.pair_resolution(held) == pytest.approx(1 / 600)
   held.pseudo_waves = {-10.0: [np.zeros(10)] * 20}
   assert heldout.pair_resolution(held) == pytest.approx(1 / 200)
+
+
+def test_bank_margin_is_the_kept_bank_s_lead_over_the_other():
+  """``bank_margin``: what --normalization_bank=auto's kept bank led by (printed, so a
+  near-tie shows); None when no bank was chosen or raw scores won."""
+  tried = {"rule": "pseudo_anomaly_auc", "none": 0.9642, "knn_z/training": 0.99,
+           "knn_z/crossfit": 0.9888}
+  record = {"kind": "knn_z", "bank": "training", "chosen_by": tried}
+  assert heldout.bank_margin(record) == pytest.approx(0.0012)
+  # the tie rule may keep the cross-fitted bank a little behind: a negative margin
+  assert heldout.bank_margin(dict(record, bank="crossfit")) == pytest.approx(-0.0012)
+  assert heldout.bank_margin({"kind": "none", "chosen_by": tried}) is None
+  assert heldout.bank_margin({"kind": "knn_z", "bank": "heldout", "chosen_by": tried}) is None
+  assert heldout.bank_margin({"kind": "knn_z", "bank": "training"}) is None  # not chosen
+  choice = heldout.Choice(None, record, {"window_frames": 16, "window_s": 0.256},
+                          np.ones(2), {"mean": 0.99})
+  assert heldout.describe(choice) == ("knn_z scores (training bank by +0.0012), 0.256-s windows "
+                                      "(pseudo-anomaly AUC 0.990)")

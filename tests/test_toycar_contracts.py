@@ -241,7 +241,13 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
       assert score_norm.load_local_normalizer(kept).fingerprint == found[kept_bank]
       assert record["fingerprint"] == found[kept_bank]
   if kept_bank != "none":
-    assert "knn bank" in (workdir / "results.txt").read_text()
+    text = (workdir / "results.txt").read_text()
+    assert "knn bank" in text
+    other = {"training": "crossfit", "crossfit": "training"}[kept_bank]
+    margin = round(round(aucs[kept_bank], 4) - round(aucs[other], 4), 4)
+    assert heldout.bank_margin(results["re"]["score_normalization"]) == margin
+    assert [line.split()[-3:] for line in text.splitlines()
+            if line.strip().startswith("by pseudo-anomaly AUC")] == [[f"{margin:+.4f}"] * 3]
 
 
 def _crossfit_settings(workdir, data_dir, **kw):
