@@ -82,6 +82,19 @@ def precision_recall_f1(labels, decisions) -> tuple[float, float, float]:
   return precision, recall, f1
 
 
+def _clip_arrays(labels, scores, decisions, per_clip: Sequence, what: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """labels, scores and decisions as arrays, checked to be as long as ``per_clip``
+  (one ``what`` per clip, e.g. "domains")."""
+  labels = np.asarray(labels, dtype=int)
+  scores = np.asarray(scores, dtype=float)
+  decisions = np.asarray(decisions, dtype=int)
+  if not labels.size == scores.size == decisions.size == len(per_clip):
+    raise ValueError(f"lengths differ: {labels.size} labels, {scores.size} scores, "
+                     f"{decisions.size} decisions, {len(per_clip)} {what}")
+  return labels, scores, decisions
+
+
 def section_metrics(labels: Sequence[int], scores: Sequence[float],
                     decisions: Sequence[int], domains: Sequence[Optional[str]], *,
                     year: str = "2022", max_fpr: float = MAX_FPR) -> dict[str, float]:
@@ -98,12 +111,7 @@ def section_metrics(labels: Sequence[int], scores: Sequence[float],
   Returns:
     {column: value}; a value that needs a missing class is NaN.
   """
-  labels = np.asarray(labels, dtype=int)
-  scores = np.asarray(scores, dtype=float)
-  decisions = np.asarray(decisions, dtype=int)
-  if not labels.size == scores.size == decisions.size == len(domains):
-    raise ValueError(f"lengths differ: {labels.size} labels, {scores.size} scores, "
-                     f"{decisions.size} decisions, {len(domains)} domains")
+  labels, scores, decisions = _clip_arrays(labels, scores, decisions, domains, "domains")
   if year == "2020":
     p, r, f = precision_recall_f1(labels, decisions)
     return {"AUC": _auc(labels, scores), "pAUC": _auc(labels, scores, max_fpr),
@@ -212,12 +220,7 @@ def rare_normal_metrics(labels: Sequence[int], scores: Sequence[float],
     ``fpr_rare`` and ``fpr_frequent`` (the share of each group decided
     anomalous), and the two groups' sizes; a value without its group is None.
   """
-  labels = np.asarray(labels, dtype=int)
-  scores = np.asarray(scores, dtype=float)
-  decisions = np.asarray(decisions, dtype=int)
-  if not labels.size == scores.size == decisions.size == len(rare):
-    raise ValueError(f"lengths differ: {labels.size} labels, {scores.size} scores, "
-                     f"{decisions.size} decisions, {len(rare)} rare flags")
+  labels, scores, decisions = _clip_arrays(labels, scores, decisions, rare, "rare flags")
   is_rare = (labels == 0) & np.array([r is True for r in rare], dtype=bool)
   is_frequent = (labels == 0) & np.array([r is False for r in rare], dtype=bool)
   anomalous = labels == 1

@@ -599,13 +599,14 @@ def _summary_rows(results: dict, losses: Sequence[str], year: str,
   rare_head = [label for label, _ in RARE_ROWS] if rare else []
   rows = [["loss", "set", "machine_type", "section", *cols, "official score", *rare_head]]
   num = lambda v: "" if v is None or not np.isfinite(v) else repr(float(v))
+  rare_of = lambda values: [num(values.get(k)) for _, k in RARE_ROWS] if rare else []
   for loss in losses:
     for set_name in set_names:
       summary = results[loss].get(set_name)
       if not summary or not summary.get("machine_types"):
         continue
-      by_section = (summary.get("rare_normal") or {}).get("machine_types", {})
-      rare_of = lambda values: [num(values.get(k)) for _, k in RARE_ROWS] if rare else []
+      rare_summary = summary.get("rare_normal") or {}
+      by_section = rare_summary.get("machine_types", {})
       for machine, m in summary["machine_types"].items():
         for section, v in m["sections"].items():
           rows.append([loss, set_name, machine, section, *(num(v[c]) for c in cols), "",
@@ -617,8 +618,8 @@ def _summary_rows(results: dict, losses: Sequence[str], year: str,
         rows.append([loss, set_name, "all", kind,
                      *(num(summary["overall"][kind][c]) for c in cols),
                      num(summary["official_score"]) if kind == "harmonic mean" else "",
-                     *rare_of((summary.get("rare_normal") or {}).get("mean", {})
-                              if kind == "arithmetic mean" else {})])
+                     *rare_of(rare_summary.get("mean", {}) if kind == "arithmetic mean"
+                              else {})])
   return rows
 
 
