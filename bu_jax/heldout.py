@@ -235,10 +235,11 @@ def _score_each(scorers: Sequence[Any], params, waves, names, *, reduce: str,
 
 def check(scorer, params, held: HeldOut, *, reduce: str, windows: Sequence[int],
           heldout_scorers: Optional[Sequence[Any]] = None
-          ) -> dict[int, tuple[np.ndarray, Optional[dict]]]:
-  """Per clip-score window: the held-out normal clips' scores, and the
-  pseudo-anomaly AUC per ANR and their mean (None without pseudo-anomalies):
-  everything label-free a run knows of a scorer. With ``heldout_scorers`` (one
+          ) -> dict[int, tuple[np.ndarray, Optional[dict], dict]]:
+  """Per clip-score window: the held-out normal clips' scores, the
+  pseudo-anomaly AUC per ANR and their mean (None without pseudo-anomalies),
+  and the pseudo-anomalies' scores per ANR ({} without): everything
+  label-free a run knows of a scorer. With ``heldout_scorers`` (one
   per held-out clip, ``normalize``'s leave-one-clip-out scorers) clip i and its
   pseudo-anomalies are scored by the i-th instead of ``scorer``."""
   if heldout_scorers is None:
@@ -248,8 +249,9 @@ def check(scorer, params, held: HeldOut, *, reduce: str, windows: Sequence[int],
     scores = _score_each(heldout_scorers, params, held.waves, held.names, reduce=reduce,
                          windows=windows)
   if not held.pseudo_waves:
-    return {w: (scores[w], None) for w in windows}
+    return {w: (scores[w], None, {}) for w in windows}
   by_anr = {w: {} for w in windows}
+  pseudo_scores = {w: {} for w in windows}
   for anr, waves in held.pseudo_waves.items():
     names = [f"pseudo-anomaly {i} at {anr:g} dB" for i in range(len(waves))]
     if heldout_scorers is None:
@@ -261,7 +263,9 @@ def check(scorer, params, held: HeldOut, *, reduce: str, windows: Sequence[int],
                            waves, names, reduce=reduce, windows=windows)
     for w in windows:
       by_anr[w][f"{anr:g}dB"] = pseudo_anomaly.auc(scores[w], pseudo[w])
-  return {w: (scores[w], {"mean": float(np.mean(list(by_anr[w].values()))), **by_anr[w]})
+      pseudo_scores[w][f"{anr:g}dB"] = pseudo[w]
+  return {w: (scores[w], {"mean": float(np.mean(list(by_anr[w].values()))), **by_anr[w]},
+              pseudo_scores[w])
           for w in windows}
 
 
@@ -311,10 +315,14 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   candidates (after raw, the cross-fitted last; ``chosen_by`` keys
   ``knn_z/training``, ``knn_z/crossfit``) and records the kept one as the
   normalization's ``bank``. The training bank wins only by more than one pair
-  of clips (``pair_resolution``): on a tie within that, the cross-fitted bank
-  (with its best window) is kept, since the training bank's scores are those
-  of frames the model trained on, the very bias the cross-fitted bank removes,
-  and a difference below one pair is no evidence; with the
+  of clips (``pair_resolution``) and more than the standard error of its lead
+  (``pseudo_anomaly.difference_se``, a jackknife over the held-out clips, each
+  bank at its best window): on a tie within that, the cross-fitted bank (with
+  its best window) is kept, since the training bank's scores are those of
+  frames the model trained on, the very bias the cross-fitted bank removes,
+  and a lead that one pair, or a different draw of the held-out clips, could
+  undo is no evidence. ``chosen_by`` records both (``training_bank_needs_margin``,
+  the larger; ``bank_lead_se``); with the
   held-out bank, the held-out clips (phi's scores, the pseudo-anomaly AUC) are
   normalized leave-one-clip-out, the test clips by the bank of all of them.
   The bank of the chosen normalization (if any) is left in ``out_dir``.
@@ -343,7 +351,15 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
          for c, t in tried.items() for w in windows}
   best, best_window = max(auc, key=auc.get)  # the first maximum
-  tolerance = pair_resolution(held) if len(banks) > 1 else None
+  tolerance = lead_se = None
+  if len(banks) > 1:
+    knn_kind = best[0] if best[0] != "none" else kinds[-1]
+    pair = [(knn_kind, b) for b in (score_norm.TRAINING_BANK, score_norm.CROSSFIT_BANK)]
+    at = [max(windows, key=lambda w, c=c: auc[c, w]) for c in pair]  # the first maxima
+    checked = [tried[c][2][w] for c, w in zip(pair, at)]
+    lead_se = pseudo_anomaly.difference_se(checked[0][0], checked[0][2],
+                                           checked[1][0], checked[1][2])
+    tolerance = max(pair_resolution(held), lead_se)
   if tolerance is not None and best[1] == score_norm.TRAINING_BANK and best[0] != "none":
     honest = (best[0], score_norm.CROSSFIT_BANK)
     honest_window = max(windows, key=lambda w: auc[honest, w])  # the first maximum
@@ -353,7 +369,7 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
     normalize(scorer, params, held, out_dir, kind=best[0], neighbors=neighbors,
               bank=best[1], bank_scores=bank_scores)  # its bank
   normalized, record, checks = tried[best]
-  scores, pseudo = checks[best_window]
+  scores, pseudo, _ = checks[best_window]
   if len(banks) > 1 and best[0] != "none":
     record = dict(record, bank=best[1])
   if len(candidates) > 1:
@@ -361,6 +377,7 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
         label(c): round(max(auc[c, w] for w in windows), 4) for c in candidates}})
     if tolerance is not None:
       record["chosen_by"]["training_bank_needs_margin"] = round(tolerance, 6)
+      record["chosen_by"]["bank_lead_se"] = round(lead_se, 6)
   clip_record = window_record(best_window, scorer.config, reduce=reduce, tried={
       w: auc[best, w] for w in windows} if len(windows) > 1 else None)
   return Choice(normalized, record, clip_record, scores, pseudo)
@@ -369,9 +386,10 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
 def bank_margin(record: dict) -> Optional[float]:
   """How far the bank kept by ``normalization_bank="auto"`` led the other one: its
   pseudo-anomaly AUC (best window) minus the other bank's, from a normalization
-  record's ``chosen_by`` (None when no bank was chosen, or raw scores won). A
-  margin of a few thousandths is a near-tie: about as much as a handful of the
-  held-out clips' pseudo-anomaly pairs (``pair_resolution``) decide."""
+  record's ``chosen_by`` (None when no bank was chosen, or raw scores won). The
+  training bank is kept only when this exceeds ``training_bank_needs_margin``
+  (one pair of clips, ``pair_resolution``, or the lead's SE, the larger); a
+  negative margin is a cross-fitted bank kept within that."""
   tried, kind, bank = record.get("chosen_by") or {}, record.get("kind"), record.get("bank")
   other = {score_norm.TRAINING_BANK: score_norm.CROSSFIT_BANK,
            score_norm.CROSSFIT_BANK: score_norm.TRAINING_BANK}.get(bank)
@@ -382,13 +400,16 @@ def bank_margin(record: dict) -> Optional[float]:
 
 def describe(choice: Choice) -> str:
   """E.g. "knn_z scores, 0.5-s windows (pseudo-anomaly AUC 0.981)", with the bank
-  when one was chosen: "knn_z scores (training bank by +0.0012), ..."."""
+  when one was chosen: "knn_z scores (training bank by +0.0096, SE 0.0089), ..."
+  (the SE of the training bank's lead, ``choose_scoring``)."""
   kind = choice.normalization["kind"]
   text = "raw scores" if kind == "none" else f"{kind} scores"
   if choice.normalization.get("bank") in BANK_NAMES:
     margin = bank_margin(choice.normalization)
+    se = (choice.normalization.get("chosen_by") or {}).get("bank_lead_se")
     text += f" ({BANK_NAMES[choice.normalization['bank']]}" + (
-        "" if margin is None else f" by {margin:+.4f}") + ")"
+        "" if margin is None else f" by {margin:+.4f}") + (
+        "" if margin is None or se is None else f", SE {se:.4f}") + ")"
   window = choice.clip_score
   text += (", eq. (11)" if window["window_frames"] == 1 else f", {window['window_s']:g}-s windows")
   if choice.pseudo_auc is not None:

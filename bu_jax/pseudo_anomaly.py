@@ -16,6 +16,9 @@ evaluations of one model with it, not losses.
 
 * ``mix``: the pseudo-anomalous clips (deterministic in ``seed``).
 * ``auc``: their AUC against the clean clips' scores.
+* ``mean_auc``: the mean of ``auc`` over the ANRs, the number the runs compare.
+* ``difference_se``: how much of a difference between two scorers' mean AUCs
+  the held-out clips can resolve (a jackknife over the clips).
 
 One level says little: the experiments mix at each of their ANRs (-10, -15 and
 -20 dB, the paper's) and report the mean AUC. On the real set -10 dB is
@@ -26,7 +29,7 @@ every model) and -10 / -15 dB separate them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -85,3 +88,41 @@ def auc(normal_scores: Sequence[float], pseudo_scores: Sequence[float]) -> float
   pseudo = np.asarray(pseudo_scores, dtype=np.float64).reshape(-1)
   labels = np.concatenate([np.zeros(normal.size), np.ones(pseudo.size)])
   return evaluate.metrics(labels, np.concatenate([normal, pseudo]))["auc"]
+
+
+def mean_auc(normal_scores: Sequence[float], pseudo_scores: Mapping[Any, Sequence[float]]
+             ) -> float:
+  """The mean over the ANRs of ``auc``: ``pseudo_scores`` maps an ANR to the
+  scores of the pseudo-anomalies mixed at it."""
+  return float(np.mean([auc(normal_scores, p) for p in pseudo_scores.values()]))
+
+
+def difference_se(normal_a: Sequence[float], pseudo_a: Mapping[Any, Sequence[float]],
+                  normal_b: Sequence[float], pseudo_b: Mapping[Any, Sequence[float]]
+                  ) -> float:
+  """Jackknife standard error, over the held-out clips, of ``mean_auc`` of
+  scorer a minus that of scorer b, both on the same clips.
+
+  The unit of independence is the held-out clip: its clean score and its
+  pseudo-anomalies (``mix`` is clip-major: mixture j of an ANR is made from
+  clip j // per-clip count) go together. Leaving out clip i, one at a time,
+  gives the differences d_(i) and SE = sqrt((n - 1) / n * sum (d_(i) -
+  mean d)^2). With ten held-out clips a lead smaller than this is one that a
+  different ten clips could reverse. 0.0 with one clip (nothing to leave
+  out), or when no clip moves the difference.
+  """
+  normal_a = np.asarray(normal_a, dtype=np.float64).reshape(-1)
+  normal_b = np.asarray(normal_b, dtype=np.float64).reshape(-1)
+  n = normal_a.size
+  if normal_b.size != n or set(pseudo_a) != set(pseudo_b):
+    raise ValueError("difference_se: the two scorers must score the same clips")
+  if n < 2:
+    return 0.0
+  pa = {k: np.asarray(v, dtype=np.float64).reshape(n, -1) for k, v in pseudo_a.items()}
+  pb = {k: np.asarray(pseudo_b[k], dtype=np.float64).reshape(n, -1) for k in pseudo_a}
+  keep = ~np.eye(n, dtype=bool)
+  d = np.array([
+      mean_auc(normal_a[keep[i]], {k: v[keep[i]] for k, v in pa.items()})
+      - mean_auc(normal_b[keep[i]], {k: v[keep[i]] for k, v in pb.items()})
+      for i in range(n)])
+  return float(np.sqrt((n - 1) / n * np.sum((d - d.mean()) ** 2)))

@@ -641,6 +641,11 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
     if any(m is not None for m in margins):  # auto: by how much the kept bank led
       lines.append(f"{'  by pseudo-anomaly AUC':<{width}}" + "".join(
           f"{'' if m is None else f'{m:+.4f}':>21}" for m in margins))
+      needs = [None if m is None else (b.get("chosen_by") or {}).get("training_bank_needs_margin")
+               for b, m in zip(banks, margins)]
+      if any(n is not None for n in needs):  # what the training bank had to lead by
+        lines.append(f"{'  training bank needs':<{width}}" + "".join(
+            f"{'' if n is None else f'>{n:.4f}':>21}" for n in needs))
   return "\n".join(lines)
 
 

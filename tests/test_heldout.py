@@ -1,5 +1,7 @@
 """The held-out split and the label-free choice of the scoring (bu_jax.heldout)."""
 
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -115,6 +117,44 @@ def test_pair_resolution_is_one_pair_of_clips_in_the_mean_over_anrs():
   assert heldout.pair_resolution(held) == pytest.approx(1 / 200)
 
 
+@pytest.mark.parametrize("one_clip, kept", [(False, "training"), (True, "crossfit")])
+def test_auto_bank_needs_a_lead_beyond_its_standard_error(one_clip, kept, tmp_path,
+                                                          monkeypatch):
+  """--normalization_bank=auto: the training bank leads by 0.05 (60 pairs of clips).
+  When the two banks score the held-out clips alike the lead's jackknife SE is 0 and
+  the training bank is kept; when the cross-fitted bank's AUC differs only by one
+  held-out clip scoring above every mixture, a different ten clips could undo the
+  lead (SE 0.1 > 0.05): the cross-fitted bank is kept. ``chosen_by`` records both."""
+  n, anrs = 10, (-10.0, -15.0, -20.0)
+  held = heldout.HeldOut(fit_waves=[], waves=[np.zeros(4)] * n, names=[str(i) for i in range(n)],
+                         pseudo_waves={a: [np.zeros(4)] * (4 * n) for a in anrs})
+  reported = {"none": 0.8, "training": 0.95, "crossfit": 0.90}
+
+  def normalize(scorer, params, held, out_dir, *, kind, neighbors, bank, bank_scores=None):
+    del scorer, params, held, out_dir, neighbors, bank_scores
+    tag = "none" if kind == "none" else bank
+    return tag, {"kind": kind, "file": tag}, None
+
+  def check(scorer, params, held, *, reduce, windows, heldout_scorers=None):
+    del params, reduce, heldout_scorers
+    normal = np.zeros(n)
+    if one_clip and scorer == "crossfit":
+      normal[0] = 2.0
+    pseudo = {f"{a:g}dB": np.ones(4 * n) for a in anrs}
+    return {w: (normal, {"mean": reported[scorer]}, pseudo) for w in windows}
+
+  monkeypatch.setattr(heldout, "normalize", normalize)
+  monkeypatch.setattr(heldout, "check", check)
+  scorer = types.SimpleNamespace(config=models.preset("fcn40-small").features)
+  choice = heldout.choose_scoring(scorer, None, held, str(tmp_path), kind="auto", neighbors=5,
+                                  window=1, reduce="max", bank="auto")
+  se = 0.1 if one_clip else 0.0
+  assert choice.scorer == kept and choice.normalization["bank"] == kept
+  assert choice.normalization["chosen_by"]["bank_lead_se"] == pytest.approx(se)
+  assert choice.normalization["chosen_by"]["training_bank_needs_margin"] == pytest.approx(
+      max(se, heldout.pair_resolution(held)), abs=1e-6)
+
+
 def test_bank_margin_is_the_kept_bank_s_lead_over_the_other():
   """``bank_margin``: what --normalization_bank=auto's kept bank led by (printed, so a
   near-tie shows); None when no bank was chosen or raw scores won."""
@@ -131,3 +171,7 @@ def test_bank_margin_is_the_kept_bank_s_lead_over_the_other():
                           np.ones(2), {"mean": 0.99})
   assert heldout.describe(choice) == ("knn_z scores (training bank by +0.0012), 0.256-s windows "
                                       "(pseudo-anomaly AUC 0.990)")
+  choice = choice._replace(normalization=dict(
+      record, bank="crossfit", chosen_by=dict(tried, bank_lead_se=0.0049)))
+  assert heldout.describe(choice) == ("knn_z scores (cross-fitted bank by -0.0012, SE 0.0049), "
+                                      "0.256-s windows (pseudo-anomaly AUC 0.990)")

@@ -50,3 +50,50 @@ def test_a_louder_mixture_is_found_by_an_energy_detector_and_auc_is_oriented():
 def test_bad_input_is_named(normals, sounds, kw, message):
   with pytest.raises(ValueError, match=message):
     pseudo_anomaly.mix(normals, sounds, anr_db=-20.0, **kw)
+
+
+def test_difference_se_is_the_jackknife_over_held_out_clips_by_hand():
+  """Three clips, one ANR, one mixture per clip. Scorer b scores clip 2 as high as
+  any mixture: its AUC is 6/9 against a's 1, a lead of 1/3 that hinges on that one
+  clip. Leaving out clip 0, 1 or 2 gives d = 1/2, 1/2, 0; the jackknife SE is
+  sqrt(2/3 * ((1/6)^2 + (1/6)^2 + (1/3)^2)) = 1/3, as large as the lead itself."""
+  normal_a, pseudo_a = [0.0, 0.0, 0.0], {"-10dB": [1.0, 1.0, 1.0]}
+  normal_b, pseudo_b = [0.0, 0.0, 2.0], {"-10dB": [1.0, 1.0, 1.0]}
+  lead = (pseudo_anomaly.mean_auc(normal_a, pseudo_a)
+          - pseudo_anomaly.mean_auc(normal_b, pseudo_b))
+  assert lead == pytest.approx(1 / 3)
+  se = pseudo_anomaly.difference_se(normal_a, pseudo_a, normal_b, pseudo_b)
+  assert se == pytest.approx(1 / 3)
+  assert pseudo_anomaly.difference_se(normal_b, pseudo_b, normal_a, pseudo_a) == (
+      pytest.approx(se))
+
+
+def test_difference_se_groups_each_clip_with_its_own_mixtures():
+  """Mixtures are clip-major (two per clip here): leaving a clip out drops its two.
+  A lead spread over every clip is resolved (SE well below it); a monotone rescaling
+  of one scorer changes no AUC, so its difference with the original has SE 0."""
+  rng = np.random.default_rng(0)
+  n, per = 10, 2
+  normal = rng.normal(size=n)
+  pseudo = {anr: rng.normal(1.5, 1.0, size=n * per) for anr in ("-10dB", "-20dB")}
+  assert pseudo_anomaly.difference_se(
+      normal, pseudo, 3 * normal + 1, {k: 3 * v + 1 for k, v in pseudo.items()}) == 0.0
+  # b: every mixture a little quieter, so b loses a few pairs on every clip
+  quieter = {k: v - 0.3 for k, v in pseudo.items()}
+  lead = pseudo_anomaly.mean_auc(normal, pseudo) - pseudo_anomaly.mean_auc(normal, quieter)
+  se = pseudo_anomaly.difference_se(normal, pseudo, normal, quieter)
+  assert lead > 0 and 0 < se < lead
+  # dropping clip i must drop mixtures 2i and 2i + 1: a fake lead made of clip 0's two
+  # mixtures only (b lowers just those) is as large as its SE, it hinges on one clip
+  one_clip = {k: np.concatenate([v[:per] - 5.0, v[per:]]) for k, v in pseudo.items()}
+  lead = pseudo_anomaly.mean_auc(normal, pseudo) - pseudo_anomaly.mean_auc(normal, one_clip)
+  se = pseudo_anomaly.difference_se(normal, pseudo, normal, one_clip)
+  assert lead > 0 and se > 0.9 * lead
+
+
+def test_difference_se_needs_the_same_clips():
+  with pytest.raises(ValueError, match="the same clips"):
+    pseudo_anomaly.difference_se([0, 1, 2], {"a": [1, 2, 3]}, [0, 1], {"a": [1, 2]})
+  with pytest.raises(ValueError, match="the same clips"):
+    pseudo_anomaly.difference_se([0, 1, 2], {"a": [1, 2, 3]}, [0, 1, 2], {"b": [1, 2, 3]})
+  assert pseudo_anomaly.difference_se([0], {"a": [1, 2]}, [1], {"a": [0, 0]}) == 0.0  # one clip

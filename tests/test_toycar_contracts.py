@@ -191,7 +191,8 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
   """--normalization_bank=auto: raw scores, knn_z on the training bank and knn_z on the
   cross-fitted bank are the candidates (the fold models found trained); the winner's bank
   is recorded and is the file experiments.score applies. The training bank must win by
-  more than one pair of clips: ahead by less ("tie"), the cross-fitted bank is kept."""
+  more than one pair of clips ("tie": ahead by less, the cross-fitted bank is kept) and
+  by more than its lead's standard error (0 here: test_heldout has the SE's case)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from bu_jax import score_norm  # pylint: disable=g-import-not-at-top
   workdir = _copy(crossfit_run, tmp_path)
@@ -218,7 +219,9 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
       aucs["crossfit"] = 0.9 - 0.9 * pair[0]
     else:
       aucs[winner] = 0.9
-    return {w: (np.ones(2), {"mean": aucs[banks[id(scorer)]]}) for w in windows}
+    pseudo = {f"{anr:g}dB": np.ones(len(w)) for anr, w in held.pseudo_waves.items()}
+    return {w: (np.zeros(len(held.waves)), {"mean": aucs[banks[id(scorer)]]}, pseudo)
+            for w in windows}
 
   monkeypatch.setattr(heldout, "normalize", tagged)
   monkeypatch.setattr(heldout, "check", check)
@@ -230,7 +233,7 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
     record = results[method]["score_normalization"]
     assert record["chosen_by"] == {"rule": "pseudo_anomaly_auc", **{
         c: round(aucs[c.split("/")[-1]], 4) for c in ("none", "knn_z/training", "knn_z/crossfit")},
-        "training_bank_needs_margin": round(pair[0], 6)}
+        "training_bank_needs_margin": round(pair[0], 6), "bank_lead_se": 0.0}
     assert record["kind"] == ("none" if kept_bank == "none" else "knn_z")
     assert record.get("bank") == (None if kept_bank == "none" else kept_bank)
     kept = workdir / method / score_norm.FILE_NAME
@@ -248,6 +251,8 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
     assert heldout.bank_margin(results["re"]["score_normalization"]) == margin
     assert [line.split()[-3:] for line in text.splitlines()
             if line.strip().startswith("by pseudo-anomaly AUC")] == [[f"{margin:+.4f}"] * 3]
+    assert [line.split()[-3:] for line in text.splitlines()
+            if line.strip().startswith("training bank needs")] == [[f">{pair[0]:.4f}"] * 3]
 
 
 def _crossfit_settings(workdir, data_dir, **kw):
@@ -639,7 +644,8 @@ def test_auto_normalization_stores_what_it_chose(winner, tiny_data, tmp_path, mo
     del params, held, reduce
     assert heldout_scorers is None  # the training clips' bank: one scorer for every clip
     assert windows == (1,)  # the default window: eq. (11)
-    return {1: (np.ones(2), {"mean": auc["knn_z" if hasattr(scorer, "normalizer") else "none"]})}
+    return {1: (np.ones(2), {"mean": auc["knn_z" if hasattr(scorer, "normalizer") else "none"]},
+                {})}
 
   monkeypatch.setattr(heldout, "check", check)
   config = settings.train_config("re").feature_config
@@ -670,7 +676,7 @@ def test_score_window_zero_chooses_normalization_and_window_together(
     del params, held, reduce
     assert windows == candidates
     kind = "knn_z" if hasattr(scorer, "normalizer") else "none"
-    return {w: (np.full(2, float(w)), {"mean": 0.9 if (kind, w) == best else 0.5})
+    return {w: (np.full(2, float(w)), {"mean": 0.9 if (kind, w) == best else 0.5}, {})
             for w in windows}
 
   monkeypatch.setattr(heldout, "check", check)
