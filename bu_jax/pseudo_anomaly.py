@@ -118,8 +118,14 @@ def difference_se(normal_a: Sequence[float], pseudo_a: Mapping[Any, Sequence[flo
     raise ValueError("difference_se: the two scorers must score the same clips")
   if n < 2:
     return 0.0
-  pa = {k: np.asarray(v, dtype=np.float64).reshape(n, -1) for k, v in pseudo_a.items()}
-  pb = {k: np.asarray(pseudo_b[k], dtype=np.float64).reshape(n, -1) for k in pseudo_a}
+  pa = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in pseudo_a.items()}
+  pb = {k: np.asarray(pseudo_b[k], dtype=np.float64).reshape(-1) for k in pseudo_a}
+  for k in pa:
+    if pa[k].size != pb[k].size or pa[k].size % n:
+      raise ValueError(f"difference_se: {pa[k].size} and {pb[k].size} pseudo-anomalies at {k} "
+                       f"for {n} clips (need the same multiple of the clips for both)")
+  pa = {k: v.reshape(n, -1) for k, v in pa.items()}
+  pb = {k: v.reshape(n, -1) for k, v in pb.items()}
   keep = ~np.eye(n, dtype=bool)
   d = np.array([
       mean_auc(normal_a[keep[i]], {k: v[keep[i]] for k, v in pa.items()})

@@ -96,4 +96,8 @@ def test_difference_se_needs_the_same_clips():
     pseudo_anomaly.difference_se([0, 1, 2], {"a": [1, 2, 3]}, [0, 1], {"a": [1, 2]})
   with pytest.raises(ValueError, match="the same clips"):
     pseudo_anomaly.difference_se([0, 1, 2], {"a": [1, 2, 3]}, [0, 1, 2], {"b": [1, 2, 3]})
+  with pytest.raises(ValueError, match=r"5 and 5 pseudo-anomalies at a for 3 clips"):
+    pseudo_anomaly.difference_se([0, 1, 2], {"a": [1] * 5}, [0, 1, 2], {"a": [1] * 5})
+  with pytest.raises(ValueError, match=r"6 and 3 pseudo-anomalies at a"):
+    pseudo_anomaly.difference_se([0, 1, 2], {"a": [1] * 6}, [0, 1, 2], {"a": [1] * 3})
   assert pseudo_anomaly.difference_se([0], {"a": [1, 2]}, [1], {"a": [0, 0]}) == 0.0  # one clip
