@@ -14,7 +14,9 @@ chooses between evaluations of one trained model:
   ``evaluate.window_candidates`` (one frame, eq. 11, and 0.25 / 0.5 / 1 / 2 s).
 
 The pair with the highest mean pseudo-anomaly AUC over the ANRs wins (the first
-maximum: raw before knn_z, shorter windows first). Shared by
+maximum: raw before knn_z, shorter windows first), and then the longest window
+within one standard error of its best window's AUC is kept (``settle_window``).
+Shared by
 ``experiments.toycar`` and ``experiments.dcase``.
 
 * ``split``: which clips are held out (deterministic in a seed).
@@ -278,14 +280,51 @@ def pair_resolution(held: HeldOut) -> float:
   return 1.0 / (len(held.waves) * min(per_anr) * len(per_anr))
 
 
-def window_record(window: int, config, *, reduce: str, tried: Optional[dict] = None) -> dict:
+WINDOW_RULE = "pseudo_anomaly_auc, longest within one SE of the best"
+
+
+def settle_window(aucs: dict, checks: dict, *, floor: float) -> tuple[int, dict]:
+  """The clip-score window to keep, from each window's pseudo-anomaly AUC
+  (``aucs``) and ``check``'s results (``checks``): the longest window whose AUC
+  is within max(``floor``, SE) of the best window's, the SE being the jackknife
+  standard error of the best window's lead over it
+  (``pseudo_anomaly.difference_se``). This is the one-standard-error rule of
+  model selection, with the longer window as the simpler model: it averages
+  more frames, so a single frame's spike (a normal transient, or a noisy
+  frame score, eq. 11's weakness) moves it less. With ten held-out clips the
+  pseudo-anomaly AUCs of the windows often differ by less than one clip's
+  worth; a shorter window that leads by so little is not evidence, and
+  choosing it anyway made the choice a coin toss between seeds.
+
+  Returns (window, {other window: the margin it needed}); the best window is
+  the first maximum (shorter first).
+  """
+  windows = sorted(aucs)
+  best = max(windows, key=lambda w: aucs[w])
+  margins = {}
+  for w in windows:
+    if w == best:
+      continue
+    (normal_b, _, pseudo_b), (normal_w, _, pseudo_w) = checks[best], checks[w]
+    se = pseudo_anomaly.difference_se(normal_b, pseudo_b, normal_w, pseudo_w) if pseudo_b else 0.0
+    margins[w] = max(floor, se)
+  within = [w for w in windows if w == best or aucs[best] - aucs[w] <= margins[w] + 1e-12]
+  return max(within), margins
+
+
+def window_record(window: int, config, *, reduce: str, tried: Optional[dict] = None,
+                  margins: Optional[dict] = None) -> dict:
   """results.json's ``clip_score`` entry: the reduction (``--reduce``), the window in
-  frames and seconds, and (chosen) the pseudo-anomaly AUC of each candidate."""
+  frames and seconds, and (chosen) the pseudo-anomaly AUC of each candidate and,
+  with ``margins`` (``settle_window``'s), the lead over each that the best
+  window needed (``needs_margin``)."""
   record = {"reduce_over_windows": reduce, "window_frames": int(window),
             "window_s": round(window * config.hop_length / config.sample_rate, 4)}
   if tried is not None:
-    record["chosen_by"] = {"rule": "pseudo_anomaly_auc",
+    record["chosen_by"] = {"rule": WINDOW_RULE if margins is not None else "pseudo_anomaly_auc",
                            **{str(w): round(auc, 4) for w, auc in tried.items()}}
+    if margins is not None:
+      record["chosen_by"]["needs_margin"] = {str(w): round(m, 6) for w, m in margins.items()}
   return record
 
 
@@ -308,8 +347,11 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   With ``kind="auto"`` the normalization is raw or knn_z, and with
   ``window=CHOSEN_WINDOW`` the window is one of ``evaluate.window_candidates``:
   the pair with the highest pseudo-anomaly AUC (the first maximum: raw before
-  knn_z, shorter windows first). The records' ``chosen_by`` hold each
-  candidate's best AUC. Otherwise ``kind`` and ``window`` are used as given.
+  knn_z, shorter windows first); the window kept is then the longest whose AUC
+  is within max(one pair of clips, the jackknife SE of the difference) of that
+  best window's (``settle_window``). The records' ``chosen_by`` hold each
+  candidate's best AUC (the clip score's: each window's AUC and the margin it
+  was allowed, ``needs_margin``). Otherwise ``kind`` and ``window`` are used as given.
   ``bank`` says whose frames the knn bank holds (``normalize``); ``auto``
   makes knn_z (or knn) on the training bank and on the cross-fitted bank two
   candidates (after raw, the cross-fitted last; ``chosen_by`` keys
@@ -369,6 +411,10 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
     normalize(scorer, params, held, out_dir, kind=best[0], neighbors=neighbors,
               bank=best[1], bank_scores=bank_scores)  # its bank
   normalized, record, checks = tried[best]
+  margins = None
+  if len(windows) > 1:
+    best_window, margins = settle_window({w: auc[best, w] for w in windows}, checks,
+                                         floor=pair_resolution(held))
   scores, pseudo, _ = checks[best_window]
   if len(banks) > 1 and best[0] != "none":
     record = dict(record, bank=best[1])
@@ -379,7 +425,7 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
       record["chosen_by"]["training_bank_needs_margin"] = round(tolerance, 6)
       record["chosen_by"]["bank_lead_se"] = round(lead_se, 6)
   clip_record = window_record(best_window, scorer.config, reduce=reduce, tried={
-      w: auc[best, w] for w in windows} if len(windows) > 1 else None)
+      w: auc[best, w] for w in windows} if len(windows) > 1 else None, margins=margins)
   return Choice(normalized, record, clip_record, scores, pseudo)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bu_jax import data as data_lib
-from bu_jax import dcase, dcase_metrics, dcase_run, evaluate, synthetic_dcase
+from bu_jax import dcase, dcase_metrics, dcase_run, evaluate, heldout, synthetic_dcase
 from bu_jax import detector as detector_lib
 from bu_jax import reference
 
@@ -588,13 +588,18 @@ def test_held_out_clips_choose_the_scoring(tmp_path, monkeypatch):
   candidates = evaluate.window_candidates(
       detector_lib.load_detector(tmp_path / "run" / "re" / "models" / "SynthFan").feature_config)
   tried = record["clip_score"]["chosen_by"]
-  assert tried["rule"] == "pseudo_anomaly_auc" and set(tried) - {"rule"} == {
+  assert tried["rule"] == heldout.WINDOW_RULE and set(tried) - {"rule", "needs_margin"} == {
       str(w) for w in candidates}
+  margins = tried["needs_margin"]  # every window but the best one
+  assert len(margins) == len(candidates) - 1 and set(margins) < {str(w) for w in candidates}
   kinds = record["score_normalization"]["chosen_by"]
   assert set(kinds) == {"rule", "none", "knn_z"}
   best = max(("none", "knn_z"), key=lambda k: (kinds[k], k == "none"))  # ties: raw
   assert record["score_normalization"]["kind"] == best
-  assert record["pseudo_anomaly_auc"]["mean"] == pytest.approx(kinds[best], abs=1e-4)
+  at = {w: a for w, a in tried.items() if w.isdigit()}  # the kept normalization's, per window
+  assert max(at.values()) == pytest.approx(kinds[best], abs=1e-4)
+  assert record["pseudo_anomaly_auc"]["mean"] == pytest.approx(  # at the kept window
+      at[str(record["clip_score"]["window_frames"])], abs=1e-4)
   assert set(record["pseudo_anomaly_auc"]) == {"mean", "-10dB", "-15dB", "-20dB"}
   model_dir = tmp_path / "run" / "re" / "models" / "SynthFan"
   detector = detector_lib.load_detector(model_dir)

@@ -175,3 +175,53 @@ def test_bank_margin_is_the_kept_bank_s_lead_over_the_other():
       record, bank="crossfit", chosen_by=dict(tried, bank_lead_se=0.0049)))
   assert heldout.describe(choice) == ("knn_z scores (cross-fitted bank by -0.0012, SE 0.0049), "
                                       "0.256-s windows (pseudo-anomaly AUC 0.990)")
+
+
+def _window_check(normal, pseudo):
+  """``check``'s result for one window: clean scores, the AUCs, the mixtures' scores."""
+  return (np.asarray(normal, dtype=float), {"mean": pseudo_anomaly.mean_auc(normal, pseudo)},
+          {k: np.asarray(v, dtype=float) for k, v in pseudo.items()})
+
+
+def _windows_case(long_normal, long_pseudo, n=10, per=4):
+  """Window 1 (eq. 11) scores every held-out clip 0 and every mixture 1 (pseudo-anomaly
+  AUC 1.0); windows 16 and 31 score as given (31) or as window 1 (16)."""
+  clean = {"-10dB": np.ones(n * per), "-20dB": np.ones(n * per)}
+  checks = {1: _window_check(np.zeros(n), clean), 16: _window_check(np.zeros(n), clean),
+            31: _window_check(long_normal, long_pseudo)}
+  return checks, {w: c[1]["mean"] for w, c in checks.items()}
+
+
+def test_settle_window_keeps_the_longest_window_within_one_se_of_the_best():
+  """The one-standard-error rule: a tie goes to the longest window; a lead that one
+  held-out clip makes (window 31's worse AUC comes from clip 0 alone, partly undone on
+  clip 1) is within its jackknife SE, so the longer window is kept; a lead that every
+  clip makes alike (SE 0) is not, so the best window is kept. The margins recorded are
+  max(floor, SE)."""
+  n, per = 10, 4
+  # a tie: windows 1 and 16 alike, window 31 alike too
+  checks, aucs = _windows_case(np.zeros(n), {"-10dB": np.ones(n * per), "-20dB": np.ones(n * per)})
+  assert heldout.settle_window(aucs, checks, floor=0.0)[0] == 31
+  # one clip's lead: clip 0's mixtures fall below every clean clip at window 31, while
+  # at window 1 clip 1's clean score ties every mixture (window 31 is better on clip 1)
+  pseudo = {k: np.r_[-np.ones(per), np.ones(n * per - per)] for k in ("-10dB", "-20dB")}
+  checks, aucs = _windows_case(np.zeros(n), pseudo)
+  checks[1] = _window_check(np.r_[0.0, 1.0, np.zeros(n - 2)],
+                            {k: np.ones(n * per) for k in ("-10dB", "-20dB")})
+  aucs[1] = checks[1][1]["mean"]
+  checks[16] = checks[1]
+  aucs[16] = aucs[1]
+  lead = aucs[1] - aucs[31]
+  se = pseudo_anomaly.difference_se(*checks[1][::2], *checks[31][::2])
+  assert 0 < lead < se  # the construction
+  window, margins = heldout.settle_window(aucs, checks, floor=1e-3)
+  assert window == 31
+  assert margins[31] == pytest.approx(se) and margins[16] == pytest.approx(1e-3)
+  # every clip's lead alike: each clip's first mixture falls below the clean clips
+  pseudo = {k: np.tile(np.r_[-1.0, np.ones(per - 1)], n) for k in ("-10dB", "-20dB")}
+  checks, aucs = _windows_case(np.zeros(n), pseudo)
+  assert aucs[1] - aucs[31] == pytest.approx(0.25)
+  window, margins = heldout.settle_window(aucs, checks, floor=1e-3)
+  assert window == 16 and margins[31] == pytest.approx(1e-3)  # SE 0: the floor
+  # the floor alone: a lead below it is no lead
+  assert heldout.settle_window(aucs, checks, floor=0.3)[0] == 31

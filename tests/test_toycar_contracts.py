@@ -688,8 +688,11 @@ def test_score_window_zero_chooses_normalization_and_window_together(
   window = results["clip_score"]
   assert window["window_frames"] == best[1]
   assert window["window_s"] == pytest.approx(best[1] * 0.016)
-  assert window["chosen_by"] == {"rule": "pseudo_anomaly_auc",
+  margins = window["chosen_by"].pop("needs_margin")
+  assert window["chosen_by"] == {"rule": heldout.WINDOW_RULE,
                                  **{str(w): 0.9 if w == best[1] else 0.5 for w in candidates}}
+  assert set(margins) == {str(w) for w in candidates if w != best[1]}  # no pseudo scores: SE 0,
+  assert len(set(margins.values())) == 1 and 0 < min(margins.values()) < 0.4  # one pair's worth
   assert results["heldout_clip_scores"] == [float(best[1])] * 2
   loaded = detector.load_detector(str(tmp_path / "w"), loss="re")
   assert loaded.window == best[1]
