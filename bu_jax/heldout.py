@@ -328,6 +328,23 @@ def window_record(window: int, config, *, reduce: str, tried: Optional[dict] = N
   return record
 
 
+def window_lead(clip_record: dict) -> Optional[tuple[float, float]]:
+  """(the best window in seconds, its pseudo-anomaly AUC's lead over the kept
+  window) from a ``clip_score`` record when ``settle_window`` kept a longer
+  window than the best one; None when it kept the best (or nothing was chosen).
+  The best window is the one ``needs_margin`` leaves out."""
+  tried = clip_record.get("chosen_by") or {}
+  margins = tried.get("needs_margin")
+  if not margins:
+    return None
+  best = next(w for w in tried if w.isdigit() and w not in margins)
+  kept = str(clip_record["window_frames"])
+  if best == kept:
+    return None
+  hop_s = clip_record["window_s"] / clip_record["window_frames"]
+  return round(int(best) * hop_s, 4), round(tried[best] - tried[kept], 4)
+
+
 class Choice(NamedTuple):
   """What ``choose_scoring`` chose: the scorer, the records of its normalization
   and clip score (results.json), the held-out clip scores (phi's) and the
@@ -447,7 +464,9 @@ def bank_margin(record: dict) -> Optional[float]:
 def describe(choice: Choice) -> str:
   """E.g. "knn_z scores, 0.5-s windows (pseudo-anomaly AUC 0.981)", with the bank
   when one was chosen: "knn_z scores (training bank by +0.0096, SE 0.0089), ..."
-  (the SE of the training bank's lead, ``choose_scoring``)."""
+  (the SE of the training bank's lead, ``choose_scoring``), and the best window
+  when a longer one was kept: "2-s windows (within one SE of 0.496-s windows'
+  +0.0021)" (``window_lead``)."""
   kind = choice.normalization["kind"]
   text = "raw scores" if kind == "none" else f"{kind} scores"
   if choice.normalization.get("bank") in BANK_NAMES:
@@ -458,6 +477,9 @@ def describe(choice: Choice) -> str:
         "" if margin is None or se is None else f", SE {se:.4f}") + ")"
   window = choice.clip_score
   text += (", eq. (11)" if window["window_frames"] == 1 else f", {window['window_s']:g}-s windows")
+  lead = window_lead(window)
+  if lead is not None:  # a longer window within one SE of the best
+    text += f" (within one SE of {lead[0]:g}-s windows' {lead[1]:+.4f})"
   if choice.pseudo_auc is not None:
     text += f" (pseudo-anomaly AUC {choice.pseudo_auc['mean']:.3f})"
   return text

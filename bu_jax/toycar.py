@@ -632,6 +632,10 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
         f"{'' if c is None else f'{100 * c:+.1f}%':>10}{'':>11}" for c in change))
   lines.append(f"{'scores (window)':<{width}}" + "".join(
       f"{scores_label(results[m]):>21}" for m in methods))
+  leads = [heldout.window_lead(results[m].get("clip_score", {})) for m in methods]
+  if any(leads):  # a longer window kept within one SE of the best one (settle_window)
+    lines.append(f"{'  best window, lead':<{width}}" + "".join(
+        f"{'' if l is None else f'{l[0]:g}s {l[1]:+.4f}':>21}" for l in leads))
   banks = [results[m].get("score_normalization", {}) for m in methods]
   if any(b.get("bank") for b in banks):  # --normalization_bank other than training
     lines.append(f"{'knn bank':<{width}}" + "".join(

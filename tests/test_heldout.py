@@ -225,3 +225,18 @@ def test_settle_window_keeps_the_longest_window_within_one_se_of_the_best():
   assert window == 16 and margins[31] == pytest.approx(1e-3)  # SE 0: the floor
   # the floor alone: a lead below it is no lead
   assert heldout.settle_window(aucs, checks, floor=0.3)[0] == 31
+
+
+def test_window_lead_names_the_best_window_when_a_longer_one_was_kept():
+  """``window_lead``: the best window (the one ``needs_margin`` leaves out) and its lead
+  over the kept one, None when the best was kept or nothing was chosen; ``describe``
+  shows it."""
+  tried = {"rule": heldout.WINDOW_RULE, "1": 0.99, "16": 0.9925, "31": 0.9917, "125": 0.99,
+           "needs_margin": {"1": 0.004, "31": 0.004, "125": 0.0031}}
+  kept = {"window_frames": 125, "window_s": 2.0, "chosen_by": tried}
+  assert heldout.window_lead(kept) == (0.256, pytest.approx(0.0025))
+  assert heldout.window_lead(dict(kept, window_frames=16, window_s=0.256)) is None
+  assert heldout.window_lead({"window_frames": 31, "window_s": 0.496}) is None
+  choice = heldout.Choice(None, {"kind": "knn_z"}, kept, np.ones(2), {"mean": 0.99})
+  assert heldout.describe(choice) == ("knn_z scores, 2-s windows (within one SE of 0.256-s "
+                                      "windows' +0.0025) (pseudo-anomaly AUC 0.990)")

@@ -658,6 +658,34 @@ def test_auto_normalization_stores_what_it_chose(winner, tiny_data, tmp_path, mo
                                    "window_s": 0.016}
 
 
+def test_a_longer_window_within_one_se_is_kept_and_shown(tiny_data, tmp_path, monkeypatch):
+  """--score_window=0: 0.256-s windows lead 1-s windows by less than one pair of clips
+  (the SE is 0: no pseudo-anomaly scores to leave out), so the 1-s windows are kept;
+  results.json records the margins and results.txt the best window and its lead."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  settings = _settings(tmp_path / "w", tiny_data, losses=("re",), reference_components=0,
+                       score_normalization="none", score_window=0)
+  floor = []
+
+  def check(scorer, params, held, *, reduce, windows, heldout_scorers=None):
+    del scorer, params, reduce, heldout_scorers
+    floor[:] = [heldout.pair_resolution(held)]
+    aucs = {16: 0.9, 62: 0.9 - 0.5 * floor[0]}
+    return {w: (np.full(2, float(w)), {"mean": aucs.get(w, 0.5)}, {}) for w in windows}
+
+  monkeypatch.setattr(heldout, "check", check)
+  results = toycar.run(settings)["re"]
+  window = results["clip_score"]
+  assert window["window_frames"] == 62
+  assert window["chosen_by"]["needs_margin"] == {
+      str(w): round(floor[0], 6) for w in (1, 31, 62, 125)}
+  lead = round(0.9 - round(0.9 - 0.5 * floor[0], 4), 4)
+  assert heldout.window_lead(window) == (0.256, lead)
+  rows = [line.split()[-2:] for line in (tmp_path / "w" / "results.txt").read_text().splitlines()
+          if line.strip().startswith("best window, lead")]
+  assert rows == [["0.256s", f"{lead:+.4f}"]]
+
+
 @pytest.mark.parametrize("best", [(("none", 1)), ("knn_z", 62), ("none", 125)])
 def test_score_window_zero_chooses_normalization_and_window_together(
     best, tiny_data, tmp_path, monkeypatch):
