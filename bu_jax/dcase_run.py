@@ -44,7 +44,8 @@ held out of its training (``heldout.split``): φ is fitted to them, the bank
 holds the clips trained on, and ``score_normalization="auto"`` and
 ``score_window=0`` choose raw or knn_z scores and the clip-score window per
 model by the AUC of the held-out clips with something-else sounds mixed in
-(``heldout.choose_scoring``, as ``experiments.toycar``), recorded under
+(``heldout.choose_scoring``, as ``experiments.toycar``: the longest window within
+one standard error of the best), recorded under
 ``results[loss]["scoring"][tag]``. ``normalization_bank="heldout"`` (which needs
 them) fills the bank with the held-out clips instead, each normalized for φ and
 the choice by the bank of the others (``score_norm.fit_heldout_banks``).
