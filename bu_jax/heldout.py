@@ -312,19 +312,19 @@ def settle_window(aucs: dict, checks: dict, *, floor: float) -> tuple[int, dict]
   return max(within), margins
 
 
-def window_record(window: int, config, *, reduce: str, tried: Optional[dict] = None,
-                  margins: Optional[dict] = None) -> dict:
+def window_record(window: int, config, *, reduce: str,
+                  chosen: Optional[tuple[dict, dict]] = None) -> dict:
   """results.json's ``clip_score`` entry: the reduction (``--reduce``), the window in
-  frames and seconds, and (chosen) the pseudo-anomaly AUC of each candidate and,
-  with ``margins`` (``settle_window``'s), the lead over each that the best
-  window needed (``needs_margin``)."""
+  frames and seconds, and, when ``chosen`` = (each candidate's pseudo-anomaly AUC,
+  ``settle_window``'s margins), both (the latter as ``needs_margin``: the lead over
+  each other window that the best one needed)."""
   record = {"reduce_over_windows": reduce, "window_frames": int(window),
             "window_s": round(window * config.hop_length / config.sample_rate, 4)}
-  if tried is not None:
-    record["chosen_by"] = {"rule": WINDOW_RULE if margins is not None else "pseudo_anomaly_auc",
-                           **{str(w): round(auc, 4) for w, auc in tried.items()}}
-    if margins is not None:
-      record["chosen_by"]["needs_margin"] = {str(w): round(m, 6) for w, m in margins.items()}
+  if chosen is not None:
+    tried, margins = chosen
+    record["chosen_by"] = {"rule": WINDOW_RULE,
+                           **{str(w): round(auc, 4) for w, auc in tried.items()},
+                           "needs_margin": {str(w): round(m, 6) for w, m in margins.items()}}
   return record
 
 
@@ -428,10 +428,11 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
     normalize(scorer, params, held, out_dir, kind=best[0], neighbors=neighbors,
               bank=best[1], bank_scores=bank_scores)  # its bank
   normalized, record, checks = tried[best]
-  margins = None
+  chosen_window = None
   if len(windows) > 1:
-    best_window, margins = settle_window({w: auc[best, w] for w in windows}, checks,
-                                         floor=pair_resolution(held))
+    by_window = {w: auc[best, w] for w in windows}
+    best_window, margins = settle_window(by_window, checks, floor=pair_resolution(held))
+    chosen_window = (by_window, margins)
   scores, pseudo, _ = checks[best_window]
   if len(banks) > 1 and best[0] != "none":
     record = dict(record, bank=best[1])
@@ -441,8 +442,7 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
     if tolerance is not None:
       record["chosen_by"]["training_bank_needs_margin"] = round(tolerance, 6)
       record["chosen_by"]["bank_lead_se"] = round(lead_se, 6)
-  clip_record = window_record(best_window, scorer.config, reduce=reduce, tried={
-      w: auc[best, w] for w in windows} if len(windows) > 1 else None, margins=margins)
+  clip_record = window_record(best_window, scorer.config, reduce=reduce, chosen=chosen_window)
   return Choice(normalized, record, clip_record, scores, pseudo)
 
 
