@@ -27,8 +27,9 @@ each of them as its own test set: the files above go to
 (``results["test_folders"]`` lists them), one table per folder; the histogram
 shows the first folder.
 
-The decision threshold is the 0.9 quantile of a gamma distribution fitted to
-the clip scores of the model's own training clips, as the baselines do; it is
+The decision threshold is the 0.9 quantile of a gamma distribution (location
+0, ``evaluate.fit_threshold``) fitted to the clip scores of the model's own
+training clips, as the baselines do (they fit the location too); it is
 stored with the model's final checkpoint (``artifact.Calibration``), so
 ``experiments.score`` on a model folder decides as the run did.
 

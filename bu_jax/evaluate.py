@@ -7,7 +7,8 @@ computed elsewhere:
   the maximum of the frame scores A_θ(x_t).
 * ``metrics``: AUC and pAUC with scikit-learn, as in the DCASE task 2 baselines.
 * ``fit_threshold``: the decision threshold φ of eq. 4, a quantile of a gamma
-  distribution fitted to normal clip scores (DCASE 2020/2021 baselines).
+  distribution fitted to normal clip scores (as the DCASE 2020/2021 baselines,
+  with the location fixed at 0 unless asked otherwise).
 * ``false_positive_rates`` and ``evaluate_conditions``: per-condition AUC/pAUC
   and the false-positive rates on frequent- and rare-normal clips, the failure
   mode that batch uniformization addresses (sec. 2.3 of the paper).
@@ -278,21 +279,33 @@ def metrics(labels: Any, scores: Any, *, max_fpr: float = 0.1
   }
 
 
-def fit_threshold(normal_clip_scores: Any, *, quantile: float = 0.9) -> float:
+def fit_threshold(normal_clip_scores: Any, *, quantile: float = 0.9,
+                  free_loc: bool = False) -> float:
   """Decision threshold φ (eq. 4) from held-out normal clip scores.
 
-  As in the DCASE 2020/2021 task 2 baselines, a three-parameter gamma
-  distribution (shape, loc, scale) is fitted by maximum likelihood with
-  `scipy.stats.gamma.fit`, and φ is its `quantile`; with quantile = 0.9 about
-  10 % of normal clips are expected to be flagged. If the scores are degenerate
-  (all equal, or fewer than three) or the fit fails or gives a non-finite φ,
-  the empirical quantile of the scores is returned instead and a warning is
-  logged.
+  A gamma distribution is fitted by maximum likelihood
+  (`scipy.stats.gamma.fit`) and φ is its `quantile`; with quantile = 0.9 about
+  10 % of normal clips are expected to be flagged. By default the location is
+  fixed at 0 (two parameters, shape and scale): anomaly scores (squared errors,
+  eq. 5, or their normalized forms) are positive, and this fit is a smooth
+  function of the scores. ``free_loc=True`` fits the location too, as the DCASE
+  2020/2021 task 2 baselines do on hundreds of clips; on the 6-20 held-out clips
+  of a run that three-parameter fit is ill-posed (its likelihood has no maximum
+  as the location nears the smallest score): relative changes of 1e-6 in the
+  scores moved its φ by up to 20 %, and it can put φ below most of the scores
+  (README, the toy-car section: the threshold phi).
+
+  If the scores are degenerate (all equal up to rounding, or fewer than three),
+  not all positive for the two-parameter fit, or the fit fails or gives a
+  non-finite φ, the empirical quantile of the scores is returned instead and a
+  warning is logged.
 
   Args:
     normal_clip_scores: 1-D array of clip scores of normal clips that were not
       used for training.
     quantile: the target quantile, in (0, 1).
+    free_loc: fit the gamma's location too (the DCASE baselines' three
+      parameters) instead of fixing it at 0.
 
   Returns:
     The threshold φ as a Python float.
@@ -312,10 +325,19 @@ def fit_threshold(normal_clip_scores: Any, *, quantile: float = 0.9) -> float:
         " for a gamma fit; using the empirical %g-quantile %g.",
         scores.size, float(np.ptp(scores)), quantile, empirical)
     return empirical
+  if not free_loc and float(np.min(scores)) <= 0.0:
+    logging.warning(
+        "fit_threshold: a gamma with location 0 needs positive scores, the smallest"
+        " is %g; using the empirical %g-quantile %g.", float(np.min(scores)), quantile,
+        empirical)
+    return empirical
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", RuntimeWarning)
-      shape, loc, scale = scipy.stats.gamma.fit(scores)
+      if free_loc:
+        shape, loc, scale = scipy.stats.gamma.fit(scores)
+      else:
+        shape, loc, scale = scipy.stats.gamma.fit(scores, floc=0.0)
       threshold = float(
           scipy.stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
   except Exception as error:  # pylint: disable=broad-except

@@ -31,9 +31,10 @@ clip score is the maximum of the means of W consecutive frame scores
 (``evaluate.clip_score``); ``score_window=0`` chooses W among one frame and
 0.25-2 s by the same AUC (jointly with "auto"; the longest window within one
 standard error of the best, ``heldout.settle_window``). The threshold phi of
-eq. (4) is the 0.9 quantile of a gamma distribution fitted to the clip scores
-of held-out normal *training* clips (never seen in training, nor in the test
-set), as the DCASE baselines do; it is stored with the final checkpoint for
+eq. (4) is the 0.9 quantile of a gamma distribution (location 0,
+``evaluate.fit_threshold``) fitted to the clip scores of held-out normal
+*training* clips (never seen in training, nor in the test set), as the DCASE
+baselines do; it is stored with the final checkpoint for
 ``experiments.score``.
 """
 
