@@ -22,6 +22,11 @@ JSON key                 meaning
 ``threshold_quantile``   the gamma quantile it was fitted at, and the
 ``heldout_clip_scores``  held-out normal clip scores and their
 ``heldout_paths``        paths it was fitted to
+``threshold_fit``        with a threshold: how, ``"gamma_loc0"`` (the gamma's
+                         location fixed at 0, ``evaluate.fit_threshold``);
+                         absent in checkpoints written before it, whose φ
+                         came from a three-parameter gamma fit (optional:
+                         φ applies the same either way)
 ``score_normalization``  with a threshold on normalized scores (optional):
                          ``{"kind": "knn", "neighbors": k, "file": name,
                          "fingerprint": hash}``, the
@@ -71,7 +76,9 @@ REDUCTIONS = ("max", "mean")
 NORMALIZATIONS = ("knn", "knn_z")  # score_norm.KINDS
 _METADATA_FILE = os.path.join("metadata", "metadata.json")  # below checkpoints/<step>/
 _CALIBRATION_KEYS = ("threshold", "reduce", "threshold_quantile", "heldout_clip_scores",
-                     "heldout_paths", "score_normalization", "score_window")
+                     "heldout_paths", "score_normalization", "score_window", "threshold_fit")
+GAMMA_LOC0 = "gamma_loc0"  # ``threshold_fit``: evaluate.fit_threshold's default
+THRESHOLD_FITS = (GAMMA_LOC0,)
 _KNOWN_KEYS = ("loss", "model", "features", "train_config", "data", "tag", "version",
                *_CALIBRATION_KEYS)
 
@@ -124,6 +131,8 @@ class Calibration:
       (and must be before it applies), or None for raw scores.
     window: frames per mean whose maximum is the clip score (1: eq. 11;
       ``evaluate.clip_score``).
+    fit: how φ was fitted: ``GAMMA_LOC0``, or None for a checkpoint written
+      before the key (a three-parameter gamma fit).
   """
 
   threshold: float
@@ -133,13 +142,16 @@ class Calibration:
   heldout_paths: tuple[str, ...] = ()
   normalization: Optional[ScoreNormalization] = None
   window: int = 1
+  fit: Optional[str] = None
 
   def describe(self) -> str:
-    """How φ was set, e.g. "0.9 gamma quantile of 10 normal clip scores"."""
+    """How φ was set, e.g. "0.9 gamma quantile (location 0) of 10 normal clip scores"."""
     if self.quantile is None:
       return ""
-    return (f"{self.quantile:g} gamma quantile of {len(self.heldout_clip_scores)} normal clip "
-            "scores")
+    how = ("location 0" if self.fit == GAMMA_LOC0 else
+           "three-parameter fit of an older bu_jax")
+    return (f"{self.quantile:g} gamma quantile ({how}) of {len(self.heldout_clip_scores)} "
+            "normal clip scores")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +207,8 @@ class ModelMetadata:
                  heldout_paths=list(c.heldout_paths))
       if c.window != 1:  # absent: one frame (eq. 11), as in every earlier version
         out["score_window"] = int(c.window)
+      if c.fit is not None:
+        out["threshold_fit"] = c.fit
       if c.normalization is not None:
         out["score_normalization"] = {k: v for k, v in dataclasses.asdict(c.normalization).items()
                                       if v is not None}  # no fingerprint: as before it
@@ -234,7 +248,11 @@ class ModelMetadata:
           heldout_clip_scores=tuple(field.numbers("heldout_clip_scores")),
           heldout_paths=tuple(field.strings("heldout_paths")),
           normalization=_normalization(field),
-          window=field.get("score_window", int, default=1))
+          window=field.get("score_window", int, default=1),
+          fit=field.get("threshold_fit", str, default=None))
+      if calibration.fit is not None and calibration.fit not in THRESHOLD_FITS:
+        raise field.error("threshold_fit", f"must be one of {THRESHOLD_FITS}, got "
+                          f"{calibration.fit!r}")
       if calibration.reduce not in REDUCTIONS:
         raise field.error("reduce", f"must be one of {REDUCTIONS}, got {calibration.reduce!r}")
       if calibration.window < 1 or (calibration.reduce == "mean" and calibration.window != 1):

@@ -467,7 +467,7 @@ def _calibration(settings: Settings, phi: float, scores: Sequence[float],
   return artifact.Calibration(
       threshold=float(phi), reduce=settings.reduce, quantile=settings.threshold_quantile,
       heldout_clip_scores=tuple(float(v) for v in scores), heldout_paths=tuple(paths),
-      window=window, normalization=normalization)
+      window=window, normalization=normalization, fit=artifact.GAMMA_LOC0)
 
 
 # ------------------------------------------------------------------ files

@@ -528,7 +528,7 @@ def _store_threshold(settings: Settings, loss: str, state, config, results: dict
       quantile=settings.threshold_quantile,
       heldout_clip_scores=tuple(results["heldout_clip_scores"]),
       heldout_paths=tuple(data.heldout_paths),
-      window=results["clip_score"]["window_frames"],
+      window=results["clip_score"]["window_frames"], fit=artifact.GAMMA_LOC0,
       normalization=heldout.calibration_normalization(normalization))
   artifact.store_calibration(os.path.join(settings.workdir, loss), calibration,
                              step=config.total_steps, state=state)

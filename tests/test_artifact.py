@@ -44,12 +44,14 @@ NORMALIZED = dataclasses.replace(CALIBRATION, normalization=artifact.ScoreNormal
 
 
 WINDOWED = dataclasses.replace(NORMALIZED, reduce="max", window=62)
+LOC0 = dataclasses.replace(CALIBRATION, fit=artifact.GAMMA_LOC0)
 
 
 @pytest.mark.parametrize("record", [
     _toycar_record(),
     dataclasses.replace(_toycar_record(), calibration=NORMALIZED),
     dataclasses.replace(_toycar_record(), calibration=WINDOWED),
+    dataclasses.replace(_toycar_record(), calibration=LOC0),
     dataclasses.replace(_toycar_record(), calibration=dataclasses.replace(
         NORMALIZED, normalization=dataclasses.replace(NORMALIZED.normalization,
                                                       fingerprint="fe0adc37baba5f97"))),
@@ -61,6 +63,17 @@ def test_json_round_trip(record, tmp_path):
   assert entries["version"] == artifact.VERSION
   _write_metadata(tmp_path, entries, step=7)
   assert artifact.read_metadata(tmp_path) == record
+
+
+def test_the_threshold_fit_is_recorded_and_described():
+  entries = dataclasses.replace(_toycar_record(), calibration=LOC0).to_json()
+  assert entries["threshold_fit"] == "gamma_loc0"
+  assert "(location 0)" in artifact.ModelMetadata.from_json(entries).calibration.describe()
+  # Written before the key: phi came from the three-parameter fit, and says so.
+  older = {k: v for k, v in entries.items() if k != "threshold_fit"}
+  assert "three-parameter" in artifact.ModelMetadata.from_json(older).calibration.describe()
+  with pytest.raises(artifact.ArtifactError, match="threshold_fit"):
+    artifact.ModelMetadata.from_json({**entries, "threshold_fit": "normal"}, where="m.json")
 
 
 def test_metadata_written_before_the_record_still_loads(tmp_path):

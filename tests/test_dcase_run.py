@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from bu_jax import artifact
 from bu_jax import data as data_lib
 from bu_jax import dcase, dcase_metrics, dcase_run, evaluate, heldout, synthetic_dcase
 from bu_jax import detector as detector_lib
@@ -383,6 +384,7 @@ def test_score_normalization_is_an_evaluation_setting(finished_dcase, tmp_path):
   detector = detector_lib.load_detector(model_dir)
   assert detector.normalization is None and len(detector.calibration.heldout_paths) == 16
   assert detector.threshold == raw["re"]["thresholds"]["re/SynthFan"]
+  assert detector.calibration.fit == artifact.GAMMA_LOC0
   with pytest.raises(ValueError, match="knn_z needs --normalization_neighbors >= 2"):
     dataclasses.replace(settings, normalization_neighbors=1)
   # k chosen on the held-out tenth: recorded per model, and the model folder carries it.

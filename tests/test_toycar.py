@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from bu_jax import checkpoint, data, synthetic, toycar
+from bu_jax import checkpoint, data, evaluate, synthetic, toycar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +61,8 @@ def test_run_writes_well_formed_outputs_and_resumes(tmp_path, tiny_data, capsys)
     meta = checkpoint.read_metadata(str(model_dir))
     assert meta["threshold"] == pytest.approx(res["threshold"])
     assert meta["model"] == "fcn40-small+std" and len(meta["heldout_clip_scores"]) >= 1
+    assert meta["threshold_fit"] == "gamma_loc0"
+    assert meta["threshold"] == pytest.approx(evaluate.fit_threshold(meta["heldout_clip_scores"]))
     steps = [json.loads(l)["step"] for l in open(model_dir / "metrics.jsonl")]
     assert steps == list(range(4))
     # The validation curve: the held-out clips' mean frame score at 0, every 2 steps, the end.
