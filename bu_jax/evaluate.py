@@ -292,8 +292,10 @@ def fit_threshold(normal_clip_scores: Any, *, quantile: float = 0.9,
   2020/2021 task 2 baselines do on hundreds of clips; on the 6-20 held-out clips
   of a run that three-parameter fit is ill-posed (its likelihood has no maximum
   as the location nears the smallest score): relative changes of 1e-6 in the
-  scores moved its φ by up to 20 %, and it can put φ below most of the scores
-  (README, the toy-car section: the threshold phi).
+  scores moved its φ by up to 20 %, and it can put φ far below the scores' own
+  quantile (RE of the demo, seed 0, on the CPU: 392.4 against an empirical 0.9-quantile
+  of 433, two of six clips above it) (README, the toy-car section: the
+  threshold phi).
 
   If the scores are degenerate (all equal up to rounding, or fewer than three),
   not all positive for the two-parameter fit, or the fit fails or gives a
