@@ -59,3 +59,12 @@ def test_refuses_to_pack_audio_where_git_would_commit_it(tmp_path):
   (repo / ".git" / "info").mkdir(exist_ok=True)
   (repo / ".git" / "info" / "exclude").write_text("/.ra/\n")
   assert pack_realaudio.pack(str(built), str(repo / ".ra"))["files"] == 5
+
+
+def test_the_documented_pack_folder_is_ignored_in_this_repository():
+  """TPU_NOTES.md packs into .ra at the repository root: .gitignore must keep it out."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if subprocess.run(["git", "-C", root, "rev-parse"], capture_output=True).returncode != 0:
+    pytest.skip("not a git checkout")
+  assert not pack_realaudio._tracked_by_git(os.path.join(root, ".ra"))
+  assert not pack_realaudio._tracked_by_git(os.path.join(root, ".whl"))
