@@ -336,8 +336,7 @@ class Detector:
                             "cannot recalibrate for a false-positive rate; give a threshold")
       held = np.asarray(held, np.float64)
       phi = evaluate.fit_threshold(held, quantile=1.0 - fpr)
-      gamma = held.size >= 3 and np.ptp(held) > 0 and np.min(held) > 0  # as fit_threshold decides
-      fit = ("gamma fit, location 0" if gamma else
+      fit = ("gamma fit, location 0" if evaluate.gamma_fit_applies(held) else
              "empirical: too few or non-positive scores for a gamma fit")
       return phi, (f"recalibrated: {1.0 - fpr:g} quantile of {held.size} held-out normal "
                    f"clip scores, {fit}")

@@ -279,6 +279,19 @@ def metrics(labels: Any, scores: Any, *, max_fpr: float = 0.1
   }
 
 
+def _degenerate(scores: np.ndarray) -> bool:
+  """Too few, or equal up to rounding (a gamma fit to a spread of one ulp puts phi anywhere)."""
+  return scores.size < 3 or np.ptp(scores) <= 1e-9 * max(float(np.max(np.abs(scores))), 1e-300)
+
+
+def gamma_fit_applies(normal_clip_scores: Any, *, free_loc: bool = False) -> bool:
+  """Whether ``fit_threshold`` fits a gamma to these scores rather than taking their
+  empirical quantile: at least three, not equal up to rounding, and (location 0) all
+  positive. A fit that fails at run time still falls back."""
+  scores = _as_finite_1d(normal_clip_scores, "normal_clip_scores")
+  return not _degenerate(scores) and (free_loc or float(np.min(scores)) > 0.0)
+
+
 def fit_threshold(normal_clip_scores: Any, *, quantile: float = 0.9,
                   free_loc: bool = False) -> float:
   """Decision threshold φ (eq. 4) from held-out normal clip scores.
@@ -319,9 +332,7 @@ def fit_threshold(normal_clip_scores: Any, *, quantile: float = 0.9,
   if not 0.0 < quantile < 1.0:
     raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
   empirical = float(np.quantile(scores, quantile))
-  # Degenerate: too few, or equal up to rounding (a gamma fit to a spread of one
-  # ulp puts phi anywhere).
-  if scores.size < 3 or np.ptp(scores) <= 1e-9 * max(float(np.max(np.abs(scores))), 1e-300):
+  if _degenerate(scores):
     logging.warning(
         "fit_threshold: %d normal clip score(s) with range %g are degenerate"
         " for a gamma fit; using the empirical %g-quantile %g.",

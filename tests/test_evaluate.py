@@ -471,3 +471,15 @@ def test_fit_threshold_treats_scores_equal_up_to_rounding_as_degenerate(caplog):
     scores = np.r_[np.full(9, value), np.nextafter(value, 2 * value)]
     assert evaluate.fit_threshold(scores) == pytest.approx(value)
   assert "degenerate" in caplog.text
+
+
+@pytest.mark.parametrize("scores, free_loc, fits", [
+    ([1.0, 2.0, 3.0], False, True), ([2.0] * 5, False, False), ([1.0, 3.0], False, False),
+    ([1.0] * 9 + [float(np.nextafter(1.0, 2.0))], False, False),
+    ([-1.0, 0.0, 1.0, 2.0], False, False), ([-1.0, 0.0, 1.0, 2.0], True, True)])
+def test_gamma_fit_applies_says_what_fit_threshold_does(scores, free_loc, fits, caplog):
+  """The detector's --fpr message names the method from this: it must match the fallback."""
+  assert evaluate.gamma_fit_applies(scores, free_loc=free_loc) == fits
+  with caplog.at_level(logging.WARNING):
+    evaluate.fit_threshold(scores, free_loc=free_loc)
+  assert ("empirical" in caplog.text) == (not fits)
