@@ -45,6 +45,7 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Callable
 
 from absl import logging
 import numpy as np
@@ -531,16 +532,25 @@ def ensure(seed: int = 0, *, root: str | os.PathLike | None = None, **generate_k
     ValueError: sizes without ``root``, ``root`` exists without a
       metadata.json, or an existing set was made with other arguments.
   """
+  return generate_once(generate, default_cache_dir, seed=seed, root=root, **generate_kwargs)
+
+
+def generate_once(generate_fn: Callable[..., str], default_root: Callable[[int], str], *,
+                  seed: int, root: str | os.PathLike | None = None, **generate_kwargs) -> str:
+  """``ensure`` for any generator ``generate_fn(root, *, seed, ...)`` that writes
+  a ``metadata.json`` with its keyword arguments under ``"params"`` (this
+  module's and ``synthetic_dcase``'s); ``default_root(seed)`` is the cache
+  folder used when ``root`` is None."""
   if generate_kwargs and root is None:
     raise ValueError("pass root= together with non-default generate() arguments")
-  root = os.fspath(root) if root is not None else default_cache_dir(seed)
+  root = os.fspath(root) if root is not None else default_root(seed)
   meta_path = os.path.join(root, "metadata.json")
   if not os.path.exists(root):
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
     try:
-      generate(scratch, seed=seed, **generate_kwargs)
+      generate_fn(scratch, seed=seed, **generate_kwargs)
       os.rename(scratch, root)
     except OSError:
       if not os.path.exists(meta_path):  # not a lost race: a real failure
@@ -553,9 +563,10 @@ def ensure(seed: int = 0, *, root: str | os.PathLike | None = None, **generate_k
   with open(meta_path, encoding="utf-8") as f:
     params = json.load(f).get("params", {})
   defaults = {name: parameter.default
-              for name, parameter in inspect.signature(generate).parameters.items()
+              for name, parameter in inspect.signature(generate_fn).parameters.items()
               if parameter.kind == inspect.Parameter.KEYWORD_ONLY}
-  wanted = {**defaults, **generate_kwargs, "seed": seed}
+  # Through JSON, as metadata.json holds them (a tuple reads back as a list).
+  wanted = json.loads(json.dumps({**defaults, **generate_kwargs, "seed": seed}))
   mismatch = {k: (params.get(k), v) for k, v in wanted.items() if params.get(k) != v}
   if mismatch:
     raise ValueError(f"{root}: made with other arguments (found, wanted): {mismatch}")

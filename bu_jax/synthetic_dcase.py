@@ -31,8 +31,6 @@ index])``: equal arguments give byte-identical files (16-bit PCM).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 
 from absl import logging
@@ -187,23 +185,8 @@ def default_cache_dir(seed: int = 0) -> str:
 
 
 def ensure(seed: int = 0, *, root: str | os.PathLike | None = None, **generate_kwargs) -> str:
-  """The path of a complete set, generated once (into a temporary sibling, then renamed)."""
-  if generate_kwargs and root is None:
-    raise ValueError("pass root= together with non-default generate() arguments")
-  root = os.fspath(root) if root is not None else default_cache_dir(seed)
-  meta_path = os.path.join(root, "metadata.json")
-  if not os.path.exists(root):
-    parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
-    try:
-      generate(scratch, seed=seed, **generate_kwargs)
-      os.rename(scratch, root)
-    except OSError:
-      if not os.path.exists(meta_path):
-        raise
-    finally:
-      shutil.rmtree(scratch, ignore_errors=True)
-  if not os.path.exists(meta_path):
-    raise ValueError(f"{root}: exists but holds no metadata.json (incomplete?); delete it")
-  return root
+  """The path of a complete set, generated once (``synthetic.generate_once``:
+  into a temporary sibling, then renamed; an existing set made with other
+  arguments is refused)."""
+  return synthetic.generate_once(generate, default_cache_dir, seed=seed, root=root,
+                                 **generate_kwargs)

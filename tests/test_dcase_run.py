@@ -32,6 +32,22 @@ def _settings(workdir, **kw):
   return dcase_run.Settings(**base)
 
 
+def test_embedded_set_ensure_reuses_only_a_set_of_the_same_arguments(tmp_path):
+  small = {**TINY, "num_source_train": 1, "num_target_train": 1, "num_test_per_group": 1,
+           "num_something_else": 1}
+  root = tmp_path / "set"
+  assert synthetic_dcase.ensure(0, root=root, **small) == str(root)
+  stamp = os.path.getmtime(root / "metadata.json")
+  assert synthetic_dcase.ensure(0, root=root, **small) == str(root)  # machines: a tuple
+  assert os.path.getmtime(root / "metadata.json") == stamp  # reused, not regenerated
+  with pytest.raises(ValueError, match="other arguments.*num_source_train"):
+    synthetic_dcase.ensure(0, root=root, **{**small, "num_source_train": 2})
+  with pytest.raises(ValueError, match="other arguments.*seed"):
+    synthetic_dcase.ensure(1, root=root, **small)
+  with pytest.raises(ValueError, match="root="):
+    synthetic_dcase.ensure(0, num_source_train=2)
+
+
 def test_embedded_set_is_deterministic_and_loads(tmp_path):
   a = synthetic_dcase.generate(str(tmp_path / "a"), **{**TINY, "num_source_train": 2})
   b = synthetic_dcase.generate(str(tmp_path / "b"), **{**TINY, "num_source_train": 2})
