@@ -1,0 +1,164 @@
+"""Issue #10's targets, checked on finished real-recording benchmarks.
+
+    python -m benchmarks.targets --draws=default=W1,rf15=W2,... [--preset=cpu] \
+        [--demo=D1,D2,D3]
+
+Each ``name=W`` is a finished ``benchmarks.realaudio`` workdir (``W/<preset>/seed<N>/
+results.json`` for every seed it holds); ``--demo`` takes finished README main-job
+workdirs (``D/results.json``, one per seed). Nothing is trained or re-evaluated.
+
+Per draw, the seeds' results are averaged per test folder (the issue asks for "each
+of the three ANRs, mean over 3 seeds") and over the folders (the README's tables),
+and each target is checked with its margin (positive = met):
+
+* ``auc``: BU's AUC minus the best of RE's, SNP's and the PCA reference's;
+* ``vs_rare``: BU's AUC against rare-normal clips minus (RE's + 0.15);
+* ``rare_vs_frequent``: 0.85 minus BU's rare-vs-frequent AUC;
+* ``vs_frequent``: BU's AUC against frequent-normal clips minus (RE's - 0.02);
+* ``demo`` (with ``--demo``): BU's mean AUC over the demo seeds minus 0.91.
+
+Prints one JSON line per (draw, condition, target) with the margin, a Markdown table
+of the margins per draw (folder mean, and how many folders meet the target), and one
+line per target counting the draws that meet it. The rare-normal labels entered the
+results as evaluation only; no setting is chosen here.
+"""
+
+import argparse
+import glob
+import os
+import re
+
+import numpy as np
+
+from benchmarks._common import emit
+from benchmarks.realaudio import _read_results, _rows
+from bu_jax import cli
+from bu_jax import data as data_lib
+
+TARGETS = ("auc", "vs_rare", "rare_vs_frequent", "vs_frequent")
+RARE_GAIN = 0.15  # BU's AUC vs rare normals at least RE's + this
+MAX_RARE_VS_FREQUENT = 0.85
+FREQUENT_SLACK = 0.02  # BU's AUC vs frequent normals at most this below RE's
+DEMO_MIN_AUC = 0.91
+
+
+def draw_means(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+  """Per method, condition (``"mean"`` included) and metric, the mean over the
+  seeds' ``results.json`` dicts (``None`` where a seed lacks the value)."""
+  out: dict[str, dict[str, dict[str, float]]] = {}
+  for method in ("re", "snp", "bu", "pca"):
+    rows = [_rows(r, method) for r in results if method in r]
+    if not rows:
+      continue
+    out[method] = {}
+    for condition in rows[0]:
+      out[method][condition] = {}
+      for metric in rows[0][condition]:
+        values = [row.get(condition, {}).get(metric) for row in rows]
+        out[method][condition][metric] = (
+            None if any(v is None for v in values) else float(np.mean(values)))
+  return out
+
+
+def margins(means: dict, condition: str) -> dict[str, float | None]:
+  """The four targets' margins (positive = met) for one condition of a draw."""
+  get = lambda m, k: means.get(m, {}).get(condition, {}).get(k)
+  bu = {k: get("bu", k) for k in ("auc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")}
+  rivals = [get(m, "auc") for m in ("re", "snp", "pca") if get(m, "auc") is not None]
+  sub = lambda a, b: None if a is None or b is None else a - b
+  return {
+      "auc": sub(bu["auc"], max(rivals) if rivals else None),
+      "vs_rare": sub(bu["auc_vs_rare"], sub(get("re", "auc_vs_rare"), -RARE_GAIN)),
+      "rare_vs_frequent": sub(MAX_RARE_VS_FREQUENT, bu["rare_vs_frequent"]),
+      "vs_frequent": sub(bu["auc_vs_frequent"], sub(get("re", "auc_vs_frequent"),
+                                                    FREQUENT_SLACK)),
+  }
+
+
+def _seed_results(workdir: str, preset: str) -> list[dict]:
+  paths = sorted(glob.glob(os.path.join(workdir, preset, "seed*", "results.json")),
+                 key=lambda p: int(re.sub(r"\D", "", os.path.basename(os.path.dirname(p)))))
+  if not paths:
+    raise data_lib.DataError(f"{workdir}: no {preset}/seed<N>/results.json (not a finished "
+                             "benchmarks.realaudio workdir, or another --preset)")
+  return [_read_results(p) for p in paths]
+
+
+def _parse_draws(text: str) -> list[tuple[str, str]]:
+  draws = []
+  for item in text.split(","):
+    name, sep, path = item.partition("=")
+    if not sep or not name.strip() or not path.strip():
+      raise ValueError(f"--draws: {item!r} is not name=workdir")
+    draws.append((name.strip(), path.strip()))
+  return draws
+
+
+def _fmt(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:+.3f}"
+
+
+def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict:
+  """Prints the lines and tables; returns {draw: {condition: margins}}."""
+  table = {}
+  for name, workdir in draws:
+    results = _seed_results(workdir, preset)
+    means = draw_means(results)
+    conditions = [c for c in means.get("bu", {}) if c != "mean"] + ["mean"]
+    table[name] = {c: margins(means, c) for c in conditions}
+    for condition, row in table[name].items():
+      for target, value in row.items():
+        emit(draw=name, condition=condition, target=target, seeds=len(results),
+             margin=None if value is None else round(value, 4),
+             met=None if value is None else value >= 0)
+  print("\n| draw | " + " | ".join(TARGETS) + " |")
+  print("|---|" + "---|" * len(TARGETS))
+  for name, rows in table.items():
+    cells = []
+    for target in TARGETS:
+      folders = [r[target] for c, r in rows.items() if c != "mean" and r[target] is not None]
+      cells.append(f"{_fmt(rows['mean'][target])} ({sum(v >= 0 for v in folders)}/"
+                   f"{len(folders)} folders)")
+    print(f"| {name} | " + " | ".join(cells) + " |")
+  print("\n(margin of the mean over the test folders, positive = met; in brackets the folders "
+        "whose own margin is >= 0)")
+  for target in TARGETS:
+    values = [rows["mean"][target] for rows in table.values()]
+    known = [v for v in values if v is not None]
+    print(f"{target}: met on {sum(v >= 0 for v in known)} of {len(known)} draws "
+          "(mean over the folders)")
+  if demo:
+    aucs = [_read_results(os.path.join(d, "results.json"))["bu"]["auc"]["mean"] for d in demo]
+    margin = float(np.mean(aucs)) - DEMO_MIN_AUC
+    emit(draw="demo", condition="mean", target="demo", seeds=len(aucs), margin=round(margin, 4),
+         met=margin >= 0)
+    print(f"demo: BU's mean AUC {np.mean(aucs):.3f} over {len(aucs)} run(s), margin "
+          f"{_fmt(margin)}")
+  return table
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--draws", required=True,
+                      help="comma-separated name=workdir of finished benchmarks.realaudio runs")
+  parser.add_argument("--preset", default="cpu")
+  parser.add_argument("--demo", default="",
+                      help="comma-separated finished README main-job workdirs (one per seed)")
+  args = parser.parse_args()
+  try:
+    draws = _parse_draws(args.draws)
+  except ValueError as e:
+    parser.error(str(e))
+  for name, path in draws:
+    if not os.path.isdir(path):
+      parser.error(f"--draws: {name}={path}: no such directory")
+  demo = [d for d in args.demo.split(",") if d.strip()]
+  for d in demo:
+    if not os.path.isdir(d):
+      parser.error(f"--demo: {d}: no such directory")
+  cli.exit_on_errors(lambda: check(draws, preset=args.preset, demo=demo),
+                     errors=(data_lib.DataError,))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,89 @@
+"""``benchmarks.targets``: issue #10's targets, checked on finished benchmark workdirs."""
+
+import json
+import sys
+
+import pytest
+
+from benchmarks import targets
+
+
+def _result(auc, vs_rare, vs_frequent, rare_vs_frequent, conditions=("a", "b")):
+  """One method's results.json entry: the same value in every condition and the mean."""
+  per = lambda v: {**{c: v for c in conditions}, "mean": v}
+  return {"auc": per(auc), "pauc": per(0.5),
+          "rare_normal": {"auc_vs_rare": per(vs_rare), "auc_vs_frequent": per(vs_frequent),
+                          "rare_vs_frequent": per(rare_vs_frequent)}}
+
+
+def _write_draw(root, seeds):
+  """``seeds``: per seed, {method: (auc, vs_rare, vs_frequent, rare_vs_frequent)}."""
+  for seed, methods in enumerate(seeds):
+    seed_dir = root / "cpu" / f"seed{seed}"
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "results.json").write_text(
+        json.dumps({m: _result(*v) for m, v in methods.items()}))
+  return root
+
+
+def test_margins_are_the_issues_four_targets_on_the_seed_means():
+  seeds = [dict(re=(0.90, 0.80, 0.95, 0.9), snp=(0.92, 0.8, 0.9, 0.9), pca=(0.85, 0.7, 0.9, 0.8),
+                bu=(0.94, 0.96, 0.93, 0.60)),
+           dict(re=(0.90, 0.80, 0.95, 0.9), snp=(0.92, 0.8, 0.9, 0.9), pca=(0.85, 0.7, 0.9, 0.8),
+                bu=(0.90, 0.92, 0.92, 0.80))]
+  means = targets.draw_means([{m: _result(*v) for m, v in s.items()} for s in seeds])
+  assert means["bu"]["a"]["auc"] == pytest.approx(0.92)
+  got = targets.margins(means, "mean")
+  assert got["auc"] == pytest.approx(0.92 - 0.92)  # the best rival is SNP's
+  assert got["vs_rare"] == pytest.approx(0.94 - (0.80 + 0.15))
+  assert got["rare_vs_frequent"] == pytest.approx(0.85 - 0.70)
+  assert got["vs_frequent"] == pytest.approx(0.925 - (0.95 - 0.02))
+  # A missing method or value leaves its margin unknown, not zero.
+  partial = targets.draw_means([{"bu": _result(0.9, 0.9, 0.9, 0.9)}])
+  assert targets.margins(partial, "mean")["vs_rare"] is None
+  assert targets.margins(partial, "mean")["rare_vs_frequent"] == pytest.approx(-0.05)
+
+
+def test_command_prints_margins_per_draw_and_counts(tmp_path, monkeypatch, capsys):
+  met = _write_draw(tmp_path / "met", [dict(re=(0.8, 0.6, 0.9, 0.9), snp=(0.8, 0.6, 0.9, 0.9),
+                                            pca=(0.7, 0.5, 0.8, 0.8), bu=(0.85, 0.8, 0.9, 0.7))])
+  missed = _write_draw(tmp_path / "missed", [dict(re=(0.9, 0.9, 0.9, 0.5),
+                                                  snp=(0.95, 0.9, 0.9, 0.5),
+                                                  pca=(0.7, 0.5, 0.8, 0.8),
+                                                  bu=(0.9, 0.9, 0.85, 0.9))])
+  demo = tmp_path / "demo"
+  demo.mkdir()
+  (demo / "results.json").write_text(json.dumps({"bu": _result(0.93, 0.5, 0.5, 0.5)}))
+  monkeypatch.setattr(sys, "argv", ["targets", f"--draws=one={met},two={missed}",
+                                    f"--demo={demo}"])
+  targets.main()
+  out = capsys.readouterr().out
+  lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  assert len(lines) == 2 * 3 * 4 + 1  # draws x (a, b, mean) x targets, and the demo
+  row = {(l["draw"], l["condition"], l["target"]): l for l in lines}
+  assert row[("one", "a", "vs_rare")]["margin"] == pytest.approx(0.05)
+  assert row[("two", "mean", "auc")]["met"] is False
+  assert "| one | +0.050 (2/2 folders) | +0.050 (2/2 folders) |" in out
+  assert "| two | -0.050 (0/2 folders) | -0.150 (0/2 folders) | -0.050 (0/2 folders) |" in out
+  assert "auc: met on 1 of 2 draws" in out and "vs_rare: met on 1 of 2 draws" in out
+  assert "demo: BU's mean AUC 0.930 over 1 run(s), margin +0.020" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--draws=nameonly"], "error: --draws: 'nameonly' is not name=workdir"),
+    (["--draws=x=/no/such/dir"], "error: --draws: x=/no/such/dir: no such directory"),
+])
+def test_bad_flags_are_one_line(argv, message, monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["targets", *argv])
+  with pytest.raises(SystemExit) as exit_info:
+    targets.main()
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_workdir_without_results_names_itself(tmp_path, monkeypatch, capsys):
+  (tmp_path / "empty").mkdir()
+  monkeypatch.setattr(sys, "argv", ["targets", f"--draws=x={tmp_path / 'empty'}"])
+  with pytest.raises(SystemExit) as exit_info:
+    targets.main()
+  assert exit_info.value.code == 1
+  assert f"Error: {tmp_path / 'empty'}: no cpu/seed<N>/results.json" in capsys.readouterr().err
