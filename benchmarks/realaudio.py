@@ -58,7 +58,9 @@ METRICS = ("auc", "pauc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")
 METHODS = ("re", "snp", "bu", toycar.REFERENCE)
 
 
-def _rows(results: dict, method: str) -> dict[str, dict[str, float]]:
+def method_rows(results: dict, method: str) -> dict[str, dict[str, float]]:
+  """Per condition (``"mean"`` last), ``METRICS`` of one method of a ``results.json``
+  dict (None where the run has no rare-normal labels)."""
   res = results[method]
   rare = res.get("rare_normal", {})
   table = {"auc": res["auc"], "pauc": res["pauc"], "auc_vs_rare": rare.get("auc_vs_rare", {}),
@@ -166,7 +168,7 @@ def _settings(args, data_dir: str, seed: int) -> toycar.Settings:
                          else args.standardize_input == "true"))
 
 
-def _read_results(path: str, *, heldout: bool = False) -> dict:
+def read_results(path: str, *, heldout: bool = False) -> dict:
   """A finished run's ``results.json`` (``data_lib.DataError`` naming the file
   when it is missing, not JSON, or lacks a method's AUCs or, with ``heldout``
   (``--select_from``), its held-out clip scores)."""
@@ -201,11 +203,11 @@ def _benchmark(args, seeds: list, settings: dict) -> None:
       candidates = []
       for root in args.select_from.split(","):
         candidates.append(
-            (root, _read_results(os.path.join(root, args.preset, f"seed{seed}", "results.json"),
+            (root, read_results(os.path.join(root, args.preset, f"seed{seed}", "results.json"),
                                  heldout=True)))
       results = select_by_heldout_spread(candidates)
     elif args.from_results:
-      results = _read_results(os.path.join(workdir, "results.json"))
+      results = read_results(os.path.join(workdir, "results.json"))
     else:
       results = toycar.run(settings[seed])
     methods = [m for m in METHODS if m in results]
@@ -214,7 +216,7 @@ def _benchmark(args, seeds: list, settings: dict) -> None:
       if results[method].get("pseudo_anomaly_auc") is not None:
         seen["pseudo"].append(results[method]["pseudo_anomaly_auc"])
       seen["kinds"].append(toycar.scores_label(results[method]))
-      for condition, values in _rows(results, method).items():
+      for condition, values in method_rows(results, method).items():
         emit(method=method, condition=condition, seed=seed, preset=args.preset,
              train_seconds=results[method].get("train_seconds"),
              score_normalization=results[method].get("score_normalization", {}).get("kind"),

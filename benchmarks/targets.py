@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 from benchmarks._common import emit
-from benchmarks.realaudio import _read_results, _rows
+from benchmarks.realaudio import METHODS, method_rows, read_results
 from bu_jax import cli
 from bu_jax import data as data_lib
 
@@ -46,8 +46,8 @@ def draw_means(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
   """Per method, condition (``"mean"`` included) and metric, the mean over the
   seeds' ``results.json`` dicts (``None`` where a seed lacks the value)."""
   out: dict[str, dict[str, dict[str, float]]] = {}
-  for method in ("re", "snp", "bu", "pca"):
-    rows = [_rows(r, method) for r in results if method in r]
+  for method in METHODS:
+    rows = [method_rows(r, method) for r in results if method in r]
     if not rows:
       continue
     out[method] = {}
@@ -64,7 +64,7 @@ def margins(means: dict, condition: str) -> dict[str, float | None]:
   """The four targets' margins (positive = met) for one condition of a draw."""
   get = lambda m, k: means.get(m, {}).get(condition, {}).get(k)
   bu = {k: get("bu", k) for k in ("auc", "auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")}
-  rivals = [get(m, "auc") for m in ("re", "snp", "pca") if get(m, "auc") is not None]
+  rivals = [get(m, "auc") for m in METHODS if m != "bu" if get(m, "auc") is not None]
   sub = lambda a, b: None if a is None or b is None else a - b
   return {
       "auc": sub(bu["auc"], max(rivals) if rivals else None),
@@ -81,7 +81,7 @@ def _seed_results(workdir: str, preset: str) -> list[dict]:
   if not paths:
     raise data_lib.DataError(f"{workdir}: no {preset}/seed<N>/results.json (not a finished "
                              "benchmarks.realaudio workdir, or another --preset)")
-  return [_read_results(p) for p in paths]
+  return [read_results(p) for p in paths]
 
 
 def _parse_draws(text: str) -> list[tuple[str, str]]:
@@ -128,7 +128,7 @@ def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict
     print(f"{target}: met on {sum(v >= 0 for v in known)} of {len(known)} draws "
           "(mean over the folders)")
   if demo:
-    aucs = [_read_results(os.path.join(d, "results.json"))["bu"]["auc"]["mean"] for d in demo]
+    aucs = [read_results(os.path.join(d, "results.json"))["bu"]["auc"]["mean"] for d in demo]
     margin = float(np.mean(aucs)) - DEMO_MIN_AUC
     emit(draw="demo", condition="mean", target="demo", seeds=len(aucs), margin=round(margin, 4),
          met=margin >= 0)
