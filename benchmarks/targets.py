@@ -76,8 +76,12 @@ def margins(means: dict, condition: str) -> dict[str, float | None]:
 
 
 def _seed_results(workdir: str, preset: str) -> list[dict]:
-  paths = sorted(glob.glob(os.path.join(workdir, preset, "seed*", "results.json")),
-                 key=lambda p: int(re.sub(r"\D", "", os.path.basename(os.path.dirname(p)))))
+  seeds = {}  # seed number -> path; only folders named seed<N> (not e.g. a copy seed0_old)
+  for path in glob.glob(os.path.join(workdir, preset, "seed*", "results.json")):
+    match = re.fullmatch(r"seed(\d+)", os.path.basename(os.path.dirname(path)))
+    if match:
+      seeds[int(match.group(1))] = path
+  paths = [seeds[n] for n in sorted(seeds)]
   if not paths:
     raise data_lib.DataError(f"{workdir}: no {preset}/seed<N>/results.json (not a finished "
                              "benchmarks.realaudio workdir, or another --preset)")
@@ -128,7 +132,13 @@ def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict
     print(f"{target}: met on {sum(v >= 0 for v in known)} of {len(known)} draws "
           "(mean over the folders)")
   if demo:
-    aucs = [read_results(os.path.join(d, "results.json"))["bu"]["auc"]["mean"] for d in demo]
+    aucs = []
+    for d in demo:
+      path = os.path.join(d, "results.json")
+      results = read_results(path)
+      if "bu" not in results:
+        raise data_lib.DataError(f"{path}: no BU results (run the main job with --loss=all)")
+      aucs.append(results["bu"]["auc"]["mean"])
     margin = float(np.mean(aucs)) - DEMO_MIN_AUC
     emit(draw="demo", condition="mean", target="demo", seeds=len(aucs), margin=round(margin, 4),
          met=margin >= 0)

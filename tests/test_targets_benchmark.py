@@ -87,3 +87,25 @@ def test_a_workdir_without_results_names_itself(tmp_path, monkeypatch, capsys):
     targets.main()
   assert exit_info.value.code == 1
   assert f"Error: {tmp_path / 'empty'}: no cpu/seed<N>/results.json" in capsys.readouterr().err
+
+
+def test_only_seed_folders_count_and_a_demo_without_bu_names_its_file(tmp_path, monkeypatch,
+                                                                       capsys):
+  row = dict(re=(0.8, 0.6, 0.9, 0.9), snp=(0.8, 0.6, 0.9, 0.9), pca=(0.7, 0.5, 0.8, 0.8),
+             bu=(0.85, 0.8, 0.9, 0.7))
+  draw = _write_draw(tmp_path / "d", [row])
+  old = draw / "cpu" / "seed0_old"  # a copy beside the seed: not a seed of the draw
+  old.mkdir()
+  (old / "results.json").write_text(json.dumps({m: _result(0.1, 0.1, 0.1, 0.1) for m in row}))
+  demo = tmp_path / "demo"
+  demo.mkdir()
+  (demo / "results.json").write_text(json.dumps({"re": _result(0.9, 0.5, 0.5, 0.5)}))
+  monkeypatch.setattr(sys, "argv", ["targets", f"--draws=one={draw}"])
+  targets.main()
+  out = capsys.readouterr().out
+  assert "| one | +0.050 (2/2 folders) |" in out
+  monkeypatch.setattr(sys, "argv", ["targets", f"--draws=one={draw}", f"--demo={demo}"])
+  with pytest.raises(SystemExit) as exit_info:
+    targets.main()
+  assert exit_info.value.code == 1
+  assert f"Error: {demo / 'results.json'}: no BU results" in capsys.readouterr().err
