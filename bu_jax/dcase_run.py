@@ -191,10 +191,11 @@ def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
 # ------------------------------------------------------------------ training
 
 
-def _model_dirs(workdir: str, loss: str) -> list[str]:
-  """The model directories with a checkpoint below ``<workdir>/<loss>/models``."""
+def _model_dirs(workdir: str, loss: str, under: str = "models") -> list[str]:
+  """The model directories with a checkpoint below ``<workdir>/<loss>/<under>``
+  (``CROSSFIT_DIR``: the fold models)."""
   found = []
-  for path, subdirs, _ in os.walk(os.path.join(workdir, loss, "models")):
+  for path, subdirs, _ in os.walk(os.path.join(workdir, loss, under)):
     if checkpoint_lib.CHECKPOINT_SUBDIR in subdirs:
       subdirs.remove(checkpoint_lib.CHECKPOINT_SUBDIR)
       if checkpoint_lib.committed_steps(path):
@@ -249,7 +250,10 @@ def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig
   trained with this run's ``configs[loss]`` and data settings
   (``runner.check_resumable``: loss, model, seed, schedule, batch shape, sigma,
   lambda, eps, ..., ``_training_metadata``'s data); evaluation settings may
-  differ.
+  differ. So must the fold models of the cross-fitted bank that the run will
+  use (``crossfit.fold_loss``: a BU run borrows RE's), on the same settings with
+  their schedule (``_train_folds``); their clips are checked when each is
+  trained or loaded. All before any data is loaded or any model trained.
 
   Raises:
     SettingsMismatchError: the differing settings, with both values and how
@@ -260,6 +264,22 @@ def check_resumable(settings: Settings, configs: dict[str, train_lib.TrainConfig
     metadata = _training_metadata(settings, config)
     for model_dir in _model_dirs(settings.workdir, loss):
       _check_model_dir(model_dir, metadata)
+  if not configs or not score_norm.needs_fold_models(settings.bank()):
+    return
+  any_config = next(iter(configs.values()))  # the configs differ in their loss only
+  for owner in sorted({crossfit.fold_loss(loss, bu_folds=settings.crossfit_bu_folds)
+                       for loss in configs}):
+    config = _fold_config(settings, dataclasses.replace(any_config, loss=owner))
+    metadata = _training_metadata(settings, config)
+    for model_dir in _model_dirs(settings.workdir, owner, CROSSFIT_DIR):
+      with crossfit.schedule_hint():
+        _check_model_dir(model_dir, metadata)
+
+
+def _fold_config(settings: Settings, config: train_lib.TrainConfig) -> train_lib.TrainConfig:
+  """A fold model's config: ``config`` with epochs ``crossfit.fold_steps_per_epoch`` long."""
+  return dataclasses.replace(config, steps_per_epoch=crossfit.fold_steps_per_epoch(
+      config.steps_per_epoch, schedule=settings.crossfit_schedule))
 
 
 def train_model(settings: Settings, config: train_lib.TrainConfig, corpus, *, mesh,
@@ -300,8 +320,7 @@ def _train_folds(settings: Settings, config: train_lib.TrainConfig, train_clips:
   ``(None, None)``. Their epochs are ``crossfit.fold_steps_per_epoch`` long
   (``--crossfit_schedule``). Returns their parameters, the folds and the steps trained now."""
   tag = "/".join((loss, *group))
-  config = dataclasses.replace(config, steps_per_epoch=crossfit.fold_steps_per_epoch(
-      config.steps_per_epoch, schedule=settings.crossfit_schedule))
+  config = _fold_config(settings, config)
   folds = crossfit.split(len(train_clips), seed=settings.data_seed)
   params, trained = [], 0
   for k in range(len(folds)):

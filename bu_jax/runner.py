@@ -75,8 +75,9 @@ def check_resumable(model_dir: str, metadata: artifact.ModelMetadata, *,
   If ``model_dir`` holds a checkpoint, the training settings stored in its
   metadata (``ModelMetadata.training_differences``: the loss and every entry
   of ``metadata``'s ``train_config`` and ``data``) must equal ``metadata``'s;
-  ``SPEED_ONLY`` settings and those the checkpoint lacks (written before they
-  were stored) are not compared.
+  ``SPEED_ONLY`` settings, those the loss does not read
+  (``train.UNUSED_SETTINGS``: RE's model is the same whatever ``--sigma``) and
+  those the checkpoint lacks (written before they were stored) are not compared.
 
   Args:
     model_dir: the model directory (holding ``checkpoints/``, or nothing yet).
@@ -94,7 +95,8 @@ def check_resumable(model_dir: str, metadata: artifact.ModelMetadata, *,
   if not steps:
     return
   stored = artifact.read_metadata(model_dir, step=steps[-1])
-  differ = stored.training_differences(metadata, ignore=SPEED_ONLY)
+  differ = stored.training_differences(
+      metadata, ignore=SPEED_ONLY + train_lib.UNUSED_SETTINGS.get(metadata.loss, ()))
   if differ:
     listed = "; ".join(f"{_flag(key, flag_names)}: {old!r} in the checkpoint, {new!r} now"
                        for key, old, new in differ)

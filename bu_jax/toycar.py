@@ -360,8 +360,7 @@ def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_el
   ``(clips, lengths)`` of ``data_lib.pad_clips`` (or ``(None, None)``).
   Their epochs are ``crossfit.fold_steps_per_epoch`` long (``--crossfit_schedule``).
   Returns their parameters, the folds and the steps trained now."""
-  fold_settings = dataclasses.replace(settings, steps_per_epoch=crossfit.fold_steps_per_epoch(
-      settings.resolved("steps_per_epoch"), schedule=settings.crossfit_schedule))
+  fold_settings = _fold_settings(settings)
   config = fold_settings.train_config(loss)
   folds = crossfit.split(len(data.fit_waves), seed=settings.data_seed)
   params, trained = [], 0
@@ -380,6 +379,40 @@ def train_folds(settings: Settings, loss: str, data: Data, *, mesh, something_el
 
 
 CROSSFIT_DIR = "crossfit"  # <workdir>/<loss>/crossfit/fold<k>: the fold models
+
+
+def _fold_settings(settings: Settings) -> Settings:
+  """The settings of the fold models: epochs ``crossfit.fold_steps_per_epoch`` long."""
+  return dataclasses.replace(settings, steps_per_epoch=crossfit.fold_steps_per_epoch(
+      settings.resolved("steps_per_epoch"), schedule=settings.crossfit_schedule))
+
+
+def check_fold_models(settings: Settings) -> None:
+  """Refuses, before any training, fold models of the cross-fitted bank trained
+  with other settings (``check_resumable`` on every ``<workdir>/<owner>/crossfit/fold<k>``
+  that holds a checkpoint, ``owner`` the ``crossfit.fold_loss`` of each loss: a BU
+  run borrows RE's). Their clips and fold numbers are checked when each is
+  trained or loaded (``train_folds``); without this check a mismatch would stop
+  the run only after its main models had trained.
+
+  Raises:
+    SettingsMismatchError: as ``check_resumable``, with the flag that
+      re-evaluates fold models of another schedule (``crossfit.schedule_hint``).
+  """
+  if not score_norm.needs_fold_models(settings.bank()):
+    return
+  fold_settings = _fold_settings(settings)
+  owners = sorted({crossfit.fold_loss(loss, bu_folds=settings.crossfit_bu_folds)
+                   for loss in settings.losses})
+  for owner in owners:
+    metadata = _training_metadata(fold_settings, owner)
+    top = os.path.join(settings.workdir, owner, CROSSFIT_DIR)
+    names = sorted(os.listdir(top)) if os.path.isdir(top) else []
+    for name in names:
+      if name.startswith("fold"):
+        with crossfit.schedule_hint():
+          runner.check_resumable(os.path.join(top, name), metadata, flag_names=_FLAG_NAMES,
+                                 evaluation_flags=EVALUATION_FLAGS)
 
 
 def _check_bank(settings: Settings, data: Data) -> None:
@@ -703,6 +736,7 @@ def run(settings: Settings) -> dict:
     settings = dataclasses.replace(settings, mixtures_per_step=len(devices))
   for loss in settings.losses:  # before the (slow) data loading
     check_resumable(settings, loss)
+  check_fold_models(settings)
   info = parallel.log_devices(mesh)
   data = load_data(settings)
   _check_bank(settings, data)  # before any training

@@ -51,6 +51,15 @@ LOSSES = losses.LOSSES  # ("re", "snp", "bu")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BANDWIDTHS = ("fixed", "contrast")
 KDE_EXCLUDE = ("none", "segment")
+# The settings a loss does not read: eq. (7) has no simulated anomaly and no
+# weights, eq. (9) no weights. A model trained with any value of them is the
+# same model (``runner.check_resumable`` does not compare them).
+_WEIGHT_SETTINGS = ("sigma", "bandwidth", "kde_memory", "kde_memory_rows", "kde_exclude", "eps")
+UNUSED_SETTINGS = {
+    "re": ("anr_range_db", "max_clip_seconds", "lam") + _WEIGHT_SETTINGS,
+    "snp": _WEIGHT_SETTINGS,
+    "bu": (),
+}
 MAX_STEPS = 2**31 - 1  # optax's schedules count steps in int32
 # BU's kde_memory x kde_memory_rows: 0.46 GB of frames at D = 440, and each batch's pairwise
 # distances to them grow with it (a 100,000-step memory asked for 45 GB and hung the machine).

@@ -263,7 +263,7 @@ def finished_dcase(tmp_path_factory):
 
 @pytest.mark.parametrize("overrides, named", [
     (dict(seed=1), "--seed: 0 in the checkpoint, 1 now"),
-    (dict(sigma=0.5), "--sigma: None in the checkpoint, 0.5 now"),
+    (dict(learning_rate=0.01, sigma=0.5), "--learning_rate: 0.001 in the checkpoint, 0.01 now"),
     (dict(epochs=2, steps_per_epoch=1), "--epochs: 1 in the checkpoint, 2 now; "
      "--steps_per_epoch: 2 in the checkpoint, 1 now"),
     (dict(data_seed=3), "--data_seed: 0 in the checkpoint, 3 now"),  # other training data
@@ -279,6 +279,13 @@ def test_resume_with_other_training_settings_is_refused(finished_dcase, override
     dcase_run.check_resumable(changed, {"re": changed.train_config("re", 1)})
   assert f"settings: {named}. " in str(info.value) and "new --workdir" in str(info.value)
   assert open(results).read() == before  # nothing rewritten
+  assert "--sigma" not in str(info.value)  # RE's model does not depend on it
+
+
+def test_settings_re_does_not_read_may_change(finished_dcase):
+  """BU's (and SNP's) own settings leave RE's model as it is (``train.UNUSED_SETTINGS``)."""
+  changed = dataclasses.replace(finished_dcase, sigma=0.5, lam=3.0, eps=0.1)
+  dcase_run.check_resumable(changed, {"re": changed.train_config("re", 1)})  # no error
 
 
 def test_each_model_records_its_training_clips(finished_dcase):
@@ -296,12 +303,12 @@ def test_entry_point_refuses_other_settings_in_one_line(finished_dcase):
   cmd = [sys.executable, "-m", "experiments.dcase", "--loss=re", "--preset=demo",
          f"--workdir={finished_dcase.workdir}", "--epochs=1", "--steps_per_epoch=2",
          "--decay_start_epoch=0", "--segments_per_mixture=2", "--num_devices=1",
-         "--sigma=0.25"]
+         "--learning_rate=0.25"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-2000:]
   line = proc.stderr.strip().splitlines()[-1]
   assert line.startswith("Error: ") and "Traceback" not in proc.stderr
-  assert "trained with other settings: --sigma: None in the checkpoint, 0.25 now. " in line
+  assert "trained with other settings: --learning_rate: 0.001 in the checkpoint, 0.25 now. " in line
 
 
 def test_evaluation_settings_may_change(finished_dcase, capsys):
@@ -561,6 +568,16 @@ def test_the_crossfit_bank_scores_each_training_clip_by_a_model_that_did_not_tra
   again = dcase_run.run(settings)  # finished: nothing trains, the fold times are kept
   assert again["bu"]["crossfit"] == results["bu"]["crossfit"]
   assert again["bu"]["dev"] == results["bu"]["dev"]
+  # A BU run borrows RE's fold models: settings that shape them are refused before
+  # anything loads or trains (BU's own model gone), BU's own settings are not.
+  shutil.rmtree(tmp_path / "run" / "bu")
+  bu_alone = dataclasses.replace(settings, losses=("bu",), learning_rate=0.01)
+  with pytest.raises(dcase_run.SettingsMismatchError,
+                     match=r"re/crossfit/SynthFan/fold0 holds a model .* --learning_rate: "
+                           r"0.001 in the checkpoint, 0.01 now"):
+    dcase_run.check_resumable(bu_alone, {"bu": bu_alone.train_config("bu", 1)})
+  bu_sigma = dataclasses.replace(settings, losses=("bu",), sigma=0.5)
+  dcase_run.check_resumable(bu_sigma, {"bu": bu_sigma.train_config("bu", 1)})
 
 
 def test_too_few_clips_to_cross_fit_are_refused_before_training(tmp_path):

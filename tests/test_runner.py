@@ -67,14 +67,17 @@ def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys):
   runner.check_resumable(model_dir, artifact.ModelMetadata.for_training(
       _config(steps_per_call=3)), flag_names={"seed"})  # speed only
   runner.check_resumable(str(tmp_path / "empty"), metadata, flag_names=())
-  other = artifact.ModelMetadata.for_training(_config(seed=1, eps=0.5))
+  runner.check_resumable(model_dir, artifact.ModelMetadata.for_training(
+      _config(sigma=0.5, eps=0.5, lam=3.0)), flag_names={"seed"})  # settings RE does not read
+  other = artifact.ModelMetadata.for_training(_config(seed=1, learning_rate=0.5, eps=0.5))
   with pytest.raises(runner.SettingsMismatchError) as info:
     runner.check_resumable(model_dir, other, flag_names={"seed"},
                            evaluation_flags=("reduce", "rare_clips"))
   message = str(info.value)
   assert "(step 3) trained with other settings: " in message
   assert "--seed: 0 in the checkpoint, 1 now" in message
-  assert "eps: 1e-06 in the checkpoint, 0.5 now" in message  # not a flag here: its field name
+  assert "learning_rate: 0.0001 in the checkpoint, 0.5 now" in message  # not a flag here
+  assert "eps" not in message
   assert "such as --reduce, --rare_clips may differ" in message and "new --workdir" in message
 
 

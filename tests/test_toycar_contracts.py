@@ -384,6 +384,26 @@ def test_bu_s_own_fold_models_on_request_and_re_s_for_bu_alone(crossfit_run, tin
   assert "[re] training fcn" in out and "fold 1/2] training" not in out
 
 
+def test_borrowed_fold_models_are_checked_before_any_training(crossfit_run, tiny_data,
+                                                               tmp_path):
+  """A BU run borrows RE's fold models for its bank: settings that shape them are
+  refused before BU's main model trains; BU's own settings (sigma, lambda, eps)
+  do not shape RE's models and are accepted."""
+  workdir = _copy(crossfit_run, tmp_path)
+  shutil.rmtree(workdir / "bu")
+  with pytest.raises(toycar.SettingsMismatchError,
+                     match=r"re/crossfit/fold0 holds a model \(step 1\) trained with other "
+                           r"settings: --learning_rate: 0.001 in the checkpoint, 0.01 now"):
+    toycar.run(_crossfit_settings(workdir, tiny_data, losses=("bu",), learning_rate=0.01))
+  assert not (workdir / "bu").exists()  # nothing trained
+  alone = dict(losses=("bu",), mixtures_per_step=1)  # as run() resolves it
+  toycar.check_fold_models(_crossfit_settings(workdir, tiny_data, sigma=0.5, lam=3.0, eps=0.1,
+                                              **alone))
+  toycar.check_fold_models(  # BU's own fold models are not there yet: nothing to refuse
+      _crossfit_settings(workdir, tiny_data, learning_rate=0.01, crossfit_bu_folds="bu",
+                         **alone))
+
+
 def test_crossfit_with_too_few_clips_is_refused_before_training(tiny_data, tmp_path):
   from bu_jax import data  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"

@@ -232,6 +232,24 @@ def test_bfloat16_compute_keeps_float32_state_and_close_losses():
     _config(compute_dtype="float16")
 
 
+_UNUSED_VALUES = dict(sigma=0.3, bandwidth="contrast", kde_memory=2, kde_memory_rows=8,
+                      kde_exclude="segment", eps=1e-2, anr_range_db=(-5.0, 5.0),
+                      max_clip_seconds=0.5, lam=3.0)
+
+
+@pytest.mark.parametrize("loss", ["re", "snp"])
+def test_settings_a_loss_does_not_read_leave_its_training_unchanged(loss):
+  """``train.UNUSED_SETTINGS``: why a checkpoint of RE (SNP) is resumed whatever
+  they were (``runner.check_resumable``): the parameters after two steps are the same."""
+  unused = train.UNUSED_SETTINGS[loss]
+  assert set(unused) <= set(_UNUSED_VALUES) and "sigma" in unused
+  _, _, state, metrics = _run(_config(loss), 1)
+  _, _, state_x, metrics_x = _run(_config(loss, **{k: _UNUSED_VALUES[k] for k in unused}), 1)
+  _assert_trees_close(state_x.params, state.params, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(metrics_x["loss"], metrics["loss"], rtol=1e-6)
+  assert train.UNUSED_SETTINGS["bu"] == ()  # eq. (16) reads them all
+
+
 @pytest.mark.parametrize("field,value", [
     ("learning_rate", 0.0), ("learning_rate", float("nan")), ("learning_rate", None),
     ("final_lr_factor", -0.1), ("segment_seconds", -3.0), ("max_clip_seconds", float("inf")),
