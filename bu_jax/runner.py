@@ -26,6 +26,7 @@ settings. The loop:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Collection, Optional, Sequence
 
@@ -45,6 +46,7 @@ from bu_jax import train as train_lib
 # TrainConfig fields that change only the speed, not what is trained.
 SPEED_ONLY = ("steps_per_call",)
 VALIDATION_FILE = "validation.jsonl"
+METRICS_FILE = "metrics.jsonl"  # <model_dir>/metrics.jsonl: one record per step
 
 
 class Interrupted(Exception):
@@ -151,6 +153,22 @@ def initial_state(config: train_lib.TrainConfig, *, mesh, input_stats=None):
   return init.replace(params=parallel.replicate(params, mesh))
 
 
+def _with_stored_unused(model_dir: str, metadata: artifact.ModelMetadata
+                        ) -> artifact.ModelMetadata:
+  """``metadata`` with the stored values of the settings its loss does not read
+  (``train.UNUSED_SETTINGS``), when ``model_dir`` holds a checkpoint: a model
+  resumed or re-evaluated under another ``--sigma`` keeps the record of how it
+  was trained, and no warning of a change that changes nothing is logged."""
+  unused = train_lib.UNUSED_SETTINGS.get(metadata.loss, ())
+  steps = checkpoint_lib.committed_steps(model_dir)
+  if not unused or not steps:
+    return metadata
+  stored = artifact.read_metadata(model_dir, step=steps[-1]).train_config or {}
+  config = dict(metadata.train_config)
+  config.update({key: stored[key] for key in unused if key in stored})
+  return dataclasses.replace(metadata, train_config=config)
+
+
 def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: str,
                     metadata: artifact.ModelMetadata, checkpoint_every: int, tag: str,
                     init_state: Optional[Any] = None,
@@ -184,6 +202,7 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
   if init_state is None:
     init_state = train_lib.create_state(config, mesh=mesh)
   total = config.total_steps
+  metadata = _with_stored_unused(model_dir, metadata)
   with artifact.open_for_training(model_dir, metadata,
                                  save_interval_steps=checkpoint_every) as ckpt, \
        signals.GracefulStop() as stop:
@@ -192,7 +211,7 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
     if restored is not None:
       print(f"[{tag}] resuming from the checkpoint of step {restored} in {ckpt.directory}",
             flush=True)
-    metrics_path = os.path.join(model_dir, "metrics.jsonl")
+    metrics_path = os.path.join(model_dir, METRICS_FILE)
     fileio.truncate_metrics(metrics_path, start)
     validation_path = os.path.join(model_dir, VALIDATION_FILE)
     fileio.truncate_metrics(validation_path, start + 1)  # the checkpoint's own record stays

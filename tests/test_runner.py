@@ -34,7 +34,7 @@ class _StopAtOnce:
     pass
 
 
-def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys):
+def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys, caplog):
   config = _config()
   mesh = parallel.data_mesh(jax.devices()[:1])
   segments = np.random.default_rng(0).standard_normal((4, SEGMENT)).astype(np.float32)
@@ -61,6 +61,14 @@ def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys):
 
   _, trained = runner.train_or_resume(config, corpus, **kwargs)
   assert trained == 0 and "[t] already trained (3 steps)" in capsys.readouterr().out
+
+  # Settings RE does not read: found finished under them, its record kept, nothing logged.
+  quiet = _config(sigma=0.5, eps=0.5, lam=3.0)
+  caplog.clear()
+  _, trained = runner.train_or_resume(
+      quiet, corpus, **{**kwargs, "metadata": artifact.ModelMetadata.for_training(quiet, tag="t")})
+  assert trained == 0 and "differs from this run's" not in caplog.text
+  assert artifact.read_metadata(model_dir).train_config["sigma"] is None
 
   # The settings check against that checkpoint.
   runner.check_resumable(model_dir, metadata, flag_names={"seed"})

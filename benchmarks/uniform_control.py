@@ -1,0 +1,165 @@
+"""BU against its own uniform-weight control, on a finished real-recording benchmark.
+
+    python -m benchmarks.uniform_control --workdir=runs/realaudio [--seeds=0,1,2] \
+        [--preset=cpu] [--from_results]
+
+With sigma -> 0 every kernel value of eq. (15) is 1, so BU's weights (eq. 16) are
+all equal and J_BU is J_SNP (eq. 9): a model trained so differs from SNP's only by
+the float rounding of the two code paths. For every seed of a finished
+``benchmarks.realaudio`` workdir (``<workdir>/<preset>/seed<N>``) this trains BU once
+more with ``--sigma=1e-12`` and otherwise the seed's own settings, in
+``<workdir>/<preset>/uniform/seed<N>`` (its cross-fitted bank from a copy of the
+seed's RE fold models, which sigma does not shape; a finished control is only
+re-evaluated). It checks from the control's training metrics that its weights were
+uniform, and prints one JSON line per (seed, condition) with the AUC of RE, SNP, BU
+and the control and three paired differences:
+
+* ``bu_minus_uniform``: what the paper's weights change, against the same objective
+  without them;
+* ``snp_minus_uniform``: two trainings of one objective, parted by rounding only:
+  the noise floor of any comparison of losses on this set;
+* ``re_minus_uniform``.
+
+At the end a Markdown table of the differences of the folder-mean AUC per seed,
+with mean ± std over the seeds. ``--from_results`` only reads finished results.
+Nothing here reads a test label except the metrics themselves; no setting is chosen.
+"""
+
+import argparse
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+
+from benchmarks._common import emit
+from benchmarks.realaudio import method_rows, read_results
+from bu_jax import cli
+from bu_jax import data as data_lib
+from bu_jax import fileio
+from bu_jax import runner
+from bu_jax import toycar
+
+UNIFORM_SIGMA = 1e-12  # every kernel value exp(-d / (2 sigma^2))... is 1 to float precision
+UNIFORM_TOLERANCE = 1e-4  # the control's weights max / min - 1 at most this
+CONTROL_DIR = "uniform"  # <workdir>/<preset>/uniform/seed<N>
+DIFFERENCES = ("bu_minus_uniform", "snp_minus_uniform", "re_minus_uniform")
+
+
+def seed_settings(seed_dir: str) -> toycar.Settings:
+  """The toy-car settings a finished seed ran with (its ``results.json``)."""
+  path = os.path.join(seed_dir, "results.json")
+  stored = read_results(path).get("settings")
+  if not isinstance(stored, dict):
+    raise data_lib.DataError(f"{path}: no settings recorded")
+  try:
+    return toycar.Settings(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in stored.items()})
+  except (TypeError, ValueError) as e:
+    raise data_lib.DataError(f"{path}: its settings are not this version's ({e})") from None
+
+
+def control_settings(settings: toycar.Settings, control_dir: str) -> toycar.Settings:
+  """The seed's settings for BU alone, with uniform weights, in ``control_dir``."""
+  return dataclasses.replace(settings, workdir=control_dir, losses=("bu",), sigma=UNIFORM_SIGMA)
+
+
+def borrow_fold_models(seed_dir: str, control_dir: str) -> None:
+  """Copies the seed's RE fold models (``re/crossfit``) into the control's workdir,
+  where BU's cross-fitted bank finds them, unless it has them already."""
+  src = os.path.join(seed_dir, "re", toycar.CROSSFIT_DIR)
+  dst = os.path.join(control_dir, "re", toycar.CROSSFIT_DIR)
+  if os.path.isdir(src) and not os.path.exists(dst):
+    shutil.copytree(src, dst)
+
+
+def weight_spread(control_dir: str) -> float:
+  """The largest max / min of the BU weights over the control's training steps
+  (1.0: uniform); ``DataError`` when its metrics hold none."""
+  path = os.path.join(control_dir, "bu", runner.METRICS_FILE)
+  records = [r for r in fileio.read_metrics(path) if "w_max" in r and "w_min" in r]
+  if not records:
+    raise data_lib.DataError(f"{path}: no BU weight statistics (is the control trained?)")
+  return max(r["w_max"] / max(r["w_min"], 1e-30) for r in records)
+
+
+def paired(results: dict, control: dict) -> dict[str, dict[str, float]]:
+  """Per condition (``"mean"`` included): each method's AUC and the differences."""
+  rows = {m: method_rows(results, m) for m in ("re", "snp", "bu") if m in results}
+  uniform = method_rows(control, "bu")
+  out = {}
+  for condition, values in uniform.items():
+    row = {"uniform": values["auc"]}
+    for m, by_condition in rows.items():
+      auc = by_condition.get(condition, {}).get("auc")
+      row[m] = auc
+      row[f"{m}_minus_uniform"] = None if auc is None else auc - values["auc"]
+    out[condition] = row
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="runs/realaudio",
+                      help="a finished benchmarks.realaudio workdir")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--preset", default="cpu", choices=sorted(toycar.PRESETS))
+  parser.add_argument("--from_results", action="store_true",
+                      help="only read the seeds' and the controls' finished results")
+  args = parser.parse_args()
+  try:
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  except ValueError:
+    parser.error(f"--seeds={args.seeds}: give comma-separated integers, e.g. 0,1,2")
+  if not seeds:
+    parser.error(f"--seeds={args.seeds!r}: no seed given")
+  cli.sigterm_as_interrupt()
+  cli.exit_on_errors(lambda: run(args.workdir, seeds, preset=args.preset,
+                                 from_results=args.from_results),
+                     errors=cli.TRAINING_ERRORS, interrupted=(toycar.Interrupted,),
+                     on_interrupt=cli.RESUME_HINT)
+
+
+def run(workdir: str, seeds: list[int], *, preset: str, from_results: bool) -> dict:
+  """Trains (or reads) every seed's control, prints the lines and the table;
+  returns {seed: paired(...)}."""
+  table = {}
+  for seed in seeds:
+    seed_dir = os.path.join(workdir, preset, f"seed{seed}")
+    control_dir = os.path.join(workdir, preset, CONTROL_DIR, f"seed{seed}")
+    results = read_results(os.path.join(seed_dir, "results.json"))
+    if from_results:
+      control = read_results(os.path.join(control_dir, "results.json"))
+    else:
+      settings = control_settings(seed_settings(seed_dir), control_dir)
+      cli.make_workdir(control_dir)
+      borrow_fold_models(seed_dir, control_dir)
+      control = toycar.run(settings)
+    if "bu" not in control:
+      raise data_lib.DataError(f"{control_dir}/results.json: no BU results")
+    spread = weight_spread(control_dir)
+    table[seed] = paired(results, control)
+    for condition, row in table[seed].items():
+      emit(seed=seed, condition=condition, preset=preset, control_weight_max_over_min=spread,
+           uniform_ok=spread - 1 <= UNIFORM_TOLERANCE,
+           **{k: None if v is None else round(v, 4) for k, v in row.items()})
+    if spread - 1 > UNIFORM_TOLERANCE:
+      print(f"Warning: seed {seed}: the control's weights were not uniform (max / min "
+            f"{spread:.6f}); its differences measure more than rounding", flush=True)
+  print(f"\n| folder-mean AUC | " + " | ".join(f"seed {s}" for s in seeds)
+        + f" | mean ± std over {len(seeds)} seeds |")
+  print("|---|" + "---|" * (len(seeds) + 1))
+  for key in ("re", "snp", "bu", "uniform") + DIFFERENCES:
+    values = [table[s]["mean"].get(key) for s in seeds]
+    known = [v for v in values if v is not None]
+    signed = key in DIFFERENCES
+    fmt = (lambda v: f"{v:+.3f}") if signed else (lambda v: f"{v:.3f}")
+    summary = (f"{fmt(float(np.mean(known)))} ± {float(np.std(known)):.3f}" if known else "")
+    label = key.replace("_minus_", " - ").upper().replace("UNIFORM", "uniform BU")
+    print(f"| {label} | " + " | ".join("" if v is None else fmt(v) for v in values)
+          + f" | {summary} |")
+  return table
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,115 @@
+"""benchmarks.uniform_control: BU against its own uniform-weight control."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from benchmarks import uniform_control
+from bu_jax import data as data_lib
+from bu_jax import toycar
+
+
+def _results(aucs: dict[str, float], **extra) -> dict:
+  """A finished run's results.json: per method one condition "c" and its mean."""
+  return {m: {"auc": {"c": a, "mean": a}, "pauc": {"c": 0.5, "mean": 0.5}, **extra}
+          for m, a in aucs.items()}
+
+
+def test_paired_differences_are_against_the_control():
+  seed = _results({"re": 0.90, "snp": 0.91, "bu": 0.88})
+  control = _results({"bu": 0.92})
+  got = uniform_control.paired(seed, control)
+  assert set(got) == {"c", "mean"}
+  row = got["mean"]
+  assert row["uniform"] == 0.92 and row["bu"] == 0.88
+  assert row["bu_minus_uniform"] == pytest.approx(-0.04)
+  assert row["snp_minus_uniform"] == pytest.approx(-0.01)
+  assert row["re_minus_uniform"] == pytest.approx(-0.02)
+  missing = uniform_control.paired(_results({"bu": 0.88}), control)["c"]
+  assert "snp" not in missing and missing["bu_minus_uniform"] == pytest.approx(-0.04)
+
+
+def _write_tree(root, *, w_min: float):
+  seed_dir = root / "cpu" / "seed0"
+  control = root / "cpu" / "uniform" / "seed0"
+  (control / "bu").mkdir(parents=True)
+  seed_dir.mkdir(parents=True)
+  (seed_dir / "results.json").write_text(json.dumps(_results({"re": 0.9, "snp": 0.9,
+                                                               "bu": 0.85})))
+  (control / "results.json").write_text(json.dumps(_results({"bu": 0.91})))
+  (control / "bu" / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "w_max": 1.0, "w_min": w}) + "\n" for s, w in ((0, 1.0), (1, w_min))))
+  return control
+
+
+def test_from_results_prints_the_differences_and_checks_uniformity(tmp_path, monkeypatch,
+                                                                    capsys):
+  _write_tree(tmp_path, w_min=1.0)
+  monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={tmp_path}", "--seeds=0",
+                                    "--from_results"])
+  uniform_control.main()
+  out = capsys.readouterr().out
+  lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  mean = next(l for l in lines if l["condition"] == "mean")
+  assert mean["uniform_ok"] and mean["control_weight_max_over_min"] == 1.0
+  assert mean["bu_minus_uniform"] == pytest.approx(-0.06)
+  assert "| BU - uniform BU | -0.060 | -0.060 ± 0.000 |" in out
+  assert "Warning" not in out
+
+
+def test_a_control_whose_weights_varied_is_flagged(tmp_path, monkeypatch, capsys):
+  _write_tree(tmp_path, w_min=0.5)
+  monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={tmp_path}", "--seeds=0",
+                                    "--from_results"])
+  uniform_control.main()
+  out = capsys.readouterr().out
+  assert "Warning: seed 0: the control's weights were not uniform (max / min 2.000000)" in out
+  assert '"uniform_ok": false' in out
+
+
+def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
+  for argv, message in ((["--seeds=x"], "--seeds=x: give comma-separated integers"),
+                        ([f"--workdir={tmp_path}", "--seeds=0"],
+                         "seed0/results.json: no such file")):
+    monkeypatch.setattr(sys, "argv", ["uniform_control", *argv])
+    with pytest.raises(SystemExit):
+      uniform_control.main()
+    assert message in capsys.readouterr().err
+  control = _write_tree(tmp_path, w_min=1.0)
+  os.remove(control / "bu" / "metrics.jsonl")
+  with pytest.raises(data_lib.DataError, match=r"metrics.jsonl: no BU weight statistics"):
+    uniform_control.run(str(tmp_path), [0], preset="cpu", from_results=True)
+
+
+@pytest.mark.slow
+def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_path):
+  """End to end on a tiny set: the control is BU with the seed's settings and sigma
+  1e-12, its weights uniform, its cross-fitted bank from the seed's RE fold models."""
+  from bu_jax import checkpoint, synthetic  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / "set")
+  synthetic.generate(data_dir, seed=1, num_train=6, num_test=6, clip_seconds=4.0,
+                     num_noise=1, noise_seconds=5.0, num_anomaly=5, num_something_else=5,
+                     rare_seconds=1.5)
+  seed_dir = tmp_path / "w" / "cpu" / "seed0"
+  toycar.run(toycar.Settings(
+      workdir=str(seed_dir), losses=("re", "snp", "bu"), preset="demo", data_dir=data_dir,
+      something_else_dir=os.path.join(data_dir, "something_else"), epochs=1, steps_per_epoch=4,
+      decay_start_epoch=0, segments_per_mixture=2, steps_per_call=2, checkpoint_every=2,
+      progress=False, num_devices=1, score_normalization="knn", normalization_neighbors=5,
+      normalization_bank="crossfit", reference_components=4))
+  table = uniform_control.run(str(tmp_path / "w"), [0], preset="cpu", from_results=False)
+  control = tmp_path / "w" / "cpu" / "uniform" / "seed0"
+  results = json.loads((control / "results.json").read_text())
+  seed = json.loads((seed_dir / "results.json").read_text())
+  assert results["settings"]["sigma"] == uniform_control.UNIFORM_SIGMA
+  assert results["settings"]["losses"] == ["bu"]
+  for key, value in seed["settings"].items():
+    if key not in ("workdir", "losses", "sigma"):
+      assert results["settings"][key] == value, key
+  assert uniform_control.weight_spread(str(control)) - 1 <= uniform_control.UNIFORM_TOLERANCE
+  assert uniform_control.weight_spread(str(seed_dir)) > 1.01  # the paper's sigma: not uniform
+  assert results["bu"]["crossfit"]["fold_models"] == "re"
+  assert not checkpoint.committed_steps(str(control / "re"))  # RE's main model not needed
+  assert table[0]["mean"]["uniform"] == results["bu"]["auc"]["mean"]
