@@ -18,7 +18,11 @@ and the control and three paired differences:
   without them;
 * ``snp_minus_uniform``: two trainings of one objective, parted by rounding only:
   the noise floor of any comparison of losses on this set;
-* ``re_minus_uniform``.
+* ``re_minus_uniform``;
+
+and on the folder-mean line the pseudo-anomaly AUC of BU and of the control (the
+label-free check each run made on held-out training clips): would it have told the
+better of the two without labels?
 
 At the end a Markdown table of the differences of the folder-mean AUC per seed,
 with mean ± std over the seeds. ``--from_results`` only reads finished results.
@@ -95,6 +99,11 @@ def paired(results: dict, control: dict) -> dict[str, dict[str, float]]:
       row[m] = auc
       row[f"{m}_minus_uniform"] = None if auc is None else auc - values["auc"]
     out[condition] = row
+  # The label-free check each run made on its held-out clips with something-else sounds
+  # mixed in: would it have told the better of BU and its control?
+  out.setdefault("mean", {}).update(
+      pseudo_bu=results.get("bu", {}).get("pseudo_anomaly_auc"),
+      pseudo_uniform=control.get("bu", {}).get("pseudo_anomaly_auc"))
   return out
 
 
@@ -149,13 +158,14 @@ def run(workdir: str, seeds: list[int], *, preset: str, from_results: bool) -> d
   print(f"\n| folder-mean AUC | " + " | ".join(f"seed {s}" for s in seeds)
         + f" | mean ± std over {len(seeds)} seeds |")
   print("|---|" + "---|" * (len(seeds) + 1))
-  for key in ("re", "snp", "bu", "uniform") + DIFFERENCES:
+  for key in ("re", "snp", "bu", "uniform") + DIFFERENCES + ("pseudo_bu", "pseudo_uniform"):
     values = [table[s]["mean"].get(key) for s in seeds]
     known = [v for v in values if v is not None]
     signed = key in DIFFERENCES
     fmt = (lambda v: f"{v:+.3f}") if signed else (lambda v: f"{v:.3f}")
     summary = (f"{fmt(float(np.mean(known)))} ± {float(np.std(known)):.3f}" if known else "")
-    label = key.replace("_minus_", " - ").upper().replace("UNIFORM", "uniform BU")
+    label = (key.replace("_minus_", " - ").replace("pseudo_", "pseudo-anomaly AUC, ").upper()
+             .replace("UNIFORM", "uniform BU").replace("PSEUDO-ANOMALY AUC", "pseudo-anomaly AUC"))
     print(f"| {label} | " + " | ".join("" if v is None else fmt(v) for v in values)
           + f" | {summary} |")
   return table

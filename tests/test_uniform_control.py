@@ -37,8 +37,10 @@ def _write_tree(root, *, w_min: float):
   (control / "bu").mkdir(parents=True)
   seed_dir.mkdir(parents=True)
   (seed_dir / "results.json").write_text(json.dumps(_results({"re": 0.9, "snp": 0.9,
-                                                               "bu": 0.85})))
-  (control / "results.json").write_text(json.dumps(_results({"bu": 0.91})))
+                                                               "bu": 0.85},
+                                                              pseudo_anomaly_auc=0.97)))
+  (control / "results.json").write_text(json.dumps(_results({"bu": 0.91},
+                                                            pseudo_anomaly_auc=0.96)))
   (control / "bu" / "metrics.jsonl").write_text("".join(
       json.dumps({"step": s, "w_max": 1.0, "w_min": w}) + "\n" for s, w in ((0, 1.0), (1, w_min))))
   return control
@@ -55,7 +57,9 @@ def test_from_results_prints_the_differences_and_checks_uniformity(tmp_path, mon
   mean = next(l for l in lines if l["condition"] == "mean")
   assert mean["uniform_ok"] and mean["control_weight_max_over_min"] == 1.0
   assert mean["bu_minus_uniform"] == pytest.approx(-0.06)
+  assert mean["pseudo_bu"] == 0.97 and mean["pseudo_uniform"] == 0.96
   assert "| BU - uniform BU | -0.060 | -0.060 ± 0.000 |" in out
+  assert "| pseudo-anomaly AUC, uniform BU | 0.960 | 0.960 ± 0.000 |" in out
   assert "Warning" not in out
 
 
