@@ -130,12 +130,7 @@ def main():
   if not os.path.isdir(data_dir):
     parser.error(f"--root={args.root}: no {data_dir}; build the set first "
                  "(bash ../shared/realaudio-dev/build.sh /tmp/realaudio-dev)")
-  try:
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-  except ValueError:
-    parser.error(f"--seeds={args.seeds}: give comma-separated integers, e.g. 0,1,2")
-  if not seeds:
-    parser.error(f"--seeds={args.seeds!r}: no seed given")
+  seeds = parse_seeds(parser, args.seeds)
   settings = {}
   for seed in seeds:
     try:
@@ -147,6 +142,17 @@ def main():
       lambda: _benchmark(args, seeds, settings),
       errors=cli.TRAINING_ERRORS, interrupted=(toycar.Interrupted,),
       on_interrupt=cli.RESUME_HINT)
+
+
+def parse_seeds(parser: argparse.ArgumentParser, text: str) -> list[int]:
+  """``--seeds=0,1,2`` as integers; a bad or empty value ends in ``parser.error``."""
+  try:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    parser.error(f"--seeds={text}: give comma-separated integers, e.g. 0,1,2")
+  if not seeds:
+    parser.error(f"--seeds={text!r}: no seed given")
+  return seeds
 
 
 def _settings(args, data_dir: str, seed: int) -> toycar.Settings:

@@ -37,7 +37,7 @@ import shutil
 import numpy as np
 
 from benchmarks._common import emit
-from benchmarks.realaudio import method_rows, read_results
+from benchmarks.realaudio import method_rows, parse_seeds, read_results
 from bu_jax import cli
 from bu_jax import data as data_lib
 from bu_jax import fileio
@@ -116,12 +116,7 @@ def main():
   parser.add_argument("--from_results", action="store_true",
                       help="only read the seeds' and the controls' finished results")
   args = parser.parse_args()
-  try:
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-  except ValueError:
-    parser.error(f"--seeds={args.seeds}: give comma-separated integers, e.g. 0,1,2")
-  if not seeds:
-    parser.error(f"--seeds={args.seeds!r}: no seed given")
+  seeds = parse_seeds(parser, args.seeds)
   cli.sigterm_as_interrupt()
   cli.exit_on_errors(lambda: run(args.workdir, seeds, preset=args.preset,
                                  from_results=args.from_results),
