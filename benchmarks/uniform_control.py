@@ -1,6 +1,6 @@
 """BU against its own uniform-weight control, on a finished real-recording benchmark.
 
-    python -m benchmarks.uniform_control --workdir=runs/realaudio [--seeds=0,1,2] \
+    python -m benchmarks.uniform_control --workdir=runs/realaudio[,W2,...] [--seeds=0,1,2] \
         [--preset=cpu] [--from_results]
 
 With sigma -> 0 every kernel value of eq. (15) is 1, so BU's weights (eq. 16) are
@@ -24,8 +24,10 @@ and on the folder-mean line the pseudo-anomaly AUC of BU and of the control (the
 label-free check each run made on held-out training clips): would it have told the
 better of the two without labels?
 
-At the end a Markdown table of the differences of the folder-mean AUC per seed,
-with mean ± std over the seeds. ``--from_results`` only reads finished results.
+Per workdir a Markdown table of the folder-mean AUCs and differences per seed, with
+mean ± std over the seeds; with several workdirs (draws) the differences pooled over
+all their runs, and how often the higher pseudo-anomaly AUC marked the better of BU
+and its control. ``--from_results`` only reads finished results.
 Nothing here reads a test label except the metrics themselves; no setting is chosen.
 """
 
@@ -110,60 +112,105 @@ def paired(results: dict, control: dict) -> dict[str, dict[str, float]]:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="runs/realaudio",
-                      help="a finished benchmarks.realaudio workdir")
+                      help="a finished benchmarks.realaudio workdir, or several, comma-separated "
+                      "(one table each, then the differences pooled over all their runs)")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--preset", default="cpu", choices=sorted(toycar.PRESETS))
   parser.add_argument("--from_results", action="store_true",
                       help="only read the seeds' and the controls' finished results")
   args = parser.parse_args()
   seeds = parse_seeds(parser, args.seeds)
+  workdirs = [w.strip() for w in args.workdir.split(",") if w.strip()]
+  if not workdirs:
+    parser.error(f"--workdir={args.workdir!r}: no workdir given")
   cli.sigterm_as_interrupt()
-  cli.exit_on_errors(lambda: run(args.workdir, seeds, preset=args.preset,
+  cli.exit_on_errors(lambda: run(workdirs, seeds, preset=args.preset,
                                  from_results=args.from_results),
                      errors=cli.TRAINING_ERRORS, interrupted=(toycar.Interrupted,),
                      on_interrupt=cli.RESUME_HINT)
 
 
-def run(workdir: str, seeds: list[int], *, preset: str, from_results: bool) -> dict:
-  """Trains (or reads) every seed's control, prints the lines and the table;
-  returns {seed: paired(...)}."""
-  table = {}
-  for seed in seeds:
-    seed_dir = os.path.join(workdir, preset, f"seed{seed}")
-    control_dir = os.path.join(workdir, preset, CONTROL_DIR, f"seed{seed}")
-    results = read_results(os.path.join(seed_dir, "results.json"))
-    if from_results:
-      control = read_results(os.path.join(control_dir, "results.json"))
-    else:
-      settings = control_settings(seed_settings(seed_dir), control_dir)
-      cli.make_workdir(control_dir)
-      borrow_fold_models(seed_dir, control_dir)
-      control = toycar.run(settings)
-    if "bu" not in control:
-      raise data_lib.DataError(f"{control_dir}/results.json: no BU results")
-    spread = weight_spread(control_dir)
-    table[seed] = paired(results, control)
-    for condition, row in table[seed].items():
-      emit(seed=seed, condition=condition, preset=preset, control_weight_max_over_min=spread,
-           uniform_ok=spread - 1 <= UNIFORM_TOLERANCE,
-           **{k: None if v is None else round(v, 4) for k, v in row.items()})
-    if spread - 1 > UNIFORM_TOLERANCE:
-      print(f"Warning: seed {seed}: the control's weights were not uniform (max / min "
-            f"{spread:.6f}); its differences measure more than rounding", flush=True)
-  print(f"\n| folder-mean AUC | " + " | ".join(f"seed {s}" for s in seeds)
-        + f" | mean ± std over {len(seeds)} seeds |")
-  print("|---|" + "---|" * (len(seeds) + 1))
-  for key in ("re", "snp", "bu", "uniform") + DIFFERENCES + ("pseudo_bu", "pseudo_uniform"):
-    values = [table[s]["mean"].get(key) for s in seeds]
-    known = [v for v in values if v is not None]
-    signed = key in DIFFERENCES
-    fmt = (lambda v: f"{v:+.3f}") if signed else (lambda v: f"{v:.3f}")
-    summary = (f"{fmt(float(np.mean(known)))} ± {float(np.std(known)):.3f}" if known else "")
-    label = (key.replace("_minus_", " - ").replace("pseudo_", "pseudo-anomaly AUC, ").upper()
-             .replace("UNIFORM", "uniform BU").replace("PSEUDO-ANOMALY AUC", "pseudo-anomaly AUC"))
-    print(f"| {label} | " + " | ".join("" if v is None else fmt(v) for v in values)
-          + f" | {summary} |")
-  return table
+def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: bool) -> dict:
+  """Trains (or reads) every seed's control in every workdir, prints the lines and
+  the tables; returns {workdir: {seed: paired(...)}}."""
+  tables = {}
+  for workdir in workdirs:
+    tables[workdir] = table = {}
+    for seed in seeds:
+      table[seed] = _seed(workdir, seed, preset=preset, from_results=from_results)
+    print(f"\n{workdir}:\n| folder-mean AUC | " + " | ".join(f"seed {s}" for s in seeds)
+          + f" | mean ± std over {len(seeds)} seeds |")
+    print("|---|" + "---|" * (len(seeds) + 1))
+    for key in ("re", "snp", "bu", "uniform") + DIFFERENCES + ("pseudo_bu", "pseudo_uniform"):
+      values = [table[s]["mean"].get(key) for s in seeds]
+      known = [v for v in values if v is not None]
+      fmt = _formatter(key)
+      summary = (f"{fmt(float(np.mean(known)))} ± {float(np.std(known)):.3f}" if known else "")
+      print(f"| {_label(key)} | " + " | ".join("" if v is None else fmt(v) for v in values)
+            + f" | {summary} |")
+  if len(workdirs) > 1:
+    _pooled([row["mean"] for table in tables.values() for row in table.values()])
+  return tables
+
+
+def _seed(workdir: str, seed: int, *, preset: str, from_results: bool) -> dict:
+  """One seed's control, trained or read, its lines printed; ``paired``'s rows."""
+  seed_dir = os.path.join(workdir, preset, f"seed{seed}")
+  control_dir = os.path.join(workdir, preset, CONTROL_DIR, f"seed{seed}")
+  results = read_results(os.path.join(seed_dir, "results.json"))
+  if from_results:
+    control = read_results(os.path.join(control_dir, "results.json"))
+  else:
+    settings = control_settings(seed_settings(seed_dir), control_dir)
+    cli.make_workdir(control_dir)
+    borrow_fold_models(seed_dir, control_dir)
+    control = toycar.run(settings)
+  if "bu" not in control:
+    raise data_lib.DataError(f"{control_dir}/results.json: no BU results")
+  spread = weight_spread(control_dir)
+  rows = paired(results, control)
+  for condition, row in rows.items():
+    emit(workdir=workdir, seed=seed, condition=condition, preset=preset,
+         control_weight_max_over_min=spread, uniform_ok=spread - 1 <= UNIFORM_TOLERANCE,
+         **{k: None if v is None else round(v, 4) for k, v in row.items()})
+  if spread - 1 > UNIFORM_TOLERANCE:
+    print(f"Warning: {workdir} seed {seed}: the control's weights were not uniform (max / min "
+          f"{spread:.6f}); its differences measure more than rounding", flush=True)
+  return rows
+
+
+def _pooled(rows: list[dict]) -> None:
+  """The differences of the folder-mean AUC over every run of every workdir, and how
+  often the higher pseudo-anomaly AUC (label-free) marks the better of BU and its control."""
+  print(f"\nPooled over {len(rows)} runs:\n| difference | mean ± std | range | below 0 |")
+  print("|---|---|---|---|")
+  for key in DIFFERENCES:
+    v = np.asarray([r[key] for r in rows if r.get(key) is not None], float)
+    if v.size:
+      print(f"| {_label(key)} | {v.mean():+.3f} ± {v.std():.3f} | {v.min():+.3f} to "
+            f"{v.max():+.3f} | {int((v < 0).sum())} of {v.size} |")
+  known = [r for r in rows if None not in (r.get("pseudo_bu"), r.get("pseudo_uniform"),
+                                           r.get("bu"), r.get("uniform"))]
+  if known:  # a tie keeps BU (the paper's weights)
+    kept = [r["bu"] if r["pseudo_bu"] >= r["pseudo_uniform"] else r["uniform"] for r in known]
+    right = sum((r["pseudo_bu"] >= r["pseudo_uniform"]) == (r["bu"] >= r["uniform"])
+                for r in known)
+    print(f"The higher pseudo-anomaly AUC marks the better of BU and its control in {right} of "
+          f"{len(known)} runs; keeping it gives AUC {np.mean(kept):.3f} (BU "
+          f"{np.mean([r['bu'] for r in known]):.3f}, the control "
+          f"{np.mean([r['uniform'] for r in known]):.3f})")
+
+
+def _formatter(key: str):
+  return (lambda v: f"{v:+.3f}") if key in DIFFERENCES else (lambda v: f"{v:.3f}")
+
+
+def _label(key: str) -> str:
+  """"BU - uniform BU", "pseudo-anomaly AUC, BU", ... for a row key."""
+  if key.startswith("pseudo_"):
+    return "pseudo-anomaly AUC, " + _label(key[len("pseudo_"):])
+  return " - ".join("uniform BU" if part == "uniform" else part.upper()
+                    for part in key.split("_minus_"))
 
 
 if __name__ == "__main__":

@@ -63,13 +63,32 @@ def test_from_results_prints_the_differences_and_checks_uniformity(tmp_path, mon
   assert "Warning" not in out
 
 
+def test_several_workdirs_are_pooled(tmp_path, monkeypatch, capsys):
+  """Two draws: a table each, the differences pooled over both runs, and the count of
+  runs where the higher pseudo-anomaly AUC marks the better of BU and its control."""
+  a, b = tmp_path / "a", tmp_path / "b"
+  _write_tree(a, w_min=1.0)  # BU 0.85 below its control's 0.91; pseudo 0.97 above 0.96: wrong
+  control = _write_tree(b, w_min=1.0)
+  (control / "results.json").write_text(json.dumps(_results({"bu": 0.80},  # BU above: right
+                                                            pseudo_anomaly_auc=0.96)))
+  monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={a},{b}", "--seeds=0",
+                                    "--from_results"])
+  uniform_control.main()
+  out = capsys.readouterr().out
+  assert f"\n{a}:\n" in out and f"\n{b}:\n" in out
+  assert "Pooled over 2 runs:" in out
+  assert "| BU - uniform BU | -0.005 ± 0.055 | -0.060 to +0.050 | 1 of 2 |" in out
+  assert ("marks the better of BU and its control in 1 of 2 runs; keeping it gives AUC 0.850 "
+          "(BU 0.850, the control 0.855)") in out
+
+
 def test_a_control_whose_weights_varied_is_flagged(tmp_path, monkeypatch, capsys):
   _write_tree(tmp_path, w_min=0.5)
   monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={tmp_path}", "--seeds=0",
                                     "--from_results"])
   uniform_control.main()
   out = capsys.readouterr().out
-  assert "Warning: seed 0: the control's weights were not uniform (max / min 2.000000)" in out
+  assert "seed 0: the control's weights were not uniform (max / min 2.000000)" in out
   assert '"uniform_ok": false' in out
 
 
@@ -84,7 +103,7 @@ def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
   control = _write_tree(tmp_path, w_min=1.0)
   os.remove(control / "bu" / "metrics.jsonl")
   with pytest.raises(data_lib.DataError, match=r"metrics.jsonl: no BU weight statistics"):
-    uniform_control.run(str(tmp_path), [0], preset="cpu", from_results=True)
+    uniform_control.run([str(tmp_path)], [0], preset="cpu", from_results=True)
 
 
 @pytest.mark.slow
@@ -103,7 +122,8 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
       decay_start_epoch=0, segments_per_mixture=2, steps_per_call=2, checkpoint_every=2,
       progress=False, num_devices=1, score_normalization="knn", normalization_neighbors=5,
       normalization_bank="crossfit", reference_components=4))
-  table = uniform_control.run(str(tmp_path / "w"), [0], preset="cpu", from_results=False)
+  table = uniform_control.run([str(tmp_path / "w")], [0], preset="cpu",
+                              from_results=False)[str(tmp_path / "w")]
   control = tmp_path / "w" / "cpu" / "uniform" / "seed0"
   results = json.loads((control / "results.json").read_text())
   seed = json.loads((seed_dir / "results.json").read_text())
