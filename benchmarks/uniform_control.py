@@ -46,7 +46,9 @@ from bu_jax import fileio
 from bu_jax import runner
 from bu_jax import toycar
 
-UNIFORM_SIGMA = 1e-12  # every kernel value exp(-d / (2 sigma^2))... is 1 to float precision
+# Every kernel value exp(-sigma ||x_i - x_j||^2) of eq. (15) is then 1 in float32: the KDE's
+# standardized frames lie about 2D apart (880 at D = 440), so the exponent is about -1e-9.
+UNIFORM_SIGMA = 1e-12
 UNIFORM_TOLERANCE = 1e-4  # the control's weights max / min - 1 at most this
 CONTROL_DIR = "uniform"  # <workdir>/<preset>/uniform/seed<N>
 DIFFERENCES = ("bu_minus_uniform", "snp_minus_uniform", "re_minus_uniform")
