@@ -28,6 +28,13 @@ Per workdir a Markdown table of the folder-mean AUCs and differences per seed, w
 mean ± std over the seeds; with several workdirs (draws) the differences pooled over
 all their runs, and how often the higher pseudo-anomaly AUC marked the better of BU
 and its control. ``--from_results`` only reads finished results.
+
+Each run scores with the bank and window its own pseudo-anomalies chose, so BU and its
+control may be scored differently. ``--normalization_bank=crossfit --score_window=125``
+(either or both) re-evaluates BU and its control alike, in copies under
+``<workdir>/<preset>/uniform/<those settings>/seed<N>/`` (evaluation only, about 30 s
+per model); the BU - uniform BU column then compares the trainings alone (RE's and
+SNP's columns are left out: they were scored their own way).
 Nothing here reads a test label except the metrics themselves; no setting is chosen.
 """
 
@@ -35,6 +42,7 @@ import argparse
 import dataclasses
 import os
 import shutil
+from typing import Optional
 
 import numpy as np
 
@@ -44,6 +52,7 @@ from bu_jax import cli
 from bu_jax import data as data_lib
 from bu_jax import fileio
 from bu_jax import runner
+from bu_jax import score_norm
 from bu_jax import toycar
 
 # Every kernel value exp(-sigma ||x_i - x_j||^2) of eq. (15) is then 1 in float32: the KDE's
@@ -120,26 +129,38 @@ def main():
   parser.add_argument("--preset", default="cpu", choices=sorted(toycar.PRESETS))
   parser.add_argument("--from_results", action="store_true",
                       help="only read the seeds' and the controls' finished results")
+  parser.add_argument("--normalization_bank", default=None, choices=list(score_norm.BANKS),
+                      help="score BU and its control alike: re-evaluate both (in copies) "
+                      "with this bank; default: as each run chose")
+  parser.add_argument("--score_window", type=int, default=None,
+                      help="score BU and its control alike: re-evaluate both (in copies) "
+                      "with this clip-score window in frames (125: 2 s); default: as chosen")
   args = parser.parse_args()
   seeds = parse_seeds(parser, args.seeds)
   workdirs = [w.strip() for w in args.workdir.split(",") if w.strip()]
   if not workdirs:
     parser.error(f"--workdir={args.workdir!r}: no workdir given")
   cli.sigterm_as_interrupt()
+  scoring = {k: v for k, v in (("normalization_bank", args.normalization_bank),
+                                ("score_window", args.score_window)) if v is not None}
   cli.exit_on_errors(lambda: run(workdirs, seeds, preset=args.preset,
-                                 from_results=args.from_results),
+                                 from_results=args.from_results, scoring=scoring),
                      errors=cli.TRAINING_ERRORS, interrupted=(toycar.Interrupted,),
                      on_interrupt=cli.RESUME_HINT)
 
 
-def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: bool) -> dict:
+def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: bool,
+        scoring: Optional[dict] = None) -> dict:
   """Trains (or reads) every seed's control in every workdir, prints the lines and
-  the tables; returns {workdir: {seed: paired(...)}}."""
+  the tables; returns {workdir: {seed: paired(...)}}. ``scoring`` (toy-car settings,
+  e.g. ``{"normalization_bank": "crossfit", "score_window": 125}``): BU and its
+  control are compared re-evaluated alike with them (``rescore``)."""
   tables = {}
   for workdir in workdirs:
     tables[workdir] = table = {}
     for seed in seeds:
-      table[seed] = _seed(workdir, seed, preset=preset, from_results=from_results)
+      table[seed] = _seed(workdir, seed, preset=preset, from_results=from_results,
+                          scoring=scoring or {})
     print(f"\n{workdir}:\n| folder-mean AUC | " + " | ".join(f"seed {s}" for s in seeds)
           + f" | mean ± std over {len(seeds)} seeds |")
     print("|---|" + "---|" * (len(seeds) + 1))
@@ -155,13 +176,13 @@ def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: boo
   return tables
 
 
-def _seed(workdir: str, seed: int, *, preset: str, from_results: bool) -> dict:
+def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: dict) -> dict:
   """One seed's control, trained or read, its lines printed; ``paired``'s rows."""
   seed_dir = os.path.join(workdir, preset, f"seed{seed}")
   control_dir = os.path.join(workdir, preset, CONTROL_DIR, f"seed{seed}")
   results = read_results(os.path.join(seed_dir, "results.json"))
-  if from_results:
-    control = read_results(os.path.join(control_dir, "results.json"))
+  if from_results or (scoring and os.path.exists(os.path.join(control_dir, "results.json"))):
+    control = read_results(os.path.join(control_dir, "results.json"))  # rescored below
   else:
     settings = control_settings(seed_settings(seed_dir), control_dir)
     cli.make_workdir(control_dir)
@@ -170,6 +191,11 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool) -> dict:
   if "bu" not in control:
     raise data_lib.DataError(f"{control_dir}/results.json: no BU results")
   spread = weight_spread(control_dir)
+  if scoring:  # BU alone: RE and SNP were scored their own way
+    results = {"bu": rescore(seed_dir, os.path.join(seed_dir, "bu"), scoring=scoring,
+                             uniform=False, from_results=from_results)["bu"]}
+    control = rescore(seed_dir, os.path.join(control_dir, "bu"), scoring=scoring, uniform=True,
+                      from_results=from_results)
   rows = paired(results, control)
   for condition, row in rows.items():
     emit(workdir=workdir, seed=seed, condition=condition, preset=preset,
@@ -179,6 +205,28 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool) -> dict:
     print(f"Warning: {workdir} seed {seed}: the control's weights were not uniform (max / min "
           f"{spread:.6f}); its differences measure more than rounding", flush=True)
   return rows
+
+
+def rescore(seed_dir: str, model_dir: str, *, scoring: dict, uniform: bool,
+            from_results: bool) -> dict:
+  """The results of the BU model in ``model_dir`` (the seed's, or with ``uniform`` its
+  control) re-evaluated with ``scoring``, in a copy beside the control
+  (``<preset>/uniform/<bank>_w<window>/seed<N>/{bu,uniform}``, with the seed's RE fold
+  models), so that neither run's own results are touched."""
+  tag = "_".join(f"{k}-{v}" for k, v in sorted(scoring.items()))
+  preset_dir, name = os.path.split(seed_dir)
+  dst = os.path.join(preset_dir, CONTROL_DIR, tag, name, "uniform" if uniform else "bu")
+  if not from_results and not os.path.exists(os.path.join(dst, "results.json")):
+    settings = seed_settings(seed_dir)
+    settings = dataclasses.replace(
+        settings, workdir=dst, losses=("bu",), **scoring,
+        sigma=UNIFORM_SIGMA if uniform else settings.sigma)
+    cli.make_workdir(dst)
+    if not os.path.exists(os.path.join(dst, "bu")):
+      shutil.copytree(model_dir, os.path.join(dst, "bu"))
+    borrow_fold_models(seed_dir, dst)
+    toycar.run(settings)
+  return read_results(os.path.join(dst, "results.json"))
 
 
 def _pooled(rows: list[dict]) -> None:

@@ -137,3 +137,18 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
   assert results["bu"]["crossfit"]["fold_models"] == "re"
   assert not checkpoint.committed_steps(str(control / "re"))  # RE's main model not needed
   assert table[0]["mean"]["uniform"] == results["bu"]["auc"]["mean"]
+  # Scored alike: both models re-evaluated in copies with the given scoring; the seed's
+  # results stay as they were, the control keeps its own scoring.
+  before = (seed_dir / "results.json").read_text()
+  again = uniform_control.run([str(tmp_path / "w")], [0], preset="cpu", from_results=False,
+                              scoring={"score_window": 1})[str(tmp_path / "w")]
+  copies = control.parent / "score_window-1" / "seed0"
+  for which, sigma in (("bu", None), ("uniform", uniform_control.UNIFORM_SIGMA)):
+    rescored = json.loads((copies / which / "results.json").read_text())
+    assert rescored["bu"]["clip_score"]["window_frames"] == 1
+    assert rescored["settings"]["sigma"] == sigma
+  assert "snp" not in again[0]["mean"] and "re_minus_uniform" not in again[0]["mean"]
+  assert again[0]["mean"]["uniform"] == json.loads(
+      (copies / "uniform" / "results.json").read_text())["bu"]["auc"]["mean"]
+  assert (seed_dir / "results.json").read_text() == before
+  assert json.loads((control / "results.json").read_text())["bu"]["auc"] == results["bu"]["auc"]
