@@ -143,6 +143,10 @@ def main():
   cli.sigterm_as_interrupt()
   scoring = {k: v for k, v in (("normalization_bank", args.normalization_bank),
                                 ("score_window", args.score_window)) if v is not None}
+  try:  # a bad value is one usage line here, not a traceback from the first re-evaluation
+    toycar.Settings(workdir=args.workdir, preset=args.preset, **scoring)
+  except ValueError as e:
+    parser.error(str(e))
   cli.exit_on_errors(lambda: run(workdirs, seeds, preset=args.preset,
                                  from_results=args.from_results, scoring=scoring),
                      errors=cli.TRAINING_ERRORS, interrupted=(toycar.Interrupted,),

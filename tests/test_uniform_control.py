@@ -95,7 +95,8 @@ def test_a_control_whose_weights_varied_is_flagged(tmp_path, monkeypatch, capsys
 def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
   for argv, message in ((["--seeds=x"], "--seeds=x: give comma-separated integers"),
                         ([f"--workdir={tmp_path}", "--seeds=0"],
-                         "seed0/results.json: no such file")):
+                         "seed0/results.json: no such file"),
+                        (["--score_window=-1"], "--score_window must be >= 0, got -1")):
     monkeypatch.setattr(sys, "argv", ["uniform_control", *argv])
     with pytest.raises(SystemExit):
       uniform_control.main()
