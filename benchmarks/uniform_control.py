@@ -29,12 +29,17 @@ mean ± std over the seeds; with several workdirs (draws) the differences pooled
 all their runs, and how often the higher pseudo-anomaly AUC marked the better of BU
 and its control. ``--from_results`` only reads finished results.
 
+Where the run had rare-normal labels (``--rare_clips``) the differences are also given
+for the AUC against rare-normal clips and for the rare-vs-frequent AUC (the bias BU
+exists to remove: lower is better there).
+
 Each run scores with the bank and window its own pseudo-anomalies chose, so BU and its
 control may be scored differently. ``--normalization_bank=crossfit --score_window=125``
-(either or both) re-evaluates BU and its control alike, in copies under
+(either or both) re-evaluates every model alike, in copies under
 ``<workdir>/<preset>/uniform/<those settings>/seed<N>/`` (evaluation only, about 30 s
-per model); the BU - uniform BU column then compares the trainings alone (RE's and
-SNP's columns are left out: they were scored their own way).
+per model): BU and its control each alone (``bu/``, ``uniform/``), RE and SNP together
+with the PCA reference (``re_snp/``, each with its own fold models). Every column then
+compares the trainings alone, and ``BU - RE`` / ``BU - SNP`` compare the losses.
 Nothing here reads a test label except the metrics themselves; no setting is chosen.
 """
 
@@ -60,7 +65,10 @@ from bu_jax import toycar
 UNIFORM_SIGMA = 1e-12
 UNIFORM_TOLERANCE = 1e-4  # the control's weights max / min - 1 at most this
 CONTROL_DIR = "uniform"  # <workdir>/<preset>/uniform/seed<N>
-DIFFERENCES = ("bu_minus_uniform", "snp_minus_uniform", "re_minus_uniform")
+DIFFERENCES = ("bu_minus_uniform", "snp_minus_uniform", "re_minus_uniform", "bu_minus_re",
+               "bu_minus_snp")
+# Beside the AUC (a row's plain keys), "<key>/<metric>" for these, where the run has them.
+RARE_METRICS = ("auc_vs_rare", "rare_vs_frequent")
 
 
 def seed_settings(seed_dir: str) -> toycar.Settings:
@@ -101,16 +109,28 @@ def weight_spread(control_dir: str) -> float:
 
 
 def paired(results: dict, control: dict) -> dict[str, dict[str, float]]:
-  """Per condition (``"mean"`` included): each method's AUC and the differences."""
-  rows = {m: method_rows(results, m) for m in ("re", "snp", "bu") if m in results}
-  uniform = method_rows(control, "bu")
+  """Per condition (``"mean"`` included): each method's AUC (the PCA's too, where the
+  results have it) and the differences, under plain keys (``"bu"``,
+  ``"bu_minus_uniform"``), and the same for ``RARE_METRICS`` under
+  ``"<key>/<metric>"`` where the runs have rare-normal labels."""
+  rows = {m: method_rows(results, m) for m in ("re", "snp", "bu", toycar.REFERENCE)
+          if m in results}
+  rows["uniform"] = method_rows(control, "bu")
   out = {}
-  for condition, values in uniform.items():
-    row = {"uniform": values["auc"]}
-    for m, by_condition in rows.items():
-      auc = by_condition.get(condition, {}).get("auc")
-      row[m] = auc
-      row[f"{m}_minus_uniform"] = None if auc is None else auc - values["auc"]
+  for condition in rows["uniform"]:
+    row = {}
+    for metric in ("auc",) + RARE_METRICS:
+      suffix = "" if metric == "auc" else f"/{metric}"
+      value = {m: by_condition.get(condition, {}).get(metric)
+               for m, by_condition in rows.items()}
+      if metric != "auc" and value["uniform"] is None:
+        continue  # no rare-normal labels
+      row.update({f"{m}{suffix}": v for m, v in value.items()})
+      for key in DIFFERENCES:
+        a, b = key.split("_minus_")
+        if a in value and b in value:
+          row[f"{key}{suffix}"] = (None if None in (value[a], value[b])
+                                   else value[a] - value[b])
     out[condition] = row
   # The label-free check each run made on its held-out clips with something-else sounds
   # mixed in: would it have told the better of BU and its control?
@@ -157,22 +177,26 @@ def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: boo
         scoring: Optional[dict] = None) -> dict:
   """Trains (or reads) every seed's control in every workdir, prints the lines and
   the tables; returns {workdir: {seed: paired(...)}}. ``scoring`` (toy-car settings,
-  e.g. ``{"normalization_bank": "crossfit", "score_window": 125}``): BU and its
-  control are compared re-evaluated alike with them (``rescore``)."""
+  e.g. ``{"normalization_bank": "crossfit", "score_window": 125}``): every model is
+  compared re-evaluated alike with them (``rescore``)."""
   tables = {}
   for workdir in workdirs:
     tables[workdir] = table = {}
     for seed in seeds:
       table[seed] = _seed(workdir, seed, preset=preset, from_results=from_results,
                           scoring=scoring or {})
-    print(f"\n{workdir}:\n| folder-mean AUC | " + " | ".join(f"seed {s}" for s in seeds)
+    print(f"\n{workdir}:\n| folder-mean | " + " | ".join(f"seed {s}" for s in seeds)
           + f" | mean ± std over {len(seeds)} seeds |")
     print("|---|" + "---|" * (len(seeds) + 1))
-    for key in ("re", "snp", "bu", "uniform") + DIFFERENCES + ("pseudo_bu", "pseudo_uniform"):
+    keys = [k + suffix for suffix in ("",) + tuple(f"/{m}" for m in RARE_METRICS)
+            for k in ("re", "snp", "bu", toycar.REFERENCE, "uniform") + DIFFERENCES]
+    for key in keys + ["pseudo_bu", "pseudo_uniform"]:
       values = [table[s]["mean"].get(key) for s in seeds]
       known = [v for v in values if v is not None]
+      if not known:
+        continue
       fmt = _formatter(key)
-      summary = (f"{fmt(float(np.mean(known)))} ± {float(np.std(known)):.3f}" if known else "")
+      summary = f"{fmt(float(np.mean(known)))} ± {float(np.std(known)):.3f}"
       print(f"| {_label(key)} | " + " | ".join("" if v is None else fmt(v) for v in values)
             + f" | {summary} |")
   if len(workdirs) > 1:
@@ -195,11 +219,14 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: 
   if "bu" not in control:
     raise data_lib.DataError(f"{control_dir}/results.json: no BU results")
   spread = weight_spread(control_dir)
-  if scoring:  # BU alone: RE and SNP were scored their own way
-    results = {"bu": rescore(seed_dir, os.path.join(seed_dir, "bu"), scoring=scoring,
-                             uniform=False, from_results=from_results)["bu"]}
-    control = rescore(seed_dir, os.path.join(control_dir, "bu"), scoring=scoring, uniform=True,
-                      from_results=from_results)
+  if scoring:  # every model re-evaluated alike, in copies
+    rescored = lambda which, model_dirs: rescore(seed_dir, which, model_dirs, scoring=scoring,
+                                                 from_results=from_results)
+    others = [m for m in ("re", "snp") if m in results]
+    results = {"bu": rescored("bu", [os.path.join(seed_dir, "bu")])["bu"]}
+    if others:  # RE and SNP with their own fold models, and the PCA beside them
+      results.update(rescored("_".join(others), [os.path.join(seed_dir, m) for m in others]))
+    control = rescored("uniform", [os.path.join(control_dir, "bu")])
   rows = paired(results, control)
   for condition, row in rows.items():
     emit(workdir=workdir, seed=seed, condition=condition, preset=preset,
@@ -211,38 +238,45 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: 
   return rows
 
 
-def rescore(seed_dir: str, model_dir: str, *, scoring: dict, uniform: bool,
+def rescore(seed_dir: str, which: str, model_dirs: list[str], *, scoring: dict,
             from_results: bool) -> dict:
-  """The results of the BU model in ``model_dir`` (the seed's, or with ``uniform`` its
-  control) re-evaluated with ``scoring``, in a copy beside the control
-  (``<preset>/uniform/<bank>_w<window>/seed<N>/{bu,uniform}``, with the seed's RE fold
-  models), so that neither run's own results are touched."""
+  """The results of the models in ``model_dirs`` (loss folders: the seed's, or with
+  ``which="uniform"`` its control's BU) re-evaluated with ``scoring``, in a copy beside
+  the control (``<preset>/uniform/<settings>/seed<N>/<which>``, with BU's borrowed RE
+  fold models), so that no run's own results are touched. Several losses are evaluated
+  together, with the PCA reference beside them."""
   tag = "_".join(f"{k}-{v}" for k, v in sorted(scoring.items()))
   preset_dir, name = os.path.split(seed_dir)
-  dst = os.path.join(preset_dir, CONTROL_DIR, tag, name, "uniform" if uniform else "bu")
+  dst = os.path.join(preset_dir, CONTROL_DIR, tag, name, which)
+  losses = ("bu",) if which == "uniform" else tuple(os.path.basename(d) for d in model_dirs)
   if not from_results and not os.path.exists(os.path.join(dst, "results.json")):
     settings = seed_settings(seed_dir)
     settings = dataclasses.replace(
-        settings, workdir=dst, losses=("bu",), **scoring,
-        sigma=UNIFORM_SIGMA if uniform else settings.sigma)
+        settings, workdir=dst, losses=losses, **scoring,
+        sigma=UNIFORM_SIGMA if which == "uniform" else settings.sigma)
     cli.make_workdir(dst)
-    if not os.path.exists(os.path.join(dst, "bu")):
-      shutil.copytree(model_dir, os.path.join(dst, "bu"))
-    borrow_fold_models(seed_dir, dst)
+    for loss, model_dir in zip(losses, model_dirs):
+      if not os.path.exists(os.path.join(dst, loss)):
+        shutil.copytree(model_dir, os.path.join(dst, loss))
+    if "bu" in losses:
+      borrow_fold_models(seed_dir, dst)
     toycar.run(settings)
   return read_results(os.path.join(dst, "results.json"))
 
 
 def _pooled(rows: list[dict]) -> None:
-  """The differences of the folder-mean AUC over every run of every workdir, and how
-  often the higher pseudo-anomaly AUC (label-free) marks the better of BU and its control."""
+  """The differences of the folder-mean AUC (and, where the runs have rare-normal
+  labels, of the AUC against rare normals and the rare-vs-frequent AUC) over every run
+  of every workdir, and how often the higher pseudo-anomaly AUC (label-free) marks the
+  better of BU and its control."""
   print(f"\nPooled over {len(rows)} runs:\n| difference | mean ± std | range | below 0 |")
   print("|---|---|---|---|")
-  for key in DIFFERENCES:
-    v = np.asarray([r[key] for r in rows if r.get(key) is not None], float)
-    if v.size:
-      print(f"| {_label(key)} | {v.mean():+.3f} ± {v.std():.3f} | {v.min():+.3f} to "
-            f"{v.max():+.3f} | {int((v < 0).sum())} of {v.size} |")
+  for suffix in ("",) + tuple(f"/{m}" for m in RARE_METRICS):
+    for key in DIFFERENCES:
+      v = np.asarray([r[key + suffix] for r in rows if r.get(key + suffix) is not None], float)
+      if v.size:
+        print(f"| {_label(key + suffix)} | {v.mean():+.3f} ± {v.std():.3f} | {v.min():+.3f} "
+              f"to {v.max():+.3f} | {int((v < 0).sum())} of {v.size} |")
   known = [r for r in rows if None not in (r.get("pseudo_bu"), r.get("pseudo_uniform"),
                                            r.get("bu"), r.get("uniform"))]
   if known:  # a tie keeps BU (the paper's weights)
@@ -256,15 +290,21 @@ def _pooled(rows: list[dict]) -> None:
 
 
 def _formatter(key: str):
-  return (lambda v: f"{v:+.3f}") if key in DIFFERENCES else (lambda v: f"{v:.3f}")
+  return (lambda v: f"{v:+.3f}") if "_minus_" in key else (lambda v: f"{v:.3f}")
+
+
+_METRIC_LABELS = {"auc_vs_rare": "AUC vs rare normals", "rare_vs_frequent": "rare vs frequent"}
 
 
 def _label(key: str) -> str:
-  """"BU - uniform BU", "pseudo-anomaly AUC, BU", ... for a row key."""
+  """"BU - uniform BU", "pseudo-anomaly AUC, BU", "BU - RE, rare vs frequent", ... for a
+  row key."""
   if key.startswith("pseudo_"):
     return "pseudo-anomaly AUC, " + _label(key[len("pseudo_"):])
-  return " - ".join("uniform BU" if part == "uniform" else part.upper()
-                    for part in key.split("_minus_"))
+  key, _, metric = key.partition("/")
+  label = " - ".join("uniform BU" if part == "uniform" else part.upper()
+                     for part in key.split("_minus_"))
+  return f"{label}, {_METRIC_LABELS[metric]}" if metric else label
 
 
 if __name__ == "__main__":

@@ -27,8 +27,34 @@ def test_paired_differences_are_against_the_control():
   assert row["bu_minus_uniform"] == pytest.approx(-0.04)
   assert row["snp_minus_uniform"] == pytest.approx(-0.01)
   assert row["re_minus_uniform"] == pytest.approx(-0.02)
+  assert row["bu_minus_re"] == pytest.approx(-0.02)
+  assert row["bu_minus_snp"] == pytest.approx(-0.03)
+  assert not any("/" in k for k in row)  # no rare-normal labels: AUC only
   missing = uniform_control.paired(_results({"bu": 0.88}), control)["c"]
   assert "snp" not in missing and missing["bu_minus_uniform"] == pytest.approx(-0.04)
+  assert "bu_minus_snp" not in missing
+
+
+def _rare(vs_rare: float, bias: float) -> dict:
+  return {"rare_normal": {"auc_vs_rare": {"c": vs_rare, "mean": vs_rare},
+                          "rare_vs_frequent": {"c": bias, "mean": bias}}}
+
+
+def test_rare_normal_metrics_are_paired_too():
+  """With rare-normal labels the AUC against rare normals and the rare-vs-frequent AUC
+  (the bias BU is for) get the same differences; the PCA is shown, not differenced."""
+  seed = {"re": {**_results({"re": 0.90})["re"], **_rare(0.80, 0.70)},
+          "bu": {**_results({"bu": 0.88})["bu"], **_rare(0.85, 0.60)},
+          "pca": {**_results({"pca": 0.84})["pca"], **_rare(0.75, 0.90)}}
+  control = {"bu": {**_results({"bu": 0.89})["bu"], **_rare(0.82, 0.65)}}
+  row = uniform_control.paired(seed, control)["mean"]
+  assert row["pca"] == 0.84 and row["pca/rare_vs_frequent"] == 0.90
+  assert row["bu_minus_uniform/auc_vs_rare"] == pytest.approx(0.03)
+  assert row["bu_minus_uniform/rare_vs_frequent"] == pytest.approx(-0.05)
+  assert row["bu_minus_re/rare_vs_frequent"] == pytest.approx(-0.10)
+  assert row["bu_minus_re"] == pytest.approx(-0.02)
+  assert not any(k.startswith("pca_minus") for k in row)
+  assert uniform_control._label("bu_minus_re/rare_vs_frequent") == "BU - RE, rare vs frequent"
 
 
 def _write_tree(root, *, w_min: float):
@@ -148,7 +174,16 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
     rescored = json.loads((copies / which / "results.json").read_text())
     assert rescored["bu"]["clip_score"]["window_frames"] == 1
     assert rescored["settings"]["sigma"] == sigma
-  assert "snp" not in again[0]["mean"] and "re_minus_uniform" not in again[0]["mean"]
+  # RE and SNP re-evaluated together in one copy, with their own fold models and the
+  # PCA reference scored the same way beside them.
+  others = json.loads((copies / "re_snp" / "results.json").read_text())
+  for method in ("re", "snp", "pca"):
+    assert others[method]["clip_score"]["window_frames"] == 1, method
+    assert again[0]["mean"][method] == others[method]["auc"]["mean"], method
+  assert others["snp"]["crossfit"]["fold_models"] == "snp"
+  assert again[0]["mean"]["bu_minus_re"] == pytest.approx(
+      json.loads((copies / "bu" / "results.json").read_text())["bu"]["auc"]["mean"]
+      - others["re"]["auc"]["mean"])
   assert again[0]["mean"]["uniform"] == json.loads(
       (copies / "uniform" / "results.json").read_text())["bu"]["auc"]["mean"]
   assert (seed_dir / "results.json").read_text() == before
