@@ -153,20 +153,35 @@ def initial_state(config: train_lib.TrainConfig, *, mesh, input_stats=None):
   return init.replace(params=parallel.replicate(params, mesh))
 
 
+def _stored_unused(model_dir: str, loss: str) -> dict:
+  """The stored values of the settings ``loss`` does not read
+  (``train.UNUSED_SETTINGS``) in ``model_dir``'s last checkpoint; {} without one."""
+  unused = train_lib.UNUSED_SETTINGS.get(loss, ())
+  steps = checkpoint_lib.committed_steps(model_dir) if unused else []
+  if not steps:
+    return {}
+  stored = artifact.read_metadata(model_dir, step=steps[-1]).train_config or {}
+  return {key: stored[key] for key in unused if key in stored}
+
+
+def recorded_train_config(model_dir: str, config: train_lib.TrainConfig) -> dict:
+  """``config`` as JSON values (``artifact.config_json``), with the stored values of
+  the settings its loss does not read when ``model_dir`` holds a checkpoint: what the
+  model was trained with, not what this run was given (an RE model evaluated in a
+  ``--sigma=X`` run was not trained with sigma X)."""
+  return {**artifact.config_json(config), **_stored_unused(model_dir, config.loss)}
+
+
 def _with_stored_unused(model_dir: str, metadata: artifact.ModelMetadata
                         ) -> artifact.ModelMetadata:
-  """``metadata`` with the stored values of the settings its loss does not read
-  (``train.UNUSED_SETTINGS``), when ``model_dir`` holds a checkpoint: a model
-  resumed or re-evaluated under another ``--sigma`` keeps the record of how it
-  was trained, and no warning of a change that changes nothing is logged."""
-  unused = train_lib.UNUSED_SETTINGS.get(metadata.loss, ())
-  steps = checkpoint_lib.committed_steps(model_dir)
-  if not unused or not steps:
+  """``metadata`` with the stored values of the settings its loss does not read,
+  when ``model_dir`` holds a checkpoint: a model resumed or re-evaluated under
+  another ``--sigma`` keeps the record of how it was trained, and no warning of a
+  change that changes nothing is logged."""
+  stored = _stored_unused(model_dir, metadata.loss)
+  if not stored:
     return metadata
-  stored = artifact.read_metadata(model_dir, step=steps[-1]).train_config or {}
-  config = dict(metadata.train_config)
-  config.update({key: stored[key] for key in unused if key in stored})
-  return dataclasses.replace(metadata, train_config=config)
+  return dataclasses.replace(metadata, train_config={**metadata.train_config, **stored})
 
 
 def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: str,

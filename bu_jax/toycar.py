@@ -796,7 +796,8 @@ def run(settings: Settings) -> dict:
       res["train_seconds"] = round(t_train, 1)
     else:  # found finished: the time of the run that trained it (None if not recorded)
       res["train_seconds"] = previous.get("train_seconds")
-    res["train_config"] = artifact.config_json(config)
+    res["train_config"] = runner.recorded_train_config(os.path.join(settings.workdir, loss),
+                                                       config)
     res["validation"] = heldout.validation_summary(fileio.read_metrics(
         os.path.join(settings.workdir, loss, runner.VALIDATION_FILE)))
     results[loss] = res

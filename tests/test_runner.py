@@ -69,6 +69,11 @@ def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys, caplog):
       quiet, corpus, **{**kwargs, "metadata": artifact.ModelMetadata.for_training(quiet, tag="t")})
   assert trained == 0 and "differs from this run's" not in caplog.text
   assert artifact.read_metadata(model_dir).train_config["sigma"] is None
+  # ... and what a run records for the model (results.json) is what it was trained with.
+  recorded = runner.recorded_train_config(model_dir, quiet)
+  assert (recorded["sigma"], recorded["eps"], recorded["lam"]) == (None, config.eps, config.lam)
+  assert recorded["loss"] == "re" and recorded["seed"] == 0
+  assert runner.recorded_train_config(str(tmp_path / "none"), quiet)["sigma"] == 0.5
 
   # The settings check against that checkpoint.
   runner.check_resumable(model_dir, metadata, flag_names={"seed"})
