@@ -40,6 +40,10 @@ control may be scored differently. ``--normalization_bank=crossfit --score_windo
 per model): BU and its control each alone (``bu/``, ``uniform/``), RE and SNP together
 with the PCA reference (``re_snp/``, each with its own fold models). Every column then
 compares the trainings alone, and ``BU - RE`` / ``BU - SNP`` compare the losses.
+With them, ``--bandwidth=contrast`` also trains a BU variant per seed, the same but
+for its band-width (``kde.contrast_sigma``: weights far from uniform), scored alike
+in ``.../seed<N>/bandwidth-contrast/``: does a stronger weighting do more of what
+the paper's does?
 Nothing here reads a test label except the metrics themselves; no setting is chosen.
 """
 
@@ -66,7 +70,9 @@ UNIFORM_SIGMA = 1e-12
 UNIFORM_TOLERANCE = 1e-4  # the control's weights max / min - 1 at most this
 CONTROL_DIR = "uniform"  # <workdir>/<preset>/uniform/seed<N>
 DIFFERENCES = ("bu_minus_uniform", "snp_minus_uniform", "re_minus_uniform", "bu_minus_re",
-               "bu_minus_snp")
+               "bu_minus_snp", "variant_minus_uniform", "variant_minus_bu", "variant_minus_re")
+VARIANT = "variant"  # the BU variant of --bandwidth, as a method key of the rows
+_NAMES = {"uniform": "uniform BU", VARIANT: "BU variant"}
 # Beside the AUC (a row's plain keys), "<key>/<metric>" for these, where the run has them.
 RARE_METRICS = ("auc_vs_rare", "rare_vs_frequent")
 
@@ -113,7 +119,7 @@ def paired(results: dict, control: dict) -> dict[str, dict[str, float]]:
   results have it) and the differences, under plain keys (``"bu"``,
   ``"bu_minus_uniform"``), and the same for ``RARE_METRICS`` under
   ``"<key>/<metric>"`` where the runs have rare-normal labels."""
-  rows = {m: method_rows(results, m) for m in ("re", "snp", "bu", toycar.REFERENCE)
+  rows = {m: method_rows(results, m) for m in ("re", "snp", "bu", VARIANT, toycar.REFERENCE)
           if m in results}
   rows["uniform"] = method_rows(control, "bu")
   out = {}
@@ -150,11 +156,14 @@ def main():
   parser.add_argument("--from_results", action="store_true",
                       help="only read the seeds' and the controls' finished results")
   parser.add_argument("--normalization_bank", default=None, choices=list(score_norm.BANKS),
-                      help="score BU and its control alike: re-evaluate both (in copies) "
-                      "with this bank; default: as each run chose")
+                      help="score every model alike: re-evaluate it (in a copy) with this "
+                      "bank; default: as each run chose")
   parser.add_argument("--score_window", type=int, default=None,
-                      help="score BU and its control alike: re-evaluate both (in copies) "
-                      "with this clip-score window in frames (125: 2 s); default: as chosen")
+                      help="score every model alike: re-evaluate it (in a copy) with this "
+                      "clip-score window in frames (125: 2 s); default: as chosen")
+  parser.add_argument("--bandwidth", default=None, choices=["contrast"],
+                      help="with the scoring flags: also train BU with this band-width per "
+                      "seed, scored alike (the 'BU variant' rows)")
   args = parser.parse_args()
   seeds = parse_seeds(parser, args.seeds)
   workdirs = [w.strip() for w in args.workdir.split(",") if w.strip()]
@@ -163,33 +172,41 @@ def main():
   cli.sigterm_as_interrupt()
   scoring = {k: v for k, v in (("normalization_bank", args.normalization_bank),
                                 ("score_window", args.score_window)) if v is not None}
+  if args.bandwidth and not scoring:
+    parser.error("--bandwidth: give --normalization_bank and/or --score_window too (the "
+                 "variant is compared scored alike)")
   try:  # a bad value is one usage line here, not a traceback from the first re-evaluation
     toycar.Settings(workdir=args.workdir, preset=args.preset, **scoring)
   except ValueError as e:
     parser.error(str(e))
   cli.exit_on_errors(lambda: run(workdirs, seeds, preset=args.preset,
-                                 from_results=args.from_results, scoring=scoring),
+                                 from_results=args.from_results, scoring=scoring,
+                                 bandwidth=args.bandwidth),
                      errors=cli.TRAINING_ERRORS, interrupted=(toycar.Interrupted,),
                      on_interrupt=cli.RESUME_HINT)
 
 
 def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: bool,
-        scoring: Optional[dict] = None) -> dict:
+        scoring: Optional[dict] = None, bandwidth: Optional[str] = None) -> dict:
   """Trains (or reads) every seed's control in every workdir, prints the lines and
   the tables; returns {workdir: {seed: paired(...)}}. ``scoring`` (toy-car settings,
   e.g. ``{"normalization_bank": "crossfit", "score_window": 125}``): every model is
-  compared re-evaluated alike with them (``rescore``)."""
+  compared re-evaluated alike with them (``rescore``); with ``bandwidth`` a BU variant
+  with that band-width too (``train_variant``)."""
+  if bandwidth and not scoring:
+    raise ValueError("a BU variant is compared scored alike: give scoring too")
   tables = {}
   for workdir in workdirs:
     tables[workdir] = table = {}
     for seed in seeds:
       table[seed] = _seed(workdir, seed, preset=preset, from_results=from_results,
-                          scoring=scoring or {})
-    print(f"\n{workdir}:\n| folder-mean | " + " | ".join(f"seed {s}" for s in seeds)
+                          scoring=scoring or {}, bandwidth=bandwidth)
+    variant = f" (BU variant: --bandwidth={bandwidth})" if bandwidth else ""
+    print(f"\n{workdir}{variant}:\n| folder-mean | " + " | ".join(f"seed {s}" for s in seeds)
           + f" | mean ± std over {len(seeds)} seeds |")
     print("|---|" + "---|" * (len(seeds) + 1))
     keys = [k + suffix for suffix in ("",) + tuple(f"/{m}" for m in RARE_METRICS)
-            for k in ("re", "snp", "bu", toycar.REFERENCE, "uniform") + DIFFERENCES]
+            for k in ("re", "snp", "bu", toycar.REFERENCE, "uniform", VARIANT) + DIFFERENCES]
     for key in keys + ["pseudo_bu", "pseudo_uniform"]:
       values = [table[s]["mean"].get(key) for s in seeds]
       known = [v for v in values if v is not None]
@@ -204,7 +221,8 @@ def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: boo
   return tables
 
 
-def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: dict) -> dict:
+def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: dict,
+          bandwidth: Optional[str] = None) -> dict:
   """One seed's control, trained or read, its lines printed; ``paired``'s rows."""
   seed_dir = os.path.join(workdir, preset, f"seed{seed}")
   control_dir = os.path.join(workdir, preset, CONTROL_DIR, f"seed{seed}")
@@ -227,6 +245,9 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: 
     if others:  # RE and SNP with their own fold models, and the PCA beside them
       results.update(rescored("_".join(others), [os.path.join(seed_dir, m) for m in others]))
     control = rescored("uniform", [os.path.join(control_dir, "bu")])
+    if bandwidth:
+      results[VARIANT] = train_variant(seed_dir, bandwidth=bandwidth, scoring=scoring,
+                                       from_results=from_results)["bu"]
   rows = paired(results, control)
   for condition, row in rows.items():
     emit(workdir=workdir, seed=seed, condition=condition, preset=preset,
@@ -245,9 +266,7 @@ def rescore(seed_dir: str, which: str, model_dirs: list[str], *, scoring: dict,
   the control (``<preset>/uniform/<settings>/seed<N>/<which>``, with BU's borrowed RE
   fold models), so that no run's own results are touched. Several losses are evaluated
   together, with the PCA reference beside them."""
-  tag = "_".join(f"{k}-{v}" for k, v in sorted(scoring.items()))
-  preset_dir, name = os.path.split(seed_dir)
-  dst = os.path.join(preset_dir, CONTROL_DIR, tag, name, which)
+  dst = os.path.join(alike_dir(seed_dir, scoring), which)
   losses = ("bu",) if which == "uniform" else tuple(os.path.basename(d) for d in model_dirs)
   if not from_results and not os.path.exists(os.path.join(dst, "results.json")):
     settings = seed_settings(seed_dir)
@@ -260,6 +279,27 @@ def rescore(seed_dir: str, which: str, model_dirs: list[str], *, scoring: dict,
         shutil.copytree(model_dir, os.path.join(dst, loss))
     if "bu" in losses:
       borrow_fold_models(seed_dir, dst)
+    toycar.run(settings)
+  return read_results(os.path.join(dst, "results.json"))
+
+
+def alike_dir(seed_dir: str, scoring: dict) -> str:
+  """``<preset>/uniform/<scoring settings>/seed<N>``: the copies scored alike."""
+  tag = "_".join(f"{k}-{v}" for k, v in sorted(scoring.items()))
+  preset_dir, name = os.path.split(seed_dir)
+  return os.path.join(preset_dir, CONTROL_DIR, tag, name)
+
+
+def train_variant(seed_dir: str, *, bandwidth: str, scoring: dict, from_results: bool) -> dict:
+  """The results of BU trained with the seed's settings but ``bandwidth`` and scored
+  with ``scoring``, in ``alike_dir(...)/bandwidth-<bandwidth>`` (its bank from the
+  seed's RE fold models); trained once, then read."""
+  dst = os.path.join(alike_dir(seed_dir, scoring), f"bandwidth-{bandwidth}")
+  if not from_results and not os.path.exists(os.path.join(dst, "results.json")):
+    settings = dataclasses.replace(seed_settings(seed_dir), workdir=dst, losses=("bu",),
+                                   bandwidth=bandwidth, **scoring)
+    cli.make_workdir(dst)
+    borrow_fold_models(seed_dir, dst)
     toycar.run(settings)
   return read_results(os.path.join(dst, "results.json"))
 
@@ -302,8 +342,7 @@ def _label(key: str) -> str:
   if key.startswith("pseudo_"):
     return "pseudo-anomaly AUC, " + _label(key[len("pseudo_"):])
   key, _, metric = key.partition("/")
-  label = " - ".join("uniform BU" if part == "uniform" else part.upper()
-                     for part in key.split("_minus_"))
+  label = " - ".join(_NAMES.get(part, part.upper()) for part in key.split("_minus_"))
   return f"{label}, {_METRIC_LABELS[metric]}" if metric else label
 
 

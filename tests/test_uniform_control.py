@@ -55,6 +55,12 @@ def test_rare_normal_metrics_are_paired_too():
   assert row["bu_minus_re"] == pytest.approx(-0.02)
   assert not any(k.startswith("pca_minus") for k in row)
   assert uniform_control._label("bu_minus_re/rare_vs_frequent") == "BU - RE, rare vs frequent"
+  # A BU variant (--bandwidth) is one more method, differenced against the control, BU and RE.
+  seed["variant"] = {**_results({"bu": 0.87})["bu"], **_rare(0.86, 0.50)}
+  row = uniform_control.paired(seed, control)["mean"]
+  assert row["variant_minus_bu/rare_vs_frequent"] == pytest.approx(-0.10)
+  assert row["variant_minus_uniform"] == pytest.approx(-0.02)
+  assert uniform_control._label("variant_minus_uniform") == "BU variant - uniform BU"
 
 
 def _write_tree(root, *, w_min: float):
@@ -122,7 +128,8 @@ def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
   for argv, message in ((["--seeds=x"], "--seeds=x: give comma-separated integers"),
                         ([f"--workdir={tmp_path}", "--seeds=0"],
                          "seed0/results.json: no such file"),
-                        (["--score_window=-1"], "--score_window must be >= 0, got -1")):
+                        (["--score_window=-1"], "--score_window must be >= 0, got -1"),
+                        (["--bandwidth=contrast"], "--bandwidth: give --normalization_bank")):
     monkeypatch.setattr(sys, "argv", ["uniform_control", *argv])
     with pytest.raises(SystemExit):
       uniform_control.main()
@@ -168,7 +175,8 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
   # results stay as they were, the control keeps its own scoring.
   before = (seed_dir / "results.json").read_text()
   again = uniform_control.run([str(tmp_path / "w")], [0], preset="cpu", from_results=False,
-                              scoring={"score_window": 1})[str(tmp_path / "w")]
+                              scoring={"score_window": 1},
+                              bandwidth="contrast")[str(tmp_path / "w")]
   copies = control.parent / "score_window-1" / "seed0"
   for which, sigma in (("bu", None), ("uniform", uniform_control.UNIFORM_SIGMA)):
     rescored = json.loads((copies / which / "results.json").read_text())
@@ -186,5 +194,11 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
       - others["re"]["auc"]["mean"])
   assert again[0]["mean"]["uniform"] == json.loads(
       (copies / "uniform" / "results.json").read_text())["bu"]["auc"]["mean"]
+  # The BU variant: the seed's settings but its band-width, scored alike.
+  variant = json.loads((copies / "bandwidth-contrast" / "results.json").read_text())
+  assert variant["settings"]["bandwidth"] == "contrast" and variant["settings"]["sigma"] is None
+  assert variant["bu"]["clip_score"]["window_frames"] == 1
+  assert again[0]["mean"]["variant"] == variant["bu"]["auc"]["mean"]
+  assert uniform_control.weight_spread(str(copies / "bandwidth-contrast")) > 1.01
   assert (seed_dir / "results.json").read_text() == before
   assert json.loads((control / "results.json").read_text())["bu"]["auc"] == results["bu"]["auc"]
