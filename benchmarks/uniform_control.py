@@ -192,7 +192,7 @@ def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: boo
   the tables; returns {workdir: {seed: paired(...)}}. ``scoring`` (toy-car settings,
   e.g. ``{"normalization_bank": "crossfit", "score_window": 125}``): every model is
   compared re-evaluated alike with them (``rescore``); with ``bandwidth`` a BU variant
-  with that band-width too (``train_variant``)."""
+  with that band-width too, trained and scored the same way."""
   if bandwidth and not scoring:
     raise ValueError("a BU variant is compared scored alike: give scoring too")
   tables = {}
@@ -238,16 +238,16 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: 
     raise data_lib.DataError(f"{control_dir}/results.json: no BU results")
   spread = weight_spread(control_dir)
   if scoring:  # every model re-evaluated alike, in copies
-    rescored = lambda which, model_dirs: rescore(seed_dir, which, model_dirs, scoring=scoring,
-                                                 from_results=from_results)
+    rescored = lambda which, model_dirs, **kw: rescore(
+        seed_dir, which, model_dirs, scoring=scoring, from_results=from_results, **kw)
     others = [m for m in ("re", "snp") if m in results]
     results = {"bu": rescored("bu", [os.path.join(seed_dir, "bu")])["bu"]}
     if others:  # RE and SNP with their own fold models, and the PCA beside them
       results.update(rescored("_".join(others), [os.path.join(seed_dir, m) for m in others]))
-    control = rescored("uniform", [os.path.join(control_dir, "bu")])
-    if bandwidth:
-      results[VARIANT] = train_variant(seed_dir, bandwidth=bandwidth, scoring=scoring,
-                                       from_results=from_results)["bu"]
+    control = rescored("uniform", [os.path.join(control_dir, "bu")], sigma=UNIFORM_SIGMA)
+    if bandwidth:  # trained in its copy: the seed's BU but for the band-width
+      results[VARIANT] = rescored(f"bandwidth-{bandwidth}", [], losses=("bu",),
+                                  bandwidth=bandwidth)["bu"]
   rows = paired(results, control)
   for condition, row in rows.items():
     emit(workdir=workdir, seed=seed, condition=condition, preset=preset,
@@ -260,23 +260,23 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: 
 
 
 def rescore(seed_dir: str, which: str, model_dirs: list[str], *, scoring: dict,
-            from_results: bool) -> dict:
-  """The results of the models in ``model_dirs`` (loss folders: the seed's, or with
-  ``which="uniform"`` its control's BU) re-evaluated with ``scoring``, in a copy beside
-  the control (``<preset>/uniform/<settings>/seed<N>/<which>``, with BU's borrowed RE
-  fold models), so that no run's own results are touched. Several losses are evaluated
-  together, with the PCA reference beside them."""
+            from_results: bool, losses: Optional[tuple] = None, **overrides) -> dict:
+  """The results of the models in ``model_dirs`` (loss folders: the seed's, or its
+  control's BU) evaluated with ``scoring`` and the seed's settings but ``overrides``
+  (the control's sigma), in a copy (``alike_dir(...)/<which>``, with BU's borrowed RE
+  fold models), so that no run's own results are touched; ``losses`` not among them
+  (a variant) are trained there first. Several losses are evaluated together, with the
+  PCA reference beside them."""
   dst = os.path.join(alike_dir(seed_dir, scoring), which)
-  losses = ("bu",) if which == "uniform" else tuple(os.path.basename(d) for d in model_dirs)
+  losses = losses or tuple(os.path.basename(d) for d in model_dirs)
   if not from_results and not os.path.exists(os.path.join(dst, "results.json")):
-    settings = seed_settings(seed_dir)
-    settings = dataclasses.replace(
-        settings, workdir=dst, losses=losses, **scoring,
-        sigma=UNIFORM_SIGMA if which == "uniform" else settings.sigma)
+    settings = dataclasses.replace(seed_settings(seed_dir), workdir=dst, losses=losses,
+                                   **scoring, **overrides)
     cli.make_workdir(dst)
-    for loss, model_dir in zip(losses, model_dirs):
-      if not os.path.exists(os.path.join(dst, loss)):
-        shutil.copytree(model_dir, os.path.join(dst, loss))
+    for model_dir in model_dirs:
+      copy = os.path.join(dst, os.path.basename(model_dir))
+      if not os.path.exists(copy):
+        shutil.copytree(model_dir, copy)
     if "bu" in losses:
       borrow_fold_models(seed_dir, dst)
     toycar.run(settings)
@@ -288,20 +288,6 @@ def alike_dir(seed_dir: str, scoring: dict) -> str:
   tag = "_".join(f"{k}-{v}" for k, v in sorted(scoring.items()))
   preset_dir, name = os.path.split(seed_dir)
   return os.path.join(preset_dir, CONTROL_DIR, tag, name)
-
-
-def train_variant(seed_dir: str, *, bandwidth: str, scoring: dict, from_results: bool) -> dict:
-  """The results of BU trained with the seed's settings but ``bandwidth`` and scored
-  with ``scoring``, in ``alike_dir(...)/bandwidth-<bandwidth>`` (its bank from the
-  seed's RE fold models); trained once, then read."""
-  dst = os.path.join(alike_dir(seed_dir, scoring), f"bandwidth-{bandwidth}")
-  if not from_results and not os.path.exists(os.path.join(dst, "results.json")):
-    settings = dataclasses.replace(seed_settings(seed_dir), workdir=dst, losses=("bu",),
-                                   bandwidth=bandwidth, **scoring)
-    cli.make_workdir(dst)
-    borrow_fold_models(seed_dir, dst)
-    toycar.run(settings)
-  return read_results(os.path.join(dst, "results.json"))
 
 
 def _pooled(rows: list[dict]) -> None:
