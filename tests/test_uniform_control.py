@@ -202,3 +202,17 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
   assert uniform_control.weight_spread(str(copies / "bandwidth-contrast")) > 1.01
   assert (seed_dir / "results.json").read_text() == before
   assert json.loads((control / "results.json").read_text())["bu"]["auc"] == results["bu"]["auc"]
+
+
+def test_the_held_out_spread_is_a_second_label_free_check(capsys):
+  """The lower held-out max / median (the paper's aim: even normal scores) is counted
+  like the pseudo-anomaly AUC: right when it prefers the model with the higher AUC."""
+  rows = [dict(bu=0.85, uniform=0.90, heldout_bu=1.2, heldout_uniform=1.1),  # right
+          dict(bu=0.92, uniform=0.90, heldout_bu=1.3, heldout_uniform=1.1),  # wrong
+          dict(bu=0.88, uniform=0.86, heldout_bu=1.1, heldout_uniform=1.1)]  # tie keeps BU: right
+  uniform_control._pooled(rows)
+  out = capsys.readouterr().out
+  assert ("The lower held-out max / median marks the better of BU and its control in 2 of 3 "
+          "runs; keeping it gives AUC 0.893 (BU 0.883, the control 0.887)") in out
+  assert "pseudo-anomaly" not in out
+  assert uniform_control._label("heldout_uniform") == "held-out max / median, uniform BU"
