@@ -776,6 +776,24 @@ def test_mismatch_message_lists_the_normalization_flags(finished_run, tiny_data,
           in str(info.value))
 
 
+def test_pca_reference_train_seconds_leave_out_its_evaluation(tiny_data, tmp_path, monkeypatch):
+  """The PCA's train_seconds time its fit (as an AE's its training, and as experiments.dcase
+  records it), not the evaluation that follows."""
+  import time  # pylint: disable=g-import-not-at-top
+  settings = _settings(tmp_path / "w", tiny_data, losses=("re", "snp"), reference_components=3)
+  data = toycar.load_data(settings)
+  evaluate = toycar._evaluate_scorer  # pylint: disable=protected-access
+
+  def slow_evaluation(*args, **kwargs):
+    time.sleep(1.5)
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(toycar, "_evaluate_scorer", slow_evaluation)
+  results, _ = toycar.evaluate_reference(settings, settings.train_config("re").feature_config,
+                                         data)
+  assert 0 <= results["train_seconds"] < 1.5
+
+
 @pytest.mark.parametrize("kind, neighbors", [("knn", 3), ("knn_z", 3), ("knn_z", 0)])
 def test_pca_reference_with_knn_normalization(kind, neighbors, tiny_data, tmp_path):
   """The PCA reference: the bank of its coefficients in pca/, its test scores normalized."""
