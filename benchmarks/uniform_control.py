@@ -49,6 +49,7 @@ Nothing here reads a test label except the metrics themselves; no setting is cho
 
 import argparse
 import dataclasses
+import math
 import os
 import shutil
 from typing import Optional
@@ -297,14 +298,16 @@ def _pooled(rows: list[dict]) -> None:
   labels, of the AUC against rare normals and the rare-vs-frequent AUC) over every run
   of every workdir, and how often the higher pseudo-anomaly AUC (label-free) marks the
   better of BU and its control."""
-  print(f"\nPooled over {len(rows)} runs:\n| difference | mean ± std | range | below 0 |")
-  print("|---|---|---|---|")
+  print(f"\nPooled over {len(rows)} runs:\n| difference | mean ± std | range | below 0 | "
+        "sign test p |")
+  print("|---|---|---|---|---|")
   for suffix in ("",) + tuple(f"/{m}" for m in RARE_METRICS):
     for key in DIFFERENCES:
       v = np.asarray([r[key + suffix] for r in rows if r.get(key + suffix) is not None], float)
       if v.size:
+        below, above = int((v < 0).sum()), int((v > 0).sum())
         print(f"| {_label(key + suffix)} | {v.mean():+.3f} ± {v.std():.3f} | {v.min():+.3f} "
-              f"to {v.max():+.3f} | {int((v < 0).sum())} of {v.size} |")
+              f"to {v.max():+.3f} | {below} of {v.size} | {sign_test(below, above):.3g} |")
   for prefix, what, higher in (("pseudo", "higher pseudo-anomaly AUC", True),
                                ("heldout", "lower held-out max / median", False)):
     known = [r for r in rows if None not in (r.get(f"{prefix}_bu"), r.get(f"{prefix}_uniform"),
@@ -320,6 +323,14 @@ def _pooled(rows: list[dict]) -> None:
           f"{len(known)} runs; keeping it gives AUC {np.mean(kept):.3f} (BU "
           f"{np.mean([r['bu'] for r in known]):.3f}, the control "
           f"{np.mean([r['uniform'] for r in known]):.3f})")
+
+
+def sign_test(below: int, above: int) -> float:
+  """One-sided exact sign test: the chance of at least ``below`` of ``below + above``
+  nonzero differences below 0 if each were equally likely either side (ties left out).
+  A small p says the difference leans below 0 more than seed noise would make it."""
+  n = below + above
+  return 1.0 if n == 0 else sum(math.comb(n, i) for i in range(below, n + 1)) / 2 ** n
 
 
 def _formatter(key: str):

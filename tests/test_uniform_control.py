@@ -109,7 +109,7 @@ def test_several_workdirs_are_pooled(tmp_path, monkeypatch, capsys):
   out = capsys.readouterr().out
   assert f"\n{a}:\n" in out and f"\n{b}:\n" in out
   assert "Pooled over 2 runs:" in out
-  assert "| BU - uniform BU | -0.005 ± 0.055 | -0.060 to +0.050 | 1 of 2 |" in out
+  assert "| BU - uniform BU | -0.005 ± 0.055 | -0.060 to +0.050 | 1 of 2 | 0.75 |" in out
   assert ("marks the better of BU and its control in 1 of 2 runs; keeping it gives AUC 0.850 "
           "(BU 0.850, the control 0.855)") in out
 
@@ -202,6 +202,14 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
   assert uniform_control.weight_spread(str(copies / "bandwidth-contrast")) > 1.01
   assert (seed_dir / "results.json").read_text() == before
   assert json.loads((control / "results.json").read_text())["bu"]["auc"] == results["bu"]["auc"]
+
+
+def test_the_sign_test_is_exact_and_one_sided():
+  """P(at least k of n below 0) under a fair coin, ties left out."""
+  assert uniform_control.sign_test(12, 0) == pytest.approx(1 / 4096)
+  assert uniform_control.sign_test(13, 2) == pytest.approx((1 + 15 + 105) / 2 ** 15)
+  assert uniform_control.sign_test(0, 5) == 1.0
+  assert uniform_control.sign_test(0, 0) == 1.0
 
 
 def test_the_held_out_spread_is_a_second_label_free_check(capsys):
