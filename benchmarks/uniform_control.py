@@ -49,12 +49,12 @@ Nothing here reads a test label except the metrics themselves; no setting is cho
 
 import argparse
 import dataclasses
-import math
 import os
 import shutil
 from typing import Optional
 
 import numpy as np
+import scipy.stats
 
 from benchmarks._common import emit
 from benchmarks.realaudio import method_rows, parse_seeds, read_results
@@ -329,8 +329,9 @@ def sign_test(below: int, above: int) -> float:
   """One-sided exact sign test: the chance of at least ``below`` of ``below + above``
   nonzero differences below 0 if each were equally likely either side (ties left out).
   A small p says the difference leans below 0 more than seed noise would make it."""
-  n = below + above
-  return 1.0 if n == 0 else sum(math.comb(n, i) for i in range(below, n + 1)) / 2 ** n
+  if below + above == 0:
+    return 1.0
+  return float(scipy.stats.binomtest(below, below + above, 0.5, alternative="greater").pvalue)
 
 
 def _formatter(key: str):
