@@ -1,7 +1,7 @@
 """BU against its own uniform-weight control, on a finished real-recording benchmark.
 
     python -m benchmarks.uniform_control --workdir=runs/realaudio[,W2,...] [--seeds=0,1,2] \
-        [--preset=cpu] [--from_results]
+        [--preset=cpu] [--from_results] [--plot=differences.png]
 
 With sigma -> 0 every kernel value of eq. (15) is 1, so BU's weights (eq. 16) are
 all equal and J_BU is J_SNP (eq. 9): a model trained so differs from SNP's only by
@@ -44,6 +44,9 @@ With them, ``--bandwidth=contrast`` also trains a BU variant per seed, the same 
 for its band-width (``kde.contrast_sigma``: weights far from uniform), scored alike
 in ``.../seed<N>/bandwidth-contrast/``: does a stronger weighting do more of what
 the paper's does?
+``--plot=PATH`` draws every run's paired differences (BU - uniform BU, BU - RE and the
+noise floor SNP - uniform BU; AUC, AUC against rare normals, rare vs frequent), a row
+per workdir (``name=workdir`` names it) and a pooled row.
 Nothing here reads a test label except the metrics themselves; no setting is chosen.
 """
 
@@ -61,6 +64,7 @@ from benchmarks.realaudio import method_rows, parse_seeds, read_results
 from bu_jax import cli
 from bu_jax import data as data_lib
 from bu_jax import fileio
+from bu_jax import plots
 from bu_jax import runner
 from bu_jax import score_norm
 from bu_jax import toycar
@@ -153,7 +157,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="runs/realaudio",
                       help="a finished benchmarks.realaudio workdir, or several, comma-separated "
-                      "(one table each, then the differences pooled over all their runs)")
+                      "(one table each, then the differences pooled over all their runs); "
+                      "each may be given as name=workdir (the name labels its row in --plot)")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--preset", default="cpu", choices=sorted(toycar.PRESETS))
   parser.add_argument("--from_results", action="store_true",
@@ -167,11 +172,18 @@ def main():
   parser.add_argument("--bandwidth", default=None, choices=["contrast"],
                       help="with the scoring flags: also train BU with this band-width per "
                       "seed, scored alike (the 'BU variant' rows)")
+  parser.add_argument("--plot", default=None,
+                      help="also write a PNG here: each run's paired differences (BU - uniform "
+                      "BU, BU - RE, SNP - uniform BU), a row per workdir and a pooled row, a "
+                      "panel per metric")
   args = parser.parse_args()
   seeds = parse_seeds(parser, args.seeds)
-  workdirs = [w.strip() for w in args.workdir.split(",") if w.strip()]
-  if not workdirs:
+  named = parse_workdirs(args.workdir)
+  if not named:
     parser.error(f"--workdir={args.workdir!r}: no workdir given")
+  workdirs = [path for _, path in named]
+  if len(set(workdirs)) != len(workdirs) or len({n for n, _ in named}) != len(named):
+    parser.error(f"--workdir={args.workdir!r}: a workdir or a name is given twice")
   cli.sigterm_as_interrupt()
   scoring = {k: v for k, v in (("normalization_bank", args.normalization_bank),
                                 ("score_window", args.score_window)) if v is not None}
@@ -182,11 +194,45 @@ def main():
     toycar.Settings(workdir=args.workdir, preset=args.preset, **scoring)
   except ValueError as e:
     parser.error(str(e))
-  cli.exit_on_errors(lambda: run(workdirs, seeds, preset=args.preset,
-                                 from_results=args.from_results, scoring=scoring,
-                                 bandwidth=args.bandwidth),
-                     errors=cli.TRAINING_ERRORS, interrupted=(toycar.Interrupted,),
-                     on_interrupt=cli.RESUME_HINT)
+  def run_and_plot():
+    tables = run(workdirs, seeds, preset=args.preset, from_results=args.from_results,
+                 scoring=scoring, bandwidth=args.bandwidth)
+    if args.plot:
+      draws = {name: [tables[path][seed]["mean"] for seed in seeds] for name, path in named}
+      written = plot(args.plot, draws)
+      print(f"\nWrote {written}" if written else "\nNothing to plot: no paired differences")
+
+  cli.exit_on_errors(run_and_plot, errors=cli.TRAINING_ERRORS,
+                     interrupted=(toycar.Interrupted,), on_interrupt=cli.RESUME_HINT)
+
+
+def parse_workdirs(text: str) -> list[tuple[str, str]]:
+  """``--workdir``'s comma-separated entries as (name, path): ``name=path``, or a bare
+  path named by its last folder."""
+  named = []
+  for item in (i.strip() for i in text.split(",")):
+    if not item:
+      continue
+    name, sep, path = item.partition("=")
+    if not sep:
+      name, path = os.path.basename(os.path.normpath(item)), item
+    named.append((name.strip(), path.strip()))
+  return named
+
+
+# The forest plot's differences and panels: the weights' effect, BU against RE, and the
+# noise floor (two trainings of one objective); the panels where the runs have the metric.
+PLOT_DIFFERENCES = (("bu_minus_uniform", "BU - uniform BU"), ("bu_minus_re", "BU - RE"),
+                    ("snp_minus_uniform", "SNP - uniform BU (rounding only)"))
+PLOT_METRICS = (("", "AUC"), ("/auc_vs_rare", "AUC vs rare normals"),
+                ("/rare_vs_frequent", "rare vs frequent (lower: less bias)"))
+
+
+def plot(path: str, draws: dict[str, list[dict]]) -> Optional[str]:
+  """The paired differences of ``draws`` ({name: folder-mean rows, one per seed}) as a
+  forest plot at ``path`` (``plots.plot_paired_differences``); None if none."""
+  return plots.plot_paired_differences(path, draws, differences=PLOT_DIFFERENCES,
+                                       metrics=PLOT_METRICS)
 
 
 def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: bool,

@@ -14,6 +14,8 @@ in place).
   Figs. 2 and 3 (``bu_jax.ring``).
 * ``plot_frame_scores``, ``write_frame_score_plots``: one figure per recording
   scored by ``experiments.score`` (``bu_jax.detector``).
+* ``paired_differences_figure``, ``plot_paired_differences``: paired differences
+  of two methods per run, draw by draw (a forest plot; ``benchmarks.uniform_control``).
 """
 
 from __future__ import annotations
@@ -278,6 +280,72 @@ def plot_training(path: PathLike, metrics_files: Mapping[str, PathLike], *,
     axes.set(title=title, xlabel="step", yscale=scale)
     axes.legend(fontsize="small")
   return save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------
+# Comparisons of losses over draws and seeds (benchmarks).
+# --------------------------------------------------------------------------
+
+
+def paired_differences_figure(draws: Mapping[str, Sequence[Mapping[str, Optional[float]]]], *,
+                              differences: Sequence[tuple[str, str]],
+                              metrics: Sequence[tuple[str, str]]):
+  """A forest plot of paired differences: a panel per metric, a row per draw.
+
+  Args:
+    draws: {draw name: one row per run (seed)}, a row mapping ``key + suffix`` to a
+      difference (``benchmarks.uniform_control.paired``'s folder-mean rows, e.g.
+      ``"bu_minus_uniform"``, ``"bu_minus_uniform/rare_vs_frequent"``); missing or
+      None values are left out.
+    differences: (key, legend label) pairs, drawn side by side within a row.
+    metrics: (suffix, panel title) pairs; a metric without any value gets no panel.
+
+  Each run is a dot, each draw's mean over its runs a vertical bar, and a last row,
+  "pooled", holds every run of every draw with their mean. Returns the Figure
+  (its panels' ``gid`` is the metric's suffix), or None when there is nothing to draw.
+  """
+  names = list(draws)
+  panels = [(suffix, title) for suffix, title in metrics
+            if any(row.get(key + suffix) is not None
+                   for rows in draws.values() for row in rows for key, _ in differences)]
+  if not names or not panels:
+    return None
+  rows_y = {name: float(len(names) - i) for i, name in enumerate(names)}  # first draw on top
+  rows_y["pooled"] = 0.0
+  figure = new_figure((4.2 * len(panels) + 1.0, 0.45 * (len(names) + 1) + 1.6))
+  grid = figure.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+  colors = _colors(len(differences))
+  offsets = np.linspace(-0.22, 0.22, len(differences)) if len(differences) > 1 else [0.0]
+  for axes, (suffix, title) in zip(grid, panels):
+    axes.set_gid(suffix)
+    for (key, label), color, offset in zip(differences, colors, offsets):
+      every = []
+      for name in names:
+        values = [row[key + suffix] for row in draws[name]
+                  if row.get(key + suffix) is not None]
+        every += values
+        if values:
+          y = rows_y[name] + offset
+          axes.plot(values, [y] * len(values), "o", color=color, markersize=3.5, alpha=0.7)
+          axes.plot([np.mean(values)], [y], "|", color=color, markersize=12, mew=2.0)
+      if every:
+        y = rows_y["pooled"] + offset
+        axes.plot(every, [y] * len(every), "o", color=color, markersize=3.5, alpha=0.35)
+        axes.plot([np.mean(every)], [y], "|", color=color, markersize=14, mew=2.5,
+                  label=f"{label} (mean {np.mean(every):+.3f}, {len(every)} runs)")
+    axes.axvline(0.0, color="gray", linewidth=0.8)
+    axes.axhline(0.5, color="lightgray", linewidth=0.8)
+    axes.set(title=title, xlabel="difference")
+    axes.legend(fontsize="x-small", loc="lower left", bbox_to_anchor=(0.0, 1.08))
+  grid[0].set_yticks(list(rows_y.values()), list(rows_y))
+  return figure
+
+
+def plot_paired_differences(path: PathLike, draws, *, differences, metrics) -> str | None:
+  """``paired_differences_figure`` written as a PNG to ``path``; None (nothing
+  written) when there is nothing to draw."""
+  figure = paired_differences_figure(draws, differences=differences, metrics=metrics)
+  return None if figure is None else save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------

@@ -128,3 +128,32 @@ def test_long_panel_titles_are_wrapped_not_cut():
   assert "\n" in wrapped and all(len(line) <= 48 for line in wrapped.split("\n"))
   assert wrapped.split() == title.split()
   assert plots._wrap("re: normal", 48) == "re: normal"
+
+
+def test_paired_differences_are_drawn_per_draw_with_a_pooled_mean(tmp_path):
+  """A forest plot: a dot per run, a bar at each draw's mean and at the mean of every
+  run (the 'pooled' row, y = 0); None values and metrics without any value are left out."""
+  draws = {"a": [{"d": -0.02, "d/bias": -0.10}, {"d": 0.00, "d/bias": None}],
+           "b": [{"d": 0.01}]}
+  figure = plots.paired_differences_figure(
+      draws, differences=[("d", "BU - control"), ("e", "absent")],
+      metrics=[("", "AUC"), ("/bias", "rare vs frequent"), ("/other", "never measured")])
+  panels = figure.get_axes()
+  assert [p.get_gid() for p in panels] == ["", "/bias"]
+  assert [t.get_text() for t in panels[0].get_yticklabels()] == ["a", "b", "pooled"]
+
+  def means(panel):  # (y, x) of each mean bar
+    return sorted((round(float(l.get_ydata()[0]), 3), round(float(l.get_xdata()[0]), 4))
+                  for l in panel.get_lines() if l.get_marker() == "|")
+
+  offset = -0.22  # the first of two differences sits below its row's centre
+  assert means(panels[0]) == [(0.0 + offset, round(-0.01 / 3, 4)), (1.0 + offset, 0.01),
+                              (2.0 + offset, -0.01)]
+  assert means(panels[1]) == [(0.0 + offset, -0.1), (2.0 + offset, -0.1)]
+  assert "mean -0.003, 3 runs" in panels[0].get_legend().get_texts()[0].get_text()
+  path = plots.plot_paired_differences(tmp_path / "d.png", draws, differences=[("d", "x")],
+                                       metrics=[("", "AUC")])
+  _png_ok(path)
+  assert plots.plot_paired_differences(tmp_path / "none.png", draws, differences=[("e", "x")],
+                                       metrics=[("", "AUC")]) is None
+  assert not (tmp_path / "none.png").exists()

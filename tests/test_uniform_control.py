@@ -114,6 +114,32 @@ def test_several_workdirs_are_pooled(tmp_path, monkeypatch, capsys):
           "(BU 0.850, the control 0.855)") in out
 
 
+def test_plot_names_each_workdir_and_pools_the_runs(tmp_path, monkeypatch, capsys):
+  """--plot writes the forest plot of the paired differences, a row per workdir named
+  by name=workdir (or by its last folder), a pooled row."""
+  a, b = tmp_path / "a", tmp_path / "b"
+  _write_tree(a, w_min=1.0)
+  _write_tree(b, w_min=1.0)
+  assert uniform_control.parse_workdirs(f" first={a}, {b}/,") == [("first", str(a)),
+                                                                  ("b", f"{b}/")]
+  drawn = {}
+  monkeypatch.setattr(uniform_control.plots, "plot_paired_differences",
+                      lambda path, draws, **kw: drawn.update(path=path, draws=draws, **kw) or path)
+  png = tmp_path / "d.png"
+  monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir=first={a},{b}", "--seeds=0",
+                                    "--from_results", f"--plot={png}"])
+  uniform_control.main()
+  assert f"Wrote {png}" in capsys.readouterr().out
+  assert list(drawn["draws"]) == ["first", "b"]
+  assert drawn["draws"]["first"][0]["bu_minus_uniform"] == pytest.approx(-0.06)
+  assert ("bu_minus_uniform", "BU - uniform BU") in drawn["differences"]
+  monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir=x={a},x={b}", "--seeds=0",
+                                    "--from_results"])
+  with pytest.raises(SystemExit):
+    uniform_control.main()
+  assert "a workdir or a name is given twice" in capsys.readouterr().err
+
+
 def test_a_control_whose_weights_varied_is_flagged(tmp_path, monkeypatch, capsys):
   _write_tree(tmp_path, w_min=0.5)
   monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={tmp_path}", "--seeds=0",
