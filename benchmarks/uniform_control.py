@@ -30,8 +30,8 @@ all their runs, and how often the higher pseudo-anomaly AUC marked the better of
 and its control. ``--from_results`` only reads finished results.
 
 Where the run had rare-normal labels (``--rare_clips``) the differences are also given
-for the AUC against rare-normal clips and for the rare-vs-frequent AUC (the bias BU
-exists to remove: lower is better there).
+for the AUC against rare-normal clips, against frequent-normal clips, and for the
+rare-vs-frequent AUC (the bias BU exists to remove: lower is better there).
 
 Each run scores with the bank and window its own pseudo-anomalies chose, so BU and its
 control may be scored differently. ``--normalization_bank=crossfit --score_window=125``
@@ -45,7 +45,8 @@ for its band-width (``kde.contrast_sigma``: weights far from uniform), scored al
 in ``.../seed<N>/bandwidth-contrast/``: does a stronger weighting do more of what
 the paper's does?
 ``--plot=PATH`` draws every run's paired differences (BU - uniform BU, BU - RE and the
-noise floor SNP - uniform BU; AUC, AUC against rare normals, rare vs frequent), a row
+noise floor SNP - uniform BU; AUC, AUC against rare and frequent normals, rare vs
+frequent), a row
 per workdir (``name=workdir`` names it) and a pooled row.
 Nothing here reads a test label except the metrics themselves; no setting is chosen.
 """
@@ -79,7 +80,7 @@ DIFFERENCES = ("bu_minus_uniform", "snp_minus_uniform", "re_minus_uniform", "bu_
 VARIANT = "variant"  # the BU variant of --bandwidth, as a method key of the rows
 _NAMES = {"uniform": "uniform BU", VARIANT: "BU variant"}
 # Beside the AUC (a row's plain keys), "<key>/<metric>" for these, where the run has them.
-RARE_METRICS = ("auc_vs_rare", "rare_vs_frequent")
+RARE_METRICS = ("auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")
 
 
 def seed_settings(seed_dir: str) -> toycar.Settings:
@@ -225,6 +226,7 @@ def parse_workdirs(text: str) -> list[tuple[str, str]]:
 PLOT_DIFFERENCES = (("bu_minus_uniform", "BU - uniform BU"), ("bu_minus_re", "BU - RE"),
                     ("snp_minus_uniform", "SNP - uniform BU (rounding only)"))
 PLOT_METRICS = (("", "AUC"), ("/auc_vs_rare", "AUC vs rare normals"),
+                ("/auc_vs_frequent", "AUC vs frequent normals"),
                 ("/rare_vs_frequent", "rare vs frequent (lower: less bias)"))
 
 
@@ -384,7 +386,8 @@ def _formatter(key: str):
   return (lambda v: f"{v:+.3f}") if "_minus_" in key else (lambda v: f"{v:.3f}")
 
 
-_METRIC_LABELS = {"auc_vs_rare": "AUC vs rare normals", "rare_vs_frequent": "rare vs frequent"}
+_METRIC_LABELS = {"auc_vs_rare": "AUC vs rare normals", "auc_vs_frequent": "AUC vs frequent normals",
+                  "rare_vs_frequent": "rare vs frequent"}
 
 
 def _label(key: str) -> str:

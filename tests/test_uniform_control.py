@@ -35,8 +35,9 @@ def test_paired_differences_are_against_the_control():
   assert "bu_minus_snp" not in missing
 
 
-def _rare(vs_rare: float, bias: float) -> dict:
+def _rare(vs_rare: float, bias: float, vs_frequent: float = 0.95) -> dict:
   return {"rare_normal": {"auc_vs_rare": {"c": vs_rare, "mean": vs_rare},
+                          "auc_vs_frequent": {"c": vs_frequent, "mean": vs_frequent},
                           "rare_vs_frequent": {"c": bias, "mean": bias}}}
 
 
@@ -46,8 +47,10 @@ def test_rare_normal_metrics_are_paired_too():
   seed = {"re": {**_results({"re": 0.90})["re"], **_rare(0.80, 0.70)},
           "bu": {**_results({"bu": 0.88})["bu"], **_rare(0.85, 0.60)},
           "pca": {**_results({"pca": 0.84})["pca"], **_rare(0.75, 0.90)}}
-  control = {"bu": {**_results({"bu": 0.89})["bu"], **_rare(0.82, 0.65)}}
+  control = {"bu": {**_results({"bu": 0.89})["bu"], **_rare(0.82, 0.65, vs_frequent=0.97)}}
   row = uniform_control.paired(seed, control)["mean"]
+  # A lower bias can come from frequent normals scored higher: their AUC is paired too.
+  assert row["bu_minus_uniform/auc_vs_frequent"] == pytest.approx(-0.02)
   assert row["pca"] == 0.84 and row["pca/rare_vs_frequent"] == 0.90
   assert row["bu_minus_uniform/auc_vs_rare"] == pytest.approx(0.03)
   assert row["bu_minus_uniform/rare_vs_frequent"] == pytest.approx(-0.05)
