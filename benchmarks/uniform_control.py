@@ -200,7 +200,10 @@ def main():
                  scoring=scoring, bandwidth=args.bandwidth)
     if args.plot:
       draws = {name: [tables[path][seed]["mean"] for seed in seeds] for name, path in named}
-      written = plot(args.plot, draws)
+      how = (", ".join(f"--{k}={v}" for k, v in sorted(scoring.items())) if scoring
+             else "as each run chose")
+      written = plot(args.plot, draws, title=f"Paired differences per run, folder means; "
+                     f"scored {'alike: ' if scoring else ''}{how}")
       print(f"\nWrote {written}" if written else "\nNothing to plot: no paired differences")
 
   cli.exit_on_errors(run_and_plot, errors=cli.TRAINING_ERRORS,
@@ -230,11 +233,11 @@ PLOT_METRICS = (("", "AUC"), ("/auc_vs_rare", "AUC vs rare normals"),
                 ("/rare_vs_frequent", "rare vs frequent (lower: less bias)"))
 
 
-def plot(path: str, draws: dict[str, list[dict]]) -> Optional[str]:
+def plot(path: str, draws: dict[str, list[dict]], *, title: str = "") -> Optional[str]:
   """The paired differences of ``draws`` ({name: folder-mean rows, one per seed}) as a
   forest plot at ``path`` (``plots.plot_paired_differences``); None if none."""
   return plots.plot_paired_differences(path, draws, differences=PLOT_DIFFERENCES,
-                                       metrics=PLOT_METRICS)
+                                       metrics=PLOT_METRICS, title=title)
 
 
 def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: bool,

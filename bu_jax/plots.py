@@ -289,7 +289,7 @@ def plot_training(path: PathLike, metrics_files: Mapping[str, PathLike], *,
 
 def paired_differences_figure(draws: Mapping[str, Sequence[Mapping[str, Optional[float]]]], *,
                               differences: Sequence[tuple[str, str]],
-                              metrics: Sequence[tuple[str, str]]):
+                              metrics: Sequence[tuple[str, str]], title: str = ""):
   """A forest plot of paired differences: a panel per metric, a row per draw.
 
   Args:
@@ -299,24 +299,29 @@ def paired_differences_figure(draws: Mapping[str, Sequence[Mapping[str, Optional
       None values are left out.
     differences: (key, legend label) pairs, drawn side by side within a row.
     metrics: (suffix, panel title) pairs; a metric without any value gets no panel.
+    title: the figure's title (e.g. how the runs were scored).
 
   Each run is a dot, each draw's mean over its runs a vertical bar, and a last row,
   "pooled", holds every run of every draw with their mean. Returns the Figure
   (its panels' ``gid`` is the metric's suffix), or None when there is nothing to draw.
   """
   names = list(draws)
-  panels = [(suffix, title) for suffix, title in metrics
+  panels = [(suffix, panel_title) for suffix, panel_title in metrics
             if any(row.get(key + suffix) is not None
                    for rows in draws.values() for row in rows for key, _ in differences)]
   if not names or not panels:
     return None
   rows_y = {name: float(len(names) - i) for i, name in enumerate(names)}  # first draw on top
   rows_y["pooled"] = 0.0
-  figure = new_figure((4.2 * len(panels) + 1.0, 0.45 * (len(names) + 1) + 1.6))
-  grid = figure.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+  columns = 2 if len(panels) == 4 else min(len(panels), 3)  # four panels as 2 x 2
+  rows = -(-len(panels) // columns)
+  figure = new_figure((4.6 * columns + 1.0, rows * (0.45 * (len(names) + 1) + 1.9)))
+  grid = figure.subplots(rows, columns, squeeze=False, sharey=True).ravel()
+  for unused in grid[len(panels):]:
+    unused.remove()
   colors = _colors(len(differences))
   offsets = np.linspace(-0.22, 0.22, len(differences)) if len(differences) > 1 else [0.0]
-  for axes, (suffix, title) in zip(grid, panels):
+  for axes, (suffix, panel_title) in zip(grid, panels):
     axes.set_gid(suffix)
     for (key, label), color, offset in zip(differences, colors, offsets):
       every = []
@@ -335,16 +340,20 @@ def paired_differences_figure(draws: Mapping[str, Sequence[Mapping[str, Optional
                   label=f"{label} (mean {np.mean(every):+.3f}, {len(every)} runs)")
     axes.axvline(0.0, color="gray", linewidth=0.8)
     axes.axhline(0.5, color="lightgray", linewidth=0.8)
-    axes.set(title=title, xlabel="difference")
+    axes.set(title=panel_title, xlabel="difference")
     axes.legend(fontsize="x-small", loc="lower left", bbox_to_anchor=(0.0, 1.08))
   grid[0].set_yticks(list(rows_y.values()), list(rows_y))
+  if title:
+    figure.suptitle(_wrap(title, 100))
   return figure
 
 
-def plot_paired_differences(path: PathLike, draws, *, differences, metrics) -> str | None:
+def plot_paired_differences(path: PathLike, draws, *, differences, metrics,
+                            title: str = "") -> str | None:
   """``paired_differences_figure`` written as a PNG to ``path``; None (nothing
   written) when there is nothing to draw."""
-  figure = paired_differences_figure(draws, differences=differences, metrics=metrics)
+  figure = paired_differences_figure(draws, differences=differences, metrics=metrics,
+                                     title=title)
   return None if figure is None else save_figure(figure, path)
 
 

@@ -137,7 +137,9 @@ def test_paired_differences_are_drawn_per_draw_with_a_pooled_mean(tmp_path):
            "b": [{"d": 0.01}]}
   figure = plots.paired_differences_figure(
       draws, differences=[("d", "BU - control"), ("e", "absent")],
-      metrics=[("", "AUC"), ("/bias", "rare vs frequent"), ("/other", "never measured")])
+      metrics=[("", "AUC"), ("/bias", "rare vs frequent"), ("/other", "never measured")],
+      title="scored alike")
+  assert figure.get_suptitle() == "scored alike"
   panels = figure.get_axes()
   assert [p.get_gid() for p in panels] == ["", "/bias"]
   assert [t.get_text() for t in panels[0].get_yticklabels()] == ["a", "b", "pooled"]

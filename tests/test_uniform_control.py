@@ -136,6 +136,7 @@ def test_plot_names_each_workdir_and_pools_the_runs(tmp_path, monkeypatch, capsy
   assert list(drawn["draws"]) == ["first", "b"]
   assert drawn["draws"]["first"][0]["bu_minus_uniform"] == pytest.approx(-0.06)
   assert ("bu_minus_uniform", "BU - uniform BU") in drawn["differences"]
+  assert drawn["title"].endswith("scored as each run chose")
   monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir=x={a},x={b}", "--seeds=0",
                                     "--from_results"])
   with pytest.raises(SystemExit):
