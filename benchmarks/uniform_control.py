@@ -46,8 +46,7 @@ in ``.../seed<N>/bandwidth-contrast/``: does a stronger weighting do more of wha
 the paper's does?
 ``--plot=PATH`` draws every run's paired differences (BU - uniform BU, BU - RE and the
 noise floor SNP - uniform BU; AUC, AUC against rare and frequent normals, rare vs
-frequent), a row
-per workdir (``name=workdir`` names it) and a pooled row.
+frequent), a row per workdir (``name=workdir`` names it) and a pooled row.
 Nothing here reads a test label except the metrics themselves; no setting is chosen.
 """
 
@@ -183,6 +182,8 @@ def main():
   if not named:
     parser.error(f"--workdir={args.workdir!r}: no workdir given")
   workdirs = [path for _, path in named]
+  if not all(name and path for name, path in named):
+    parser.error(f"--workdir={args.workdir!r}: an entry without a name or a path")
   if len(set(workdirs)) != len(workdirs) or len({n for n, _ in named}) != len(named):
     parser.error(f"--workdir={args.workdir!r}: a workdir or a name is given twice")
   cli.sigterm_as_interrupt()

@@ -137,11 +137,14 @@ def test_plot_names_each_workdir_and_pools_the_runs(tmp_path, monkeypatch, capsy
   assert drawn["draws"]["first"][0]["bu_minus_uniform"] == pytest.approx(-0.06)
   assert ("bu_minus_uniform", "BU - uniform BU") in drawn["differences"]
   assert drawn["title"].endswith("scored as each run chose")
-  monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir=x={a},x={b}", "--seeds=0",
-                                    "--from_results"])
-  with pytest.raises(SystemExit):
-    uniform_control.main()
-  assert "a workdir or a name is given twice" in capsys.readouterr().err
+  for entries, message in ((f"x={a},x={b}", "a workdir or a name is given twice"),
+                           (f"{a},{a}", "a workdir or a name is given twice"),
+                           (f"x=,{b}", "an entry without a name or a path")):
+    monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={entries}", "--seeds=0",
+                                      "--from_results"])
+    with pytest.raises(SystemExit):
+      uniform_control.main()
+    assert message in capsys.readouterr().err
 
 
 def test_a_control_whose_weights_varied_is_flagged(tmp_path, monkeypatch, capsys):
