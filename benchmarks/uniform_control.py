@@ -30,8 +30,10 @@ all their runs, and how often the higher pseudo-anomaly AUC marked the better of
 and its control. ``--from_results`` only reads finished results.
 
 Where the run had rare-normal labels (``--rare_clips``) the differences are also given
-for the AUC against rare-normal clips, against frequent-normal clips, and for the
-rare-vs-frequent AUC (the bias BU exists to remove: lower is better there).
+for the AUC against rare-normal clips, against frequent-normal clips, for the
+rare-vs-frequent AUC (the bias BU exists to remove: lower is better there), and for the
+false-positive rates at phi on rare- and on frequent-normal clips (the false alarms a
+user sees; lower is better).
 
 Each run scores with the bank and window its own pseudo-anomalies chose, so BU and its
 control may be scored differently. ``--normalization_bank=crossfit --score_window=125``
@@ -79,7 +81,10 @@ DIFFERENCES = ("bu_minus_uniform", "snp_minus_uniform", "re_minus_uniform", "bu_
 VARIANT = "variant"  # the BU variant of --bandwidth, as a method key of the rows
 _NAMES = {"uniform": "uniform BU", VARIANT: "BU variant"}
 # Beside the AUC (a row's plain keys), "<key>/<metric>" for these, where the run has them.
-RARE_METRICS = ("auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent")
+RARE_METRICS = ("auc_vs_rare", "auc_vs_frequent", "rare_vs_frequent", "fpr_rare", "fpr_frequent")
+# The false-positive rates at phi on rare- and frequent-normal clips, per condition, as a
+# results.json's rare_normal entry holds them.
+_FPR_ENTRIES = {"fpr_rare": "fpr_rare_by_condition", "fpr_frequent": "fpr_frequent_by_condition"}
 
 
 def seed_settings(seed_dir: str) -> toycar.Settings:
@@ -119,14 +124,25 @@ def weight_spread(control_dir: str) -> float:
   return max(r["w_max"] / max(r["w_min"], 1e-30) for r in records)
 
 
+def _method_rows(results: dict, method: str) -> dict[str, dict[str, float]]:
+  """``realaudio.method_rows`` and the false-positive rates at phi on rare- and
+  frequent-normal clips (``fpr_rare``, ``fpr_frequent``; None without rare labels)."""
+  rows = method_rows(results, method)
+  rare = results[method].get("rare_normal", {})
+  for metric, entry in _FPR_ENTRIES.items():
+    for condition, row in rows.items():
+      row[metric] = rare.get(entry, {}).get(condition)
+  return rows
+
+
 def paired(results: dict, control: dict) -> dict[str, dict[str, float]]:
   """Per condition (``"mean"`` included): each method's AUC (the PCA's too, where the
   results have it) and the differences, under plain keys (``"bu"``,
   ``"bu_minus_uniform"``), and the same for ``RARE_METRICS`` under
   ``"<key>/<metric>"`` where the runs have rare-normal labels."""
-  rows = {m: method_rows(results, m) for m in ("re", "snp", "bu", VARIANT, toycar.REFERENCE)
+  rows = {m: _method_rows(results, m) for m in ("re", "snp", "bu", VARIANT, toycar.REFERENCE)
           if m in results}
-  rows["uniform"] = method_rows(control, "bu")
+  rows["uniform"] = _method_rows(control, "bu")
   out = {}
   for condition in rows["uniform"]:
     row = {}
@@ -391,7 +407,9 @@ def _formatter(key: str):
 
 
 _METRIC_LABELS = {"auc_vs_rare": "AUC vs rare normals", "auc_vs_frequent": "AUC vs frequent normals",
-                  "rare_vs_frequent": "rare vs frequent"}
+                  "rare_vs_frequent": "rare vs frequent",
+                  "fpr_rare": "false positives at phi, rare normals",
+                  "fpr_frequent": "false positives at phi, frequent normals"}
 
 
 def _label(key: str) -> str:

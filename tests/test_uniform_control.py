@@ -35,10 +35,13 @@ def test_paired_differences_are_against_the_control():
   assert "bu_minus_snp" not in missing
 
 
-def _rare(vs_rare: float, bias: float, vs_frequent: float = 0.95) -> dict:
+def _rare(vs_rare: float, bias: float, vs_frequent: float = 0.95, fpr_rare: float = 0.25) -> dict:
   return {"rare_normal": {"auc_vs_rare": {"c": vs_rare, "mean": vs_rare},
                           "auc_vs_frequent": {"c": vs_frequent, "mean": vs_frequent},
-                          "rare_vs_frequent": {"c": bias, "mean": bias}}}
+                          "rare_vs_frequent": {"c": bias, "mean": bias},
+                          "fpr_rare_by_condition": {"c": fpr_rare, "mean": fpr_rare},
+                          "fpr_frequent_by_condition": {"c": 0.05, "mean": 0.05},
+                          "fpr_rare": fpr_rare, "fpr_frequent": 0.05}}
 
 
 def test_rare_normal_metrics_are_paired_too():
@@ -47,10 +50,16 @@ def test_rare_normal_metrics_are_paired_too():
   seed = {"re": {**_results({"re": 0.90})["re"], **_rare(0.80, 0.70)},
           "bu": {**_results({"bu": 0.88})["bu"], **_rare(0.85, 0.60)},
           "pca": {**_results({"pca": 0.84})["pca"], **_rare(0.75, 0.90)}}
-  control = {"bu": {**_results({"bu": 0.89})["bu"], **_rare(0.82, 0.65, vs_frequent=0.97)}}
+  control = {"bu": {**_results({"bu": 0.89})["bu"],
+                    **_rare(0.82, 0.65, vs_frequent=0.97, fpr_rare=0.5)}}
   row = uniform_control.paired(seed, control)["mean"]
-  # A lower bias can come from frequent normals scored higher: their AUC is paired too.
+  # A lower bias can come from frequent normals scored higher: their AUC is paired too,
+  # and the false alarms at phi on each kind of normal clip.
   assert row["bu_minus_uniform/auc_vs_frequent"] == pytest.approx(-0.02)
+  assert row["bu_minus_uniform/fpr_rare"] == pytest.approx(-0.25)
+  assert row["bu_minus_uniform/fpr_frequent"] == pytest.approx(0.0)
+  assert uniform_control._label("bu_minus_re/fpr_rare") == (
+      "BU - RE, false positives at phi, rare normals")
   assert row["pca"] == 0.84 and row["pca/rare_vs_frequent"] == 0.90
   assert row["bu_minus_uniform/auc_vs_rare"] == pytest.approx(0.03)
   assert row["bu_minus_uniform/rare_vs_frequent"] == pytest.approx(-0.05)
