@@ -46,6 +46,12 @@ With them, ``--bandwidth=contrast`` also trains a BU variant per seed, the same 
 for its band-width (``kde.contrast_sigma``: weights far from uniform), scored alike
 in ``.../seed<N>/bandwidth-contrast/``: does a stronger weighting do more of what
 the paper's does?
+With ``--normalization_bank=crossfit``, BU and its control take their bank from RE's
+fold models, as the runs do (``--crossfit_bu_folds=re``, the preset's default); a bank
+that estimates another model's out-of-fold error can tilt the rare-normal metrics.
+``--crossfit_bu_folds=bu`` gives each its own fold models instead (BU's trained with
+eq. (16)'s weights, the control's with uniform ones; about 2 min each per seed on this
+CPU with 100 training clips), trained in the copies.
 ``--plot=PATH`` draws every run's paired differences (BU - uniform BU, BU - RE and the
 noise floor SNP - uniform BU; AUC, AUC against rare and frequent normals, rare vs
 frequent), a row per workdir (``name=workdir`` names it) and a pooled row.
@@ -185,6 +191,10 @@ def main():
   parser.add_argument("--score_window", type=int, default=None,
                       help="score every model alike: re-evaluate it (in a copy) with this "
                       "clip-score window in frames (125: 2 s); default: as chosen")
+  parser.add_argument("--crossfit_bu_folds", default=None, choices=["re", "bu"],
+                      help="with --normalization_bank=crossfit: whose fold models give BU's "
+                      "and its control's bank; 'bu': each its own, trained in the copies "
+                      "(default: the seed's setting, RE's)")
   parser.add_argument("--bandwidth", default=None, choices=["contrast"],
                       help="with the scoring flags: also train BU with this band-width per "
                       "seed, scored alike (the 'BU variant' rows)")
@@ -204,7 +214,11 @@ def main():
     parser.error(f"--workdir={args.workdir!r}: a workdir or a name is given twice")
   cli.sigterm_as_interrupt()
   scoring = {k: v for k, v in (("normalization_bank", args.normalization_bank),
-                                ("score_window", args.score_window)) if v is not None}
+                                ("score_window", args.score_window),
+                                ("crossfit_bu_folds", args.crossfit_bu_folds)) if v is not None}
+  if args.crossfit_bu_folds and args.normalization_bank != "crossfit":
+    parser.error("--crossfit_bu_folds: give --normalization_bank=crossfit too (it chooses "
+                 "the fold models of that bank)")
   if args.bandwidth and not scoring:
     parser.error("--bandwidth: give --normalization_bank and/or --score_window too (the "
                  "variant is compared scored alike)")

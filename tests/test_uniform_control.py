@@ -171,7 +171,9 @@ def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
                         ([f"--workdir={tmp_path}", "--seeds=0"],
                          "seed0/results.json: no such file"),
                         (["--score_window=-1"], "--score_window must be >= 0, got -1"),
-                        (["--bandwidth=contrast"], "--bandwidth: give --normalization_bank")):
+                        (["--bandwidth=contrast"], "--bandwidth: give --normalization_bank"),
+                        (["--crossfit_bu_folds=bu", "--score_window=31"],
+                         "--crossfit_bu_folds: give --normalization_bank=crossfit too")):
     monkeypatch.setattr(sys, "argv", ["uniform_control", *argv])
     with pytest.raises(SystemExit):
       uniform_control.main()
