@@ -208,6 +208,8 @@ def main():
   if not named:
     parser.error(f"--workdir={args.workdir!r}: no workdir given")
   workdirs = [path for _, path in named]
+  if any(name == "pooled" for name, _ in named):
+    parser.error(f"--workdir={args.workdir!r}: 'pooled' names the plot's row of every run")
   if not all(name and path for name, path in named):
     parser.error(f"--workdir={args.workdir!r}: an entry without a name or a path")
   if len(set(workdirs)) != len(workdirs) or len({n for n, _ in named}) != len(named):

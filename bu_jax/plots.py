@@ -302,10 +302,14 @@ def paired_differences_figure(draws: Mapping[str, Sequence[Mapping[str, Optional
     title: the figure's title (e.g. how the runs were scored).
 
   Each run is a dot, each draw's mean over its runs a vertical bar, and a last row,
-  "pooled", holds every run of every draw with their mean. Returns the Figure
+  "pooled", holds every run of every draw with their mean (so no draw may be named
+  "pooled": ``ValueError``). Returns the Figure
   (its panels' ``gid`` is the metric's suffix), or None when there is nothing to draw.
   """
   names = list(draws)
+  if "pooled" in names:
+    raise ValueError("paired_differences_figure: 'pooled' names the row of every run; "
+                     "give the draw another name")
   panels = [(suffix, panel_title) for suffix, panel_title in metrics
             if any(row.get(key + suffix) is not None
                    for rows in draws.values() for row in rows for key, _ in differences)]

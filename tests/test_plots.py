@@ -60,6 +60,9 @@ def test_plot_training_reads_metrics_files_and_skips_damaged_lines(tmp_path):
   _png_ok(plots.plot_training(tmp_path / "training.png", {"bu": path}))
   assert plots.plot_training(tmp_path / "none.png", {"re": tmp_path / "missing"}) is None
   assert not (tmp_path / "none.png").exists()
+  with pytest.raises(ValueError, match="'pooled' names the row of every run"):
+    plots.paired_differences_figure({"pooled": [{"d": 0.0}]}, differences=[("d", "x")],
+                                    metrics=[("", "AUC")])
 
 
 def test_plot_training_draws_the_validation_curve(tmp_path, monkeypatch):
@@ -159,3 +162,6 @@ def test_paired_differences_are_drawn_per_draw_with_a_pooled_mean(tmp_path):
   assert plots.plot_paired_differences(tmp_path / "none.png", draws, differences=[("e", "x")],
                                        metrics=[("", "AUC")]) is None
   assert not (tmp_path / "none.png").exists()
+  with pytest.raises(ValueError, match="'pooled' names the row of every run"):
+    plots.paired_differences_figure({"pooled": [{"d": 0.0}]}, differences=[("d", "x")],
+                                    metrics=[("", "AUC")])

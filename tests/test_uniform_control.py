@@ -148,7 +148,8 @@ def test_plot_names_each_workdir_and_pools_the_runs(tmp_path, monkeypatch, capsy
   assert drawn["title"].endswith("scored as each run chose")
   for entries, message in ((f"x={a},x={b}", "a workdir or a name is given twice"),
                            (f"{a},{a}", "a workdir or a name is given twice"),
-                           (f"x=,{b}", "an entry without a name or a path")):
+                           (f"x=,{b}", "an entry without a name or a path"),
+                           (f"pooled={a}", "'pooled' names the plot's row of every run")):
     monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={entries}", "--seeds=0",
                                       "--from_results"])
     with pytest.raises(SystemExit):
