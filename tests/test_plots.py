@@ -60,9 +60,6 @@ def test_plot_training_reads_metrics_files_and_skips_damaged_lines(tmp_path):
   _png_ok(plots.plot_training(tmp_path / "training.png", {"bu": path}))
   assert plots.plot_training(tmp_path / "none.png", {"re": tmp_path / "missing"}) is None
   assert not (tmp_path / "none.png").exists()
-  with pytest.raises(ValueError, match="'pooled' names the row of every run"):
-    plots.paired_differences_figure({"pooled": [{"d": 0.0}]}, differences=[("d", "x")],
-                                    metrics=[("", "AUC")])
 
 
 def test_plot_training_draws_the_validation_curve(tmp_path, monkeypatch):
