@@ -1,0 +1,85 @@
+"""The real-recording set with another engine recording as its machine.
+
+    bash ../shared/realaudio-dev/build.sh /tmp/realaudio-dev     # once: fetches the packages
+    python -m benchmarks.realaudio_engine --engine=f360.wav -- \
+        --src /tmp/realaudio-dev-work/x --out /tmp/realaudio-f360 --seed 9011 --machine engine_f360
+
+``../shared/realaudio-dev/build.py`` assembles every clip of its set around one
+engine loop, TORCS's ``renault-v10.wav`` (a V10). This runs that same script,
+unchanged but for the loop: ``--engine`` names another file of TORCS's sound
+folder (``torcs-data/usr/share/games/torcs/data/sound/``, unpacked by ``build.sh``
+under ``$WORK/x``), e.g. ``f360.wav`` (a V8) or ``944.wav`` (an inline four). The
+rare mode (the rev-up with the drivetrain whine and the backfire pops), the
+background, the anomalies, the ANR and the something-else sounds are built as
+for ``engine_b``; every argument after ``--`` goes to ``build.py`` as it is
+(``python ../shared/realaudio-dev/build.py -h``). Such a set is a second machine
+for ``benchmarks.realaudio --root=<out> --machine=<machine>``: a check that the
+``cpu`` preset's results do not hold for one recording only.
+
+``build.sh``'s checks (the packages' sha256, ``SHA256SUMS``) are not repeated:
+the output is not a published set, so write it outside the repository.
+"""
+
+import argparse
+import importlib.util
+import os
+import sys
+
+_DEFAULT_SET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                                os.pardir, "shared", "realaudio-dev")
+
+
+def build(*, engine: str, build_args: list[str], set_dir: str = _DEFAULT_SET_DIR) -> None:
+  """Runs ``<set_dir>/build.py`` with ``build_args``, its engine loop replaced by ``engine``.
+
+  Raises:
+    SystemExit: ``set_dir`` has no ``build.py``, or ``engine`` is not a file of the
+      TORCS sound folder under the ``--src`` of ``build_args``.
+  """
+  set_dir = os.path.abspath(set_dir)
+  if not os.path.isfile(os.path.join(set_dir, "build.py")):
+    raise SystemExit(f"--set_dir={set_dir}: no build.py there (the realaudio-dev scripts)")
+  if os.sep in engine or not engine.endswith(".wav"):
+    raise SystemExit(f"--engine={engine}: give a .wav file name of TORCS's sound folder")
+  spec = importlib.util.spec_from_file_location("realaudio_build", os.path.join(set_dir, "build.py"))
+  build_module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(build_module)
+  src = _flag_value(build_args, "--src")
+  if src is not None:
+    path = os.path.join(src, build_module.TORCS, engine)
+    if not os.path.isfile(path):
+      raise SystemExit(f"--engine={engine}: no such file {path} (run build.sh once to "
+                       "unpack the packages; see ls of that folder for the engines)")
+  build_module.P["engine"] = build_module.TORCS + engine
+  argv = sys.argv
+  sys.argv = ["build.py", *build_args]
+  try:
+    build_module.main()
+  finally:
+    sys.argv = argv
+
+
+def _flag_value(args: list[str], flag: str):
+  for i, a in enumerate(args):
+    if a == flag and i + 1 < len(args):
+      return args[i + 1]
+    if a.startswith(flag + "="):
+      return a.split("=", 1)[1]
+  return None
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--engine", required=True,
+                      help="a .wav of TORCS's sound folder, e.g. f360.wav or 944.wav")
+  parser.add_argument("--set_dir", default=_DEFAULT_SET_DIR,
+                      help="the realaudio-dev scripts (build.py)")
+  parser.add_argument("build_args", nargs=argparse.REMAINDER,
+                      help="after --: the arguments of build.py (--src, --out, --seed, ...)")
+  args = parser.parse_args(argv)
+  build_args = args.build_args[1:] if args.build_args[:1] == ["--"] else args.build_args
+  build(engine=args.engine, build_args=build_args, set_dir=args.set_dir)
+
+
+if __name__ == "__main__":
+  main()
