@@ -16,12 +16,14 @@ for ``engine_b``; every argument after ``--`` goes to ``build.py`` as it is
 for ``benchmarks.realaudio --root=<out> --machine=<machine>``: a check that the
 ``cpu`` preset's results do not hold for one recording only.
 
-``build.sh``'s checks (the packages' sha256, ``SHA256SUMS``) are not repeated:
-the output is not a published set, so write it outside the repository.
+The loop's path is added to the set's ``build_info.json`` as ``engine_loop`` (``build.py``
+does not record it). ``build.sh``'s checks (the packages' sha256, ``SHA256SUMS``) are not
+repeated: the output is not a published set, so write it outside the repository.
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 
@@ -57,6 +59,14 @@ def build(*, engine: str, build_args: list[str], set_dir: str = _DEFAULT_SET_DIR
     build_module.main()
   finally:
     sys.argv = argv
+  out = _flag_value(build_args, "--out")
+  info_path = os.path.join(out, "build_info.json") if out is not None else None
+  if info_path is not None and os.path.isfile(info_path):  # build.py does not record its loop
+    with open(info_path, encoding="utf-8") as f:
+      info = json.load(f)
+    info["engine_loop"] = build_module.P["engine"]
+    with open(info_path, "w", encoding="utf-8") as f:
+      json.dump(info, f, indent=1)
 
 
 def _flag_value(args: list[str], flag: str):

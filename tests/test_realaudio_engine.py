@@ -7,13 +7,16 @@ import pytest
 from benchmarks import realaudio_engine
 
 _FAKE_BUILD = '''
-import json, sys
+import json, os, sys
 TORCS = "torcs/sound/"
 P = {"engine": TORCS + "renault-v10.wav", "whine": TORCS + "axle.wav"}
 def main():
   out = sys.argv[sys.argv.index("--out") + 1]
-  with open(out, "w") as f:
+  os.makedirs(out)
+  with open(os.path.join(out, "seen.json"), "w") as f:
     json.dump({"P": P, "argv": sys.argv}, f)
+  with open(os.path.join(out, "build_info.json"), "w") as f:
+    json.dump({"seed": 9011}, f)
 '''
 
 
@@ -28,13 +31,15 @@ def set_dir(tmp_path):
 
 
 def test_runs_build_py_with_only_the_engine_replaced_and_its_arguments_passed_on(set_dir):
-  out = set_dir / "out.json"
+  out = set_dir / "out"
   realaudio_engine.main(["--engine=f360.wav", f"--set_dir={set_dir / 'set'}", "--",
                          "--src", str(set_dir / "src"), "--out", str(out), "--seed", "9011"])
-  record = json.loads(out.read_text())
+  record = json.loads((out / "seen.json").read_text())
   assert record["P"] == {"engine": "torcs/sound/f360.wav", "whine": "torcs/sound/axle.wav"}
   assert record["argv"] == ["build.py", "--src", str(set_dir / "src"), "--out", str(out),
                             "--seed", "9011"]
+  assert json.loads((out / "build_info.json").read_text()) == {
+      "seed": 9011, "engine_loop": "torcs/sound/f360.wav"}
 
 
 def test_a_missing_engine_file_or_scripts_folder_is_named(set_dir):
