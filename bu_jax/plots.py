@@ -303,8 +303,9 @@ def paired_differences_figure(draws: Mapping[str, Sequence[Mapping[str, Optional
 
   Each run is a dot, each draw's mean over its runs a vertical bar, and a last row,
   "pooled", holds every run of every draw with their mean (so no draw may be named
-  "pooled": ``ValueError``). Returns the Figure
-  (its panels' ``gid`` is the metric's suffix), or None when there is nothing to draw.
+  "pooled": ``ValueError``). Returns the Figure (its panels' ``gid`` is the metric's
+  suffix; each panel's title heads its legend, above the axes), or None when there is
+  nothing to draw.
   """
   names = list(draws)
   if "pooled" in names:
@@ -344,8 +345,11 @@ def paired_differences_figure(draws: Mapping[str, Sequence[Mapping[str, Optional
                   label=f"{label} (mean {np.mean(every):+.3f}, {len(every)} runs)")
     axes.axvline(0.0, color="gray", linewidth=0.8)
     axes.axhline(0.5, color="lightgray", linewidth=0.8)
-    axes.set(title=panel_title, xlabel="difference")
-    axes.legend(fontsize="x-small", loc="lower left", bbox_to_anchor=(0.0, 1.08))
+    axes.set(xlabel="difference")
+    # The panel's title heads its legend above the axes (a separate axes title
+    # would sit under the legend's box).
+    axes.legend(title=panel_title, title_fontsize="medium", fontsize="x-small",
+                loc="lower left", bbox_to_anchor=(0.0, 1.0), alignment="left")
   grid[0].set_yticks(list(rows_y.values()), list(rows_y))
   if title:
     figure.suptitle(_wrap(title, 100))

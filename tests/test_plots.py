@@ -153,6 +153,8 @@ def test_paired_differences_are_drawn_per_draw_with_a_pooled_mean(tmp_path):
                               (2.0 + offset, -0.01)]
   assert means(panels[1]) == [(0.0 + offset, -0.1), (2.0 + offset, -0.1)]
   assert "mean -0.003, 3 runs" in panels[0].get_legend().get_texts()[0].get_text()
+  assert [p.get_legend().get_title().get_text() for p in panels] == ["AUC",
+                                                                    "rare vs frequent"]
   path = plots.plot_paired_differences(tmp_path / "d.png", draws, differences=[("d", "x")],
                                        metrics=[("", "AUC")])
   _png_ok(path)
@@ -162,3 +164,26 @@ def test_paired_differences_are_drawn_per_draw_with_a_pooled_mean(tmp_path):
   with pytest.raises(ValueError, match="'pooled' names the row of every run"):
     plots.paired_differences_figure({"pooled": [{"d": 0.0}]}, differences=[("d", "x")],
                                     metrics=[("", "AUC")])
+
+
+def test_paired_differences_legends_overlap_no_panel_or_title():
+  """Four panels (2 x 2) with long legend labels: once drawn, no panel's legend (which
+  carries its title) overlaps another legend, any panel's axes, or the figure's title."""
+  draws = {name: [{"d": 0.01 * i, "d/r": -0.02 * i, "d/f": 0.0, "d/q": 0.1 * i,
+                   "e": 0.0, "e/r": 0.01} for i in range(3)] for name in ("V8", "inline-four")}
+  figure = plots.paired_differences_figure(
+      draws, differences=[("d", "BU - uniform BU"), ("e", "SNP - uniform BU (rounding only)")],
+      metrics=[("", "AUC"), ("/r", "AUC vs rare normals"), ("/f", "vs frequent"),
+               ("/q", "rare vs frequent")], title="a title " * 20)
+  figure.canvas.draw()
+  renderer = figure.canvas.get_renderer()
+  panels = figure.get_axes()
+  assert len(panels) == 4
+  legends = [p.get_legend().get_window_extent(renderer) for p in panels]
+  boxes = [p.get_window_extent(renderer) for p in panels]
+  titles = [figure._suptitle.get_window_extent(renderer)]  # pylint: disable=protected-access
+  titles += [p.title.get_window_extent(renderer) for p in panels if p.get_title()]
+  for i, legend in enumerate(legends):
+    assert not any(legend.overlaps(title) for title in titles)
+    assert not any(legend.overlaps(box) for box in boxes)
+    assert not any(legend.overlaps(other) for j, other in enumerate(legends) if j != i)
