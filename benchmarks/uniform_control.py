@@ -1,7 +1,9 @@
 """BU against its own uniform-weight control, on a finished real-recording benchmark.
 
     python -m benchmarks.uniform_control --workdir=runs/realaudio[,W2,...] [--seeds=0,1,2] \
-        [--preset=cpu] [--from_results] [--plot=differences.png]
+        [--preset=cpu] [--from_results] [--plot=differences.png] \
+        [--normalization_bank=crossfit|training] [--score_window=125] \
+        [--score_normalization=none] [--crossfit_bu_folds=bu]
 
 With sigma -> 0 every kernel value of eq. (15) is 1, so BU's weights (eq. 16) are
 all equal and J_BU is J_SNP (eq. 9): a model trained so differs from SNP's only by
@@ -52,6 +54,9 @@ that estimates another model's out-of-fold error can tilt the rare-normal metric
 ``--crossfit_bu_folds=bu`` gives each its own fold models instead (BU's trained with
 eq. (16)'s weights, the control's with uniform ones; about 2 min each per seed on this
 CPU with 100 training clips), trained in the copies.
+``--score_normalization=none --score_window=125`` scores every model alike on its raw
+reconstruction errors (eq. 5, no bank; evaluation only): what the weights do to the
+errors themselves, before any bank measures a frame against its own kind.
 ``--plot=PATH`` draws every run's paired differences (BU - uniform BU, BU - RE and the
 noise floor SNP - uniform BU; AUC, AUC against rare and frequent normals, rare vs
 frequent), a row per workdir (``name=workdir`` names it) and a pooled row.
@@ -191,6 +196,11 @@ def main():
   parser.add_argument("--score_window", type=int, default=None,
                       help="score every model alike: re-evaluate it (in a copy) with this "
                       "clip-score window in frames (125: 2 s); default: as chosen")
+  parser.add_argument("--score_normalization", default=None,
+                      choices=["none", *score_norm.KINDS, score_norm.AUTO_KIND],
+                      help="score every model alike: re-evaluate it (in a copy) with this "
+                      "normalization; 'none' with --score_window: raw reconstruction errors, "
+                      "no bank (default: as each run chose)")
   parser.add_argument("--crossfit_bu_folds", default=None, choices=["re", "bu"],
                       help="with --normalization_bank=crossfit: whose fold models give BU's "
                       "and its control's bank; 'bu': each its own, trained in the copies "
@@ -215,7 +225,8 @@ def main():
   if len(set(workdirs)) != len(workdirs) or len({n for n, _ in named}) != len(named):
     parser.error(f"--workdir={args.workdir!r}: a workdir or a name is given twice")
   cli.sigterm_as_interrupt()
-  scoring = {k: v for k, v in (("normalization_bank", args.normalization_bank),
+  scoring = {k: v for k, v in (("score_normalization", args.score_normalization),
+                                ("normalization_bank", args.normalization_bank),
                                 ("score_window", args.score_window),
                                 ("crossfit_bu_folds", args.crossfit_bu_folds)) if v is not None}
   if args.crossfit_bu_folds and args.normalization_bank != "crossfit":

@@ -157,6 +157,23 @@ def test_plot_names_each_workdir_and_pools_the_runs(tmp_path, monkeypatch, capsy
     assert message in capsys.readouterr().err
 
 
+def test_raw_scores_are_a_scoring_of_their_own(tmp_path, monkeypatch):
+  """--score_normalization=none reaches the re-evaluation with the window, in copies
+  named by both settings (never the normalized copies')."""
+  seen = {}
+  monkeypatch.setattr(uniform_control, "run", lambda workdirs, seeds, **kw: seen.update(kw) or {})
+  monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={tmp_path}", "--seeds=0",
+                                    "--score_normalization=none", "--score_window=125"])
+  uniform_control.main()
+  assert seen["scoring"] == {"score_normalization": "none", "score_window": 125}
+  seed_dir = str(tmp_path / "cpu" / "seed0")
+  assert uniform_control.alike_dir(seed_dir, seen["scoring"]) == str(
+      tmp_path / "cpu" / "uniform" / "score_normalization-none_score_window-125" / "seed0")
+  settings = uniform_control.toycar.Settings(workdir="w", preset="cpu", **seen["scoring"])
+  assert settings.normalization()[0] == "none"
+  assert settings.bank() == "training"  # no fold models are trained for raw scores
+
+
 def test_a_control_whose_weights_varied_is_flagged(tmp_path, monkeypatch, capsys):
   _write_tree(tmp_path, w_min=0.5)
   monkeypatch.setattr(sys, "argv", ["uniform_control", f"--workdir={tmp_path}", "--seeds=0",
@@ -174,7 +191,10 @@ def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
                         (["--score_window=-1"], "--score_window must be >= 0, got -1"),
                         (["--bandwidth=contrast"], "--bandwidth: give --normalization_bank"),
                         (["--crossfit_bu_folds=bu", "--score_window=31"],
-                         "--crossfit_bu_folds: give --normalization_bank=crossfit too")):
+                         "--crossfit_bu_folds: give --normalization_bank=crossfit too"),
+                        (["--score_normalization=none", "--normalization_bank=crossfit"],
+                         "--normalization_bank=crossfit applies to --score_normalization=knn"),
+                        (["--score_normalization=zscore"], "invalid choice: 'zscore'")):
     monkeypatch.setattr(sys, "argv", ["uniform_control", *argv])
     with pytest.raises(SystemExit):
       uniform_control.main()
