@@ -3,7 +3,8 @@
     python -m benchmarks.uniform_control --workdir=runs/realaudio[,W2,...] [--seeds=0,1,2] \
         [--preset=cpu] [--from_results] [--plot=differences.png] \
         [--normalization_bank=crossfit|training] [--score_window=125] \
-        [--score_normalization=none] [--crossfit_bu_folds=bu]
+        [--score_normalization=none] [--crossfit_bu_folds=bu] [--bandwidth=contrast] \
+        [--tilt=T]
 
 With sigma -> 0 every kernel value of eq. (15) is 1, so BU's weights (eq. 16) are
 all equal and J_BU is J_SNP (eq. 9): a model trained so differs from SNP's only by
@@ -47,7 +48,9 @@ compares the trainings alone, and ``BU - RE`` / ``BU - SNP`` compare the losses.
 With them, ``--bandwidth=contrast`` also trains a BU variant per seed, the same but
 for its band-width (``kde.contrast_sigma``: weights far from uniform), scored alike
 in ``.../seed<N>/bandwidth-contrast/``: does a stronger weighting do more of what
-the paper's does?
+the paper's does? ``--tilt=T`` does the same for BU with its weights tilted towards
+the frames it fits worst (``losses.tilted_weights``; in ``.../seed<N>/tilt-T/``):
+section 3.1's aim, the maximum normal score, approached directly.
 With ``--normalization_bank=crossfit``, BU and its control take their bank from RE's
 fold models, as the runs do (``--crossfit_bu_folds=re``, the preset's default); a bank
 that estimates another model's out-of-fold error can tilt the rare-normal metrics.
@@ -208,6 +211,10 @@ def main():
   parser.add_argument("--bandwidth", default=None, choices=["contrast"],
                       help="with the scoring flags: also train BU with this band-width per "
                       "seed, scored alike (the 'BU variant' rows)")
+  parser.add_argument("--tilt", type=float, default=None,
+                      help="with the scoring flags: also train BU with its weights tilted "
+                      "towards the frames fitted worst (losses.tilted_weights, t > 0) per "
+                      "seed, scored alike (the 'BU variant' rows; with --bandwidth, both)")
   parser.add_argument("--plot", default=None,
                       help="also write a PNG here: each run's paired differences (BU - uniform "
                       "BU, BU - RE, SNP - uniform BU), a row per workdir and a pooled row, a "
@@ -232,16 +239,21 @@ def main():
   if args.crossfit_bu_folds and args.normalization_bank != "crossfit":
     parser.error("--crossfit_bu_folds: give --normalization_bank=crossfit too (it chooses "
                  "the fold models of that bank)")
-  if args.bandwidth and not scoring:
-    parser.error("--bandwidth: give --normalization_bank and/or --score_window too (the "
-                 "variant is compared scored alike)")
+  variant = {k: v for k, v in (("bandwidth", args.bandwidth), ("tilt", args.tilt))
+             if v is not None}
+  for name in variant:
+    if not scoring:
+      parser.error(f"--{name}: give --normalization_bank and/or --score_window too (the "
+                   "variant is compared scored alike)")
+  if args.tilt is not None and not args.tilt > 0:
+    parser.error(f"--tilt={args.tilt}: give t > 0 (0 is BU itself)")
   try:  # a bad value is one usage line here, not a traceback from the first re-evaluation
-    toycar.Settings(workdir=args.workdir, preset=args.preset, **scoring)
+    toycar.Settings(workdir=args.workdir, preset=args.preset, **scoring, **variant)
   except ValueError as e:
     parser.error(str(e))
   def run_and_plot():
     tables = run(workdirs, seeds, preset=args.preset, from_results=args.from_results,
-                 scoring=scoring, bandwidth=args.bandwidth)
+                 scoring=scoring, bandwidth=args.bandwidth, tilt=args.tilt)
     if args.plot:
       draws = {name: [tables[path][seed]["mean"] for seed in seeds] for name, path in named}
       how = (", ".join(f"--{k}={v}" for k, v in sorted(scoring.items())) if scoring
@@ -285,22 +297,26 @@ def plot(path: str, draws: dict[str, list[dict]], *, title: str = "") -> Optiona
 
 
 def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: bool,
-        scoring: Optional[dict] = None, bandwidth: Optional[str] = None) -> dict:
+        scoring: Optional[dict] = None, bandwidth: Optional[str] = None,
+        tilt: Optional[float] = None) -> dict:
   """Trains (or reads) every seed's control in every workdir, prints the lines and
   the tables; returns {workdir: {seed: paired(...)}}. ``scoring`` (toy-car settings,
   e.g. ``{"normalization_bank": "crossfit", "score_window": 125}``): every model is
   compared re-evaluated alike with them (``rescore``); with ``bandwidth`` a BU variant
-  with that band-width too, trained and scored the same way."""
-  if bandwidth and not scoring:
+  with that band-width too, trained and scored the same way; with ``tilt`` one with
+  its weights tilted (``losses.tilted_weights``), or with both."""
+  variant = {k: v for k, v in (("bandwidth", bandwidth), ("tilt", tilt)) if v is not None}
+  if variant and not scoring:
     raise ValueError("a BU variant is compared scored alike: give scoring too")
   tables = {}
   for workdir in workdirs:
     tables[workdir] = table = {}
     for seed in seeds:
       table[seed] = _seed(workdir, seed, preset=preset, from_results=from_results,
-                          scoring=scoring or {}, bandwidth=bandwidth)
-    variant = f" (BU variant: --bandwidth={bandwidth})" if bandwidth else ""
-    print(f"\n{workdir}{variant}:\n| folder-mean | " + " | ".join(f"seed {s}" for s in seeds)
+                          scoring=scoring or {}, variant=variant)
+    named = (" (BU variant: " + ", ".join(f"--{k}={v}" for k, v in variant.items()) + ")"
+             if variant else "")
+    print(f"\n{workdir}{named}:\n| folder-mean | " + " | ".join(f"seed {s}" for s in seeds)
           + f" | mean ± std over {len(seeds)} seeds |")
     print("|---|" + "---|" * (len(seeds) + 1))
     keys = [k + suffix for suffix in ("",) + tuple(f"/{m}" for m in RARE_METRICS)
@@ -320,7 +336,7 @@ def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: boo
 
 
 def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: dict,
-          bandwidth: Optional[str] = None) -> dict:
+          variant: Optional[dict] = None) -> dict:
   """One seed's control, trained or read, its lines printed; ``paired``'s rows."""
   seed_dir = os.path.join(workdir, preset, f"seed{seed}")
   control_dir = os.path.join(workdir, preset, CONTROL_DIR, f"seed{seed}")
@@ -343,9 +359,8 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: 
     if others:  # RE and SNP with their own fold models, and the PCA beside them
       results.update(rescored("_".join(others), [os.path.join(seed_dir, m) for m in others]))
     control = rescored("uniform", [os.path.join(control_dir, "bu")], sigma=UNIFORM_SIGMA)
-    if bandwidth:  # trained in its copy: the seed's BU but for the band-width
-      results[VARIANT] = rescored(f"bandwidth-{bandwidth}", [], losses=("bu",),
-                                  bandwidth=bandwidth)["bu"]
+    if variant:  # trained in its copy: the seed's BU but for the band-width or tilt
+      results[VARIANT] = rescored(variant_name(variant), [], losses=("bu",), **variant)["bu"]
   rows = paired(results, control)
   for condition, row in rows.items():
     emit(workdir=workdir, seed=seed, condition=condition, preset=preset,
@@ -379,6 +394,13 @@ def rescore(seed_dir: str, which: str, model_dirs: list[str], *, scoring: dict,
       borrow_fold_models(seed_dir, dst)
     toycar.run(settings)
   return read_results(os.path.join(dst, "results.json"))
+
+
+def variant_name(variant: dict) -> str:
+  """The variant's folder among the copies: ``bandwidth-contrast``, ``tilt-2``, or both
+  joined by ``_``."""
+  return "_".join(f"{k}-{v:g}" if isinstance(v, float) else f"{k}-{v}"
+                  for k, v in sorted(variant.items()))
 
 
 def alike_dir(seed_dir: str, scoring: dict) -> str:

@@ -307,6 +307,56 @@ def bu_loss_from_weights(scores_u: jax.Array, scores_a: jax.Array, weights: jax.
   return loss, normal
 
 
+def tilted_weights(scores_u: jax.Array, *, tilt: float,
+                   mask_u: Optional[jax.Array] = None,
+                   axis_name: Optional[str] = None) -> jax.Array:
+  """Weights that lean the normal term towards the batch's largest scores (section 3.1).
+
+  w_i = exp(t (A_i - max_j A_j) / mean_j A_j) over the valid normal frames of the
+  (global) batch. Section 3.1 wants the maximum of A(x) over normal data minimized,
+  and rejects minimizing it directly because its gradient comes from one frame;
+  with these weights the weighted normal term of eq. (16) has the gradient of the
+  tilted mean (1/t') ln mean_i exp(t' A_i), t' = t / mean A, which runs from the
+  mean (t = 0: uniform weights, J_SNP) to the maximum (t -> inf) while every frame
+  keeps a share of the gradient. Unlike eq. (15)'s density weights, they ask the
+  model which frames it fits worst, rather than which are rare in the features.
+  Multiply them into ``kde.kde_weights`` (or use them alone) and pass the product
+  to ``bu_loss_from_weights``. They carry no gradient; dividing by the batch's mean
+  score makes them independent of the scores' unit, and subtracting the maximum
+  keeps every exponent <= 0 (no overflow; the largest weight is 1).
+
+  Args:
+    scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames, >= 0.
+    tilt: t >= 0 (finite); 0 gives uniform weights.
+    mask_u: optional (M_u,) booleans, True for valid normal frames; the others
+      get weight 0 and their scores are not read.
+    axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None: the
+      maximum and the mean are then those of the global batch.
+
+  Returns:
+    (M_u,) float32 weights in (0, 1], 0 for masked-out frames; all 1 when every
+    valid score is 0; all NaN when a valid score is NaN or inf (the loss is then
+    NaN, which training stops on, rather than a plausible number).
+
+  Raises:
+    ValueError: ``tilt`` is a number that is not finite and >= 0.
+  """
+  tilt = kde._check_hyperparameter("tilt", tilt, allow_zero=True)
+  scores_u, mask_u = _scores_and_mask(scores_u, mask_u, "u")
+  scores = jax.lax.stop_gradient(scores_u).astype(jnp.float32)
+  valid = (jnp.ones(scores.shape, jnp.bool_) if mask_u is None
+           else mask_u.astype(jnp.bool_))
+  scores = jnp.where(valid, scores, 0.0)
+  top = jnp.max(jnp.where(valid, scores, -jnp.inf), initial=-jnp.inf)
+  if axis_name is not None:
+    top = jax.lax.pmax(top, axis_name)
+  mean = masked_mean(scores, mask=valid, axis_name=axis_name)
+  scale = jnp.where(mean == 0, 1.0, mean)  # a NaN or inf score stays visible: NaN weights
+  exponent = jnp.where(valid, tilt * (scores - jnp.where(top == -jnp.inf, 0.0, top)) / scale,
+                       0.0)
+  return jnp.where(valid, jnp.exp(jnp.minimum(exponent, 0.0)), 0.0)
+
+
 def paper_hyperparameters(*, dim: int, n_mels: Optional[int] = None) -> dict:
   """sigma (eq. 15) and lambda (eq. 10) as in the paper.
 

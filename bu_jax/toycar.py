@@ -134,6 +134,10 @@ class Settings(cli.ScoringSettings):
       help="BU: 'segment' leaves a frame's own 3-s normal segment out of its KDE sum (only "
       "recurrence in other recordings makes it common); 'none': eq. (15). Default: the "
       "preset's.")
+  tilt: Optional[float] = cli.setting(
+      None, minimum=0, help="BU: also weight each normal frame by exp(t (A - max A) / mean A) "
+      "over its batch (losses.tilted_weights: towards the frames fitted worst, section 3.1's "
+      "maximum smoothed); 0: eq. (16) alone, the paper. Default: the preset's.")
   heldout_fraction: float = cli.setting(
       0.1, help="Fraction of the training clips held out of training (at least one): phi "
       "(eq. 4) is fitted to their clip scores, and the pseudo-anomalies are made from them. "

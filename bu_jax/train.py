@@ -54,7 +54,8 @@ KDE_EXCLUDE = ("none", "segment")
 # The settings a loss does not read: eq. (7) has no simulated anomaly and no
 # weights, eq. (9) no weights. A model trained with any value of them is the
 # same model (``runner.check_resumable`` does not compare them).
-_WEIGHT_SETTINGS = ("sigma", "bandwidth", "kde_memory", "kde_memory_rows", "kde_exclude", "eps")
+_WEIGHT_SETTINGS = ("sigma", "bandwidth", "kde_memory", "kde_memory_rows", "kde_exclude", "eps",
+                    "tilt")
 UNUSED_SETTINGS = {
     "re": ("anr_range_db", "max_clip_seconds", "lam") + _WEIGHT_SETTINGS,
     "snp": _WEIGHT_SETTINGS,
@@ -105,6 +106,10 @@ class TrainConfig:
     kde_exclude: BU only; "none" (eq. 15) or "segment": a frame's KDE sum
       skips the other frames of its own 3-s normal segment (``kde_density``'s
       ``groups``), so only recurrence in other recordings makes it common.
+    tilt: BU only; 0 (the paper) or t > 0: eq. (16)'s weights are multiplied
+      by ``losses.tilted_weights`` (exp(t (A_i - max A) / mean A)), leaning the
+      normal term towards the frames the model fits worst (section 3.1's
+      maximum, smoothed).
     lam: clipping parameter lambda of eq. (10); None: 2M (M mel bands).
     eps: epsilon of the BU weight 1/(K + eps) (eq. 16).
     seed: seeds the parameter initialization and every batch; in [0, 2**32).
@@ -133,6 +138,7 @@ class TrainConfig:
   kde_memory: int = 0
   kde_memory_rows: int = 256
   kde_exclude: str = "none"
+  tilt: float = 0.0
   lam: Optional[float] = None
   eps: float = 1e-6
   seed: int = 0
@@ -163,7 +169,8 @@ class TrainConfig:
     for name, low_ok, none_ok in (  # (field, smallest value allowed or None for > 0, None allowed)
         ("learning_rate", None, False), ("final_lr_factor", 0.0, False),
         ("segment_seconds", None, False), ("max_clip_seconds", None, False),
-        ("sigma", None, True), ("lam", None, True), ("eps", 0.0, False)):
+        ("sigma", None, True), ("lam", None, True), ("eps", 0.0, False),
+        ("tilt", 0.0, False)):
       value = getattr(self, name)
       if value is None and none_ok:
         continue
@@ -173,9 +180,9 @@ class TrainConfig:
               and (value > 0 if low_ok is None else value >= low_ok)):
         raise ValueError(f"{name} must be a finite number {'> 0' if low_ok is None else '>= 0'}"
                          f"{' or None' if none_ok else ''}, got {value!r}")
-    for name in ("learning_rate", "sigma", "lam", "eps"):  # used in float32: 1e-50 is 0 there
+    for name in ("learning_rate", "sigma", "lam", "eps", "tilt"):  # float32: 1e-50 is 0 there
       if getattr(self, name) is not None:
-        kde._check_hyperparameter(name, getattr(self, name), allow_zero=name == "eps")
+        kde._check_hyperparameter(name, getattr(self, name), allow_zero=name in ("eps", "tilt"))
     if self.total_steps > MAX_STEPS:
       raise ValueError(f"epochs x steps_per_epoch = {self.epochs} x {self.steps_per_epoch} = "
                        f"{self.total_steps} steps; at most {MAX_STEPS}")
@@ -476,6 +483,9 @@ def _local_loss(params, step, corpus: batch_lib.Corpus, memory, *, config: Train
           memory["frames"], memory["valid"], x[rows], slot=step,
           rows_per_slot=config.kde_memory_rows, mask=valid, axis_name=axis)
       memory = {"frames": frames, "valid": mem_valid}
+    if config.tilt:
+      weights = weights * losses.tilted_weights(scores[rows], tilt=config.tilt, mask_u=valid,
+                                                axis_name=axis)
     loss, normal_term = loss_by_name("bu", scores[rows], scores, lam=hyper["lam"],
                                      weights=weights, mask_u=valid, mask_a=anomalous,
                                      axis_name=axis)

@@ -614,3 +614,83 @@ def test_standardize_and_density_have_finite_gradients_at_constant_dimensions():
     assert np.isfinite(np.asarray(g)).all()
     g = jax.grad(lambda v: jnp.sum(kde.standardize(v) ** 3))(x)
     assert np.isfinite(np.asarray(g)).all()
+
+
+# ------------------------------------------------------- tilted weights (section 3.1)
+
+def _np_tilted(scores, tilt, mask=None):
+  """Reference in float64: exp(t (A_i - max A) / mean A) over the valid frames."""
+  s = np.asarray(scores, np.float64)
+  valid = np.ones(s.shape, bool) if mask is None else np.asarray(mask, bool)
+  top, mean = s[valid].max(), s[valid].mean()
+  return np.where(valid, np.exp(tilt * (s - top) / (mean if mean > 0 else 1.0)), 0.0)
+
+
+@PROPS
+@given(scores=hnp.arrays(np.float32, (M,), elements=st.floats(0, 1e4, width=32)),
+       tilt=st.one_of(st.just(0.0), st.floats(1e-3, 50)), seed=st.integers(0, 2**16))
+def test_tilted_weights_match_reference_and_order_by_score(scores, tilt, seed):
+  mask = np.random.default_rng(seed).random(M) < 0.7
+  mask[0] = True
+  w = np.asarray(losses.tilted_weights(scores, tilt=tilt, mask_u=mask))
+  np.testing.assert_allclose(w, _np_tilted(scores, tilt, mask), rtol=1e-4, atol=1e-30)
+  assert np.isfinite(w).all() and (w[~mask] == 0).all() and (w[mask] <= 1).all()
+  assert w[mask].max() == 1.0  # the worst-fitted valid frame
+  order = np.argsort(scores[mask], kind="stable")
+  assert (np.diff(w[mask][order]) >= 0).all()  # a higher score never weighs less
+  # unit-free: the same weights for the scores in any unit
+  np.testing.assert_allclose(losses.tilted_weights(scores * np.float32(1024), tilt=tilt,
+                                                   mask_u=mask), w, rtol=1e-4, atol=1e-30)
+
+
+@PROPS
+@given(scores=hnp.arrays(np.float32, (M,), elements=st.floats(0, 50, width=32)),
+       scores_a=hnp.arrays(np.float32, (6,), elements=st.floats(0, 50, width=32)))
+def test_zero_tilt_gives_snp_and_a_large_tilt_the_maximum(scores, scores_a):
+  w0 = losses.tilted_weights(scores, tilt=0.0)
+  np.testing.assert_array_equal(w0, np.ones(M, np.float32))
+  np.testing.assert_allclose(losses.bu_loss_from_weights(scores, scores_a, w0, lam=LAM)[0],
+                             losses.snp_loss(scores, scores_a, lam=LAM), rtol=1e-5, atol=1e-5)
+  assume(scores.mean() > 0 and np.sort(scores)[-1] - np.sort(scores)[-2] > 0.05 * scores.mean())
+  w = losses.tilted_weights(scores, tilt=2000.0)
+  normal = losses.bu_loss_from_weights(scores, scores_a, w, lam=LAM)[1]
+  np.testing.assert_allclose(normal, scores.max(), rtol=1e-4)  # section 3.1's max A
+
+
+def test_tilted_weights_gradient_is_the_tilted_mean_and_finite_at_the_edges():
+  s = jnp.asarray([0.5, 1.0, 2.0, 6.0])
+  t = 1.5
+  scale = float(jnp.mean(s))
+  weighted = lambda s: losses.bu_loss_from_weights(
+      s, jnp.zeros(0), losses.tilted_weights(s, tilt=t), lam=LAM)[1]
+  tilted_mean = lambda s: scale / t * jax.nn.logsumexp(t * s / scale)  # the weights' objective
+  np.testing.assert_allclose(jax.grad(weighted)(s), jax.grad(tilted_mean)(s), rtol=1e-5)
+  for scores, mask in [(jnp.zeros(4), None),  # every score 0: uniform
+                       (jnp.asarray([1.0, jnp.nan, jnp.inf, 3.0]),
+                        jnp.asarray([True, False, False, True])),  # garbage masked out
+                       (jnp.asarray([0.0, 1e30]), None),  # huge spread: no overflow
+                       (jnp.zeros(0), None)]:  # no normal frame
+    w = losses.tilted_weights(scores, tilt=1e3, mask_u=mask)
+    g = jax.grad(lambda s: losses.bu_loss_from_weights(
+        s, jnp.zeros(0), losses.tilted_weights(s, tilt=1e3, mask_u=mask), lam=LAM,
+        mask_u=mask)[0])(scores)
+    assert np.isfinite(w).all() and np.isfinite(g).all(), (scores, w, g)
+  # a NaN in a valid row is not hidden: every weight is NaN, so the loss is
+  assert np.isnan(losses.tilted_weights(jnp.asarray([1.0, jnp.nan]), tilt=1.0)).all()
+  for bad in (-1.0, float("nan"), float("inf"), True):
+    with pytest.raises(ValueError, match="tilt"):
+      losses.tilted_weights(s, tilt=bad)
+
+
+@pytest.mark.parametrize("n_dev", [2, 4])
+def test_tilted_weights_sharded_equal_single_device(n_dev):
+  mesh = jax.make_mesh((n_dev,), ("data",), devices=jax.devices()[:n_dev])
+  rng = np.random.default_rng(n_dev)
+  scores = rng.gamma(2.0, 3.0, 8 * n_dev).astype(np.float32)
+  mask = rng.random(8 * n_dev) < 0.8
+  single = losses.tilted_weights(scores, tilt=2.0, mask_u=mask)
+  sharded = jax.jit(jax.shard_map(
+      lambda s, m: losses.tilted_weights(s, tilt=2.0, mask_u=m, axis_name="data"),
+      mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data")))(
+          *(jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (scores, mask)))
+  np.testing.assert_allclose(sharded, single, rtol=1e-6)

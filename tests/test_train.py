@@ -234,7 +234,7 @@ def test_bfloat16_compute_keeps_float32_state_and_close_losses():
 
 _UNUSED_VALUES = dict(sigma=0.3, bandwidth="contrast", kde_memory=2, kde_memory_rows=8,
                       kde_exclude="segment", eps=1e-2, anr_range_db=(-5.0, 5.0),
-                      max_clip_seconds=0.5, lam=3.0)
+                      max_clip_seconds=0.5, lam=3.0, tilt=2.0)
 
 
 @pytest.mark.parametrize("loss", ["re", "snp"])
@@ -250,10 +250,28 @@ def test_settings_a_loss_does_not_read_leave_its_training_unchanged(loss):
   assert train.UNUSED_SETTINGS["bu"] == ()  # eq. (16) reads them all
 
 
+def test_tilted_bu_leans_on_the_worst_fitted_frames_alike_on_any_device_count():
+  """``tilt`` multiplies eq. (16)'s weights by ``losses.tilted_weights``, which lean
+  the normal term towards the frames of highest score; global over
+  the mesh (the same loss and gradients on 1 and 4 devices); tilt = 0 is BU."""
+  loss0, _, _, metrics = _reference("bu")
+  tilted = _config("bu", tilt=4.0)
+  loss0_t, grads_t, _, metrics_t = _run(tilted, 1)
+  assert np.all(metrics_t["ess"] != metrics["ess"])  # the weights changed
+  # Weighting by an increasing function of the score raises the weighted mean of the
+  # scores (their covariance with it is >= 0): the normal term leans to the largest.
+  assert metrics_t["normal"][0] > metrics["normal"][0]
+  loss0_4, grads_4, _, metrics_4 = _run(tilted, 4)
+  _assert_same_gradients(loss0_4, grads_4, loss0_t, grads_t)
+  np.testing.assert_allclose(metrics_4["ess"], metrics_t["ess"], rtol=1e-4)
+  np.testing.assert_allclose(_run(_config("bu", tilt=0.0), 1)[0], loss0, rtol=0)
+
+
 @pytest.mark.parametrize("field,value", [
     ("learning_rate", 0.0), ("learning_rate", float("nan")), ("learning_rate", None),
     ("final_lr_factor", -0.1), ("segment_seconds", -3.0), ("max_clip_seconds", float("inf")),
     ("sigma", 0.0), ("sigma", -1.0), ("lam", float("nan")), ("eps", -1e-6), ("eps", True),
+    ("tilt", -1.0), ("tilt", float("inf")),
     ("anr_range_db", (-30.0, float("inf")))])
 def test_train_config_built_directly_refuses_what_the_flags_refuse(field, value):
   # TrainConfig is public (other Flax models compose it): a bad value is an error

@@ -190,6 +190,8 @@ def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
                          "seed0/results.json: no such file"),
                         (["--score_window=-1"], "--score_window must be >= 0, got -1"),
                         (["--bandwidth=contrast"], "--bandwidth: give --normalization_bank"),
+                        (["--tilt=2"], "--tilt: give --normalization_bank"),
+                        (["--tilt=0", "--score_window=125"], "--tilt=0.0: give t > 0"),
                         (["--crossfit_bu_folds=bu", "--score_window=31"],
                          "--crossfit_bu_folds: give --normalization_bank=crossfit too"),
                         (["--score_normalization=none", "--normalization_bank=crossfit"],
@@ -241,7 +243,7 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
   before = (seed_dir / "results.json").read_text()
   again = uniform_control.run([str(tmp_path / "w")], [0], preset="cpu", from_results=False,
                               scoring={"score_window": 1},
-                              bandwidth="contrast")[str(tmp_path / "w")]
+                              bandwidth="contrast", tilt=2.0)[str(tmp_path / "w")]
   copies = control.parent / "score_window-1" / "seed0"
   for which, sigma in (("bu", None), ("uniform", uniform_control.UNIFORM_SIGMA)):
     rescored = json.loads((copies / which / "results.json").read_text())
@@ -259,14 +261,22 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
       - others["re"]["auc"]["mean"])
   assert again[0]["mean"]["uniform"] == json.loads(
       (copies / "uniform" / "results.json").read_text())["bu"]["auc"]["mean"]
-  # The BU variant: the seed's settings but its band-width, scored alike.
-  variant = json.loads((copies / "bandwidth-contrast" / "results.json").read_text())
+  # The BU variant: the seed's settings but its band-width and tilt, scored alike.
+  variant = json.loads((copies / "bandwidth-contrast_tilt-2" / "results.json").read_text())
   assert variant["settings"]["bandwidth"] == "contrast" and variant["settings"]["sigma"] is None
+  assert variant["settings"]["tilt"] == 2.0 and seed["settings"]["tilt"] is None
   assert variant["bu"]["clip_score"]["window_frames"] == 1
   assert again[0]["mean"]["variant"] == variant["bu"]["auc"]["mean"]
-  assert uniform_control.weight_spread(str(copies / "bandwidth-contrast")) > 1.01
+  assert uniform_control.weight_spread(str(copies / "bandwidth-contrast_tilt-2")) > 1.01
   assert (seed_dir / "results.json").read_text() == before
   assert json.loads((control / "results.json").read_text())["bu"]["auc"] == results["bu"]["auc"]
+
+
+def test_a_variant_names_its_folder_by_its_settings():
+  assert uniform_control.variant_name({"bandwidth": "contrast"}) == "bandwidth-contrast"
+  assert uniform_control.variant_name({"tilt": 4.0}) == "tilt-4"
+  assert uniform_control.variant_name({"tilt": 0.5, "bandwidth": "contrast"}) == (
+      "bandwidth-contrast_tilt-0.5")
 
 
 def test_the_sign_test_is_exact_and_one_sided():
