@@ -126,3 +126,9 @@ def test_the_bank_flags_reach_every_seeds_run(tmp_path, monkeypatch):
     assert sorted(seen) == [0, 2]
     assert {(s.normalization_bank, s.crossfit_schedule, s.seed) for s in seen.values()} == {
         ("auto", schedule, 0), ("auto", schedule, 2)}
+    assert {s.tilt for s in seen.values()} == {None}  # the preset's: eq. (16) alone
+  seen.clear()
+  monkeypatch.setattr(sys, "argv", ["realaudio", f"--root={root}", "--seeds=1",
+                                    f"--workdir={tmp_path / 'w'}", "--tilt=4"])
+  realaudio.main()
+  assert seen[1].tilt == 4.0
