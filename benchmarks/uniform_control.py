@@ -360,7 +360,9 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: 
       results.update(rescored("_".join(others), [os.path.join(seed_dir, m) for m in others]))
     control = rescored("uniform", [os.path.join(control_dir, "bu")], sigma=UNIFORM_SIGMA)
     if variant:  # trained in its copy: the seed's BU but for the band-width or tilt
-      results[VARIANT] = rescored(variant_name(variant), [], losses=("bu",), **variant)["bu"]
+      trained = trained_variant(seed_dir, variant_name(variant))
+      results[VARIANT] = rescored(variant_name(variant), [trained] if trained else [],
+                                  losses=("bu",), **variant)["bu"]
   rows = paired(results, control)
   for condition, row in rows.items():
     emit(workdir=workdir, seed=seed, condition=condition, preset=preset,
@@ -401,6 +403,20 @@ def variant_name(variant: dict) -> str:
   joined by ``_``."""
   return "_".join(f"{k}-{v:g}" if isinstance(v, float) else f"{k}-{v}"
                   for k, v in sorted(variant.items()))
+
+
+def trained_variant(seed_dir: str, name: str) -> Optional[str]:
+  """A finished model of the variant ``name`` in another scoring's copies of this seed
+  (``<preset>/uniform/<scoring>/seed<N>/<name>/bu``), or None: a variant scored a second way
+  is re-evaluated from it, not trained again (its main model does not depend on the scoring;
+  fold models that a scoring needs are still trained in the new copy)."""
+  preset_dir, seed = os.path.split(seed_dir)
+  root = os.path.join(preset_dir, CONTROL_DIR)
+  for tag in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+    model_dir = os.path.join(root, tag, seed, name, "bu")
+    if os.path.exists(os.path.join(root, tag, seed, name, "results.json")):
+      return model_dir
+  return None
 
 
 def alike_dir(seed_dir: str, scoring: dict) -> str:

@@ -208,7 +208,7 @@ def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_path):
+def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_path, capsys):
   """End to end on a tiny set: the control is BU with the seed's settings and sigma
   1e-12, its weights uniform, its cross-fitted bank from the seed's RE fold models."""
   from bu_jax import checkpoint, synthetic  # pylint: disable=g-import-not-at-top
@@ -268,6 +268,15 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
   assert variant["bu"]["clip_score"]["window_frames"] == 1
   assert again[0]["mean"]["variant"] == variant["bu"]["auc"]["mean"]
   assert uniform_control.weight_spread(str(copies / "bandwidth-contrast_tilt-2")) > 1.01
+  # Scored a second way, the variant is re-evaluated from its trained model, not trained again.
+  capsys.readouterr()
+  uniform_control.run([str(tmp_path / "w")], [0], preset="cpu", from_results=False,
+                      scoring={"score_window": 2}, bandwidth="contrast", tilt=2.0)
+  second = control.parent / "score_window-2" / "seed0" / "bandwidth-contrast_tilt-2"
+  assert json.loads((second / "results.json").read_text())["bu"]["clip_score"][
+      "window_frames"] == 2
+  printed = capsys.readouterr().out
+  assert "[bu] already trained" in printed and "[bu] training" not in printed
   assert (seed_dir / "results.json").read_text() == before
   assert json.loads((control / "results.json").read_text())["bu"]["auc"] == results["bu"]["auc"]
 
