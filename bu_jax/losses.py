@@ -335,7 +335,8 @@ def tilted_weights(scores_u: jax.Array, *, tilt: float,
 
   Returns:
     (M_u,) float32 weights in (0, 1], 0 for masked-out frames; all 1 when every
-    valid score is 0; all NaN when a valid score is NaN or inf (the loss is then
+    valid score is 0 (or below float32's smallest normal number, 1.2e-38); exact
+    up to float32's largest score; all NaN when a valid score is NaN or inf (the loss is then
     NaN, which training stops on, rather than a plausible number).
 
   Raises:
@@ -350,11 +351,23 @@ def tilted_weights(scores_u: jax.Array, *, tilt: float,
   top = jnp.max(jnp.where(valid, scores, -jnp.inf), initial=-jnp.inf)
   if axis_name is not None:
     top = jax.lax.pmax(top, axis_name)
-  mean = masked_mean(scores, mask=valid, axis_name=axis_name)
-  scale = jnp.where(mean == 0, 1.0, mean)  # a NaN or inf score stays visible: NaN weights
-  exponent = jnp.where(valid, tilt * (scores - jnp.where(top == -jnp.inf, 0.0, top)) / scale,
-                       0.0)
-  return jnp.where(valid, jnp.exp(jnp.minimum(exponent, 0.0)), 0.0)
+  # In units of the largest score: (A_i - max A) / mean A = (r_i - 1) / mean r with
+  # r = A / max A in [0, 1], so the mean cannot overflow for scores near float32's
+  # maximum. XLA divides by multiplying with the reciprocal, which is flushed to 0
+  # for a divisor above 2**126, so scores above 2**64 are first scaled by 2**-64
+  # (exact). A largest score of 0 or below the smallest normal float (which XLA may
+  # flush to 0) counts as every score 0: uniform weights. A NaN or inf score makes
+  # every weight NaN, visibly.
+  usable = top >= jnp.finfo(jnp.float32).tiny
+  shrink = jnp.where(top > 2.0 ** 64, 2.0 ** -64, 1.0)
+  divisor = jnp.where(usable, top * shrink, 1.0)
+  ratio = jnp.where(valid & usable,
+                    jnp.where(scores == top, 1.0, (scores * shrink) / divisor), 0.0)
+  mean = masked_mean(ratio, mask=valid, axis_name=axis_name)
+  exponent = jnp.where(valid & (mean != 0),
+                       tilt * (ratio - 1.0) / jnp.where(mean == 0, 1.0, mean), 0.0)
+  weights = jnp.where(top < jnp.inf, jnp.exp(jnp.minimum(exponent, 0.0)), jnp.nan)
+  return jnp.where(valid, weights, 0.0)
 
 
 def paper_hyperparameters(*, dim: int, n_mels: Optional[int] = None) -> dict:
