@@ -413,9 +413,9 @@ def trained_variant(seed_dir: str, name: str) -> Optional[str]:
   preset_dir, seed = os.path.split(seed_dir)
   root = os.path.join(preset_dir, CONTROL_DIR)
   for tag in sorted(os.listdir(root)) if os.path.isdir(root) else ():
-    model_dir = os.path.join(root, tag, seed, name, "bu")
-    if os.path.exists(os.path.join(root, tag, seed, name, "results.json")):
-      return model_dir
+    variant_dir = os.path.join(root, tag, seed, name)
+    if os.path.exists(os.path.join(variant_dir, "results.json")):
+      return os.path.join(variant_dir, "bu")
   return None
 
 
