@@ -14,8 +14,10 @@ chooses between evaluations of one trained model:
   ``evaluate.window_candidates`` (one frame, eq. 11, and 0.25 / 0.5 / 1 / 2 s).
 
 The pair with the highest mean pseudo-anomaly AUC over the ANRs wins (the first
-maximum: raw before knn_z, shorter windows first), and then the longest window
-within one standard error of its best window's AUC is kept (``settle_window``).
+maximum: raw before knn_z, shorter windows first; the training bank and raw scores
+must beat knn_z on the cross-fitted bank by more than one pair of clips and the SE
+of their lead), and then the longest window within one standard error of its best
+window's AUC is kept (``settle_window``).
 Shared by
 ``experiments.toycar`` and ``experiments.dcase``.
 
@@ -364,7 +366,7 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   With ``kind="auto"`` the normalization is raw or knn_z, and with
   ``window=CHOSEN_WINDOW`` the window is one of ``evaluate.window_candidates``:
   the pair with the highest pseudo-anomaly AUC (the first maximum: raw before
-  knn_z, shorter windows first); the window kept is then the longest whose AUC
+  knn_z, shorter windows first; but see the margins below); the window kept is then the longest whose AUC
   is within max(one pair of clips, the jackknife SE of the difference) of that
   best window's (``settle_window``). The records' ``chosen_by`` hold each
   candidate's best AUC (the clip score's: each window's AUC and the margin it
@@ -381,7 +383,14 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   frames the model trained on, the very bias the cross-fitted bank removes,
   and a lead that one pair, or a different draw of the held-out clips, could
   undo is no evidence. ``chosen_by`` records both (``training_bank_needs_margin``,
-  the larger; ``bank_lead_se``); with the
+  the larger; ``bank_lead_se``). Raw scores, too, win against the cross-fitted
+  bank (when it is a candidate) only by such a margin over its knn_z (each at its
+  best window; ``raw_lead``, ``raw_needs_margin``, ``raw_lead_se``): on a tie within that, the
+  best knn_z candidate is kept (and its bank settled as above), since raw scores
+  carry what the cross-fitted bank measures each frame against, the error level
+  of its own kind of normal frame, out of fold; a rare operating mode that is
+  harder to reconstruct scores higher in raw errors for that alone. With the
+  held-out bank, the held-out clips (phi's scores, the pseudo-anomaly AUC) are
   held-out bank, the held-out clips (phi's scores, the pseudo-anomaly AUC) are
   normalized leave-one-clip-out, the test clips by the bank of all of them.
   The bank of the chosen normalization (if any) is left in ``out_dir``.
@@ -410,6 +419,18 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
          for c, t in tried.items() for w in windows}
   best, best_window = max(auc, key=auc.get)  # the first maximum
+  raw_tolerance = raw_se = raw_lead = None
+  if best[0] == "none" and len(kinds) > 1 and score_norm.CROSSFIT_BANK in banks:
+    honest = (kinds[-1], score_norm.CROSSFIT_BANK)
+    honest_window = max(windows, key=lambda w: auc[honest, w])  # the first maximum
+    (normal_r, _, pseudo_r), (normal_h, _, pseudo_h) = (tried[best][2][best_window],
+                                                        tried[honest][2][honest_window])
+    raw_se = pseudo_anomaly.difference_se(normal_r, pseudo_r, normal_h, pseudo_h)
+    raw_tolerance = max(pair_resolution(held), raw_se)
+    raw_lead = auc[best, best_window] - auc[honest, honest_window]
+    if auc[honest, honest_window] >= auc[best, best_window] - raw_tolerance - 1e-12:
+      best, best_window = max(((c, w) for c in candidates if c[0] != "none" for w in windows),
+                              key=auc.get)  # the first maximum; its bank is settled below
   tolerance = lead_se = None
   if len(banks) > 1:
     knn_kind = best[0] if best[0] != "none" else kinds[-1]
@@ -442,6 +463,10 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
     if tolerance is not None:
       record["chosen_by"]["training_bank_needs_margin"] = round(tolerance, 6)
       record["chosen_by"]["bank_lead_se"] = round(lead_se, 6)
+    if raw_tolerance is not None:
+      record["chosen_by"]["raw_lead"] = round(raw_lead, 6)
+      record["chosen_by"]["raw_needs_margin"] = round(raw_tolerance, 6)
+      record["chosen_by"]["raw_lead_se"] = round(raw_se, 6)
   clip_record = window_record(best_window, scorer.config, reduce=reduce, chosen=chosen_window)
   return Choice(normalized, record, clip_record, scores, pseudo)
 
@@ -461,12 +486,26 @@ def bank_margin(record: dict) -> Optional[float]:
   return round(tried[f"{kind}/{bank}"] - tried[f"{kind}/{other}"], 4)
 
 
+def raw_lead(record: dict) -> Optional[tuple[float, float]]:
+  """(raw scores' pseudo-anomaly AUC lead over knn_z on the cross-fitted bank, the
+  margin it needed) from a normalization record, when raw scores were the first
+  maximum (``choose_scoring``); None otherwise. Raw scores were kept when the lead
+  exceeds the margin, else knn_z."""
+  tried = record.get("chosen_by") or {}
+  if "raw_lead" not in tried:
+    return None
+  return tried["raw_lead"], tried["raw_needs_margin"]
+
+
 def describe(choice: Choice) -> str:
   """E.g. "knn_z scores, 0.5-s windows (pseudo-anomaly AUC 0.981)", with the bank
   when one was chosen: "knn_z scores (training bank by +0.0096, SE 0.0089), ..."
   (the SE of the training bank's lead, ``choose_scoring``), and the best window
   when a longer one was kept: "2-s windows (within one SE of 0.496-s windows'
-  +0.0021)" (``window_lead``)."""
+  +0.0021)" (``window_lead``); when raw scores had the highest AUC, their lead over
+  knn_z on the cross-fitted bank and the margin it needed (``raw_lead``): "raw scores
+  (by +0.0150 over cross-fitted knn_z, needed >0.0060)" or "knn_z scores (cross-fitted
+  bank by -0.0008, SE 0.0052) (raw scores' lead +0.0012 within 0.0061)"."""
   kind = choice.normalization["kind"]
   text = "raw scores" if kind == "none" else f"{kind} scores"
   if choice.normalization.get("bank") in BANK_NAMES:
@@ -475,6 +514,10 @@ def describe(choice: Choice) -> str:
     text += f" ({BANK_NAMES[choice.normalization['bank']]}" + (
         "" if margin is None else f" by {margin:+.4f}") + (
         "" if margin is None or se is None else f", SE {se:.4f}") + ")"
+  raw = raw_lead(choice.normalization)
+  if raw is not None:  # raw scores were the first maximum
+    text += (f" (by {raw[0]:+.4f} over cross-fitted knn_z, needed >{raw[1]:.4f})" if kind == "none"
+             else f" (raw scores' lead {raw[0]:+.4f} within {raw[1]:.4f})")
   window = choice.clip_score
   text += (", eq. (11)" if window["window_frames"] == 1 else f", {window['window_s']:g}-s windows")
   lead = window_lead(window)

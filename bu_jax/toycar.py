@@ -690,6 +690,10 @@ def format_table(results: dict, methods: Sequence[str]) -> str:
       if any(n is not None for n in needs):  # what the training bank had to lead by
         lines.append(f"{'  training bank needs':<{width}}" + "".join(
             f"{'' if n is None else f'>{n:.4f}':>21}" for n in needs))
+  raws = [heldout.raw_lead(b) for b in banks]
+  if any(r is not None for r in raws):  # raw scores had the highest AUC: kept if beyond the margin
+    lines.append(f"{'raw lead / needs':<{width}}" + "".join(
+        f"{'' if r is None else f'{r[0]:+.4f} / >{r[1]:.4f}':>21}" for r in raws))
   return "\n".join(lines)
 
 

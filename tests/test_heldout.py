@@ -117,18 +117,15 @@ def test_pair_resolution_is_one_pair_of_clips_in_the_mean_over_anrs():
   assert heldout.pair_resolution(held) == pytest.approx(1 / 200)
 
 
-@pytest.mark.parametrize("one_clip, kept", [(False, "training"), (True, "crossfit")])
-def test_auto_bank_needs_a_lead_beyond_its_standard_error(one_clip, kept, tmp_path,
-                                                          monkeypatch):
-  """--normalization_bank=auto: the training bank leads by 0.05 (60 pairs of clips).
-  When the two banks score the held-out clips alike the lead's jackknife SE is 0 and
-  the training bank is kept; when the cross-fitted bank's AUC differs only by one
-  held-out clip scoring above every mixture, a different ten clips could undo the
-  lead (SE 0.1 > 0.05): the cross-fitted bank is kept. ``chosen_by`` records both."""
+def _choose_with_reported_aucs(reported, *, one_clip, bank, tmp_path, monkeypatch):
+  """``choose_scoring`` (auto kind, one window) on 10 held-out clips and 40 mixtures per
+  ANR whose candidates ("none", "training", "crossfit") report the pseudo-anomaly AUCs
+  ``reported``: every candidate scores the clips 0 and the mixtures 1, but with
+  ``one_clip`` the cross-fitted bank scores held-out clip 0 above every mixture, so a
+  lead over it is one clip's (jackknife SE 0.1). Returns the choice and ``held``."""
   n, anrs = 10, (-10.0, -15.0, -20.0)
   held = heldout.HeldOut(fit_waves=[], waves=[np.zeros(4)] * n, names=[str(i) for i in range(n)],
                          pseudo_waves={a: [np.zeros(4)] * (4 * n) for a in anrs})
-  reported = {"none": 0.8, "training": 0.95, "crossfit": 0.90}
 
   def normalize(scorer, params, held, out_dir, *, kind, neighbors, bank, bank_scores=None):
     del scorer, params, held, out_dir, neighbors, bank_scores
@@ -146,13 +143,55 @@ def test_auto_bank_needs_a_lead_beyond_its_standard_error(one_clip, kept, tmp_pa
   monkeypatch.setattr(heldout, "normalize", normalize)
   monkeypatch.setattr(heldout, "check", check)
   scorer = types.SimpleNamespace(config=models.preset("fcn40-small").features)
-  choice = heldout.choose_scoring(scorer, None, held, str(tmp_path), kind="auto", neighbors=5,
-                                  window=1, reduce="max", bank="auto")
+  return heldout.choose_scoring(scorer, None, held, str(tmp_path), kind="auto", neighbors=5,
+                                window=1, reduce="max", bank=bank), held
+
+
+@pytest.mark.parametrize("one_clip, kept", [(False, "training"), (True, "crossfit")])
+def test_auto_bank_needs_a_lead_beyond_its_standard_error(one_clip, kept, tmp_path,
+                                                          monkeypatch):
+  """--normalization_bank=auto: the training bank leads by 0.05 (60 pairs of clips).
+  When the two banks score the held-out clips alike the lead's jackknife SE is 0 and
+  the training bank is kept; when the cross-fitted bank's AUC differs only by one
+  held-out clip scoring above every mixture, a different ten clips could undo the
+  lead (SE 0.1 > 0.05): the cross-fitted bank is kept. ``chosen_by`` records both."""
+  choice, held = _choose_with_reported_aucs(
+      {"none": 0.8, "training": 0.95, "crossfit": 0.90}, one_clip=one_clip, bank="auto",
+      tmp_path=tmp_path, monkeypatch=monkeypatch)
   se = 0.1 if one_clip else 0.0
   assert choice.scorer == kept and choice.normalization["bank"] == kept
   assert choice.normalization["chosen_by"]["bank_lead_se"] == pytest.approx(se)
   assert choice.normalization["chosen_by"]["training_bank_needs_margin"] == pytest.approx(
       max(se, heldout.pair_resolution(held)), abs=1e-6)
+  assert heldout.raw_lead(choice.normalization) is None  # raw scores were not ahead
+
+
+@pytest.mark.parametrize("one_clip, bank, kept", [
+    (False, "auto", "none"), (True, "auto", "crossfit"), (True, "crossfit", "crossfit"),
+    (True, "training", "none")])
+def test_raw_scores_need_a_lead_beyond_its_standard_error_over_the_cross_fitted_bank(
+    one_clip, bank, kept, tmp_path, monkeypatch):
+  """Raw scores lead knn_z on the cross-fitted bank by 0.01 (12 pairs of clips). When
+  the two score the held-out clips alike the lead's SE is 0 and raw scores are kept;
+  when they differ by one held-out clip scoring above every mixture (SE 0.1) knn_z is
+  kept, with its bank settled as before (the training bank's lead is within its SE
+  too). Without the cross-fitted bank among the candidates raw scores win as before."""
+  choice, held = _choose_with_reported_aucs(
+      {"none": 0.92, "training": 0.915, "crossfit": 0.91}, one_clip=one_clip, bank=bank,
+      tmp_path=tmp_path, monkeypatch=monkeypatch)
+  assert choice.scorer == kept  # the kept candidate's scorer: raw, or knn_z on that bank
+  lead = heldout.raw_lead(choice.normalization)
+  if bank == "training":
+    assert lead is None  # no cross-fitted bank: the rule does not apply
+    return
+  se = 0.1 if one_clip else 0.0
+  assert lead == pytest.approx((0.01, max(se, heldout.pair_resolution(held))), abs=1e-6)
+  assert choice.normalization["chosen_by"]["raw_lead_se"] == pytest.approx(se)
+  if kept == "none":
+    assert "raw scores (by +0.0100 over cross-fitted knn_z, needed >0.0008)" in heldout.describe(
+        choice)
+  else:
+    assert "(raw scores' lead +0.0100 within 0.1000)" in heldout.describe(choice)
 
 
 def test_bank_margin_is_the_kept_bank_s_lead_over_the_other():

@@ -185,14 +185,16 @@ def crossfit_run(tmp_path_factory, tiny_data):
   return workdir
 
 
-@pytest.mark.parametrize("winner", ["none", "training", "crossfit", "tie"])
+@pytest.mark.parametrize("winner", ["none", "training", "crossfit", "tie", "raw_tie"])
 def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
     winner, crossfit_run, tiny_data, tmp_path, monkeypatch):
   """--normalization_bank=auto: raw scores, knn_z on the training bank and knn_z on the
   cross-fitted bank are the candidates (the fold models found trained); the winner's bank
   is recorded and is the file experiments.score applies. The training bank must win by
   more than one pair of clips ("tie": ahead by less, the cross-fitted bank is kept) and
-  by more than its lead's standard error (0 here: test_heldout has the SE's case)."""
+  by more than its lead's standard error (0 here: test_heldout has the SE's case), and so
+  must raw scores over the cross-fitted bank ("raw_tie": ahead by less, knn_z on the
+  cross-fitted bank is kept)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from bu_jax import score_norm  # pylint: disable=g-import-not-at-top
   workdir = _copy(crossfit_run, tmp_path)
@@ -210,12 +212,14 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
   aucs = {"none": 0.8, "training": 0.8, "crossfit": 0.8}
   if winner == "tie":
     aucs["training"] = 0.9
+  if winner == "raw_tie":
+    aucs["none"] = 0.9
 
   def check(scorer, params, held, *, reduce, windows, heldout_scorers=None):
     del params, reduce, heldout_scorers
     per_anr = len(next(iter(held.pseudo_waves.values())))
     pair[:] = [1.0 / (len(held.waves) * per_anr * len(held.pseudo_waves))]
-    if winner == "tie":  # the training bank ahead by 0.9 of a pair
+    if winner in ("tie", "raw_tie"):  # the training bank or raw scores ahead by 0.9 of a pair
       aucs["crossfit"] = 0.9 - 0.9 * pair[0]
     else:
       aucs[winner] = 0.9
@@ -227,13 +231,16 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
   monkeypatch.setattr(heldout, "check", check)
   results = toycar.run(_crossfit_settings(workdir, tiny_data, score_normalization="auto",
                                           normalization_bank="auto"))
-  kept_bank = "crossfit" if winner == "tie" else winner
+  kept_bank = "crossfit" if winner in ("tie", "raw_tie") else winner
   assert 0 < pair[0] < 0.1  # below the 0.1 by which "training" wins
+  raw_led = {"none": 0.1, "raw_tie": 0.9 * pair[0]}.get(winner)  # raw scores the first maximum
   for method in ("re", "bu", "pca"):
     record = results[method]["score_normalization"]
     assert record["chosen_by"] == {"rule": "pseudo_anomaly_auc", **{
         c: round(aucs[c.split("/")[-1]], 4) for c in ("none", "knn_z/training", "knn_z/crossfit")},
-        "training_bank_needs_margin": round(pair[0], 6), "bank_lead_se": 0.0}
+        "training_bank_needs_margin": round(pair[0], 6), "bank_lead_se": 0.0, **({} if (
+            raw_led is None) else {"raw_lead": round(raw_led, 6),
+                                   "raw_needs_margin": round(pair[0], 6), "raw_lead_se": 0.0})}
     assert record["kind"] == ("none" if kept_bank == "none" else "knn_z")
     assert record.get("bank") == (None if kept_bank == "none" else kept_bank)
     kept = workdir / method / score_norm.FILE_NAME
@@ -253,6 +260,9 @@ def test_auto_bank_keeps_the_bank_of_the_higher_pseudo_anomaly_auc(
             if line.strip().startswith("by pseudo-anomaly AUC")] == [[f"{margin:+.4f}"] * 3]
     assert [line.split()[-3:] for line in text.splitlines()
             if line.strip().startswith("training bank needs")] == [[f">{pair[0]:.4f}"] * 3]
+  raw_rows = [line.split()[-9:] for line in (workdir / "results.txt").read_text().splitlines()
+              if line.startswith("raw lead / needs")]
+  assert raw_rows == ([] if raw_led is None else [[f"{raw_led:+.4f}", "/", f">{pair[0]:.4f}"] * 3])
 
 
 def _crossfit_settings(workdir, data_dir, **kw):
