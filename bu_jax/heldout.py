@@ -366,9 +366,9 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   With ``kind="auto"`` the normalization is raw or knn_z, and with
   ``window=CHOSEN_WINDOW`` the window is one of ``evaluate.window_candidates``:
   the pair with the highest pseudo-anomaly AUC (the first maximum: raw before
-  knn_z, shorter windows first; but see the margins below); the window kept is then the longest whose AUC
-  is within max(one pair of clips, the jackknife SE of the difference) of that
-  best window's (``settle_window``). The records' ``chosen_by`` hold each
+  knn_z, shorter windows first; but see the margins below); the window kept is
+  then the longest whose AUC is within max(one pair of clips, the jackknife SE
+  of the difference) of that best window's (``settle_window``). The records' ``chosen_by`` hold each
   candidate's best AUC (the clip score's: each window's AUC and the margin it
   was allowed, ``needs_margin``). Otherwise ``kind`` and ``window`` are used as given.
   ``bank`` says whose frames the knn bank holds (``normalize``); ``auto``
@@ -385,12 +385,11 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   undo is no evidence. ``chosen_by`` records both (``training_bank_needs_margin``,
   the larger; ``bank_lead_se``). Raw scores, too, win against the cross-fitted
   bank (when it is a candidate) only by such a margin over its knn_z (each at its
-  best window; ``raw_lead``, ``raw_needs_margin``, ``raw_lead_se``): on a tie within that, the
-  best knn_z candidate is kept (and its bank settled as above), since raw scores
-  carry what the cross-fitted bank measures each frame against, the error level
+  best window; ``raw_lead``, ``raw_needs_margin``, ``raw_lead_se``): on a tie
+  within that, the best knn_z candidate is kept (and its bank settled as above),
+  since raw scores carry what the cross-fitted bank measures each frame against, the error level
   of its own kind of normal frame, out of fold; a rare operating mode that is
   harder to reconstruct scores higher in raw errors for that alone. With the
-  held-out bank, the held-out clips (phi's scores, the pseudo-anomaly AUC) are
   held-out bank, the held-out clips (phi's scores, the pseudo-anomaly AUC) are
   normalized leave-one-clip-out, the test clips by the bank of all of them.
   The bank of the chosen normalization (if any) is left in ``out_dir``.
@@ -419,27 +418,26 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   auc = {(c, w): (t[2][w][1] or {"mean": -np.inf})["mean"]
          for c, t in tried.items() for w in windows}
   best, best_window = max(auc, key=auc.get)  # the first maximum
+
+  def lead(a, b):
+    """Candidate a's pseudo-anomaly AUC minus b's, each at its best window (the first
+    maxima); the margin a must lead by, max(one pair of clips, the lead's SE); the SE."""
+    at = [max(windows, key=lambda w, c=c: auc[c, w]) for c in (a, b)]
+    (normal_a, _, pseudo_a), (normal_b, _, pseudo_b) = (tried[c][2][w] for c, w in zip((a, b), at))
+    se = pseudo_anomaly.difference_se(normal_a, pseudo_a, normal_b, pseudo_b)
+    return auc[a, at[0]] - auc[b, at[1]], max(pair_resolution(held), se), se
+
   raw_tolerance = raw_se = raw_lead = None
   if best[0] == "none" and len(kinds) > 1 and score_norm.CROSSFIT_BANK in banks:
-    honest = (kinds[-1], score_norm.CROSSFIT_BANK)
-    honest_window = max(windows, key=lambda w: auc[honest, w])  # the first maximum
-    (normal_r, _, pseudo_r), (normal_h, _, pseudo_h) = (tried[best][2][best_window],
-                                                        tried[honest][2][honest_window])
-    raw_se = pseudo_anomaly.difference_se(normal_r, pseudo_r, normal_h, pseudo_h)
-    raw_tolerance = max(pair_resolution(held), raw_se)
-    raw_lead = auc[best, best_window] - auc[honest, honest_window]
-    if auc[honest, honest_window] >= auc[best, best_window] - raw_tolerance - 1e-12:
+    raw_lead, raw_tolerance, raw_se = lead(best, (kinds[-1], score_norm.CROSSFIT_BANK))
+    if raw_lead <= raw_tolerance + 1e-12:
       best, best_window = max(((c, w) for c in candidates if c[0] != "none" for w in windows),
                               key=auc.get)  # the first maximum; its bank is settled below
   tolerance = lead_se = None
   if len(banks) > 1:
     knn_kind = best[0] if best[0] != "none" else kinds[-1]
-    pair = [(knn_kind, b) for b in (score_norm.TRAINING_BANK, score_norm.CROSSFIT_BANK)]
-    at = [max(windows, key=lambda w, c=c: auc[c, w]) for c in pair]  # the first maxima
-    checked = [tried[c][2][w] for c, w in zip(pair, at)]
-    lead_se = pseudo_anomaly.difference_se(checked[0][0], checked[0][2],
-                                           checked[1][0], checked[1][2])
-    tolerance = max(pair_resolution(held), lead_se)
+    _, tolerance, lead_se = lead((knn_kind, score_norm.TRAINING_BANK),
+                                 (knn_kind, score_norm.CROSSFIT_BANK))
   if tolerance is not None and best[1] == score_norm.TRAINING_BANK and best[0] != "none":
     honest = (best[0], score_norm.CROSSFIT_BANK)
     honest_window = max(windows, key=lambda w: auc[honest, w])  # the first maximum
@@ -516,8 +514,8 @@ def describe(choice: Choice) -> str:
         "" if margin is None or se is None else f", SE {se:.4f}") + ")"
   raw = raw_lead(choice.normalization)
   if raw is not None:  # raw scores were the first maximum
-    text += (f" (by {raw[0]:+.4f} over cross-fitted knn_z, needed >{raw[1]:.4f})" if kind == "none"
-             else f" (raw scores' lead {raw[0]:+.4f} within {raw[1]:.4f})")
+    text += (f" (by {raw[0]:+.4f} over cross-fitted knn_z, needed >{raw[1]:.4f})"
+             if kind == "none" else f" (raw scores' lead {raw[0]:+.4f} within {raw[1]:.4f})")
   window = choice.clip_score
   text += (", eq. (11)" if window["window_frames"] == 1 else f", {window['window_s']:g}-s windows")
   lead = window_lead(window)
