@@ -436,13 +436,11 @@ def choose_scoring(scorer, params, held: HeldOut, out_dir: str, *, kind: str, ne
   tolerance = lead_se = None
   if len(banks) > 1:
     knn_kind = best[0] if best[0] != "none" else kinds[-1]
-    _, tolerance, lead_se = lead((knn_kind, score_norm.TRAINING_BANK),
-                                 (knn_kind, score_norm.CROSSFIT_BANK))
-  if tolerance is not None and best[1] == score_norm.TRAINING_BANK and best[0] != "none":
-    honest = (best[0], score_norm.CROSSFIT_BANK)
-    honest_window = max(windows, key=lambda w: auc[honest, w])  # the first maximum
-    if auc[honest, honest_window] >= auc[best, best_window] - tolerance - 1e-12:
-      best, best_window = honest, honest_window
+    bank_lead, tolerance, lead_se = lead((knn_kind, score_norm.TRAINING_BANK),
+                                         (knn_kind, score_norm.CROSSFIT_BANK))
+    if best == (knn_kind, score_norm.TRAINING_BANK) and bank_lead <= tolerance + 1e-12:
+      best = (knn_kind, score_norm.CROSSFIT_BANK)  # with its best window (the first maximum)
+      best_window = max(windows, key=lambda w: auc[best, w])
   if best != candidates[-1]:
     normalize(scorer, params, held, out_dir, kind=best[0], neighbors=neighbors,
               bank=best[1], bank_scores=bank_scores)  # its bank
