@@ -16,7 +16,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # Imported now, not at the end: hypothesis's pytest plugin imports it in its end-of-run
 # summary, and a pytest-xdist worker that ran no property test then took more than the
-# 5 s xdist allows a worker to finish, was interrupted, and printed a KeyboardInterrupt.
+# 10 s xdist allows a worker to finish (EXIT_TIMEOUT in pytest-xdist 3.8's workermanage.py),
+# was interrupted, and printed a KeyboardInterrupt.
 importlib.import_module("hypothesis")
 
 # One persistent XLA compilation cache for the whole session (a fresh folder each
