@@ -106,6 +106,9 @@ def main():
   parser.add_argument("--kde_exclude", default=None, choices=["none", "segment"])
   parser.add_argument("--tilt", type=float, default=None,
                       help="toycar's --tilt (BU's weights tilted towards the frames fitted worst)")
+  parser.add_argument("--segment_sampling", type=float, default=None,
+                      help="toycar's --segment_sampling (normal segments drawn with probability "
+                      "proportional to K^-T; every loss)")
   parser.add_argument("--score_normalization", default=None,
                       choices=["none", score_norm.AUTO_KIND, *score_norm.KINDS],
                       help="toycar's --score_normalization (evaluation only; default: the "
@@ -166,7 +169,7 @@ def _settings(args, data_dir: str, seed: int) -> toycar.Settings:
       rare_clips=os.path.join(args.root, "metadata.csv"), seed=seed, sigma=args.sigma,
       lam=args.lam,
       bandwidth=args.bandwidth, kde_memory=args.kde_memory, kde_exclude=args.kde_exclude,
-      tilt=args.tilt, epochs=args.epochs, score_normalization=args.score_normalization,
+      tilt=args.tilt, segment_sampling=args.segment_sampling, epochs=args.epochs, score_normalization=args.score_normalization,
       normalization_neighbors=args.normalization_neighbors, score_window=args.score_window,
       normalization_bank=args.normalization_bank,
       **({} if args.heldout_fraction is None else {"heldout_fraction": args.heldout_fraction}),

@@ -4,7 +4,7 @@
         [--preset=cpu] [--from_results] [--plot=differences.png] \
         [--normalization_bank=crossfit|training] [--score_window=125] \
         [--score_normalization=none] [--crossfit_bu_folds=bu] [--bandwidth=contrast] \
-        [--tilt=T]
+        [--tilt=T] [--segment_sampling=T]
 
 With sigma -> 0 every kernel value of eq. (15) is 1, so BU's weights (eq. 16) are
 all equal and J_BU is J_SNP (eq. 9): a model trained so differs from SNP's only by
@@ -51,6 +51,9 @@ in ``.../seed<N>/bandwidth-contrast/``: does a stronger weighting do more of wha
 the paper's does? ``--tilt=T`` does the same for BU with its weights tilted towards
 the frames it fits worst (``losses.tilted_weights``; in ``.../seed<N>/tilt-T/``):
 section 3.1's aim, the maximum normal score, approached directly.
+``--segment_sampling=T`` trains BU drawing its normal segments with probability
+proportional to K^-T (``kde.sampling_probabilities``: uniformization by sampling, in
+``.../seed<N>/segment_sampling-T/``).
 With ``--normalization_bank=crossfit``, BU and its control take their bank from RE's
 fold models, as the runs do (``--crossfit_bu_folds=re``, the preset's default); a bank
 that estimates another model's out-of-fold error can tilt the rare-normal metrics.
@@ -215,6 +218,10 @@ def main():
                       help="with the scoring flags: also train BU with its weights tilted "
                       "towards the frames fitted worst (losses.tilted_weights, t > 0) per "
                       "seed, scored alike (the 'BU variant' rows; with --bandwidth, both)")
+  parser.add_argument("--segment_sampling", type=float, default=None,
+                      help="with the scoring flags: also train BU drawing its normal segments "
+                      "with probability proportional to K^-T (kde.sampling_probabilities, "
+                      "T > 0) per seed, scored alike (the 'BU variant' rows)")
   parser.add_argument("--plot", default=None,
                       help="also write a PNG here: each run's paired differences (BU - uniform "
                       "BU, BU - RE, SNP - uniform BU), a row per workdir and a pooled row, a "
@@ -239,21 +246,24 @@ def main():
   if args.crossfit_bu_folds and args.normalization_bank != "crossfit":
     parser.error("--crossfit_bu_folds: give --normalization_bank=crossfit too (it chooses "
                  "the fold models of that bank)")
-  variant = {k: v for k, v in (("bandwidth", args.bandwidth), ("tilt", args.tilt))
+  variant = {k: v for k, v in (("bandwidth", args.bandwidth), ("tilt", args.tilt),
+                                ("segment_sampling", args.segment_sampling))
              if v is not None}
   for name in variant:
     if not scoring:
       parser.error(f"--{name}: give --normalization_bank and/or --score_window too (the "
                    "variant is compared scored alike)")
-  if args.tilt is not None and not args.tilt > 0:
-    parser.error(f"--tilt={args.tilt}: give t > 0 (0 is BU itself)")
+  for name in ("tilt", "segment_sampling"):
+    if variant.get(name) is not None and not variant[name] > 0:
+      parser.error(f"--{name}={variant[name]}: give t > 0 (0 is BU itself)")
   try:  # a bad value is one usage line here, not a traceback from the first re-evaluation
     toycar.Settings(workdir=args.workdir, preset=args.preset, **scoring, **variant)
   except ValueError as e:
     parser.error(str(e))
   def run_and_plot():
     tables = run(workdirs, seeds, preset=args.preset, from_results=args.from_results,
-                 scoring=scoring, bandwidth=args.bandwidth, tilt=args.tilt)
+                 scoring=scoring, bandwidth=args.bandwidth, tilt=args.tilt,
+                 segment_sampling=args.segment_sampling)
     if args.plot:
       draws = {name: [tables[path][seed]["mean"] for seed in seeds] for name, path in named}
       how = (", ".join(f"--{k}={v}" for k, v in sorted(scoring.items())) if scoring
@@ -298,14 +308,16 @@ def plot(path: str, draws: dict[str, list[dict]], *, title: str = "") -> Optiona
 
 def run(workdirs: list[str], seeds: list[int], *, preset: str, from_results: bool,
         scoring: Optional[dict] = None, bandwidth: Optional[str] = None,
-        tilt: Optional[float] = None) -> dict:
+        tilt: Optional[float] = None, segment_sampling: Optional[float] = None) -> dict:
   """Trains (or reads) every seed's control in every workdir, prints the lines and
   the tables; returns {workdir: {seed: paired(...)}}. ``scoring`` (toy-car settings,
   e.g. ``{"normalization_bank": "crossfit", "score_window": 125}``): every model is
   compared re-evaluated alike with them (``rescore``); with ``bandwidth`` a BU variant
   with that band-width too, trained and scored the same way; with ``tilt`` one with
-  its weights tilted (``losses.tilted_weights``), or with both."""
-  variant = {k: v for k, v in (("bandwidth", bandwidth), ("tilt", tilt)) if v is not None}
+  its weights tilted (``losses.tilted_weights``); with ``segment_sampling`` one drawing
+  its segments by reciprocal density (``kde.sampling_probabilities``); or with several."""
+  variant = {k: v for k, v in (("bandwidth", bandwidth), ("tilt", tilt),
+                                ("segment_sampling", segment_sampling)) if v is not None}
   if variant and not scoring:
     raise ValueError("a BU variant is compared scored alike: give scoring too")
   tables = {}
@@ -359,7 +371,7 @@ def _seed(workdir: str, seed: int, *, preset: str, from_results: bool, scoring: 
     if others:  # RE and SNP with their own fold models, and the PCA beside them
       results.update(rescored("_".join(others), [os.path.join(seed_dir, m) for m in others]))
     control = rescored("uniform", [os.path.join(control_dir, "bu")], sigma=UNIFORM_SIGMA)
-    if variant:  # trained in its copy: the seed's BU but for the band-width or tilt
+    if variant:  # trained in its copy: the seed's BU but for the band-width, tilt or sampling
       trained = trained_variant(seed_dir, variant_name(variant))
       results[VARIANT] = rescored(variant_name(variant), [trained] if trained else [],
                                   losses=("bu",), **variant)["bu"]

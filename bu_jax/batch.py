@@ -4,6 +4,8 @@ One *mixture* is built from one PRNG key:
 
 1. ``segments_per_mixture`` (paper: 10) normal segments (paper: 3 s) drawn
    uniformly with replacement from the corpus and concatenated: x_u, N samples.
+   (A corpus with ``segment_cdf`` draws them by its probabilities instead:
+   ``with_segment_probabilities``, uniformization by sampling.)
 2. One something-else clip a (paper: DCASE2018 task 2 files < 5 s) drawn
    uniformly, placed at a uniform random start in [0, N - len(a)] so that it
    lies wholly inside the mixture.
@@ -63,12 +65,15 @@ class Corpus:
     clip_lengths: int32 (E,) true lengths, in [1, Lmax].
     min_clip_length: the shortest clip (static, host-known): it bounds the
       number of normal frames a mixture can have, which sizes the KDE buffer.
+    segment_cdf: None (segments drawn uniformly, the paper) or float32 (S,)
+      cumulative draw probabilities (``with_segment_probabilities``).
   """
 
   segments: jax.Array
   clips: jax.Array
   clip_lengths: jax.Array
   min_clip_length: int = flax.struct.field(pytree_node=False, default=1)
+  segment_cdf: Optional[jax.Array] = None
 
   @property
   def num_clips(self) -> int:
@@ -118,6 +123,44 @@ def make_corpus(segments, clips=None, clip_lengths=None, *,
   arrays = (parallel.put(arrays, sharding) if sharding is not None
             else jax.device_put(arrays))
   return Corpus(*arrays, min_clip_length=min_len)
+
+
+def with_segment_probabilities(corpus: Corpus, probabilities) -> Corpus:
+  """``corpus`` whose mixtures draw segment s with probability ``probabilities[s]``.
+
+  Args:
+    corpus: the corpus (its segments' placement is kept).
+    probabilities: (S,) non-negative, finite, with a positive sum (normalized
+      here), e.g. ``kde.sampling_probabilities`` of the segments' summaries;
+      None draws uniformly again.
+
+  Raises:
+    ValueError: a wrong shape, a negative or non-finite entry, or a zero sum.
+  """
+  if probabilities is None:
+    return corpus.replace(segment_cdf=None)
+  p = np.asarray(jax.device_get(probabilities), np.float64)
+  num_segments = int(corpus.segments.shape[0])
+  if p.shape != (num_segments,):
+    raise ValueError(f"segment probabilities have shape {p.shape}, expected ({num_segments},), "
+                     "one per segment")
+  if not np.all(np.isfinite(p)) or np.any(p < 0) or not p.sum() > 0:
+    raise ValueError("segment probabilities must be finite, >= 0 and not all 0")
+  cdf = np.cumsum(p / p.sum())
+  cdf[-1] = 1.0
+  sharding = getattr(corpus.segments, "sharding", None)
+  cdf = jnp.asarray(cdf, jnp.float32)
+  return corpus.replace(segment_cdf=jax.device_put(cdf, sharding) if sharding else cdf)
+
+
+def _draw_segments(words: jax.Array, corpus: Corpus) -> jax.Array:
+  """Segment indices from random words: uniform, or by ``corpus.segment_cdf``."""
+  num_segments = corpus.segments.shape[0]
+  if corpus.segment_cdf is None:
+    return _below(words, num_segments)
+  u = _unit_interval(words)  # in [0, 1): the first index whose cdf exceeds u
+  idx = jnp.searchsorted(corpus.segment_cdf, u, side="right")
+  return jnp.minimum(idx, num_segments - 1).astype(jnp.int32)
 
 
 # ------------------------------------------------------------------ frame masks
@@ -226,7 +269,7 @@ def synthesize_mixture(key: jax.Array, corpus: Corpus, *, segments_per_mixture: 
   # One draw of random words for the whole mixture (cheap to compile): the
   # segments, the clip, its start and the ANR.
   words = jax.random.bits(key, (segments_per_mixture + 3,), jnp.uint32)
-  seg_idx = _below(words[:segments_per_mixture], num_segments)
+  seg_idx = _draw_segments(words[:segments_per_mixture], corpus)
   normal = corpus.segments[seg_idx].reshape(n).astype(jnp.float32)
   zero_i = jnp.zeros((), jnp.int32)
   if not simulate_anomaly:

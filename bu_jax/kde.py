@@ -596,3 +596,57 @@ def memory_update(memory: jax.Array, memory_mask: jax.Array, x: jax.Array, *,
     memory = jax.lax.pmax(memory, axis_name)
     memory_mask = jax.lax.pmax(memory_mask.astype(jnp.int32), axis_name).astype(jnp.bool_)
   return jax.lax.stop_gradient(memory), memory_mask
+
+
+# ----------------------------------------------------------------------------
+# Uniformization by sampling: which normal segments a batch is drawn from
+# ----------------------------------------------------------------------------
+
+
+def sampling_probabilities(x: jax.Array, *, sigma: float, temperature: float = 1.0,
+                           mask: Optional[jax.Array] = None,
+                           axis_name: Optional[str] = None,
+                           standardize_features: bool = True) -> jax.Array:
+  """Draw probabilities p_s proportional to K(x_s)^(-t): eq. (16) as a sampler.
+
+  Eqs. (15)-(16) weight each normal frame of a batch by 1 / K, the reciprocal
+  of its density among the batch's frames. This applies the same reciprocal
+  to the *draw*: ``x`` holds one row per item of a training corpus (e.g. the
+  mean feature vector of each 3-s normal segment, ``train.segment_summaries``),
+  K is eq. (15) over all of them, and items in sparse regions (a rare
+  operating mode) are drawn more often, so a batch holds rare and frequent
+  normal sounds in more even shares before any weight is applied. The
+  temperature t tempers it: t = 0 draws uniformly (the paper), t = 1 equalizes
+  the estimated density, t in between interpolates geometrically.
+
+  Args:
+    x: (S_local, D) one row per item.
+    sigma: band-width sigma > 0 of eq. (15), e.g. ``contrast_sigma`` of ``x``.
+    temperature: t >= 0 (finite).
+    mask: optional (S_local,) booleans; masked-out rows get probability 0.
+    axis_name: mesh axis inside ``jax.shard_map``: the probabilities are over
+      the global rows (they sum to 1 over all devices).
+    standardize_features: as in ``kde_density``.
+
+  Returns:
+    (S_local,) float32 probabilities, summing to 1 over the valid rows of the
+    global ``x`` (all 0 when there are none); no gradient.
+
+  Raises:
+    ValueError: ``sigma`` or ``temperature`` is a number out of range.
+  """
+  temperature = _check_hyperparameter("temperature", temperature, allow_zero=True)
+  density = kde_density(x, sigma=sigma, mask=mask, axis_name=axis_name,
+                        standardize_features=standardize_features)
+  valid = _as_mask(mask, _rows(x).shape[0])
+  # K >= 1/S for a valid row (its own kernel), so the log is finite; work in
+  # logs and subtract the global maximum so no power overflows.
+  log_p = jnp.where(valid, -temperature * jnp.log(jnp.maximum(density, 1e-30)), -jnp.inf)
+  top = jnp.max(log_p, initial=-jnp.inf)
+  if axis_name is not None:
+    top = jax.lax.pmax(top, axis_name)
+  unnorm = jnp.where(valid, jnp.exp(log_p - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
+  total = jnp.sum(unnorm)
+  if axis_name is not None:
+    total = jax.lax.psum(total, axis_name)
+  return jax.lax.stop_gradient(unnorm / jnp.maximum(total, 1e-30))

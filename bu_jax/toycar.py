@@ -138,6 +138,11 @@ class Settings(cli.ScoringSettings):
       None, minimum=0, help="BU: also weight each normal frame by exp(t (A - max A) / mean A) "
       "over its batch (losses.tilted_weights: towards the frames fitted worst, section 3.1's "
       "maximum smoothed); 0: eq. (16) alone, the paper. Default: the preset's.")
+  segment_sampling: Optional[float] = cli.setting(
+      None, minimum=0, help="Draw the normal segments of each mixture with probability "
+      "proportional to K^-t, K eq. (15) over the segments' mean features (kde."
+      "sampling_probabilities: rare-mode segments drawn more often; every loss); 0: uniformly, "
+      "the paper. Default: the preset's.")
   heldout_fraction: float = cli.setting(
       0.1, help="Fraction of the training clips held out of training (at least one): phi "
       "(eq. 4) is fitted to their clip scores, and the pseudo-anomalies are made from them. "

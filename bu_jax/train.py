@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from bu_jax import batch as batch_lib
+from bu_jax import features as features_lib
 from bu_jax import fileio
 from bu_jax import kde
 from bu_jax import losses
@@ -110,6 +111,12 @@ class TrainConfig:
       by ``losses.tilted_weights`` (exp(t (A_i - max A) / mean A)), leaning the
       normal term towards the frames the model fits worst (section 3.1's
       maximum, smoothed).
+    segment_sampling: 0 (the paper: normal segments drawn uniformly) or a
+      temperature t > 0: segment s is drawn with probability proportional to
+      K(s)^(-t), K eq. (15) over the segments' mean feature vectors at the
+      band-width ``kde.contrast_sigma`` picks (``segment_probabilities``):
+      eq. (16)'s reciprocal density applied to the draw, so rare-mode segments
+      fill more of each batch. Any loss.
     lam: clipping parameter lambda of eq. (10); None: 2M (M mel bands).
     eps: epsilon of the BU weight 1/(K + eps) (eq. 16).
     seed: seeds the parameter initialization and every batch; in [0, 2**32).
@@ -139,6 +146,7 @@ class TrainConfig:
   kde_memory_rows: int = 256
   kde_exclude: str = "none"
   tilt: float = 0.0
+  segment_sampling: float = 0.0
   lam: Optional[float] = None
   eps: float = 1e-6
   seed: int = 0
@@ -170,7 +178,7 @@ class TrainConfig:
         ("learning_rate", None, False), ("final_lr_factor", 0.0, False),
         ("segment_seconds", None, False), ("max_clip_seconds", None, False),
         ("sigma", None, True), ("lam", None, True), ("eps", 0.0, False),
-        ("tilt", 0.0, False)):
+        ("tilt", 0.0, False), ("segment_sampling", 0.0, False)):
       value = getattr(self, name)
       if value is None and none_ok:
         continue
@@ -180,9 +188,11 @@ class TrainConfig:
               and (value > 0 if low_ok is None else value >= low_ok)):
         raise ValueError(f"{name} must be a finite number {'> 0' if low_ok is None else '>= 0'}"
                          f"{' or None' if none_ok else ''}, got {value!r}")
-    for name in ("learning_rate", "sigma", "lam", "eps", "tilt"):  # float32: 1e-50 is 0 there
+    for name in ("learning_rate", "sigma", "lam", "eps", "tilt",
+                 "segment_sampling"):  # float32: 1e-50 is 0 there
       if getattr(self, name) is not None:
-        kde._check_hyperparameter(name, getattr(self, name), allow_zero=name in ("eps", "tilt"))
+        kde._check_hyperparameter(name, getattr(self, name),
+                                  allow_zero=name in ("eps", "tilt", "segment_sampling"))
     if self.total_steps > MAX_STEPS:
       raise ValueError(f"epochs x steps_per_epoch = {self.epochs} x {self.steps_per_epoch} = "
                        f"{self.total_steps} steps; at most {MAX_STEPS}")
@@ -357,17 +367,64 @@ def place_corpus(segments, clips=None, clip_lengths=None, *, mesh: Mesh,
     clip_lengths: (E,) their lengths.
     mesh: the 'data' mesh.
     config: when given, also checks L against ``config.segment_seconds`` and
-      Lmax against ``config.max_clip_seconds``.
+      Lmax against ``config.max_clip_seconds``, and sets the segments' draw
+      probabilities of ``config.segment_sampling`` (``sampled_corpus``).
   """
   corpus = batch_lib.make_corpus(segments, clips, clip_lengths,
                                  sharding=parallel.replicated(mesh))
   if config is not None:
+    corpus = sampled_corpus(config, corpus)
     check_corpus(config, corpus)
   return corpus
 
 
+def segment_summaries(segments: jax.Array, *, config: TrainConfig) -> jax.Array:
+  """(S, D): each normal segment's mean feature vector over its interior frames."""
+  feat = config.feature_config
+  inner = feat.interior(int(segments.shape[-1]))
+  return _segment_summaries_jit(jnp.asarray(segments, jnp.float32), feat, inner.start,
+                                inner.stop)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _segment_summaries_jit(segments, feat, start, stop):
+  return jax.lax.map(lambda w: jnp.mean(features_lib.features(w, config=feat)[start:stop], axis=0),
+                     segments)
+
+
+def segment_probabilities(config: TrainConfig, corpus: batch_lib.Corpus) -> Optional[np.ndarray]:
+  """The segments' draw probabilities for ``config.segment_sampling`` (None: uniform).
+
+  Eq. (15) over the segments' summaries (``segment_summaries``), standardized
+  per dimension, at the band-width ``kde.contrast_sigma`` picks from 1/(2D)
+  (no labels), then ``kde.sampling_probabilities`` at temperature
+  ``config.segment_sampling``. A pure function of the corpus and the config.
+  """
+  if not config.segment_sampling:
+    return None
+  summaries = segment_summaries(corpus.segments, config=config)
+  num = int(summaries.shape[0])
+  sigma = kde.contrast_sigma(summaries, base_sigma=0.5 / summaries.shape[1], probe_rows=num)
+  return np.asarray(jax.device_get(kde.sampling_probabilities(
+      summaries, sigma=sigma, temperature=config.segment_sampling)))
+
+
+def sampled_corpus(config: TrainConfig, corpus: batch_lib.Corpus) -> batch_lib.Corpus:
+  """``corpus`` drawing its segments as ``config.segment_sampling`` asks.
+
+  ``train`` applies it; ``make_train_step`` and ``make_grad_fn`` take a
+  corpus that already has it (they check).
+  """
+  return batch_lib.with_segment_probabilities(corpus, segment_probabilities(config, corpus))
+
+
 def check_corpus(config: TrainConfig, corpus: batch_lib.Corpus) -> None:
   """Static checks of ``corpus`` against ``config``; raises ValueError."""
+  if bool(config.segment_sampling) != (corpus.segment_cdf is not None):
+    raise ValueError(
+        f"segment_sampling={config.segment_sampling} but the corpus draws its segments "
+        f"{'uniformly' if corpus.segment_cdf is None else 'by probabilities'}: pass "
+        "train.sampled_corpus(config, corpus) (train() does this itself)")
   seg_len = int(corpus.segments.shape[1])
   if seg_len != config.segment_length:
     raise ValueError(f"corpus segments have {seg_len} samples, but segment_seconds="
@@ -714,6 +771,8 @@ def train(config: TrainConfig, corpus: batch_lib.Corpus, *, mesh: Optional[Mesh]
   """
   mesh = parallel.data_mesh() if mesh is None else mesh
   parallel.log_devices(mesh)
+  if bool(config.segment_sampling) != (getattr(corpus, "segment_cdf", None) is not None):
+    corpus = sampled_corpus(config, corpus)
   _check_inputs(config, corpus)
   parallel.check_divisible(config.mixtures_per_step, mesh)
   if state is None:

@@ -719,3 +719,77 @@ def test_tilted_weights_sharded_equal_single_device(n_dev):
       mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data")))(
           *(jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (scores, mask)))
   np.testing.assert_allclose(sharded, single, rtol=1e-5)  # sums in another order
+
+
+# ---------------------------------------------------------------- uniformization by sampling
+
+def _np_sampling(x, *, sigma, temperature, mask=None):
+  """Reference: eq. (15) over the valid rows (standardized), p ~ K^-t, float64."""
+  x = np.asarray(x, np.float64)
+  mask = np.ones(len(x), bool) if mask is None else np.asarray(mask)
+  v = x[mask]
+  std = v.std(0)
+  z = np.where(std > 0, (x - v.mean(0)) / np.where(std > 0, std, 1), 0.0)
+  k = np.array([np.mean(np.exp(-sigma * np.sum((z[i] - z[mask]) ** 2, axis=1)))
+                for i in range(len(x))])
+  p = np.where(mask, k ** -temperature, 0.0)
+  return p / p.sum()
+
+
+@PROPS
+@given(feats, st.sampled_from([0.0, 0.5, 1.0, 3.0]), st.integers(0, 2**16))
+def test_sampling_probabilities_match_reference_and_sum_to_one(x, temperature, seed):
+  mask = np.random.default_rng(seed).random(M) < 0.8
+  assume(mask.sum() >= 2)
+  got = np.asarray(kde.sampling_probabilities(x, sigma=SIGMA, temperature=temperature,
+                                              mask=mask))
+  assert np.all(np.isfinite(got)) and np.all(got >= 0)
+  assert got.sum() == pytest.approx(1.0, abs=1e-5)
+  assert np.all(got[~mask] == 0)
+  np.testing.assert_allclose(got, _np_sampling(x, sigma=SIGMA, temperature=temperature,
+                                               mask=mask), rtol=2e-3, atol=1e-7)
+
+
+def test_sampling_probabilities_favour_the_sparse_rows_and_zero_temperature_is_uniform():
+  rng = np.random.default_rng(3)
+  x = np.concatenate([rng.normal(0, 1, (45, D)), rng.normal(8, 1, (5, D))]).astype(np.float32)
+  uniform = np.asarray(kde.sampling_probabilities(x, sigma=SIGMA, temperature=0.0))
+  np.testing.assert_allclose(uniform, np.full(50, 1 / 50), rtol=1e-5)
+  shares = [float(np.sum(np.asarray(kde.sampling_probabilities(
+      x, sigma=SIGMA, temperature=t))[45:])) for t in (0.0, 0.5, 1.0, 2.0)]
+  assert shares[0] == pytest.approx(0.1, abs=1e-5)
+  assert all(a < b for a, b in zip(shares, shares[1:])), shares  # the rare mode drawn more
+  # permuting the rows permutes the probabilities
+  perm = rng.permutation(50)
+  np.testing.assert_allclose(kde.sampling_probabilities(x[perm], sigma=SIGMA),
+                             np.asarray(kde.sampling_probabilities(x, sigma=SIGMA))[perm],
+                             rtol=1e-5)
+
+
+def test_sampling_probabilities_finite_for_coincident_rows_huge_temperature_and_no_rows():
+  same = np.ones((6, D), np.float32)
+  np.testing.assert_allclose(kde.sampling_probabilities(same, sigma=SIGMA, temperature=50.0),
+                             np.full(6, 1 / 6), rtol=1e-5)
+  x = np.random.default_rng(4).normal(size=(10, D)).astype(np.float32) * 100
+  p = np.asarray(kde.sampling_probabilities(x, sigma=10.0, temperature=1e6))  # K^-t overflows
+  assert np.all(np.isfinite(p)) and p.sum() == pytest.approx(1.0, abs=1e-5)
+  none = np.asarray(kde.sampling_probabilities(x, sigma=SIGMA, mask=np.zeros(10, bool)))
+  np.testing.assert_array_equal(none, np.zeros(10))
+  for bad in (-1.0, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="temperature"):
+      kde.sampling_probabilities(x, sigma=SIGMA, temperature=bad)
+
+
+@pytest.mark.parametrize("n_dev", [2, 4])
+def test_sampling_probabilities_sharded_equal_single_device(n_dev):
+  mesh = jax.make_mesh((n_dev,), ("data",), devices=jax.devices()[:n_dev])
+  rng = np.random.default_rng(n_dev)
+  x = rng.normal(size=(6 * n_dev, D)).astype(np.float32)
+  mask = rng.random(6 * n_dev) < 0.8
+  single = kde.sampling_probabilities(x, sigma=SIGMA, temperature=1.5, mask=mask)
+  sharded = jax.jit(jax.shard_map(
+      lambda a, m: kde.sampling_probabilities(a, sigma=SIGMA, temperature=1.5, mask=m,
+                                              axis_name="data"),
+      mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data")))(
+          *(jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, mask)))
+  np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-8)

@@ -129,6 +129,8 @@ def test_the_bank_flags_reach_every_seeds_run(tmp_path, monkeypatch):
     assert {s.tilt for s in seen.values()} == {None}  # the preset's: eq. (16) alone
   seen.clear()
   monkeypatch.setattr(sys, "argv", ["realaudio", f"--root={root}", "--seeds=1",
-                                    f"--workdir={tmp_path / 'w'}", "--tilt=4"])
+                                    f"--workdir={tmp_path / 'w'}", "--tilt=4",
+                                    "--segment_sampling=0.5"])
   realaudio.main()
-  assert seen[1].tilt == 4.0
+  assert seen[1].tilt == 4.0 and seen[1].segment_sampling == 0.5
+  assert seen[1].train_config("re").segment_sampling == 0.5  # every loss draws so

@@ -271,7 +271,7 @@ def test_tilted_bu_leans_on_the_worst_fitted_frames_alike_on_any_device_count():
     ("learning_rate", 0.0), ("learning_rate", float("nan")), ("learning_rate", None),
     ("final_lr_factor", -0.1), ("segment_seconds", -3.0), ("max_clip_seconds", float("inf")),
     ("sigma", 0.0), ("sigma", -1.0), ("lam", float("nan")), ("eps", -1e-6), ("eps", True),
-    ("tilt", -1.0), ("tilt", float("inf")),
+    ("tilt", -1.0), ("tilt", float("inf")), ("segment_sampling", float("nan")),
     ("anr_range_db", (-30.0, float("inf")))])
 def test_train_config_built_directly_refuses_what_the_flags_refuse(field, value):
   # TrainConfig is public (other Flax models compose it): a bad value is an error
@@ -547,3 +547,64 @@ def test_progress_bar_and_metrics_writer(tmp_path):
     writer.write(0, {"loss": np.float32(1.5), "bad": np.float32(np.nan)})
   assert fileio.read_metrics(tmp_path / "m.jsonl") == [{"step": 0, "loss": 1.5, "bad": None}]
   assert math.isnan(bar.rates()[0]) is False
+
+
+# ------------------------------------------------------------------ uniformization by sampling
+
+def test_segment_probabilities_draw_segments_at_their_rates():
+  corpus = batch_lib.make_corpus(*HOST)
+  probs = np.array([0.0, 0.0, 0.5, 0.0, 0.0, 0.25, 0.25])
+  drawn = batch_lib.with_segment_probabilities(corpus, probs * 4)  # normalized there
+  keys = jax.random.split(jax.random.key(0), 400)
+  mixtures, _, _ = jax.device_get(_synthesize_jit(keys, drawn, True))
+  counts = np.bincount(np.asarray(mixtures.segment_indices).ravel(), minlength=7) / (400 * 4)
+  np.testing.assert_allclose(counts, probs, atol=0.04)  # 1,600 draws
+  assert counts[[0, 1, 3, 4]].sum() == 0  # probability 0 is never drawn
+  # None draws uniformly again: the same mixtures as a corpus that never had probabilities
+  again, _, _ = jax.device_get(_synthesize_jit(
+      keys[:8], batch_lib.with_segment_probabilities(drawn, None), True))
+  plain, _, _ = jax.device_get(_synthesize_jit(keys[:8], corpus, True))
+  np.testing.assert_array_equal(again.segment_indices, plain.segment_indices)
+
+
+@pytest.mark.parametrize("bad, match", [(np.ones(3), "shape"), (-np.ones(7), ">= 0"),
+                                        (np.zeros(7), "not all 0"),
+                                        (np.full(7, np.nan), "finite")])
+def test_segment_probabilities_refused_with_a_clear_error(bad, match):
+  with pytest.raises(ValueError, match=match):
+    batch_lib.with_segment_probabilities(batch_lib.make_corpus(*HOST), bad)
+
+
+def test_segment_sampling_config_gives_the_rare_segments_more_draws_and_trains():
+  mesh = _mesh(2)
+  config = _config(segment_sampling=1.0, mixtures_per_step=2, epochs=1, steps_per_epoch=2,
+                   decay_start_epoch=0)
+  corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
+  p = np.diff(np.concatenate([[0.0], np.asarray(corpus.segment_cdf, np.float64)]))
+  assert p.sum() == pytest.approx(1.0, abs=1e-6)
+  # five 300-Hz segments, one at 1.2 kHz and one at 3 kHz: the two rare ones drawn more
+  assert p[5] > p[:5].max() and p[6] > p[:5].max()
+  np.testing.assert_allclose(p, train.segment_probabilities(config, corpus), atol=1e-6)
+  state = train.train(config, corpus, mesh=mesh, compiler_options=FAST)
+  assert int(state.step) == 2
+  # train() sets the draw itself for a corpus placed without the config, and a uniform
+  # config refuses a corpus with probabilities in its own step
+  state = train.train(config, train.place_corpus(*HOST, mesh=mesh), mesh=mesh,
+                      compiler_options=FAST)
+  assert int(state.step) == 2
+  uniform = _config(mixtures_per_step=2, epochs=1, steps_per_epoch=2, decay_start_epoch=0)
+  with pytest.raises(ValueError, match="segment_sampling"):
+    train.make_grad_fn(uniform, mesh=mesh, compiler_options=FAST)(
+        train.create_state(uniform, mesh=mesh).params, 0, corpus)
+  with pytest.raises(ValueError, match="segment_sampling"):
+    _config(segment_sampling=-1.0)
+
+
+def test_segment_sampling_same_loss_and_gradients_on_any_device_count():
+  """The draw probabilities are a function of the corpus alone, so the batches, and the
+  loss and gradients, are the same on 1 and 4 devices; they differ from uniform draws."""
+  sampled = _config("bu", segment_sampling=1.0)
+  loss0, grads, _, _ = _run(sampled, 1)
+  loss0_4, grads_4, _, _ = _run(sampled, 4)
+  _assert_same_gradients(loss0_4, grads_4, loss0, grads)
+  assert loss0 != _reference("bu")[0]

@@ -192,6 +192,9 @@ def test_missing_runs_and_bad_flags_are_one_line(tmp_path, monkeypatch, capsys):
                         (["--bandwidth=contrast"], "--bandwidth: give --normalization_bank"),
                         (["--tilt=2"], "--tilt: give --normalization_bank"),
                         (["--tilt=0", "--score_window=125"], "--tilt=0.0: give t > 0"),
+                        (["--segment_sampling=1"], "--segment_sampling: give --normalization_bank"),
+                        (["--segment_sampling=0", "--score_window=125"],
+                         "--segment_sampling=0.0: give t > 0"),
                         (["--crossfit_bu_folds=bu", "--score_window=31"],
                          "--crossfit_bu_folds: give --normalization_bank=crossfit too"),
                         (["--score_normalization=none", "--normalization_bank=crossfit"],
@@ -284,6 +287,7 @@ def test_the_control_trains_bu_with_uniform_weights_and_the_seeds_settings(tmp_p
 def test_a_variant_names_its_folder_by_its_settings():
   assert uniform_control.variant_name({"bandwidth": "contrast"}) == "bandwidth-contrast"
   assert uniform_control.variant_name({"tilt": 4.0}) == "tilt-4"
+  assert uniform_control.variant_name({"segment_sampling": 1.0}) == "segment_sampling-1"
   assert uniform_control.variant_name({"tilt": 0.5, "bandwidth": "contrast"}) == (
       "bandwidth-contrast_tilt-0.5")
 
