@@ -7,6 +7,7 @@ through the builders' cache: one config, a handful of programs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -598,6 +599,13 @@ def test_segment_sampling_config_gives_the_rare_segments_more_draws_and_trains()
         train.create_state(uniform, mesh=mesh).params, 0, corpus)
   with pytest.raises(ValueError, match="segment_sampling"):
     _config(segment_sampling=-1.0)
+  # a corpus placed for another temperature does not carry its draw into train()
+  milder = dataclasses.replace(config, segment_sampling=0.25)
+  from_other = train.train(milder, corpus, mesh=mesh, compiler_options=FAST)
+  own = train.train(milder, train.place_corpus(*HOST, mesh=mesh, config=milder), mesh=mesh,
+                    compiler_options=FAST)
+  _assert_trees_close(jax.device_get(from_other.params), jax.device_get(own.params), 0, 0)
+  assert not np.allclose(train.segment_probabilities(milder, corpus), p)
 
 
 def test_segment_sampling_same_loss_and_gradients_on_any_device_count():
