@@ -403,8 +403,10 @@ def segment_probabilities(config: TrainConfig, corpus: batch_lib.Corpus) -> Opti
   if not config.segment_sampling:
     return None
   summaries = segment_summaries(corpus.segments, config=config)
-  num = int(summaries.shape[0])
-  sigma = kde.contrast_sigma(summaries, base_sigma=0.5 / summaries.shape[1], probe_rows=num)
+  feat = config.feature_config
+  paper_sigma = losses.paper_hyperparameters(dim=feat.dim, n_mels=feat.n_mels)["sigma"]
+  sigma = kde.contrast_sigma(summaries, base_sigma=paper_sigma,
+                             probe_rows=int(summaries.shape[0]))
   return np.asarray(jax.device_get(kde.sampling_probabilities(
       summaries, sigma=sigma, temperature=config.segment_sampling)))
 
