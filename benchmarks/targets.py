@@ -17,6 +17,14 @@ and each target is checked with its margin (positive = met):
 * ``vs_frequent``: BU's AUC against frequent-normal clips minus (RE's - 0.02);
 * ``demo`` (with ``--demo``): BU's mean AUC over the demo seeds minus 0.91.
 
+Besides the targets, one diagnostic per (draw, condition), ``room_at_uniform``: BU's AUC
+against frequent-normal clips minus (RE's AUC against rare-normal clips + 0.15). If BU's
+rare-normal clips scored like its frequent-normal ones (rare vs frequent 0.5, the aim of
+the paper's uniformization), its AUC against rare normals would be about its AUC against
+frequent ones, so this is about the ``vs_rare`` margin that full uniformization alone
+would give; where it is negative, the target asks for rare normals to score *below*
+frequent ones, or for better detection among frequent normals.
+
 Prints one JSON line per (draw, condition, target) with the margin, a Markdown table
 of the margins per draw (folder mean, and how many folders meet the target), and one
 line per target counting the draws that meet it. The rare-normal labels entered the
@@ -75,6 +83,13 @@ def margins(means: dict, condition: str) -> dict[str, float | None]:
   }
 
 
+def room_at_uniform(means: dict, condition: str) -> float | None:
+  """BU's AUC vs frequent normals minus (RE's AUC vs rare normals + 0.15); see above."""
+  get = lambda m, k: means.get(m, {}).get(condition, {}).get(k)
+  bu, re_ = get("bu", "auc_vs_frequent"), get("re", "auc_vs_rare")
+  return None if bu is None or re_ is None else bu - (re_ + RARE_GAIN)
+
+
 def _seed_results(workdir: str, preset: str) -> list[dict]:
   seeds = {}  # seed number -> path; only folders named seed<N> (not e.g. a copy seed0_old)
   for path in glob.glob(os.path.join(workdir, preset, "seed*", "results.json")):
@@ -104,7 +119,7 @@ def _fmt(value: float | None) -> str:
 
 def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict:
   """Prints the lines and tables; returns {draw: {condition: margins}}."""
-  table = {}
+  table, rooms = {}, {}
   for name, workdir in draws:
     results = _seed_results(workdir, preset)
     means = draw_means(results)
@@ -115,22 +130,34 @@ def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict
         emit(draw=name, condition=condition, target=target, seeds=len(results),
              margin=None if value is None else round(value, 4),
              met=None if value is None else value >= 0)
-  print("\n| draw | " + " | ".join(TARGETS) + " |")
-  print("|---|" + "---|" * len(TARGETS))
+    rooms[name] = {c: room_at_uniform(means, c) for c in conditions}
+    for condition, value in rooms[name].items():
+      emit(draw=name, condition=condition, diagnostic="room_at_uniform", seeds=len(results),
+           value=None if value is None else round(value, 4))
+  print("\n| draw | " + " | ".join(TARGETS) + " | room_at_uniform |")
+  print("|---|" + "---|" * (len(TARGETS) + 1))
   for name, rows in table.items():
     cells = []
     for target in TARGETS:
       folders = [r[target] for c, r in rows.items() if c != "mean" and r[target] is not None]
       cells.append(f"{_fmt(rows['mean'][target])} ({sum(v >= 0 for v in folders)}/"
                    f"{len(folders)} folders)")
+    folders = [v for c, v in rooms[name].items() if c != "mean" and v is not None]
+    cells.append(f"{_fmt(rooms[name]['mean'])} ({sum(v >= 0 for v in folders)}/"
+                 f"{len(folders)} folders)")
     print(f"| {name} | " + " | ".join(cells) + " |")
   print("\n(margin of the mean over the test folders, positive = met; in brackets the folders "
-        "whose own margin is >= 0)")
+        "whose own margin is >= 0; room_at_uniform is no target: BU's AUC vs frequent normals "
+        "minus (RE's vs rare + 0.15), the vs_rare margin BU would have if its rare normals "
+        "scored like its frequent ones)")
   for target in TARGETS:
     values = [rows["mean"][target] for rows in table.values()]
     known = [v for v in values if v is not None]
     print(f"{target}: met on {sum(v >= 0 for v in known)} of {len(known)} draws "
           "(mean over the folders)")
+  known = [rows["mean"] for rows in rooms.values() if rows["mean"] is not None]
+  print(f"room_at_uniform: >= 0 on {sum(v >= 0 for v in known)} of {len(known)} draws "
+        "(where < 0, rare normals scoring like frequent ones would not meet vs_rare)")
   if demo:
     aucs = []
     for d in demo:

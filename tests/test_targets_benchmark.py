@@ -44,6 +44,19 @@ def test_margins_are_the_issues_four_targets_on_the_seed_means():
   assert targets.margins(partial, "mean")["rare_vs_frequent"] == pytest.approx(-0.05)
 
 
+def test_room_at_uniform_is_bu_frequent_against_re_rare_plus_the_gain():
+  """The vs_rare margin BU would have if its rare normals scored like its frequent ones:
+  it reads BU's AUC against frequent normals and RE's against rare ones, nothing else."""
+  base = dict(re=(0.90, 0.70, 0.95, 0.9), snp=(0.92, 0.8, 0.9, 0.9), bu=(0.94, 0.80, 0.90, 0.7))
+  means = targets.draw_means([{m: _result(*v) for m, v in base.items()}])
+  assert targets.room_at_uniform(means, "a") == pytest.approx(0.90 - (0.70 + 0.15))
+  # BU's own AUC against rare normals does not enter it; RE's against frequent ones neither.
+  other = dict(base, re=(0.90, 0.70, 0.60, 0.9), bu=(0.94, 0.99, 0.90, 0.1))
+  means2 = targets.draw_means([{m: _result(*v) for m, v in other.items()}])
+  assert targets.room_at_uniform(means2, "a") == pytest.approx(targets.room_at_uniform(means, "a"))
+  assert targets.room_at_uniform(targets.draw_means([{"bu": _result(*base["bu"])}]), "a") is None
+
+
 def test_command_prints_margins_per_draw_and_counts(tmp_path, monkeypatch, capsys):
   met = _write_draw(tmp_path / "met", [dict(re=(0.8, 0.6, 0.9, 0.9), snp=(0.8, 0.6, 0.9, 0.9),
                                             pca=(0.7, 0.5, 0.8, 0.8), bu=(0.85, 0.8, 0.9, 0.7))])
@@ -59,13 +72,18 @@ def test_command_prints_margins_per_draw_and_counts(tmp_path, monkeypatch, capsy
   targets.main()
   out = capsys.readouterr().out
   lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-  assert len(lines) == 2 * 3 * 4 + 1  # draws x (a, b, mean) x targets, and the demo
-  row = {(l["draw"], l["condition"], l["target"]): l for l in lines}
+  # draws x (a, b, mean) x (targets and the diagnostic), and the demo
+  assert len(lines) == 2 * 3 * (4 + 1) + 1
+  row = {(l["draw"], l["condition"], l.get("target", l.get("diagnostic"))): l for l in lines}
+  assert row[("one", "b", "room_at_uniform")]["value"] == pytest.approx(0.9 - (0.6 + 0.15))
+  assert row[("two", "mean", "room_at_uniform")]["value"] == pytest.approx(0.85 - 1.05)
   assert row[("one", "a", "vs_rare")]["margin"] == pytest.approx(0.05)
   assert row[("two", "mean", "auc")]["met"] is False
   assert "| one | +0.050 (2/2 folders) | +0.050 (2/2 folders) |" in out
   assert "| two | -0.050 (0/2 folders) | -0.150 (0/2 folders) | -0.050 (0/2 folders) |" in out
   assert "auc: met on 1 of 2 draws" in out and "vs_rare: met on 1 of 2 draws" in out
+  assert "| +0.150 (2/2 folders) |\n" in out and "| -0.200 (0/2 folders) |\n" in out
+  assert "room_at_uniform: >= 0 on 1 of 2 draws" in out
   assert "demo: BU's mean AUC 0.930 over 1 run(s), margin +0.020" in out
 
 
