@@ -16,6 +16,10 @@ for ``engine_b``; every argument after ``--`` goes to ``build.py`` as it is
 for ``benchmarks.realaudio --root=<out> --machine=<machine>``: a check that the
 ``cpu`` preset's results do not hold for one recording only.
 
+``--loop`` instead names any sound file under ``--src`` by its path there, for a machine that
+is not a TORCS engine, e.g. ``--loop=btanks-data/usr/share/games/btanks/data/sounds/helicopter.ogg``
+(a helicopter's rotor; ``build.py`` reads it with ``librosa.load``, so any format it reads).
+
 The loop's path is added to the set's ``build_info.json`` as ``engine_loop`` (``build.py``
 does not record it). ``build.sh``'s checks (the packages' sha256, ``SHA256SUMS``) are not
 repeated: the output is not a published set, so write it outside the repository.
@@ -31,28 +35,36 @@ _DEFAULT_SET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
                                 os.pardir, "shared", "realaudio-dev")
 
 
-def build(*, engine: str, build_args: list[str], set_dir: str = _DEFAULT_SET_DIR) -> None:
-  """Runs ``<set_dir>/build.py`` with ``build_args``, its engine loop replaced by ``engine``.
+def build(*, engine: str | None = None, build_args: list[str],
+          set_dir: str = _DEFAULT_SET_DIR, loop: str | None = None) -> None:
+  """Runs ``<set_dir>/build.py`` with ``build_args``, its engine loop replaced by ``engine``
+  (a file name in TORCS's sound folder) or by ``loop`` (a path under ``--src``); one of the two.
 
   Raises:
-    SystemExit: ``set_dir`` has no ``build.py``, or ``engine`` is not a file of the
-      TORCS sound folder under the ``--src`` of ``build_args``.
+    SystemExit: ``set_dir`` has no ``build.py``, neither or both of ``engine`` and ``loop``
+      are given, or the file is not under the ``--src`` of ``build_args``.
   """
   set_dir = os.path.abspath(set_dir)
   if not os.path.isfile(os.path.join(set_dir, "build.py")):
     raise SystemExit(f"--set_dir={set_dir}: no build.py there (the realaudio-dev scripts)")
-  if os.sep in engine or not engine.endswith(".wav"):
+  if (engine is None) == (loop is None):
+    raise SystemExit("give one of --engine (a TORCS engine) and --loop (a path under --src)")
+  if engine is not None and (os.sep in engine or not engine.endswith(".wav")):
     raise SystemExit(f"--engine={engine}: give a .wav file name of TORCS's sound folder")
+  if loop is not None and (os.path.isabs(loop) or os.pardir in loop.split(os.sep)):
+    raise SystemExit(f"--loop={loop}: give a path relative to --src, inside it")
   spec = importlib.util.spec_from_file_location("realaudio_build", os.path.join(set_dir, "build.py"))
   build_module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(build_module)
+  relative = build_module.TORCS + engine if engine is not None else loop
+  flag = f"--engine={engine}" if engine is not None else f"--loop={loop}"
   src = _flag_value(build_args, "--src")
   if src is not None:
-    path = os.path.join(src, build_module.TORCS, engine)
+    path = os.path.join(src, relative)
     if not os.path.isfile(path):
-      raise SystemExit(f"--engine={engine}: no such file {path} (run build.sh once to "
-                       "unpack the packages; see ls of that folder for the engines)")
-  build_module.P["engine"] = build_module.TORCS + engine
+      raise SystemExit(f"{flag}: no such file {path} (run build.sh once to "
+                       "unpack the packages; see ls of that folder)")
+  build_module.P["engine"] = relative
   argv = sys.argv
   sys.argv = ["build.py", *build_args]
   try:
@@ -80,15 +92,18 @@ def _flag_value(args: list[str], flag: str):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--engine", required=True,
+  parser.add_argument("--engine", default=None,
                       help="a .wav of TORCS's sound folder, e.g. f360.wav or 944.wav")
+  parser.add_argument("--loop", default=None,
+                      help="instead of --engine: a sound file's path under --src, e.g. "
+                           "btanks-data/usr/share/games/btanks/data/sounds/helicopter.ogg")
   parser.add_argument("--set_dir", default=_DEFAULT_SET_DIR,
                       help="the realaudio-dev scripts (build.py)")
   parser.add_argument("build_args", nargs=argparse.REMAINDER,
                       help="after --: the arguments of build.py (--src, --out, --seed, ...)")
   args = parser.parse_args(argv)
   build_args = args.build_args[1:] if args.build_args[:1] == ["--"] else args.build_args
-  build(engine=args.engine, build_args=build_args, set_dir=args.set_dir)
+  build(engine=args.engine, loop=args.loop, build_args=build_args, set_dir=args.set_dir)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ def set_dir(tmp_path):
   src = tmp_path / "src" / "torcs" / "sound"
   src.mkdir(parents=True)
   (src / "f360.wav").write_bytes(b"")
+  other = tmp_path / "src" / "btanks" / "sounds"
+  other.mkdir(parents=True)
+  (other / "helicopter.ogg").write_bytes(b"")
   return tmp_path
 
 
@@ -50,3 +53,27 @@ def test_a_missing_engine_file_or_scripts_folder_is_named(set_dir):
     realaudio_engine.build(engine="sub/f360.wav", set_dir=str(set_dir / "set"), build_args=[])
   with pytest.raises(SystemExit, match=r"--set_dir=.*: no build\.py there"):
     realaudio_engine.build(engine="f360.wav", set_dir=str(set_dir), build_args=[])
+
+
+def test_loop_takes_any_file_under_src_as_the_machine(set_dir):
+  out = set_dir / "out"
+  realaudio_engine.main(["--loop=btanks/sounds/helicopter.ogg", f"--set_dir={set_dir / 'set'}",
+                         "--", "--src", str(set_dir / "src"), "--out", str(out)])
+  record = json.loads((out / "seen.json").read_text())
+  assert record["P"]["engine"] == "btanks/sounds/helicopter.ogg"
+  assert record["P"]["whine"] == "torcs/sound/axle.wav"  # the rare mode built alike
+  assert json.loads((out / "build_info.json").read_text())["engine_loop"] == (
+      "btanks/sounds/helicopter.ogg")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), "give one of --engine"),
+    (dict(engine="f360.wav", loop="btanks/sounds/helicopter.ogg"), "give one of --engine"),
+    (dict(loop="/abs/helicopter.ogg"), "--loop=/abs/helicopter.ogg: give a path relative"),
+    (dict(loop="../helicopter.ogg"), r"--loop=\.\./helicopter\.ogg: give a path relative"),
+    (dict(loop="btanks/sounds/tank.ogg"), r"--loop=btanks/sounds/tank\.ogg: no such file"),
+])
+def test_bad_loop_arguments_are_named(set_dir, kwargs, message):
+  with pytest.raises(SystemExit, match=message):
+    realaudio_engine.build(set_dir=str(set_dir / "set"),
+                           build_args=["--src", str(set_dir / "src"), "--out", "x"], **kwargs)
