@@ -117,6 +117,12 @@ def _fmt(value: float | None) -> str:
   return "n/a" if value is None else f"{value:+.3f}"
 
 
+def _cell(by_condition: dict[str, float | None]) -> str:
+  """The folder mean's value and how many folders (conditions but "mean") are >= 0."""
+  folders = [v for c, v in by_condition.items() if c != "mean" and v is not None]
+  return f"{_fmt(by_condition['mean'])} ({sum(v >= 0 for v in folders)}/{len(folders)} folders)"
+
+
 def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict:
   """Prints the lines and tables; returns {draw: {condition: margins}}."""
   table, rooms = {}, {}
@@ -137,15 +143,8 @@ def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict
   print("\n| draw | " + " | ".join(TARGETS) + " | room_at_uniform |")
   print("|---|" + "---|" * (len(TARGETS) + 1))
   for name, rows in table.items():
-    cells = []
-    for target in TARGETS:
-      folders = [r[target] for c, r in rows.items() if c != "mean" and r[target] is not None]
-      cells.append(f"{_fmt(rows['mean'][target])} ({sum(v >= 0 for v in folders)}/"
-                   f"{len(folders)} folders)")
-    folders = [v for c, v in rooms[name].items() if c != "mean" and v is not None]
-    cells.append(f"{_fmt(rooms[name]['mean'])} ({sum(v >= 0 for v in folders)}/"
-                 f"{len(folders)} folders)")
-    print(f"| {name} | " + " | ".join(cells) + " |")
+    columns = [{c: r[target] for c, r in rows.items()} for target in TARGETS] + [rooms[name]]
+    print(f"| {name} | " + " | ".join(_cell(by_condition) for by_condition in columns) + " |")
   print("\n(margin of the mean over the test folders, positive = met; in brackets the folders "
         "whose own margin is >= 0; room_at_uniform is no target: BU's AUC vs frequent normals "
         "minus (RE's vs rare + 0.15), the vs_rare margin BU would have if its rare normals "
