@@ -160,10 +160,35 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
     return "dcase2020"
   if n2021 == 0 and n2020 == 0:
     return "mixing"
+  majority = _DCASE2020 if n2020 >= n2021 else _DCASE2021
+  odd = next(n for n in names if not majority.match(n))
   raise DataError(
       f"{train_dir}: cannot detect the layout ({n2020} DCASE 2020 names, {n2021} DCASE 2021+"
-      f" names, {len(names)} files); pass layout= explicitly"
+      f" names, {len(names)} files; e.g. {odd} is not a "
+      f"{'DCASE 2020' if majority is _DCASE2020 else 'DCASE 2021+'} name); pass --layout "
+      "(layout=) explicitly: a DCASE layout skips the files whose names it cannot read"
   )
+
+
+def _not_dcase_hint(data_dir: str, anomaly_dir: Optional[str]) -> Optional[str]:
+  """Why a tree taken as the "mixing" layout (no training name is a DCASE name)
+  cannot be one, when it is more likely a DCASE tree with other names: no
+  ``test/`` folder, or no anomalous sounds (``anomaly/`` nor ``anomaly_dir``)."""
+  missing = [what for what, gone in (
+      ("test/", not os.path.isdir(os.path.join(data_dir, "test"))),
+      ("anomaly/", anomaly_dir is None and not os.path.isdir(os.path.join(data_dir, "anomaly"))))
+      if gone]
+  if not missing:
+    return None
+  train_dir = os.path.join(data_dir, "train")
+  example = os.path.basename(list_wavs(train_dir, warn=False)[0])
+  folders = list_test_folders(data_dir)
+  return (f"{data_dir}: no training clip's name is a DCASE name (normal_id_XX_... or "
+          f"section_XX_..._normal_..., e.g. {train_dir}/{example} is not), so the layout was "
+          f"taken as 'mixing', which needs {' and '.join(missing)} (missing)"
+          + (f"; its test folders ({', '.join(folders)}) look like a DCASE tree: name the "
+             "clips as DCASE does" if folders and folders != ["test"] else "")
+          + "; or pass --layout (layout=)")
 
 
 # ----------------------------------------------------------------------------
@@ -173,9 +198,23 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
 
 def list_test_folders(data_dir: str) -> list[str]:
   """The ``test*`` folders of ``data_dir`` (``test``, ``test_anr-10dB``, ...), sorted;
-  [] if none. Shared by this module's DCASE loader and ``dcase.load_machine_type``."""
-  return sorted(n for n in os.listdir(data_dir)
-                if n.startswith("test") and os.path.isdir(os.path.join(data_dir, n)))
+  [] if none. Shared by this module's DCASE loader and ``dcase.load_machine_type``.
+
+  A folder that is the same folder as another one (a link such as ``test ->
+  test_anr-15dB``, which the real-recording set's README suggests for one-folder
+  code) is listed once, by its own name rather than the link's, with a warning:
+  evaluated under both names it would count twice in the conditions' mean."""
+  names = sorted(n for n in os.listdir(data_dir)
+                 if n.startswith("test") and os.path.isdir(os.path.join(data_dir, n)))
+  kept: dict[str, str] = {}  # real path -> the name kept
+  for name in sorted(names, key=lambda n: (os.path.islink(os.path.join(data_dir, n)), n)):
+    real = os.path.realpath(os.path.join(data_dir, name))
+    if real in kept:
+      logging.warning("%s: the same folder as %s/; evaluated once, as %s",
+                      os.path.join(data_dir, name), kept[real], kept[real])
+      continue
+    kept[real] = name
+  return sorted(kept.values())
 
 
 def test_folders(data_dir: str) -> list[str]:
@@ -484,6 +523,10 @@ def load_dataset(
   data_dir = _require_dir(os.fspath(data_dir), "data")
   if layout == "auto":
     layout = detect_layout(data_dir)
+    hint = _not_dcase_hint(data_dir, None if anomaly_dir is None else os.fspath(anomaly_dir)
+                           ) if layout == "mixing" else None
+    if hint:
+      raise DataError(hint)
   if layout not in LAYOUTS:
     raise DataError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
   if layout == "mixing":
@@ -533,8 +576,15 @@ def load_something_else(
   """
   directory = os.fspath(directory)
   paths = list_wavs(directory)
+  others = sorted(n for n in os.listdir(directory)
+                  if n.lower().endswith(_AUDIO_SUFFIXES) and not n.lower().endswith(".wav"))
   if not paths:
-    raise DataError(f"{directory}: no something-else sounds (*.wav)")
+    raise DataError(f"{directory}: no something-else sounds (*.wav)" + (
+        f"; it holds {len(others)} sound(s) in other formats (e.g. {others[0]}): convert them "
+        "to WAV" if others else ""))
+  if others:
+    logging.warning("%s: %d sound(s) not in WAV format left out (e.g. %s); only *.wav files "
+                    "are read: convert them to WAV to use them", directory, len(others), others[0])
   max_len = int(round(max_seconds * sr))
   waves = []
   for path in paths:
@@ -649,6 +699,13 @@ def pad_clips(clips: Sequence[np.ndarray], *, max_len: int | None = None
 # ----------------------------------------------------------------------------
 
 
+# The values of a --rare_clips CSV's 'rare' column (1.0 / 0.0: as pandas writes a
+# column of integers that has gaps).
+_RARE_VALUES = {"1": True, "0": False, "1.0": True, "0.0": False, "true": True,
+                "false": False, "yes": True, "no": False}
+_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
 def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
   """Reads which clips hold a rare operating mode, for evaluation only.
 
@@ -657,6 +714,9 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
   * a CSV with a header, a file-name column (``file``, ``filename``, ``name``,
     ``path`` or ``wav``) and a 0/1 column ``rare`` (e.g. realaudio-dev's
     ``metadata.csv``, whose ``file`` column holds paths relative to the set);
+    separated by commas, semicolons or tabs (whichever names the ``rare``
+    column); ``rare`` may also read 1.0 / 0.0, true / false or yes / no, and a
+    clip whose ``rare`` cell is empty is left unknown (in neither group);
   * a plain list of file names (or relative paths), one per line: the listed
     clips are rare; every other clip is not.
 
@@ -668,8 +728,9 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
 
   Raises:
     DataError: a missing or unreadable file, a CSV without the needed
-      columns, a ``rare`` value that is not 0/1, or a clip marked both rare
-      and not rare (naming the line).
+      columns (or a first line of several columns, none of them those), a
+      ``rare`` value that is not one of those, or a clip marked both rare and
+      not rare (naming the file's line).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -683,27 +744,46 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
   if not lines:
     raise DataError(f"--rare_clips={path}: empty file")
   import csv  # pylint: disable=g-import-not-at-top
-  header = next(csv.reader([lines[0]]))
+  import io  # pylint: disable=g-import-not-at-top
+  # The delimiter whose split of the first line names a 'rare' column (',' else).
+  delimiter = next((d for d in (",", ";", "\t") if "rare" in
+                    [h.strip().lower() for h in next(csv.reader([lines[0]], delimiter=d))]), ",")
+  header = next(csv.reader([lines[0]], delimiter=delimiter))
   lowered = [h.strip().lower() for h in header]
   labels: dict[tuple[str, ...], bool] = {}
   name_columns = ("file", "filename", "file_name", "name", "path", "wav")
   if "rare" not in lowered and len(header) > 1 and any(c in lowered for c in name_columns):
     raise DataError(f"--rare_clips={path}: the CSV has a file-name column but no 'rare' "
                     f"column (0/1; its columns: {', '.join(h.strip() for h in header)})")
+  if "rare" not in lowered and len(header) > 1 and not any(
+      h.strip().lower().endswith(_AUDIO_SUFFIXES) for h in header):
+    raise DataError(f"--rare_clips={path}: its first line has {len(header)} columns "
+                    f"({', '.join(h.strip() for h in header)}) but neither a file-name column "
+                    f"({', '.join(name_columns)}) nor a 'rare' column; give a CSV with both, or a "
+                    "plain list of the rare clips' names, one per line")
   if "rare" in lowered and (len(header) > 1 or lowered == ["rare"]):
     name_col = next((lowered.index(c) for c in name_columns if c in lowered), None)
     if name_col is None:
       raise DataError(f"--rare_clips={path}: the CSV has a 'rare' column but no file-name "
                       f"column ({', '.join(name_columns)})")
     rare_col = lowered.index("rare")
-    for number, row in enumerate(csv.reader(lines[1:]), start=2):
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    for row in reader:  # the header: the first row that is not blank
+      if any(cell.strip() for cell in row):
+        break
+    for row in reader:
+      number = reader.line_num  # the file's line (a quoted field's last)
+      if not any(cell.strip() for cell in row):
+        continue
       if len(row) <= max(name_col, rare_col):
         raise DataError(f"--rare_clips={path}, line {number}: too few columns")
       value = row[rare_col].strip().lower()
-      if value not in ("0", "1", "true", "false"):
-        raise DataError(f"--rare_clips={path}, line {number}: rare must be 0 or 1, "
-                        f"got {row[rare_col]!r}")
-      key, rare = _components(row[name_col]), value in ("1", "true")
+      if not value:  # not given: the clip stays unknown, in neither group
+        continue
+      if value not in _RARE_VALUES:
+        raise DataError(f"--rare_clips={path}, line {number}: rare must be 0 or 1 (or true / "
+                        f"false, yes / no), got {row[rare_col]!r}")
+      key, rare = _components(row[name_col]), _RARE_VALUES[value]
       if labels.get(key, rare) != rare:
         raise DataError(f"--rare_clips={path}, line {number}: {row[name_col].strip()} is "
                         "marked both rare and not rare")

@@ -550,7 +550,8 @@ def evaluate_conditions(
           frequent one (the false alarms BU is meant to remove);
         "fpr_rare_by_condition", "fpr_frequent_by_condition": the FPRs at
           the threshold per condition;
-        "fpr_frequent": FPR on normal clips with rare False or None,
+        "fpr_frequent": FPR on normal clips with rare False (with no clip
+          labelled, rare None everywhere: on every normal clip),
         "fpr_rare": FPR on normal clips with rare True,
       },  (an FPR is None without threshold or without such clips)
       "threshold": φ,
@@ -599,7 +600,11 @@ def evaluate_conditions(
       normal[index] = True
   fpr_frequent = fpr_rare = None
   if threshold is not None:
-    group = np.where(is_rare, "rare", "frequent")
+    # Unlisted clips (None) count as frequent only when no clip is labelled (no
+    # --rare_clips): then the row is every normal clip's rate. Else they are in
+    # neither group, as in the AUCs above.
+    unknown = ~is_rare & ~is_frequent & bool(is_rare.any() or is_frequent.any())
+    group = np.where(is_rare, "rare", np.where(unknown, "unknown", "frequent"))
     rates = false_positive_rates(scores[normal], threshold, group[normal])
     fpr_frequent = rates.get("frequent")
     fpr_rare = rates.get("rare")

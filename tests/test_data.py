@@ -166,6 +166,22 @@ def test_dcase_layout_rejects_mixing_options(tmp_path):
     data.load_dataset(tmp_path, noise_dir=tmp_path)
 
 
+def test_a_linked_test_folder_is_evaluated_once_by_its_own_name(tmp_path, caplog):
+  # realaudio-dev's README suggests `test -> test_anr-15dB` for one-folder code: scored
+  # under both names, the -15 dB folder would count twice in the conditions' mean.
+  _write(tmp_path / "train" / "normal_id_00_00000000.wav")
+  for folder in ("test_anr-10dB", "test_anr-15dB"):
+    _write(tmp_path / folder / "normal_id_00_00000000.wav", seed=1)
+    _write(tmp_path / folder / "anomaly_id_00_00000000.wav", seed=2)
+  os.symlink("test_anr-15dB", tmp_path / "test")
+  ds = data.load_dataset(tmp_path)
+  assert sorted({c.condition for c in ds.test}) == ["test_anr-10dB_id_00", "test_anr-15dB_id_00"]
+  assert len(ds.test) == 4
+  assert any(f"{tmp_path / 'test'}: the same folder as test_anr-15dB/" in r.getMessage()
+             for r in caplog.records)
+  assert data.list_test_folders(str(tmp_path)) == ["test_anr-10dB", "test_anr-15dB"]
+
+
 # ----------------------------------------------------------------------------
 # The paper's mixing layout
 # ----------------------------------------------------------------------------
@@ -275,8 +291,38 @@ def test_unknown_layout_and_mixed_names(tmp_path):
   with pytest.raises(data.DataError, match="unknown layout"):
     data.load_dataset(root, layout="dcase2099")
   _write(root / "train" / "normal_id_00_00000000.wav")
-  with pytest.raises(data.DataError, match="layout= explicitly"):
+  with pytest.raises(data.DataError, match=r"clip_0.wav is not a DCASE 2020 name\); pass --layout"):
     data.detect_layout(root)
+
+
+def test_mixed_names_name_a_file_that_does_not_parse(tmp_path):
+  # A stray macOS "._" file beside DCASE clips: the error names it and the flag.
+  for i in range(3):
+    _write(tmp_path / "train" / f"normal_id_00_0000000{i}.wav", seed=i)
+  _write(tmp_path / "train" / "._normal_id_00_00000000.wav")
+  with pytest.raises(data.DataError, match=r"e\.g\. \._normal_id_00_00000000\.wav is not a DCASE "
+                     r"2020 name\); pass --layout"):
+    data.detect_layout(tmp_path)
+
+
+@pytest.mark.parametrize("test_folder", ["test_anr-10dB", "test"])
+def test_names_that_are_not_dcase_names_are_named_when_no_mixing_tree_fits(tmp_path, test_folder):
+  # DCASE-like folders, but clips named otherwise: "mixing" is guessed, and the error
+  # says why and names a clip, not only that test/ or anomaly/ is missing.
+  _write(tmp_path / "train" / "clip_0000.wav")
+  _write(tmp_path / test_folder / "anomaly_0000.wav")
+  with pytest.raises(data.DataError) as info:
+    data.load_dataset(tmp_path)
+  message = str(info.value)
+  assert f"{tmp_path / 'train'}/clip_0000.wav is not" in message
+  assert "taken as 'mixing', which needs" in message and "pass --layout" in message
+  assert ("test/ and anomaly/ (missing)" if test_folder != "test" else "anomaly/ (missing)") in message
+  assert ("look like a DCASE tree" in message) == (test_folder != "test")
+  # With anomaly sounds given, a plain test/ is a mixing tree: no hint.
+  if test_folder == "test":
+    anomalies = tmp_path / "sounds"
+    _write(anomalies / "a.wav")
+    assert data.load_dataset(tmp_path, anomaly_dir=anomalies).layout == "mixing"
 
 
 # ----------------------------------------------------------------------------
@@ -291,6 +337,17 @@ def test_load_something_else_skips_long_clips(tmp_path):
   assert [w.size for w in waves] == [4000]
   with pytest.raises(data.DataError, match="longer than"):
     data.load_something_else(tmp_path, max_seconds=0.1)
+
+
+def test_something_else_in_other_formats_is_named(tmp_path, caplog):
+  soundfile.write(str(tmp_path / "bark.flac"), _tone(0.25), SR)
+  with pytest.raises(data.DataError, match=r"no something-else sounds \(\*\.wav\); it holds 1 "
+                     r"sound\(s\) in other formats \(e\.g\. bark\.flac\): convert them to WAV"):
+    data.load_something_else(tmp_path)
+  _write(tmp_path / "beep.wav")
+  assert len(data.load_something_else(tmp_path)) == 1
+  assert any("1 sound(s) not in WAV format left out (e.g. bark.flac)" in r.getMessage()
+             for r in caplog.records)
 
 
 def test_training_corpus_cuts_segments_and_skips_short_clips():

@@ -339,6 +339,25 @@ def test_evaluate_conditions_own_normals_and_no_rare():
       "fpr_frequent": None, "fpr_rare": None}
 
 
+def test_fpr_frequent_leaves_out_unlisted_clips_once_any_clip_is_labelled():
+  # A --rare_clips CSV that lists one rare normal and no other: the unlisted normals
+  # are in neither group (as for the AUCs), not counted as frequent.
+  clips = [Clip("r.wav", 0, "c", True), Clip("u0.wav", 0, "c", None),
+           Clip("u1.wav", 0, "c", None), Clip("a.wav", 1, "c", None)]
+  rare = evaluate.evaluate_conditions(clips, [2.0, 3.0, 3.0, 5.0], threshold=1.0)["rare_normal"]
+  assert rare["fpr_rare"] == pytest.approx(1.0) and rare["fpr_frequent"] is None
+  assert rare["auc_vs_frequent"] == {}
+  # With one frequent clip listed, it alone is the frequent group.
+  clips[1] = Clip("u0.wav", 0, "c", False)
+  rare = evaluate.evaluate_conditions(clips, [2.0, 0.5, 3.0, 5.0], threshold=1.0)["rare_normal"]
+  assert rare["fpr_frequent"] == pytest.approx(0.0)
+  # No clip labelled at all (no --rare_clips): the row is every normal clip's rate.
+  unlabelled = [Clip(c.path, c.label, c.condition, None) for c in clips]
+  rare = evaluate.evaluate_conditions(unlabelled, [2.0, 0.5, 3.0, 5.0],
+                                      threshold=1.0)["rare_normal"]
+  assert rare["fpr_frequent"] == pytest.approx(2 / 3) and rare["fpr_rare"] is None
+
+
 def _mixing_layout_set():
   """As bu_jax.data's "mixing" layout: every test file appears in every ANR
   condition, once normal and once anomalous, with the same path; `rare` is

@@ -90,7 +90,9 @@ def test_rare_clips_plain_list_and_bad_files(tmp_path):
       ("file,label\nx.wav,0\n", r"no 'rare' column \(0/1; its columns: file, label\)"),
       ("rare\n1\n0\n", "a 'rare' column but no file-name column"),
       ("file,rare\nx.wav,1\ny.wav,0\nx.wav,1\nx.wav,0\n",
-       "line 5: x.wav is marked both rare and not rare")):
+       "line 5: x.wav is marked both rare and not rare"),
+      ("file,rare\n\n\nx.wav,1\n\ny.wav,maybe\n", "line 6: rare must be"),  # blank lines counted
+      ("clip,is_rare\nx.wav,1\n", r"2 columns \(clip, is_rare\) but neither")):
     bad = tmp_path / "bad.csv"
     bad.write_text(content)
     with pytest.raises(data.DataError, match=message):
@@ -99,6 +101,17 @@ def test_rare_clips_plain_list_and_bad_files(tmp_path):
   other.write_text("somewhere_else.wav\n")
   with pytest.raises(data.DataError, match="names a test clip"):
     data.mark_rare(data.load_dataset(root), data.read_rare_clips(str(other)))
+
+
+@pytest.mark.parametrize("content", [
+    "file;rare\nx.wav;1\ny.wav;0\nz.wav;\n",       # semicolons, z left unknown
+    "wav\trare\nx.wav\t1.0\ny.wav\t0.0\nz.wav\t\n",  # tabs, pandas' floats
+    "\ufeffname,rare,note\r\nx.wav,yes,a\r\ny.wav,No,b\r\nz.wav,,c\r\n",  # BOM, CRLF
+])
+def test_rare_clips_csv_dialects_read_alike(tmp_path, content):
+  listing = tmp_path / "rare.csv"
+  listing.write_bytes(content.encode("utf-8"))
+  assert data.read_rare_clips(str(listing)) == {("x.wav",): True, ("y.wav",): False}
 
 
 def test_pca_detector_scores_the_unseen_direction():
