@@ -301,30 +301,48 @@ def load_audio_of(md: MachineData, *, sr: int = audio.SAMPLE_RATE) -> MachineDat
 
 
 def _read_two_column_csv(path: str) -> dict[str, int]:
+  """``wavname,0|1`` rows (the organisers' ground truth); a first row whose value is
+  not a number is a header and skipped; a BOM (as Excel writes) is dropped.
+
+  Raises:
+    DataError: a row with one column or with a value other than 0 or 1, naming
+      the file and line.
+  """
   out = {}
-  with open(path, encoding="utf-8", newline="") as f:
+  with open(path, encoding="utf-8-sig", newline="") as f:
     for line_no, row in enumerate(csv.reader(f), 1):
-      if not row:
+      if not row or not "".join(row).strip():
         continue
       if len(row) < 2:
         raise DataError(f"{path}:{line_no}: expected 'wavname,value', got {row}")
+      value = row[1].strip()
       try:
-        out[row[0].strip()] = int(float(row[1]))
+        number = float(value)
       except ValueError:
+        if not out and line_no == 1:  # a header such as "file,label"
+          continue
         raise DataError(f"{path}:{line_no}: not a number: {row[1]!r}") from None
+      if number not in (0.0, 1.0):
+        raise DataError(f"{path}:{line_no}: the value must be 0 or 1, got {row[1]!r}")
+      out[row[0].strip()] = int(number)
   return out
 
 
-def apply_ground_truth(machine: MachineData, ground_truth_dir: str) -> int:
+def apply_ground_truth(machine: MachineData, ground_truth_dir: str, *,
+                       need_domains: bool = False) -> int:
   """Fills label and domain of unlabelled test clips from the organisers' CSVs.
 
   Reads ``ground_truth_data/ground_truth_<machine>_section_<XX>_test.csv``
   (``wavname,0|1``: normal / anomalous) and ``ground_truth_domain/...``
   (``wavname,0|1``: source / target) under ``ground_truth_dir``. Returns the
-  number of clips that received a label.
+  number of clips that received a label. ``need_domains`` (the metrics of DCASE
+  2021 on, which score each domain): every labelled clip must then have a
+  domain, from its name or the domain file.
 
   Raises:
-    DataError: a missing directory or file, or a clip missing from a file.
+    DataError: a missing directory or file, a clip missing from a file (the
+      domain file too, when it exists or ``need_domains``), or a value other
+      than 0 or 1 (naming the file and line).
   """
   if not os.path.isdir(ground_truth_dir):
     raise DataError(f"{ground_truth_dir}: no such directory (--ground_truth_dir)")
@@ -345,5 +363,9 @@ def apply_ground_truth(machine: MachineData, ground_truth_dir: str) -> int:
       clip.label = labels[clip.name]
       if clip.name in domains:
         clip.domain = ("source", "target")[domains[clip.name]]
+      elif clip.domain is None and (domains or need_domains):
+        raise DataError(f"{domain_path}: " + (
+            f"no row for {clip.name}" if domains else "no such ground-truth file") + (
+            " (the metrics of DCASE 2021 on score each domain)" if need_domains else ""))
       count += 1
   return count

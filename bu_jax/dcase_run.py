@@ -695,7 +695,9 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
   file's header and every group's knn bank (and cross-fitting folds), before
   any model trains: a broken
   file or a too-small group of the last machine type is reported before the
-  first one trains, not hours later. The waves are loaded per machine type
+  first one trains, not hours later. With ``--ground_truth_dir`` the unlabelled
+  test clips take their labels (and domains) here too, so a missing or bad
+  ground-truth file is reported as early. The waves are loaded per machine type
   (``dcase.load_audio_of``), as it trains.
 
   Raises:
@@ -718,8 +720,21 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
       else:
         _check_bank(settings, [sizes[c.path] for c in train_clips], None, features,
                     where=where)
+    if settings.ground_truth_dir:  # every label file read now, not after hours of training
+      year = _metric_year(settings, md)
+      for clips in (*(md.test_folders.values() if md.test_folders else [md.test]),
+                    *([ev.test] if ev is not None else [])):
+        if any(c.label is None for c in clips):
+          dcase.apply_ground_truth(dcase.MachineData(machine, root, [], clips, []),
+                                   settings.ground_truth_dir, need_domains=year != "2020")
     listed[machine] = (md, ev)
   return listed
+
+
+def _metric_year(settings: Settings, md: dcase.MachineData) -> str:
+  """The DCASE year whose metrics score ``md`` (``--year``, else read from the names)."""
+  return (dcase.metric_year(settings.year) if settings.year != "auto"
+          else dcase.detect_year([c.meta for c in md.train + md.test]))
 
 
 def _mark_rare(listed: dict, labels: dict, *, source: str) -> dict[str, int]:
@@ -837,8 +852,7 @@ def run(settings: Settings) -> dict:
   for machine in machine_types:
     md, ev = listed[machine]
     dcase.load_audio_of(md)
-    year = (dcase.metric_year(settings.year) if settings.year != "auto"
-            else dcase.detect_year([c.meta for c in md.train + md.test]))
+    year = _metric_year(settings, md)
     years.add(year)
     test_sets = dict(md.test_folders) if md.test_folders else {"dev": md.test}
     if ev is not None:
@@ -846,11 +860,6 @@ def run(settings: Settings) -> dict:
     for clips_ in test_sets.values():
       features_lib.warn_short_clips([c.path for c in clips_], [c.wave for c in clips_],
                                     preset.features)
-    if settings.ground_truth_dir:
-      for clips_ in test_sets.values():
-        holder = dcase.MachineData(machine, root, [], clips_, [])
-        if any(c.label is None for c in clips_):
-          dcase.apply_ground_truth(holder, settings.ground_truth_dir)
     for clips_ in test_sets.values():
       _warn_one_label_sections(clips_)
     data_info["machine_types"][machine] = {

@@ -468,9 +468,7 @@ def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tu
   files, failures, seen = [], [], set()
   for path in map(os.fspath, paths):
     if os.path.isdir(path):
-      found = sorted(
-          os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-          if name.lower().endswith(AUDIO_SUFFIXES))
+      found = _audio_below(path)
       if not found:
         failures.append((path, f"{path}: directory holds no {'/'.join(AUDIO_SUFFIXES)} files"))
       candidates = found
@@ -485,6 +483,20 @@ def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tu
         seen.add(key)
         files.append(file)
   return files, failures
+
+
+def _audio_below(top: str) -> list[str]:
+  """The audio files below ``top``, sorted; linked folders are followed (each real
+  folder once, so a link back up the tree ends the descent)."""
+  found, visited = [], set()
+  for root, dirs, names in os.walk(top, followlinks=True):
+    real = os.path.realpath(root)
+    if real in visited:
+      dirs[:] = []
+      continue
+    visited.add(real)
+    found += [os.path.join(root, n) for n in names if n.lower().endswith(AUDIO_SUFFIXES)]
+  return sorted(found)
 
 
 def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
@@ -648,7 +660,7 @@ def check_writable(path: os.PathLike | str, *, what: str = "the scores file") ->
   ``what`` says what the file is for in the message.
   """
   path = os.fspath(path)
-  if os.path.isdir(path):
+  if os.path.isdir(path) or path.endswith(("/", os.sep)):
     raise ValueError(f"cannot write {what} {path}: it is a directory; give a file "
                      "name with --out")
   parent = os.path.dirname(os.path.abspath(path))

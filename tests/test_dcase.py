@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 
 import numpy as np
 import pytest
@@ -179,6 +180,41 @@ def test_evaluation_names_and_ground_truth(tmp_path):
   with pytest.raises(dcase.DataError, match="no such ground-truth file"):
     other = dcase.MachineData("fan", "", [], [dcase.Clip("x", md.test[0].meta, None, None)], [])
     dcase.apply_ground_truth(other, str(gt))
+
+
+def test_ground_truth_files_as_spreadsheets_write_them(tmp_path):
+  names = ["section_00_0000.wav", "section_00_0001.wav"]
+  _write_tree(tmp_path / "eval", "ToyDrone", {"test": names})
+
+  def machine():
+    return dcase.load_machine_type(str(tmp_path / "eval"), "ToyDrone", need_train=False,
+                                   load_audio=False)
+  gt = tmp_path / "gt"
+  for sub in ("ground_truth_data", "ground_truth_domain"):
+    os.makedirs(gt / sub, exist_ok=True)
+  label_file = gt / "ground_truth_data" / "ground_truth_ToyDrone_section_00_test.csv"
+  domain_file = gt / "ground_truth_domain" / "ground_truth_ToyDrone_section_00_test.csv"
+  # A BOM and a header row (as Excel and pandas write them), CRLF, 1.0 for 1.
+  label_file.write_bytes("\ufefffile,label\r\nsection_00_0000.wav,0\r\n"
+                         "section_00_0001.wav,1.0\r\n".encode("utf-8"))
+  domain_file.write_text("section_00_0000.wav,0\nsection_00_0001.wav,1\n")
+  md = machine()
+  assert dcase.apply_ground_truth(md, str(gt), need_domains=True) == 2
+  assert [(c.label, c.domain) for c in md.test] == [(0, "source"), (1, "target")]
+  for value in ("2", "-1", "0.6", "inf"):  # once an IndexError, a silent "target" or a 0
+    label_file.write_text(f"section_00_0000.wav,0\nsection_00_0001.wav,{value}\n")
+    with pytest.raises(dcase.DataError, match=re.escape(
+        f"{label_file}:2: the value must be 0 or 1, got '{value}'")):
+      dcase.apply_ground_truth(machine(), str(gt))
+  label_file.write_text("section_00_0000.wav,0\nsection_00_0001.wav,1\n")
+  domain_file.write_text("section_00_0000.wav,0\n")  # a clip without its domain row
+  with pytest.raises(dcase.DataError, match=re.escape(f"{domain_file}: no row for "
+                                                      "section_00_0001.wav")):
+    dcase.apply_ground_truth(machine(), str(gt))
+  os.remove(domain_file)  # DCASE 2020 has no domains; 2021 on needs them
+  assert dcase.apply_ground_truth(machine(), str(gt)) == 2
+  with pytest.raises(dcase.DataError, match="no such ground-truth file"):
+    dcase.apply_ground_truth(machine(), str(gt), need_domains=True)
 
 
 # ------------------------------------------------------------------ metrics

@@ -367,6 +367,36 @@ def test_a_broken_later_machine_type_is_refused_before_any_training(tmp_path, br
   assert not list(workdir.glob("re/models/**/checkpoints"))  # nothing trained
 
 
+@pytest.mark.parametrize("fault", ["no domain file", "a label of 2"])
+def test_ground_truth_is_checked_before_any_training(tmp_path, fault):
+  """The evaluation set's ground truth is read with the listing: a missing domain
+  file (DCASE 2021 on scores each domain; without it every section would be left
+  out in silence) or a bad value is one error naming the file, before training."""
+  root = synthetic_dcase.generate(str(tmp_path / "d"), **{
+      **TINY, "num_source_train": 2, "num_test_per_group": 1, "machines": ("SynthFan",)})
+  eval_root, gt = tmp_path / "eval", tmp_path / "gt"
+  os.makedirs(eval_root / "SynthFan" / "test")
+  os.makedirs(gt / "ground_truth_data")
+  md = dcase.load_machine_type(root, "SynthFan", load_audio=False)
+  rows = []
+  for i, clip in enumerate(c for c in md.test if c.section == "00"):
+    name = f"section_00_{i:04d}.wav"
+    shutil.copy(clip.path, eval_root / "SynthFan" / "test" / name)
+    rows.append(f"{name},{2 if fault == 'a label of 2' and i == 1 else clip.label}\n")
+  label_file = gt / "ground_truth_data" / "ground_truth_SynthFan_section_00_test.csv"
+  label_file.write_text("".join(rows))
+  if fault == "no domain file":
+    match = re.escape(f"{gt}/ground_truth_domain/ground_truth_SynthFan_section_00_test.csv: "
+                      "no such ground-truth file (the metrics of DCASE 2021 on score each domain)")
+  else:
+    match = re.escape(f"{label_file}:2: the value must be 0 or 1, got '2'")
+  workdir = tmp_path / "w"
+  with pytest.raises(dcase.DataError, match=match):
+    dcase_run.run(_settings(workdir, losses=("re",), data_root=root, eval_root=str(eval_root),
+                            ground_truth_dir=str(gt)))
+  assert not list(workdir.glob("re/models/**/checkpoints"))  # nothing trained
+
+
 def test_score_normalization_is_an_evaluation_setting(finished_dcase, tmp_path):
   """A finished run re-evaluated with knn_z: no retraining, the bank of every training
   clip but the held-out tenth in the model directory, φ from the held-out clip on

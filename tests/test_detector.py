@@ -105,6 +105,20 @@ def _events_reference(scores, threshold, hop_s, gap, duration):
   return [tuple(r) for r in merged]
 
 
+def test_expand_paths_follows_linked_folders_once(tmp_path):
+  top = tmp_path / "top"
+  (top / "sub").mkdir(parents=True)
+  (tmp_path / "elsewhere").mkdir()
+  for path in (top / "b.WAV", top / "sub" / "c.wav", tmp_path / "elsewhere" / "a.wav",
+               top / "notes.txt"):
+    path.write_bytes(b"")  # listed, not read
+  os.symlink(tmp_path / "elsewhere", top / "linked")
+  os.symlink(top, top / "sub" / "loop")  # a link back up the tree: no endless descent
+  files, failures = detector_lib.expand_paths([str(top)])
+  assert failures == []
+  assert [os.path.relpath(f, top) for f in files] == ["b.WAV", "linked/a.wav", "sub/c.wav"]
+
+
 def test_events_from_scores():
   scores = np.zeros(24)
   scores[[0, 8, 9, 11, 23]] = [5, 3, 3, 3, 4]

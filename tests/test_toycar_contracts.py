@@ -925,7 +925,8 @@ def test_score_output_that_cannot_be_written_fails_before_scoring(finished_run, 
   blocker = tmp_path / "file"
   blocker.write_text("x")
   for out, message in ((blocker / "scores.csv", r"cannot write the scores file .*file/scores"),
-                       (tmp_path, r"it is a directory")):
+                       (tmp_path, r"it is a directory"),
+                       (f"{tmp_path}/results/", r"results/: it is a directory")):  # not yet made
     with pytest.raises(ValueError, match=message):
       detector.run(detector.ScoreSettings(workdir=str(finished_run), paths=[str(tmp_path)],
                                       loss="re", out=str(out)))
