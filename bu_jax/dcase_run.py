@@ -96,7 +96,7 @@ from bu_jax import train as train_lib
 # TrainConfig's default, the paper's (section 4.2.2, per machine type).
 PRESETS = {
     "paper": {},
-    # The embedded set on a 2-core CPU: 3 machine types x 3 losses in ~5 min; the AE's
+    # The embedded set on a 2-core CPU: 3 machine types x 3 losses in about 2.5 min; the AE's
     # input standardized, as in experiments.toycar's demo preset.
     "demo": dict(model="fcn40-small", epochs=4, steps_per_epoch=100, decay_start_epoch=2,
                  learning_rate=1e-3, steps_per_call=10, standardize_input=True),

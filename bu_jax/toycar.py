@@ -101,7 +101,7 @@ class Settings(cli.ScoringSettings):
 
   preset: str = cli.setting(
       "paper", choices=sorted(PRESETS),
-      help="paper: section 4.2.2 schedule (GPU/TPU); demo: about 1.5 min on a 2-core CPU "
+      help="paper: section 4.2.2 schedule (GPU/TPU); demo: 1.2-3.5 min on a 2-core CPU "
       "(embedded set); cpu: real recordings on a 2-core CPU (standardized AE input, longer "
       "schedule, scores chosen by --score_normalization=auto, the knn bank by "
       "--normalization_bank=auto).")
