@@ -401,7 +401,7 @@ def test_synthetic_set_loads_and_is_well_formed(tmp_path):
   root = synthetic.generate(tmp_path / "s", **SMALL)
   meta = json.loads((tmp_path / "s" / "metadata.json").read_text())
   assert len(meta["rare_test_clips"]) == 2
-  assert 0.0 < meta["rare_train_fraction"] <= 0.5
+  assert meta["rare_train_fraction"] == pytest.approx(1 / 3)  # SMALL's 1-s episodes, 2 of 6 s
   ds = data.load_dataset(root)
   assert ds.layout == "mixing" and len(ds.train) == 3 and len(ds.test) == 4 * 3 * 2
   assert {os.path.basename(c.path) for c in ds.test if c.rare} == set(meta["rare_test_clips"])

@@ -18,12 +18,20 @@ def _png_ok(path):
     assert file.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluation_plots_write_png(tmp_path):
+def test_evaluation_plots_write_png(tmp_path, monkeypatch):
+  figures = []
+  real_save = plots.save_figure
+  monkeypatch.setattr(plots, "save_figure", lambda f, p: figures.append(f) or real_save(f, p))
   rng = np.random.default_rng(1)
   labels = np.array([0] * 20 + [1] * 10)
-  roc = {"AE": (labels, rng.normal(size=30) + labels),
-         "BU": (labels, rng.normal(size=30) + 3 * labels)}
+  roc = {"AE": (labels, -(np.arange(30.0) + 10 * labels)),  # every anomaly lowest: AUC 0
+         "BU": (labels, rng.normal(size=30) + 10 * labels)}  # separated: AUC 1
   _png_ok(plots.plot_roc(tmp_path / "roc.png", roc, max_fpr=0.1))
+  curves = {l.get_label(): np.column_stack([l.get_xdata(), l.get_ydata()])
+            for l in figures[-1].axes[0].get_lines()}
+  assert {"AE (AUC=0.000)", "BU (AUC=1.000)"} <= set(curves)
+  assert [0.0, 1.0] in curves["BU (AUC=1.000)"].tolist()  # every anomaly before any normal
+  assert [1.0, 0.0] in curves["AE (AUC=0.000)"].tolist()  # every normal before any anomaly
 
   times = np.arange(50) * 0.016
   over_time = {
@@ -34,6 +42,11 @@ def test_evaluation_plots_write_png(tmp_path):
   thresholds = {"RE": 0.8, "SNP": 1.2, "BU": 1.5}
   _png_ok(plots.plot_scores_over_time(tmp_path / "time.png", over_time,
                                       thresholds=thresholds))
+  for method, phi in thresholds.items():  # each method's panels draw its own phi
+    panels = [a for a in figures[-1].axes if a.get_title().startswith(f"{method}:")]
+    assert len(panels) == 3
+    for axes in panels:
+      assert any(list(l.get_ydata()) == [phi, phi] for l in axes.get_lines())
   _png_ok(plots.plot_scores_over_time(tmp_path / "overlay.png", over_time,
                                       thresholds=thresholds, overlay=True))
 
@@ -43,6 +56,11 @@ def test_evaluation_plots_write_png(tmp_path):
   histograms["BU"]["rare"] = []  # empty groups are skipped
   _png_ok(plots.plot_score_histogram(tmp_path / "sub" / "hist.png",
                                      histograms, thresholds=thresholds))
+  legends = {a.get_title(): [t.get_text() for t in a.get_legend().get_texts()]
+             for a in figures[-1].axes if a.get_legend() is not None}
+  assert sorted(legends["SNP"]) == sorted(["threshold φ", "normal (n=40)", "rare (n=5)",
+                                           "anomalous (n=20)"])
+  assert sorted(legends["BU"]) == sorted(["threshold φ", "normal (n=40)", "anomalous (n=20)"])
 
 
 def test_plot_scores_over_time_rejects_mismatched_clips(tmp_path):

@@ -18,7 +18,13 @@ def test_readme_api_example_runs():
   assert blocks, "README has a python example"
   namespace = {}
   exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
-  assert np.isfinite(float(namespace["loss"]))
+  first = float(namespace["loss"])  # at the initial parameters (value_and_grad before the update)
+  assert np.isfinite(first)
+  params, opt_state = namespace["params"], namespace["opt_state"]
+  for _ in range(3):  # the updated parameters lower the loss: the step trains
+    params, opt_state, loss = namespace["step"](params, opt_state, namespace["x_normal"],
+                                                namespace["x_anom"])
+  assert float(loss) < first - 1.0
 
 
 def test_readme_has_exactly_two_setup_commands():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import os
 import signal
 import time
@@ -140,8 +141,12 @@ def test_train_and_evaluate_end_to_end(tmp_path):
   assert results["settings"]["updates"] == 200
   assert results["methods"]["bu"]["kld_u_q_std"] > 0
   table = ring.format_table(results)
-  for text in ("RE", "SNP", "BU", "1.395", "0.083"):
-    assert text in table
+  for m, r in results["methods"].items():  # each row: the run's measured means and stds
+    assert re.search(rf"^{m.upper()} +{r['kld_p_q']:.3f} \+- {r['kld_p_q_std']:.3f} +"
+                     rf"{ring.PAPER_TABLE1[m]['kld_p_q']:.3f} +{r['kld_u_q']:.3f} \+- "
+                     rf"{r['kld_u_q_std']:.3f}", table, re.M), (m, table)
+  # Three losses train three different models (not one loss three times).
+  assert len({round(r["kld_u_q"], 6) for r in results["methods"].values()}) == 3
 
 
 @pytest.fixture

@@ -509,15 +509,8 @@ def test_min_anomalous_frames_is_the_minimum_over_positions(clip_length):
   config, n = TINY.features, 4 * SEGMENT
   num_frames = config.num_frames(n)
   counts = [_reference_mask(s, clip_length, num_frames, config).sum()
-            for s in range(0, n - clip_length + 1, 37)] + [
-                _reference_mask(n - clip_length, clip_length, num_frames, config).sum()]
-  fewest = batch_lib.min_anomalous_frames(n, clip_length, config=config)
-  assert fewest <= min(counts)
-  starts = np.arange(n - clip_length + 1)
-  lo, hi = batch_lib.anomalous_frame_range(starts, clip_length, num_frames=num_frames,
-                                           config=config, xp=np)
-  assert fewest == int(np.min(hi - lo + 1))
-  assert min(counts) - fewest <= 1  # the sampled starts come within a frame of it
+            for s in range(0, n - clip_length + 1)]  # every start, by the reference mask
+  assert batch_lib.min_anomalous_frames(n, clip_length, config=config) == min(counts)
 
 
 # ---------------------------------------------------------------- parallel and progress
