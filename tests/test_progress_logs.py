@@ -36,7 +36,7 @@ def test_info_logs_only_with_explicit_verbosity(args, loud):
 
 
 def test_every_entry_point_calls_it_first():
-  for name in ("toycar", "score", "ring"):
+  for name in ("toycar", "dcase", "score", "ring"):
     source = open(os.path.join(REPO, "experiments", f"{name}.py")).read()
     main = source.split("def main(argv):\n", 1)[1]
     assert main.lstrip().startswith("progress.quiet_library_logs()"), name

@@ -105,19 +105,28 @@ def test_bad_input_ends_in_one_error_line(tmp_path, capsys):
   assert "needs two workdirs" in capsys.readouterr().err
 
 
-def test_train_runs_the_same_command_twice_in_fresh_processes(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("second_differs", [False, True])
+def test_train_runs_the_same_command_twice_in_fresh_processes(tmp_path, capsys, monkeypatch,
+                                                              second_differs):
   calls = []
 
   def fake_run(cmd, **kwargs):
     calls.append(cmd)
     workdir = [c for c in cmd if c.startswith("--workdir=")][0].split("=", 1)[1]
-    _write_run(tmp_path / "template" / str(len(calls)))
+    other = second_differs and len(calls) == 2  # the second process trained otherwise
+    _write_run(tmp_path / "template" / str(len(calls)),
+               **({"losses": (1.0, 0.5, 0.3, 0.2)} if other else {}))
     shutil.copytree(tmp_path / "template" / str(len(calls)), workdir)
     return subprocess.CompletedProcess(cmd, 0, "", "")
 
   monkeypatch.setattr(reproducibility.subprocess, "run", fake_run)
   assert reproducibility.main(["--train", "--loss=snp", "--steps=7", "--seed=3",
-                               f"--workdir={tmp_path / 'w'}"]) == 0
+                               f"--workdir={tmp_path / 'w'}"]) == int(second_differs)
+  if second_differs:  # the two workdirs are compared, not one with itself
+    lines = _lines(capsys)
+    assert not lines[-1]["bit_identical"]
+    assert all(r["first_different_step"] == 2 for r in lines if r.get("method"))
+    return
   assert len(calls) == 2
   strip = lambda cmd: [c for c in cmd if not c.startswith("--workdir=")]
   assert strip(calls[0]) == strip(calls[1])

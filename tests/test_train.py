@@ -543,6 +543,18 @@ def test_progress_bar_and_metrics_writer(tmp_path):
   assert math.isnan(bar.rates()[0]) is False
 
 
+def test_progress_bar_rates_and_eta_on_a_fake_clock(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+  bar = progress.ProgressBar(100, initial=10, stream=io.StringIO(), file_interval_s=0.0)
+  bar.update(10)  # the first report starts the clock (after compilation): not timed
+  now[0] = 104.0
+  bar.update(30, frames=8000.0, loss=2.0)  # 20 steps and 8,000 frames in 4 s
+  assert bar.last_line == ("step 30/100 [#######-----------------] 30.0% 5.00 steps/s "
+                           "2.0k frames/s ETA 0:14 loss 2")
+  assert bar.rates() == (5.0, 2000.0)
+
+
 # ------------------------------------------------------------------ uniformization by sampling
 
 def test_segment_probabilities_draw_segments_at_their_rates():
