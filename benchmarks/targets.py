@@ -25,6 +25,11 @@ frequent ones, so this is about the ``vs_rare`` margin that full uniformization 
 would give; where it is negative, the target asks for rare normals to score *below*
 frequent ones, or for better detection among frequent normals.
 
+And per draw the false alarms a user sees, ``fpr_at_phi``: each method's false-positive
+rate at its own threshold phi on the rare-normal and on the frequent-normal test clips
+(every distinct normal clip once; mean over the seeds), with BU's minus RE's. AUCs rank
+clips; these count the rare normals a deployed detector flags.
+
 Prints one JSON line per (draw, condition, target) with the margin, a Markdown table
 of the margins per draw (folder mean, and how many folders meet the target), and one
 line per target counting the draws that meet it. The rare-normal labels entered the
@@ -90,6 +95,22 @@ def room_at_uniform(means: dict, condition: str) -> float | None:
   return None if bu is None or re_ is None else bu - (re_ + RARE_GAIN)
 
 
+def false_alarms(results: list[dict]) -> dict[str, dict[str, float | None]]:
+  """Per method, the mean over the seeds' ``results.json`` dicts of the false-positive
+  rates at phi on rare- and on frequent-normal clips (``fpr_rare``, ``fpr_frequent``;
+  None where a seed lacks one)."""
+  out = {}
+  for method in METHODS:
+    rows = [r[method].get("rare_normal", {}) for r in results if method in r]
+    if rows:
+      out[method] = {}
+      for key in ("fpr_rare", "fpr_frequent"):
+        values = [row.get(key) for row in rows]
+        out[method][key] = (None if any(v is None for v in values)
+                            else float(np.mean(values)))
+  return out
+
+
 def _seed_results(workdir: str, preset: str) -> list[dict]:
   seeds = {}  # seed number -> path; only folders named seed<N> (not e.g. a copy seed0_old)
   for path in glob.glob(os.path.join(workdir, preset, "seed*", "results.json")):
@@ -125,7 +146,7 @@ def _cell(by_condition: dict[str, float | None]) -> str:
 
 def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict:
   """Prints the lines and tables; returns {draw: {condition: margins}}."""
-  table, rooms = {}, {}
+  table, rooms, alarms = {}, {}, {}
   for name, workdir in draws:
     results = _seed_results(workdir, preset)
     means = draw_means(results)
@@ -140,6 +161,10 @@ def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict
     for condition, value in rooms[name].items():
       emit(draw=name, condition=condition, diagnostic="room_at_uniform", seeds=len(results),
            value=None if value is None else round(value, 4))
+    alarms[name] = false_alarms(results)
+    for method, rates in alarms[name].items():
+      emit(draw=name, diagnostic="fpr_at_phi", method=method, seeds=len(results),
+           **{k: None if v is None else round(v, 4) for k, v in rates.items()})
   print("\n| draw | " + " | ".join(TARGETS) + " | room_at_uniform |")
   print("|---|" + "---|" * (len(TARGETS) + 1))
   for name, rows in table.items():
@@ -157,6 +182,7 @@ def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict
   known = [rows["mean"] for rows in rooms.values() if rows["mean"] is not None]
   print(f"room_at_uniform: >= 0 on {sum(v >= 0 for v in known)} of {len(known)} draws "
         "(where < 0, rare normals scoring like frequent ones would not meet vs_rare)")
+  _print_false_alarms(alarms)
   if demo:
     aucs = []
     for d in demo:
@@ -171,6 +197,35 @@ def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict
     print(f"demo: BU's mean AUC {np.mean(aucs):.3f} over {len(aucs)} run(s), margin "
           f"{_fmt(margin)}")
   return table
+
+
+def _print_false_alarms(alarms: dict) -> None:
+  """The table of ``fpr_at_phi`` (rare / frequent normals per method, BU minus RE) and
+  how often BU flags fewer rare normals than RE, and at what cost on frequent ones."""
+  methods = [m for m in METHODS if any(m in a for a in alarms.values())]
+  rate = lambda a, m, k: (a.get(m) or {}).get(k)
+  print("\n| draw | " + " | ".join(f"{m.upper()} rare / frequent" for m in methods)
+        + " | BU - RE, rare / frequent |")
+  print("|---|" + "---|" * (len(methods) + 1))
+  fewer = costlier = known = 0
+  for name, a in alarms.items():
+    cells = [f"{_num(rate(a, m, 'fpr_rare'))} / {_num(rate(a, m, 'fpr_frequent'))}"
+             for m in methods]
+    diffs = [None if rate(a, "bu", k) is None or rate(a, "re", k) is None
+             else rate(a, "bu", k) - rate(a, "re", k) for k in ("fpr_rare", "fpr_frequent")]
+    print(f"| {name} | " + " | ".join(cells) + f" | {_fmt(diffs[0])} / {_fmt(diffs[1])} |")
+    if None not in diffs:
+      known += 1
+      fewer += diffs[0] < 0
+      costlier += diffs[1] > 0
+  print("\n(false-positive rates at each model's own threshold phi, mean over the seeds; "
+        "lower is better)")
+  print(f"fpr_at_phi: BU flags fewer rare normals than RE on {fewer} of {known} draws; more "
+        f"frequent normals on {costlier} of {known}")
+
+
+def _num(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.3f}"
 
 
 def main():

@@ -8,12 +8,14 @@ import pytest
 from benchmarks import targets
 
 
-def _result(auc, vs_rare, vs_frequent, rare_vs_frequent, conditions=("a", "b")):
+def _result(auc, vs_rare, vs_frequent, rare_vs_frequent, fpr_rare=None, fpr_frequent=None,
+            conditions=("a", "b")):
   """One method's results.json entry: the same value in every condition and the mean."""
   per = lambda v: {**{c: v for c in conditions}, "mean": v}
   return {"auc": per(auc), "pauc": per(0.5),
           "rare_normal": {"auc_vs_rare": per(vs_rare), "auc_vs_frequent": per(vs_frequent),
-                          "rare_vs_frequent": per(rare_vs_frequent)}}
+                          "rare_vs_frequent": per(rare_vs_frequent), "fpr_rare": fpr_rare,
+                          "fpr_frequent": fpr_frequent}}
 
 
 def _write_draw(root, seeds):
@@ -72,6 +74,10 @@ def test_command_prints_margins_per_draw_and_counts(tmp_path, monkeypatch, capsy
   targets.main()
   out = capsys.readouterr().out
   lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  alarms = [l for l in lines if l.get("diagnostic") == "fpr_at_phi"]
+  assert len(alarms) == 2 * 4  # draws x methods; no rates in these results: unknown
+  assert all(l["fpr_rare"] is None and l["fpr_frequent"] is None for l in alarms)
+  lines = [l for l in lines if l not in alarms]
   # draws x (a, b, mean) x (targets and the diagnostic), and the demo
   assert len(lines) == 2 * 3 * (4 + 1) + 1
   row = {(l["draw"], l["condition"], l.get("target", l.get("diagnostic"))): l for l in lines}
@@ -85,6 +91,25 @@ def test_command_prints_margins_per_draw_and_counts(tmp_path, monkeypatch, capsy
   assert "| +0.150 (2/2 folders) |\n" in out and "| -0.200 (0/2 folders) |\n" in out
   assert "room_at_uniform: >= 0 on 1 of 2 draws" in out
   assert "demo: BU's mean AUC 0.930 over 1 run(s), margin +0.020" in out
+
+
+def test_false_alarms_at_phi_are_seed_means_and_bu_is_compared_with_re(tmp_path, monkeypatch,
+                                                                      capsys):
+  seeds = [dict(re=(0.8, 0.6, 0.9, 0.9, 0.50, 0.00), bu=(0.8, 0.7, 0.9, 0.8, 0.25, 0.10)),
+           dict(re=(0.8, 0.6, 0.9, 0.9, 0.30, 0.04), bu=(0.8, 0.7, 0.9, 0.8, 0.25, 0.00))]
+  rates = targets.false_alarms([{m: _result(*v) for m, v in s.items()} for s in seeds])
+  assert rates["re"] == pytest.approx({"fpr_rare": 0.40, "fpr_frequent": 0.02})
+  assert rates["bu"] == pytest.approx({"fpr_rare": 0.25, "fpr_frequent": 0.05})
+  fewer = _write_draw(tmp_path / "fewer", seeds)
+  more = _write_draw(tmp_path / "more", [dict(re=(0.8, 0.6, 0.9, 0.9, 0.1, 0.1),
+                                              bu=(0.8, 0.7, 0.9, 0.8, 0.2, 0.1))])
+  monkeypatch.setattr(sys, "argv", ["targets", f"--draws=f={fewer},m={more}"])
+  targets.main()
+  out = capsys.readouterr().out
+  assert "| f | 0.400 / 0.020 | 0.250 / 0.050 | -0.150 / +0.030 |" in out
+  assert "| m | 0.100 / 0.100 | 0.200 / 0.100 | +0.100 / +0.000 |" in out
+  assert ("fpr_at_phi: BU flags fewer rare normals than RE on 1 of 2 draws; more frequent "
+          "normals on 1 of 2") in out
 
 
 @pytest.mark.parametrize("argv, message", [
