@@ -250,6 +250,9 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
 
   Files whose names fit no grammar are logged (each by path) and skipped.
 
+  A machine type without test clips is trained but not evaluated (a warning
+  names the folder); with ``need_train=False`` (an evaluation root) it is an error.
+
   Raises:
     DataError: a missing folder, or no usable clip, naming the folder.
     audio.AudioError: an unreadable file, naming it.
@@ -282,6 +285,13 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
                    ", ".join(test_folders))
   if skipped:
     logging.warning("%s: skipped %d file(s) with unusable names", directory, len(skipped))
+  if not test:
+    where = os.path.join(directory, folders[0] if len(folders) == 1 else
+                         "test*" if folders else "test")
+    if not need_train:  # an evaluation root is there to be scored
+      raise DataError(f"{where}: no test clips with DCASE names to score")
+    logging.warning("%s: no test clips with DCASE names; this machine type is trained but "
+                    "not evaluated", where)
   md = MachineData(machine_type, directory, train, test, skipped, test_folders)
   return load_audio_of(md, sr=sr) if load_audio else md
 

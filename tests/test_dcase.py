@@ -164,6 +164,18 @@ def test_loader_errors_name_the_folder(tmp_path):
     dcase.load_machine_type(str(tmp_path), "fan")
 
 
+def test_a_machine_type_without_test_clips_is_named(tmp_path, caplog):
+  _write_tree(tmp_path, "fan", {"train": ["section_00_source_train_normal_0000_a.wav"]})
+  md = dcase.load_machine_type(str(tmp_path), "fan", load_audio=False)  # trained, not evaluated
+  assert md.test == []
+  assert any(f"{tmp_path / 'fan' / 'test'}: no test clips with DCASE names; this machine type "
+             "is trained but not evaluated" in r.getMessage() for r in caplog.records)
+  _write_tree(tmp_path / "eval", "fan", {"test": ["notes.wav"]})  # nothing to score there
+  with pytest.raises(dcase.DataError, match=re.escape(
+      f"{tmp_path / 'eval' / 'fan' / 'test'}: no test clips with DCASE names to score")):
+    dcase.load_machine_type(str(tmp_path / "eval"), "fan", need_train=False, load_audio=False)
+
+
 def test_evaluation_names_and_ground_truth(tmp_path):
   names = ["section_00_0000.wav", "section_00_0001.wav", "section_00_0002.wav"]
   _write_tree(tmp_path / "eval", "ToyDrone", {"test": names})
