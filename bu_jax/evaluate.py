@@ -603,8 +603,9 @@ def evaluate_conditions(
     # Unlisted clips (None) count as frequent only when no clip is labelled (no
     # --rare_clips): then the row is every normal clip's rate. Else they are in
     # neither group, as in the AUCs above.
-    unknown = ~is_rare & ~is_frequent & bool(is_rare.any() or is_frequent.any())
-    group = np.where(is_rare, "rare", np.where(unknown, "unknown", "frequent"))
+    labelled = bool(is_rare.any() or is_frequent.any())
+    group = np.array(["rare" if r else "frequent" if f or not labelled else None
+                      for r, f in zip(is_rare, is_frequent)], dtype=object)
     rates = false_positive_rates(scores[normal], threshold, group[normal])
     fpr_frequent = rates.get("frequent")
     fpr_rare = rates.get("rare")
