@@ -31,6 +31,10 @@ import numpy as np
 import soundfile
 
 SAMPLE_RATE = 16000
+# The file types read wherever a folder of sounds is listed (the paper's mixing
+# layout, something-else, noise and anomaly folders, recordings to score); DCASE
+# layouts are WAV by definition. libsndfile (soundfile) decodes each of them.
+SOUND_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 LOUD_PEAK = 1e3  # a peak amplitude above this is almost surely a scaling error
 
 

@@ -16,7 +16,7 @@ Layouts (``<dir>`` is one machine type, e.g. ``dev_data/ToyCar``)::
     condition = "section_00_source" / "section_00_target" / "section_00"
 
   "mixing"  the paper's protocol (section 4.2.1)
-    <dir>/train/*.wav     clean normal machine recordings
+    <dir>/train/*.wav     clean normal machine recordings (or .flac, .ogg, .mp3)
     <dir>/test/*.wav      clean normal machine recordings
     <dir>/metadata.json   optional: {"rare_test_clips": ["<name>.wav", ...]}
     noise_dir/*.wav       mixed into every train and test clip at snr_db
@@ -46,6 +46,7 @@ logged warning; everything else that is wrong raises ``DataError`` (or
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import hashlib
 import json
 import os
@@ -119,20 +120,31 @@ def _require_dir(path: str, what: str) -> str:
   return path
 
 
-def list_wavs(directory: str | os.PathLike, *, warn: bool = True) -> list[str]:
-  """Sorted paths of the ``*.wav`` files (any case) directly in ``directory``;
-  a ``.wav`` entry that is not a file (a broken link, a folder) is skipped with
-  a warning naming it (``warn``; off where the folder is listed again later)."""
+def list_wavs(directory: str | os.PathLike, *, warn: bool = True,
+              suffixes: tuple[str, ...] = (".wav",)) -> list[str]:
+  """Sorted paths of the ``*.wav`` files (any case; ``suffixes``) directly in
+  ``directory``; an entry of such a name that is not a file (a broken link, a
+  folder) is skipped with a warning naming it (``warn``; off where the folder is
+  listed again later)."""
   directory = _require_dir(os.fspath(directory), "audio")
   names, others = [], []
   for name in sorted(os.listdir(directory)):
-    if name.lower().endswith(".wav"):
+    if name.lower().endswith(suffixes):
       (names if os.path.isfile(os.path.join(directory, name)) else others).append(name)
   for name in others if warn else ():
     path = os.path.join(directory, name)
     logging.warning("skipped %s: %s", path, "a broken link" if os.path.islink(path)
                     else "not a regular file")
   return [os.path.join(directory, name) for name in names]
+
+
+def list_sounds(directory: str | os.PathLike, *, warn: bool = True) -> list[str]:
+  """``list_wavs`` for every type in ``audio.SOUND_SUFFIXES`` (WAV, FLAC, Ogg,
+  MP3): the folders of the mixing layout and of the something-else sounds."""
+  return list_wavs(directory, warn=warn, suffixes=audio.SOUND_SUFFIXES)
+
+
+_SOUNDS = "/".join(f"*{s}" for s in audio.SOUND_SUFFIXES)
 
 
 def detect_layout(data_dir: str | os.PathLike) -> str:
@@ -143,23 +155,28 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
   and "mixing" if none parses as either.
 
   Raises:
-    DataError: missing directories, no training WAVs, or a mixture of naming
-      schemes (pass ``layout=`` explicitly then).
+    DataError: missing directories, no training clips (``audio.SOUND_SUFFIXES``),
+      or a mixture of naming schemes among the WAVs (pass ``layout=`` explicitly
+      then).
   """
   data_dir = _require_dir(os.fspath(data_dir), "data")
   train_dir = _require_dir(os.path.join(data_dir, "train"), "training")
-  names = [os.path.basename(p) for p in list_wavs(train_dir, warn=False)]  # warned on loading
+  names = [os.path.basename(p) for p in list_sounds(train_dir, warn=False)]  # warned on loading
   if not names:
-    list_wavs(train_dir)  # warns of any .wav entries that are not files
-    raise DataError(f"{train_dir}: no training clips (*.wav)")
-  n2021 = sum(bool(_DCASE2021.match(n)) for n in names)
-  n2020 = sum(bool(_DCASE2020.match(n)) for n in names)
-  if n2021 == len(names):
+    list_sounds(train_dir)  # warns of any sound-named entries that are not files
+    raise DataError(f"{train_dir}: no training clips ({_SOUNDS})")
+  # DCASE sets are WAV: their names are counted among the WAVs (a DCASE loader
+  # reads only those); a folder of FLACs with no WAV is a mixing tree.
+  wavs = [n for n in names if n.lower().endswith(".wav")] or names
+  n2021 = sum(bool(_DCASE2021.match(n)) for n in wavs)
+  n2020 = sum(bool(_DCASE2020.match(n)) for n in wavs)
+  if n2021 == len(wavs):
     return "dcase2021"
-  if n2020 == len(names):
+  if n2020 == len(wavs):
     return "dcase2020"
   if n2021 == 0 and n2020 == 0:
     return "mixing"
+  names = wavs
   majority = _DCASE2020 if n2020 >= n2021 else _DCASE2021
   odd = next(n for n in names if not majority.match(n))
   raise DataError(
@@ -181,7 +198,7 @@ def _not_dcase_hint(data_dir: str, anomaly_dir: Optional[str]) -> Optional[str]:
   if not missing:
     return None
   train_dir = os.path.join(data_dir, "train")
-  example = os.path.basename(list_wavs(train_dir, warn=False)[0])
+  example = os.path.basename(list_sounds(train_dir, warn=False)[0])
   folders = list_test_folders(data_dir)
   return (f"{data_dir}: no training clip's name is a DCASE name (normal_id_XX_... or "
           f"section_XX_..._normal_..., e.g. {train_dir}/{example} is not), so the layout was "
@@ -203,7 +220,9 @@ def list_test_folders(data_dir: str) -> list[str]:
   A folder that is the same folder as another one (a link such as ``test ->
   test_anr-15dB``, which the real-recording set's README suggests for one-folder
   code) is listed once, by its own name rather than the link's, with a warning:
-  evaluated under both names it would count twice in the conditions' mean."""
+  evaluated under both names it would count twice in the conditions' mean. So is
+  a copy of another (the same WAV names, every file byte for byte the same),
+  by the name that is not ``test`` (else the first in sorted order)."""
   names = sorted(n for n in os.listdir(data_dir)
                  if n.startswith("test") and os.path.isdir(os.path.join(data_dir, n)))
   kept: dict[str, str] = {}  # real path -> the name kept
@@ -214,7 +233,28 @@ def list_test_folders(data_dir: str) -> list[str]:
                       os.path.join(data_dir, name), kept[real], kept[real])
       continue
     kept[real] = name
-  return sorted(kept.values())
+  unique: list[str] = []
+  for name in sorted(kept.values(), key=lambda n: (n == "test", n)):
+    original = next((u for u in unique if _same_files(os.path.join(data_dir, u),
+                                                      os.path.join(data_dir, name))), None)
+    if original is not None:
+      logging.warning("%s: a copy of %s/ (the same files, byte for byte); evaluated once, as "
+                      "%s", os.path.join(data_dir, name), original, original)
+      continue
+    unique.append(name)
+  return sorted(unique)
+
+
+def _same_files(first: str, second: str) -> bool:
+  """Whether two folders hold the same WAV names with the same bytes (compared
+  in name order, stopping at the first difference: size, then content)."""
+  names = [os.path.basename(p) for p in list_wavs(first, warn=False)]
+  if not names or names != [os.path.basename(p) for p in list_wavs(second, warn=False)]:
+    return False
+  pairs = [(os.path.join(first, n), os.path.join(second, n)) for n in names]
+  if any(os.path.getsize(a) != os.path.getsize(b) for a, b in pairs):
+    return False
+  return all(filecmp.cmp(a, b, shallow=False) for a, b in pairs)
 
 
 def test_folders(data_dir: str) -> list[str]:
@@ -303,7 +343,11 @@ def _load_dcase(data_dir: str, layout: str, sr: int) -> Dataset:
     train_paths.append(path)
     train.append(require_sound(audio.load_wav(path, sr=sr), path))
   if not train:
-    raise DataError(f"{os.path.join(data_dir, 'train')}: no normal training clips ({layout} names)")
+    others = len(list_sounds(os.path.join(data_dir, "train"), warn=False)) - len(
+        train_paths) - len(skipped)
+    raise DataError(f"{os.path.join(data_dir, 'train')}: no normal training clips ({layout} names)"
+                    + (f"; it holds {others} sound file(s) of other types than WAV, which a "
+                       "DCASE layout does not read: convert them to WAV" if others else ""))
   test = []
   folders = test_folders(data_dir)
   for folder in folders:
@@ -402,15 +446,15 @@ def _load_mixing(data_dir: str, *, noise_dir: str | None, anomaly_dir: str | Non
   if not anrs_db:
     raise DataError("layout 'mixing' needs at least one ANR in anrs_db")
 
-  train_paths = list_wavs(train_dir)
-  test_paths = list_wavs(test_dir)
+  train_paths = list_sounds(train_dir)
+  test_paths = list_sounds(test_dir)
   if not train_paths:
-    raise DataError(f"{train_dir}: no training clips (*.wav)")
+    raise DataError(f"{train_dir}: no training clips ({_SOUNDS})")
   if not test_paths:
-    raise DataError(f"{test_dir}: no test clips (*.wav)")
-  anomaly_paths = list_wavs(anomaly_dir)
+    raise DataError(f"{test_dir}: no test clips ({_SOUNDS})")
+  anomaly_paths = list_sounds(anomaly_dir)
   if not anomaly_paths:
-    raise DataError(f"{anomaly_dir}: no anomalous sounds (*.wav)")
+    raise DataError(f"{anomaly_dir}: no anomalous sounds ({_SOUNDS})")
   loaded = [(p, _load_or_skip(p, sr, "anomalous sound")) for p in anomaly_paths]
   anomaly_paths = [p for p, w in loaded if w is not None]
   anomalies = [w for _, w in loaded if w is not None]
@@ -418,9 +462,9 @@ def _load_mixing(data_dir: str, *, noise_dir: str | None, anomaly_dir: str | Non
     raise DataError(f"{anomaly_dir}: no usable anomalous sounds (every file is truncated)")
   noises = None
   if noise_dir is not None:
-    noise_paths = list_wavs(noise_dir)
+    noise_paths = list_sounds(noise_dir)
     if not noise_paths:
-      raise DataError(f"{noise_dir}: no noise clips (*.wav)")
+      raise DataError(f"{noise_dir}: no noise clips ({_SOUNDS})")
     noises = [audio.load_wav(p, sr=sr) for p in noise_paths]
     for noise_path, noise in zip(noise_paths, noises):
       if audio.power(noise) <= 0.0:
@@ -492,7 +536,7 @@ def load_dataset(
   Args:
     data_dir: directory holding ``train/`` and ``test/`` (see module docstring).
     layout: "auto" (``detect_layout``), "dcase2020", "dcase2021" or "mixing".
-    noise_dir: "mixing" only; noise WAVs (default ``<data_dir>/noise`` if it
+    noise_dir: "mixing" only; noise clips (default ``<data_dir>/noise`` if it
       exists, else the clips are used clean).
     anomaly_dir: "mixing" only; anomalous sounds (default ``<data_dir>/anomaly``).
     snr_db: "mixing" only; signal-to-noise ratio of machine sound to noise
@@ -560,10 +604,11 @@ def load_something_else(
   Clips longer than ``max_seconds`` are SKIPPED (not cropped), as the paper
   selected short files; the number skipped is logged. Silent clips (their
   frames would count as anomalous while holding no sound) and truncated WAVs
-  are skipped with a warning naming each file.
+  are skipped with a warning naming each file. WAV, FLAC, Ogg and MP3 files are
+  read (``audio.SOUND_SUFFIXES``).
 
   Args:
-    directory: directory of WAVs (sorted by name).
+    directory: directory of sound files (sorted by name).
     max_seconds: longest clip kept.
     sr: sampling rate of the returned waves.
 
@@ -571,20 +616,13 @@ def load_something_else(
     List of float32 mono waves, each at most ``max_seconds * sr`` samples.
 
   Raises:
-    DataError: missing directory, no WAVs, or none short enough.
+    DataError: missing directory, no sound files, or none short enough.
     audio.AudioError: an unreadable, empty or non-finite file.
   """
   directory = os.fspath(directory)
-  paths = list_wavs(directory)
-  others = sorted(n for n in os.listdir(directory)
-                  if n.lower().endswith(_AUDIO_SUFFIXES) and not n.lower().endswith(".wav"))
+  paths = list_sounds(directory)
   if not paths:
-    raise DataError(f"{directory}: no something-else sounds (*.wav)" + (
-        f"; it holds {len(others)} sound(s) in other formats (e.g. {others[0]}): convert them "
-        "to WAV" if others else ""))
-  if others:
-    logging.warning("%s: %d sound(s) not in WAV format left out (e.g. %s); only *.wav files "
-                    "are read: convert them to WAV to use them", directory, len(others), others[0])
+    raise DataError(f"{directory}: no something-else sounds ({_SOUNDS})")
   max_len = int(round(max_seconds * sr))
   waves = []
   for path in paths:
@@ -703,7 +741,6 @@ def pad_clips(clips: Sequence[np.ndarray], *, max_len: int | None = None
 # column of integers that has gaps).
 _RARE_VALUES = {"1": True, "0": False, "1.0": True, "0.0": False, "true": True,
                 "false": False, "yes": True, "no": False}
-_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
@@ -756,7 +793,7 @@ def read_rare_clips(path: str | os.PathLike) -> dict[tuple[str, ...], bool]:
     raise DataError(f"--rare_clips={path}: the CSV has a file-name column but no 'rare' "
                     f"column (0/1; its columns: {', '.join(h.strip() for h in header)})")
   if "rare" not in lowered and len(header) > 1 and not any(
-      h.strip().lower().endswith(_AUDIO_SUFFIXES) for h in header):
+      h.strip().lower().endswith(audio.SOUND_SUFFIXES) for h in header):
     raise DataError(f"--rare_clips={path}: its first line has {len(header)} columns "
                     f"({', '.join(h.strip() for h in header)}) but neither a file-name column "
                     f"({', '.join(name_columns)}) nor a 'rare' column; give a CSV with both, or a "

@@ -53,7 +53,7 @@ from bu_jax import score_norm
 
 CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
                "threshold", "duration_s")
-AUDIO_SUFFIXES = (".wav",)
+AUDIO_SUFFIXES = audio.SOUND_SUFFIXES
 
 # No usable trained model: no checkpoint, an ambiguous choice, bad metadata, a
 # mismatch, or no threshold to decide with.
@@ -461,7 +461,8 @@ def _load_normalizer(model_dir: str, wanted: artifact.ScoreNormalization, *,
 def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tuple[str, str]]]:
   """Files to score, and (path, problem) for paths that give none.
 
-  A directory contributes its ``*.wav`` files (any case, recursively, sorted);
+  A directory contributes its sound files (``AUDIO_SUFFIXES``: WAV, FLAC, Ogg,
+  MP3; any case, recursively, sorted);
   a file is taken as given (``audio.load_wav`` decides whether it is audio).
   Duplicates are scored once.
   """

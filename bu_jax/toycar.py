@@ -109,9 +109,10 @@ class Settings(cli.ScoringSettings):
       None, help="Data set root (DCASE 2020, DCASE 2021+ or the paper's mixing layout); "
       "default: embedded synthetic set.")
   anomaly_dir: Optional[str] = cli.setting(
-      None, help="Anomaly WAVs mixed into normal test clips (mixing layout).")
+      None, help="Anomalous sounds (WAV, FLAC, Ogg, MP3) mixed into normal test clips "
+      "(mixing layout).")
   noise_dir: Optional[str] = cli.setting(
-      None, help="Noise WAVs mixed at --snr_db (mixing layout).")
+      None, help="Noise recordings (WAV, FLAC, Ogg, MP3) mixed at --snr_db (mixing layout).")
   layout: str = cli.setting("auto", choices=("auto", *data_lib.LAYOUTS),
                             help="Layout of --data_dir.")
   snr_db: float = cli.setting(0.0, help="SNR of the noise mixed into machine clips (mixing).")
@@ -196,7 +197,7 @@ def load_data(settings: Settings) -> Data:
   if needs_clips and something_else_dir is None:
     raise data_lib.DataError(
         "--something_else_dir is required for --loss=snp/bu/all with --data_dir "
-        "(a directory of something-else WAVs < 5 s, e.g. DCASE 2018 task 2 clips)")
+        "(a directory of something-else sounds < 5 s, e.g. DCASE 2018 task 2 clips)")
   if settings.chooses_by_pseudo_anomalies() and something_else_dir is None:
     flags, count = settings.choosing_flags()
     raise data_lib.DataError(f"{flags} need{'' if count > 1 else 's'} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -170,9 +171,9 @@ def test_a_linked_test_folder_is_evaluated_once_by_its_own_name(tmp_path, caplog
   # realaudio-dev's README suggests `test -> test_anr-15dB` for one-folder code: scored
   # under both names, the -15 dB folder would count twice in the conditions' mean.
   _write(tmp_path / "train" / "normal_id_00_00000000.wav")
-  for folder in ("test_anr-10dB", "test_anr-15dB"):
+  for folder, seed in (("test_anr-10dB", 2), ("test_anr-15dB", 3)):
     _write(tmp_path / folder / "normal_id_00_00000000.wav", seed=1)
-    _write(tmp_path / folder / "anomaly_id_00_00000000.wav", seed=2)
+    _write(tmp_path / folder / "anomaly_id_00_00000000.wav", seed=seed)
   os.symlink("test_anr-15dB", tmp_path / "test")
   ds = data.load_dataset(tmp_path)
   assert sorted({c.condition for c in ds.test}) == ["test_anr-10dB_id_00", "test_anr-15dB_id_00"]
@@ -180,6 +181,29 @@ def test_a_linked_test_folder_is_evaluated_once_by_its_own_name(tmp_path, caplog
   assert any(f"{tmp_path / 'test'}: the same folder as test_anr-15dB/" in r.getMessage()
              for r in caplog.records)
   assert data.list_test_folders(str(tmp_path)) == ["test_anr-10dB", "test_anr-15dB"]
+
+
+def test_a_copied_test_folder_is_evaluated_once(tmp_path, caplog):
+  # The same advice followed with `cp -r` instead of `ln -s`: the copy is found by its bytes.
+  _write(tmp_path / "train" / "normal_id_00_00000000.wav")
+  for folder, seed in (("test_anr-10dB", 2), ("test_anr-15dB", 3)):
+    _write(tmp_path / folder / "normal_id_00_00000000.wav", seed=1)  # the same normal clip
+    _write(tmp_path / folder / "anomaly_id_00_00000000.wav", seed=seed)
+  shutil.copytree(tmp_path / "test_anr-15dB", tmp_path / "test")
+  ds = data.load_dataset(tmp_path)
+  assert sorted({c.condition for c in ds.test}) == ["test_anr-10dB_id_00", "test_anr-15dB_id_00"]
+  assert any(f"{tmp_path / 'test'}: a copy of test_anr-15dB/" in r.getMessage()
+             for r in caplog.records)
+  # One byte changed, or one file more, and the folder is a condition of its own.
+  path = tmp_path / "test" / "anomaly_id_00_00000000.wav"
+  raw = bytearray(path.read_bytes())
+  raw[-1] ^= 1
+  path.write_bytes(bytes(raw))
+  assert data.list_test_folders(str(tmp_path)) == ["test", "test_anr-10dB", "test_anr-15dB"]
+  path.write_bytes(bytes(raw[:-1]) + bytes([raw[-1] ^ 1]))  # the copy again
+  assert data.list_test_folders(str(tmp_path)) == ["test_anr-10dB", "test_anr-15dB"]
+  _write(tmp_path / "test" / "anomaly_id_00_00000001.wav", seed=4)
+  assert data.list_test_folders(str(tmp_path)) == ["test", "test_anr-10dB", "test_anr-15dB"]
 
 
 # ----------------------------------------------------------------------------
@@ -339,15 +363,51 @@ def test_load_something_else_skips_long_clips(tmp_path):
     data.load_something_else(tmp_path, max_seconds=0.1)
 
 
-def test_something_else_in_other_formats_is_named(tmp_path, caplog):
-  soundfile.write(str(tmp_path / "bark.flac"), _tone(0.25), SR)
-  with pytest.raises(data.DataError, match=r"no something-else sounds \(\*\.wav\); it holds 1 "
-                     r"sound\(s\) in other formats \(e\.g\. bark\.flac\): convert them to WAV"):
-    data.load_something_else(tmp_path)
+@pytest.mark.parametrize("suffix", [".flac", ".ogg", ".mp3"])
+def test_something_else_in_other_formats_is_read(tmp_path, suffix):
+  soundfile.write(str(tmp_path / f"bark{suffix}"), _tone(0.25, freq=880.0), SR)
   _write(tmp_path / "beep.wav")
-  assert len(data.load_something_else(tmp_path)) == 1
-  assert any("1 sound(s) not in WAV format left out (e.g. bark.flac)" in r.getMessage()
-             for r in caplog.records)
+  waves = data.load_something_else(tmp_path)
+  assert len(waves) == 2  # bark.* sorts before beep.wav
+  assert abs(waves[0].size - 4000) <= 1200  # MP3 pads its start and end
+  np.testing.assert_allclose(waves[1], _tone(0.25), atol=1e-4)  # 16-bit PCM
+  # The bark is the 880-Hz tone: its spectrum peaks there, not at the beep's 440 Hz.
+  spectrum = np.abs(np.fft.rfft(waves[0]))
+  assert abs(np.argmax(spectrum) * SR / waves[0].size - 880.0) < 20.0
+
+
+def test_mixing_layout_reads_flac_and_refuses_a_dcase_tree_of_flacs(tmp_path):
+  root = _mixing_tree(tmp_path / "mix")
+  for folder in ("train", "test", "anomaly", "noise"):
+    for wav in sorted((root / folder).glob("*.wav")):
+      wave, rate = soundfile.read(str(wav))
+      soundfile.write(str(wav.with_suffix(".flac")), wave, rate)
+      wav.unlink()
+  (root / "metadata.json").write_text(json.dumps({"rare_test_clips": ["clip_1.flac"]}))
+  assert data.detect_layout(root) == "mixing"
+  flac = data.load_dataset(root)
+  wav = data.load_dataset(_mixing_tree(tmp_path / "wav"))
+  assert [c.condition for c in flac.test] == [c.condition for c in wav.test]
+  assert [c.rare for c in flac.test] == [c.rare for c in wav.test]
+  for a, b in zip(flac.train + [c.wave for c in flac.test], wav.train + [c.wave for c in wav.test]):
+    np.testing.assert_allclose(a, b, atol=1e-6)  # lossless: the same clips, mixed alike
+  # A DCASE tree is read from its WAVs only: one of FLACs is refused, saying why.
+  dcase = tmp_path / "dcase"
+  _write(dcase / "train" / "normal_id_00_00000000.flac")
+  _write(dcase / "test" / "normal_id_00_00000000.flac")
+  with pytest.raises(data.DataError, match=r"train: no normal training clips \(dcase2020 "
+                     r"names\); it holds 1 sound file\(s\) of other types than WAV"):
+    data.load_dataset(dcase)
+  # WAVs beside the FLACs: the WAVs decide the layout, the FLACs are not read.
+  _write(dcase / "train" / "normal_id_00_00000001.wav")
+  assert data.detect_layout(dcase) == "dcase2020"
+
+
+def test_no_sound_file_names_every_type_read(tmp_path):
+  (tmp_path / "notes.txt").write_text("x")
+  with pytest.raises(data.DataError, match=r"no something-else sounds "
+                     r"\(\*\.wav/\*\.flac/\*\.ogg/\*\.mp3\)"):
+    data.load_something_else(tmp_path)
 
 
 def test_training_corpus_cuts_segments_and_skips_short_clips():

@@ -142,7 +142,7 @@ def test_a_test_folder_beside_condition_folders_is_one_of_them(tmp_path):
   """As the toy-car job reads them (data.test_folders): every test*/ folder."""
   _write_tree(tmp_path, "engine", {"train": ["normal_id_00_00000000.wav"],
                                    "test": ["anomaly_id_00_00000000.wav"],
-                                   "test_anr-10dB": ["anomaly_id_00_00000000.wav"]})
+                                   "test_anr-10dB": ["anomaly_id_00_00000001.wav"]})
   md = dcase.load_machine_type(str(tmp_path), "engine")
   assert list(md.test_folders) == ["test", "test_anr-10dB"] and len(md.test) == 2
   _write_tree(tmp_path / "plain", "engine", {"train": ["normal_id_00_00000000.wav"],

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile
 
 from bu_jax import artifact
 from bu_jax import data as data_lib
@@ -158,12 +159,16 @@ def test_per_section_models(tmp_path):
 def test_test_folders_are_evaluated_one_by_one(finished_dcase, tmp_path, capsys):
   """A machine type with test_a/ and test_b/ instead of test/ (realaudio-dev's
   test_anr-*dB layout): one training, each folder scored, written and evaluated as
-  its own test set; the same clips in both give the same metrics."""
+  its own test set; the same clips in both give the same metrics. (test_b holds
+  them as float WAVs: a byte-for-byte copy would be evaluated once.)"""
   root = tmp_path / "data"
   shutil.copytree(os.path.join(finished_dcase.workdir, "synthetic_data"), root)
   machine = root / "SynthFan"
-  shutil.copytree(machine / "test", machine / "test_b")
   os.rename(machine / "test", machine / "test_a")
+  (machine / "test_b").mkdir()
+  for clip in sorted((machine / "test_a").iterdir()):
+    wave, rate = soundfile.read(str(clip), dtype="float32")
+    soundfile.write(str(machine / "test_b" / clip.name), wave, rate, subtype="FLOAT")
   results = dcase_run.run(dataclasses.replace(
       finished_dcase, workdir=str(tmp_path / "run"), data_root=str(root), synthetic_kwargs=None))
   out = capsys.readouterr().out

@@ -110,13 +110,19 @@ def test_expand_paths_follows_linked_folders_once(tmp_path):
   (top / "sub").mkdir(parents=True)
   (tmp_path / "elsewhere").mkdir()
   for path in (top / "b.WAV", top / "sub" / "c.wav", tmp_path / "elsewhere" / "a.wav",
-               top / "notes.txt"):
+               top / "notes.txt", top / "d.flac", top / "sub" / "e.Ogg", top / "f.mp3"):
     path.write_bytes(b"")  # listed, not read
   os.symlink(tmp_path / "elsewhere", top / "linked")
   os.symlink(top, top / "sub" / "loop")  # a link back up the tree: no endless descent
   files, failures = detector_lib.expand_paths([str(top)])
   assert failures == []
-  assert [os.path.relpath(f, top) for f in files] == ["b.WAV", "linked/a.wav", "sub/c.wav"]
+  assert [os.path.relpath(f, top) for f in files] == [
+      "b.WAV", "d.flac", "f.mp3", "linked/a.wav", "sub/c.wav", "sub/e.Ogg"]
+  (tmp_path / "texts").mkdir()
+  (tmp_path / "texts" / "notes.txt").write_bytes(b"")
+  assert detector_lib.expand_paths([str(tmp_path / "texts")]) == ([], [(
+      str(tmp_path / "texts"), f"{tmp_path / 'texts'}: directory holds no .wav/.flac/.ogg/.mp3 "
+      "files")])
 
 
 def test_events_from_scores():

@@ -31,10 +31,11 @@ def _write(path, seed, seconds=0.5, freq=440.0):
 def _dcase_tree(root, folders=("test_anr-10dB", "test_anr-20dB")):
   for i in range(3):
     _write(os.path.join(root, "train", f"normal_id_00_{i:08d}.wav"), i)
-  for folder in folders:
+  for k, folder in enumerate(folders):  # the same normals; other anomalies per folder
     for i in range(2):
       _write(os.path.join(root, folder, f"normal_id_00_{i:08d}.wav"), 10 + i)
-      _write(os.path.join(root, folder, f"anomaly_id_00_{i:08d}.wav"), 20 + i, freq=900.0)
+      _write(os.path.join(root, folder, f"anomaly_id_00_{i:08d}.wav"), 20 + i + 10 * k,
+             freq=900.0)
   return root
 
 
