@@ -417,6 +417,8 @@ def test_entry_point(trained, tmp_path):
   assert proc.returncode == 1, proc.stderr
   assert f"FAILED {trained['bad']}" in proc.stderr and "Traceback" not in proc.stderr
   assert "anomalous" in proc.stdout and "recalibrated" in proc.stdout
+  info = [l for l in proc.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()]
+  assert not info, info[:5]  # quiet by default: no absl INFO lines (Orbax restoring, JAX)
   rows = detector_lib.read_csv(os.path.join(trained["workdir"], "scores.csv"))
   assert [r["path"] for r in rows] == [trained["files"]["burst"]]
   assert float(rows[0]["threshold"]) == pytest.approx(evaluate.fit_threshold(
