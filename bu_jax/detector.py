@@ -503,7 +503,7 @@ def _audio_below(top: str) -> list[str]:
 def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
                 threshold: Optional[float] = None, merge_gap_s: float = 0.1,
                 ) -> tuple[list[tuple[str, FrameResult]], list[tuple[str, str]]]:
-  """Scores WAV files and folders of them; unreadable ones are skipped.
+  """Scores sound files (WAV, FLAC, Ogg, MP3) and folders of them; unreadable ones are skipped.
 
   Args:
     detector: from ``load_detector``.
@@ -606,7 +606,7 @@ class ScoreSettings:
   def __post_init__(self):
     """Checks every setting once; a ``ValueError`` names the flag."""
     if not self.paths:
-      raise ValueError("give one or more WAV files or directories to score")
+      raise ValueError("give one or more sound files (WAV, FLAC, Ogg, MP3) or directories to score")
     cli.check(self)
     if self.fpr is not None and not 0 < self.fpr < 1:
       raise ValueError(f"--fpr must lie in (0, 1), got {self.fpr}")
