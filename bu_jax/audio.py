@@ -15,7 +15,8 @@
 
 Every failure to read a file raises ``AudioError`` (a ``ValueError``) whose
 message names the file and the reason; a WAV file cut short (its data chunk
-smaller than its header declares) raises the subclass ``TruncatedAudioError``,
+smaller than its header declares), or a FLAC or Ogg file whose audio decodes
+short of its header's length, raises the subclass ``TruncatedAudioError``,
 which the data loaders catch to skip that clip with a warning. A file whose
 peak amplitude exceeds ``LOUD_PEAK`` is loaded with a warning naming it.
 """
@@ -34,7 +35,8 @@ SAMPLE_RATE = 16000
 # The file types read wherever a folder of sounds is listed (the paper's mixing
 # layout, something-else, noise and anomaly folders, recordings to score); DCASE
 # layouts are WAV by definition. libsndfile (soundfile) decodes each of them.
-SOUND_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+# Where one recording is there in several types, the first of these is read.
+SOUND_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 LOUD_PEAK = 1e3  # a peak amplitude above this is almost surely a scaling error
 
 
@@ -43,7 +45,14 @@ class AudioError(ValueError):
 
 
 class TruncatedAudioError(AudioError):
-  """A WAV file whose data chunk is shorter than its header declares."""
+  """A WAV file whose data chunk is shorter than its header declares, or a FLAC
+  or Ogg file whose audio decodes short of (or not at all to) the length its
+  header declares."""
+
+
+# Types whose header states the length exactly, so a decode that falls short of
+# it is a damaged file (an MP3's length may be an estimate: not checked).
+_STREAM_FORMATS = ("FLAC", "OGG")
 
 
 def _truncated_wav_bytes(path: str) -> tuple[int, int] | None:
@@ -128,10 +137,11 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
   path = os.fspath(path)
   _check_file(path)
   try:
-    rate = soundfile.info(path).samplerate
+    info = soundfile.info(path)
+    rate = info.samplerate
     sndfile_reason = None
   except Exception as error:  # pylint: disable=broad-except
-    rate = None
+    info = rate = None
     # e.g. "Error opening 'x.wav': Format not recognised." -> the reason only.
     sndfile_reason = str(error).split("': ", 1)[-1] or type(error).__name__
   try:
@@ -148,8 +158,24 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
                 f"(the file starts with {start!r})")
     else:
       reason = f"{type(error).__name__}: {error or 'no decoder succeeded'}"
+      if info is not None and info.format in _STREAM_FORMATS:
+        try:  # libsndfile's own reason (librosa's fallback decoder gives none)
+          soundfile.read(path, dtype="float32")
+        except Exception as sf_error:  # pylint: disable=broad-except
+          reason = str(sf_error).split("': ", 1)[-1] or reason
+        raise TruncatedAudioError(
+            f"{path}: damaged or cut short (its {info.format} header declares {info.frames} "
+            f"samples, but its audio does not decode: {reason})") from error
     raise AudioError(f"{path}: cannot be read as audio ({reason})") from error
   wave = np.ascontiguousarray(wave, dtype=np.float32)
+  if info is not None and info.format in _STREAM_FORMATS:
+    # An Ogg stream cut short may declare no length at all (its last page lost).
+    declared = info.frames * sr / info.samplerate
+    if wave.size < 0.9 * declared or wave.size == 0:
+      raise TruncatedAudioError(
+          f"{path}: damaged or cut short (its {info.format} audio decodes to {wave.size} "
+          f"samples at {sr} Hz" + (f", its header declares {int(round(declared))})"
+                                    if declared else "; its header declares no length)"))
   if wave.size == 0:
     raise AudioError(f"{path}: audio file holds no samples")
   if not np.all(np.isfinite(wave)):

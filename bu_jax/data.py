@@ -16,7 +16,7 @@ Layouts (``<dir>`` is one machine type, e.g. ``dev_data/ToyCar``)::
     condition = "section_00_source" / "section_00_target" / "section_00"
 
   "mixing"  the paper's protocol (section 4.2.1)
-    <dir>/train/*.wav     clean normal machine recordings (or .flac, .ogg, .mp3)
+    <dir>/train/*.wav     clean normal machine recordings (or .flac, .ogg, .opus, .mp3)
     <dir>/test/*.wav      clean normal machine recordings
     <dir>/metadata.json   optional: {"rare_test_clips": ["<name>.wav", ...]}
     noise_dir/*.wav       mixed into every train and test clip at snr_db
@@ -140,8 +140,57 @@ def list_wavs(directory: str | os.PathLike, *, warn: bool = True,
 
 def list_sounds(directory: str | os.PathLike, *, warn: bool = True) -> list[str]:
   """``list_wavs`` for every type in ``audio.SOUND_SUFFIXES`` (WAV, FLAC, Ogg,
-  MP3): the folders of the mixing layout and of the something-else sounds."""
-  return list_wavs(directory, warn=warn, suffixes=audio.SOUND_SUFFIXES)
+  Opus, MP3): the folders of the mixing layout and of the something-else sounds.
+
+  A recording there in several types (``a.wav`` and ``a.flac``, as a conversion
+  that kept the originals leaves them) is listed once, in the first type of
+  ``audio.SOUND_SUFFIXES``, with a warning (``warn``): read twice it would count
+  twice, and could be held out for calibration while its copy is trained on."""
+  paths = list_wavs(directory, warn=warn, suffixes=audio.SOUND_SUFFIXES)
+  rank = {suffix: i for i, suffix in enumerate(audio.SOUND_SUFFIXES)}
+  best: dict[str, str] = {}  # stem -> the path kept
+  for path in paths:
+    stem, suffix = os.path.splitext(path)
+    if stem not in best or rank[suffix.lower()] < rank[os.path.splitext(best[stem])[1].lower()]:
+      best[stem] = path
+  if len(best) == len(paths):
+    return paths
+  if warn:
+    doubled = sorted(stem for stem in best
+                     if sum(os.path.splitext(p)[0] == stem for p in paths) > 1)
+    logging.warning("%s: %d recording(s) in more than one file type (e.g. %s); each is read "
+                    "once, as its %s", os.fspath(directory), len(doubled),
+                    ", ".join(os.path.basename(p) for p in paths
+                              if os.path.splitext(p)[0] == doubled[0]),
+                    os.path.splitext(best[doubled[0]])[1])
+  return sorted(best.values())
+
+
+def non_wav_sounds(directory: str) -> list[str]:
+  """The sound files of other types than WAV directly in ``directory`` (names,
+  sorted; [] for a missing folder): what a DCASE layout, which reads WAVs only,
+  leaves out."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(n for n in os.listdir(directory)
+                if n.lower().endswith(audio.SOUND_SUFFIXES) and not n.lower().endswith(".wav"))
+
+
+def non_wav_note(directory: str) -> str:
+  """"; it holds N sound file(s) ... convert them to WAV" for an error about a
+  DCASE folder, or "" when it holds none."""
+  others = non_wav_sounds(directory)
+  return (f"; it holds {len(others)} sound file(s) of other types than WAV (e.g. {others[0]}), "
+          "which a DCASE layout does not read: convert them to WAV" if others else "")
+
+
+def warn_non_wav(directory: str) -> None:
+  """A warning counting the sound files a DCASE layout leaves out of ``directory``."""
+  others = non_wav_sounds(directory)
+  if others:
+    logging.warning("%s: %d sound file(s) of other types than WAV left out (e.g. %s): a DCASE "
+                    "layout reads WAV files; convert them to use them", directory, len(others),
+                    others[0])
 
 
 _SOUNDS = "/".join(f"*{s}" for s in audio.SOUND_SUFFIXES)
@@ -166,7 +215,8 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
     list_sounds(train_dir)  # warns of any sound-named entries that are not files
     raise DataError(f"{train_dir}: no training clips ({_SOUNDS})")
   # DCASE sets are WAV: their names are counted among the WAVs (a DCASE loader
-  # reads only those); a folder of FLACs with no WAV is a mixing tree.
+  # reads only those); a folder with no WAV is judged by all its names (DCASE
+  # names in FLACs: the DCASE loader then says to convert them).
   wavs = [n for n in names if n.lower().endswith(".wav")] or names
   n2021 = sum(bool(_DCASE2021.match(n)) for n in wavs)
   n2020 = sum(bool(_DCASE2020.match(n)) for n in wavs)
@@ -198,7 +248,8 @@ def _not_dcase_hint(data_dir: str, anomaly_dir: Optional[str]) -> Optional[str]:
   if not missing:
     return None
   train_dir = os.path.join(data_dir, "train")
-  example = os.path.basename(list_sounds(train_dir, warn=False)[0])
+  listed = list_sounds(train_dir, warn=False)
+  example = os.path.basename(next((p for p in listed if p.lower().endswith(".wav")), listed[0]))
   folders = list_test_folders(data_dir)
   return (f"{data_dir}: no training clip's name is a DCASE name (normal_id_XX_... or "
           f"section_XX_..._normal_..., e.g. {train_dir}/{example} is not), so the layout was "
@@ -342,15 +393,15 @@ def _load_dcase(data_dir: str, layout: str, sr: int) -> Dataset:
       continue
     train_paths.append(path)
     train.append(require_sound(audio.load_wav(path, sr=sr), path))
+  train_dir = os.path.join(data_dir, "train")
   if not train:
-    others = len(list_sounds(os.path.join(data_dir, "train"), warn=False)) - len(
-        train_paths) - len(skipped)
-    raise DataError(f"{os.path.join(data_dir, 'train')}: no normal training clips ({layout} names)"
-                    + (f"; it holds {others} sound file(s) of other types than WAV, which a "
-                       "DCASE layout does not read: convert them to WAV" if others else ""))
+    raise DataError(f"{train_dir}: no normal training clips ({layout} names)"
+                    + non_wav_note(train_dir))
+  warn_non_wav(train_dir)
   test = []
   folders = test_folders(data_dir)
   for folder in folders:
+    warn_non_wav(os.path.join(data_dir, folder))
     for path in list_wavs(os.path.join(data_dir, folder)):
       parsed = _parse_dcase(os.path.basename(path), layout)
       if parsed is None:
@@ -363,7 +414,8 @@ def _load_dcase(data_dir: str, layout: str, sr: int) -> Dataset:
                            condition=condition))
   if not test:
     raise DataError(f"{os.path.join(data_dir, folders[0] if len(folders) == 1 else 'test*')}: "
-                    f"no labelled test clips ({layout} names)")
+                    f"no labelled test clips ({layout} names)"
+                    + non_wav_note(os.path.join(data_dir, folders[0])))
   if skipped:
     logging.warning("%s: skipped %d files whose names are not %s normal/anomaly clips, e.g. %s",
                     data_dir, len(skipped), layout, skipped[0])
@@ -604,8 +656,8 @@ def load_something_else(
   Clips longer than ``max_seconds`` are SKIPPED (not cropped), as the paper
   selected short files; the number skipped is logged. Silent clips (their
   frames would count as anomalous while holding no sound) and truncated WAVs
-  are skipped with a warning naming each file. WAV, FLAC, Ogg and MP3 files are
-  read (``audio.SOUND_SUFFIXES``).
+  are skipped with a warning naming each file. WAV, FLAC, Ogg, Opus and MP3
+  files are read (``audio.SOUND_SUFFIXES``; ``list_sounds``).
 
   Args:
     directory: directory of sound files (sorted by name).

@@ -221,6 +221,7 @@ def discover_machine_types(root: str) -> list[str]:
 
 def _parse_folder(folder: str, split: str, year: str) -> tuple[list, list]:
   clips, skipped = [], []
+  data_lib.warn_non_wav(folder)
   for path in data_lib.list_wavs(folder):
     meta = parse_name(path, year=year)
     if meta is None or (meta.split is not None and meta.split != split):
@@ -268,7 +269,8 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
     train, sk = _parse_folder(train_dir, "train", year)
     skipped += sk
     if need_train and not train:
-      raise DataError(f"{train_dir}: no normal training clips with DCASE names")
+      raise DataError(f"{train_dir}: no normal training clips with DCASE names"
+                      + data_lib.non_wav_note(train_dir))
   test_folders = {}
   folders = data_lib.list_test_folders(directory)
   if folders == ["test"]:

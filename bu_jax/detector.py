@@ -21,7 +21,8 @@ then gives, for one recording of any length,
   into events (``window_flags``, ``events_from_flags``).
 
 ``run(ScoreSettings(...))`` is the whole ``experiments.score`` job: it scores
-files and folders of WAVs, skips (and reports) unreadable ones, and writes
+sound files (WAV, FLAC, Ogg, Opus, MP3) and folders of them, skips (and
+reports) unreadable ones, and writes
 ``scores.csv`` and optionally one plot per recording.
 
 Frame t is centred at t * hop / sr seconds (centred STFT, ``features``).
@@ -462,7 +463,7 @@ def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tu
   """Files to score, and (path, problem) for paths that give none.
 
   A directory contributes its sound files (``AUDIO_SUFFIXES``: WAV, FLAC, Ogg,
-  MP3; any case, recursively, sorted);
+  Opus, MP3; any case, recursively, sorted);
   a file is taken as given (``audio.load_wav`` decides whether it is audio).
   Duplicates are scored once.
   """
@@ -503,7 +504,8 @@ def _audio_below(top: str) -> list[str]:
 def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
                 threshold: Optional[float] = None, merge_gap_s: float = 0.1,
                 ) -> tuple[list[tuple[str, FrameResult]], list[tuple[str, str]]]:
-  """Scores sound files (WAV, FLAC, Ogg, MP3) and folders of them; unreadable ones are skipped.
+  """Scores sound files (WAV, FLAC, Ogg, Opus, MP3) and folders of them;
+  unreadable ones are skipped.
 
   Args:
     detector: from ``load_detector``.
@@ -606,7 +608,8 @@ class ScoreSettings:
   def __post_init__(self):
     """Checks every setting once; a ``ValueError`` names the flag."""
     if not self.paths:
-      raise ValueError("give one or more sound files (WAV, FLAC, Ogg, MP3) or directories to score")
+      raise ValueError("give one or more sound files (WAV, FLAC, Ogg, Opus, MP3) or directories "
+                       "to score")
     cli.check(self)
     if self.fpr is not None and not 0 < self.fpr < 1:
       raise ValueError(f"--fpr must lie in (0, 1), got {self.fpr}")

@@ -13,6 +13,7 @@ import soundfile
 
 from bu_jax import audio
 from bu_jax import data
+from bu_jax import dcase as dcase_lib
 from bu_jax import synthetic
 
 SR = audio.SAMPLE_RATE
@@ -376,7 +377,7 @@ def test_something_else_in_other_formats_is_read(tmp_path, suffix):
   assert abs(np.argmax(spectrum) * SR / waves[0].size - 880.0) < 20.0
 
 
-def test_mixing_layout_reads_flac_and_refuses_a_dcase_tree_of_flacs(tmp_path):
+def test_mixing_layout_reads_flac_and_refuses_a_dcase_tree_of_flacs(tmp_path, caplog):
   root = _mixing_tree(tmp_path / "mix")
   for folder in ("train", "test", "anomaly", "noise"):
     for wav in sorted((root / folder).glob("*.wav")):
@@ -396,17 +397,84 @@ def test_mixing_layout_reads_flac_and_refuses_a_dcase_tree_of_flacs(tmp_path):
   _write(dcase / "train" / "normal_id_00_00000000.flac")
   _write(dcase / "test" / "normal_id_00_00000000.flac")
   with pytest.raises(data.DataError, match=r"train: no normal training clips \(dcase2020 "
-                     r"names\); it holds 1 sound file\(s\) of other types than WAV"):
+                     r"names\); it holds 1 sound file\(s\) of other types than WAV \(e\.g\. "
+                     r"normal_id_00_00000000\.flac\), which a DCASE layout does not read"):
     data.load_dataset(dcase)
-  # WAVs beside the FLACs: the WAVs decide the layout, the FLACs are not read.
+  with pytest.raises(data.DataError, match=r"no normal training clips with DCASE names; it "
+                     r"holds 1 sound file\(s\) of other types than WAV"):
+    dcase_lib.load_machine_type(str(tmp_path), "dcase")
+  # WAVs beside the FLACs: the WAVs decide the layout, the FLACs are not read (a warning
+  # counts them, per folder).
   _write(dcase / "train" / "normal_id_00_00000001.wav")
   assert data.detect_layout(dcase) == "dcase2020"
+  with pytest.raises(data.DataError, match=r"test: no labelled test clips \(dcase2020 names\); "
+                     r"it holds 1 sound file\(s\) of other types than WAV"):
+    data.load_dataset(dcase)
+  _write(dcase / "test" / "anomaly_id_00_00000000.wav")
+  _write(dcase / "test" / "normal_id_00_00000001.wav")
+  caplog.clear()
+  assert len(data.load_dataset(dcase).train) == 1
+  assert len(dcase_lib.load_machine_type(str(tmp_path), "dcase").test) == 2
+  for folder in ("train", "test"):
+    assert sum(f"{dcase / folder}: 1 sound file(s) of other types than WAV left out" in
+               r.getMessage() for r in caplog.records) == 2  # once by each loader
+  # FLACs with DCASE names and one WAV of another name: a mixing tree whose hint names the WAV.
+  shutil.rmtree(dcase / "test")
+  (dcase / "train" / "normal_id_00_00000001.wav").rename(dcase / "train" / "recording.wav")
+  with pytest.raises(data.DataError, match=r"e\.g\. .*train/recording\.wav is not"):
+    data.load_dataset(dcase)
+
+
+def test_one_recording_in_several_types_is_read_once(tmp_path, caplog):
+  root = _mixing_tree(tmp_path / "mix")
+  reference = data.load_dataset(root)
+  for folder in ("train", "test", "anomaly"):  # a conversion that kept the originals
+    for wav in sorted((root / folder).glob("*.wav")):
+      wave, rate = soundfile.read(str(wav))
+      soundfile.write(str(wav.with_suffix(".flac")), wave, rate)
+  ds = data.load_dataset(root)
+  assert ds.train_paths == reference.train_paths  # the WAVs, each once
+  assert [(c.path, c.label, c.rare) for c in ds.test] == [
+      (c.path, c.label, c.rare) for c in reference.test]
+  assert data.clips_fingerprint(ds.train_paths) == data.clips_fingerprint(reference.train_paths)
+  assert any(f"{root / 'train'}: 3 recording(s) in more than one file type (e.g. clip_0.flac, "
+             "clip_0.wav); each is read once, as its .wav" in r.getMessage()
+             for r in caplog.records)
+  # Without the WAV the FLAC is read.
+  (root / "train" / "clip_0.wav").unlink()
+  assert [os.path.basename(p) for p in data.load_dataset(root).train_paths] == [
+      "clip_0.flac", "clip_1.wav", "clip_2.wav"]
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".flac", "FLAC"), (".ogg", "OGG")])
+def test_damaged_flac_and_ogg_are_truncated_clips(tmp_path, caplog, suffix, fmt):
+  path = tmp_path / f"cut{suffix}"
+  soundfile.write(str(path), _tone(1.0), SR, format=fmt)
+  raw = path.read_bytes()
+  path.write_bytes(raw[: len(raw) // 2])
+  with pytest.raises(audio.TruncatedAudioError, match=f"{path}: damaged or cut short"):
+    audio.load_wav(path)
+  # In the mixing layout such a clip is skipped with its name, like a truncated WAV.
+  root = _mixing_tree(tmp_path / "mix")
+  (root / "train" / f"clip_9{suffix}").write_bytes(raw[: len(raw) // 2])
+  assert len(data.load_dataset(root).train) == 3
+  assert f"clip_9{suffix}: damaged or cut short" in caplog.text
+
+
+def test_opus_is_read(tmp_path):
+  path = tmp_path / "a.opus"
+  soundfile.write(str(path), _tone(0.5), SR, format="OGG", subtype="OPUS")
+  wave = audio.load_wav(path)
+  assert abs(wave.size - 8000) < 400
+  spectrum = np.abs(np.fft.rfft(wave))
+  assert abs(np.argmax(spectrum) * SR / wave.size - 440.0) < 10.0
+  assert data.list_sounds(tmp_path) == [str(path)]
 
 
 def test_no_sound_file_names_every_type_read(tmp_path):
   (tmp_path / "notes.txt").write_text("x")
   with pytest.raises(data.DataError, match=r"no something-else sounds "
-                     r"\(\*\.wav/\*\.flac/\*\.ogg/\*\.mp3\)"):
+                     r"\(\*\.wav/\*\.flac/\*\.ogg/\*\.oga/\*\.opus/\*\.mp3\)"):
     data.load_something_else(tmp_path)
 
 

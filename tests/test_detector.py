@@ -121,8 +121,8 @@ def test_expand_paths_follows_linked_folders_once(tmp_path):
   (tmp_path / "texts").mkdir()
   (tmp_path / "texts" / "notes.txt").write_bytes(b"")
   assert detector_lib.expand_paths([str(tmp_path / "texts")]) == ([], [(
-      str(tmp_path / "texts"), f"{tmp_path / 'texts'}: directory holds no .wav/.flac/.ogg/.mp3 "
-      "files")])
+      str(tmp_path / "texts"),
+      f"{tmp_path / 'texts'}: directory holds no .wav/.flac/.ogg/.oga/.opus/.mp3 files")])
 
 
 def test_events_from_scores():
