@@ -147,23 +147,23 @@ def list_sounds(directory: str | os.PathLike, *, warn: bool = True) -> list[str]
   ``audio.SOUND_SUFFIXES``, with a warning (``warn``): read twice it would count
   twice, and could be held out for calibration while its copy is trained on."""
   paths = list_wavs(directory, warn=warn, suffixes=audio.SOUND_SUFFIXES)
-  rank = {suffix: i for i, suffix in enumerate(audio.SOUND_SUFFIXES)}
-  best: dict[str, str] = {}  # stem -> the path kept
+  by_stem: dict[str, list[str]] = {}
   for path in paths:
-    stem, suffix = os.path.splitext(path)
-    if stem not in best or rank[suffix.lower()] < rank[os.path.splitext(best[stem])[1].lower()]:
-      best[stem] = path
-  if len(best) == len(paths):
+    by_stem.setdefault(os.path.splitext(path)[0], []).append(path)
+  if len(by_stem) == len(paths):
     return paths
+
+  def rank(path: str) -> int:  # WAV first, then the order of SOUND_SUFFIXES
+    return audio.SOUND_SUFFIXES.index(os.path.splitext(path)[1].lower())
+
+  kept = sorted(min(group, key=rank) for group in by_stem.values())
+  doubled = [group for group in by_stem.values() if len(group) > 1]
   if warn:
-    doubled = sorted(stem for stem in best
-                     if sum(os.path.splitext(p)[0] == stem for p in paths) > 1)
     logging.warning("%s: %d recording(s) in more than one file type (e.g. %s); each is read "
                     "once, as its %s", os.fspath(directory), len(doubled),
-                    ", ".join(os.path.basename(p) for p in paths
-                              if os.path.splitext(p)[0] == doubled[0]),
-                    os.path.splitext(best[doubled[0]])[1])
-  return sorted(best.values())
+                    ", ".join(os.path.basename(p) for p in doubled[0]),
+                    os.path.splitext(min(doubled[0], key=rank))[1])
+  return kept
 
 
 def non_wav_sounds(directory: str) -> list[str]:
@@ -226,12 +226,11 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
     return "dcase2020"
   if n2021 == 0 and n2020 == 0:
     return "mixing"
-  names = wavs
   majority = _DCASE2020 if n2020 >= n2021 else _DCASE2021
-  odd = next(n for n in names if not majority.match(n))
+  odd = next(n for n in wavs if not majority.match(n))
   raise DataError(
       f"{train_dir}: cannot detect the layout ({n2020} DCASE 2020 names, {n2021} DCASE 2021+"
-      f" names, {len(names)} files; e.g. {odd} is not a "
+      f" names, {len(wavs)} files; e.g. {odd} is not a "
       f"{'DCASE 2020' if majority is _DCASE2020 else 'DCASE 2021+'} name); pass --layout "
       "(layout=) explicitly: a DCASE layout skips the files whose names it cannot read"
   )
