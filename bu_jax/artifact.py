@@ -479,7 +479,7 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
   then ``loss`` picks one, and may be omitted if there is exactly one. A
   folder with model directories further down (``experiments.dcase``:
   ``<loss>/models/<machine>``) is refused with a list of them (those of
-  ``loss``, if any).
+  ``loss``, if any), unless it holds just one, which is taken.
 
   Raises:
     ArtifactError: no such directory, no checkpoint, or an ambiguous/unknown
@@ -516,11 +516,20 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
   deeper = main or deeper
   if loss is not None and any(d.startswith(os.path.join(workdir, loss, "")) for d in deeper):
     deeper = [d for d in deeper if d.startswith(os.path.join(workdir, loss, ""))]
+  if len(deeper) == 1 and "crossfit" not in os.path.abspath(deeper[0]).split(os.sep):
+    return deeper[0]  # one model further down, and not a fold model: no choice to make
   if deeper:
     shown = ", ".join(deeper[:6]) + (f", ... ({len(deeper)} in all)" if len(deeper) > 6 else "")
     raise ArtifactError(f"{workdir} holds {len(deeper)} model folder{'s' * (len(deeper) > 1)} "
                         "below it (experiments.dcase: one per loss and machine type); give "
                         f"one of them as the workdir: {shown}")
+  if os.path.basename(os.path.normpath(workdir)) == checkpoint.CHECKPOINT_SUBDIR:
+    raise ArtifactError(f"{workdir} is a checkpoints folder: give the model folder that holds "
+                        f"it, {os.path.dirname(os.path.normpath(workdir))}")
+  if os.path.basename(os.path.normpath(workdir)) == "pca" and glob.glob(
+      os.path.join(glob.escape(workdir), "anomaly_score_*.csv")):
+    raise ArtifactError(f"{workdir} holds the PCA reference's scores, not a model to score "
+                        "with: give the workdir above it and --loss=re, snp or bu")
   raise ArtifactError(
       f"No checkpoint in {workdir}: expected {checkpoint.checkpoint_dir(workdir)} "
       f"or <loss>/{checkpoint.CHECKPOINT_SUBDIR} below it (train a model with "

@@ -49,12 +49,15 @@ from bu_jax import features as features_lib
 from bu_jax import losses as losses_lib
 from bu_jax import models
 from bu_jax import plots
+from bu_jax import progress as progress_lib
 from bu_jax import frame_scores
 from bu_jax import score_norm
 
 CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
-               "threshold", "duration_s")
+               "threshold", "duration_s", "note")
 AUDIO_SUFFIXES = audio.SOUND_SUFFIXES
+# A recording this many times as long as the clips φ was set on gets a note.
+LONG_FACTOR = 2.0
 
 # No usable trained model: no checkpoint, an ambiguous choice, bad metadata, a
 # mismatch, or no threshold to decide with.
@@ -100,6 +103,7 @@ class FrameResult:
   window: int = 1
   window_times_s: Optional[np.ndarray] = None
   window_means: Optional[np.ndarray] = None
+  note: str = ""
 
   @property
   def label(self) -> str:
@@ -465,9 +469,10 @@ def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tu
   A directory contributes its sound files (``AUDIO_SUFFIXES``: WAV, FLAC, Ogg,
   Opus, MP3; any case, recursively, sorted);
   a file is taken as given (``audio.load_wav`` decides whether it is audio).
-  Duplicates are scored once.
+  Duplicates (the same file, or a link to it) are scored once, with a warning
+  counting them.
   """
-  files, failures, seen = [], [], set()
+  files, failures, seen, repeated = [], [], set(), 0
   for path in map(os.fspath, paths):
     if os.path.isdir(path):
       found = _audio_below(path)
@@ -484,6 +489,11 @@ def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tu
       if key not in seen:
         seen.add(key)
         files.append(file)
+      else:
+        repeated += 1
+  if repeated:
+    logging.warning("%d path(s) named a recording already listed (the same file, or a link to "
+                    "it): each recording is scored once", repeated)
   return files, failures
 
 
@@ -499,6 +509,31 @@ def _audio_below(top: str) -> list[str]:
     visited.add(real)
     found += [os.path.join(root, n) for n in names if n.lower().endswith(AUDIO_SUFFIXES)]
   return sorted(found)
+
+
+def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
+                merge_gap_s: float = 0.1) -> Iterable[tuple[str, Optional[FrameResult], str]]:
+  """Scores ``files`` one by one: ``(path, FrameResult, "")`` for each scored
+  file, ``(path, None, message)`` for each unreadable or unusable one (also
+  logged as a warning). A generator, so a caller keeps what was scored when it
+  is interrupted."""
+  for path in files:
+    try:
+      wave = audio.load_wav(path, sr=detector.sample_rate)
+      notes = [n for n in (detector.feature_config.short_clip_note(len(wave)),
+                           features_lib.short_window_note([len(wave)], detector.feature_config,
+                                                          window=detector.window)[1]) if n]
+      for note in notes:
+        logging.warning("%s: %s", path, note)
+      result = detector.score(wave, name=path, threshold=threshold, merge_gap_s=merge_gap_s)
+    except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
+      message = str(e) if path in str(e) else f"{path}: {e}"
+      logging.warning("Skipping %s", message)
+      yield path, None, message
+      continue
+    logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
+                 len(result.events))
+    yield path, dataclasses.replace(result, note="; ".join(notes)), ""
 
 
 def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
@@ -523,37 +558,34 @@ def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
   for path, message in failures:
     logging.warning("Skipping %s", message)
   results = []
-  for path in files:
-    try:
-      wave = audio.load_wav(path, sr=detector.sample_rate)
-      features_lib.warn_short_clips([path], [wave], detector.feature_config)
-      _, note = features_lib.short_window_note([len(wave)], detector.feature_config,
-                                               window=detector.window)
-      if note:
-        logging.warning("%s: %s", path, note)
-      result = detector.score(wave, name=path, threshold=phi, merge_gap_s=merge_gap_s)
-    except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
-      message = str(e) if path in str(e) else f"{path}: {e}"
-      logging.warning("Skipping %s", message)
+  for path, result, message in iter_scores(detector, files, threshold=phi,
+                                           merge_gap_s=merge_gap_s):
+    if result is None:
       failures.append((path, message))
-      continue
-    logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
-                 len(result.events))
-    results.append((path, result))
+    else:
+      results.append((path, result))
   return results, failures
 
 
 # ------------------------------------------------------------------ outputs
 
 
-def write_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]]) -> str:
+def write_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]],
+              failures: Sequence[tuple[str, str]] = (), *,
+              threshold: Optional[float] = None) -> str:
   """One row per recording: ``CSV_COLUMNS`` (events as "start-end;start-end" s).
 
-  Written atomically (temporary file + rename); parent folders are created.
+  A recording that could not be scored (``failures``: ``(path, message)``) gets
+  a row too, with ``decision`` "failed", empty scores and the message as its
+  ``note``; ``threshold`` is written in those rows. Written atomically
+  (temporary file + rename); parent folders are created.
   """
+  phi = "" if threshold is None else repr(float(threshold))
   return fileio.write_csv(path, [
       [name, repr(r.max_score), repr(r.clip_score), r.label, format_events(r.events),
-       repr(r.threshold), f"{r.duration_s:.3f}"] for name, r in results], header=CSV_COLUMNS)
+       repr(r.threshold), f"{r.duration_s:.3f}", r.note] for name, r in results] + [
+           [name, "", "", "failed", "", phi, "", message] for name, message in failures],
+      header=CSV_COLUMNS)
 
 
 def read_csv(path: os.PathLike | str) -> list[dict[str, str]]:
@@ -615,6 +647,9 @@ class ScoreSettings:
       raise ValueError(f"--fpr must lie in (0, 1), got {self.fpr}")
     if self.threshold is not None and self.fpr is not None:
       raise ValueError("give either --threshold or --fpr, not both")
+    if self.out and self.out.lower().endswith(audio.SOUND_SUFFIXES):
+      raise ValueError(f"--out={self.out} names a sound file: the scores are a CSV table "
+                       "(e.g. --out=scores.csv); a recording given there would be overwritten")
 
 
 @dataclasses.dataclass
@@ -628,6 +663,19 @@ class Report:
   failures: list[tuple[str, str]]
   csv_path: str
   plot_paths: list[str]
+  calibration_s: Optional[float] = None
+
+  def _length_note(self) -> Optional[str]:
+    """A line on the recordings much longer than the clips φ was set on."""
+    if not self.calibration_s:
+      return None
+    long = [r for _, r in self.results if r.duration_s > LONG_FACTOR * self.calibration_s]
+    if not long:
+      return None
+    return (f"Note: {len(long)} recording(s) are over {LONG_FACTOR:g}x as long as the "
+            f"{self.calibration_s:.3g}-s clips phi was set on: phi is a threshold per clip of "
+            "that length, and a long normal recording crosses it more often (score pieces of "
+            f"about {self.calibration_s:.3g} s to keep --fpr's rate per piece)")
 
   def _clip_score_note(self) -> str:
     """E.g. "clip score: max over frames"."""
@@ -652,6 +700,8 @@ class Report:
              f"{len(self.results)} recording(s) scored, "
              f"{sum(r.decision for _, r in self.results)} anomalous, "
              f"{len(self.failures)} failed. Scores: {self.csv_path}"]
+    if self._length_note():
+      lines.insert(-1, self._length_note())
     if self.plot_paths:
       lines.append(f"Plots: {os.path.dirname(self.plot_paths[0])}")
     return "\n".join(lines)
@@ -677,8 +727,25 @@ def check_writable(path: os.PathLike | str, *, what: str = "the scores file") ->
                      "another --out") from e
 
 
+def calibration_seconds(detector: Detector) -> Optional[float]:
+  """The median length in seconds of the held-out clips φ was set on, read from
+  their headers (``audio.probe``), or None when none of them can be read."""
+  calibration = detector.calibration
+  lengths = []
+  for path in calibration.heldout_paths if calibration else ():
+    try:
+      lengths.append(audio.probe(path, sr=detector.sample_rate) / detector.sample_rate)
+    except (ValueError, OSError):
+      continue
+  return float(np.median(lengths)) if lengths else None
+
+
 def run(settings: ScoreSettings) -> Report:
   """Loads the model, scores every path, writes the CSV (and plots).
+
+  A progress line counts the recordings. Interrupted (Ctrl-C, SIGTERM), it
+  writes the CSV of the recordings scored so far, then lets the interrupt on,
+  saying where they are.
 
   Raises:
     DetectorError: no usable model in ``settings.workdir``.
@@ -692,9 +759,40 @@ def run(settings: ScoreSettings) -> Report:
   if settings.plots:
     check_writable(os.path.join(plot_dir, "plot.png"), what="the plots")
   phi, source = detector.resolve_threshold(threshold=settings.threshold, fpr=settings.fpr)
-  results, failures = score_paths(detector, settings.paths, threshold=phi,
-                                  merge_gap_s=settings.merge_gap_s)
-  csv_path = write_csv(csv_path, results)
+  calibration_s = calibration_seconds(detector)
+  files, failures = expand_paths(settings.paths)
+  for _, message in failures:
+    logging.warning("Skipping %s", message)
+  results, total = [], len(files) + len(failures)
+  bar = progress_lib.ProgressBar(len(files), unit="file") if len(files) > 1 else None
+  try:
+    for path, result, message in iter_scores(detector, files, threshold=phi,
+                                             merge_gap_s=settings.merge_gap_s):
+      if result is None:
+        failures.append((path, message))
+      else:
+        if calibration_s and result.duration_s > LONG_FACTOR * calibration_s:
+          longer = (f"{result.duration_s / calibration_s:.3g}x as long as the "
+                    f"{calibration_s:.3g}-s clips phi was set on")
+          result = dataclasses.replace(result, note="; ".join(filter(None, (result.note,
+                                                                            longer))))
+        results.append((path, result))
+      if bar:
+        bar.update(len(results) + len(failures),
+                   frames=0 if result is None else len(result.frame_scores))
+  except KeyboardInterrupt as e:
+    if bar:
+      bar.close()
+    if not results and not failures:
+      raise
+    write_csv(csv_path, results, failures, threshold=phi)
+    by = e.args[0] if e.args else "SIGINT"
+    raise KeyboardInterrupt(f"{by}; the {len(results) + len(failures)} of {total} "
+                            f"recording(s) done before it are in {csv_path}") from e
+  if bar:
+    bar.close()
+  csv_path = write_csv(csv_path, results, failures, threshold=phi)
   plot_paths = plots.write_frame_score_plots(plot_dir, results) if settings.plots else []
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
-                failures=failures, csv_path=csv_path, plot_paths=plot_paths)
+                failures=failures, csv_path=csv_path, plot_paths=plot_paths,
+                calibration_s=calibration_s)

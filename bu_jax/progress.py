@@ -39,8 +39,9 @@ class ProgressBar:
 
   def __init__(self, total: int, *, initial: int = 0, stream: Optional[TextIO] = None,
                width: int = 24, min_interval_s: float = 0.5,
-               file_interval_s: float = 30.0):
+               file_interval_s: float = 30.0, unit: str = "step"):
     self.total = int(total)
+    self.unit = unit  # what is counted: "step 12/100 ... 3.1 steps/s"
     self.stream = sys.stderr if stream is None else stream
     self.width = width
     self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -87,9 +88,9 @@ class ProgressBar:
     bar = "#" * filled + "-" * (self.width - filled)
     steps_s, frames_s = self.rates()
     eta = (self.total - self._step) / steps_s if steps_s > 0 else math.nan
-    parts = [f"step {self._step}/{self.total}", f"[{bar}]", f"{100 * frac:.1f}%"]
+    parts = [f"{self.unit} {self._step}/{self.total}", f"[{bar}]", f"{100 * frac:.1f}%"]
     if math.isfinite(steps_s):
-      parts += [f"{steps_s:.2f} steps/s", f"{_si(frames_s)} frames/s"]
+      parts += [f"{steps_s:.2f} {self.unit}s/s", f"{_si(frames_s)} frames/s"]
     parts.append(f"ETA {format_duration(eta)}")
     parts += [f"{k} {float(v):.4g}" for k, v in postfix.items()]
     return " ".join(parts)

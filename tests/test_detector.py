@@ -212,8 +212,16 @@ def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
   assert [p for p, _ in report.failures] == [missing, trained["bad"]]
   assert all(p in m for p, m in report.failures)
   rows = detector_lib.read_csv(tmp_path / "out" / "s.csv")
+  # The files that failed have rows too, after the scored ones: no scores, the reason as note.
+  failed = rows[3:]
+  assert [(r["path"], r["decision"], r["max_score"], r["clip_score"]) for r in failed] == [
+      (missing, "failed", "", ""), (trained["bad"], "failed", "", "")]
+  assert all(r["path"] in r["note"] for r in failed)
+  assert float(failed[0]["threshold"]) == pytest.approx(trained["metadata"]["threshold"])
+  rows = rows[:3]
   assert [r["path"] for r in rows] == [trained["files"][k] for k in ("normal", "burst", "burst_22k")]
   assert [r["decision"] for r in rows] == ["normal", "anomalous", "anomalous"]
+  assert [r["note"] for r in rows] == ["", "", ""]
   assert rows[0]["events"] == ""
   for row in rows[1:]:
     (start, end), = detector_lib.parse_events(row["events"])
@@ -236,6 +244,72 @@ def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
   assert sorted(os.path.basename(r["path"]) for r in rows) == ["burst.wav", "normal.wav"]
   assert {r["decision"] for r in rows} == {"normal"} and {r["events"] for r in rows} == {""}
   assert {float(r["threshold"]) for r in rows} == {1e9}
+
+
+def test_run_notes_long_and_short_recordings_and_repeats(trained, tmp_path, monkeypatch, caplog):
+  short = str(tmp_path / "short.wav")
+  audio.write_wav(short, _tone(0.05))
+  link = str(tmp_path / "link.wav")
+  os.symlink(trained["files"]["normal"], link)
+  # The held-out clips phi was set on, read from their headers: here 1 s long.
+  monkeypatch.setattr(detector_lib, "calibration_seconds", lambda detector: 1.0)
+  report = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"),
+      paths=[trained["files"]["normal"], short, link, trained["files"]["normal"]]))
+  rows = detector_lib.read_csv(tmp_path / "s.csv")
+  assert [r["path"] for r in rows] == [trained["files"]["normal"], short]  # each recording once
+  assert "2 path(s) named a recording already listed" in caplog.text
+  assert rows[0]["note"] == "3x as long as the 1-s clips phi was set on"
+  assert rows[1]["note"].startswith("0.05 s long, shorter than the 0.") and "zero-padded" in (
+      rows[1]["note"])
+  assert ("Note: 1 recording(s) are over 2x as long as the 1-s clips phi was set on"
+          in report.summary())
+  monkeypatch.setattr(detector_lib, "calibration_seconds", lambda detector: None)  # unknown
+  report = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), paths=[trained["files"]["normal"]]))
+  assert "Note:" not in report.summary() and report.results[0][1].note == ""
+  # The lengths come from the held-out files that can be read; none readable: unknown.
+  detector = detector_lib.load_detector(trained["model_dir"])
+  assert detector_lib.calibration_seconds(detector) is None  # h0.wav ... do not exist here
+
+
+def test_calibration_seconds_reads_the_heldout_clips(trained, tmp_path, monkeypatch):
+  detector = detector_lib.load_detector(trained["model_dir"])
+  paths = []
+  for i, seconds in enumerate((2.0, 3.0, 4.0)):
+    paths.append(str(tmp_path / f"h{i}.wav"))
+    audio.write_wav(paths[-1], _tone(seconds))
+  calibration = dataclasses.replace(detector.calibration,
+                                    heldout_paths=tuple(paths) + ("gone.wav",))
+  monkeypatch.setattr(type(detector), "calibration", property(lambda self: calibration))
+  assert detector_lib.calibration_seconds(detector) == pytest.approx(3.0)
+
+
+def test_interrupted_run_keeps_what_was_scored(trained, tmp_path, monkeypatch):
+  real = detector_lib.iter_scores
+
+  def interrupted_after_two(*args, **kwargs):
+    for i, item in enumerate(real(*args, **kwargs)):
+      if i == 2:
+        raise KeyboardInterrupt("SIGTERM")
+      yield item
+
+  monkeypatch.setattr(detector_lib, "iter_scores", interrupted_after_two)
+  out = tmp_path / "s.csv"
+  with pytest.raises(KeyboardInterrupt, match=re.escape(
+      f"SIGTERM; the 2 of 3 recording(s) done before it are in {out}")):
+    detector_lib.run(detector_lib.ScoreSettings(
+        workdir=trained["model_dir"], out=str(out),
+        paths=[trained["files"]["normal"], trained["bad"], trained["files"]["burst"]]))
+  rows = detector_lib.read_csv(out)
+  assert [(r["path"], r["decision"]) for r in rows] == [
+      (trained["files"]["normal"], "normal"), (trained["bad"], "failed")]
+
+
+@pytest.mark.parametrize("out", ["a/normal.wav", "x.FLAC", "y.mp3"])
+def test_out_naming_a_sound_file_is_refused(out):
+  with pytest.raises(ValueError, match=rf"--out={re.escape(out)} names a sound file"):
+    detector_lib.ScoreSettings(workdir="w", paths=["a/normal.wav"], out=out)
 
 
 def test_threshold_options(trained):
@@ -303,6 +377,18 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
       artifact.find_model_dir(where, loss=loss)
   assert artifact.find_model_dir(dcase_workdir / "bu" / "models") == str(
       dcase_workdir / "bu" / "models" / "fan")  # the only one
+  assert artifact.find_model_dir(dcase_workdir, loss="bu") == str(
+      dcase_workdir / "bu" / "models" / "fan")  # the only one of that loss, further down
+  # A checkpoints folder, and the PCA reference's folder (scores, no model), say what to give.
+  with pytest.raises(detector_lib.DetectorError, match=re.escape(
+      f"{workdir / 'bu' / 'checkpoints'} is a checkpoints folder: give the model folder that "
+      f"holds it, {workdir / 'bu'}")):
+    artifact.find_model_dir(workdir / "bu" / "checkpoints")
+  (workdir / "pca").mkdir()
+  (workdir / "pca" / "anomaly_score_anr_-10dB.csv").write_text("a.wav,1.0\n")
+  with pytest.raises(detector_lib.DetectorError, match="holds the PCA reference's scores, not a "
+                     "model to score with: give the workdir above it and --loss=re, snp or bu"):
+    artifact.find_model_dir(workdir / "pca")
   with pytest.raises(detector_lib.DetectorError, match="no workdir given"):
     artifact.find_model_dir("")
   with pytest.raises(detector_lib.DetectorError, match="a file, not a directory"):
@@ -420,7 +506,8 @@ def test_entry_point(trained, tmp_path):
   info = [l for l in proc.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()]
   assert not info, info[:5]  # quiet by default: no absl INFO lines (Orbax restoring, JAX)
   rows = detector_lib.read_csv(os.path.join(trained["workdir"], "scores.csv"))
-  assert [r["path"] for r in rows] == [trained["files"]["burst"]]
+  assert [(r["path"], r["decision"]) for r in rows] == [
+      (trained["files"]["burst"], "anomalous"), (trained["bad"], "failed")]
   assert float(rows[0]["threshold"]) == pytest.approx(evaluate.fit_threshold(
       trained["metadata"]["heldout_clip_scores"], quantile=0.9), rel=1e-6)
   (start, end), = detector_lib.parse_events(rows[0]["events"])

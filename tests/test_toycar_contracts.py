@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from bu_jax import detector
 from bu_jax import heldout
 from bu_jax import toycar
 
@@ -919,9 +920,8 @@ def test_results_with_a_loss_entry_that_is_not_an_object_are_moved_aside(tmp_pat
 
 def test_score_output_that_cannot_be_written_fails_before_scoring(finished_run, tmp_path,
                                                                   monkeypatch):
-  from bu_jax import detector  # pylint: disable=g-import-not-at-top
   scored = []
-  monkeypatch.setattr(detector, "score_paths", lambda *a, **k: scored.append(1) or ([], []))
+  monkeypatch.setattr(detector, "iter_scores", lambda *a, **k: scored.append(1) or iter(()))
   blocker = tmp_path / "file"
   blocker.write_text("x")
   for out, message in ((blocker / "scores.csv", r"cannot write the scores file .*file/scores"),
@@ -1016,7 +1016,7 @@ def test_interrupt_outside_training_is_one_line_and_130(finished_run, tiny_data,
 
 @pytest.mark.parametrize("entry, module, where, sigterm, by", [
     ("score", "detector", "load_detector", False, "SIGINT"),   # while loading the model
-    ("score", "detector", "score_paths", True, "SIGTERM"),     # while scoring
+    ("score", "detector", "iter_scores", True, "SIGTERM"),     # while scoring
     ("dcase", "dcase_run", "_resolve_data", False, "SIGINT"),  # while loading the data
     ("dcase", "dcase_run", "_resolve_data", True, "SIGTERM"),
 ])
@@ -1029,4 +1029,8 @@ def test_interrupted_score_and_dcase_are_one_line_and_130(finished_run, tmp_path
   assert proc.returncode == 130, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(f"Interrupted: stopped by {by}")
-  assert not (tmp_path / "s.csv").exists()
+  if where == "iter_scores":  # what was done before the interrupt is kept: here one failure
+    assert f"the 1 of 1 recording(s) done before it are in {tmp_path / 's.csv'}" in proc.stderr
+    assert [r["decision"] for r in detector.read_csv(tmp_path / "s.csv")] == ["failed"]
+  else:
+    assert not (tmp_path / "s.csv").exists()
