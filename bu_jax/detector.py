@@ -343,7 +343,7 @@ class Detector:
       phi = evaluate.fit_threshold(held, quantile=1.0 - fpr)
       fit = ("gamma fit, location 0" if evaluate.gamma_fit_applies(held) else
              "empirical: too few or non-positive scores for a gamma fit")
-      return phi, (f"recalibrated: {1.0 - fpr:g} quantile of {held.size} held-out normal "
+      return phi, (f"recalibrated: {1.0 - fpr:.12g} quantile of {held.size} held-out normal "
                    f"clip scores, {fit}")
     if self.threshold is None:
       raise DetectorError(f"{self.describe()}: the checkpoint holds no calibrated threshold "
@@ -631,7 +631,9 @@ class ScoreSettings:
   fpr: Optional[float] = cli.setting(
       None, help="Recalibrate phi for this false-positive rate on the stored "
       "held-out normal clip scores (gamma fit).")
-  out: Optional[str] = cli.setting(None, help="CSV path (default: <workdir>/scores.csv).")
+  out: Optional[str] = cli.setting(
+      None, help="CSV path (default: scores.csv in the model's folder, <workdir>/<loss>/ for a "
+      "toycar workdir).")
   plots: bool = cli.setting(False, help="One PNG per recording in plots/ next to the CSV.")
   merge_gap_s: float = cli.setting(0.1, minimum=0, help="Merge events closer than this (s).")
   chunk_frames: int = cli.setting(4096, minimum=1,
@@ -753,7 +755,8 @@ def run(settings: ScoreSettings) -> Report:
   """
   detector = load_detector(settings.workdir, loss=settings.loss,
                            chunk_frames=settings.chunk_frames)
-  csv_path = settings.out or os.path.join(settings.workdir, "scores.csv")
+  # In the model's own folder by default: each loss's scores apart from the others'.
+  csv_path = settings.out or os.path.join(detector.model_dir, "scores.csv")
   check_writable(csv_path)  # before the scoring work, not after it
   plot_dir = os.path.join(os.path.dirname(csv_path), "plots")
   if settings.plots:

@@ -441,18 +441,24 @@ def _pooled(times: np.ndarray, scores: np.ndarray, points: int) -> tuple[np.ndar
   return times[::block], padded.reshape(-1, block).max(axis=1)
 
 
+def _short_path(path: str, *, parts: int = 3) -> str:
+  """The last ``parts`` components of ``path`` (the folders tell recordings of
+  one name apart)."""
+  return os.path.join(*pathlib.Path(path).parts[-parts:]) if path else path
+
+
 def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
   """PNG of one recording's frame scores over time, the threshold φ and the events.
 
   Args:
     path: output PNG path.
-    title: usually the recording's path; its base name is shown.
+    title: usually the recording's path; its last three components are shown.
     result: a ``detector.FrameResult`` (times_s, frame_scores, events, label,
       threshold; with a clip-score window also its window means, drawn over
       the frame scores with φ).
   """
   times, scores = _pooled(result.times_s, result.frame_scores, _PLOT_POINTS)
-  head = f"{os.path.basename(title)}: {result.label}, {len(result.events)} event(s)"
+  head = f"{_short_path(title)}: {result.label}, {len(result.events)} event(s)"
   means = getattr(result, "window_means", None)
   if means is None:
     return plot_scores_over_time(
@@ -468,10 +474,16 @@ def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
 
 
 def write_frame_score_plots(directory: PathLike, results: Sequence[tuple[str, Any]]) -> list[str]:
-  """One ``<stem>.png`` per ``(path, FrameResult)`` in ``directory`` (names made unique)."""
+  """One PNG per ``(path, FrameResult)`` in ``directory``, named after the path
+  below the recordings' common folder (``day1/mic.wav`` -> ``day1_mic.png``, so
+  recordings of one name in several folders keep theirs; names made unique)."""
+  names = [os.path.abspath(name) for name, _ in results]
+  top = os.path.dirname(os.path.commonpath(names)) if len(names) == 1 else (
+      os.path.commonpath([os.path.dirname(n) for n in names]) if names else "")
   written, used = [], set()
-  for name, result in results:
-    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", pathlib.Path(name).stem) or "recording"
+  for (name, result), full in zip(results, names):
+    relative = os.path.splitext(os.path.relpath(full, top))[0]
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", relative).strip("_.") or "recording"
     candidate, k = stem, 1
     while candidate in used:
       k += 1

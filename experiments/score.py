@@ -6,8 +6,9 @@
 --workdir is a model directory (holding checkpoints/) or a toycar workdir with
 one <loss>/checkpoints per loss. The model, its features and its calibrated
 threshold phi come from the latest checkpoint. Prints a table, writes
-scores.csv (--out) and with --plots one PNG per recording into plots/ next to
-it. Exits with status 1 if some recording could not be scored.
+scores.csv (in the model's folder, or --out) and with --plots one PNG per
+recording into plots/ next to it. Exits with status 1 if some recording could
+not be scored.
 """
 
 import sys

@@ -229,8 +229,8 @@ def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
   assert float(rows[2]["duration_s"]) == pytest.approx(3.0)
   assert float(rows[1]["max_score"]) == float(rows[1]["clip_score"]) >= float(rows[1]["threshold"])
   assert float(rows[0]["threshold"]) == pytest.approx(trained["metadata"]["threshold"])
-  assert sorted(os.listdir(tmp_path / "out" / "plots")) == ["burst.png", "burst_22k.png",
-                                                             "normal.png"]
+  assert sorted(os.listdir(tmp_path / "out" / "plots")) == ["burst_22k.png", "rec_burst.png",
+                                                             "rec_normal.png"]
   table = report.summary()
   assert "FAILED" in table and "anomalous" in table
   assert detector_lib.format_events(report.results[1][1].events, decimals=2) in table
@@ -505,7 +505,9 @@ def test_entry_point(trained, tmp_path):
   assert "anomalous" in proc.stdout and "recalibrated" in proc.stdout
   info = [l for l in proc.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()]
   assert not info, info[:5]  # quiet by default: no absl INFO lines (Orbax restoring, JAX)
-  rows = detector_lib.read_csv(os.path.join(trained["workdir"], "scores.csv"))
+  # By default in the model's folder (bu/ of the toycar workdir), apart from other losses'.
+  assert not os.path.exists(os.path.join(trained["workdir"], "scores.csv"))
+  rows = detector_lib.read_csv(os.path.join(trained["model_dir"], "scores.csv"))
   assert [(r["path"], r["decision"]) for r in rows] == [
       (trained["files"]["burst"], "anomalous"), (trained["bad"], "failed")]
   assert float(rows[0]["threshold"]) == pytest.approx(evaluate.fit_threshold(

@@ -113,7 +113,10 @@ def test_ring_and_recording_plots_write_png(tmp_path):
   assert pooled.size <= 4000 and pooled.max() == 5.0 and times.size == pooled.size
   written = plots.write_frame_score_plots(tmp_path / "plots", [("a/x y.wav", result),
                                                                ("b/x y.wav", result)])
-  assert [os.path.basename(p) for p in written] == ["x_y.png", "x_y_2.png"]
+  # Named after the path below the common folder: one name in two folders keeps both.
+  assert [os.path.basename(p) for p in written] == ["a_x_y.png", "b_x_y.png"]
+  written = plots.write_frame_score_plots(tmp_path / "one", [("/data/day1/mic.wav", result)])
+  assert [os.path.basename(p) for p in written] == ["mic.png"]
   for path in written:
     _png_ok(path)
 
