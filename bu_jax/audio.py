@@ -55,8 +55,8 @@ class TruncatedAudioError(AudioError):
 _STREAM_FORMATS = ("FLAC", "OGG")
 
 
-def _truncated_wav_bytes(path: str) -> tuple[int, int] | None:
-  """(declared, present) bytes of the data chunk of a RIFF WAV cut short, else None."""
+def _wav_data_bytes(path: str) -> tuple[int, int] | None:
+  """(declared, present) bytes of the data chunk of a RIFF WAV, else None."""
   size = os.path.getsize(path)
   with open(path, "rb") as f:
     head = f.read(12)
@@ -68,12 +68,17 @@ def _truncated_wav_bytes(path: str) -> tuple[int, int] | None:
       chunk = f.read(8)
       chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
       if chunk_id == b"data":
-        present = size - pos - 8
-        # 0 and 0xFFFFFFFF: sizes left unset by streaming writers.
-        if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > present:
-          return chunk_size, present
-        return None
+        return chunk_size, size - pos - 8
       pos += 8 + chunk_size + (chunk_size & 1)
+  return None
+
+
+def _truncated_wav_bytes(path: str) -> tuple[int, int] | None:
+  """(declared, present) bytes of the data chunk of a RIFF WAV cut short, else None."""
+  data = _wav_data_bytes(path)
+  # 0 and 0xFFFFFFFF: sizes left unset by streaming writers.
+  if data is not None and data[0] not in (0, 0xFFFFFFFF) and data[0] > data[1]:
+    return data
   return None
 
 
@@ -177,6 +182,11 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
           f"samples at {sr} Hz" + (f", its header declares {int(round(declared))})"
                                     if declared else "; its header declares no length)"))
   if wave.size == 0:
+    data = _wav_data_bytes(path)
+    if data is not None and data[0] == 0 and data[1] > 0:  # libsndfile reads 0 as "none"
+      raise AudioError(f"{path}: its WAV header declares 0 bytes of samples, but {data[1]} "
+                       "bytes follow (a recording whose header was never finished): rewrite "
+                       "its header, e.g. `sox --ignore-length in.wav out.wav`")
     raise AudioError(f"{path}: audio file holds no samples")
   if not np.all(np.isfinite(wave)):
     raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -607,6 +608,24 @@ def test_text_file_named_wav_gives_a_real_reason(tmp_path):
   message = str(info.value)
   assert str(path) in message and "not a recognised audio format" in message
   assert "NoBackendError: )" not in message and "b'this'" in message
+
+
+@pytest.mark.parametrize("size, readable", [(0, False), (0xFFFFFFFF, True)])
+def test_wav_whose_header_was_never_finished(tmp_path, size, readable):
+  # A recorder stopped before writing the sizes: 0xFFFFFFFF is read (libsndfile takes it as
+  # "to the end"); 0 reads as no samples at all, which is said with the bytes that follow.
+  path = _write(tmp_path / "rec.wav", seconds=0.5)
+  raw = bytearray(open(path, "rb").read())
+  at = raw.find(b"data")
+  raw[at + 4: at + 8] = size.to_bytes(4, "little")
+  raw[4:8] = size.to_bytes(4, "little")
+  open(path, "wb").write(bytes(raw))
+  if readable:
+    assert audio.load_wav(path).size == 8000
+  else:
+    with pytest.raises(audio.AudioError, match=re.escape(
+        f"{path}: its WAV header declares 0 bytes of samples, but 16000 bytes follow")):
+      audio.load_wav(path)
 
 
 def test_truncated_wav_is_its_own_error_naming_the_file(tmp_path):
