@@ -769,8 +769,8 @@ def run(settings: ScoreSettings) -> Report:
   results, total = [], len(files) + len(failures)
   bar = progress_lib.ProgressBar(len(files), unit="file") if len(files) > 1 else None
   try:
-    for path, result, message in iter_scores(detector, files, threshold=phi,
-                                             merge_gap_s=settings.merge_gap_s):
+    for done, (path, result, message) in enumerate(iter_scores(
+        detector, files, threshold=phi, merge_gap_s=settings.merge_gap_s), start=1):
       if result is None:
         failures.append((path, message))
       else:
@@ -781,8 +781,7 @@ def run(settings: ScoreSettings) -> Report:
                                                                             longer))))
         results.append((path, result))
       if bar:
-        bar.update(len(results) + len(failures),
-                   frames=0 if result is None else len(result.frame_scores))
+        bar.update(done, frames=0 if result is None else len(result.frame_scores))
   except KeyboardInterrupt as e:
     if bar:
       bar.close()

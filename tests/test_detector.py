@@ -9,6 +9,7 @@ workdir ``run/bu/checkpoints``.
 """
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from bu_jax import artifact, audio, checkpoint, evaluate, features, frame_scores, parallel
-from bu_jax import score_norm, train
+from bu_jax import progress, score_norm, train
 from bu_jax import detector as detector_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -271,6 +272,24 @@ def test_run_notes_long_and_short_recordings_and_repeats(trained, tmp_path, monk
   # The lengths come from the held-out files that can be read; none readable: unknown.
   detector = detector_lib.load_detector(trained["model_dir"])
   assert detector_lib.calibration_seconds(detector) is None  # h0.wav ... do not exist here
+
+
+def test_progress_line_counts_the_recordings(trained, tmp_path, monkeypatch):
+  bars = []
+
+  class Bar(progress.ProgressBar):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, stream=io.StringIO(), file_interval_s=0.0, **kwargs)
+      bars.append(self)
+
+  monkeypatch.setattr(detector_lib.progress_lib, "ProgressBar", Bar)
+  detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"),
+      paths=[str(tmp_path / "missing.wav"), trained["files"]["normal"], trained["bad"],
+             trained["files"]["burst"]]))
+  lines = bars[0].stream.getvalue().splitlines()
+  assert [l.split(" [")[0] for l in lines] == ["file 1/3", "file 2/3", "file 3/3"]
+  assert "files/s" in lines[-1]
 
 
 def test_calibration_seconds_reads_the_heldout_clips(trained, tmp_path, monkeypatch):
