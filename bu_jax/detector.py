@@ -54,7 +54,7 @@ from bu_jax import frame_scores
 from bu_jax import score_norm
 
 CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
-               "threshold", "duration_s", "note")
+               "threshold", "start_s", "duration_s", "note")
 AUDIO_SUFFIXES = audio.SOUND_SUFFIXES
 # A recording this many times as long as the clips φ was set on gets a note.
 LONG_FACTOR = 2.0
@@ -85,11 +85,17 @@ class FrameResult:
       windows whose mean is, with a clip-score window).
     threshold: the φ used.
     max_score: max_t A(x_t).
-    duration_s: length of the recording in seconds.
+    duration_s: length of the recording (or piece) in seconds.
     window: frames per mean of the clip score (1: eq. 11).
     window_times_s, window_means: with ``window`` > 1, the means of every
       ``window`` consecutive interior frames (what φ applies to) and the
       centre time of each window; None otherwise.
+    note: why the decision is weaker than usual (a recording too short for one
+      frame with its context or for one clip-score window, or much longer than
+      the clips φ was set on), or "".
+    start_s: where this piece starts in its recording (``--piece_s``; 0 for a
+      whole recording); ``times_s``, ``events`` and ``window_times_s`` are then
+      times in the recording, and ``duration_s`` is the piece's length.
   """
 
   frame_scores: np.ndarray
@@ -104,6 +110,7 @@ class FrameResult:
   window_times_s: Optional[np.ndarray] = None
   window_means: Optional[np.ndarray] = None
   note: str = ""
+  start_s: float = 0.0
 
   @property
   def label(self) -> str:
@@ -511,29 +518,61 @@ def _audio_below(top: str) -> list[str]:
   return sorted(found)
 
 
+def pieces(num_samples: int, piece_samples: int) -> list[tuple[int, int]]:
+  """``[start, end)`` sample ranges cutting a recording into consecutive pieces of
+  ``piece_samples`` (0: one piece, the whole); a last piece shorter than half of
+  one joins the piece before it, so every piece is 0.5-1.5 pieces long."""
+  if piece_samples <= 0 or num_samples <= piece_samples:
+    return [(0, num_samples)]
+  starts = list(range(0, num_samples, piece_samples))
+  if num_samples - starts[-1] < piece_samples / 2:
+    starts.pop()
+  return list(zip(starts, starts[1:] + [num_samples]))
+
+
+def _shifted(result: FrameResult, start_s: float) -> FrameResult:
+  """``result`` of a piece starting ``start_s`` into its recording, its times
+  made times in the recording."""
+  if not start_s:
+    return result
+  return dataclasses.replace(
+      result, start_s=start_s, times_s=result.times_s + start_s,
+      events=tuple(Event(a + start_s, b + start_s) for a, b in result.events),
+      window_times_s=(None if result.window_times_s is None
+                      else np.asarray(result.window_times_s) + start_s))
+
+
 def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
-                merge_gap_s: float = 0.1) -> Iterable[tuple[str, Optional[FrameResult], str]]:
+                merge_gap_s: float = 0.1, piece_s: float = 0.0,
+                ) -> Iterable[tuple[str, Optional[FrameResult], str]]:
   """Scores ``files`` one by one: ``(path, FrameResult, "")`` for each scored
-  file, ``(path, None, message)`` for each unreadable or unusable one (also
-  logged as a warning). A generator, so a caller keeps what was scored when it
-  is interrupted."""
+  file (for each of its pieces of ``piece_s`` seconds, ``pieces``, when given),
+  ``(path, None, message)`` for each unreadable or unusable one (also logged as
+  a warning). A generator, so a caller keeps what was scored when it is
+  interrupted."""
   for path in files:
     try:
       wave = audio.load_wav(path, sr=detector.sample_rate)
-      notes = [n for n in (detector.feature_config.short_clip_note(len(wave)),
-                           features_lib.short_window_note([len(wave)], detector.feature_config,
-                                                          window=detector.window)[1]) if n]
-      for note in notes:
-        logging.warning("%s: %s", path, note)
-      result = detector.score(wave, name=path, threshold=threshold, merge_gap_s=merge_gap_s)
+      scored = []
+      for a, b in pieces(len(wave), int(round(piece_s * detector.sample_rate))):
+        notes = [n for n in (detector.feature_config.short_clip_note(b - a),
+                             features_lib.short_window_note([b - a], detector.feature_config,
+                                                            window=detector.window)[1]) if n]
+        for note in notes:
+          logging.warning("%s: %s", path, note)
+        result = detector.score(wave[a:b], name=path, threshold=threshold,
+                                merge_gap_s=merge_gap_s)
+        scored.append(_shifted(dataclasses.replace(result, note="; ".join(notes)),
+                               a / detector.sample_rate))
     except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
       message = str(e) if path in str(e) else f"{path}: {e}"
       logging.warning("Skipping %s", message)
       yield path, None, message
       continue
-    logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
-                 len(result.events))
-    yield path, dataclasses.replace(result, note="; ".join(notes)), ""
+    for result in scored:
+      logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
+                   len(result.events))
+      yield path, result, ""
 
 
 def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
@@ -583,8 +622,9 @@ def write_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]
   phi = "" if threshold is None else repr(float(threshold))
   return fileio.write_csv(path, [
       [name, repr(r.max_score), repr(r.clip_score), r.label, format_events(r.events),
-       repr(r.threshold), f"{r.duration_s:.3f}", r.note] for name, r in results] + [
-           [name, "", "", "failed", "", phi, "", message] for name, message in failures],
+       repr(r.threshold), f"{r.start_s:.3f}", f"{r.duration_s:.3f}", r.note]
+      for name, r in results] + [
+          [name, "", "", "failed", "", phi, "", "", message] for name, message in failures],
       header=CSV_COLUMNS)
 
 
@@ -603,7 +643,8 @@ def format_table(results: Sequence[tuple[str, FrameResult]],
     shown = format_events(r.events[:max_events], decimals=2).replace(";", ", ")
     if len(r.events) > max_events:
       shown += f", ... (+{len(r.events) - max_events} more)"
-    rows.append((name, f"{r.clip_score:.4g}", r.label, shown or "-"))
+    where = f" @{r.start_s:g} s" if r.start_s else ""
+    rows.append((name + where, f"{r.clip_score:.4g}", r.label, shown or "-"))
   rows += [(name, "-", "FAILED", "-") for name, _ in failures]
   head = ("path", "clip score", "decision", "events [s]")
   widths = [max(len(row[i]) for row in [head, *rows]) for i in range(3)]
@@ -636,6 +677,10 @@ class ScoreSettings:
       "toycar workdir).")
   plots: bool = cli.setting(False, help="One PNG per recording in plots/ next to the CSV.")
   merge_gap_s: float = cli.setting(0.1, minimum=0, help="Merge events closer than this (s).")
+  piece_s: float = cli.setting(
+      0.0, minimum=0, help="Score each recording in consecutive pieces of this many seconds, "
+      "one CSV row per piece (0: whole recordings). phi is a threshold per clip of the held-out "
+      "clips' length: pieces of that length keep --fpr's rate on long recordings.")
   chunk_frames: int = cli.setting(4096, minimum=1,
                                   help="Frames per scoring call (memory bound).")
 
@@ -676,8 +721,18 @@ class Report:
       return None
     return (f"Note: {len(long)} recording(s) are over {LONG_FACTOR:g}x as long as the "
             f"{self.calibration_s:.3g}-s clips phi was set on: phi is a threshold per clip of "
-            "that length, and a long normal recording crosses it more often (score pieces of "
-            f"about {self.calibration_s:.3g} s to keep --fpr's rate per piece)")
+            "that length, and a long normal recording crosses it more often (score it in "
+            f"pieces, --piece_s={self.calibration_s:.3g}, to keep --fpr's rate per piece)")
+
+  def _counts(self) -> str:
+    """E.g. "40 recording(s) scored, 3 anomalous, 0 failed." (in pieces: of them)."""
+    recordings = len({path for path, _ in self.results})
+    anomalous = sum(r.decision for _, r in self.results)
+    if len(self.results) == recordings:
+      return (f"{recordings} recording(s) scored, {anomalous} anomalous, "
+              f"{len(self.failures)} failed.")
+    return (f"{recordings} recording(s) scored in {len(self.results)} pieces, {anomalous} "
+            f"pieces anomalous, {len(self.failures)} failed.")
 
   def _clip_score_note(self) -> str:
     """E.g. "clip score: max over frames"."""
@@ -699,9 +754,7 @@ class Report:
              f"Threshold phi = {self.threshold:.6g} ({self.threshold_source}); "
              + self._clip_score_note(),
              format_table(self.results, self.failures),
-             f"{len(self.results)} recording(s) scored, "
-             f"{sum(r.decision for _, r in self.results)} anomalous, "
-             f"{len(self.failures)} failed. Scores: {self.csv_path}"]
+             self._counts() + f" Scores: {self.csv_path}"]
     if self._length_note():
       lines.insert(-1, self._length_note())
     if self.plot_paths:
@@ -766,11 +819,12 @@ def run(settings: ScoreSettings) -> Report:
   files, failures = expand_paths(settings.paths)
   for _, message in failures:
     logging.warning("Skipping %s", message)
-  results, total = [], len(files) + len(failures)
+  results, total, done, last = [], len(files) + len(failures), 0, None
   bar = progress_lib.ProgressBar(len(files), unit="file") if len(files) > 1 else None
   try:
-    for done, (path, result, message) in enumerate(iter_scores(
-        detector, files, threshold=phi, merge_gap_s=settings.merge_gap_s), start=1):
+    for path, result, message in iter_scores(detector, files, threshold=phi,
+                                             merge_gap_s=settings.merge_gap_s,
+                                             piece_s=settings.piece_s):
       if result is None:
         failures.append((path, message))
       else:
@@ -780,6 +834,8 @@ def run(settings: ScoreSettings) -> Report:
           result = dataclasses.replace(result, note="; ".join(filter(None, (result.note,
                                                                             longer))))
         results.append((path, result))
+      if path != last:  # a recording is counted with its first row
+        last, done = path, done + 1
       if bar:
         bar.update(done, frames=0 if result is None else len(result.frame_scores))
   except KeyboardInterrupt as e:
@@ -789,7 +845,7 @@ def run(settings: ScoreSettings) -> Report:
       raise
     write_csv(csv_path, results, failures, threshold=phi)
     by = e.args[0] if e.args else "SIGINT"
-    raise KeyboardInterrupt(f"{by}; the {len(results) + len(failures)} of {total} "
+    raise KeyboardInterrupt(f"{by}; the {len({p for p, _ in results + failures})} of {total} "
                             f"recording(s) done before it are in {csv_path}") from e
   if bar:
     bar.close()

@@ -458,7 +458,9 @@ def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
       the frame scores with φ).
   """
   times, scores = _pooled(result.times_s, result.frame_scores, _PLOT_POINTS)
-  head = f"{_short_path(title)}: {result.label}, {len(result.events)} event(s)"
+  start = getattr(result, "start_s", 0.0)
+  head = (f"{_short_path(title)}" + (f" from {start:g} s" if start else "")
+          + f": {result.label}, {len(result.events)} event(s)")
   means = getattr(result, "window_means", None)
   if means is None:
     return plot_scores_over_time(
@@ -476,13 +478,16 @@ def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
 def write_frame_score_plots(directory: PathLike, results: Sequence[tuple[str, Any]]) -> list[str]:
   """One PNG per ``(path, FrameResult)`` in ``directory``, named after the path
   below the recordings' common folder (``day1/mic.wav`` -> ``day1_mic.png``, so
-  recordings of one name in several folders keep theirs; names made unique)."""
+  recordings of one name in several folders keep theirs; a piece starting 60 s
+  into its recording: ``day1_mic_60s.png``; names made unique)."""
   names = [os.path.abspath(name) for name, _ in results]
   top = os.path.dirname(os.path.commonpath(names)) if len(names) == 1 else (
       os.path.commonpath([os.path.dirname(n) for n in names]) if names else "")
   written, used = [], set()
   for (name, result), full in zip(results, names):
     relative = os.path.splitext(os.path.relpath(full, top))[0]
+    start = getattr(result, "start_s", 0.0)  # a piece of a recording (experiments.score)
+    relative += f"_{start:g}s" if start else ""
     stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", relative).strip("_.") or "recording"
     candidate, k = stem, 1
     while candidate in used:

@@ -274,6 +274,37 @@ def test_run_notes_long_and_short_recordings_and_repeats(trained, tmp_path, monk
   assert detector_lib.calibration_seconds(detector) is None  # h0.wav ... do not exist here
 
 
+def test_pieces():
+  assert detector_lib.pieces(100, 0) == [(0, 100)]
+  assert detector_lib.pieces(100, 100) == detector_lib.pieces(100, 200) == [(0, 100)]
+  assert detector_lib.pieces(100, 30) == [(0, 30), (30, 60), (60, 100)]  # 10 left: joined
+  assert detector_lib.pieces(100, 40) == [(0, 40), (40, 80), (80, 100)]  # 20 left: its own
+  assert detector_lib.pieces(130, 100) == [(0, 130)]
+
+
+def test_run_in_pieces(trained, tmp_path):
+  report = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.0, plots=True,
+      paths=[trained["files"]["burst"]]))
+  rows = detector_lib.read_csv(tmp_path / "s.csv")
+  assert [(float(r["start_s"]), float(r["duration_s"])) for r in rows] == [
+      (0.0, 1.0), (1.0, 1.0), (2.0, 1.0)]
+  assert {r["path"] for r in rows} == {trained["files"]["burst"]}
+  # The burst (1.0-1.3 s) is in the second piece, its event in the recording's time.
+  assert [r["decision"] for r in rows] == ["normal", "anomalous", "normal"]
+  (start, end), = detector_lib.parse_events(rows[1]["events"])
+  assert 1.0 <= start < BURST[1] and BURST[0] < end <= 1.5
+  np.testing.assert_allclose(report.results[1][1].times_s[0], 1.0)
+  assert "1 recording(s) scored in 3 pieces, 1 pieces anomalous, 0 failed." in report.summary()
+  assert f"{trained['files']['burst']} @1 s" in report.summary()
+  assert sorted(os.listdir(tmp_path / "plots")) == ["burst.png", "burst_1s.png", "burst_2s.png"]
+  # Whole, the same recording is one row starting at 0.
+  detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "w.csv"), paths=[trained["files"]["burst"]]))
+  (row,) = detector_lib.read_csv(tmp_path / "w.csv")
+  assert (row["start_s"], row["duration_s"], row["decision"]) == ("0.000", "3.000", "anomalous")
+
+
 def test_progress_line_counts_the_recordings(trained, tmp_path, monkeypatch):
   bars = []
 
