@@ -755,8 +755,9 @@ class Report:
              + self._clip_score_note(),
              format_table(self.results, self.failures),
              self._counts() + f" Scores: {self.csv_path}"]
-    if self._length_note():
-      lines.insert(-1, self._length_note())
+    length_note = self._length_note()
+    if length_note:
+      lines.insert(-1, length_note)
     if self.plot_paths:
       lines.append(f"Plots: {os.path.dirname(self.plot_paths[0])}")
     return "\n".join(lines)
