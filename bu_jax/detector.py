@@ -575,8 +575,18 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
       yield path, result, ""
 
 
+def _expand_and_report(paths: Sequence[os.PathLike | str]
+                       ) -> tuple[list[str], list[tuple[str, str]]]:
+  """``expand_paths``, each path that gives no file logged as a warning."""
+  files, failures = expand_paths(paths)
+  for _, message in failures:
+    logging.warning("Skipping %s", message)
+  return files, failures
+
+
 def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
                 threshold: Optional[float] = None, merge_gap_s: float = 0.1,
+                piece_s: float = 0.0,
                 ) -> tuple[list[tuple[str, FrameResult]], list[tuple[str, str]]]:
   """Scores sound files (WAV, FLAC, Ogg, Opus, MP3) and folders of them;
   unreadable ones are skipped.
@@ -586,19 +596,19 @@ def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
     paths: files and directories (see ``expand_paths``).
     threshold: φ (default: the detector's stored one).
     merge_gap_s: see ``events_from_flags``.
+    piece_s: score each file in pieces of this many seconds (``pieces``; 0:
+      whole files), one result per piece.
 
   Returns:
-    ``(results, failures)``: ``[(path, FrameResult)]`` of the scored files in
-    order, and ``[(path, message)]`` of the missing, unreadable or unusable
+    ``(results, failures)``: ``[(path, FrameResult)]`` of the scored files (or
+    pieces) in order, and ``[(path, message)]`` of the missing, unreadable or unusable
     ones (each also logged as a warning).
   """
   phi = detector.resolve_threshold(threshold=threshold)[0]
-  files, failures = expand_paths(paths)
-  for path, message in failures:
-    logging.warning("Skipping %s", message)
+  files, failures = _expand_and_report(paths)
   results = []
   for path, result, message in iter_scores(detector, files, threshold=phi,
-                                           merge_gap_s=merge_gap_s):
+                                           merge_gap_s=merge_gap_s, piece_s=piece_s):
     if result is None:
       failures.append((path, message))
     else:
@@ -817,9 +827,7 @@ def run(settings: ScoreSettings) -> Report:
     check_writable(os.path.join(plot_dir, "plot.png"), what="the plots")
   phi, source = detector.resolve_threshold(threshold=settings.threshold, fpr=settings.fpr)
   calibration_s = calibration_seconds(detector)
-  files, failures = expand_paths(settings.paths)
-  for _, message in failures:
-    logging.warning("Skipping %s", message)
+  files, failures = _expand_and_report(settings.paths)
   results, total, done, last = [], len(files) + len(failures), 0, None
   bar = progress_lib.ProgressBar(len(files), unit="file") if len(files) > 1 else None
   try:

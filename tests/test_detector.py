@@ -303,6 +303,11 @@ def test_run_in_pieces(trained, tmp_path):
       workdir=trained["model_dir"], out=str(tmp_path / "w.csv"), paths=[trained["files"]["burst"]]))
   (row,) = detector_lib.read_csv(tmp_path / "w.csv")
   assert (row["start_s"], row["duration_s"], row["decision"]) == ("0.000", "3.000", "anomalous")
+  # The library call gives the same pieces.
+  results, failures = detector_lib.score_paths(
+      detector_lib.load_detector(trained["model_dir"]), [trained["files"]["burst"]], piece_s=1.0)
+  assert failures == [] and [r.start_s for _, r in results] == [0.0, 1.0, 2.0]
+  assert [r.label for _, r in results] == ["normal", "anomalous", "normal"]
 
 
 def test_progress_line_counts_the_recordings(trained, tmp_path, monkeypatch):
