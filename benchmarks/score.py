@@ -1,6 +1,7 @@
 """Throughput of frame-wise scoring (experiments.score) of long recordings.
 
     python -m benchmarks.score [--minutes 60] [--model fcn64-large] [--chunk_frames 4096]
+    python -m benchmarks.score --file --minutes 1440 --model fcn40-small   # a day, from a WAV
 
 Scores one synthetic recording of ``--minutes`` of 16 kHz audio (white noise;
 the cost does not depend on the content) with a randomly initialized model,
@@ -15,14 +16,26 @@ scoring), realtime_factor (audio_seconds / seconds: how many times faster than
 real time), seconds_per_hour (``seconds`` scaled to an hour of audio;
 ``extrapolated`` says whether it was measured on less), frames, chunk_frames,
 compile_seconds, devices, loadavg_1m (other load on the machine slows it).
+
+With ``--file`` the recording is written to a 16-bit WAV file in a temporary
+folder (block by block, never held whole) and scored from it as
+``experiments.score`` scores a file (``detector.iter_scores``: a recording over
+``audio.STREAM_SECONDS`` is read range by range), reading included; the object
+adds ``file_mb``, ``rss_before_mb`` (the process after compiling, before
+scoring) and ``peak_rss_mb`` (the process's high-water mark after scoring): what
+scoring a long file costs in memory on top of the process.
 """
 
 import argparse
+import os
+import resource
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import soundfile
 
 from benchmarks._common import emit
 from bu_jax import artifact
@@ -38,6 +51,8 @@ def main():
   parser.add_argument("--model", default="fcn64-large", choices=sorted(models.PRESETS))
   parser.add_argument("--chunk_frames", type=int, default=4096)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--file", action="store_true",
+                      help="score from a WAV file, reading included; report peak memory")
   args = parser.parse_args()
   if args.minutes <= 0:
     parser.error("--minutes must be > 0")
@@ -51,18 +66,36 @@ def main():
   detector = detector_lib.Detector(metadata=metadata, params=params, chunk_frames=args.chunk_frames)
   rng = np.random.default_rng(args.seed)
   num_samples = int(round(args.minutes * 60 * cfg.sample_rate))
-  wave = 0.1 * rng.standard_normal(num_samples, dtype=np.float32)
 
   # Compile the chunk shape (the same for every chunk of a recording that is
   # at least chunk_frames long) on a recording of 1.5 chunks.
-  warmup = wave[: min(num_samples, int(1.5 * args.chunk_frames * cfg.hop_length))]
+  warmup_samples = min(num_samples, int(1.5 * args.chunk_frames * cfg.hop_length))
   t0 = time.perf_counter()
-  detector.score(warmup)
+  detector.score(0.1 * rng.standard_normal(warmup_samples, dtype=np.float32))
   compile_seconds = time.perf_counter() - t0
 
-  t0 = time.perf_counter()
-  result = detector.score(wave)
-  seconds = time.perf_counter() - t0
+  extra = {}
+  if args.file:
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, "recording.wav")
+      with soundfile.SoundFile(path, "w", samplerate=cfg.sample_rate, channels=1,
+                               subtype="PCM_16") as f:
+        for a in range(0, num_samples, 60 * cfg.sample_rate):  # a minute at a time
+          f.write(0.1 * rng.standard_normal(min(60 * cfg.sample_rate, num_samples - a),
+                                            dtype=np.float32))
+      rss_before = _max_rss_mb()
+      t0 = time.perf_counter()
+      ((_, result, message),) = detector_lib.iter_scores(detector, [path], threshold=1e30)
+      seconds = time.perf_counter() - t0
+      if result is None:
+        raise SystemExit(message)
+      extra = dict(file_mb=round(os.path.getsize(path) / 2**20, 1),
+                   rss_before_mb=round(rss_before), peak_rss_mb=round(_max_rss_mb()))
+  else:
+    wave = 0.1 * rng.standard_normal(num_samples, dtype=np.float32)
+    t0 = time.perf_counter()
+    result = detector.score(wave)
+    seconds = time.perf_counter() - t0
   audio_seconds = num_samples / cfg.sample_rate
   emit(model=args.model, audio_seconds=round(audio_seconds, 1), seconds=round(seconds, 2),
        realtime_factor=round(audio_seconds / seconds, 1),
@@ -71,8 +104,13 @@ def main():
        note=("seconds_per_hour extrapolated linearly from the measured audio_seconds"
              if abs(audio_seconds - 3600.0) > 1.0 else "measured on one hour"),
        frames=int(result.frame_scores.size), chunk_frames=args.chunk_frames,
-       compile_seconds=round(compile_seconds, 2),
+       compile_seconds=round(compile_seconds, 2), from_file=args.file, **extra,
        devices=f"{len(jax.devices())} x {jax.devices()[0].platform}")
+
+
+def _max_rss_mb() -> float:
+  """The process's peak resident memory so far, in MiB (Linux: ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
   default; resampled by librosa, channels averaged).
 * ``probe``: the length ``load_wav`` would return, from the header, and the
   errors a header alone shows (a check of many files before a long job).
+* ``open_recording``: ``load_wav`` for a clip; for a long WAV or FLAC file a
+  ``Recording`` read range by range (``rec[a:b]``), the same samples without
+  the whole recording in memory (scoring a day-long recording).
 * ``write_wav``: float waveform -> WAV via soundfile. The default subtype is
   16-bit PCM: compact, what the DCASE data sets use, and byte-for-byte
   reproducible (libsndfile writes a time-stamped PEAK chunk into float WAVs,
@@ -23,6 +26,7 @@ peak amplitude exceeds ``LOUD_PEAK`` is loaded with a warning naming it.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -49,6 +53,14 @@ class TruncatedAudioError(AudioError):
   or Ogg file whose audio decodes short of (or not at all to) the length its
   header declares."""
 
+
+# Longer recordings of a type libsndfile seeks in exactly are read range by range
+# (open_recording): an hour at 16 kHz is 230 MB of float32 samples, a day 5.5 GB.
+STREAM_SECONDS = 600.0
+_SEEKABLE_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC")
+# Native-rate samples read beyond each end of a resampled range: the resampler's
+# filter then sees what it sees in the whole file (equal to float rounding).
+_RESAMPLE_MARGIN_S = 0.1
 
 # Types whose header states the length exactly, so a decode that falls short of
 # it is a damaged file (an MP3's length may be an estimate: not checked).
@@ -190,15 +202,137 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     raise AudioError(f"{path}: audio file holds no samples")
   if not np.all(np.isfinite(wave)):
     raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples")
-  if rate is not None and rate < sr:
+  if rate is not None:
+    _warn_low_rate(path, rate, sr)
+  _warn_loud(path, float(np.max(np.abs(wave))))
+  return wave
+
+
+def _warn_low_rate(path: str, rate: int, sr: int) -> None:
+  if rate < sr:
     logging.warning("%s: recorded at %d Hz, below the %d Hz it is resampled to: it holds "
                     "nothing above %g kHz, which a model of %d-Hz recordings may score as "
                     "anomalous", path, rate, sr, rate / 2000, sr)
-  peak = float(np.max(np.abs(wave)))
+
+
+def _warn_loud(path: str, peak: float) -> bool:
+  """Warns (and returns True) if ``peak`` is beyond ``LOUD_PEAK``."""
   if peak > LOUD_PEAK:
     logging.warning("%s: peak amplitude %.3g > %g (audio is expected in [-1, 1]); "
                     "check how it was written", path, peak, LOUD_PEAK)
-  return wave
+    return True
+  return False
+
+
+class Recording:
+  """A long sound file read range by range, at ``sr`` Hz, mono, float32.
+
+  ``rec[a:b]`` holds what ``load_wav(path, sr=sr)[a:b]`` holds (the same
+  samples at the file's own rate; resampled, equal to float rounding: each range
+  is resampled from ``_RESAMPLE_MARGIN_S`` more on either side, aligned to the
+  resampler's grid), reading only that range of the file. ``len(rec)``,
+  ``rec.size`` and ``rec.shape`` are ``load_wav``'s length. Made by
+  ``open_recording``.
+
+  Each range is checked as ``load_wav`` checks a file: non-finite samples, or a
+  range that cannot be read, raise ``AudioError`` naming the file and the time;
+  a peak above ``LOUD_PEAK`` is warned about once.
+  """
+
+  ndim = 1
+  dtype = np.dtype(np.float32)
+
+  def __init__(self, path: str | os.PathLike, *, sr: int, info: soundfile._SoundFileInfo):
+    self.path = os.fspath(path)
+    self.sr = int(sr)
+    self.native_sr = int(info.samplerate)
+    self.native_frames = int(info.frames)
+    # librosa.resample's length (it fixes soxr's output to it).
+    self.size = int(np.ceil(self.native_frames * self.sr / self.native_sr))
+    g = math.gcd(self.native_sr, self.sr)
+    self._in_step, self._out_step = self.native_sr // g, self.sr // g
+    self._loud = False
+
+  @property
+  def shape(self) -> tuple[int]:
+    return (self.size,)
+
+  def __len__(self) -> int:
+    return self.size
+
+  def __repr__(self) -> str:
+    return f"Recording({self.path!r}, {self.size} samples at {self.sr} Hz)"
+
+  def __getitem__(self, index: slice) -> np.ndarray:
+    if not isinstance(index, slice) or index.step not in (None, 1):
+      raise TypeError(f"{self!r} is read by contiguous ranges, rec[a:b]; got {index!r}")
+    a, b, _ = index.indices(self.size)
+    if b <= a:
+      return np.zeros(0, np.float32)
+    wave = self._resampled(a, b) if self.native_sr != self.sr else self._native(a, b)
+    if not self._loud and wave.size:
+      self._loud = _warn_loud(self.path, float(np.max(np.abs(wave))))
+    return wave
+
+  def _native(self, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) at the file's own rate, channels averaged as librosa.load does."""
+    try:
+      with soundfile.SoundFile(self.path) as f:
+        f.seek(start)
+        block = f.read(stop - start, dtype="float32", always_2d=False)
+    except Exception as error:  # pylint: disable=broad-except
+      reason = str(error).split("': ", 1)[-1] or type(error).__name__
+      raise AudioError(f"{self.path}: cannot be read at {start / self.native_sr:.3f} s "
+                       f"({reason})") from error
+    if len(block) < stop - start:
+      raise TruncatedAudioError(
+          f"{self.path}: damaged or cut short (its header declares {self.native_frames} "
+          f"samples, but reading stops at {(start + len(block)) / self.native_sr:.3f} s)")
+    y = block.T
+    if y.ndim > 1:  # librosa.to_mono's mean, over the same axis
+      y = np.mean(y, axis=0)
+    finite = np.isfinite(y)
+    if not finite.all():
+      first = (start + int(np.argmin(finite))) / self.native_sr
+      raise AudioError(f"{self.path}: audio holds non-finite (NaN or inf) samples (the first "
+                       f"at {first:.3f} s)")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+  def _resampled(self, a: int, b: int) -> np.ndarray:
+    """Samples [a, b) at ``sr``: a native range on the resampler's grid around
+    them, with a margin, resampled as librosa.load resamples, then cut."""
+    i, o = self._in_step, self._out_step
+    first, last = a // o, -(-b // o)  # grid points around [a, b)
+    margin = -(-int(np.ceil(_RESAMPLE_MARGIN_S * self.native_sr)) // i)
+    start = max(0, first - margin) * i
+    stop = min(self.native_frames, (last + margin) * i)
+    y = librosa.resample(self._native(start, stop), orig_sr=self.native_sr, target_sr=self.sr)
+    offset = start // i * o  # the output index of y[0]
+    return np.ascontiguousarray(y[a - offset:b - offset], dtype=np.float32)
+
+
+def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
+                   stream_seconds: float | None = None) -> np.ndarray | Recording:
+  """A recording to score: ``load_wav(path, sr=sr)``, or, for a WAV, AIFF or
+  FLAC file longer than ``stream_seconds`` (default ``STREAM_SECONDS``), a
+  ``Recording`` that reads it range by range (the same samples; memory bounded
+  by the ranges read).
+
+  Raises:
+    AudioError: as ``load_wav`` for what the header shows (missing, empty,
+      truncated); a ``Recording`` raises the rest when its ranges are read.
+  """
+  path = os.fspath(path)
+  _check_file(path)
+  try:
+    info = soundfile.info(path)
+  except Exception:  # pylint: disable=broad-except
+    return load_wav(path, sr=sr)  # its decoders and its error
+  stream_seconds = STREAM_SECONDS if stream_seconds is None else stream_seconds
+  if info.format not in _SEEKABLE_FORMATS or info.frames <= stream_seconds * info.samplerate:
+    return load_wav(path, sr=sr)
+  _warn_low_rate(path, info.samplerate, sr)
+  return Recording(path, sr=sr, info=info)
 
 
 def write_wav(

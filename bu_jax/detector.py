@@ -369,7 +369,8 @@ class Detector:
     """Frame scores, clip decision (eqs. 4, 11) and events of one recording.
 
     Args:
-      wave: mono float waveform at ``sample_rate`` Hz, any length.
+      wave: mono float waveform at ``sample_rate`` Hz, any length, or an
+        ``audio.Recording`` (read range by range).
       name: names the recording in error messages.
       threshold: φ; default the stored one.
       merge_gap_s: see ``events_from_flags``.
@@ -379,7 +380,8 @@ class Detector:
       DetectorError: no threshold given and none stored.
     """
     phi = self.resolve_threshold(threshold=threshold)[0]
-    wave = np.asarray(wave)
+    if not isinstance(wave, audio.Recording):  # never read whole
+      wave = np.asarray(wave)
     scores = self.frame_scores(wave, name=name)
     # Frames whose STFT window or context reaches past the recording's ends see
     # zero padding and score high on every recording: clip score and events
@@ -552,7 +554,8 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
   interrupted."""
   for path in files:
     try:
-      wave = audio.load_wav(path, sr=detector.sample_rate)
+      # A long WAV or FLAC file is read range by range (audio.Recording).
+      wave = audio.open_recording(path, sr=detector.sample_rate)
       scored = []
       for a, b in pieces(len(wave), int(round(piece_s * detector.sample_rate))):
         notes = [n for n in (detector.feature_config.short_clip_note(b - a),
@@ -560,7 +563,8 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                                                             window=detector.window)[1]) if n]
         for note in notes:
           logging.warning("%s: %s", path, note)
-        result = detector.score(wave[a:b], name=path, threshold=threshold,
+        piece = wave if (a, b) == (0, len(wave)) else wave[a:b]  # a Recording: not read whole
+        result = detector.score(piece, name=path, threshold=threshold,
                                 merge_gap_s=merge_gap_s)
         scored.append(_shifted(dataclasses.replace(result, note="; ".join(notes)),
                                a / detector.sample_rate))

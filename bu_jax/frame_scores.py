@@ -8,7 +8,10 @@ materializes its (T, D) feature matrix. Each chunk is one jitted call on a
 static shape (chunk sizes are rounded up to a multiple of 256 frames, so few
 shapes are compiled). With ``with_codes=True`` it also returns each frame's
 code, the AE's encoder output E(z_t) (``models.FCNAutoencoder.score_and_code``),
-from a second jitted function; the default path is unchanged.
+from a second jitted function; the default path is unchanged. ``chunks`` yields
+the same, chunk by chunk. The waveform may be an ``audio.Recording`` (a long
+file read range by range): then only each chunk's range of samples is read and
+checked, so a day-long recording is scored in bounded memory.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from bu_jax import audio
 from bu_jax import features as features_lib
 from bu_jax import models
 
@@ -64,7 +68,8 @@ class FrameScorer:
 
     Args:
       params: the AE parameters.
-      wave: a mono waveform (N,) at the configured sample rate.
+      wave: a mono waveform (N,) at the configured sample rate, or an
+        ``audio.Recording``.
       name: names the recording in error messages.
       with_codes: also return each frame's code E(z_t) (the encoder's output
         for the AE's normalized input).
@@ -73,9 +78,18 @@ class FrameScorer:
       The scores, float32 numpy (T,); with ``with_codes`` the pair
       ``(scores (T,), codes (T, Z))``, both float32.
     """
-    wave = features_lib.check_waveform(wave, name=name)
-    if wave.ndim != 1:
-      raise ValueError(f"{name}: expected a mono waveform (N,), got shape {wave.shape}")
+    parts = list(self.chunks(params, wave, name=name, with_codes=with_codes))
+    out = [np.concatenate(column) for column in zip(*parts)]
+    return tuple(out) if with_codes else out[0]
+
+  def chunks(self, params, wave, *, name: str = "waveform", with_codes: bool = False):
+    """``__call__``'s result chunk by chunk, in order: ``(scores,)`` or
+    ``(scores, codes)`` of consecutive frames, each chunk one jitted call."""
+    recording = isinstance(wave, audio.Recording)
+    if not recording:
+      wave = features_lib.check_waveform(wave, name=name)
+      if wave.ndim != 1:
+        raise ValueError(f"{name}: expected a mono waveform (N,), got shape {wave.shape}")
     cfg = self.config
     hop, n_fft, c = cfg.hop_length, cfg.n_fft, cfg.context
     t_total = cfg.num_frames(wave.size)
@@ -87,14 +101,14 @@ class FrameScorer:
       self._score_and_code = jax.jit(functools.partial(
           self._score_chunk, models.score_and_code_fn(self.model), cfg))
     chunk_fn = self._score_and_code if with_codes else lambda *args: (self._score(*args),)
-    parts = []  # per chunk: (scores,) or (scores, codes)
     for a in range(0, t_total, f):
       b = min(a + f, t_total)
       lo = max(0, a - c)
       t = np.minimum(np.arange(a, a + f), t_total - 1)
       gather = np.clip(t[:, None] + offsets[None, :], 0, t_total - 1) - lo
       window = self._window(wave, lo * hop - n_fft // 2, win_len)
-      parts.append([np.asarray(x, np.float32)[: b - a]
-                    for x in chunk_fn(params, window, gather.astype(np.int32))])
-    out = [np.concatenate(column) for column in zip(*parts)]
-    return tuple(out) if with_codes else out[0]
+      if recording:  # read just now: checked as check_waveform checks a whole wave
+        window = features_lib.check_waveform(
+            window, name=f"{name} (at {max(lo * hop - n_fft // 2, 0) / cfg.sample_rate:.1f} s)")
+      yield tuple(np.asarray(x, np.float32)[: b - a]
+                  for x in chunk_fn(params, window, gather.astype(np.int32)))

@@ -380,9 +380,16 @@ class NormalizedScorer:
     self.config = scorer.config
 
   def __call__(self, params, wave, *, name: str = "waveform") -> np.ndarray:
-    """The normalized frame scores of ``wave``, float32 (T,)."""
-    scores, codes = self.scorer(params, wave, name=name, with_codes=True)
-    return self.normalizer(codes, scores, name=name)
+    """The normalized frame scores of ``wave``, float32 (T,); chunk by chunk
+    where the scorer has ``chunks`` (each frame is normalized by its own
+    neighbours, so the result is the same, in bounded memory)."""
+    chunks = getattr(self.scorer, "chunks", None)
+    if chunks is None:
+      scores, codes = self.scorer(params, wave, name=name, with_codes=True)
+      return self.normalizer(codes, scores, name=name)
+    return np.concatenate([self.normalizer(codes, scores, name=name)
+                           for scores, codes in chunks(params, wave, name=name,
+                                                       with_codes=True)])
 
 
 def clip_frames(scorer, params, waves: Sequence[np.ndarray], *,

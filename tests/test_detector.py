@@ -203,6 +203,41 @@ def test_chunked_scoring_equals_whole_file(trained, tmp_path):
   assert whole.events[0].start_s <= 3.9 and whole.events[0].end_s >= 4.3
 
 
+def test_long_recordings_are_read_range_by_range_with_the_same_results(trained, tmp_path,
+                                                                         monkeypatch):
+  """A recording over audio.STREAM_SECONDS is never loaded whole (a day at 16 kHz is
+  5.5 GB of samples): scored whole or in pieces, it gives what the loaded waveform gives."""
+  path = str(tmp_path / "long.wav")
+  audio.write_wav(path, _with_burst(_tone(10.0, seed=3), 6.2, 6.4))
+  detector = detector_lib.load_detector(trained["model_dir"], chunk_frames=256)
+  phi = trained["metadata"]["threshold"]
+  want = {piece_s: detector_lib.score_paths(detector, [path], piece_s=piece_s)[0]
+          for piece_s in (0.0, 3.0)}
+  monkeypatch.setattr(audio, "STREAM_SECONDS", 4.0)
+  real_load = audio.load_wav
+  def load_short_only(p, **kwargs):
+    assert p != path, "the long recording was loaded whole"
+    return real_load(p, **kwargs)
+  monkeypatch.setattr(audio, "load_wav", load_short_only)
+  reads, real_native = [], audio.Recording._native
+  def native(self, start, stop):
+    reads.append(stop - start)
+    return real_native(self, start, stop)
+  monkeypatch.setattr(audio.Recording, "_native", native)
+  for piece_s, results in want.items():
+    reads.clear()
+    got, failures = detector_lib.score_paths(detector, [path], piece_s=piece_s)
+    # ranges of one chunk (256 frames and their context, 4.3 s) or one piece (3-4 s) at most
+    assert reads and max(reads) <= 4.5 * SR and sum(reads) < 1.5 * 10 * SR
+    assert failures == [] and len(got) == len(results) == (1 if not piece_s else 3)
+    for (_, g), (_, w) in zip(got, results):
+      np.testing.assert_array_equal(g.frame_scores, w.frame_scores)
+      assert (g.events, g.start_s, g.duration_s, g.clip_score) == (
+          w.events, w.start_s, w.duration_s, w.clip_score)
+  (_, whole), = want[0.0]
+  assert whole.decision and len(whole.events) == 1 and whole.max_score >= phi
+
+
 def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
   missing = str(tmp_path / "missing.wav")
   report = detector_lib.run(detector_lib.ScoreSettings(

@@ -1,0 +1,139 @@
+"""audio.open_recording / audio.Recording: a long file read range by range holds
+load_wav's samples, checked as load_wav checks them; scoring it equals scoring
+the loaded waveform."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import librosa
+import numpy as np
+import pytest
+import soundfile
+
+from bu_jax import audio, features, frame_scores, models, score_norm
+
+SR = 16000
+RANGES = [(0, 1000), (0, None), (12345, 30001), (-5000, None), (3, 4), (7, 7), (40000, 10**9)]
+
+
+def _wave(seconds, sr=SR, seed=0, channels=1):
+  rng = np.random.default_rng(seed)
+  t = np.arange(int(seconds * sr)) / sr
+  x = 0.2 * np.sin(2 * np.pi * 440 * t * (1 + 0.2 * t / seconds)) + 0.03 * rng.standard_normal(t.size)
+  x[int(0.4 * x.size):int(0.45 * x.size)] *= 3  # a level change inside
+  x = x.astype(np.float32)
+  if channels == 2:
+    x = np.stack([x, 0.5 * x[::-1].copy()], axis=1)
+  return x
+
+
+def _slice(n, a, b):
+  return slice(a if a >= 0 else n + a, b)
+
+
+@pytest.mark.parametrize("rate,channels,name,subtype,tol", [
+    (SR, 1, "m16.wav", "PCM_16", 0.0),       # the same samples, bit for bit
+    (SR, 2, "s16.wav", "FLOAT", 0.0),
+    (48000, 2, "s48.wav", "PCM_24", 1e-6),  # resampled: equal to float rounding
+    (44100, 1, "m441.flac", "PCM_16", 1e-6),
+    (22050, 1, "m22.aiff", "PCM_16", 1e-6),
+])
+def test_ranges_hold_load_wavs_samples(tmp_path, rate, channels, name, subtype, tol):
+  path = str(tmp_path / name)
+  soundfile.write(path, _wave(3.0, sr=rate, channels=channels), rate, subtype=subtype)
+  whole = audio.load_wav(path)
+  rec = audio.open_recording(path, stream_seconds=1.0)
+  assert isinstance(rec, audio.Recording)
+  assert len(rec) == rec.size == whole.size and rec.shape == whole.shape
+  for a, b in RANGES:
+    index = _slice(whole.size, a, b)
+    got = rec[index]
+    assert got.dtype == np.float32 and got.shape == whole[index].shape
+    np.testing.assert_allclose(got, whole[index], rtol=0, atol=tol)
+
+
+def test_short_or_unseekable_files_are_loaded_whole(tmp_path):
+  wav, ogg = str(tmp_path / "a.wav"), str(tmp_path / "b.ogg")
+  audio.write_wav(wav, _wave(2.0))
+  soundfile.write(ogg, _wave(2.0), SR, format="OGG", subtype="VORBIS")
+  short = audio.open_recording(wav)  # 2 s < STREAM_SECONDS
+  assert isinstance(short, np.ndarray)
+  np.testing.assert_array_equal(short, audio.load_wav(wav))
+  assert isinstance(audio.open_recording(wav, stream_seconds=1.9), audio.Recording)
+  assert isinstance(audio.open_recording(wav, stream_seconds=2.0), np.ndarray)
+  # Ogg seeks only approximately: read whole, however long.
+  assert isinstance(audio.open_recording(ogg, stream_seconds=0.5), np.ndarray)
+  with pytest.raises(audio.AudioError, match="no such file"):
+    audio.open_recording(str(tmp_path / "missing.wav"))
+  with pytest.raises(TypeError, match="contiguous ranges"):
+    audio.open_recording(wav, stream_seconds=1.0)[::2]
+  with pytest.raises(TypeError, match="contiguous ranges"):
+    audio.open_recording(wav, stream_seconds=1.0)[5]
+
+
+def test_bad_samples_are_named_with_their_time(tmp_path, caplog):
+  path = str(tmp_path / "nan.wav")
+  x = _wave(3.0)
+  x[2 * SR + 100] = np.nan
+  soundfile.write(path, x, SR, subtype="FLOAT")
+  rec = audio.open_recording(path, stream_seconds=1.0)
+  assert rec[: 2 * SR].size == 2 * SR  # a range without it reads
+  with pytest.raises(audio.AudioError, match=r"nan\.wav: audio holds non-finite .* at 2\.006 s"):
+    rec[SR:]
+  loud = str(tmp_path / "loud.wav")
+  soundfile.write(loud, 5e3 * _wave(3.0), SR, subtype="FLOAT")
+  rec = audio.open_recording(loud, stream_seconds=1.0)
+  caplog.clear()
+  rec[:SR], rec[SR:]
+  assert sum("loud.wav: peak amplitude" in r.getMessage() for r in caplog.records) == 1  # once
+
+
+def test_a_file_cut_after_it_was_opened(tmp_path):
+  path = str(tmp_path / "cut.wav")
+  audio.write_wav(path, _wave(3.0))
+  rec = audio.open_recording(path, stream_seconds=1.0)
+  with open(path, "r+b") as f:  # a recorder's file replaced by a shorter one
+    f.truncate(os.path.getsize(path) - SR)  # 0.5 s of 16-bit samples gone
+  with pytest.raises(audio.AudioError, match=r"cut\.wav: .*(cut short|cannot be read)"):
+    rec[2 * SR:]
+
+
+CFG = features.FeatureConfig(n_mels=8, context=2)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  model = models.FCNAutoencoder(dim=CFG.dim, hidden_layers=1, units=16, bottleneck=4)
+  return model, model.init(jax.random.key(0), jnp.zeros((1, CFG.dim)))["params"]
+
+
+@pytest.mark.parametrize("rate,chunk_frames", [(SR, 64), (SR, 4096), (48000, 50)])
+def test_scores_of_a_recording_equal_the_loaded_waves(tmp_path, model_and_params, rate,
+                                                       chunk_frames):
+  model, params = model_and_params
+  path = str(tmp_path / "r.wav")
+  soundfile.write(path, _wave(4.0, sr=rate), rate, subtype="PCM_16")
+  rec, whole = audio.open_recording(path, stream_seconds=1.0), audio.load_wav(path)
+  scorer = frame_scores.FrameScorer(model, CFG, chunk_frames=chunk_frames)
+  scores, codes = scorer(params, rec, name=path, with_codes=True)
+  want_scores, want_codes = scorer(params, whole, with_codes=True)
+  tol = 0 if rate == SR else 1e-4
+  np.testing.assert_allclose(scores, want_scores, rtol=tol, atol=tol)
+  np.testing.assert_allclose(codes, want_codes, rtol=tol, atol=tol)
+  # A knn normalization chunk by chunk equals it on the whole recording's frames.
+  bank = score_norm.fit_from_clips(scorer, params, [whole[: 2 * SR]], neighbors=3, kind="knn_z")
+  normalized = score_norm.NormalizedScorer(scorer, bank)(params, rec, name=path)
+  np.testing.assert_allclose(normalized, bank(want_codes, want_scores), rtol=10 * tol + 1e-6,
+                             atol=10 * tol)
+
+
+def test_bad_samples_in_a_recording_stop_scoring_with_the_file_named(tmp_path, model_and_params):
+  model, params = model_and_params
+  path = str(tmp_path / "huge.wav")
+  x = _wave(4.0)
+  x[3 * SR] = 1e20  # finite, but its spectrum overflows float32
+  soundfile.write(path, x, SR, subtype="FLOAT")
+  rec = audio.open_recording(path, stream_seconds=1.0)
+  with pytest.raises(ValueError, match=r"huge\.wav \(at 2\.\d s\): peak amplitude"):
+    frame_scores.FrameScorer(model, CFG, chunk_frames=64)(params, rec, name=path)
