@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Callable
 import warnings
 
 from absl import logging
@@ -252,6 +253,9 @@ class Recording:
     g = math.gcd(self.native_sr, self.sr)
     self._in_step, self._out_step = self.native_sr // g, self.sr // g
     self._loud = False
+    # Called with the end (in samples at sr) of each range read: a caller's
+    # progress line over a long recording (ranges are read in order).
+    self.on_read: Callable[[int], None] | None = None
 
   @property
   def shape(self) -> tuple[int]:
@@ -272,6 +276,8 @@ class Recording:
     wave = self._resampled(a, b) if self.native_sr != self.sr else self._native(a, b)
     if not self._loud and wave.size:
       self._loud = _warn_loud(self.path, float(np.max(np.abs(wave))))
+    if self.on_read is not None:
+      self.on_read(b)
     return wave
 
   def _native(self, start: int, stop: int) -> np.ndarray:

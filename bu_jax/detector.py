@@ -35,10 +35,11 @@ import dataclasses
 import math
 import os
 import tempfile
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from absl import logging
 import numpy as np
+import soundfile
 
 from bu_jax import artifact
 from bu_jax import audio
@@ -546,16 +547,20 @@ def _shifted(result: FrameResult, start_s: float) -> FrameResult:
 
 def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                 merge_gap_s: float = 0.1, piece_s: float = 0.0,
+                on_read: Optional[Callable[[str, float], None]] = None,
                 ) -> Iterable[tuple[str, Optional[FrameResult], str]]:
   """Scores ``files`` one by one: ``(path, FrameResult, "")`` for each scored
   file (for each of its pieces of ``piece_s`` seconds, ``pieces``, when given),
   ``(path, None, message)`` for each unreadable or unusable one (also logged as
   a warning). A generator, so a caller keeps what was scored when it is
-  interrupted."""
+  interrupted. ``on_read(path, seconds)`` is told how far into a long recording
+  (one read range by range, ``audio.Recording``) the scoring has read."""
   for path in files:
     try:
       # A long WAV or FLAC file is read range by range (audio.Recording).
       wave = audio.open_recording(path, sr=detector.sample_rate)
+      if on_read is not None and isinstance(wave, audio.Recording):
+        wave.on_read = lambda end, path=path: on_read(path, end / detector.sample_rate)
       scored = []
       for a, b in pieces(len(wave), int(round(piece_s * detector.sample_rate))):
         notes = [n for n in (detector.feature_config.short_clip_note(b - a),
@@ -797,6 +802,16 @@ def check_writable(path: os.PathLike | str, *, what: str = "the scores file") ->
                      "another --out") from e
 
 
+def _header_seconds(path: str) -> float:
+  """A sound file's length in seconds from its header (0 where it has none that
+  soundfile reads: the scoring reports such a file)."""
+  try:
+    info = soundfile.info(path)
+  except Exception:  # pylint: disable=broad-except
+    return 0.0
+  return max(info.frames, 0) / info.samplerate if info.samplerate else 0.0
+
+
 def calibration_seconds(detector: Detector) -> Optional[float]:
   """The median length in seconds of the held-out clips φ was set on, read from
   their headers (``audio.probe``), or None when none of them can be read."""
@@ -833,11 +848,22 @@ def run(settings: ScoreSettings) -> Report:
   calibration_s = calibration_seconds(detector)
   files, failures = _expand_and_report(settings.paths)
   results, total, done, last = [], len(files) + len(failures), 0, None
-  bar = progress_lib.ProgressBar(len(files), unit="file") if len(files) > 1 else None
+  # A recording long enough to be read range by range: the line counts audio.
+  length = {path: _header_seconds(path) for path in files}
+  by_audio = max(length.values(), default=0.0) > audio.STREAM_SECONDS
+  bar, on_read = None, None
+  if by_audio:
+    bar = progress_lib.ProgressBar(max(1, round(sum(length.values()))), unit="audio")
+    # The audio of the files before each file, and where in it a read has come.
+    before = dict(zip(files, np.cumsum([0.0] + [length[p] for p in files[:-1]])))
+    at = lambda path, s: int(before[path] + min(s, length[path]))
+    on_read = lambda path, s: bar.update(at(path, s))
+  elif len(files) > 1:
+    bar = progress_lib.ProgressBar(len(files), unit="file")
   try:
     for path, result, message in iter_scores(detector, files, threshold=phi,
                                              merge_gap_s=settings.merge_gap_s,
-                                             piece_s=settings.piece_s):
+                                             piece_s=settings.piece_s, on_read=on_read):
       if result is None:
         failures.append((path, message))
       else:
@@ -849,8 +875,12 @@ def run(settings: ScoreSettings) -> Report:
         results.append((path, result))
       if path != last:  # a recording is counted with its first row
         last, done = path, done + 1
-      if bar:
-        bar.update(done, frames=0 if result is None else len(result.frame_scores))
+      frames = 0 if result is None else len(result.frame_scores)
+      if by_audio:  # where this row ends in the recordings' audio
+        bar.update(at(path, length[path] if result is None
+                      else result.start_s + result.duration_s), frames=frames)
+      elif bar:
+        bar.update(done, frames=frames)
   except KeyboardInterrupt as e:
     if bar:
       bar.close()

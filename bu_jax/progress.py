@@ -40,8 +40,10 @@ class ProgressBar:
   def __init__(self, total: int, *, initial: int = 0, stream: Optional[TextIO] = None,
                width: int = 24, min_interval_s: float = 0.5,
                file_interval_s: float = 30.0, unit: str = "step"):
+    """``unit`` names what is counted ("step 12/100 ... 3.1 steps/s"); ``"audio"``
+    counts seconds of audio ("audio 1:00:00/24:00:00 ... 3693x real time")."""
     self.total = int(total)
-    self.unit = unit  # what is counted: "step 12/100 ... 3.1 steps/s"
+    self.unit = unit
     self.stream = sys.stderr if stream is None else stream
     self.width = width
     self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -51,6 +53,7 @@ class ProgressBar:
     self._step0 = int(initial)
     self._frames = 0.0
     self._last_draw = -math.inf
+    self._drawn_done = False
     self.last_line = ""
 
   def rates(self) -> tuple[float, float]:
@@ -72,8 +75,11 @@ class ProgressBar:
     else:
       self._step = int(step)
       self._frames += float(frames)
-    if not force and now - self._last_draw < self._interval and self._step < self.total:
-      return
+    done = self._step >= self.total
+    if not force and (now - self._last_draw < self._interval and not done
+                      or done and self.last_line and self._drawn_done):
+      return  # the completed line is drawn once
+    self._drawn_done = done
     self._last_draw = now
     self.last_line = self._render(postfix)
     if self._tty:
@@ -88,9 +94,14 @@ class ProgressBar:
     bar = "#" * filled + "-" * (self.width - filled)
     steps_s, frames_s = self.rates()
     eta = (self.total - self._step) / steps_s if steps_s > 0 else math.nan
-    parts = [f"{self.unit} {self._step}/{self.total}", f"[{bar}]", f"{100 * frac:.1f}%"]
-    if math.isfinite(steps_s):
-      parts += [f"{steps_s:.2f} {self.unit}s/s", f"{_si(frames_s)} frames/s"]
+    if self.unit == "audio":
+      count = f"audio {format_duration(self._step)}/{format_duration(self.total)}"
+      rate = f"{steps_s:.0f}x real time"
+    else:
+      count, rate = f"{self.unit} {self._step}/{self.total}", f"{steps_s:.2f} {self.unit}s/s"
+    parts = [count, f"[{bar}]", f"{100 * frac:.1f}%"]
+    if math.isfinite(steps_s):  # audio: frames/s would say x real time again
+      parts += [rate] if self.unit == "audio" else [rate, f"{_si(frames_s)} frames/s"]
     parts.append(f"ETA {format_duration(eta)}")
     parts += [f"{k} {float(v):.4g}" for k, v in postfix.items()]
     return " ".join(parts)

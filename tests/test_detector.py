@@ -236,6 +236,19 @@ def test_long_recordings_are_read_range_by_range_with_the_same_results(trained, 
           w.events, w.start_s, w.duration_s, w.clip_score)
   (_, whole), = want[0.0]
   assert whole.decision and len(whole.events) == 1 and whole.max_score >= phi
+  # The progress line counts audio, read by read, also for one recording.
+  bars = []
+  class Bar(progress.ProgressBar):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, stream=io.StringIO(), file_interval_s=0.0, **kwargs)
+      bars.append(self)
+  monkeypatch.setattr(detector_lib.progress_lib, "ProgressBar", Bar)
+  detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), chunk_frames=256,
+      paths=[path, trained["files"]["normal"]]))
+  counts = [l.split(" [")[0] for l in bars[0].stream.getvalue().splitlines()]
+  assert counts[0].startswith("audio 0:0") and counts[-1] == "audio 0:13/0:13"
+  assert len(counts) >= 4 and "audio 0:10/0:13" in counts  # 3 chunks, then the short file
 
 
 def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):

@@ -555,6 +555,23 @@ def test_progress_bar_rates_and_eta_on_a_fake_clock(monkeypatch):
   assert bar.rates() == (5.0, 2000.0)
 
 
+def test_progress_bar_counting_audio_and_drawing_the_end_once(monkeypatch):
+  now = [0.0]
+  monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+  stream = io.StringIO()
+  bar = progress.ProgressBar(7200, stream=stream, file_interval_s=0.0, unit="audio")
+  bar.update(0)
+  now[0] = 2.0
+  bar.update(3600, frames=225000)
+  assert bar.last_line == "audio 1:00:00/2:00:00 [############------------] 50.0% 1800x real time ETA 0:02"
+  now[0] = 4.0
+  bar.update(7200)
+  bar.update(7200, frames=10)  # the end reported again (by the last read, then by its row)
+  assert stream.getvalue().splitlines()[-2:] == [
+      "audio 1:00:00/2:00:00 [############------------] 50.0% 1800x real time ETA 0:02",
+      "audio 2:00:00/2:00:00 [########################] 100.0% 1800x real time ETA 0:00"]
+
+
 # ------------------------------------------------------------------ uniformization by sampling
 
 def test_segment_probabilities_draw_segments_at_their_rates():
