@@ -97,6 +97,9 @@ class FrameResult:
     start_s: where this piece starts in its recording (``--piece_s``; 0 for a
       whole recording); ``times_s``, ``events`` and ``window_times_s`` are then
       times in the recording, and ``duration_s`` is the piece's length.
+    scored_frames: the frames the clip score and the events use (the interior
+      ones, ``features.FeatureConfig.interior``: the frames at the ends see
+      padding); None: all.
   """
 
   frame_scores: np.ndarray
@@ -112,6 +115,7 @@ class FrameResult:
   window_means: Optional[np.ndarray] = None
   note: str = ""
   start_s: float = 0.0
+  scored_frames: Optional[slice] = None
 
   @property
   def label(self) -> str:
@@ -409,7 +413,7 @@ class Detector:
                                        duration_s=duration)),
         threshold=float(phi),
         max_score=float(np.max(scores[inner])),
-        duration_s=float(duration), window=self.window, **curve)
+        duration_s=float(duration), window=self.window, scored_frames=inner, **curve)
 
 
 def load_detector(workdir: os.PathLike | str, *, loss: Optional[str] = None,

@@ -13,7 +13,7 @@ in place).
 * ``plot_ring_densities``, ``plot_ring_line_scores``: the ring experiment's
   Figs. 2 and 3 (``bu_jax.ring``).
 * ``plot_frame_scores``, ``write_frame_score_plots``: one figure per recording
-  scored by ``experiments.score`` (``bu_jax.detector``).
+  scored by ``experiments.score`` (``bu_jax.detector``), its pieces in one.
 * ``paired_differences_figure``, ``plot_paired_differences``: paired differences
   of two methods per run, draw by draw (a forest plot; ``benchmarks.uniform_control``).
 """
@@ -126,7 +126,10 @@ def plot_scores_over_time(
     path: output PNG path.
     clips_by_method: {method: [(title, times_s, frame_scores), ...]}; every
       method lists the same clips in the same order. A tuple may have a fourth
-      element, a list of (start_s, end_s) anomalous spans, shaded yellow.
+      element, a list of (start_s, end_s) anomalous spans, shaded yellow, and a
+      fifth, times to mark with thin grey lines (the boundaries of pieces). A
+      NaN score leaves a gap. Time is shown in minutes beyond 10 minutes, in
+      hours beyond 3 hours.
     thresholds: optional {method: φ}, drawn as horizontal dashed lines.
     overlay: draw all methods in one column.
 
@@ -144,6 +147,9 @@ def plot_scores_over_time(
   rows = counts.pop()
   columns = 1 if overlay else len(methods)
   thresholds = thresholds or {}
+  longest = max((np.nanmax(np.asarray(e[1], np.float64), initial=0.0)
+                 for m in methods for e in clips_by_method[m]), default=0.0)
+  unit, scale = _time_unit(longest)
   figure = new_figure((4.0 * columns + 1.0, 2.2 * rows))
   grid = figure.subplots(rows, columns, squeeze=False, sharex="row",
                          sharey=False if overlay else "col")
@@ -159,16 +165,19 @@ def plot_scores_over_time(
         raise ValueError(
             f"{method}, clip {row}: times_s shape {times.shape} differs from"
             f" frame_scores shape {frame_scores.shape}.")
+      times = times / scale
       if column == 0 or not overlay:
         for start, end in spans:
-          axes.axvspan(start, end, color="yellow", alpha=0.3, linewidth=0)
+          axes.axvspan(start / scale, end / scale, color="yellow", alpha=0.3, linewidth=0)
+        for boundary in (entry[4] if len(entry) > 4 else ()):
+          axes.axvline(boundary / scale, color="0.6", linewidth=0.5)
       axes.plot(times, frame_scores, color=color, linewidth=1.0, label=method)
       if method in thresholds:
         axes.axhline(thresholds[method], color=color, linestyle="--",
                      linewidth=0.8)
       axes.set_title(_wrap(str(title) if overlay else f"{method}: {title}"), fontsize="small")
       if row == rows - 1:
-        axes.set_xlabel("time [s]")
+        axes.set_xlabel(f"time [{unit}]")
       if column == 0 or overlay:
         axes.set_ylabel("anomaly score")
   if overlay:
@@ -432,19 +441,54 @@ _PLOT_POINTS = 4000  # Longer score curves are max-pooled to about this many poi
 
 
 def _pooled(times: np.ndarray, scores: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
-  """Max-pools a long curve to about ``points`` points (peaks stay visible)."""
+  """Max-pools a long curve to about ``points`` points (peaks stay visible;
+  NaN, a gap, only where a whole block is NaN)."""
   if scores.size <= points:
     return times, scores
   block = -(-scores.size // points)
   n = -(-scores.size // block) * block
-  padded = np.pad(scores, (0, n - scores.size), constant_values=-np.inf)
-  return times[::block], padded.reshape(-1, block).max(axis=1)
+  padded = np.pad(np.asarray(scores, np.float64), (0, n - scores.size),
+                  constant_values=-np.inf)
+  return times[::block], np.fmax.reduce(padded.reshape(-1, block), axis=1)
+
+
+def _time_unit(longest_s: float) -> tuple[str, float]:
+  """The unit a time axis up to ``longest_s`` seconds reads best in, and its seconds."""
+  if longest_s > 3 * 3600:
+    return "h", 3600.0
+  if longest_s > 600:
+    return "min", 60.0
+  return "s", 1.0
 
 
 def _short_path(path: str, *, parts: int = 3) -> str:
   """The last ``parts`` components of ``path`` (the folders tell recordings of
   one name apart)."""
   return os.path.join(*pathlib.Path(path).parts[-parts:]) if path else path
+
+
+def _unscored_as_gaps(result: Any) -> np.ndarray:
+  """The frame scores, float64, NaN at the frames the clip score leaves out."""
+  scores = np.asarray(result.frame_scores, np.float64)
+  inner = getattr(result, "scored_frames", None)
+  if inner is None:
+    return scores
+  gapped = np.full(scores.shape, np.nan)
+  gapped[inner] = scores[inner]
+  return gapped
+
+
+def _joined(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+  """Curves of consecutive pieces as one, a NaN between pieces (a gap)."""
+  times, values = [], []
+  for t, v in parts:
+    times += [np.asarray(t, np.float64), [np.nan]]
+    values += [np.asarray(v, np.float64), [np.nan]]
+  return np.concatenate(times[:-1]), np.concatenate(values[:-1])
+
+
+# Pieces of a recording beyond this many get no boundary lines (they would fill the plot).
+_MAX_BOUNDARIES = 60
 
 
 def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
@@ -455,44 +499,61 @@ def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
     title: usually the recording's path; its last three components are shown.
     result: a ``detector.FrameResult`` (times_s, frame_scores, events, label,
       threshold; with a clip-score window also its window means, drawn over
-      the frame scores with φ).
+      the frame scores with φ), or the results of a recording's consecutive
+      pieces (``--piece_s``), drawn as one curve with the pieces' boundaries
+      marked. Frames the clip score leaves out (``scored_frames``: the ends of
+      a recording or piece) are left out (gaps).
   """
-  times, scores = _pooled(result.times_s, result.frame_scores, _PLOT_POINTS)
-  start = getattr(result, "start_s", 0.0)
-  head = (f"{_short_path(title)}" + (f" from {start:g} s" if start else "")
-          + f": {result.label}, {len(result.events)} event(s)")
-  means = getattr(result, "window_means", None)
-  if means is None:
+  pieces = list(result) if isinstance(result, (list, tuple)) else [result]
+  first = pieces[0]
+  times, scores = _pooled(*_joined([(r.times_s, _unscored_as_gaps(r)) for r in pieces]),
+                          _PLOT_POINTS)
+  events = [e for r in pieces for e in r.events]
+  if len(pieces) == 1:
+    start = getattr(first, "start_s", 0.0)
+    head = (f"{_short_path(title)}" + (f" from {start:g} s" if start else "")
+            + f": {first.label}, {len(events)} event(s)")
+    boundaries = ()
+  else:
+    flagged = sum(bool(r.decision) for r in pieces)
+    head = (f"{_short_path(title)}: {flagged} of {len(pieces)} pieces anomalous, "
+            f"{len(events)} event(s)")
+    boundaries = ([r.start_s for r in pieces[1:]] if len(pieces) <= _MAX_BOUNDARIES else ())
+  if getattr(first, "window_means", None) is None:
     return plot_scores_over_time(
-        path, {"A(x_t)": [(head, times, scores, list(result.events))]},
-        thresholds={"A(x_t)": result.threshold})
+        path, {"A(x_t)": [(head, times, scores, events, boundaries)]},
+        thresholds={"A(x_t)": first.threshold})
   # A clip-score window: phi applies to the window means, drawn over the frame scores.
-  label = f"mean of {result.window} frames"
-  mean_times, means = _pooled(np.asarray(result.window_times_s), np.asarray(means), _PLOT_POINTS)
+  label = f"mean of {first.window} frames"
+  mean_times, means = _pooled(*_joined([(r.window_times_s, r.window_means) for r in pieces]),
+                              _PLOT_POINTS)
   return plot_scores_over_time(
-      path, {"A(x_t)": [(head, times, scores, list(result.events))],
-             label: [(head, mean_times, means, list(result.events))]},
-      thresholds={label: result.threshold}, overlay=True)
+      path, {"A(x_t)": [(head, times, scores, events, boundaries)],
+             label: [(head, mean_times, means, events, boundaries)]},
+      thresholds={label: first.threshold}, overlay=True)
 
 
 def write_frame_score_plots(directory: PathLike, results: Sequence[tuple[str, Any]]) -> list[str]:
-  """One PNG per ``(path, FrameResult)`` in ``directory``, named after the path
-  below the recordings' common folder (``day1/mic.wav`` -> ``day1_mic.png``, so
-  recordings of one name in several folders keep theirs; a piece starting 60 s
-  into its recording: ``day1_mic_60s.png``; names made unique)."""
-  names = [os.path.abspath(name) for name, _ in results]
+  """One PNG per recording of ``(path, FrameResult)`` in ``directory`` (the
+  pieces of a recording, consecutive results of one path, in one), named after
+  the path below the recordings' common folder (``day1/mic.wav`` ->
+  ``day1_mic.png``, so recordings of one name in several folders keep theirs;
+  names made unique)."""
+  recordings: dict[str, list[Any]] = {}
+  for name, result in results:
+    recordings.setdefault(name, []).append(result)
+  names = [os.path.abspath(name) for name in recordings]
   top = os.path.dirname(os.path.commonpath(names)) if len(names) == 1 else (
       os.path.commonpath([os.path.dirname(n) for n in names]) if names else "")
   written, used = [], set()
-  for (name, result), full in zip(results, names):
+  for (name, pieces), full in zip(recordings.items(), names):
     relative = os.path.splitext(os.path.relpath(full, top))[0]
-    start = getattr(result, "start_s", 0.0)  # a piece of a recording (experiments.score)
-    relative += f"_{start:g}s" if start else ""
     stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", relative).strip("_.") or "recording"
     candidate, k = stem, 1
     while candidate in used:
       k += 1
       candidate = f"{stem}_{k}"
     used.add(candidate)
-    written.append(plot_frame_scores(pathlib.Path(directory) / f"{candidate}.png", name, result))
+    written.append(plot_frame_scores(pathlib.Path(directory) / f"{candidate}.png", name,
+                                     pieces if len(pieces) > 1 else pieces[0]))
   return written

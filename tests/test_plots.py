@@ -121,6 +121,46 @@ def test_ring_and_recording_plots_write_png(tmp_path):
     _png_ok(path)
 
 
+def test_a_recordings_pieces_in_one_plot_without_the_unscored_frames(tmp_path, monkeypatch):
+  """experiments.score --piece_s --plots: one figure per recording, its pieces
+  joined with their boundaries marked; the frames at the ends of each piece,
+  which the clip score leaves out, are gaps; a long time axis reads in hours."""
+  figures = []
+  real_save = plots.save_figure
+  monkeypatch.setattr(plots, "save_figure", lambda f, p: figures.append(f) or real_save(f, p))
+
+  def piece(start_s, n, hop_s, decision):
+    scores = np.arange(n, dtype=np.float32) + 10.0
+    scores[[0, 1, n - 1]] = 1e6  # padded ends: high, not scored
+    return types.SimpleNamespace(
+        times_s=start_s + np.arange(n) * hop_s, frame_scores=scores, start_s=start_s,
+        scored_frames=slice(2, n - 1), events=[(start_s + 1, start_s + 2)] if decision else [],
+        decision=decision, label="anomalous" if decision else "normal", threshold=50.0)
+
+  pieces = [piece(10.0 * i, 40, 0.25, i == 1) for i in range(3)]
+  results = [("/d/rec.wav", p) for p in pieces] + [("/d/other.wav", piece(0.0, 40, 0.25, False))]
+  written = plots.write_frame_score_plots(tmp_path / "plots", results)
+  assert [os.path.basename(p) for p in written] == ["rec.png", "other.png"]
+  axes = figures[0].axes[0]
+  assert "rec.wav: 1 of 3 pieces anomalous, 1 event(s)" in axes.get_title().replace("\n", " ")
+  curve, = [l for l in axes.get_lines() if l.get_label() == "A(x_t)"]
+  y = np.asarray(curve.get_ydata(), np.float64)
+  assert np.nanmax(y) == 10.0 + 38 and not (y == 1e6).any()  # the padded ends are not drawn
+  assert np.isnan(y).sum() == 3 * 3 + 2  # three unscored frames a piece, a gap between pieces
+  boundaries = [l.get_xdata()[0] for l in axes.get_lines() if l.get_label() != "A(x_t)"]
+  assert boundaries[:2] == [10.0, 20.0] and axes.get_xlabel() == "time [s]"
+  # A day in 10-s pieces: hours on the axis, no boundary lines, peaks kept through pooling.
+  figures.clear()
+  day = [piece(600.0 * i, 2400, 0.25, i == 77) for i in range(144)]
+  day[100].frame_scores[500] = 5e4
+  plots.write_frame_score_plots(tmp_path / "day", [("/d/day.wav", p) for p in day])
+  axes = figures[0].axes[0]
+  assert axes.get_xlabel() == "time [h]" and len(axes.get_lines()) == 2  # the curve, phi
+  y = np.asarray(axes.get_lines()[0].get_ydata(), np.float64)
+  assert y.size <= 4000 and np.nanmax(y) == 5e4 and np.isfinite(y).mean() > 0.9
+  assert np.nanmax(axes.get_lines()[0].get_xdata()) == pytest.approx(24, abs=0.01)
+
+
 def test_save_figure_leaves_no_partial_file_when_rendering_fails(tmp_path, monkeypatch):
   figure = plots.new_figure((2.0, 2.0))
   figure.subplots().plot([0, 1], [0, 1])
