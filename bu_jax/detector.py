@@ -554,19 +554,27 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                 on_read: Optional[Callable[[str, float], None]] = None,
                 ) -> Iterable[tuple[str, Optional[FrameResult], str]]:
   """Scores ``files`` one by one: ``(path, FrameResult, "")`` for each scored
-  file (for each of its pieces of ``piece_s`` seconds, ``pieces``, when given),
-  ``(path, None, message)`` for each unreadable or unusable one (also logged as
-  a warning). A generator, so a caller keeps what was scored when it is
-  interrupted. ``on_read(path, seconds)`` is told how far into a long recording
-  (one read range by range, ``audio.Recording``) the scoring has read."""
+  file (for each of its pieces of ``piece_s`` seconds, ``pieces``, when given,
+  each as soon as it is scored), ``(path, None, message)`` for each unreadable
+  or unusable one (also logged as a warning), or piece: a piece that cannot be
+  scored (NaN samples an hour into a long recording) is reported with its
+  start, and the pieces after it are scored. A generator, so a caller keeps
+  what was scored when it is interrupted. ``on_read(path, seconds)`` is told
+  how far into a long recording (one read range by range, ``audio.Recording``)
+  the scoring has read."""
+  sr = detector.sample_rate
   for path in files:
     try:
       # A long WAV or FLAC file is read range by range (audio.Recording).
-      wave = audio.open_recording(path, sr=detector.sample_rate)
-      if on_read is not None and isinstance(wave, audio.Recording):
-        wave.on_read = lambda end, path=path: on_read(path, end / detector.sample_rate)
-      scored = []
-      for a, b in pieces(len(wave), int(round(piece_s * detector.sample_rate))):
+      wave = audio.open_recording(path, sr=sr)
+    except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
+      yield path, None, _skipped(path, e)
+      continue
+    if on_read is not None and isinstance(wave, audio.Recording):
+      wave.on_read = lambda end, path=path: on_read(path, end / sr)
+    cuts = pieces(len(wave), int(round(piece_s * sr)))
+    for a, b in cuts:
+      try:
         notes = [n for n in (detector.feature_config.short_clip_note(b - a),
                              features_lib.short_window_note([b - a], detector.feature_config,
                                                             window=detector.window)[1]) if n]
@@ -575,17 +583,22 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
         piece = wave if (a, b) == (0, len(wave)) else wave[a:b]  # a Recording: not read whole
         result = detector.score(piece, name=path, threshold=threshold,
                                 merge_gap_s=merge_gap_s)
-        scored.append(_shifted(dataclasses.replace(result, note="; ".join(notes)),
-                               a / detector.sample_rate))
-    except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
-      message = str(e) if path in str(e) else f"{path}: {e}"
-      logging.warning("Skipping %s", message)
-      yield path, None, message
-      continue
-    for result in scored:
+      except (ValueError, OSError) as e:
+        yield path, None, _skipped(path, e, where=f"the piece from {a / sr:g} s"
+                                   if len(cuts) > 1 else "")
+        continue
+      result = _shifted(dataclasses.replace(result, note="; ".join(notes)), a / sr)
       logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
                    len(result.events))
       yield path, result, ""
+
+
+def _skipped(path: str, error: Exception, *, where: str = "") -> str:
+  """The message (logged as a warning) of a file, or piece, that was not scored."""
+  message = str(error) if path in str(error) else f"{path}: {error}"
+  message += f" ({where})" if where else ""
+  logging.warning("Skipping %s", message)
+  return message
 
 
 def _expand_and_report(paths: Sequence[os.PathLike | str]
@@ -892,8 +905,17 @@ def run(settings: ScoreSettings) -> Report:
       raise
     write_csv(csv_path, results, failures, threshold=phi)
     by = e.args[0] if e.args else "SIGINT"
-    raise KeyboardInterrupt(f"{by}; the {len({p for p, _ in results + failures})} of {total} "
-                            f"recording(s) done before it are in {csv_path}") from e
+    done_paths = {p for p, _ in results + failures}
+    # The recording being scored in pieces, if it was stopped before its last one.
+    partial = [r for p, r in results if p == last]
+    end = partial[-1].start_s + partial[-1].duration_s if partial else 0.0
+    part = ""
+    if partial and length.get(last, 0.0) - end > 1.0 / detector.sample_rate:
+      done_paths.discard(last)
+      part = (f", and {len(partial)} piece(s) of {last} (its first "
+              f"{progress_lib.format_duration(end)}),")
+    raise KeyboardInterrupt(f"{by}; the {len(done_paths)} of {total} recording(s) done before "
+                            f"it{part} are in {csv_path}") from e
   if bar:
     bar.close()
   csv_path = write_csv(csv_path, results, failures, threshold=phi)

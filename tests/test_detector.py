@@ -21,6 +21,7 @@ import jax
 import librosa
 import numpy as np
 import pytest
+import soundfile
 
 from bu_jax import artifact, audio, checkpoint, evaluate, features, frame_scores, parallel
 from bu_jax import progress, score_norm, train
@@ -407,6 +408,44 @@ def test_interrupted_run_keeps_what_was_scored(trained, tmp_path, monkeypatch):
   rows = detector_lib.read_csv(out)
   assert [(r["path"], r["decision"]) for r in rows] == [
       (trained["files"]["normal"], "normal"), (trained["bad"], "failed")]
+
+
+def test_interrupted_in_pieces_keeps_the_pieces_scored(trained, tmp_path, monkeypatch):
+  real = detector_lib.Detector.score
+  calls = []
+
+  def interrupted_on_the_third_piece(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt("SIGINT")
+    return real(self, *args, **kwargs)
+
+  monkeypatch.setattr(detector_lib.Detector, "score", interrupted_on_the_third_piece)
+  out, burst = tmp_path / "s.csv", trained["files"]["burst"]
+  with pytest.raises(KeyboardInterrupt, match=re.escape(
+      f"SIGINT; the 0 of 1 recording(s) done before it, and 2 piece(s) of {burst} (its first "
+      f"0:02), are in {out}")):
+    detector_lib.run(detector_lib.ScoreSettings(workdir=trained["model_dir"], out=str(out),
+                                                piece_s=1.0, paths=[burst]))
+  assert [(r["start_s"], r["decision"]) for r in detector_lib.read_csv(out)] == [
+      ("0.000", "normal"), ("1.000", "anomalous")]
+
+
+def test_a_bad_piece_of_a_long_recording_is_reported_and_the_rest_scored(trained, tmp_path,
+                                                                          monkeypatch):
+  path = str(tmp_path / "nan.wav")
+  wave = _tone(9.0, seed=4)
+  wave[int(4.5 * SR)] = np.nan  # in the second of three 3-s pieces
+  soundfile.write(path, wave, SR, subtype="FLOAT")
+  monkeypatch.setattr(audio, "STREAM_SECONDS", 4.0)  # read range by range
+  report = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=3.0, paths=[path]))
+  rows = detector_lib.read_csv(tmp_path / "s.csv")
+  assert [(r["start_s"], r["decision"]) for r in rows] == [
+      ("0.000", "normal"), ("6.000", "normal"), ("", "failed")]
+  assert re.fullmatch(re.escape(path) + r": audio holds non-finite .* at 4\.500 s\) "
+                      r"\(the piece from 3 s\)", rows[2]["note"])
+  assert report.exit_status == 1 and "2 pieces anomalous" not in report.summary()
 
 
 @pytest.mark.parametrize("out", ["a/normal.wav", "x.FLAC", "y.mp3"])
