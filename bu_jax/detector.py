@@ -56,6 +56,8 @@ from bu_jax import score_norm
 
 CSV_COLUMNS = ("path", "max_score", "clip_score", "decision", "events",
                "threshold", "start_s", "duration_s", "note")
+# One row per event (write_events_csv): where, how long, and the highest score in it.
+EVENT_COLUMNS = ("path", "start_s", "end_s", "duration_s", "peak", "threshold")
 AUDIO_SUFFIXES = audio.SOUND_SUFFIXES
 # A recording this many times as long as the clips φ was set on gets a note.
 LONG_FACTOR = 2.0
@@ -664,6 +666,42 @@ def write_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]
       header=CSV_COLUMNS)
 
 
+def event_peaks(result: FrameResult) -> list[float]:
+  """The highest value, within each of ``result.events``, of the curve φ applies
+  to: the scored frames' scores, or the window means (at their centres) of a
+  model with a clip-score window."""
+  if result.window_means is not None:
+    times, curve = np.asarray(result.window_times_s), np.asarray(result.window_means)
+  else:
+    inner = result.scored_frames if result.scored_frames is not None else slice(None)
+    times, curve = result.times_s[inner], result.frame_scores[inner]
+  peaks = []
+  for start, end in result.events:
+    a = np.searchsorted(times, start - 1e-9, side="left")
+    b = np.searchsorted(times, end + 1e-9, side="right")
+    peaks.append(float(np.max(curve[a:b])) if b > a else math.nan)
+  return peaks
+
+
+def events_csv_path(csv_path: os.PathLike | str) -> str:
+  """Where ``run`` writes the events next to the scores: ``scores.csv`` ->
+  ``scores_events.csv``."""
+  return os.path.splitext(os.fspath(csv_path))[0] + "_events.csv"
+
+
+def write_events_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]]) -> str:
+  """One row per event of every recording (or piece): ``EVENT_COLUMNS``, times
+  in seconds in the recording, ``peak`` from ``event_peaks``; in the recordings'
+  order, then by time (sort by ``peak`` to review the strongest first).
+  Written atomically."""
+  rows = []
+  for name, result in results:
+    for (start, end), peak in zip(result.events, event_peaks(result)):
+      rows.append([name, f"{start:.3f}", f"{end:.3f}", f"{end - start:.3f}", repr(peak),
+                   repr(result.threshold)])
+  return fileio.write_csv(path, rows, header=EVENT_COLUMNS)
+
+
 def read_csv(path: os.PathLike | str) -> list[dict[str, str]]:
   """The rows of a ``write_csv`` file as dicts."""
   with open(path, newline="", encoding="utf-8") as file:
@@ -746,6 +784,7 @@ class Report:
   failures: list[tuple[str, str]]
   csv_path: str
   plot_paths: list[str]
+  events_path: Optional[str] = None
   calibration_s: Optional[float] = None
 
   def _length_note(self) -> Optional[str]:
@@ -790,7 +829,8 @@ class Report:
              f"Threshold phi = {self.threshold:.6g} ({self.threshold_source}); "
              + self._clip_score_note(),
              format_table(self.results, self.failures),
-             self._counts() + f" Scores: {self.csv_path}"]
+             self._counts() + f" Scores: {self.csv_path}"
+             + (f"; events: {self.events_path}" if self.events_path else "")]
     length_note = self._length_note()
     if length_note:
       lines.insert(-1, length_note)
@@ -858,6 +898,7 @@ def run(settings: ScoreSettings) -> Report:
   # In the model's own folder by default: each loss's scores apart from the others'.
   csv_path = settings.out or os.path.join(detector.model_dir, "scores.csv")
   check_writable(csv_path)  # before the scoring work, not after it
+  check_writable(events_csv_path(csv_path), what="the events file")
   plot_dir = os.path.join(os.path.dirname(csv_path), "plots")
   if settings.plots:
     check_writable(os.path.join(plot_dir, "plot.png"), what="the plots")
@@ -904,6 +945,7 @@ def run(settings: ScoreSettings) -> Report:
     if not results and not failures:
       raise
     write_csv(csv_path, results, failures, threshold=phi)
+    write_events_csv(events_csv_path(csv_path), results)
     by = e.args[0] if e.args else "SIGINT"
     done_paths = {p for p, _ in results + failures}
     # The recording being scored in pieces, if it was stopped before its last one.
@@ -919,7 +961,9 @@ def run(settings: ScoreSettings) -> Report:
   if bar:
     bar.close()
   csv_path = write_csv(csv_path, results, failures, threshold=phi)
+  events_path = write_events_csv(events_csv_path(csv_path), results)
   plot_paths = plots.write_frame_score_plots(plot_dir, results) if settings.plots else []
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
-                failures=failures, csv_path=csv_path, plot_paths=plot_paths,
+                failures=failures, csv_path=csv_path, events_path=events_path,
+                plot_paths=plot_paths,
                 calibration_s=calibration_s)

@@ -410,6 +410,36 @@ def test_interrupted_run_keeps_what_was_scored(trained, tmp_path, monkeypatch):
       (trained["files"]["normal"], "normal"), (trained["bad"], "failed")]
 
 
+def test_events_file_has_one_row_per_event_with_its_peak(trained, tmp_path):
+  report = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.0,
+      paths=[trained["files"]["normal"], trained["files"]["burst"]]))
+  assert report.events_path == str(tmp_path / "s_events.csv")
+  assert f"events: {report.events_path}" in report.summary()
+  rows = detector_lib.read_csv(report.events_path)
+  want = [(p, e, r) for p, r in report.results for e in r.events]
+  assert len(rows) == len(want) == 1  # the burst, in its second piece
+  (path, (start, end), result), row = want[0], rows[0]
+  assert (row["path"], float(row["start_s"]), float(row["end_s"])) == (
+      path, pytest.approx(start, abs=1e-3), pytest.approx(end, abs=1e-3))
+  assert float(row["peak"]) == result.clip_score == result.max_score  # eq. (11): the max
+  assert float(row["threshold"]) == report.threshold
+
+
+def test_event_peaks_follow_the_curve_phi_applies_to():
+  times = np.arange(10) * 0.1
+  scores = np.array([9, 1, 5, 6, 1, 1, 7, 1, 1, 9], np.float32)  # 0 and 9: unscored ends
+  frames = detector_lib.FrameResult(
+      frame_scores=scores, times_s=times, clip_score=7.0, decision=True,
+      events=(detector_lib.Event(0.15, 0.35), detector_lib.Event(0.55, 0.65)), threshold=5.0,
+      max_score=7.0, duration_s=1.0, scored_frames=slice(1, 9))
+  assert detector_lib.event_peaks(frames) == [6.0, 7.0]
+  windowed = dataclasses.replace(frames, window=2, window_times_s=times[1:8] + 0.05,
+                                 window_means=np.array([3, 5.5, 3.5, 1, 4, 4, 1.0]),
+                                 events=(detector_lib.Event(0.15, 0.35),))
+  assert detector_lib.event_peaks(windowed) == [5.5]
+
+
 def test_interrupted_in_pieces_keeps_the_pieces_scored(trained, tmp_path, monkeypatch):
   real = detector_lib.Detector.score
   calls = []
