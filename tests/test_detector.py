@@ -238,12 +238,7 @@ def test_long_recordings_are_read_range_by_range_with_the_same_results(trained, 
   (_, whole), = want[0.0]
   assert whole.decision and len(whole.events) == 1 and whole.max_score >= phi
   # The progress line counts audio, read by read, also for one recording.
-  bars = []
-  class Bar(progress.ProgressBar):
-    def __init__(self, *args, **kwargs):
-      super().__init__(*args, stream=io.StringIO(), file_interval_s=0.0, **kwargs)
-      bars.append(self)
-  monkeypatch.setattr(detector_lib.progress_lib, "ProgressBar", Bar)
+  bars = _recorded_bars(monkeypatch)
   detector_lib.run(detector_lib.ScoreSettings(
       workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), chunk_frames=256,
       paths=[path, trained["files"]["normal"]]))
@@ -359,7 +354,8 @@ def test_run_in_pieces(trained, tmp_path):
   assert [r.label for _, r in results] == ["normal", "anomalous", "normal"]
 
 
-def test_progress_line_counts_the_recordings(trained, tmp_path, monkeypatch):
+def _recorded_bars(monkeypatch) -> list:
+  """The progress bars ``detector.run`` makes, each drawing every update to a string."""
   bars = []
 
   class Bar(progress.ProgressBar):
@@ -368,6 +364,11 @@ def test_progress_line_counts_the_recordings(trained, tmp_path, monkeypatch):
       bars.append(self)
 
   monkeypatch.setattr(detector_lib.progress_lib, "ProgressBar", Bar)
+  return bars
+
+
+def test_progress_line_counts_the_recordings(trained, tmp_path, monkeypatch):
+  bars = _recorded_bars(monkeypatch)
   detector_lib.run(detector_lib.ScoreSettings(
       workdir=trained["model_dir"], out=str(tmp_path / "s.csv"),
       paths=[str(tmp_path / "missing.wav"), trained["files"]["normal"], trained["bad"],
