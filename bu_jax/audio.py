@@ -26,6 +26,7 @@ peak amplitude exceeds ``LOUD_PEAK`` is loaded with a warning naming it.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from typing import Callable
@@ -41,7 +42,10 @@ SAMPLE_RATE = 16000
 # layout, something-else, noise and anomaly folders, recordings to score); DCASE
 # layouts are WAV by definition. libsndfile (soundfile) decodes each of them.
 # Where one recording is there in several types, the first of these is read.
-SOUND_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
+# AIFF, and W64 and RF64 (what recorders write beyond WAV's 4 GB: a day of 48-kHz
+# stereo 24-bit is 25 GB) come last.
+SOUND_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64",
+                  ".rf64")
 LOUD_PEAK = 1e3  # a peak amplitude above this is almost surely a scaling error
 
 
@@ -250,6 +254,8 @@ class Recording:
     self.native_frames = int(info.frames)
     # librosa.resample's length (it fixes soxr's output to it).
     self.size = int(np.ceil(self.native_frames * self.sr / self.native_sr))
+    self.offset = 0  # where this section starts in the file (section), at sr
+    self.note = ""  # what a score of it should say (a file cut short)
     g = math.gcd(self.native_sr, self.sr)
     self._in_step, self._out_step = self.native_sr // g, self.sr // g
     self._loud = False
@@ -267,12 +273,21 @@ class Recording:
   def __repr__(self) -> str:
     return f"Recording({self.path!r}, {self.size} samples at {self.sr} Hz)"
 
+  def section(self, start: int, stop: int) -> "Recording":
+    """Samples [start, stop) of this recording, still read range by range (a
+    piece of a long recording); ``on_read`` is told ends in the file's time."""
+    start, stop, _ = slice(start, stop).indices(self.size)
+    part = copy.copy(self)
+    part.offset, part.size = self.offset + start, max(stop - start, 0)
+    return part
+
   def __getitem__(self, index: slice) -> np.ndarray:
     if not isinstance(index, slice) or index.step not in (None, 1):
       raise TypeError(f"{self!r} is read by contiguous ranges, rec[a:b]; got {index!r}")
     a, b, _ = index.indices(self.size)
     if b <= a:
       return np.zeros(0, np.float32)
+    a, b = a + self.offset, b + self.offset  # in the file
     wave = self._resampled(a, b) if self.native_sr != self.sr else self._native(a, b)
     if not self._loud and wave.size:
       self._loud = _warn_loud(self.path, float(np.max(np.abs(wave))))
@@ -287,9 +302,13 @@ class Recording:
         f.seek(start)
         block = f.read(stop - start, dtype="float32", always_2d=False)
     except Exception as error:  # pylint: disable=broad-except
+      # e.g. a FLAC cut short: "flac decoder lost sync", "Internal psf_fseek() failed".
       reason = str(error).split("': ", 1)[-1] or type(error).__name__
-      raise AudioError(f"{self.path}: cannot be read at {start / self.native_sr:.3f} s "
-                       f"({reason})") from error
+      raise TruncatedAudioError(
+          f"{self.path}: damaged or cut short (its header declares "
+          f"{self.native_frames / self.native_sr:.1f} s, but reading "
+          f"{start / self.native_sr:.3f}-{stop / self.native_sr:.3f} s fails: {reason})"
+      ) from error
     if len(block) < stop - start:
       raise TruncatedAudioError(
           f"{self.path}: damaged or cut short (its header declares {self.native_frames} "
@@ -318,18 +337,29 @@ class Recording:
 
 
 def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
-                   stream_seconds: float | None = None) -> np.ndarray | Recording:
+                   stream_seconds: float | None = None,
+                   cut_short_ok: bool = False) -> np.ndarray | Recording:
   """A recording to score: ``load_wav(path, sr=sr)``, or, for a WAV, AIFF or
   FLAC file longer than ``stream_seconds`` (default ``STREAM_SECONDS``), a
   ``Recording`` that reads it range by range (the same samples; memory bounded
   by the ranges read).
+
+  With ``cut_short_ok``, a WAV file cut short (its data chunk shorter than its
+  header declares: a recorder that lost power) is a ``Recording`` of the
+  samples present, whose ``note`` says so (logged as a warning), where
+  ``load_wav`` refuses it.
 
   Raises:
     AudioError: as ``load_wav`` for what the header shows (missing, empty,
       truncated); a ``Recording`` raises the rest when its ranges are read.
   """
   path = os.fspath(path)
-  _check_file(path)
+  try:
+    _check_file(path)
+  except TruncatedAudioError:
+    if not cut_short_ok:
+      raise
+    return _cut_short(path, sr=sr)
   try:
     info = soundfile.info(path)
   except Exception:  # pylint: disable=broad-except
@@ -420,3 +450,19 @@ def mix_at_ratio(base: np.ndarray, other: np.ndarray, *, ratio_db: float) -> np.
   alpha = np.sqrt(base_power / other_power * 10.0 ** (ratio_db / 10.0))
   mixed = base.astype(np.float64) + alpha * other.astype(np.float64)
   return mixed.astype(np.float32)
+
+
+def _cut_short(path: str, *, sr: int) -> Recording:
+  """The samples present in a WAV file cut short, as a ``Recording`` with a note."""
+  declared, present = _truncated_wav_bytes(path)
+  info = soundfile.info(path)  # libsndfile counts the frames present
+  if info.frames <= 0:
+    raise TruncatedAudioError(f"{path}: truncated WAV file (its header declares {declared} "
+                              f"bytes of samples, the file holds {present}): no samples left")
+  recording = Recording(path, sr=sr, info=info)
+  seconds = info.frames / info.samplerate
+  recording.note = (f"cut short: its header declares {seconds * declared / present:.1f} s, "
+                    f"the file holds {seconds:.1f} s, which were scored")
+  logging.warning("%s: %s", path, recording.note)
+  _warn_low_rate(path, info.samplerate, sr)
+  return recording

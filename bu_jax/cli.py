@@ -226,7 +226,7 @@ class TrainingSettings:
       None, help="Standardize the AE's input with training statistics (stored with the "
       "model). Default: the preset's.")
   something_else_dir: Optional[str] = setting(
-      None, help="Something-else sounds (WAV, FLAC, Ogg, Opus, MP3; < 5 s) for the "
+      None, help="Something-else sounds (WAV, FLAC, Ogg, Opus, MP3, AIFF, W64, RF64; < 5 s) for the "
       "simulated anomalies of SNP and BU, eq. (8).")
   seed: int = setting(_TRAIN.seed, help="Training seed (initialization and mini-batches).")
   epochs: Optional[int] = setting(None, minimum=1,

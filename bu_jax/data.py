@@ -16,7 +16,7 @@ Layouts (``<dir>`` is one machine type, e.g. ``dev_data/ToyCar``)::
     condition = "section_00_source" / "section_00_target" / "section_00"
 
   "mixing"  the paper's protocol (section 4.2.1)
-    <dir>/train/*.wav     clean normal machine recordings (or .flac, .ogg, .opus, .mp3)
+    <dir>/train/*.wav     clean normal machine recordings (or .flac, .ogg, .opus, .mp3, .aiff, .w64, .rf64)
     <dir>/test/*.wav      clean normal machine recordings
     <dir>/metadata.json   optional: {"rare_test_clips": ["<name>.wav", ...]}
     noise_dir/*.wav       mixed into every train and test clip at snr_db
@@ -140,7 +140,7 @@ def list_wavs(directory: str | os.PathLike, *, warn: bool = True,
 
 def list_sounds(directory: str | os.PathLike, *, warn: bool = True) -> list[str]:
   """``list_wavs`` for every type in ``audio.SOUND_SUFFIXES`` (WAV, FLAC, Ogg,
-  Opus, MP3): the folders of the mixing layout and of the something-else sounds.
+  Opus, MP3, AIFF, W64, RF64): the folders of the mixing layout and of the something-else sounds.
 
   A recording there in several types (``a.wav`` and ``a.flac``, as a conversion
   that kept the originals leaves them) is listed once, in the first type of
@@ -655,7 +655,7 @@ def load_something_else(
   Clips longer than ``max_seconds`` are SKIPPED (not cropped), as the paper
   selected short files; the number skipped is logged. Silent clips (their
   frames would count as anomalous while holding no sound) and truncated WAVs
-  are skipped with a warning naming each file. WAV, FLAC, Ogg, Opus and MP3
+  are skipped with a warning naming each file. WAV, FLAC, Ogg, Opus, MP3, AIFF, W64 and RF64
   files are read (``audio.SOUND_SUFFIXES``; ``list_sounds``).
 
   Args:

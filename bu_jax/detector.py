@@ -21,7 +21,7 @@ then gives, for one recording of any length,
   into events (``window_flags``, ``events_from_flags``).
 
 ``run(ScoreSettings(...))`` is the whole ``experiments.score`` job: it scores
-sound files (WAV, FLAC, Ogg, Opus, MP3) and folders of them, skips (and
+sound files (WAV, FLAC, Ogg, Opus, MP3, AIFF, W64, RF64) and folders of them, skips (and
 reports) unreadable ones, and writes
 ``scores.csv`` and optionally one plot per recording.
 
@@ -483,7 +483,7 @@ def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tu
   """Files to score, and (path, problem) for paths that give none.
 
   A directory contributes its sound files (``AUDIO_SUFFIXES``: WAV, FLAC, Ogg,
-  Opus, MP3; any case, recursively, sorted);
+  Opus, MP3, AIFF, W64, RF64; any case, recursively, sorted);
   a file is taken as given (``audio.load_wav`` decides whether it is audio).
   Duplicates (the same file, or a link to it) are scored once, with a warning
   counting them.
@@ -563,16 +563,21 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
   start, and the pieces after it are scored. A generator, so a caller keeps
   what was scored when it is interrupted. ``on_read(path, seconds)`` is told
   how far into a long recording (one read range by range, ``audio.Recording``)
-  the scoring has read."""
+  the scoring has read, and where a failed piece ends (``inf`` for a file that
+  failed whole)."""
   sr = detector.sample_rate
   for path in files:
     try:
-      # A long WAV or FLAC file is read range by range (audio.Recording).
-      wave = audio.open_recording(path, sr=sr)
+      # A long WAV or FLAC file is read range by range (audio.Recording); of a
+      # WAV cut short, the samples present are scored, with a note.
+      wave = audio.open_recording(path, sr=sr, cut_short_ok=True)
     except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
+      if on_read is not None:
+        on_read(path, math.inf)  # all of it is done with
       yield path, None, _skipped(path, e)
       continue
-    if on_read is not None and isinstance(wave, audio.Recording):
+    recording = isinstance(wave, audio.Recording)
+    if on_read is not None and recording:
       wave.on_read = lambda end, path=path: on_read(path, end / sr)
     cuts = pieces(len(wave), int(round(piece_s * sr)))
     for a, b in cuts:
@@ -582,10 +587,16 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                                                             window=detector.window)[1]) if n]
         for note in notes:
           logging.warning("%s: %s", path, note)
-        piece = wave if (a, b) == (0, len(wave)) else wave[a:b]  # a Recording: not read whole
+        if (a, b) == cuts[-1] and getattr(wave, "note", ""):
+          notes.append(wave.note)  # a file cut short, on its last row (logged when opened)
+        # A Recording's piece is read range by range too (never whole).
+        piece = wave if (a, b) == (0, len(wave)) else (
+            wave.section(a, b) if recording else wave[a:b])
         result = detector.score(piece, name=path, threshold=threshold,
                                 merge_gap_s=merge_gap_s)
       except (ValueError, OSError) as e:
+        if on_read is not None:
+          on_read(path, b / sr)
         yield path, None, _skipped(path, e, where=f"the piece from {a / sr:g} s"
                                    if len(cuts) > 1 else "")
         continue
@@ -616,7 +627,7 @@ def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
                 threshold: Optional[float] = None, merge_gap_s: float = 0.1,
                 piece_s: float = 0.0,
                 ) -> tuple[list[tuple[str, FrameResult]], list[tuple[str, str]]]:
-  """Scores sound files (WAV, FLAC, Ogg, Opus, MP3) and folders of them;
+  """Scores sound files (WAV, FLAC, Ogg, Opus, MP3, AIFF, W64, RF64) and folders of them;
   unreadable ones are skipped.
 
   Args:
@@ -708,11 +719,21 @@ def read_csv(path: os.PathLike | str) -> list[dict[str, str]]:
     return list(csv.DictReader(file))
 
 
+# Beyond this many rows the printed table lists the anomalous and failed ones only
+# (a day in 10-s pieces would print 8,640 rows); the CSV keeps every row.
+MAX_TABLE_ROWS = 50
+
+
 def format_table(results: Sequence[tuple[str, FrameResult]],
-                 failures: Sequence[tuple[str, str]] = (), *, max_events: int = 4) -> str:
+                 failures: Sequence[tuple[str, str]] = (), *, max_events: int = 4,
+                 max_rows: int = MAX_TABLE_ROWS) -> str:
   """A terminal table: path, clip score (what φ applies to: eq. 11's max score,
-  or the maximum window mean), decision, events (the first few)."""
-  rows = []
+  or the maximum window mean), decision, events (the first few). Over
+  ``max_rows`` rows, the normal ones are left out, with a line counting them."""
+  rows, hidden = [], 0
+  if len(results) + len(failures) > max_rows:
+    hidden = sum(not r.decision for _, r in results)
+    results = [(name, r) for name, r in results if r.decision]
   for name, r in results:
     shown = format_events(r.events[:max_events], decimals=2).replace(";", ", ")
     if len(r.events) > max_events:
@@ -726,6 +747,8 @@ def format_table(results: Sequence[tuple[str, FrameResult]],
   lines.append("-" * len(lines[0]))
   lines += ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3]
             for row in rows]
+  if hidden:
+    lines.append(f"({hidden} normal row(s) not shown: over {max_rows} rows; all are in the CSV)")
   return "\n".join(lines)
 
 
@@ -761,7 +784,7 @@ class ScoreSettings:
   def __post_init__(self):
     """Checks every setting once; a ``ValueError`` names the flag."""
     if not self.paths:
-      raise ValueError("give one or more sound files (WAV, FLAC, Ogg, Opus, MP3) or directories "
+      raise ValueError("give one or more sound files (WAV, FLAC, Ogg, Opus, MP3, AIFF, W64, RF64) or directories "
                        "to score")
     cli.check(self)
     if self.fpr is not None and not 0 < self.fpr < 1:
@@ -786,6 +809,7 @@ class Report:
   plot_paths: list[str]
   events_path: Optional[str] = None
   calibration_s: Optional[float] = None
+  piece_s: float = 0.0  # --piece_s (0: whole recordings)
 
   def _length_note(self) -> Optional[str]:
     """A line on the recordings much longer than the clips φ was set on."""
@@ -794,20 +818,25 @@ class Report:
     long = [r for _, r in self.results if r.duration_s > LONG_FACTOR * self.calibration_s]
     if not long:
       return None
-    return (f"Note: {len(long)} recording(s) are over {LONG_FACTOR:g}x as long as the "
+    what, advice = (("piece(s)", "use shorter pieces") if self.piece_s
+                    else ("recording(s)", "score it in pieces"))
+    return (f"Note: {len(long)} {what} are over {LONG_FACTOR:g}x as long as the "
             f"{self.calibration_s:.3g}-s clips phi was set on: phi is a threshold per clip of "
-            "that length, and a long normal recording crosses it more often (score it in "
-            f"pieces, --piece_s={self.calibration_s:.3g}, to keep --fpr's rate per piece)")
+            f"that length, and a long normal recording crosses it more often ({advice}, "
+            f"--piece_s={self.calibration_s:.3g}, to keep --fpr's rate per piece)")
 
   def _counts(self) -> str:
-    """E.g. "40 recording(s) scored, 3 anomalous, 0 failed." (in pieces: of them)."""
-    recordings = len({path for path, _ in self.results})
+    """E.g. "40 recording(s) scored, 3 anomalous, 0 failed." (in pieces: of them,
+    and the pieces that failed in recordings otherwise scored)."""
+    scored = {path for path, _ in self.results}
     anomalous = sum(r.decision for _, r in self.results)
-    if len(self.results) == recordings:
-      return (f"{recordings} recording(s) scored, {anomalous} anomalous, "
-              f"{len(self.failures)} failed.")
-    return (f"{recordings} recording(s) scored in {len(self.results)} pieces, {anomalous} "
-            f"pieces anomalous, {len(self.failures)} failed.")
+    failed = len({path for path, _ in self.failures if path not in scored})
+    if not self.piece_s and len(self.results) == len(scored):
+      return f"{len(scored)} recording(s) scored, {anomalous} anomalous, {failed} failed."
+    failed_pieces = sum(path in scored for path, _ in self.failures)
+    return (f"{len(scored)} recording(s) scored in {len(self.results)} pieces, {anomalous} "
+            f"pieces anomalous, {failed} failed"
+            + (f", and {failed_pieces} piece(s) of them failed." if failed_pieces else "."))
 
   def _clip_score_note(self) -> str:
     """E.g. "clip score: max over frames"."""
@@ -859,6 +888,20 @@ def check_writable(path: os.PathLike | str, *, what: str = "the scores file") ->
                      "another --out") from e
 
 
+def check_piece_length(detector: Detector, piece_s: float) -> None:
+  """Raises ``ValueError`` naming ``--piece_s`` for pieces too short for one clip
+  score (one frame with its context, and one clip-score window): every piece
+  would be scored from zero-padded frames, which score high on any clip."""
+  cfg = detector.feature_config
+  shortest = (cfg.min_interior_samples + (detector.window - 1) * cfg.hop_length) / cfg.sample_rate
+  if 0 < piece_s < shortest:
+    what = "one frame with its context" + (
+        f" and one clip-score window of {detector.window} frames" if detector.window > 1 else "")
+    raise ValueError(f"--piece_s={piece_s:g} is shorter than the {shortest:.3g} s that {what} "
+                     "needs; give at least that (the held-out clips' length keeps --fpr's rate "
+                     "per piece)")
+
+
 def _header_seconds(path: str) -> float:
   """A sound file's length in seconds from its header (0 where it has none that
   soundfile reads: the scoring reports such a file)."""
@@ -896,6 +939,7 @@ def run(settings: ScoreSettings) -> Report:
   detector = load_detector(settings.workdir, loss=settings.loss,
                            chunk_frames=settings.chunk_frames)
   # In the model's own folder by default: each loss's scores apart from the others'.
+  check_piece_length(detector, settings.piece_s)
   csv_path = settings.out or os.path.join(detector.model_dir, "scores.csv")
   check_writable(csv_path)  # before the scoring work, not after it
   check_writable(events_csv_path(csv_path), what="the events file")
@@ -933,12 +977,11 @@ def run(settings: ScoreSettings) -> Report:
         results.append((path, result))
       if path != last:  # a recording is counted with its first row
         last, done = path, done + 1
-      frames = 0 if result is None else len(result.frame_scores)
-      if by_audio:  # where this row ends in the recordings' audio
-        bar.update(at(path, length[path] if result is None
-                      else result.start_s + result.duration_s), frames=frames)
-      elif bar:
-        bar.update(done, frames=frames)
+      if by_audio and result is not None:  # where this row ends in the recordings' audio
+        bar.update(at(path, result.start_s + result.duration_s),
+                   frames=len(result.frame_scores))
+      elif bar and not by_audio:  # (a failure was counted by on_read, to its end)
+        bar.update(done, frames=0 if result is None else len(result.frame_scores))
   except KeyboardInterrupt as e:
     if bar:
       bar.close()
@@ -965,5 +1008,5 @@ def run(settings: ScoreSettings) -> Report:
   plot_paths = plots.write_frame_score_plots(plot_dir, results) if settings.plots else []
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
                 failures=failures, csv_path=csv_path, events_path=events_path,
-                plot_paths=plot_paths,
-                calibration_s=calibration_s)
+                plot_paths=plot_paths, calibration_s=calibration_s,
+                piece_s=settings.piece_s)

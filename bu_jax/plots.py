@@ -126,7 +126,8 @@ def plot_scores_over_time(
     path: output PNG path.
     clips_by_method: {method: [(title, times_s, frame_scores), ...]}; every
       method lists the same clips in the same order. A tuple may have a fourth
-      element, a list of (start_s, end_s) anomalous spans, shaded yellow, and a
+      element, a list of (start_s, end_s) anomalous spans, shaded yellow (at
+      least 1/400 of the time axis wide, so that a short one stays seen), and a
       fifth, times to mark with thin grey lines (the boundaries of pieces). A
       NaN score leaves a gap. Time is shown in minutes beyond 10 minutes, in
       hours beyond 3 hours.
@@ -167,8 +168,10 @@ def plot_scores_over_time(
             f" frame_scores shape {frame_scores.shape}.")
       times = times / scale
       if column == 0 or not overlay:
-        for start, end in spans:
-          axes.axvspan(start / scale, end / scale, color="yellow", alpha=0.3, linewidth=0)
+        for start, end in spans:  # at least 1/400 of the axis wide: a short event stays seen
+          middle, half = (start + end) / 2, max(end - start, longest / 400) / 2
+          axes.axvspan((middle - half) / scale, (middle + half) / scale, color="yellow",
+                       alpha=0.3, linewidth=0)
         for boundary in (entry[4] if len(entry) > 4 else ()):
           axes.axvline(boundary / scale, color="0.6", linewidth=0.5)
       axes.plot(times, frame_scores, color=color, linewidth=1.0, label=method)

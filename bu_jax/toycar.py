@@ -109,10 +109,10 @@ class Settings(cli.ScoringSettings):
       None, help="Data set root (DCASE 2020, DCASE 2021+ or the paper's mixing layout); "
       "default: embedded synthetic set.")
   anomaly_dir: Optional[str] = cli.setting(
-      None, help="Anomalous sounds (WAV, FLAC, Ogg, Opus, MP3) mixed into normal test clips "
+      None, help="Anomalous sounds (WAV, FLAC, Ogg, Opus, MP3, AIFF, W64, RF64) mixed into normal test clips "
       "(mixing layout).")
   noise_dir: Optional[str] = cli.setting(
-      None, help="Noise recordings (WAV, FLAC, Ogg, Opus, MP3) mixed at --snr_db "
+      None, help="Noise recordings (WAV, FLAC, Ogg, Opus, MP3, AIFF, W64, RF64) mixed at --snr_db "
       "(mixing layout).")
   layout: str = cli.setting("auto", choices=("auto", *data_lib.LAYOUTS),
                             help="Layout of --data_dir.")

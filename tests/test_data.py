@@ -475,7 +475,7 @@ def test_opus_is_read(tmp_path):
 def test_no_sound_file_names_every_type_read(tmp_path):
   (tmp_path / "notes.txt").write_text("x")
   with pytest.raises(data.DataError, match=r"no something-else sounds "
-                     r"\(\*\.wav/\*\.flac/\*\.ogg/\*\.oga/\*\.opus/\*\.mp3\)"):
+                     r"\(\*\.wav/\*\.flac/\*\.ogg/\*\.oga/\*\.opus/\*\.mp3/\*\.aif/\*\.aiff/\*\.w64/\*\.rf64\)"):
     data.load_something_else(tmp_path)
 
 

@@ -124,7 +124,7 @@ def test_expand_paths_follows_linked_folders_once(tmp_path):
   (tmp_path / "texts" / "notes.txt").write_bytes(b"")
   assert detector_lib.expand_paths([str(tmp_path / "texts")]) == ([], [(
       str(tmp_path / "texts"),
-      f"{tmp_path / 'texts'}: directory holds no .wav/.flac/.ogg/.oga/.opus/.mp3 files")])
+      f"{tmp_path / 'texts'}: directory holds no .wav/.flac/.ogg/.oga/.opus/.mp3/.aif/.aiff/.w64/.rf64 files")])
 
 
 def test_events_from_scores():
@@ -213,7 +213,7 @@ def test_long_recordings_are_read_range_by_range_with_the_same_results(trained, 
   detector = detector_lib.load_detector(trained["model_dir"], chunk_frames=256)
   phi = trained["metadata"]["threshold"]
   want = {piece_s: detector_lib.score_paths(detector, [path], piece_s=piece_s)[0]
-          for piece_s in (0.0, 3.0)}
+          for piece_s in (0.0, 3.0, 6.0)}
   monkeypatch.setattr(audio, "STREAM_SECONDS", 4.0)
   real_load = audio.load_wav
   def load_short_only(p, **kwargs):
@@ -228,9 +228,9 @@ def test_long_recordings_are_read_range_by_range_with_the_same_results(trained, 
   for piece_s, results in want.items():
     reads.clear()
     got, failures = detector_lib.score_paths(detector, [path], piece_s=piece_s)
-    # ranges of one chunk (256 frames and their context, 4.3 s) or one piece (3-4 s) at most
+    # ranges of one chunk (256 frames and their context, 4.3 s) at most, in pieces of 6 s too
     assert reads and max(reads) <= 4.5 * SR and sum(reads) < 1.5 * 10 * SR
-    assert failures == [] and len(got) == len(results) == (1 if not piece_s else 3)
+    assert failures == [] and len(got) == len(results) == {0.0: 1, 3.0: 3, 6.0: 2}[piece_s]
     for (_, g), (_, w) in zip(got, results):
       np.testing.assert_array_equal(g.frame_scores, w.frame_scores)
       assert (g.events, g.start_s, g.duration_s, g.clip_score) == (
@@ -340,6 +340,10 @@ def test_run_in_pieces(trained, tmp_path):
   assert 1.0 <= start < BURST[1] and BURST[0] < end <= 1.5
   np.testing.assert_allclose(report.results[1][1].times_s[0], 1.0)
   assert "1 recording(s) scored in 3 pieces, 1 pieces anomalous, 0 failed." in report.summary()
+  # Over max_rows rows, the table lists the anomalous ones and counts the rest.
+  short = detector_lib.format_table(report.results, max_rows=2).splitlines()
+  assert len(short) == 2 + 1 + 1 and "@1 s" in short[2] and short[3] == (
+      "(2 normal row(s) not shown: over 2 rows; all are in the CSV)")
   assert f"{trained['files']['burst']} @1 s" in report.summary()
   assert os.listdir(tmp_path / "plots") == ["burst.png"]  # one plot, the three pieces in it
   # Whole, the same recording is one row starting at 0.
@@ -469,6 +473,7 @@ def test_a_bad_piece_of_a_long_recording_is_reported_and_the_rest_scored(trained
   wave[int(4.5 * SR)] = np.nan  # in the second of three 3-s pieces
   soundfile.write(path, wave, SR, subtype="FLOAT")
   monkeypatch.setattr(audio, "STREAM_SECONDS", 4.0)  # read range by range
+  bars = _recorded_bars(monkeypatch)
   report = detector_lib.run(detector_lib.ScoreSettings(
       workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=3.0, paths=[path]))
   rows = detector_lib.read_csv(tmp_path / "s.csv")
@@ -476,7 +481,43 @@ def test_a_bad_piece_of_a_long_recording_is_reported_and_the_rest_scored(trained
       ("0.000", "normal"), ("6.000", "normal"), ("", "failed")]
   assert re.fullmatch(re.escape(path) + r": audio holds non-finite .* at 4\.500 s\) "
                       r"\(the piece from 3 s\)", rows[2]["note"])
-  assert report.exit_status == 1 and "2 pieces anomalous" not in report.summary()
+  assert report.exit_status == 1 and (
+      "1 recording(s) scored in 2 pieces, 0 pieces anomalous, 0 failed, and 1 piece(s) of them "
+      "failed." in report.summary())
+  # The progress line goes on through the failed piece, never to the end and back.
+  ends = [l.split("/")[0].split()[-1] for l in bars[0].stream.getvalue().splitlines()]
+  assert ends == sorted(ends) and ends[-1] == "0:09"
+
+
+def test_a_wav_cut_short_is_scored_as_far_as_it_goes_with_a_note(trained, tmp_path):
+  """A recorder that lost power leaves a WAV whose header declares more than the
+  file holds: the loaders refuse it, the scorer scores the samples present."""
+  path = str(tmp_path / "cut.wav")
+  audio.write_wav(path, _with_burst(_tone(4.0, seed=5), 1.0, 1.3))
+  os.truncate(path, os.path.getsize(path) - 2 * SR)  # the last second gone
+  with pytest.raises(audio.TruncatedAudioError):
+    audio.load_wav(path)
+  present = soundfile.read(path, dtype="float32")[0]
+  assert present.size == 3 * SR
+  report = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.5, paths=[path]))
+  assert report.failures == [] and [r.start_s for _, r in report.results] == [0.0, 1.5]
+  detector = detector_lib.load_detector(trained["model_dir"])
+  for (_, got), (a, b) in zip(report.results, [(0, 24000), (24000, 48000)]):
+    np.testing.assert_array_equal(got.frame_scores, detector.score(present[a:b]).frame_scores)
+  rows = detector_lib.read_csv(tmp_path / "s.csv")
+  assert rows[0]["note"] == "" and rows[1]["note"] == (
+      "cut short: its header declares 4.0 s, the file holds 3.0 s, which were scored")
+  assert [r["decision"] for r in rows] == ["anomalous", "normal"]
+
+
+def test_pieces_too_short_for_one_clip_score_are_refused(trained, tmp_path):
+  with pytest.raises(ValueError, match=r"--piece_s=0.1 is shorter than the 0.192 s that one "
+                     "frame with its context needs"):
+    detector_lib.run(detector_lib.ScoreSettings(
+        workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=0.1,
+        paths=[trained["files"]["normal"]]))
+  assert not os.path.exists(tmp_path / "s.csv")
 
 
 @pytest.mark.parametrize("out", ["a/normal.wav", "x.FLAC", "y.mp3"])

@@ -159,6 +159,11 @@ def test_a_recordings_pieces_in_one_plot_without_the_unscored_frames(tmp_path, m
   y = np.asarray(axes.get_lines()[0].get_ydata(), np.float64)
   assert y.size <= 4000 and np.nanmax(y) == 5e4 and np.isfinite(y).mean() > 0.9
   assert np.nanmax(axes.get_lines()[0].get_xdata()) == pytest.approx(24, abs=0.01)
+  (span,) = axes.patches  # the 1-s event of piece 77, widened to 1/400 of the day
+  x = ([span.get_x(), span.get_x() + span.get_width()] if hasattr(span, "get_width")
+       else np.asarray(span.get_xy())[:, 0])  # a Rectangle (matplotlib >= 3.9) or a Polygon
+  assert max(x) - min(x) == pytest.approx(24.0 / 400, rel=0.01)
+  assert min(x) < (77 * 600 + 1.5) / 3600 < max(x)
 
 
 def test_save_figure_leaves_no_partial_file_when_rendering_fails(tmp_path, monkeypatch):

@@ -99,6 +99,18 @@ def test_a_file_cut_after_it_was_opened(tmp_path):
     rec[2 * SR:]
 
 
+def test_a_flac_cut_short_is_damaged_from_where_it_cannot_be_read(tmp_path):
+  path = str(tmp_path / "cut.flac")
+  soundfile.write(path, _wave(30.0), SR)
+  os.truncate(path, os.path.getsize(path) // 2)  # the header still declares 30 s
+  rec = audio.open_recording(path, stream_seconds=1.0)
+  assert rec[: 2 * SR].size == 2 * SR  # what is there reads
+  with pytest.raises(audio.TruncatedAudioError,
+                     match=r"cut\.flac: damaged or cut short \(its header declares 30\.0 s, "
+                     r"but reading 2[0-9.]+-2[0-9.]+ s fails: .+\)"):
+    rec[20 * SR:22 * SR]
+
+
 CFG = features.FeatureConfig(n_mels=8, context=2)
 
 
