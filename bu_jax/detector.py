@@ -488,7 +488,7 @@ def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tu
   Duplicates (the same file, or a link to it) are scored once, with a warning
   counting them.
   """
-  files, failures, seen, repeated = [], [], set(), 0
+  files, failures, seen, repeated = [], [], {}, []
   for path in map(os.fspath, paths):
     if os.path.isdir(path):
       found = _audio_below(path)
@@ -503,13 +503,14 @@ def expand_paths(paths: Sequence[os.PathLike | str]) -> tuple[list[str], list[tu
     for file in candidates:
       key = os.path.realpath(file)
       if key not in seen:
-        seen.add(key)
+        seen[key] = file
         files.append(file)
       else:
-        repeated += 1
+        repeated.append(f"{file} (= {seen[key]})")
   if repeated:
     logging.warning("%d path(s) named a recording already listed (the same file, or a link to "
-                    "it): each recording is scored once", repeated)
+                    "it): each recording is scored once; %s", len(repeated),
+                    ", ".join(repeated[:3]) + (", ..." if len(repeated) > 3 else ""))
   return files, failures
 
 
@@ -1005,7 +1006,8 @@ def run(settings: ScoreSettings) -> Report:
     bar.close()
   csv_path = write_csv(csv_path, results, failures, threshold=phi)
   events_path = write_events_csv(events_csv_path(csv_path), results)
-  plot_paths = plots.write_frame_score_plots(plot_dir, results) if settings.plots else []
+  plot_paths = (plots.write_frame_score_plots(plot_dir, results, failures) if settings.plots
+                else [])
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
                 failures=failures, csv_path=csv_path, events_path=events_path,
                 plot_paths=plot_paths, calibration_s=calibration_s,

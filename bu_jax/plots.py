@@ -494,7 +494,7 @@ def _joined(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
 _MAX_BOUNDARIES = 60
 
 
-def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
+def plot_frame_scores(path: PathLike, title: str, result: Any, *, failed: int = 0) -> str:
   """PNG of one recording's frame scores over time, the threshold φ and the events.
 
   Args:
@@ -506,21 +506,23 @@ def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
       pieces (``--piece_s``), drawn as one curve with the pieces' boundaries
       marked. Frames the clip score leaves out (``scored_frames``: the ends of
       a recording or piece) are left out (gaps).
+    failed: pieces of the recording that could not be scored (gaps too), named
+      in the title.
   """
   pieces = list(result) if isinstance(result, (list, tuple)) else [result]
   first = pieces[0]
   times, scores = _pooled(*_joined([(r.times_s, _unscored_as_gaps(r)) for r in pieces]),
                           _PLOT_POINTS)
   events = [e for r in pieces for e in r.events]
-  if len(pieces) == 1:
+  if len(pieces) == 1 and not failed:
     start = getattr(first, "start_s", 0.0)
     head = (f"{_short_path(title)}" + (f" from {start:g} s" if start else "")
             + f": {first.label}, {len(events)} event(s)")
     boundaries = ()
   else:
     flagged = sum(bool(r.decision) for r in pieces)
-    head = (f"{_short_path(title)}: {flagged} of {len(pieces)} pieces anomalous, "
-            f"{len(events)} event(s)")
+    head = (f"{_short_path(title)}: {flagged} of {len(pieces) + failed} pieces anomalous"
+            + (f" ({failed} failed: gaps)" if failed else "") + f", {len(events)} event(s)")
     boundaries = ([r.start_s for r in pieces[1:]] if len(pieces) <= _MAX_BOUNDARIES else ())
   if getattr(first, "window_means", None) is None:
     return plot_scores_over_time(
@@ -536,9 +538,11 @@ def plot_frame_scores(path: PathLike, title: str, result: Any) -> str:
       thresholds={label: first.threshold}, overlay=True)
 
 
-def write_frame_score_plots(directory: PathLike, results: Sequence[tuple[str, Any]]) -> list[str]:
+def write_frame_score_plots(directory: PathLike, results: Sequence[tuple[str, Any]],
+                            failures: Sequence[tuple[str, str]] = ()) -> list[str]:
   """One PNG per recording of ``(path, FrameResult)`` in ``directory`` (the
-  pieces of a recording, consecutive results of one path, in one), named after
+  pieces of a recording, consecutive results of one path, in one; its pieces
+  among ``failures``, ``(path, message)``, counted in the title), named after
   the path below the recordings' common folder (``day1/mic.wav`` ->
   ``day1_mic.png``, so recordings of one name in several folders keep theirs;
   names made unique)."""
@@ -558,5 +562,6 @@ def write_frame_score_plots(directory: PathLike, results: Sequence[tuple[str, An
       candidate = f"{stem}_{k}"
     used.add(candidate)
     written.append(plot_frame_scores(pathlib.Path(directory) / f"{candidate}.png", name,
-                                     pieces if len(pieces) > 1 else pieces[0]))
+                                     pieces if len(pieces) > 1 else pieces[0],
+                                     failed=sum(path == name for path, _ in failures)))
   return written

@@ -303,7 +303,9 @@ def test_run_notes_long_and_short_recordings_and_repeats(trained, tmp_path, monk
       paths=[trained["files"]["normal"], short, link, trained["files"]["normal"]]))
   rows = detector_lib.read_csv(tmp_path / "s.csv")
   assert [r["path"] for r in rows] == [trained["files"]["normal"], short]  # each recording once
-  assert "2 path(s) named a recording already listed" in caplog.text
+  normal = trained["files"]["normal"]
+  assert (f"2 path(s) named a recording already listed (the same file, or a link to it): each "
+          f"recording is scored once; {link} (= {normal}), {normal} (= {normal})") in caplog.text
   assert rows[0]["note"] == "3x as long as the 1-s clips phi was set on"
   assert rows[1]["note"].startswith("0.05 s long, shorter than the 0.") and "zero-padded" in (
       rows[1]["note"])

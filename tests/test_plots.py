@@ -143,6 +143,11 @@ def test_a_recordings_pieces_in_one_plot_without_the_unscored_frames(tmp_path, m
   assert [os.path.basename(p) for p in written] == ["rec.png", "other.png"]
   axes = figures[0].axes[0]
   assert "rec.wav: 1 of 3 pieces anomalous, 1 event(s)" in axes.get_title().replace("\n", " ")
+  figures.clear()  # a piece that failed is counted in the title
+  plots.write_frame_score_plots(tmp_path / "f", results[1:3], failures=[
+      ("/d/rec.wav", "/d/rec.wav: NaN (the piece from 0 s)"), ("/d/x.wav", "x")])
+  assert "rec.wav: 1 of 3 pieces anomalous (1 failed: gaps), 1 event(s)" in (
+      figures[0].axes[0].get_title().replace("\n", " "))
   curve, = [l for l in axes.get_lines() if l.get_label() == "A(x_t)"]
   y = np.asarray(curve.get_ydata(), np.float64)
   assert np.nanmax(y) == 10.0 + 38 and not (y == 1e6).any()  # the padded ends are not drawn
