@@ -258,7 +258,7 @@ class Recording:
     self.note = ""  # what a score of it should say (a file cut short)
     g = math.gcd(self.native_sr, self.sr)
     self._in_step, self._out_step = self.native_sr // g, self.sr // g
-    self._loud = False
+    self._shared = {"loud": False}  # one warning per file: sections share it
     # Called with the end (in samples at sr) of each range read: a caller's
     # progress line over a long recording (ranges are read in order).
     self.on_read: Callable[[int], None] | None = None
@@ -289,14 +289,17 @@ class Recording:
       return np.zeros(0, np.float32)
     a, b = a + self.offset, b + self.offset  # in the file
     wave = self._resampled(a, b) if self.native_sr != self.sr else self._native(a, b)
-    if not self._loud and wave.size:
-      self._loud = _warn_loud(self.path, float(np.max(np.abs(wave))))
+    if not self._shared["loud"] and wave.size:
+      self._shared["loud"] = _warn_loud(self.path, float(np.max(np.abs(wave))))
     if self.on_read is not None:
       self.on_read(b)
     return wave
 
-  def _native(self, start: int, stop: int) -> np.ndarray:
-    """Samples [start, stop) at the file's own rate, channels averaged as librosa.load does."""
+  def _native(self, start: int, stop: int, *, checked: tuple[int, int] | None = None
+              ) -> np.ndarray:
+    """Samples [start, stop) at the file's own rate, channels averaged as librosa.load
+    does. Non-finite samples raise in ``checked`` (default all of it), and are 0
+    outside it (a resampling margin: a NaN just past a piece fails the next one only)."""
     try:
       with soundfile.SoundFile(self.path) as f:
         f.seek(start)
@@ -316,12 +319,17 @@ class Recording:
     y = block.T
     if y.ndim > 1:  # librosa.to_mono's mean, over the same axis
       y = np.mean(y, axis=0)
+    y = np.array(y, dtype=np.float32)  # a copy, which a margin's bad samples may change
     finite = np.isfinite(y)
     if not finite.all():
-      first = (start + int(np.argmin(finite))) / self.native_sr
-      raise AudioError(f"{self.path}: audio holds non-finite (NaN or inf) samples (the first "
-                       f"at {first:.3f} s)")
-    return np.ascontiguousarray(y, dtype=np.float32)
+      lo, hi = (start, stop) if checked is None else checked
+      inside = finite[lo - start:hi - start]
+      if not inside.all():
+        first = (lo + int(np.argmin(inside))) / self.native_sr
+        raise AudioError(f"{self.path}: audio holds non-finite (NaN or inf) samples (the first "
+                         f"at {first:.3f} s)")
+      y[~finite] = 0.0
+    return y
 
   def _resampled(self, a: int, b: int) -> np.ndarray:
     """Samples [a, b) at ``sr``: a native range on the resampler's grid around
@@ -331,7 +339,9 @@ class Recording:
     margin = -(-int(np.ceil(_RESAMPLE_MARGIN_S * self.native_sr)) // i)
     start = max(0, first - margin) * i
     stop = min(self.native_frames, (last + margin) * i)
-    y = librosa.resample(self._native(start, stop), orig_sr=self.native_sr, target_sr=self.sr)
+    checked = (first * i, min(self.native_frames, last * i))  # what [a, b) is made from
+    y = librosa.resample(self._native(start, stop, checked=checked), orig_sr=self.native_sr,
+                         target_sr=self.sr)
     offset = start // i * o  # the output index of y[0]
     return np.ascontiguousarray(y[a - offset:b - offset], dtype=np.float32)
 
@@ -455,10 +465,14 @@ def mix_at_ratio(base: np.ndarray, other: np.ndarray, *, ratio_db: float) -> np.
 def _cut_short(path: str, *, sr: int) -> Recording:
   """The samples present in a WAV file cut short, as a ``Recording`` with a note."""
   declared, present = _truncated_wav_bytes(path)
-  info = soundfile.info(path)  # libsndfile counts the frames present
-  if info.frames <= 0:
-    raise TruncatedAudioError(f"{path}: truncated WAV file (its header declares {declared} "
-                              f"bytes of samples, the file holds {present}): no samples left")
+  truncated = TruncatedAudioError(f"{path}: truncated WAV file (its header declares {declared} "
+                                  f"bytes of samples, the file holds {present})")
+  try:
+    info = soundfile.info(path)  # libsndfile counts the frames present
+  except Exception as error:  # pylint: disable=broad-except
+    raise truncated from error
+  if info.frames <= 0 or info.format not in _SEEKABLE_FORMATS:
+    raise truncated
   recording = Recording(path, sr=sr, info=info)
   seconds = info.frames / info.samplerate
   recording.note = (f"cut short: its header declares {seconds * declared / present:.1f} s, "

@@ -555,6 +555,7 @@ def _shifted(result: FrameResult, start_s: float) -> FrameResult:
 def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                 merge_gap_s: float = 0.1, piece_s: float = 0.0,
                 on_read: Optional[Callable[[str, float], None]] = None,
+                on_done: Optional[Callable[[str], None]] = None,
                 ) -> Iterable[tuple[str, Optional[FrameResult], str]]:
   """Scores ``files`` one by one: ``(path, FrameResult, "")`` for each scored
   file (for each of its pieces of ``piece_s`` seconds, ``pieces``, when given,
@@ -565,7 +566,7 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
   what was scored when it is interrupted. ``on_read(path, seconds)`` is told
   how far into a long recording (one read range by range, ``audio.Recording``)
   the scoring has read, and where a failed piece ends (``inf`` for a file that
-  failed whole)."""
+  failed whole); ``on_done(path)`` when a file's last row has been taken."""
   sr = detector.sample_rate
   for path in files:
     try:
@@ -576,6 +577,8 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
       if on_read is not None:
         on_read(path, math.inf)  # all of it is done with
       yield path, None, _skipped(path, e)
+      if on_done is not None:
+        on_done(path)
       continue
     recording = isinstance(wave, audio.Recording)
     if on_read is not None and recording:
@@ -605,6 +608,8 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
       logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
                    len(result.events))
       yield path, result, ""
+    if on_done is not None:
+      on_done(path)
 
 
 def _skipped(path: str, error: Exception, *, where: str = "") -> str:
@@ -954,19 +959,27 @@ def run(settings: ScoreSettings) -> Report:
   # A recording long enough to be read range by range: the line counts audio.
   length = {path: _header_seconds(path) for path in files}
   by_audio = max(length.values(), default=0.0) > audio.STREAM_SECONDS
-  bar, on_read = None, None
+  bar, on_read, finished = None, None, set()
   if by_audio:
-    bar = progress_lib.ProgressBar(max(1, round(sum(length.values()))), unit="audio")
-    # The audio of the files before each file, and where in it a read has come.
-    before = dict(zip(files, np.cumsum([0.0] + [length[p] for p in files[:-1]])))
-    at = lambda path, s: int(before[path] + min(s, length[path]))
-    on_read = lambda path, s: bar.update(at(path, s))
+    # The audio of the files before each file, and where in it a read has come
+    # (rounded alike, so the last file's end is the total).
+    ends = np.cumsum([length[p] for p in files])
+    before = dict(zip(files, np.concatenate([[0.0], ends[:-1]])))
+    bar = progress_lib.ProgressBar(max(1, round(ends[-1])), unit="audio")
+    at = lambda path, s: round(before[path] + min(s, length[path]))
+
+    def on_read(path, s):
+      try:  # a progress line that cannot be written must not fail a piece
+        bar.update(at(path, s))
+      except (OSError, ValueError):
+        pass
   elif len(files) > 1:
     bar = progress_lib.ProgressBar(len(files), unit="file")
   try:
     for path, result, message in iter_scores(detector, files, threshold=phi,
                                              merge_gap_s=settings.merge_gap_s,
-                                             piece_s=settings.piece_s, on_read=on_read):
+                                             piece_s=settings.piece_s, on_read=on_read,
+                                             on_done=finished.add):
       if result is None:
         failures.append((path, message))
       else:
@@ -993,13 +1006,12 @@ def run(settings: ScoreSettings) -> Report:
     by = e.args[0] if e.args else "SIGINT"
     done_paths = {p for p, _ in results + failures}
     # The recording being scored in pieces, if it was stopped before its last one.
-    partial = [r for p, r in results if p == last]
-    end = partial[-1].start_s + partial[-1].duration_s if partial else 0.0
     part = ""
-    if partial and length.get(last, 0.0) - end > 1.0 / detector.sample_rate:
+    if last is not None and last not in finished:
       done_paths.discard(last)
-      part = (f", and {len(partial)} piece(s) of {last} (its first "
-              f"{progress_lib.format_duration(end)}),")
+      rows = sum(p == last for p, _ in results + failures)
+      end = max((r.start_s + r.duration_s for p, r in results if p == last), default=0.0)
+      part = (f", and {rows} piece(s) of {last} (up to {progress_lib.format_duration(end)}),")
     raise KeyboardInterrupt(f"{by}; the {len(done_paths)} of {total} recording(s) done before "
                             f"it{part} are in {csv_path}") from e
   if bar:

@@ -108,7 +108,7 @@ class FrameScorer:
       gather = np.clip(t[:, None] + offsets[None, :], 0, t_total - 1) - lo
       window = self._window(wave, lo * hop - n_fft // 2, win_len)
       if recording:  # read just now: checked as check_waveform checks a whole wave
-        window = features_lib.check_waveform(
-            window, name=f"{name} (at {max(lo * hop - n_fft // 2, 0) / cfg.sample_rate:.1f} s)")
+        at = (wave.offset + max(lo * hop - n_fft // 2, 0)) / cfg.sample_rate  # in the file
+        window = features_lib.check_waveform(window, name=f"{name} (at {at:.1f} s)")
       yield tuple(np.asarray(x, np.float32)[: b - a]
                   for x in chunk_fn(params, window, gather.astype(np.int32)))

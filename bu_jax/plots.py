@@ -450,9 +450,14 @@ def _pooled(times: np.ndarray, scores: np.ndarray, points: int) -> tuple[np.ndar
     return times, scores
   block = -(-scores.size // points)
   n = -(-scores.size // block) * block
+  # NaN (a gap) pads the last block; fmax / fmin skip NaN unless a block is all NaN.
   padded = np.pad(np.asarray(scores, np.float64), (0, n - scores.size),
-                  constant_values=-np.inf)
-  return times[::block], np.fmax.reduce(padded.reshape(-1, block), axis=1)
+                  constant_values=np.nan)
+  # Each block at its first time that is not a gap, so its value is drawn.
+  padded_times = np.pad(np.asarray(times, np.float64), (0, n - times.size),
+                        constant_values=np.nan)
+  return (np.fmin.reduce(padded_times.reshape(-1, block), axis=1),
+          np.fmax.reduce(padded.reshape(-1, block), axis=1))
 
 
 def _time_unit(longest_s: float) -> tuple[str, float]:

@@ -460,7 +460,7 @@ def test_interrupted_in_pieces_keeps_the_pieces_scored(trained, tmp_path, monkey
   monkeypatch.setattr(detector_lib.Detector, "score", interrupted_on_the_third_piece)
   out, burst = tmp_path / "s.csv", trained["files"]["burst"]
   with pytest.raises(KeyboardInterrupt, match=re.escape(
-      f"SIGINT; the 0 of 1 recording(s) done before it, and 2 piece(s) of {burst} (its first "
+      f"SIGINT; the 0 of 1 recording(s) done before it, and 2 piece(s) of {burst} (up to "
       f"0:02), are in {out}")):
     detector_lib.run(detector_lib.ScoreSettings(workdir=trained["model_dir"], out=str(out),
                                                 piece_s=1.0, paths=[burst]))

@@ -171,6 +171,15 @@ def test_a_recordings_pieces_in_one_plot_without_the_unscored_frames(tmp_path, m
   assert min(x) < (77 * 600 + 1.5) / 3600 < max(x)
 
 
+def test_pooling_draws_a_block_that_starts_in_a_gap_at_its_first_time():
+  times = np.arange(12, dtype=np.float64)
+  scores = np.ones(12)
+  times[3] = scores[3] = np.nan  # a gap between pieces, first in its block of 3
+  scores[4] = 9.0  # the peak, in the same block
+  t, v = plots._pooled(times, scores, 4)  # pylint: disable=protected-access
+  assert list(t) == [0.0, 4.0, 6.0, 9.0] and list(v) == [1.0, 9.0, 1.0, 1.0]
+
+
 def test_save_figure_leaves_no_partial_file_when_rendering_fails(tmp_path, monkeypatch):
   figure = plots.new_figure((2.0, 2.0))
   figure.subplots().plot([0, 1], [0, 1])

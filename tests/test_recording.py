@@ -89,6 +89,38 @@ def test_bad_samples_are_named_with_their_time(tmp_path, caplog):
   assert sum("loud.wav: peak amplitude" in r.getMessage() for r in caplog.records) == 1  # once
 
 
+def test_sections_warn_once_and_a_bad_sample_fails_only_the_range_it_is_in(tmp_path, caplog):
+  loud = str(tmp_path / "loud.wav")
+  soundfile.write(loud, 5e3 * _wave(3.0), SR, subtype="FLOAT")
+  rec = audio.open_recording(loud, stream_seconds=1.0)
+  caplog.clear()
+  for a in range(0, 3 * SR, SR):  # pieces, as experiments.score --piece_s reads them
+    rec.section(a, a + SR)[:]
+  assert sum("peak amplitude" in r.getMessage() for r in caplog.records) == 1
+  # Resampled, a range is read with 0.1 s more on either side: a NaN 0.05 s after a
+  # boundary fails the range after it only.
+  path = str(tmp_path / "nan48.wav")
+  x = _wave(6.0, sr=48000)
+  x[int(3.05 * 48000)] = np.nan
+  soundfile.write(path, x, 48000, subtype="FLOAT")
+  rec = audio.open_recording(path, stream_seconds=1.0)
+  assert np.isfinite(rec.section(0, 3 * SR)[:]).all()
+  with pytest.raises(audio.AudioError, match=r"non-finite .* at 3\.050 s"):
+    rec.section(3 * SR, 6 * SR)[:]
+
+
+def test_a_cut_wav_whose_format_libsndfile_cannot_read_is_refused_clearly(tmp_path):
+  path = tmp_path / "odd.wav"
+  fmt = (0x1234).to_bytes(2, "little") + (1).to_bytes(2, "little") + SR.to_bytes(4, "little") \
+      + (2 * SR).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+  data = bytes(4000)
+  path.write_bytes(b"RIFF" + (4 + 8 + len(fmt) + 8 + 100000).to_bytes(4, "little") + b"WAVE"
+                   + b"fmt " + len(fmt).to_bytes(4, "little") + fmt
+                   + b"data" + (100000).to_bytes(4, "little") + data)
+  with pytest.raises(audio.TruncatedAudioError, match=r"odd\.wav: truncated WAV file"):
+    audio.open_recording(path, cut_short_ok=True)
+
+
 def test_a_file_cut_after_it_was_opened(tmp_path):
   path = str(tmp_path / "cut.wav")
   audio.write_wav(path, _wave(3.0))
