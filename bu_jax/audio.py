@@ -314,8 +314,9 @@ class Recording:
       ) from error
     if len(block) < stop - start:
       raise TruncatedAudioError(
-          f"{self.path}: damaged or cut short (its header declares {self.native_frames} "
-          f"samples, but reading stops at {(start + len(block)) / self.native_sr:.3f} s)")
+          f"{self.path}: damaged or cut short (its header declares "
+          f"{self.native_frames / self.native_sr:.1f} s, but reading stops at "
+          f"{(start + len(block)) / self.native_sr:.3f} s)")
     y = block.T
     if y.ndim > 1:  # librosa.to_mono's mean, over the same axis
       y = np.mean(y, axis=0)
@@ -366,10 +367,10 @@ def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
   path = os.fspath(path)
   try:
     _check_file(path)
-  except TruncatedAudioError:
+  except TruncatedAudioError as truncated:
     if not cut_short_ok:
       raise
-    return _cut_short(path, sr=sr)
+    return _cut_short(path, sr=sr, truncated=truncated)
   try:
     info = soundfile.info(path)
   except Exception:  # pylint: disable=broad-except
@@ -462,11 +463,10 @@ def mix_at_ratio(base: np.ndarray, other: np.ndarray, *, ratio_db: float) -> np.
   return mixed.astype(np.float32)
 
 
-def _cut_short(path: str, *, sr: int) -> Recording:
-  """The samples present in a WAV file cut short, as a ``Recording`` with a note."""
+def _cut_short(path: str, *, sr: int, truncated: TruncatedAudioError) -> Recording:
+  """The samples present in a WAV file cut short, as a ``Recording`` with a note;
+  ``truncated`` (``_check_file``'s error) where libsndfile cannot read them."""
   declared, present = _truncated_wav_bytes(path)
-  truncated = TruncatedAudioError(f"{path}: truncated WAV file (its header declares {declared} "
-                                  f"bytes of samples, the file holds {present})")
   try:
     info = soundfile.info(path)  # libsndfile counts the frames present
   except Exception as error:  # pylint: disable=broad-except
