@@ -932,20 +932,23 @@ def calibration_seconds(detector: Detector) -> Optional[float]:
 
 
 def run(settings: ScoreSettings) -> Report:
-  """Loads the model, scores every path, writes the CSV (and plots).
+  """Loads the model, scores every path, writes the CSV, the events CSV
+  (``events_csv_path``) and, with ``settings.plots``, the plots.
 
-  A progress line counts the recordings. Interrupted (Ctrl-C, SIGTERM), it
-  writes the CSV of the recordings scored so far, then lets the interrupt on,
-  saying where they are.
+  A progress line counts the recordings, or their audio when one is long
+  enough to be read range by range. Interrupted (Ctrl-C, SIGTERM), it writes
+  the CSVs of the recordings (and pieces) scored so far, then lets the
+  interrupt on, saying where they are.
 
   Raises:
     DetectorError: no usable model in ``settings.workdir``.
-    ValueError: an output path that cannot be written (checked before scoring).
+    ValueError: an output path that cannot be written, or ``--piece_s`` too
+      short for one clip score (both checked before scoring).
   """
   detector = load_detector(settings.workdir, loss=settings.loss,
                            chunk_frames=settings.chunk_frames)
-  # In the model's own folder by default: each loss's scores apart from the others'.
   check_piece_length(detector, settings.piece_s)
+  # In the model's own folder by default: each loss's scores apart from the others'.
   csv_path = settings.out or os.path.join(detector.model_dir, "scores.csv")
   check_writable(csv_path)  # before the scoring work, not after it
   check_writable(events_csv_path(csv_path), what="the events file")
