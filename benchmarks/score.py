@@ -2,6 +2,7 @@
 
     python -m benchmarks.score [--minutes 60] [--model fcn64-large] [--chunk_frames 4096]
     python -m benchmarks.score --file --minutes 1440 --model fcn40-small   # a day, from a WAV
+    python -m benchmarks.score --file --format ogg --rate 44100 --channels 2 --minutes 60
 
 Scores one synthetic recording of ``--minutes`` of 16 kHz audio (white noise;
 the cost does not depend on the content) with a randomly initialized model,
@@ -17,11 +18,14 @@ real time), seconds_per_hour (``seconds`` scaled to an hour of audio;
 ``extrapolated`` says whether it was measured on less), frames, chunk_frames,
 compile_seconds, devices, loadavg_1m (other load on the machine slows it).
 
-With ``--file`` the recording is written to a 16-bit WAV file in a temporary
-folder (block by block, never held whole) and scored from it as
+With ``--file`` the recording is written to a file in a temporary folder (block
+by block, never held whole; ``--format`` wav (16-bit), flac, ogg (Vorbis) or
+mp3, at ``--rate`` Hz with ``--channels`` channels) and scored from it as
 ``experiments.score`` scores a file (``detector.iter_scores``: a recording over
-``audio.STREAM_SECONDS`` is read range by range), reading included; the object
-adds ``file_mb``, ``rss_before_mb`` (the process after compiling, before
+``audio.STREAM_SECONDS`` is read range by range; ``--whole`` loads it whole
+instead, as before Ogg and MP3 files were read range by range), reading,
+decoding and resampling included; the object adds ``format``, ``file_mb``,
+``write_seconds``, ``rss_before_mb`` (the process after compiling, before
 scoring) and ``peak_rss_mb`` (the process's high-water mark after scoring): what
 scoring a long file costs in memory on top of the process.
 """
@@ -39,6 +43,7 @@ import soundfile
 
 from benchmarks._common import emit
 from bu_jax import artifact
+from bu_jax import audio
 from bu_jax import detector as detector_lib
 from bu_jax import models
 
@@ -52,10 +57,21 @@ def main():
   parser.add_argument("--chunk_frames", type=int, default=4096)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--file", action="store_true",
-                      help="score from a WAV file, reading included; report peak memory")
+                      help="score from a file, reading included; report peak memory")
+  parser.add_argument("--format", default="wav", choices=sorted(_FORMATS),
+                      help="--file's type")
+  parser.add_argument("--rate", type=int, default=None,
+                      help="--file's sample rate (default: the model's, 16000)")
+  parser.add_argument("--channels", type=int, default=1, help="--file's channels")
+  parser.add_argument("--whole", action="store_true",
+                      help="load --file whole, however long (audio.STREAM_SECONDS = inf)")
   args = parser.parse_args()
   if args.minutes <= 0:
     parser.error("--minutes must be > 0")
+  if (args.format != "wav" or args.rate or args.channels != 1 or args.whole) and not args.file:
+    parser.error("--format, --rate, --channels and --whole describe --file")
+  if args.channels < 1 or (args.rate is not None and args.rate < 8000):
+    parser.error("--channels must be >= 1 and --rate >= 8000")
 
   preset = models.preset(args.model)
   cfg = preset.features
@@ -76,20 +92,29 @@ def main():
 
   extra = {}
   if args.file:
+    if args.whole:
+      audio.STREAM_SECONDS = float("inf")
+    rate = args.rate or cfg.sample_rate
+    fmt, subtype = _FORMATS[args.format]
     with tempfile.TemporaryDirectory() as tmp:
-      path = os.path.join(tmp, "recording.wav")
-      with soundfile.SoundFile(path, "w", samplerate=cfg.sample_rate, channels=1,
-                               subtype="PCM_16") as f:
-        for a in range(0, num_samples, 60 * cfg.sample_rate):  # a minute at a time
-          f.write(0.1 * rng.standard_normal(min(60 * cfg.sample_rate, num_samples - a),
-                                            dtype=np.float32))
+      path = os.path.join(tmp, f"recording.{args.format}")
+      t0 = time.perf_counter()
+      with soundfile.SoundFile(path, "w", samplerate=rate, channels=args.channels,
+                               format=fmt, subtype=subtype) as f:
+        total = int(round(args.minutes * 60 * rate))
+        for a in range(0, total, 10 * rate):  # 10 s at a time (libsndfile's Ogg
+          n = min(10 * rate, total - a)        # encoder crashes on long writes)
+          f.write(0.1 * rng.standard_normal((n, args.channels), dtype=np.float32))
+      write_seconds = time.perf_counter() - t0
       rss_before = _max_rss_mb()
       t0 = time.perf_counter()
       ((_, result, message),) = detector_lib.iter_scores(detector, [path], threshold=1e30)
       seconds = time.perf_counter() - t0
       if result is None:
         raise SystemExit(message)
-      extra = dict(file_mb=round(os.path.getsize(path) / 2**20, 1),
+      extra = dict(format=args.format, rate=rate, channels=args.channels, whole=args.whole,
+                   file_mb=round(os.path.getsize(path) / 2**20, 1),
+                   write_seconds=round(write_seconds, 1),
                    rss_before_mb=round(rss_before), peak_rss_mb=round(_max_rss_mb()))
   else:
     wave = 0.1 * rng.standard_normal(num_samples, dtype=np.float32)
@@ -106,6 +131,10 @@ def main():
        frames=int(result.frame_scores.size), chunk_frames=args.chunk_frames,
        compile_seconds=round(compile_seconds, 2), from_file=args.file, **extra,
        devices=f"{len(jax.devices())} x {jax.devices()[0].platform}")
+
+
+_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
+            "mp3": ("MP3", "MPEG_LAYER_III")}
 
 
 def _max_rss_mb() -> float:

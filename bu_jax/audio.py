@@ -4,9 +4,11 @@
   default; resampled by librosa, channels averaged).
 * ``probe``: the length ``load_wav`` would return, from the header, and the
   errors a header alone shows (a check of many files before a long job).
-* ``open_recording``: ``load_wav`` for a clip; for a long WAV or FLAC file a
+* ``open_recording``: ``load_wav`` for a clip; for a long recording a
   ``Recording`` read range by range (``rec[a:b]``), the same samples without
-  the whole recording in memory (scoring a day-long recording).
+  the whole recording in memory (scoring a day-long recording). WAV, AIFF and
+  FLAC files are read where each range is; Ogg (Vorbis, Opus) and MP3 files,
+  which libsndfile decodes exactly only forward, in one forward pass.
 * ``write_wav``: float waveform -> WAV via soundfile. The default subtype is
   16-bit PCM: compact, what the DCASE data sets use, and byte-for-byte
   reproducible (libsndfile writes a time-stamped PEAK chunk into float WAVs,
@@ -59,10 +61,17 @@ class TruncatedAudioError(AudioError):
   header declares."""
 
 
-# Longer recordings of a type libsndfile seeks in exactly are read range by range
-# (open_recording): an hour at 16 kHz is 230 MB of float32 samples, a day 5.5 GB.
+# Longer recordings are read range by range (open_recording): an hour at 16 kHz is
+# 230 MB of float32 samples, a day 5.5 GB (and decoded whole at 44.1 kHz stereo, a
+# compressed day is 30 GB in float64 before it is resampled).
 STREAM_SECONDS = 600.0
+# Types libsndfile seeks in exactly: each range is read where it is.
 _SEEKABLE_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC")
+# Compressed types decoded forward: ranges read in order cost one decode of the file,
+# keeping the last _FORWARD_KEEP_S seconds for ranges that overlap the one before.
+_FORWARD_FORMATS = ("OGG", "MP3", "MPEG")
+_FORWARD_KEEP_S = 10.0
+_FORWARD_BLOCK_S = 10.0
 # Native-rate samples read beyond each end of a resampled range: the resampler's
 # filter then sees what it sees in the whole file (equal to float rounding).
 _RESAMPLE_MARGIN_S = 0.1
@@ -229,8 +238,92 @@ def _warn_loud(path: str, peak: float) -> bool:
   return False
 
 
+def _sndfile_reason(error: Exception) -> str:
+  """libsndfile's reason, without its "Error ... 'path': " prefix."""
+  return str(error).split("': ", 1)[-1] or type(error).__name__
+
+
+class _ForwardReader:
+  """A compressed file decoded forward only (what libsndfile decodes exactly),
+  ``block`` frames at a time: frames [start, stop) at the file's rate,
+  (n, channels) float32. Ranges read in order (or starting at most ``keep``
+  frames before the end of the one before) cost one decode of the file; an
+  earlier range decodes again from the start. A decoding error is kept: every
+  later range past it raises it at once. Memory: a range, a block and ``keep``."""
+
+  def __init__(self, path: str, *, keep: int, block: int):
+    self.path, self.keep, self.block = path, keep, block
+    self.rewinds = 0  # decodes started again from the beginning (for tests)
+    self.failed: tuple[int, str] | None = None  # (frame, libsndfile's reason)
+    self._file = None
+    self._pos = 0  # frames decoded
+    self._buf = None  # the decoded frames [self._pos - len(self._buf), self._pos)
+    self._eof = False
+
+  def _reset(self) -> None:
+    if self._file is not None:
+      self._file.close()
+    self._file, self._pos, self._buf, self._eof = None, 0, None, False
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    """Frames [start, stop) (fewer where the audio ends); raises ``RuntimeError``
+    (libsndfile's) where the file cannot be decoded."""
+    if self.failed is not None and stop > self.failed[0]:
+      raise RuntimeError(self.failed[1])
+    first = self._pos - (0 if self._buf is None else len(self._buf))  # of what is kept
+    if start < first:  # before what is kept: decode again from the start
+      self.rewinds += 1
+      self._reset()
+      first = 0
+    parts = [] if self._buf is None else [self._buf]
+    while self._pos < stop and not self._eof:
+      try:
+        if self._file is None:
+          self._file = soundfile.SoundFile(self.path)
+        # Always whole blocks, as _decoded_frames counts: a damaged stream decodes
+        # differently by the size of the reads (libsndfile's Vorbis decoder).
+        block = self._file.read(self.block, dtype="float32", always_2d=True)
+      except Exception as error:  # pylint: disable=broad-except
+        self.failed = (self._pos, _sndfile_reason(error))
+        self._reset()
+        raise RuntimeError(self.failed[1]) from error
+      self._pos += len(block)
+      parts.append(block)
+      if len(block) < self.block:  # the audio ends here
+        self._file.close()
+        self._file, self._eof = None, True
+      # While skipping to start, only the last ``keep`` frames before it are kept.
+      while len(parts) > 1 and first + len(parts[0]) <= start - self.keep:
+        first += len(parts.pop(0))
+    if not parts:
+      return np.zeros((0, 1), np.float32)
+    buf = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    out = buf[max(start - first, 0):max(stop - first, 0)]
+    # Kept for the next range: all of this one, and the last ``keep`` frames.
+    self._buf = buf[max(0, min(start, self._pos - self.keep) - first):]
+    return out
+
+
+def _decoded_frames(path: str, *, block: int) -> tuple[int, str | None]:
+  """The frames a compressed file decodes to, by decoding it (its header's count
+  may be an estimate or a damaged file's claim), and libsndfile's reason where
+  decoding fails before its end."""
+  frames = 0
+  try:
+    with soundfile.SoundFile(path) as f:
+      while True:  # in blocks, to a short read, as _ForwardReader.read
+        n = len(f.read(block, dtype="float32", always_2d=True))
+        frames += n
+        if n < block:
+          return frames, None
+  except Exception as error:  # pylint: disable=broad-except
+    return frames, _sndfile_reason(error)
+
+
 class Recording:
-  """A long sound file read range by range, at ``sr`` Hz, mono, float32.
+  """A long sound file read range by range, at ``sr`` Hz, mono, float32 (WAV,
+  AIFF, FLAC: each range where it is; Ogg, MP3: ``forward``, by one forward
+  decode, so ranges are best read in order).
 
   ``rec[a:b]`` holds what ``load_wav(path, sr=sr)[a:b]`` holds (the same
   samples at the file's own rate; resampled, equal to float rounding: each range
@@ -247,21 +340,34 @@ class Recording:
   ndim = 1
   dtype = np.dtype(np.float32)
 
-  def __init__(self, path: str | os.PathLike, *, sr: int, info: soundfile._SoundFileInfo):
+  def __init__(self, path: str | os.PathLike, *, sr: int, info: soundfile._SoundFileInfo,
+               frames: int | None = None):
     self.path = os.fspath(path)
     self.sr = int(sr)
     self.native_sr = int(info.samplerate)
-    self.native_frames = int(info.frames)
+    # The header's count, or (a compressed file) the frames it decodes to.
+    self.native_frames = int(info.frames if frames is None else frames)
+    self.forward = info.format not in _SEEKABLE_FORMATS  # decoded forward only
     # librosa.resample's length (it fixes soxr's output to it).
     self.size = int(np.ceil(self.native_frames * self.sr / self.native_sr))
     self.offset = 0  # where this section starts in the file (section), at sr
     self.note = ""  # what a score of it should say (a file cut short)
     g = math.gcd(self.native_sr, self.sr)
     self._in_step, self._out_step = self.native_sr // g, self.sr // g
-    self._shared = {"loud": False}  # one warning per file: sections share it
+    # One warning per file, one forward decoder: sections share them.
+    self._shared = {"loud": False, "reader": None}
     # Called with the end (in samples at sr) of each range read: a caller's
     # progress line over a long recording (ranges are read in order).
     self.on_read: Callable[[int], None] | None = None
+
+  @property
+  def reader(self) -> _ForwardReader:
+    """The forward decoder of a compressed file (shared by its sections)."""
+    if self._shared["reader"] is None:
+      self._shared["reader"] = _ForwardReader(
+          self.path, keep=int(_FORWARD_KEEP_S * self.native_sr),
+          block=int(_FORWARD_BLOCK_S * self.native_sr))
+    return self._shared["reader"]
 
   @property
   def shape(self) -> tuple[int]:
@@ -301,12 +407,15 @@ class Recording:
     does. Non-finite samples raise in ``checked`` (default all of it), and are 0
     outside it (a resampling margin: a NaN just past a piece fails the next one only)."""
     try:
-      with soundfile.SoundFile(self.path) as f:
-        f.seek(start)
-        block = f.read(stop - start, dtype="float32", always_2d=False)
+      if self.forward:
+        block = self.reader.read(start, stop)
+      else:
+        with soundfile.SoundFile(self.path) as f:
+          f.seek(start)
+          block = f.read(stop - start, dtype="float32", always_2d=True)
     except Exception as error:  # pylint: disable=broad-except
       # e.g. a FLAC cut short: "flac decoder lost sync", "Internal psf_fseek() failed".
-      reason = str(error).split("': ", 1)[-1] or type(error).__name__
+      reason = _sndfile_reason(error)
       raise TruncatedAudioError(
           f"{self.path}: damaged or cut short (its header declares "
           f"{self.native_frames / self.native_sr:.1f} s, but reading "
@@ -317,10 +426,10 @@ class Recording:
           f"{self.path}: damaged or cut short (its header declares "
           f"{self.native_frames / self.native_sr:.1f} s, but reading stops at "
           f"{(start + len(block)) / self.native_sr:.3f} s)")
-    y = block.T
-    if y.ndim > 1:  # librosa.to_mono's mean, over the same axis
-      y = np.mean(y, axis=0)
-    y = np.array(y, dtype=np.float32)  # a copy, which a margin's bad samples may change
+    # librosa.to_mono's mean, over the same axis; a copy, which a margin's bad
+    # samples may change.
+    y = np.array(np.mean(block.T, axis=0) if block.shape[1] > 1 else block[:, 0],
+                 dtype=np.float32)
     finite = np.isfinite(y)
     if not finite.all():
       lo, hi = (start, stop) if checked is None else checked
@@ -350,15 +459,18 @@ class Recording:
 def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
                    stream_seconds: float | None = None,
                    cut_short_ok: bool = False) -> np.ndarray | Recording:
-  """A recording to score: ``load_wav(path, sr=sr)``, or, for a WAV, AIFF or
-  FLAC file longer than ``stream_seconds`` (default ``STREAM_SECONDS``), a
-  ``Recording`` that reads it range by range (the same samples; memory bounded
-  by the ranges read).
+  """A recording to score: ``load_wav(path, sr=sr)``, or, for a file longer than
+  ``stream_seconds`` (default ``STREAM_SECONDS``), a ``Recording`` that reads it
+  range by range (the same samples; memory bounded by the ranges read). An Ogg
+  or MP3 file is decoded forward as it is read; an MP3 file (or an Ogg file
+  whose header gives no length) is decoded once here before, to count its
+  samples (its header's count may be an estimate, or a damaged file's claim).
 
   With ``cut_short_ok``, a WAV file cut short (its data chunk shorter than its
-  header declares: a recorder that lost power) is a ``Recording`` of the
-  samples present, whose ``note`` says so (logged as a warning), where
-  ``load_wav`` refuses it.
+  header declares: a recorder that lost power), or a long MP3 file whose audio
+  stops decoding before its end, is a ``Recording`` of the samples
+  present, whose ``note`` says so (logged as a warning), where ``load_wav``
+  refuses it.
 
   Raises:
     AudioError: as ``load_wav`` for what the header shows (missing, empty,
@@ -376,10 +488,44 @@ def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
   except Exception:  # pylint: disable=broad-except
     return load_wav(path, sr=sr)  # its decoders and its error
   stream_seconds = STREAM_SECONDS if stream_seconds is None else stream_seconds
-  if info.format not in _SEEKABLE_FORMATS or info.frames <= stream_seconds * info.samplerate:
-    return load_wav(path, sr=sr)
-  _warn_low_rate(path, info.samplerate, sr)
-  return Recording(path, sr=sr, info=info)
+  long = info.frames > stream_seconds * info.samplerate
+  if info.format in _SEEKABLE_FORMATS and long:
+    _warn_low_rate(path, info.samplerate, sr)
+    return Recording(path, sr=sr, info=info)
+  if info.format == "OGG" and long:
+    # Its length is its last page's (exact, and what is there of a file cut short).
+    _warn_low_rate(path, info.samplerate, sr)
+    return Recording(path, sr=sr, info=info)
+  if info.format in _FORWARD_FORMATS and (long or info.frames <= 0):
+    # Counted by decoding: an MP3's declared length may be an estimate, or (its Xing
+    # header) that of a file since cut short; an Ogg cut short may declare none.
+    frames, failure = _decoded_frames(path, block=int(_FORWARD_BLOCK_S * info.samplerate))
+    if frames > stream_seconds * info.samplerate:
+      return _forward_recording(path, sr=sr, info=info, frames=frames, failure=failure,
+                                cut_short_ok=cut_short_ok)
+  return load_wav(path, sr=sr)
+
+
+def _forward_recording(path: str, *, sr: int, info: soundfile._SoundFileInfo, frames: int,
+                       failure: str | None, cut_short_ok: bool) -> Recording:
+  """A long compressed recording of the ``frames`` it decodes to; one whose audio
+  stops short of its header's length (as ``load_wav`` judges it), or fails to
+  decode before its end, raises ``TruncatedAudioError``, or with
+  ``cut_short_ok`` is the samples before that, with a note."""
+  rate, declared = info.samplerate, info.frames
+  # (An MP3's count is the one its Xing header states, or an estimate.)
+  short = frames < 0.9 * declared
+  recording = Recording(path, sr=sr, info=info, frames=frames)
+  if failure is not None or short:
+    length = f"{declared / rate:.1f} s" if declared > 0 else "no length"
+    what = (f"its {info.format} header declares {length}, its audio decodes to "
+            f"{frames / rate:.1f} s" + (f" ({failure})" if failure else ""))
+    if not cut_short_ok:
+      raise TruncatedAudioError(f"{path}: damaged or cut short ({what})")
+    recording.note = f"damaged or cut short: {what}, which were scored"
+    logging.warning("%s: %s", path, recording.note)
+  _warn_low_rate(path, rate, sr)
+  return recording
 
 
 def write_wav(

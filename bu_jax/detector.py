@@ -570,7 +570,7 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
   sr = detector.sample_rate
   for path in files:
     try:
-      # A long WAV or FLAC file is read range by range (audio.Recording); of a
+      # A long recording is read range by range (audio.Recording); of a
       # WAV cut short, the samples present are scored, with a note.
       wave = audio.open_recording(path, sr=sr, cut_short_ok=True)
     except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.

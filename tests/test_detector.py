@@ -204,12 +204,15 @@ def test_chunked_scoring_equals_whole_file(trained, tmp_path):
   assert whole.events[0].start_s <= 3.9 and whole.events[0].end_s >= 4.3
 
 
+@pytest.mark.parametrize("suffix", [".wav", ".ogg", ".mp3"])
 def test_long_recordings_are_read_range_by_range_with_the_same_results(trained, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, suffix):
   """A recording over audio.STREAM_SECONDS is never loaded whole (a day at 16 kHz is
-  5.5 GB of samples): scored whole or in pieces, it gives what the loaded waveform gives."""
-  path = str(tmp_path / "long.wav")
-  audio.write_wav(path, _with_burst(_tone(10.0, seed=3), 6.2, 6.4))
+  5.5 GB of samples): scored whole or in pieces, it gives what the loaded waveform
+  gives; a compressed one is decoded forward, once (after the count of its samples)."""
+  path = str(tmp_path / f"long{suffix}")
+  soundfile.write(path, _with_burst(_tone(10.0, seed=3), 6.2, 6.4), SR,
+                  format={".wav": "WAV", ".ogg": "OGG", ".mp3": "MP3"}[suffix])
   detector = detector_lib.load_detector(trained["model_dir"], chunk_frames=256)
   phi = trained["metadata"]["threshold"]
   want = {piece_s: detector_lib.score_paths(detector, [path], piece_s=piece_s)[0]
@@ -225,11 +228,20 @@ def test_long_recordings_are_read_range_by_range_with_the_same_results(trained, 
     reads.append(stop - start)
     return real_native(self, start, stop)
   monkeypatch.setattr(audio.Recording, "_native", native)
+  readers = []
+  class Reader(audio._ForwardReader):  # pylint: disable=protected-access
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      readers.append(self)
+  monkeypatch.setattr(audio, "_ForwardReader", Reader)
   for piece_s, results in want.items():
     reads.clear()
     got, failures = detector_lib.score_paths(detector, [path], piece_s=piece_s)
     # ranges of one chunk (256 frames and their context, 4.3 s) at most, in pieces of 6 s too
     assert reads and max(reads) <= 4.5 * SR and sum(reads) < 1.5 * 10 * SR
+    # A compressed file: one decoder for all its pieces, never started again.
+    assert [r.rewinds for r in readers] == ([] if suffix == ".wav" else [0])
+    readers.clear()
     assert failures == [] and len(got) == len(results) == {0.0: 1, 3.0: 3, 6.0: 2}[piece_s]
     for (_, g), (_, w) in zip(got, results):
       np.testing.assert_array_equal(g.frame_scores, w.frame_scores)

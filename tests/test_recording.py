@@ -3,6 +3,7 @@ load_wav's samples, checked as load_wav checks them; scoring it equals scoring
 the loaded waveform."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,11 @@ def _wave(seconds, sr=SR, seed=0, channels=1):
   return x
 
 
+def _format(name):
+  """soundfile's format for a file name (.opus is Ogg)."""
+  return {"opus": "OGG"}.get(name.rsplit(".", 1)[-1], name.rsplit(".", 1)[-1].upper())
+
+
 def _slice(n, a, b):
   return slice(a if a >= 0 else n + a, b)
 
@@ -38,10 +44,15 @@ def _slice(n, a, b):
     (48000, 2, "s48.wav", "PCM_24", 1e-6),  # resampled: equal to float rounding
     (44100, 1, "m441.flac", "PCM_16", 1e-6),
     (22050, 1, "m22.aiff", "PCM_16", 1e-6),
+    # Compressed: decoded forward, the samples a whole decode gives.
+    (SR, 1, "m16.ogg", "VORBIS", 0.0),
+    (44100, 2, "s441.mp3", "MPEG_LAYER_III", 1e-6),
+    (48000, 2, "s48.opus", "OPUS", 1e-6),
 ])
 def test_ranges_hold_load_wavs_samples(tmp_path, rate, channels, name, subtype, tol):
   path = str(tmp_path / name)
-  soundfile.write(path, _wave(3.0, sr=rate, channels=channels), rate, subtype=subtype)
+  soundfile.write(path, _wave(3.0, sr=rate, channels=channels), rate, subtype=subtype,
+                  format=_format(name))
   whole = audio.load_wav(path)
   rec = audio.open_recording(path, stream_seconds=1.0)
   assert isinstance(rec, audio.Recording)
@@ -53,7 +64,7 @@ def test_ranges_hold_load_wavs_samples(tmp_path, rate, channels, name, subtype, 
     np.testing.assert_allclose(got, whole[index], rtol=0, atol=tol)
 
 
-def test_short_or_unseekable_files_are_loaded_whole(tmp_path):
+def test_short_files_are_loaded_whole(tmp_path):
   wav, ogg = str(tmp_path / "a.wav"), str(tmp_path / "b.ogg")
   audio.write_wav(wav, _wave(2.0))
   soundfile.write(ogg, _wave(2.0), SR, format="OGG", subtype="VORBIS")
@@ -62,8 +73,9 @@ def test_short_or_unseekable_files_are_loaded_whole(tmp_path):
   np.testing.assert_array_equal(short, audio.load_wav(wav))
   assert isinstance(audio.open_recording(wav, stream_seconds=1.9), audio.Recording)
   assert isinstance(audio.open_recording(wav, stream_seconds=2.0), np.ndarray)
-  # Ogg seeks only approximately: read whole, however long.
-  assert isinstance(audio.open_recording(ogg, stream_seconds=0.5), np.ndarray)
+  assert not audio.open_recording(wav, stream_seconds=1.9).forward
+  assert isinstance(audio.open_recording(ogg, stream_seconds=2.0), np.ndarray)
+  assert audio.open_recording(ogg, stream_seconds=1.9).forward
   with pytest.raises(audio.AudioError, match="no such file"):
     audio.open_recording(str(tmp_path / "missing.wav"))
   with pytest.raises(TypeError, match="contiguous ranges"):
@@ -181,3 +193,76 @@ def test_bad_samples_in_a_recording_stop_scoring_with_the_file_named(tmp_path, m
   rec = audio.open_recording(path, stream_seconds=1.0)
   with pytest.raises(ValueError, match=r"huge\.wav \(at 2\.\d s\): peak amplitude"):
     frame_scores.FrameScorer(model, CFG, chunk_frames=64)(params, rec, name=path)
+
+
+def test_a_compressed_file_is_decoded_once_when_read_in_order(tmp_path):
+  """Ogg and MP3 are decoded forward, whole blocks at a time: ranges read in order
+  (overlapping as the scorer's do) cost one decode and hold at most a range, a
+  block and ``keep`` frames; a range before what is kept decodes from the start."""
+  path = str(tmp_path / "r.ogg")
+  x = _wave(5.0)
+  soundfile.write(path, x, SR, format="OGG", subtype="VORBIS")
+  whole = audio.load_wav(path)
+  reader = audio._ForwardReader(path, keep=3000, block=4000)  # pylint: disable=protected-access
+  held = []
+  for a in range(0, whole.size, 9000):
+    b = a + 10000  # 1000 frames back into the range before
+    np.testing.assert_array_equal(reader.read(a, b)[:, 0], whole[a:b])
+    held.append(len(reader._buf))  # pylint: disable=protected-access
+  assert reader.rewinds == 0 and max(held) <= 10000 + 4000 + 3000
+  assert reader.read(whole.size, whole.size + 10).shape[0] == 0  # past the end: nothing
+  np.testing.assert_array_equal(reader.read(100, 200)[:, 0], whole[100:200])
+  assert reader.rewinds == 1
+  # Sections (pieces) share one decoder.
+  rec = audio.open_recording(path, stream_seconds=1.0)
+  for a in range(0, len(rec), SR):
+    np.testing.assert_array_equal(rec.section(a, a + SR)[:], whole[a:a + SR])
+  assert rec.reader.rewinds == 0
+
+
+@pytest.mark.parametrize("name,subtype,damage", [
+    ("cut.mp3", "MPEG_LAYER_III", "truncate"),  # its Xing header still declares 30 s
+    ("bad.mp3", "MPEG_LAYER_III", "overwrite"),  # a stretch of bytes destroyed
+])
+def test_a_compressed_file_that_stops_decoding_is_scored_as_far_as_it_goes(tmp_path, caplog,
+                                                                            name, subtype,
+                                                                            damage):
+  path = str(tmp_path / name)
+  rate = SR
+  soundfile.write(path, _wave(30.0, sr=rate), rate, subtype=subtype, format=_format(name))
+  data = bytearray(open(path, "rb").read())
+  if damage == "truncate":
+    data = data[:len(data) // 2]
+  else:
+    n = len(data) // 2
+    data[n:n + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
+  open(path, "wb").write(bytes(data))
+  with pytest.raises(audio.TruncatedAudioError,
+                     match=re.escape(path) + r": damaged or cut short \(its MP3 header declares "
+                     r"30\.0 s, its audio decodes to \d+\.\d s"):
+    audio.open_recording(path, stream_seconds=1.0)
+  rec = audio.open_recording(path, stream_seconds=1.0, cut_short_ok=True)
+  assert re.fullmatch(r"damaged or cut short: its MP3 header declares 30\.0 s, its audio "
+                      r"decodes to \d+\.\d s( \(.+\))?, which were scored", rec.note)
+  assert rec.note in caplog.text
+  assert 5 * SR < len(rec) < 25 * SR
+  assert len(rec) == int(np.ceil(rec.native_frames * SR / rate))
+  assert np.isfinite(rec[:]).all() and rec.reader.rewinds == 0
+  if damage == "truncate":  # the samples present, as a whole read decodes them (to rounding)
+    present = soundfile.read(path, dtype="float32")[0]
+    assert len(present) == len(rec)
+    np.testing.assert_allclose(rec[:], present, rtol=0, atol=2e-7)
+  else:  # libsndfile stops at the damage (a whole read fails: load_wav refuses the file)
+    assert "(Unspecified internal error.)" in rec.note
+    with pytest.raises(audio.AudioError, match=re.escape(path)):
+      audio.load_wav(path)
+    # A decoder that meets the damage keeps it: a range past it fails at once, one
+    # before it decodes again from the start.
+    reader = audio._ForwardReader(path, keep=SR, block=10 * SR)  # pylint: disable=protected-access
+    with pytest.raises(RuntimeError, match="Unspecified internal error"):
+      reader.read(0, 30 * SR)
+    assert reader.failed[0] == rec.native_frames
+    with pytest.raises(RuntimeError, match="Unspecified internal error"):
+      reader.read(25 * SR, 26 * SR)
+    assert reader.rewinds == 0
+    np.testing.assert_array_equal(reader.read(0, SR)[:, 0], rec[:SR])
