@@ -108,10 +108,10 @@ def main():
       write_seconds = time.perf_counter() - t0
       rss_before = _max_rss_mb()
       t0 = time.perf_counter()
-      ((_, result, message),) = detector_lib.iter_scores(detector, [path], threshold=1e30)
+      ((_, result, failure),) = detector_lib.iter_scores(detector, [path], threshold=1e30)
       seconds = time.perf_counter() - t0
       if result is None:
-        raise SystemExit(message)
+        raise SystemExit(failure.message)
       extra = dict(format=args.format, rate=rate, channels=args.channels, whole=args.whole,
                    file_mb=round(os.path.getsize(path) / 2**20, 1),
                    write_seconds=round(write_seconds, 1),

@@ -67,6 +67,26 @@ LONG_FACTOR = 2.0
 DetectorError = artifact.ArtifactError
 
 
+class Failure(tuple):
+  """A recording, or a piece of one, that could not be scored: the pair
+  ``(path, message)`` (it unpacks and compares as that pair), and for a piece
+  its ``start_s`` and ``duration_s`` in the recording (else None)."""
+
+  def __new__(cls, path: str, message: str, *, start_s: Optional[float] = None,
+              duration_s: Optional[float] = None) -> "Failure":
+    failure = super().__new__(cls, (path, message))
+    failure.start_s, failure.duration_s = start_s, duration_s
+    return failure
+
+  @property
+  def path(self) -> str:
+    return self[0]
+
+  @property
+  def message(self) -> str:
+    return self[1]
+
+
 class Event(NamedTuple):
   """A time range [start_s, end_s] of frames whose score reaches φ."""
 
@@ -557,12 +577,12 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                 on_read: Optional[Callable[[str, float], None]] = None,
                 on_done: Optional[Callable[[str], None]] = None,
                 ) -> Iterable[tuple[str, Optional[FrameResult], str]]:
-  """Scores ``files`` one by one: ``(path, FrameResult, "")`` for each scored
+  """Scores ``files`` one by one: ``(path, FrameResult, None)`` for each scored
   file (for each of its pieces of ``piece_s`` seconds, ``pieces``, when given,
-  each as soon as it is scored), ``(path, None, message)`` for each unreadable
-  or unusable one (also logged as a warning), or piece: a piece that cannot be
-  scored (NaN samples an hour into a long recording) is reported with its
-  start, and the pieces after it are scored. A generator, so a caller keeps
+  each as soon as it is scored), ``(path, None, Failure)`` for each unreadable
+  or unusable one (its message also logged as a warning), or piece: a piece
+  that cannot be scored (NaN samples an hour into a long recording) is reported
+  with its start and length, and the pieces after it are scored. A generator, so a caller keeps
   what was scored when it is interrupted. ``on_read(path, seconds)`` is told
   how far into a long recording (one read range by range, ``audio.Recording``)
   the scoring has read, and where a failed piece ends (``inf`` for a file that
@@ -576,7 +596,7 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
     except (ValueError, OSError) as e:  # AudioError and FeatureInputError are ValueErrors.
       if on_read is not None:
         on_read(path, math.inf)  # all of it is done with
-      yield path, None, _skipped(path, e)
+      yield path, None, Failure(path, _skipped(path, e))
       if on_done is not None:
         on_done(path)
       continue
@@ -601,13 +621,16 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
       except (ValueError, OSError) as e:
         if on_read is not None:
           on_read(path, b / sr)
-        yield path, None, _skipped(path, e, where=f"the piece from {a / sr:g} s"
-                                   if len(cuts) > 1 else "")
+        if len(cuts) > 1:
+          yield path, None, Failure(path, _skipped(path, e, where=f"the piece from {a / sr:g} s"),
+                                    start_s=a / sr, duration_s=(b - a) / sr)
+        else:
+          yield path, None, Failure(path, _skipped(path, e))
         continue
       result = _shifted(dataclasses.replace(result, note="; ".join(notes)), a / sr)
       logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
                    len(result.events))
-      yield path, result, ""
+      yield path, result, None
     if on_done is not None:
       on_done(path)
 
@@ -647,15 +670,15 @@ def score_paths(detector: Detector, paths: Sequence[os.PathLike | str], *,
   Returns:
     ``(results, failures)``: ``[(path, FrameResult)]`` of the scored files (or
     pieces) in order, and ``[(path, message)]`` of the missing, unreadable or unusable
-    ones (each also logged as a warning).
+    ones (each also logged as a warning; a ``Failure``, with its start, for a piece).
   """
   phi = detector.resolve_threshold(threshold=threshold)[0]
   files, failures = _expand_and_report(paths)
   results = []
-  for path, result, message in iter_scores(detector, files, threshold=phi,
+  for path, result, failure in iter_scores(detector, files, threshold=phi,
                                            merge_gap_s=merge_gap_s, piece_s=piece_s):
     if result is None:
-      failures.append((path, message))
+      failures.append(failure)
     else:
       results.append((path, result))
   return results, failures
@@ -671,15 +694,19 @@ def write_csv(path: os.PathLike | str, results: Sequence[tuple[str, FrameResult]
 
   A recording that could not be scored (``failures``: ``(path, message)``) gets
   a row too, with ``decision`` "failed", empty scores and the message as its
-  ``note``; ``threshold`` is written in those rows. Written atomically
-  (temporary file + rename); parent folders are created.
+  ``note``; ``threshold`` is written in those rows, and a piece's start and
+  length (a ``Failure`` of a piece). Written atomically (temporary file +
+  rename); parent folders are created.
   """
   phi = "" if threshold is None else repr(float(threshold))
+  seconds = lambda s: "" if s is None else f"{s:.3f}"
   return fileio.write_csv(path, [
       [name, repr(r.max_score), repr(r.clip_score), r.label, format_events(r.events),
        repr(r.threshold), f"{r.start_s:.3f}", f"{r.duration_s:.3f}", r.note]
       for name, r in results] + [
-          [name, "", "", "failed", "", phi, "", "", message] for name, message in failures],
+          [failure[0], "", "", "failed", "", phi,
+           seconds(getattr(failure, "start_s", None)),
+           seconds(getattr(failure, "duration_s", None)), failure[1]] for failure in failures],
       header=CSV_COLUMNS)
 
 
@@ -979,12 +1006,12 @@ def run(settings: ScoreSettings) -> Report:
   elif len(files) > 1:
     bar = progress_lib.ProgressBar(len(files), unit="file")
   try:
-    for path, result, message in iter_scores(detector, files, threshold=phi,
+    for path, result, failure in iter_scores(detector, files, threshold=phi,
                                              merge_gap_s=settings.merge_gap_s,
                                              piece_s=settings.piece_s, on_read=on_read,
                                              on_done=finished.add):
       if result is None:
-        failures.append((path, message))
+        failures.append(failure)
       else:
         if calibration_s and result.duration_s > LONG_FACTOR * calibration_s:
           longer = (f"{result.duration_s / calibration_s:.3g}x as long as the "

@@ -491,10 +491,13 @@ def test_a_bad_piece_of_a_long_recording_is_reported_and_the_rest_scored(trained
   report = detector_lib.run(detector_lib.ScoreSettings(
       workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=3.0, paths=[path]))
   rows = detector_lib.read_csv(tmp_path / "s.csv")
-  assert [(r["start_s"], r["decision"]) for r in rows] == [
-      ("0.000", "normal"), ("6.000", "normal"), ("", "failed")]
+  # The failed piece's row (after the scored ones) has its start and length too.
+  assert [(r["start_s"], r["duration_s"], r["decision"]) for r in rows] == [
+      ("0.000", "3.000", "normal"), ("6.000", "3.000", "normal"), ("3.000", "3.000", "failed")]
   assert re.fullmatch(re.escape(path) + r": audio holds non-finite .* at 4\.500 s\) "
                       r"\(the piece from 3 s\)", rows[2]["note"])
+  (failure,) = report.failures
+  assert failure == (path, rows[2]["note"]) and (failure.start_s, failure.duration_s) == (3, 3)
   assert report.exit_status == 1 and (
       "1 recording(s) scored in 2 pieces, 0 pieces anomalous, 0 failed, and 1 piece(s) of them "
       "failed." in report.summary())

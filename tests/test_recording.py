@@ -252,10 +252,8 @@ def test_a_compressed_file_that_stops_decoding_is_scored_as_far_as_it_goes(tmp_p
     present = soundfile.read(path, dtype="float32")[0]
     assert len(present) == len(rec)
     np.testing.assert_allclose(rec[:], present, rtol=0, atol=2e-7)
-  else:  # libsndfile stops at the damage (a whole read fails: load_wav refuses the file)
+  else:  # libsndfile stops at the damage
     assert "(Unspecified internal error.)" in rec.note
-    with pytest.raises(audio.AudioError, match=re.escape(path)):
-      audio.load_wav(path)
     # A decoder that meets the damage keeps it: a range past it fails at once, one
     # before it decodes again from the start.
     reader = audio._ForwardReader(path, keep=SR, block=10 * SR)  # pylint: disable=protected-access
