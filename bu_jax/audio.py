@@ -489,11 +489,8 @@ def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
     return load_wav(path, sr=sr)  # its decoders and its error
   stream_seconds = STREAM_SECONDS if stream_seconds is None else stream_seconds
   long = info.frames > stream_seconds * info.samplerate
-  if info.format in _SEEKABLE_FORMATS and long:
-    _warn_low_rate(path, info.samplerate, sr)
-    return Recording(path, sr=sr, info=info)
-  if info.format == "OGG" and long:
-    # Its length is its last page's (exact, and what is there of a file cut short).
+  # An Ogg file's length is its last page's (exact; what is there of a file cut short).
+  if long and (info.format in _SEEKABLE_FORMATS or info.format == "OGG"):
     _warn_low_rate(path, info.samplerate, sr)
     return Recording(path, sr=sr, info=info)
   if info.format in _FORWARD_FORMATS and (long or info.frames <= 0):
