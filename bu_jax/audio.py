@@ -247,8 +247,8 @@ class _ForwardReader:
   """A compressed file decoded forward only (what libsndfile decodes exactly),
   ``block`` frames at a time: frames [start, stop) at the file's rate,
   (n, channels) float32. Ranges read in order (or starting at most ``keep``
-  frames before the end of the one before) cost one decode of the file; an
-  earlier range decodes again from the start. A decoding error is kept: every
+  frames before the furthest end read) cost one decode of the file; an earlier
+  range decodes again from the start. A decoding error is kept: every
   later range past it raises it at once. Memory: a range, a block and ``keep``."""
 
   def __init__(self, path: str, *, keep: int, block: int):
@@ -299,8 +299,9 @@ class _ForwardReader:
       return np.zeros((0, 1), np.float32)
     buf = np.concatenate(parts) if len(parts) > 1 else parts[0]
     out = buf[max(start - first, 0):max(stop - first, 0)]
-    # Kept for the next range: all of this one, and the last ``keep`` frames.
-    self._buf = buf[max(0, min(start, self._pos - self.keep) - first):]
+    # Kept for the next range: all of this one and the ``keep`` frames before its end
+    # (and what was decoded past it).
+    self._buf = buf[max(0, min(start, stop - self.keep) - first):]
     return out
 
 
