@@ -28,9 +28,12 @@ peak amplitude exceeds ``LOUD_PEAK`` is loaded with a warning naming it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import mmap
 import os
+import sys
 from typing import Callable
 import warnings
 
@@ -81,6 +84,97 @@ _RESAMPLE_MARGIN_S = 0.1
 _STREAM_FORMATS = ("FLAC", "OGG")
 
 
+def _sndfile_reason(error: Exception) -> str:
+  """libsndfile's reason, without its "Error ... 'path': " prefix."""
+  return str(error).split("': ", 1)[-1] or type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_decoder(what: soundfile._SoundFileInfo | str | None):
+  """While an MP3 (``what``: its info, or its path) is opened or decoded:
+  libmpg123 writes notes to the process's stderr itself ("Xing stream size off",
+  "part2_3_length ... too large": one every few block reads of some valid
+  files, whose samples are right all the same), past Python's logging, into the
+  progress line; they go to /dev/null. Decoding errors still raise (and are
+  reported with the file's name)."""
+  mp3 = (what.lower().endswith(".mp3") if isinstance(what, str)
+         else what is not None and what.format in ("MP3", "MPEG"))
+  if not mp3:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "wb") as null:
+      os.dup2(null.fileno(), 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+# MPEG audio Layer III frame headers (ISO 11172-3, 13818-3): kbit/s by bitrate
+# index for MPEG-1 and for MPEG-2/2.5, and sample rates by version.
+_MP3_KBPS = {3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+             2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)}
+_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def _mp3_untagged_seconds(path: str) -> float | None:
+  """The seconds the Layer III frames of an MP3 file without a Xing, Info or
+  VBRI header hold (counted from the frame headers, without decoding), or None
+  for a file with such a header, or one that is not plain Layer III. Without
+  one, libsndfile estimates the length from the first frame's bitrate and stops
+  decoding there: most of a VBR file can go unread, with no error."""
+  with open(path, "rb") as f:
+    try:
+      data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # a day's MP3 is 1.4 GB
+    except (ValueError, OSError):  # empty, or not mappable
+      return None
+  pos = 0
+  if data[:3] == b"ID3" and len(data) >= 10:  # ID3v2: a syncsafe size, a footer flag
+    pos = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10]))
+    pos += 10 if data[5] & 0x10 else 0
+  samples, frames, rate = 0, 0, None
+  while pos + 4 <= len(data):
+    h = int.from_bytes(data[pos:pos + 4], "big")
+    version, layer = (h >> 19) & 3, (h >> 17) & 3
+    kbps_index, rate_index = (h >> 12) & 15, (h >> 10) & 3
+    if (h >> 21) != 0x7FF or version == 1 or layer != 1 or kbps_index in (0, 15) \
+        or rate_index == 3:
+      break  # not a Layer III frame (the end, a tag, damage): counted so far
+    rate = _MP3_RATES[version][rate_index]
+    kbps = _MP3_KBPS[3 if version == 3 else 2][kbps_index]
+    per_frame = 1152 if version == 3 else 576
+    length = per_frame // 8 * kbps * 1000 // rate + ((h >> 9) & 1)
+    if frames == 0 and any(tag in data[pos:pos + length] for tag in (b"Xing", b"Info", b"VBRI")):
+      data.close()
+      return None
+    samples, frames, pos = samples + per_frame, frames + 1, pos + length
+  data.close()
+  return samples / rate if frames else None
+
+
+def _mp3_estimate_note(path: str, info: soundfile._SoundFileInfo, seconds: float) -> str:
+  """What to say where libsndfile decodes an untagged MP3 file
+  (``_mp3_untagged_seconds``) to ``seconds``, over a second short of its frames."""
+  if info.format not in ("MP3", "MPEG"):
+    return ""
+  held = _mp3_untagged_seconds(path)
+  if held is None or held - seconds <= 1.0:
+    return ""
+  return (f"libsndfile decodes {seconds:.1f} s of the {held:.1f} s its MPEG frames hold (an "
+          "MP3 without a Xing header, whose length it estimates from its first frame); "
+          "convert it, e.g. `ffmpeg -i in.mp3 out.wav`, to read all of it")
+
+
+def sound_info(path: str | os.PathLike) -> soundfile._SoundFileInfo:
+  """``soundfile.info(path)``, without libmpg123's notes on stderr (an MP3)."""
+  path = os.fspath(path)
+  with _quiet_decoder(path):
+    return soundfile.info(path)
+
+
 def _wav_data_bytes(path: str) -> tuple[int, int] | None:
   """(declared, present) bytes of the data chunk of a RIFF WAV, else None."""
   size = os.path.getsize(path)
@@ -106,6 +200,42 @@ def _truncated_wav_bytes(path: str) -> tuple[int, int] | None:
   if data is not None and data[0] not in (0, 0xFFFFFFFF) and data[0] > data[1]:
     return data
   return None
+
+
+# libsndfile's count for a stream whose length it cannot tell (SF_COUNT_MAX): a
+# chained Ogg file, several recordings joined, of which it decodes only the first.
+UNKNOWN_LENGTH_FRAMES = 2**62
+
+
+def _ogg_streams(path: str) -> int:
+  """The logical streams of an Ogg file, one after another (its pages that begin
+  a stream; a chained file, several recordings joined, has more than one)."""
+  with open(path, "rb") as f:
+    try:
+      data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (ValueError, OSError):
+      return 0
+  pos, streams = 0, 0
+  with data:
+    while pos + 27 <= len(data) and data[pos:pos + 4] == b"OggS":
+      streams += bool(data[pos + 5] & 0x02)  # "beginning of stream"
+      segments = data[pos + 26]
+      pos += 27 + segments + sum(data[pos + 27:pos + 27 + segments])
+  return streams
+
+
+def _check_length(path: str, info: soundfile._SoundFileInfo) -> None:
+  """Refuses a chained Ogg file: libsndfile decodes only its first recording
+  (and where that is short, cannot tell the length at all)."""
+  if info.format != "OGG":
+    return
+  streams = _ogg_streams(path)
+  if info.frames >= UNKNOWN_LENGTH_FRAMES or streams > 1:
+    raise AudioError(
+        f"{path}: a chained Ogg file, {streams or 'several'} recordings joined one after "
+        f"another, of which libsndfile decodes only the first"
+        + (f" (and reports {info.frames} samples)" if info.frames >= UNKNOWN_LENGTH_FRAMES
+           else "") + ": convert it, e.g. `ffmpeg -i in.ogg out.wav`")
 
 
 def _check_file(path: str) -> None:
@@ -141,9 +271,10 @@ def probe(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> int:
   path = os.fspath(path)
   _check_file(path)
   try:
-    info = soundfile.info(path)
+    info = sound_info(path)
   except Exception:  # pylint: disable=broad-except
     return len(load_wav(path, sr=sr))
+  _check_length(path, info)
   if info.frames <= 0:
     raise AudioError(f"{path}: audio file holds no samples")
   return int(np.ceil(info.frames * sr / info.samplerate))
@@ -168,19 +299,22 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
   path = os.fspath(path)
   _check_file(path)
   try:
-    info = soundfile.info(path)
+    info = sound_info(path)
     rate = info.samplerate
     sndfile_reason = None
   except Exception as error:  # pylint: disable=broad-except
     info = rate = None
     # e.g. "Error opening 'x.wav': Format not recognised." -> the reason only.
-    sndfile_reason = str(error).split("': ", 1)[-1] or type(error).__name__
+    sndfile_reason = _sndfile_reason(error)
+  if info is not None:
+    _check_length(path, info)
   try:
     with warnings.catch_warnings():
       # librosa warns before falling back from soundfile to audioread; the
       # outcome (a wave or an exception) is what matters here.
       warnings.simplefilter("ignore")
-      wave, _ = librosa.load(path, sr=sr, mono=True)
+      with _quiet_decoder(info):
+        wave, _ = librosa.load(path, sr=sr, mono=True)
   except Exception as error:  # pylint: disable=broad-except
     if sndfile_reason is not None:  # audioread's NoBackendError has no message
       with open(path, "rb") as f:
@@ -189,11 +323,12 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
                 f"(the file starts with {start!r})")
     else:
       reason = f"{type(error).__name__}: {error or 'no decoder succeeded'}"
-      if info is not None and info.format in _STREAM_FORMATS:
-        try:  # libsndfile's own reason (librosa's fallback decoder gives none)
+      try:  # libsndfile's own reason (librosa's fallback decoder may give none)
+        with _quiet_decoder(info):
           soundfile.read(path, dtype="float32")
-        except Exception as sf_error:  # pylint: disable=broad-except
-          reason = str(sf_error).split("': ", 1)[-1] or reason
+      except Exception as sf_error:  # pylint: disable=broad-except
+        reason = _sndfile_reason(sf_error)
+      if info.format in _STREAM_FORMATS:
         raise TruncatedAudioError(
             f"{path}: damaged or cut short (its {info.format} header declares {info.frames} "
             f"samples, but its audio does not decode: {reason})") from error
@@ -216,6 +351,10 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     raise AudioError(f"{path}: audio file holds no samples")
   if not np.all(np.isfinite(wave)):
     raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples")
+  if info is not None:
+    note = _mp3_estimate_note(path, info, wave.size / sr)
+    if note:
+      logging.warning("%s: %s", path, note)
   if rate is not None:
     _warn_low_rate(path, rate, sr)
   _warn_loud(path, float(np.max(np.abs(wave))))
@@ -238,9 +377,6 @@ def _warn_loud(path: str, peak: float) -> bool:
   return False
 
 
-def _sndfile_reason(error: Exception) -> str:
-  """libsndfile's reason, without its "Error ... 'path': " prefix."""
-  return str(error).split("': ", 1)[-1] or type(error).__name__
 
 
 class _ForwardReader:
@@ -251,8 +387,9 @@ class _ForwardReader:
   range decodes again from the start. A decoding error is kept: every
   later range past it raises it at once. Memory: a range, a block and ``keep``."""
 
-  def __init__(self, path: str, *, keep: int, block: int):
-    self.path, self.keep, self.block = path, keep, block
+  def __init__(self, path: str, *, keep: int, block: int,
+               info: soundfile._SoundFileInfo | None = None):
+    self.path, self.keep, self.block, self.info = path, keep, block, info
     self.rewinds = 0  # decodes started again from the beginning (for tests)
     self.failed: tuple[int, str] | None = None  # (frame, libsndfile's reason)
     self._file = None
@@ -278,11 +415,12 @@ class _ForwardReader:
     parts = [] if self._buf is None else [self._buf]
     while self._pos < stop and not self._eof:
       try:
-        if self._file is None:
-          self._file = soundfile.SoundFile(self.path)
         # Always whole blocks, as _decoded_frames counts: a damaged stream decodes
         # differently by the size of the reads (libsndfile's Vorbis decoder).
-        block = self._file.read(self.block, dtype="float32", always_2d=True)
+        with _quiet_decoder(self.info or self.path):
+          if self._file is None:
+            self._file = soundfile.SoundFile(self.path)
+          block = self._file.read(self.block, dtype="float32", always_2d=True)
       except Exception as error:  # pylint: disable=broad-except
         self.failed = (self._pos, _sndfile_reason(error))
         self._reset()
@@ -305,15 +443,19 @@ class _ForwardReader:
     return out
 
 
-def _decoded_frames(path: str, *, block: int) -> tuple[int, str | None]:
+def _decoded_frames(path: str, *, block: int, info: soundfile._SoundFileInfo | None = None
+                    ) -> tuple[int, str | None]:
   """The frames a compressed file decodes to, by decoding it (its header's count
   may be an estimate or a damaged file's claim), and libsndfile's reason where
   decoding fails before its end."""
   frames = 0
   try:
-    with soundfile.SoundFile(path) as f:
+    with _quiet_decoder(info or path):
+      file = soundfile.SoundFile(path)
+    with file:
       while True:  # in blocks, to a short read, as _ForwardReader.read
-        n = len(f.read(block, dtype="float32", always_2d=True))
+        with _quiet_decoder(info or path):
+          n = len(file.read(block, dtype="float32", always_2d=True))
         frames += n
         if n < block:
           return frames, None
@@ -349,6 +491,7 @@ class Recording:
     # The header's count, or (a compressed file) the frames it decodes to.
     self.native_frames = int(info.frames if frames is None else frames)
     self.forward = info.format not in _SEEKABLE_FORMATS  # decoded forward only
+    self._info = info
     # librosa.resample's length (it fixes soxr's output to it).
     self.size = int(np.ceil(self.native_frames * self.sr / self.native_sr))
     self.offset = 0  # where this section starts in the file (section), at sr
@@ -367,7 +510,7 @@ class Recording:
     if self._shared["reader"] is None:
       self._shared["reader"] = _ForwardReader(
           self.path, keep=int(_FORWARD_KEEP_S * self.native_sr),
-          block=int(_FORWARD_BLOCK_S * self.native_sr))
+          block=int(_FORWARD_BLOCK_S * self.native_sr), info=self._info)
     return self._shared["reader"]
 
   @property
@@ -485,20 +628,25 @@ def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
       raise
     return _cut_short(path, sr=sr, truncated=truncated)
   try:
-    info = soundfile.info(path)
+    info = sound_info(path)
   except Exception:  # pylint: disable=broad-except
     return load_wav(path, sr=sr)  # its decoders and its error
+  _check_length(path, info)
   stream_seconds = STREAM_SECONDS if stream_seconds is None else stream_seconds
   long = info.frames > stream_seconds * info.samplerate
-  # An Ogg file's length is its last page's (exact; what is there of a file cut short).
-  if long and (info.format in _SEEKABLE_FORMATS or info.format == "OGG"):
+  if long and info.format in _SEEKABLE_FORMATS:
     _warn_low_rate(path, info.samplerate, sr)
     return Recording(path, sr=sr, info=info)
-  if info.format in _FORWARD_FORMATS and (long or info.frames <= 0):
-    # Counted by decoding: an MP3's declared length may be an estimate, or (its Xing
-    # header) that of a file since cut short; an Ogg cut short may declare none.
-    frames, failure = _decoded_frames(path, block=int(_FORWARD_BLOCK_S * info.samplerate))
-    if frames > stream_seconds * info.samplerate:
+  estimated = (info.format in ("MP3", "MPEG") and not long
+               and _mp3_estimate_note(path, info, info.frames / info.samplerate))
+  if info.format in _FORWARD_FORMATS and (long or info.frames <= 0 or estimated):
+    # Counted by decoding, in the blocks it is read in: an MP3's declared length may
+    # be an estimate, or (its Xing header's) that of a file since cut short; an Ogg
+    # file damaged mid-file may decode short of its header's length (by how much
+    # depends on the size of the reads), and one cut short may declare none.
+    frames, failure = _decoded_frames(path, block=int(_FORWARD_BLOCK_S * info.samplerate),
+                                      info=info)
+    if long or estimated or frames > stream_seconds * info.samplerate:
       return _forward_recording(path, sr=sr, info=info, frames=frames, failure=failure,
                                 cut_short_ok=cut_short_ok)
   return load_wav(path, sr=sr)
@@ -511,17 +659,25 @@ def _forward_recording(path: str, *, sr: int, info: soundfile._SoundFileInfo, fr
   decode before its end, raises ``TruncatedAudioError``, or with
   ``cut_short_ok`` is the samples before that, with a note."""
   rate, declared = info.samplerate, info.frames
-  # (An MP3's count is the one its Xing header states, or an estimate.)
-  short = frames < 0.9 * declared
+  if frames <= 0:
+    raise TruncatedAudioError(f"{path}: damaged or cut short (its audio does not decode"
+                              + (f": {failure})" if failure else ")"))
   recording = Recording(path, sr=sr, info=info, frames=frames)
-  if failure is not None or short:
+  # An intact file decodes to exactly its header's count (an MP3's: its Xing header's,
+  # or libsndfile's estimate, at which it stops decoding).
+  if failure is not None or frames < declared:
     length = f"{declared / rate:.1f} s" if declared > 0 else "no length"
     what = (f"its {info.format} header declares {length}, its audio decodes to "
             f"{frames / rate:.1f} s" + (f" ({failure})" if failure else ""))
-    if not cut_short_ok:
+    if not cut_short_ok and (failure is not None or frames < 0.9 * declared):  # as load_wav
       raise TruncatedAudioError(f"{path}: damaged or cut short ({what})")
     recording.note = f"damaged or cut short: {what}, which were scored"
     logging.warning("%s: %s", path, recording.note)
+  estimate = _mp3_estimate_note(path, info, frames / rate)
+  if estimate:
+    recording.note = "; ".join(filter(None, (
+        recording.note, f"{estimate}; the {frames / rate:.1f} s decoded were scored")))
+    logging.warning("%s: %s", path, estimate)
   _warn_low_rate(path, rate, sr)
   return recording
 
@@ -612,7 +768,7 @@ def _cut_short(path: str, *, sr: int, truncated: TruncatedAudioError) -> Recordi
   ``truncated`` (``_check_file``'s error) where libsndfile cannot read them."""
   declared, present = _truncated_wav_bytes(path)
   try:
-    info = soundfile.info(path)  # libsndfile counts the frames present
+    info = sound_info(path)  # libsndfile counts the frames present
   except Exception as error:  # pylint: disable=broad-except
     raise truncated from error
   if info.frames <= 0 or info.format not in _SEEKABLE_FORMATS:

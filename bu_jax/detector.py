@@ -39,7 +39,6 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from absl import logging
 import numpy as np
-import soundfile
 
 from bu_jax import artifact
 from bu_jax import audio
@@ -939,10 +938,12 @@ def _header_seconds(path: str) -> float:
   """A sound file's length in seconds from its header (0 where it has none that
   soundfile reads: the scoring reports such a file)."""
   try:
-    info = soundfile.info(path)
+    info = audio.sound_info(path)  # (an MP3's decoder notes kept off the progress line)
   except Exception:  # pylint: disable=broad-except
     return 0.0
-  return max(info.frames, 0) / info.samplerate if info.samplerate else 0.0
+  if not info.samplerate or info.frames >= audio.UNKNOWN_LENGTH_FRAMES:  # (refused when read)
+    return 0.0
+  return max(info.frames, 0) / info.samplerate
 
 
 def calibration_seconds(detector: Detector) -> Optional[float]:

@@ -506,6 +506,23 @@ def test_a_bad_piece_of_a_long_recording_is_reported_and_the_rest_scored(trained
   assert ends == sorted(ends) and ends[-1] == "0:09"
 
 
+def test_a_chained_ogg_fails_alone(trained, tmp_path):
+  """Two Ogg streams joined (libsndfile reports 2**63 - 1 samples for these): a
+  failed row naming why, and the other recordings scored, the progress line too."""
+  parts = [tmp_path / "a.ogg", tmp_path / "b.ogg"]
+  for i, part in enumerate(parts):
+    soundfile.write(part, _tone(20.0, seed=i), SR, format="OGG", subtype="VORBIS")
+  joined = tmp_path / "joined.ogg"
+  joined.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+  assert soundfile.info(joined).frames == 2**63 - 1
+  report = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"),
+      paths=[str(joined), trained["files"]["normal"]]))
+  assert [p for p, _ in report.results] == [trained["files"]["normal"]]
+  ((path, message),) = report.failures
+  assert path == str(joined) and "a chained Ogg file, 2 recordings joined" in message
+
+
 def test_a_wav_cut_short_is_scored_as_far_as_it_goes_with_a_note(trained, tmp_path):
   """A recorder that lost power leaves a WAV whose header declares more than the
   file holds: the loaders refuse it, the scorer scores the samples present."""

@@ -230,8 +230,8 @@ def test_a_compressed_file_is_decoded_once_when_read_in_order(tmp_path):
     ("bad.mp3", "MPEG_LAYER_III", "overwrite"),  # a stretch of bytes destroyed
 ])
 def test_a_compressed_file_that_stops_decoding_is_scored_as_far_as_it_goes(tmp_path, caplog,
-                                                                            name, subtype,
-                                                                            damage):
+                                                                            capfd, name,
+                                                                            subtype, damage):
   path = str(tmp_path / name)
   rate = SR
   soundfile.write(path, _wave(30.0, sr=rate), rate, subtype=subtype, format=_format(name))
@@ -242,17 +242,22 @@ def test_a_compressed_file_that_stops_decoding_is_scored_as_far_as_it_goes(tmp_p
     n = len(data) // 2
     data[n:n + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
   open(path, "wb").write(bytes(data))
+  # Long by its header (over stream_seconds), shorter than that as it decodes.
   with pytest.raises(audio.TruncatedAudioError,
                      match=re.escape(path) + r": damaged or cut short \(its MP3 header declares "
                      r"30\.0 s, its audio decodes to \d+\.\d s"):
-    audio.open_recording(path, stream_seconds=1.0)
-  rec = audio.open_recording(path, stream_seconds=1.0, cut_short_ok=True)
+    audio.open_recording(path, stream_seconds=20.0)
+  rec = audio.open_recording(path, stream_seconds=20.0, cut_short_ok=True)
   assert re.fullmatch(r"damaged or cut short: its MP3 header declares 30\.0 s, its audio "
                       r"decodes to \d+\.\d s( \(.+\))?, which were scored", rec.note)
   assert rec.note in caplog.text
-  assert 5 * SR < len(rec) < 25 * SR
+  assert 5 * SR < len(rec) < 20 * SR
   assert len(rec) == int(np.ceil(rec.native_frames * SR / rate))
+  capfd.readouterr()
   assert np.isfinite(rec[:]).all() and rec.reader.rewinds == 0
+  # libmpg123's own notes on the damage ("Illegal Audio-MPEG-Header", ...) are not
+  # written into the terminal's progress line.
+  assert capfd.readouterr().err == ""
   if damage == "truncate":  # the samples present, as a whole read decodes them (to rounding)
     present = soundfile.read(path, dtype="float32")[0]
     assert len(present) == len(rec)
@@ -269,3 +274,52 @@ def test_a_compressed_file_that_stops_decoding_is_scored_as_far_as_it_goes(tmp_p
       reader.read(25 * SR, 26 * SR)
     assert reader.rewinds == 0
     np.testing.assert_array_equal(reader.read(0, SR)[:, 0], rec[:SR])
+
+
+def test_a_chained_ogg_is_refused_clearly(tmp_path):
+  """Two Ogg streams joined: libsndfile reports no length and decodes the first only."""
+  parts = [tmp_path / "a.ogg", tmp_path / "b.ogg"]
+  for i, part in enumerate(parts):
+    soundfile.write(part, _wave(3.0, seed=i), SR, format="OGG", subtype="VORBIS")
+  path = tmp_path / "joined.ogg"
+  path.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+  for read in (audio.load_wav, audio.probe, audio.open_recording,
+               lambda p: audio.open_recording(p, stream_seconds=1.0, cut_short_ok=True)):
+    with pytest.raises(audio.AudioError, match=re.escape(str(path)) + r": a chained Ogg file, "
+                       r"2 recordings joined one after another, of which libsndfile decodes only "
+                       r"the first: convert it"):
+      read(path)
+  audio.load_wav(parts[0])  # one stream is read
+
+
+def test_an_mp3_whose_length_libsndfile_estimates_short_says_so(tmp_path, caplog):
+  """A VBR MP3 without a Xing header (ffmpeg writing to a pipe leaves one so):
+  libsndfile estimates its length from its first frame and stops decoding there."""
+  tagged, untagged = str(tmp_path / "vbr.mp3"), str(tmp_path / "untagged.mp3")
+  rng = np.random.default_rng(0)
+  x = np.concatenate([0.01 * rng.standard_normal(8 * SR), 0.3 * rng.standard_normal(22 * SR)])
+  soundfile.write(tagged, x.astype(np.float32), SR, format="MP3", bitrate_mode="VARIABLE")
+  data = open(tagged, "rb").read()
+  header = int.from_bytes(data[:4], "big")  # libsndfile writes no ID3 tag: a frame first
+  assert header >> 21 == 0x7FF and b"Xing" in data[:1000]
+  assert audio._mp3_untagged_seconds(tagged) is None  # pylint: disable=protected-access
+  # Drop the first frame, which holds the Xing header (MPEG-2 Layer III at 16 kHz).
+  kbps = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)[(header >> 12) & 15]
+  first = 72 * kbps * 1000 // SR + ((header >> 9) & 1)
+  open(untagged, "wb").write(data[first:])
+  held = audio._mp3_untagged_seconds(untagged)  # pylint: disable=protected-access
+  assert held == pytest.approx(30.0, abs=0.1)
+  decoded = soundfile.info(untagged).frames / SR
+  assert decoded < 20.0  # libsndfile's estimate, from the quiet first frames
+  caplog.clear()
+  wave = audio.load_wav(untagged)
+  assert wave.size / SR == pytest.approx(decoded)
+  assert (f"libsndfile decodes {decoded:.1f} s of the {held:.1f} s its MPEG frames hold (an MP3 "
+          "without a Xing header") in caplog.text
+  rec = audio.open_recording(untagged, cut_short_ok=True)  # short by its header: a note all the same
+  assert isinstance(rec, audio.Recording) and len(rec) == wave.size
+  assert rec.note.startswith(f"libsndfile decodes {decoded:.1f} s of the {held:.1f} s")
+  assert rec.note.endswith(f"the {decoded:.1f} s decoded were scored")
+  np.testing.assert_allclose(rec[:], wave, rtol=0, atol=2e-7)
+  caplog.clear()
+  assert audio.load_wav(tagged).size == 30 * SR and "libsndfile decodes" not in caplog.text
