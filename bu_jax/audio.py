@@ -99,11 +99,15 @@ def _quiet_decoder(what: soundfile._SoundFileInfo | str | None):
   reported with the file's name)."""
   mp3 = (what.lower().endswith(".mp3") if isinstance(what, str)
          else what is not None and what.format in ("MP3", "MPEG"))
-  if not mp3:
+  try:
+    saved = os.dup(2) if mp3 else None
+  except OSError:  # no stderr to keep clean
+    saved = None
+  if saved is None:
     yield
     return
-  sys.stderr.flush()
-  saved = os.dup(2)
+  if sys.stderr is not None:
+    sys.stderr.flush()
   try:
     with open(os.devnull, "wb") as null:
       os.dup2(null.fileno(), 2)
