@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import mmap
 import os
 import sys
 from typing import Callable
@@ -74,7 +73,7 @@ _SEEKABLE_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC")
 # keeping the last _FORWARD_KEEP_S seconds for ranges that overlap the one before.
 _FORWARD_FORMATS = ("OGG", "MP3", "MPEG")
 _FORWARD_KEEP_S = 10.0
-_FORWARD_BLOCK_S = 10.0
+_FORWARD_BLOCK_S = 1.0  # (an MP3 decode error loses the block it is in)
 # Native-rate samples read beyond each end of a resampled range: the resampler's
 # filter then sees what it sees in the whole file (equal to float rounding).
 _RESAMPLE_MARGIN_S = 0.1
@@ -117,6 +116,29 @@ def _quiet_decoder(what: soundfile._SoundFileInfo | str | None):
     os.close(saved)
 
 
+class _FileBytes:
+  """A file's bytes by slices, read a window at a time (headers scanned through a
+  day-long file without holding it, nor mapping it: a file cut while mapped
+  would kill the process)."""
+
+  def __init__(self, file, window: int = 1 << 20):
+    self._file, self._window = file, window
+    self._size = os.fstat(file.fileno()).st_size
+    self._start, self._data = 0, b""
+
+  def __len__(self) -> int:
+    return self._size
+
+  def __getitem__(self, index: slice | int):
+    if isinstance(index, int):
+      return self[index:index + 1][0]
+    a, b = index.start, min(index.stop, self._size)
+    if a < self._start or b > self._start + len(self._data):
+      self._file.seek(a)
+      self._start, self._data = a, self._file.read(max(self._window, b - a))
+    return self._data[a - self._start:b - self._start]
+
+
 # MPEG audio Layer III frame headers (ISO 11172-3, 13818-3): kbit/s by bitrate
 # index for MPEG-1 and for MPEG-2/2.5, and sample rates by version.
 _MP3_KBPS = {3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
@@ -124,52 +146,54 @@ _MP3_KBPS = {3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 32
 _MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 
 
-def _mp3_untagged_seconds(path: str) -> float | None:
-  """The seconds the Layer III frames of an MP3 file without a Xing, Info or
-  VBRI header hold (counted from the frame headers, without decoding), or None
-  for a file with such a header, or one that is not plain Layer III. Without
-  one, libsndfile estimates the length from the first frame's bitrate and stops
-  decoding there: most of a VBR file can go unread, with no error."""
+def _mp3_frames(path: str) -> tuple[float | None, bool]:
+  """The seconds an MP3 file's Layer III audio frames hold, counted from their
+  headers without decoding (None where it does not start with one), and whether
+  its first frame is a Xing, Info or VBRI header (whose count libsndfile takes as
+  the length; without one, it estimates the length from the first frame's
+  bitrate, and stops decoding there: most of a VBR file can go unread)."""
+  samples, frames, rate, tagged = 0, 0, None, False
   with open(path, "rb") as f:
-    try:
-      data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # a day's MP3 is 1.4 GB
-    except (ValueError, OSError):  # empty, or not mappable
-      return None
-  pos = 0
-  if data[:3] == b"ID3" and len(data) >= 10:  # ID3v2: a syncsafe size, a footer flag
-    pos = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10]))
-    pos += 10 if data[5] & 0x10 else 0
-  samples, frames, rate = 0, 0, None
-  while pos + 4 <= len(data):
-    h = int.from_bytes(data[pos:pos + 4], "big")
-    version, layer = (h >> 19) & 3, (h >> 17) & 3
-    kbps_index, rate_index = (h >> 12) & 15, (h >> 10) & 3
-    if (h >> 21) != 0x7FF or version == 1 or layer != 1 or kbps_index in (0, 15) \
-        or rate_index == 3:
-      break  # not a Layer III frame (the end, a tag, damage): counted so far
-    rate = _MP3_RATES[version][rate_index]
-    kbps = _MP3_KBPS[3 if version == 3 else 2][kbps_index]
-    per_frame = 1152 if version == 3 else 576
-    length = per_frame // 8 * kbps * 1000 // rate + ((h >> 9) & 1)
-    if frames == 0 and any(tag in data[pos:pos + length] for tag in (b"Xing", b"Info", b"VBRI")):
-      data.close()
-      return None
-    samples, frames, pos = samples + per_frame, frames + 1, pos + length
-  data.close()
-  return samples / rate if frames else None
+    data = _FileBytes(f)
+    pos = 0
+    if data[0:3] == b"ID3" and len(data) >= 10:  # ID3v2: a syncsafe size, a footer flag
+      pos = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10]))
+      pos += 10 if data[5] & 0x10 else 0
+    while pos + 4 <= len(data):
+      h = int.from_bytes(data[pos:pos + 4], "big")
+      version, layer = (h >> 19) & 3, (h >> 17) & 3
+      kbps_index, rate_index = (h >> 12) & 15, (h >> 10) & 3
+      if (h >> 21) != 0x7FF or version == 1 or layer != 1 or kbps_index in (0, 15) \
+          or rate_index == 3:
+        break  # not a Layer III frame (the end, a tag, damage): counted so far
+      rate = _MP3_RATES[version][rate_index]
+      kbps = _MP3_KBPS[3 if version == 3 else 2][kbps_index]
+      per_frame = 1152 if version == 3 else 576
+      length = per_frame // 8 * kbps * 1000 // rate + ((h >> 9) & 1)
+      if frames == 0 and not tagged and any(
+          tag in data[pos:pos + length] for tag in (b"Xing", b"Info", b"VBRI")):
+        tagged = True  # a header frame, no audio
+      else:
+        samples, frames = samples + per_frame, frames + 1
+      pos += length
+  return (samples / rate if frames else None), tagged
 
 
-def _mp3_estimate_note(path: str, info: soundfile._SoundFileInfo, seconds: float) -> str:
-  """What to say where libsndfile decodes an untagged MP3 file
-  (``_mp3_untagged_seconds``) to ``seconds``, over a second short of its frames."""
-  if info.format not in ("MP3", "MPEG"):
-    return ""
-  held = _mp3_untagged_seconds(path)
+def _mp3_note(path: str, info: soundfile._SoundFileInfo, seconds: float,
+              held: float | None, tagged: bool) -> str:
+  """What to say where libsndfile decodes an MP3 file to ``seconds``, over a
+  second short of the ``held`` seconds its frames hold (``_mp3_frames``)."""
   if held is None or held - seconds <= 1.0:
     return ""
-  return (f"libsndfile decodes {seconds:.1f} s of the {held:.1f} s its MPEG frames hold (an "
-          "MP3 without a Xing header, whose length it estimates from its first frame); "
-          "convert it, e.g. `ffmpeg -i in.mp3 out.wav`, to read all of it")
+  why = ("its Xing header counts only part of them: MP3 files joined?" if tagged
+         else "an MP3 without a Xing header, whose length libsndfile estimates from its "
+              "first frame")
+  return (f"libsndfile decodes {seconds:.1f} s of the {held:.1f} s its MPEG frames hold "
+          f"({why}); convert it, e.g. `ffmpeg -i in.mp3 out.wav`, to read all of it")
+
+
+def _is_mp3(info: soundfile._SoundFileInfo | None) -> bool:
+  return info is not None and info.format in ("MP3", "MPEG")
 
 
 def sound_info(path: str | os.PathLike) -> soundfile._SoundFileInfo:
@@ -211,21 +235,20 @@ def _truncated_wav_bytes(path: str) -> tuple[int, int] | None:
 UNKNOWN_LENGTH_FRAMES = 2**62
 
 
-def _ogg_streams(path: str) -> int:
-  """The logical streams of an Ogg file, one after another (its pages that begin
-  a stream; a chained file, several recordings joined, has more than one)."""
+def _ogg_links(path: str) -> int:
+  """The recordings of an Ogg file one after another (a chained file, several
+  joined, has more than one): runs of pages that begin a stream, each after
+  pages that do not (streams side by side, multiplexed, begin together)."""
+  links, begun = 0, False
   with open(path, "rb") as f:
-    try:
-      data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (ValueError, OSError):
-      return 0
-  pos, streams = 0, 0
-  with data:
+    data, pos = _FileBytes(f), 0
     while pos + 27 <= len(data) and data[pos:pos + 4] == b"OggS":
-      streams += bool(data[pos + 5] & 0x02)  # "beginning of stream"
+      begins = bool(data[pos + 5] & 0x02)  # "beginning of stream"
+      links += begins and not begun
+      begun = begins
       segments = data[pos + 26]
       pos += 27 + segments + sum(data[pos + 27:pos + 27 + segments])
-  return streams
+  return links
 
 
 def _check_length(path: str, info: soundfile._SoundFileInfo) -> None:
@@ -233,10 +256,10 @@ def _check_length(path: str, info: soundfile._SoundFileInfo) -> None:
   (and where that is short, cannot tell the length at all)."""
   if info.format != "OGG":
     return
-  streams = _ogg_streams(path)
-  if info.frames >= UNKNOWN_LENGTH_FRAMES or streams > 1:
+  links = _ogg_links(path)
+  if info.frames >= UNKNOWN_LENGTH_FRAMES or links > 1:
     raise AudioError(
-        f"{path}: a chained Ogg file, {streams or 'several'} recordings joined one after "
+        f"{path}: a chained Ogg file, {links if links > 1 else 'several'} recordings joined one after "
         f"another, of which libsndfile decodes only the first"
         + (f" (and reports {info.frames} samples)" if info.frames >= UNKNOWN_LENGTH_FRAMES
            else "") + ": convert it, e.g. `ffmpeg -i in.ogg out.wav`")
@@ -338,7 +361,10 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
             f"samples, but its audio does not decode: {reason})") from error
     raise AudioError(f"{path}: cannot be read as audio ({reason})") from error
   wave = np.ascontiguousarray(wave, dtype=np.float32)
-  if info is not None and info.format in _STREAM_FORMATS:
+  held, tagged = _mp3_frames(path) if _is_mp3(info) else (None, False)
+  # The header's length is exact (an MP3's where a Xing header gives it): a decode
+  # well short of it is a damaged file.
+  if info is not None and (info.format in _STREAM_FORMATS or tagged):
     # An Ogg stream cut short may declare no length at all (its last page lost).
     declared = info.frames * sr / info.samplerate
     if wave.size < 0.9 * declared or wave.size == 0:
@@ -355,10 +381,9 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     raise AudioError(f"{path}: audio file holds no samples")
   if not np.all(np.isfinite(wave)):
     raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples")
-  if info is not None:
-    note = _mp3_estimate_note(path, info, wave.size / sr)
-    if note:
-      logging.warning("%s: %s", path, note)
+  note = _mp3_note(path, info, wave.size / sr, held, tagged)
+  if note:
+    logging.warning("%s: %s", path, note)
   if rate is not None:
     _warn_low_rate(path, rate, sr)
   _warn_loud(path, float(np.max(np.abs(wave))))
@@ -610,15 +635,15 @@ def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
   """A recording to score: ``load_wav(path, sr=sr)``, or, for a file longer than
   ``stream_seconds`` (default ``STREAM_SECONDS``), a ``Recording`` that reads it
   range by range (the same samples; memory bounded by the ranges read). An Ogg
-  or MP3 file is decoded forward as it is read; an MP3 file (or an Ogg file
-  whose header gives no length) is decoded once here before, to count its
-  samples (its header's count may be an estimate, or a damaged file's claim).
+  or MP3 file is decoded forward as it is read, after a decode here that counts
+  its samples (its header's count may be an estimate, or a damaged file's claim).
 
   With ``cut_short_ok``, a WAV file cut short (its data chunk shorter than its
-  header declares: a recorder that lost power), or a long MP3 file whose audio
-  stops decoding before its end, is a ``Recording`` of the samples
-  present, whose ``note`` says so (logged as a warning), where ``load_wav``
-  refuses it.
+  header declares: a recorder that lost power) is a ``Recording`` of the
+  samples present, and an Ogg or MP3 file of any length is a ``Recording`` of
+  what libsndfile decodes of it; where that falls short of its length, its
+  ``note`` says so (logged as a warning), where ``load_wav`` refuses it or
+  its fallback decoders (ffmpeg, where installed) read it.
 
   Raises:
     AudioError: as ``load_wav`` for what the header shows (missing, empty,
@@ -641,47 +666,61 @@ def open_recording(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
   if long and info.format in _SEEKABLE_FORMATS:
     _warn_low_rate(path, info.samplerate, sr)
     return Recording(path, sr=sr, info=info)
-  estimated = (info.format in ("MP3", "MPEG") and not long
-               and _mp3_estimate_note(path, info, info.frames / info.samplerate))
-  if info.format in _FORWARD_FORMATS and (long or info.frames <= 0 or estimated):
-    # Counted by decoding, in the blocks it is read in: an MP3's declared length may
-    # be an estimate, or (its Xing header's) that of a file since cut short; an Ogg
-    # file damaged mid-file may decode short of its header's length (by how much
-    # depends on the size of the reads), and one cut short may declare none.
-    frames, failure = _decoded_frames(path, block=int(_FORWARD_BLOCK_S * info.samplerate),
-                                      info=info)
-    if long or estimated or frames > stream_seconds * info.samplerate:
-      return _forward_recording(path, sr=sr, info=info, frames=frames, failure=failure,
-                                cut_short_ok=cut_short_ok)
-  return load_wav(path, sr=sr)
+  if info.format not in _FORWARD_FORMATS:
+    return load_wav(path, sr=sr)
+  if not long and not cut_short_ok:
+    return load_wav(path, sr=sr)
+  # (With cut_short_ok, a short one too: a Recording says what it could not read,
+  # the same on every machine, where load_wav's decoders depend on what is installed.)
+  held, tagged = _mp3_frames(path) if _is_mp3(info) else (None, False)
+  # Counted by decoding, in the blocks it is read in: an MP3's declared length may be
+  # an estimate, or (its Xing header's) that of a file since cut short; an Ogg file
+  # damaged mid-file may decode short of its header's length (by how much depends on
+  # the size of the reads).
+  frames, failure = _decoded_frames(path, block=int(_FORWARD_BLOCK_S * info.samplerate),
+                                    info=info)
+  return _forward_recording(path, sr=sr, info=info, frames=frames, failure=failure,
+                            held=held, tagged=tagged, cut_short_ok=cut_short_ok)
 
 
 def _forward_recording(path: str, *, sr: int, info: soundfile._SoundFileInfo, frames: int,
-                       failure: str | None, cut_short_ok: bool) -> Recording:
-  """A long compressed recording of the ``frames`` it decodes to; one whose audio
-  stops short of its header's length (as ``load_wav`` judges it), or fails to
-  decode before its end, raises ``TruncatedAudioError``, or with
+                       failure: str | None, held: float | None, tagged: bool,
+                       cut_short_ok: bool) -> Recording:
+  """A compressed recording of the ``frames`` it decodes to. One whose audio
+  stops short of its header's length (an untagged MP3's: of what its frames hold,
+  ``held``), or fails to decode before its end, raises ``TruncatedAudioError``
+  (as ``load_wav`` judges it: over 10 % short, or failing), or with
   ``cut_short_ok`` is the samples before that, with a note."""
-  rate, declared = info.samplerate, info.frames
+  rate = info.samplerate
   if frames <= 0:
     raise TruncatedAudioError(f"{path}: damaged or cut short (its audio does not decode"
                               + (f": {failure})" if failure else ")"))
   recording = Recording(path, sr=sr, info=info, frames=frames)
-  # An intact file decodes to exactly its header's count (an MP3's: its Xing header's,
-  # or libsndfile's estimate, at which it stops decoding).
-  if failure is not None or frames < declared:
-    length = f"{declared / rate:.1f} s" if declared > 0 else "no length"
-    what = (f"its {info.format} header declares {length}, its audio decodes to "
-            f"{frames / rate:.1f} s" + (f" ({failure})" if failure else ""))
-    if not cut_short_ok and (failure is not None or frames < 0.9 * declared):  # as load_wav
+  # An intact file decodes to exactly its header's count (an MP3's: its Xing
+  # header's); an untagged MP3's count is libsndfile's estimate, which may be too
+  # long as well as too short: its frames are what it holds.
+  if _is_mp3(info) and not tagged:
+    expected, length = (held or 0.0) * rate, f"its MPEG frames hold {held or 0:.1f} s"
+  else:
+    expected = info.frames
+    length = f"its {info.format} header declares " + (
+        f"{info.frames / rate:.1f} s" if info.frames > 0 else "no length")
+  # (A decode error within a second of the end: trailing junk, not damage.)
+  failed = failure is not None and frames < expected - rate
+  short = frames < expected - (rate if _is_mp3(info) else 0)
+  # An untagged MP3 decoded to libsndfile's estimate: not damaged, not all read.
+  estimated = _is_mp3(info) and not tagged and frames == info.frames and not failed
+  if (failed or short) and not estimated:
+    what = f"{length}, its audio decodes to {frames / rate:.1f} s" + (
+        f" ({failure})" if failed else "")
+    if not cut_short_ok and (failed or frames < 0.9 * expected):
       raise TruncatedAudioError(f"{path}: damaged or cut short ({what})")
     recording.note = f"damaged or cut short: {what}, which were scored"
+  elif _mp3_note(path, info, frames / rate, held, tagged):  # (an estimate, or files joined)
+    recording.note = (f"{_mp3_note(path, info, frames / rate, held, tagged)}; the "
+                      f"{frames / rate:.1f} s decoded were scored")
+  if recording.note:
     logging.warning("%s: %s", path, recording.note)
-  estimate = _mp3_estimate_note(path, info, frames / rate)
-  if estimate:
-    recording.note = "; ".join(filter(None, (
-        recording.note, f"{estimate}; the {frames / rate:.1f} s decoded were scored")))
-    logging.warning("%s: %s", path, estimate)
   _warn_low_rate(path, rate, sr)
   return recording
 

@@ -77,6 +77,9 @@ class Failure(tuple):
     failure.start_s, failure.duration_s = start_s, duration_s
     return failure
 
+  def __getnewargs_ex__(self):  # copy, deepcopy and pickle rebuild it through __new__
+    return (self[0], self[1]), {"start_s": self.start_s, "duration_s": self.duration_s}
+
   @property
   def path(self) -> str:
     return self[0]
@@ -575,7 +578,7 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                 merge_gap_s: float = 0.1, piece_s: float = 0.0,
                 on_read: Optional[Callable[[str, float], None]] = None,
                 on_done: Optional[Callable[[str], None]] = None,
-                ) -> Iterable[tuple[str, Optional[FrameResult], str]]:
+                ) -> Iterable[tuple[str, Optional[FrameResult], Optional[Failure]]]:
   """Scores ``files`` one by one: ``(path, FrameResult, None)`` for each scored
   file (for each of its pieces of ``piece_s`` seconds, ``pieces``, when given,
   each as soon as it is scored), ``(path, None, Failure)`` for each unreadable

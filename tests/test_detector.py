@@ -8,10 +8,12 @@ of ``bu_jax.train``, metadata as ``bu_jax.toycar`` writes it) in a toycar-like
 workdir ``run/bu/checkpoints``.
 """
 
+import copy
 import dataclasses
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -498,6 +500,8 @@ def test_a_bad_piece_of_a_long_recording_is_reported_and_the_rest_scored(trained
                       r"\(the piece from 3 s\)", rows[2]["note"])
   (failure,) = report.failures
   assert failure == (path, rows[2]["note"]) and (failure.start_s, failure.duration_s) == (3, 3)
+  for copied in (copy.copy(failure), copy.deepcopy(failure), pickle.loads(pickle.dumps(failure))):
+    assert copied == failure and (copied.start_s, copied.duration_s) == (3, 3)
   assert report.exit_status == 1 and (
       "1 recording(s) scored in 2 pieces, 0 pieces anomalous, 0 failed, and 1 piece(s) of them "
       "failed." in report.summary())

@@ -242,11 +242,15 @@ def test_a_compressed_file_that_stops_decoding_is_scored_as_far_as_it_goes(tmp_p
     n = len(data) // 2
     data[n:n + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
   open(path, "wb").write(bytes(data))
-  # Long by its header (over stream_seconds), shorter than that as it decodes.
-  with pytest.raises(audio.TruncatedAudioError,
-                     match=re.escape(path) + r": damaged or cut short \(its MP3 header declares "
-                     r"30\.0 s, its audio decodes to \d+\.\d s"):
-    audio.open_recording(path, stream_seconds=20.0)
+  # Long by its header (over stream_seconds), shorter than that as it decodes; and
+  # short by its header (loaded whole), where load_wav refuses it.
+  for stream_seconds in (20.0, 100.0):
+    if damage == "truncate" or stream_seconds == 20.0:  # (else audioread's decoders judge)
+      with pytest.raises(audio.TruncatedAudioError, match=re.escape(path) + r": damaged or "
+                         r"cut short \(its MP3 (header declares 30\.0 s, its )?audio decodes to"):
+        audio.open_recording(path, stream_seconds=stream_seconds)
+    assert audio.open_recording(path, stream_seconds=stream_seconds,
+                                cut_short_ok=True).note.startswith("damaged or cut short")
   rec = audio.open_recording(path, stream_seconds=20.0, cut_short_ok=True)
   assert re.fullmatch(r"damaged or cut short: its MP3 header declares 30\.0 s, its audio "
                       r"decodes to \d+\.\d s( \(.+\))?, which were scored", rec.note)
@@ -266,7 +270,7 @@ def test_a_compressed_file_that_stops_decoding_is_scored_as_far_as_it_goes(tmp_p
     assert "(Unspecified internal error.)" in rec.note
     # A decoder that meets the damage keeps it: a range past it fails at once, one
     # before it decodes again from the start.
-    reader = audio._ForwardReader(path, keep=SR, block=10 * SR)  # pylint: disable=protected-access
+    reader = audio._ForwardReader(path, keep=SR, block=SR)  # pylint: disable=protected-access
     with pytest.raises(RuntimeError, match="Unspecified internal error"):
       reader.read(0, 30 * SR)
     assert reader.failed[0] == rec.native_frames
@@ -292,6 +296,52 @@ def test_a_chained_ogg_is_refused_clearly(tmp_path):
   audio.load_wav(parts[0])  # one stream is read
 
 
+def _strip_xing(data):
+  """An MP3 (libsndfile's: no ID3 tag, MPEG-2 Layer III at 16 kHz) without its
+  first frame, the Xing header."""
+  header = int.from_bytes(data[:4], "big")
+  assert header >> 21 == 0x7FF and b"Xing" in data[:1000]
+  kbps = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)[(header >> 12) & 15]
+  return data[72 * kbps * 1000 // SR + ((header >> 9) & 1):]
+
+
+def test_an_mp3_whose_length_libsndfile_overestimates_is_no_damaged_file(tmp_path, caplog):
+  """Silence first: libsndfile's estimate (from the first frame's low bitrate) is
+  far too long, and the decode ends at the true end, which is no damage."""
+  tagged, untagged = str(tmp_path / "vbr.mp3"), str(tmp_path / "untagged.mp3")
+  x = np.concatenate([np.zeros(3 * SR), 0.3 * np.random.default_rng(0).standard_normal(27 * SR)])
+  soundfile.write(tagged, x.astype(np.float32), SR, format="MP3", bitrate_mode="VARIABLE")
+  open(untagged, "wb").write(_strip_xing(open(tagged, "rb").read()))
+  assert soundfile.info(untagged).frames > 60 * SR  # the estimate
+  caplog.clear()
+  rec = audio.open_recording(untagged, stream_seconds=20.0)  # long by the estimate
+  assert isinstance(rec, audio.Recording) and rec.note == "" and caplog.text == ""
+  assert len(rec) == audio.load_wav(untagged).size == pytest.approx(30 * SR, abs=0.2 * SR)
+
+
+def test_ogg_links_tell_a_chained_file_from_a_multiplexed_one(tmp_path):
+  """Streams one after another (chained) against streams side by side (their
+  first pages together, as a multiplexed file has them)."""
+  def pages(path):
+    data, out = path.read_bytes(), []
+    while data:
+      segments = data[26]
+      size = 27 + segments + sum(data[27:27 + segments])
+      out.append(data[:size])
+      data = data[size:]
+    return out
+  parts = [tmp_path / "a.ogg", tmp_path / "b.ogg"]
+  for i, part in enumerate(parts):
+    soundfile.write(part, _wave(3.0, seed=i), SR, format="OGG", subtype="VORBIS")
+  a, b = pages(parts[0]), pages(parts[1])
+  links = audio._ogg_links  # pylint: disable=protected-access
+  assert links(str(parts[0])) == 1
+  (tmp_path / "chained.ogg").write_bytes(b"".join(a + b))
+  assert links(str(tmp_path / "chained.ogg")) == 2
+  (tmp_path / "side.ogg").write_bytes(b"".join([a[0], b[0]] + a[1:] + b[1:]))
+  assert links(str(tmp_path / "side.ogg")) == 1
+
+
 def test_an_mp3_whose_length_libsndfile_estimates_short_says_so(tmp_path, caplog):
   """A VBR MP3 without a Xing header (ffmpeg writing to a pipe leaves one so):
   libsndfile estimates its length from its first frame and stops decoding there."""
@@ -299,16 +349,11 @@ def test_an_mp3_whose_length_libsndfile_estimates_short_says_so(tmp_path, caplog
   rng = np.random.default_rng(0)
   x = np.concatenate([0.01 * rng.standard_normal(8 * SR), 0.3 * rng.standard_normal(22 * SR)])
   soundfile.write(tagged, x.astype(np.float32), SR, format="MP3", bitrate_mode="VARIABLE")
-  data = open(tagged, "rb").read()
-  header = int.from_bytes(data[:4], "big")  # libsndfile writes no ID3 tag: a frame first
-  assert header >> 21 == 0x7FF and b"Xing" in data[:1000]
-  assert audio._mp3_untagged_seconds(tagged) is None  # pylint: disable=protected-access
-  # Drop the first frame, which holds the Xing header (MPEG-2 Layer III at 16 kHz).
-  kbps = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)[(header >> 12) & 15]
-  first = 72 * kbps * 1000 // SR + ((header >> 9) & 1)
-  open(untagged, "wb").write(data[first:])
-  held = audio._mp3_untagged_seconds(untagged)  # pylint: disable=protected-access
-  assert held == pytest.approx(30.0, abs=0.1)
+  held, is_tagged = audio._mp3_frames(tagged)  # pylint: disable=protected-access
+  assert is_tagged and held == pytest.approx(30.0, abs=0.1)
+  open(untagged, "wb").write(_strip_xing(open(tagged, "rb").read()))
+  held, is_tagged = audio._mp3_frames(untagged)  # pylint: disable=protected-access
+  assert not is_tagged and held == pytest.approx(30.0, abs=0.1)
   decoded = soundfile.info(untagged).frames / SR
   assert decoded < 20.0  # libsndfile's estimate, from the quiet first frames
   caplog.clear()
@@ -323,3 +368,10 @@ def test_an_mp3_whose_length_libsndfile_estimates_short_says_so(tmp_path, caplog
   np.testing.assert_allclose(rec[:], wave, rtol=0, atol=2e-7)
   caplog.clear()
   assert audio.load_wav(tagged).size == 30 * SR and "libsndfile decodes" not in caplog.text
+  # Two files joined: the first one's Xing header counts half the frames.
+  joined = str(tmp_path / "joined.mp3")
+  open(joined, "wb").write(open(tagged, "rb").read() * 2)
+  rec = audio.open_recording(joined, cut_short_ok=True)
+  assert len(rec) == 30 * SR and re.match(
+      r"libsndfile decodes 30\.0 s of the 60\.\d s its MPEG frames hold \(its Xing header "
+      r"counts only part of them: MP3 files joined\?\)", rec.note)
