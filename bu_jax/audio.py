@@ -710,15 +710,15 @@ def _forward_recording(path: str, *, sr: int, info: soundfile._SoundFileInfo, fr
   short = frames < expected - (rate if _is_mp3(info) else 0)
   # An untagged MP3 decoded to libsndfile's estimate: not damaged, not all read.
   estimated = _is_mp3(info) and not tagged and frames == info.frames and not failed
+  unread = _mp3_note(path, info, frames / rate, held, tagged)  # (an estimate, files joined)
   if (failed or short) and not estimated:
     what = f"{length}, its audio decodes to {frames / rate:.1f} s" + (
         f" ({failure})" if failed else "")
     if not cut_short_ok and (failed or frames < 0.9 * expected):
       raise TruncatedAudioError(f"{path}: damaged or cut short ({what})")
     recording.note = f"damaged or cut short: {what}, which were scored"
-  elif _mp3_note(path, info, frames / rate, held, tagged):  # (an estimate, or files joined)
-    recording.note = (f"{_mp3_note(path, info, frames / rate, held, tagged)}; the "
-                      f"{frames / rate:.1f} s decoded were scored")
+  elif unread:
+    recording.note = f"{unread}; the {frames / rate:.1f} s decoded were scored"
   if recording.note:
     logging.warning("%s: %s", path, recording.note)
   _warn_low_rate(path, rate, sr)
