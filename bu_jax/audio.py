@@ -88,6 +88,10 @@ def _sndfile_reason(error: Exception) -> str:
   return str(error).split("': ", 1)[-1] or type(error).__name__
 
 
+def _is_mp3(info: soundfile._SoundFileInfo | None) -> bool:
+  return info is not None and info.format in ("MP3", "MPEG")
+
+
 @contextlib.contextmanager
 def _quiet_decoder(what: soundfile._SoundFileInfo | str | None):
   """While an MP3 (``what``: its info, or its path) is opened or decoded:
@@ -96,8 +100,7 @@ def _quiet_decoder(what: soundfile._SoundFileInfo | str | None):
   files, whose samples are right all the same), past Python's logging, into the
   progress line; they go to /dev/null. Decoding errors still raise (and are
   reported with the file's name)."""
-  mp3 = (what.lower().endswith(".mp3") if isinstance(what, str)
-         else what is not None and what.format in ("MP3", "MPEG"))
+  mp3 = what.lower().endswith(".mp3") if isinstance(what, str) else _is_mp3(what)
   try:
     saved = os.dup(2) if mp3 else None
   except OSError:  # no stderr to keep clean
@@ -190,10 +193,6 @@ def _mp3_note(path: str, info: soundfile._SoundFileInfo, seconds: float,
               "first frame")
   return (f"libsndfile decodes {seconds:.1f} s of the {held:.1f} s its MPEG frames hold "
           f"({why}); convert it, e.g. `ffmpeg -i in.mp3 out.wav`, to read all of it")
-
-
-def _is_mp3(info: soundfile._SoundFileInfo | None) -> bool:
-  return info is not None and info.format in ("MP3", "MPEG")
 
 
 def sound_info(path: str | os.PathLike) -> soundfile._SoundFileInfo:
@@ -534,6 +533,13 @@ class Recording:
     self.on_read: Callable[[int], None] | None = None
 
   @property
+  def _length(self) -> str:
+    """Its length as its errors give it (a compressed file's: counted when opened)."""
+    seconds = self.native_frames / self.native_sr
+    return (f"it decoded to {seconds:.1f} s when opened" if self.forward
+            else f"its header declares {seconds:.1f} s")
+
+  @property
   def reader(self) -> _ForwardReader:
     """The forward decoder of a compressed file (shared by its sections)."""
     if self._shared["reader"] is None:
@@ -590,14 +596,12 @@ class Recording:
       # e.g. a FLAC cut short: "flac decoder lost sync", "Internal psf_fseek() failed".
       reason = _sndfile_reason(error)
       raise TruncatedAudioError(
-          f"{self.path}: damaged or cut short (its header declares "
-          f"{self.native_frames / self.native_sr:.1f} s, but reading "
+          f"{self.path}: damaged or cut short ({self._length}, but reading "
           f"{start / self.native_sr:.3f}-{stop / self.native_sr:.3f} s fails: {reason})"
       ) from error
     if len(block) < stop - start:
       raise TruncatedAudioError(
-          f"{self.path}: damaged or cut short (its header declares "
-          f"{self.native_frames / self.native_sr:.1f} s, but reading stops at "
+          f"{self.path}: damaged or cut short ({self._length}, but reading stops at "
           f"{(start + len(block)) / self.native_sr:.3f} s)")
     # librosa.to_mono's mean, over the same axis; a copy, which a margin's bad
     # samples may change.

@@ -143,6 +143,16 @@ def test_a_file_cut_after_it_was_opened(tmp_path):
     rec[2 * SR:]
 
 
+def test_a_compressed_file_replaced_after_it_was_opened(tmp_path):
+  path = str(tmp_path / "r.ogg")
+  soundfile.write(path, _wave(30.0), SR, format="OGG", subtype="VORBIS")
+  rec = audio.open_recording(path, stream_seconds=1.0)
+  soundfile.write(path, _wave(10.0), SR, format="OGG", subtype="VORBIS")  # a shorter one
+  with pytest.raises(audio.TruncatedAudioError, match=re.escape(path) + r": damaged or cut "
+                     r"short \(it decoded to 30\.0 s when opened, but reading stops at"):
+    rec[20 * SR:21 * SR]
+
+
 def test_a_flac_cut_short_is_damaged_from_where_it_cannot_be_read(tmp_path):
   path = str(tmp_path / "cut.flac")
   soundfile.write(path, _wave(30.0), SR)
