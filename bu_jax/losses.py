@@ -16,9 +16,10 @@ nor any gradient. With no valid normal frame (M_u = 0: an empty array or an
 all-False ``mask_u``) the normal term of every loss is 0, and with no valid
 anomalous frame L_a is 0; the losses are then finite (RE: 0; SNP and BU: -L_a).
 
-Hyperparameters are keyword-only and, when given as Python numbers, checked
-(lambda and sigma finite and > 0, eps finite and >= 0; a ValueError names the
-argument); traced values are not checked. Paper defaults (see ``paper_hyperparameters``):
+Hyperparameters are keyword-only and, when given as numbers (Python, NumPy or a
+0-d array with a value), checked (lambda and sigma finite and > 0, eps finite
+and >= 0; a ValueError names the argument); a traced value out of range under
+``jax.jit`` makes the loss NaN instead (``kde._check_hyperparameter``). Paper defaults (see ``paper_hyperparameters``):
 sigma = 1/(2D) on standardized features and lambda = 2M (M mel bands) for audio
 (section 4.2.2); sigma = 2D and lambda = 2D for the verification experiment
 (section 4.1.1).
@@ -118,7 +119,8 @@ def anomaly_term(scores_a: jax.Array, *, lam: float,
     axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
 
   Returns:
-    float32 scalar, 0 <= L_a < lambda for non-negative scores; 0 when there is
+    float32 scalar, 0 <= L_a <= lambda for non-negative scores (tanh reaches 1
+    in float32 beyond about 9 lambda); 0 when there is
     no valid anomalous frame.
 
   Raises:
@@ -157,10 +159,13 @@ def snp_loss(scores_u: jax.Array, scores_a: jax.Array, *, lam: float,
           - anomaly_term(scores_a, lam=lam, mask_a=mask_a, axis_name=axis_name))
 
 
-def weighted_mean(scores: jax.Array, weights: jax.Array, *,
+def weighted_mean(scores: jax.Array, *, weights: jax.Array,
                   mask: Optional[jax.Array] = None,
                   axis_name: Optional[str] = None) -> jax.Array:
   """The normal term of eq. (16): sum_i w_i A_i / sum_i w_i over valid entries.
+
+  ``weights`` is keyword-only (as in ``np.average``): two (M,) vectors given by
+  position are too easily swapped.
 
   Args:
     scores: (M,) anomaly scores.
@@ -252,6 +257,7 @@ def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.A
   kde._check_hyperparameter("lam", lam)
   eps = kde._check_hyperparameter("eps", eps, allow_zero=True)
   scores_u, mask_u = _scores_and_mask(scores_u, mask_u, "u")
+  features_u = jnp.asarray(features_u)
   if jnp.ndim(features_u) != 2 or jnp.shape(features_u)[0] != scores_u.shape[0]:
     raise ValueError(f"features_u must be ({scores_u.shape[0]}, D), one row per score of "
                      f"scores_u, got {jnp.shape(features_u)}")
@@ -269,7 +275,7 @@ def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.A
 def _weighted_loss_parts(scores_u, scores_a, weights, *, lam, mask_u, mask_a, axis_name):
   """Eq. (16) from given weights: (J_BU, weighted normal term, L_a)."""
   scores_u, mask_u = _scores_and_mask(scores_u, mask_u, "u")
-  normal = weighted_mean(scores_u, jax.lax.stop_gradient(weights), mask=mask_u,
+  normal = weighted_mean(scores_u, weights=jax.lax.stop_gradient(weights), mask=mask_u,
                          axis_name=axis_name)
   la = anomaly_term(scores_a, lam=lam, mask_a=mask_a, axis_name=axis_name)
   return normal - la, normal, la

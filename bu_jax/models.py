@@ -20,7 +20,9 @@ class FCNAutoencoder(nn.Module):
 
   Encoder: input dense layer (U) -> H hidden dense layers (U) -> output dense
   layer (Z). The decoder mirrors it back to D. ReLU after every layer except
-  the decoder's output; Glorot-uniform weights, zero biases.
+  the decoder's output; Glorot-uniform weights, zero biases. With ``dtype``
+  (e.g. bfloat16) every layer but the decoder's output computes in it; the
+  reconstruction is float32.
 
   With ``standardize_input`` the AE works on standardized features
   z = (x - mean) * scale, with per-dimension statistics of the normal
@@ -39,12 +41,17 @@ class FCNAutoencoder(nn.Module):
   standardize_input: bool = False
 
   def setup(self):
-    dense = lambda n, name: nn.Dense(n, kernel_init=_glorot, dtype=self.dtype,
-                                     name=name)
+    dense = lambda n, name, dtype=self.dtype: nn.Dense(n, kernel_init=_glorot, dtype=dtype,
+                                                       name=name)
     enc = [self.units] * (self.hidden_layers + 1) + [self.bottleneck]
-    dec = [self.units] * (self.hidden_layers + 1) + [self.dim]
+    dec = [self.units] * (self.hidden_layers + 1)
     self.encoder = [dense(n, f"enc_{i}") for i, n in enumerate(enc)]
-    self.decoder = [dense(n, f"dec_{i}") for i, n in enumerate(dec)]
+    # The output layer computes in float32 whatever ``dtype`` is: a bfloat16
+    # reconstruction would put a rounding floor under A(x) (eq. 5) of about
+    # 2^-9 |x| per dimension (3 per frame on dB-scale log-mels, D = 440).
+    output = dense(self.dim, f"dec_{len(dec)}",
+                   None if self.dtype is None else jnp.float32)
+    self.decoder = [dense(n, f"dec_{i}") for i, n in enumerate(dec)] + [output]
     if self.standardize_input:
       self.input_mean = self.param("input_mean", nn.initializers.zeros, (self.dim,))
       self.input_scale = self.param("input_scale", nn.initializers.ones, (self.dim,))
@@ -90,7 +97,9 @@ def set_input_statistics(params, mean, std, *, floor: float = 1e-3):
 
   ``scale = 1 / max(std, floor * max(std))``: a constant dimension is not
   blown up. Returns a new params dict; raises ValueError on a shape mismatch
-  or non-finite statistics, or for an AE without ``standardize_input``.
+  or non-finite statistics, for statistics of features that do not vary at
+  all (every std 0 or at float rounding of the mean: silent or identical
+  training frames, or one frame), or for an AE without ``standardize_input``.
   """
   if "input_mean" not in params:
     raise ValueError("the model has no input statistics (standardize_input=False)")
@@ -101,7 +110,12 @@ def set_input_statistics(params, mean, std, *, floor: float = 1e-3):
     raise ValueError(f"input statistics of shape {mean.shape}/{std.shape}, expected {dim}")
   if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0)):
     raise ValueError("input statistics must be finite with std >= 0")
-  scale = 1.0 / np.maximum(std, floor * max(float(std.max()), 1e-12))
+  largest = float(std.max())
+  if largest <= 1e-6 * max(1.0, float(np.abs(mean).max())):
+    raise ValueError(f"input statistics with no spread (largest std {largest:.3g}): the "
+                     "training frames are all alike (silent or identical clips?), so there "
+                     "is nothing to standardize by")
+  scale = 1.0 / np.maximum(std, floor * largest)
   out = dict(params)
   out["input_mean"] = jnp.asarray(mean)
   out["input_scale"] = jnp.asarray(scale, jnp.float32)

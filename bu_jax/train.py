@@ -124,8 +124,8 @@ class TrainConfig:
       changes the speed, not the results.
     compute_dtype: "float32" (default) or "bfloat16": the autoencoder's
       matrix products in the training step. Parameters, optimizer state,
-      features, the per-frame scores (eq. 5, summed in float32) and the KDE
-      stay float32. bfloat16 is for GPUs/TPUs; on CPU it is slower.
+      features, the decoder's output layer, the per-frame scores (eq. 5,
+      summed in float32) and the KDE stay float32. bfloat16 is for GPUs/TPUs; on CPU it is slower.
   """
 
   loss: str = "bu"
@@ -475,11 +475,14 @@ def loss_by_name(loss: str, scores_u: jax.Array, scores_a: Optional[jax.Array] =
     mean, or for BU the weighted mean, of the normal frames' scores).
 
   Raises:
-    ValueError: an unknown ``loss``, "bu" without ``weights``, or an
-      out-of-range ``lam``.
+    ValueError: an unknown ``loss``, "snp" or "bu" without ``scores_a``, "bu"
+      without ``weights``, or an out-of-range ``lam``.
   """
   if loss not in LOSSES:
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+  if loss != "re" and scores_a is None:
+    raise ValueError(f"loss {loss!r} needs scores_a, the anomalous frames' scores (eq. 10's "
+                     "L_a); only 're' has none")
   if loss == "bu":
     if weights is None:
       raise ValueError("loss 'bu' needs weights (kde.kde_weights)")

@@ -1,6 +1,7 @@
 """RE / SNP / BU losses and KDE weights: exactness, invariants, data parallelism."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -52,6 +53,23 @@ def test_pairwise_distances_exact_against_double_loop():
   got = np.asarray(kde.pairwise_sq_distances(a, b))
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
   assert (np.asarray(kde.pairwise_sq_distances(a, a)) >= 0).all()
+
+
+def test_pairwise_distances_of_raw_log_mel_like_rows_keep_their_precision():
+  """Rows with a large common offset (raw log-mel frames: band means -80..-10, D = 440,
+  spread 3 about them) and close pairs among them: float32 distances within 1e-3 of
+  float64 (identical rows within 5e-3 of 0), close pairs not 0 (the Gram form alone cancelled terms of 10^6 here)."""
+  rng = np.random.default_rng(0)
+  base = rng.uniform(-80, -10, 440) + 3 * rng.standard_normal((50, 440))
+  a = np.concatenate([base, base + 0.05 * rng.standard_normal(base.shape)]).astype(np.float32)
+  b = np.asarray(a[::-1])
+  ref = np.sum((a[:, None, :].astype(np.float64) - b[None, :, :]) ** 2, axis=-1)
+  got = np.asarray(kde.pairwise_sq_distances(a, b))
+  np.testing.assert_allclose(got, ref, rtol=1e-3, atol=5e-3)
+  close = (ref > 0) & (ref < 5.0)
+  assert close.sum() >= 100 and np.all(got[close] > 0)
+  np.testing.assert_allclose(kde.pairwise_sq_distances(a.tolist()[:3], b.tolist()[:2]),
+                             ref[:3, :2], rtol=1e-3)
 
 
 @pytest.mark.parametrize("standardize", [True, False])
@@ -462,7 +480,10 @@ _BAD = [("lam", 0.0), ("lam", -5), ("lam", float("nan")), ("lam", float("inf")),
         ("eps", -1e-6), ("eps", float("nan")), ("eps", float("inf")),
         # beyond float32, the precision they are used in; and bools (a slip, not 1)
         ("sigma", 1e39), ("lam", 1e39), ("eps", 1e39), ("lam", 1e-50), ("sigma", True),
-        ("lam", False)]
+        ("lam", False),
+        # 0-d arrays with a value are numbers too (they once gave NaN silently)
+        ("sigma", np.array(-0.1)), ("lam", np.array(np.nan)), ("eps", np.array(-1e-6)),
+        ("lam", jnp.float32(-1.0)), ("sigma", jnp.asarray(0.0)), ("sigma", np.array(True))]
 
 
 @pytest.mark.parametrize("arg,value", _BAD)
@@ -486,6 +507,22 @@ def test_hyperparameters_out_of_range_raise_value_error_naming_them(arg, value):
   for call in calls:
     with pytest.raises(ValueError, match=arg):
       call()
+
+
+def test_feature_rows_given_as_lists_are_arrays():
+  """Nested lists are rows like an array's (once an AttributeError on ``.shape``)."""
+  xu, xa, _, _ = _batch()
+  su, sa = xu[:, 0] ** 2, xa[:, 0] ** 2
+  rows = np.asarray(xu).tolist()
+  np.testing.assert_allclose(kde.kde_density(rows, sigma=SIGMA), kde.kde_density(xu, sigma=SIGMA))
+  np.testing.assert_allclose(kde.kde_weights(rows, sigma=SIGMA), kde.kde_weights(xu, sigma=SIGMA))
+  np.testing.assert_allclose(kde.kde_weights_with_memory(rows, rows[:4], sigma=SIGMA),
+                             kde.kde_weights_with_memory(xu, xu[:4], sigma=SIGMA))
+  np.testing.assert_allclose(losses.bu_loss(su, sa, rows, lam=LAM),
+                             losses.bu_loss(su, sa, xu, lam=LAM))
+  memory, valid = kde.memory_update(np.zeros((4, xu.shape[1])).tolist(), np.zeros(4, bool), rows,
+                                    slot=0, rows_per_slot=4)
+  assert np.all(np.asarray(valid)) and np.all(np.isfinite(memory))
 
 
 def test_hyperparameter_edges_accepted_and_traced_values_out_of_range_give_nan():
@@ -546,7 +583,7 @@ def test_public_loss_and_kde_functions_document_args_returns_and_equation():
         continue
       doc = inspect.getdoc(fn) or ""
       assert "Args:" in doc and "Returns:" in doc, fname
-      assert "eq" in doc.lower(), fname
+      assert re.search(r"\beqs?\. ?\(?\d+", doc), fname  # "eq. (15)", "eqs. 15-16", "(eq. 10)"
 
 
 def test_shape_mistakes_raise_value_errors_naming_the_argument():
@@ -595,12 +632,14 @@ def test_weighted_mean_does_not_depend_on_the_weights_scale():
   xu, _, _, _ = _batch()
   s = xu[:, 0] ** 2
   w = np.random.default_rng(1).random(s.size).astype(np.float32)
-  ref = float(losses.weighted_mean(s, w))
+  ref = float(losses.weighted_mean(s, weights=w))
+  with pytest.raises(TypeError):  # keyword-only: two (M,) vectors are too easily swapped
+    losses.weighted_mean(s, w)  # pylint: disable=too-many-function-args
   np.testing.assert_allclose(ref, np.sum(w * s) / np.sum(w), rtol=1e-5)
   for scale in (1e-32, 1e-20, 1e20):  # sum w < 1e-30 at 1e-32 (a floor there would bite)
-    np.testing.assert_allclose(float(losses.weighted_mean(s, w * np.float32(scale))), ref,
+    np.testing.assert_allclose(float(losses.weighted_mean(s, weights=w * np.float32(scale))), ref,
                                rtol=1e-3)
-  assert float(losses.weighted_mean(s, np.zeros_like(w))) == 0.0
+  assert float(losses.weighted_mean(s, weights=np.zeros_like(w))) == 0.0
 
 
 def test_standardize_and_density_have_finite_gradients_at_constant_dimensions():

@@ -70,3 +70,22 @@ def test_anomaly_score_is_squared_l2():
 def test_unknown_preset_error_lists_choices():
   with pytest.raises(ValueError, match="fcn64-large"):
     models.preset("fcn128")
+
+
+def test_bfloat16_ae_reconstructs_in_float32():
+  """A bfloat16 AE's hidden layers run in bfloat16 but its reconstruction is float32, so
+  A(x) of a frame it reproduces exactly is 0, not a bfloat16 rounding floor (about 2^-9 |x|
+  per dimension: 3 per frame on dB-scale log-mels)."""
+  dim = 440
+  model = models.FCNAutoencoder(dim=dim, hidden_layers=1, units=16, bottleneck=4,
+                                dtype=jnp.bfloat16)
+  params = model.init(jax.random.key(0), jnp.zeros((1, dim)))["params"]
+  frame = np.random.default_rng(0).uniform(-80, -10, dim).astype(np.float32)
+  out = dict(params)  # the output is its bias alone: every kernel of the last layer 0
+  last = f"dec_{len([k for k in params if k.startswith('dec_')]) - 1}"
+  out[last] = {"kernel": jnp.zeros_like(params[last]["kernel"]), "bias": jnp.asarray(frame)}
+  recon = model.apply({"params": out}, frame[None])
+  assert recon.dtype == jnp.float32
+  assert float(models.anomaly_score(frame[None], recon)[0]) == 0.0
+  hidden = model.apply({"params": out}, frame[None], method=model.encode)
+  assert hidden.dtype == jnp.bfloat16  # the rest of the AE did run in bfloat16

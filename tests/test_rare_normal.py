@@ -174,6 +174,16 @@ def test_standardized_input_ae_scores_in_standard_units():
   assert np.any(grads["enc_0"]["kernel"])
   with pytest.raises(ValueError, match="finite"):
     models.set_input_statistics(params, mean, std * np.nan)
+  # features that never vary (silent or identical frames) have nothing to standardize by:
+  # an error, not a scale of 1e15 that makes every score astronomical
+  for no_spread in (np.zeros(d), np.full(d, 1e-9)):
+    with pytest.raises(ValueError, match="no spread"):
+      models.set_input_statistics(params, mean, no_spread)
+  # one dimension constant among varying ones: scaled by the floor, not blown up
+  some = std.copy()
+  some[3] = 0.0
+  scale = np.asarray(models.set_input_statistics(params, mean, some)["input_scale"])
+  assert scale[3] == pytest.approx(1 / (1e-3 * std.max()))
   plain = models.preset("fcn40-small").build()
   plain_params = plain.init(jax.random.key(0), jnp.zeros((1, d)))["params"]
   with pytest.raises(ValueError, match="standardize_input"):
@@ -210,7 +220,7 @@ def test_contrast_sigma_mask_and_sharding_invariance():
   padded = jnp.concatenate([x, jnp.full((8, 8), jnp.nan)])
   mask = jnp.arange(72) < 64
   got = kde.contrast_sigma(padded, base_sigma=base, mask=mask, probe_rows=64)
-  assert np.isfinite(float(got))
+  np.testing.assert_allclose(float(got), float(want))
   mesh = jax.make_mesh((8,), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.P("data"))
   sharded = jax.jit(jax.shard_map(
@@ -222,6 +232,32 @@ def test_contrast_sigma_mask_and_sharding_invariance():
   assert np.isfinite(float(kde.contrast_sigma(same, base_sigma=base)))
   with pytest.raises(ValueError, match="factors"):
     kde.contrast_sigma(x, base_sigma=base, factors=(1.0, -2.0))
+
+
+def test_contrast_sigma_probes_the_valid_rows_wherever_the_padding_lies():
+  """More rows than probe_rows, masked rows interleaved (as the train step's per-device
+  buffers gather): the probes are the same valid rows, so sigma is that of the unpadded
+  batch (it was not: the probes were spread over every row, padding included)."""
+  sigma = jax.jit(lambda x, mask: kde.contrast_sigma(x, base_sigma=1 / 16, mask=mask))
+  mask = np.stack([np.ones(600, bool), np.zeros(600, bool)], 1).reshape(-1)
+  mismatched = []
+  for seed in range(20):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((600, 8)).astype(np.float32)
+    x[:75] = 3 + 2 * rng.standard_normal((75, 8))
+    plain = float(sigma(x, None))
+    interleaved = np.stack([x, np.full((600, 8), np.nan, np.float32)], 1).reshape(1200, 8)
+    padded = float(sigma(interleaved, mask))
+    if padded != plain:
+      mismatched.append((seed, plain, padded))
+  assert not mismatched
+  # fewer valid rows than probe_rows: every valid row probed, none twice
+  x, _ = _clusters(n_dense=100, n_sparse=10, dim=8)
+  junk = jnp.concatenate([jnp.full((300, 8), jnp.nan), x, jnp.full((90, 8), jnp.nan)])
+  mask = (jnp.arange(500) >= 300) & (jnp.arange(500) < 410)
+  np.testing.assert_allclose(
+      float(kde.contrast_sigma(junk, base_sigma=1 / 16, mask=mask, probe_rows=256)),
+      float(kde.contrast_sigma(x, base_sigma=1 / 16, probe_rows=256)))
 
 
 def test_memory_weights_reduce_to_batch_weights_and_count_the_memory():
@@ -276,6 +312,11 @@ def test_memory_update_is_a_ring_of_slots():
   # slot 4 % 3 = 1 -> rows 2..3; picks the 1st and 3rd valid rows (0 and 3)
   np.testing.assert_array_equal(mem[2:4], [[0, 1], [6, 7]])
   np.testing.assert_array_equal(valid, [False, False, True, True, False, False])
+  # fewer valid rows than a slot holds: each valid row once, in order, the rest unfilled
+  mem, valid = kde.memory_update(jnp.zeros((8, 2)), jnp.zeros(8, bool), x, slot=1,
+                                 rows_per_slot=8, mask=mask)
+  np.testing.assert_array_equal(mem[:4], [[0, 1], [4, 5], [6, 7], [12, 13]])
+  np.testing.assert_array_equal(valid, [True] * 4 + [False] * 4)
   with pytest.raises(ValueError, match="multiple"):
     kde.memory_update(jnp.zeros((5, 2)), jnp.zeros(5, bool), x, slot=0, rows_per_slot=2)
 

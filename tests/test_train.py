@@ -389,6 +389,9 @@ def test_loss_by_name_is_the_losses_of_the_paper():
     train.loss_by_name("bu", su, sa, **kw)
   with pytest.raises(ValueError, match="loss must be one of"):
     train.loss_by_name("pca", su, sa, **kw)
+  for name in ("snp", "bu"):  # L_a needs the anomalous frames: a named error, not jnp's
+    with pytest.raises(ValueError, match="needs scores_a"):
+      train.loss_by_name(name, su, weights=w, **kw)
 
 
 def test_learning_rate_schedule_of_the_paper():
