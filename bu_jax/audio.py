@@ -342,6 +342,9 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
       with _quiet_decoder(info):
         wave, _ = librosa.load(path, sr=sr, mono=True)
   except Exception as error:  # pylint: disable=broad-except
+    if info is not None and "not finite" in str(error):  # librosa's ParameterError
+      raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples"
+                       f"{_first_non_finite_at(path, info)}") from error
     if sndfile_reason is not None:  # audioread's NoBackendError has no message
       with open(path, "rb") as f:
         start = f.read(4)
@@ -379,7 +382,8 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
                        "its header, e.g. `sox --ignore-length in.wav out.wav`")
     raise AudioError(f"{path}: audio file holds no samples")
   if not np.all(np.isfinite(wave)):
-    raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples")
+    raise AudioError(f"{path}: audio holds non-finite (NaN or inf) samples"
+                     f"{_first_non_finite_at(path, info)}")
   note = _mp3_note(path, info, wave.size / sr, held, tagged)
   if note:
     logging.warning("%s: %s", path, note)
@@ -387,6 +391,22 @@ def load_wav(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> np.ndarray:
     _warn_low_rate(path, rate, sr)
   _warn_loud(path, float(np.max(np.abs(wave))))
   return wave
+
+
+def _first_non_finite_at(path: str, info) -> str:
+  """`` (the first at X s)`` for a file libsndfile reads whose samples include NaN or
+  inf (before any resampling, which spreads them), or "" where it cannot tell."""
+  try:
+    with _quiet_decoder(info), soundfile.SoundFile(path) as f:
+      position = 0
+      for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+          return f" (the first at {(position + int(np.argmin(finite))) / f.samplerate:.3f} s)"
+        position += block.shape[0]
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return ""
 
 
 def _warn_low_rate(path: str, rate: int, sr: int) -> None:

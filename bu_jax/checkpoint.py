@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 from etils import epath
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -115,6 +116,20 @@ def _leaf_paths(tree) -> dict[str, Any]:
   """``{'params/dense_0/kernel': leaf, ...}`` in flattening order."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
   return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _first_non_finite(tree) -> str | None:
+  """The path of the first floating-point leaf of ``tree`` holding NaN or inf, or None.
+
+  A trained state never holds one (training stops at a non-finite loss), so one
+  read back means damaged files whose compressed bytes still decoded.
+  """
+  for path, leaf in _leaf_paths(tree).items():
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and not bool(
+        jnp.all(jnp.isfinite(leaf))):
+      return path
+  return None
 
 
 def _shape_dtype(leaf) -> tuple[tuple[int, ...] | None, np.dtype | None]:
@@ -268,6 +283,10 @@ class Checkpointer:
       except Exception as e:  # Orbax/TensorStore raise many types.
         raise self._error(step, f"reading the arrays failed ({type(e).__name__}: "
                           f"{_first_line(e)}); files are missing or damaged") from e
+      damaged = _first_non_finite(state)
+      if damaged is not None:
+        raise self._error(step, f"'{damaged}' was read back with NaN or inf values, which "
+                          "no saved state holds; its files are damaged")
     except CheckpointError as e:
       self._restore_failed = str(e)
       raise
@@ -303,6 +322,10 @@ class Checkpointer:
     except Exception as e:  # Orbax/TensorStore raise many types.
       raise self._error(step, f"reading '{key}' failed ({type(e).__name__}: "
                         f"{_first_line(e)}); files are missing or damaged") from e
+    damaged = _first_non_finite(restored[_STATE][key])
+    if damaged is not None:
+      raise self._error(step, f"'{key}/{damaged}' was read back with NaN or inf values, "
+                        "which no saved state holds; its files are damaged")
     return restored[_STATE][key]
 
   def _error(self, step: int, problem: str, *,

@@ -588,7 +588,11 @@ def _entry_point_unraisable_hook(unraisable) -> None:
     such a callback again, the same happens again.
   - After a failed checkpoint read, TensorStore threads still call back into
     Orbax's event loop, closed by then, and each call would print an "Event
-    loop is closed" traceback after the run's ``Error:`` line: dropped.
+    loop is closed" traceback after the run's ``Error:`` line; and Orbax's
+    reads of the other arrays, abandoned once one failed, are collected with
+    their own "Encountered error while reading array index" (130-1,450 lines
+    of TensorStore specs after a damaged data file). Both dropped: the
+    ``Error:`` line has said what failed.
   - Anything else goes to the default hook.
   """
   error = unraisable.exc_value
@@ -600,6 +604,9 @@ def _entry_point_unraisable_hook(unraisable) -> None:
     threading.Timer(0.05, _thread.interrupt_main, args=(signal.Signals[by],)).start()
     return
   if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  if type(error) is Exception and str(error).startswith(  # pylint: disable=unidiomatic-typecheck
+      "Encountered error while reading array index"):
     return
   sys.__unraisablehook__(unraisable)
 

@@ -382,9 +382,20 @@ class Detector:
       return phi, (f"recalibrated: {1.0 - fpr:.12g} quantile of {held.size} held-out normal "
                    f"clip scores, {fit}")
     if self.threshold is None:
-      raise DetectorError(f"{self.describe()}: the checkpoint holds no calibrated threshold "
-                          "(training stopped before calibration?); give a threshold or "
-                          "an fpr")
+      held = self.calibration.heldout_clip_scores if self.calibration else ()
+      config = self.metadata.train_config or {}
+      try:
+        total = int(config["epochs"]) * int(config["steps_per_epoch"])
+      except (KeyError, TypeError, ValueError):
+        total = None
+      stopped = (f"it stopped at step {self.step} of {total}, before " if total
+                 and self.step is not None and self.step < total else "it stopped before ")
+      raise DetectorError(
+          f"{self.describe()}: the checkpoint holds no calibrated threshold: {stopped}the "
+          "evaluation that calibrates one on held-out normal clips. Run its training "
+          "command again on the same workdir (it resumes, or only evaluates a finished "
+          "model), or give a threshold (--threshold)"
+          + (" or a false-positive rate (--fpr)" if held else ""))
     how = self.calibration.describe()
     return self.threshold, "stored" + (f": {how}" if how else "")
 
@@ -574,6 +585,19 @@ def _shifted(result: FrameResult, start_s: float) -> FrameResult:
                       else np.asarray(result.window_times_s) + start_s))
 
 
+UNCHANGING_NOTE = ("every frame scores alike: its sound never changes (silence or a constant "
+                   "level: a dead microphone, a muted or unplugged input?)")
+
+
+def _unchanging(result: FrameResult) -> bool:
+  """Whether every frame the clip score uses has the same score, to the bit: what
+  a constant input (all samples 0, or one DC level) gives, and recorded sound never
+  does over two frames or more."""
+  scores = (result.frame_scores if result.scored_frames is None
+            else result.frame_scores[result.scored_frames])
+  return scores.size >= 2 and bool(np.all(scores == scores[0]))
+
+
 def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                 merge_gap_s: float = 0.1, piece_s: float = 0.0,
                 on_read: Optional[Callable[[str, float], None]] = None,
@@ -629,6 +653,9 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
         else:
           yield path, None, Failure(path, _skipped(path, e))
         continue
+      if _unchanging(result):
+        logging.warning("%s: %s", path, UNCHANGING_NOTE)
+        notes.insert(0, UNCHANGING_NOTE)
       result = _shifted(dataclasses.replace(result, note="; ".join(notes)), a / sr)
       logging.info("%s: %s, max score %.4g, %d event(s)", path, result.label, result.max_score,
                    len(result.events))

@@ -319,6 +319,29 @@ def test_damaged_checkpoint_raises_and_is_kept(saved_workdir, how):
   assert _files(saved_workdir) == before
 
 
+def test_a_checkpoint_read_back_with_nan_or_inf_is_refused(tmp_path):
+  """Flipped bytes may still decompress, into NaN or inf: no trained state holds them, so a
+  restore, for training or read only, refuses the checkpoint and names the leaf, instead of
+  a scorer that blames every recording for the model's non-finite scores."""
+  state = init_state()
+  kernel = state.params["hidden_1"]["kernel"]
+  damaged = state.replace(params={**state.params, "hidden_1": {
+      **state.params["hidden_1"], "kernel": kernel.at[0, 0].set(jnp.inf)}})
+  with checkpoint.Checkpointer(tmp_path, save_interval_steps=1) as ckpt:
+    ckpt.restore_or_init(init_state())
+    ckpt.maybe_save(1, damaged, force=True)
+  before = _files(tmp_path)
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"step 1 .*'params/hidden_1/kernel' was read back with NaN or inf"):
+      ckpt.restore_or_init(init_state())
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"'params/hidden_1/kernel' was read back with NaN or inf"):
+      ckpt.restore_part(1, init_state().params, key="params")
+  assert _files(tmp_path) == before
+
+
 def test_saving_behind_an_existing_checkpoint_is_refused(saved_workdir):
   with checkpoint.Checkpointer(saved_workdir, save_interval_steps=1) as ckpt:
     with pytest.raises(checkpoint.CheckpointError, match="restore_or_init"):

@@ -154,8 +154,9 @@ def test_entry_points_drop_library_tracebacks_of_an_interrupt(caplog):
 
 
 def test_entry_points_drop_only_the_closed_event_loop_noise(capsys, monkeypatch):
-  """After a failed checkpoint read TensorStore threads report "Event loop is closed"
-  through sys.unraisablehook; the entry points' hook drops exactly those."""
+  """After a failed checkpoint read TensorStore threads report "Event loop is closed",
+  and Orbax's abandoned reads "Encountered error while reading array index", through
+  sys.unraisablehook; the entry points' hook drops exactly those."""
   import gc  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(sys, "unraisablehook", cli._entry_point_unraisable_hook)  # pylint: disable=protected-access
@@ -173,6 +174,22 @@ def test_entry_points_drop_only_the_closed_event_loop_noise(capsys, monkeypatch)
   Raises("something else")
   gc.collect()
   assert "RuntimeError: something else" in capsys.readouterr().err
+
+  # Orbax's abandoned reads of a damaged checkpoint, collected after the Error: line
+  class Abandoned:
+    def __init__(self, message):
+      self.message = message
+
+    def __del__(self):
+      raise Exception(self.message)  # pylint: disable=broad-exception-raised
+
+  Abandoned("Encountered error while reading array index: (slice(0, 128, 1),). See full "
+            "TensorStore details: ...")
+  gc.collect()
+  assert capsys.readouterr().err == ""
+  Abandoned("Encountered something else")
+  gc.collect()
+  assert "Exception: Encountered something else" in capsys.readouterr().err
 
 
 _SWALLOWED_INTERRUPT = """

@@ -334,6 +334,28 @@ def test_run_notes_long_and_short_recordings_and_repeats(trained, tmp_path, monk
   assert detector_lib.calibration_seconds(detector) is None  # h0.wav ... do not exist here
 
 
+def test_a_recording_that_never_changes_gets_a_note(trained, tmp_path):
+  """A dead microphone (all 0) or a constant level scores far above phi on every frame:
+  its row says why; recorded sound, however quiet, does not get the note."""
+  sr = audio.SAMPLE_RATE
+  paths = {}
+  for name, wave in [("dead", np.zeros(3 * sr)), ("dc", np.full(3 * sr, 0.1)),
+                     ("hiss", 1e-4 * np.random.default_rng(0).standard_normal(3 * sr))]:
+    paths[name] = str(tmp_path / f"{name}.wav")
+    audio.write_wav(paths[name], wave.astype(np.float32), subtype="FLOAT")
+  detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.0,
+      paths=[paths["dead"], paths["dc"], paths["hiss"]]))
+  notes = {}
+  for row in detector_lib.read_csv(tmp_path / "s.csv"):
+    notes.setdefault(os.path.basename(row["path"]), []).append(row["note"])
+  assert [len(n) for n in notes.values()] == [3, 3, 3]  # every piece of each
+  for name in ("dead.wav", "dc.wav"):
+    assert all(n.startswith("every frame scores alike: its sound never changes") for n in
+               notes[name]), notes[name]
+  assert not any("scores alike" in n for n in notes["hiss.wav"])
+
+
 def test_pieces():
   assert detector_lib.pieces(100, 0) == [(0, 100)]
   assert detector_lib.pieces(100, 100) == detector_lib.pieces(100, 200) == [(0, 100)]
@@ -586,8 +608,15 @@ def test_threshold_options(trained):
     detector.resolve_threshold(fpr=1.5)
   bare = dataclasses.replace(detector,
                              metadata=dataclasses.replace(detector.metadata, calibration=None))
-  with pytest.raises(detector_lib.DetectorError, match="no calibrated threshold"):
+  with pytest.raises(detector_lib.DetectorError, match="no calibrated threshold") as error:
     bare.resolve_threshold()
+  # what to do: evaluate it (the training command again) or give --threshold; not --fpr,
+  # which needs the held-out scores that the same evaluation stores
+  assert "Run its training command again" in str(error.value)
+  assert "--threshold" in str(error.value) and "--fpr" not in str(error.value)
+  cut = dataclasses.replace(bare, step=1)  # a model stopped part of the way
+  with pytest.raises(detector_lib.DetectorError, match="stopped at step 1 of 2, before"):
+    cut.resolve_threshold()
   with pytest.raises(detector_lib.DetectorError, match="held-out"):
     bare.resolve_threshold(fpr=0.1)
 
