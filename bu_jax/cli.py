@@ -361,16 +361,15 @@ class ScoringSettings(TrainingSettings):
       "of --normalization_bank=crossfit or auto train: short (the default), half as many "
       "passes over their half of the clips as the main model over all of them (a quarter of "
       "its steps per epoch, the same epochs: both fold models together train half of one main "
-      "model's steps); scaled, as many passes (half its steps per epoch; the default from the "
-      "nineteenth to the twenty-second session: re-evaluates the fold models trained then); "
-      "full, as many steps as the main model (fold models trained before the nineteenth "
-      "session).")
+      "model's steps); scaled, as many passes (half its steps per epoch; an earlier default, "
+      "kept to re-evaluate fold models trained with it); full, as many steps as the main "
+      "model (the first default, likewise).")
   crossfit_bu_folds: str = setting(
       crossfit.DEFAULT_BU_FOLDS, choices=crossfit.BU_FOLDS, help="Whose fold models give "
       "BU's cross-fitted bank (--normalization_bank=crossfit or auto): re (the default) RE's, "
       "trained without eq. (16)'s weights in <workdir>/re/crossfit and, with --loss=all, once "
-      "for RE's bank and BU's; bu, BU's own in <workdir>/bu/crossfit (the default before the "
-      "twenty-fifth session: re-evaluates the fold models trained then).")
+      "for RE's bank and BU's; bu, BU's own in <workdir>/bu/crossfit (an earlier default, "
+      "kept to re-evaluate fold models trained with it).")
   score_window: Optional[int] = setting(
       None, minimum=0, help="Clip score: the maximum over the mean scores of this many "
       "consecutive frames (1: eq. 11, the maximum frame score; 0: chosen among 1 frame and "
@@ -641,10 +640,21 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
   signal.signal(signal.SIGINT, signal.default_int_handler)
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   finally:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with its errors (an unknown flag, a value not among the
+  choices, a required flag missing) as one ``Usage error:`` line, status 1, like
+  the settings' own checks, instead of absl's "FATAL Flags parsing error"."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"Usage error: {e} (see --helpshort)", file=sys.stderr)
+    sys.exit(1)
 
 
 def usage_error(build: Callable[[], T]) -> T:

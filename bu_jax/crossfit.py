@@ -166,9 +166,9 @@ def schedule_hint() -> Iterator[None]:
     raise runner.SettingsMismatchError(
         f"{e} This is a fold model of --normalization_bank=crossfit (or auto); its steps per epoch "
         "follow --crossfit_schedule: short (the default) trains it with half of (folds - 1) / "
-        "folds of the main model's, scaled with (folds - 1) / folds (the default from the "
-        "nineteenth to the twenty-second session), full with as many (fold models trained "
-        "before the nineteenth session).") from None
+        "folds of the main model's, scaled with (folds - 1) / folds (an earlier default), full "
+        "with as many (the first default): give the schedule the fold models were trained "
+        "with to re-evaluate them.") from None
 
 
 def check_split(n: int, *, seed: int, where: str) -> None:

@@ -231,8 +231,9 @@ def detect_layout(data_dir: str | os.PathLike) -> str:
   raise DataError(
       f"{train_dir}: cannot detect the layout ({n2020} DCASE 2020 names, {n2021} DCASE 2021+"
       f" names, {len(wavs)} files; e.g. {odd} is not a "
-      f"{'DCASE 2020' if majority is _DCASE2020 else 'DCASE 2021+'} name); pass --layout "
-      "(layout=) explicitly: a DCASE layout skips the files whose names it cannot read"
+      f"{'DCASE 2020' if majority is _DCASE2020 else 'DCASE 2021+'} name); name the layout "
+      "(--layout=dcase2020 or --layout=dcase2021; load_dataset's layout=): a DCASE layout "
+      "skips the files whose names it cannot read"
   )
 
 
@@ -255,7 +256,10 @@ def _not_dcase_hint(data_dir: str, anomaly_dir: Optional[str]) -> Optional[str]:
           f"taken as 'mixing', which needs {' and '.join(missing)} (missing)"
           + (f"; its test folders ({', '.join(folders)}) look like a DCASE tree: name the "
              "clips as DCASE does" if folders and folders != ["test"] else "")
-          + "; or pass --layout (layout=)")
+          + ("; or give the anomalous sounds (--anomaly_dir; load_dataset's anomaly_dir=)"
+             if "anomaly/" in missing else "")
+          + "; or name the layout (--layout=dcase2020 or --layout=dcase2021; "
+          "load_dataset's layout=)")
 
 
 # ----------------------------------------------------------------------------
@@ -931,8 +935,25 @@ def mark_rare(dataset: Dataset, labels: dict[tuple[str, ...], bool], *,
   if not matched:
     raise DataError(f"{source}: none of its {len(labels)} entries names a test clip of "
                     f"this data set (e.g. {os.path.basename(dataset.test[0].path)})")
-  unmatched = sum(c.rare is None for c in out)
-  if unmatched:
-    logging.warning("%s: %d of %d test clips are not listed (rare unknown)", source,
-                    unmatched, len(out))
+  warn_unlisted(out, source=source)
   return dataclasses.replace(dataset, test=out)
+
+
+def unlisted_normals(clips) -> tuple[int, int]:
+  """(normal test clips whose rare flag is unknown, normal test clips), each file
+  counted once however many conditions hold it: what a ``--rare_clips`` list
+  leaves out (an anomalous clip's flag is never used)."""
+  normal = {}
+  for clip in clips:
+    if clip.label == 0:
+      normal[os.path.abspath(clip.path)] = normal.get(os.path.abspath(clip.path), False) or (
+          clip.rare is None)
+  return sum(normal.values()), len(normal)
+
+
+def warn_unlisted(clips, *, source: str, where: str = "") -> None:
+  """Warns how many normal test clips a rare-clip list leaves in neither group."""
+  unknown, normal = unlisted_normals(clips)
+  if unknown:
+    logging.warning("%s: %d of the %d normal test clips%s are not listed: in neither the "
+                    "rare nor the frequent group", source, unknown, normal, where)

@@ -260,7 +260,14 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
   """
   directory = os.path.join(root, machine_type)
   if not os.path.isdir(directory):
-    raise DataError(f"{directory}: no such machine-type directory")
+    try:
+      found = discover_machine_types(root)
+    except DataError:
+      found = []
+    near = [m for m in found if m.lower() == machine_type.lower()]
+    raise DataError(f"{directory}: no such machine-type directory"
+                    + (f" (did you mean {near[0]}? names are case-sensitive)" if near else "")
+                    + (f"; {root} holds {', '.join(found)}" if found else ""))
   train, test, skipped = [], [], []
   train_dir, test_dir = os.path.join(directory, "train"), os.path.join(directory, "test")
   if need_train or os.path.isdir(train_dir):

@@ -751,10 +751,7 @@ def _mark_rare(listed: dict, labels: dict, *, source: str) -> dict[str, int]:
     for clip, flag in zip(clips, flags):
       clip.rare = flag
     matched += found
-    unknown = sum(f is None for f in flags)
-    if unknown:
-      logging.warning("%s: %d of %d test clips of %s are not listed (rare unknown)", source,
-                      unknown, len(clips), machine)
+    data_lib.warn_unlisted(clips, source=source, where=f" of {machine}")
     counts[machine] = sum(1 for c in clips if c.label == 0 and c.rare)
   if not matched:
     example = next((os.path.basename(md.test[0].path) for md, _ in listed.values() if md.test),
@@ -793,6 +790,11 @@ def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
 
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss on every machine type; returns the results."""
+  for path, flag in ((settings.data_root, "--data_root"),  # before the workdir is made
+                     (settings.something_else_dir, "--something_else_dir"),
+                     (settings.ground_truth_dir, "--ground_truth_dir"),
+                     (settings.eval_root, "--eval_root")):
+    _need_dir(path, flag)
   cli.make_workdir(settings.workdir)
   devices = jax.devices()
   if settings.num_devices is not None:  # checked against the device count by Settings

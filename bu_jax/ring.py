@@ -538,15 +538,16 @@ def score_summary(scores: np.ndarray,
 def format_table(results: Mapping[str, Any]) -> str:
   """Table 1 of the run (mean +- std over seeds) beside the paper's."""
   seeds = len(results["seeds"])
+  spread = "(mean +- std)" if seeds > 1 else "(no spread with one seed)"
   lines = [f"KL divergences, {results['settings']['updates']} updates, "
-           f"{seeds} seed(s) (mean +- std), paper's Table 1 beside:",
+           f"{seeds} seed(s) {spread}, paper's Table 1 beside:",
            f"{'method':<7}{'D(p||q)':>18}{'paper':>8}"
            f"{'D(U||q)':>18}{'paper':>8}"]
   for m, r in results["methods"].items():
     row = f"{m.upper():<7}"
     for key in ("kld_p_q", "kld_u_q"):
-      row += (f"{r[key]:>10.3f} +- {r[key + '_std']:.3f}"
-              f"{results['paper'][m][key]:>8.3f}")
+      std = f" +- {r[key + '_std']:.3f}" if seeds > 1 else " " * 9  # one seed: no std
+      row += f"{r[key]:>10.3f}{std}{results['paper'][m][key]:>8.3f}"
     lines.append(row)
   return "\n".join(lines)
 

@@ -100,8 +100,9 @@ def check_resumable(model_dir: str, metadata: artifact.ModelMetadata, *,
   differ = stored.training_differences(
       metadata, ignore=SPEED_ONLY + train_lib.UNUSED_SETTINGS.get(metadata.loss, ()))
   if differ:
-    listed = "; ".join(f"{_flag(key, flag_names)}: {old!r} in the checkpoint, {new!r} now"
-                       for key, old, new in differ)
+    shown = lambda v: "unset (the default rule)" if v is None else repr(v)  # e.g. sigma: 1/(2D)
+    listed = "; ".join(f"{_flag(key, flag_names)}: {shown(old)} in the checkpoint, "
+                       f"{shown(new)} now" for key, old, new in differ)
     may_differ = ", ".join(f"--{name}" for name in evaluation_flags)
     gone = [old for _, old, new in differ  # folders moved since: the stored path is gone
             if isinstance(old, str) and isinstance(new, str) and os.path.isabs(old)

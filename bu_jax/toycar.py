@@ -743,6 +743,10 @@ def _num(v) -> str:
 
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss of ``settings``; returns the results dict."""
+  for path, flag in ((settings.data_dir, "--data_dir"),  # before the workdir is made
+                     (settings.something_else_dir, "--something_else_dir"),
+                     (settings.noise_dir, "--noise_dir"), (settings.anomaly_dir, "--anomaly_dir")):
+    _need_dir(path, flag)
   cli.make_workdir(settings.workdir)
   devices = jax.devices()
   if settings.num_devices is not None:  # checked against the device count by Settings

@@ -320,7 +320,8 @@ def test_unknown_layout_and_mixed_names(tmp_path):
   with pytest.raises(data.DataError, match="unknown layout"):
     data.load_dataset(root, layout="dcase2099")
   _write(root / "train" / "normal_id_00_00000000.wav")
-  with pytest.raises(data.DataError, match=r"clip_0.wav is not a DCASE 2020 name\); pass --layout"):
+  with pytest.raises(data.DataError, match=r"clip_0.wav is not a DCASE 2020 name\); name the layout "
+                     r"\(--layout=dcase2020 or --layout=dcase2021"):
     data.detect_layout(root)
 
 
@@ -330,7 +331,7 @@ def test_mixed_names_name_a_file_that_does_not_parse(tmp_path):
     _write(tmp_path / "train" / f"normal_id_00_0000000{i}.wav", seed=i)
   _write(tmp_path / "train" / "._normal_id_00_00000000.wav")
   with pytest.raises(data.DataError, match=r"e\.g\. \._normal_id_00_00000000\.wav is not a DCASE "
-                     r"2020 name\); pass --layout"):
+                     r"2020 name\); name the layout \(--layout="):
     data.detect_layout(tmp_path)
 
 
@@ -344,7 +345,9 @@ def test_names_that_are_not_dcase_names_are_named_when_no_mixing_tree_fits(tmp_p
     data.load_dataset(tmp_path)
   message = str(info.value)
   assert f"{tmp_path / 'train'}/clip_0000.wav is not" in message
-  assert "taken as 'mixing', which needs" in message and "pass --layout" in message
+  assert "taken as 'mixing', which needs" in message and "--layout=dcase2020" in message
+  assert "(layout=)" not in message
+  assert "give the anomalous sounds (--anomaly_dir" in message  # anomaly/ is missing here
   assert ("test/ and anomaly/ (missing)" if test_folder != "test" else "anomaly/ (missing)") in message
   assert ("look like a DCASE tree" in message) == (test_folder != "test")
   # With anomaly sounds given, a plain test/ is a mixing tree: no hint.

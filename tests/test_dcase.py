@@ -157,6 +157,12 @@ def test_loader_errors_name_the_folder(tmp_path):
   with pytest.raises(dcase.DataError, match="no machine-type folders"):
     dcase.discover_machine_types(str(tmp_path))
   _write_tree(tmp_path, "fan", {"test": ["section_00_0000.wav"]})
+  # a machine type that is not there: the ones that are, and a case slip named
+  with pytest.raises(dcase.DataError, match=r"Fan: no such machine-type directory \(did you "
+                     r"mean fan\? names are case-sensitive\); .* holds fan$"):
+    dcase.load_machine_type(str(tmp_path), "Fan")
+  with pytest.raises(dcase.DataError, match=r"pump: no such machine-type directory; .* holds fan$"):
+    dcase.load_machine_type(str(tmp_path), "pump")
   with pytest.raises(dcase.DataError, match="fan/train: training directory does not exist"):
     dcase.load_machine_type(str(tmp_path), "fan")
   _write_tree(tmp_path, "fan", {"train": ["junk.wav"]})

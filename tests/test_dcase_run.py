@@ -329,6 +329,7 @@ def test_entry_point_bad_input_is_one_clear_line(tmp_path):
   assert proc.returncode == 1
   assert "Error: --data_root=/no/such/dir: no such directory" in proc.stderr
   assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()  # no empty workdir left behind by a typo
 
 
 def test_something_else_required_with_real_data(tmp_path):

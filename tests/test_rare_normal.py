@@ -75,6 +75,18 @@ def test_rare_clips_csv_matches_by_relative_path(tmp_path):
   assert rare[("test_anr-10dB_id_00", "anomaly_id_00_00000000.wav", 1)] is None  # not listed
 
 
+def test_rare_clips_warning_counts_the_unlisted_normal_clips(tmp_path, caplog):
+  """The warning counts the normal test clips left in neither group, not the anomalies,
+  whose flag is never used (it once said '228 of 240 test clips' for 2 of 40 normals)."""
+  root = _dcase_tree(str(tmp_path / "set" / "dev_data" / "m"))
+  csv_path = tmp_path / "set" / "metadata.csv"
+  csv_path.write_text("file,rare\ndev_data/m/test_anr-10dB/normal_id_00_00000000.wav,1\n")
+  with caplog.at_level("WARNING"):
+    data.mark_rare(data.load_dataset(root), data.read_rare_clips(str(csv_path)))
+  (message,) = [r.getMessage() for r in caplog.records if "not listed" in r.getMessage()]
+  assert "3 of the 4 normal test clips are not listed: in neither the rare nor" in message
+
+
 def test_rare_clips_plain_list_and_bad_files(tmp_path):
   root = _dcase_tree(str(tmp_path / "m"))
   listing = tmp_path / "rare.txt"

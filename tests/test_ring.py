@@ -147,6 +147,11 @@ def test_train_and_evaluate_end_to_end(tmp_path):
                      rf"{r['kld_u_q_std']:.3f}", table, re.M), (m, table)
   # Three losses train three different models (not one loss three times).
   assert len({round(r["kld_u_q"], 6) for r in results["methods"].values()}) == 3
+  # With one seed there is no spread to show (it once printed "+- 0.000")
+  one = {**results, "seeds": [0]}
+  single = ring.format_table(one)
+  assert "+-" not in single and "(no spread with one seed)" in single
+  assert [len(l) for l in single.splitlines()[1:]] == [len(l) for l in table.splitlines()[1:]]
 
 
 @pytest.fixture

@@ -92,6 +92,12 @@ def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys, caplog):
   assert "learning_rate: 0.0001 in the checkpoint, 0.5 now" in message  # not a flag here
   assert "eps" not in message
   assert "such as --reduce, --rare_clips may differ" in message and "new --workdir" in message
+  # a setting left to its rule (sigma = 1/(2D)) is stored as None: said so, not "None"
+  monkeypatch.setattr(artifact.ModelMetadata, "training_differences",
+                      lambda self, wanted, ignore=(): [("sigma", None, 0.01)])
+  with pytest.raises(runner.SettingsMismatchError,
+                     match=r"--sigma: unset \(the default rule\) in the checkpoint, 0.01 now"):
+    runner.check_resumable(model_dir, other, flag_names={"sigma"})
 
 
 def test_validation_curve_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):

@@ -170,6 +170,7 @@ def test_entry_point_bad_input_is_one_clear_line(tmp_path, tiny_data):
   assert proc.returncode == 1
   assert "Error: --noise_dir=/no/such/dir: no such directory" in proc.stderr
   assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()  # no empty workdir left behind by a typo
 
 
 @pytest.mark.slow

@@ -80,6 +80,9 @@ def test_explicit_mixtures_per_step_is_kept():
 @pytest.mark.parametrize("flag, message", [
     ("--epochs=2", "--decay_start_epoch=6 must lie in [0, --epochs=2]"),
     ("--sigma=nan", "--sigma must be finite and > 0, got nan"),
+    # absl's own parsing errors in the same form (were "FATAL Flags parsing error: ...")
+    ("--batch=3", "Unknown command line flag 'batch'"),
+    ("--loss=pca", "flag --loss=pca: value should be one of <re|snp|bu|all>"),
 ])
 def test_entry_point_usage_error_is_one_line(tmp_path, flag, message):
   workdir = tmp_path / "w"
