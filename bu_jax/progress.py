@@ -117,10 +117,15 @@ def quiet_library_logs() -> None:
 
   ``absl.app.run`` turns INFO logs on by default, which floods the terminal
   with hundreds of Orbax / JAX lines around the progress bar. Entry points call
-  this first thing in ``main()``: warnings and errors still show, and
-  ``--verbosity=0`` (or ``-v 0``) brings the INFO lines back.
+  this first thing in ``main()``: warnings and errors still show, as
+  ``WARNING: <message>`` (absl's ``W1207 13:57:50.205 140430760897408
+  detector.py:644]`` prefix is for logs, not for a user reading a terminal), and
+  ``--verbosity=0`` (or ``-v 0``) brings the INFO lines and absl's format back.
   """
+  import logging as python_logging  # pylint: disable=g-import-not-at-top
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
   if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present:
     return
   logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().setFormatter(
+      python_logging.Formatter("%(levelname)s: %(message)s"))

@@ -784,8 +784,12 @@ def test_entry_point(trained, tmp_path):
   assert proc.returncode == 1, proc.stderr
   assert f"FAILED {trained['bad']}" in proc.stderr and "Traceback" not in proc.stderr
   assert "anomalous" in proc.stdout and "recalibrated" in proc.stdout
-  info = [l for l in proc.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()]
+  info = [l for l in proc.stderr.splitlines()
+          if l.startswith("INFO") or (l[:1] == "I" and l[1:5].isdigit())]
   assert not info, info[:5]  # quiet by default: no absl INFO lines (Orbax restoring, JAX)
+  # warnings read as such, without absl's "W1207 13:57:50.205 1404... detector.py:644]"
+  assert f"WARNING: Skipping {trained['bad']}" in proc.stderr
+  assert not re.search(r"^W\d{4} ", proc.stderr, re.M), proc.stderr[-2000:]
   # By default in the model's folder (bu/ of the toycar workdir), apart from other losses'.
   assert not os.path.exists(os.path.join(trained["workdir"], "scores.csv"))
   rows = detector_lib.read_csv(os.path.join(trained["model_dir"], "scores.csv"))

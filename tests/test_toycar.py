@@ -95,7 +95,8 @@ def test_entry_point_runs(tmp_path, tiny_data):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "SNP AUC" in proc.stdout
   assert (tmp_path / "w" / "results.json").exists()
-  info = [l for l in proc.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()]
+  info = [l for l in proc.stderr.splitlines()
+          if l.startswith("INFO") or (l[:1] == "I" and l[1:5].isdigit())]
   assert not info, info[:5]  # quiet by default: no absl INFO lines (Orbax, JAX)
 
 
