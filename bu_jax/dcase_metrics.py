@@ -159,6 +159,10 @@ def official_score(per_machine: Mapping[str, Mapping[str, Mapping[str, float]]],
                    year: str) -> float:
   """The challenge's official score over {machine type: {section: metrics}}.
 
+  Values that cannot be computed (n/a: e.g. a section without target-domain
+  normal clips) are left out of the harmonic mean; ``summarize`` lists them
+  (``official_score_missing``, ``official_score_terms``: used, expected).
+
   2022-2025: hmean of every section's AUC (source), AUC (target) and pAUC.
   2021: hmean of every section's AUC and pAUC of both domains. 2020: hmean of
   every machine id's AUC and pAUC (a summary; see the module docstring).
@@ -179,6 +183,16 @@ def summarize(per_machine: Mapping[str, Mapping[str, Mapping[str, float]]], *,
   overall = machine_summary(all_sections, year=year) if all_sections else {}
   out["overall"] = overall
   out["official_score"] = official_score(per_machine, year=year)
+  # The organisers' evaluator fails on a value it cannot compute; the harmonic means here
+  # leave it out, so say which: a section without target-domain normals, say.
+  out["official_score_missing"] = [
+      f"{machine}/{section}: {c}" for machine, sections in per_machine.items()
+      for section, metrics in sections.items() for c in SCORE_COLUMNS[year]
+      if metrics[c] is None or not math.isfinite(metrics[c])]
+  out["official_score_terms"] = [
+      sum(len(sections) for sections in per_machine.values()) * len(SCORE_COLUMNS[year])
+      - len(out["official_score_missing"]),
+      sum(len(sections) for sections in per_machine.values()) * len(SCORE_COLUMNS[year])]
   if year in ("2021", "2022"):
     auc_s = [v["AUC (source)"] for v in all_sections.values()]
     auc_t = [v["AUC (target)"] for v in all_sections.values()]

@@ -588,7 +588,12 @@ def format_result(summary: dict, *, year: str, title: str) -> str:
     for kind, label in (("arithmetic mean", "all: a-mean"), ("harmonic mean", "all: h-mean")):
       lines.append(f"{label:<18}" + "".join(f"{_fmt(summary['overall'][kind][c]):>10}"
                                              for c in cols))
-  lines.append(f"official score: {_fmt(summary['official_score']).strip()}")
+  missing = summary.get("official_score_missing") or []
+  used, expected = summary.get("official_score_terms") or (None, None)
+  lines.append(f"official score: {_fmt(summary['official_score']).strip()}" + (
+      f" (over {used} of its {expected} values; n/a: {', '.join(missing[:4])}"
+      f"{f' and {len(missing) - 4} more' if len(missing) > 4 else ''}; not comparable "
+      "with a score over all of them)" if missing else ""))
   return "\n".join(lines)
 
 
@@ -1032,6 +1037,11 @@ def run(settings: Settings) -> dict:
     for set_name in set_names:
       if per_section[set_name][loss]:
         entry[set_name] = dcase_metrics.summarize(per_section[set_name][loss], year=year)
+        if entry[set_name]["official_score_missing"]:
+          logging.warning("%s, %s: the official score leaves out %d value(s) that are n/a (%s); "
+                          "it is not comparable with a score over all of them", loss, set_name,
+                          len(entry[set_name]["official_score_missing"]),
+                          ", ".join(entry[set_name]["official_score_missing"][:4]))
         if per_rare.get(set_name, {}).get(loss):
           entry[set_name]["rare_normal"] = dcase_metrics.summarize_rare(
               per_rare[set_name][loss])

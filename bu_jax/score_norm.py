@@ -187,6 +187,20 @@ def _check_frames(codes: np.ndarray, scores: np.ndarray, code_dim: int, name: st
   _finite(scores, "the scores", name)
 
 
+def _others(index: np.ndarray) -> np.ndarray:
+  """(N, k) of the (N, k + 1) nearest bank frames of each bank frame, itself left out.
+
+  A frame is usually its own first neighbour, but where several share its code
+  exactly (identical frames, or an all-zero ReLU code) the index may list
+  another copy first and itself later, or not at all: the frame itself is
+  removed wherever it stands, else the farthest neighbour.
+  """
+  own = index == np.arange(index.shape[0])[:, None]
+  keep = ~own
+  keep[~own.any(axis=1), -1] = False
+  return index[keep].reshape(index.shape[0], index.shape[1] - 1)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LocalNormalizer:
   """A bank of training frames: their codes and scores, the k of the kNN and the kind.
@@ -262,8 +276,8 @@ class LocalNormalizer:
     if self.frames <= self.neighbors:  # every frame's other frames are the whole rest
       index = np.array([np.delete(np.arange(self.frames), i) for i in range(self.frames)])
     else:
-      index = neighbors_lib.NearestNeighbors(n_neighbors=self.neighbors + 1).fit(
-          self.codes).kneighbors(self.codes, return_distance=False)[:, 1:]
+      index = _others(neighbors_lib.NearestNeighbors(n_neighbors=self.neighbors + 1).fit(
+          self.codes).kneighbors(self.codes, return_distance=False))
     return float(np.median(self._log_spread(index)[1]))
 
   def __call__(self, codes: Any, scores: Any, *, name: str = "frames") -> np.ndarray:

@@ -353,6 +353,19 @@ def test_summary_means_and_result_rows():
   rows = dcase_metrics.result_rows(summary, year="2022")
   assert rows[0] == ["fan"] and rows[1][0] == "section" and rows[2][0] == "00"
   assert rows[-1][0] == "official score"
+  assert summary["official_score_terms"] == [6, 6] and summary["official_score_missing"] == []
+  # A section without target-domain normals has no AUC (target): left out of the score,
+  # which says so, in the summary and in the printed result
+  sections["01"] = {**sections["01"], "AUC (target)": float("nan")}
+  summary = dcase_metrics.summarize({"fan": sections}, year="2022")
+  assert summary["official_score"] == pytest.approx(scipy.stats.hmean([0.5] * 3 + [1.0] * 2))
+  assert summary["official_score_terms"] == [5, 6]
+  assert summary["official_score_missing"] == ["fan/01: AUC (target)"]
+  from bu_jax import dcase_run  # pylint: disable=import-outside-toplevel
+  text = dcase_run.format_result(summary, year="2022", title="t")
+  assert text.splitlines()[-1] == ("official score: 0.625 (over 5 of its 6 values; n/a: "
+                                   "fan/01: AUC (target); not comparable with a score over "
+                                   "all of them)")
 
 
 # ------------------------------------------------------------------ files

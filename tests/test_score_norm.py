@@ -185,6 +185,27 @@ def test_knn_z_is_the_local_z_score_of_the_log_score_on_the_reference_scale():
   np.testing.assert_allclose(scaled(query, 40.0 * q_scores), norm(query, q_scores), rtol=1e-4)
 
 
+def test_knn_z_reference_spread_never_counts_a_frame_as_its_own_neighbour():
+  """Codes shared exactly (identical frames, an all-zero ReLU code) may list another copy
+  before the frame itself: sigma_ref's 'other' neighbours still leave the frame out."""
+  rng = np.random.default_rng(0)
+  codes = np.concatenate([np.zeros((200, 3)), rng.standard_normal((200, 3))]).astype(np.float32)
+  scores = (1.0 + rng.gamma(2.0, size=400)).astype(np.float32)
+  norm = score_norm.fit_local_normalizer(codes, scores, neighbors=10, kind="knn_z")
+  from sklearn.neighbors import NearestNeighbors  # pylint: disable=import-outside-toplevel
+  raw = NearestNeighbors(n_neighbors=11).fit(codes).kneighbors(codes, return_distance=False)
+  assert np.any(raw[:, 0] != np.arange(400))  # the case in question does arise here
+  index = score_norm._others(raw)  # pylint: disable=protected-access
+  assert index.shape == (400, 10)
+  assert not np.any(index == np.arange(400)[:, None])
+  # a row without itself drops its farthest; a row with itself keeps the other ten in order
+  for i in range(400):
+    want = [j for j in raw[i] if j != i][:10]
+    np.testing.assert_array_equal(index[i], want)
+  logs = np.log(scores.astype(np.float64))[index]
+  assert norm.reference_spread == pytest.approx(float(np.median(logs.std(axis=1, ddof=1))))
+
+
 def test_knn_z_evens_out_modes_of_different_spread_where_knn_does_not():
   """Two modes: a frequent one whose scores vary little and a rare one whose scores
   vary widely (in log units 0.1 against 0.5). New normal frames of each mode: under knn
