@@ -319,11 +319,17 @@ class Batch:
       centered STFT's zero padding and edge-replicated context, so they are
       neither normal nor anomalous training frames (and are not scored at test
       time either).
+    added: (..., T) True in a mixture whose clip was added with alpha > 0.
+      Where alpha = 0 (the normal sound under the clip, or the clip, is
+      digitally silent) the frames the clip touches hold no anomaly: they are
+      then neither anomalous (they would be trained to score high while
+      holding normal sound) nor normal.
   """
 
   frames: jax.Array
   anomalous: jax.Array
   interior: jax.Array
+  added: jax.Array
 
   @property
   def normal_mask(self) -> jax.Array:
@@ -332,8 +338,8 @@ class Batch:
 
   @property
   def anomalous_mask(self) -> jax.Array:
-    """{x^(a)}: interior frames that the clip touches."""
-    return self.interior & self.anomalous
+    """{x^(a)}: interior frames that the clip touches, where it added sound."""
+    return self.interior & self.anomalous & self.added
 
 
 def mixture_keys(step_key: jax.Array, indices: jax.Array) -> jax.Array:
@@ -356,4 +362,5 @@ def make_batch(keys: jax.Array, corpus: Corpus, *,
   inner = feature_config.interior(mixtures.wave.shape[-1])
   interior = jnp.zeros((num_frames,), jnp.bool_).at[inner].set(True)
   interior = jnp.broadcast_to(interior, anomalous.shape)
-  return Batch(frames=frames, anomalous=anomalous, interior=interior)
+  added = jnp.broadcast_to((mixtures.alpha > 0)[..., None], anomalous.shape)
+  return Batch(frames=frames, anomalous=anomalous, interior=interior, added=added)

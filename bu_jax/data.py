@@ -648,6 +648,19 @@ def load_dataset(
   return dataset
 
 
+_SILENT_EDGE_S = 0.25  # a something-else clip with this much zero padding is warned about,
+_SILENT_EDGE_SHARE = 0.25  # or with this share of it
+
+
+def silent_edges(wave: np.ndarray) -> tuple[int, int]:
+  """(samples, samples) of exact zeros at the start and the end of ``wave`` (zero
+  padding; all of it for a silent wave)."""
+  nonzero = np.flatnonzero(wave)
+  if nonzero.size == 0:
+    return wave.size, 0
+  return int(nonzero[0]), int(wave.size - 1 - nonzero[-1])
+
+
 def load_something_else(
     directory: str | os.PathLike,
     *,
@@ -659,7 +672,10 @@ def load_something_else(
   Clips longer than ``max_seconds`` are SKIPPED (not cropped), as the paper
   selected short files; the number skipped is logged. Silent clips (their
   frames would count as anomalous while holding no sound) and truncated WAVs
-  are skipped with a warning naming each file. WAV, FLAC, Ogg, Opus, MP3, AIFF, W64 and RF64
+  are skipped with a warning naming each file; a clip whose start and end hold
+  0.25 s or a quarter of it of exact zeros (zero padding) is kept, with a
+  warning: those frames, too, would be trained as anomalous (the clips are
+  not trimmed, so that results stay those of the clips as given). WAV, FLAC, Ogg, Opus, MP3, AIFF, W64 and RF64
   files are read (``audio.SOUND_SUFFIXES``; ``list_sounds``).
 
   Args:
@@ -687,6 +703,13 @@ def load_something_else(
     if audio.power(wave) <= 0.0:
       logging.warning("skipped something-else clip %s: silent (every sample is 0)", path)
       continue
+    edges = silent_edges(wave)
+    if sum(edges) >= min(_SILENT_EDGE_S * sr, _SILENT_EDGE_SHARE * wave.size):
+      logging.warning(
+          "something-else clip %s: %.2f s of its %.2f s are digital silence at its start and "
+          "end (zero padding?); the frames there are trained as anomalous although they add "
+          "nothing, and its level (the ANR) is set as if the sound filled the clip: trim it",
+          path, sum(edges) / sr, wave.size / sr)
     waves.append(wave)
   kept = [w for w in waves if w.size <= max_len]
   skipped = len(waves) - len(kept)
@@ -734,7 +757,7 @@ def training_corpus(
     raise ValueError(f"training_corpus: {len(paths)} paths for {len(train_waves)} waves")
   segments, too_short, dropped = [], [], 0
   for index, wave in enumerate(train_waves):
-    wave = np.asarray(wave, dtype=np.float32)
+    wave = _mono_samples(wave, paths[index] if paths is not None else f"training clip #{index}")
     count = wave.size // segment_len
     if count == 0:
       name = paths[index] if paths is not None else f"clip #{index}"
@@ -755,6 +778,20 @@ def training_corpus(
   return corpus
 
 
+def _mono_samples(wave, name: str) -> np.ndarray:
+  """``wave`` as float32 samples, or a ValueError naming it: a (N, 2) stereo array
+  would be read as interleaved samples, and int16 PCM unscaled as amplitudes of
+  thousands (``audio.load_wav`` gives mono floats in [-1, 1])."""
+  raw = np.asarray(wave)
+  if raw.ndim != 1:
+    raise ValueError(f"{name}: a mono waveform is 1-D, got shape {raw.shape} (mix the "
+                     "channels down first, e.g. wave.mean(axis=1))")
+  if raw.dtype.kind not in "f":
+    raise ValueError(f"{name}: waveform of {raw.dtype} samples; pass floats in [-1, 1] "
+                     "(e.g. int16 PCM / 32768)")
+  return raw.astype(np.float32, copy=False)
+
+
 def pad_clips(clips: Sequence[np.ndarray], *, max_len: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
   """Stacks variable-length clips into a zero-padded array with lengths.
@@ -772,7 +809,8 @@ def pad_clips(clips: Sequence[np.ndarray], *, max_len: int | None = None
   """
   if not clips:
     raise ValueError("pad_clips: no clips")
-  lengths = np.array([np.asarray(c).size for c in clips], dtype=np.int32)
+  clips = [_mono_samples(c, f"pad_clips: clip {i}") for i, c in enumerate(clips)]
+  lengths = np.array([c.size for c in clips], dtype=np.int32)
   if np.any(lengths == 0):
     raise ValueError(f"pad_clips: clip {int(np.argmin(lengths))} is empty")
   if max_len is None:

@@ -1,8 +1,9 @@
 """Frame-wise anomaly scores of whole recordings, chunked with bounded memory.
 
 ``FrameScorer(model, config)(params, wave)`` returns A(x_t) (eq. 5) for every
-frame t of ``wave``: the same values as ``anomaly_score(features(wave), AE(...))``
-on the whole clip (edge-padded context at the clip's ends), but computed in
+frame t of ``wave``: the values of ``anomaly_score(features(wave), AE(...))``
+on the whole clip (edge-padded context at the clip's ends; equal to float32
+rounding, about 2e-7 relative at most), but computed in
 chunks of at most ``chunk_frames`` frames, so an hour-long recording never
 materializes its (T, D) feature matrix. Each chunk is one jitted call on a
 static shape (chunk sizes are rounded up to a multiple of 256 frames, so few

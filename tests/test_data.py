@@ -768,6 +768,39 @@ def test_something_else_silent_and_truncated_clips_skipped_with_their_name(tmp_p
     data.load_something_else(tmp_path)
 
 
+def test_something_else_clip_with_zero_padding_is_kept_with_a_warning(tmp_path, caplog):
+  """Exact zeros at a clip's ends (padded exports) would be trained as anomalous frames
+  and inflate its ANR: the clip is kept as given (results stay those of the clips), and
+  the warning names it; a few padding samples, or sound at a low level, say nothing."""
+  tone = _tone(0.5)
+  padded = _write(tmp_path / "padded.wav", np.concatenate([np.zeros(SR // 8), tone,
+                                                           np.zeros(SR // 4)]))
+  _write(tmp_path / "tight.wav", np.concatenate([np.zeros(40), tone, np.zeros(40)]))
+  _write(tmp_path / "quiet.wav", 1e-3 * tone)
+  with caplog.at_level("WARNING"):
+    waves = data.load_something_else(tmp_path)
+  assert len(waves) == 3 and waves[0].size == SR // 8 + tone.size + SR // 4  # kept whole
+  (message,) = [r.getMessage() for r in caplog.records]
+  assert message.startswith(f"something-else clip {padded}: 0.38 s of its 0.88 s are digital "
+                            "silence at its start and end")
+  assert data.silent_edges(np.zeros(5)) == (5, 0)
+  assert data.silent_edges(np.array([0, 0, 1.0, 0])) == (2, 1)
+
+
+def test_corpus_and_clips_refuse_stereo_and_integer_samples():
+  """A (N, 2) array would be cut into interleaved L/R samples and int16 PCM read as
+  amplitudes in the thousands: both refused, naming the clip (load_wav gives mono floats)."""
+  stereo, pcm = np.zeros((3000, 2), np.float32), np.ones(3000, np.int16)
+  for call, name in ((lambda w: data.training_corpus([w], segment_seconds=1.0, sr=1000,
+                                                      paths=["train/a.wav"]), "train/a.wav"),
+                     (lambda w: data.pad_clips([np.ones(5, np.float32), w]), "pad_clips: clip 1")):
+    with pytest.raises(ValueError, match=f"{name}: a mono waveform is 1-D, got shape"):
+      call(stereo)
+    with pytest.raises(ValueError, match=f"{name}: waveform of int16 samples"):
+      call(pcm)
+  assert data.training_corpus([np.ones(3000)], segment_seconds=1.0, sr=1000).shape == (3, 1000)
+
+
 def test_training_corpus_names_the_short_clips(caplog):
   waves = [np.ones(7000, np.float32), np.ones(100, np.float32), np.ones(2999, np.float32)]
   paths = ["train/long.wav", "train/tiny.wav", "train/almost.wav"]

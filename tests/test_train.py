@@ -490,6 +490,24 @@ def test_clip_is_mixed_at_the_drawn_anr():
                                rtol=1e-6, atol=1e-7)
 
 
+def test_a_clip_added_with_alpha_zero_marks_no_frame_anomalous():
+  """A silent clip (or a digitally silent normal stretch under it) gives alpha = 0 (eq. 8):
+  the frames it touches hold normal sound only, so they are neither anomalous (trained
+  to score high) nor normal; other mixtures keep their anomalous frames."""
+  segments, clips, lengths = HOST
+  silent = clips.copy()
+  silent[0] = 0.0  # clip 0 silent
+  mixtures, batch, _ = jax.device_get(_synthesize_jit(
+      KEYS, batch_lib.make_corpus(segments, silent, lengths), True))
+  zero = np.asarray(mixtures.alpha) == 0
+  assert zero.any() and not zero.all()
+  np.testing.assert_array_equal(zero, np.asarray(mixtures.clip_index) == 0)
+  anomalous, normal = np.asarray(batch.anomalous_mask), np.asarray(batch.normal_mask)
+  assert not anomalous[zero].any() and anomalous[~zero].any(axis=1).all()
+  touched = np.asarray(batch.anomalous) & np.asarray(batch.interior)
+  assert touched[zero].any() and not (normal & touched).any()  # excluded from both
+
+
 def test_same_key_same_batch_whatever_its_position():
   _, batch, _ = _synthesize(KEYS)
   _, again, _ = _synthesize(KEYS)
