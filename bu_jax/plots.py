@@ -25,6 +25,7 @@ import os
 import pathlib
 import re
 import textwrap
+import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -57,10 +58,14 @@ def save_figure(figure, path: PathLike) -> str:
   """Writes ``figure`` as a PNG to ``path`` atomically; returns ``path`` as a string.
 
   Parent folders are created. If rendering fails, nothing is written and an
-  existing file at ``path`` is left as it was.
+  existing file at ``path`` is left as it was. Matplotlib's "Creating legend
+  with loc="best" can be slow" (printed when placing a legend took long, e.g.
+  on a busy machine) is kept off the terminal: the figure is the same.
   """
   buffer = io.BytesIO()
-  figure.savefig(buffer, dpi=_DPI, format="png")
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Creating legend with loc="best"')
+    figure.savefig(buffer, dpi=_DPI, format="png")
   return fileio.atomic_write(path, buffer.getvalue())
 
 

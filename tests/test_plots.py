@@ -267,3 +267,19 @@ def test_paired_differences_legends_overlap_no_panel_or_title():
     assert not any(legend.overlaps(title) for title in titles)
     assert not any(legend.overlaps(box) for box in boxes)
     assert not any(legend.overlaps(other) for j, other in enumerate(legends) if j != i)
+
+
+def test_save_figure_keeps_the_slow_legend_warning_off_the_terminal(tmp_path, recwarn):
+  """matplotlib warns 'Creating legend with loc="best" can be slow' when placing a legend
+  took long (a busy machine): noise on the terminal, the figure unchanged; other warnings
+  still show."""
+  import warnings  # pylint: disable=import-outside-toplevel
+  figure = plots.new_figure((3, 2))
+  figure.canvas.mpl_connect("draw_event", lambda event: warnings.warn(
+      'Creating legend with loc="best" can be slow with large amounts of data.', UserWarning))
+  plots.save_figure(figure, tmp_path / "a.png")
+  assert not [w for w in recwarn if "Creating legend" in str(w.message)]
+  figure.canvas.mpl_connect("draw_event", lambda event: warnings.warn("another", UserWarning))
+  plots.save_figure(figure, tmp_path / "b.png")
+  assert [str(w.message) for w in recwarn] == ["another"]
+  assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").exists()
