@@ -60,6 +60,7 @@ import dataclasses
 import glob
 import math
 import os
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -269,7 +270,8 @@ class ModelMetadata:
 
     Compares the loss and every entry of ``wanted``'s ``train_config`` and
     ``data`` except those named in ``ignore``; entries that this record lacks
-    (a checkpoint written before they were stored) are not compared.
+    (a checkpoint written before they were stored) are not compared, except
+    those whose absence has a meaning (``MISSING_MEANS``).
 
     Returns:
       ``[(key, stored, wanted)]`` with keys "loss", "train_config.<name>" or
@@ -281,6 +283,7 @@ class ModelMetadata:
     differ = [("loss", self.loss, wanted.loss)] if self.loss != wanted.loss else []
     for group in ("train_config", "data"):
       have, want = getattr(self, group) or {}, getattr(wanted, group) or {}
+      have = {**MISSING_MEANS.get(group, {}), **have}
       for key, value in want.items():
         if key in ignore or key == "loss" or key not in have or have[key] == value:
           continue
@@ -289,6 +292,11 @@ class ModelMetadata:
         else:
           differ.append((f"{group}.{key}", have[key], value))
     return differ
+
+
+# Entries an older record lacks because they had this value then: compared as it.
+# (experiments.dcase stored heldout_fraction only when it was above 0.)
+MISSING_MEANS = {"data": {"heldout_fraction": 0.0}}
 
 
 def _preset_differences(prefix: str, have: Any, want: Any) -> list[tuple[str, Any, Any]]:
@@ -471,6 +479,13 @@ def read_metadata(model_dir: os.PathLike | str, *, step: Optional[int] = None) -
   return ModelMetadata.from_json(entries, where=metadata_path(model_dir, step))
 
 
+def _is_fold_model(model_dir: str) -> bool:
+  """A fold model of the cross-fitted bank: ``.../crossfit/[<machine>[/section_XX]/]fold<k>``
+  (a folder above the workdir that happens to be named crossfit does not count)."""
+  parts = os.path.normpath(os.path.abspath(model_dir)).split(os.sep)
+  return bool(re.fullmatch(r"fold\d+", parts[-1])) and "crossfit" in parts[-4:-1]
+
+
 def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) -> str:
   """The model directory (holding ``checkpoints/``) of ``workdir``.
 
@@ -512,11 +527,11 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
       recursive=True))
   # the fold models of --normalization_bank=crossfit (<loss>/crossfit/...) score a bank,
   # not recordings: listed only when nothing else is there
-  main = [d for d in deeper if "crossfit" not in os.path.relpath(d, workdir).split(os.sep)]
+  main = [d for d in deeper if not _is_fold_model(d)]
   deeper = main or deeper
   if loss is not None and any(d.startswith(os.path.join(workdir, loss, "")) for d in deeper):
     deeper = [d for d in deeper if d.startswith(os.path.join(workdir, loss, ""))]
-  if len(deeper) == 1 and "crossfit" not in os.path.abspath(deeper[0]).split(os.sep):
+  if len(deeper) == 1 and not _is_fold_model(deeper[0]):
     return deeper[0]  # one model further down, and not a fold model: no choice to make
   if deeper:
     shown = ", ".join(deeper[:6]) + (f", ... ({len(deeper)} in all)" if len(deeper) > 6 else "")

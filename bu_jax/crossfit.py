@@ -153,6 +153,15 @@ def fold_train_seconds(elapsed: Optional[float], *, loss: str, fold_loss: str,
   return previous if fold_loss == loss else None
 
 
+def previous_fold_seconds(record: Optional[dict], fold_loss: str) -> Optional[float]:
+  """The ``train_seconds`` of an earlier run's cross-fit ``record`` when its fold
+  models were ``fold_loss``'s (a record of RE's fold models says nothing of BU's
+  own, ``--crossfit_bu_folds``), else None."""
+  if not record or record.get("fold_models", fold_loss) != fold_loss:
+    return None
+  return record.get("train_seconds")
+
+
 @contextlib.contextmanager
 def schedule_hint() -> Iterator[None]:
   """Around a fold model's training: a ``runner.SettingsMismatchError`` over the

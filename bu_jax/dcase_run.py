@@ -228,10 +228,12 @@ def _training_metadata(settings: Settings, config: train_lib.TrainConfig, *,
   settings (``EVALUATION_FLAGS``) are not among them."""
   path = lambda p: None if p is None else os.path.abspath(p)
   data = {"data_root": path(settings.data_root), "per": settings.per, "year": settings.year}
-  if settings.held_out():  # absent (older checkpoints): every clip trained on
-    data["heldout_fraction"] = settings.held_out()
+  # 0.0 too: absent (older checkpoints) reads as 0.0, every clip trained on
+  # (artifact.MISSING_MEANS), so 0 <-> 0.25 on a resume is refused either way
+  data["heldout_fraction"] = settings.held_out()
+  # the held-out split and the fold models' halves follow it, for any data root
+  data["data_seed"] = settings.data_seed
   if settings.data_root is None:  # the embedded set
-    data["data_seed"] = settings.data_seed
     if settings.synthetic_kwargs:
       data["synthetic_kwargs"] = fileio.to_json(dict(settings.synthetic_kwargs), default=str)
   if config.loss != "re":  # RE trains without the something-else clips
@@ -485,7 +487,8 @@ def _calibration(settings: Settings, phi: float, scores: Sequence[float],
   (so ``experiments.score`` decides as this run)."""
   return artifact.Calibration(
       threshold=float(phi), reduce=settings.reduce, quantile=settings.threshold_quantile,
-      heldout_clip_scores=tuple(float(v) for v in scores), heldout_paths=tuple(paths),
+      heldout_clip_scores=tuple(float(v) for v in scores),
+      heldout_paths=tuple(os.path.abspath(p) for p in paths),  # found again from anywhere
       window=window, normalization=normalization, fit=artifact.GAMMA_LOC0)
 
 
@@ -942,7 +945,7 @@ def run(settings: Settings) -> dict:
           record["fold_models"] = fold_loss
           record["train_seconds"] = crossfit.fold_train_seconds(
               time.perf_counter() - t1 if fold_steps else None, loss=loss, fold_loss=fold_loss,
-              previous=crossfits[loss].get(tag, {}).get("train_seconds"))
+              previous=crossfit.previous_fold_seconds(crossfits[loss].get(tag), fold_loss))
           crossfits[loss][tag] = record
         scored = evaluate_model(loss, tag, scorer, params, model_dir, bank_scores)
         artifact.store_calibration(model_dir, _calibration(

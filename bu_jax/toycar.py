@@ -248,7 +248,7 @@ def load_data(settings: Settings) -> Data:
   return Data(dataset=dataset, fit_waves=[dataset.train[i] for i in fit],
               fit_paths=[dataset.train_paths[i] for i in fit],
               heldout_waves=heldout_waves,
-              heldout_paths=[dataset.train_paths[i] for i in held],
+              heldout_paths=[os.path.abspath(dataset.train_paths[i]) for i in held],
               something_else=something_else, description=description, pseudo_waves=pseudo)
 
 
@@ -803,7 +803,8 @@ def run(settings: Settings) -> dict:
       crossfit_record["fold_models"] = fold_loss
       crossfit_record["train_seconds"] = crossfit.fold_train_seconds(
           time.perf_counter() - t1 if fold_steps else None, loss=loss, fold_loss=fold_loss,
-          previous=results.get(loss, {}).get("crossfit", {}).get("train_seconds"))
+          previous=crossfit.previous_fold_seconds(results.get(loss, {}).get("crossfit"),
+                                                  fold_loss))
     res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer,
                                        bank_scores=bank_scores)
     if crossfit_record is not None:

@@ -140,3 +140,12 @@ def test_a_run_trains_each_loss_s_fold_models_once(bu_folds, trained):
   assert got["re"] == ("re", ["re-params"], [[0], [1]], 7)
   assert got["bu"] == (("re", ["re-params"], [[0], [1]], 0) if bu_folds == "re"
                        else ("bu", ["bu-params"], [[0], [1]], 7))
+
+
+def test_previous_fold_seconds_only_from_the_same_fold_models():
+  """A record of RE's fold models gives no time for BU's own (--crossfit_bu_folds=bu)."""
+  assert crossfit.previous_fold_seconds({"fold_models": "bu", "train_seconds": 6.7}, "bu") == 6.7
+  assert crossfit.previous_fold_seconds({"fold_models": "re", "train_seconds": 4.5}, "bu") is None
+  assert crossfit.previous_fold_seconds({"train_seconds": 3.0}, "re") == 3.0  # older record
+  assert crossfit.previous_fold_seconds(None, "re") is None
+  assert crossfit.previous_fold_seconds({}, "re") is None

@@ -272,6 +272,8 @@ def finished_dcase(tmp_path_factory):
     (dict(epochs=2, steps_per_epoch=1), "--epochs: 1 in the checkpoint, 2 now; "
      "--steps_per_epoch: 2 in the checkpoint, 1 now"),
     (dict(data_seed=3), "--data_seed: 0 in the checkpoint, 3 now"),  # other training data
+    # trained on every clip: holding some out now would fit phi to clips the model trained on
+    (dict(heldout_fraction=0.25), "--heldout_fraction: 0.0 in the checkpoint, 0.25 now"),
 ])
 def test_resume_with_other_training_settings_is_refused(finished_dcase, overrides, named):
   results = os.path.join(finished_dcase.workdir, "results.json")
@@ -285,6 +287,24 @@ def test_resume_with_other_training_settings_is_refused(finished_dcase, override
   assert f"settings: {named}. " in str(info.value) and "new --workdir" in str(info.value)
   assert open(results).read() == before  # nothing rewritten
   assert "--sigma" not in str(info.value)  # RE's model does not depend on it
+
+
+def test_held_out_split_settings_are_stored_for_any_data_root(tmp_path):
+  """heldout_fraction (0 too) and data_seed, which draws the held-out split and the fold
+  models' halves, are training settings with a --data_root as with the embedded set; a
+  record without heldout_fraction (older checkpoints stored it only above 0) reads as 0."""
+  settings = _settings(tmp_path / "w", data_root=str(tmp_path), data_seed=5)
+  config = settings.train_config("re", 1)
+  data = dcase_run._training_metadata(settings, config).data  # pylint: disable=protected-access
+  assert data["heldout_fraction"] == 0.0 and data["data_seed"] == 5
+  held = dcase_run._training_metadata(  # pylint: disable=protected-access
+      dataclasses.replace(settings, heldout_fraction=0.25), config)
+  older = dataclasses.replace(held, data={k: v for k, v in held.data.items()
+                                          if k != "heldout_fraction"})
+  assert older.training_differences(held) == [("data.heldout_fraction", 0.0, 0.25)]
+  assert held.training_differences(dataclasses.replace(
+      older, data={**older.data, "heldout_fraction": 0.0})) == [
+          ("data.heldout_fraction", 0.25, 0.0)]
 
 
 def test_settings_re_does_not_read_may_change(finished_dcase):

@@ -660,6 +660,10 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
       dcase_workdir / "bu" / "models" / "fan")  # the only one
   assert artifact.find_model_dir(dcase_workdir, loss="bu") == str(
       dcase_workdir / "bu" / "models" / "fan")  # the only one of that loss, further down
+  # a workdir that itself lies in a folder named crossfit is no fold model
+  nested = tmp_path / "crossfit" / "run1"
+  shutil.copytree(dcase_workdir / "bu", nested / "bu")
+  assert artifact.find_model_dir(nested) == str(nested / "bu" / "models" / "fan")
   # A checkpoints folder, and the PCA reference's folder (scores, no model), say what to give.
   with pytest.raises(detector_lib.DetectorError, match=re.escape(
       f"{workdir / 'bu' / 'checkpoints'} is a checkpoints folder: give the model folder that "

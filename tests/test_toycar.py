@@ -100,6 +100,15 @@ def test_entry_point_runs(tmp_path, tiny_data):
   assert not info, info[:5]  # quiet by default: no absl INFO lines (Orbax, JAX)
 
 
+def test_heldout_paths_are_absolute_for_a_relative_data_dir(tmp_path, tiny_data, monkeypatch):
+  """The calibration stores the held-out files phi was set on; experiments.score reads
+  their lengths from anywhere, so a relative --data_dir is stored absolute."""
+  monkeypatch.chdir(os.path.dirname(tiny_data))
+  data = toycar.load_data(_settings(tmp_path, os.path.basename(tiny_data)))
+  assert data.heldout_paths and all(os.path.isabs(p) and os.path.exists(p)
+                                    for p in data.heldout_paths)
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
   with pytest.raises(data.DataError, match="--data_dir=.*no such directory"):
     toycar.load_data(_settings(tmp_path, str(tmp_path / "nope")))
