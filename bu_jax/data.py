@@ -757,10 +757,10 @@ def training_corpus(
     raise ValueError(f"training_corpus: {len(paths)} paths for {len(train_waves)} waves")
   segments, too_short, dropped = [], [], 0
   for index, wave in enumerate(train_waves):
-    wave = _mono_samples(wave, paths[index] if paths is not None else f"training clip #{index}")
+    name = paths[index] if paths is not None else f"clip #{index}"
+    wave = _mono_samples(wave, name)
     count = wave.size // segment_len
     if count == 0:
-      name = paths[index] if paths is not None else f"clip #{index}"
       too_short.append(f"{name} ({wave.size / sr:.2f} s)")
       continue
     dropped += wave.size - count * segment_len

@@ -769,11 +769,15 @@ def _mark_rare(listed: dict, labels: dict, *, source: str) -> dict[str, int]:
   return counts
 
 
+def _input_dirs(settings: Settings) -> list[Optional[str]]:
+  """--data_root, --something_else_dir, --ground_truth_dir, --eval_root, each checked
+  to exist."""
+  return [_need_dir(getattr(settings, flag), f"--{flag}")
+          for flag in ("data_root", "something_else_dir", "ground_truth_dir", "eval_root")]
+
+
 def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
-  root = _need_dir(settings.data_root, "--data_root")
-  se_dir = _need_dir(settings.something_else_dir, "--something_else_dir")
-  _need_dir(settings.ground_truth_dir, "--ground_truth_dir")
-  _need_dir(settings.eval_root, "--eval_root")
+  root, se_dir, _, _ = _input_dirs(settings)
   if root is None:
     t0 = time.perf_counter()
     kwargs = dict(settings.synthetic_kwargs or {})
@@ -798,11 +802,7 @@ def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:
 
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss on every machine type; returns the results."""
-  for path, flag in ((settings.data_root, "--data_root"),  # before the workdir is made
-                     (settings.something_else_dir, "--something_else_dir"),
-                     (settings.ground_truth_dir, "--ground_truth_dir"),
-                     (settings.eval_root, "--eval_root")):
-    _need_dir(path, flag)
+  _input_dirs(settings)  # before the workdir is made: a typo leaves no empty workdir
   cli.make_workdir(settings.workdir)
   devices = jax.devices()
   if settings.num_devices is not None:  # checked against the device count by Settings

@@ -181,12 +181,15 @@ def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
   return path
 
 
+def _input_dirs(settings: Settings) -> list[Optional[str]]:
+  """--data_dir, --something_else_dir, --noise_dir, --anomaly_dir, each checked to exist."""
+  return [_need_dir(getattr(settings, flag), f"--{flag}")
+          for flag in ("data_dir", "something_else_dir", "noise_dir", "anomaly_dir")]
+
+
 def load_data(settings: Settings) -> Data:
   """Loads (or generates) the data set and splits off held-out normal clips."""
-  data_dir = _need_dir(settings.data_dir, "--data_dir")
-  something_else_dir = _need_dir(settings.something_else_dir, "--something_else_dir")
-  noise_dir = _need_dir(settings.noise_dir, "--noise_dir")
-  anomaly_dir = _need_dir(settings.anomaly_dir, "--anomaly_dir")
+  data_dir, something_else_dir, noise_dir, anomaly_dir = _input_dirs(settings)
   if data_dir is None:
     t0 = time.perf_counter()
     data_dir = synthetic.ensure(seed=settings.data_seed)
@@ -743,10 +746,7 @@ def _num(v) -> str:
 
 def run(settings: Settings) -> dict:
   """Trains and evaluates every loss of ``settings``; returns the results dict."""
-  for path, flag in ((settings.data_dir, "--data_dir"),  # before the workdir is made
-                     (settings.something_else_dir, "--something_else_dir"),
-                     (settings.noise_dir, "--noise_dir"), (settings.anomaly_dir, "--anomaly_dir")):
-    _need_dir(path, flag)
+  _input_dirs(settings)  # before the workdir is made: a typo leaves no empty workdir
   cli.make_workdir(settings.workdir)
   devices = jax.devices()
   if settings.num_devices is not None:  # checked against the device count by Settings
