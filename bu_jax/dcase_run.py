@@ -61,6 +61,7 @@ Metrics and the official score: ``bu_jax.dcase_metrics``.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import time
@@ -514,6 +515,52 @@ def write_submission(directory: str, machine_type: str, section: str, names: Seq
   return [score_path, decision_path]
 
 
+class _EarlierResults:
+  """The files an earlier run wrote about all of its models (``results.json``,
+  ``results.txt``, ``summary.csv``). They describe the submission files, which
+  this run rewrites machine type by machine type, so ``retire`` renames them
+  to ``<name>.previous`` before this run's first one is written: a run stopped
+  halfway leaves no results file that contradicts the files beside it. A
+  finished run writes its own and removes the ``.previous`` ones."""
+
+  NAMES = ("results.json", "results.txt", "summary.csv")
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self._retired = False
+    # The earlier run's results.json, or the one a stopped run moved aside.
+    path = os.path.join(workdir, "results.json")
+    self.path = next((p for p in (path, path + ".previous") if os.path.exists(p)), None)
+
+  def retire(self) -> None:
+    if self._retired:
+      return
+    self._retired = True
+    for name in self.NAMES:
+      path = os.path.join(self.workdir, name)
+      if os.path.exists(path):
+        os.replace(path, path + ".previous")
+
+  def remove(self) -> None:
+    """After this run's files are written: the earlier ones describe nothing."""
+    for name in self.NAMES:
+      path = os.path.join(self.workdir, name + ".previous")
+      if os.path.exists(path):
+        os.remove(path)
+
+
+def _other_submission_files(workdir: str, methods: Sequence[str], written: set[str]) -> list[str]:
+  """The submission files under ``<workdir>/<method>/`` (and its test-set
+  folders) that this run did not write: an earlier run's, of machine types or
+  sections this run did not score."""
+  found = []
+  for method in methods:
+    for pattern in ("anomaly_score_*.csv", "decision_result_*.csv"):
+      for folder in (os.path.join(workdir, method), os.path.join(workdir, method, "*")):
+        found.extend(p for p in glob.glob(os.path.join(folder, pattern)) if p not in written)
+  return sorted(found)
+
+
 def _set_dir(workdir: str, loss: str, set_name: str) -> str:
   """Where a test set's files go: ``<workdir>/<loss>`` for "dev" (test/), else
   ``<workdir>/<loss>/<set_name>`` ("eval", or a test*/ folder's name)."""
@@ -837,19 +884,20 @@ def run(settings: Settings) -> dict:
   chosen_neighbors = {l: {} for l in methods}  # --normalization_neighbors=0
   scoring = {l: {} for l in methods}  # with --heldout_fraction: what each model scores on
   fits = {l: {} for l in settings.losses}  # with --heldout_fraction: each AE's fit_check
-  train_seconds = {l: {} for l in methods}
+  train_seconds = {l: {} for l in methods}  # this run's models only (runner.train_seconds)
   crossfits = {l: {} for l in methods}  # --normalization_bank=crossfit: each model's bank
-  previous_path = os.path.join(settings.workdir, "results.json")
-  if os.path.exists(previous_path):  # keep the training times of models found finished
+  previous_crossfits = {l: {} for l in methods}  # an earlier run's: its fold models' times
+  earlier = _EarlierResults(settings.workdir)
+  if earlier.path is not None:
     try:
-      with open(previous_path, encoding="utf-8") as f:
+      with open(earlier.path, encoding="utf-8") as f:
         previous = json.load(f)
       for l in methods:
-        train_seconds[l].update(previous.get(l, {}).get("train_seconds", {}))
-        crossfits[l].update(previous.get(l, {}).get("crossfit", {}))  # its fold times
+        previous_crossfits[l].update(previous.get(l, {}).get("crossfit", {}))
     except (OSError, ValueError, AttributeError, TypeError) as e:  # damaged: rewritten below
-      logging.warning("%s cannot be read (%s: %s); its training times are not kept",
-                      previous_path, type(e).__name__, e)
+      logging.warning("%s cannot be read (%s: %s); its fold models' training times are not "
+                      "kept", earlier.path, type(e).__name__, e)
+  written: set[str] = set()  # the submission files of this run
   years = set()
   data_info = {"data_root": os.path.abspath(root), "something_else_dir": se_dir and
                os.path.abspath(se_dir), "machine_types": {}}
@@ -920,15 +968,14 @@ def run(settings: Settings) -> dict:
       fold_models = {}  # crossfit.shared_fold_models: loss -> (params, folds)
       for loss in settings.losses:
         tag, model_dir = _model_place(settings.workdir, loss, machine, section)
-        t0 = time.perf_counter()
         validate = None if held is None else (
             lambda p: heldout.validation_error(scorer, p, held.waves, names=held.names))
-        state, trained = train_model(settings, configs[loss], corpus, mesh=mesh,
-                                     model_dir=model_dir, tag=tag, input_stats=input_stats,
-                                     validate=validate, train_clips=fingerprint)
+        state, _ = train_model(settings, configs[loss], corpus, mesh=mesh,
+                               model_dir=model_dir, tag=tag, input_stats=input_stats,
+                               validate=validate, train_clips=fingerprint)
         params = jax.device_get(state.params)
-        if trained:
-          train_seconds[loss][tag] = round(time.perf_counter() - t0, 1)
+        # The model's own record, summed over resumes; None if it was not recorded.
+        train_seconds[loss][tag] = runner.train_seconds(model_dir)
         bank_scores = None
         if score_norm.needs_fold_models(settings.bank()):
           t1 = time.perf_counter()
@@ -945,7 +992,8 @@ def run(settings: Settings) -> dict:
           record["fold_models"] = fold_loss
           record["train_seconds"] = crossfit.fold_train_seconds(
               time.perf_counter() - t1 if fold_steps else None, loss=loss, fold_loss=fold_loss,
-              previous=crossfit.previous_fold_seconds(crossfits[loss].get(tag), fold_loss))
+              previous=crossfit.previous_fold_seconds(previous_crossfits[loss].get(tag),
+                                                  fold_loss))
           crossfits[loss][tag] = record
         scored = evaluate_model(loss, tag, scorer, params, model_dir, bank_scores)
         artifact.store_calibration(model_dir, _calibration(
@@ -986,8 +1034,9 @@ def run(settings: Settings) -> dict:
         decisions = np.array([scores[loss][set_name][c.path][1] for c in done], dtype=int)
         for sec in sorted({c.section for c in done}):
           idx = [i for i, c in enumerate(done) if c.section == sec]
-          write_submission(out_dir, machine, sec, [done[i].name for i in idx], values[idx],
-                           decisions[idx], year=year)
+          earlier.retire()  # before the first file of this run is written
+          written.update(write_submission(out_dir, machine, sec, [done[i].name for i in idx],
+                                          values[idx], decisions[idx], year=year))
         sections = _section_results(done, values, decisions, year)
         if sections:
           per_section.setdefault(set_name, {l: {} for l in methods})[loss][
@@ -1061,6 +1110,14 @@ def run(settings: Settings) -> dict:
             "metrics) ==")))
         if len(dev_sets) == 1:  # several folders: the comparisons below, these in results.txt
           print(tables[-1], flush=True)
+  others = _other_submission_files(settings.workdir, methods, written)
+  if others:
+    logging.warning("%d submission file(s) under %s are an earlier run's, not this one's "
+                    "(e.g. %s); results.json describes only the %d this run wrote. Move them "
+                    "away before submitting the folder.", len(others), settings.workdir,
+                    os.path.relpath(others[0], settings.workdir), len(written))
+    results["earlier_files"] = [os.path.relpath(p, settings.workdir) for p in others]
+  earlier.retire()  # a run that wrote no submission file still replaces the earlier results
   fileio.write_csv(os.path.join(settings.workdir, "summary.csv"),
                    _summary_rows(results, methods, year, set_names))
   fileio.write_json(os.path.join(settings.workdir, "results.json"), results)
@@ -1080,6 +1137,7 @@ def run(settings: Settings) -> dict:
     fileio.atomic_write(text_path, "\n".join(tables) + "\n")
   elif os.path.exists(text_path):  # an earlier run's tables no longer hold
     os.remove(text_path)
+  earlier.remove()
   print(f"Results in {os.path.join(settings.workdir, 'results.json')}"
         + (" (the tables: results.txt)" if evaluated else ""), flush=True)
   return results

@@ -11,7 +11,10 @@ settings. The loop:
 - restores the newest checkpoint (``artifact.open_for_training``), or starts
   from ``init_state``; says which;
 - keeps the records of ``<model_dir>/metrics.jsonl`` up to the step it resumes
-  from (``fileio.truncate_metrics``) and appends one per step;
+  from (``fileio.truncate_metrics``) and appends one per step, each with
+  ``train_seconds``: the wall time of training up to that step, summed over the
+  runs that trained the kept steps (``train_seconds(model_dir)`` reads the
+  model's total from it, wherever the model's folder has been);
 - saves every ``checkpoint_every`` steps and after the last one;
 - with a ``validate`` function (the held-out clips' mean frame score,
   ``heldout.validation_error``), records it at the start, every
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, Collection, Optional, Sequence
 
 import jax
@@ -47,6 +51,35 @@ from bu_jax import train as train_lib
 SPEED_ONLY = ("steps_per_call",)
 VALIDATION_FILE = "validation.jsonl"
 METRICS_FILE = "metrics.jsonl"  # <model_dir>/metrics.jsonl: one record per step
+
+
+TIME_KEY = "train_seconds"  # in every metrics.jsonl record: training time up to that step
+
+
+def train_seconds(model_dir: str) -> Optional[float]:
+  """The wall time the model of ``model_dir`` took to train, summed over resumes
+  (its last ``metrics.jsonl`` record's ``train_seconds``); None when not
+  recorded (no records, or a model trained before the field was written)."""
+  records = fileio.read_metrics(os.path.join(model_dir, METRICS_FILE))
+  value = records[-1].get(TIME_KEY) if records else None
+  return float(value) if isinstance(value, (int, float)) else None
+
+
+class _TimedWriter:
+  """A ``MetricsWriter`` whose records also carry ``train_seconds``: ``offset``
+  (the kept records' total, None when unknown: then no field is written) plus
+  the time since this writer's ``started``."""
+
+  def __init__(self, writer: fileio.MetricsWriter, *, offset: Optional[float], started: float):
+    self._writer = writer
+    self._offset = offset
+    self._started = started
+
+  def write(self, step: int, metrics) -> None:
+    if self._offset is not None:
+      metrics = {**metrics,
+                 TIME_KEY: round(self._offset + time.perf_counter() - self._started, 3)}
+    self._writer.write(step, metrics)
 
 
 class Interrupted(Exception):
@@ -215,6 +248,7 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
     Interrupted: SIGTERM / Ctrl-C; the checkpoint of the last completed step
       is saved.
   """
+  started = time.perf_counter()  # the training time includes the restore and compilation
   if init_state is None:
     init_state = train_lib.create_state(config, mesh=mesh)
   total = config.total_steps
@@ -234,6 +268,8 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
     if start >= total:
       print(f"[{tag}] already trained ({total} steps)", flush=True)
       return state, 0
+    # The kept steps' training time; unknown (None) when they were written without it.
+    offset = train_seconds(model_dir) if start else 0.0
     recorded = [r["step"] for r in fileio.read_metrics(validation_path)]
 
     def record(step, params):
@@ -263,7 +299,9 @@ def train_or_resume(config: train_lib.TrainConfig, corpus, *, mesh, model_dir: s
     try:
       with fileio.MetricsWriter(metrics_path) as writer:
         state = train_lib.train(config, corpus, mesh=mesh, state=state, on_step=on_step,
-                                metrics_writer=writer, progress=bar)
+                                metrics_writer=_TimedWriter(writer, offset=offset,
+                                                            started=started),
+                                progress=bar)
     except _Stopped as e:
       ckpt.wait()
       raise Interrupted(

@@ -481,6 +481,69 @@ def _read_results(path: str) -> dict[str, Any]:
   return {k: v for k, v in stored.items() if k in losses_lib.LOSSES}
 
 
+# Settings that change nothing an entry of results.json holds (where it is, how
+# fast it ran, which losses the run evaluated, the reference entry it rebuilds).
+_NOT_IN_RESULTS = ("losses", "workdir", "num_devices", "checkpoint_every", "progress",
+                   "steps_per_call", "reference_components")
+
+
+def _as_stored(value) -> Any:
+  """``value`` as it reads back from results.json (tuples as lists, NaN as null)."""
+  return json.loads(json.dumps(fileio.to_json(value), allow_nan=False))
+
+
+def _keep_comparable(path: str, entries: dict[str, Any], *, settings: dict, description: dict,
+                     evaluating: Sequence[str]) -> dict[str, Any]:
+  """The entries of an earlier ``results.json`` (``path``) that this run keeps.
+
+  An entry of a loss this run evaluates is replaced as soon as its evaluation
+  starts. An entry of another loss is kept only when the earlier run's settings
+  (but those of ``_NOT_IN_RESULTS``) and data equal this run's, so that every
+  entry of the file is one evaluation's, with the file's ``settings`` and
+  ``data``; the others are dropped with a warning (their model and files stay in
+  ``<workdir>/<loss>/``).
+  """
+  others = [loss for loss in entries if loss not in evaluating and loss != REFERENCE]
+  if not others:
+    return entries
+  try:
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+  except (OSError, ValueError):
+    stored = {}
+  now = {k: v for k, v in _as_stored(settings).items() if k not in _NOT_IN_RESULTS}
+  before = stored.get("settings")
+  before = ({k: v for k, v in before.items() if k not in _NOT_IN_RESULTS}
+            if isinstance(before, dict) else None)
+  if before is None:
+    why = "its settings are not recorded"
+  else:
+    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    if not changed and stored.get("data") != _as_stored(description):
+      changed = ["the data"]
+    why = ("evaluated with other settings: " + ", ".join(changed[:4])
+           + (", ..." if len(changed) > 4 else "")) if changed else ""
+  if not why:
+    return entries
+  logging.warning("%s: dropped the entries of %s from an earlier run (%s); their models and "
+                  "files stay in %s. Run with --loss=%s to evaluate them with these settings.",
+                  path, ", ".join(l.upper() for l in others), why,
+                  ", ".join(f"{l}/" for l in others), ",".join(others))
+  return {k: v for k, v in entries.items() if k not in others}
+
+
+def _write_results(workdir: str, results: dict[str, Any]) -> None:
+  """Writes ``results.json`` and, from it, ``results.txt`` (the table of every
+  method it holds), so the two agree after every write, a killed run's too."""
+  fileio.write_json(os.path.join(workdir, "results.json"), results)
+  methods = [m for m in (*losses_lib.LOSSES, REFERENCE) if m in results]
+  text = os.path.join(workdir, "results.txt")
+  if methods:
+    fileio.atomic_write(text, format_table(results, methods) + "\n")
+  elif os.path.exists(text):
+    os.remove(text)
+
+
 def _evaluate_scorer(settings: Settings, scorer, params, data: Data, out_dir: str,
                      feature_config, bank_scores: Optional[np.ndarray] = None
                      ) -> tuple[dict, dict]:
@@ -770,7 +833,9 @@ def run(settings: Settings) -> dict:
     print(f"Training corpus and input statistics of {len(data.fit_waves)} training clips "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
   results_path = os.path.join(settings.workdir, "results.json")
-  results = _read_results(results_path)
+  results = _keep_comparable(results_path, _read_results(results_path),
+                             settings=artifact.config_json(settings),
+                             description=data.description, evaluating=settings.losses)
   results.pop(REFERENCE, None)
   results["settings"] = artifact.config_json(settings)
   results["data"] = data.description
@@ -805,6 +870,8 @@ def run(settings: Settings) -> dict:
           time.perf_counter() - t1 if fold_steps else None, loss=loss, fold_loss=fold_loss,
           previous=crossfit.previous_fold_seconds(results.get(loss, {}).get("crossfit"),
                                                   fold_loss))
+    if results.pop(loss, None) is not None:  # its files are rewritten now: no stale entry
+      _write_results(settings.workdir, results)
     res, material[loss] = evaluate_one(settings, loss, state, config, data, scorer=scorer,
                                        bank_scores=bank_scores)
     if crossfit_record is not None:
@@ -812,18 +879,16 @@ def run(settings: Settings) -> dict:
     fits = fits or fit_check.FitCheck(data.fit_waves, data.heldout_waves,
                                       cfg0.model_preset.features)
     res["fit"] = fit_check.model_fit(fits, config.model_preset, jax.device_get(state.params))
-    previous = results.get(loss, {})
-    if trained_steps:  # a resumed model: this invocation's share
-      res["train_seconds"] = round(t_train, 1)
-    else:  # found finished: the time of the run that trained it (None if not recorded)
-      res["train_seconds"] = previous.get("train_seconds")
+    # The model's own record, summed over resumes (None for a model trained before
+    # it was recorded), so a model found finished never takes another's time.
+    res["train_seconds"] = runner.train_seconds(os.path.join(settings.workdir, loss))
     res["train_config"] = runner.recorded_train_config(os.path.join(settings.workdir, loss),
                                                        config)
     res["validation"] = heldout.validation_summary(fileio.read_metrics(
         os.path.join(settings.workdir, loss, runner.VALIDATION_FILE)))
     results[loss] = res
     _store_threshold(settings, loss, state, config, res, data)
-    fileio.write_json(results_path, results)
+    _write_results(settings.workdir, results)
     print(f"[{loss}] AUC mean {res['auc']['mean']:.3f}, threshold {res['threshold']:.4g}"
           f"{_normalization_note(res)} "
           + (f"(train {t_train:.0f} s" if trained_steps else "(trained before")
@@ -833,7 +898,7 @@ def run(settings: Settings) -> dict:
     res, material[REFERENCE] = evaluate_reference(settings, cfg0.feature_config, data)
     results[REFERENCE] = res
     methods.append(REFERENCE)
-    fileio.write_json(results_path, results)
+    _write_results(settings.workdir, results)
     print(f"[{REFERENCE}] PCA, {settings.reference_components} components: AUC mean "
           f"{res['auc']['mean']:.3f}{_normalization_note(res)}", flush=True)
   figures = _plots(settings.workdir, data, material)
@@ -845,9 +910,8 @@ def run(settings: Settings) -> dict:
   if training:
     figures.append(training)
   results["plots"] = [os.path.basename(p) for p in figures]
-  fileio.write_json(results_path, results)
+  _write_results(settings.workdir, results)
   table = format_table(results, methods)
-  fileio.atomic_write(os.path.join(settings.workdir, "results.txt"), table + "\n")
   print(table, flush=True)
   print(f"Results in {results_path} (the table: results.txt)", flush=True)
   return results

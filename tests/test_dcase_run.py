@@ -779,3 +779,40 @@ def test_a_section_without_normal_clips_is_explained_once(tmp_path, caplog):
   warned = [r.getMessage() for r in caplog.records if "has no normal test clips" in r.getMessage()]
   assert warned == [f"{tmp_path / 'test_b'}: section 00 has no normal test clips; "
                     "its AUC and pAUC are n/a"]
+
+
+def test_results_describe_this_run_and_a_stopped_run_leaves_none(tmp_path, caplog, monkeypatch):
+  """A run on fewer machine types: results.json holds this run's training times only, and
+  names (and warns of) the earlier run's submission files left in the loss folders. A run
+  stopped after its first submission files leaves the earlier results as *.previous, never
+  beside files they do not describe; the next finished run removes them."""
+  from bu_jax import runner  # pylint: disable=g-import-not-at-top
+  two = {**TINY, "machines": ("SynthFan", "SynthPump")}
+  run = tmp_path / "run"
+  first = dcase_run.run(_settings(run, losses=("re",), synthetic_kwargs=two))
+  assert first["re"]["train_seconds"] == {
+      f"re/{m}": runner.train_seconds(str(run / "re" / "models" / m))
+      for m in ("SynthFan", "SynthPump")}
+  assert all(v > 0 for v in first["re"]["train_seconds"].values())
+
+  caplog.clear()
+  fan = _settings(run, losses=("re",), synthetic_kwargs=two, machines=("SynthFan",))
+  second = dcase_run.run(fan)
+  assert list(second["re"]["train_seconds"]) == ["re/SynthFan"]
+  pump = sorted(f"re/{p.name}" for p in (run / "re").glob("*_SynthPump_*.csv"))
+  assert pump and second["earlier_files"] == pump
+  assert any(f"{len(pump)} submission file(s)" in r.getMessage()
+             and "earlier run's" in r.getMessage() for r in caplog.records)
+
+  def stopped(*args, **kwargs):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as patch:
+    patch.setattr(dcase_run, "_summary_rows", stopped)  # after the files, before results
+    with pytest.raises(KeyboardInterrupt):
+      dcase_run.run(fan)
+  assert not (run / "results.json").exists() and not (run / "results.txt").exists()
+  assert json.loads((run / "results.json.previous").read_text())["re"]["dev"] == second["re"]["dev"]
+  assert (run / "summary.csv.previous").exists()
+  third = dcase_run.run(fan)
+  assert third["re"]["dev"] == second["re"]["dev"]
+  assert (run / "results.json").exists() and not list(run.glob("*.previous"))

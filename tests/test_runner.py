@@ -137,6 +137,42 @@ def test_validation_curve_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
       0, 2, 4, 5]
 
 
+def test_training_time_is_summed_over_resumes_and_read_from_the_model_folder(tmp_path,
+                                                                            monkeypatch):
+  """Each metrics record carries the training time up to its step, continued across a
+  stop and resume; ``train_seconds`` reads the total from the folder, wherever it is."""
+  clock = iter(range(0, 10_000, 10))  # each reading 10 s after the one before
+  monkeypatch.setattr(runner, "time", type("Clock", (), {"perf_counter": lambda: next(clock)}))
+  config = _config()
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  segments = np.random.default_rng(0).standard_normal((4, SEGMENT)).astype(np.float32)
+  corpus = train.place_corpus(segments, mesh=mesh, config=config)
+  model_dir = tmp_path / "model"
+  kwargs = dict(mesh=mesh, model_dir=str(model_dir), checkpoint_every=100, tag="t",
+                progress=False, metadata=artifact.ModelMetadata.for_training(config, tag="t"))
+  with monkeypatch.context() as patch:
+    patch.setattr(runner.signals, "GracefulStop", _StopAtOnce)
+    with pytest.raises(runner.Interrupted):
+      runner.train_or_resume(config, corpus, **kwargs)
+  first = [json.loads(l)[runner.TIME_KEY] for l in open(model_dir / runner.METRICS_FILE)]
+  assert len(first) == 1 and first[0] > 0
+  assert runner.train_seconds(str(model_dir)) == first[0]
+  runner.train_or_resume(config, corpus, **kwargs)  # resumed from step 1
+  times = [json.loads(l)[runner.TIME_KEY] for l in open(model_dir / runner.METRICS_FILE)]
+  assert times[0] == first[0] and times[0] < times[1] < times[2]  # the first run's share kept
+  assert times[1] - times[0] < times[2]  # the resume adds its own time to the kept total
+  moved = tmp_path / "elsewhere"
+  model_dir.rename(moved)
+  assert runner.train_seconds(str(moved)) == times[2]
+  # A model trained before the field was written: unknown.
+  lines = [json.loads(l) for l in open(moved / runner.METRICS_FILE)]
+  (moved / runner.METRICS_FILE).write_text(
+      "".join(json.dumps({k: v for k, v in r.items() if k != runner.TIME_KEY}) + "\n"
+              for r in lines[:1]))
+  assert runner.train_seconds(str(moved)) is None
+  assert runner.train_seconds(str(tmp_path / "none")) is None
+
+
 def test_training_inputs_segment_the_clips_and_take_statistics_only_when_standardized():
   rng = np.random.default_rng(0)
   waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (5000, 7000)]

@@ -1037,3 +1037,43 @@ def test_interrupted_score_and_dcase_are_one_line_and_130(finished_run, tmp_path
     assert [r["decision"] for r in detector.read_csv(tmp_path / "s.csv")] == ["failed"]
   else:
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_results_hold_one_evaluation_across_runs(finished_run, tiny_data, tmp_path, caplog,
+                                                  monkeypatch):
+  """results.json (and results.txt, written from it) holds only entries made with its own
+  settings: another loss's entry from a run with other settings is dropped, with a warning;
+  an entry is dropped before its files are rewritten, so a run stopped there leaves none;
+  a model found trained takes its training time from its own folder."""
+  from bu_jax import runner  # pylint: disable=g-import-not-at-top
+  workdir = _copy(finished_run, tmp_path)
+  path = workdir / "results.json"
+  stored = json.loads(path.read_text())
+  stored["re"]["train_seconds"] = 12345.0  # as if another model's (moved away) time
+  path.write_text(json.dumps(stored))
+  results = toycar.run(_settings(workdir, tiny_data))
+  assert results["re"]["train_seconds"] == runner.train_seconds(str(workdir / "re")) > 0
+  assert results["re"]["train_seconds"] != 12345.0
+
+  caplog.clear()
+  toycar.run(_settings(workdir, tiny_data, losses=("snp",), reduce="mean"))
+  assert sorted(k for k in json.loads(path.read_text()) if k in ("re", "snp", "bu")) == ["snp"]
+  assert any("dropped the entries of RE" in r.getMessage() and "reduce" in r.getMessage()
+             and "--loss=re" in r.getMessage() for r in caplog.records)
+  assert (workdir / "re" / "checkpoints").is_dir()  # the model stays
+  assert "RE AUC" not in (workdir / "results.txt").read_text()
+
+  both = toycar.run(_settings(workdir, tiny_data, losses=("re",), reduce="mean"))
+  assert "snp" in both and "re" in both  # same settings: SNP's entry kept
+  assert "RE AUC" in (workdir / "results.txt").read_text()
+  assert "SNP AUC" in (workdir / "results.txt").read_text()
+
+  def stopped(*args, **kwargs):
+    raise KeyboardInterrupt  # stopped after the files, before the entry is written
+  monkeypatch.setattr(toycar, "_store_threshold", stopped)
+  with pytest.raises(KeyboardInterrupt):
+    toycar.run(_settings(workdir, tiny_data, losses=("snp",), reduce="mean"))
+  stored = json.loads(path.read_text())
+  assert "snp" not in stored and stored["re"]["auc"] == both["re"]["auc"]
+  text = (workdir / "results.txt").read_text()
+  assert "RE AUC" in text and "SNP AUC" not in text
