@@ -649,12 +649,16 @@ def run_app(main: Callable[[list[str]], Any]) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing with its errors (an unknown flag, a value not among the
   choices, a required flag missing) as one ``Usage error:`` line, status 1, like
-  the settings' own checks, instead of absl's "FATAL Flags parsing error"."""
+  the settings' own checks, instead of absl's "FATAL Flags parsing error"; and
+  help asked for (``--help``, ``--helpshort``, ``--helpfull``, ``--helpxml``)
+  printed with status 0, as command-line tools do, not absl's 1."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     print(f"Usage error: {e} (see --helpshort)", file=sys.stderr)
     sys.exit(1)
+  except SystemExit as e:  # absl's help flags print the help, then exit with status 1
+    sys.exit(0 if e.code == 1 else e.code)
 
 
 def usage_error(build: Callable[[], T]) -> T:

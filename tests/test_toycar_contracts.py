@@ -94,6 +94,16 @@ def test_entry_point_usage_error_is_one_line(tmp_path, flag, message):
   assert "Traceback" not in proc.stderr and not workdir.exists()
 
 
+@pytest.mark.parametrize("module, flag", [("experiments.toycar", "--help"),
+                                          ("experiments.score", "--helpfull")])
+def test_help_asked_for_exits_with_status_0(module, flag):
+  """absl exits with status 1 after --help; a tool asked for its help has not failed."""
+  proc = subprocess.run([sys.executable, "-m", module, flag], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "--workdir" in proc.stdout and "Traceback" not in proc.stderr
+
+
 # ------------------------------------------------------------------ resume with other settings
 
 
