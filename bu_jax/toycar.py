@@ -498,10 +498,11 @@ def _keep_comparable(path: str, entries: dict[str, Any], *, settings: dict, desc
 
   An entry of a loss this run evaluates is replaced as soon as its evaluation
   starts. An entry of another loss is kept only when the earlier run's settings
-  (but those of ``_NOT_IN_RESULTS``) and data equal this run's, so that every
-  entry of the file is one evaluation's, with the file's ``settings`` and
-  ``data``; the others are dropped with a warning (their model and files stay in
-  ``<workdir>/<loss>/``).
+  and data equal this run's, but for those of ``_NOT_IN_RESULTS`` and those the
+  loss does not read (``train.UNUSED_SETTINGS``: RE's entry stands whatever
+  BU's ``--sigma``), so that every entry of the file is what this run would
+  have written; the others are dropped with a warning (their model and files
+  stay in ``<workdir>/<loss>/``).
   """
   others = [loss for loss in entries if loss not in evaluating and loss != REFERENCE]
   if not others:
@@ -515,21 +516,26 @@ def _keep_comparable(path: str, entries: dict[str, Any], *, settings: dict, desc
   before = stored.get("settings")
   before = ({k: v for k, v in before.items() if k not in _NOT_IN_RESULTS}
             if isinstance(before, dict) else None)
-  if before is None:
-    why = "its settings are not recorded"
-  else:
-    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
-    if not changed and stored.get("data") != _as_stored(description):
-      changed = ["the data"]
-    why = ("evaluated with other settings: " + ", ".join(changed[:4])
-           + (", ..." if len(changed) > 4 else "")) if changed else ""
-  if not why:
-    return entries
-  logging.warning("%s: dropped the entries of %s from an earlier run (%s); their models and "
-                  "files stay in %s. Run with --loss=%s to evaluate them with these settings.",
-                  path, ", ".join(l.upper() for l in others), why,
-                  ", ".join(f"{l}/" for l in others), ",".join(others))
-  return {k: v for k, v in entries.items() if k not in others}
+  changed = [] if before is None else sorted(
+      k for k in set(now) | set(before) if now.get(k) != before.get(k))
+  same_data = stored.get("data") == _as_stored(description)
+  dropped = {}  # loss -> why
+  for loss in others:
+    differ = [k for k in changed if k not in train_lib.UNUSED_SETTINGS.get(loss, ())]
+    if before is None:
+      dropped[loss] = "its settings are not recorded"
+    elif differ:
+      dropped[loss] = ("evaluated with other settings: " + ", ".join(differ[:4])
+                       + (", ..." if len(differ) > 4 else ""))
+    elif not same_data:
+      dropped[loss] = "evaluated on other data"
+  for why in dict.fromkeys(dropped.values()):
+    which = [l for l in dropped if dropped[l] == why]
+    logging.warning("%s: dropped the entries of %s from an earlier run (%s); their models and "
+                    "files stay in %s. Run with --loss=%s to evaluate them with these settings.",
+                    path, ", ".join(l.upper() for l in which), why,
+                    ", ".join(f"{l}/" for l in which), ",".join(which))
+  return {k: v for k, v in entries.items() if k not in dropped}
 
 
 def _write_results(workdir: str, results: dict[str, Any]) -> None:

@@ -1077,6 +1077,10 @@ def test_results_hold_one_evaluation_across_runs(finished_run, tiny_data, tmp_pa
   assert "snp" in both and "re" in both  # same settings: SNP's entry kept
   assert "RE AUC" in (workdir / "results.txt").read_text()
   assert "SNP AUC" in (workdir / "results.txt").read_text()
+  caplog.clear()  # a setting RE does not read (BU's sigma): RE's entry stands
+  toycar.run(_settings(workdir, tiny_data, losses=("snp",), reduce="mean", sigma=0.5))
+  assert json.loads(path.read_text())["re"]["auc"] == both["re"]["auc"]
+  assert not any("dropped" in r.getMessage() for r in caplog.records)
 
   def stopped(*args, **kwargs):
     raise KeyboardInterrupt  # stopped after the files, before the entry is written
