@@ -112,6 +112,17 @@ class Dataset:
 # ----------------------------------------------------------------------------
 
 
+def flag_dirs(settings: Any, flags: Sequence[str]) -> list[Optional[str]]:
+  """The directories that ``settings`` give for ``flags`` (None where unset), each
+  checked to exist: a ``DataError`` names the flag ("--data_dir=x: no such
+  directory")."""
+  paths = [getattr(settings, flag) for flag in flags]
+  for flag, path in zip(flags, paths):
+    if path is not None and not os.path.isdir(path):
+      raise DataError(f"--{flag}={path}: no such directory")
+  return paths
+
+
 def _require_dir(path: str, what: str) -> str:
   if not os.path.exists(path):
     raise DataError(f"{path}: {what} directory does not exist")

@@ -183,12 +183,6 @@ class Settings(cli.ScoringSettings):
     return super().train_config(loss, mixtures_per_step=self.mixtures_per_step or num_devices)
 
 
-def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
-  if path is not None and not os.path.isdir(path):
-    raise data_lib.DataError(f"{flag}={path}: no such directory")
-  return path
-
-
 # ------------------------------------------------------------------ training
 
 
@@ -819,8 +813,7 @@ def _mark_rare(listed: dict, labels: dict, *, source: str) -> dict[str, int]:
 def _input_dirs(settings: Settings) -> list[Optional[str]]:
   """--data_root, --something_else_dir, --ground_truth_dir, --eval_root, each checked
   to exist."""
-  return [_need_dir(getattr(settings, flag), f"--{flag}")
-          for flag in ("data_root", "something_else_dir", "ground_truth_dir", "eval_root")]
+  return data_lib.flag_dirs(settings, ("data_root", "something_else_dir", "ground_truth_dir", "eval_root"))
 
 
 def _resolve_data(settings: Settings) -> tuple[str, Optional[str]]:

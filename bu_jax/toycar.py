@@ -175,16 +175,9 @@ class Data:
                            names=self.heldout_paths, pseudo_waves=self.pseudo_waves)
 
 
-def _need_dir(path: Optional[str], flag: str) -> Optional[str]:
-  if path is not None and not os.path.isdir(path):
-    raise data_lib.DataError(f"{flag}={path}: no such directory")
-  return path
-
-
 def _input_dirs(settings: Settings) -> list[Optional[str]]:
   """--data_dir, --something_else_dir, --noise_dir, --anomaly_dir, each checked to exist."""
-  return [_need_dir(getattr(settings, flag), f"--{flag}")
-          for flag in ("data_dir", "something_else_dir", "noise_dir", "anomaly_dir")]
+  return data_lib.flag_dirs(settings, ("data_dir", "something_else_dir", "noise_dir", "anomaly_dir"))
 
 
 def load_data(settings: Settings) -> Data:
