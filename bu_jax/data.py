@@ -659,8 +659,8 @@ def load_dataset(
   return dataset
 
 
-_SILENT_EDGE_S = 0.25  # a something-else clip with this much zero padding is warned about,
-_SILENT_EDGE_SHARE = 0.25  # or with this share of it
+_SILENT_EDGE_S = 0.25  # a something-else clip with this much zero padding is trimmed,
+_SILENT_EDGE_SHARE = 0.25  # or with this share of it (a few zeros at the ends are sound's own)
 
 
 def silent_edges(wave: np.ndarray) -> tuple[int, int]:
@@ -684,10 +684,12 @@ def load_something_else(
   selected short files; the number skipped is logged. Silent clips (their
   frames would count as anomalous while holding no sound) and truncated WAVs
   are skipped with a warning naming each file; a clip whose start and end hold
-  0.25 s or a quarter of it of exact zeros (zero padding) is kept, with a
-  warning: those frames, too, would be trained as anomalous (the clips are
-  not trimmed, so that results stay those of the clips as given). WAV, FLAC, Ogg, Opus, MP3, AIFF, W64 and RF64
-  files are read (``audio.SOUND_SUFFIXES``; ``list_sounds``).
+  0.25 s or a quarter of it of exact zeros (zero padding) is trimmed to its
+  sound, with a warning naming it: the padding's frames would be trained as
+  anomalous although nothing is added there, and the clip's level (the ANR)
+  set as if its sound filled it. Clips are then kept up to ``max_seconds`` of
+  sound. WAV, FLAC, Ogg, Opus, MP3, AIFF, W64 and RF64 files are read
+  (``audio.SOUND_SUFFIXES``; ``list_sounds``).
 
   Args:
     directory: directory of sound files (sorted by name).
@@ -718,9 +720,10 @@ def load_something_else(
     if sum(edges) >= min(_SILENT_EDGE_S * sr, _SILENT_EDGE_SHARE * wave.size):
       logging.warning(
           "something-else clip %s: %.2f s of its %.2f s are digital silence at its start and "
-          "end (zero padding?); the frames there are trained as anomalous although they add "
-          "nothing, and its level (the ANR) is set as if the sound filled the clip: trim it",
-          path, sum(edges) / sr, wave.size / sr)
+          "end (zero padding); trimmed to its %.2f s of sound, so that no frame of the padding "
+          "is trained as anomalous and its level (the ANR) is that of its sound",
+          path, sum(edges) / sr, wave.size / sr, (wave.size - sum(edges)) / sr)
+      wave = wave[edges[0]:wave.size - edges[1]]
     waves.append(wave)
   kept = [w for w in waves if w.size <= max_len]
   skipped = len(waves) - len(kept)

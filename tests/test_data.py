@@ -768,10 +768,11 @@ def test_something_else_silent_and_truncated_clips_skipped_with_their_name(tmp_p
     data.load_something_else(tmp_path)
 
 
-def test_something_else_clip_with_zero_padding_is_kept_with_a_warning(tmp_path, caplog):
+def test_something_else_clip_with_zero_padding_is_trimmed_with_a_warning(tmp_path, caplog):
   """Exact zeros at a clip's ends (padded exports) would be trained as anomalous frames
-  and inflate its ANR: the clip is kept as given (results stay those of the clips), and
-  the warning names it; a few padding samples, or sound at a low level, say nothing."""
+  and inflate its ANR: the clip is trimmed to its sound, and the warning names it; a few
+  padding samples, or sound at a low level, are kept as they are, without a word. A
+  padded clip longer than max_seconds whose sound is shorter is kept."""
   tone = _tone(0.5)
   padded = _write(tmp_path / "padded.wav", np.concatenate([np.zeros(SR // 8), tone,
                                                            np.zeros(SR // 4)]))
@@ -779,10 +780,12 @@ def test_something_else_clip_with_zero_padding_is_kept_with_a_warning(tmp_path, 
   _write(tmp_path / "quiet.wav", 1e-3 * tone)
   with caplog.at_level("WARNING"):
     waves = data.load_something_else(tmp_path)
-  assert len(waves) == 3 and waves[0].size == SR // 8 + tone.size + SR // 4  # kept whole
+  assert [w.size for w in waves] == [tone.size, tone.size, tone.size + 80]  # padded, quiet, tight
+  assert data.silent_edges(waves[0]) == (0, 0) and np.abs(waves[0]).max() > 0.1
   (message,) = [r.getMessage() for r in caplog.records]
   assert message.startswith(f"something-else clip {padded}: 0.38 s of its 0.88 s are digital "
-                            "silence at its start and end")
+                            "silence at its start and end (zero padding); trimmed to its 0.50 s")
+  assert len(data.load_something_else(tmp_path, max_seconds=0.6)) == 3  # 0.88 s padded
   assert data.silent_edges(np.zeros(5)) == (5, 0)
   assert data.silent_edges(np.array([0, 0, 1.0, 0])) == (2, 1)
 
