@@ -16,7 +16,7 @@ that does move them shows where (the first differing step) and by how much.
 Per method directory (``re``, ``snp``, ``bu``; ``pca`` has no training) found in
 both workdirs one JSON line: ``steps`` (training steps logged in both),
 ``identical_steps`` (how many of them carry exactly the same numbers in
-``metrics.jsonl``), ``first_different_step`` and ``max_rel_diff_loss`` (the
+``metrics.jsonl``; its wall times, ``train_seconds``, are not compared), ``first_different_step`` and ``max_rel_diff_loss`` (the
 largest |loss_a - loss_b| / |loss_a|), the same for the validation curve
 (``validation.jsonl``), ``clips`` and ``max_abs_diff_clip_score`` over the
 per-clip ``anomaly_score_*.csv`` files, and ``auc_a`` / ``auc_b`` (the mean
@@ -29,8 +29,9 @@ machine's float rounding moves a training as another seed would.
 ``--train`` runs ``python -m experiments.toycar --loss=<loss> --preset=demo
 --epochs=1 --steps_per_epoch=<steps> --decay_start_epoch=1`` on the embedded
 set (or ``--data_dir``) twice, each in a new process and a new workdir under
-``--workdir`` (default: a temporary directory, removed afterwards), then
-compares them. Exit status 1 when they differ, so it can gate a script.
+``--workdir`` (default: a temporary directory, removed afterwards; one that
+holds an earlier ``--train``'s runs is refused, as they would be re-evaluated,
+not trained again), then compares them. Exit status 1 when they differ, so it can gate a script.
 """
 
 import argparse
@@ -46,8 +47,11 @@ from typing import Optional
 
 from benchmarks._common import emit
 from bu_jax import fileio
+from bu_jax import runner
 
 METHOD_DIRS = ("re", "snp", "bu")
+# Record fields that measure the machine, not the training: never compared.
+TIMING_KEYS = (runner.TIME_KEY,)
 
 
 def _read_jsonl(path: str) -> dict[int, dict]:
@@ -67,8 +71,9 @@ def _rel(a: float, b: float) -> float:
 def compare_logs(a: dict[int, dict], b: dict[int, dict], *, key: str) -> dict:
   """Step-by-step comparison of two logs (``_read_jsonl``) on their common steps."""
   steps = sorted(set(a) & set(b))
-  identical = [s for s in steps if a[s] == b[s]]
-  different = [s for s in steps if a[s] != b[s]]
+  numbers = lambda rec: {k: v for k, v in rec.items() if k not in TIMING_KEYS}
+  identical = [s for s in steps if numbers(a[s]) == numbers(b[s])]
+  different = [s for s in steps if numbers(a[s]) != numbers(b[s])]
   rel = [_rel(float(a[s][key]), float(b[s][key])) for s in steps
          if key in a[s] and key in b[s]]
   return {"steps": len(steps), "identical_steps": len(identical),
@@ -156,6 +161,11 @@ def train_twice(root: str, *, loss: str, steps: int, seed: int,
                 data_dir: Optional[str]) -> tuple[str, str]:
   """Trains the same run in two fresh processes; returns the two workdirs."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for name in ("a", "b"):  # toycar would find an earlier run's models trained, not train
+    workdir = os.path.join(root, name)
+    if os.path.isdir(workdir) and os.listdir(workdir):
+      raise FileExistsError(f"--workdir={root}: {workdir} holds an earlier run, which would be "
+                            "re-evaluated rather than trained again; give an empty --workdir")
   dirs = []
   for name in ("a", "b"):
     workdir = os.path.join(root, name)

@@ -26,6 +26,7 @@ standardized or centred) and the kernel means of some probe rows against them
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Optional, Sequence
@@ -145,12 +146,30 @@ def pairwise_sq_distances(a: jax.Array, b: jax.Array) -> jax.Array:
   return _sq_distances(a - centre, b - centre)
 
 
+def _pow2_scale(*arrays: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(down, up)``: powers of two, ``down * up = 1``, with every finite |value| of
+  ``arrays`` times ``down`` below 2. Multiplying by them is exact, so sums of
+  squares of the scaled values neither overflow (values beyond ~1e19) nor
+  underflow (below ~1e-19), ordinary data give the same bits as unscaled, and
+  a squared distance scaled back as ``(d * up) * up`` is inf where it exceeds
+  float32 (its kernel exp(-sigma inf) = 0) and 0 where it is 0 (``up`` is finite)."""
+  largest = [jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0), initial=0.0) for x in arrays]
+  _, exponent = jnp.frexp(functools.reduce(jnp.maximum, largest))
+  exponent = jnp.clip(exponent - 1, -126, 127)  # both powers normal float32 numbers
+  one = jnp.float32(1.0)
+  return jnp.ldexp(one, -exponent), jnp.ldexp(one, exponent)
+
+
 def _sq_distances(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``pairwise_sq_distances`` of float32 rows already centred (``_global_rows``'s z)."""
+  """``pairwise_sq_distances`` of float32 rows already centred (``_global_rows``'s z),
+  taken on the rows scaled by ``_pow2_scale`` and scaled back: never NaN from
+  inf - inf, whatever the rows' magnitude."""
+  down, up = _pow2_scale(a, b)
+  a, b = a * down, b * down
   aa = jnp.sum(a * a, axis=-1)
   bb = jnp.sum(b * b, axis=-1)
   gram = jnp.matmul(a, b.T, precision=_HIGHEST)
-  return jnp.maximum(aa[:, None] + bb[None, :] - 2.0 * gram, 0.0)
+  return jnp.maximum(aa[:, None] + bb[None, :] - 2.0 * gram, 0.0) * up * up
 
 
 def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
@@ -198,13 +217,18 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
 
 
 def _center(x: jax.Array, valid: jax.Array) -> jax.Array:
-  """x minus the mean of its valid rows; masked-out rows set to 0."""
+  """x minus the mean of its valid rows; masked-out rows set to 0. The mean is
+  taken in units of a power of two near the rows' magnitude (exact), so its sum
+  cannot overflow for any finite float32 rows."""
   if x.shape[0] == 0:
     return x
   w = valid[:, None]
+  x = jnp.where(w, x, 0.0)
+  down, up = _pow2_scale(x)
+  x = x * down
   n = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
-  mean = jnp.sum(jnp.where(w, x, 0.0), axis=0) / n
-  return jnp.where(w, x - mean, 0.0)
+  mean = jnp.sum(x, axis=0) / n
+  return jnp.where(w, (x - mean) * up, 0.0)
 
 
 def _global_rows(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[str], *,
@@ -308,6 +332,8 @@ def _all_mean_kernels(z: jax.Array, valid: jax.Array, *, sigmas: Sequence[Any],
   zb = jnp.pad(z, ((0, pad), (0, 0))).reshape(blocks, size, z.shape[1])
   vb = jnp.pad(valid, (0, pad)).reshape(blocks, size)
   gb = None if groups is None else jnp.pad(groups, (0, pad)).reshape(blocks, size)
+  down, up = _pow2_scale(zb)  # as _sq_distances: exact scaling, no inf - inf
+  zb = zb * down
   sq = jnp.sum(zb * zb, axis=-1)
   diagonal = jnp.eye(size, dtype=jnp.bool_)
   sums = [[jnp.zeros((size,), jnp.float32)] * blocks for _ in sigmas]
@@ -315,7 +341,7 @@ def _all_mean_kernels(z: jax.Array, valid: jax.Array, *, sigmas: Sequence[Any],
   for i in range(blocks):
     for j in range(i, blocks):
       gram = jnp.matmul(zb[i], zb[j].T, precision=_HIGHEST)
-      dist = jnp.maximum(sq[i][:, None] + sq[j][None, :] - 2.0 * gram, 0.0)
+      dist = jnp.maximum(sq[i][:, None] + sq[j][None, :] - 2.0 * gram, 0.0) * up * up
       pair = jnp.ones((size, size), jnp.bool_) if gb is None else gb[i][:, None] != gb[j][None, :]
       if i == j:
         dist = jnp.where(diagonal, 0.0, dist)

@@ -392,7 +392,8 @@ _METHOD_STYLE = {"re": dict(color="tab:green", linestyle=":", label="RE"),
 
 
 def plot_ring_densities(path: PathLike, densities: Mapping[str, np.ndarray], *,
-                        extent: tuple[float, float], normal_radius: float) -> str:
+                        extent: tuple[float, float], normal_radius: float,
+                        note: str = "") -> str:
   """Fig. 2: the model density q_theta on a square grid per method.
 
   Args:
@@ -400,6 +401,7 @@ def plot_ring_densities(path: PathLike, densities: Mapping[str, np.ndarray], *,
     densities: {method ("re", "snp" or "bu"): q_theta on the grid, rows x2}.
     extent: (low, high) of both axes.
     normal_radius: radius of the dotted circle (the normal data's ring).
+    note: the figure's title (e.g. which seed it shows); none if empty.
   """
   from matplotlib.patches import Circle  # pylint: disable=g-import-not-at-top
   vmax = max(v.max() for v in densities.values())
@@ -414,11 +416,13 @@ def plot_ring_densities(path: PathLike, densities: Mapping[str, np.ndarray], *,
     ax.set(title=f"{_METHOD_STYLE[method]['label']}: $q_\\theta(x)$", xlabel="$x_1$",
            ylabel="$x_2$")
   figure.colorbar(image, ax=list(axes), shrink=0.9)
+  if note:
+    figure.suptitle(note)
   return save_figure(figure, path)
 
 
 def plot_ring_line_scores(path: PathLike, x1: np.ndarray, scores: Mapping[str, np.ndarray], *,
-                          anomalous_band: tuple[float, float]) -> str:
+                          anomalous_band: tuple[float, float], note: str = "") -> str:
   """Fig. 3: the anomaly score A(x) on the line x2 = 0 per method.
 
   Args:
@@ -427,6 +431,7 @@ def plot_ring_line_scores(path: PathLike, x1: np.ndarray, scores: Mapping[str, n
     scores: {method ("re", "snp" or "bu"): A(x) at ``x1``}.
     anomalous_band: (inner, outer) radius of the anomalous ring, shaded on
       both sides of 0.
+    note: the axes' title (e.g. which seed it shows); none if empty.
   """
   figure = new_figure((6.0, 3.5))
   ax = figure.subplots()
@@ -436,7 +441,7 @@ def plot_ring_line_scores(path: PathLike, x1: np.ndarray, scores: Mapping[str, n
   for method, values in scores.items():
     ax.plot(x1, values, **_METHOD_STYLE[method])
   ax.set(xlim=(x1[0], x1[-1]), xlabel="$x_1$ ($x_2 = 0$)",
-         ylabel="anomaly score $A(x)$")
+         ylabel="anomaly score $A(x)$", title=note)
   ax.legend()
   return save_figure(figure, path)
 

@@ -563,6 +563,28 @@ def test_standardization_is_exact_under_power_of_two_scaling_over_float32_range(
                                rtol=1e-5, err_msg=scale)
 
 
+def test_raw_kde_is_exact_under_power_of_two_scaling_and_finite_over_float32_range():
+  """Without standardization (section 4.1's path) the distances are taken in units of a
+  power of two near the rows' magnitude: the same weights for data scaled by 2^k with
+  sigma scaled by 4^-k, and for rows so far apart that their squared distance overflows
+  float32, each row is alone (K = 1/M), never NaN from inf - inf."""
+  sigma = 4.0  # section 4.1's 2D
+  x = np.random.default_rng(12).standard_normal((M, 2)).astype(np.float32)
+  ref = np.asarray(kde.kde_weights(x, sigma=sigma, standardize_features=False))
+  assert ref.max() / ref.min() > 1.5
+  for k in (-20, 20):
+    np.testing.assert_array_equal(kde.kde_weights(x * np.float32(2.0 ** k), sigma=sigma * 4.0 ** -k,
+                                                  standardize_features=False), ref, err_msg=k)
+  for scale in (1e19, 1e30, 1e37):
+    w = np.asarray(kde.kde_weights(x * np.float32(scale), sigma=sigma, standardize_features=False))
+    np.testing.assert_allclose(w, 1.0 / (1.0 / M + 1e-6), rtol=1e-6, err_msg=scale)
+  big = np.random.default_rng(13).standard_normal((3000, 2)).astype(np.float32)  # block path
+  w = np.asarray(kde.kde_weights(big * np.float32(1e20), sigma=sigma, standardize_features=False))
+  np.testing.assert_allclose(w, 1.0 / (1.0 / 3000 + 1e-6), rtol=1e-6)
+  d = np.asarray(kde.pairwise_sq_distances(x[:2] * np.float32(1e20), x[:3] * np.float32(1e20)))
+  assert d[0, 0] == d[1, 1] == 0.0 and np.isinf(d[0, 1:]).all() and not np.isnan(d).any()
+
+
 def test_bu_loss_return_types_are_stable():
   xu, xa, _, _ = _batch()
   su, sa = xu[:, 0] ** 2, xa[:, 0] ** 2  # the frames' scores; xu their features

@@ -10,13 +10,14 @@ from benchmarks import reproducibility
 
 
 def _write_run(root, *, losses=(1.0, 0.5, 0.25, 0.2), heldout=(9.0, 4.0), scores=(1.0, 2.0),
-               methods=("re", "bu"), auc=0.9):
+               methods=("re", "bu"), auc=0.9, seconds_per_step=1.0):
   results = {}
   for m in methods:
     d = root / m
     d.mkdir(parents=True)
-    (d / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": i, "loss": v, "w_max": 2.0}) + "\n" for i, v in enumerate(losses)))
+    (d / "metrics.jsonl").write_text("".join(  # with the wall time a run records
+        json.dumps({"step": i, "loss": v, "w_max": 2.0, "train_seconds": seconds_per_step * i})
+        + "\n" for i, v in enumerate(losses)))
     (d / "validation.jsonl").write_text("".join(
         json.dumps({"step": 2 * i, "heldout_error": v}) + "\n" for i, v in enumerate(heldout)))
     (d / "anomaly_score_test_id_00.csv").write_text("".join(
@@ -31,7 +32,8 @@ def _lines(capsys):
 
 
 def test_identical_runs_are_bit_identical(tmp_path, capsys):
-  a, b = _write_run(tmp_path / "a"), _write_run(tmp_path / "b")
+  """The same numbers in another wall time: identical (the time is not a result)."""
+  a, b = _write_run(tmp_path / "a"), _write_run(tmp_path / "b", seconds_per_step=1.3)
   assert reproducibility.main([f"--compare={a},{b}"]) == 0
   *per_method, summary = _lines(capsys)
   assert [r["method"] for r in per_method] == ["re", "bu"]
@@ -134,6 +136,16 @@ def test_train_runs_the_same_command_twice_in_fresh_processes(tmp_path, capsys, 
   assert calls[0][1:3] == ["-m", "experiments.toycar"]
   assert (tmp_path / "w" / "a").is_dir() and (tmp_path / "w" / "b").is_dir()
   assert _lines(capsys)[-1]["bit_identical"]
+
+
+def test_train_refuses_a_workdir_with_an_earlier_run(tmp_path, capsys, monkeypatch):
+  """Its models would be found trained and re-evaluated: nothing would be trained twice."""
+  monkeypatch.setattr(reproducibility.subprocess, "run",
+                      lambda *a, **k: pytest.fail("trained into an earlier run's folder"))
+  _write_run(tmp_path / "w" / "b")
+  assert reproducibility.main(["--train", f"--workdir={tmp_path / 'w'}"]) == 1
+  err = capsys.readouterr().err
+  assert "holds an earlier run" in err and "give an empty --workdir" in err
 
 
 def test_a_failed_training_is_reported_with_its_last_lines(tmp_path, capsys, monkeypatch):

@@ -19,7 +19,7 @@ import pytest
 from bu_jax import ring
 
 # Shared by the end-to-end tests so the jitted training chunk compiles once.
-_SHORT = dict(updates=200, log_every=100, grid_cells=60)
+_SHORT = dict(updates=200, log_every=100, grid_cells=100)
 
 
 def _png_ok(path):
@@ -186,6 +186,29 @@ def test_entry_point(entry, tmp_path, capsys):
                  methods=ring.METHODS, seeds=1)
   out = capsys.readouterr().out
   assert "D(U||q)" in out and "0.913" in out
+  # a progress line per --log_every updates, with its ETA, and where the files went
+  assert "seed 0: update 100/200  J_RE=" in out and "seed 0: update 200/200" in out
+  assert f"Wrote {tmp_path} in " in out
+
+
+def test_a_workdir_of_another_experiment_is_refused_and_replaced_methods_warned(
+    tmp_path, caplog):
+  other = tmp_path / "toycar"
+  other.mkdir()
+  (other / "results.json").write_text('{"re": {"auc": {"mean": 0.9}}, "settings": {}}')
+  with pytest.raises(ring.cli.WorkdirError, match="its results.json is not a verification "
+                     "experiment's"):
+    ring.run(ring.Settings(workdir=str(other), updates=1))
+  assert json.loads((other / "results.json").read_text())["re"]["auc"]["mean"] == 0.9
+  mine = tmp_path / "ring"
+  mine.mkdir()
+  (mine / "results.json").write_text(json.dumps(
+      {"methods": {"re": {}, "snp": {}, "bu": {}}, "settings": {"grid_cells": 600}}))
+  ring.check_earlier_results(str(mine), ring.RingConfig(methods=("bu",)))
+  assert any("results of RE, SNP are replaced" in r.getMessage() for r in caplog.records)
+  caplog.clear()
+  ring.check_earlier_results(str(mine), ring.RingConfig())
+  assert not caplog.records
 
 
 def test_settings_defaults_are_ring_configs():
@@ -193,9 +216,9 @@ def test_settings_defaults_are_ring_configs():
   assert settings.ring_config() == ring.RingConfig()
   assert settings.seeds == 1
   one = ring.Settings(workdir="w", methods=("snp",), updates=7, eps=0.0, standardize=True,
-                      grid_cells=2, log_every=3).ring_config()
+                      grid_cells=100, log_every=3).ring_config()
   assert (one.methods, one.updates, one.eps, one.standardize, one.grid_cells,
-          one.log_every) == (("snp",), 7, 0.0, True, 2, 3)
+          one.log_every) == (("snp",), 7, 0.0, True, 100, 3)
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -203,7 +226,9 @@ def test_settings_defaults_are_ring_configs():
     ("--updates=0", "--updates must be >= 1, got 0"),
     ("--eps=-1", "--eps must be finite and >= 0, got -1.0"),
     ("--eps=nan", "--eps must be finite and >= 0, got nan"),
-    ("--grid_cells=1", "--grid_cells must be >= 2, got 1"),
+    ("--grid_cells=99", "--grid_cells must be >= 100, got 99"),  # biased KLDs (3: RE < SNP)
+    ("--grid_cells=100000", "--grid_cells must be <= 2000 (more do not change the KLDs and "
+     "need gigabytes), got 100000"),
     ("--log_every=0", "--log_every must be >= 1, got 0"),
 ])
 def test_entry_point_bad_flag_is_one_usage_error(entry, tmp_path, capsys, flag, message):
@@ -227,7 +252,7 @@ def test_entry_point_non_finite_loss_is_one_error_line(entry, tmp_path, capsys, 
 
   monkeypatch.setattr(ring, "make_dataset", poisoned)
   assert _main(entry, "--loss=re", f"--workdir={tmp_path}", "--updates=2", "--log_every=2",
-               "--grid_cells=2") == 1
+               "--grid_cells=100") == 1
   captured = capsys.readouterr()
   assert captured.err.strip() == "Error: non-finite J_RE nan at step 0"
   assert "Traceback" not in captured.err and not captured.out
@@ -272,7 +297,7 @@ def test_config_rejects_out_of_range_hyperparameters_naming_them(name, value):
 def test_non_finite_loss_raises_the_training_engines_error(monkeypatch):
   from bu_jax import train  # pylint: disable=g-import-not-at-top
   config = ring.RingConfig(methods=("re",), updates=4, log_every=2, num_samples=20,
-                           batch_size=10, grid_cells=2)
+                           batch_size=10)
   make = ring.make_dataset
 
   def poisoned(key, *, num_samples):
