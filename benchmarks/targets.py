@@ -111,7 +111,18 @@ def false_alarms(results: list[dict]) -> dict[str, dict[str, float | None]]:
   return out
 
 
-def _seed_results(workdir: str, preset: str) -> list[dict]:
+def missing_methods(results: list[dict]) -> list[list[str]]:
+  """Per seed's ``results.json`` dict, the methods (of ``METHODS``) another seed holds and
+  it lacks: a seed still running, or interrupted, holds fewer than the others."""
+  held = [[m for m in METHODS if m in r] for r in results]
+  every = [m for m in METHODS if any(m in h for h in held)]
+  return [[m for m in every if m not in h] for h in held]
+
+
+def _seed_results(workdir: str, preset: str, *, draw: str = "") -> list[dict]:
+  """The ``results.json`` dicts of the draw's seeds, in seed order (``data_lib.DataError``
+  when there is none, or when a seed lacks a method another holds: averaging a method over
+  fewer seeds than the others would compare unlike means)."""
   seeds = {}  # seed number -> path; only folders named seed<N> (not e.g. a copy seed0_old)
   for path in glob.glob(os.path.join(workdir, preset, "seed*", "results.json")):
     match = re.fullmatch(r"seed(\d+)", os.path.basename(os.path.dirname(path)))
@@ -121,7 +132,15 @@ def _seed_results(workdir: str, preset: str) -> list[dict]:
   if not paths:
     raise data_lib.DataError(f"{workdir}: no {preset}/seed<N>/results.json (not a finished "
                              "benchmarks.realaudio workdir, or another --preset)")
-  return [read_results(p) for p in paths]
+  results = [read_results(p) for p in paths]
+  for path, missing in zip(paths, missing_methods(results)):
+    if missing:
+      seed = os.path.basename(os.path.dirname(path))
+      raise data_lib.DataError(
+          f"--draws {draw or workdir}={workdir}: {preset}/{seed}/results.json lacks "
+          f"{', '.join(missing)}, which another seed holds (a seed still running or "
+          "interrupted?); every seed of a draw must hold the same methods")
+  return results
 
 
 def _parse_draws(text: str) -> list[tuple[str, str]]:
@@ -148,7 +167,7 @@ def check(draws: list[tuple[str, str]], *, preset: str, demo: list[str]) -> dict
   """Prints the lines and tables; returns {draw: {condition: margins}}."""
   table, rooms, alarms = {}, {}, {}
   for name, workdir in draws:
-    results = _seed_results(workdir, preset)
+    results = _seed_results(workdir, preset, draw=name)
     means = draw_means(results)
     conditions = [c for c in means.get("bu", {}) if c != "mean"] + ["mean"]
     table[name] = {c: margins(means, c) for c in conditions}

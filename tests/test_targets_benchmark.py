@@ -152,3 +152,22 @@ def test_only_seed_folders_count_and_a_demo_without_bu_names_its_file(tmp_path, 
     targets.main()
   assert exit_info.value.code == 1
   assert f"Error: {demo / 'results.json'}: no BU results" in capsys.readouterr().err
+
+
+def test_a_seed_lacking_a_method_another_seed_holds_is_refused(tmp_path, monkeypatch, capsys):
+  """A seed still running (or interrupted) holds RE and SNP but not yet BU and PCA: BU's
+  mean would be seed0's alone against RE's over both seeds, so the draw is refused."""
+  full = dict(re=(0.8, 0.6, 0.9, 0.9), snp=(0.8, 0.6, 0.9, 0.9), pca=(0.7, 0.5, 0.8, 0.8),
+              bu=(0.85, 0.8, 0.9, 0.7))
+  draw = _write_draw(tmp_path / "d", [full, dict(re=full["re"], snp=full["snp"])])
+  monkeypatch.setattr(sys, "argv", ["targets", f"--draws=one={draw}"])
+  with pytest.raises(SystemExit) as exit_info:
+    targets.main()
+  assert exit_info.value.code == 1
+  out, err = capsys.readouterr()
+  assert err.strip() == (f"Error: --draws one={draw}: cpu/seed1/results.json lacks bu, pca, "
+                         "which another seed holds (a seed still running or interrupted?); "
+                         "every seed of a draw must hold the same methods")
+  assert out == ""
+  # A method no seed holds is no gap: the draw is read, its margins unknown.
+  assert targets.missing_methods([{"re": {}}, {"re": {}}]) == [[], []]
