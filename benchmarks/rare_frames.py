@@ -1,9 +1,9 @@
 """Where the rare-normal clips' scores come from: frame scores inside and outside the rare segment.
 
-    python -m benchmarks.rare_frames --workdir=runs/realaudio/seed0 [--root=/tmp/realaudio-dev]
+    python -m benchmarks.rare_frames --workdir=runs/realaudio/cpu/seed0 [--root=/tmp/realaudio-dev]
 
-For every trained loss of a toy-car workdir on the realaudio-dev set (see
-``benchmarks.realaudio``), scores the normal clips of ``train/`` and of one
+For every trained loss of a toy-car workdir on the realaudio-dev set (one seed's
+``W/<preset>/seed<N>`` of a ``benchmarks.realaudio`` workdir W), scores the normal clips of ``train/`` and of one
 test folder with the saved model and prints one JSON line per (loss, split):
 the mean over clips of the clip score (max over interior frames, eq. 11) of
 frequent-mode and rare-mode clips, their ratio, the median frame score inside
@@ -38,6 +38,9 @@ from sklearn import decomposition
 
 from benchmarks._common import emit
 from bu_jax import audio
+from bu_jax import checkpoint
+from bu_jax import cli
+from bu_jax import data as data_lib
 from bu_jax import detector as detector_lib
 from bu_jax import features as features_lib
 from bu_jax import kde
@@ -150,9 +153,53 @@ def weight_shares(rows, root: str, machine: str, *, batches: int, seed: int = 0)
            ess_fraction=round(float(w.sum() ** 2 / (w ** 2).sum() / len(w)), 3))
 
 
+def trained_losses(workdir: str, losses: list[str]) -> list[str]:
+  """The ``losses`` with a model (``<workdir>/<loss>/checkpoints``) in ``workdir``
+  (``data_lib.DataError`` when none has one: a realaudio workdir W instead of one of its
+  seeds ``W/cpu/seed<N>``, say)."""
+  found = [loss for loss in losses if os.path.isdir(checkpoint.checkpoint_dir(
+      os.path.join(workdir, loss)))]
+  if not found:
+    raise data_lib.DataError(
+        f"--workdir={workdir}: no trained model of {','.join(losses)} (no <loss>/checkpoints); "
+        "give a toy-car workdir, such as W/cpu/seed0 of a benchmarks.realaudio workdir W")
+  return found
+
+
+def normal_rows(root: str) -> list[dict]:
+  """The normal clips of the set's ``metadata.csv`` (``data_lib.DataError`` naming the
+  file when it is missing)."""
+  path = os.path.join(root, "metadata.csv")
+  try:
+    with open(path, newline="") as f:
+      return [r for r in csv.DictReader(f) if r["label"] == "normal"]
+  except FileNotFoundError:
+    raise data_lib.DataError(f"--root={root}: no metadata.csv (not a built realaudio-dev "
+                             "set)") from None
+
+
+def run(args) -> None:
+  """Prints the JSON lines that the flags ask for (see the module doc)."""
+  data_lib.flag_dirs(args, ("root", "workdir"))
+  losses = trained_losses(args.workdir, args.losses.split(",")) if args.workdir else []
+  meta = normal_rows(args.root)
+  splits = {split: [r for r in meta if r["split"] == split] for split in ("train", args.test_folder)}
+  if args.pca_sweep:
+    pca_sweep(splits["train"], args.root, args.machine,
+              components=[int(k) for k in args.pca_sweep.split(",")])
+  for loss in losses:
+    detector = detector_lib.load_detector(args.workdir, loss=loss)
+    for split, rows in splits.items():
+      emit(benchmark="rare_frames", workdir=args.workdir, loss=loss, split=split,
+           **frame_summary(detector, rows, args.root, args.machine))
+  if args.weights:
+    weight_shares(splits["train"], args.root, args.machine, batches=args.weights)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", help="a toy-car workdir trained on the set")
+  parser.add_argument("--workdir", help="a toy-car workdir trained on the set: W/cpu/seed<N> "
+                      "of a benchmarks.realaudio workdir W")
   parser.add_argument("--root", default="/tmp/realaudio-dev", help="built realaudio-dev set")
   parser.add_argument("--machine", default="engine_b")
   parser.add_argument("--test_folder", default="test_anr-10dB")
@@ -163,21 +210,7 @@ def main():
   args = parser.parse_args()
   if not (args.workdir or args.pca_sweep or args.weights):
     parser.error("give --workdir (a trained run), --weights or --pca_sweep")
-  with open(os.path.join(args.root, "metadata.csv"), newline="") as f:
-    meta = [r for r in csv.DictReader(f) if r["label"] == "normal"]
-  splits = {split: [r for r in meta if r["split"] == split] for split in ("train", args.test_folder)}
-  if args.pca_sweep:
-    pca_sweep(splits["train"], args.root, args.machine,
-              components=[int(k) for k in args.pca_sweep.split(",")])
-  for loss in args.losses.split(",") if args.workdir else ():
-    if not os.path.isdir(os.path.join(args.workdir, loss)):
-      continue
-    detector = detector_lib.load_detector(args.workdir, loss=loss)
-    for split, rows in splits.items():
-      emit(benchmark="rare_frames", workdir=args.workdir, loss=loss, split=split,
-           **frame_summary(detector, rows, args.root, args.machine))
-  if args.weights:
-    weight_shares(splits["train"], args.root, args.machine, batches=args.weights)
+  cli.exit_on_errors(lambda: run(args), errors=(data_lib.DataError, detector_lib.DetectorError))
 
 
 if __name__ == "__main__":
