@@ -58,13 +58,17 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from bu_jax import batch as batch_lib  # pylint: disable=wrong-import-position
+from bu_jax import cli  # pylint: disable=wrong-import-position
 from bu_jax import kde  # pylint: disable=wrong-import-position
 from bu_jax import models  # pylint: disable=wrong-import-position
 from bu_jax import parallel  # pylint: disable=wrong-import-position
 from bu_jax import train  # pylint: disable=wrong-import-position
 
+QUICK_REPEATS, QUICK_WARMUP = 3, 1  # --quick's timed and untimed calls
+
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Smoke run: FCN40-small, M = 1024, 2 repeats.")
+flags.DEFINE_bool("quick", False, f"Smoke run: FCN40-small, M = 1024, {QUICK_REPEATS} repeats, "
+                  f"{QUICK_WARMUP} warm-up call.")
 flags.DEFINE_list("models", ["fcn40-small", "fcn64-large"], "Model presets.")
 flags.DEFINE_list("m", ["1024", "2048"], "Normal frames per step (multiples of 512).")
 flags.DEFINE_list("losses", ["re", "snp", "bu"], "Losses.")
@@ -283,8 +287,8 @@ def main(argv):
   del argv
   model_names = ["fcn40-small"] if FLAGS.quick else FLAGS.models
   ms = [1024] if FLAGS.quick else [int(x) for x in FLAGS.m]
-  repeats = 3 if FLAGS.quick else FLAGS.repeats
-  warmup = 1 if FLAGS.quick else FLAGS.warmup
+  repeats = QUICK_REPEATS if FLAGS.quick else FLAGS.repeats
+  warmup = QUICK_WARMUP if FLAGS.quick else FLAGS.warmup
   for m in ms:
     if m % 512:
       raise app.UsageError(f"--m values must be multiples of 512, got {m}")
@@ -297,4 +301,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_app(main)  # --help: status 0, and a bad flag is one Usage error line
