@@ -15,10 +15,13 @@ Prints one JSON object per line and configuration:
 What is measured: the jitted, state-donating ``train.make_train_step`` on a
 synthetic corpus, so the batch is synthesized and featurized inside the step
 as in training (no pre-featurized frames). To hit a normal-frame count M, SNP
-and BU use M / 512 mixtures of 10 segments of 1.227 s (768 frames each) with
-something-else clips that overlap 256 frames (M_a = M / 2, the PERF_NOTES
-ratio); RE has no clip and uses M / 512 mixtures of 512 frames. m can exceed M
-by a few frames when a clip lands at a mixture's edge.
+and BU use M / 512 mixtures of 10 segments whose 768 interior frames (those
+the loss trains on: FeatureConfig.interior leaves out about C + 1 at each
+end, so a mixture has 768 + 12 frames with FCN40's context C = 5, 768 + 22
+with FCN64's C = 10; segments of 1.246 s and 1.262 s) hold something-else clips
+that overlap 256 frames (M_a = M / 2, the PERF_NOTES ratio); RE has no clip and
+uses M / 512 mixtures of 512 interior frames. m can exceed M by a few frames
+when a clip lands at a mixture's edge.
 
 Timing: every configuration of a (model, M) group is compiled and warmed up,
 then all are called round-robin ``--repeats`` times, so their ratios see the
@@ -93,6 +96,15 @@ def _segment_length(frames: int, segments: int = 10) -> int:
   return -(-n // segments)
 
 
+def _frames_per_mixture(frames: int, feat) -> int:
+  """Frames of a mixture whose interior (``FeatureConfig.interior``, the frames the loss
+  trains on) holds ``frames``: about C + 1 more at each end."""
+  total = frames
+  while feat.interior_count(10 * _segment_length(total)) < frames:
+    total += 1
+  return total
+
+
 def _clip_length(anomalous_frames: int, context: int) -> int:
   # A clip of q * hop + 2 samples overlaps exactly q + 2 STFT frames at any
   # interior start; context stacking adds C frames on each side.
@@ -102,7 +114,8 @@ def _clip_length(anomalous_frames: int, context: int) -> int:
 def _setup(model: str, loss: str, m: int, steps_per_call: int):
   preset = models.preset(model)
   mixtures = m // 512
-  frames = RE_FRAMES_PER_MIXTURE if loss == "re" else FRAMES_PER_MIXTURE
+  frames = _frames_per_mixture(RE_FRAMES_PER_MIXTURE if loss == "re" else FRAMES_PER_MIXTURE,
+                               preset.features)
   seg_len = _segment_length(frames)
   config = train.TrainConfig(loss=loss, model=model, segment_seconds=seg_len / 16000,
                              mixtures_per_step=mixtures, steps_per_call=steps_per_call)
