@@ -541,6 +541,11 @@ def find_model_dir(workdir: os.PathLike | str, *, loss: Optional[str] = None) ->
   if os.path.basename(os.path.normpath(workdir)) == checkpoint.CHECKPOINT_SUBDIR:
     raise ArtifactError(f"{workdir} is a checkpoints folder: give the model folder that holds "
                         f"it, {os.path.dirname(os.path.normpath(workdir))}")
+  parent = os.path.dirname(os.path.normpath(workdir))
+  if os.path.basename(parent) == checkpoint.CHECKPOINT_SUBDIR:  # <model>/checkpoints/<step>
+    raise ArtifactError(f"{workdir} is a checkpoint step folder: give the model folder that "
+                        f"holds its checkpoints folder, {os.path.dirname(parent)} (its latest "
+                        "step is scored)")
   if os.path.basename(os.path.normpath(workdir)) == "pca" and glob.glob(
       os.path.join(glob.escape(workdir), "anomaly_score_*.csv")):
     raise ArtifactError(f"{workdir} holds the PCA reference's scores, not a model to score "

@@ -669,6 +669,10 @@ def test_model_dir_choice_and_mismatch(trained, tmp_path):
       f"{workdir / 'bu' / 'checkpoints'} is a checkpoints folder: give the model folder that "
       f"holds it, {workdir / 'bu'}")):
     artifact.find_model_dir(workdir / "bu" / "checkpoints")
+  with pytest.raises(detector_lib.DetectorError, match=re.escape(  # a step folder in it
+      f"{workdir / 'bu' / 'checkpoints' / '2'} is a checkpoint step folder: give the model "
+      f"folder that holds its checkpoints folder, {workdir / 'bu'} (its latest step is scored)")):
+    artifact.find_model_dir(workdir / "bu" / "checkpoints" / "2")
   (workdir / "pca").mkdir()
   (workdir / "pca" / "anomaly_score_anr_-10dB.csv").write_text("a.wav,1.0\n")
   with pytest.raises(detector_lib.DetectorError, match="holds the PCA reference's scores, not a "
