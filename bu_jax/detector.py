@@ -232,9 +232,20 @@ def events_from_scores(scores: Any, threshold: float, *, hop_s: float,
                            merge_gap_s=merge_gap_s, duration_s=duration_s)
 
 
+def event_decimals(start_s: float, end_s: float, decimals: int = 3) -> int:
+  """The decimals to show an event with: ``decimals``, or more (up to 6, a
+  microsecond) where its start and end would print alike (an event of a
+  recording shorter than the precision shown, e.g. one sample long)."""
+  while decimals < 6 and end_s > start_s and f"{start_s:.{decimals}f}" == f"{end_s:.{decimals}f}":
+    decimals += 1
+  return decimals
+
+
 def format_events(events: Iterable[Event], *, decimals: int = 3) -> str:
-  """``"start-end;start-end"`` in seconds (empty string for no events)."""
-  return ";".join(f"{s:.{decimals}f}-{e:.{decimals}f}" for s, e in events)
+  """``"start-end;start-end"`` in seconds (empty string for no events); an event
+  shorter than ``decimals`` show gets more (``event_decimals``)."""
+  return ";".join(f"{s:.{d}f}-{e:.{d}f}" for s, e in events
+                  for d in [event_decimals(s, e, decimals)])
 
 
 def parse_events(text: str) -> list[Event]:
@@ -242,6 +253,14 @@ def parse_events(text: str) -> list[Event]:
   if not text.strip():
     return []
   return [Event(*map(float, part.split("-"))) for part in text.split(";")]
+
+
+def quantile_text(fpr: float) -> str:
+  """The quantile 1 - ``fpr`` as printed: ``fpr``'s 6 significant digits, without
+  the float noise of the subtraction (``fpr=0.999999``: "0.000001", not
+  "1.00000000003e-06"; ``fpr=1e-7``: "0.9999999", not "1")."""
+  decimals = max(0, -math.floor(math.log10(fpr))) + 5
+  return f"{1.0 - fpr:.{decimals}f}".rstrip("0").rstrip(".")
 
 
 # ------------------------------------------------------------------ detector
@@ -379,7 +398,7 @@ class Detector:
       phi = evaluate.fit_threshold(held, quantile=1.0 - fpr)
       fit = ("gamma fit, location 0" if evaluate.gamma_fit_applies(held) else
              "empirical: too few or non-positive scores for a gamma fit")
-      return phi, (f"recalibrated: {1.0 - fpr:.12g} quantile of {held.size} held-out normal "
+      return phi, (f"recalibrated: {quantile_text(fpr)} quantile of {held.size} held-out normal "
                    f"clip scores, {fit}")
     if self.threshold is None:
       held = self.calibration.heldout_clip_scores if self.calibration else ()
@@ -770,7 +789,8 @@ def write_events_csv(path: os.PathLike | str, results: Sequence[tuple[str, Frame
   rows = []
   for name, result in results:
     for (start, end), peak in zip(result.events, event_peaks(result)):
-      rows.append([name, f"{start:.3f}", f"{end:.3f}", f"{end - start:.3f}", repr(peak),
+      d = event_decimals(start, end)
+      rows.append([name, f"{start:.{d}f}", f"{end:.{d}f}", f"{end - start:.{d}f}", repr(peak),
                    repr(result.threshold)])
   return fileio.write_csv(path, rows, header=EVENT_COLUMNS)
 

@@ -152,6 +152,26 @@ def test_events_from_scores():
   np.testing.assert_allclose(detector_lib.parse_events(text), events, atol=5e-4)
 
 
+def test_an_event_shorter_than_the_digits_shown_gets_more():
+  one_sample = detector_lib.Event(0.0, 1 / SR)  # all of a 1-sample recording
+  assert detector_lib.format_events([one_sample]) == "0.0000-0.0001"  # not 0.000-0.000
+  assert detector_lib.format_events([one_sample], decimals=2) == "0.0000-0.0001"
+  assert detector_lib.format_events([(1.0, 1.0004), (2.0, 2.5)]) == "1.0000-1.0004;2.000-2.500"
+  assert detector_lib.format_events([(0.5, 0.5)]) == "0.500-0.500"  # none shorter to show
+
+
+def test_a_one_sample_recording_shows_where_its_event_ends(trained, tmp_path):
+  path = str(tmp_path / "one.wav")
+  audio.write_wav(path, np.array([0.5], np.float32))
+  report = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), threshold=1e-9, paths=[path]))
+  assert report.results[0][1].events == ((0.0, 1 / SR),)
+  assert detector_lib.read_csv(report.csv_path)[0]["events"] == "0.0000-0.0001"
+  row, = detector_lib.read_csv(report.events_path)
+  assert (row["start_s"], row["end_s"], row["duration_s"]) == ("0.0000", "0.0001", "0.0001")
+  assert "0.0000-0.0001" in report.summary()
+
+
 def test_events_with_a_window_flag_every_frame_of_each_window_that_reaches_phi():
   scores = np.array([0, 9, 0, 0, 0, 0, 4, 4, 4, 4, 0, 0], float)
   flags = detector_lib.window_flags(scores, 3.0, window=4)
@@ -591,7 +611,11 @@ def test_threshold_options(trained):
   held = trained["metadata"]["heldout_clip_scores"]
   phi, source = detector.resolve_threshold(fpr=0.1)
   assert phi == pytest.approx(evaluate.fit_threshold(held, quantile=0.9))
-  assert "recalibrated" in source
+  assert "recalibrated: 0.9 quantile" in source
+  # 1 - fpr without the float noise of the subtraction, nor rounded to 1
+  assert "recalibrated: 0.000001 quantile" in detector.resolve_threshold(fpr=0.999999)[1]
+  assert [detector_lib.quantile_text(f) for f in (0.999999, 0.05, 1e-7, 0.123456789)] == [
+      "0.000001", "0.95", "0.9999999", "0.876543"]
   assert detector.resolve_threshold(fpr=0.01)[0] > phi > detector.resolve_threshold(fpr=0.5)[0]
   stored, source = detector.resolve_threshold()
   assert stored == trained["metadata"]["threshold"] and source.startswith("stored")
