@@ -416,6 +416,59 @@ def _warn_low_rate(path: str, rate: int, sr: int) -> None:
                     "anomalous", path, rate, sr, rate / 2000, sr)
 
 
+# A mono mix whose power is below this fraction of its channels' mean power:
+# channels that cancel (one inverted), not a quiet recording (uncorrelated channels
+# mix to about half their power, the same signal to all of it).
+CANCEL_RATIO = 1e-2
+
+
+def cancel_note(mono_power: float, channel_power: float) -> str:
+  """What to say of a recording whose channels, of mean power ``channel_power``,
+  average to a mono mix of power ``mono_power`` (mean squares): "" unless the
+  mix is below ``CANCEL_RATIO`` of them."""
+  if not channel_power > 0 or mono_power >= CANCEL_RATIO * channel_power:
+    return ""
+  how = ("is silent" if mono_power <= 0 else
+         f"is {10 * math.log10(channel_power / mono_power):.0f} dB below them")
+  return (f"its channels cancel when averaged to mono (the mix {how}: one channel "
+          "inverted?): score one channel")
+
+
+def _mix_powers(block: np.ndarray, mono: np.ndarray) -> np.ndarray:
+  """Sums of squares of the mono mix and of the channels (per channel), of the
+  finite frames of a (frames, channels) block and its mix."""
+  finite = np.isfinite(mono)
+  block, mono = block[finite].astype(np.float64), mono[finite].astype(np.float64)
+  return np.array([np.sum(mono * mono), np.sum(block * block) / block.shape[1]])
+
+
+def _file_mix_powers(path: str) -> np.ndarray | None:
+  """``_mix_powers`` of all of a file with several channels, read a block at a time
+  at its own rate; None for one channel, or a file libsndfile cannot read."""
+  try:
+    info = sound_info(path)
+    if info.channels < 2:
+      return None
+    total = np.zeros(2)
+    with _quiet_decoder(info), soundfile.SoundFile(path) as f:
+      for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+        total += _mix_powers(block, block.mean(axis=1))
+    return total
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def channel_note(path: str | os.PathLike, wave: np.ndarray | Recording) -> str:
+  """``cancel_note`` of a recording from ``open_recording``: of a ``Recording``, over
+  the ranges read so far (counted as they are mixed to mono: nothing more is
+  read); of a loaded file with several channels, by reading them once."""
+  if isinstance(wave, Recording):
+    total = wave._shared["mix"]  # pylint: disable=protected-access
+  else:
+    total = _file_mix_powers(os.fspath(path))
+  return "" if total is None else cancel_note(*total)
+
+
 def _warn_loud(path: str, peak: float) -> bool:
   """Warns (and returns True) if ``peak`` is beyond ``LOUD_PEAK``."""
   if peak > LOUD_PEAK:
@@ -547,7 +600,10 @@ class Recording:
     g = math.gcd(self.native_sr, self.sr)
     self._in_step, self._out_step = self.native_sr // g, self.sr // g
     # One warning per file, one forward decoder: sections share them.
-    self._shared = {"loud": False, "reader": None}
+    # "mix": sums of squares of the mono mix and of the channels, of the ranges read
+    # (several channels: channel_note).
+    self._shared = {"loud": False, "reader": None,
+                    "mix": np.zeros(2) if info.channels > 1 else None}
     # Called with the end (in samples at sr) of each range read: a caller's
     # progress line over a long recording (ranges are read in order).
     self.on_read: Callable[[int], None] | None = None
@@ -627,6 +683,8 @@ class Recording:
     # samples may change.
     y = np.array(np.mean(block.T, axis=0) if block.shape[1] > 1 else block[:, 0],
                  dtype=np.float32)
+    if block.shape[1] > 1 and self._shared["mix"] is not None:
+      self._shared["mix"] += _mix_powers(block, y)
     finite = np.isfinite(y)
     if not finite.all():
       lo, hi = (start, stop) if checked is None else checked

@@ -646,6 +646,10 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
         on_done(path)
       continue
     recording = isinstance(wave, audio.Recording)
+    # Channels that cancel in the mono mix (logged once): of a file loaded whole, by
+    # reading its channels; of a long one, over the ranges its pieces have read.
+    cancel = "" if recording else audio.channel_note(path, wave)
+    told = _tell(path, cancel, False)
     if on_read is not None and recording:
       wave.on_read = lambda end, path=path: on_read(path, end / sr)
     cuts = pieces(len(wave), int(round(piece_s * sr)))
@@ -672,7 +676,12 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
         else:
           yield path, None, Failure(path, _skipped(path, e))
         continue
-      if _unchanging(result):
+      if recording:
+        cancel = audio.channel_note(path, wave)
+        told = _tell(path, cancel, told)
+      if cancel:  # what makes every frame alike, if they are: no dead microphone
+        notes.insert(0, cancel)
+      elif _unchanging(result):
         logging.warning("%s: %s", path, UNCHANGING_NOTE)
         notes.insert(0, UNCHANGING_NOTE)
       result = _shifted(dataclasses.replace(result, note="; ".join(notes)), a / sr)
@@ -681,6 +690,14 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
       yield path, result, None
     if on_done is not None:
       on_done(path)
+
+
+def _tell(path: str, note: str, told: bool) -> bool:
+  """Logs ``note`` (if any) as a warning unless one was ``told`` already (a note on
+  every piece of a recording is logged once); whether one has been."""
+  if note and not told:
+    logging.warning("%s: %s", path, note)
+  return told or bool(note)
 
 
 def _skipped(path: str, error: Exception, *, where: str = "") -> str:

@@ -376,6 +376,39 @@ def test_a_recording_that_never_changes_gets_a_note(trained, tmp_path):
   assert not any("scores alike" in n for n in notes["hiss.wav"])
 
 
+@pytest.mark.parametrize("stream_seconds", [None, 1.0])
+def test_stereo_channels_that_cancel_in_the_mono_mix_get_a_note(trained, tmp_path, monkeypatch,
+                                                                caplog, stream_seconds):
+  """A stereo file with one channel inverted averages to silence (or nearly): its rows
+  say so, not "a dead microphone"; other stereo files do not get the note. A long one,
+  read range by range, is judged from the ranges scored (nothing more is read)."""
+  tone = _tone(3.0)
+  paths = {}
+  for name, channels in [("inverted", [tone, -tone]), ("nearly", [tone, -0.95 * tone]),
+                         ("stereo", [tone, 0.5 * tone[::-1]]), ("same", [tone, tone])]:
+    paths[name] = str(tmp_path / f"{name}.wav")
+    soundfile.write(paths[name], np.stack(channels, axis=1), SR, subtype="FLOAT")
+  if stream_seconds:
+    monkeypatch.setattr(audio, "STREAM_SECONDS", stream_seconds)
+    monkeypatch.setattr(audio, "_file_mix_powers", None)  # never called
+  caplog.clear()
+  detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.0,
+      paths=list(paths.values())))
+  notes = {}
+  for row in detector_lib.read_csv(tmp_path / "s.csv"):
+    notes.setdefault(os.path.basename(row["path"])[:-4], []).append(row["note"])
+  assert [len(n) for n in notes.values()] == [3, 3, 3, 3]  # every piece of each
+  cancel = "its channels cancel when averaged to mono (the mix {}: one channel inverted?): score one channel"
+  assert notes["inverted"] == [cancel.format("is silent")] * 3  # no "every frame scores alike"
+  assert notes["nearly"] == [cancel.format("is 32 dB below them")] * 3  # -0.95: 1/1520
+  assert not any(notes["stereo"]) and not any(notes["same"])
+  for name in ("inverted", "nearly"):  # logged once
+    assert sum(f"{name}.wav: its channels cancel" in r.getMessage() for r in caplog.records) == 1
+  assert audio.cancel_note(0.0, 0.0) == ""  # silent channels: "every frame scores alike"
+  assert audio.cancel_note(0.0099, 1.0) and not audio.cancel_note(0.01, 1.0)
+
+
 def test_pieces():
   assert detector_lib.pieces(100, 0) == [(0, 100)]
   assert detector_lib.pieces(100, 100) == detector_lib.pieces(100, 200) == [(0, 100)]
