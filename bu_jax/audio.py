@@ -409,11 +409,61 @@ def _first_non_finite_at(path: str, info) -> str:
   return ""
 
 
+def rate_note(rate: int, sr: int) -> str:
+  """What resampling a recording made at ``rate`` Hz to ``sr`` does to its spectrum,
+  which a model of ``sr``-Hz recordings may score as anomalous ("" at ``sr``).
+  Above ``sr``, librosa's resampler (soxr_hq) cuts the top of the band, measured
+  at 48 and 44.1 kHz to 16 kHz: 7.6-7.8 kHz by ~8 dB, 7.8-8 kHz by ~33 dB."""
+  if rate < sr:
+    return (f"recorded at {rate} Hz, below the {sr} Hz it is resampled to: it holds nothing "
+            f"above {rate / 2000:g} kHz, which a model of {sr}-Hz recordings may score as "
+            "anomalous")
+  if rate > sr:
+    return (f"resampled from {rate / 1000:g} kHz: the resampler attenuates the top "
+            f"~{sr / 40000:g} kHz below {sr / 2000:g} kHz; a model trained on {sr / 1000:g}-kHz "
+            "recordings may score that as anomalous: check with a normal recording made the "
+            "same way")
+  return ""
+
+
 def _warn_low_rate(path: str, rate: int, sr: int) -> None:
   if rate < sr:
-    logging.warning("%s: recorded at %d Hz, below the %d Hz it is resampled to: it holds "
-                    "nothing above %g kHz, which a model of %d-Hz recordings may score as "
-                    "anomalous", path, rate, sr, rate / 2000, sr)
+    logging.warning("%s: %s", path, rate_note(rate, sr))
+
+
+def codec_note(info: soundfile._SoundFileInfo) -> str:
+  """What to say of a file a lossy codec altered beyond what a model of uncompressed
+  recordings has seen ("" for others), by the codec libsndfile decodes, not the
+  file's suffix. MP3: at every bitrate its encoder cuts the top ~0.4 kHz below 8 kHz
+  of a 16-kHz recording by over 56 dB. Opus: no such cut, but normal clips coded at
+  its default (~30 kbit/s) score above phi. Neither a top-band measure nor the
+  bitrate told the Opus and Ogg Vorbis files that score high from those that do not
+  (a coder's bitrate follows the sound), so every Opus file gets the note, and no
+  Vorbis file (at its default quality, normal clips score as the WAVs)."""
+  codec = "MP3" if _is_mp3(info) else (
+      "Opus" if info.format == "OGG" and info.subtype == "OPUS" else None)
+  if codec is None:
+    return ""
+  how = "MP3: its encoder cuts the top of the band" if codec == "MP3" else "Opus"
+  return (f"lossy-coded ({how}); a model trained on uncompressed recordings may score "
+          "that as anomalous: check with a normal recording coded the same way")
+
+
+def recording_notes(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> list[str]:
+  """What the way a recording was made may add to its scores: its rate, if not
+  ``sr`` (``rate_note``), and a lossy codec (``codec_note``); from its header (for a
+  file libsndfile cannot read, none). Each is logged as a warning but the low-rate
+  one, which ``load_wav`` and ``open_recording`` log."""
+  path = os.fspath(path)
+  try:
+    info = sound_info(path)
+  except Exception:  # pylint: disable=broad-except
+    return []
+  rate, codec = rate_note(info.samplerate, sr), codec_note(info)
+  for note in (rate if info.samplerate > sr else "", codec):
+    if note:
+      logging.warning("%s: %s", path, note)
+  return [note for note in (rate, codec) if note]
 
 
 # A mono mix whose power is below this fraction of its channels' mean power:

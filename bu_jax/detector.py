@@ -650,6 +650,8 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
     # reading its channels; of a long one, over the ranges its pieces have read.
     cancel = "" if recording else audio.channel_note(path, wave)
     told = _tell(path, cancel, False)
+    # How it was made (its rate, a lossy codec), on each of its rows (logged once).
+    made = audio.recording_notes(path, sr=sr)
     if on_read is not None and recording:
       wave.on_read = lambda end, path=path: on_read(path, end / sr)
     cuts = pieces(len(wave), int(round(piece_s * sr)))
@@ -660,6 +662,7 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
                                                             window=detector.window)[1]) if n]
         for note in notes:
           logging.warning("%s: %s", path, note)
+        notes = made + notes
         if (a, b) == cuts[-1] and getattr(wave, "note", ""):
           notes.append(wave.note)  # a file cut short, on its last row (logged when opened)
         # A Recording's piece is read range by range too (never whole).

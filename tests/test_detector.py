@@ -300,7 +300,7 @@ def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
   rows = rows[:3]
   assert [r["path"] for r in rows] == [trained["files"][k] for k in ("normal", "burst", "burst_22k")]
   assert [r["decision"] for r in rows] == ["normal", "anomalous", "anomalous"]
-  assert [r["note"] for r in rows] == ["", "", ""]
+  assert [r["note"] for r in rows] == ["", "", audio.rate_note(22050, SR)]  # resampled
   assert rows[0]["events"] == ""
   for row in rows[1:]:
     (start, end), = detector_lib.parse_events(row["events"])
@@ -374,6 +374,49 @@ def test_a_recording_that_never_changes_gets_a_note(trained, tmp_path):
     assert all(n.startswith("every frame scores alike: its sound never changes") for n in
                notes[name]), notes[name]
   assert not any("scores alike" in n for n in notes["hiss.wav"])
+
+
+def test_resampled_and_lossy_coded_recordings_get_a_note(trained, tmp_path, caplog):
+  """A recording made at another rate, or coded by MP3 or Opus, may score above phi
+  when normal: each of its rows says so (logged once); a 16-kHz WAV, FLAC or Vorbis
+  file does not (an Opus file is known by its codec, not its suffix)."""
+  rng = np.random.default_rng(0)
+  wave = np.clip(_tone(2.0) + 0.05 * rng.standard_normal(2 * SR), -1, 1).astype(np.float32)
+  made = {"wav": (SR, {}), "flac": (SR, {}), "48k.wav": (48000, {}), "8k.wav": (8000, {}),
+          "mp3": (SR, {"compression_level": 0.0}), "opus.ogg": (SR, {"subtype": "OPUS"}),
+          "ogg": (SR, {})}
+  paths = {}
+  for name, (rate, options) in made.items():
+    paths[name] = str(tmp_path / f"rec.{name}")
+    soundfile.write(paths[name], librosa.resample(wave, orig_sr=SR, target_sr=rate), rate,
+                    format=_FORMATS.get(name.rsplit(".", 1)[-1]), **options)
+  caplog.clear()
+  detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.0,
+      paths=list(paths.values())))
+  notes = {}
+  for row in detector_lib.read_csv(tmp_path / "s.csv"):
+    notes.setdefault(row["path"], []).append(row["note"])
+  note = lambda name: notes[paths[name]][0]
+  assert all(len(set(n)) == 1 and len(n) == 2 for n in notes.values())  # on every piece
+  assert not note("wav") and not note("flac") and not note("ogg")
+  assert note("48k.wav") == (
+      "resampled from 48 kHz: the resampler attenuates the top ~0.4 kHz below 8 kHz; a model "
+      "trained on 16-kHz recordings may score that as anomalous: check with a normal "
+      "recording made the same way")
+  assert note("8k.wav").startswith("recorded at 8000 Hz, below the 16000 Hz")
+  assert note("mp3") == (
+      "lossy-coded (MP3: its encoder cuts the top of the band); a model trained on "
+      "uncompressed recordings may score that as anomalous: check with a normal recording "
+      "coded the same way")
+  assert note("opus.ogg") == note("mp3").replace("MP3: its encoder cuts the top of the band",
+                                                 "Opus")
+  for name in ("48k.wav", "8k.wav", "mp3", "opus.ogg"):  # logged once
+    assert sum(r.getMessage().startswith(f"{paths[name]}: ") and "may score" in r.getMessage()
+               for r in caplog.records) == 1, name
+
+
+_FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3", "opus": "OGG", "ogg": "OGG"}
 
 
 @pytest.mark.parametrize("stream_seconds", [None, 1.0])
