@@ -33,7 +33,7 @@ import copy
 import math
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 import warnings
 
 from absl import logging
@@ -449,11 +449,13 @@ def codec_note(info: soundfile._SoundFileInfo) -> str:
           "that as anomalous: check with a normal recording coded the same way")
 
 
-def recording_notes(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> list[str]:
+def recording_notes(path: str | os.PathLike, *, sr: int = SAMPLE_RATE,
+                    told: Optional[set[str]] = None) -> list[str]:
   """What the way a recording was made may add to its scores: its rate, if not
   ``sr`` (``rate_note``), and a lossy codec (``codec_note``); from its header (for a
-  file libsndfile cannot read, none). Each is logged as a warning but the low-rate
-  one, which ``load_wav`` and ``open_recording`` log."""
+  file libsndfile cannot read, none). Each note is logged as a warning, once per
+  ``told`` set (a scoring run's: a folder of 48-kHz recordings gets one line, each
+  row the note); the low-rate one is ``load_wav``'s and ``open_recording``'s to log."""
   path = os.fspath(path)
   try:
     info = sound_info(path)
@@ -461,8 +463,11 @@ def recording_notes(path: str | os.PathLike, *, sr: int = SAMPLE_RATE) -> list[s
     return []
   rate, codec = rate_note(info.samplerate, sr), codec_note(info)
   for note in (rate if info.samplerate > sr else "", codec):
-    if note:
-      logging.warning("%s: %s", path, note)
+    if note and (told is None or note not in told):
+      logging.warning("%s: %s%s", path, note, "" if told is None else
+                      " (said in the notes of every such recording's rows, not again here)")
+      if told is not None:
+        told.add(note)
   return [note for note in (rate, codec) if note]
 
 

@@ -633,6 +633,7 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
   the scoring has read, and where a failed piece ends (``inf`` for a file that
   failed whole); ``on_done(path)`` when a file's last row has been taken."""
   sr = detector.sample_rate
+  told_how: set[str] = set()  # recording_notes' warnings given: each once per run
   for path in files:
     try:
       # A long recording is read range by range (audio.Recording); of a
@@ -651,7 +652,7 @@ def iter_scores(detector: Detector, files: Sequence[str], *, threshold: float,
     cancel = "" if recording else audio.channel_note(path, wave)
     told = _tell(path, cancel, False)
     # How it was made (its rate, a lossy codec), on each of its rows (logged once).
-    made = audio.recording_notes(path, sr=sr)
+    made = audio.recording_notes(path, sr=sr, told=told_how)
     if on_read is not None and recording:
       wave.on_read = lambda end, path=path: on_read(path, end / sr)
     cuts = pieces(len(wave), int(round(piece_s * sr)))

@@ -382,7 +382,8 @@ def test_resampled_and_lossy_coded_recordings_get_a_note(trained, tmp_path, capl
   file does not (an Opus file is known by its codec, not its suffix)."""
   rng = np.random.default_rng(0)
   wave = np.clip(_tone(2.0) + 0.05 * rng.standard_normal(2 * SR), -1, 1).astype(np.float32)
-  made = {"wav": (SR, {}), "flac": (SR, {}), "48k.wav": (48000, {}), "8k.wav": (8000, {}),
+  made = {"wav": (SR, {}), "flac": (SR, {}), "48k.wav": (48000, {}), "48k_2.wav": (48000, {}),
+          "8k.wav": (8000, {}),
           "mp3": (SR, {"compression_level": 0.0}), "opus.ogg": (SR, {"subtype": "OPUS"}),
           "ogg": (SR, {})}
   paths = {}
@@ -411,9 +412,12 @@ def test_resampled_and_lossy_coded_recordings_get_a_note(trained, tmp_path, capl
       "coded the same way")
   assert note("opus.ogg") == note("mp3").replace("MP3: its encoder cuts the top of the band",
                                                  "Opus")
+  assert note("48k_2.wav") == note("48k.wav")
   for name in ("48k.wav", "8k.wav", "mp3", "opus.ogg"):  # logged once
     assert sum(r.getMessage().startswith(f"{paths[name]}: ") and "may score" in r.getMessage()
                for r in caplog.records) == 1, name
+  # ... and once per run, not per recording: a folder of 48-kHz files gets one line
+  assert not any(r.getMessage().startswith(f"{paths['48k_2.wav']}: ") for r in caplog.records)
 
 
 _FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3", "opus": "OGG", "ogg": "OGG"}
