@@ -67,6 +67,7 @@ from bu_jax import cli  # pylint: disable=wrong-import-position
 from bu_jax import kde  # pylint: disable=wrong-import-position
 from bu_jax import models  # pylint: disable=wrong-import-position
 from bu_jax import parallel  # pylint: disable=wrong-import-position
+from bu_jax import progress  # pylint: disable=wrong-import-position
 from bu_jax import train  # pylint: disable=wrong-import-position
 
 QUICK_REPEATS, QUICK_WARMUP = 3, 1  # --quick's timed and untimed calls
@@ -300,6 +301,7 @@ def _run_model(model: str, m: int, ynn_settings, mesh, repeats: int, warmup: int
 
 def main(argv):
   del argv
+  progress.quiet_library_logs()  # third-party INFO logs only with --verbosity
   model_names = ["fcn40-small"] if FLAGS.quick else FLAGS.models
   ms = [1024] if FLAGS.quick else [int(x) for x in FLAGS.m]
   repeats = QUICK_REPEATS if FLAGS.quick else FLAGS.repeats
