@@ -292,6 +292,9 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
     if test_folders:
       logging.info("%s: the test folders %s are evaluated one by one", directory,
                    ", ".join(test_folders))
+  if year == "auto":  # one naming family per machine type: the larger, never a mix
+    train, test, test_folders, strays = _one_family(train, test, test_folders)
+    skipped += strays
   if skipped:
     logging.warning("%s: skipped %d file(s) with unusable names", directory, len(skipped))
   if not test:
@@ -303,6 +306,34 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
                     "not evaluated", where)
   md = MachineData(machine_type, directory, train, test, skipped, test_folders)
   return load_audio_of(md, sr=sr) if load_audio else md
+
+
+def _family(meta: ClipName) -> str:
+  """"2020" (machine ids: ``normal_id_00_...``, ``id_00_...``) or "section" (2021+)."""
+  return "2020" if meta.grammar == "2020" or (meta.grammar == "eval" and meta.domain is None
+                                              and meta.name.startswith("id_")) else "section"
+
+
+def _one_family(train: list, test: list, test_folders: dict) -> tuple[list, list, dict, list]:
+  """With ``--year=auto``, the clips of a machine type's larger naming family
+  (``_family``); a few files of the other (strays, e.g. 2020 names copied into a
+  2023 test folder) would switch the whole machine type's metric convention, so
+  they are skipped with a warning naming them. Returns (train, test,
+  test_folders, skipped paths)."""
+  counts: dict[str, int] = {}
+  for clip in train + test:
+    counts[_family(clip.meta)] = counts.get(_family(clip.meta), 0) + 1
+  if len(counts) < 2:
+    return train, test, test_folders, []
+  keep = max(counts, key=lambda f: (counts[f], f == "section"))
+  strays = [c.path for c in train + test if _family(c.meta) != keep]
+  logging.warning("skipped %d file(s) named by the DCASE %s grammar among %d of the %s one "
+                  "(pass --year to choose): %s%s", len(strays),
+                  "2020" if keep == "section" else "2021+ section", counts[keep],
+                  "2021+ section" if keep == "section" else "2020", ", ".join(strays[:3]),
+                  ", ..." if len(strays) > 3 else "")
+  pick = lambda clips: [c for c in clips if _family(c.meta) == keep]
+  return (pick(train), pick(test), {k: pick(v) for k, v in test_folders.items()}, strays)
 
 
 def load_audio_of(md: MachineData, *, sr: int = audio.SAMPLE_RATE) -> MachineData:

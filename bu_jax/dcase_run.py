@@ -753,8 +753,16 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
     data_lib.DataError, audio.AudioError: naming the folder, file or group.
   """
   listed = {}
+  conventions: dict[str, list[str]] = {}  # metric year -> machine types (--year=auto)
   for machine in machine_types:
     md = dcase.load_machine_type(root, machine, year=settings.year, load_audio=False)
+    conventions.setdefault(_metric_year(settings, md), []).append(machine)
+    if len(conventions) > 1:  # summarize() scores every machine type by one convention
+      raise data_lib.DataError(
+          f"{root}: the machine types' file names follow different DCASE metric conventions ("
+          + "; ".join(f"{', '.join(ms)}: {'2022-2025' if y == '2022' else y}"
+                      for y, ms in sorted(conventions.items()))
+          + "); a run scores them all by one: pass --year, or run them apart with --machines")
     ev = None if not settings.eval_root else dcase.load_machine_type(
         settings.eval_root, machine, year=settings.year, need_train=False, load_audio=False)
     sizes = {c.path: audio.probe(c.path) for c in md.train + md.test + (ev.test if ev else [])}

@@ -123,6 +123,26 @@ def test_malformed_name_is_reported_with_the_file_and_skipped(tmp_path, caplog):
   assert "anomalous clip in the training folder" in text
 
 
+def test_a_few_names_of_another_year_do_not_switch_a_machine_type(tmp_path, caplog):
+  """--year=auto: two 2020 names copied into a 2023 test folder are skipped, named, and
+  the machine type keeps its 2022+ grammar (they once made it a 2020 machine type, its
+  clips merged into one "section 00"); --year=2023 skips them as before."""
+  names = [f"section_00_{d}_test_{k}_{i:04d}_noAttribute.wav" for d in ("source", "target")
+           for k in ("normal", "anomaly") for i in range(2)]
+  _write_tree(tmp_path, "gearbox", {
+      "train": [f"section_00_source_train_normal_{i:04d}_noAttribute.wav" for i in range(3)],
+      "test": names + ["normal_id_00_00000000.wav", "anomaly_id_00_00000001.wav"]})
+  with caplog.at_level("WARNING"):
+    md = dcase.load_machine_type(str(tmp_path), "gearbox", load_audio=False)
+  assert sorted(c.name for c in md.test) == sorted(names)
+  assert dcase.detect_year([c.meta for c in md.train + md.test]) == "2022"
+  assert sorted(os.path.basename(p) for p in md.skipped) == [
+      "anomaly_id_00_00000001.wav", "normal_id_00_00000000.wav"]
+  assert "skipped 2 file(s) named by the DCASE 2020 grammar among 11" in caplog.text
+  assert len(dcase.load_machine_type(str(tmp_path), "gearbox", year="2023",
+                                     load_audio=False).test) == len(names)
+
+
 def test_test_folders_per_condition_are_read_one_by_one(tmp_path):
   """A machine type with test_anr-10dB/ etc. but no test/ (realaudio-dev's layout):
   each folder's clips, by folder; clips of the same name in two folders stay apart."""

@@ -816,3 +816,27 @@ def test_results_describe_this_run_and_a_stopped_run_leaves_none(tmp_path, caplo
   third = dcase_run.run(fan)
   assert third["re"]["dev"] == second["re"]["dev"]
   assert (run / "results.json").exists() and not list(run.glob("*.previous"))
+
+
+def test_machine_types_of_different_conventions_are_refused_before_training(tmp_path,
+                                                                             monkeypatch):
+  """--year=auto reads each machine type's convention from its names; a run scores all of
+  them by one, so a mix (here 2020 ids beside 2022+ sections) is one error before any
+  model trains (it was a KeyError traceback after all the training)."""
+  monkeypatch.setattr(dcase_run, "train_model", lambda *a, **k: pytest.fail("trained"))
+  sr = 16000
+  tone = (0.1 * np.sin(2 * np.pi * 300 * np.arange(sr) / sr)).astype(np.float32)
+  trees = {"fan": ([f"section_00_source_train_normal_{i:04d}_noAttribute.wav" for i in range(4)],
+                   [f"section_00_source_test_{k}_{i:04d}_noAttribute.wav"
+                    for k in ("normal", "anomaly") for i in range(2)]),
+           "valve": ([f"normal_id_00_{i:08d}.wav" for i in range(4)],
+                     [f"{k}_id_00_{i:08d}.wav" for k in ("normal", "anomaly") for i in range(2)])}
+  for machine, (train_names, test_names) in trees.items():
+    for split, names in (("train", train_names), ("test", test_names)):
+      os.makedirs(tmp_path / "root" / machine / split)
+      for name in names:
+        soundfile.write(tmp_path / "root" / machine / split / name, tone, sr)
+  with pytest.raises(data_lib.DataError, match=r"different DCASE metric conventions \(valve: "
+                     r"2020; fan: 2022-2025\); a run scores them all by one: pass --year"):
+    dcase_run.run(_settings(tmp_path / "w", data_root=str(tmp_path / "root"),
+                            synthetic_kwargs=None, losses=("re",)))
