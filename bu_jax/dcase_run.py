@@ -1101,11 +1101,12 @@ def run(settings: Settings) -> dict:
     if not any(s in entry for s in dev_sets):
       entry["dev"] = {"machine_types": {}, "official_score": None}
     results[loss] = entry
-    for set_name in dev_sets:
+    for set_name in set_names:  # the evaluation set too, when its labels were given
       if entry.get(set_name, {}).get("machine_types"):
         fileio.write_csv(os.path.join(_set_dir(settings.workdir, loss, set_name), "result.csv"),
                          dcase_metrics.result_rows(entry[set_name], year=year))
-        what = "development test set" if set_name == "dev" else f"test folder {set_name}"
+        what = {"dev": "development test set", "eval": "evaluation set"}.get(
+            set_name, f"test folder {set_name}")
         tables.append(format_result(entry[set_name], year=year, title=(
             f"== {loss.upper()} ({what}, DCASE {year}{'+' if year == '2022' else ''} "
             "metrics) ==")))
@@ -1122,13 +1123,14 @@ def run(settings: Settings) -> dict:
   fileio.write_csv(os.path.join(settings.workdir, "summary.csv"),
                    _summary_rows(results, methods, year, set_names))
   fileio.write_json(os.path.join(settings.workdir, "results.json"), results)
-  evaluated = [s for s in dev_sets
+  evaluated = [s for s in set_names
                if any(results[l].get(s, {}).get("machine_types") for l in methods)]
   for set_name in evaluated:
-    tables.append(("" if set_name == "dev" else f"-- test folder {set_name}\n")
+    tables.append({"dev": "", "eval": "-- evaluation set\n"}.get(
+        set_name, f"-- test folder {set_name}\n")
                   + format_comparison(results, methods, year=year, set_name=set_name))
     print(tables[-1], flush=True)
-  if len(evaluated) > 1:
+  if len([s for s in evaluated if s != "eval"]) > 1:
     print("(per-section tables of every loss and test folder: results.txt)", flush=True)
   if not evaluated:
     print("No labelled test clips: scores and decisions written, nothing evaluated "

@@ -139,7 +139,13 @@ def test_run_writes_challenge_files_and_resumes(tmp_path, capsys):
         f.writelines(f"{r[0]},{r[col]}\n" for r in rows)
   again = dcase_run.run(dataclasses.replace(settings, eval_root=str(eval_root),
                                             ground_truth_dir=str(gt)))
-  assert "already trained" in capsys.readouterr().out  # found finished, only re-evaluated
+  out = capsys.readouterr().out
+  assert "already trained" in out  # found finished, only re-evaluated
+  # the evaluation set's metrics are printed and written like the development set's
+  assert "== BU (evaluation set, DCASE 2022+ metrics) ==" in out and "-- evaluation set" in out
+  eval_rows = list(csv.reader(open(run / "bu" / "eval" / "result.csv")))
+  assert float(eval_rows[-1][1]) == pytest.approx(again["bu"]["eval"]["official_score"])
+  assert "-- evaluation set" in (run / "results.txt").read_text()
   assert again["bu"]["dev"]["official_score"] == pytest.approx(
       results["bu"]["dev"]["official_score"])
   assert again["bu"]["eval"]["official_score"] == pytest.approx(
