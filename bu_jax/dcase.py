@@ -2,7 +2,9 @@
 
 Layout: ``<root>/<machine_type>/{train,test}/*.wav`` (the development set;
 the organisers' ``dev_data/raw/<machine_type>`` or ``dev_data/<machine_type>``
-folders are both such roots). File-name grammars, by year:
+folders are both such roots); DCASE 2021's sets hold ``source_test/`` and
+``target_test/`` instead of ``test/``, read together as the test set.
+File-name grammars, by year:
 
 ==========  ===================================================================
 2020        ``{normal,anomaly}_id_00_00000000.wav``; evaluation test set:
@@ -21,7 +23,9 @@ grammar); ``load_machine_type`` logs every skipped file by name and never
 guesses. Ground truth of evaluation sets uses the organisers' layout
 (``<dir>/ground_truth_data/ground_truth_<machine>_section_<XX>_test.csv`` with
 rows ``wavname,0|1`` and ``<dir>/ground_truth_domain/...`` with rows
-``wavname,0|1`` for source / target).
+``wavname,0|1`` for source / target; DCASE 2021:
+``<dir>/ground_truth_data/ground_truth_<machine>_section_<XX>_{source,target}_test.csv``,
+the domain in the file name).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from bu_jax import data as data_lib
 
 YEARS = ("2020", "2021", "2022", "2023", "2024", "2025")
 DataError = data_lib.DataError
+# DCASE 2021's test folders, one per domain (its sets hold no test/).
+DOMAIN_TEST_FOLDERS = {"source_test": "source", "target_test": "target"}
 
 _LABELS = {"normal": 0, "anomaly": 1}
 _RE_2020 = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<section>\d+)_(?P<index>\d+)$")
@@ -208,12 +214,13 @@ class MachineData:
 
 
 def discover_machine_types(root: str) -> list[str]:
-  """Sub-folders of ``root`` that hold a ``train`` or ``test`` folder, sorted."""
+  """Sub-folders of ``root`` that hold a ``train``, ``test``, ``source_test`` or
+  ``target_test`` folder, sorted."""
   if not os.path.isdir(root):
     raise DataError(f"{root}: no such directory (--data_root)")
   found = sorted(d for d in os.listdir(root)
-                 if os.path.isdir(os.path.join(root, d, "train"))
-                 or os.path.isdir(os.path.join(root, d, "test")))
+                 if any(os.path.isdir(os.path.join(root, d, f))
+                        for f in ("train", "test", *DOMAIN_TEST_FOLDERS)))
   if not found:
     raise DataError(f"{root}: no machine-type folders (<root>/<machine_type>/train, test)")
   return found
@@ -239,6 +246,27 @@ def _parse_folder(folder: str, split: str, year: str) -> tuple[list, list]:
   return clips, skipped
 
 
+def _domain_test_clips(directory: str, folders: Sequence[str],
+                       year: str) -> tuple[list, list]:
+  """The clips of DCASE 2021's ``source_test/`` and ``target_test/`` (``folders``,
+  those of them that exist), one test set: each clip's domain is its folder's;
+  a clip whose name says the other domain is skipped with a warning."""
+  clips, skipped = [], []
+  for name in folders:
+    domain = DOMAIN_TEST_FOLDERS[name]
+    found, sk = _parse_folder(os.path.join(directory, name), "test", year)
+    skipped += sk
+    for clip in found:
+      if clip.domain not in (None, domain):
+        logging.warning("skipped %s: its name says %s domain, its folder %s", clip.path,
+                        clip.domain, name)
+        skipped.append(clip.path)
+        continue
+      clip.domain = domain
+      clips.append(clip)
+  return clips, skipped
+
+
 def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
                       load_audio: bool = True, need_train: bool = True,
                       sr: int = audio.SAMPLE_RATE) -> MachineData:
@@ -247,7 +275,10 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
   A machine type with several ``test*/`` folders (one per condition, e.g.
   ``test_anr-10dB``, ``test_anr-20dB``; a ``test/`` beside them is one of them)
   gets each of them in ``test_folders`` (and all their clips in ``test``), as
-  ``data.test_folders`` reads them for the toy-car job.
+  ``data.test_folders`` reads them for the toy-car job. DCASE 2021's
+  ``source_test/`` and ``target_test/`` are read together as one test set (in
+  ``test``), each clip's domain its folder's; beside ``test*/`` folders they are
+  an error (the same clips twice, or two test sets: which is meant is not guessed).
 
   Files whose names fit no grammar are logged (each by path) and skipped.
 
@@ -280,7 +311,15 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
                       + data_lib.non_wav_note(train_dir))
   test_folders = {}
   folders = data_lib.list_test_folders(directory)
-  if folders == ["test"]:
+  domain_folders = [n for n in DOMAIN_TEST_FOLDERS if os.path.isdir(os.path.join(directory, n))]
+  if domain_folders and folders:
+    raise DataError(f"{directory}: holds both {', '.join(f + '/' for f in folders)} and "
+                    f"{', '.join(f + '/' for f in domain_folders)} (DCASE 2021's test folders); "
+                    "keep one layout")
+  if domain_folders:
+    test, sk = _domain_test_clips(directory, domain_folders, year)
+    skipped += sk
+  elif folders == ["test"]:
     test, sk = _parse_folder(test_dir, "test", year)
     skipped += sk
   else:  # e.g. test_anr-10dB/, test_anr-20dB/: one test folder per condition
@@ -298,8 +337,9 @@ def load_machine_type(root: str, machine_type: str, *, year: str = "auto",
   if skipped:
     logging.warning("%s: skipped %d file(s) with unusable names", directory, len(skipped))
   if not test:
-    where = os.path.join(directory, folders[0] if len(folders) == 1 else
-                         "test*" if folders else "test")
+    where = (", ".join(os.path.join(directory, f) for f in domain_folders) if domain_folders else
+             os.path.join(directory, folders[0] if len(folders) == 1 else
+                          "test*" if folders else "test"))
     if not need_train:  # an evaluation root is there to be scored
       raise DataError(f"{where}: no test clips with DCASE names to score")
     logging.warning("%s: no test clips with DCASE names; this machine type is trained but "
@@ -379,12 +419,13 @@ def _read_two_column_csv(path: str) -> dict[str, int]:
 
 
 def apply_ground_truth(machine: MachineData, ground_truth_dir: str, *,
-                       need_domains: bool = False) -> int:
+                       need_domains: bool = False, year: Optional[str] = None) -> int:
   """Fills label and domain of unlabelled test clips from the organisers' CSVs.
 
   Reads ``ground_truth_data/ground_truth_<machine>_section_<XX>_test.csv``
   (``wavname,0|1``: normal / anomalous) and ``ground_truth_domain/...``
-  (``wavname,0|1``: source / target) under ``ground_truth_dir``. Returns the
+  (``wavname,0|1``: source / target) under ``ground_truth_dir``; for ``year``
+  "2021", DCASE 2021's files instead (``_domain_ground_truth``). Returns the
   number of clips that received a label. ``need_domains`` (the metrics of DCASE
   2021 on, which score each domain): every labelled clip must then have a
   domain, from its name or the domain file.
@@ -396,6 +437,8 @@ def apply_ground_truth(machine: MachineData, ground_truth_dir: str, *,
   """
   if not os.path.isdir(ground_truth_dir):
     raise DataError(f"{ground_truth_dir}: no such directory (--ground_truth_dir)")
+  if year == "2021":
+    return _domain_ground_truth(machine, ground_truth_dir)
   count = 0
   for section in sorted({c.section for c in machine.test if c.label is None}):
     fname = f"ground_truth_{machine.machine_type}_section_{section}_test.csv"
@@ -417,5 +460,42 @@ def apply_ground_truth(machine: MachineData, ground_truth_dir: str, *,
         raise DataError(f"{domain_path}: " + (
             f"no row for {clip.name}" if domains else "no such ground-truth file") + (
             " (the metrics of DCASE 2021 on score each domain)" if need_domains else ""))
+      count += 1
+  return count
+
+
+def _domain_ground_truth(machine: MachineData, ground_truth_dir: str) -> int:
+  """DCASE 2021's ground truth: ``ground_truth_data/ground_truth_<machine>_section_<XX>_``
+  ``{source,target}_test.csv`` (``wavname,0|1``), the domain in the file name, as
+  ``dcase2021_task2_evaluator`` reads it. A clip whose name gives its domain is
+  looked up in that domain's file, another one in both (its domain: the file
+  that holds it). Returns the number of clips that received a label.
+
+  Raises:
+    DataError: a missing file (of a domain some clip of the section needs), a
+      clip missing from it, or a value other than 0 or 1 (naming the file and line).
+  """
+  count = 0
+  for section in sorted({c.section for c in machine.test if c.label is None}):
+    clips = [c for c in machine.test if c.section == section and c.label is None]
+    paths = {d: os.path.join(ground_truth_dir, "ground_truth_data",
+                             f"ground_truth_{machine.machine_type}_section_{section}_{d}_test.csv")
+             for d in ("source", "target")}
+    needed = {c.domain for c in clips}
+    tables = {}
+    for domain in paths:
+      if domain in needed or None in needed:
+        if not os.path.isfile(paths[domain]):
+          raise DataError(f"{paths[domain]}: no such ground-truth file")
+        tables[domain] = _read_two_column_csv(paths[domain])
+    for clip in clips:
+      found = [d for d in tables if (clip.domain in (None, d)) and clip.name in tables[d]]
+      if not found:
+        raise DataError(f"{paths[clip.domain or 'source']}: no row for {clip.name}"
+                        + ("" if clip.domain else f" (nor in {paths['target']})"))
+      if len(found) > 1:
+        raise DataError(f"{paths['target']}: a row for {clip.name}, which "
+                        f"{paths['source']} holds too")
+      clip.domain, clip.label = found[0], tables[found[0]][clip.name]
       count += 1
   return count

@@ -10,8 +10,9 @@ every test clip (eq. 11: max of the interior frame scores), and writes:
 - ``<workdir>/<loss>/anomaly_score_<machine_type>_section_<XX>_test.csv``
   (rows ``wavname,score``, no header) and
   ``decision_result_<machine_type>_section_<XX>_test.csv`` (``wavname,0|1``):
-  the challenge's submission files; the evaluation set's (``eval_root``) go
-  to ``<workdir>/<loss>/eval/``;
+  the challenge's submission files (DCASE 2021: ``..._section_<XX>_source_test.csv``
+  and ``..._target_test.csv``; 2020: ``..._id_<XX>.csv``); the evaluation set's
+  (``eval_root``) go to ``<workdir>/<loss>/eval/``;
 - ``<workdir>/<loss>/result.csv``: the baselines' result layout (per machine
   type: one row per section, arithmetic and harmonic means; the official
   score);
@@ -492,21 +493,35 @@ def _calibration(settings: Settings, phi: float, scores: Sequence[float],
 
 def write_submission(directory: str, machine_type: str, section: str, names: Sequence[str],
                      scores: Sequence[float], decisions: Sequence[int], *,
-                     year: str = "2022") -> list[str]:
+                     year: str = "2022", domain: Optional[str] = None) -> list[str]:
   """Writes the challenge's two files of one section (atomically).
 
   ``anomaly_score_<machine_type>_section_<XX>_test.csv``: ``wavname,score``;
   ``decision_result_<machine_type>_section_<XX>_test.csv``: ``wavname,0|1``;
   no header, ``\\n`` line ends, in the order given. For 2020 (machine ids):
   ``anomaly_score_<machine_type>_id_<XX>.csv`` and ``decision_result_...``.
+  With a ``domain`` (DCASE 2021's files, one per section and domain, see
+  ``submission_groups``): ``..._section_<XX>_<domain>_test.csv``.
   """
   stem = (f"{machine_type}_id_{section}.csv" if year == "2020"
-          else f"{machine_type}_section_{section}_test.csv")
+          else f"{machine_type}_section_{section}_{domain + '_' if domain else ''}test.csv")
   score_path = os.path.join(directory, f"anomaly_score_{stem}")
   decision_path = os.path.join(directory, f"decision_result_{stem}")
   fileio.write_csv(score_path, [(n, repr(float(s))) for n, s in zip(names, scores)])
   fileio.write_csv(decision_path, [(n, int(d)) for n, d in zip(names, decisions)])
   return [score_path, decision_path]
+
+
+def submission_groups(clips, year: str) -> list[tuple[str, Optional[str], list[int]]]:
+  """(section, domain, indices of ``clips``) of each pair of submission files, by
+  section: one per section, and for DCASE 2021, whose evaluator reads
+  ``..._section_<XX>_source_test.csv`` and ``..._target_test.csv``, one per
+  section and domain (domain None: clips without one, in ``..._test.csv``)."""
+  groups: dict = {}
+  for i, clip in enumerate(clips):
+    groups.setdefault((clip.section, clip.domain if year == "2021" else None), []).append(i)
+  return [(section, domain, idx) for (section, domain), idx in
+          sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or ""))]
 
 
 class _EarlierResults:
@@ -783,7 +798,8 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
                     *([ev.test] if ev is not None else [])):
         if any(c.label is None for c in clips):
           dcase.apply_ground_truth(dcase.MachineData(machine, root, [], clips, []),
-                                   settings.ground_truth_dir, need_domains=year != "2020")
+                                   settings.ground_truth_dir, need_domains=year != "2020",
+                                   year=year)
     listed[machine] = (md, ev)
   return listed
 
@@ -1033,11 +1049,11 @@ def run(settings: Settings) -> dict:
         done = [c for c in test_clips if c.path in scores[loss][set_name]]
         values = np.array([scores[loss][set_name][c.path][0] for c in done])
         decisions = np.array([scores[loss][set_name][c.path][1] for c in done], dtype=int)
-        for sec in sorted({c.section for c in done}):
-          idx = [i for i, c in enumerate(done) if c.section == sec]
+        for sec, domain, idx in submission_groups(done, year):
           earlier.retire()  # before the first file of this run is written
           written.update(write_submission(out_dir, machine, sec, [done[i].name for i in idx],
-                                          values[idx], decisions[idx], year=year))
+                                          values[idx], decisions[idx], year=year,
+                                          domain=domain))
         sections = _section_results(done, values, decisions, year)
         if sections:
           per_section.setdefault(set_name, {l: {} for l in methods})[loss][

@@ -171,6 +171,39 @@ def test_a_test_folder_beside_condition_folders_is_one_of_them(tmp_path):
   assert md.test_folders == {} and len(md.test) == 1
 
 
+def test_dcase2021_source_test_and_target_test_are_one_test_set(tmp_path, caplog):
+  """The organisers' 2021 layout (no test/): both folders read together, as test/
+  is (one test set, not one per folder), each clip's domain its folder's."""
+  _write_tree(tmp_path, "fan", {
+      "train": ["section_00_source_train_normal_0000.wav", "section_00_target_train_normal_0000.wav"],
+      "source_test": ["section_00_source_test_normal_0000.wav",
+                      "section_00_source_test_anomaly_0000.wav",
+                      "section_00_target_test_normal_0009.wav"],  # the other domain's name
+      "target_test": ["section_00_target_test_anomaly_0003.wav"]})
+  assert dcase.discover_machine_types(str(tmp_path)) == ["fan"]
+  md = dcase.load_machine_type(str(tmp_path), "fan", load_audio=False)
+  assert md.test_folders == {}
+  assert [(c.name, c.label, c.domain) for c in md.test] == [
+      ("section_00_source_test_anomaly_0000.wav", 1, "source"),
+      ("section_00_source_test_normal_0000.wav", 0, "source"),
+      ("section_00_target_test_anomaly_0003.wav", 1, "target")]
+  assert md.skipped == [str(tmp_path / "fan" / "source_test" /
+                            "section_00_target_test_normal_0009.wav")]
+  assert "its name says target domain, its folder source_test" in caplog.text
+  # The evaluation set: unlabelled names with the domain, no train/ needed.
+  _write_tree(tmp_path / "eval", "fan", {"source_test": ["section_03_source_test_0000.wav"],
+                                         "target_test": ["section_03_target_test_0000.wav"]})
+  assert dcase.discover_machine_types(str(tmp_path / "eval")) == ["fan"]
+  ev = dcase.load_machine_type(str(tmp_path / "eval"), "fan", need_train=False, load_audio=False)
+  assert [(c.section, c.label, c.domain) for c in ev.test] == [("03", None, "source"),
+                                                                ("03", None, "target")]
+  _write_tree(tmp_path, "fan", {"test": ["section_00_source_test_normal_0001.wav"]})
+  with pytest.raises(dcase.DataError, match=re.escape(
+      f"{tmp_path / 'fan'}: holds both test/ and source_test/, target_test/ (DCASE 2021's "
+      "test folders); keep one layout")):
+    dcase.load_machine_type(str(tmp_path), "fan", load_audio=False)
+
+
 def test_loader_errors_name_the_folder(tmp_path):
   with pytest.raises(dcase.DataError, match="no such directory"):
     dcase.discover_machine_types(str(tmp_path / "nope"))
@@ -253,6 +286,42 @@ def test_ground_truth_files_as_spreadsheets_write_them(tmp_path):
   assert dcase.apply_ground_truth(machine(), str(gt)) == 2
   with pytest.raises(dcase.DataError, match="no such ground-truth file"):
     dcase.apply_ground_truth(machine(), str(gt), need_domains=True)
+
+
+def test_dcase2021_ground_truth_one_file_per_section_and_domain(tmp_path):
+  """dcase2021_task2_evaluator's ground_truth_data/ground_truth_<m>_section_<XX>_
+  {source,target}_test.csv (no ground_truth_domain/): a clip named with its domain
+  is looked up in that domain's file; one without, in both."""
+  _write_tree(tmp_path / "eval", "fan", {
+      "source_test": ["section_03_source_test_0000.wav", "section_03_source_test_0001.wav"],
+      "target_test": ["section_03_target_test_0000.wav"]})
+
+  def machine():
+    return dcase.load_machine_type(str(tmp_path / "eval"), "fan", need_train=False,
+                                   load_audio=False)
+  gt = tmp_path / "gt"
+  os.makedirs(gt / "ground_truth_data")
+  source = gt / "ground_truth_data" / "ground_truth_fan_section_03_source_test.csv"
+  target = gt / "ground_truth_data" / "ground_truth_fan_section_03_target_test.csv"
+  source.write_text("section_03_source_test_0000.wav,1\nsection_03_source_test_0001.wav,0\n")
+  target.write_text("section_03_target_test_0000.wav,1\nsection_03_0007.wav,0\n")
+  md = machine()
+  assert dcase.apply_ground_truth(md, str(gt), need_domains=True, year="2021") == 3
+  assert [(c.name, c.label, c.domain) for c in md.test] == [
+      ("section_03_source_test_0000.wav", 1, "source"),
+      ("section_03_source_test_0001.wav", 0, "source"),
+      ("section_03_target_test_0000.wav", 1, "target")]
+  nameless = dcase.Clip("x", dcase.parse_name("section_03_0007.wav"), None, None)
+  other = dcase.MachineData("fan", "", [], [nameless], [])
+  assert dcase.apply_ground_truth(other, str(gt), year="2021") == 1
+  assert (nameless.label, nameless.domain) == (0, "target")
+  source.write_text("section_03_source_test_0000.wav,1\n")
+  with pytest.raises(dcase.DataError, match=re.escape(
+      f"{source}: no row for section_03_source_test_0001.wav")):
+    dcase.apply_ground_truth(machine(), str(gt), year="2021")
+  os.remove(target)
+  with pytest.raises(dcase.DataError, match=re.escape(f"{target}: no such ground-truth file")):
+    dcase.apply_ground_truth(machine(), str(gt), year="2021")
 
 
 # ------------------------------------------------------------------ metrics
@@ -406,6 +475,25 @@ def test_submission_files_exact_format(tmp_path):
   assert [os.path.basename(p) for p in paths] == ["anomaly_score_fan_id_02.csv",
                                                  "decision_result_fan_id_02.csv"]
   assert open(paths[0]).read() == "normal_id_02_00000000.wav,3.0\n"
+
+
+def test_dcase2021_submission_files_one_per_section_and_domain(tmp_path):
+  """dcase2021_task2_evaluator reads anomaly_score_<m>_section_<XX>_{source,target}_test.csv
+  (and decision_result_...): 2021's clips are written by section and domain, other
+  years' by section."""
+  names = ["section_00_source_test_0000.wav", "section_00_target_test_0000.wav",
+           "section_01_source_test_0000.wav", "section_00_source_test_0001.wav"]
+  clips = [dcase.Clip(n, dcase.parse_name(n), None, dcase.parse_name(n).domain) for n in names]
+  assert dcase_run.submission_groups(clips, "2021") == [
+      ("00", "source", [0, 3]), ("00", "target", [1]), ("01", "source", [2])]
+  assert dcase_run.submission_groups(clips, "2022") == [("00", None, [0, 1, 3]),
+                                                        ("01", None, [2])]
+  paths = dcase_run.write_submission(str(tmp_path), "fan", "00", [names[1]], [0.5], [1],
+                                     year="2021", domain="target")
+  assert [os.path.basename(p) for p in paths] == [
+      "anomaly_score_fan_section_00_target_test.csv",
+      "decision_result_fan_section_00_target_test.csv"]
+  assert open(paths[1]).read() == "section_00_target_test_0000.wav,1\n"
 
 
 def test_settings_reject_bad_flags():

@@ -399,6 +399,65 @@ def test_a_broken_later_machine_type_is_refused_before_any_training(tmp_path, br
   assert not list(workdir.glob("re/models/**/checkpoints"))  # nothing trained
 
 
+def _dcase2021_tree(tmp_path):
+  """The embedded set in DCASE 2021's layout: 2021 names (no attributes), the test
+  clips in source_test/ and target_test/ (no test/); its development root and an
+  evaluation root of the same test clips renamed (section_00_source_test_0000.wav)
+  with the organisers' 2021 ground truth (one file per section and domain)."""
+  embedded = synthetic_dcase.generate(str(tmp_path / "embedded"), **TINY)
+  dev, eval_root, gt = tmp_path / "dev", tmp_path / "eval", tmp_path / "gt"
+  os.makedirs(gt / "ground_truth_data")
+  md = dcase.load_machine_type(embedded, "SynthFan", load_audio=False)
+  for clip in md.train:
+    os.makedirs(dev / "SynthFan" / "train", exist_ok=True)
+    shutil.copy(clip.path, dev / "SynthFan" / "train" /
+                f"section_{clip.section}_{clip.domain}_train_normal_{clip.meta.index}.wav")
+  rows = {}
+  for clip in md.test:
+    folder = f"{clip.domain}_test"
+    label = ("normal", "anomaly")[clip.label]
+    for root, name in ((dev, f"section_{clip.section}_{folder}_{label}_{clip.meta.index}.wav"),
+                       (eval_root, f"section_{clip.section}_{folder}_"
+                                   f"{len(rows.get((clip.section, folder), [])):04d}.wav")):
+      os.makedirs(root / "SynthFan" / folder, exist_ok=True)
+      shutil.copy(clip.path, root / "SynthFan" / folder / name)
+    rows.setdefault((clip.section, folder), []).append(f"{name},{clip.label}\n")
+  for (section, folder), lines in rows.items():
+    (gt / "ground_truth_data" / f"ground_truth_SynthFan_section_{section}_{folder}.csv"
+     ).write_text("".join(lines))
+  return dev, os.path.join(embedded, "something_else"), eval_root, gt
+
+
+@pytest.mark.slow
+def test_dcase2021_layout_is_evaluated_and_written_per_domain(tmp_path):
+  """A DCASE 2021 tree (train/, source_test/, target_test/) is trained and evaluated
+  with 2021's metrics; its files are the ones dcase2021_task2_evaluator reads (per
+  section and domain); its evaluation set, scored with the organisers' 2021 ground
+  truth, gives the development set's metrics (the same clips)."""
+  dev, something_else, eval_root, gt = _dcase2021_tree(tmp_path)
+  results = dcase_run.run(_settings(tmp_path / "run", losses=("re",), steps_per_epoch=2,
+                                    data_root=str(dev), something_else_dir=something_else,
+                                    eval_root=str(eval_root), ground_truth_dir=str(gt),
+                                    synthetic_kwargs=None))
+  assert results["metric_year"] == "2021"
+  dev_result, eval_result = results["re"]["dev"], results["re"]["eval"]
+  assert set(dev_result["machine_types"]["SynthFan"]["sections"]) == {"00", "01"}
+  for values in dev_result["machine_types"]["SynthFan"]["sections"].values():
+    assert list(values) == list(dcase_metrics.COLUMNS["2021"])
+  assert 0.0 < dev_result["official_score"] <= 1.0
+  assert eval_result["official_score"] == pytest.approx(dev_result["official_score"])
+  for folder in (tmp_path / "run" / "re", tmp_path / "run" / "re" / "eval"):
+    assert sorted(p.name for p in folder.glob("*_SynthFan_*.csv")) == sorted(
+        f"{kind}_SynthFan_section_{s}_{d}_test.csv" for kind in ("anomaly_score", "decision_result")
+        for s in ("00", "01") for d in ("source", "target"))
+    for section in ("00", "01"):
+      for domain in ("source", "target"):
+        rows = list(csv.reader(open(folder / f"anomaly_score_SynthFan_section_{section}_"
+                                             f"{domain}_test.csv")))
+        assert len(rows) == 6 and all(
+            r[0].startswith(f"section_{section}_{domain}_test_") for r in rows)
+
+
 @pytest.mark.parametrize("fault", ["no domain file", "a label of 2"])
 def test_ground_truth_is_checked_before_any_training(tmp_path, fault):
   """The evaluation set's ground truth is read with the listing: a missing domain
