@@ -25,7 +25,8 @@ guesses. Ground truth of evaluation sets uses the organisers' layout
 rows ``wavname,0|1`` and ``<dir>/ground_truth_domain/...`` with rows
 ``wavname,0|1`` for source / target; DCASE 2021:
 ``<dir>/ground_truth_data/ground_truth_<machine>_section_<XX>_{source,target}_test.csv``,
-the domain in the file name).
+the domain in the file name; DCASE 2020: ``<dir>/eval_data_list.csv``, a
+machine-type line, then ``eval name,dev-style name,0|1`` rows, and so on).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ YEARS = ("2020", "2021", "2022", "2023", "2024", "2025")
 DataError = data_lib.DataError
 # DCASE 2021's test folders, one per domain (its sets hold no test/).
 DOMAIN_TEST_FOLDERS = {"source_test": "source", "target_test": "target"}
+# DCASE 2020's ground truth, at the top of --ground_truth_dir (dcase2020_task2_evaluator's).
+EVAL_DATA_LIST = "eval_data_list.csv"
 
 _LABELS = {"normal": 0, "anomaly": 1}
 _RE_2020 = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<section>\d+)_(?P<index>\d+)$")
@@ -425,7 +428,8 @@ def apply_ground_truth(machine: MachineData, ground_truth_dir: str, *,
   Reads ``ground_truth_data/ground_truth_<machine>_section_<XX>_test.csv``
   (``wavname,0|1``: normal / anomalous) and ``ground_truth_domain/...``
   (``wavname,0|1``: source / target) under ``ground_truth_dir``; for ``year``
-  "2021", DCASE 2021's files instead (``_domain_ground_truth``). Returns the
+  "2021", DCASE 2021's files instead (``_domain_ground_truth``), for "2020" its
+  ``eval_data_list.csv`` (``read_eval_data_list``; no domains). Returns the
   number of clips that received a label. ``need_domains`` (the metrics of DCASE
   2021 on, which score each domain): every labelled clip must then have a
   domain, from its name or the domain file.
@@ -439,6 +443,8 @@ def apply_ground_truth(machine: MachineData, ground_truth_dir: str, *,
     raise DataError(f"{ground_truth_dir}: no such directory (--ground_truth_dir)")
   if year == "2021":
     return _domain_ground_truth(machine, ground_truth_dir)
+  if year == "2020":
+    return _eval_data_list_ground_truth(machine, ground_truth_dir)
   count = 0
   for section in sorted({c.section for c in machine.test if c.label is None}):
     fname = f"ground_truth_{machine.machine_type}_section_{section}_test.csv"
@@ -498,4 +504,68 @@ def _domain_ground_truth(machine: MachineData, ground_truth_dir: str) -> int:
                         f"{paths['source']} holds too")
       clip.domain, clip.label = found[0], tables[found[0]][clip.name]
       count += 1
+  return count
+
+
+def read_eval_data_list(path: str) -> dict[str, dict[str, int]]:
+  """DCASE 2020's ground truth (``eval_data_list.csv``, as ``dcase2020_task2_evaluator``
+  reads it): a line with one column names a machine type; the rows after it,
+  ``id_01_00000000.wav,normal_id_01_00000000.wav,0`` (evaluation name, dev-style
+  name, 0|1: normal / anomalous), are its clips. Returns {machine type: {name: 0|1}}.
+
+  Raises:
+    DataError: a clip row before any machine-type line, a row with two columns, or
+      a label other than 0 or 1, naming the file and line.
+  """
+  out: dict[str, dict[str, int]] = {}
+  machine = None
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    for line_no, row in enumerate(csv.reader(f), 1):
+      row = [cell.strip() for cell in row]
+      if not "".join(row):
+        continue
+      if not "".join(row[1:]):  # a machine-type line
+        machine = row[0]
+        out.setdefault(machine, {})
+        continue
+      if machine is None:
+        raise DataError(f"{path}:{line_no}: a clip row before any machine-type line")
+      if len(row) < 3:
+        raise DataError(f"{path}:{line_no}: expected 'eval name,dev-style name,label', "
+                        f"got {row}")
+      try:
+        number = float(row[2])
+      except ValueError:
+        raise DataError(f"{path}:{line_no}: not a number: {row[2]!r}") from None
+      if number not in (0.0, 1.0):
+        raise DataError(f"{path}:{line_no}: the label must be 0 or 1, got {row[2]!r}")
+      out[machine][row[0]] = int(number)
+  return out
+
+
+def _eval_data_list_ground_truth(machine: MachineData, ground_truth_dir: str) -> int:
+  """DCASE 2020's ground truth: the unlabelled test clips of ``machine`` take their
+  labels from ``<ground_truth_dir>/eval_data_list.csv``, matched by file name
+  among its machine type's rows. Returns the number of clips that received a label.
+
+  Raises:
+    DataError: no such file, no such machine type in it, a clip missing from it,
+      or a bad row (``read_eval_data_list``), naming the file.
+  """
+  path = os.path.join(ground_truth_dir, EVAL_DATA_LIST)
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such ground-truth file (DCASE 2020's)")
+  table = read_eval_data_list(path)
+  if machine.machine_type not in table:
+    raise DataError(f"{path}: no {machine.machine_type} line (it lists "
+                    f"{', '.join(table) or 'no machine type'})")
+  labels = table[machine.machine_type]
+  count = 0
+  for clip in machine.test:
+    if clip.label is not None:
+      continue
+    if clip.name not in labels:
+      raise DataError(f"{path}: no row for {clip.name} under {machine.machine_type}")
+    clip.label = labels[clip.name]
+    count += 1
   return count

@@ -142,8 +142,9 @@ class Settings(cli.ScoringSettings):
                          help="One model per machine type (baselines) or per section.")
   data_seed: int = cli.setting(0, minimum=0, help="Seed of the embedded data set.")
   ground_truth_dir: Optional[str] = cli.setting(
-      None, help="Organisers' ground truth (ground_truth_data/, ground_truth_domain/) for "
-      "unlabelled evaluation-set test clips.")
+      None, help="Organisers' ground truth (ground_truth_data/, ground_truth_domain/; DCASE "
+      "2021: ground_truth_data/ only; DCASE 2020: eval_data_list.csv) for unlabelled "
+      "evaluation-set test clips.")
   eval_root: Optional[str] = cli.setting(
       None, help="Evaluation set (<root>/<machine_type>/test): scored with the trained "
       "models, files in <workdir>/<loss>/eval/.")

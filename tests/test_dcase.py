@@ -324,6 +324,49 @@ def test_dcase2021_ground_truth_one_file_per_section_and_domain(tmp_path):
     dcase.apply_ground_truth(machine(), str(gt), year="2021")
 
 
+def test_dcase2020_ground_truth_is_eval_data_list(tmp_path):
+  """dcase2020_task2_evaluator's eval_data_list.csv at the top of --ground_truth_dir:
+  a machine-type line, then its clips' rows (eval name, dev-style name, label);
+  clips matched by name within their machine type (the names repeat across them)."""
+  names = ["id_01_00000000.wav", "id_01_00000001.wav", "id_03_00000000.wav"]
+  _write_tree(tmp_path / "eval", "ToyCar", {"test": names})
+  _write_tree(tmp_path / "eval", "fan", {"test": names[:1]})
+
+  def machine(name="ToyCar"):
+    return dcase.load_machine_type(str(tmp_path / "eval"), name, need_train=False,
+                                   load_audio=False)
+  gt = tmp_path / "gt"
+  os.makedirs(gt)
+  listing = gt / "eval_data_list.csv"
+  listing.write_text("fan\nid_01_00000000.wav,anomaly_id_01_00000000.wav,1\n"
+                     "ToyCar\nid_01_00000000.wav,normal_id_01_00000000.wav,0\n"
+                     "id_01_00000001.wav,anomaly_id_01_00000000.wav,1\n"
+                     "id_03_00000000.wav,normal_id_03_00000000.wav,0\n")
+  md = machine()
+  assert dcase.apply_ground_truth(md, str(gt), year="2020") == 3
+  assert [(c.section, c.label, c.domain) for c in md.test] == [("01", 0, None), ("01", 1, None),
+                                                                ("03", 0, None)]
+  fan = machine("fan")
+  assert dcase.apply_ground_truth(fan, str(gt), year="2020") == 1 and fan.test[0].label == 1
+  listing.write_text("ToyCar\nid_01_00000000.wav,normal_id_01_00000000.wav,0\n"
+                     "id_01_00000001.wav,anomaly_id_01_00000000.wav,1\n"
+                     "fan\nid_03_00000000.wav,normal_id_03_00000000.wav,0\n")
+  with pytest.raises(dcase.DataError, match=re.escape(
+      f"{listing}: no row for id_03_00000000.wav under ToyCar")):
+    dcase.apply_ground_truth(machine(), str(gt), year="2020")
+  listing.write_text("fan\nid_01_00000000.wav,anomaly_id_01_00000000.wav,2\n")
+  with pytest.raises(dcase.DataError, match=re.escape(
+      f"{listing}:2: the label must be 0 or 1, got '2'")):
+    dcase.apply_ground_truth(machine("fan"), str(gt), year="2020")
+  with pytest.raises(dcase.DataError, match=re.escape(f"{listing}: no ToyCar line (it lists fan)")):
+    listing.write_text("fan\n")
+    dcase.apply_ground_truth(machine(), str(gt), year="2020")
+  os.remove(listing)
+  with pytest.raises(dcase.DataError, match=re.escape(
+      f"{listing}: no such ground-truth file (DCASE 2020's)")):
+    dcase.apply_ground_truth(machine(), str(gt), year="2020")
+
+
 # ------------------------------------------------------------------ metrics
 
 
