@@ -42,6 +42,7 @@ import copy
 import dataclasses
 import json
 import os
+import zlib
 from typing import Any, Mapping, Sequence
 
 from absl import logging
@@ -129,6 +130,36 @@ def _first_non_finite(tree) -> str | None:
     if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and not bool(
         jnp.all(jnp.isfinite(leaf))):
       return path
+  return None
+
+
+_CHECKSUMS = "_checksums"  # in the metadata JSON: crc32 of each saved array's bytes
+
+
+def _checksums(tree) -> dict[str, str] | None:
+  """``{'params/dense_0/kernel': 'crc32 hex', ...}`` of every leaf's bytes (a host
+  copy), or None when a leaf is an array this process does not hold whole (a
+  multi-host state: each host holds its shards only)."""
+  sums = {}
+  for path, leaf in _leaf_paths(tree).items():
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return None
+    data = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    sums[path] = f"{zlib.crc32(data.tobytes()):08x}"
+  return sums
+
+
+def _first_changed(tree, stored: Any, *, prefix: str = "") -> str | None:
+  """The path of the first leaf of ``tree`` whose bytes differ from the checksum
+  stored at save (``prefix`` + its path), or None (also without stored checksums:
+  checkpoints written before they were, or by several hosts)."""
+  if not isinstance(stored, Mapping) or not stored:
+    return None
+  now = _checksums(tree)
+  for path, value in (now or {}).items():
+    want = stored.get(prefix + path)
+    if want is not None and want != value:
+      return prefix + path
   return None
 
 
@@ -287,6 +318,10 @@ class Checkpointer:
       if damaged is not None:
         raise self._error(step, f"'{damaged}' was read back with NaN or inf values, which "
                           "no saved state holds; its files are damaged")
+      changed = _first_changed(state, self._stored_checksums(step))
+      if changed is not None:
+        raise self._error(step, f"'{changed}' was read back with other bytes than were "
+                          "saved (its checksum differs); its files are damaged")
     except CheckpointError as e:
       self._restore_failed = str(e)
       raise
@@ -326,7 +361,21 @@ class Checkpointer:
     if damaged is not None:
       raise self._error(step, f"'{key}/{damaged}' was read back with NaN or inf values, "
                         "which no saved state holds; its files are damaged")
+    changed = _first_changed(restored[_STATE][key], self._stored_checksums(step),
+                             prefix=f"{key}/")
+    if changed is not None:
+      raise self._error(step, f"'{changed}' was read back with other bytes than were saved "
+                        "(its checksum differs); its files are damaged")
     return restored[_STATE][key]
+
+  def _stored_checksums(self, step: int) -> Any:
+    """The checksums saved with ``step`` (None if none or unreadable: the metadata's
+    own errors are reported by those who read it)."""
+    path = self.directory / str(step) / _METADATA / _METADATA_FILE
+    try:
+      return json.loads(path.read_text()).get(_CHECKSUMS)
+    except (OSError, ValueError, AttributeError):
+      return None
 
   def _error(self, step: int, problem: str, *,
              kind: type[CheckpointError] = CheckpointError) -> CheckpointError:
@@ -445,11 +494,15 @@ class Checkpointer:
       if force:
         self._rewrite_metadata(step)
       return False
+    metadata = dict(self._metadata)
+    sums = _checksums(state)  # verified on every restore: damaged bytes are refused
+    if sums is not None:
+      metadata[_CHECKSUMS] = sums
     self._manager.save(
         step,
         args=ocp.args.Composite(**{
             _STATE: ocp.args.StandardSave(state),
-            _METADATA: ocp.args.JsonSave(self._metadata),
+            _METADATA: ocp.args.JsonSave(metadata),
         }),
         force=True,  # The interval is decided above.
     )
@@ -463,9 +516,12 @@ class Checkpointer:
     if not path.exists():
       logging.warning("%s: no metadata file to update for step %d.", self.directory, step)
       return
-    if json.loads(path.read_text()) == self._metadata or jax.process_index() != 0:
+    stored = json.loads(path.read_text())
+    sums = stored.pop(_CHECKSUMS, None) if isinstance(stored, dict) else None
+    if stored == self._metadata or jax.process_index() != 0:
       return
-    fileio.write_json(path, self._metadata)  # atomic: readers see the old or the new file
+    # atomic: readers see the old or the new file; the state's checksums are kept
+    fileio.write_json(path, {**self._metadata, **({_CHECKSUMS: sums} if sums else {})})
     logging.info("Updated the metadata of checkpoint step %d in %s.", step,
                  self.directory)
 
@@ -527,7 +583,10 @@ def read_metadata(workdir: os.PathLike | str, *, step: int | None = None) -> dic
     step = steps[-1]
   path = directory / str(step) / _METADATA / _METADATA_FILE
   try:
-    return json.loads(path.read_text())
+    stored = json.loads(path.read_text())
+    if isinstance(stored, dict):
+      stored.pop(_CHECKSUMS, None)  # the state's, checked on restore: not metadata
+    return stored
   except (OSError, ValueError) as e:
     hint = _delete_hint(directory, step, steps) if steps and step == steps[-1] else ""
     raise CheckpointError(f"Metadata of checkpoint step {step} in {directory} "

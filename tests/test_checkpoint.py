@@ -11,6 +11,7 @@ training loop that the SIGKILL/SIGTERM test starts in subprocesses.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pathlib
 import shutil
@@ -340,6 +341,52 @@ def test_a_checkpoint_read_back_with_nan_or_inf_is_refused(tmp_path):
                        match=r"'params/hidden_1/kernel' was read back with NaN or inf"):
       ckpt.restore_part(1, init_state().params, key="params")
   assert _files(tmp_path) == before
+
+
+def test_flipped_bits_are_refused_or_harmless_never_restored_silently(tmp_path):
+  """A bit flipped in a saved array's file may decompress into other finite values (a
+  weight -0.02018601 read as -0.02018314): the checksums saved with each checkpoint make
+  every restore either an error naming the leaf or the state as saved, bit for bit."""
+  state = init_state(width=64)
+  with checkpoint.Checkpointer(tmp_path / "w", save_interval_steps=1) as ckpt:
+    ckpt.restore_or_init(init_state(width=64))
+    ckpt.maybe_save(1, state, force=True)
+  data = max((p for p in (tmp_path / "w" / "checkpoints" / "1" / "state").rglob("*")
+              if p.is_file()), key=lambda p: p.stat().st_size)
+  size, outcomes = data.stat().st_size, []
+  for k in range(12):
+    copy = tmp_path / f"c{k}"
+    shutil.copytree(tmp_path / "w", copy)
+    target = copy / data.relative_to(tmp_path / "w")
+    raw = bytearray(target.read_bytes())
+    raw[size * (k + 1) // 14] ^= 0x10
+    target.write_bytes(bytes(raw))
+    try:
+      with checkpoint.Checkpointer(copy) as ckpt:
+        restored, _ = ckpt.restore_or_init(init_state(width=64))
+    except checkpoint.CheckpointError as e:
+      outcomes.append("checksum" if "checksum differs" in str(e) else "error")
+      continue
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(restored),
+                                                    jax.tree_util.tree_leaves(state)))
+    assert same, f"flip {k} restored a changed state without an error"
+    outcomes.append("same")
+  assert "checksum" in outcomes, outcomes  # some flips decode: only the checksum sees them
+  # read-only restores check too; a checkpoint without checksums (older) still restores
+  meta = tmp_path / "w" / "checkpoints" / "1" / "metadata" / "metadata.json"
+  stored = json.loads(meta.read_text())
+  assert set(stored["_checksums"]) >= {"params/hidden_1/kernel", "step"}
+  assert "_checksums" not in checkpoint.read_metadata(tmp_path / "w")
+  stored["_checksums"]["params/hidden_1/kernel"] = "00000000"
+  meta.write_text(json.dumps(stored))
+  with checkpoint.Checkpointer(tmp_path / "w", read_only=True) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"'params/hidden_1/kernel' was read back with other bytes"):
+      ckpt.restore_part(1, init_state(width=64).params, key="params")
+  del stored["_checksums"]
+  meta.write_text(json.dumps(stored))
+  with checkpoint.Checkpointer(tmp_path / "w") as ckpt:
+    assert ckpt.restore_or_init(init_state(width=64))[1] == 1
 
 
 def test_saving_behind_an_existing_checkpoint_is_refused(saved_workdir):
