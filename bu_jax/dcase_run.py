@@ -806,9 +806,15 @@ def _list_all(settings: Settings, root: str, machine_types: Sequence[str],
 
 
 def _metric_year(settings: Settings, md: dcase.MachineData) -> str:
-  """The DCASE year whose metrics score ``md`` (``--year``, else read from the names)."""
-  return (dcase.metric_year(settings.year) if settings.year != "auto"
-          else dcase.detect_year([c.meta for c in md.train + md.test]))
+  """The DCASE year whose metrics score ``md``: ``--year``; else 2021 for DCASE 2021's
+  own layout (``source_test/``, ``target_test/``: only its sets hold them, and its
+  free-form name suffixes, a valve's ``_pattern_00_no_pump``, can read as 2022+
+  attribute pairs); else read from the names."""
+  if settings.year != "auto":
+    return dcase.metric_year(settings.year)
+  if any(os.path.isdir(os.path.join(md.directory, f)) for f in dcase.DOMAIN_TEST_FOLDERS):
+    return "2021"
+  return dcase.detect_year([c.meta for c in md.train + md.test])
 
 
 def _mark_rare(listed: dict, labels: dict, *, source: str) -> dict[str, int]:

@@ -905,3 +905,23 @@ def test_machine_types_of_different_conventions_are_refused_before_training(tmp_
                      r"2020; fan: 2022-2025\); a run scores them all by one: pass --year"):
     dcase_run.run(_settings(tmp_path / "w", data_root=str(tmp_path / "root"),
                             synthetic_kwargs=None, losses=("re",)))
+
+
+def test_dcase2021_layout_is_scored_by_2021_metrics_under_auto(tmp_path):
+  """A 2021 valve's names (``_pattern_00_no_pump``) read as 2022+ attribute pairs; its
+  source_test/ and target_test/ folders, which only DCASE 2021's sets hold, say 2021."""
+  from bu_jax import dcase  # pylint: disable=g-import-not-at-top
+  sr, tone = 16000, np.zeros(1600, np.float32) + 0.1
+  suffix = "pattern_00_no_pump"
+  names = {"train": [f"section_00_source_train_normal_{i:04d}_{suffix}.wav" for i in range(2)],
+           "source_test": [f"section_00_source_test_normal_0000_{suffix}.wav"],
+           "target_test": [f"section_00_target_test_anomaly_0000_{suffix}.wav"]}
+  for folder, files in names.items():
+    os.makedirs(tmp_path / "valve" / folder)
+    for name in files:
+      soundfile.write(tmp_path / "valve" / folder / name, tone, sr)
+  md = dcase.load_machine_type(str(tmp_path), "valve", load_audio=False)
+  assert dcase.detect_year([c.meta for c in md.train + md.test]) == "2022"  # names alone
+  settings = _settings(tmp_path / "w", data_root=str(tmp_path), synthetic_kwargs=None)
+  assert dcase_run._metric_year(settings, md) == "2021"  # pylint: disable=protected-access
+  assert dcase_run._metric_year(dataclasses.replace(settings, year="2023"), md) == "2022"  # pylint: disable=protected-access
