@@ -376,6 +376,17 @@ def test_a_recording_that_never_changes_gets_a_note(trained, tmp_path):
   assert not any("scores alike" in n for n in notes["hiss.wav"])
 
 
+def _notes_per_recording(trained, tmp_path, paths) -> dict[str, list[str]]:
+  """Scores ``paths`` (name -> file) in 1-s pieces: {path: the note of each piece}."""
+  detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.0,
+      paths=list(paths.values())))
+  notes = {}
+  for row in detector_lib.read_csv(tmp_path / "s.csv"):
+    notes.setdefault(row["path"], []).append(row["note"])
+  return notes
+
+
 def test_resampled_and_lossy_coded_recordings_get_a_note(trained, tmp_path, caplog):
   """A recording made at another rate, or coded by MP3 or Opus, may score above phi
   when normal: each of its rows says so (logged once); a 16-kHz WAV, FLAC or Vorbis
@@ -392,12 +403,7 @@ def test_resampled_and_lossy_coded_recordings_get_a_note(trained, tmp_path, capl
     soundfile.write(paths[name], librosa.resample(wave, orig_sr=SR, target_sr=rate), rate,
                     format=_FORMATS.get(name.rsplit(".", 1)[-1]), **options)
   caplog.clear()
-  detector_lib.run(detector_lib.ScoreSettings(
-      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.0,
-      paths=list(paths.values())))
-  notes = {}
-  for row in detector_lib.read_csv(tmp_path / "s.csv"):
-    notes.setdefault(row["path"], []).append(row["note"])
+  notes = _notes_per_recording(trained, tmp_path, paths)
   note = lambda name: notes[paths[name]][0]
   assert all(len(set(n)) == 1 and len(n) == 2 for n in notes.values())  # on every piece
   assert not note("wav") and not note("flac") and not note("ogg")
@@ -439,12 +445,8 @@ def test_stereo_channels_that_cancel_in_the_mono_mix_get_a_note(trained, tmp_pat
     monkeypatch.setattr(audio, "STREAM_SECONDS", stream_seconds)
     monkeypatch.setattr(audio, "_file_mix_powers", None)  # never called
   caplog.clear()
-  detector_lib.run(detector_lib.ScoreSettings(
-      workdir=trained["model_dir"], out=str(tmp_path / "s.csv"), piece_s=1.0,
-      paths=list(paths.values())))
-  notes = {}
-  for row in detector_lib.read_csv(tmp_path / "s.csv"):
-    notes.setdefault(os.path.basename(row["path"])[:-4], []).append(row["note"])
+  notes = {os.path.basename(path)[:-4]: n
+           for path, n in _notes_per_recording(trained, tmp_path, paths).items()}
   assert [len(n) for n in notes.values()] == [3, 3, 3, 3]  # every piece of each
   cancel = "its channels cancel when averaged to mono (the mix {}: one channel inverted?): score one channel"
   assert notes["inverted"] == [cancel.format("is silent")] * 3  # no "every frame scores alike"
