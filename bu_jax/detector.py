@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import glob
 import os
 import tempfile
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
@@ -913,6 +914,8 @@ class Report:
   events_path: Optional[str] = None
   calibration_s: Optional[float] = None
   piece_s: float = 0.0  # --piece_s (0: whole recordings)
+  # PNGs in the plots' folder that this run did not write (an earlier run's).
+  earlier_plots: list[str] = dataclasses.field(default_factory=list)
 
   def _length_note(self) -> Optional[str]:
     """A line on the recordings much longer than the clips φ was set on."""
@@ -967,7 +970,9 @@ class Report:
     if length_note:
       lines.insert(-1, length_note)
     if self.plot_paths:
-      lines.append(f"Plots: {os.path.dirname(self.plot_paths[0])}")
+      lines.append(f"Plots: {os.path.dirname(self.plot_paths[0])}" + (
+          f" (and {len(self.earlier_plots)} PNG(s) there from an earlier run, of recordings "
+          "not in this run's scores)" if self.earlier_plots else ""))
     return "\n".join(lines)
 
 
@@ -1122,7 +1127,10 @@ def run(settings: ScoreSettings) -> Report:
   events_path = write_events_csv(events_csv_path(csv_path), results)
   plot_paths = (plots.write_frame_score_plots(plot_dir, results, failures) if settings.plots
                 else [])
+  written = {os.path.abspath(p) for p in plot_paths}
+  earlier = sorted(p for p in glob.glob(os.path.join(glob.escape(plot_dir), "*.png"))
+                   if os.path.abspath(p) not in written) if plot_paths else []
   return Report(detector=detector, threshold=phi, threshold_source=source, results=results,
                 failures=failures, csv_path=csv_path, events_path=events_path,
                 plot_paths=plot_paths, calibration_s=calibration_s,
-                piece_s=settings.piece_s)
+                piece_s=settings.piece_s, earlier_plots=earlier)

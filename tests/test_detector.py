@@ -313,6 +313,14 @@ def test_run_writes_csv_plots_and_skips_bad_files(trained, tmp_path):
   table = report.summary()
   assert "FAILED" in table and "anomalous" in table
   assert detector_lib.format_events(report.results[1][1].events, decimals=2) in table
+  assert "from an earlier run" not in table
+  # Again into the same folder, one recording: the other two PNGs are named as an earlier run's.
+  again = detector_lib.run(detector_lib.ScoreSettings(
+      workdir=trained["workdir"], loss="bu", plots=True, out=str(tmp_path / "out" / "s.csv"),
+      paths=[trained["files"]["burst_22k"]]))
+  assert again.earlier_plots == [str(tmp_path / "out" / "plots" / n)
+                                 for n in ("rec_burst.png", "rec_normal.png")]
+  assert "(and 2 PNG(s) there from an earlier run" in again.summary()
 
   # A folder, all readable: exit status 0; --threshold overrides the stored phi.
   report = detector_lib.run(detector_lib.ScoreSettings(
