@@ -44,7 +44,9 @@ def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) ->
   A Python / NumPy number out of range raises ValueError naming ``name`` (1e39
   overflows; 1e-50 is 0 there, and a positive value below the smallest normal
   float32, 1.2e-38, is refused); a bool is refused (``sigma=True`` is a slip,
-  not 1). A 0-d NumPy or concrete JAX array is checked as its number. A traced
+  not 1), and so is anything but a number or a 0-d numeric array (a string, None,
+  a list, an array of several values). A 0-d NumPy or concrete JAX array is
+  checked as its number. A traced
   value cannot be inspected under ``jax.jit``: it is returned as a float32
   array that is NaN where it is out of range, so every weight or loss computed
   from it is NaN and the training loop's non-finite loss check
@@ -53,7 +55,15 @@ def _check_hyperparameter(name: str, value: Any, *, allow_zero: bool = False) ->
   """
   if isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_:
     raise ValueError(f"{name} must be a number, got {value!r}")
-  if not isinstance(value, numbers.Real) and hasattr(value, "dtype") and np.ndim(value) == 0:
+  if not isinstance(value, numbers.Real) and not (
+      hasattr(value, "dtype") and np.ndim(value) == 0
+      and np.issubdtype(np.dtype(value.dtype), np.number)):
+    # a string, None, a list or an array of several values: once a string or a list passed
+    # as its number and an array failed in a broadcast deep inside the loss
+    shape = f" of shape {np.shape(value)}" if hasattr(value, "shape") else ""
+    raise ValueError(f"{name} must be a number (a scalar), got {type(value).__name__}"
+                     f"{shape}: {value!r}")
+  if not isinstance(value, numbers.Real):
     try:
       value = float(value)  # a 0-d array with a value now: checked below
     except TypeError:  # a tracer (jax.errors.ConcretizationTypeError): NaN where out of range

@@ -512,6 +512,33 @@ def test_hyperparameters_out_of_range_raise_value_error_naming_them(arg, value):
       call()
 
 
+@pytest.mark.parametrize("value", ["0.1", [0.1], None, np.ones(2), jnp.ones(2), np.array("0.1")])
+def test_hyperparameters_that_are_not_numbers_raise_value_error_naming_them(value):
+  """A string or a list once passed as its number, None and an array of several values
+  failed deep inside JAX (a broadcast, ``jnp.array``) without naming the argument."""
+  xu, xa, _, _ = _batch()
+  su, sa = xu[:, 0] ** 2, xa[:, 0] ** 2
+  calls = {"lam": [lambda: losses.bu_loss(su, sa, xu, lam=value),
+                   lambda: losses.anomaly_term(sa, lam=value),
+                   lambda: losses.snp_loss(su, sa, lam=value),
+                   lambda: losses.bu_loss_from_weights(su, sa, np.ones_like(su), lam=value)],
+           "eps": [lambda: losses.bu_loss(su, sa, xu, lam=LAM, eps=value),
+                   lambda: kde.kde_weights(xu, sigma=SIGMA, eps=value)],
+           "sigma": [lambda: kde.kde_weights(xu, sigma=value),
+                     lambda: kde.kde_density(xu, sigma=value),
+                     lambda: kde.sampling_probabilities(xu, sigma=value)],
+           "base_sigma": [lambda: kde.contrast_sigma(xu, base_sigma=value)],
+           "tilt": [lambda: losses.tilted_weights(su, tilt=value)],
+           "temperature": [lambda: kde.sampling_probabilities(xu, sigma=SIGMA,
+                                                              temperature=value)]}
+  if value is not None:  # bu_loss's sigma=None is the paper's 1/(2D)
+    calls["sigma"].append(lambda: losses.bu_loss(su, sa, xu, lam=LAM, sigma=value))
+  for name, fns in calls.items():
+    for call in fns:
+      with pytest.raises(ValueError, match=f"^{name} must be a number"):
+        call()
+
+
 def test_feature_rows_given_as_lists_are_arrays():
   """Nested lists are rows like an array's (once an AttributeError on ``.shape``)."""
   xu, xa, _, _ = _batch()
