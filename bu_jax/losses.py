@@ -27,10 +27,12 @@ sigma = 1/(2D) on standardized features and lambda = 2M (M mel bands) for audio
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bu_jax import kde
 
@@ -390,7 +392,15 @@ def paper_hyperparameters(*, dim: int, n_mels: Optional[int] = None) -> dict:
 
   Returns:
     ``{"sigma": float, "lam": float}``.
+
+  Raises:
+    ValueError: ``dim`` or ``n_mels`` is not a positive integer.
   """
+  for name, value in (("dim", dim), ("n_mels", n_mels)):
+    if value is None and name == "n_mels":
+      continue
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+      raise ValueError(f"{name} must be a positive integer, got {value!r}")
   if n_mels is None:
     return {"sigma": 2.0 * dim, "lam": 2.0 * dim}
   return {"sigma": 1.0 / (2.0 * dim), "lam": 2.0 * n_mels}

@@ -159,6 +159,14 @@ def test_losses_against_hand_formulas():
 def test_paper_hyperparameters():
   assert losses.paper_hyperparameters(dim=1344, n_mels=64) == {"sigma": 1 / 2688, "lam": 128.0}
   assert losses.paper_hyperparameters(dim=2) == {"sigma": 4.0, "lam": 4.0}
+  assert losses.paper_hyperparameters(dim=np.int64(440), n_mels=40)["lam"] == 80.0
+  # once a ZeroDivisionError (dim=0) or a negative sigma and lambda (dim=-3) in silence
+  for kwargs, name in [({"dim": 0, "n_mels": 40}, "dim"), ({"dim": -3}, "dim"),
+                       ({"dim": 440.5, "n_mels": 40}, "dim"), ({"dim": True}, "dim"),
+                       ({"dim": "440"}, "dim"), ({"dim": 440, "n_mels": 0}, "n_mels"),
+                       ({"dim": 440, "n_mels": 40.0}, "n_mels")]:
+    with pytest.raises(ValueError, match=f"^{name} must be a positive integer"):
+      losses.paper_hyperparameters(**kwargs)
 
 
 # ---------------------------------------------------------- property tests
