@@ -534,8 +534,13 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
   base_sigma = _check_hyperparameter("base_sigma", base_sigma)
   if isinstance(probe_rows, bool) or not isinstance(probe_rows, numbers.Integral) or probe_rows < 1:
     raise ValueError(f"probe_rows must be a positive integer, got {probe_rows!r}")
-  if not factors or any(not (math.isfinite(f) and f > 0) for f in factors):
-    raise ValueError(f"factors must be positive finite numbers, got {factors}")
+  given = factors
+  # a NumPy / JAX array of factors is a sequence too (it once failed on its truth value)
+  factors = tuple(np.asarray(factors).tolist()) if hasattr(factors, "shape") else tuple(factors)
+  if (np.ndim(given) != 1 or not factors
+      or any(isinstance(f, bool) or not isinstance(f, numbers.Real)
+             or not (math.isfinite(f) and f > 0) for f in factors)):
+    raise ValueError(f"factors must be a sequence of positive finite numbers, got {given!r}")
   z, valid, groups, _ = _global_rows(x, mask, axis_name,
                                      standardize_features=standardize_features, groups=groups)
   m = z.shape[0]

@@ -892,3 +892,14 @@ def test_sampling_probabilities_sharded_equal_single_device(n_dev):
       mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data")))(
           *(jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, mask)))
   np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-8)
+
+
+def test_contrast_sigma_takes_factors_as_an_array_and_refuses_non_numbers_naming_them():
+  """An array of factors once failed on its truth value (no name); a bool passed as 1."""
+  xu, _, _, _ = _batch()
+  want = float(kde.contrast_sigma(xu, base_sigma=SIGMA, factors=(0.5, 4.0, 32.0)))
+  for factors in (np.array([0.5, 4.0, 32.0]), jnp.asarray([0.5, 4.0, 32.0]), [0.5, 4, 32.0]):
+    assert float(kde.contrast_sigma(xu, base_sigma=SIGMA, factors=factors)) == want
+  for factors in ((True, 2.0), ("1",), np.ones((2, 2)), (), np.array([1.0, np.nan]), (1.0, -2.0)):
+    with pytest.raises(ValueError, match="^factors must be"):
+      kde.contrast_sigma(xu, base_sigma=SIGMA, factors=factors)
