@@ -171,23 +171,35 @@ def weighted_mean(scores: jax.Array, *, weights: jax.Array,
 
   Args:
     scores: (M,) anomaly scores.
-    weights: (M,) non-negative weights (``kde.kde_weights``).
+    weights: (M,) non-negative weights (``kde.kde_weights``); a negative one
+      makes the result NaN.
     mask: optional (M,) booleans, True for valid entries; the scores of the
       others are replaced by 0 before any arithmetic (zero gradient).
     axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
 
   Returns:
-    float32 scalar; 0 when no valid entry has a positive weight.
+    float32 scalar, the same for any positive scale of the weights; 0 when no
+    valid entry has a positive weight.
   """
   scores = _vector(scores, "scores")
   w = _vector(weights, "weights", scores.shape[0]).astype(jnp.float32)
   if mask is not None:
-    w = jnp.where(_vector(mask, "mask", scores.shape[0]), w, 0.0)
+    w = jnp.where(_vector(mask, "mask", scores.shape[0]).astype(jnp.bool_), w, 0.0)
+  # A negative weight makes the result NaN (it once entered the normalizer but not the
+  # numerator). The weights are taken in units of a power of two near their largest
+  # (exact: ordinary weights give the same bits), so their scale cannot overflow the
+  # sums (weights near 1e37) or underflow the products (weights near 1e-37).
+  w = jnp.where(w < 0, jnp.nan, w)
+  top = jnp.max(jnp.where(jnp.isfinite(w), w, 0.0), initial=0.0)
+  if axis_name is not None:
+    top = jax.lax.pmax(top, axis_name)
+  _, exponent = jnp.frexp(top)
+  w = jnp.ldexp(w, -jnp.clip(exponent - 1, -126, 127))
   scores = jnp.where(w > 0, scores.astype(jnp.float32), 0.0)
   num, den = jnp.sum(w * scores), jnp.sum(w)
   if axis_name is not None:
     num, den = jax.lax.psum(num, axis_name), jax.lax.psum(den, axis_name)
-  return num / jnp.where(den > 0, den, 1.0)  # any positive scale of the weights alike
+  return num / jnp.where(den > 0, den, 1.0)
 
 
 def bu_loss(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.Array,
@@ -296,7 +308,7 @@ def bu_loss_from_weights(scores_u: jax.Array, scores_a: jax.Array, weights: jax.
   Args:
     scores_u: (M_u,) anomaly scores A(x) (eq. 5) of the normal frames.
     scores_a: (M_a,) anomaly scores of the simulated anomalous frames.
-    weights: (M_u,) non-negative weights w_i.
+    weights: (M_u,) non-negative weights w_i (a negative one makes the loss NaN).
     lam: lambda > 0 (finite) of eq. (10).
     mask_u, mask_a: optional validity masks.
     axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.

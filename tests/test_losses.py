@@ -700,6 +700,17 @@ def test_weighted_mean_does_not_depend_on_the_weights_scale():
     np.testing.assert_allclose(float(losses.weighted_mean(s, weights=w * np.float32(scale))), ref,
                                rtol=1e-3)
   assert float(losses.weighted_mean(s, weights=np.zeros_like(w))) == 0.0
+  # across float32's range: the sums once overflowed (inf / inf = NaN near 2**125) and
+  # the products underflowed (2**-120); ordinary weights give the same bits as before
+  for k in (-120, -64, 64, 125):
+    got = losses.weighted_mean(s, weights=w * np.float32(2.0 ** k))
+    np.testing.assert_allclose(float(got), ref, rtol=1e-6, err_msg=k)
+  loss, normal = losses.bu_loss_from_weights(s, s[:3], w * np.float32(2.0 ** 125), lam=LAM)
+  np.testing.assert_allclose(float(normal), ref, rtol=1e-6)
+  # a negative weight is out of range: NaN, not a number with it in the normalizer only
+  assert np.isnan(float(losses.weighted_mean(s, weights=w.copy() * np.r_[-1, np.ones(s.size - 1)])))
+  masked = losses.weighted_mean(s, weights=np.r_[-1, w[1:]], mask=np.arange(s.size) > 0)
+  np.testing.assert_allclose(float(masked), np.sum(w[1:] * s[1:]) / np.sum(w[1:]), rtol=1e-5)
 
 
 def test_standardize_and_density_have_finite_gradients_at_constant_dimensions():
