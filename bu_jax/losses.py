@@ -11,8 +11,9 @@ model) and, for BU, the normal frames' features. Every function takes:
   single-device value on the concatenated batch).
 
 Masks are applied to the scores before any nonlinearity (``jnp.where``), so
-garbage in a masked-out row (NaN, inf, huge values) changes neither the loss
-nor any gradient. With no valid normal frame (M_u = 0: an empty array or an
+garbage in a masked-out row (NaN, inf, huge values) of the scores and features
+changes neither the loss nor any gradient (a model's backward pass through such
+an input row is NaN: zero the rows before the model). With no valid normal frame (M_u = 0: an empty array or an
 all-False ``mask_u``) the normal term of every loss is 0, and with no valid
 anomalous frame L_a is 0; the losses are then finite (RE: 0; SNP and BU: -L_a).
 

@@ -914,3 +914,26 @@ def test_contrast_sigma_takes_factors_as_an_array_and_refuses_non_numbers_naming
   for factors in ((True, 2.0), ("1",), np.ones((2, 2)), (), np.array([1.0, np.nan]), (1.0, -2.0)):
     with pytest.raises(ValueError, match="^factors must be"):
       kde.contrast_sigma(xu, base_sigma=SIGMA, factors=factors)
+
+
+def test_masked_garbage_rows_zeroed_before_the_model_leave_the_parameter_gradients():
+  """The README's mask contract holds for the scores and features; a model's own backward
+  pass through a NaN input row is NaN (0 x NaN), so the rows are zeroed before it."""
+  xu, xa, _, _ = _batch()
+  mu = np.arange(xu.shape[0]) % 4 != 0
+  garbage = np.where(mu[:, None], xu, np.nan).astype(np.float32)
+  model = nn.Dense(xu.shape[1])
+  params = model.init(jax.random.key(0), xu)
+
+  def loss(p, x, zero_first):
+    seen = jnp.where(mu[:, None], x, 0.0) if zero_first else x
+    su = models.anomaly_score(seen, model.apply(p, seen))
+    sa = models.anomaly_score(xa, model.apply(p, xa))
+    return losses.bu_loss(su, sa, x, lam=LAM, mask_u=mu)
+
+  clean = jax.value_and_grad(loss)(params, np.where(mu[:, None], xu, 0.0), True)
+  zeroed = jax.value_and_grad(loss)(params, garbage, True)
+  for a, b in zip(jax.tree.leaves(clean), jax.tree.leaves(zeroed)):
+    np.testing.assert_array_equal(a, b)
+  _, through = jax.value_and_grad(loss)(params, garbage, False)
+  assert np.isnan(np.asarray(through["params"]["kernel"])).any()  # why the README says so
