@@ -27,10 +27,14 @@ class FCNAutoencoder(nn.Module):
   With ``standardize_input`` the AE works on standardized features
   z = (x - mean) * scale, with per-dimension statistics of the normal
   training frames held in the parameters ``input_mean`` and ``input_scale``
-  (set by ``set_input_statistics``; they receive no gradient, so the
-  optimizer never moves them, and they travel with every checkpoint). The
-  anomaly score (eq. 5) is then the reconstruction error of z, i.e. every
-  feature dimension counts in units of its normal spread.
+  (set by ``set_input_statistics``; they receive no gradient, so an optimizer
+  without weight decay, such as the project's AMSGrad, never moves them, while
+  a decoupled weight decay (``optax.adamw``) shrinks them unless its ``mask``
+  leaves them out; they travel with every checkpoint). The anomaly score
+  (eq. 5) is then the reconstruction error of z, i.e. every feature dimension
+  counts in units of its normal spread: take it from ``score`` (or
+  ``score_fn``), not ``anomaly_score(x, model(x))``, which compares x with the
+  reconstruction of z.
   """
 
   dim: int  # D

@@ -89,3 +89,26 @@ def test_bfloat16_ae_reconstructs_in_float32():
   assert float(models.anomaly_score(frame[None], recon)[0]) == 0.0
   hidden = model.apply({"params": out}, frame[None], method=model.encode)
   assert hidden.dtype == jnp.bfloat16  # the rest of the AE did run in bfloat16
+
+
+def test_standardized_ae_scores_by_score_fn_and_weight_decay_needs_a_mask():
+  """What the class docstring says: eq. (5) of a standardize_input AE is ``score``'s (the
+  error of z), and optax.adamw moves the statistics unless its mask leaves them out."""
+  import optax  # pylint: disable=import-outside-toplevel
+  x = np.random.default_rng(0).normal(3.0, 2.0, (16, 6)).astype(np.float32)
+  ae = models.FCNAutoencoder(dim=6, hidden_layers=1, units=8, bottleneck=2,
+                             standardize_input=True)
+  params = models.set_input_statistics(ae.init(jax.random.key(0), x)["params"],
+                                       x.mean(0), x.std(0))
+  z = (x - x.mean(0)) / x.std(0)
+  recon = ae.apply({"params": params}, x)
+  np.testing.assert_allclose(models.score_fn(ae)(params, x), models.anomaly_score(z, recon),
+                             rtol=1e-5)
+  assert not np.allclose(models.anomaly_score(x, recon), models.anomaly_score(z, recon))
+  grads = jax.grad(lambda p: models.score_fn(ae)(p, x).sum())(params)
+  stats = ("input_mean", "input_scale")
+  for mask, moved in ((None, True), ({k: k not in stats for k in params}, False)):
+    opt = optax.adamw(1e-2, weight_decay=0.1, mask=mask)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    after = optax.apply_updates(params, updates)
+    assert (not np.array_equal(after["input_scale"], params["input_scale"])) == moved
