@@ -129,6 +129,8 @@ def _rows(x: jax.Array, name: str = "x") -> jax.Array:
   if x.ndim != 2:
     raise ValueError(f"{name} must be (M, D) feature rows, got shape {x.shape} "
                      "(one frame per row; reshape a single dimension to (M, 1))")
+  if x.shape[1] == 0:  # every distance 0: uniform weights, BU as SNP in silence
+    raise ValueError(f"{name} must be (M, D) feature rows with D >= 1, got shape {x.shape}")
   return x
 
 

@@ -273,11 +273,12 @@ def bu_loss_with_aux(scores_u: jax.Array, scores_a: jax.Array, features_u: jax.A
   eps = kde._check_hyperparameter("eps", eps, allow_zero=True)
   scores_u, mask_u = _scores_and_mask(scores_u, mask_u, "u")
   features_u = jnp.asarray(features_u)
-  if jnp.ndim(features_u) != 2 or jnp.shape(features_u)[0] != scores_u.shape[0]:
+  if (jnp.ndim(features_u) != 2 or jnp.shape(features_u)[0] != scores_u.shape[0]
+      or jnp.shape(features_u)[1] == 0):
     raise ValueError(f"features_u must be ({scores_u.shape[0]}, D), one row per score of "
                      f"scores_u, got {jnp.shape(features_u)}")
   if sigma is None:
-    sigma = 1.0 / (2.0 * max(features_u.shape[-1], 1))
+    sigma = 1.0 / (2.0 * features_u.shape[-1])
   sigma = kde._check_hyperparameter("sigma", sigma)
   weights = kde.kde_weights(features_u, sigma=sigma, eps=eps, mask=mask_u,
                             axis_name=axis_name,

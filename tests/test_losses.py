@@ -937,3 +937,19 @@ def test_masked_garbage_rows_zeroed_before_the_model_leave_the_parameter_gradien
     np.testing.assert_array_equal(a, b)
   _, through = jax.value_and_grad(loss)(params, garbage, False)
   assert np.isnan(np.asarray(through["params"]["kernel"])).any()  # why the README says so
+
+
+def test_feature_rows_without_a_dimension_are_refused_naming_them():
+  """(M, 0) features once gave uniform weights (every distance 0): BU as SNP in silence,
+  as a 1-D array would."""
+  su = np.linspace(1, 2, 6).astype(np.float32)
+  empty = np.zeros((6, 0), np.float32)
+  with pytest.raises(ValueError, match="^features_u must be"):
+    losses.bu_loss(su, su, empty, lam=LAM)
+  for call in (lambda: kde.kde_weights(empty, sigma=SIGMA),
+               lambda: kde.kde_density(empty, sigma=SIGMA),
+               lambda: kde.sampling_probabilities(empty, sigma=SIGMA),
+               lambda: kde.contrast_sigma(empty, base_sigma=SIGMA)):
+    with pytest.raises(ValueError, match=r"^x must be \(M, D\) feature rows with D >= 1"):
+      call()
+  assert kde.kde_weights(np.zeros((0, 3), np.float32), sigma=SIGMA).shape == (0,)
