@@ -395,6 +395,28 @@ def test_section_metrics_by_hand():
   assert m20["AUC"] == pytest.approx(sk_metrics.roc_auc_score(labels, scores))
 
 
+def test_precision_recall_f1_tell_false_alarms_from_misses():
+  # tp 2, fp 1, fn 3: precision 2/3, recall 2/5, F1 = 2 p r / (p + r) = 1/2.
+  labels = [1, 1, 1, 1, 1, 0, 0, 0]
+  decisions = [1, 1, 0, 0, 0, 1, 0, 0]
+  p, r, f = dcase_metrics.precision_recall_f1(labels, decisions)
+  assert (p, r, f) == pytest.approx((2 / 3, 2 / 5, 0.5))
+  m = dcase_metrics.section_metrics(labels, [0.0] * 8, decisions, ["source"] * 8, year="2022")
+  assert m["precision (source)"] == pytest.approx(2 / 3)
+  assert m["recall (source)"] == pytest.approx(2 / 5)
+
+
+def test_arithmetic_means_over_sections_are_means_not_medians():
+  cols = dcase_metrics.COLUMNS["2022"]
+  sections = {"00": {c: 0.5 for c in cols}, "01": {c: 0.6 for c in cols},
+              "02": {c: 1.0 for c in cols}}
+  summary = dcase_metrics.summarize({"fan": sections}, year="2022")
+  assert summary["machine_types"]["fan"]["arithmetic mean"]["AUC (source)"] == pytest.approx(0.7)
+  assert summary["overall"]["arithmetic mean"]["pAUC"] == pytest.approx(0.7)
+  assert summary["machine_types"]["fan"]["harmonic mean"]["pAUC"] == pytest.approx(
+      3 / (1 / 0.5 + 1 / 0.6 + 1 / 1.0))
+
+
 def test_partial_aucs_by_hand():
   """pAUC (max FPR 0.1, McClish-standardized as the evaluators' sklearn call) computed
   by hand: with 10 normals the ROC's first step is at FPR 0.1, so the partial area is

@@ -339,6 +339,23 @@ def test_evaluate_conditions_own_normals_and_no_rare():
       "fpr_frequent": None, "fpr_rare": None}
 
 
+def test_shared_normal_pool_only_joins_conditions_without_normals_of_their_own():
+  # "own" has its own normals; "pooled" has only anomalies and borrows the pool
+  # (the normal-only condition "normal"). The pool must not enter "own"'s AUC.
+  clips = [Clip("own_n0.wav", 0, "own", None), Clip("own_n1.wav", 0, "own", None),
+           Clip("own_a0.wav", 1, "own", None),
+           Clip("pool_n0.wav", 0, "normal", None), Clip("pool_n1.wav", 0, "normal", None),
+           Clip("pooled_a0.wav", 1, "pooled", None)]
+  scores = [0.1, 0.2, 0.5, 0.9, 1.0, 0.95]
+  labels, _, groups = evaluate.condition_groups(clips, scores)
+  assert sorted(groups) == ["own", "pooled"]
+  assert sorted(groups["own"].tolist()) == [0, 1, 2]
+  assert sorted(groups["pooled"].tolist()) == [3, 4, 5]
+  result = evaluate.evaluate_conditions(clips, scores, threshold=None)
+  assert result["auc"]["own"] == pytest.approx(1.0)  # 0.5 above 0.1 and 0.2 only
+  assert result["auc"]["pooled"] == pytest.approx(0.5)  # 0.95 above 0.9, below 1.0
+
+
 def test_fpr_frequent_leaves_out_unlisted_clips_once_any_clip_is_labelled():
   # A --rare_clips CSV that lists one rare normal and no other: the unlisted normals
   # are in neither group (as for the AUCs), not counted as frequent.
