@@ -713,6 +713,36 @@ def test_weighted_mean_does_not_depend_on_the_weights_scale():
   np.testing.assert_allclose(float(masked), np.sum(w[1:] * s[1:]) / np.sum(w[1:]), rtol=1e-5)
 
 
+def test_bu_loss_from_weights_passes_no_gradient_through_the_weights():
+  """Eq. (16)'s weights are constants of the step: weights computed from the scores
+  themselves (a user's weighting) give the gradient w_i / sum_j w_j of the normal term."""
+  su = jnp.asarray([1.0, 2.0, 4.0, 0.5], jnp.float32)
+  sa = jnp.asarray([3.0], jnp.float32)
+  grad = jax.grad(lambda s: losses.bu_loss_from_weights(s, sa, s + 1.0, lam=LAM)[0])(su)
+  w = np.asarray(su) + 1.0
+  np.testing.assert_allclose(grad, w / w.sum(), rtol=1e-6)
+
+
+def test_weight_stats_by_hand_masked_and_sharded():
+  """w_max, w_min and ess = (sum w)^2 / sum w^2 over the valid rows (masked rows may hold
+  anything), and the same over the global batch under shard_map."""
+  w = np.float32([1.0, 2.0, 3.0, 100.0, 4.0, 0.5, 2.0, 1e9])
+  mask = np.array([True, True, True, False, True, True, True, False])
+  stats = kde.weight_stats(w, mask=mask)
+  v = w[mask].astype(np.float64)
+  np.testing.assert_allclose(stats["w_max"], 4.0)
+  np.testing.assert_allclose(stats["w_min"], 0.5)
+  np.testing.assert_allclose(stats["ess"], v.sum() ** 2 / np.sum(v * v), rtol=1e-6)
+  assert float(kde.weight_stats(np.ones(5, np.float32))["ess"]) == pytest.approx(5.0)
+  mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
+  sharded = jax.jit(jax.shard_map(
+      lambda a, m: kde.weight_stats(a, mask=m, axis_name="data"),
+      mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P()))(
+          *(jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (w, mask)))
+  for key in ("w_max", "w_min", "ess"):
+    np.testing.assert_allclose(sharded[key], stats[key], rtol=1e-6)
+
+
 def test_standardize_and_density_have_finite_gradients_at_constant_dimensions():
   """A constant dimension maps to 0 (no NaN), and so does its gradient: the
   features of a user's differentiable objective may go through eq. (15)."""
