@@ -272,6 +272,28 @@ def test_contrast_sigma_probes_the_valid_rows_wherever_the_padding_lies():
       float(kde.contrast_sigma(x, base_sigma=1 / 16, probe_rows=256)))
 
 
+def test_contrast_sigma_with_fewer_rows_than_probes_maximizes_the_spread_over_each_row_once():
+  """Fewer valid rows than probe_rows (256), alone or in a padded buffer: sigma is the
+  factor whose ln K (eq. 15) varies most over the batch's rows, each counted once (the
+  probe slots beyond the rows are not probes: counting them as copies of one row moved
+  the choice to 4 or 8 x base here)."""
+  base = 1 / 16
+  for seed in (0, 24, 29):
+    rng = np.random.default_rng(seed)
+    n, r = int(rng.integers(20, 60)), int(rng.integers(2, 10))
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    x[-r:] = 3 + 2 * rng.standard_normal((r, 8))  # a rare mode after the frequent rows
+    spreads = [np.var(np.log(np.asarray(kde.kde_density(x, sigma=f * base), np.float64)))
+               for f in kde.CONTRAST_FACTORS]
+    want = kde.CONTRAST_FACTORS[int(np.argmax(spreads))] * base
+    assert float(kde.contrast_sigma(x, base_sigma=base)) == pytest.approx(want), seed
+    # in a padded buffer of 300 rows (k = 256 probe slots, n valid rows)
+    padded = np.concatenate([x, np.full((300 - n, 8), np.nan, np.float32)])
+    mask = np.arange(300) < n
+    got = float(kde.contrast_sigma(padded, base_sigma=base, mask=mask))
+    assert got == pytest.approx(want), seed
+
+
 def test_memory_weights_reduce_to_batch_weights_and_count_the_memory():
   x, _ = _clusters(n_dense=50, n_sparse=6, dim=8)
   sigma = 1.0 / 16
