@@ -76,6 +76,52 @@ def test_heldout_scales_put_the_fold_models_on_the_main_models_scale():
                                              [(_ConstantScorer(0.0), None)], waves)[0])
 
 
+class _SpikyScorer(_ConstantScorer):
+  """``value`` on every frame but one interior frame of 1000 (a transient)."""
+
+  def __call__(self, params, wave, *, name="waveform", with_codes=False):
+    scores = super().__call__(params, wave, name=name, with_codes=with_codes)
+    frames = scores[0] if with_codes else scores
+    frames[len(frames) // 2] = 1000.0
+    return scores
+
+
+def test_heldout_scales_are_ratios_of_median_frame_scores():
+  """The median, not the mean: one transient frame per held-out clip leaves the scale."""
+  waves = [np.zeros(5000, np.float32) + 0.01] * 3
+  scales = crossfit.heldout_scales((_SpikyScorer(6.0), None),
+                                   [(_SpikyScorer(2.0), None), (_ConstantScorer(3.0), None)],
+                                   waves)
+  assert scales == pytest.approx([3.0, 2.0])
+
+
+def test_bank_scores_put_each_clip_s_out_of_fold_scores_on_the_main_model_s_scale():
+  """Fold models scoring 2 and 3 where the main model scores 6: scaled by 3 and 2,
+  every bank score is 6; the record holds the folds and the scales."""
+  waves = [np.zeros(n, np.float32) + 0.01 for n in (4000, 5000, 4500, 6000)]
+  folds = [[0, 2], [1, 3]]
+  scores, record = crossfit.bank_scores(
+      (_ConstantScorer(6.0), None), [(_ConstantScorer(2.0), None), (_ConstantScorer(3.0), None)],
+      folds, fit_waves=waves, heldout_waves=waves[:2])
+  config = _ConstantScorer.config
+  assert scores.shape == (sum(config.interior_count(len(w)) for w in waves),)
+  np.testing.assert_allclose(scores, 6.0, rtol=1e-6)
+  assert record == {"folds": 2, "clips_per_fold": [2, 2], "scales": [3.0, 2.0]}
+
+
+def test_bu_s_bank_takes_re_s_fold_models_whichever_loss_comes_first():
+  """With BU before RE in a run's losses, RE's fold models still train once."""
+  calls, cache = [], {}
+  def train(owner):
+    calls.append(owner)
+    return [f"{owner}-params"], [[0], [1]], 7
+  got = {loss: crossfit.shared_fold_models(loss, bu_folds="re", cache=cache, train=train)
+         for loss in ("bu", "re")}
+  assert calls == ["re"]
+  assert got == {"bu": ("re", ["re-params"], [[0], [1]], 7),
+                 "re": ("re", ["re-params"], [[0], [1]], 0)}
+
+
 @pytest.mark.parametrize("steps, folds, schedule, expected", [
     (100, 2, "scaled", 50), (500, 2, "scaled", 250), (1, 2, "scaled", 1), (3, 2, "scaled", 2),
     (90, 3, "scaled", 60), (100, 2, "full", 100), (7, 3, "full", 7),

@@ -213,3 +213,35 @@ def test_extract_stays_finite_up_to_the_amplitude_limit():
 def test_feature_config_refuses_values_that_break_the_features(field, value):
   with pytest.raises(ValueError, match=f"FeatureConfig.{field} must be"):
     features.FeatureConfig(**{"n_mels": 40, "context": 5, field: value})
+
+
+def test_statistics_are_the_mean_and_std_of_the_interior_frames():
+  """Per dimension, over the interior frames of all clips pooled (the frames an AE
+  trains on), the population standard deviation, not the variance."""
+  cfg = features.FeatureConfig(n_mels=8, context=1)
+  waves = [_signal(0.5, seed=1), 3.0 * _signal(0.3, seed=2)]
+  mean, std = features.statistics(waves, config=cfg)
+  frames = np.concatenate([np.asarray(features.extract(w, config=cfg), np.float64)
+                           [cfg.interior(len(w))] for w in waves])
+  assert mean.shape == std.shape == (cfg.dim,)
+  np.testing.assert_allclose(mean, frames.mean(axis=0), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(std, frames.std(axis=0), rtol=1e-5, atol=1e-6)
+  assert np.all(std > 0.05) and np.any(np.abs(std - std**2) > 0.05)  # std and var differ
+
+
+@pytest.mark.parametrize("config", [features.FCN40, features.FeatureConfig(n_mels=8, context=2)])
+def test_interior_frames_see_only_the_clip_and_a_clip_always_has_some(config):
+  """Every clip, however short, has frames to score (eq. 11 over an empty set is
+  undefined): the interior frames when it has any, else all of them. Interior frames
+  are those whose every context window lies wholly inside the clip; the next frame on
+  either side is not."""
+  half, hop, c = config.n_fft // 2, config.hop_length, config.context
+  inside = lambda t, n: 0 <= (t - c) * hop - half and (t + c) * hop + half <= n
+  for n in range(1, 8 * config.min_interior_samples):
+    inner = range(config.num_frames(n))[config.interior(n)]
+    assert len(inner) >= 1 and config.interior_count(n) == len(inner), n
+    if len(inner) == config.num_frames(n):  # the fall-back: no frame lies inside
+      assert not any(inside(t, n) for t in inner), n
+      continue
+    assert all(inside(t, n) for t in inner), n
+    assert not inside(inner[0] - 1, n) and not inside(inner[-1] + 1, n), n

@@ -279,3 +279,63 @@ def test_window_lead_names_the_best_window_when_a_longer_one_was_kept():
   choice = heldout.Choice(None, {"kind": "knn_z"}, kept, np.ones(2), {"mean": 0.99})
   assert heldout.describe(choice) == ("knn_z scores, 2-s windows (within one SE of 0.256-s "
                                       "windows' +0.0025) (pseudo-anomaly AUC 0.990)")
+
+
+def test_split_holds_out_the_rounded_fraction():
+  """``round(fraction * n)`` clips, not its floor: a quarter of 10 clips is 3 (2.6)."""
+  assert len(heldout.split(10, fraction=0.26, seed=0)[0]) == 3
+  assert len(heldout.split(7, fraction=0.2, seed=0)[0]) == 1  # 1.4
+  assert len(heldout.split(30, fraction=0.1, seed=0)[0]) == 3
+
+
+class _LevelScorer:
+  """FrameScorer's calling convention: frame t of a clip scores the clip's first
+  sample plus ``offset`` plus a ramp 0 .. 1 over the clip's frames."""
+
+  config = models.preset("fcn40-small").features
+
+  def __init__(self, offset=0.0):
+    self.offset = offset
+
+  def __call__(self, params, wave, *, name="waveform", with_codes=False):
+    del params, name, with_codes
+    t = self.config.num_frames(len(wave))
+    return (float(wave[0]) + self.offset + np.linspace(0.0, 1.0, t)).astype(np.float32)
+
+
+def test_score_clips_reduces_the_interior_frames_as_asked():
+  """``reduce="mean"`` (the DCASE baselines' clip score) is the mean of the interior
+  frames' scores, ``"max"`` their maximum (eq. 11); a window W > 1 the maximum of the
+  means of W consecutive frames."""
+  scorer, n = _LevelScorer(), 16000
+  wave = np.full(n, 0.5, np.float32)
+  frames = scorer(None, wave)[scorer.config.interior(n)].astype(np.float64)
+  _, mean = heldout.score_clips(scorer, None, [(wave, "a.wav")], reduce="mean")
+  _, peak = heldout.score_clips(scorer, None, [(wave, "a.wav")], reduce="max", windows=(1, 4))
+  assert mean[1][0] == pytest.approx(frames.mean(), rel=1e-6)
+  assert peak[1][0] == pytest.approx(frames.max(), rel=1e-6)
+  assert peak[4][0] == pytest.approx(frames[-4:].mean(), rel=1e-6)
+  assert mean[1][0] < peak[4][0] < peak[1][0]
+
+
+def test_check_averages_the_aucs_over_the_anrs_and_scores_each_clip_s_mixtures_with_its_scorer():
+  """Two held-out clips, two mixtures of each per ANR (clip-major, as ``pseudo_anomaly.mix``
+  makes them). At -10 dB the mixtures score above both clips (AUC 1), at -20 dB below
+  (AUC 0): the mean is 0.5. With leave-one-clip-out scorers, clip j's mixtures
+  (2j, 2j + 1) are scored by clip j's scorer."""
+  n = 8000
+  clip = lambda v: np.full(n, v, np.float32)
+  held = heldout.HeldOut(fit_waves=[], waves=[clip(0.0), clip(0.1)], names=["a", "b"],
+                         pseudo_waves={-10.0: [clip(v) for v in (1.0, 1.1, 1.2, 1.3)],
+                                       -20.0: [clip(v) for v in (-1.0, -1.1, -1.2, -1.3)]})
+  scorer = _LevelScorer()
+  (scores, auc, pseudo), = heldout.check(scorer, None, held, reduce="max", windows=(1,)).values()
+  assert auc == {"mean": pytest.approx(0.5), "-10dB": 1.0, "-20dB": 0.0}
+  assert scores.shape == (2,) and pseudo["-10dB"].shape == (4,)
+  loco = [_LevelScorer(0.0), _LevelScorer(100.0)]  # clip j's own scorer
+  (loco_scores, _, loco_pseudo), = heldout.check(scorer, None, held, reduce="max", windows=(1,),
+                                                 heldout_scorers=loco).values()
+  np.testing.assert_allclose(loco_scores - scores, [0.0, 100.0], atol=1e-4)
+  for anr in ("-10dB", "-20dB"):
+    np.testing.assert_allclose(loco_pseudo[anr] - pseudo[anr], [0.0, 0.0, 100.0, 100.0],
+                               atol=1e-4)

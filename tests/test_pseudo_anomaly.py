@@ -101,3 +101,32 @@ def test_difference_se_needs_the_same_clips():
   with pytest.raises(ValueError, match=r"6 and 3 pseudo-anomalies at a"):
     pseudo_anomaly.difference_se([0, 1, 2], {"a": [1] * 6}, [0, 1, 2], {"a": [1] * 3})
   assert pseudo_anomaly.difference_se([0], {"a": [1, 2]}, [1], {"a": [0, 0]}) == 0.0  # one clip
+
+
+def test_mix_draws_every_sound_and_onsets_over_the_whole_clip_for_each_clip_anew():
+  """Each mixture draws its sound among all of them and its onset uniformly in
+  [0, len(clip) - len(sound)], independently for each clip (mixture (i, j) depends on
+  (seed, i, j)): ten clips of one length do not reuse the same four placements."""
+  normals = _clips(10, size=8000)
+  rng = np.random.default_rng(5)
+  lengths = (1000, 1500, 2000)
+  sounds = [(1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+  mixed = pseudo_anomaly.mix(normals, sounds, anr_db=-6.0, per_clip=4, seed=0)
+  placements = []
+  for i, m in enumerate(mixed):
+    active = np.flatnonzero(np.abs(m - normals[i // 4]) > 1e-6)
+    size = active[-1] - active[0] + 1
+    assert size in lengths and active.size == size  # one whole sound, never near zero
+    placements.append((size, active[0] / (8000 - size)))
+  assert {size for size, _ in placements} == set(lengths)  # every sound is drawn
+  onsets = np.array([u for _, u in placements])
+  assert onsets.max() <= 1.0 and onsets.min() < 0.15 and onsets.max() > 0.85
+  assert len(set(placements)) > 30  # 40 mixtures, not 4 placements repeated per clip
+
+
+def test_mean_auc_is_the_mean_over_the_anrs():
+  """Three ANRs with AUCs 1, 1 and 0: the mean is 2/3 (not, say, the median 1)."""
+  normal = [0.0, 0.0]
+  pseudo = {"-10dB": [1.0, 2.0], "-15dB": [1.0, 1.0], "-20dB": [-1.0, -2.0]}
+  assert [pseudo_anomaly.auc(normal, p) for p in pseudo.values()] == [1.0, 1.0, 0.0]
+  assert pseudo_anomaly.mean_auc(normal, pseudo) == pytest.approx(2 / 3)

@@ -150,6 +150,42 @@ def test_pca_detector_scores_the_unseen_direction():
     reference.PCADetector(cfg, components=2).frame_scores(train[0])
 
 
+def _pca_training_clips():
+  """Three 1-s training clips: two of a 300-Hz tone, then one of a 3-kHz tone, each in
+  noise (every feature dimension varies)."""
+  t = np.arange(SR) / SR
+  rng = np.random.default_rng(0)
+  return [(0.3 * np.sin(2 * np.pi * f * t) + 0.03 * rng.standard_normal(t.size))
+          .astype(np.float32) for f in (300, 300, 3000)]
+
+
+def test_pca_training_frames_score_d_times_the_unexplained_variance():
+  """Standardized with the training frames' statistics, every dimension of those frames
+  has unit variance, total D; the k components keep the share ``explained_variance`` of
+  it, so the squared reconstruction error (eq. 5's linear analogue) of the training
+  clips' interior frames averages D (1 - explained_variance)."""
+  cfg = models.preset("fcn40-small").features
+  train = _pca_training_clips()
+  det = reference.PCADetector(cfg, components=8).fit(train)
+  scores = np.concatenate([det.frame_scores(w)[cfg.interior(len(w))] for w in train])
+  assert 0.1 < det.explained_variance < 0.99
+  assert np.mean(scores, dtype=np.float64) == pytest.approx(
+      cfg.dim * (1 - det.explained_variance), rel=1e-3)
+
+
+def test_pca_fitted_on_a_subset_of_frames_takes_them_from_every_clip():
+  """``max_frames`` below the training frames' count: the subset spans all clips, so
+  the last clip's tone is as well reconstructed as with every frame (not a direction
+  the fit never saw)."""
+  cfg = models.preset("fcn40-small").features
+  train = _pca_training_clips()
+  frames = sum(cfg.interior_count(len(w)) for w in train)
+  full = reference.PCADetector(cfg, components=4).fit(train)
+  subset = reference.PCADetector(cfg, components=4, max_frames=frames // 2).fit(train)
+  last = lambda det: np.median(det.frame_scores(train[-1])[cfg.interior(len(train[-1]))])
+  assert last(subset) < 2 * last(full)
+
+
 @pytest.mark.parametrize("rows", [200, 4000])  # the full SVD, the covariance's eigenvectors
 def test_fit_pca_reconstructs_as_the_full_svd_does(rows):
   from sklearn import decomposition  # pylint: disable=g-import-not-at-top

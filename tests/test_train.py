@@ -534,6 +534,59 @@ def test_min_anomalous_frames_is_the_minimum_over_positions(clip_length):
   assert batch_lib.min_anomalous_frames(n, clip_length, config=config) == min(counts)
 
 
+@pytest.mark.parametrize("clip_length", [1, 255, 256, 257, 700])
+def test_anomalous_frames_are_exact_at_every_alignment_to_the_hop(clip_length):
+  """The mask at every start within three hops of either end of the mixture, so at
+  every alignment to the hop, hop-aligned starts included (where the first window
+  that reaches the clip has only its zero coefficient w[0] on it): exactly the frames
+  whose context sees a clip sample through a nonzero window coefficient."""
+  config, n = TINY.features, 4 * SEGMENT
+  num_frames = config.num_frames(n)
+  last = n - clip_length
+  # every alignment to the hop (three hops' worth) at both ends of the mixture
+  starts = np.unique(np.r_[np.arange(min(3 * 256 + 2, last + 1)),
+                           np.arange(max(last - 3 * 256, 0), last + 1)])
+  masks = np.asarray(jax.jit(jax.vmap(lambda s: batch_lib.anomalous_frames(
+      s, jnp.int32(clip_length), num_frames=num_frames, config=config)))(starts))
+  for s, mask in zip(starts, masks):
+    np.testing.assert_array_equal(mask, _reference_mask(s, clip_length, num_frames, config),
+                                  err_msg=f"start {s}")
+
+
+def test_anr_and_onset_are_drawn_uniformly_over_their_ranges():
+  """Section 4.2.1: the ANR is uniform on [-30, 10] dB, and the clip's onset uniform on
+  [0, N - len(a)] for each clip (a short clip also reaches the mixture's end)."""
+  keys = jax.random.split(jax.random.key(7), 256)
+  mixtures, _, _ = _synthesize(keys)
+  anr = np.asarray(mixtures.anr_db, np.float64)
+  assert anr.min() >= -30 and anr.max() < 10
+  assert anr.min() < -27 and anr.max() > 7  # the whole range, not a part of it
+  assert np.mean(anr) == pytest.approx(-10.0, abs=3.0)  # SE of the mean ~0.7 dB
+  assert np.mean(anr < -20) == pytest.approx(0.25, abs=0.1)
+  n = 4 * SEGMENT
+  start, length = np.asarray(mixtures.start), np.asarray(mixtures.length)
+  for clip_length in CLIP_LENGTHS:
+    drawn = length == clip_length
+    u = start[drawn] / (n - clip_length)  # in [0, 1]
+    assert drawn.sum() > 40 and u.max() <= 1.0
+    assert u.min() < 0.15 and u.max() > 0.85, clip_length
+    assert np.mean(u) == pytest.approx(0.5, abs=0.12)
+
+
+def test_frames_that_see_the_padding_are_neither_normal_nor_anomalous():
+  """{x^(u)} and {x^(a)} hold interior frames only (``FeatureConfig.interior``): the
+  first and last frames see the centered STFT's zero padding and edge-replicated
+  context, sound that no mixture holds."""
+  _, batch, _ = _synthesize(KEYS)
+  num_frames = batch.frames.shape[1]
+  inner = np.zeros(num_frames, bool)
+  inner[TINY.features.interior(4 * SEGMENT)] = True
+  assert inner.any() and not inner.all()
+  normal, anomalous = np.asarray(batch.normal_mask), np.asarray(batch.anomalous_mask)
+  assert not normal[:, ~inner].any() and not anomalous[:, ~inner].any()
+  np.testing.assert_array_equal(normal[:, inner], ~np.asarray(batch.anomalous)[:, inner])
+
+
 # ---------------------------------------------------------------- parallel and progress
 
 
