@@ -16,7 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bu_jax import losses
+from bu_jax import models
 from bu_jax import ring
+from bu_jax import train
 
 # Shared by the end-to-end tests so the jitted training chunk compiles once.
 _SHORT = dict(updates=200, log_every=100, grid_cells=100)
@@ -42,8 +45,10 @@ def _check_outputs(workdir, results, *, methods, seeds):
       assert math.isfinite(entry[key]), (m, key)
     assert entry["kld_p_q"] > 0 and entry["kld_u_q"] > 0
     assert [r["seed"] for r in entry["per_seed"]] == list(range(seeds))
-    values = [r["kld_u_q"] for r in entry["per_seed"]]
-    assert entry["kld_u_q"] == pytest.approx(np.mean(values))
+    for key in ("kld_p_q", "kld_u_q"):  # mean and sample std (ddof=1) over the seeds
+      values = [r[key] for r in entry["per_seed"]]
+      assert entry[key] == pytest.approx(np.mean(values))
+      assert entry[key + "_std"] == pytest.approx(np.std(values, ddof=1) if seeds > 1 else 0.0)
   for name in ("fig2_pdf.png", "fig3_scores.png"):
     _png_ok(os.path.join(workdir, name))
   assert not [f for f in os.listdir(workdir) if f.endswith(".tmp")]
@@ -114,6 +119,46 @@ def test_data_radii():
   assert r_u.max() <= 2.0 + 1e-6 and r_a.min() > 2.0 - 1e-6
   assert r_a.max() <= 3.0 + 1e-6
   assert np.mean(r_u) == pytest.approx(1.0, abs=0.03)  # r ~ U[0, 2]
+
+
+def test_data_angles_are_uniform_over_the_whole_circle():
+  # psi ~ U[0, 2 pi) (sec. 4.1.1): every quadrant holds a quarter of each set.
+  data = ring.make_dataset(jax.random.PRNGKey(1), num_samples=10_000)
+  for name in ("normal", "anomalous"):
+    x = np.asarray(data[name])
+    quadrant = (x[:, 0] < 0) * 2 + (x[:, 1] < 0)
+    np.testing.assert_allclose(np.bincount(quadrant, minlength=4) / len(x), 0.25, atol=0.02,
+                               err_msg=name)
+
+
+def test_method_losses_are_eqs_7_9_16_on_the_normal_and_anomalous_batches():
+  """J_RE (eq. 7) on the normal batch; J_SNP (eq. 9) and J_BU (eq. 16) also use the
+  anomalous batch in L_a (eq. 10); BU's KDE (eq. 15) standardizes iff configured."""
+  data = ring.make_dataset(jax.random.PRNGKey(2), num_samples=40)
+  batch = {"normal": data["normal"][:20], "anomalous": data["anomalous"][:20]}
+  params = ring.init_state(jax.random.PRNGKey(3), config=ring.RingConfig()).params["re"]
+  score = models.score_fn(models.VerificationAE())
+  su, sa = score(params, batch["normal"]), score(params, batch["anomalous"])
+  lam = ring.RingConfig().lam
+  loss = lambda m, **kw: float(ring.method_loss(m, params, batch, config=ring.RingConfig(**kw)))
+  assert loss("re") == pytest.approx(float(losses.re_loss(su)), rel=1e-5)
+  assert loss("snp") == pytest.approx(float(losses.snp_loss(su, sa, lam=lam)), rel=1e-5)
+  for standardize in (False, True):
+    expected = losses.bu_loss(su, sa, batch["normal"], lam=lam, sigma=ring.RingConfig().sigma,
+                                   eps=1e-6, standardize_features=standardize)
+    assert loss("bu", standardize=standardize) == pytest.approx(float(expected), rel=1e-5)
+  assert loss("bu", standardize=True) != pytest.approx(loss("bu"), rel=1e-4)
+
+
+def test_score_summary_reads_the_normal_disc_and_the_anomalous_annulus():
+  grid = ring.evaluation_grid(cells=100)
+  r = np.linalg.norm(grid.centers, axis=-1)
+  summary = ring.score_summary(r, grid)  # A(x) = |x|
+  assert 1.95 < summary["max_score_normal"] <= 2.0
+  assert summary["mean_score_normal"] == pytest.approx(4 / 3, abs=0.01)  # E|x| on the disc
+  # Mean of r over 2 < r <= 3 (area-weighted): (2/3)(27 - 8) / (9 - 4) = 38/15; the
+  # corners of the square beyond r = 3 are not part of it.
+  assert summary["mean_score_anomalous"] == pytest.approx(38 / 15, abs=0.01)
 
 
 def test_chunk_batches_match_minibatch_across_epochs():
@@ -295,7 +340,6 @@ def test_config_rejects_out_of_range_hyperparameters_naming_them(name, value):
 
 
 def test_non_finite_loss_raises_the_training_engines_error(monkeypatch):
-  from bu_jax import train  # pylint: disable=g-import-not-at-top
   config = ring.RingConfig(methods=("re",), updates=4, log_every=2, num_samples=20,
                            batch_size=10)
   make = ring.make_dataset
@@ -308,3 +352,21 @@ def test_non_finite_loss_raises_the_training_engines_error(monkeypatch):
   with pytest.raises(train.NonFiniteLossError, match="J_RE nan at step 0$") as error:
     ring.train(0, config=config)
   assert error.value.step == 0
+
+
+def test_non_finite_loss_in_a_later_chunk_names_its_own_step(monkeypatch):
+  config = ring.RingConfig(methods=("re",), updates=6, log_every=2, num_samples=20,
+                           batch_size=10)
+  chunk, calls = ring.train_chunk, []
+
+  def poisoned(state, data, data_key, **kwargs):  # the 2nd update of the 2nd chunk
+    state, metrics = chunk(state, data, data_key, **kwargs)
+    calls.append(1)
+    if len(calls) == 2:
+      metrics = {m: v.at[1].set(jnp.inf) for m, v in metrics.items()}
+    return state, metrics
+
+  monkeypatch.setattr(ring, "train_chunk", poisoned)
+  with pytest.raises(train.NonFiniteLossError, match="J_RE inf at step 3$") as error:
+    ring.train(0, config=config)
+  assert error.value.step == 3
