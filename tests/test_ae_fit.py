@@ -35,6 +35,22 @@ def test_pcas_and_aes_are_measured_against_the_training_mean():
   assert fit_check.explained(1.0, 4.0) == 0.75 and np.isnan(fit_check.explained(1.0, 0.0))
 
 
+def test_dead_code_units_are_the_code_units_that_are_zero_on_every_fit_frame():
+  rng = np.random.default_rng(2)
+  fit, held = rng.normal(size=(300, 12)), rng.normal(size=(50, 12))
+  model = models.FCNAutoencoder(dim=12, hidden_layers=1, units=8, bottleneck=4)
+  params = model.init(jax.random.key(1), jnp.zeros((1, 12)))["params"]
+  enc = params["enc_2"]
+  # Units 0 and 1 can never fire (ReLU of a very negative pre-activation); 2 and 3 always do.
+  bias = jnp.asarray([-1e4, -1e4, 1e4, 1e4], enc["bias"].dtype)
+  params = {**params, "enc_2": {**enc, "bias": bias}}
+  record = fit_check.FitCheck.from_frames(fit, held).ae(model, params)
+  assert record["code_units"] == 4 and record["dead_code_units"] == 2
+  bias = jnp.asarray([-1e4, 1e4, 1e4, 1e4], enc["bias"].dtype)
+  params = {**params, "enc_2": {**enc, "bias": bias}}
+  assert fit_check.FitCheck.from_frames(fit, held).ae(model, params)["dead_code_units"] == 1
+
+
 def test_fit_frames_are_bounded_clip_by_clip():
   config = models.preset("fcn40-small").features
   rng = np.random.default_rng(1)
