@@ -574,6 +574,42 @@ def test_rare_mode_is_spectrally_different():
     assert centroid(rare) > 1.1 * centroid(frequent_b), seed
 
 
+def _centroids(wave, n_fft=512):
+  """Spectral centroid (Hz) of each non-overlapping n_fft-sample frame."""
+  frames = wave[: wave.size // n_fft * n_fft].reshape(-1, n_fft) * np.hanning(n_fft)
+  power = np.abs(np.fft.rfft(frames)) ** 2
+  return power @ np.fft.rfftfreq(n_fft, 1 / SR) / np.sum(power, axis=1)
+
+
+def test_rare_intervals_in_metadata_are_where_the_rare_mode_sounds(tmp_path):
+  # rare_seconds above half a clip: episodes are half a clip long, and so are their intervals.
+  root = synthetic.generate(tmp_path / "s", **{**SMALL, "rare_seconds": 1.5})
+  meta = json.loads((tmp_path / "s" / "metadata.json").read_text())
+  assert meta["rare_intervals"] and meta["rare_train_fraction"] == pytest.approx(1 / 3)
+  for name, intervals in meta["rare_intervals"].items():
+    ((start, stop),) = intervals
+    assert 0.0 <= start and stop <= 2.0 and stop - start == pytest.approx(1.0), name
+    wave, _ = soundfile.read(os.path.join(root, name))
+    centroid = _centroids(wave)
+    t = (np.arange(centroid.size) + 0.5) * 512 / SR
+    inside = (t > start + 0.2) & (t < stop - 0.2)  # inside the ramps
+    outside = (t < start - 0.05) | (t > stop + 0.05)
+    assert np.median(centroid[inside]) > 1.1 * np.median(centroid[outside]), name
+
+
+def test_frequent_mode_level_does_not_depend_on_a_rare_episode():
+  # RMS ~0.1 over the frequent-mode part: a clip with a rare episode has, outside it,
+  # the level of the same clip without one (same random stream).
+  for seed in range(3):
+    span = (3 * SR, 6 * SR)
+    with_rare = synthetic.machine_sound(np.random.default_rng(seed), num_samples=8 * SR,
+                                        sr=SR, rare_spans=[span])
+    without = synthetic.machine_sound(np.random.default_rng(seed), num_samples=8 * SR, sr=SR)
+    outside = np.r_[0:span[0], span[1]:8 * SR]
+    rms = lambda w: np.sqrt(np.mean(np.square(w[outside], dtype=np.float64)))
+    assert rms(with_rare) == pytest.approx(rms(without), rel=0.01), seed
+
+
 def test_ensure_generates_once_atomically(tmp_path, monkeypatch):
   monkeypatch.setenv("BU_JAX_DATA", str(tmp_path / "cache"))
   assert synthetic.default_cache_dir(3) == str(tmp_path / "cache" / "synthetic-v1-seed3")
