@@ -195,6 +195,32 @@ def test_step_losses_match_a_direct_computation():
   np.testing.assert_allclose(_reference("bu")[0], direct["bu"], rtol=1e-5)
 
 
+def test_snp_anomaly_term_reads_only_the_anomalous_frames():
+  """Eq. (10)'s L_a averages lambda tanh(A / lambda) over the simulated-anomalous frames
+  only. With the paper's lambda = 2M every untrained score saturates the tanh, so any
+  set of frames gives L_a = lambda; a large lambda keeps L_a linear in the scores."""
+  lam = 1e4
+  config, mesh = _config("snp", lam=lam), _mesh(1)
+  corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
+  state = train.create_state(config, mesh=mesh, compiler_options=FAST)
+  (loss, metrics), _ = jax.device_get(train.make_grad_fn(config, mesh=mesh, compiler_options=FAST)(
+      state.params, state.step, corpus))
+  keys = batch_lib.mixture_keys(train.step_key(config.seed, 0),
+                                jnp.arange(config.mixtures_per_step))
+  b = batch_lib.make_batch(keys, corpus, feature_config=TINY.features,
+                           segments_per_mixture=config.segments_per_mixture,
+                           anr_range_db=config.anr_range_db, simulate_anomaly=True)
+  scores = models.score_fn(TINY.build())(state.params, b.frames.reshape(-1, TINY.features.dim))
+  normal, anomalous = b.normal_mask.reshape(-1), b.anomalous_mask.reshape(-1)
+  la = losses.anomaly_term(scores, lam=lam, mask_a=anomalous)
+  assert float(la) < 0.5 * lam  # not saturated
+  np.testing.assert_allclose(metrics["la"], la, rtol=1e-5)
+  np.testing.assert_allclose(loss, losses.snp_loss(scores, scores, lam=lam, mask_u=normal,
+                                                   mask_a=anomalous), rtol=1e-5)
+  everything = losses.anomaly_term(scores, lam=lam, mask_a=normal | anomalous)
+  assert abs(float(everything) - float(la)) > 1e-3 * float(la)  # the mask matters here
+
+
 def test_reference_run_is_sane():
   loss0, _, state, metrics = _reference("bu")
   assert np.all(np.isfinite(metrics["loss"]))
@@ -360,6 +386,30 @@ def test_training_resumes_after_a_half_written_metrics_line(tmp_path):
   assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
 
 
+def test_loop_names_the_failing_step_of_a_later_call(monkeypatch):
+  """A non-finite loss in the 3rd call of one ``train`` run names step 2 (not the run's
+  first step): the state of that step is the last good one."""
+  config = _config(steps_per_call=1)
+  mesh = _mesh(1)
+  corpus = train.place_corpus(*HOST, mesh=mesh, config=config)
+  make, calls = train.make_train_step, []
+
+  def poisoned(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def step(state, corpus):
+      state, metrics = step_fn(state, corpus)
+      calls.append(1)
+      return state, ({**metrics, "loss": jnp.float32(jnp.nan)} if len(calls) == 3 else metrics)
+
+    return step
+
+  monkeypatch.setattr(train, "make_train_step", poisoned)
+  with pytest.raises(train.NonFiniteLossError, match="at step 2") as error:
+    train.train(config, corpus, mesh=mesh, until_step=5, compiler_options=FAST)
+  assert error.value.step == 2 and len(calls) == 3
+
+
 def test_raise_if_non_finite_names_the_step_inside_a_scanned_call():
   train.raise_if_non_finite({"loss": np.array([1.0, 2.0])}, first_step=10)
   with pytest.raises(train.NonFiniteLossError) as error:
@@ -404,6 +454,17 @@ def test_learning_rate_schedule_of_the_paper():
   assert at_epoch(200) == pytest.approx(1e-6)
   assert at_epoch(99.998) == pytest.approx(1e-4)
   assert at_epoch(250) == pytest.approx(1e-6)
+
+
+def test_learning_rate_metric_is_the_rate_of_each_update():
+  """``metrics["learning_rate"]`` of the update from step s is schedule(s) (section
+  4.2.2's decay), here from step 0 on (decay_start_epoch=0)."""
+  config = _config(decay_start_epoch=0)
+  _, _, state, metrics = _run(config, 1)
+  schedule = train.learning_rate_schedule(config)
+  np.testing.assert_allclose(metrics["learning_rate"], [schedule(0), schedule(1)], rtol=1e-6)
+  assert metrics["learning_rate"][1] < metrics["learning_rate"][0] == pytest.approx(1e-4)
+  assert int(state.step) == 2
 
 
 def test_config_defaults_are_the_papers():
