@@ -165,6 +165,26 @@ def test_dcase2021_layout_with_and_without_domain(tmp_path):
                  ("section_00_target", 1), ("section_01", 0)]
 
 
+def test_dcase_training_folder_anomalies_are_not_trained_on(tmp_path):
+  # An anomalous clip left in train/ (a DCASE name says so) is skipped, never learnt as normal.
+  _write(tmp_path / "train" / "anomaly_id_00_00000000.wav", seed=1)
+  _write(tmp_path / "train" / "normal_id_00_00000000.wav", seed=2)
+  _write(tmp_path / "test" / "normal_id_00_00000000.wav", seed=3)
+  _write(tmp_path / "test" / "anomaly_id_00_00000000.wav", seed=4)
+  ds = data.load_dataset(tmp_path)
+  assert [os.path.basename(p) for p in ds.train_paths] == ["normal_id_00_00000000.wav"]
+  assert len(ds.train) == 1
+
+
+def test_a_lone_condition_test_folder_names_its_conditions(tmp_path):
+  # Only a plain test/ keeps the plain names; a lone test_anr-10dB/ names its conditions.
+  _write(tmp_path / "train" / "normal_id_00_00000000.wav")
+  _write(tmp_path / "test_anr-10dB" / "normal_id_00_00000000.wav", seed=1)
+  _write(tmp_path / "test_anr-10dB" / "anomaly_id_00_00000000.wav", seed=2)
+  ds = data.load_dataset(tmp_path)
+  assert {c.condition for c in ds.test} == {"test_anr-10dB_id_00"}
+
+
 def test_dcase_layout_rejects_mixing_options(tmp_path):
   _write(tmp_path / "train" / "normal_id_00_00000000.wav")
   _write(tmp_path / "test" / "anomaly_id_00_00000000.wav")
@@ -270,6 +290,17 @@ def test_mixing_layout_is_deterministic_in_seed(tmp_path):
                   again.train + [c.wave for c in again.test]):
     np.testing.assert_array_equal(a, b)
   assert any(not np.array_equal(a, b) for a, b in zip(first.train, other.train))
+
+
+def test_mixing_layout_draws_train_and_test_noise_apart(tmp_path):
+  # The same recording as training clip 0 and test clip 0 gets other noise in each split:
+  # a test clip must not be a copy of a training clip.
+  root = _mixing_tree(tmp_path)
+  shutil.copy(root / "train" / "clip_0.wav", root / "test" / "clip_0.wav")
+  ds = data.load_dataset(root, seed=2)
+  test0 = next(c.wave for c in ds.test if c.label == 0 and c.path.endswith("clip_0.wav"))
+  assert ds.train[0].shape == test0.shape
+  assert not np.allclose(ds.train[0], test0, atol=1e-3)
 
 
 def test_mixing_layout_without_metadata_or_noise(tmp_path):
@@ -789,6 +820,18 @@ def test_truncated_clips_are_skipped_with_their_name(tmp_path, caplog):
   # the other clips get the noise they got before (indices are file positions)
   np.testing.assert_array_equal(ds.train[0], reference.train[0])
   assert [c.path for c in ds.test] == [c.path for c in reference.test]
+
+
+def test_a_truncated_anomaly_leaves_the_anomaly_paths_right(tmp_path):
+  # Skipping a damaged anomalous sound must not shift which file each clip names as its anomaly.
+  root = _mixing_tree(tmp_path)
+  reference = data.load_dataset(root, seed=3)
+  _truncated(root / "anomaly" / "a0b.wav")  # sorted between a0.wav and a1.wav
+  ds = data.load_dataset(root, seed=3)
+  assert [c.anomaly_path for c in ds.test] == [c.anomaly_path for c in reference.test]
+  assert "a1.wav" in {os.path.basename(c.anomaly_path) for c in ds.test if c.label == 1}
+  for clip, ref in zip(ds.test, reference.test):
+    np.testing.assert_array_equal(clip.wave, ref.wave)
 
 
 def test_something_else_silent_and_truncated_clips_skipped_with_their_name(tmp_path, caplog):

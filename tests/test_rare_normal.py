@@ -116,6 +116,16 @@ def test_rare_clips_plain_list_and_bad_files(tmp_path):
     data.mark_rare(data.load_dataset(root), data.read_rare_clips(str(other)))
 
 
+def test_rare_clips_a_path_entry_outranks_a_bare_name(tmp_path):
+  """An entry with the folder (test_anr-10dB/x.wav) is more specific than a bare x.wav: it
+  decides the clips it names; the bare name decides the others of that name."""
+  listing = tmp_path / "rare.csv"
+  listing.write_text("file,rare\nnormal_0.wav,0\ntest_anr-10dB/normal_0.wav,1\n")
+  labels = data.read_rare_clips(str(listing))
+  paths = [str(tmp_path / f / "normal_0.wav") for f in ("test_anr-10dB", "test_anr-20dB")]
+  assert data.rare_flags(paths, labels) == ([True, False], 2)
+
+
 @pytest.mark.parametrize("content", [
     "file;rare\nx.wav;1\ny.wav;0\nz.wav;\n",       # semicolons, z left unknown
     "wav\trare\nx.wav\t1.0\ny.wav\t0.0\nz.wav\t\n",  # tabs, pandas' floats
