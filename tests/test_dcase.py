@@ -123,6 +123,20 @@ def test_malformed_name_is_reported_with_the_file_and_skipped(tmp_path, caplog):
   assert "anomalous clip in the training folder" in text
 
 
+def test_a_clip_named_for_the_other_split_is_skipped(tmp_path, caplog):
+  # A training clip copied into test/ (its name says train) is not scored as a test clip.
+  _write_tree(tmp_path, "pump", {
+      "train": ["section_00_source_train_normal_0000.wav"],
+      "test": ["section_00_source_test_normal_0000.wav", "section_00_source_test_anomaly_0000.wav",
+               "section_00_source_train_normal_0000.wav"]})
+  with caplog.at_level("WARNING"):
+    md = dcase.load_machine_type(str(tmp_path), "pump", load_audio=False)
+  assert [c.name for c in md.test] == ["section_00_source_test_anomaly_0000.wav",
+                                       "section_00_source_test_normal_0000.wav"]
+  assert md.skipped == [str(tmp_path / "pump" / "test" / "section_00_source_train_normal_0000.wav")]
+  assert "is a train clip in the test folder" in caplog.text
+
+
 def test_a_few_names_of_another_year_do_not_switch_a_machine_type(tmp_path, caplog):
   """--year=auto: two 2020 names copied into a 2023 test folder are skipped, named, and
   the machine type keeps its 2022+ grammar (they once made it a 2020 machine type, its
@@ -251,6 +265,23 @@ def test_evaluation_names_and_ground_truth(tmp_path):
   with pytest.raises(dcase.DataError, match="no such ground-truth file"):
     other = dcase.MachineData("fan", "", [], [dcase.Clip("x", md.test[0].meta, None, None)], [])
     dcase.apply_ground_truth(other, str(gt))
+
+
+def test_ground_truth_labels_only_the_unlabelled_clips(tmp_path):
+  # A labelled (development-named) clip beside evaluation names keeps its label; the
+  # ground-truth file need not list it.
+  names = ["section_00_0000.wav", "section_00_0001.wav", "section_00_source_test_anomaly_0002.wav"]
+  _write_tree(tmp_path / "eval", "ToyDrone", {"test": names})
+  md = dcase.load_machine_type(str(tmp_path / "eval"), "ToyDrone", need_train=False,
+                               load_audio=False)
+  gt = tmp_path / "gt" / "ground_truth_data"
+  os.makedirs(gt)
+  (gt / "ground_truth_ToyDrone_section_00_test.csv").write_text(
+      "section_00_0000.wav,0\nsection_00_0001.wav,1\n")
+  assert dcase.apply_ground_truth(md, str(tmp_path / "gt")) == 2
+  assert {c.name: c.label for c in md.test} == {
+      "section_00_0000.wav": 0, "section_00_0001.wav": 1,
+      "section_00_source_test_anomaly_0002.wav": 1}
 
 
 def test_ground_truth_files_as_spreadsheets_write_them(tmp_path):
