@@ -152,6 +152,18 @@ def test_events_from_scores():
   np.testing.assert_allclose(detector_lib.parse_events(text), events, atol=5e-4)
 
 
+def test_runs_exactly_merge_gap_apart_stay_separate():
+  # "merged when closer than merge_gap_s": a gap of exactly merge_gap_s keeps two events
+  # (hop 0.25 s: the gaps, 0.25 s and 0.5 s, are exact in binary, the boundary itself).
+  flags = [True, False, True, False, False, True]
+  apart = [(0.0, 0.125), (0.375, 0.625), (1.125, 1.375)]
+  assert detector_lib.events_from_flags(flags, hop_s=0.25, merge_gap_s=0.25) == apart
+  assert detector_lib.events_from_flags(flags, hop_s=0.25, merge_gap_s=0.5) == [
+      (0.0, 0.625), (1.125, 1.375)]
+  assert detector_lib.events_from_flags(flags, hop_s=0.25, merge_gap_s=0.5 + 1e-9) == [
+      (0.0, 1.375)]
+
+
 def test_an_event_shorter_than_the_digits_shown_gets_more():
   one_sample = detector_lib.Event(0.0, 1 / SR)  # all of a 1-sample recording
   assert detector_lib.format_events([one_sample]) == "0.0000-0.0001"  # not 0.000-0.000
@@ -211,6 +223,45 @@ def test_load_detector_restores_params_and_scores_the_burst(trained):
   start, end = burst.events[0]
   assert 0.8 <= start <= BURST[0] and BURST[1] <= end <= 1.5
   assert burst.times_s[1] == pytest.approx(HOP_S) and burst.duration_s == pytest.approx(3.0)
+
+
+def test_the_padded_end_frames_neither_flag_nor_set_the_max_score(trained):
+  # The end frames see zero padding and score high on every recording: a phi above every
+  # interior frame of the normal recording finds no event there, and max_score is theirs.
+  detector = detector_lib.load_detector(trained["model_dir"])
+  normal = audio.load_wav(trained["files"]["normal"])
+  scores = detector.frame_scores(normal)
+  inner = detector.feature_config.interior(normal.size)
+  phi = 2.0 * float(scores[inner].max())
+  assert scores.max() > phi  # the padded ends do reach it
+  result = detector.score(normal, threshold=phi)
+  assert not result.decision and result.events == ()
+  assert result.max_score == result.clip_score == float(scores[inner].max())
+
+
+def test_a_windowed_model_reports_its_curve_and_both_scores(trained, tmp_path):
+  # With a clip-score window of W frames the clip score (the largest mean of W interior
+  # frames) is below max_score; each mean is placed at the centre of its frames; the CSV
+  # keeps the two scores in their columns.
+  model_dir = tmp_path / "bu"
+  shutil.copytree(trained["model_dir"], model_dir)
+  meta = json.load(open(_metadata_file(model_dir)))
+  meta.update(version=3, score_window=8)
+  json.dump(meta, open(_metadata_file(model_dir), "w"))
+  detector = detector_lib.load_detector(model_dir)
+  assert detector.window == 8
+  result = detector.score(audio.load_wav(trained["files"]["burst"]))
+  inner = result.scored_frames
+  means = np.convolve(result.frame_scores[inner].astype(np.float64), np.ones(8) / 8, "valid")
+  assert result.clip_score == pytest.approx(means.max(), rel=1e-5)
+  assert result.clip_score < result.max_score == float(result.frame_scores[inner].max())
+  np.testing.assert_allclose(result.window_times_s,
+                             np.convolve(result.times_s[inner], np.ones(8) / 8, "valid"))
+  assert len(result.events) == 1
+  assert detector_lib.event_peaks(result) == [pytest.approx(means.max(), rel=1e-5)]
+  row, = detector_lib.read_csv(detector_lib.write_csv(tmp_path / "s.csv", [("b.wav", result)]))
+  assert float(row["max_score"]) == result.max_score
+  assert float(row["clip_score"]) == result.clip_score
 
 
 def test_chunked_scoring_equals_whole_file(trained, tmp_path):
