@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import glob
+import math
 import os
 import tempfile
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
