@@ -158,15 +158,21 @@ def pairwise_sq_distances(a: jax.Array, b: jax.Array) -> jax.Array:
   return _sq_distances(a - centre, b - centre)
 
 
-def _pow2_scale(*arrays: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _pow2_scale(*arrays: jax.Array, axis_name: Optional[str] = None
+                ) -> tuple[jax.Array, jax.Array]:
   """``(down, up)``: powers of two, ``down * up = 1``, with every finite |value| of
-  ``arrays`` times ``down`` below 2. Multiplying by them is exact, so sums of
-  squares of the scaled values neither overflow (values beyond ~1e19) nor
-  underflow (below ~1e-19), ordinary data give the same bits as unscaled, and
-  a squared distance scaled back as ``(d * up) * up`` is inf where it exceeds
-  float32 (its kernel exp(-sigma inf) = 0) and 0 where it is 0 (``up`` is finite)."""
+  ``arrays`` times ``down`` below 2 (on every device of ``axis_name``, if given).
+  Multiplying by them is exact, so sums of squares of the scaled values neither
+  overflow (values beyond ~1e19) nor underflow (below ~1e-19), ordinary data give
+  the same bits as unscaled, and a squared distance scaled back as
+  ``(d * up) * up`` is inf where it exceeds float32 (its kernel exp(-sigma inf) =
+  0) and 0 where it is 0 (``up`` is finite). ``losses.weighted_mean`` scales eq.
+  (16)'s weights by it."""
   largest = [jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0), initial=0.0) for x in arrays]
-  _, exponent = jnp.frexp(functools.reduce(jnp.maximum, largest))
+  largest = functools.reduce(jnp.maximum, largest)
+  if axis_name is not None:
+    largest = jax.lax.pmax(largest, axis_name)
+  _, exponent = jnp.frexp(largest)
   exponent = jnp.clip(exponent - 1, -126, 127)  # both powers normal float32 numbers
   one = jnp.float32(1.0)
   return jnp.ldexp(one, -exponent), jnp.ldexp(one, exponent)

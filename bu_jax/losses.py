@@ -191,11 +191,7 @@ def weighted_mean(scores: jax.Array, *, weights: jax.Array,
   # (exact: ordinary weights give the same bits), so their scale cannot overflow the
   # sums (weights near 1e37) or underflow the products (weights near 1e-37).
   w = jnp.where(w < 0, jnp.nan, w)
-  top = jnp.max(jnp.where(jnp.isfinite(w), w, 0.0), initial=0.0)
-  if axis_name is not None:
-    top = jax.lax.pmax(top, axis_name)
-  _, exponent = jnp.frexp(top)
-  w = jnp.ldexp(w, -jnp.clip(exponent - 1, -126, 127))
+  w = w * kde._pow2_scale(w, axis_name=axis_name)[0]
   scores = jnp.where(w > 0, scores.astype(jnp.float32), 0.0)
   num, den = jnp.sum(w * scores), jnp.sum(w)
   if axis_name is not None:
