@@ -154,14 +154,18 @@ def pairwise_sq_distances(a: jax.Array, b: jax.Array) -> jax.Array:
   """
   a = _rows(a, "a")
   b = _rows(b, "b")
-  centre = jnp.mean(b, axis=0)
-  return _sq_distances(a - centre, b - centre)
+  down, up = _pow2_scale(a, b)  # exact: the shift's sum cannot overflow
+  a, b = a * down, b * down
+  centre = _centre(b, jnp.ones((b.shape[0],), jnp.bool_))
+  # in the scaled units every difference fits; scaled back, a distance beyond float32 is inf
+  return _sq_distances(a - centre, b - centre) * up * up
 
 
 def _pow2_scale(*arrays: jax.Array, axis_name: Optional[str] = None
                 ) -> tuple[jax.Array, jax.Array]:
   """``(down, up)``: powers of two, ``down * up = 1``, with every finite |value| of
-  ``arrays`` times ``down`` below 2 (on every device of ``axis_name``, if given).
+  ``arrays`` times ``down`` below 2 (below 4 for values of 2^127 or more; on every
+  device of ``axis_name``, if given).
   Multiplying by them is exact, so sums of squares of the scaled values neither
   overflow (values beyond ~1e19) nor underflow (below ~1e-19), ordinary data give
   the same bits as unscaled, and a squared distance scaled back as
@@ -169,11 +173,15 @@ def _pow2_scale(*arrays: jax.Array, axis_name: Optional[str] = None
   0) and 0 where it is 0 (``up`` is finite). ``losses.weighted_mean`` scales eq.
   (16)'s weights by it."""
   largest = [jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0), initial=0.0) for x in arrays]
-  largest = functools.reduce(jnp.maximum, largest)
+  # piecewise constant in the values: no gradient (pmax has no differentiation rule)
+  largest = jax.lax.stop_gradient(functools.reduce(jnp.maximum, largest))
   if axis_name is not None:
     largest = jax.lax.pmax(largest, axis_name)
   _, exponent = jnp.frexp(largest)
-  exponent = jnp.clip(exponent - 1, -126, 127)  # both powers normal float32 numbers
+  # Both powers normal float32 numbers: 2^-127 would be subnormal, which XLA on CPU
+  # flushes to 0 (values at 2^127..3.4e38 were once all scaled to 0). The top binade
+  # then scales to below 4, not 2.
+  exponent = jnp.clip(exponent - 1, -126, 126)
   one = jnp.float32(1.0)
   return jnp.ldexp(one, -exponent), jnp.ldexp(one, exponent)
 
@@ -234,19 +242,35 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
   return centered * inv
 
 
+def _centre(x: jax.Array, valid: jax.Array, up: Optional[jax.Array] = None) -> jax.Array:
+  """The (D,) shift of ``_center`` for rows already scaled by ``_pow2_scale``'s
+  ``down`` (so the sum cannot overflow): per dimension the mean of the valid rows.
+  Given ``up``, a dimension where some valid row lies beyond float32 of the mean
+  once scaled back (rows near +-3.4e38 of both signs) takes its midrange
+  instead: half a float32 range always fits."""
+  w = valid[:, None]
+  n = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+  mean = jnp.sum(jnp.where(w, x, 0.0), axis=0) / n
+  if up is None:
+    return mean
+  top = jnp.max(jnp.where(w, x, 0.0), axis=0, initial=0.0)
+  bottom = jnp.min(jnp.where(w, x, 0.0), axis=0, initial=0.0)
+  fits = jnp.isfinite(jnp.maximum(top - mean, mean - bottom) * up)
+  return jnp.where(fits, mean, top * 0.5 + bottom * 0.5)
+
+
 def _center(x: jax.Array, valid: jax.Array) -> jax.Array:
   """x minus the mean of its valid rows; masked-out rows set to 0. The mean is
   taken in units of a power of two near the rows' magnitude (exact), so its sum
-  cannot overflow for any finite float32 rows."""
+  cannot overflow for any finite float32 rows; a dimension whose rows lie
+  beyond float32 of their mean is centred on its midrange (``_centre``)."""
   if x.shape[0] == 0:
     return x
   w = valid[:, None]
   x = jnp.where(w, x, 0.0)
   down, up = _pow2_scale(x)
   x = x * down
-  n = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
-  mean = jnp.sum(x, axis=0) / n
-  return jnp.where(w, (x - mean) * up, 0.0)
+  return jnp.where(w, (x - _centre(x, valid, up)) * up, 0.0)
 
 
 def _global_rows(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[str], *,
@@ -533,7 +557,9 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
       leave-one-group-out ones).
 
   Returns:
-    A float32 scalar sigma (no gradient).
+    A float32 scalar sigma (no gradient); ``base_sigma`` itself where no factor
+    gives the densities any spread (no valid row, a single one, or all rows
+    coincident).
 
   Raises:
     ValueError: ``base_sigma`` is a number that is not finite and > 0, or a
@@ -566,8 +592,11 @@ def contrast_sigma(x: jax.Array, *, base_sigma: float,
     log_k = jnp.log(jnp.maximum(density, 1e-30))
     mean = jnp.sum(probe_valid * log_k) / n_probe
     spreads.append(jnp.sum(probe_valid * jnp.square(log_k - mean)) / n_probe)
-  best = jnp.argmax(jnp.stack(spreads))
+  spreads = jnp.stack(spreads)
+  best = jnp.argmax(spreads)
   sigma = jnp.asarray(factors, jnp.float32)[best] * jnp.float32(base_sigma)
+  # no spread at any factor (no valid row, one, or all coincident): nothing to choose by
+  sigma = jnp.where(spreads[best] > 0, sigma, jnp.float32(base_sigma))
   if axis_name is not None:  # equal on every device; pmax marks it replicated
     sigma = jax.lax.pmax(sigma, axis_name)
   return jax.lax.stop_gradient(sigma)

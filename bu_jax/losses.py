@@ -58,20 +58,25 @@ def _scores_and_mask(scores: jax.Array, mask: Optional[jax.Array], names: str
 
 
 def _masked_sum_count(values: jax.Array, mask: Optional[jax.Array],
-                      axis_name: Optional[str]) -> tuple[jax.Array, jax.Array]:
+                      axis_name: Optional[str]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The sum of the valid ``values`` in units of ``up`` (a power of two near their
+  largest |value| over every device: exact, and the sum of values near 3.4e38 does
+  not overflow), their count, and ``up``."""
   values = _vector(values, "scores").astype(jnp.float32)
   if mask is not None:
     mask = _vector(mask, "mask", values.shape[0])
   if mask is None:
-    total, count = jnp.sum(values), jnp.asarray(values.size, jnp.float32)
+    count = jnp.asarray(values.size, jnp.float32)
   else:
     mask = mask.astype(jnp.bool_)
-    total = jnp.sum(jnp.where(mask, values, 0.0))
+    values = jnp.where(mask, values, 0.0)
     count = jnp.sum(mask.astype(jnp.float32))
+  down, up = kde._pow2_scale(values, axis_name=axis_name)
+  total = jnp.sum(values * down)
   if axis_name is not None:
     total = jax.lax.psum(total, axis_name)
     count = jax.lax.psum(count, axis_name)
-  return total, count
+  return total, count, up
 
 
 def masked_mean(values: jax.Array, *, mask: Optional[jax.Array] = None,
@@ -85,10 +90,12 @@ def masked_mean(values: jax.Array, *, mask: Optional[jax.Array] = None,
     axis_name: mesh axis to reduce over inside ``jax.shard_map``, or None.
 
   Returns:
-    float32 scalar; 0 if there is no valid entry.
+    float32 scalar; 0 if there is no valid entry. The sum is taken in units of a
+    power of two (exact), so a mean of finite values is finite (values near
+    3.4e38 once summed to inf).
   """
-  total, count = _masked_sum_count(values, mask, axis_name)
-  return total / jnp.maximum(count, 1.0)
+  total, count, up = _masked_sum_count(values, mask, axis_name)
+  return total / jnp.maximum(count, 1.0) * up
 
 
 def re_loss(scores_u: jax.Array, *, mask_u: Optional[jax.Array] = None,

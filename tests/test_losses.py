@@ -983,3 +983,73 @@ def test_feature_rows_without_a_dimension_are_refused_naming_them():
     with pytest.raises(ValueError, match=r"^x must be \(M, D\) feature rows with D >= 1"):
       call()
   assert kde.kde_weights(np.zeros((0, 3), np.float32), sigma=SIGMA).shape == (0,)
+
+
+def _two_device_map(fn, n_args, out_specs=P()):
+  mesh = jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])
+  mapped = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P("data"),) * n_args,
+                                 out_specs=out_specs))
+  return lambda *args: mapped(*(jax.device_put(a, NamedSharding(mesh, P("data")))
+                                for a in args))
+
+
+def test_means_of_finite_values_near_float32_max_are_finite_on_any_device_count():
+  """Eqs. (7) and (16)'s normal terms of scores or weights at 2^127..3.4e38: the sums
+  are taken in units of a power of two, where they once overflowed to inf (the mean)
+  or scaled every weight to 0 (a flushed 2^-127: the weighted mean returned 0)."""
+  top = np.float32([3.0e38, 3.4e38, 1.0, 2.0])
+  want = float(np.mean(top.astype(np.float64)))
+  np.testing.assert_allclose(losses.re_loss(top), want, rtol=1e-6)
+  np.testing.assert_allclose(
+      _two_device_map(lambda s: losses.re_loss(s, axis_name="data"), 1)(top), want, rtol=1e-6)
+  mask = np.array([True, True, False, True])
+  np.testing.assert_allclose(losses.re_loss(top, mask_u=mask),
+                             np.mean(top[mask].astype(np.float64)), rtol=1e-6)
+  scores, weights = np.float32([1.0, 3.0, 5.0, 7.0]), np.float32([3e38, 1e38, 0.0, 0.0])
+  for got in (losses.weighted_mean(scores, weights=weights),
+              jax.jit(lambda s, w: losses.weighted_mean(s, weights=w))(scores, weights),
+              _two_device_map(lambda s, w: losses.weighted_mean(s, weights=w, axis_name="data"),
+                              2)(scores, weights)):
+    np.testing.assert_allclose(got, 1.5, rtol=1e-6)
+  # inf is not hidden by the scaling
+  assert np.isinf(losses.re_loss(np.float32([1.0, np.inf])))
+
+
+def test_raw_kde_of_rows_near_float32_max_of_both_signs():
+  """Without standardization, rows at +-3e38 lie beyond float32 of their mean: the
+  centring once overflowed to inf (NaN distances and weights), and rows at
+  2^127..3.4e38 were scaled to 0 (every distance 0: uniform weights). Coincident rows
+  are at distance 0, every other pair beyond float32 (kernel 0)."""
+  cases = {  # rows -> which rows coincide (K = share of the batch at the same point)
+      "both signs": (np.float32([[3e38, 1.0], [-3e38, 2.0], [3e38, 1.0], [0.0, 2.0]]),
+                     [0.5, 0.25, 0.5, 0.25]),
+      "top binade": (np.float32([[3.0e38], [3.0e38], [3.3e38], [0.0]]),
+                     [0.5, 0.5, 0.25, 0.25]),
+  }
+  for name, (x, density) in cases.items():
+    d = np.asarray(kde.pairwise_sq_distances(x, x))
+    same = np.all(x[:, None, :] == x[None, :, :], axis=-1)
+    assert not np.isnan(d).any() and (d[same] == 0).all() and np.isinf(d[~same]).all(), name
+    want = 1.0 / (np.asarray(density) + 1e-6)
+    for got in (kde.kde_weights(x, sigma=1.0, standardize_features=False),
+                jax.jit(lambda v: kde.kde_weights(v, sigma=1.0, standardize_features=False))(x),
+                _two_device_map(lambda v: kde.kde_weights(
+                    v, sigma=1.0, standardize_features=False, axis_name="data"), 1, P("data"))(x)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+
+
+def test_contrast_sigma_without_any_spread_returns_base_sigma():
+  """With no valid row, a single one, or only coincident rows every factor gives the
+  same densities: nothing to choose by, so the reference band-width, not the first
+  factor (which it once returned without a word)."""
+  x = np.random.default_rng(21).standard_normal((M, D)).astype(np.float32)
+  factors = (0.5, 2.0, 4.0)  # base_sigma is not among them
+  for mask in (np.zeros(M, bool), np.arange(M) == 3):
+    assert float(kde.contrast_sigma(x, base_sigma=SIGMA, factors=factors, mask=mask)) == \
+        np.float32(SIGMA)
+  for standardize in (True, False):
+    assert float(kde.contrast_sigma(np.ones((M, D), np.float32) * 7, base_sigma=SIGMA,
+                                    factors=factors, standardize_features=standardize)) == \
+        np.float32(SIGMA)
+  chosen = float(kde.contrast_sigma(x, base_sigma=SIGMA, factors=factors))
+  assert chosen in [np.float32(f * np.float32(SIGMA)) for f in factors]
