@@ -72,6 +72,8 @@ def test_write_wav_round_trip_and_guards(tmp_path):
   np.testing.assert_allclose(audio.load_wav(path), tone, atol=1e-4)
   with pytest.raises(ValueError, match="clip"):
     audio.write_wav(tmp_path / "loud.wav", 2 * np.ones(10))
+  with pytest.raises(ValueError, match=r"peak 1\.500 > 1 would clip"):  # a negative peak too
+    audio.write_wav(tmp_path / "low.wav", np.array([0.0, -1.5, 0.5]))
   with pytest.raises(ValueError, match="non-finite"):
     audio.write_wav(tmp_path / "nan.wav", np.array([0.0, np.nan]))
 
@@ -102,6 +104,17 @@ def test_load_wav_bad_files_name_the_path(tmp_path, kind):
   if kind == "nan":  # the project's message with the time, not librosa's "buffer not finite"
     assert "non-finite (NaN or inf) samples (the first at 0.001 s)" in str(error.value)
     assert "cannot be read" not in str(error.value)
+
+
+def test_the_first_non_finite_sample_is_timed_past_the_first_block_read(tmp_path):
+  """The time is counted over the blocks the file is read in (65536 samples each)."""
+  wave = _tone(5.0)
+  wave[72000] = np.inf  # 4.5 s: in the second block
+  path = tmp_path / "inf.wav"
+  soundfile.write(str(path), wave, SR, subtype="FLOAT")
+  with pytest.raises(audio.AudioError, match=re.escape(
+      f"{path}: audio holds non-finite (NaN or inf) samples (the first at 4.500 s)")):
+    audio.load_wav(path)
 
 
 @pytest.mark.parametrize("ratio_db", [-30.0, -20.0, -15.0, -10.0, 0.0, 7.5])
@@ -681,6 +694,8 @@ def test_text_file_named_wav_gives_a_real_reason(tmp_path):
   message = str(info.value)
   assert str(path) in message and "not a recognised audio format" in message
   assert "NoBackendError: )" not in message and "b'this'" in message
+  # libsndfile's reason, without its own "Error opening '<path>'" in front: the file once.
+  assert "Format not recognised" in message and message.count(str(path)) == 1
 
 
 @pytest.mark.parametrize("size, readable", [(0, False), (0xFFFFFFFF, True)])
@@ -708,10 +723,37 @@ def test_truncated_wav_is_its_own_error_naming_the_file(tmp_path):
   assert audio.load_wav(_write(tmp_path / "whole.wav")).size == 4000  # untouched
 
 
-@pytest.mark.parametrize("sr", [SR, 22050, 44100])
-def test_probe_gives_load_wav_length_without_decoding(tmp_path, sr):
-  path = _write(tmp_path / "a.wav", sr=sr, seconds=0.3)
-  assert audio.probe(path) == audio.load_wav(path).size
+def _wav_with_an_odd_chunk(path, wave, *, keep_bytes=None):
+  """A 16-bit WAV with a 3-byte chunk (and its pad byte, RIFF's rule) before its samples,
+  as some recorders write; cut to ``keep_bytes`` if given."""
+  pcm = np.round(np.asarray(wave) * 32767).astype("<i2").tobytes()
+  fmt = (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + SR.to_bytes(4, "little") \
+      + (2 * SR).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+  body = (b"WAVE" + b"fmt " + len(fmt).to_bytes(4, "little") + fmt
+          + b"note" + (3).to_bytes(4, "little") + b"abc\x00"
+          + b"data" + len(pcm).to_bytes(4, "little") + pcm)
+  raw = b"RIFF" + len(body).to_bytes(4, "little") + body
+  path.write_bytes(raw[:keep_bytes])
+  return path
+
+
+def test_a_truncated_wav_with_an_odd_sized_chunk_is_still_found(tmp_path):
+  """The data chunk is found past a chunk of odd size (followed by a pad byte)."""
+  wave = _tone(0.25)
+  assert audio.load_wav(_wav_with_an_odd_chunk(tmp_path / "whole.wav", wave)).size == 4000
+  path = _wav_with_an_odd_chunk(tmp_path / "cut.wav", wave, keep_bytes=3000)
+  with pytest.raises(audio.TruncatedAudioError, match=re.escape(
+      f"{path}: truncated WAV file (its header declares 8000 bytes of samples, the file "
+      "holds 2944)")):
+    audio.load_wav(path)
+
+
+@pytest.mark.parametrize("sr, frames", [(SR, 4800), (22050, 6615), (44100, 13230),
+                                       (22050, 1001), (44100, 1003)])
+def test_probe_gives_load_wav_length_without_decoding(tmp_path, sr, frames):
+  # 1001 samples at 22.05 kHz are 726.3 at 16 kHz: rounded up, as the resampler does (727).
+  path = _write(tmp_path / "a.wav", _tone(1.0, sr=sr)[:frames], sr=sr)
+  assert audio.probe(path) == audio.load_wav(path).size == int(np.ceil(frames * SR / sr))
 
 
 @pytest.mark.parametrize("make, message", [
