@@ -34,9 +34,21 @@ def test_atomic_write_failure_keeps_old_file_and_leaves_no_temporary(tmp_path, m
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(os, "replace", fail)
-  with pytest.raises(OSError, match="No space"):
+  with pytest.raises(OSError, match="No space") as error:
     fileio.atomic_write(path, "new")
   assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
+  assert error.value.filename == str(path)  # the file meant, not the temporary one
+
+
+def test_atomic_write_syncs_the_new_file_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+  """A machine that goes down just after the replace finds the new contents, not an empty
+  file: the temporary file is on disk (fsync) before it takes the name."""
+  calls = []
+  fsync, replace = os.fsync, os.replace
+  monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), fsync(fd))[1])
+  monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), replace(a, b))[1])
+  fileio.atomic_write(tmp_path / "f.txt", "new")
+  assert calls == ["fsync", "replace"] and (tmp_path / "f.txt").read_text() == "new"
 
 
 def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
@@ -132,6 +144,24 @@ def test_reader_skips_damaged_lines_with_a_warning_and_leaves_the_file(tmp_path,
   assert len(warnings) == 1 and str(path) in warnings[0]
   assert "skipping 2 damaged line(s) (line 2, 5)" in warnings[0]
   assert path.read_text() == text
+
+
+def test_a_step_that_is_not_an_integer_is_a_damaged_line(tmp_path, warnings):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": true}\n{"step": 1.0}\n{"step": "2"}\n{"step": 3}\n')
+  assert fileio.read_metrics(path) == [{"step": 3}]
+  assert len(warnings) == 1 and "skipping 3 damaged line(s) (line 1, 2, 3)" in warnings[0]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_while_writing_metrics_names_the_file():
+  writer = fileio.MetricsWriter("/dev/full", append=False)  # every write: ENOSPC
+  with pytest.raises(OSError, match="No space") as error:
+    writer.write(0, {"loss": 1.0})
+  assert error.value.filename == "/dev/full"
+  with pytest.raises(OSError, match="No space") as error:
+    writer.close()
+  assert error.value.filename == "/dev/full"
 
 
 def test_strict_reader_names_the_first_damaged_line(tmp_path, warnings):
