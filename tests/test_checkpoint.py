@@ -182,9 +182,13 @@ def test_metadata_is_stored_updated_and_readable_without_the_model(tmp_path):
   with checkpoint.Checkpointer(tmp_path, save_interval_steps=1, metadata=config) as ckpt:
     state = init_state()
     ckpt.maybe_save(1, state)
+    ckpt.wait()
+    path = next((ckpt.directory / "1" / "metadata").glob("*.json"))
+    sums = json.loads(path.read_text())["_checksums"]
     ckpt.update_metadata(threshold=12.5)
     assert not ckpt.maybe_save(1, state, force=True)  # Rewrites step 1's metadata.
-    path = next((ckpt.directory / "1" / "metadata").glob("*.json"))
+    # ... keeping the state's checksums: the calibrated checkpoint is still verified.
+    assert json.loads(path.read_text())["_checksums"] == sums
     written = os.stat(path)
     assert not ckpt.maybe_save(1, state, force=True)  # unchanged: not written again
     assert (os.stat(path).st_ino, os.stat(path).st_mtime_ns) == (written.st_ino,
@@ -192,6 +196,19 @@ def test_metadata_is_stored_updated_and_readable_without_the_model(tmp_path):
     assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
   assert checkpoint.read_metadata(tmp_path) == {**config, "threshold": 12.5}
   assert checkpoint.read_metadata(tmp_path, step=1)["threshold"] == 12.5
+
+
+def test_a_resume_warns_of_changed_metadata_but_not_of_a_newer_record_format(tmp_path, caplog):
+  with checkpoint.Checkpointer(tmp_path, async_save=False,
+                               metadata={"version": 1, "loss": "bu"}) as ckpt:
+    ckpt.maybe_save(1, init_state(), force=True)
+  caplog.set_level("WARNING")
+  with checkpoint.Checkpointer(tmp_path, metadata={"version": 3, "loss": "bu"}) as ckpt:
+    ckpt.restore_or_init(init_state())
+  assert "differs" not in caplog.text
+  with checkpoint.Checkpointer(tmp_path, metadata={"version": 3, "loss": "re"}) as ckpt:
+    ckpt.restore_or_init(init_state())
+  assert "Checkpoint metadata of step 1 differs from this run's in ['loss']" in caplog.text
 
 
 def test_metadata_errors(tmp_path):
@@ -273,6 +290,16 @@ def test_other_tree_structure_is_reported(saved_workdir):
   with checkpoint.Checkpointer(saved_workdir) as ckpt:
     with pytest.raises(checkpoint.CheckpointError, match="hidden_2.*different model"):
       ckpt.restore_or_init(jax.eval_shape(_init(8, 3)))
+    # A smaller model: the checkpoint's extra leaves are named, not "damaged files".
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"the checkpoint has 8 "
+                       r"leaf/leaves that the state lacks, first 'opt_state/0/mu/hidden_1/bias'"):
+      ckpt.restore_or_init(jax.eval_shape(_init(8, 1)))
+    # Another dtype (e.g. a half-precision state): named, never cast nor called damage.
+    half = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float16)
+                        if s.dtype == jnp.float32 else s, jax.eval_shape(_init(8, 2)))
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"dtype mismatch at "
+                       r"'params/hidden_0/bias': checkpoint float32, state float16"):
+      ckpt.restore_or_init(half)
 
 
 def test_read_only_restores_a_part_and_changes_nothing(saved_workdir):
@@ -393,6 +420,22 @@ def test_saving_behind_an_existing_checkpoint_is_refused(saved_workdir):
   with checkpoint.Checkpointer(saved_workdir, save_interval_steps=1) as ckpt:
     with pytest.raises(checkpoint.CheckpointError, match="restore_or_init"):
       ckpt.maybe_save(1, init_state())  # Forgot to restore: a fresh start.
+  # Behind the newest of several checkpoints (not only the oldest) is refused too.
+  with checkpoint.Checkpointer(saved_workdir, save_interval_steps=1, async_save=False) as ckpt:
+    ckpt.maybe_save(6, init_state(), force=True)
+  with checkpoint.Checkpointer(saved_workdir, save_interval_steps=1) as ckpt:
+    assert ckpt.all_steps() == [3, 6]
+    with pytest.raises(checkpoint.CheckpointError, match="it already holds step 6"):
+      ckpt.maybe_save(4, init_state(), force=True)
+    assert ckpt.all_steps() == [3, 6]
+
+
+def test_bad_options_are_refused(tmp_path):
+  with pytest.raises(ValueError, match="max_to_keep must be >= 1, got 0"):
+    checkpoint.Checkpointer(tmp_path, max_to_keep=0)
+  with pytest.raises(ValueError, match="save_interval_steps must be >= 1, got 0"):
+    checkpoint.Checkpointer(tmp_path, save_interval_steps=0)
+  assert not os.listdir(tmp_path)  # nothing created
 
 
 # ------------------------------------- killed run (subprocesses on 4 and 2 devices)
