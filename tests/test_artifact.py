@@ -129,6 +129,13 @@ def _set_in(group, key, value):
     (_set("heldout_clip_scores", [1.0, "x"]), "'heldout_clip_scores' holds a bad value"),
     (_set("train_config", [1, 2]), "'train_config' must be a JSON object"),
     (_set("version", 99), "written by a newer bu_jax"),
+    (_set("version", 0), "'version' must be >= 1, got 0"),
+    (_set("version", True), "'version' must be an integer"),
+    (_set("threshold", float("nan")), "'threshold' must be a number"),  # Python's json reads NaN
+    (_set("threshold", float("inf")), "'threshold' must be a number"),
+    (_set("heldout_clip_scores", [1.0, float("-inf")]), "'heldout_clip_scores' holds a bad value"),
+    (lambda m: m.update(reduce="max", score_window=0), "'score_window' must be >= 1 frames"),
+    (lambda m: m.update(reduce="max", score_window=True), "'score_window' must be an integer"),
     (_set("score_normalization", "knn"), "'score_normalization' must be a JSON object"),
     (_set("score_normalization", {"kind": "pca", "neighbors": 3, "file": "n.npz"}),
      "'score_normalization' 'kind' must be one of ('knn', 'knn_z')"),
@@ -201,3 +208,22 @@ def test_saved_for_training_restores_for_training_and_for_scoring(tmp_path, kde_
   assert sorted(os.listdir(checkpoint.checkpoint_dir(tmp_path))) == before  # read only
   with pytest.raises(artifact.ArtifactError, match="trained with loss 'bu', not 're'"):
     artifact.load_for_scoring(tmp_path, loss="re")
+  on = jax.devices()[3]  # scoring on another device than the first
+  placed = artifact.load_for_scoring(tmp_path, device=on).params
+  assert {d for leaf in jax.tree_util.tree_leaves(placed) for d in leaf.devices()} == {on}
+
+
+def test_calibrating_an_older_record_writes_it_in_this_format(tmp_path):
+  """φ of normalized scores or over a window stored in a record of version 1 would be
+  ignored by a bu_jax that reads version 1: the calibrated record is this VERSION's."""
+  older = {k: v for k, v in _toycar_record().to_json().items()
+           if k not in ("version", *artifact._CALIBRATION_KEYS)}  # pylint: disable=protected-access
+  state = {"w": np.zeros(3, np.float32)}
+  with checkpoint.Checkpointer(tmp_path, metadata=older, async_save=False) as ckpt:
+    ckpt.maybe_save(4, state, force=True)
+  assert artifact.read_metadata(tmp_path).version == 1
+  stored = artifact.store_calibration(tmp_path, WINDOWED, step=4, state=state)
+  assert stored.version == artifact.VERSION
+  entries = checkpoint.read_metadata(tmp_path)
+  assert entries["version"] == artifact.VERSION and entries["score_window"] == 62
+  assert artifact.read_metadata(tmp_path) == stored
