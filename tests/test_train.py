@@ -12,6 +12,7 @@ import functools
 import io
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -661,6 +662,26 @@ def test_shard_batch_and_replicate():
   with pytest.raises(ValueError, match="not divisible by the 4 devices"):
     parallel.shard_batch(jnp.arange(6.0), mesh)
   assert parallel.log_devices(mesh)["mesh_devices"] == 4
+  with pytest.raises(ValueError, match=r"leading axis None of an array with shape \(\) is not"):
+    parallel.shard_batch({"a": jnp.arange(8.0), "scalar": jnp.float32(1.0)}, mesh)
+  with pytest.raises(ValueError, match="data_mesh: no devices"):
+    parallel.data_mesh([])
+
+
+def test_check_divisible_names_the_flag_and_a_batch_that_divides():
+  mesh = _mesh(4)
+  assert parallel.check_divisible(8, mesh) == 2
+  for size, suggested in ((6, 4), (1, 4), (9, 8)):  # never 0: at least one per device
+    with pytest.raises(ValueError, match=re.escape(
+        f"--mixtures_per_step={size} is not divisible by the number of devices (4): each "
+        f"device must get the same number of mixtures. Use a multiple of 4 (e.g. "
+        f"--mixtures_per_step={suggested}) or run on fewer devices.")):
+      parallel.check_divisible(size, mesh)
+  with pytest.raises(ValueError, match=r"--mixtures_per_step=0 is not divisible .* \(e\.g\. "
+                     r"--mixtures_per_step=4\)"):
+    parallel.check_divisible(0, mesh)  # no mixtures at all: refused, not 0 per device
+  with pytest.raises(ValueError, match=r"^--clips_per_step=6 .* \(e\.g\. --clips_per_step=4\)"):
+    parallel.check_divisible(6, mesh, flag_name="--clips_per_step")
 
 
 def test_progress_bar_and_metrics_writer(tmp_path):
