@@ -13,6 +13,14 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One BLAS / OpenMP thread per process (read when NumPy, SciPy and scikit-learn load
+# their libraries, so set before they are imported; subprocesses inherit it). The
+# suite runs one pytest-xdist worker per core: with a thread per core in each worker,
+# OpenBLAS's SVD (scikit-learn's PCA) and scikit-learn's OpenMP kNN spin-waited for
+# a core held by the other worker, 10-20x the CPU time of one thread (a 1,500 x 440
+# SVD: 1.4 s against 0.1 s on 2 busy cores).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+  os.environ.setdefault(_var, "1")
 
 # Imported now, not at the end: hypothesis's pytest plugin imports it in its end-of-run
 # summary, and a pytest-xdist worker that ran no property test then took more than the
