@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import jax
 import numpy as np
@@ -52,11 +53,15 @@ def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys, caplog):
   assert artifact.latest_step(model_dir) == 1  # saved on the stop, not every 100 steps
   assert "[t] training tiny for 3 steps (1 epochs x 3) from step 0" in capsys.readouterr().out
 
+  # What a run killed after its checkpoint leaves: records of steps it did not save.
+  with open(tmp_path / "model" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 1, "loss": -1.0}\n{"step": 2, "loss": -1.0}\n')
   state, trained = runner.train_or_resume(config, corpus, **kwargs)
   assert "[t] resuming from the checkpoint of step 1 in" in capsys.readouterr().out
   assert trained == 2 and int(state.step) == 3 and artifact.latest_step(model_dir) == 3
-  steps = [json.loads(line)["step"] for line in open(tmp_path / "model" / "metrics.jsonl")]
-  assert steps == [0, 1, 2]
+  records = [json.loads(line) for line in open(tmp_path / "model" / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [0, 1, 2]  # each once: the resumed run's
+  assert all(r["loss"] != -1.0 for r in records)
   assert artifact.read_metadata(model_dir).tag == "t"
 
   _, trained = runner.train_or_resume(config, corpus, **kwargs)
@@ -100,6 +105,22 @@ def test_stop_resume_and_finished(tmp_path, monkeypatch, capsys, caplog):
     runner.check_resumable(model_dir, other, flag_names={"sigma"})
 
 
+def test_settings_are_checked_against_the_newest_checkpoint(tmp_path):
+  """The newest checkpoint is the one a resume restores (its metadata alone is read)."""
+  for step, seed in ((1, 0), (3, 1)):
+    path = artifact.metadata_path(tmp_path, step)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+      json.dump(artifact.ModelMetadata.for_training(_config(seed=seed)).to_json(), f)
+  runner.check_resumable(str(tmp_path), artifact.ModelMetadata.for_training(_config(seed=1)),
+                         flag_names={"seed"})
+  with pytest.raises(runner.SettingsMismatchError,
+                     match=r"\(step 3\) trained with other settings: --seed: 1 in the checkpoint, "
+                     r"0 now"):
+    runner.check_resumable(str(tmp_path), artifact.ModelMetadata.for_training(_config()),
+                           flag_names={"seed"})
+
+
 def test_validation_curve_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
   """``validate`` runs at the start, every ``checkpoint_every`` steps and at the end; a
   stopped run keeps its records up to its checkpoint, and the resume goes on from there."""
@@ -135,6 +156,15 @@ def test_validation_curve_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
   runner.train_or_resume(config, corpus, **uninterrupted)
   assert [json.loads(l)["step"] for l in open(tmp_path / "whole" / runner.VALIDATION_FILE)] == [
       0, 2, 4, 5]
+  # Stopped (between two checkpoints) without a curve, resumed with one: it starts there.
+  late = dict(kwargs, model_dir=str(tmp_path / "late"), validate=None)
+  with monkeypatch.context() as patch:
+    patch.setattr(runner.signals, "GracefulStop", _StopAtOnce)
+    with pytest.raises(runner.Interrupted):
+      runner.train_or_resume(config, corpus, **late)
+  runner.train_or_resume(config, corpus, **dict(late, validate=validate))
+  assert [json.loads(l)["step"] for l in open(tmp_path / "late" / runner.VALIDATION_FILE)] == [
+      1, 2, 4, 5]
 
 
 def test_training_time_is_summed_over_resumes_and_read_from_the_model_folder(tmp_path,
@@ -187,3 +217,11 @@ def test_training_inputs_segment_the_clips_and_take_statistics_only_when_standar
   _, stats = runner.training_inputs(_config(model=standardized), waves, paths, mesh=mesh)
   for got, want in zip(stats, features.statistics(waves, config=TINY.features)):
     np.testing.assert_allclose(got, want)
+
+
+def test_a_standardizing_ae_without_statistics_is_refused(monkeypatch):
+  """A clear error, not a TypeError from unpacking None (the model is not even built)."""
+  monkeypatch.setattr(runner.train_lib, "create_state", lambda config, mesh: None)
+  standardized = _config(model=dataclasses.replace(TINY, standardize_input=True))
+  with pytest.raises(ValueError, match="standardize_input needs the training feature statistics"):
+    runner.initial_state(standardized, mesh=parallel.data_mesh(jax.devices()[:1]))
