@@ -272,12 +272,13 @@ def _repair_last_line(path: PathLike) -> None:
 
   A damaged last line (cut off while it was written) is removed with a
   warning naming the file; a complete record that only lacks its line end
-  gets one. Damage further up is left to the readers, which skip it.
+  gets one, as do blanks after the last line (or in a file of nothing else).
+  Damage further up is left to the readers, which skip it.
   """
   content, lines = _metric_lines(path)
   if not content or content.endswith(b"\n") and (not lines or lines[-1][2] is not None):
     return
-  number, line, record = lines[-1]
+  number, line, record = lines[-1] if lines else (0, b"", {})  # only blanks: end them
   if record is None:
     _warn_damaged(path, [number], "cutting off")
     os.truncate(path, content.rindex(line))

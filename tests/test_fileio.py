@@ -189,6 +189,14 @@ def test_writer_cuts_off_a_half_written_last_line(tmp_path, warnings):
     writer.write(1, {})
   assert fileio.read_metrics(path) == [{"step": 0}, {"step": 1}]
   assert len(warnings) == 1
+  # Blanks without a line end, alone or after the last record: ended, not a reason to stop.
+  for blanks in ("\n  ", '{"step": 0}\n \t'):
+    path.write_text(blanks)
+    with fileio.MetricsWriter(path) as writer:
+      writer.write(1, {})
+    assert fileio.read_metrics(path)[-1] == {"step": 1}
+    assert path.read_text().endswith('\n{"step": 1}\n')
+  assert len(warnings) == 1
 
 
 def test_truncate_drops_later_steps_and_damaged_lines_with_a_warning(tmp_path, warnings):
