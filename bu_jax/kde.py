@@ -156,7 +156,7 @@ def pairwise_sq_distances(a: jax.Array, b: jax.Array) -> jax.Array:
   b = _rows(b, "b")
   down, up = _pow2_scale(a, b)  # exact: the shift's sum cannot overflow
   a, b = a * down, b * down
-  centre = _centre(b, jnp.ones((b.shape[0],), jnp.bool_))
+  centre = _shift(b, jnp.ones((b.shape[0],), jnp.bool_))
   # in the scaled units every difference fits; scaled back, a distance beyond float32 is inf
   return _sq_distances(a - centre, b - centre) * up * up
 
@@ -242,7 +242,7 @@ def standardize(x: jax.Array, *, mask: Optional[jax.Array] = None,
   return centered * inv
 
 
-def _centre(x: jax.Array, valid: jax.Array, up: Optional[jax.Array] = None) -> jax.Array:
+def _shift(x: jax.Array, valid: jax.Array, up: Optional[jax.Array] = None) -> jax.Array:
   """The (D,) shift of ``_center`` for rows already scaled by ``_pow2_scale``'s
   ``down`` (so the sum cannot overflow): per dimension the mean of the valid rows.
   Given ``up``, a dimension where some valid row lies beyond float32 of the mean
@@ -263,14 +263,14 @@ def _center(x: jax.Array, valid: jax.Array) -> jax.Array:
   """x minus the mean of its valid rows; masked-out rows set to 0. The mean is
   taken in units of a power of two near the rows' magnitude (exact), so its sum
   cannot overflow for any finite float32 rows; a dimension whose rows lie
-  beyond float32 of their mean is centred on its midrange (``_centre``)."""
+  beyond float32 of their mean is centred on its midrange (``_shift``)."""
   if x.shape[0] == 0:
     return x
   w = valid[:, None]
   x = jnp.where(w, x, 0.0)
   down, up = _pow2_scale(x)
   x = x * down
-  return jnp.where(w, (x - _centre(x, valid, up)) * up, 0.0)
+  return jnp.where(w, (x - _shift(x, valid, up)) * up, 0.0)
 
 
 def _global_rows(x: jax.Array, mask: Optional[jax.Array], axis_name: Optional[str], *,
