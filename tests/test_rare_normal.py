@@ -248,6 +248,20 @@ def test_standardized_input_ae_scores_in_standard_units():
     models.set_input_statistics(plain_params, mean, std)
 
 
+# The KDE tests below call these jitted wrappers: one compilation per shape. Called
+# eagerly, each of the ~100 operations of a call compiles on its own for every new
+# shape (a contrast_sigma on a new shape took ~4 s of CPU eagerly, ~1 s jitted). The
+# band-width is an argument (one program for every sigma), the rest as the caller gives.
+_contrast_sigma = jax.jit(kde.contrast_sigma,
+                          static_argnames=("base_sigma", "factors", "probe_rows"))
+
+
+_kde_density = jax.jit(lambda x, sigma: kde.kde_density(x, sigma=sigma))
+_kde_weights = jax.jit(lambda x, sigma: kde.kde_weights(x, sigma=sigma))
+_kde_weights_with_memory = jax.jit(lambda x, memory, sigma, memory_mask=None: (
+    kde.kde_weights_with_memory(x, memory, sigma=sigma, memory_mask=memory_mask)))
+
+
 def _clusters(n_dense=400, n_sparse=40, dim=16, seed=0):
   rng = np.random.default_rng(seed)
   dense = 0.2 * rng.standard_normal((n_dense, dim))
@@ -258,14 +272,14 @@ def _clusters(n_dense=400, n_sparse=40, dim=16, seed=0):
 def test_contrast_sigma_gives_rare_frames_more_weight_than_the_paper_sigma():
   x, n_dense = _clusters()
   base = 1.0 / (2 * x.shape[1])
-  sigma = float(kde.contrast_sigma(x, base_sigma=base))
+  sigma = float(_contrast_sigma(x, base_sigma=base))
   assert sigma in [f * base for f in kde.CONTRAST_FACTORS]
 
   def ratio(s):
-    w = np.asarray(kde.kde_weights(x, sigma=s))
+    w = np.asarray(_kde_weights(x, s))
     return w[n_dense:].mean() / w[:n_dense].mean()
 
-  spread = lambda s: np.var(np.log(np.asarray(kde.kde_density(x, sigma=s))))
+  spread = lambda s: np.var(np.log(np.asarray(_kde_density(x, s))))
   # it maximizes the spread of ln K over the candidates (all rows probed here)
   assert spread(sigma) >= max(spread(f * base) for f in kde.CONTRAST_FACTORS) - 1e-6
   assert ratio(sigma) > ratio(base)
@@ -274,10 +288,10 @@ def test_contrast_sigma_gives_rare_frames_more_weight_than_the_paper_sigma():
 def test_contrast_sigma_mask_and_sharding_invariance():
   x, _ = _clusters(n_dense=60, n_sparse=4, dim=8)
   base = 1.0 / 16
-  want = kde.contrast_sigma(x, base_sigma=base)
+  want = _contrast_sigma(x, base_sigma=base)
   padded = jnp.concatenate([x, jnp.full((8, 8), jnp.nan)])
   mask = jnp.arange(72) < 64
-  got = kde.contrast_sigma(padded, base_sigma=base, mask=mask, probe_rows=64)
+  got = _contrast_sigma(padded, base_sigma=base, mask=mask, probe_rows=64)
   np.testing.assert_allclose(float(got), float(want))
   mesh = jax.make_mesh((8,), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.P("data"))
@@ -287,7 +301,7 @@ def test_contrast_sigma_mask_and_sharding_invariance():
   np.testing.assert_allclose(float(sharded), float(want))
   # duplicates and a constant batch stay finite
   same = jnp.ones((32, 8))
-  assert np.isfinite(float(kde.contrast_sigma(same, base_sigma=base)))
+  assert np.isfinite(float(_contrast_sigma(same, base_sigma=base)))
   with pytest.raises(ValueError, match="factors"):
     kde.contrast_sigma(x, base_sigma=base, factors=(1.0, -2.0))
 
@@ -314,8 +328,8 @@ def test_contrast_sigma_probes_the_valid_rows_wherever_the_padding_lies():
   junk = jnp.concatenate([jnp.full((300, 8), jnp.nan), x, jnp.full((90, 8), jnp.nan)])
   mask = (jnp.arange(500) >= 300) & (jnp.arange(500) < 410)
   np.testing.assert_allclose(
-      float(kde.contrast_sigma(junk, base_sigma=1 / 16, mask=mask, probe_rows=256)),
-      float(kde.contrast_sigma(x, base_sigma=1 / 16, probe_rows=256)))
+      float(_contrast_sigma(junk, base_sigma=1 / 16, mask=mask, probe_rows=256)),
+      float(_contrast_sigma(x, base_sigma=1 / 16, probe_rows=256)))
 
 
 def test_contrast_sigma_with_fewer_rows_than_probes_maximizes_the_spread_over_each_row_once():
@@ -329,14 +343,14 @@ def test_contrast_sigma_with_fewer_rows_than_probes_maximizes_the_spread_over_ea
     n, r = int(rng.integers(20, 60)), int(rng.integers(2, 10))
     x = rng.standard_normal((n, 8)).astype(np.float32)
     x[-r:] = 3 + 2 * rng.standard_normal((r, 8))  # a rare mode after the frequent rows
-    spreads = [np.var(np.log(np.asarray(kde.kde_density(x, sigma=f * base), np.float64)))
+    spreads = [np.var(np.log(np.asarray(_kde_density(x, f * base), np.float64)))
                for f in kde.CONTRAST_FACTORS]
     want = kde.CONTRAST_FACTORS[int(np.argmax(spreads))] * base
-    assert float(kde.contrast_sigma(x, base_sigma=base)) == pytest.approx(want), seed
+    assert float(_contrast_sigma(x, base_sigma=base)) == pytest.approx(want), seed
     # in a padded buffer of 300 rows (k = 256 probe slots, n valid rows)
     padded = np.concatenate([x, np.full((300 - n, 8), np.nan, np.float32)])
     mask = np.arange(300) < n
-    got = float(kde.contrast_sigma(padded, base_sigma=base, mask=mask))
+    got = float(_contrast_sigma(padded, base_sigma=base, mask=mask))
     assert got == pytest.approx(want), seed
 
 
@@ -344,22 +358,22 @@ def test_memory_weights_reduce_to_batch_weights_and_count_the_memory():
   x, _ = _clusters(n_dense=50, n_sparse=6, dim=8)
   sigma = 1.0 / 16
   empty = jnp.zeros((32, 8))
-  got = kde.kde_weights_with_memory(x, empty, sigma=sigma, memory_mask=jnp.zeros(32, bool))
-  np.testing.assert_allclose(got, kde.kde_weights(x, sigma=sigma), rtol=1e-5)
+  got = _kde_weights_with_memory(x, empty, sigma, memory_mask=jnp.zeros(32, bool))
+  np.testing.assert_allclose(got, _kde_weights(x, sigma), rtol=1e-5)
   # a memory holding the batch again: same standardization, every kernel sum
   # doubled over twice the count -> the same density and weights
-  both = kde.kde_weights_with_memory(x, x, sigma=sigma)
-  np.testing.assert_allclose(both, kde.kde_weights(x, sigma=sigma), rtol=1e-4)
+  both = _kde_weights_with_memory(x, x, sigma)
+  np.testing.assert_allclose(both, _kde_weights(x, sigma), rtol=1e-4)
   # a memory full of frames like the sparse ones makes them denser (lower weight)
   sparse_like = jnp.asarray(np.repeat(np.asarray(x[50:]), 20, axis=0))
-  w = np.asarray(kde.kde_weights_with_memory(x, sparse_like, sigma=sigma))
-  w0 = np.asarray(kde.kde_weights(x, sigma=sigma))
+  w = np.asarray(_kde_weights_with_memory(x, sparse_like, sigma))
+  w0 = np.asarray(_kde_weights(x, sigma))
   assert w[50:].mean() / w[:50].mean() < w0[50:].mean() / w0[:50].mean()
   # garbage in masked memory rows changes nothing
   junk = jnp.concatenate([x, jnp.full((4, 8), jnp.nan)])
   mask = jnp.arange(60) < 56
   np.testing.assert_allclose(
-      kde.kde_weights_with_memory(x, junk, sigma=sigma, memory_mask=mask), both, rtol=1e-4)
+      _kde_weights_with_memory(x, junk, sigma, memory_mask=mask), both, rtol=1e-4)
 
 
 def test_memory_weights_with_groups_skip_own_group_in_the_batch_only():
@@ -401,7 +415,7 @@ def test_memory_update_is_a_ring_of_slots():
     kde.memory_update(jnp.zeros((5, 2)), jnp.zeros(5, bool), x, slot=0, rows_per_slot=2)
 
 
-def test_bu_training_with_memory_fills_it_and_matches_across_devices():
+def test_bu_training_with_memory_fills_it_and_matches_across_devices(fast_compiler_options):
   """Two BU steps with a KDE memory, the contrast band-width and leave-one-segment-out
   sums: the memory fills slot by slot, and the result on 1 device equals the result on
   2 (global KDE, replicated memory, global segment ids)."""
@@ -418,7 +432,7 @@ def test_bu_training_with_memory_fills_it_and_matches_across_devices():
   for n in (1, 2):
     mesh = parallel.data_mesh(jax.devices()[:n])
     corpus = train.place_corpus(segs, clips, np.array([2000, 1500]), mesh=mesh, config=cfg)
-    state = train.train(cfg, corpus, mesh=mesh)
+    state = train.train(cfg, corpus, mesh=mesh, compiler_options=fast_compiler_options)
     out.append(jax.device_get(state))
   for state in out:
     assert int(np.sum(state.memory["valid"])) == 32  # 2 of 3 slots written
@@ -505,7 +519,7 @@ def test_contrast_sigma_properties(seed, scale):
       pytest.approx(s)
 
 
-def test_train_state_fields_stay_those_of_existing_checkpoints():
+def test_train_state_fields_stay_those_of_existing_checkpoints(fast_compiler_options):
   """Checkpoints store the state's fields: without a KDE memory the state must keep
   exactly (step, params, opt_state), or earlier checkpoints stop restoring."""
   import dataclasses  # pylint: disable=g-import-not-at-top
@@ -514,5 +528,6 @@ def test_train_state_fields_stay_those_of_existing_checkpoints():
   preset = models.ModelPreset("tiny", models.preset("fcn40-small").features, 1, 8, 4)
   for loss, memory in (("re", 0), ("bu", 0), ("bu", 2)):
     cfg = train.TrainConfig(loss=loss, model=preset, kde_memory=memory, kde_memory_rows=4)
-    names = [f.name for f in dataclasses.fields(train.create_state(cfg, mesh=mesh))]
+    state = train.create_state(cfg, mesh=mesh, compiler_options=fast_compiler_options)
+    names = [f.name for f in dataclasses.fields(state)]
     assert names == ["step", "params", "opt_state"] + (["memory"] if memory else [])
