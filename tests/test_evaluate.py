@@ -15,6 +15,7 @@ import pytest
 import scipy.stats
 
 from bu_jax import evaluate
+from bu_jax import features
 from bu_jax import fileio
 
 
@@ -88,6 +89,20 @@ def test_clip_score_window_ranks_a_sustained_rise_above_a_spike():
 def test_clip_score_bad_window(kwargs, message):
   with pytest.raises(ValueError, match=message):
     evaluate.clip_score([1.0, 2.0, 3.0], **kwargs)
+
+
+def test_interior_clip_score_uses_every_interior_frame_and_no_edge_frame():
+  """Both ends' zero-padded frames are left out; the first and last interior frames count."""
+  config = features.FeatureConfig(n_mels=8, context=2)
+  n = 16000
+  inner = config.interior(n)
+  frames = np.zeros(config.num_frames(n))
+  assert 0 < inner.start and inner.stop < frames.size  # edge frames at both ends
+  frames[:inner.start] = frames[inner.stop:] = 100.0
+  for t in (inner.start, inner.stop - 1):
+    scores = frames.copy()
+    scores[t] = 3.0
+    assert evaluate.interior_clip_score(scores, num_samples=n, feature_config=config) == 3.0
 
 
 def test_window_candidates_are_one_frame_and_quarter_to_two_seconds():
@@ -257,6 +272,16 @@ def test_fit_threshold_failed_fit_falls_back(monkeypatch, caplog):
   assert "optimizer diverged" in caplog.text
 
 
+def test_fit_threshold_non_finite_fit_falls_back(monkeypatch, caplog):
+  """A fit that returns NaN parameters (no exception) gives the empirical quantile, not NaN."""
+  monkeypatch.setattr(scipy.stats.gamma, "fit", lambda data, **kwargs: (np.nan, 0.0, 1.0))
+  scores = np.linspace(0.1, 1.1, 11)
+  with caplog.at_level(logging.WARNING):
+    threshold = evaluate.fit_threshold(scores, quantile=0.9)
+  assert threshold == pytest.approx(1.0)
+  assert "non-finite" in caplog.text
+
+
 @pytest.mark.parametrize("scores, kwargs, message", [
     ([], {}, "empty"),
     ([1.0, np.nan, 2.0], {}, "non-finite"),
@@ -278,6 +303,9 @@ def test_false_positive_rates_by_name_and_by_mask():
   masks = {"low": scores < 1, "high": scores >= 1, "none": np.zeros(5, bool)}
   assert evaluate.false_positive_rates(scores, 1.5, masks) == pytest.approx(
       {"low": 0.0, "high": 2 / 3})
+  for short_or_long in (names[:-1], names + ["rare"]):  # one name per score, no fewer or more
+    with pytest.raises(ValueError, match="groups has"):
+      evaluate.false_positive_rates(scores, 1.0, short_or_long)
 
 
 # ------------------------------------------------------- evaluate_conditions
@@ -373,6 +401,12 @@ def test_fpr_frequent_leaves_out_unlisted_clips_once_any_clip_is_labelled():
   rare = evaluate.evaluate_conditions(unlabelled, [2.0, 0.5, 3.0, 5.0],
                                       threshold=1.0)["rare_normal"]
   assert rare["fpr_frequent"] == pytest.approx(2 / 3) and rare["fpr_rare"] is None
+  # Only frequent clips listed (no rare one): the unlisted normals are still left out.
+  listed = [Clip("f.wav", 0, "c", False), Clip("u0.wav", 0, "c", None),
+            Clip("u1.wav", 0, "c", None), Clip("a.wav", 1, "c", None)]
+  rare = evaluate.evaluate_conditions(listed, [0.5, 3.0, 3.0, 5.0],
+                                      threshold=1.0)["rare_normal"]
+  assert rare["fpr_frequent"] == pytest.approx(0.0) and rare["fpr_rare"] is None
 
 
 def _mixing_layout_set():
@@ -428,6 +462,47 @@ def test_evaluate_conditions_errors():
     evaluate.evaluate_conditions(only_anomalous, [1.0, 2.0], threshold=1.0)
   with pytest.raises(TypeError, match="label"):
     evaluate.evaluate_conditions([object()], [1.0], threshold=1.0)
+  only_normal = [Clip("x.wav", 0, "c", None), Clip("y.wav", 0, "c", None)]
+  with pytest.raises(ValueError, match="condition 'c'.*only normal"):
+    evaluate.evaluate_conditions(only_normal, [1.0, 2.0], threshold=1.0)
+
+
+def test_evaluate_conditions_means_are_arithmetic_over_three_conditions():
+  """The "mean" rows average the conditions (with three, a median would differ)."""
+  clips, scores = [], []
+  for condition, anomaly in (("a", 5.0), ("b", 5.0), ("c", -5.0)):  # AUC 1, 1, 0
+    clips += [Clip(f"{condition}_n0", 0, condition, False),
+              Clip(f"{condition}_r0", 0, condition, True), Clip(f"{condition}_a0", 1, condition, None)]
+    scores += [0.0, 1.0, anomaly]
+  result = evaluate.evaluate_conditions(clips, scores, threshold=0.5)
+  assert result["auc"] == pytest.approx({"a": 1.0, "b": 1.0, "c": 0.0, "mean": 2 / 3})
+  assert result["pauc_dcase"]["mean"] == pytest.approx(2 / 3)
+  assert result["rare_normal"]["auc_vs_rare"]["mean"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_conditions_passes_max_fpr_to_every_condition():
+  clips, scores = _synthetic_set()
+  result = evaluate.evaluate_conditions(clips, scores, threshold=None, max_fpr=0.3)
+  labels, _, groups = evaluate.condition_groups(clips, scores)
+  for condition, index in groups.items():
+    for key, value in evaluate.metrics(labels[index], scores[index], max_fpr=0.3).items():
+      assert result[key][condition] == pytest.approx(value)
+  # -10 dB separates perfectly (pAUC 1 for any p); at -20 dB the pAUC depends on p.
+  assert result["pauc_dcase"]["-20dB"] == pytest.approx(5 / 9)  # 0.33 at p = 0.1
+
+
+def test_evaluate_conditions_fprs_count_a_score_equal_to_phi():
+  """Eq. (4), A >= phi, in every false-positive rate of the report; phi is a Python float."""
+  clips = [Clip("n0", 0, "c", False), Clip("n1", 0, "c", False), Clip("r0", 0, "c", True),
+           Clip("r1", 0, "c", True), Clip("a0", 1, "c", None)]
+  scores = [0.5, 0.1, 0.5, 0.1, 0.9]
+  rare = evaluate.evaluate_conditions(clips, scores, threshold=0.5)["rare_normal"]
+  assert rare["fpr_frequent_by_condition"]["c"] == pytest.approx(0.5)
+  assert rare["fpr_rare_by_condition"]["c"] == pytest.approx(0.5)
+  assert rare["fpr_frequent"] == pytest.approx(0.5) and rare["fpr_rare"] == pytest.approx(0.5)
+  result = evaluate.evaluate_conditions(clips, scores, threshold=np.float32(0.5))
+  assert type(result["threshold"]) is float  # pylint: disable=unidiomatic-typecheck
+  json.dumps(result, allow_nan=False)
 
 
 # ----------------------------------------------------------------- CSV files
@@ -512,7 +587,8 @@ def test_fit_threshold_treats_scores_equal_up_to_rounding_as_degenerate(caplog):
 @pytest.mark.parametrize("scores, free_loc, fits", [
     ([1.0, 2.0, 3.0], False, True), ([2.0] * 5, False, False), ([1.0, 3.0], False, False),
     ([1.0] * 9 + [float(np.nextafter(1.0, 2.0))], False, False),
-    ([-1.0, 0.0, 1.0, 2.0], False, False), ([-1.0, 0.0, 1.0, 2.0], True, True)])
+    ([-1.0, 0.0, 1.0, 2.0], False, False), ([-1.0, 0.0, 1.0, 2.0], True, True),
+    ([0.0, 1.0, 2.0, 3.0], False, False)])  # location 0: a score of 0 is not positive
 def test_gamma_fit_applies_says_what_fit_threshold_does(scores, free_loc, fits, caplog):
   """The detector's --fpr message names the method from this: it must match the fallback."""
   assert evaluate.gamma_fit_applies(scores, free_loc=free_loc) == fits
