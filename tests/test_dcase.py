@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -474,6 +475,53 @@ def test_partial_aucs_by_hand():
   assert m20["pAUC"] == pytest.approx(standardized(1 / 4, 0.1))
 
 
+def test_a_value_that_needs_a_missing_class_is_nan():
+  """NaN from the module's own guard, with no warning and whatever sklearn does with one
+  class (older versions raise, newer warn)."""
+  labels = [0, 0, 1, 1]
+  domains = ["source", "source", "source", "target"]  # no target normal
+  scores, decisions = [0.1, 0.2, 0.9, 0.8], [0, 0, 1, 1]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    m22 = dcase_metrics.section_metrics(labels, scores, decisions, domains, year="2022")
+    m21 = dcase_metrics.section_metrics(labels, scores, decisions, domains, year="2021")
+  assert np.isnan(m22["AUC (target)"]) and m22["AUC (source)"] == pytest.approx(1.0)
+  assert np.isnan(m21["AUC (target)"]) and np.isnan(m21["pAUC (target)"])
+  assert m21["pAUC (source)"] == pytest.approx(1.0)
+
+
+def test_max_fpr_sets_every_partial_auc():
+  """max_fpr reaches the pAUC of every convention (the sklearn reference at p = 0.3)."""
+  labels = np.array([0] * 10 + [1] * 4)
+  scores = np.array([0.10, 0.20, 0.30, 0.40, 0.50, 0.15, 0.25, 0.35, 0.45, 0.80,
+                     0.90, 0.05, 0.60, 0.70])
+  domains = np.array(["source"] * 5 + ["target"] * 5 + ["source"] * 2 + ["target"] * 2)
+  decisions = [0] * 14
+  want = sk_metrics.roc_auc_score(labels, scores, max_fpr=0.3)
+  assert want != pytest.approx(sk_metrics.roc_auc_score(labels, scores, max_fpr=0.1))
+  m22 = dcase_metrics.section_metrics(labels, scores, decisions, domains, year="2022",
+                                      max_fpr=0.3)
+  assert m22["pAUC"] == pytest.approx(want)
+  m20 = dcase_metrics.section_metrics(labels, scores, decisions, [None] * 14, year="2020",
+                                      max_fpr=0.3)
+  assert m20["pAUC"] == pytest.approx(want)
+  m21 = dcase_metrics.section_metrics(labels, scores, decisions, domains, year="2021",
+                                      max_fpr=0.3)
+  for domain in ("source", "target"):
+    own = domains == domain
+    assert m21[f"pAUC ({domain})"] == pytest.approx(
+        sk_metrics.roc_auc_score(labels[own], scores[own], max_fpr=0.3))
+
+
+def test_section_metrics_refuse_clip_lists_of_different_lengths():
+  labels, scores, domains = [0, 0, 1, 1], [0.1, 0.2, 0.9, 0.8], ["source"] * 4
+  for year in ("2020", "2021", "2022"):
+    with pytest.raises(ValueError, match="lengths differ"):
+      dcase_metrics.section_metrics(labels, scores, [1], domains, year=year)
+    with pytest.raises(ValueError, match="lengths differ"):
+      dcase_metrics.section_metrics(labels, scores[:-1], [0] * 4, domains, year=year)
+
+
 def test_rare_normal_metrics_by_hand():
   """--rare_clips' metrics of one section: every domain together; unlisted clips
   (None) in neither group; None where a group is missing."""
@@ -503,6 +551,9 @@ def test_rare_normal_metrics_by_hand():
   assert summary["mean"]["auc_vs_rare"] == pytest.approx(0.25)
   assert summary["mean"]["auc_vs_frequent"] == pytest.approx(1.0)  # the section that has it
   assert summary["machine_types"]["fan"]["00"] == m
+  # a key that no section has is None, not a mean of nothing
+  alone = dcase_metrics.summarize_rare({"fan": {"01": only_rare}})["mean"]
+  assert alone["auc_vs_frequent"] is None and alone["fpr_frequent"] is None
 
 
 def test_official_score_worked_example():
@@ -551,6 +602,51 @@ def test_summary_means_and_result_rows():
   assert text.splitlines()[-1] == ("official score: 0.625 (over 5 of its 6 values; n/a: "
                                    "fan/01: AUC (target); not comparable with a score over "
                                    "all of them)")
+
+
+def test_summary_harmonic_means_per_metric():
+  """hmean_auc_source / _target / hmean_pauc: each over its own column of every section."""
+  def section(year):
+    return dict.fromkeys(dcase_metrics.COLUMNS[year], 0.5)
+  s22 = {"fan": {"00": {**section("2022"), "AUC (source)": 0.9, "AUC (target)": 0.6,
+                        "pAUC": 0.55},
+                 "01": {**section("2022"), "AUC (source)": 0.8, "AUC (target)": 0.4,
+                        "pAUC": 0.7}}}
+  out = dcase_metrics.summarize(s22, year="2022")
+  assert out["hmean_auc_source"] == pytest.approx(scipy.stats.hmean([0.9, 0.8]))
+  assert out["hmean_auc_target"] == pytest.approx(scipy.stats.hmean([0.6, 0.4]))
+  assert out["hmean_pauc"] == pytest.approx(scipy.stats.hmean([0.55, 0.7]))
+  s21 = {"fan": {"00": {**section("2021"), "pAUC (source)": 0.9, "pAUC (target)": 0.6}}}
+  assert dcase_metrics.summarize(s21, year="2021")["hmean_pauc"] == pytest.approx(
+      scipy.stats.hmean([0.9, 0.6]))
+  s20 = {"fan": {"id_00": {**section("2020"), "AUC": 0.9, "pAUC": 0.6},
+                 "id_02": {**section("2020"), "AUC": 0.7, "pAUC": 0.8}}}
+  out = dcase_metrics.summarize(s20, year="2020")
+  assert out["hmean_auc"] == pytest.approx(scipy.stats.hmean([0.9, 0.7]))
+  assert out["hmean_pauc"] == pytest.approx(scipy.stats.hmean([0.6, 0.8]))
+
+
+def test_result_rows_cells():
+  """Each mean row holds its own mean, full precision (repr); n/a is an empty cell."""
+  cols = dcase_metrics.COLUMNS["2022"]
+  sections = {"00": dict.fromkeys(cols, 0.5),
+              "01": {**dict.fromkeys(cols, 1.0), "AUC (target)": float("nan")}}
+  rows = dcase_metrics.result_rows(dcase_metrics.summarize({"fan": sections}, year="2022"),
+                                   year="2022")
+  by_name = {}
+  for row in rows:
+    if row:
+      by_name.setdefault(row[0], row[1:])
+  assert by_name["01"][cols.index("AUC (target)")] == ""
+  assert by_name["01"][cols.index("AUC (source)")] == "1.0"
+  auc_source = cols.index("AUC (source)")
+  assert by_name["arithmetic mean"][auc_source] == repr(0.75)
+  assert by_name["harmonic mean"][auc_source] == repr(float(scipy.stats.hmean([0.5, 1.0])))
+  overall = "over all machine types, sections, and domains"
+  assert by_name[f"arithmetic mean {overall}"][auc_source] == repr(0.75)
+  assert by_name[f"harmonic mean {overall}"][auc_source] == repr(
+      float(scipy.stats.hmean([0.5, 1.0])))
+  assert by_name["harmonic mean"][cols.index("AUC (target)")] == "0.5"  # the n/a left out
 
 
 # ------------------------------------------------------------------ files
