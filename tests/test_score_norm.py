@@ -125,6 +125,11 @@ def test_missing_or_corrupt_file_is_an_error_naming_it(tmp_path):
   np.savez(wrong, codes=np.zeros(5), scores=np.zeros(5), neighbors=2)
   with pytest.raises(artifact.ArtifactError, match=rf"{wrong}: .*expected codes \(N, Z\)"):
     score_norm.load_local_normalizer(wrong)
+  fractional = tmp_path / "fractional.npz"  # k must be stored as an integer, not rounded
+  np.savez(fractional, codes=np.zeros((5, 2)), scores=np.ones(5), neighbors=2.5)
+  with pytest.raises(artifact.ArtifactError, match=f"{fractional}: .*'neighbors' must be an "
+                     "integer"):
+    score_norm.load_local_normalizer(fractional)
   lacking = tmp_path / "lacking.npz"
   np.savez(lacking, codes=np.zeros((5, 2)), scores=np.zeros(5))
   with pytest.raises(artifact.ArtifactError, match=f"{lacking}: .*neighbors"):
@@ -381,6 +386,81 @@ def test_knn_z_needs_three_bank_frames():
   assert np.isfinite(out).all()
 
 
+def test_knn_z_bank_with_as_many_frames_as_neighbours():
+  """k = N: sigma_ref is the spread over each frame's N - 1 other frames."""
+  rng = np.random.default_rng(0)
+  codes, scores = rng.normal(size=(4, 3)), np.array([1.0, 2.0, 4.0, 8.0])
+  norm = score_norm.fit_local_normalizer(codes, scores, neighbors=4, kind="knn_z")
+  logs = np.log(scores)
+  want = np.median([np.std(np.delete(logs, i), ddof=1) for i in range(4)])
+  assert norm.reference_spread == pytest.approx(want)
+  assert np.isfinite(norm(rng.normal(size=(2, 3)), [1.0, 3.0])).all()
+
+
+def test_choose_neighbors_keeps_the_first_k_on_ties_and_a_k_equal_to_the_bank():
+  codes, _ = _bank(n=20)
+  equal = score_norm.fit_local_normalizer(codes, np.full(20, 2.0), neighbors=2, kind="knn_z")
+  # equal scores everywhere: every k gives the same density; the smallest is kept
+  k, table = score_norm.choose_neighbors(equal, codes[:5], np.full(5, 2.0))
+  assert sorted(table) == [5, 10, 20]  # 20 = the bank's frames is a usable k
+  assert len(set(table.values())) == 1 and k == 5
+
+
+class _ConstantScorer:
+  """A stand-in for ``FrameScorer``: every frame scores 1, codes are random (no model)."""
+
+  config = features.FeatureConfig(n_mels=8, context=2)
+
+  def __call__(self, params, wave, *, name="waveform", with_codes=False):
+    frames = self.config.num_frames(len(wave))
+    codes = np.random.default_rng(len(wave)).standard_normal((frames, 2)).astype(np.float32)
+    scores = np.ones(frames, np.float32)
+    return (scores, codes) if with_codes else scores
+
+
+def test_heldout_banks_choose_k_among_those_every_left_out_bank_fits():
+  """Clips of 6, 10 and 26 interior frames: the banks without one clip hold 36, 32 and 16
+  frames, so k in (5, 10) only; equal densities (constant scores): the first, 5."""
+  scorer = _ConstantScorer()
+  waves = [np.zeros(n, np.float32) for n in (3000, 4000, 8000)]
+  assert [scorer.config.interior_count(len(w)) for w in waves] == [6, 10, 26]
+  full, loco = score_norm.fit_heldout_banks(scorer, None, waves, neighbors=score_norm.AUTO,
+                                            kind="knn_z")
+  assert sorted(full.choice) == [5, 10] and full.neighbors == 5
+  assert [b.frames for b in loco] == [36, 32, 16]
+
+
+@pytest.mark.parametrize("kind, neighbors, error", [
+    ("knn_z", 2, None), ("knn_z", 1, ">= 2"), ("auto", 1, ">= 2"), ("auto", 0, None),
+    ("knn", 1, None), ("knn", 0, "knn_z or auto only"), ("none", 0, "knn_z or auto only")])
+def test_check_setting(kind, neighbors, error):
+  if error is None:
+    score_norm.check_setting(kind, neighbors)
+  else:
+    with pytest.raises(ValueError, match=error):
+      score_norm.check_setting(kind, neighbors)
+
+
+def test_flag_defaults_and_bank_candidates():
+  assert score_norm.resolve_neighbors("knn_z", None) == score_norm.AUTO
+  assert score_norm.resolve_neighbors("auto", None) == score_norm.AUTO
+  assert score_norm.resolve_neighbors("knn", None) == 10
+  assert score_norm.resolve_neighbors("knn", 3) == 3
+  assert score_norm.bank_candidates("auto") == ("training", "crossfit")
+  assert score_norm.bank_candidates("heldout") == ("heldout",)
+  assert score_norm.needs_fold_models("auto") and score_norm.needs_fold_models("crossfit")
+  assert not score_norm.needs_fold_models("heldout")
+
+
+def test_prepare_none_removes_an_earlier_bank(tmp_path):
+  codes, scores = _bank(n=20)
+  score_norm.fit_local_normalizer(codes, scores, neighbors=3).save(tmp_path / score_norm.FILE_NAME)
+  scorer = object()
+  assert score_norm.prepare(scorer, None, [], kind="none", neighbors=10,
+                            directory=str(tmp_path)) == (scorer, None)
+  assert not (tmp_path / score_norm.FILE_NAME).exists()
+
+
 # ------------------------------------------------------------------ sizes known before training
 
 
@@ -409,6 +489,11 @@ def test_a_bank_too_small_for_the_normalization_is_refused_naming_the_flags():
   score_norm.check_bank_size("none", 10**6, [], cfg)  # no bank
   short = next(n for n in range(1, 16000) if cfg.interior_count(n) == 4)
   score_norm.check_bank_size("knn_z", 3, [short], cfg)
+  score_norm.check_bank_size("auto", score_norm.AUTO, [short, short], cfg)  # 8 >= 5
+  three = next(n for n in range(1, 16000) if cfg.interior_count(n) == 3)
+  score_norm.check_bank_size("knn_z", 2, [three], cfg)  # exactly the 3 frames knn_z needs
+  five = next(n for n in range(1, 16000) if cfg.interior_count(n) == 5)
+  score_norm.check_bank_size("knn_z", score_norm.AUTO, [five], cfg)  # exactly min(CANDIDATES)
   with pytest.raises(ValueError, match=r"the knn bank holds 4 frames; --score_normalization="
                      r"auto with --normalization_neighbors=0 \(k chosen\) needs at least 5"):
     score_norm.check_bank_size("auto", score_norm.AUTO, [short], cfg)  # CANDIDATES start at 5
