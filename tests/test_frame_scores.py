@@ -40,6 +40,11 @@ def test_bad_input_named(model_and_params):
   wave[3] = np.nan
   with pytest.raises(ValueError, match="rec.wav"):
     frame_scores.FrameScorer(model, CFG)(params, wave, name="rec.wav")
+  stereo = np.zeros((2, 1000), np.float32)
+  with pytest.raises(ValueError, match=r"st.wav: expected a mono waveform \(N,\)"):
+    frame_scores.FrameScorer(model, CFG)(params, stereo, name="st.wav")
+  with pytest.raises(ValueError, match="chunk_frames must be >= 1, got 0"):
+    frame_scores.FrameScorer(model, CFG, chunk_frames=0)
 
 
 @pytest.mark.parametrize("standardize", [False, True])
