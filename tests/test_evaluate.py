@@ -44,9 +44,10 @@ def test_clip_score_max_and_mean():
     ([1.0, np.nan], "non-finite"),
     ([np.inf], "non-finite"),
 ])
-def test_clip_score_bad_input(frames, message):
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_clip_score_bad_input(frames, message, reduce):
   with pytest.raises(ValueError, match=message):
-    evaluate.clip_score(frames)
+    evaluate.clip_score(frames, reduce=reduce)
 
 
 def test_clip_score_unknown_reduce():
@@ -198,6 +199,7 @@ def test_decide_refuses_a_nan_threshold():
   with pytest.raises(ValueError, match="NaN"):
     evaluate.decide(np.array([0.5, 2.0]), float("nan"))
   np.testing.assert_array_equal(evaluate.decide(np.array([0.5, 2.0]), 1.0), [False, True])
+  assert evaluate.decide(1.0, 1.0) is True and evaluate.decide(0.5, 1.0) is False  # Python bools
 
 
 # ------------------------------------------------------------- fit_threshold
@@ -468,14 +470,16 @@ def test_evaluate_conditions_errors():
 
 
 def test_evaluate_conditions_means_are_arithmetic_over_three_conditions():
-  """The "mean" rows average the conditions (with three, a median would differ)."""
+  """The "mean" rows average the conditions (with three, a median would differ); the
+  conditions are listed in the order they first appear."""
   clips, scores = [], []
-  for condition, anomaly in (("a", 5.0), ("b", 5.0), ("c", -5.0)):  # AUC 1, 1, 0
+  for condition, anomaly in (("c", 5.0), ("a", 5.0), ("b", -5.0)):  # AUC 1, 1, 0
     clips += [Clip(f"{condition}_n0", 0, condition, False),
               Clip(f"{condition}_r0", 0, condition, True), Clip(f"{condition}_a0", 1, condition, None)]
     scores += [0.0, 1.0, anomaly]
   result = evaluate.evaluate_conditions(clips, scores, threshold=0.5)
-  assert result["auc"] == pytest.approx({"a": 1.0, "b": 1.0, "c": 0.0, "mean": 2 / 3})
+  assert result["auc"] == pytest.approx({"c": 1.0, "a": 1.0, "b": 0.0, "mean": 2 / 3})
+  assert list(result["auc"]) == ["c", "a", "b", "mean"]  # as the conditions first appear
   assert result["pauc_dcase"]["mean"] == pytest.approx(2 / 3)
   assert result["rare_normal"]["auc_vs_rare"]["mean"] == pytest.approx(2 / 3)
 
@@ -564,6 +568,16 @@ def test_rare_normal_metrics_per_condition():
   out = evaluate.evaluate_conditions(clips, scores, threshold=None)["rare_normal"]
   assert out["rare_vs_frequent"]["c"] == pytest.approx(1.0)
   assert out["fpr_rare_by_condition"] == {}
+
+
+def test_rare_normal_aucs_count_ties_as_half():
+  """An anomaly that ties a rare normal wins half the pair, as in the AUC (sklearn)."""
+  clips = [Clip("f0", 0, "c", False), Clip("r0", 0, "c", True), Clip("a0", 1, "c", None)]
+  out = evaluate.evaluate_conditions(clips, [0.1, 0.5, 0.5], threshold=None)["rare_normal"]
+  assert out["auc_vs_rare"]["c"] == pytest.approx(0.5)
+  assert out["auc_vs_frequent"]["c"] == pytest.approx(1.0)
+  out = evaluate.evaluate_conditions(clips, [0.5, 0.5, 0.9], threshold=None)["rare_normal"]
+  assert out["rare_vs_frequent"]["c"] == pytest.approx(0.5)
 
 
 def test_heldout_spread_is_max_over_median_and_label_free():
