@@ -626,6 +626,19 @@ def test_summary_harmonic_means_per_metric():
   assert out["hmean_pauc"] == pytest.approx(scipy.stats.hmean([0.6, 0.8]))
 
 
+def test_overall_means_cover_every_machine_type_s_sections():
+  """Sections of the same name under two machine types are two sections of the overall
+  means; a score with no value to average is n/a (NaN), not 0."""
+  cols = dcase_metrics.COLUMNS["2022"]
+  per_machine = {"fan": {"00": dict.fromkeys(cols, 0.5)},
+                 "pump": {"00": dict.fromkeys(cols, 1.0), "01": dict.fromkeys(cols, 1.0)}}
+  out = dcase_metrics.summarize(per_machine, year="2022")
+  assert out["overall"]["arithmetic mean"]["AUC (source)"] == pytest.approx(2.5 / 3)
+  assert out["hmean_auc_source"] == pytest.approx(scipy.stats.hmean([0.5, 1.0, 1.0]))
+  missing = {"fan": {"00": dict.fromkeys(cols, float("nan"))}}
+  assert np.isnan(dcase_metrics.official_score(missing, year="2022"))
+
+
 def test_result_rows_cells():
   """Each mean row holds its own mean, full precision (repr); n/a is an empty cell."""
   cols = dcase_metrics.COLUMNS["2022"]
