@@ -475,7 +475,8 @@ def test_evaluate_conditions_means_are_arithmetic_over_three_conditions():
   clips, scores = [], []
   for condition, anomaly in (("c", 5.0), ("a", 5.0), ("b", -5.0)):  # AUC 1, 1, 0
     clips += [Clip(f"{condition}_n0", 0, condition, False),
-              Clip(f"{condition}_r0", 0, condition, True), Clip(f"{condition}_a0", 1, condition, None)]
+              Clip(f"{condition}_r0", 0, condition, True),
+              Clip(f"{condition}_a0", 1, condition, None)]
     scores += [0.0, 1.0, anomaly]
   result = evaluate.evaluate_conditions(clips, scores, threshold=0.5)
   assert result["auc"] == pytest.approx({"c": 1.0, "a": 1.0, "b": 0.0, "mean": 2 / 3})
