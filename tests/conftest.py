@@ -82,3 +82,29 @@ def fast_compiler_options():
     except Exception:  # pylint: disable=broad-except
       continue
   return {}
+
+
+@pytest.fixture(scope="module")
+def fast_training(fast_compiler_options):
+  """For a module whose tests train through the entry points (``toycar.run``,
+  ``dcase_run.run``, ``runner``), which take no compiler options: while the
+  module runs, ``train.train`` and ``train.create_state`` compile with
+  ``fast_compiler_options`` unless a caller passes its own. The training step's
+  compilation is most of a tiny run's time (2-3x less with these options); the
+  programs are the same up to rounding, and the persistent compilation cache keys
+  them apart from the default-compiled ones. Opt in with
+  ``pytestmark = pytest.mark.usefixtures("fast_training")``."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from bu_jax import train  # pylint: disable=g-import-not-at-top
+
+  def with_options(fn):
+    @functools.wraps(fn)
+    def wrapped(*args, compiler_options=None, **kwargs):
+      options = fast_compiler_options if compiler_options is None else compiler_options
+      return fn(*args, compiler_options=options, **kwargs)
+    return wrapped
+
+  with pytest.MonkeyPatch.context() as patch:
+    for name in ("train", "create_state"):
+      patch.setattr(train, name, with_options(getattr(train, name)))
+    yield

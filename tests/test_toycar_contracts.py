@@ -17,6 +17,9 @@ from bu_jax import toycar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The tiny runs below train at XLA's backend optimization level 0 (conftest).
+pytestmark = pytest.mark.usefixtures("fast_training")
+
 
 # ------------------------------------------------------------------ flag validation
 
