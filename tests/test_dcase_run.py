@@ -20,6 +20,8 @@ from bu_jax import detector as detector_lib
 from bu_jax import reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tiny runs below train at XLA's backend optimization level 0 (conftest).
+pytestmark = pytest.mark.usefixtures("fast_training")
 TINY = dict(num_source_train=6, num_target_train=2, num_test_per_group=3,
             num_something_else=4, machines=("SynthFan",))
 
