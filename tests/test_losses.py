@@ -99,6 +99,12 @@ def _np_density(x, valid, groups, *, sigma):
   return out
 
 
+# Jitted: one program per shape (eagerly each of its operations compiled on its own for
+# every new shape, ~2 s of CPU per m).
+_kde_density_03 = jax.jit(lambda x, mask, groups: kde.kde_density(x, sigma=0.3, mask=mask,
+                                                                  groups=groups))
+
+
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("m", [200, 700, 1030])  # 1, 2 and 4 blocks of the all-pairs sums
 def test_batch_density_matches_reference_at_every_block_count(m, grouped):
@@ -110,8 +116,8 @@ def test_batch_density_matches_reference_at_every_block_count(m, grouped):
   valid = rng.random(m) > 0.1
   x[~valid] = np.nan
   groups = rng.integers(0, 40, m) if grouped else None
-  got = kde.kde_density(jnp.asarray(x), sigma=0.3, mask=jnp.asarray(valid),
-                        groups=None if groups is None else jnp.asarray(groups))
+  got = _kde_density_03(jnp.asarray(x), jnp.asarray(valid),
+                        None if groups is None else jnp.asarray(groups))
   want = _np_density(x, valid, groups, sigma=0.3)
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=1e-7)
   assert np.ptp(want[valid]) > 0.1 * want[valid].max()  # densities that differ
@@ -274,8 +280,12 @@ def _batch(seed=0, m=M):
   return xu, xa, mu, ~mu
 
 
+@functools.cache
 def _params():
   return _Tiny().init(jax.random.key(0), jnp.zeros((1, D)))["params"]
+
+
+_bu_grad = jax.jit(jax.grad(_loss_fn("bu")))  # one program for every example below
 
 
 @PROPS
@@ -283,7 +293,7 @@ def _params():
 def test_gradients_finite(x):
   x[:3] = x[3]
   _, xa, mu, ma = _batch()
-  grads = jax.grad(_loss_fn("bu"))(_params(), x, xa, mu, ma)
+  grads = _bu_grad(_params(), x, xa, mu, ma)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
@@ -375,6 +385,10 @@ def _loss_of(name, su, sa, xu, mu=None, ma=None, standardize=True):
   return fn(su, sa, xu, standardize_features=standardize, **kwargs)
 
 
+# Jitted (as the train step runs the losses): one program per loss, standardization and
+# shape for every example of the property tests, where eagerly each operation compiled
+# on its own for every new shape.
+@functools.partial(jax.jit, static_argnames=("name", "standardize"))
 def _grads(name, su, sa, xu, mu=None, ma=None, standardize=True):
   f = lambda su, sa, xu: _loss_of(name, su, sa, xu, mu, ma, standardize)
   return jax.value_and_grad(f, argnums=(0, 1, 2))(su, sa, xu)
@@ -442,6 +456,12 @@ def test_masked_padding_equals_unpadded_loss_and_gradient(
   np.testing.assert_array_equal(np.asarray(gx), 0.0)
 
 
+# Without standardization, jitted with the band-width an argument: one program per shape
+# for every example and scale below (eagerly, each operation compiled on its own).
+_raw_kde_weights = jax.jit(
+    lambda x, sigma: kde.kde_weights(x, sigma=sigma, standardize_features=False))
+
+
 @settings(deadline=None, derandomize=True, max_examples=10, database=None)
 @given(base=hnp.arrays(np.float32, (16, 440), elements=st.floats(-2, 2, width=32)),
        offset=st.sampled_from([1e3, -1e3, 1e4, -1e4]))
@@ -452,13 +472,11 @@ def test_raw_kde_weights_invariant_to_a_large_common_offset(base, offset):
   shifted = (base.astype(np.float64) + offset).astype(np.float32)
   same_points = (shifted.astype(np.float64) - offset).astype(np.float32)  # exact in float32
   exact = _np_weights(same_points, sigma=sigma, standardize=False)
-  w = kde.kde_weights(shifted, sigma=sigma, standardize_features=False)
+  w = _raw_kde_weights(shifted, sigma)
   np.testing.assert_allclose(w, exact, rtol=1e-4)
-  np.testing.assert_allclose(
-      w, kde.kde_weights(same_points, sigma=sigma, standardize_features=False), rtol=1e-4)
+  np.testing.assert_allclose(w, _raw_kde_weights(same_points, sigma), rtol=1e-4)
   # against the unshifted input only float32 rounding of base + offset remains
-  np.testing.assert_allclose(w, kde.kde_weights(base, sigma=sigma, standardize_features=False),
-                             rtol=1e-3)
+  np.testing.assert_allclose(w, _raw_kde_weights(base, sigma), rtol=1e-3)
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -605,16 +623,16 @@ def test_raw_kde_is_exact_under_power_of_two_scaling_and_finite_over_float32_ran
   float32, each row is alone (K = 1/M), never NaN from inf - inf."""
   sigma = 4.0  # section 4.1's 2D
   x = np.random.default_rng(12).standard_normal((M, 2)).astype(np.float32)
-  ref = np.asarray(kde.kde_weights(x, sigma=sigma, standardize_features=False))
+  ref = np.asarray(_raw_kde_weights(x, sigma))
   assert ref.max() / ref.min() > 1.5
   for k in (-20, 20):
-    np.testing.assert_array_equal(kde.kde_weights(x * np.float32(2.0 ** k), sigma=sigma * 4.0 ** -k,
-                                                  standardize_features=False), ref, err_msg=k)
+    np.testing.assert_array_equal(_raw_kde_weights(x * np.float32(2.0 ** k), sigma * 4.0 ** -k),
+                                  ref, err_msg=k)
   for scale in (1e19, 1e30, 1e37):
-    w = np.asarray(kde.kde_weights(x * np.float32(scale), sigma=sigma, standardize_features=False))
+    w = np.asarray(_raw_kde_weights(x * np.float32(scale), sigma))
     np.testing.assert_allclose(w, 1.0 / (1.0 / M + 1e-6), rtol=1e-6, err_msg=scale)
   big = np.random.default_rng(13).standard_normal((3000, 2)).astype(np.float32)  # block path
-  w = np.asarray(kde.kde_weights(big * np.float32(1e20), sigma=sigma, standardize_features=False))
+  w = np.asarray(_raw_kde_weights(big * np.float32(1e20), sigma))
   np.testing.assert_allclose(w, 1.0 / (1.0 / 3000 + 1e-6), rtol=1e-6)
   d = np.asarray(kde.pairwise_sq_distances(x[:2] * np.float32(1e20), x[:3] * np.float32(1e20)))
   assert d[0, 0] == d[1, 1] == 0.0 and np.isinf(d[0, 1:]).all() and not np.isnan(d).any()
@@ -749,11 +767,12 @@ def test_standardize_and_density_have_finite_gradients_at_constant_dimensions():
   xu, _, _, _ = _batch()
   xc = xu.copy()
   xc[:, 2] = 5.0
+  density = jax.jit(jax.grad(
+      lambda v: jnp.sum(kde.kde_density(v, sigma=SIGMA) * jnp.arange(v.shape[0]))))
+  standardized = jax.jit(jax.grad(lambda v: jnp.sum(kde.standardize(v) ** 3)))
   for x in (xc, np.ones_like(xu)):  # one constant dimension; all points coincide
-    g = jax.grad(lambda v: jnp.sum(kde.kde_density(v, sigma=SIGMA) * jnp.arange(v.shape[0])))(x)
-    assert np.isfinite(np.asarray(g)).all()
-    g = jax.grad(lambda v: jnp.sum(kde.standardize(v) ** 3))(x)
-    assert np.isfinite(np.asarray(g)).all()
+    assert np.isfinite(np.asarray(density(x))).all()
+    assert np.isfinite(np.asarray(standardized(x))).all()
 
 
 # ------------------------------------------------------- tilted weights (section 3.1)
