@@ -12,6 +12,8 @@ import pytest
 from bu_jax import checkpoint, data, evaluate, synthetic, toycar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The runs in this process train at XLA's backend optimization level 0 (conftest).
+pytestmark = pytest.mark.usefixtures("fast_training")
 
 
 @pytest.fixture(scope="module")

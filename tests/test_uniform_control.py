@@ -10,6 +10,9 @@ from benchmarks import uniform_control
 from bu_jax import data as data_lib
 from bu_jax import toycar
 
+# The tiny runs below train at XLA's backend optimization level 0 (conftest).
+pytestmark = pytest.mark.usefixtures("fast_training")
+
 
 def _results(aucs: dict[str, float], **extra) -> dict:
   """A finished run's results.json: per method one condition "c" and its mean."""
