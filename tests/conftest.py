@@ -68,10 +68,15 @@ def no_gc_callbacks():
 
 @pytest.fixture(scope="session")
 def fast_compiler_options():
+  """``compile_fast_options()`` once per test session."""
+  return compile_fast_options()
+
+
+def compile_fast_options():
   """``compiler_options`` for ``jax.jit`` (``train.train`` and the builders take them)
   that compile the tests' tiny programs 2-4x faster: XLA's backend optimization level
-  0, same results up to rounding (as tests/test_train.py uses). Falls back to fewer
-  options, then none, on an XLA that does not know one."""
+  0, same results up to rounding. Falls back to fewer options, then none, on an XLA
+  that does not know one."""
   import jax  # pylint: disable=g-import-not-at-top
   candidates = ({"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
                 {"xla_backend_optimization_level": 0}, {})

@@ -7,7 +7,7 @@ import sys
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-OWN = {"bu_jax", "experiments", "benchmarks", "tests", "multiprocess_case"}
+OWN = {"bu_jax", "experiments", "benchmarks", "tests", "multiprocess_case", "conftest"}
 # import name -> distribution name, where they differ
 DISTRIBUTION = {"sklearn": "scikit-learn", "orbax": "orbax-checkpoint", "absl": "absl-py",
                 "yaml": "pyyaml", "PIL": "pillow"}

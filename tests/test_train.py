@@ -27,27 +27,10 @@ from bu_jax import models
 from bu_jax import parallel
 from bu_jax import progress
 from bu_jax import train
+from conftest import compile_fast_options  # tests/ is on sys.path (rootdir conftest)
 
-
-
-def _fast_compiler_options():
-  """XLA options that compile these tiny programs 2-4x faster; {} if unsupported.
-
-  Compilation, not run time, dominates this file. The options change speed, not
-  results (up to rounding); a newer XLA that drops one falls back to the next.
-  """
-  candidates = ({"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
-                {"xla_backend_optimization_level": 0}, {})
-  for options in candidates:
-    try:
-      jax.jit(lambda x: x + 1, compiler_options=options)(1.0)
-      return options
-    except Exception:  # pylint: disable=broad-except
-      continue
-  return {}
-
-
-FAST = _fast_compiler_options()
+# Compilation, not run time, dominates this file (conftest: level-0 XLA options).
+FAST = compile_fast_options()
 TINY = models.ModelPreset("tiny", features.FeatureConfig(n_mels=8, context=1),
                           hidden_layers=1, units=16, bottleneck=4)
 SEGMENT = 2048  # samples (0.128 s); 4 per mixture -> 8192 samples, 33 frames
